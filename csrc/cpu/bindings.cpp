@@ -1,0 +1,142 @@
+// pybind11 bindings of the CPU core: the private module exactforge._core.
+//
+// The public checks (dtype, shape, contiguity, keys) live in python/exactforge/reduce.py,
+// which gives the user-facing messages; the checks here repeat the ones that guard memory
+// safety so that a direct call into _core can raise but never read out of bounds.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "exactforge/fixedpoint.hpp"
+#include "exactforge/reduce.hpp"
+
+namespace py = pybind11;
+using namespace exactforge;
+
+namespace {
+
+enum class DT { F32, F64 };
+
+DT dtype_of(const py::array& x, const char* name) {
+  if (x.dtype().is(py::dtype::of<float>())) return DT::F32;
+  if (x.dtype().is(py::dtype::of<double>())) return DT::F64;
+  throw py::type_error(std::string(name) + ": expected float32 or float64, got " +
+                       py::str(x.dtype()).cast<std::string>());
+}
+
+void require_c2d(const py::array& x, const char* name) {
+  if (x.ndim() != 2) throw py::value_error(std::string(name) + ": expected a 2-D array");
+  if (!(x.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+}
+
+std::vector<int64_t> checked_order(const std::optional<py::array_t<int64_t>>& order, int64_t k) {
+  std::vector<int64_t> perm;
+  if (!order) return perm;
+  auto o = order->unchecked<1>();
+  if (o.shape(0) != k) throw py::value_error("order: length must equal the reduced axis");
+  perm.resize(k);
+  std::vector<char> seen(k, 0);
+  for (int64_t t = 0; t < k; ++t) {
+    int64_t v = o(t);
+    if (v < 0 || v >= k || seen[v]) throw py::value_error("order: must be a permutation of 0..k-1");
+    seen[v] = 1;
+    perm[t] = v;
+  }
+  return perm;
+}
+
+py::array matmul(py::array a, py::array b, const std::string& mode,
+                 std::optional<py::array_t<int64_t>> order, int threads) {
+  require_c2d(a, "a");
+  require_c2d(b, "b");
+  DT da = dtype_of(a, "a"), db = dtype_of(b, "b");
+  if (da != db) throw py::type_error("a and b: dtypes differ");
+  const int64_t m = a.shape(0), k = a.shape(1), n = b.shape(1);
+  if (b.shape(0) != k) throw py::value_error("a, b: inner dimensions differ");
+  if (k == 0) throw py::value_error("a, b: the reduced axis is empty");
+  std::vector<int64_t> perm = checked_order(order, k);
+  const int64_t* po = perm.empty() ? nullptr : perm.data();
+  py::array out = da == DT::F32 ? py::array(py::array_t<float>({m, n})) : py::array(py::array_t<double>({m, n}));
+  const bool fixed = mode == "fixed";
+  if (!fixed && mode != "exact") throw py::value_error("mode: expected 'fixed' or 'exact'");
+  if (!fixed && k > kExactMatmulMaxK)
+    throw py::value_error("mode='exact': the reduced axis has more than 2^20 terms");
+  const void* pa = a.data();
+  const void* pb = b.data();
+  void* pc = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    if (da == DT::F32) {
+      if (fixed) matmul_fixed<float>((const float*)pa, (const float*)pb, (float*)pc, m, k, n, po, threads);
+      else matmul_exact<float>((const float*)pa, (const float*)pb, (float*)pc, m, k, n, threads);
+    } else {
+      if (fixed) matmul_fixed<double>((const double*)pa, (const double*)pb, (double*)pc, m, k, n, po, threads);
+      else matmul_exact<double>((const double*)pa, (const double*)pb, (double*)pc, m, k, n, threads);
+    }
+  }
+  return out;
+}
+
+// Reduces the rows of a k x n array.
+py::array sum_rows(py::array x, const std::string& mode, std::optional<py::array_t<int64_t>> order,
+                   int threads) {
+  require_c2d(x, "x");
+  DT dx = dtype_of(x, "x");
+  const int64_t k = x.shape(0), n = x.shape(1);
+  if (k == 0) throw py::value_error("x: the reduced axis is empty");
+  std::vector<int64_t> perm = checked_order(order, k);
+  const int64_t* po = perm.empty() ? nullptr : perm.data();
+  const bool fixed = mode == "fixed";
+  if (!fixed && mode != "exact") throw py::value_error("mode: expected 'fixed' or 'exact'");
+  if (!fixed && k > kExactSumMaxK)
+    throw py::value_error("mode='exact': the reduced axis has more than 2^22 terms");
+  py::array out = dx == DT::F32 ? py::array(py::array_t<float>(n)) : py::array(py::array_t<double>(n));
+  const void* px = x.data();
+  void* pc = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    if (dx == DT::F32) {
+      if (fixed) sum_fixed<float>((const float*)px, (float*)pc, k, n, po, threads);
+      else sum_exact<float>((const float*)px, (float*)pc, k, n, threads);
+    } else {
+      if (fixed) sum_fixed<double>((const double*)px, (double*)pc, k, n, po, threads);
+      else sum_exact<double>((const double*)px, (double*)pc, k, n, threads);
+    }
+  }
+  return out;
+}
+
+py::dict exact_plan_py(int64_t k, bool is_double) {
+  ExactPlan p = exact_plan(k, is_double);
+  py::dict d;
+  d["slices"] = p.slices;
+  d["width"] = p.width;
+  d["chunk"] = int64_t(1) << p.chunk_bits;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "exactforge native CPU core (private; use exactforge.reduce)";
+  m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("mode"), py::arg("order") = py::none(),
+        py::arg("threads") = 0);
+  m.def("sum_rows", &sum_rows, py::arg("x"), py::arg("mode"), py::arg("order") = py::none(),
+        py::arg("threads") = 0);
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &get_num_threads);
+  m.def("build_info", &build_info);
+  m.def("exact_plan", &exact_plan_py, py::arg("k"), py::arg("is_double"));
+  m.attr("EXACT_MATMUL_MAX_K") = kExactMatmulMaxK;
+  m.attr("EXACT_SUM_MAX_K") = kExactSumMaxK;
+  m.attr("SUM_SLICES") = kSumSlices;
+  m.attr("SUM_WIDTH") = kSumWidth;
+#ifdef EXACTFORGE_VERSION
+  m.attr("__version__") = EXACTFORGE_VERSION;
+#endif
+}

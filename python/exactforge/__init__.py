@@ -1,0 +1,65 @@
+"""exactforge: bitwise-reproducible gradient reductions, execution traces and data-forging
+analysis for Proof-of-Learning.
+
+The native core reduces per-example contributions so that the bits of the result do not depend
+on batch order, thread count or device (``exactforge.reduce``)."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from . import reduce
+from ._native import _core, _cuda, _cuda_import_error
+
+__version__: str = getattr(_core, "__version__", "0.0.0")
+
+__all__ = ["__version__", "reduce", "compile_options", "set_num_threads", "get_num_threads", "cuda_is_available"]
+
+
+def set_num_threads(n: int) -> None:
+    """Default number of CPU threads of the native kernels (process-wide, like
+    ``torch.set_num_threads``). Results are bitwise the same for every value."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a positive integer, got {n!r}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Default number of CPU threads (the machine's hardware threads until set)."""
+    return int(_core.get_num_threads())
+
+
+def cuda_is_available() -> bool:
+    """True when ``exactforge._cuda`` was built and a CUDA device is visible now."""
+    if _cuda is None:
+        return False
+    return int(_cuda.device_info()["device_count"]) > 0
+
+
+def compile_options() -> Dict[str, Any]:
+    """What this installation was built with: CUDA or not, OpenMP or not, the compiler and the
+    flags that matter for floating point (contraction, fast-math), as a JSON-ready dict."""
+    info = dict(_core.build_info())
+    opts: Dict[str, Any] = {
+        "version": __version__,
+        "compiler": info.get("compiler", ""),
+        "cxx_flags": info.get("cxx_flags", ""),
+        "openmp": bool(info.get("openmp")),
+        "openmp_version": info.get("openmp") or None,
+        "fp_contract": "off",
+        "fast_math": info.get("fast_math") == "1",
+        "isa": {"avx2": info.get("isa_avx2") == "1", "fma": info.get("isa_fma") == "1"},
+        "cuda": _cuda is not None,
+        "default_threads": get_num_threads(),
+        "exact_sum": {"slices": int(_core.SUM_SLICES), "bits_per_slice": int(_core.SUM_WIDTH)},
+    }
+    if _cuda is not None:
+        dev = dict(_cuda.device_info())
+        opts.update({
+            "cuda_architectures": getattr(_cuda, "architectures", ""),
+            "cuda_fmad": False,
+            "cuda_runtime_version": dev["runtime_version"],
+            "cuda_devices": dev["device_count"],
+        })
+    else:
+        opts["cuda_missing_reason"] = _cuda_import_error
+    return opts

@@ -1,0 +1,49 @@
+#include "exactforge/reduce.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define EXACTFORGE_STR2(x) #x
+#define EXACTFORGE_STR(x) EXACTFORGE_STR2(x)
+
+namespace exactforge {
+
+std::map<std::string, std::string> build_info() {
+  std::map<std::string, std::string> info;
+#if defined(__clang__)
+  info["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  info["compiler"] = std::string("gcc ") + __VERSION__;
+#elif defined(_MSC_VER)
+  info["compiler"] = "msvc " EXACTFORGE_STR(_MSC_VER);
+#else
+  info["compiler"] = "unknown";
+#endif
+#ifdef _OPENMP
+  info["openmp"] = EXACTFORGE_STR(_OPENMP);
+#else
+  info["openmp"] = "";
+#endif
+#ifdef EXACTFORGE_CXX_FLAGS
+  info["cxx_flags"] = EXACTFORGE_CXX_FLAGS;
+#endif
+#ifdef __FAST_MATH__
+  info["fast_math"] = "1";  // CMakeLists.txt refuses this; kept so a hand build is visible
+#else
+  info["fast_math"] = "0";
+#endif
+#ifdef __FMA__
+  info["isa_fma"] = "1";
+#else
+  info["isa_fma"] = "0";
+#endif
+#ifdef __AVX2__
+  info["isa_avx2"] = "1";
+#else
+  info["isa_avx2"] = "0";
+#endif
+  return info;
+}
+
+}  // namespace exactforge

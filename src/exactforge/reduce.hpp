@@ -1,0 +1,36 @@
+// Reproducible reductions on the CPU: the portable C++17 core of exactforge (no Python).
+//
+// Layout assumptions (checked by the callers, see csrc/cpu/bindings.cpp): every array is
+// C-contiguous; a is m x k, b is k x n, x is k x n; the reduced axis is k.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <map>
+
+namespace exactforge {
+
+/// Terms reduced in the order given by `order` (a permutation of 0..k-1; nullptr = 0..k-1),
+/// one sequential chain acc = acc + a*b per output element, product and sum each rounded
+/// (no fused multiply-add), starting from +0. The chain never depends on threads.
+template <class T>
+void matmul_fixed(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
+                  const int64_t* order, int threads);
+template <class T>
+void sum_fixed(const T* x, T* out, int64_t k, int64_t n, const int64_t* order, int threads);
+
+/// Order-independent: the result is a symmetric function of the multiset of terms
+/// (integer slicing, exact integer accumulation, one final rounding). See fixedpoint.hpp.
+template <class T>
+void matmul_exact(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n, int threads);
+template <class T>
+void sum_exact(const T* x, T* out, int64_t k, int64_t n, int threads);
+
+/// Default thread count for calls that do not name one (process-wide, like torch's).
+void set_num_threads(int n);
+int get_num_threads();
+
+/// What this core was compiled with (compiler, OpenMP, floating-point flags).
+std::map<std::string, std::string> build_info();
+
+}  // namespace exactforge

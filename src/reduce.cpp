@@ -1,0 +1,388 @@
+// CPU kernels for the two reduction modes.
+//
+// Floating-point contract: this file is compiled with -ffp-contract=off and without
+// -ffast-math (CMakeLists.txt), so `acc + a * b` is a rounded product then a rounded sum on
+// every ISA, the same as __fmul_rn/__fadd_rn in the CUDA kernels. Vector lanes hold
+// different output elements, never parts of one sum, so SIMD width does not change bits.
+#include "exactforge/reduce.hpp"
+#include "exactforge/fixedpoint.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace exactforge {
+
+namespace {
+
+std::atomic<int> g_threads{0};
+
+int resolve_threads(int threads) {
+  if (threads > 0) return threads;
+  int g = g_threads.load();
+  if (g > 0) return g;
+  unsigned hc = std::thread::hardware_concurrency();
+  return hc ? static_cast<int>(hc) : 1;
+}
+
+// Below this many multiply-adds a parallel region costs more than it saves. Only the
+// schedule depends on it, never the bits.
+constexpr int64_t kParallelWork = 1 << 16;
+
+template <class T, int W>
+struct VecT { typedef T type __attribute__((vector_size(sizeof(T) * W))); };
+
+// Vector width in elements: 32-byte vectors (AVX2); GCC splits them on narrower ISAs.
+template <class T> constexpr int lanes() { return 32 / sizeof(T); }
+
+// ---------------------------------------------------------------------------------
+// fixed mode
+// ---------------------------------------------------------------------------------
+
+// Microtile: MR = MV*W rows of a by NR columns of b, accumulated over the whole ordered k.
+template <class T> struct FixedTile {
+  static constexpr int W = lanes<T>(), MV = 2, MR = MV * W, NR = 4;
+};
+
+/// @brief One MRxNR tile of the fixed-order product.
+/// @param ap  packed a: ap[t*MR + ii] = a[i0+ii, order[t]] (zero padded)
+/// @param bp  packed b: bp[t*NR + jj] = b[order[t], j0+jj] (zero padded)
+template <class T>
+void fixed_tile(const T* ap, const T* bp, int64_t k, T* c, int64_t ldc, int mrem, int nrem) {
+  using P = FixedTile<T>;
+  using V = typename VecT<T, P::W>::type;
+  V acc[P::MV][P::NR];
+  for (int mv = 0; mv < P::MV; ++mv)
+    for (int j = 0; j < P::NR; ++j) acc[mv][j] = V{};
+  for (int64_t t = 0; t < k; ++t) {
+    V av[P::MV];
+    std::memcpy(av, ap + t * P::MR, sizeof(av));
+    for (int j = 0; j < P::NR; ++j) {
+      V bv = V{} + bp[t * P::NR + j];
+      for (int mv = 0; mv < P::MV; ++mv) acc[mv][j] = acc[mv][j] + av[mv] * bv;
+    }
+  }
+  for (int mv = 0; mv < P::MV; ++mv)
+    for (int w = 0; w < P::W; ++w) {
+      int ii = mv * P::W + w;
+      if (ii >= mrem) continue;
+      for (int j = 0; j < nrem; ++j) c[ii * ldc + j] = canonicalize(acc[mv][j][w]);
+    }
+}
+
+// Float16/bfloat16 are widened to float32 in Python before they reach here.
+template <class T>
+void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
+                       const int64_t* order, int threads) {
+  using P = FixedTile<T>;
+  const int64_t mb = (m + P::MR - 1) / P::MR, nb = (n + P::NR - 1) / P::NR;
+  std::vector<T> ap(static_cast<size_t>(mb * P::MR * k)), bp(static_cast<size_t>(nb * P::NR * k));
+  const int nt = resolve_threads(threads);
+  const bool par = m * n * k >= kParallelWork && nt > 1;
+  (void)par;
+#pragma omp parallel num_threads(nt) if (par)
+  {
+#pragma omp for schedule(static)
+    for (int64_t ib = 0; ib < mb; ++ib) {
+      T* dst = ap.data() + ib * P::MR * k;
+      for (int64_t t = 0; t < k; ++t) {
+        int64_t src = order ? order[t] : t;
+        for (int ii = 0; ii < P::MR; ++ii) {
+          int64_t i = ib * P::MR + ii;
+          dst[t * P::MR + ii] = i < m ? a[i * k + src] : T(0);
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t jb = 0; jb < nb; ++jb) {
+      T* dst = bp.data() + jb * P::NR * k;
+      for (int64_t t = 0; t < k; ++t) {
+        const T* row = b + (order ? order[t] : t) * n;
+        for (int jj = 0; jj < P::NR; ++jj) {
+          int64_t j = jb * P::NR + jj;
+          dst[t * P::NR + jj] = j < n ? row[j] : T(0);
+        }
+      }
+    }
+#pragma omp for schedule(static) collapse(2)
+    for (int64_t jb = 0; jb < nb; ++jb)
+      for (int64_t ib = 0; ib < mb; ++ib) {
+        int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
+        int nrem = static_cast<int>(std::min<int64_t>(P::NR, n - jb * P::NR));
+        fixed_tile<T>(ap.data() + ib * P::MR * k, bp.data() + jb * P::NR * k, k,
+                      out + ib * P::MR * n + jb * P::NR, n, mrem, nrem);
+      }
+  }
+}
+
+template <class T>
+void sum_fixed_impl(const T* x, T* out, int64_t k, int64_t n, const int64_t* order, int threads) {
+  const int nt = resolve_threads(threads);
+  // Columns are independent chains; split them across threads in contiguous blocks.
+  const int64_t block = 256;
+  const int64_t nblocks = (n + block - 1) / block;
+  const bool par = n * k >= kParallelWork && nt > 1 && nblocks > 1;
+  (void)par;
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+  for (int64_t cb = 0; cb < nblocks; ++cb) {
+    int64_t j0 = cb * block, j1 = std::min(n, j0 + block);
+    T acc[block];
+    for (int64_t j = j0; j < j1; ++j) acc[j - j0] = T(0);
+    for (int64_t t = 0; t < k; ++t) {
+      const T* row = x + (order ? order[t] : t) * n;
+      for (int64_t j = j0; j < j1; ++j) acc[j - j0] = acc[j - j0] + row[j];
+    }
+    for (int64_t j = j0; j < j1; ++j) out[j] = canonicalize(acc[j - j0]);
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// exact mode
+// ---------------------------------------------------------------------------------
+
+template <int S> struct ExactTile {
+  static constexpr int W = 4, MV = (S == 2 ? 2 : 1), MR = MV * W, NR = (S == 2 ? 3 : 2);
+  static constexpr int L = S;  // levels 2..S+1
+};
+
+/// @brief One tile of the sliced product over one chunk: lev[L][i][j] = sum over t of
+/// sum_{l+m=L} A_l[i,t] B_m[j,t]. Every partial sum is an integer below 2^53 (exact_plan),
+/// so the value does not depend on the order or the grouping of the additions.
+/// @param ap  ap[(t*S + l)*MR + ii]: slice l of a[i0+ii, t]
+/// @param bp  bp[(t*S + l)*NR + jj]: slice l of b[t, j0+jj]
+template <int S>
+void exact_tile(const double* ap, const double* bp, int64_t kc, int64_t* acc, int64_t ldacc,
+                int mrem, int nrem) {
+  using P = ExactTile<S>;
+  using V = typename VecT<double, P::W>::type;
+  V lev[P::L][P::MV][P::NR];
+  for (int L = 0; L < P::L; ++L)
+    for (int mv = 0; mv < P::MV; ++mv)
+      for (int j = 0; j < P::NR; ++j) lev[L][mv][j] = V{};
+  for (int64_t t = 0; t < kc; ++t) {
+    V av[S][P::MV];
+    std::memcpy(av, ap + t * S * P::MR, sizeof(av));
+    const double* bt = bp + t * S * P::NR;
+    for (int j = 0; j < P::NR; ++j) {
+      for (int l = 0; l < S; ++l)
+        for (int mm = 0; l + mm < S; ++mm) {      // pairs with (l+1)+(mm+1) <= S+1
+          V bv = V{} + bt[mm * P::NR + j];
+          for (int mv = 0; mv < P::MV; ++mv)
+            lev[l + mm][mv][j] = lev[l + mm][mv][j] + av[l][mv] * bv;
+        }
+    }
+  }
+  for (int mv = 0; mv < P::MV; ++mv)
+    for (int w = 0; w < P::W; ++w) {
+      int ii = mv * P::W + w;
+      if (ii >= mrem) continue;
+      for (int j = 0; j < nrem; ++j)
+        for (int L = 0; L < P::L; ++L)
+          acc[(ii * ldacc + j) * S + L] += static_cast<int64_t>(lev[L][mv][j][w]);
+    }
+}
+
+template <class T>
+double maxabs_finite(double cur, T v, bool& nonfinite) {
+  double d = static_cast<double>(v);
+  if (!is_finite_d(d)) { nonfinite = true; return cur; }
+  return std::max(cur, std::fabs(d));
+}
+
+template <class T, int S>
+void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
+                       int threads) {
+  using P = ExactTile<S>;
+  if (k > kExactMatmulMaxK)
+    throw std::invalid_argument("exact matmul: reduced axis longer than 2^20 terms");
+  const ExactPlan plan = exact_plan(k, std::is_same<T, double>::value);
+  const int w = plan.width;
+  const int64_t K0 = int64_t(1) << plan.chunk_bits;
+  const int nt = resolve_threads(threads);
+  const bool par = m * n * k >= kParallelWork && nt > 1;
+  (void)par;
+
+  // Pass 1: power-of-two scales from row maxima of a and column maxima of b (order-free).
+  std::vector<int> ea(m), fb(n);
+  std::vector<char> bad_row(m, 0), bad_col(n, 0);
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+  for (int64_t i = 0; i < m; ++i) {
+    double mx = 0; bool nf = false;
+    for (int64_t t = 0; t < k; ++t) mx = maxabs_finite(mx, a[i * k + t], nf);
+    ea[i] = scale_exponent(mx); bad_row[i] = nf;
+  }
+  {
+    std::vector<double> mx(n, 0.0);
+    std::vector<char> nf(n, 0);
+    for (int64_t t = 0; t < k; ++t)
+      for (int64_t j = 0; j < n; ++j) {
+        bool f = false;
+        mx[j] = maxabs_finite(mx[j], b[t * n + j], f);
+        nf[j] |= f;
+      }
+    for (int64_t j = 0; j < n; ++j) { fb[j] = scale_exponent(mx[j]); bad_col[j] = nf[j]; }
+  }
+
+  const int64_t mb = (m + P::MR - 1) / P::MR, nb = (n + P::NR - 1) / P::NR;
+  std::vector<int64_t> acc(static_cast<size_t>(m * n * S), 0);
+  std::vector<double> ap(static_cast<size_t>(mb * P::MR * K0 * S)), bp(static_cast<size_t>(nb * P::NR * K0 * S));
+  const double p2w = std::ldexp(1.0, w);
+  std::vector<Pow2> sa, sb;
+  sa.reserve(m); sb.reserve(n);
+  for (int64_t i = 0; i < m; ++i) sa.emplace_back(w - ea[i]);
+  for (int64_t j = 0; j < n; ++j) sb.emplace_back(w - fb[j]);
+
+  for (int64_t t0 = 0; t0 < k; t0 += K0) {
+    const int64_t kc = std::min(K0, k - t0);
+#pragma omp parallel num_threads(nt) if (par)
+    {
+#pragma omp for schedule(static)
+      for (int64_t ib = 0; ib < mb; ++ib) {
+        double* dst = ap.data() + ib * P::MR * kc * S;
+        for (int ii = 0; ii < P::MR; ++ii) {
+          int64_t i = ib * P::MR + ii;
+          for (int64_t t = 0; t < kc; ++t) {
+            double* o = dst + t * S * P::MR + ii;
+            if (i < m) split_pow2(static_cast<double>(a[i * k + t0 + t]), sa[i], p2w, S, o, P::MR);
+            else for (int l = 0; l < S; ++l) o[l * P::MR] = 0.0;
+          }
+        }
+      }
+#pragma omp for schedule(static)
+      for (int64_t jb = 0; jb < nb; ++jb) {
+        double* dst = bp.data() + jb * P::NR * kc * S;
+        for (int64_t t = 0; t < kc; ++t)
+          for (int jj = 0; jj < P::NR; ++jj) {
+            int64_t j = jb * P::NR + jj;
+            double* o = dst + t * S * P::NR + jj;
+            if (j < n) split_pow2(static_cast<double>(b[(t0 + t) * n + j]), sb[j], p2w, S, o, P::NR);
+            else for (int l = 0; l < S; ++l) o[l * P::NR] = 0.0;
+          }
+      }
+#pragma omp for schedule(static) collapse(2)
+      for (int64_t jb = 0; jb < nb; ++jb)
+        for (int64_t ib = 0; ib < mb; ++ib) {
+          int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
+          int nrem = static_cast<int>(std::min<int64_t>(P::NR, n - jb * P::NR));
+          exact_tile<S>(ap.data() + ib * P::MR * kc * S, bp.data() + jb * P::NR * kc * S, kc,
+                        acc.data() + (ib * P::MR * n + jb * P::NR) * S, n, mrem, nrem);
+        }
+    }
+  }
+
+  // Recombine the levels exactly and round once: value = sum_L acc_L 2^(-(L+2) w) 2^(ea+fb).
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      if (bad_row[i] || bad_col[j]) {
+        SpecialAcc sp;
+        for (int64_t t = 0; t < k; ++t) {
+          double x = a[i * k + t], y = b[t * n + j];
+          if (!is_finite_d(x) || !is_finite_d(y)) sp.add(x * y);
+        }
+        if (sp.any()) { out[i * n + j] = sp.value<T>(); continue; }
+      }
+      Int192 v;
+      const int64_t* lv = acc.data() + (i * n + j) * S;
+      for (int L = 0; L < S; ++L) v.add_shifted(lv[L], (S - 1 - L) * w);
+      out[i * n + j] = round_int192<T>(v, ea[i] + fb[j] - (S + 1) * w);
+    }
+}
+
+template <class T>
+void sum_exact_impl(const T* x, T* out, int64_t k, int64_t n, int threads) {
+  if (k > kExactSumMaxK)
+    throw std::invalid_argument("exact sum: reduced axis longer than 2^22 terms");
+  constexpr int S = kSumSlices, w = kSumWidth;
+  const int nt = resolve_threads(threads);
+  const int64_t block = 64;
+  const int64_t nblocks = (n + block - 1) / block;
+  const bool par = n * k >= kParallelWork && nt > 1 && nblocks > 1;
+  (void)par;
+  const double p2w = std::ldexp(1.0, w);
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+  for (int64_t cb = 0; cb < nblocks; ++cb) {
+    const int64_t j0 = cb * block, j1 = std::min(n, j0 + block), nc = j1 - j0;
+    double mx[block];
+    bool nf[block];
+    int fe[block];
+    for (int64_t j = 0; j < nc; ++j) { mx[j] = 0; nf[j] = false; }
+    for (int64_t t = 0; t < k; ++t)
+      for (int64_t j = 0; j < nc; ++j) mx[j] = maxabs_finite(mx[j], x[t * n + j0 + j], nf[j]);
+    std::vector<Pow2> sc;
+    sc.reserve(nc);
+    for (int64_t j = 0; j < nc; ++j) { fe[j] = scale_exponent(mx[j]); sc.emplace_back(w - fe[j]); }
+    int64_t acc[block][S] = {};
+    double part[block][S];
+    for (int64_t t0 = 0; t0 < k; t0 += kSumChunk) {
+      const int64_t t1 = std::min(k, t0 + kSumChunk);
+      for (int64_t j = 0; j < nc; ++j) for (int l = 0; l < S; ++l) part[j][l] = 0.0;
+      for (int64_t t = t0; t < t1; ++t)
+        for (int64_t j = 0; j < nc; ++j) {
+          double q[S];
+          split_pow2(static_cast<double>(x[t * n + j0 + j]), sc[j], p2w, S, q, 1);
+          for (int l = 0; l < S; ++l) part[j][l] += q[l];   // exact: |sum| <= 2^13 * 2^40
+        }
+      for (int64_t j = 0; j < nc; ++j)
+        for (int l = 0; l < S; ++l) acc[j][l] += static_cast<int64_t>(part[j][l]);
+    }
+    for (int64_t j = 0; j < nc; ++j) {
+      if (nf[j]) {
+        SpecialAcc sp;
+        for (int64_t t = 0; t < k; ++t) sp.add(static_cast<double>(x[t * n + j0 + j]));
+        if (sp.any()) { out[j0 + j] = sp.value<T>(); continue; }
+      }
+      Int192 v;
+      for (int l = 0; l < S; ++l) v.add_shifted(acc[j][l], (S - 1 - l) * w);
+      out[j0 + j] = round_int192<T>(v, fe[j] - S * w);
+    }
+  }
+}
+
+}  // namespace
+
+template <class T>
+void matmul_fixed(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
+                  const int64_t* order, int threads) {
+  matmul_fixed_impl<T>(a, b, out, m, k, n, order, threads);
+}
+template <class T>
+void sum_fixed(const T* x, T* out, int64_t k, int64_t n, const int64_t* order, int threads) {
+  sum_fixed_impl<T>(x, out, k, n, order, threads);
+}
+template <>
+void matmul_exact<float>(const float* a, const float* b, float* out, int64_t m, int64_t k,
+                         int64_t n, int threads) {
+  matmul_exact_impl<float, 2>(a, b, out, m, k, n, threads);
+}
+template <>
+void matmul_exact<double>(const double* a, const double* b, double* out, int64_t m, int64_t k,
+                          int64_t n, int threads) {
+  matmul_exact_impl<double, 4>(a, b, out, m, k, n, threads);
+}
+template <class T>
+void sum_exact(const T* x, T* out, int64_t k, int64_t n, int threads) {
+  sum_exact_impl<T>(x, out, k, n, threads);
+}
+
+template void matmul_fixed<float>(const float*, const float*, float*, int64_t, int64_t, int64_t, const int64_t*, int);
+template void matmul_fixed<double>(const double*, const double*, double*, int64_t, int64_t, int64_t, const int64_t*, int);
+template void sum_fixed<float>(const float*, float*, int64_t, int64_t, const int64_t*, int);
+template void sum_fixed<double>(const double*, double*, int64_t, int64_t, const int64_t*, int);
+template void sum_exact<float>(const float*, float*, int64_t, int64_t, int);
+template void sum_exact<double>(const double*, double*, int64_t, int64_t, int);
+
+void set_num_threads(int n) {
+  if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1");
+  g_threads.store(n);
+}
+int get_num_threads() { return resolve_threads(0); }
+
+}  // namespace exactforge
