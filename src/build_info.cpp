@@ -1,4 +1,5 @@
 #include "exactforge/reduce.hpp"
+#include "kernels.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -43,6 +44,7 @@ std::map<std::string, std::string> build_info() {
 #else
   info["isa_avx2"] = "0";
 #endif
+  info["kernels"] = kernels().isa;
   return info;
 }
 

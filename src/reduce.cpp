@@ -1,11 +1,15 @@
 // CPU kernels for the two reduction modes.
 //
 // Floating-point contract: this file is compiled with -ffp-contract=off and without
-// -ffast-math (CMakeLists.txt), so `acc + a * b` is a rounded product then a rounded sum on
-// every ISA, the same as __fmul_rn/__fadd_rn in the CUDA kernels. Vector lanes hold
-// different output elements, never parts of one sum, so SIMD width does not change bits.
+// -ffast-math (CMakeLists.txt). The fixed product is an explicit FMA chain (kernels.inc, the
+// same as __fmaf_rn/__fma_rn on CUDA); the fixed sum is plain additions (__fadd_rn). Vector
+// lanes hold different output elements, never parts of one sum, so SIMD width and the ISA
+// chosen at run time do not change bits.
 #include "exactforge/reduce.hpp"
 #include "exactforge/fixedpoint.hpp"
+#include "kernels.hpp"
+
+#include <cstdlib>
 
 #include <algorithm>
 #include <atomic>
@@ -36,70 +40,25 @@ int resolve_threads(int threads) {
 // schedule depends on it, never the bits.
 constexpr int64_t kParallelWork = 1 << 16;
 
-template <class T, int W>
-struct VecT { typedef T type __attribute__((vector_size(sizeof(T) * W))); };
-
-// Vector width in elements: 32-byte vectors (AVX2); GCC splits them on narrower ISAs.
-template <class T> constexpr int lanes() { return 32 / sizeof(T); }
-
-// ---------------------------------------------------------------------------------
-// fixed mode
-// ---------------------------------------------------------------------------------
-
-// Microtile: MR = MV*W rows of a by NR columns of b, accumulated over the whole ordered k.
-template <class T> struct FixedTile {
-  static constexpr int W = lanes<T>(), MV = 2, MR = MV * W, NR = 4;
-};
-
-/// @brief One MRxNR tile of the fixed-order product.
-/// @param ap  packed a: ap[t*MR + ii] = a[i0+ii, order[t]] (zero padded)
-/// @param bp  packed b: bp[t*NR + jj] = b[order[t], j0+jj] (zero padded)
-template <class T>
-void fixed_tile(const T* ap, const T* bp, int64_t k, T* c, int64_t ldc, int mrem, int nrem) {
-  using P = FixedTile<T>;
-  using V = typename VecT<T, P::W>::type;
-  V acc[P::MV][P::NR];
-  for (int mv = 0; mv < P::MV; ++mv)
-    for (int j = 0; j < P::NR; ++j) acc[mv][j] = V{};
-  for (int64_t t = 0; t < k; ++t) {
-    V av[P::MV];
-    std::memcpy(av, ap + t * P::MR, sizeof(av));
-    for (int j = 0; j < P::NR; ++j) {
-      V bv = V{} + bp[t * P::NR + j];
-      for (int mv = 0; mv < P::MV; ++mv) acc[mv][j] = acc[mv][j] + av[mv] * bv;
-    }
-  }
-  for (int mv = 0; mv < P::MV; ++mv)
-    for (int w = 0; w < P::W; ++w) {
-      int ii = mv * P::W + w;
-      if (ii >= mrem) continue;
-      for (int j = 0; j < nrem; ++j) c[ii * ldc + j] = canonicalize(acc[mv][j][w]);
-    }
-}
+template <class T> struct FixedFn;
+template <> struct FixedFn<float> { static FixedTileF32 get() { return kernels().fixed_f32; } };
+template <> struct FixedFn<double> { static FixedTileF64 get() { return kernels().fixed_f64; } };
 
 // Float16/bfloat16 are widened to float32 in Python before they reach here.
 template <class T>
 void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
                        const int64_t* order, int threads) {
-  using P = FixedTile<T>;
+  using P = TileShape<T>;
+  const auto tile = FixedFn<T>::get();
   const int64_t mb = (m + P::MR - 1) / P::MR, nb = (n + P::NR - 1) / P::NR;
-  std::vector<T> ap(static_cast<size_t>(mb * P::MR * k)), bp(static_cast<size_t>(nb * P::NR * k));
+  // b is packed once (k x n is small: the batch by the layer width); each thread packs the
+  // MR x k panel of a it works on, which then stays in its L2 for all the column tiles.
+  std::vector<T> bp(static_cast<size_t>(nb * P::NR * k));
   const int nt = resolve_threads(threads);
   const bool par = m * n * k >= kParallelWork && nt > 1;
   (void)par;
 #pragma omp parallel num_threads(nt) if (par)
   {
-#pragma omp for schedule(static)
-    for (int64_t ib = 0; ib < mb; ++ib) {
-      T* dst = ap.data() + ib * P::MR * k;
-      for (int64_t t = 0; t < k; ++t) {
-        int64_t src = order ? order[t] : t;
-        for (int ii = 0; ii < P::MR; ++ii) {
-          int64_t i = ib * P::MR + ii;
-          dst[t * P::MR + ii] = i < m ? a[i * k + src] : T(0);
-        }
-      }
-    }
 #pragma omp for schedule(static)
     for (int64_t jb = 0; jb < nb; ++jb) {
       T* dst = bp.data() + jb * P::NR * k;
@@ -111,14 +70,25 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
         }
       }
     }
-#pragma omp for schedule(static) collapse(2)
-    for (int64_t jb = 0; jb < nb; ++jb)
-      for (int64_t ib = 0; ib < mb; ++ib) {
-        int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
-        int nrem = static_cast<int>(std::min<int64_t>(P::NR, n - jb * P::NR));
-        fixed_tile<T>(ap.data() + ib * P::MR * k, bp.data() + jb * P::NR * k, k,
-                      out + ib * P::MR * n + jb * P::NR, n, mrem, nrem);
+    std::vector<T> ap(static_cast<size_t>(P::MR * k));
+#pragma omp for schedule(static)
+    for (int64_t ib = 0; ib < mb; ++ib) {
+      const int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
+      for (int ii = 0; ii < P::MR; ++ii) {
+        const int64_t i = ib * P::MR + ii;
+        if (ii < mrem) {
+          const T* row = a + i * k;
+          if (order) for (int64_t t = 0; t < k; ++t) ap[t * P::MR + ii] = row[order[t]];
+          else for (int64_t t = 0; t < k; ++t) ap[t * P::MR + ii] = row[t];
+        } else {
+          for (int64_t t = 0; t < k; ++t) ap[t * P::MR + ii] = T(0);
+        }
       }
+      for (int64_t jb = 0; jb < nb; ++jb) {
+        const int nrem = static_cast<int>(std::min<int64_t>(P::NR, n - jb * P::NR));
+        tile(ap.data(), bp.data() + jb * P::NR * k, k, out + ib * P::MR * n + jb * P::NR, n, mrem, nrem);
+      }
+    }
   }
 }
 
@@ -147,48 +117,6 @@ void sum_fixed_impl(const T* x, T* out, int64_t k, int64_t n, const int64_t* ord
 // exact mode
 // ---------------------------------------------------------------------------------
 
-template <int S> struct ExactTile {
-  static constexpr int W = 4, MV = (S == 2 ? 2 : 1), MR = MV * W, NR = (S == 2 ? 3 : 2);
-  static constexpr int L = S;  // levels 2..S+1
-};
-
-/// @brief One tile of the sliced product over one chunk: lev[L][i][j] = sum over t of
-/// sum_{l+m=L} A_l[i,t] B_m[j,t]. Every partial sum is an integer below 2^53 (exact_plan),
-/// so the value does not depend on the order or the grouping of the additions.
-/// @param ap  ap[(t*S + l)*MR + ii]: slice l of a[i0+ii, t]
-/// @param bp  bp[(t*S + l)*NR + jj]: slice l of b[t, j0+jj]
-template <int S>
-void exact_tile(const double* ap, const double* bp, int64_t kc, int64_t* acc, int64_t ldacc,
-                int mrem, int nrem) {
-  using P = ExactTile<S>;
-  using V = typename VecT<double, P::W>::type;
-  V lev[P::L][P::MV][P::NR];
-  for (int L = 0; L < P::L; ++L)
-    for (int mv = 0; mv < P::MV; ++mv)
-      for (int j = 0; j < P::NR; ++j) lev[L][mv][j] = V{};
-  for (int64_t t = 0; t < kc; ++t) {
-    V av[S][P::MV];
-    std::memcpy(av, ap + t * S * P::MR, sizeof(av));
-    const double* bt = bp + t * S * P::NR;
-    for (int j = 0; j < P::NR; ++j) {
-      for (int l = 0; l < S; ++l)
-        for (int mm = 0; l + mm < S; ++mm) {      // pairs with (l+1)+(mm+1) <= S+1
-          V bv = V{} + bt[mm * P::NR + j];
-          for (int mv = 0; mv < P::MV; ++mv)
-            lev[l + mm][mv][j] = lev[l + mm][mv][j] + av[l][mv] * bv;
-        }
-    }
-  }
-  for (int mv = 0; mv < P::MV; ++mv)
-    for (int w = 0; w < P::W; ++w) {
-      int ii = mv * P::W + w;
-      if (ii >= mrem) continue;
-      for (int j = 0; j < nrem; ++j)
-        for (int L = 0; L < P::L; ++L)
-          acc[(ii * ldacc + j) * S + L] += static_cast<int64_t>(lev[L][mv][j][w]);
-    }
-}
-
 template <class T>
 double maxabs_finite(double cur, T v, bool& nonfinite) {
   double d = static_cast<double>(v);
@@ -199,7 +127,7 @@ double maxabs_finite(double cur, T v, bool& nonfinite) {
 template <class T, int S>
 void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
                        int threads) {
-  using P = ExactTile<S>;
+  using P = ExactShape<S>;
   if (k > kExactMatmulMaxK)
     throw std::invalid_argument("exact matmul: reduced axis longer than 2^20 terms");
   const ExactPlan plan = exact_plan(k, std::is_same<T, double>::value);
@@ -231,8 +159,9 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   }
 
   const int64_t mb = (m + P::MR - 1) / P::MR, nb = (n + P::NR - 1) / P::NR;
+  const ExactTile tile = S == 2 ? kernels().exact_s2 : kernels().exact_s4;
   std::vector<int64_t> acc(static_cast<size_t>(m * n * S), 0);
-  std::vector<double> ap(static_cast<size_t>(mb * P::MR * K0 * S)), bp(static_cast<size_t>(nb * P::NR * K0 * S));
+  std::vector<double> bp(static_cast<size_t>(nb * P::NR * K0 * S));
   const double p2w = std::ldexp(1.0, w);
   std::vector<Pow2> sa, sb;
   sa.reserve(m); sb.reserve(n);
@@ -244,18 +173,6 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
 #pragma omp parallel num_threads(nt) if (par)
     {
 #pragma omp for schedule(static)
-      for (int64_t ib = 0; ib < mb; ++ib) {
-        double* dst = ap.data() + ib * P::MR * kc * S;
-        for (int ii = 0; ii < P::MR; ++ii) {
-          int64_t i = ib * P::MR + ii;
-          for (int64_t t = 0; t < kc; ++t) {
-            double* o = dst + t * S * P::MR + ii;
-            if (i < m) split_pow2(static_cast<double>(a[i * k + t0 + t]), sa[i], p2w, S, o, P::MR);
-            else for (int l = 0; l < S; ++l) o[l * P::MR] = 0.0;
-          }
-        }
-      }
-#pragma omp for schedule(static)
       for (int64_t jb = 0; jb < nb; ++jb) {
         double* dst = bp.data() + jb * P::NR * kc * S;
         for (int64_t t = 0; t < kc; ++t)
@@ -266,14 +183,26 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
             else for (int l = 0; l < S; ++l) o[l * P::NR] = 0.0;
           }
       }
-#pragma omp for schedule(static) collapse(2)
-      for (int64_t jb = 0; jb < nb; ++jb)
-        for (int64_t ib = 0; ib < mb; ++ib) {
-          int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
-          int nrem = static_cast<int>(std::min<int64_t>(P::NR, n - jb * P::NR));
-          exact_tile<S>(ap.data() + ib * P::MR * kc * S, bp.data() + jb * P::NR * kc * S, kc,
-                        acc.data() + (ib * P::MR * n + jb * P::NR) * S, n, mrem, nrem);
+      // Each thread slices the MR rows of a it owns; the panel stays in its L2 for all
+      // column tiles.
+      std::vector<double> ap(static_cast<size_t>(P::MR * kc * S));
+#pragma omp for schedule(static)
+      for (int64_t ib = 0; ib < mb; ++ib) {
+        const int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
+        for (int ii = 0; ii < P::MR; ++ii) {
+          const int64_t i = ib * P::MR + ii;
+          for (int64_t t = 0; t < kc; ++t) {
+            double* o = ap.data() + t * S * P::MR + ii;
+            if (ii < mrem) split_pow2(static_cast<double>(a[i * k + t0 + t]), sa[i], p2w, S, o, P::MR);
+            else for (int l = 0; l < S; ++l) o[l * P::MR] = 0.0;
+          }
         }
+        for (int64_t jb = 0; jb < nb; ++jb) {
+          const int nrem = static_cast<int>(std::min<int64_t>(P::NR, n - jb * P::NR));
+          tile(ap.data(), bp.data() + jb * P::NR * kc * S, kc,
+               acc.data() + (ib * P::MR * n + jb * P::NR) * S, n, mrem, nrem);
+        }
+      }
     }
   }
 
@@ -378,6 +307,23 @@ template void sum_fixed<float>(const float*, float*, int64_t, int64_t, const int
 template void sum_fixed<double>(const double*, double*, int64_t, int64_t, const int64_t*, int);
 template void sum_exact<float>(const float*, float*, int64_t, int64_t, int);
 template void sum_exact<double>(const double*, double*, int64_t, int64_t, int);
+
+const KernelTable& kernels() {
+  static const KernelTable table = [] {
+    const KernelTable generic_t{"generic", generic::fixed_tile_f32, generic::fixed_tile_f64,
+                                generic::exact_tile_s2, generic::exact_tile_s4};
+    const char* force = std::getenv("EXACTFORGE_ISA");  // "generic": test and debug aid
+    if (force && std::string(force) == "generic") return generic_t;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      return KernelTable{"avx2+fma", avx2::fixed_tile_f32, avx2::fixed_tile_f64,
+                         avx2::exact_tile_s2, avx2::exact_tile_s4};
+#endif
+    return generic_t;
+  }();
+  return table;
+}
 
 void set_num_threads(int n) {
   if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1");

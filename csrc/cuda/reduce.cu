@@ -1,7 +1,7 @@
 // CUDA kernels for the reproducible reductions. Bits equal the CPU core's by construction:
 //  - fixed: one thread owns one output element and runs the same sequential chain in the
-//    same key order, with __fmul_rn/__fadd_rn (never contracted into an FMA; the module is
-//    also compiled with --fmad=false);
+//    same key order: acc = __fma_rn(a, b, acc) for products (the CPU's explicit FMA chain),
+//    __fadd_rn for sums; --fmad=false keeps the compiler from fusing anything else;
 //  - exact: the same slicing (split_pow2), the same exact integer level sums and the same
 //    final rounding (round_int192) from src/exactforge/fixedpoint.hpp. Within a chunk the
 //    level sums are exact integers below 2^53, so the GPU's summation order is irrelevant.
@@ -16,8 +16,8 @@ namespace exactforge {
 namespace cuda {
 namespace {
 
-__device__ __forceinline__ float fmul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double fmul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+__device__ __forceinline__ double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
 __device__ __forceinline__ float fadd_rn(float a, float b) { return __fadd_rn(a, b); }
 __device__ __forceinline__ double fadd_rn(double a, double b) { return __dadd_rn(a, b); }
 
@@ -32,7 +32,7 @@ __global__ void matmul_fixed_kernel(const T* __restrict__ a, const T* __restrict
   T acc = T(0);
   for (int64_t t = 0; t < k; ++t) {
     int64_t s = order ? order[t] : t;
-    acc = fadd_rn(acc, fmul_rn(a[i * k + s], b[s * n + j]));
+    acc = fma_rn(a[i * k + s], b[s * n + j], acc);
   }
   out[i * n + j] = canonicalize(acc);
 }

@@ -48,9 +48,15 @@ def kind_of(x: Any, name: str) -> ArrayKind:
     )
 
 
+_NAMES: dict = {np.dtype(n): n for n in ("float16", "float32", "float64")}
+
+
 def dtype_name(x: Any) -> str:
     """'float32', 'bfloat16', ... for NumPy, torch and CuPy arrays alike."""
     dt = x.dtype
+    name = _NAMES.get(dt)  # hot path: NumPy's dtype.name is slow
+    if name is not None:
+        return name
     s = str(dt)
     return s[len("torch."):] if s.startswith("torch.") else np.dtype(dt).name
 

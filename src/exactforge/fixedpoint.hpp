@@ -196,6 +196,15 @@ struct Pow2 {
   EXACTFORGE_HD double operator()(double x) const { return (x * f1) * f2; }
 };
 
+/// @brief Rounds |r| <= 2^51 to the nearest integer, ties to even, in two IEEE additions:
+/// the same bits as rint() in the default rounding mode, without a libm call on ISAs that
+/// lack a rounding instruction, and the same code on the device.
+EXACTFORGE_HD double round_int(double r) {
+  const double magic = 6755399441055744.0;  // 1.5 * 2^52: the sum's ulp is 1
+  double t = r + magic;  // not foldable into r: no value-changing optimisations (CMakeLists)
+  return t - magic;
+}
+
 /// @brief Splits x into s integer-valued doubles: x * 2^(w-e) ~= sum_l S_l 2^(-(l-1) w),
 /// where sc = Pow2(w - e) and |x| < 2^e. Rounds to nearest at each step, so
 /// |S_1| <= 2^w, |S_l| <= 2^(w-1) for l >= 2, and the dropped remainder is at most
@@ -209,7 +218,7 @@ EXACTFORGE_HD void split_pow2(double x, const Pow2& sc, double p2w, int s, doubl
   }
   double r = sc(x);
   for (int l = 0; l < s; ++l) {
-    double q = rint(r);
+    double q = round_int(r);
     out[l * stride] = q;
     r = (r - q) * p2w;  // exact: r - q is r's low part, scaling by 2^w is exact
   }

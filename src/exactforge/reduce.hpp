@@ -11,8 +11,8 @@
 namespace exactforge {
 
 /// Terms reduced in the order given by `order` (a permutation of 0..k-1; nullptr = 0..k-1),
-/// one sequential chain acc = acc + a*b per output element, product and sum each rounded
-/// (no fused multiply-add), starting from +0. The chain never depends on threads.
+/// one sequential fused chain acc = fma(a, b, acc) per output element (sum: acc = acc + x),
+/// starting from +0. The chain never depends on threads, SIMD width or device.
 template <class T>
 void matmul_fixed(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
                   const int64_t* order, int threads);

@@ -1,0 +1,44 @@
+// Tile kernels of the CPU core and their run-time ISA dispatch (see kernels.inc).
+#pragma once
+#include <cstdint>
+
+namespace exactforge {
+
+template <class T> constexpr int kLanes = 32 / sizeof(T);  // 32-byte vectors (AVX2 width)
+
+/// Fixed-mode tile: MR = MV * lanes rows by NR columns.
+template <class T> struct TileShape;
+template <> struct TileShape<float> { static constexpr int MV = 2, MR = 16, NR = 4; };
+template <> struct TileShape<double> { static constexpr int MV = 2, MR = 8, NR = 4; };
+/// Exact-mode tile for S slices: MR = MV * 4 rows by NR columns, S levels of accumulators.
+template <int S> struct ExactShape;
+// Register budget (16 ymm on AVX2): S(S+1)/2 pair accumulators x MV x NR + S x MV slices of a + 1.
+template <> struct ExactShape<2> { static constexpr int MV = 1, MR = 4, NR = 4; };
+template <> struct ExactShape<4> { static constexpr int MV = 1, MR = 4, NR = 1; };
+
+using FixedTileF32 = void (*)(const float*, const float*, int64_t, float*, int64_t, int, int);
+using FixedTileF64 = void (*)(const double*, const double*, int64_t, double*, int64_t, int, int);
+using ExactTile = void (*)(const double*, const double*, int64_t, int64_t*, int64_t, int, int);
+
+struct KernelTable {
+  const char* isa;
+  FixedTileF32 fixed_f32;
+  FixedTileF64 fixed_f64;
+  ExactTile exact_s2;
+  ExactTile exact_s4;
+};
+
+/// The best table this CPU supports (AVX2+FMA or the baseline). Same bits either way.
+const KernelTable& kernels();
+
+#define EXACTFORGE_DECLARE_KERNELS(NS)                                                        \
+  namespace NS {                                                                              \
+  void fixed_tile_f32(const float*, const float*, int64_t, float*, int64_t, int, int);        \
+  void fixed_tile_f64(const double*, const double*, int64_t, double*, int64_t, int, int);     \
+  void exact_tile_s2(const double*, const double*, int64_t, int64_t*, int64_t, int, int);     \
+  void exact_tile_s4(const double*, const double*, int64_t, int64_t*, int64_t, int, int);     \
+  }
+EXACTFORGE_DECLARE_KERNELS(generic)
+EXACTFORGE_DECLARE_KERNELS(avx2)
+
+}  // namespace exactforge
