@@ -1,0 +1,83 @@
+"""Shared test configuration: hypothesis profiles and exact rational references."""
+from __future__ import annotations
+
+import math
+import os
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# CI profile: reproducible examples, bounded count (the suite runs on 2 cores).
+settings.register_profile("ci", derandomize=True, max_examples=40, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=100, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+FORMATS = {np.float32: (24, -126), np.float64: (53, -1022)}
+
+
+def round_fraction(q: Fraction, dtype) -> float:
+    """q rounded to `dtype` to nearest, ties to even (subnormals included), exactly."""
+    p, emin = FORMATS[np.dtype(dtype).type]
+    if q == 0:
+        return 0.0
+    sign = -1.0 if q < 0 else 1.0
+    q = abs(q)
+    e = q.numerator.bit_length() - q.denominator.bit_length()
+    if (q.numerator << max(0, -e)) < (q.denominator << max(0, e)):  # q < 2^e
+        e -= 1
+    e = max(e, emin)
+    quantum = e - p + 1
+    scaled = q / (Fraction(2) ** quantum)
+    n, r = divmod(scaled.numerator, scaled.denominator)
+    if 2 * r > scaled.denominator or (2 * r == scaled.denominator and n % 2 == 1):
+        n += 1
+    try:
+        return sign * math.ldexp(n, quantum)
+    except OverflowError:
+        return sign * math.inf
+
+
+def fma_chain_reference(a: np.ndarray, b: np.ndarray, order=None) -> np.ndarray:
+    """The fixed-mode definition, computed exactly: acc = round(a*b + acc) in key order."""
+    m, k = a.shape
+    n = b.shape[1]
+    order = range(k) if order is None else order
+    out = np.empty((m, n), dtype=a.dtype)
+    for i in range(m):
+        for j in range(n):
+            acc = 0.0
+            for t in order:
+                acc = round_fraction(Fraction(float(a[i, t])) * Fraction(float(b[t, j])) + Fraction(acc), a.dtype)
+            out[i, j] = acc
+    return out
+
+
+def exact_dot(a: np.ndarray, b: np.ndarray) -> list:
+    """Exact rational a @ b (a list of rows of Fractions)."""
+    fa = [[Fraction(float(v)) for v in row] for row in a]
+    fb = [[Fraction(float(v)) for v in row] for row in b]
+    k = a.shape[1]
+    return [[sum((fa[i][t] * fb[t][j] for t in range(k)), Fraction(0)) for j in range(b.shape[1])]
+            for i in range(a.shape[0])]
+
+
+def ulp(x: float, dtype) -> float:
+    p, emin = FORMATS[np.dtype(dtype).type]
+    if x == 0 or not math.isfinite(x):
+        return math.ldexp(1.0, emin - p + 1)
+    e = max(math.frexp(abs(x))[1] - 1, emin)
+    return math.ldexp(1.0, e - p + 1)
+
+
+def bits(x) -> bytes:
+    """Bytes of an array: bitwise comparison that also covers NaN and the sign of zero."""
+    return np.ascontiguousarray(np.asarray(x)).tobytes()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
