@@ -19,6 +19,8 @@ template <> struct ExactShape<4> { static constexpr int MV = 1, MR = 4, NR = 1; 
 using FixedTileF32 = void (*)(const float*, const float*, int64_t, float*, int64_t, int, int);
 using FixedTileF64 = void (*)(const double*, const double*, int64_t, double*, int64_t, int, int);
 using ExactTile = void (*)(const double*, const double*, int64_t, int64_t*, int64_t, int, int);
+using SplitF32 = void (*)(const float*, int64_t, int, int64_t, const double*, const double*, double, double*, int);
+using SplitF64 = void (*)(const double*, int64_t, int, int64_t, const double*, const double*, double, double*, int);
 
 struct KernelTable {
   const char* isa;
@@ -26,6 +28,8 @@ struct KernelTable {
   FixedTileF64 fixed_f64;
   ExactTile exact_s2;
   ExactTile exact_s4;
+  SplitF32 split_f32;  // slices of float32 rows, s = 2
+  SplitF64 split_f64;  // slices of float64 rows, s = 4
 };
 
 /// The best table this CPU supports (AVX2+FMA or the baseline). Same bits either way.
@@ -37,6 +41,10 @@ const KernelTable& kernels();
   void fixed_tile_f64(const double*, const double*, int64_t, double*, int64_t, int, int);     \
   void exact_tile_s2(const double*, const double*, int64_t, int64_t*, int64_t, int, int);     \
   void exact_tile_s4(const double*, const double*, int64_t, int64_t*, int64_t, int, int);     \
+  void split_panel_f32_s2(const float*, int64_t, int, int64_t, const double*, const double*,   \
+                          double, double*, int);                                              \
+  void split_panel_f64_s4(const double*, int64_t, int, int64_t, const double*, const double*,  \
+                          double, double*, int);                                              \
   }
 EXACTFORGE_DECLARE_KERNELS(generic)
 EXACTFORGE_DECLARE_KERNELS(avx2)

@@ -40,6 +40,10 @@ int resolve_threads(int threads) {
 // schedule depends on it, never the bits.
 constexpr int64_t kParallelWork = 1 << 16;
 
+template <class T> struct SplitFn;
+template <> struct SplitFn<float> { static SplitF32 get() { return kernels().split_f32; } };
+template <> struct SplitFn<double> { static SplitF64 get() { return kernels().split_f64; } };
+
 template <class T> struct FixedFn;
 template <> struct FixedFn<float> { static FixedTileF32 get() { return kernels().fixed_f32; } };
 template <> struct FixedFn<double> { static FixedTileF64 get() { return kernels().fixed_f64; } };
@@ -163,10 +167,12 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   std::vector<int64_t> acc(static_cast<size_t>(m * n * S), 0);
   std::vector<double> bp(static_cast<size_t>(nb * P::NR * K0 * S));
   const double p2w = std::ldexp(1.0, w);
-  std::vector<Pow2> sa, sb;
-  sa.reserve(m); sb.reserve(n);
-  for (int64_t i = 0; i < m; ++i) sa.emplace_back(w - ea[i]);
+  std::vector<Pow2> sb;
+  sb.reserve(n);
   for (int64_t j = 0; j < n; ++j) sb.emplace_back(w - fb[j]);
+  std::vector<double> f1(static_cast<size_t>(mb * P::MR), 1.0), f2(static_cast<size_t>(mb * P::MR), 1.0);
+  for (int64_t i = 0; i < m; ++i) { Pow2 p(w - ea[i]); f1[i] = p.f1; f2[i] = p.f2; }
+  const auto split_rows = SplitFn<T>::get();
 
   for (int64_t t0 = 0; t0 < k; t0 += K0) {
     const int64_t kc = std::min(K0, k - t0);
@@ -189,14 +195,11 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
 #pragma omp for schedule(static)
       for (int64_t ib = 0; ib < mb; ++ib) {
         const int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
-        for (int ii = 0; ii < P::MR; ++ii) {
-          const int64_t i = ib * P::MR + ii;
-          for (int64_t t = 0; t < kc; ++t) {
-            double* o = ap.data() + t * S * P::MR + ii;
-            if (ii < mrem) split_pow2(static_cast<double>(a[i * k + t0 + t]), sa[i], p2w, S, o, P::MR);
-            else for (int l = 0; l < S; ++l) o[l * P::MR] = 0.0;
-          }
-        }
+        split_rows(a + ib * P::MR * k + t0, k, mrem, kc, f1.data() + ib * P::MR, f2.data() + ib * P::MR,
+                   p2w, ap.data(), P::MR);
+        for (int ii = mrem; ii < P::MR; ++ii)
+          for (int64_t t = 0; t < kc; ++t)
+            for (int l = 0; l < S; ++l) ap[(t * S + l) * P::MR + ii] = 0.0;
         for (int64_t jb = 0; jb < nb; ++jb) {
           const int nrem = static_cast<int>(std::min<int64_t>(P::NR, n - jb * P::NR));
           tile(ap.data(), bp.data() + jb * P::NR * kc * S, kc,
@@ -311,14 +314,16 @@ template void sum_exact<double>(const double*, double*, int64_t, int64_t, int);
 const KernelTable& kernels() {
   static const KernelTable table = [] {
     const KernelTable generic_t{"generic", generic::fixed_tile_f32, generic::fixed_tile_f64,
-                                generic::exact_tile_s2, generic::exact_tile_s4};
+                                generic::exact_tile_s2, generic::exact_tile_s4,
+                                generic::split_panel_f32_s2, generic::split_panel_f64_s4};
     const char* force = std::getenv("EXACTFORGE_ISA");  // "generic": test and debug aid
     if (force && std::string(force) == "generic") return generic_t;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
       return KernelTable{"avx2+fma", avx2::fixed_tile_f32, avx2::fixed_tile_f64,
-                         avx2::exact_tile_s2, avx2::exact_tile_s4};
+                         avx2::exact_tile_s2, avx2::exact_tile_s4,
+                         avx2::split_panel_f32_s2, avx2::split_panel_f64_s4};
 #endif
     return generic_t;
   }();
