@@ -1,0 +1,86 @@
+// Tests of the portable core without Python: exact recombination and rounding, and the
+// order independence of the exact mode. Run by ctest (EXACTFORGE_BUILD_NATIVE_TESTS=ON).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "exactforge/fixedpoint.hpp"
+#include "exactforge/reduce.hpp"
+
+using namespace exactforge;
+
+static int failures = 0;
+#define CHECK(cond)                                                   \
+  do {                                                                \
+    if (!(cond)) {                                                    \
+      std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);   \
+      ++failures;                                                     \
+    }                                                                 \
+  } while (0)
+
+template <class T> static bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+static void test_round_int192() {
+  Int192 v;
+  v.add_shifted(3, 0);
+  CHECK(round_int192<float>(v, -1) == 1.5f);
+  Int192 w;  // 2^24 + 1: a tie between 2^24 and 2^24 + 2 in float -> even (2^24)
+  w.add_shifted((1 << 24) + 1, 0);
+  CHECK(round_int192<float>(w, 0) == 16777216.0f);
+  Int192 x;  // 2^24 + 3 -> 2^24 + 4
+  x.add_shifted((1 << 24) + 3, 0);
+  CHECK(round_int192<float>(x, 0) == 16777220.0f);
+  Int192 big;  // (2^63 - 1) * 2^100 + 1 * 2^0 rounds like 2^163 in double
+  big.add_shifted(INT64_MAX, 100);
+  big.add_shifted(1, 0);
+  CHECK(round_int192<double>(big, 0) == std::ldexp(1.0, 163));
+  Int192 neg;
+  neg.add_shifted(-5, 0);
+  CHECK(round_int192<double>(neg, -2) == -1.25);
+  Int192 sub;  // smallest float subnormal, and half of it (ties to even -> 0)
+  sub.add_shifted(1, 0);
+  CHECK(round_int192<float>(sub, -149) == std::ldexp(1.0f, -149));
+  CHECK(round_int192<float>(sub, -150) == 0.0f);
+  Int192 ovf;
+  ovf.add_shifted(1, 0);
+  CHECK(std::isinf(round_int192<float>(ovf, 128)));
+}
+
+static void test_exact_order_independence() {
+  std::mt19937_64 g(7);
+  std::normal_distribution<double> d;
+  const int64_t m = 37, k = 3001, n = 11;
+  std::vector<float> a(m * k), b(k * n), out1(m * n), out2(m * n);
+  for (auto& v : a) v = static_cast<float>(d(g) * std::pow(10.0, static_cast<int>(g() % 7) - 3));
+  for (auto& v : b) v = static_cast<float>(d(g));
+  matmul_exact<float>(a.data(), b.data(), out1.data(), m, k, n, 1);
+  std::vector<int64_t> p(k);
+  std::iota(p.begin(), p.end(), 0);
+  std::shuffle(p.begin(), p.end(), g);
+  std::vector<float> ap(m * k), bp(k * n);
+  for (int64_t t = 0; t < k; ++t) {
+    for (int64_t i = 0; i < m; ++i) ap[i * k + t] = a[i * k + p[t]];
+    for (int64_t j = 0; j < n; ++j) bp[t * n + j] = b[p[t] * n + j];
+  }
+  matmul_exact<float>(ap.data(), bp.data(), out2.data(), m, k, n, 3);
+  CHECK(same_bits(out1, out2));
+  // fixed mode: the same keys order through a permutation gives the same bits
+  std::vector<int64_t> inv(k);
+  for (int64_t t = 0; t < k; ++t) inv[p[t]] = t;  // term t of (ap, bp) is original term p[t]
+  matmul_fixed<float>(a.data(), b.data(), out1.data(), m, k, n, nullptr, 2);
+  matmul_fixed<float>(ap.data(), bp.data(), out2.data(), m, k, n, inv.data(), 1);
+  CHECK(same_bits(out1, out2));
+}
+
+int main() {
+  test_round_int192();
+  test_exact_order_independence();
+  if (failures == 0) std::printf("native core tests: all passed\n");
+  return failures == 0 ? 0 : 1;
+}
