@@ -38,7 +38,7 @@ int resolve_threads(int threads) {
 
 // Below this many multiply-adds a parallel region costs more than it saves. Only the
 // schedule depends on it, never the bits.
-constexpr int64_t kParallelWork = 1 << 16;
+constexpr int64_t kParallelWork = 1 << 18;
 
 template <class T> struct SplitFn;
 template <> struct SplitFn<float> { static SplitF32 get() { return kernels().split_f32; } };

@@ -43,6 +43,8 @@ EXACT_SUM_MAX_K: int = int(_core.EXACT_SUM_MAX_K)
 
 KeysLike = Union[Sequence[int], np.ndarray, Any]
 
+_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+
 
 def _check_mode(mode: str) -> str:
     if mode not in MODES:
@@ -124,6 +126,12 @@ def matmul(a: Any, b: Any, *, mode: str = "exact", keys: Optional[KeysLike] = No
     -------
     The m x n product, of the same kind, device and dtype as ``a``.
     """
+    if (keys is None and threads is None and type(a) is np.ndarray and type(b) is np.ndarray
+            and a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype in _NATIVE
+            and 0 < a.shape[1] == b.shape[0] and mode in MODES
+            and (mode == "fixed" or a.shape[1] <= EXACT_MATMUL_MAX_K)):
+        # Hot path (one call per layer per step): inputs that need no conversion.
+        return _core.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), mode, None, 0)
     _check_mode(mode)
     nt = _check_threads(threads)
     ka, kb = kind_of(a, "a"), kind_of(b, "b")

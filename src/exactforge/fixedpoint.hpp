@@ -87,6 +87,23 @@ struct Int192 {
   }
 };
 
+/// 2^p as a double built from its bit pattern, for -1022 <= p <= 1023 (no libm call).
+EXACTFORGE_HD double pow2_bits(int p) {
+  uint64_t u = static_cast<uint64_t>(p + 1023) << 52;
+  double d;
+  memcpy(&d, &u, 8);
+  return d;
+}
+
+/// x * 2^p for any p, as two exact power-of-two factors; exact whenever the result is
+/// representable (overflow gives the infinity that rounding to nearest would).
+EXACTFORGE_HD double scale_pow2(double x, int p) {
+  int p1 = p > 1000 ? 1000 : (p < -1000 ? -1000 : p);
+  int p2 = p - p1;
+  p2 = p2 > 1023 ? 1023 : (p2 < -1022 ? -1022 : p2);  // beyond: over/underflow anyway
+  return (x * pow2_bits(p1)) * pow2_bits(p2);
+}
+
 EXACTFORGE_HD int clz64(uint64_t x) {
 #if defined(__CUDA_ARCH__)
   return __clzll(static_cast<long long>(x));
@@ -142,7 +159,9 @@ template <class T> EXACTFORGE_HD T round_int192(Int192 v, int exp2) {
       if (half && (sticky || (mant & 1ull))) mant += 1;
     }
   }
-  double r = ldexp(static_cast<double>(mant), exp2 + (shift > 0 ? shift : 0));
+  // mant * 2^e is representable in T (it was rounded to the precision available there),
+  // so the scaling is exact; no libm call on the hot path of every output element.
+  double r = scale_pow2(static_cast<double>(mant), exp2 + (shift > 0 ? shift : 0));
   T out = static_cast<T>(r);                            // exact: r already has T's precision
   return neg ? -out : out;
 }
