@@ -127,3 +127,10 @@ def test_cuda_array_without_cuda_module_gives_one_clear_error(monkeypatch):
 
 def test_import_works_without_a_gpu():
     assert isinstance(exactforge.cuda_is_available(), bool)
+
+
+def test_empty_outputs_are_fine_only_the_reduced_axis_must_not_be_empty():
+    for mode in R.MODES:
+        assert R.matmul(np.zeros((0, 5), np.float32), np.ones((5, 3), np.float32), mode=mode).shape == (0, 3)
+        assert R.matmul(np.ones((2, 5), np.float32), np.ones((5, 0), np.float32), mode=mode).shape == (2, 0)
+        assert R.sum(np.ones((4, 0)), 0, mode=mode).shape == (0,)

@@ -196,6 +196,12 @@ struct DevBuf {
   template <class U> U* as() const { return static_cast<U*>(p); }
 };
 
+// Allocation failures must stop us before any kernel writes through a null pointer.
+std::string alloc_error() {
+  cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? std::string() : std::string("allocation failed: ") + cudaGetErrorString(e);
+}
+
 std::string finish(cudaStream_t st) {
   cudaError_t e = cudaGetLastError();
   if (e == cudaSuccess) e = cudaStreamSynchronize(st);
@@ -205,8 +211,10 @@ std::string finish(cudaStream_t st) {
 template <class T>
 std::string matmul_t(bool fixed, const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
                      const int64_t* order_host, cudaStream_t st) {
+  if (m == 0 || n == 0) return std::string();  // nothing to compute (a zero grid is an error)
   if (fixed) {
     DevBuf ord(order_host ? k * sizeof(int64_t) : 0);
+    if (std::string e = alloc_error(); !e.empty()) return e;
     if (order_host) cudaMemcpyAsync(ord.p, order_host, k * sizeof(int64_t), cudaMemcpyHostToDevice, st);
     dim3 blk(32, 8), grd((unsigned)((n + 31) / 32), (unsigned)((m + 7) / 8));
     matmul_fixed_kernel<T><<<grd, blk, 0, st>>>(a, b, out, m, k, n, ord.as<int64_t>());
@@ -216,6 +224,7 @@ std::string matmul_t(bool fixed, const T* a, const T* b, T* out, int64_t m, int6
   const ExactPlan plan = exact_plan(k, sizeof(T) == 8);
   DevBuf ea(m * sizeof(int)), fb(n * sizeof(int)), br(m * sizeof(int)), bc(n * sizeof(int));
   DevBuf as(S * m * k * sizeof(double)), bs(S * k * n * sizeof(double));
+  if (std::string e = alloc_error(); !e.empty()) return e;
   row_scale_kernel<T><<<(unsigned)m, 256, 0, st>>>(a, m, k, ea.as<int>(), br.as<int>());
   col_scale_kernel<T><<<(unsigned)((n + 255) / 256), 256, 0, st>>>(b, k, n, fb.as<int>(), bc.as<int>());
   split_kernel<T><<<(unsigned)((m * k + 255) / 256), 256, 0, st>>>(a, as.as<double>(), m, k, ea.as<int>(), true, S, plan.width);
@@ -230,9 +239,11 @@ std::string matmul_t(bool fixed, const T* a, const T* b, T* out, int64_t m, int6
 template <class T>
 std::string sum_t(bool fixed, const T* x, T* out, int64_t k, int64_t n, const int64_t* order_host,
                   cudaStream_t st) {
+  if (n == 0) return std::string();
   unsigned grd = (unsigned)((n + 127) / 128);
   if (fixed) {
     DevBuf ord(order_host ? k * sizeof(int64_t) : 0);
+    if (std::string e = alloc_error(); !e.empty()) return e;
     if (order_host) cudaMemcpyAsync(ord.p, order_host, k * sizeof(int64_t), cudaMemcpyHostToDevice, st);
     sum_fixed_kernel<T><<<grd, 128, 0, st>>>(x, out, k, n, ord.as<int64_t>());
     return finish(st);
