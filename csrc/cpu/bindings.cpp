@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "exactforge/fixedpoint.hpp"
+#include "exactforge/mathfn.hpp"
 #include "exactforge/reduce.hpp"
 
 namespace py = pybind11;
@@ -111,6 +112,29 @@ py::array sum_rows(py::array x, const std::string& mode, std::optional<py::array
   return out;
 }
 
+// Elementwise exp/log of float32/float64 arrays (any shape): float64 evaluation, one rounding.
+template <class F>
+py::array elementwise(py::array x, F f, const char* name) {
+  DT dx = dtype_of(x, name);
+  if (!(x.flags() & py::array::c_style)) throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  const py::ssize_t n = x.size();
+  if (dx == DT::F32) {
+    py::array_t<float> out(shape);
+    const float* in = static_cast<const float*>(x.data());
+    float* o = out.mutable_data();
+    py::gil_scoped_release nogil;
+    for (py::ssize_t i = 0; i < n; ++i) o[i] = static_cast<float>(canonicalize(f(static_cast<double>(in[i]))));
+    return std::move(out);
+  }
+  py::array_t<double> out(shape);
+  const double* in = static_cast<const double*>(x.data());
+  double* o = out.mutable_data();
+  py::gil_scoped_release nogil;
+  for (py::ssize_t i = 0; i < n; ++i) o[i] = canonicalize(f(in[i]));
+  return std::move(out);
+}
+
 py::dict exact_plan_py(int64_t k, bool is_double) {
   ExactPlan p = exact_plan(k, is_double);
   py::dict d;
@@ -128,6 +152,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("threads") = 0);
   m.def("sum_rows", &sum_rows, py::arg("x"), py::arg("mode"), py::arg("order") = py::none(),
         py::arg("threads") = 0);
+  m.def("exp", [](py::array x) { return elementwise(x, [](double v) { return det_exp(v); }, "x"); }, py::arg("x"));
+  m.def("log", [](py::array x) { return elementwise(x, [](double v) { return det_log(v); }, "x"); }, py::arg("x"));
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
   m.def("build_info", &build_info);

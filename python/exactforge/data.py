@@ -1,27 +1,54 @@
 """Datasets. The embedded default is scikit-learn's bundled digits (8x8 handwritten digits,
-17 grey levels): no download, so everything runs offline."""
+17 grey levels): no download, so everything runs offline. breast-cancer is bundled too; MNIST
+(IDX files) and CIFAR-10 (the binary version) load from local files the user already has.
+Nothing is downloaded and nothing is unpickled."""
 from __future__ import annotations
 
+import gzip
+import hashlib
+import os
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
-__all__ = ["Dataset", "load_digits"]
+__all__ = ["Dataset", "DATASETS", "load_dataset", "load_digits", "load_breast_cancer", "load_mnist",
+           "load_cifar10", "fingerprint"]
+
+DATASETS = ("digits", "breast-cancer", "mnist", "cifar10")
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Examples X (n x d, float32) with labels y (n, int64); pixels lie on the grid q/levels."""
+    """Examples X (n x d, float32, values in [0, 1]) with labels y (n, int64).
+
+    ``levels``: pixel values lie on the grid q/levels (None for continuous features)."""
 
     name: str
     X: np.ndarray
     y: np.ndarray
     num_classes: int
-    levels: int  # pixel values are q / levels, q = 0..levels
+    levels: Optional[int] = None
 
     @property
     def dim(self) -> int:
         return int(self.X.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.X, self.y)
+
+
+def fingerprint(X: np.ndarray, y: np.ndarray) -> str:
+    """SHA-256 of the exact bytes of the training arrays, with their dtypes and shapes (so a
+    reinterpretation of the same bytes does not collide)."""
+    h = hashlib.sha256()
+    for a in (np.ascontiguousarray(X), np.ascontiguousarray(y)):
+        h.update(f"{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def load_digits() -> Dataset:
@@ -31,3 +58,89 @@ def load_digits() -> Dataset:
     d = _load()
     X = (d.data / 16.0).astype(np.float32)
     return Dataset("digits", np.ascontiguousarray(X), d.target.astype(np.int64), 10, 16)
+
+
+def load_breast_cancer() -> Dataset:
+    """scikit-learn's breast cancer (569 x 30, 2 classes), each feature min-max scaled to [0, 1]."""
+    from sklearn.datasets import load_breast_cancer as _load
+
+    d = _load()
+    x = d.data.astype(np.float64)
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    X = ((x - lo) / np.where(hi > lo, hi - lo, 1.0)).astype(np.float32)
+    return Dataset("breast-cancer", np.ascontiguousarray(X), d.target.astype(np.int64), 2, None)
+
+
+def _open(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _find(folder: str, stem: str) -> str:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        p = os.path.join(folder, name)
+        if os.path.exists(p):
+            return p
+    raise FileNotFoundError(f"data_path: {stem}[.gz] not found in {folder}")
+
+
+def _read_idx(path: str, expect_ndim: int) -> np.ndarray:
+    with _open(path) as f:
+        head = f.read(4)
+        if len(head) != 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+            raise ValueError(f"data_path: {path} is not an IDX file of unsigned bytes")
+        ndim = head[3]
+        if ndim != expect_ndim:
+            raise ValueError(f"data_path: {path} has {ndim} dimensions, expected {expect_ndim}")
+        dims = np.frombuffer(f.read(4 * ndim), dtype=">u4").astype(np.int64)
+        data = np.frombuffer(f.read(), dtype=np.uint8)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"data_path: {path} is truncated ({data.size} of {int(np.prod(dims))} bytes)")
+    return data.reshape(tuple(int(d) for d in dims))
+
+
+def load_mnist(path: str, split: str = "train") -> Dataset:
+    """MNIST from a local folder with the IDX files (train-images-idx3-ubyte[.gz], ...)."""
+    prefix = "train" if split == "train" else "t10k"
+    imgs = _read_idx(_find(path, f"{prefix}-images-idx3-ubyte"), 3)
+    labels = _read_idx(_find(path, f"{prefix}-labels-idx1-ubyte"), 1)
+    if len(imgs) != len(labels):
+        raise ValueError("data_path: MNIST images and labels differ in count")
+    X = (imgs.reshape(len(imgs), -1).astype(np.float32) / 255.0)
+    return Dataset("mnist", np.ascontiguousarray(X), labels.astype(np.int64), 10, 255)
+
+
+def load_cifar10(path: str, split: str = "train") -> Dataset:
+    """CIFAR-10 from the binary version (data_batch_1.bin ... or test_batch.bin): each record
+    is 1 label byte and 3072 pixel bytes. The Python version is pickled and not read."""
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
+    files = [os.path.join(path, n) for n in names if os.path.exists(os.path.join(path, n))]
+    if not files:
+        raise FileNotFoundError(f"data_path: no CIFAR-10 binary batches ({names[0]}, ...) in {path}; "
+                                "use the 'CIFAR-10 binary version' (the Python version is pickled)")
+    xs, ys = [], []
+    for fn in files:
+        raw = np.fromfile(fn, dtype=np.uint8)
+        if raw.size % 3073:
+            raise ValueError(f"data_path: {fn} is not a whole number of 3073-byte records")
+        rec = raw.reshape(-1, 3073)
+        ys.append(rec[:, 0].astype(np.int64))
+        xs.append(rec[:, 1:])
+    y = np.concatenate(ys)
+    if y.size and y.max() > 9:
+        raise ValueError("data_path: CIFAR-10 labels must be 0..9")
+    X = np.concatenate(xs).astype(np.float32) / 255.0
+    return Dataset("cifar10", np.ascontiguousarray(X), y, 10, 255)
+
+
+def load_dataset(name: str, path: Optional[str] = None) -> Dataset:
+    """A dataset by name: 'digits' and 'breast-cancer' are bundled; 'mnist' and 'cifar10' need
+    ``path``, a local folder with their files."""
+    if name == "digits":
+        return load_digits()
+    if name == "breast-cancer":
+        return load_breast_cancer()
+    if name in ("mnist", "cifar10"):
+        if not path:
+            raise ValueError(f"dataset: {name} is read from local files; pass the folder with --data-path")
+        return load_mnist(path) if name == "mnist" else load_cifar10(path)
+    raise ValueError(f"dataset: expected one of {DATASETS}, got {name!r}")

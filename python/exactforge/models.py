@@ -1,0 +1,223 @@
+"""Native reproducible models: multinomial logistic regression and fully connected ReLU
+networks, softmax cross-entropy (mean over the batch), plain SGD.
+
+Every reduction goes through ``exactforge.reduce`` (reductions over the batch are keyed by
+the examples' dataset indices), softmax uses exactforge's own exp/log (the same bits on every
+device), and every other operation is a single IEEE-rounded elementwise operation. The next
+checkpoint is therefore bitwise independent of batch order, thread count and device.
+
+Layout (as in the papers): ``W_i`` is d_{i-1} x d_i and ``z_i = W_i^T a_{i-1} + b_i``; with
+examples as rows, ``Z_i = A_{i-1} @ W_i + b_i``. Logistic regression is the FCN with no
+hidden layer.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import reduce as R
+from ._native import _core
+
+__all__ = ["ModelSpec", "Params", "init_params", "forward", "loss_and_grad", "sgd_step",
+           "per_example", "PerExample", "flatten", "unflatten", "softmax_xent"]
+
+Params = "OrderedDict[str, np.ndarray]"
+KINDS = ("logreg", "fcn")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture of a native model; serialises to the trace manifest."""
+
+    kind: str
+    input_dim: int
+    num_classes: int
+    hidden: Tuple[int, ...] = ()
+    bias: bool = True
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
+        if self.kind == "logreg" and self.hidden:
+            raise ValueError("hidden: logistic regression has no hidden layer; use kind='fcn'")
+        if self.kind == "fcn" and not self.hidden:
+            raise ValueError("hidden: an FCN needs at least one hidden layer, e.g. hidden=(100,)")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype: expected 'float32' or 'float64', got {self.dtype!r}")
+        for name, v in (("input_dim", self.input_dim), ("num_classes", self.num_classes), *(("hidden", h) for h in self.hidden)):
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name}: expected positive integers, got {v!r}")
+        if self.num_classes < 2:
+            raise ValueError("num_classes: expected at least 2 classes")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+    @property
+    def sizes(self) -> Tuple[int, ...]:
+        return (int(self.input_dim), *self.hidden, int(self.num_classes))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    def shapes(self) -> "OrderedDict[str, Tuple[int, ...]]":
+        out: "OrderedDict[str, Tuple[int, ...]]" = OrderedDict()
+        for i, (d0, d1) in enumerate(zip(self.sizes[:-1], self.sizes[1:]), start=1):
+            out[f"W{i}"] = (d0, d1)
+            if self.bias:
+                out[f"b{i}"] = (d1,)
+        return out
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(int(np.prod(s)) for s in self.shapes().values()))
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelSpec":
+        try:
+            return cls(kind=d["kind"], input_dim=int(d["input_dim"]), num_classes=int(d["num_classes"]),
+                       hidden=tuple(int(h) for h in d.get("hidden", ())), bias=bool(d.get("bias", True)),
+                       dtype=str(d.get("dtype", "float32")))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"model spec: malformed ({exc})") from None
+
+
+def init_params(spec: ModelSpec, seed: int = 0) -> Params:
+    """Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) weights and biases (torch.nn.Linear's law)."""
+    rng = np.random.default_rng(seed)
+    out: Params = OrderedDict()
+    for name, shape in spec.shapes().items():
+        bound = 1.0 / np.sqrt(spec.sizes[int(name[1:]) - 1])
+        out[name] = rng.uniform(-bound, bound, shape).astype(spec.dtype)
+    return out
+
+
+def flatten(spec: ModelSpec, params: Params) -> np.ndarray:
+    """All parameters concatenated in the spec's order, as float64 (for distances)."""
+    return np.concatenate([np.asarray(params[k], dtype=np.float64).ravel() for k in spec.shapes()])
+
+
+def unflatten(spec: ModelSpec, flat: np.ndarray) -> Params:
+    out: Params = OrderedDict()
+    pos = 0
+    for k, shape in spec.shapes().items():
+        n = int(np.prod(shape))
+        out[k] = np.asarray(flat[pos:pos + n], dtype=spec.dtype).reshape(shape)
+        pos += n
+    return out
+
+
+def check_params(spec: ModelSpec, params: Dict[str, np.ndarray], name: str = "params") -> Params:
+    """The parameters in spec order, with names, shapes and dtype checked."""
+    shapes = spec.shapes()
+    if set(params) != set(shapes):
+        raise ValueError(f"{name}: expected tensors {list(shapes)}, got {sorted(params)}")
+    out: Params = OrderedDict()
+    for k, shape in shapes.items():
+        v = np.asarray(params[k])
+        if v.shape != shape:
+            raise ValueError(f"{name}: {k} has shape {v.shape}, the model needs {shape}")
+        if v.dtype != np.dtype(spec.dtype):
+            raise ValueError(f"{name}: {k} is {v.dtype}, the model is {spec.dtype}")
+        out[k] = np.ascontiguousarray(v)
+    return out
+
+
+@dataclass
+class Cache:
+    """Forward quantities of a batch: pre-activations Z_i and activations A_i (A_0 = X)."""
+
+    Z: List[np.ndarray] = field(default_factory=list)
+    A: List[np.ndarray] = field(default_factory=list)
+
+
+def forward(spec: ModelSpec, params: Params, X: np.ndarray, *, mode: str = "fixed",
+            threads: Optional[int] = None) -> Cache:
+    """Forward pass; the reductions run over features (rows are independent examples)."""
+    c = Cache(A=[X])
+    a = X
+    for i in range(1, spec.num_layers + 1):
+        z = R.matmul(a, params[f"W{i}"], mode=mode, threads=threads)
+        if spec.bias:
+            z = z + params[f"b{i}"]
+        c.Z.append(z)
+        if i < spec.num_layers:
+            a = np.maximum(z, z.dtype.type(0))
+            c.A.append(a)
+    return c
+
+
+def softmax_xent(z: np.ndarray, y: np.ndarray, *, mode: str = "fixed") -> Tuple[np.ndarray, np.ndarray]:
+    """Per-example cross-entropy losses and softmax probabilities, with exactforge's exp/log.
+    The class sums are reductions over a fixed order of classes."""
+    zs = z - z.max(axis=1, keepdims=True)
+    e = _core.exp(np.ascontiguousarray(zs))
+    s = R.sum(e, axis=1, mode=mode)
+    p = e / s[:, None]
+    losses = _core.log(s) - zs[np.arange(len(y)), y]
+    return losses, p
+
+
+def _errors(spec: ModelSpec, params: Params, cache: Cache, y: np.ndarray, mode: str,
+            threads: Optional[int]) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """Per-example losses and error matrices D_i (row k = dloss_k/dz_i, not divided by b)."""
+    losses, p = softmax_xent(cache.Z[-1], y, mode=mode)
+    d = p.copy()
+    d[np.arange(len(y)), y] -= d.dtype.type(1)
+    D = [d]
+    for i in range(spec.num_layers - 1, 0, -1):
+        back = R.matmul(D[0], np.ascontiguousarray(params[f"W{i + 1}"].T), mode=mode, threads=threads)
+        D.insert(0, back * (cache.Z[i - 1] > 0))
+    return losses, D
+
+
+def loss_and_grad(spec: ModelSpec, params: Params, X: np.ndarray, y: np.ndarray, keys: np.ndarray, *,
+                  mode: str = "fixed", threads: Optional[int] = None) -> Tuple[float, Params]:
+    """Mean loss over the batch and its gradient. ``keys`` (the examples' dataset indices)
+    order every reduction over the batch, so the result does not depend on the row order."""
+    b = X.shape[0]
+    cache = forward(spec, params, X, mode=mode, threads=threads)
+    losses, D = _errors(spec, params, cache, y, mode, threads)
+    inv_b = X.dtype.type(b)
+    grads: Params = OrderedDict()
+    for i in range(1, spec.num_layers + 1):
+        di = D[i - 1] / inv_b  # the mean's 1/b, applied per element before the reduction
+        grads[f"W{i}"] = R.matmul(np.ascontiguousarray(cache.A[i - 1].T), di, mode=mode, keys=keys, threads=threads)
+        if spec.bias:
+            grads[f"b{i}"] = R.sum(di, 0, mode=mode, keys=keys, threads=threads)
+    loss = float(R.sum(losses, 0, mode=mode, keys=keys, threads=threads)) / b
+    return loss, OrderedDict((k, grads[k]) for k in spec.shapes())
+
+
+def sgd_step(spec: ModelSpec, params: Params, X: np.ndarray, y: np.ndarray, keys: np.ndarray, lr: float, *,
+             mode: str = "fixed", threads: Optional[int] = None) -> Params:
+    """theta - lr * grad, with the product and the difference each rounded once."""
+    _, g = loss_and_grad(spec, params, X, y, keys, mode=mode, threads=threads)
+    lr_t = np.dtype(spec.dtype).type(lr)
+    return OrderedDict((k, params[k] - lr_t * g[k]) for k in spec.shapes())
+
+
+@dataclass
+class PerExample:
+    """Per-example quantities the forging code needs (rows follow the batch order)."""
+
+    losses: np.ndarray                 # (b,)
+    errors: List[np.ndarray]           # D_i, b x d_i: dloss/dz_i of each example
+    activations: List[np.ndarray]      # A_{i-1}, b x d_{i-1}: the input of layer i (A_0 = X)
+    grad_norms: np.ndarray             # (b, L): ||a_{i-1}|| * ||d_i||, the l2 norm of dloss/dW_i
+
+
+def per_example(spec: ModelSpec, params: Params, X: np.ndarray, y: np.ndarray, *, mode: str = "fixed") -> PerExample:
+    cache = forward(spec, params, X, mode=mode)
+    losses, D = _errors(spec, params, cache, y, mode, None)
+    norms = np.stack([np.linalg.norm(cache.A[i].astype(np.float64), axis=1) * np.linalg.norm(D[i].astype(np.float64), axis=1)
+                      for i in range(spec.num_layers)], axis=1)
+    return PerExample(losses, D, cache.A[: spec.num_layers], norms)

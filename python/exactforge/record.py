@@ -1,0 +1,235 @@
+"""Recording execution traces: native models (exactforge trains), and any torch model and
+optimizer inside the user's own training loop (``TraceRecorder``)."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import models as M
+from .data import Dataset, fingerprint
+from .trace import Trace, TraceError, TraceWriter, environment
+
+__all__ = ["batch_schedule", "record_native", "record_torch_fcn", "TraceRecorder"]
+
+
+def batch_schedule(num_examples: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+    """Batches of dataset indices: each epoch a seeded permutation cut into full batches."""
+    if not 1 <= batch_size <= num_examples:
+        raise ValueError(f"batch_size: expected 1..{num_examples} (the dataset size), got {batch_size}")
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(num_examples)
+        for s in range(0, num_examples - batch_size + 1, batch_size):
+            yield perm[s:s + batch_size].astype(np.int64)
+
+
+def _data_entry(data: Dataset, path: Optional[str]) -> Dict[str, Any]:
+    return {"name": data.name, "fingerprint": data.fingerprint(), "num_examples": len(data),
+            "dim": data.dim, "num_classes": data.num_classes, "path": path}
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False)
+
+
+def _check_steps(steps: int, checkpoint_every: int) -> None:
+    if steps < 1:
+        raise ValueError(f"steps: expected a positive number of SGD steps, got {steps}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every: expected a positive interval, got {checkpoint_every}")
+
+
+def _resume_or_create(out: str, manifest: Dict[str, Any], initial: Mapping[str, np.ndarray], resume: bool,
+                      ) -> Tuple[TraceWriter, Optional[Dict[str, np.ndarray]]]:
+    import os
+
+    if resume and os.path.exists(os.path.join(out, "manifest.json")):
+        writer, trace = TraceWriter.resume(out)
+        for key in ("engine", "model", "lr", "batch_size", "seed", "checkpoint_every", "reduction", "data", "optimizer"):
+            if trace.manifest.get(key) != manifest.get(key):
+                raise TraceError(f"resume: the trace in {out} was recorded with a different {key!r}")
+        return writer, trace.load_checkpoint(writer.next_step)
+    return TraceWriter(out, manifest, initial), None
+
+
+def record_native(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 0.01, steps: int = 50,
+                  batch_size: int = 64, seed: int = 0, checkpoint_every: int = 1, mode: str = "fixed",
+                  threads: Optional[int] = None, data_path: Optional[str] = None, resume: bool = False,
+                  progress: bool = False) -> Trace:
+    """Trains a native model with SGD for ``steps`` steps and records the trace in ``out``."""
+    _check_steps(steps, checkpoint_every)
+    if spec.input_dim != data.dim or spec.num_classes != data.num_classes:
+        raise ValueError(f"model: built for {spec.input_dim} inputs / {spec.num_classes} classes, "
+                         f"but {data.name} has {data.dim} / {data.num_classes}")
+    X = data.X.astype(spec.dtype, copy=False)
+    params = M.init_params(spec, seed)
+    manifest = {"engine": "native", "model": spec.to_dict(), "optimizer": {"name": "sgd", "lr": lr},
+                "lr": lr, "dtype": spec.dtype, "seed": seed, "batch_size": batch_size, "steps": steps,
+                "checkpoint_every": checkpoint_every, "reduction": mode,
+                "data": _data_entry(data, data_path), "environment": environment("cpu")}
+    writer, restored = _resume_or_create(out, manifest, params, resume)
+    if restored is not None:
+        params = M.check_params(spec, restored, "checkpoint")
+    sched = batch_schedule(len(data), batch_size, seed)
+    for _ in range(writer.next_step):  # the schedule is a pure function of the seed
+        next(sched)
+    bar = _progress(steps - writer.next_step, progress, "train (native)")
+    while writer.next_step < steps:
+        t = writer.next_step
+        idx = next(sched)
+        params = M.sgd_step(spec, params, X[idx], data.y[idx], idx, lr, mode=mode, threads=threads)
+        last = t + 1 == steps
+        writer.append(idx, params if ((t + 1) % checkpoint_every == 0 or last) else None)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return Trace.open(out)
+
+
+class TraceRecorder:
+    """Records the execution trace of a torch training loop the user writes::
+
+        with TraceRecorder(out, model, optimizer, dataset, checkpoint_every=k) as rec:
+            for idx in batches:                      # dataset indices of the batch
+                loss = loss_fn(model(X[idx]), y[idx])
+                optimizer.zero_grad(); loss.backward(); optimizer.step()
+                rec.step(idx)                        # after the optimizer's step
+
+    ``dataset`` is an exactforge ``Dataset``, a pair (X, y) of arrays or tensors, or a torch
+    ``TensorDataset``: its exact bytes are fingerprinted into the manifest. The manifest is
+    written (and hashed) on entering the block, so everything it should say (``batch_size``,
+    ``seed``, ``extra`` fields) is given here. Checkpoints are
+    the model's ``state_dict`` (safetensors). theta_0 is taken on entering the block, and a
+    final checkpoint is written on leaving it.
+    """
+
+    def __init__(self, directory: str, model: Any, optimizer: Any, dataset: Any, *, checkpoint_every: int = 1,
+                 seed: Optional[int] = None, batch_size: Optional[int] = None,
+                 model_spec: Optional[M.ModelSpec] = None, data_name: Optional[str] = None,
+                 data_path: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None) -> None:
+        if checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every: expected a positive interval, got {checkpoint_every}")
+        self.directory = directory
+        self.model = model
+        self.optimizer = optimizer
+        self.checkpoint_every = checkpoint_every
+        X, y, name = _dataset_arrays(dataset)
+        self._num_examples = int(X.shape[0])
+        groups = optimizer.param_groups
+        lr = float(groups[0]["lr"])
+        opt = {"name": type(optimizer).__name__.lower(), "lr": lr,
+               **{k: groups[0][k] for k in ("momentum", "weight_decay", "dampening", "nesterov") if k in groups[0]}}
+        self.manifest = {
+            "engine": "torch",
+            "model": model_spec.to_dict() if model_spec is not None else {"torch_class": type(model).__qualname__},
+            "optimizer": opt, "lr": lr, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "seed": seed, "batch_size": batch_size, "checkpoint_every": checkpoint_every, "reduction": None,
+            "data": {"name": data_name or name, "fingerprint": fingerprint(X, y), "num_examples": self._num_examples,
+                     "dim": int(np.prod(X.shape[1:])), "num_classes": int(y.max()) + 1 if y.size else 0, "path": data_path},
+            "environment": environment(_device_of(model)),
+            **dict(extra or {}),
+        }
+        self._writer: Optional[TraceWriter] = None
+        self._since_ckpt = 0
+
+    def _state(self) -> Dict[str, np.ndarray]:
+        return OrderedDict((k, v.detach().cpu().numpy()) for k, v in self.model.state_dict().items())
+
+    def __enter__(self) -> "TraceRecorder":
+        self._writer = TraceWriter(self.directory, self.manifest, self._state())
+        return self
+
+    def step(self, batch_indices: Union[Sequence[int], np.ndarray, Any]) -> None:
+        """Records one optimizer step taken on the examples ``batch_indices`` (in order)."""
+        if self._writer is None:
+            raise RuntimeError("TraceRecorder.step: use the recorder inside a `with` block")
+        idx = np.asarray(batch_indices.detach().cpu() if hasattr(batch_indices, "detach") else batch_indices)
+        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError("batch_indices: expected a non-empty 1-D sequence of dataset indices")
+        if idx.min() < 0 or idx.max() >= self._num_examples:
+            raise ValueError(f"batch_indices: indices must lie in 0..{self._num_examples - 1}")
+        self._since_ckpt += 1
+        ck = self._state() if self._since_ckpt == self.checkpoint_every else None
+        if ck is not None:
+            self._since_ckpt = 0
+        self._writer.append(idx, ck)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        w = self._writer
+        if w is None or exc_type is not None:
+            return  # on an error the trace keeps every complete step; nothing more is claimed
+        if self._since_ckpt and w.next_step > 0:
+            # The last steps have no checkpoint yet: rewrite the final record with one.
+            import os
+
+            last = w.next_step - 1
+            trace = Trace.open(self.directory)
+            rec = trace.records[last]
+            os.unlink(os.path.join(self.directory, f"records/{last:08d}.json"))
+            w.next_step = last
+            w.prev = rec.prev
+            w.append(rec.batch, self._state())
+
+
+def _device_of(model: Any) -> str:
+    try:
+        return str(next(model.parameters()).device)
+    except (StopIteration, AttributeError):
+        return "cpu"
+
+
+def _dataset_arrays(dataset: Any) -> Tuple[np.ndarray, np.ndarray, str]:
+    if isinstance(dataset, Dataset):
+        return dataset.X, dataset.y, dataset.name
+    tensors = getattr(dataset, "tensors", None)  # torch TensorDataset
+    pair = tensors if tensors is not None else dataset
+    if isinstance(pair, (tuple, list)) and len(pair) == 2:
+        X, y = (np.asarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t) for t in pair)
+        return X, y.astype(np.int64, copy=False), "custom"
+    raise TypeError("dataset: expected an exactforge Dataset, a pair (X, y) or a torch TensorDataset")
+
+
+def record_torch_fcn(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 0.01, steps: int = 50,
+                     batch_size: int = 64, seed: int = 0, checkpoint_every: int = 1, threads: Optional[int] = None,
+                     data_path: Optional[str] = None, progress: bool = False) -> Trace:
+    """The same training as ``record_native`` (same init, same batches) with torch autograd,
+    recorded through ``TraceRecorder``: what a model owner using plain torch produces."""
+    import torch
+
+    from .torch_models import to_torch
+
+    _check_steps(steps, checkpoint_every)
+    prev_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        model = to_torch(spec, M.init_params(spec, seed))
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        X = torch.from_numpy(data.X.astype(spec.dtype))
+        y = torch.from_numpy(data.y)
+        sched = batch_schedule(len(data), batch_size, seed)
+        bar = _progress(steps, progress, "train (torch)")
+        with TraceRecorder(out, model, opt, data, checkpoint_every=checkpoint_every, seed=seed,
+                           batch_size=batch_size, model_spec=spec, data_path=data_path,
+                           extra={"steps": steps}) as rec:
+            for _ in range(steps):
+                idx = next(sched)
+                loss = torch.nn.functional.cross_entropy(model(X[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                rec.step(idx)
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+    finally:
+        torch.set_num_threads(prev_threads)
+    return Trace.open(out)
