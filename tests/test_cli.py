@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 
-from exactforge import _detmath
 from exactforge.cli import main
 from exactforge.demo import run_demo
 
@@ -38,11 +37,3 @@ def test_cli_bad_argument_is_a_clean_error(capsys):
 def test_console_script_info():
     res = subprocess.run([sys.executable, "-m", "exactforge.cli", "info"], capture_output=True, text=True, check=True)
     assert json.loads(res.stdout)["fp_contract"] == "off"
-
-
-def test_detmath_exp_is_accurate_and_position_independent(rng):
-    x = rng.uniform(-80, 80, 1001).astype(np.float32)
-    y = _detmath.exp(x)
-    assert np.allclose(y, np.exp(x.astype(np.float64)), rtol=1e-6)
-    for cut in (1, 7, 8, 9, 500):  # SIMD body vs tail positions
-        assert _detmath.exp(x[cut:]).tobytes() == y[cut:].tobytes()

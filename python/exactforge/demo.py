@@ -13,13 +13,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from . import _detmath, compile_options
-from . import reduce as R
+from . import compile_options
+from . import models as M
 from .data import load_digits
+from .models import Params
 
 __all__ = ["DemoRow", "DemoResult", "run_demo", "format_table"]
-
-Params = Dict[str, np.ndarray]
 
 
 @dataclass
@@ -44,58 +43,25 @@ class DemoResult:
         return json.dumps(asdict(self), indent=2)
 
 
-def _init_params(rng: np.random.Generator, sizes=(64, 100, 10)) -> Params:
-    p: Params = {}
-    for i, (d0, d1) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        bound = 1.0 / np.sqrt(d0)  # torch.nn.Linear's default range
-        p[f"W{i}"] = rng.uniform(-bound, bound, (d0, d1)).astype(np.float32)
-        p[f"b{i}"] = rng.uniform(-bound, bound, d1).astype(np.float32)
-    return p
+SPEC = M.ModelSpec("fcn", 64, 10, (100,))
 
 
-def _flat(p: Params) -> np.ndarray:
-    return np.concatenate([p[k].ravel() for k in sorted(p)]).astype(np.float64)
-
-
-def exactforge_step(p: Params, X: np.ndarray, y: np.ndarray, idx: np.ndarray, lr: float, mode: str,
-                    threads: int) -> Params:
-    """One SGD step of the FCN with every reduction done by exactforge.reduce.
-    Reductions over the batch use the examples' dataset indices as keys."""
-    b = len(idx)
-    Xb = X[idx]
-    Z1 = R.matmul(Xb, p["W1"], mode=mode, threads=threads) + p["b1"]
-    A1 = np.maximum(Z1, np.float32(0))
-    Z2 = R.matmul(A1, p["W2"], mode=mode, threads=threads) + p["b2"]
-    E = _detmath.exp(Z2 - Z2.max(axis=1, keepdims=True))
-    P = E / R.sum(E, axis=1, mode=mode, threads=threads)[:, None]
-    Y = np.zeros_like(P)
-    Y[np.arange(b), y[idx]] = 1
-    D2 = (P - Y) / np.float32(b)
-    D1 = R.matmul(D2, np.ascontiguousarray(p["W2"].T), mode=mode, threads=threads) * (Z1 > 0)
-    g = {
-        "W2": R.matmul(np.ascontiguousarray(A1.T), D2, mode=mode, keys=idx, threads=threads),
-        "b2": R.sum(D2, 0, mode=mode, keys=idx, threads=threads),
-        "W1": R.matmul(np.ascontiguousarray(Xb.T), D1, mode=mode, keys=idx, threads=threads),
-        "b1": R.sum(D1, 0, mode=mode, keys=idx, threads=threads),
-    }
-    return {k: (p[k] - np.float32(lr) * g[k]).astype(np.float32) for k in p}
-
-
-def torch_step(p: Params, X: np.ndarray, y: np.ndarray, idx: np.ndarray, lr: float, threads: int) -> Params:
-    """The same step with torch autograd and BLAS (nn.Linear layout: weight = W.T)."""
+def torch_step(params: Params, X: np.ndarray, y: np.ndarray, idx: np.ndarray, lr: float, threads: int) -> Params:
+    """The same step with torch autograd and BLAS (what users run today)."""
     import torch
+
+    from .torch_models import from_torch, to_torch
 
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        t = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
-        xb = torch.from_numpy(X[idx])
-        z1 = torch.nn.functional.linear(xb, t["W1"].T, t["b1"])
-        z2 = torch.nn.functional.linear(torch.relu(z1), t["W2"].T, t["b2"])
-        loss = torch.nn.functional.cross_entropy(z2, torch.from_numpy(y[idx]))
+        model = to_torch(SPEC, params)
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(X[idx])), torch.from_numpy(y[idx]))
         loss.backward()
         with torch.no_grad():
-            return {k: (t[k] - lr * t[k].grad).numpy().astype(np.float32) for k in p}
+            for p in model.parameters():
+                p -= lr * p.grad
+        return from_torch(SPEC, model)
     finally:
         torch.set_num_threads(prev)
 
@@ -110,21 +76,23 @@ def run_demo(batch_size: int = 1000, permutations: int = 20, lr: float = 0.01, s
     if batch_size > len(data.X):
         raise ValueError(f"batch_size: digits has {len(data.X)} examples; choose at most that many")
     rng = np.random.default_rng(seed)
-    params = _init_params(rng)
+    params = M.init_params(SPEC, seed)
     idx = rng.choice(len(data.X), size=batch_size, replace=False)
     perms = [rng.permutation(batch_size) for _ in range(permutations)]
 
     paths = {
         "torch (BLAS, autograd)": lambda order, th: torch_step(params, data.X, data.y, idx[order], lr, th),
-        "exactforge fixed": lambda order, th: exactforge_step(params, data.X, data.y, idx[order], lr, "fixed", th),
-        "exactforge exact": lambda order, th: exactforge_step(params, data.X, data.y, idx[order], lr, "exact", th),
+        "exactforge fixed": lambda order, th: M.sgd_step(SPEC, params, data.X[idx[order]], data.y[idx[order]],
+                                                         idx[order], lr, mode="fixed", threads=th),
+        "exactforge exact": lambda order, th: M.sgd_step(SPEC, params, data.X[idx[order]], data.y[idx[order]],
+                                                         idx[order], lr, mode="exact", threads=th),
     }
     result = DemoResult("FCN 64-100-10", data.name, batch_size, lr, permutations)
     ident = np.arange(batch_size)
     for name, step in paths.items():
-        ref = _flat(step(ident, 1))
-        perm_d = [float(np.linalg.norm(_flat(step(o, 1)) - ref)) for o in perms]
-        two = _flat(step(ident, 2))
+        ref = M.flatten(SPEC, step(ident, 1))
+        perm_d = [float(np.linalg.norm(M.flatten(SPEC, step(o, 1)) - ref)) for o in perms]
+        two = M.flatten(SPEC, step(ident, 2))
         thr_d = float(np.linalg.norm(two - ref))
         result.rows.append(DemoRow(name, max(perm_d), thr_d,
                                    all(d == 0.0 for d in perm_d) and thr_d == 0.0))
