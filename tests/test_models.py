@@ -104,3 +104,16 @@ def test_native_exp_log_special_values_and_accuracy():
     assert np.allclose(lg[3:5], np.log(lx[3:5]), rtol=1e-15)
     r = np.random.default_rng(0).uniform(-50, 50, 10_000)
     assert np.max(np.abs(_core.exp(r) / np.exp(r) - 1)) < 5e-16
+
+
+def test_batches_drawn_with_replacement_are_still_order_free():
+    spec = SPECS[2]
+    params = M.init_params(spec, 0)
+    rng = np.random.default_rng(4)
+    idx = rng.integers(0, 40, 120)  # many repeated examples
+    p = rng.permutation(120)
+    a = M.sgd_step(spec, params, DIGITS.X[idx], DIGITS.y[idx], idx, 0.1)
+    b = M.sgd_step(spec, params, DIGITS.X[idx[p]], DIGITS.y[idx[p]], idx[p], 0.1, threads=1)
+    assert _bits(a) == _bits(b)
+    with pytest.raises(ValueError, match="keys"):
+        M.loss_and_grad(spec, params, DIGITS.X[idx], DIGITS.y[idx], idx[:5])

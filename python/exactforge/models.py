@@ -182,18 +182,28 @@ def _errors(spec: ModelSpec, params: Params, cache: Cache, y: np.ndarray, mode: 
 def loss_and_grad(spec: ModelSpec, params: Params, X: np.ndarray, y: np.ndarray, keys: np.ndarray, *,
                   mode: str = "fixed", threads: Optional[int] = None) -> Tuple[float, Params]:
     """Mean loss over the batch and its gradient. ``keys`` (the examples' dataset indices)
-    order every reduction over the batch, so the result does not depend on the row order."""
+    order every reduction over the batch, so the result does not depend on the row order.
+    Equal keys must mean the same example (a batch drawn with replacement)."""
     b = X.shape[0]
+    keys = np.asarray(keys)
+    if keys.shape != (b,):
+        raise ValueError(f"keys: expected one dataset index per example ({b}), got shape {keys.shape}")
+    # Put the batch in key order once; every reduction over the batch then runs in the
+    # given order. Equal keys are the same example (same index, same data), so the stable
+    # sort leaves nothing that depends on the incoming order.
+    order = np.argsort(keys, kind="stable")
+    if not np.array_equal(order, np.arange(b)):
+        X, y = X[order], y[order]
     cache = forward(spec, params, X, mode=mode, threads=threads)
     losses, D = _errors(spec, params, cache, y, mode, threads)
     inv_b = X.dtype.type(b)
     grads: Params = OrderedDict()
     for i in range(1, spec.num_layers + 1):
         di = D[i - 1] / inv_b  # the mean's 1/b, applied per element before the reduction
-        grads[f"W{i}"] = R.matmul(np.ascontiguousarray(cache.A[i - 1].T), di, mode=mode, keys=keys, threads=threads)
+        grads[f"W{i}"] = R.matmul(np.ascontiguousarray(cache.A[i - 1].T), di, mode=mode, threads=threads)
         if spec.bias:
-            grads[f"b{i}"] = R.sum(di, 0, mode=mode, keys=keys, threads=threads)
-    loss = float(R.sum(losses, 0, mode=mode, keys=keys, threads=threads)) / b
+            grads[f"b{i}"] = R.sum(di, 0, mode=mode, threads=threads)
+    loss = float(R.sum(losses, 0, mode=mode, threads=threads)) / b
     return loss, OrderedDict((k, grads[k]) for k in spec.shapes())
 
 
