@@ -80,3 +80,13 @@ def test_cuda_nan_inf_bits_equal_cpu(fw, rng):
     a[0, 1], a[1, 2], a[2, 3], a[2, 4] = np.nan, np.inf, np.inf, -np.inf
     for mode in R.MODES:
         assert bits(_to_host(R.matmul(_to_device(a, fw), _to_device(b, fw), mode=mode), fw)) == bits(R.matmul(a, b, mode=mode))
+
+
+@pytest.mark.parametrize("fw", _frameworks())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_exp_log_bits_equal_cpu(fw, dtype, rng):
+    from exactforge import mathfn
+    x = rng.uniform(-700, 700, 10_000).astype(dtype)
+    y = np.abs(rng.standard_normal(10_000)).astype(dtype) * dtype(1e3)
+    assert bits(_to_host(mathfn.exp(_to_device(x, fw)), fw)) == bits(mathfn.exp(x))
+    assert bits(_to_host(mathfn.log(_to_device(y, fw)), fw)) == bits(mathfn.log(y))

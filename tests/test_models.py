@@ -117,3 +117,13 @@ def test_batches_drawn_with_replacement_are_still_order_free():
     assert _bits(a) == _bits(b)
     with pytest.raises(ValueError, match="keys"):
         M.loss_and_grad(spec, params, DIGITS.X[idx], DIGITS.y[idx], idx[:5])
+
+
+def test_mathfn_accepts_torch_and_matches_numpy_bits():
+    from exactforge import mathfn
+    x = np.linspace(-20, 20, 1001, dtype=np.float32)
+    t = mathfn.exp(torch.from_numpy(x))
+    assert isinstance(t, torch.Tensor) and t.numpy().tobytes() == mathfn.exp(x).tobytes()
+    assert mathfn.log(torch.from_numpy(x[x > 0])).numpy().tobytes() == mathfn.log(x[x > 0]).tobytes()
+    with pytest.raises(TypeError, match="x:"):
+        mathfn.exp([1.0, 2.0])

@@ -71,6 +71,17 @@ PYBIND11_MODULE(_cuda, m) {
           check(err);
         }, py::arg("dtype"), py::arg("mode"), py::arg("x"), py::arg("out"), py::arg("k"), py::arg("n"),
         py::arg("order") = py::none(), py::arg("stream") = 0);
+  m.def("elementwise", [](const std::string& dtype, const std::string& fn, uintptr_t x, uintptr_t out, int64_t n,
+                          uintptr_t stream) {
+          bool dbl = is_double_of(dtype);
+          if (fn != "exp" && fn != "log") throw py::value_error("fn: expected 'exp' or 'log'");
+          std::string err;
+          {
+            py::gil_scoped_release nogil;
+            err = cuda::elementwise(dbl, fn == "exp" ? 0 : 1, (const void*)x, (void*)out, n, (void*)stream);
+          }
+          check(err);
+        }, py::arg("dtype"), py::arg("fn"), py::arg("x"), py::arg("out"), py::arg("n"), py::arg("stream") = 0);
   m.def("device_info", []() {
     int count, rt, drv;
     std::string err = cuda::device_info(count, rt, drv);

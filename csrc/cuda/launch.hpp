@@ -12,6 +12,8 @@ std::string matmul(bool is_double, bool fixed, const void* a, const void* b, voi
                    int64_t k, int64_t n, const int64_t* order_host, void* stream);
 std::string sum_rows(bool is_double, bool fixed, const void* x, void* out, int64_t k, int64_t n,
                      const int64_t* order_host, void* stream);
+/// op 0: exp, op 1: log (exactforge's own, mathfn.hpp), elementwise over n values.
+std::string elementwise(bool is_double, int op, const void* x, void* out, int64_t n, void* stream);
 std::string device_info(int& count, int& runtime_version, int& driver_version);
 
 }  // namespace cuda

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "exactforge/fixedpoint.hpp"
+#include "exactforge/mathfn.hpp"
 #include "launch.hpp"
 
 namespace exactforge {
@@ -188,6 +189,15 @@ __global__ void sum_exact_kernel(const T* __restrict__ x, T* out, int64_t k, int
   out[j] = round_int192<T>(v, fe - S * w);
 }
 
+/// @brief Elementwise det_exp (op 0) or det_log (op 1), evaluated in double as on the CPU.
+template <class T>
+__global__ void mathfn_kernel(const T* __restrict__ x, T* out, int64_t n, int op) {
+  int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  double v = static_cast<double>(x[i]);
+  out[i] = static_cast<T>(canonicalize(op == 0 ? det_exp(v) : det_log(v)));
+}
+
 // RAII device buffer; errors surface through cudaGetLastError at the end of each entry point.
 struct DevBuf {
   void* p = nullptr;
@@ -267,6 +277,15 @@ std::string sum_rows(bool is_double, bool fixed, const void* x, void* out, int64
   auto st = static_cast<cudaStream_t>(stream);
   if (is_double) return sum_t<double>(fixed, (const double*)x, (double*)out, k, n, order_host, st);
   return sum_t<float>(fixed, (const float*)x, (float*)out, k, n, order_host, st);
+}
+
+std::string elementwise(bool is_double, int op, const void* x, void* out, int64_t n, void* stream) {
+  if (n == 0) return std::string();
+  auto st = static_cast<cudaStream_t>(stream);
+  unsigned grd = (unsigned)((n + 255) / 256);
+  if (is_double) mathfn_kernel<double><<<grd, 256, 0, st>>>((const double*)x, (double*)out, n, op);
+  else mathfn_kernel<float><<<grd, 256, 0, st>>>((const float*)x, (float*)out, n, op);
+  return finish(st);
 }
 
 std::string device_info(int& count, int& runtime_version, int& driver_version) {

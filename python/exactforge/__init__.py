@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from . import reduce
+from . import mathfn, reduce
 from ._native import _core, _cuda, _cuda_import_error
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
-__all__ = ["__version__", "reduce", "compile_options", "set_num_threads", "get_num_threads", "cuda_is_available"]
+__all__ = ["__version__", "reduce", "mathfn", "compile_options", "set_num_threads", "get_num_threads", "cuda_is_available"]
 
 
 def set_num_threads(n: int) -> None:

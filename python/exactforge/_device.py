@@ -12,7 +12,7 @@ import numpy as np
 from ._arrays import ArrayKind, compute_dtype, dtype_name
 from ._native import require_cuda
 
-__all__ = ["matmul", "sum_rows"]
+__all__ = ["matmul", "sum_rows", "elementwise"]
 
 
 @contextmanager
@@ -91,4 +91,14 @@ def sum_rows(x: Any, kind: ArrayKind, dtype: str, mode: str, order: Optional[np.
     with _on_device(kind) as stream:
         cuda.sum_rows(cdt, mode, _ptr(x_, kind), _ptr(out, kind), k, n,
                       None if order is None else order.tolist(), stream)
+    return _finish(out, kind, dtype)
+
+
+def elementwise(x: Any, kind: ArrayKind, dtype: str, fn: str) -> Any:
+    cuda = require_cuda("x")
+    cdt = compute_dtype(dtype)
+    x_ = _prepare(x, kind, cdt)
+    out = _empty(tuple(x_.shape), cdt, kind)
+    with _on_device(kind) as stream:
+        cuda.elementwise(cdt, fn, _ptr(x_, kind), _ptr(out, kind), int(np.prod(x_.shape)), stream)
     return _finish(out, kind, dtype)
