@@ -74,6 +74,74 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if rep.accepted else 1
 
 
+def _cmd_forge(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import exact as E
+    from .data import load_dataset
+    from .models import ModelSpec, check_params
+    from .trace import Trace, TraceError, encode_checkpoint, atomic_write
+
+    try:
+        trace = Trace.open(args.trace)
+        man = trace.manifest
+        if "kind" not in man["model"]:
+            raise TraceError("model: the trace names no exactforge model (logreg or fcn) to forge against")
+        spec = ModelSpec.from_dict(man["model"])
+        data = load_dataset(man["data"]["name"], args.data_path or man["data"].get("path"))
+        if data.fingerprint() != man["data"].get("fingerprint"):
+            raise TraceError("data: the fingerprint does not match the trace's")
+        if not 0 <= args.step < len(trace.records):
+            raise ValueError(f"--step: the trace has steps 0..{len(trace.records) - 1}")
+        if args.step not in trace.checkpoint_steps:
+            raise ValueError(f"--step: no checkpoint theta_{args.step} was logged; steps with one: "
+                             f"{trace.checkpoint_steps[:10]}{'...' if len(trace.checkpoint_steps) > 10 else ''}")
+        state = trace.load_checkpoint(args.step)
+        if man["engine"] == "torch":  # state_dict layout -> exactforge layout
+            from .torch_models import from_torch, to_torch, TorchFCN
+            import torch
+            module = TorchFCN(spec)
+            module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+            params = from_torch(spec, module)
+        else:
+            params = check_params(spec, state, f"checkpoint {args.step}")
+    except TraceError as exc:
+        print(f"exactforge forge: invalid trace: {exc}", file=sys.stderr)
+        return 2
+    idx = trace.batch(args.step)
+    X, y = data.X[idx], data.y[idx]
+    rng = np.random.default_rng(args.seed)
+    others = np.setdiff1d(np.arange(len(data)), idx)
+    Xt = data.X[rng.choice(others, size=len(idx), replace=len(others) < len(idx))]
+    if args.method == "nullspace":
+        forged = E.forge_nullspace(spec, params, X, y, target="random" if args.target == "random" else Xt,
+                                   scale=args.scale, seed=args.seed)
+    else:
+        if spec.kind != "logreg":
+            raise ValueError("--method error-matrix: applies to logistic regression traces; use nullspace for an FCN")
+        forged = E.forge_error_matrix(spec, params, X, y, target=None if args.target == "random" else Xt, seed=args.seed)
+    rep = E.forgery_report(spec, params, X, y, forged, lr=float(man["lr"]), levels=data.levels,
+                           torch_permutations=args.permutations)
+    out = rep.to_dict()
+    out.update({"step": args.step, "trace": args.trace, "lr": float(man["lr"]), "batch_size": int(len(idx))})
+    if args.out:
+        Y = np.asarray(forged.Y)
+        atomic_write(args.out, encode_checkpoint({"X": np.asarray(forged.X, np.float64),
+                                                   "Y": Y.astype(np.int64 if Y.ndim == 1 else np.float64)}, args.step))
+    if args.figure:
+        from .figures import plot_forgery
+        plot_forgery(X, forged.X, args.figure, title=f"{forged.method} forgery of step {args.step} "
+                     f"(approx. error {rep.approx_error:.2g}, in range {rep.in_range_fraction:.0%})")
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    print(f"{forged.method} forgery of step {args.step}: distinct={rep.distinct}, approx_error={rep.approx_error:.3g} "
+          f"(float64 {rep.approx_error_f64:.3g}; torch permutation repro {rep.repro_error_torch or 0:.3g}), "
+          f"in range {rep.in_range_fraction:.1%}, labels one-hot={rep.labels_one_hot}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import compile_options
 
@@ -129,6 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", metavar="OUT", help="write the report as JSON")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=_cmd_verify)
+
+    f = sub.add_parser("forge", help="construct an exact forgery of one step of a trace and report it")
+    f.add_argument("trace", help="the trace folder (native or torch engine, logreg or fcn)")
+    f.add_argument("--step", type=int, required=True, help="the step whose batch is forged (needs theta_step)")
+    f.add_argument("--method", choices=("nullspace", "error-matrix"), default="nullspace")
+    f.add_argument("--target", choices=("random", "nearest"), default="random",
+                   help="random: random nullspace coefficients / least-norm inputs; nearest: closest to real examples")
+    f.add_argument("--scale", type=float, default=0.1, help="largest perturbation of --target random (nullspace)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--permutations", type=int, default=10, help="torch permutations for the reproduction error")
+    f.add_argument("--data-path", help="folder with the local files of mnist or cifar10")
+    f.add_argument("--out", metavar="FILE", help="write the forged batch (safetensors: X, Y)")
+    f.add_argument("--json", metavar="OUT", help="write the report as JSON")
+    f.add_argument("--figure", metavar="PNG", help="original vs forged examples")
+    f.set_defaults(func=_cmd_forge)
 
     i = sub.add_parser("info", help="print what this installation was built with (compile_options)")
     i.set_defaults(func=_cmd_info)

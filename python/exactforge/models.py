@@ -22,7 +22,8 @@ from . import mathfn
 from . import reduce as R
 
 __all__ = ["ModelSpec", "Params", "init_params", "forward", "loss_and_grad", "sgd_step",
-           "per_example", "PerExample", "flatten", "unflatten", "softmax_xent"]
+           "per_example", "PerExample", "flatten", "unflatten", "softmax_xent", "output_errors",
+           "check_params"]
 
 Params = "OrderedDict[str, np.ndarray]"
 KINDS = ("logreg", "fcn")
@@ -157,22 +158,35 @@ def forward(spec: ModelSpec, params: Params, X: np.ndarray, *, mode: str = "fixe
 
 def softmax_xent(z: np.ndarray, y: np.ndarray, *, mode: str = "fixed") -> Tuple[np.ndarray, np.ndarray]:
     """Per-example cross-entropy losses and softmax probabilities, with exactforge's exp/log.
-    The class sums are reductions over a fixed order of classes."""
+    ``y`` holds class indices (b,) or label vectors (b x n, e.g. the soft labels of a forgery:
+    loss = -sum_j y_j log softmax_j). The class sums are reductions in a fixed class order."""
     zs = z - z.max(axis=1, keepdims=True)
     e = mathfn.exp(zs)
     s = R.sum(e, axis=1, mode=mode)
     p = e / s[:, None]
-    losses = mathfn.log(s) - zs[np.arange(len(y)), y]
+    ls = mathfn.log(s)
+    if y.ndim == 1:
+        losses = ls - zs[np.arange(len(y)), y]
+    else:
+        losses = R.sum(y * (ls[:, None] - zs), axis=1, mode=mode)
     return losses, p
+
+
+def output_errors(p: np.ndarray, y: np.ndarray, *, mode: str = "fixed") -> np.ndarray:
+    """dloss/dz for softmax cross-entropy: p - onehot(y), or p * sum(y) - y for label vectors
+    (Lemma 1: every row sums to zero either way)."""
+    if y.ndim == 1:
+        d = p.copy()
+        d[np.arange(len(y)), y] -= d.dtype.type(1)
+        return d
+    return p * R.sum(y, axis=1, mode=mode)[:, None] - y
 
 
 def _errors(spec: ModelSpec, params: Params, cache: Cache, y: np.ndarray, mode: str,
             threads: Optional[int]) -> Tuple[np.ndarray, List[np.ndarray]]:
     """Per-example losses and error matrices D_i (row k = dloss_k/dz_i, not divided by b)."""
     losses, p = softmax_xent(cache.Z[-1], y, mode=mode)
-    d = p.copy()
-    d[np.arange(len(y)), y] -= d.dtype.type(1)
-    D = [d]
+    D = [output_errors(p, y, mode=mode)]
     for i in range(spec.num_layers - 1, 0, -1):
         back = R.matmul(D[0], np.ascontiguousarray(params[f"W{i + 1}"].T), mode=mode, threads=threads)
         D.insert(0, back * (cache.Z[i - 1] > 0))
