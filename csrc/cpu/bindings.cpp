@@ -14,6 +14,9 @@
 #include "exactforge/fixedpoint.hpp"
 #include "exactforge/mathfn.hpp"
 #include "exactforge/reduce.hpp"
+#include "exactforge/search.hpp"
+
+#include <memory>
 
 namespace py = pybind11;
 using namespace exactforge;
@@ -144,6 +147,65 @@ py::dict exact_plan_py(int64_t k, bool is_double) {
   return d;
 }
 
+// One exhaustive search: owns copies of its arrays (the caller's may go away) and, for the
+// meet-in-the-middle method, the hash table, built once and probed in blocks of first indices
+// so that Python can report progress between blocks.
+class SearchHandle {
+ public:
+  SearchHandle(py::array_t<int64_t, py::array::c_style | py::array::forcecast> grads,
+               py::array_t<uint64_t, py::array::c_style | py::array::forcecast> keys,
+               py::array_t<int64_t, py::array::c_style | py::array::forcecast> targets,
+               py::array_t<uint64_t, py::array::c_style | py::array::forcecast> target_keys, int b,
+               const std::string& method, uint64_t max_bytes)
+      : mitm_(method == "mitm") {
+    if (method != "mitm" && method != "brute") throw py::value_error("method: expected 'mitm' or 'brute'");
+    if (grads.ndim() != 2 || keys.ndim() != 1 || targets.ndim() != 2 || target_keys.ndim() != 1)
+      throw py::value_error("grads, keys, targets: wrong dimensions");
+    if (keys.shape(0) != grads.shape(0) || targets.shape(1) != grads.shape(1) || target_keys.shape(0) != targets.shape(0))
+      throw py::value_error("grads, keys, targets: inconsistent shapes");
+    if (b < 1 || b > 6 || b > grads.shape(0)) throw py::value_error("b: expected 1..min(6, number of examples)");
+    grads_.assign(grads.data(), grads.data() + grads.size());
+    keys_.assign(keys.data(), keys.data() + keys.size());
+    pr_.n = grads.shape(0);
+    pr_.p = grads.shape(1);
+    pr_.grads = grads_.data();
+    pr_.keys = keys_.data();
+    pr_.b = b;
+    for (py::ssize_t t = 0; t < targets.shape(0); ++t) {
+      pr_.targets.emplace_back(targets.data(t, 0), targets.data(t, 0) + targets.shape(1));
+      pr_.target_keys.push_back(target_keys.at(t));
+    }
+    if (mitm_) {
+      try {
+        py::gil_scoped_release nogil;
+        table_ = std::make_unique<search::Mitm>(pr_, max_bytes);
+      } catch (const std::length_error& e) {
+        throw py::value_error(e.what());
+      }
+    }
+  }
+  py::tuple run(int64_t a0, int64_t a1, int threads) {
+    if (a0 < 0 || a1 > pr_.n || a0 > a1) throw py::value_error("a0, a1: a range of first indices within 0..n");
+    std::vector<search::Match> found;
+    uint64_t visited = 0;
+    {
+      py::gil_scoped_release nogil;
+      found = mitm_ ? table_->probe(a0, a1, threads, &visited) : search::brute(pr_, a0, a1, threads, &visited);
+    }
+    py::list out;
+    for (auto& m : found) out.append(py::make_tuple(m.target, py::tuple(py::cast(m.batch))));
+    return py::make_tuple(out, visited);
+  }
+  uint64_t table_bytes() const { return table_ ? table_->table_bytes() : 0; }
+
+ private:
+  bool mitm_;
+  std::vector<int64_t> grads_;
+  std::vector<uint64_t> keys_;
+  search::Problem pr_;
+  std::unique_ptr<search::Mitm> table_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -158,6 +220,17 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &get_num_threads);
   m.def("build_info", &build_info);
   m.def("exact_plan", &exact_plan_py, py::arg("k"), py::arg("is_double"));
+  py::class_<SearchHandle>(m, "SearchHandle")
+      .def(py::init<py::array_t<int64_t, py::array::c_style | py::array::forcecast>,
+                    py::array_t<uint64_t, py::array::c_style | py::array::forcecast>,
+                    py::array_t<int64_t, py::array::c_style | py::array::forcecast>,
+                    py::array_t<uint64_t, py::array::c_style | py::array::forcecast>, int, const std::string&, uint64_t>(),
+           py::arg("grads"), py::arg("keys"), py::arg("targets"), py::arg("target_keys"), py::arg("b"),
+           py::arg("method"), py::arg("max_bytes"))
+      .def("run", &SearchHandle::run, py::arg("a0"), py::arg("a1"), py::arg("threads") = 0)
+      .def_property_readonly("table_bytes", &SearchHandle::table_bytes);
+  m.def("mitm_table_bytes", &search::Mitm::table_bytes_for, py::arg("n"), py::arg("b"));
+  m.def("choose", &search::choose, py::arg("n"), py::arg("k"));
   m.attr("EXACT_MATMUL_MAX_K") = kExactMatmulMaxK;
   m.attr("EXACT_SUM_MAX_K") = kExactSumMaxK;
   m.attr("SUM_SLICES") = kSumSlices;

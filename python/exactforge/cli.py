@@ -142,6 +142,40 @@ def _cmd_forge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    import json
+
+    from .search import TABLE_B, TABLE_V, format_table, run_search, run_table
+
+    biases = {"yes": (True,), "no": (False,), "both": (True, False)}[args.bias]
+    if args.table:
+        models = ("logreg", "fcn10") if args.model == "all" else (args.model,)
+        results = run_table(models, biases, TABLE_V, TABLE_B, d=args.d, n=args.n, seed=args.seed,
+                            true_batches=args.true_batches, method=args.method, threads=args.threads,
+                            max_memory_mib=args.max_memory, progress=not args.quiet)
+        text = format_table(results)
+        print(text)
+        total = sum(r.seconds for r in results)
+        print(f"\n{len(results)} cells, {sum(r.found for r in results)} forgeries, "
+              f"{sum(r.structural for r in results)} structural collisions, {total:.1f} s")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"cells": [r.to_dict() for r in results], "seconds": total}, f, indent=1)
+        return 0
+    if args.model == "all" or len(biases) != 1:
+        raise ValueError("--model all and --bias both apply to --table; choose one model and --bias yes|no")
+    r = run_search(args.model, args.d, args.n, args.v, args.b, seed=args.seed, bias=biases[0], method=args.method,
+                   true_batches=args.true_batches, tolerance=args.tolerance, threads=args.threads,
+                   max_memory_mib=args.max_memory, progress=not args.quiet)
+    print(f"{r.model} ({'bias' if r.bias else 'no bias'}) d={r.d} n={r.n} v={r.v} b={r.b}: {r.batches} batches x "
+          f"{r.true_batches} true batches searched by {r.method} in {r.seconds:.2f} s: {r.found} forgeries, "
+          f"{r.structural} structural collisions")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r.to_dict(), f, indent=1)
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import compile_options
 
@@ -212,6 +246,24 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", metavar="OUT", help="write the report as JSON")
     f.add_argument("--figure", metavar="PNG", help="original vs forged examples")
     f.set_defaults(func=_cmd_forge)
+
+    s_ = sub.add_parser("search", help="exhaustive search for a distinct batch with the same gradient (Table 4)")
+    s_.add_argument("--model", choices=("logreg", "fcn10", "all"), default="logreg")
+    s_.add_argument("--d", type=int, default=4, help="pixels")
+    s_.add_argument("--n", type=int, default=3, help="classes")
+    s_.add_argument("--v", type=int, default=3, help="grey levels (pixel values q/(v-1))")
+    s_.add_argument("--b", type=int, default=3, help="batch size")
+    s_.add_argument("--seed", type=int, default=0, help="seed of the weights and of the true batches")
+    s_.add_argument("--bias", choices=("yes", "no", "both"), default="yes")
+    s_.add_argument("--method", choices=("mitm", "brute"), default="mitm")
+    s_.add_argument("--true-batches", type=int, default=3, help="sampled true batches per search")
+    s_.add_argument("--tolerance", type=float, default=0.0, help="tau > 0: equal within ||delta|| <= tau")
+    s_.add_argument("--threads", type=int)
+    s_.add_argument("--max-memory", type=float, default=4096, help="memory bound of the search table, MiB")
+    s_.add_argument("--table", action="store_true", help="the whole grid v = 2..6, b = 1..5 (Table 4)")
+    s_.add_argument("--json", metavar="OUT")
+    s_.add_argument("--quiet", action="store_true", help="no progress bar")
+    s_.set_defaults(func=_cmd_search)
 
     i = sub.add_parser("info", help="print what this installation was built with (compile_options)")
     i.set_defaults(func=_cmd_info)

@@ -1,0 +1,327 @@
+"""Exhaustive exact-forging search on tiny domains (the main paper's Appendix C, Table 4).
+
+Domain: d pixels with v grey levels (values q/(v-1)) and n classes with one-hot labels:
+N = v^d n examples and C(N, b) batches of b distinct examples. For a seeded model and
+sampled true batches, the search decides whether another batch has the same gradient.
+
+* Equality is **exact** by default: per-example gradients (float64) become fixed-point
+  integers with one global scale, so a batch gradient is an integer vector sum, exact and
+  order-free (the idea of the order-independent reduction). A tolerance mode instead asks
+  for ||sum' - sum|| <= tau ("equal within reproduction error").
+* Methods: ``brute`` (every batch) and ``mitm`` (meet in the middle: all floor(b/2)-subsets
+  in a hash table of 64-bit linear keys, probed by the ceil(b/2)-subsets; key matches are
+  confirmed on the full vectors), both native and multi-threaded.
+* A collision is **structural** when the two batches have the same multiset of per-example
+  gradients (e.g. the all-zero image under another label, when the model has no bias): a
+  relabelling of indistinguishable examples, reported apart from forgeries.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import models as M
+from ._native import _core
+
+__all__ = ["Domain", "SearchResult", "model_for", "per_example_gradients", "run_search", "run_table",
+           "format_table", "TABLE_V", "TABLE_B"]
+
+TABLE_V = (2, 3, 4, 5, 6)
+TABLE_B = (1, 2, 3, 4, 5)
+MODELS = ("logreg", "fcn10")
+
+
+@dataclass(frozen=True)
+class Domain:
+    d: int = 4
+    n: int = 3
+    v: int = 3
+
+    def __post_init__(self) -> None:
+        for name, val, lo in (("d", self.d, 1), ("n", self.n, 2), ("v", self.v, 2)):
+            if not isinstance(val, (int, np.integer)) or val < lo:
+                raise ValueError(f"{name}: expected an integer >= {lo}, got {val!r}")
+        if self.size > 2**31 - 1:
+            raise ValueError("domain: more than 2^31 examples; choose smaller d, v or n")
+
+    @property
+    def size(self) -> int:
+        return self.v ** self.d * self.n
+
+    def examples(self) -> Tuple[np.ndarray, np.ndarray]:
+        """All examples: images (every pixel combination, values q/(v-1)) x labels, image-major."""
+        grid = np.arange(self.v) / (self.v - 1)
+        imgs = np.array(list(itertools.product(grid, repeat=self.d)), dtype=np.float64).reshape(-1, self.d)
+        X = np.repeat(imgs, self.n, axis=0)
+        y = np.tile(np.arange(self.n), len(imgs))
+        return X, y
+
+
+def model_for(kind: str, domain: Domain, bias: bool, seed: int) -> Tuple[M.ModelSpec, M.Params]:
+    if kind not in MODELS:
+        raise ValueError(f"model: expected one of {MODELS}, got {kind!r}")
+    spec = (M.ModelSpec("logreg", domain.d, domain.n, (), bias, "float64") if kind == "logreg"
+            else M.ModelSpec("fcn", domain.d, domain.n, (10,), bias, "float64"))
+    rng = np.random.default_rng(seed)
+    params = M.check_params(spec, {k: rng.standard_normal(s) for k, s in spec.shapes().items()})
+    return spec, params
+
+
+def per_example_gradients(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """N x P per-example gradients of the loss, in the spec's parameter order (float64)."""
+    pe = M.per_example(spec, params, X, y)
+    cols = []
+    for i in range(spec.num_layers):
+        a, dlt = pe.activations[i], pe.errors[i]
+        cols.append((a[:, :, None] * dlt[:, None, :]).reshape(len(X), -1))
+        if spec.bias:
+            cols.append(dlt)
+    return np.concatenate(cols, axis=1)
+
+
+@dataclass
+class SearchResult:
+    model: str
+    bias: bool
+    d: int
+    n: int
+    v: int
+    b: int
+    method: str
+    seed: int
+    batches: int                   # C(N, b): every batch of b distinct examples, searched for each true batch
+    true_batches: int
+    found: int                     # distinct batches with an equal gradient that are not structural
+    structural: int                # collisions by swapping examples with identical gradients
+    seconds: float                 # everything after the per-example gradients: fixed point, keys, search
+    visited: int = 0               # enumerated (half-)batches
+    tolerance: float = 0.0
+    table_mib: float = 0.0
+    search_seconds: float = 0.0    # the native search alone (table build and enumeration)
+    forgeries: List[List[int]] = field(default_factory=list)      # up to 10, as example indices
+    structural_examples: List[List[int]] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _fixed_point(G: np.ndarray, b: int) -> Tuple[np.ndarray, int]:
+    """One global power-of-two scale so that b summed entries stay below 2^60."""
+    mx = float(np.max(np.abs(G))) if G.size else 0.0
+    if mx == 0.0:
+        return np.zeros(G.shape, np.int64), 0
+    s = int(math.floor(60 - math.log2(b) - math.log2(mx))) - 1
+    return np.rint(np.ldexp(G, s)).astype(np.int64), s
+
+
+def _keys(Gi: np.ndarray, seed: int) -> np.ndarray:
+    r = np.random.default_rng([seed, 0x5EA7C4]).integers(0, 2**63, Gi.shape[1], dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    with np.errstate(over="ignore"):
+        return (Gi.astype(np.uint64) * r[None, :]).sum(axis=1, dtype=np.uint64)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="probe", unit_scale=True, leave=False)
+
+
+def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int = 3, *, seed: int = 0,
+               bias: bool = True, method: str = "mitm", true_batches: int = 3, tolerance: float = 0.0,
+               threads: Optional[int] = None, max_memory_mib: float = 4096, progress: bool = False,
+               planted: Optional[Sequence[Sequence[int]]] = None, gradients: Optional[np.ndarray] = None) -> SearchResult:
+    """Searches every batch of b distinct examples of the domain for one whose gradient equals a
+    sampled true batch's. ``planted`` gives the true batches instead of sampling them;
+    ``gradients`` (N x P) replaces the model's (tests plant equal-gradient pairs this way)."""
+    if method not in ("mitm", "brute"):
+        raise ValueError(f"method: expected 'mitm' or 'brute', got {method!r}")
+    if not 1 <= b <= 6:
+        raise ValueError(f"b: expected a batch size of 1..6, got {b}")
+    if tolerance < 0:
+        raise ValueError("tolerance: expected a non-negative number")
+    dom = Domain(d, n, v)
+    if b > dom.size:
+        raise ValueError(f"b: the domain has only {dom.size} examples")
+    X, y = dom.examples()
+    if gradients is None:
+        spec, params = model_for(model, dom, bias, seed)
+        G = per_example_gradients(spec, params, X, y)
+    else:
+        G = np.asarray(gradients, np.float64)
+        if G.shape[0] != dom.size:
+            raise ValueError(f"gradients: expected {dom.size} rows, got {G.shape[0]}")
+    rng = np.random.default_rng([seed, b, v])
+    if planted is not None:
+        truths = [sorted(int(i) for i in t) for t in planted]
+        if any(len(t) != b or len(set(t)) != b for t in truths):
+            raise ValueError(f"planted: each true batch needs {b} distinct example indices")
+    else:
+        truths = [sorted(rng.choice(dom.size, b, replace=False).tolist()) for _ in range(true_batches)]
+    t0 = time.perf_counter()
+    if tolerance > 0:
+        found_sets, visited, mib, t_native = _tolerance_search(G, truths, b, tolerance, seed, progress)
+    else:
+        found_sets, visited, mib, t_native = _exact_search(G, truths, b, method, seed, threads, max_memory_mib, progress)
+    secs = time.perf_counter() - t0
+    res = SearchResult(model if gradients is None else "custom", bias, d, n, v, b, method, seed,
+                       int(_core.choose(dom.size, b)), len(truths), 0, 0, secs, int(visited), tolerance, mib,
+                       search_seconds=t_native if t_native is not None else secs)
+    for t, cand in found_sets:
+        truth = truths[t]
+        if list(cand) == truth:
+            continue
+        same = sorted(map(tuple, np.round(G[truth], 300).tolist())) == sorted(map(tuple, np.round(G[list(cand)], 300).tolist()))
+        if same:
+            res.structural += 1
+            if len(res.structural_examples) < 10:
+                res.structural_examples.append([int(i) for i in cand])
+        else:
+            res.found += 1
+            if len(res.forgeries) < 10:
+                res.forgeries.append([int(i) for i in cand])
+    return res
+
+
+def _exact_search(G, truths, b, method, seed, threads, max_memory_mib, progress):
+    Gi, _ = _fixed_point(G, b)
+    keys = _keys(Gi, seed)
+    targets = np.stack([Gi[t].sum(axis=0) for t in truths])
+    with np.errstate(over="ignore"):
+        tkeys = np.array([keys[t].sum(dtype=np.uint64) for t in truths], dtype=np.uint64)
+    N = len(G)
+    need = _core.mitm_table_bytes(N, b) if method == "mitm" else 0
+    if need > max_memory_mib * 2**20:
+        raise ValueError(f"memory: the meet-in-the-middle table for N = {N}, b = {b} needs {need / 2**20:.0f} MiB, "
+                         f"above the bound of {max_memory_mib:.0f} MiB; raise --max-memory or use a smaller cell")
+    h1 = b if method == "brute" else b - b // 2
+    total = int(_core.choose(N, h1))
+    # progress granularity: one block per ~5M probes (a block is a Python call and a parallel region)
+    nblocks = int(max(1, min(N, 200, total // 5_000_000)))
+    if nblocks > 1:  # blocks of first indices with about equal work: C(N - a - 1, h1 - 1) start at a
+        work = np.array([_core.choose(N - a - 1, h1 - 1) for a in range(N)], dtype=np.float64)
+        cum = np.cumsum(work)
+        bounds = np.unique(np.searchsorted(cum, np.linspace(0, cum[-1], nblocks + 1)[1:], side="left").clip(0, N - 1) + 1)
+    else:
+        bounds = np.array([N])
+    bar = _progress(total, progress, f"{method} b={b}")
+    found, visited = [], 0
+    t_native = time.perf_counter()
+    handle = _core.SearchHandle(Gi, keys, targets, tkeys, b, method, int(max_memory_mib * 2**20))
+    a0 = 0
+    for a1 in bounds:
+        a1 = int(min(a1, N))
+        if a1 <= a0:
+            continue
+        out, vis = handle.run(a0, a1, int(threads or 0))
+        found.extend(out)
+        visited += vis
+        if bar is not None:
+            bar.update(vis)
+        a0 = a1
+    if a0 < N:
+        out, vis = handle.run(a0, N, int(threads or 0))
+        found.extend(out)
+        visited += vis
+    t_native = time.perf_counter() - t_native
+    if bar is not None:
+        bar.close()
+    return found, visited, handle.table_bytes / 2**20, t_native
+
+
+def _tolerance_search(G, truths, b, tau, seed, progress):
+    """||sum(G[B']) - sum(G[B])|| <= tau: a random unit direction r gives |r . delta| <= tau for
+    every candidate, so table keys are sorted (1-D buckets of width tau) and each probe looks at
+    the keys within tau of its need; candidates are confirmed on the full vectors."""
+    N = len(G)
+    r = np.random.default_rng([seed, 7]).standard_normal(G.shape[1])
+    r /= np.linalg.norm(r)
+    key = G @ r
+    h2 = b // 2
+    h1 = b - h2
+    subs2 = np.array(list(itertools.combinations(range(N), h2)), dtype=np.int64).reshape(-1, h2)
+    k2 = key[subs2].sum(axis=1) if h2 else np.zeros(1)
+    if h2 == 0:
+        subs2 = np.zeros((1, 0), np.int64)
+    order = np.argsort(k2, kind="stable")
+    k2s, subs2 = k2[order], subs2[order]
+    targets = [G[t].sum(axis=0) for t in truths]
+    tk = [float(T @ r) for T in targets]
+    found, visited = [], 0
+    bar = _progress(int(_core.choose(N, h1)), progress, f"tolerance b={b}")
+    for chunk in _chunks(itertools.combinations(range(N), h1), 100_000):
+        P = np.array(chunk, dtype=np.int64)
+        kp = key[P].sum(axis=1)
+        visited += len(P)
+        for t, (T, tkey) in enumerate(zip(targets, tk)):
+            lo = np.searchsorted(k2s, tkey - kp - tau, side="left")
+            hi = np.searchsorted(k2s, tkey - kp + tau, side="right")
+            for i in np.flatnonzero(hi > lo):
+                for j in range(lo[i], hi[i]):
+                    s2 = subs2[j]
+                    if h2 and s2[0] <= P[i, -1]:
+                        continue
+                    cand = np.concatenate([P[i], s2])
+                    if np.linalg.norm(G[cand].sum(axis=0) - T) <= tau:
+                        found.append((t, tuple(int(c) for c in cand)))
+        if bar is not None:
+            bar.update(len(P))
+    if bar is not None:
+        bar.close()
+    return found, visited, (k2s.nbytes + subs2.nbytes) / 2**20, None
+
+
+def _chunks(it, size):
+    buf = []
+    for x in it:
+        buf.append(x)
+        if len(buf) == size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def run_table(models: Sequence[str] = MODELS, biases: Sequence[bool] = (True, False), vs: Sequence[int] = TABLE_V,
+              bs: Sequence[int] = TABLE_B, *, d: int = 4, n: int = 3, seed: int = 0, true_batches: int = 3,
+              method: str = "mitm", threads: Optional[int] = None, max_memory_mib: float = 4096,
+              progress: bool = False) -> List[SearchResult]:
+    out = []
+    for model in models:
+        for bias in biases:
+            for v in vs:
+                for b in bs:
+                    out.append(run_search(model, d, n, v, b, seed=seed, bias=bias, method=method,
+                                          true_batches=true_batches, threads=threads,
+                                          max_memory_mib=max_memory_mib, progress=progress))
+    return out
+
+
+def format_table(results: Sequence[SearchResult]) -> str:
+    """Markdown: one table per (model, bias), v down, b across; each cell 'batches / found /
+    structural / seconds'."""
+    lines = []
+    groups: Dict[Tuple[str, bool], List[SearchResult]] = {}
+    for r in results:
+        groups.setdefault((r.model, r.bias), []).append(r)
+    for (model, bias), rs in groups.items():
+        bs = sorted({r.b for r in rs})
+        vs = sorted({r.v for r in rs})
+        cell = {(r.v, r.b): r for r in rs}
+        lines.append(f"\n{model}, {'with' if bias else 'without'} bias ({rs[0].true_batches} true batches per cell; "
+                     "cell: batches searched per true batch / forgeries found / structural collisions / seconds)\n")
+        lines.append("| v \\ b | " + " | ".join(str(b) for b in bs) + " |")
+        lines.append("|---|" + "---|" * len(bs))
+        for v in vs:
+            row = []
+            for b in bs:
+                r = cell.get((v, b))
+                row.append("" if r is None else f"{r.batches:.3g} / {r.found} / {r.structural} / {r.seconds:.2f}s")
+            lines.append(f"| {v} | " + " | ".join(row) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,250 @@
+#include "exactforge/search.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace exactforge {
+namespace search {
+
+uint64_t choose(int64_t n, int k) {
+  if (k < 0 || k > n) return 0;
+  unsigned __int128 r = 1;
+  for (int i = 1; i <= k; ++i) {
+    r = r * static_cast<unsigned __int128>(n - k + i) / i;
+    if (r > UINT64_MAX) return UINT64_MAX;
+  }
+  return static_cast<uint64_t>(r);
+}
+
+namespace {
+
+// Slot of a key: the keys are already uniformly mixed (random linear forms), but a final
+// multiply-shift spreads sums of few keys too.
+inline uint64_t mix(uint64_t k) { return (k * 0x9E3779B97F4A7C15ull) ^ (k >> 29); }
+
+// Confirms a key match on the full integer vectors: sum of the examples == target.
+bool equal_sum(const Problem& pr, const int32_t* idx, int m, int t) {
+  const std::vector<int64_t>& T = pr.targets[t];
+  for (int64_t j = 0; j < pr.p; ++j) {
+    int64_t s = 0;  // |values| <= 2^60 / b by the caller's scale: no overflow
+    for (int i = 0; i < m; ++i) s += pr.grads[idx[i] * pr.p + j];
+    if (s != T[j]) return false;
+  }
+  return true;
+}
+
+void sort_matches(std::vector<Match>& v) {
+  std::sort(v.begin(), v.end(), [](const Match& x, const Match& y) {
+    return x.target != y.target ? x.target < y.target : x.batch < y.batch;
+  });
+}
+
+int nthreads(int t) {
+#ifdef _OPENMP
+  return t > 0 ? t : omp_get_max_threads();
+#else
+  (void)t;
+  return 1;
+#endif
+}
+
+}  // namespace
+
+std::vector<Match> brute(const Problem& pr, int64_t a0, int64_t a1, int threads, uint64_t* visited) {
+  const int b = pr.b;
+  const int64_t n = pr.n;
+  const int T = static_cast<int>(pr.targets.size());
+  std::vector<Match> out;
+  uint64_t count = 0;
+#pragma omp parallel num_threads(nthreads(threads)) reduction(+ : count)
+  {
+    std::vector<Match> local;
+    int32_t idx[8];
+    uint64_t ks[9];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t a = a0; a < a1; ++a) {
+      // iterative enumeration of the (b-1)-subsets after a, keys summed incrementally
+      idx[0] = static_cast<int32_t>(a);
+      ks[1] = pr.keys[a];
+      int depth = 1;
+      if (b == 1) {
+        ++count;
+        for (int t = 0; t < T; ++t)
+          if (ks[1] == pr.target_keys[t] && equal_sum(pr, idx, 1, t)) local.push_back({t, {idx[0]}});
+        continue;
+      }
+      idx[1] = static_cast<int32_t>(a);
+      while (depth >= 1) {
+        idx[depth] += 1;
+        if (idx[depth] > n - (b - depth)) { --depth; continue; }
+        ks[depth + 1] = ks[depth] + pr.keys[idx[depth]];
+        if (depth == b - 1) {
+          ++count;
+          const uint64_t k = ks[b];
+          for (int t = 0; t < T; ++t)
+            if (k == pr.target_keys[t] && equal_sum(pr, idx, b, t))
+              local.push_back({t, std::vector<int32_t>(idx, idx + b)});
+        } else {
+          idx[depth + 1] = idx[depth];
+          ++depth;
+        }
+      }
+    }
+#pragma omp critical
+    out.insert(out.end(), local.begin(), local.end());
+  }
+  if (visited) *visited = count;
+  sort_matches(out);
+  return out;
+}
+
+namespace {
+// Filter size (log2 of the number of bits): at least 32 bits per table entry, and at least two
+// 64-bit words so that the word index shift (64 - (lg - 6)) stays below 64.
+int bitmap_log2(uint64_t cnt) {
+  int lg = 7;
+  while ((uint64_t(1) << lg) < 32 * cnt) ++lg;
+  return lg;
+}
+// Blocked Bloom filter: a second mix of the key picks one 64-bit word (top bits) and two bits
+// in it (low bits), so a test is one memory access with ~0.4% false positives at 32 bits per
+// entry (a false positive costs a table lookup, a likely cache miss).
+inline uint64_t fmix(uint64_t k) { return (k ^ (k >> 31)) * 0xD6E8FEB86659FD93ull; }
+inline uint64_t fword(uint64_t h, int shift) { return h >> shift; }
+inline uint64_t fbits(uint64_t h) { return (uint64_t(1) << (h & 63)) | (uint64_t(1) << ((h >> 6) & 63)); }
+}  // namespace
+
+uint64_t Mitm::table_bytes_for(int64_t n, int b) {
+  uint64_t cnt = choose(n, b / 2);
+  uint64_t slots = 1;
+  while (slots < 2 * cnt) slots <<= 1;
+  return slots * sizeof(Entry) + (uint64_t(1) << bitmap_log2(cnt)) / 8;
+}
+
+Mitm::Mitm(const Problem& pr, uint64_t max_bytes) : pr_(pr), h1_(pr.b - pr.b / 2), h2_(pr.b / 2) {
+  if (pr.b < 1 || pr.b > 6) throw std::invalid_argument("b must be 1..6");
+  if (pr.n >= (int64_t(1) << 31)) throw std::invalid_argument("too many examples");
+  const uint64_t need = table_bytes_for(pr.n, pr.b);
+  if (need > max_bytes)
+    throw std::length_error("the meet-in-the-middle table needs " + std::to_string(need >> 20) +
+                            " MiB, above the memory bound of " + std::to_string(max_bytes >> 20) + " MiB");
+  const uint64_t cnt = choose(pr.n, h2_);
+  slots_ = 1;
+  while (slots_ < 2 * cnt) slots_ <<= 1;
+  mask_ = slots_ - 1;
+  table_.assign(slots_, Entry{0, {kEmpty, kEmpty, kEmpty}});
+  const int lg = bitmap_log2(cnt);
+  bit_shift_ = 64 - (lg - 6);  // top bits select a word
+  bits_.assign((uint64_t(1) << lg) / 64, 0);
+  auto insert = [&](uint64_t k, const uint32_t* s) {
+    uint64_t h = mix(k) & mask_;
+    while (table_[h].s[0] != kEmpty) h = (h + 1) & mask_;
+    table_[h].key = k;
+    for (int i = 0; i < 3; ++i) table_[h].s[i] = i < h2_ ? s[i] : kEmpty - 1;
+    const uint64_t fh = fmix(k);
+    bits_[fword(fh, bit_shift_)] |= fbits(fh);
+  };
+  uint32_t s[3] = {0, 0, 0};
+  if (h2_ == 0) {
+    insert(0, s);  // the empty subset (b = 1)
+  } else if (h2_ == 1) {
+    for (uint32_t i = 0; i < pr.n; ++i) { s[0] = i; insert(pr.keys[i], s); }
+  } else if (h2_ == 2) {
+    for (uint32_t i = 0; i < pr.n; ++i)
+      for (uint32_t j = i + 1; j < pr.n; ++j) { s[0] = i; s[1] = j; insert(pr.keys[i] + pr.keys[j], s); }
+  } else {
+    for (uint32_t i = 0; i < pr.n; ++i)
+      for (uint32_t j = i + 1; j < pr.n; ++j)
+        for (uint32_t l = j + 1; l < pr.n; ++l) {
+          s[0] = i; s[1] = j; s[2] = l;
+          insert(pr.keys[i] + pr.keys[j] + pr.keys[l], s);
+        }
+  }
+}
+
+std::vector<Match> Mitm::probe(int64_t a0, int64_t a1, int threads, uint64_t* visited) const {
+  const int64_t n = pr_.n;
+  const int T = static_cast<int>(pr_.target_keys.size());
+  const int h1 = h1_, h2 = h2_;
+  constexpr int kBuf = 64;  // probes resolved together, so their bitmap loads overlap
+  std::vector<Match> out;
+  uint64_t count = 0;
+#pragma omp parallel num_threads(nthreads(threads)) reduction(+ : count)
+  {
+    std::vector<Match> local;
+    uint64_t bkey[kBuf];
+    int32_t bidx[kBuf][3];
+    int nb = 0;
+    int32_t idx[8];
+    std::vector<uint64_t> pos(static_cast<size_t>(kBuf) * T);
+
+    // Full lookup of target t - k: every entry with that key whose smallest index follows the
+    // probe's largest (so each b-set is found once), confirmed on the full vectors.
+    auto lookup = [&](uint64_t k, const int32_t* pidx, int t) {
+      const uint64_t want = pr_.target_keys[t] - k;
+      uint64_t h = mix(want) & mask_;
+      const int last = pidx[h1 - 1];
+      while (table_[h].s[0] != kEmpty) {
+        const Entry& e = table_[h];
+        if (e.key == want && (h2 == 0 || static_cast<int64_t>(e.s[0]) > last)) {
+          for (int i = 0; i < h1; ++i) idx[i] = pidx[i];
+          for (int i = 0; i < h2; ++i) idx[h1 + i] = static_cast<int32_t>(e.s[i]);
+          if (equal_sum(pr_, idx, h1 + h2, t)) local.push_back({t, std::vector<int32_t>(idx, idx + h1 + h2)});
+        }
+        h = (h + 1) & mask_;
+      }
+    };
+    auto flush = [&]() {
+      for (int i = 0; i < nb; ++i)
+        for (int t = 0; t < T; ++t) {
+          const uint64_t fh = fmix(pr_.target_keys[t] - bkey[i]);
+          pos[i * T + t] = fh;
+          __builtin_prefetch(&bits_[fword(fh, bit_shift_)]);
+        }
+      for (int i = 0; i < nb; ++i)
+        for (int t = 0; t < T; ++t) {
+          const uint64_t fh = pos[i * T + t];
+          const uint64_t m = fbits(fh);
+          if ((bits_[fword(fh, bit_shift_)] & m) == m) lookup(bkey[i], bidx[i], t);
+        }
+      count += nb;
+      nb = 0;
+    };
+    auto push = [&](uint64_t k, int32_t a, int32_t j, int32_t l) {
+      bkey[nb] = k;
+      bidx[nb][0] = a;
+      bidx[nb][1] = j;
+      bidx[nb][2] = l;
+      if (++nb == kBuf) flush();
+    };
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t a = a0; a < a1; ++a) {
+      const uint64_t ka = pr_.keys[a];
+      const int32_t ia = static_cast<int32_t>(a);
+      if (h1 == 1) {
+        push(ka, ia, 0, 0);
+      } else if (h1 == 2) {
+        for (int64_t j = a + 1; j < n; ++j) push(ka + pr_.keys[j], ia, static_cast<int32_t>(j), 0);
+      } else {
+        for (int64_t j = a + 1; j < n; ++j) {
+          const uint64_t kj = ka + pr_.keys[j];
+          for (int64_t l = j + 1; l < n; ++l) push(kj + pr_.keys[l], ia, static_cast<int32_t>(j), static_cast<int32_t>(l));
+        }
+      }
+    }
+    flush();
+#pragma omp critical
+    out.insert(out.end(), local.begin(), local.end());
+  }
+  if (visited) *visited = count;
+  sort_matches(out);
+  return out;
+}
+
+}  // namespace search
+}  // namespace exactforge
