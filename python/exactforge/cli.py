@@ -176,6 +176,28 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_repro(args: argparse.Namespace) -> int:
+    from .repro import available_conditions, run_study
+
+    try:
+        bss = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--batch-sizes: expected comma-separated integers like 32,100,1000, got {args.batch_sizes!r}") from None
+    conds = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    if args.gpu_conditions:
+        conds += [c for c in available_conditions(args.model) if c.startswith("cuda") and c not in conds]
+    rep = run_study(args.model, args.dataset, bss, conds, repeats=args.repeats, steps=args.steps, lr=args.lr,
+                    seed=args.seed, safety_factor=args.safety_factor, matrix_steps=args.matrix_steps, out=args.out,
+                    data_path=args.data_path, progress=not args.quiet)
+    print(f"{rep.model} on {rep.dataset}{' (synthetic)' if rep.synthetic else ''}: {len(rep.conditions)} conditions, "
+          f"{rep.seconds:.1f} s")
+    for name, s in rep.conditions.items():
+        print(f"  {name:18s} max {s.max_error:.3g}  mean {s.mean_error:.3g}  exactly 0: {s.zero_fraction:.0%}")
+    print(f"calibrated epsilon {rep.epsilon:.3g} (x{rep.safety_factor:g}), held-out false-reject rate "
+          f"{rep.false_reject_rate:.2%}; report in {args.out}/report.json")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import compile_options
 
@@ -264,6 +286,27 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--json", metavar="OUT")
     s_.add_argument("--quiet", action="store_true", help="no progress bar")
     s_.set_defaults(func=_cmd_search)
+
+    r = sub.add_parser("repro", help="reproduction-error study and calibrated epsilon")
+    r.add_argument("--model", choices=("fcn", "lenet", "logreg", "vggmini", "transformer"), default="fcn")
+    r.add_argument("--dataset", default="digits",
+                   choices=("digits", "breast-cancer", "wine", "mnist", "cifar10", "adult", "imdb", "synthetic-tokens"))
+    r.add_argument("--data-path", help="local files of mnist, cifar10, adult or imdb")
+    r.add_argument("--batch-sizes", default="32,100,1000")
+    r.add_argument("--conditions", default="permute,threads,deterministic,bf16",
+                   help="comma-separated: permute, threads, deterministic, bf16, fp16, native, native+permute, "
+                        "native+threads (and cuda, cuda+benchmark, cuda+deterministic on a GPU machine)")
+    r.add_argument("--gpu-conditions", action=argparse.BooleanOptionalAction, default=True,
+                   help="add the CUDA conditions when a GPU is visible (default on)")
+    r.add_argument("--repeats", type=int, default=5)
+    r.add_argument("--steps", type=int, default=50)
+    r.add_argument("--lr", type=float, default=0.01)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--safety-factor", type=float, default=10.0, help="epsilon = factor x largest benign error")
+    r.add_argument("--matrix-steps", type=int, default=10, help="steps of the cross-condition matrix (0: none)")
+    r.add_argument("--out", required=True)
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=_cmd_repro)
 
     i = sub.add_parser("info", help="print what this installation was built with (compile_options)")
     i.set_defaults(func=_cmd_info)

@@ -15,20 +15,25 @@ import numpy as np
 __all__ = ["Dataset", "DATASETS", "load_dataset", "load_digits", "load_breast_cancer", "load_mnist",
            "load_cifar10", "fingerprint"]
 
-DATASETS = ("digits", "breast-cancer", "mnist", "cifar10")
+DATASETS = ("digits", "breast-cancer", "wine", "mnist", "cifar10", "adult", "imdb", "synthetic-tokens")
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Examples X (n x d, float32, values in [0, 1]) with labels y (n, int64).
+    """Examples X (n x d: float32 features in [0, 1], or int64 token ids) with labels y (n, int64).
 
-    ``levels``: pixel values lie on the grid q/levels (None for continuous features)."""
+    ``levels``: pixel values lie on the grid q/levels (None for continuous features).
+    ``shape``: the shape of one example for image or token models, e.g. (1, 8, 8).
+    ``vocab``: the vocabulary size of a token dataset. ``synthetic``: generated, not real data."""
 
     name: str
     X: np.ndarray
     y: np.ndarray
     num_classes: int
     levels: Optional[int] = None
+    shape: Optional[tuple] = None
+    vocab: Optional[int] = None
+    synthetic: bool = False
 
     @property
     def dim(self) -> int:
@@ -57,7 +62,7 @@ def load_digits() -> Dataset:
 
     d = _load()
     X = (d.data / 16.0).astype(np.float32)
-    return Dataset("digits", np.ascontiguousarray(X), d.target.astype(np.int64), 10, 16)
+    return Dataset("digits", np.ascontiguousarray(X), d.target.astype(np.int64), 10, 16, (1, 8, 8))
 
 
 def load_breast_cancer() -> Dataset:
@@ -106,7 +111,7 @@ def load_mnist(path: str, split: str = "train") -> Dataset:
     if len(imgs) != len(labels):
         raise ValueError("data_path: MNIST images and labels differ in count")
     X = (imgs.reshape(len(imgs), -1).astype(np.float32) / 255.0)
-    return Dataset("mnist", np.ascontiguousarray(X), labels.astype(np.int64), 10, 255)
+    return Dataset("mnist", np.ascontiguousarray(X), labels.astype(np.int64), 10, 255, (1, 28, 28))
 
 
 def load_cifar10(path: str, split: str = "train") -> Dataset:
@@ -129,7 +134,96 @@ def load_cifar10(path: str, split: str = "train") -> Dataset:
     if y.size and y.max() > 9:
         raise ValueError("data_path: CIFAR-10 labels must be 0..9")
     X = np.concatenate(xs).astype(np.float32) / 255.0
-    return Dataset("cifar10", np.ascontiguousarray(X), y, 10, 255)
+    return Dataset("cifar10", np.ascontiguousarray(X), y, 10, 255, (3, 32, 32))
+
+
+def load_wine() -> Dataset:
+    """scikit-learn's wine (178 x 13, 3 classes), each feature min-max scaled to [0, 1]."""
+    from sklearn.datasets import load_wine as _load
+
+    d = _load()
+    x = d.data.astype(np.float64)
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    X = ((x - lo) / np.where(hi > lo, hi - lo, 1.0)).astype(np.float32)
+    return Dataset("wine", np.ascontiguousarray(X), d.target.astype(np.int64), 3)
+
+
+ADULT_COLUMNS = ("age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
+                 "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country")
+_ADULT_NUMERIC = (0, 2, 4, 10, 11, 12)
+
+
+def load_adult(path: str) -> Dataset:
+    """UCI Adult from a local CSV in the original format (adult.data: 14 attributes and the
+    income label, comma separated; a folder holding adult.data works too). Numeric attributes are
+    min-max scaled, categorical ones one-hot encoded (categories sorted, so the encoding is a
+    function of the file); rows with missing values ('?') are dropped."""
+    import csv
+
+    if os.path.isdir(path):
+        path = os.path.join(path, "adult.data")
+    rows = []
+    with open(path, newline="") as f:
+        for rec in csv.reader(f):
+            rec = [c.strip() for c in rec]
+            if len(rec) < 15 or "?" in rec or not rec[0] or rec[0].startswith("|"):
+                continue
+            rows.append(rec[:15])
+    if not rows:
+        raise ValueError(f"data_path: no Adult records in {path}")
+    y = np.array([1 if r[14].rstrip(".") == ">50K" else 0 for r in rows], dtype=np.int64)
+    cols = []
+    for j in range(14):
+        vals = [r[j] for r in rows]
+        if j in _ADULT_NUMERIC:
+            x = np.array([float(v) for v in vals])
+            lo, hi = x.min(), x.max()
+            cols.append(((x - lo) / (hi - lo if hi > lo else 1.0))[:, None])
+        else:
+            cats = sorted(set(vals))
+            idx = {c: i for i, c in enumerate(cats)}
+            oh = np.zeros((len(vals), len(cats)))
+            oh[np.arange(len(vals)), [idx[v] for v in vals]] = 1.0
+            cols.append(oh)
+    X = np.concatenate(cols, axis=1).astype(np.float32)
+    return Dataset("adult", np.ascontiguousarray(X), y, 2)
+
+
+def load_imdb(path: str, vocab: int = 2000, seq_len: int = 64, limit: Optional[int] = 2000) -> Dataset:
+    """IMDB reviews from a local ``aclImdb`` folder (train/pos and train/neg text files): the
+    ``vocab - 2`` most frequent words (ties by word) plus padding 0 and unknown 1, each review
+    cut or left-padded to ``seq_len`` tokens, ``limit`` reviews per class (sorted file names)."""
+    import re
+
+    docs, labels = [], []
+    for lab, sub in ((0, "neg"), (1, "pos")):
+        folder = os.path.join(path, "train", sub)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"data_path: {folder} not found (expected an aclImdb folder)")
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".txt"))[:limit]
+        for n in names:
+            with open(os.path.join(folder, n), encoding="utf-8", errors="replace") as f:
+                docs.append(re.findall(r"[a-z0-9']+", f.read().lower()))
+            labels.append(lab)
+    from collections import Counter
+
+    freq = Counter(w for d in docs for w in d)
+    words = [w for w, _ in sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))[: vocab - 2]]
+    ids = {w: i + 2 for i, w in enumerate(words)}
+    X = np.zeros((len(docs), seq_len), dtype=np.int64)
+    for i, d in enumerate(docs):
+        t = [ids.get(w, 1) for w in d][:seq_len]
+        X[i, seq_len - len(t):] = t
+    return Dataset("imdb", X, np.array(labels, dtype=np.int64), 2, shape=(seq_len,), vocab=vocab)
+
+
+def synthetic_tokens(n: int = 2000, seq_len: int = 16, vocab: int = 16, seed: int = 0) -> Dataset:
+    """A synthetic token-classification task (label: is token 1 more frequent than token 2?).
+    For the Transformer when no IMDB folder is given; every report labels it synthetic."""
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, vocab, (n, seq_len)).astype(np.int64)
+    y = ((X == 1).sum(axis=1) > (X == 2).sum(axis=1)).astype(np.int64)
+    return Dataset("synthetic-tokens", X, y, 2, shape=(seq_len,), vocab=vocab, synthetic=True)
 
 
 def load_dataset(name: str, path: Optional[str] = None) -> Dataset:
@@ -139,6 +233,14 @@ def load_dataset(name: str, path: Optional[str] = None) -> Dataset:
         return load_digits()
     if name == "breast-cancer":
         return load_breast_cancer()
+    if name == "wine":
+        return load_wine()
+    if name == "synthetic-tokens":
+        return synthetic_tokens()
+    if name in ("adult", "imdb"):
+        if not path:
+            raise ValueError(f"dataset: {name} is read from local files; pass them with --data-path")
+        return load_adult(path) if name == "adult" else load_imdb(path)
     if name in ("mnist", "cifar10"):
         if not path:
             raise ValueError(f"dataset: {name} is read from local files; pass the folder with --data-path")

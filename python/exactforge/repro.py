@@ -1,0 +1,494 @@
+"""Reproduction-error studies: how far an honest step moves when it is recomputed under another
+condition, and the verifier's epsilon calibrated from it (the papers' first contribution).
+
+A study records a trace under a generating condition, recomputes every checkpoint R times under
+each verifying condition, and reports the distances (all of the verifier's), their variance,
+the fraction of exactly-zero recomputations, a cross-condition matrix (rows: generated under,
+columns: verified under; the papers' Table 3), and a calibrated epsilon.
+
+Conditions (each a named setting recorded in the trace manifest and in the report):
+``baseline`` (as generated), ``permute`` (each batch shuffled: aggregation order), ``threads``
+(one CPU thread instead of the default), ``deterministic`` (torch.use_deterministic_algorithms),
+``bf16`` / ``fp16`` (autocast mixed precision), ``native`` (exactforge's reproducible path,
+logistic regression and FCN only; ``native+permute``, ``native+threads`` combine), and on a CUDA
+machine ``cuda``, ``cuda+benchmark`` (cudnn autotuning) and ``cuda+deterministic``.
+
+Calibration: epsilon = safety_factor x the largest error seen under the float32 torch conditions
+(baseline, permute, threads, deterministic) on the first half of the repeats; the false-reject
+rate it implies is measured on the other half (held out). Mixed precision is reported but not
+used for calibration: a verifier recomputes in the precision the trace declares.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .data import Dataset, load_dataset
+from .distances import DISTANCES, distance
+
+__all__ = ["Condition", "CONDITIONS", "available_conditions", "StudyReport", "run_study", "PAPERS"]
+
+PAPERS = {
+    "same GPU, float32 (LeNet/MNIST, VGGmini/CIFAR10)": "1.3e-8 / 2.9e-7",
+    "across GPUs, float32 (LeNet/MNIST, VGGmini/CIFAR10)": "3.1e-6 / 4.4e-4",
+    "same GPU, autotuning off": "0",
+    "bfloat16 vs float32": "up to 3 orders of magnitude larger",
+    "this machine (torch 2.13 CPU, FCN 64-100-10, digits, b=1000): permutation / threads": "6.6e-10 / 3.0e-10",
+}
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    permute: bool = False
+    threads: Optional[int] = None
+    deterministic: bool = False
+    autocast: Optional[str] = None        # "bfloat16" | "float16"
+    device: str = "cpu"
+    cudnn_benchmark: Optional[bool] = None
+    engine: str = "torch"                 # "torch" | "native"
+
+    @property
+    def float32(self) -> bool:
+        return self.autocast is None
+
+
+CONDITIONS: Dict[str, Condition] = {c.name: c for c in [
+    Condition("baseline"),
+    Condition("permute", permute=True),
+    Condition("threads", threads=1),
+    Condition("deterministic", deterministic=True),
+    Condition("bf16", autocast="bfloat16"),
+    Condition("fp16", autocast="float16"),
+    Condition("native", engine="native"),
+    Condition("native+permute", engine="native", permute=True),
+    Condition("native+threads", engine="native", threads=1),
+    Condition("cuda", device="cuda"),
+    Condition("cuda+benchmark", device="cuda", cudnn_benchmark=True),
+    Condition("cuda+deterministic", device="cuda", deterministic=True, cudnn_benchmark=False),
+]}
+CALIBRATION = ("baseline", "permute", "threads", "deterministic")
+NATIVE_MODELS = ("logreg", "fcn")
+
+
+def available_conditions(model: str) -> List[str]:
+    import torch
+
+    out = [n for n, c in CONDITIONS.items() if c.device == "cpu" and (c.engine == "torch" or model in NATIVE_MODELS)]
+    if torch.cuda.is_available():
+        out += [n for n, c in CONDITIONS.items() if c.device == "cuda"]
+    return out
+
+
+@contextlib.contextmanager
+def applied(cond: Condition) -> Iterator[None]:
+    """Sets torch's global switches for a condition and restores them afterwards."""
+    import torch
+
+    prev_threads = torch.get_num_threads()
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_bench = torch.backends.cudnn.benchmark
+    try:
+        if cond.threads:
+            torch.set_num_threads(cond.threads)
+        torch.use_deterministic_algorithms(cond.deterministic, warn_only=True)
+        if cond.cudnn_benchmark is not None:
+            torch.backends.cudnn.benchmark = cond.cudnn_benchmark
+        yield
+    finally:
+        if torch.get_num_threads() != prev_threads:
+            torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det)
+        torch.backends.cudnn.benchmark = prev_bench
+
+
+# -- one SGD step under a condition ---------------------------------------------------------
+
+class Stepper:
+    """Recomputes one SGD step of a zoo model from a flat float32 parameter vector (torch
+    order) under a condition. The update is torch.optim.SGD's, the same code as recording."""
+
+    def __init__(self, model_name: str, model: Any, data: Dataset, lr: float) -> None:
+        import torch
+
+        self.name, self.model, self.data, self.lr = model_name, model, data, lr
+        self.params = [p for p in model.parameters()]
+        self.shapes = [tuple(p.shape) for p in self.params]
+        self.sizes = [p.numel() for p in self.params]
+        shape = data.shape or (data.dim,)
+        self.X = torch.from_numpy(data.X).reshape(len(data), *shape)
+        self.y = torch.from_numpy(data.y)
+        self._native_spec = None
+        if model_name in NATIVE_MODELS:
+            from .models import ModelSpec
+
+            self._native_spec = ModelSpec(model_name, int(np.prod(shape)), data.num_classes,
+                                          (100,) if model_name == "fcn" else ())
+
+    def flat(self) -> np.ndarray:
+        return np.concatenate([p.detach().cpu().numpy().ravel() for p in self.params]).astype(np.float32)
+
+    def load(self, flat: np.ndarray) -> None:
+        import torch
+
+        pos = 0
+        with torch.no_grad():
+            for p, n, s in zip(self.params, self.sizes, self.shapes):
+                p.copy_(torch.from_numpy(np.ascontiguousarray(flat[pos:pos + n]).reshape(s)))
+                pos += n
+
+    def step(self, flat: np.ndarray, idx: np.ndarray, cond: Condition, rng: np.random.Generator) -> np.ndarray:
+        if cond.permute:
+            idx = idx[rng.permutation(len(idx))]
+        with applied(cond):
+            if cond.engine == "native":
+                return self._native_step(flat, idx, cond)
+            return self._torch_step(flat, idx, cond)
+
+    def _torch_step(self, flat: np.ndarray, idx: np.ndarray, cond: Condition) -> np.ndarray:
+        import torch
+
+        dev = torch.device(cond.device)
+        self.model.to(dev)
+        self.load(flat)
+        opt = torch.optim.SGD(self.model.parameters(), lr=self.lr)
+        t = torch.from_numpy(idx)
+        xb, yb = self.X[t].to(dev), self.y[t].to(dev)
+        if cond.autocast is not None:
+            with torch.autocast(device_type=dev.type, dtype=getattr(torch, cond.autocast)):
+                out = self.model(xb)
+        else:
+            out = self.model(xb)
+        loss = torch.nn.functional.cross_entropy(out.float(), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        res = self.flat()
+        self.model.to("cpu")
+        return res
+
+    def _native_step(self, flat: np.ndarray, idx: np.ndarray, cond: Condition) -> np.ndarray:
+        from collections import OrderedDict
+
+        from . import models as M
+
+        spec = self._native_spec
+        if spec is None:
+            raise ValueError(f"condition {cond.name}: the native path supports {NATIVE_MODELS}, not {self.name}")
+        # torch order: (weight, bias) per layer, weight = W_i^T
+        parts, pos = [], 0
+        for n, s in zip(self.sizes, self.shapes):
+            parts.append(flat[pos:pos + n].reshape(s))
+            pos += n
+        params = OrderedDict()
+        for i in range(spec.num_layers):
+            params[f"W{i + 1}"] = np.ascontiguousarray(parts[2 * i].T)
+            params[f"b{i + 1}"] = np.ascontiguousarray(parts[2 * i + 1])
+        X = self.data.X.reshape(len(self.data), -1)
+        new = M.sgd_step(spec, params, X[idx], self.data.y[idx], idx, self.lr, threads=cond.threads)
+        out = []
+        for i in range(spec.num_layers):
+            out.append(np.ascontiguousarray(new[f"W{i + 1}"].T).ravel())
+            out.append(new[f"b{i + 1}"].ravel())
+        return np.concatenate(out).astype(np.float32)
+
+
+# -- the study ------------------------------------------------------------------------------
+
+@dataclass
+class ConditionStats:
+    max_error: float = 0.0                   # l2, over every checkpoint and repeat
+    mean_error: float = 0.0
+    variance: float = 0.0
+    zero_fraction: float = 0.0               # recomputations bitwise equal to the logged step
+    distances: Dict[str, float] = field(default_factory=dict)   # max of each verifier distance
+    by_batch_size: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    per_checkpoint: Dict[str, List[float]] = field(default_factory=dict)  # b -> max l2 per checkpoint
+
+
+@dataclass
+class StudyReport:
+    model: str
+    dataset: str
+    synthetic: bool
+    batch_sizes: List[int]
+    steps: int
+    repeats: int
+    lr: float
+    conditions: Dict[str, ConditionStats]
+    epsilon: float
+    safety_factor: float
+    false_reject_rate: float
+    calibrated_on: List[str]
+    epsilon_native: Optional[float]
+    matrix: Dict[str, Any]
+    seconds: float
+    papers: Dict[str, str] = field(default_factory=lambda: dict(PAPERS))
+    environment: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _generate(stepper: Stepper, cond: Condition, batches: List[np.ndarray], out: Optional[str],
+              meta: Dict[str, Any]) -> List[np.ndarray]:
+    """Runs the steps under ``cond`` and records the trace (checkpoint every step)."""
+    from .trace import TraceWriter, environment
+
+    states = [stepper.flat()]
+    rng = np.random.default_rng(0)
+    writer = None
+    if out:
+        manifest = {"engine": cond.engine, "model": {"zoo": stepper.name}, "optimizer": {"name": "sgd", "lr": stepper.lr},
+                    "lr": stepper.lr, "checkpoint_every": 1, "batch_size": len(batches[0]), "condition": asdict(cond),
+                    "reduction": "fixed" if cond.engine == "native" else None,
+                    "data": {"name": stepper.data.name, "fingerprint": stepper.data.fingerprint(),
+                             "num_examples": len(stepper.data), "synthetic": stepper.data.synthetic},
+                    "environment": environment(cond.device), **meta}
+        writer = TraceWriter(out, manifest, {"params": states[0]})
+    for idx in batches:
+        states.append(stepper.step(states[-1], idx, Condition(cond.name, False, cond.threads, cond.deterministic,
+                                                             cond.autocast, cond.device, cond.cudnn_benchmark,
+                                                             cond.engine), rng))
+        if writer is not None:
+            writer.append(idx, {"params": states[-1]})
+    return states
+
+
+def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence[int] = (32, 100, 1000),
+              conditions: Sequence[str] = ("permute", "threads", "deterministic", "bf16"), *, repeats: int = 5,
+              steps: int = 50, lr: float = 0.01, seed: int = 0, safety_factor: float = 10.0,
+              matrix_steps: int = 10, out: Optional[str] = None, data_path: Optional[str] = None,
+              data: Optional[Dataset] = None, progress: bool = False) -> StudyReport:
+    import torch
+
+    from .record import batch_schedule
+    from .zoo import ZOO, build_model
+
+    if model not in ZOO:
+        raise ValueError(f"model: expected one of {ZOO}, got {model!r}")
+    for c in conditions:
+        if c not in CONDITIONS:
+            raise ValueError(f"conditions: unknown {c!r}; choose from {list(CONDITIONS)}")
+        if CONDITIONS[c].engine == "native" and model not in NATIVE_MODELS:
+            raise ValueError(f"conditions: {c} uses exactforge's native path, available for {NATIVE_MODELS}")
+        if CONDITIONS[c].device == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"conditions: {c} needs a CUDA device and none is visible")
+    if repeats < 1 or steps < 1:
+        raise ValueError("repeats, steps: expected positive integers")
+    if data is None:
+        data = load_dataset(dataset, data_path) if not (model == "transformer" and dataset in ("digits", "synthetic-tokens")) \
+            else (load_dataset("synthetic-tokens") if dataset != "imdb" else load_dataset("imdb", data_path))
+    if model == "transformer" and data.vocab is None:
+        from .data import synthetic_tokens
+
+        data = synthetic_tokens()
+    if model in ("lenet", "vggmini") and (data.shape is None or len(data.shape) != 3):
+        raise ValueError(f"dataset: {model} needs images (digits, mnist, cifar10), not {data.name}")
+    for b in batch_sizes:
+        if not 1 <= b <= len(data):
+            raise ValueError(f"batch_sizes: {b} is not in 1..{len(data)} (the size of {data.name})")
+    t_start = time.perf_counter()
+    shape = data.shape or (data.dim,)
+    conds = ["baseline"] + [c for c in conditions if c != "baseline"]
+    native_conds = [c for c in conds if CONDITIONS[c].engine == "native"]
+    torch_conds = [c for c in conds if CONDITIONS[c].engine == "torch"]
+    half = max(1, (repeats + 1) // 2)
+    errs: Dict[str, Dict[int, np.ndarray]] = {c: {} for c in conds}   # c -> b -> (steps, repeats, len(DISTANCES))
+    bar = None
+    total = len(batch_sizes) * steps * repeats * len(conds)
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"repro {model}", unit="step", leave=False)
+    for b in batch_sizes:
+        sched = batch_schedule(len(data), b, seed)
+        batches = [next(sched) for _ in range(steps)]
+        for engine, group in (("torch", torch_conds), ("native", native_conds)):
+            if not group:
+                continue
+            net = build_model(model, shape, data.num_classes, vocab=data.vocab, seed=seed)
+            st = Stepper(model, net, data, lr)
+            gen = Condition("baseline", engine=engine)
+            tr_dir = os.path.join(out, "traces", f"{engine}-b{b}") if out else None
+            states = _generate(st, gen, batches, tr_dir, {"study": "generation"})
+            for c in (group if engine == "native" else ["baseline"] + [x for x in group if x != "baseline"]):
+                cond = CONDITIONS[c] if c != "baseline" or engine == "torch" else gen
+                if engine == "native" and c == "baseline":
+                    continue
+                arr = np.zeros((steps, repeats, len(DISTANCES)))
+                for t in range(steps):
+                    for r in range(repeats):
+                        rng = np.random.default_rng([seed, b, t, r])
+                        new = st.step(states[t], batches[t], cond, rng)
+                        arr[t, r] = [distance(new, states[t + 1], k) for k in DISTANCES]
+                        if bar is not None:
+                            bar.update(1)
+                errs[c][b] = arr
+    if bar is not None:
+        bar.close()
+    l2 = DISTANCES.index("l2")
+    stats: Dict[str, ConditionStats] = {}
+    for c in conds:
+        if not errs[c]:
+            continue
+        allv = np.concatenate([a[:, :, l2].ravel() for a in errs[c].values()])
+        s = ConditionStats(float(allv.max()), float(allv.mean()), float(allv.var()), float(np.mean(allv == 0.0)))
+        s.distances = {k: float(max(a[:, :, i].max() for a in errs[c].values())) for i, k in enumerate(DISTANCES)}
+        for b, a in errs[c].items():
+            v = a[:, :, l2]
+            s.by_batch_size[str(b)] = {"max_error": float(v.max()), "mean_error": float(v.mean()),
+                                       "zero_fraction": float(np.mean(v == 0.0))}
+            s.per_checkpoint[str(b)] = [float(x) for x in v.max(axis=1)]
+        stats[c] = s
+    calib = [c for c in CALIBRATION if c in errs and errs[c]]
+    cal = np.concatenate([errs[c][b][:, :half, l2].ravel() for c in calib for b in errs[c]])
+    held = [errs[c][b][:, half:, l2].ravel() for c in calib for b in errs[c]]
+    held = np.concatenate(held) if held and sum(h.size for h in held) else np.zeros(0)
+    eps = float(safety_factor * cal.max()) if cal.size else 0.0
+    frr = float(np.mean(held > eps)) if held.size else 0.0
+    eps_native = None
+    if native_conds:
+        nv = np.concatenate([errs[c][b][:, :, l2].ravel() for c in native_conds for b in errs[c]])
+        eps_native = float(safety_factor * nv.max())
+    matrix = _matrix(model, data, shape, batch_sizes, conds, matrix_steps, lr, seed, repeats) if matrix_steps else {}
+    env = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "cuda": torch.cuda.is_available()}
+    rep = StudyReport(model, data.name, data.synthetic, [int(b) for b in batch_sizes], steps, repeats, lr, stats, eps,
+                      safety_factor, frr, calib, eps_native, matrix, time.perf_counter() - t_start, environment=env)
+    if out:
+        write_outputs(rep, out)
+    return rep
+
+
+def _matrix(model, data, shape, batch_sizes, conds, steps, lr, seed, repeats) -> Dict[str, Any]:
+    """Max l2 error of recomputing (under the column condition) a short trace generated under
+    the row condition, at the smallest batch size. Random conditions use ``repeats`` draws."""
+    from .record import batch_schedule
+    from .zoo import build_model
+
+    b = int(min(batch_sizes))
+    sched = batch_schedule(len(data), b, seed)
+    batches = [next(sched) for _ in range(steps)]
+    rows = [c for c in conds if not CONDITIONS[c].permute]  # generating "permuted" is just another order
+    vals = []
+    for rname in rows:
+        net = build_model(model, shape, data.num_classes, vocab=data.vocab, seed=seed)
+        st = Stepper(model, net, data, lr)
+        states = _generate(st, CONDITIONS[rname], batches, None, {})
+        row = []
+        for cname in conds:
+            cond = CONDITIONS[cname]
+            reps = repeats if cond.permute else 1
+            worst = 0.0
+            for t in range(steps):
+                for r in range(reps):
+                    new = st.step(states[t], batches[t], cond, np.random.default_rng([seed, 99, t, r]))
+                    worst = max(worst, distance(new, states[t + 1], "l2"))
+            row.append(worst)
+        vals.append(row)
+    return {"batch_size": b, "steps": steps, "rows": rows, "cols": list(conds), "max_error": vals}
+
+
+# -- outputs ---------------------------------------------------------------------------------
+
+def write_outputs(rep: StudyReport, out: str) -> None:
+    from .trace import atomic_write
+
+    os.makedirs(out, exist_ok=True)
+    atomic_write(os.path.join(out, "report.json"), json.dumps(rep.to_dict(), indent=1).encode())
+    atomic_write(os.path.join(out, "report.md"), markdown(rep).encode())
+    figures(rep, out)
+
+
+def markdown(rep: StudyReport) -> str:
+    lines = [f"# Reproduction-error study: {rep.model} on {rep.dataset}" + (" (SYNTHETIC data)" if rep.synthetic else ""),
+             "",
+             f"Batch sizes {rep.batch_sizes}, {rep.steps} checkpoints, each recomputed {rep.repeats} times per "
+             f"condition, lr {rep.lr}. Errors are l2 distances between the recomputed and the logged next checkpoint.",
+             "", "| condition | max error | mean error | variance | exactly 0 | " +
+             " | ".join(f"max @ b={b}" for b in rep.batch_sizes) + " |",
+             "|---|---|---|---|---|" + "---|" * len(rep.batch_sizes)]
+    for name, s in rep.conditions.items():
+        by = " | ".join(f"{s.by_batch_size.get(str(b), {}).get('max_error', float('nan')):.3g}" for b in rep.batch_sizes)
+        lines.append(f"| {name} | {s.max_error:.3g} | {s.mean_error:.3g} | {s.variance:.3g} | {s.zero_fraction:.0%} | {by} |")
+    lines += ["", f"**Calibrated epsilon: {rep.epsilon:.3g}** = {rep.safety_factor:g} x the largest error under "
+              f"{', '.join(rep.calibrated_on)} (first half of the repeats); honest-trace false-reject rate on the held-out "
+              f"half: {rep.false_reject_rate:.2%}."]
+    if rep.epsilon_native is not None:
+        lines.append(f"Native reproducible path: epsilon = {rep.epsilon_native:g} (its largest error is "
+                     f"{'exactly 0' if rep.epsilon_native == 0 else 'not 0'}).")
+    if rep.matrix:
+        m = rep.matrix
+        lines += ["", f"Cross-condition matrix (rows: generated under, columns: verified under; max l2 over "
+                      f"{m['steps']} steps at b={m['batch_size']}):", "",
+                  "| generated \\ verified | " + " | ".join(m["cols"]) + " |", "|---|" + "---|" * len(m["cols"])]
+        for r, row in zip(m["rows"], m["max_error"]):
+            lines.append(f"| {r} | " + " | ".join(f"{v:.2g}" for v in row) + " |")
+    lines += ["", "Published magnitudes for comparison (papers):", ""]
+    lines += [f"- {k}: {v}" for k, v in rep.papers.items()]
+    lines += ["", "Figures: errors_per_checkpoint.png, batch_size_sweep.png, condition_matrix.png."]
+    return "\n".join(lines) + "\n"
+
+
+def figures(rep: StudyReport, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    floor = 1e-20  # exact zeros drawn here (a log axis cannot show 0)
+    b = str(max(rep.batch_sizes))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, s in rep.conditions.items():
+        v = np.maximum(np.array(s.per_checkpoint.get(b, []), dtype=float), floor)
+        ax.plot(np.arange(len(v)), v, marker=".", label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("checkpoint")
+    ax.set_ylabel("max l2 error over repeats")
+    ax.set_title(f"{rep.model} on {rep.dataset}, b={b} (exact 0 drawn at {floor:g})", fontsize=9)
+    ax.axhline(max(rep.epsilon, floor), color="k", ls="--", lw=0.8, label="calibrated epsilon")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "errors_per_checkpoint.png"), dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, s in rep.conditions.items():
+        bs = [int(x) for x in s.by_batch_size]
+        ax.plot(bs, [max(s.by_batch_size[str(x)]["max_error"], floor) for x in bs], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("max l2 error")
+    ax.set_title("reproduction error vs batch size (papers' Figure 2)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "batch_size_sweep.png"), dpi=110)
+    plt.close(fig)
+
+    if rep.matrix:
+        m = np.array(rep.matrix["max_error"], dtype=float)
+        fig, ax = plt.subplots(figsize=(1.2 * len(rep.matrix["cols"]) + 2, 0.6 * len(rep.matrix["rows"]) + 2))
+        logm = np.log10(np.maximum(m, floor))
+        im = ax.imshow(logm, cmap="viridis")
+        mid = (logm.min() + logm.max()) / 2
+        ax.set_xticks(range(len(rep.matrix["cols"])), rep.matrix["cols"], rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rep.matrix["rows"])), rep.matrix["rows"], fontsize=7)
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, "0" if m[i, j] == 0 else f"{m[i, j]:.0e}", ha="center", va="center", fontsize=6,
+                        color="w" if logm[i, j] < mid else "k")
+        ax.set_xlabel("verified under")
+        ax.set_ylabel("generated under")
+        fig.colorbar(im, label="log10 max l2 error")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "condition_matrix.png"), dpi=110)
+        plt.close(fig)
