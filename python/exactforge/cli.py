@@ -198,6 +198,101 @@ def _cmd_repro(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trace_step_context(path: str, step: int, data_path):
+    """The attack's view of a step of an exactforge trace (logreg or fcn, native or torch engine)."""
+    import numpy as np
+
+    from .attacks import StepContext
+    from .data import load_dataset
+    from .models import ModelSpec, check_params
+    from .torch_models import TorchFCN
+    from .trace import Trace, TraceError
+
+    trace = Trace.open(path)
+    man = trace.manifest
+    if "kind" not in man["model"]:
+        raise TraceError("model: the trace names no exactforge model (logreg or fcn)")
+    spec = ModelSpec.from_dict(man["model"])
+    data = load_dataset(man["data"]["name"], data_path or man["data"].get("path"))
+    if data.fingerprint() != man["data"].get("fingerprint"):
+        raise TraceError("data: the fingerprint does not match the trace's")
+    if not (0 <= step and step + 1 in trace.checkpoint_steps and step in trace.checkpoint_steps):
+        raise ValueError(f"--step: needs theta_T and theta_T+1 (a trace with --checkpoint-every 1); the trace has "
+                         f"{len(trace.records)} steps and checkpoints {trace.checkpoint_steps[:8]}...")
+    from .zoo import _Flat
+
+    inner = TorchFCN(spec)
+    net = _Flat(inner)  # datasets carry image shapes; the FCN takes flat vectors
+
+    def flat(st):
+        if man["engine"] == "native":
+            p = check_params(spec, st)
+            parts = []
+            for i in range(1, spec.num_layers + 1):
+                parts.append(np.ascontiguousarray(p[f"W{i}"].T).ravel())
+                if spec.bias:
+                    parts.append(p[f"b{i}"].ravel())
+            return np.concatenate(parts).astype(np.float32)
+        return np.concatenate([st[k].ravel() for k in inner.state_dict()]).astype(np.float32)
+
+    ctx = StepContext(net, data, flat(trace.load_checkpoint(step)), flat(trace.load_checkpoint(step + 1)),
+                      trace.batch(step), float(man["lr"]), engine=man["engine"], model_name=spec.kind, spec=spec)
+    return ctx
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from .attacks import run_attack
+    from .trace import TraceError
+
+    try:
+        ctx = _trace_step_context(args.trace, args.step, args.data_path)
+    except TraceError as exc:
+        print(f"exactforge attack: invalid trace: {exc}", file=sys.stderr)
+        return 2
+    if not 0 < args.fraction <= 1:
+        raise ValueError("--fraction: expected a forging fraction in (0, 1]")
+    rng = np.random.default_rng(args.seed)
+    r = max(1, int(round(args.fraction * len(ctx.batch))))
+    remove = [int(i) for i in rng.choice(ctx.batch, r, replace=False)]
+    res = run_attack(args.method, ctx, remove, pool=args.pool, candidates=args.candidates, steps=args.opt_steps,
+                     seed=args.seed)
+    out = res.to_dict()
+    out.update({"step": args.step, "trace": args.trace, **{k: v for k, v in res.metrics.items()}})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    print(f"{args.method} at step {args.step}: replaced {res.replaced}/{len(ctx.batch)}, approx_error {res.approx_error:.3g} "
+          f"(linf {res.metrics['linf']:.3g}, l2sq {res.metrics['l2sq']:.3g}, l2sq_dim {res.metrics['l2sq_dim']:.3g}), "
+          f"distinct={res.distinct}, in domain={res.in_domain}, {res.seconds:.2f} s")
+    return 0
+
+
+def _cmd_game(args: argparse.Namespace) -> int:
+    import json
+
+    from .game import play_game
+
+    eps = args.epsilon if args.epsilon == "auto" else float(args.epsilon)
+    budget = {"pool": args.pool, "candidates": args.candidates} if args.attack == "greedy" else \
+        ({"steps": args.opt_steps} if args.attack in ("gradmatch", "dlg") else {})
+    g = play_game(args.attack, args.rounds, eps, model=args.model, engine=args.engine, batch_size=args.batch_size,
+                  steps=args.steps, lr=args.lr, fraction=args.fraction, domain_check=args.domain_check,
+                  scenario=args.scenario, seed=args.seed, budget=budget, progress=not args.quiet)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(g.to_dict(), f, indent=1)
+    print(f"{args.attack} vs the {g.engine} verifier ({g.model}, epsilon {g.epsilon:.3g}, {g.epsilon_source}; "
+          f"domain check {'on' if g.domain_check else 'off'}; {g.scenario}): win rate {g.win_rate:.0%} over {len(g.rounds)} rounds")
+    lost = [r for r in g.rounds if not r.won]
+    if lost:
+        print(f"  e.g. round {lost[0].round}: {'; '.join(lost[0].reasons[:2])}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import compile_options
 
@@ -307,6 +402,41 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True)
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_cmd_repro)
+
+    a = sub.add_parser("attack", help="run a known forging attack on one step of a trace")
+    a.add_argument("trace")
+    a.add_argument("--method", choices=("greedy", "nearest", "gradmatch", "dlg"), default="greedy")
+    a.add_argument("--step", type=int, required=True)
+    a.add_argument("--fraction", type=float, default=0.01, help="forging fraction: share of the batch replaced")
+    a.add_argument("--pool", type=int, default=1000, help="greedy: points sampled from D minus U (n)")
+    a.add_argument("--candidates", type=int, default=300, help="greedy: candidate batches (M)")
+    a.add_argument("--opt-steps", type=int, default=100, help="gradmatch/dlg: optimisation steps")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--data-path")
+    a.add_argument("--json", metavar="OUT")
+    a.set_defaults(func=_cmd_attack)
+
+    g = sub.add_parser("game", help="play the data forging game (Algorithm 1) and report the win rate")
+    g.add_argument("--attack", choices=("greedy", "nearest", "gradmatch", "dlg", "nullspace", "error-matrix"),
+                   default="greedy")
+    g.add_argument("--rounds", type=int, default=10)
+    g.add_argument("--epsilon", default="auto", help="auto (calibrated), 0, or a value")
+    g.add_argument("--model", choices=("logreg", "fcn", "lenet", "vggmini"), default="fcn")
+    g.add_argument("--engine", choices=("torch", "native"), default="torch")
+    g.add_argument("--batch-size", type=int, default=100)
+    g.add_argument("--steps", type=int, default=10, help="steps the verifier trains")
+    g.add_argument("--lr", type=float, default=0.01)
+    g.add_argument("--fraction", type=float, help="forging fraction (default: only the target example)")
+    g.add_argument("--domain-check", action=argparse.BooleanOptionalAction, default=True,
+                   help="reject forgeries off the pixel grid or with non one-hot labels")
+    g.add_argument("--scenario", choices=("membership", "unlearning"), default="membership")
+    g.add_argument("--pool", type=int, default=1000)
+    g.add_argument("--candidates", type=int, default=300)
+    g.add_argument("--opt-steps", type=int, default=100)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--json", metavar="OUT")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=_cmd_game)
 
     i = sub.add_parser("info", help="print what this installation was built with (compile_options)")
     i.set_defaults(func=_cmd_info)

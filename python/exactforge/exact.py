@@ -134,9 +134,12 @@ def forge_nullspace(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.nd
             raise ValueError(f"target: expected a {b} x {d0} batch of examples, got {Xt.T.shape}")
         # U U^T = I - Q Q^T with Q the range of W1 (cheaper than the null basis itself)
         Qw, Qd = Uw[:, :rw], Ud[:, :rd]
-        E = Xt - Xc
-        E = E - Qw @ (Qw.T @ E)
-        P = E - (E @ Qd) @ Qd.T
+        if nullity == 0:
+            P = np.zeros_like(Xc)  # no exact forgery exists; projecting would leave only rounding noise
+        else:
+            E = Xt - Xc
+            E = E - Qw @ (Qw.T @ E)
+            P = E - (E @ Qd) @ Qd.T
         how = "nearest"
     info = {"nullity": int(nullity), "paper_bound": int(paper_bound(d0, W1.shape[1], b)),
             "rank_W1": rw, "rank_D1": rd, "target": how}
@@ -316,7 +319,7 @@ class ForgeryReport:
 def _distinct(X: np.ndarray, y: np.ndarray, Xf: np.ndarray, Yf: np.ndarray) -> bool:
     """Definition 1: some example of B is not in B' (compared exactly, labels included)."""
     def key(x, lab):
-        return np.asarray(x, np.float64).tobytes() + np.asarray(lab, np.float64).tobytes()
+        return np.asarray(x, np.float64).ravel().tobytes() + np.asarray(lab, np.float64).ravel().tobytes()
 
     yl = np.asarray(y)
     n = Yf.shape[1] if np.asarray(Yf).ndim == 2 else None

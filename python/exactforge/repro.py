@@ -115,7 +115,7 @@ class Stepper:
     """Recomputes one SGD step of a zoo model from a flat float32 parameter vector (torch
     order) under a condition. The update is torch.optim.SGD's, the same code as recording."""
 
-    def __init__(self, model_name: str, model: Any, data: Dataset, lr: float) -> None:
+    def __init__(self, model_name: str, model: Any, data: Dataset, lr: float, native_spec: Any = None) -> None:
         import torch
 
         self.name, self.model, self.data, self.lr = model_name, model, data, lr
@@ -125,8 +125,8 @@ class Stepper:
         shape = data.shape or (data.dim,)
         self.X = torch.from_numpy(data.X).reshape(len(data), *shape)
         self.y = torch.from_numpy(data.y)
-        self._native_spec = None
-        if model_name in NATIVE_MODELS:
+        self._native_spec = native_spec
+        if native_spec is None and model_name in NATIVE_MODELS:
             from .models import ModelSpec
 
             self._native_spec = ModelSpec(model_name, int(np.prod(shape)), data.num_classes,

@@ -1,0 +1,315 @@
+"""Known data-forging attacks under one interface, and one set of metrics.
+
+Every attack takes a step of a trace (theta_t, the batch B_t and the logged theta_{t+1}), the
+examples U of the batch to remove, the dataset and a budget, and returns a forged batch. Its
+approximation error is measured by **recomputing the step** with the forged batch and comparing
+with the logged theta_{t+1}, in every distance of the verifier: l2 (default), linf, l1, cosine,
+l2sq (Thudi et al.) and l2sq_dim = l2^2/dim (Kong et al.).
+
+* ``greedy`` (Thudi et al.; Kong et al.): sample n points from D \\ U, build M candidate batches
+  (the examples of U replaced by random pool points), keep the best. Candidates are scored from
+  per-example gradients computed once (torch.func vmap), never one backward pass per candidate.
+* ``nearest`` (Zhang et al.): each example of U replaced by its class-wise nearest neighbour in
+  D \\ U (l2 or cosine in input space).
+* ``gradmatch`` (short paper, Algorithm 1): the replaced inputs are optimised with Adam
+  (alpha = 0.5, betas = (0.9, 0.999)) to match the logged update; ``dlg`` uses L-BFGS (Deep
+  Leakage from Gradients). Both optionally projected to [0, 1] after each step.
+* ``nullspace`` / ``error-matrix``: the exact solvers of exactforge.exact (all of B forged).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .data import Dataset
+from .distances import DISTANCES, distance
+
+__all__ = ["ATTACKS", "AttackResult", "StepContext", "per_example_grads", "run_attack", "in_domain"]
+
+ATTACKS = ("greedy", "nearest", "gradmatch", "dlg", "nullspace", "error-matrix")
+
+
+@dataclass
+class StepContext:
+    """One step of a trace, as the attacks see it. ``theta`` and ``theta_next`` are flat float32
+    parameter vectors in the torch model's parameter order."""
+
+    model: Any                       # a torch.nn.Module of the trace's architecture
+    data: Dataset
+    theta: np.ndarray
+    theta_next: np.ndarray
+    batch: np.ndarray                # dataset indices of B_t
+    lr: float
+    engine: str = "torch"            # how the verifier recomputes: "torch" or "native"
+    model_name: Optional[str] = None # zoo name (logreg, fcn, ...) for the native engine and exact solvers
+    spec: Any = None                 # an exactforge ModelSpec, when the model is a native one of another width
+
+    def stepper(self):
+        from .repro import Stepper
+
+        return Stepper(self.model_name or "custom", self.model, self.data, self.lr, native_spec=self.spec)
+
+
+@dataclass
+class AttackResult:
+    method: str
+    replaced: int                    # examples of B that were replaced
+    fraction: float                  # forging fraction |U| / b
+    approx_error: float              # l2 distance of the recomputed step to the logged theta_{t+1}
+    metrics: Dict[str, float]        # every verifier distance
+    distinct: bool
+    in_domain: bool
+    seconds: float
+    forged_indices: List[int] = field(default_factory=list)   # dataset indices (-1: synthesised example)
+    X: Optional[np.ndarray] = None   # forged inputs (b x d), kept for synthesised examples
+    Y: Optional[np.ndarray] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d.pop("X")
+        d.pop("Y")
+        return d
+
+
+def _tensors(ctx: StepContext):
+    import torch
+
+    shape = ctx.data.shape or (ctx.data.dim,)
+    X = torch.from_numpy(ctx.data.X).reshape(len(ctx.data), *shape)
+    return X, torch.from_numpy(ctx.data.y)
+
+
+def per_example_grads(model: Any, theta: np.ndarray, X: Any, y: Any, chunk: int = 512) -> np.ndarray:
+    """N x P per-example gradients (float32, torch parameter order) with torch.func.vmap."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    params, pos = {}, 0
+    for n, s in zip(names, shapes):
+        k = int(np.prod(s))
+        params[n] = torch.from_numpy(np.ascontiguousarray(theta[pos:pos + k])).reshape(s)
+        pos += k
+
+    def loss(p, x, t):
+        out = functional_call(model, p, (x.unsqueeze(0),))
+        return torch.nn.functional.cross_entropy(out, t.unsqueeze(0))
+
+    g = vmap(grad(loss), in_dims=(None, 0, 0))
+    outs = []
+    with torch.no_grad():
+        for s in range(0, len(X), chunk):
+            gd = g(params, X[s:s + chunk], y[s:s + chunk])
+            outs.append(torch.cat([gd[n].reshape(gd[n].shape[0], -1) for n in names], dim=1).numpy())
+    return np.concatenate(outs, axis=0)
+
+
+def in_domain(X: np.ndarray, Y: np.ndarray, levels: Optional[int], num_classes: int, tol: float = 1e-6) -> bool:
+    """Pixels on the grid q/levels inside [0, 1] and labels one-hot (class indices)."""
+    X = np.asarray(X, np.float64)
+    if np.any(X < -tol) or np.any(X > 1 + tol):
+        return False
+    if levels and np.any(np.abs(X * levels - np.round(X * levels)) > tol * levels):
+        return False
+    Y = np.asarray(Y)
+    return Y.ndim == 1 and np.issubdtype(Y.dtype, np.integer) and bool(np.all((Y >= 0) & (Y < num_classes)))
+
+
+def _recompute(ctx: StepContext, X: np.ndarray, Y: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """theta_t - lr grad L(B') with the verifier's engine, for a forged batch given as arrays."""
+    import torch
+
+    if ctx.engine == "native":
+        from collections import OrderedDict
+
+        from . import models as M
+        from .repro import Stepper
+
+        st = ctx.stepper()
+        spec = st._native_spec
+        if spec is None:
+            raise ValueError("engine: the native path needs a logreg or fcn trace")
+        parts, pos = [], 0
+        for n, s in zip(st.sizes, st.shapes):
+            parts.append(ctx.theta[pos:pos + n].reshape(s))
+            pos += n
+        params = OrderedDict()
+        for i in range(spec.num_layers):
+            params[f"W{i + 1}"] = np.ascontiguousarray(parts[2 * i].T)
+            params[f"b{i + 1}"] = np.ascontiguousarray(parts[2 * i + 1])
+        Yn = np.asarray(Y) if np.asarray(Y).ndim == 1 else np.asarray(Y, np.float32)
+        new = M.sgd_step(spec, params, np.asarray(X, np.float32).reshape(len(X), -1), Yn, keys, ctx.lr)
+        out = []
+        for i in range(spec.num_layers):
+            out += [np.ascontiguousarray(new[f"W{i + 1}"].T).ravel(), new[f"b{i + 1}"].ravel()]
+        return np.concatenate(out).astype(np.float32)
+    st = ctx.stepper()
+    st.load(ctx.theta)
+    opt = torch.optim.SGD(st.model.parameters(), lr=ctx.lr)
+    shape = ctx.data.shape or (ctx.data.dim,)
+    xb = torch.from_numpy(np.asarray(X, np.float32)).reshape(len(X), *shape) if ctx.data.vocab is None \
+        else torch.from_numpy(np.asarray(X, np.int64))
+    yb = torch.from_numpy(np.asarray(Y)) if np.asarray(Y).ndim == 1 else torch.from_numpy(np.asarray(Y, np.float32))
+    loss = torch.nn.functional.cross_entropy(st.model(xb), yb)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return st.flat()
+
+
+def _result(ctx, method, U, X, Y, forged_idx, t0, keep_arrays=False) -> AttackResult:
+    keys = np.array([i if i >= 0 else len(ctx.data) + j for j, i in enumerate(forged_idx)], dtype=np.int64)
+    new = _recompute(ctx, X, Y, keys)
+    metrics = {k: distance(new, ctx.theta_next, k) for k in DISTANCES}
+    b = len(ctx.batch)
+    # Definition 1 on content: some example (x, y) of B is not in B'. (A synthesised batch equal
+    # to B, e.g. a nullspace "forgery" when the nullspace is empty, is not distinct.)
+    from .exact import _distinct
+
+    Xo = ctx.data.X[ctx.batch].reshape(b, -1)
+    distinct = _distinct(Xo, ctx.data.y[ctx.batch], np.asarray(X, np.float64).reshape(len(X), -1)
+                         .astype(ctx.data.X.dtype).astype(np.float64), np.asarray(Y))
+    dom = in_domain(X, Y, ctx.data.levels, ctx.data.num_classes) if ctx.data.vocab is None else True
+    return AttackResult(method, len(U), len(U) / b, metrics["l2"], metrics, bool(distinct), bool(dom),
+                        time.perf_counter() - t0, [int(i) for i in forged_idx],
+                        np.asarray(X) if keep_arrays else None, np.asarray(Y) if keep_arrays else None)
+
+
+def run_attack(method: str, ctx: StepContext, remove: Sequence[int], *, pool: int = 1000, candidates: int = 300,
+               metric: str = "l2", steps: int = 100, alpha: float = 0.5, project: bool = True, seed: int = 0) -> AttackResult:
+    """Forges the batch of ``ctx`` so that the examples ``remove`` (dataset indices, in the batch)
+    are absent. Budgets: greedy ``pool`` (n) and ``candidates`` (M); gradient matching ``steps``."""
+    if method not in ATTACKS:
+        raise ValueError(f"method: expected one of {ATTACKS}, got {method!r}")
+    rng = np.random.default_rng(seed)
+    batch = np.asarray(ctx.batch, np.int64)
+    U = [int(u) for u in remove]
+    if not set(U) <= set(batch.tolist()):
+        raise ValueError("remove: every example to remove must be in the batch")
+    keep = np.array([i for i in batch if i not in set(U)], dtype=np.int64)
+    others = np.setdiff1d(np.arange(len(ctx.data)), np.array(U, dtype=np.int64))
+    t0 = time.perf_counter()
+    g_target = (ctx.theta.astype(np.float64) - ctx.theta_next.astype(np.float64)) / ctx.lr
+    b = len(batch)
+    if method == "greedy":
+        X_t, y_t = _tensors(ctx)
+        P = rng.choice(np.setdiff1d(others, keep), size=min(pool, len(others) - len(keep)), replace=False)
+        need = np.concatenate([keep, P])
+        G = per_example_grads(ctx.model, ctx.theta, X_t[need], y_t[need]).astype(np.float64)
+        base = G[: len(keep)].sum(axis=0)
+        Gp = G[len(keep):]
+        choice = np.stack([rng.choice(len(P), size=len(U), replace=False) for _ in range(candidates)])
+        sums = base[None, :] + Gp[choice].sum(axis=1)
+        err = np.linalg.norm(ctx.lr * (sums / b - g_target[None, :]), axis=1)
+        best = P[choice[int(np.argmin(err))]]
+        idx = np.concatenate([keep, best])
+        return _result(ctx, method, U, ctx.data.X[idx], ctx.data.y[idx], idx.tolist(), t0)
+    if method == "nearest":
+        X = ctx.data.X
+        repl = []
+        taken = set(keep.tolist())
+        for u in U:
+            cand = np.array([i for i in others if ctx.data.y[i] == ctx.data.y[u] and i not in taken])
+            if metric == "cosine":
+                a = X[cand] / np.maximum(np.linalg.norm(X[cand], axis=1, keepdims=True), 1e-12)
+                s = a @ (X[u] / max(np.linalg.norm(X[u]), 1e-12))
+                j = int(cand[np.argmax(s)])
+            else:
+                j = int(cand[np.argmin(np.linalg.norm(X[cand] - X[u], axis=1))])
+            repl.append(j)
+            taken.add(j)
+        idx = np.concatenate([keep, np.array(repl, dtype=np.int64)])
+        return _result(ctx, method, U, ctx.data.X[idx], ctx.data.y[idx], idx.tolist(), t0)
+    if method in ("gradmatch", "dlg"):
+        return _gradmatch(ctx, method, U, keep, g_target, steps, alpha, project, rng, t0)
+    return _exact(ctx, method, U, t0, seed)
+
+
+def _gradmatch(ctx, method, U, keep, g_target, steps, alpha, project, rng, t0) -> AttackResult:
+    import torch
+
+    X_t, y_t = _tensors(ctx)
+    st = ctx.stepper()
+    st.load(ctx.theta)
+    params = list(st.model.parameters())
+    target = torch.from_numpy(g_target.astype(np.float32))
+    start = X_t[torch.from_numpy(rng.choice(len(ctx.data), len(U)))].clone()
+    xhat = start.clone().requires_grad_(True)
+    y_u = y_t[torch.tensor(U)]
+    xk, yk = X_t[torch.from_numpy(keep)], y_t[torch.from_numpy(keep)]
+    b = len(keep) + len(U)
+
+    def objective():
+        xb = torch.cat([xk, xhat])
+        yb = torch.cat([yk, y_u])
+        loss = torch.nn.functional.cross_entropy(st.model(xb), yb)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        diff = torch.cat([g.reshape(-1) for g in grads]) - target
+        return diff.pow(2).sum()  # ||grad' - grad||^2, unscaled (L-BFGS's tolerances are absolute)
+
+    if method == "gradmatch":
+        opt = torch.optim.Adam([xhat], lr=alpha, betas=(0.9, 0.999), eps=1e-8)
+        for _ in range(steps):
+            opt.zero_grad()
+            obj = objective()
+            obj.backward()
+            opt.step()
+            if project:
+                with torch.no_grad():
+                    xhat.clamp_(0.0, 1.0)
+    else:
+        opt = torch.optim.LBFGS([xhat], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            obj = objective()
+            obj.backward()
+            return obj
+
+        opt.step(closure)
+        if project:
+            with torch.no_grad():
+                xhat.clamp_(0.0, 1.0)
+    Xf = np.concatenate([ctx.data.X[keep], xhat.detach().reshape(len(U), -1).numpy()])
+    Yf = np.concatenate([ctx.data.y[keep], y_u.numpy()])
+    forged = keep.tolist() + [-1] * len(U)
+    return _result(ctx, method, U, Xf, Yf, forged, t0, keep_arrays=True)
+
+
+def _exact(ctx, method, U, t0, seed) -> AttackResult:
+    """The exact solvers forge the whole batch (every example perturbed)."""
+    from . import exact as E
+    from . import models as M
+
+    st = ctx.stepper()
+    spec = st._native_spec
+    if spec is None:
+        raise ValueError(f"method: {method} needs a logreg or fcn trace")
+    parts, pos = [], 0
+    for n, s in zip(st.sizes, st.shapes):
+        parts.append(ctx.theta[pos:pos + n].reshape(s))
+        pos += n
+    from collections import OrderedDict
+
+    params = OrderedDict()
+    for i in range(spec.num_layers):
+        params[f"W{i + 1}"] = np.ascontiguousarray(parts[2 * i].T)
+        params[f"b{i + 1}"] = np.ascontiguousarray(parts[2 * i + 1])
+    X = ctx.data.X[ctx.batch].reshape(len(ctx.batch), -1)
+    y = ctx.data.y[ctx.batch]
+    others = np.setdiff1d(np.arange(len(ctx.data)), ctx.batch)
+    Xt = ctx.data.X[np.random.default_rng(seed).choice(others, len(ctx.batch), replace=False)].reshape(len(ctx.batch), -1)
+    if method == "nullspace":
+        f = E.forge_nullspace(spec, params, X, y, target=Xt)
+    else:
+        if spec.kind != "logreg":
+            raise ValueError("method: error-matrix forging applies to logistic regression")
+        f = E.forge_error_matrix(spec, params, X, y, target=Xt, seed=seed)
+    Xf = np.asarray(f.X, np.float32)
+    res = _result(ctx, method, list(ctx.batch), Xf, f.Y, [-1] * len(ctx.batch), t0, keep_arrays=True)
+    res.replaced, res.fraction = len(ctx.batch), 1.0
+    return res
