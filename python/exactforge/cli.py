@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -293,6 +294,23 @@ def _cmd_game(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reevaluate(args: argparse.Namespace) -> int:
+    from .reevaluate import Config, reevaluate, summary_table
+
+    kw = dict(model=args.model, dataset=args.dataset, data_path=args.data_path, seed=args.seed)
+    cfg = Config.quick(**kw) if args.quick else Config(**kw)
+    rep = reevaluate(args.out, cfg, progress=not args.quiet)
+    print(f"exactforge reevaluate: {cfg.model} on {rep['dataset']['name']}"
+          f"{' (synthetic)' if rep['dataset']['synthetic'] else ''}, {rep['seconds']:.0f} s\n")
+    print(summary_table(rep))
+    wins = [g for g in rep["game"] if g["win_rate"] > 0]
+    print("\nforging game: " + ("; ".join(f"{g['attack']} vs {g['verifier']}"
+                                            f"{'' if g['domain_check'] else ' (no domain check)'}: {g['win_rate']:.0%}"
+                                            for g in wins) if wins else "no attack won a round")
+          + f"\nreport: {os.path.join(args.out, 'report.md')}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import compile_options
 
@@ -437,6 +455,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", metavar="OUT")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=_cmd_game)
+
+    e = sub.add_parser("reevaluate", help="the main job: end-to-end re-evaluation of data forging (report folder)")
+    e.add_argument("--quick", action="store_true", help="small budgets (under a minute), for CI")
+    e.add_argument("--model", choices=("fcn", "logreg", "lenet", "vggmini"), default="fcn")
+    e.add_argument("--dataset", default="digits", choices=("digits", "breast-cancer", "wine", "mnist", "cifar10", "adult"))
+    e.add_argument("--data-path", help="local files of mnist, cifar10 or adult")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", default="reevaluation")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=_cmd_reevaluate)
 
     i = sub.add_parser("info", help="print what this installation was built with (compile_options)")
     i.set_defaults(func=_cmd_info)
