@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -124,29 +124,7 @@ def _recompute(ctx: StepContext, X: np.ndarray, Y: np.ndarray, keys: np.ndarray)
     import torch
 
     if ctx.engine == "native":
-        from collections import OrderedDict
-
-        from . import models as M
-        from .repro import Stepper
-
-        st = ctx.stepper()
-        spec = st._native_spec
-        if spec is None:
-            raise ValueError("engine: the native path needs a logreg or fcn trace")
-        parts, pos = [], 0
-        for n, s in zip(st.sizes, st.shapes):
-            parts.append(ctx.theta[pos:pos + n].reshape(s))
-            pos += n
-        params = OrderedDict()
-        for i in range(spec.num_layers):
-            params[f"W{i + 1}"] = np.ascontiguousarray(parts[2 * i].T)
-            params[f"b{i + 1}"] = np.ascontiguousarray(parts[2 * i + 1])
-        Yn = np.asarray(Y) if np.asarray(Y).ndim == 1 else np.asarray(Y, np.float32)
-        new = M.sgd_step(spec, params, np.asarray(X, np.float32).reshape(len(X), -1), Yn, keys, ctx.lr)
-        out = []
-        for i in range(spec.num_layers):
-            out += [np.ascontiguousarray(new[f"W{i + 1}"].T).ravel(), new[f"b{i + 1}"].ravel()]
-        return np.concatenate(out).astype(np.float32)
+        return ctx.stepper().native_step_arrays(ctx.theta, X, Y, keys)
     st = ctx.stepper()
     st.load(ctx.theta)
     opt = torch.optim.SGD(st.model.parameters(), lr=ctx.lr)
@@ -241,7 +219,6 @@ def _gradmatch(ctx, method, U, keep, g_target, steps, alpha, project, rng, t0) -
     xhat = start.clone().requires_grad_(True)
     y_u = y_t[torch.tensor(U)]
     xk, yk = X_t[torch.from_numpy(keep)], y_t[torch.from_numpy(keep)]
-    b = len(keep) + len(U)
 
     def objective():
         xb = torch.cat([xk, xhat])
@@ -283,22 +260,10 @@ def _gradmatch(ctx, method, U, keep, g_target, steps, alpha, project, rng, t0) -
 def _exact(ctx, method, U, t0, seed) -> AttackResult:
     """The exact solvers forge the whole batch (every example perturbed)."""
     from . import exact as E
-    from . import models as M
 
     st = ctx.stepper()
-    spec = st._native_spec
-    if spec is None:
-        raise ValueError(f"method: {method} needs a logreg or fcn trace")
-    parts, pos = [], 0
-    for n, s in zip(st.sizes, st.shapes):
-        parts.append(ctx.theta[pos:pos + n].reshape(s))
-        pos += n
-    from collections import OrderedDict
-
-    params = OrderedDict()
-    for i in range(spec.num_layers):
-        params[f"W{i + 1}"] = np.ascontiguousarray(parts[2 * i].T)
-        params[f"b{i + 1}"] = np.ascontiguousarray(parts[2 * i + 1])
+    spec = st.native_spec()
+    params = st.to_native(ctx.theta)
     X = ctx.data.X[ctx.batch].reshape(len(ctx.batch), -1)
     y = ctx.data.y[ctx.batch]
     others = np.setdiff1d(np.arange(len(ctx.data)), ctx.batch)

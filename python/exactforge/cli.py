@@ -99,7 +99,7 @@ def _cmd_forge(args: argparse.Namespace) -> int:
                              f"{trace.checkpoint_steps[:10]}{'...' if len(trace.checkpoint_steps) > 10 else ''}")
         state = trace.load_checkpoint(args.step)
         if man["engine"] == "torch":  # state_dict layout -> exactforge layout
-            from .torch_models import from_torch, to_torch, TorchFCN
+            from .torch_models import from_torch, TorchFCN
             import torch
             module = TorchFCN(spec)
             module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -101,11 +101,6 @@ def _layer1(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.ndarray) -
     p64 = {k: np.asarray(v, np.float64) for k, v in params.items()}
     pe = M.per_example(spec64, p64, np.asarray(X, np.float64), np.asarray(y))
     return p64["W1"], pe.errors[0]
-
-
-def _projector(basis_complement_U: np.ndarray, rank: int) -> np.ndarray:
-    Q = basis_complement_U[:, :rank]
-    return Q
 
 
 def forge_nullspace(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.ndarray, *,
@@ -411,7 +406,6 @@ def search_in_domain(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.n
     W1, D1 = _layer1(spec, params, X, y)
     Xc = np.asarray(X, np.float64).T                # d0 x b
     d0, b = Xc.shape
-    d1 = W1.shape[1]
     nv = d0 * b
     # vec (column-major) of P: rows of the constraint matrix are the Kronecker system
     K = _kronecker(W1, D1)

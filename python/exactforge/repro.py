@@ -26,7 +26,7 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -174,30 +174,50 @@ class Stepper:
         self.model.to("cpu")
         return res
 
-    def _native_step(self, flat: np.ndarray, idx: np.ndarray, cond: Condition) -> np.ndarray:
+    def native_spec(self):
+        if self._native_spec is None:
+            raise ValueError(f"the native path supports {NATIVE_MODELS} (exactforge models), not {self.name}")
+        return self._native_spec
+
+    def to_native(self, flat: np.ndarray):
+        """A flat torch-order vector ((weight, bias) per layer, weight = W_i^T) as exactforge params."""
         from collections import OrderedDict
 
-        from . import models as M
-
-        spec = self._native_spec
-        if spec is None:
-            raise ValueError(f"condition {cond.name}: the native path supports {NATIVE_MODELS}, not {self.name}")
-        # torch order: (weight, bias) per layer, weight = W_i^T
+        spec = self.native_spec()
         parts, pos = [], 0
         for n, s in zip(self.sizes, self.shapes):
             parts.append(flat[pos:pos + n].reshape(s))
             pos += n
-        params = OrderedDict()
-        for i in range(spec.num_layers):
-            params[f"W{i + 1}"] = np.ascontiguousarray(parts[2 * i].T)
-            params[f"b{i + 1}"] = np.ascontiguousarray(parts[2 * i + 1])
-        X = self.data.X.reshape(len(self.data), -1)
-        new = M.sgd_step(spec, params, X[idx], self.data.y[idx], idx, self.lr, threads=cond.threads)
+        params, k = OrderedDict(), 0
+        for i in range(1, spec.num_layers + 1):
+            params[f"W{i}"] = np.ascontiguousarray(parts[k].T)
+            k += 1
+            if spec.bias:
+                params[f"b{i}"] = np.ascontiguousarray(parts[k])
+                k += 1
+        return params
+
+    def from_native(self, params) -> np.ndarray:
+        spec = self.native_spec()
         out = []
-        for i in range(spec.num_layers):
-            out.append(np.ascontiguousarray(new[f"W{i + 1}"].T).ravel())
-            out.append(new[f"b{i + 1}"].ravel())
+        for i in range(1, spec.num_layers + 1):
+            out.append(np.ascontiguousarray(params[f"W{i}"].T).ravel())
+            if spec.bias:
+                out.append(np.asarray(params[f"b{i}"]).ravel())
         return np.concatenate(out).astype(np.float32)
+
+    def native_step_arrays(self, flat: np.ndarray, X: np.ndarray, Y: np.ndarray, keys: np.ndarray,
+                           threads: Optional[int] = None) -> np.ndarray:
+        """One native SGD step on a batch given as arrays (labels: classes or label vectors)."""
+        from . import models as M
+
+        Yn = np.asarray(Y) if np.asarray(Y).ndim == 1 else np.asarray(Y, np.float32)
+        new = M.sgd_step(self.native_spec(), self.to_native(flat), np.asarray(X, np.float32).reshape(len(X), -1),
+                         Yn, keys, self.lr, threads=threads)
+        return self.from_native(new)
+
+    def _native_step(self, flat: np.ndarray, idx: np.ndarray, cond: Condition) -> np.ndarray:
+        return self.native_step_arrays(flat, self.data.X[idx], self.data.y[idx], idx, threads=cond.threads)
 
 
 # -- the study ------------------------------------------------------------------------------
