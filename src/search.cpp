@@ -138,16 +138,25 @@ Mitm::Mitm(const Problem& pr, uint64_t max_bytes) : pr_(pr), h1_(pr.b - pr.b / 2
   while (slots_ < 2 * cnt) slots_ <<= 1;
   mask_ = slots_ - 1;
   table_.assign(slots_, Entry{0, {kEmpty, kEmpty, kEmpty}});
-  const int lg = bitmap_log2(cnt);
+  const uint64_t T = pr.target_keys.size();
+  combined_ = T > 1 && (uint64_t(1) << bitmap_log2(cnt * T)) / 8 <= (256u << 10);
+  const int lg = bitmap_log2(combined_ ? cnt * T : cnt);
   bit_shift_ = 64 - (lg - 6);  // top bits select a word
   bits_.assign((uint64_t(1) << lg) / 64, 0);
+  auto set_bits = [&](uint64_t v) {
+    const uint64_t fh = fmix(v);
+    bits_[fword(fh, bit_shift_)] |= fbits(fh);
+  };
   auto insert = [&](uint64_t k, const uint32_t* s) {
     uint64_t h = mix(k) & mask_;
     while (table_[h].s[0] != kEmpty) h = (h + 1) & mask_;
     table_[h].key = k;
     for (int i = 0; i < 3; ++i) table_[h].s[i] = i < h2_ ? s[i] : kEmpty - 1;
-    const uint64_t fh = fmix(k);
-    bits_[fword(fh, bit_shift_)] |= fbits(fh);
+    if (combined_) {
+      for (uint64_t t = 0; t < T; ++t) set_bits(pr.target_keys[t] - k);  // the probe keys that match
+    } else {
+      set_bits(k);
+    }
   };
   uint32_t s[3] = {0, 0, 0};
   if (h2_ == 0) {
@@ -215,7 +224,27 @@ std::vector<Match> Mitm::probe(int64_t a0, int64_t a1, int threads, uint64_t* vi
       count += nb;
       nb = 0;
     };
+    // A filter that fits in L2 is tested inline: the batching only pays for itself when the
+    // filter's words miss the cache.
+    const bool inline_filter = combined_ || bits_.size() * sizeof(uint64_t) <= (256u << 10);
     auto push = [&](uint64_t k, int32_t a, int32_t j, int32_t l) {
+      if (inline_filter) {
+        ++count;
+        const int32_t p3[3] = {a, j, l};
+        if (combined_) {
+          const uint64_t fh = fmix(k);
+          const uint64_t m = fbits(fh);
+          if ((bits_[fword(fh, bit_shift_)] & m) == m)
+            for (int t = 0; t < T; ++t) lookup(k, p3, t);
+          return;
+        }
+        for (int t = 0; t < T; ++t) {
+          const uint64_t fh = fmix(pr_.target_keys[t] - k);
+          const uint64_t m = fbits(fh);
+          if ((bits_[fword(fh, bit_shift_)] & m) == m) lookup(k, p3, t);
+        }
+        return;
+      }
       bkey[nb] = k;
       bidx[nb][0] = a;
       bidx[nb][1] = j;

@@ -58,6 +58,9 @@ class Mitm {
   // answers most of them without touching the table.
   std::vector<uint64_t> bits_;
   int bit_shift_ = 64;
+  // Small tables: one filter over the values target_t - key for every target, so a probe tests
+  // its own key once instead of once per target (only while that filter stays in cache).
+  bool combined_ = false;
 };
 
 /// Number of k-subsets of n (saturating at UINT64_MAX).
