@@ -304,12 +304,10 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
     if repeats < 1 or steps < 1:
         raise ValueError("repeats, steps: expected positive integers")
     if data is None:
-        data = load_dataset(dataset, data_path) if not (model == "transformer" and dataset in ("digits", "synthetic-tokens")) \
-            else (load_dataset("synthetic-tokens") if dataset != "imdb" else load_dataset("imdb", data_path))
-    if model == "transformer" and data.vocab is None:
-        from .data import synthetic_tokens
-
-        data = synthetic_tokens()
+        # The Transformer reads tokens: IMDB when given, otherwise the labelled synthetic task.
+        if model == "transformer" and dataset != "imdb":
+            dataset = "synthetic-tokens"
+        data = load_dataset(dataset, data_path)
     if model in ("lenet", "vggmini") and (data.shape is None or len(data.shape) != 3):
         raise ValueError(f"dataset: {model} needs images (digits, mnist, cifar10), not {data.name}")
     for b in batch_sizes:
@@ -339,10 +337,8 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
             gen = Condition("baseline", engine=engine)
             tr_dir = os.path.join(out, "traces", f"{engine}-b{b}") if out else None
             states = _generate(st, gen, batches, tr_dir, {"study": "generation"})
-            for c in (group if engine == "native" else ["baseline"] + [x for x in group if x != "baseline"]):
-                cond = CONDITIONS[c] if c != "baseline" or engine == "torch" else gen
-                if engine == "native" and c == "baseline":
-                    continue
+            for c in group:  # torch: "baseline" first; native: its own conditions only
+                cond = CONDITIONS[c]
                 arr = np.zeros((steps, repeats, len(DISTANCES)))
                 for t in range(steps):
                     for r in range(repeats):
