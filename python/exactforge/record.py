@@ -165,17 +165,8 @@ class TraceRecorder:
         w = self._writer
         if w is None or exc_type is not None:
             return  # on an error the trace keeps every complete step; nothing more is claimed
-        if self._since_ckpt and w.next_step > 0:
-            # The last steps have no checkpoint yet: rewrite the final record with one.
-            import os
-
-            last = w.next_step - 1
-            trace = Trace.open(self.directory)
-            rec = trace.records[last]
-            os.unlink(os.path.join(self.directory, f"records/{last:08d}.json"))
-            w.next_step = last
-            w.prev = rec.prev
-            w.append(rec.batch, self._state())
+        if self._since_ckpt and w.last is not None:
+            w.attach_checkpoint(self._state())  # the last steps have no checkpoint yet
 
 
 def _device_of(model: Any) -> str:

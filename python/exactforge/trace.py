@@ -255,6 +255,7 @@ class TraceWriter:
         self.manifest = manifest
         self.prev = sha256_bytes(raw)
         self.next_step = 0
+        self.last: Optional[Record] = None
 
     @classmethod
     def resume(cls, directory: str) -> Tuple["TraceWriter", Trace]:
@@ -270,6 +271,7 @@ class TraceWriter:
         self.manifest = trace.manifest
         self.prev = trace.records[-1].hash if trace.records else trace.manifest_hash
         self.next_step = last
+        self.last = trace.records[-1] if trace.records else None
         return self, trace
 
     def append(self, batch: Sequence[int], checkpoint: Optional[Mapping[str, np.ndarray]] = None) -> Record:
@@ -285,4 +287,14 @@ class TraceWriter:
         atomic_write(os.path.join(self.directory, _record_name(t)), canonical_json(rec))
         self.prev = rec["hash"]
         self.next_step = t + 1
-        return Record(t, rec["batch"], rec["prev"], ck, rec["hash"])
+        self.last = Record(t, rec["batch"], rec["prev"], ck, rec["hash"])
+        return self.last
+
+    def attach_checkpoint(self, checkpoint: Mapping[str, np.ndarray]) -> Record:
+        """Rewrites the last record with theta after its step (the final checkpoint of a run whose
+        last steps had none). The record file is replaced atomically, never removed."""
+        if self.last is None:
+            raise ValueError("attach_checkpoint: no step has been recorded")
+        last = self.last
+        self.next_step, self.prev = last.step, last.prev
+        return self.append(last.batch, checkpoint)
