@@ -75,37 +75,49 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if rep.accepted else 1
 
 
+def _exactforge_trace(path: str, data_path):
+    """An exactforge model's trace (logreg or fcn, either engine) with its checked training data."""
+    from .models import ModelSpec
+    from .trace import TraceError
+    from .verify import open_with_data
+
+    trace, data = open_with_data(path, data_path=data_path)
+    if "kind" not in trace.manifest["model"]:
+        raise TraceError("model: the trace names no exactforge model (logreg or fcn)")
+    return trace, ModelSpec.from_dict(trace.manifest["model"]), data
+
+
+def _exactforge_params(trace, spec, step: int):
+    """theta_step in exactforge's layout, from a native checkpoint or a TorchFCN state_dict."""
+    from .models import check_params
+
+    state = trace.load_checkpoint(step)
+    if trace.manifest["engine"] == "torch":
+        import torch
+
+        from .torch_models import TorchFCN, from_torch
+
+        module = TorchFCN(spec)
+        module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+        return from_torch(spec, module)
+    return check_params(spec, state, f"checkpoint {step}")
+
+
 def _cmd_forge(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import exact as E
-    from .data import load_dataset
-    from .models import ModelSpec, check_params
-    from .trace import Trace, TraceError, encode_checkpoint, atomic_write
+    from .trace import TraceError, encode_checkpoint, atomic_write
 
     try:
-        trace = Trace.open(args.trace)
+        trace, spec, data = _exactforge_trace(args.trace, args.data_path)
         man = trace.manifest
-        if "kind" not in man["model"]:
-            raise TraceError("model: the trace names no exactforge model (logreg or fcn) to forge against")
-        spec = ModelSpec.from_dict(man["model"])
-        data = load_dataset(man["data"]["name"], args.data_path or man["data"].get("path"))
-        if data.fingerprint() != man["data"].get("fingerprint"):
-            raise TraceError("data: the fingerprint does not match the trace's")
         if not 0 <= args.step < len(trace.records):
             raise ValueError(f"--step: the trace has steps 0..{len(trace.records) - 1}")
         if args.step not in trace.checkpoint_steps:
             raise ValueError(f"--step: no checkpoint theta_{args.step} was logged; steps with one: "
                              f"{trace.checkpoint_steps[:10]}{'...' if len(trace.checkpoint_steps) > 10 else ''}")
-        state = trace.load_checkpoint(args.step)
-        if man["engine"] == "torch":  # state_dict layout -> exactforge layout
-            from .torch_models import from_torch, TorchFCN
-            import torch
-            module = TorchFCN(spec)
-            module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
-            params = from_torch(spec, module)
-        else:
-            params = check_params(spec, state, f"checkpoint {args.step}")
+        params = _exactforge_params(trace, spec, args.step)
     except TraceError as exc:
         print(f"exactforge forge: invalid trace: {exc}", file=sys.stderr)
         return 2
@@ -204,41 +216,21 @@ def _trace_step_context(path: str, step: int, data_path):
     import numpy as np
 
     from .attacks import StepContext
-    from .data import load_dataset
-    from .models import ModelSpec, check_params
-    from .torch_models import TorchFCN
-    from .trace import Trace, TraceError
+    from .torch_models import to_torch
+    from .zoo import _Flat
 
-    trace = Trace.open(path)
-    man = trace.manifest
-    if "kind" not in man["model"]:
-        raise TraceError("model: the trace names no exactforge model (logreg or fcn)")
-    spec = ModelSpec.from_dict(man["model"])
-    data = load_dataset(man["data"]["name"], data_path or man["data"].get("path"))
-    if data.fingerprint() != man["data"].get("fingerprint"):
-        raise TraceError("data: the fingerprint does not match the trace's")
+    trace, spec, data = _exactforge_trace(path, data_path)
     if not (0 <= step and step + 1 in trace.checkpoint_steps and step in trace.checkpoint_steps):
         raise ValueError(f"--step: needs theta_T and theta_T+1 (a trace with --checkpoint-every 1); the trace has "
                          f"{len(trace.records)} steps and checkpoints {trace.checkpoint_steps[:8]}...")
-    from .zoo import _Flat
 
-    inner = TorchFCN(spec)
-    net = _Flat(inner)  # datasets carry image shapes; the FCN takes flat vectors
+    def flat(s: int) -> np.ndarray:  # torch parameter order, the attacks' layout
+        module = to_torch(spec, _exactforge_params(trace, spec, s))
+        return np.concatenate([p.detach().numpy().ravel() for p in module.parameters()]).astype(np.float32)
 
-    def flat(st):
-        if man["engine"] == "native":
-            p = check_params(spec, st)
-            parts = []
-            for i in range(1, spec.num_layers + 1):
-                parts.append(np.ascontiguousarray(p[f"W{i}"].T).ravel())
-                if spec.bias:
-                    parts.append(p[f"b{i}"].ravel())
-            return np.concatenate(parts).astype(np.float32)
-        return np.concatenate([st[k].ravel() for k in inner.state_dict()]).astype(np.float32)
-
-    ctx = StepContext(net, data, flat(trace.load_checkpoint(step)), flat(trace.load_checkpoint(step + 1)),
-                      trace.batch(step), float(man["lr"]), engine=man["engine"], model_name=spec.kind, spec=spec)
-    return ctx
+    net = _Flat(to_torch(spec, _exactforge_params(trace, spec, step)))  # datasets carry image shapes
+    return StepContext(net, data, flat(step), flat(step + 1), trace.batch(step), float(trace.manifest["lr"]),
+                       engine=trace.manifest["engine"], model_name=spec.kind, spec=spec)
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
@@ -278,8 +270,9 @@ def _cmd_game(args: argparse.Namespace) -> int:
     from .game import play_game
 
     eps = args.epsilon if args.epsilon == "auto" else float(args.epsilon)
-    budget = {"pool": args.pool, "candidates": args.candidates} if args.attack == "greedy" else \
-        ({"steps": args.opt_steps} if args.attack in ("gradmatch", "dlg") else {})
+    from .attacks import budget_for
+
+    budget = budget_for(args.attack, args.pool, args.candidates, args.opt_steps)
     g = play_game(args.attack, args.rounds, eps, model=args.model, engine=args.engine, batch_size=args.batch_size,
                   steps=args.steps, lr=args.lr, fraction=args.fraction, domain_check=args.domain_check,
                   scenario=args.scenario, seed=args.seed, budget=budget, progress=not args.quiet)

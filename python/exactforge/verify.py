@@ -14,7 +14,7 @@ from .data import Dataset, load_dataset
 from .distances import DISTANCES, distance
 from .trace import Trace, TraceError
 
-__all__ = ["POLICIES", "StepResult", "VerificationReport", "verify_trace", "select_segments"]
+__all__ = ["POLICIES", "StepResult", "VerificationReport", "verify_trace", "select_segments", "open_with_data"]
 
 POLICIES = ("all", "topq", "random")
 
@@ -57,6 +57,20 @@ class VerificationReport:
 
 def _json_float(x: float) -> Any:
     return x if np.isfinite(x) else str(x)
+
+
+def open_with_data(directory: str, dataset: Optional[Dataset] = None,
+                   data_path: Optional[str] = None) -> Tuple[Trace, Dataset]:
+    """Opens and checks a trace and loads its training data (the manifest's dataset, from
+    ``data_path`` when given), refusing data whose fingerprint differs. Raises TraceError."""
+    trace = Trace.open(directory)
+    man = trace.manifest
+    if dataset is None:
+        dataset = load_dataset(man["data"]["name"], data_path or man["data"].get("path"))
+    if dataset.fingerprint() != man["data"].get("fingerprint"):
+        raise TraceError(f"data: the fingerprint of {dataset.name} does not match the trace's "
+                         "(different or modified training data)")
+    return trace, dataset
 
 
 def _invalid(reason: str, epsilon: float, dist: str, policy: str) -> VerificationReport:
@@ -168,13 +182,8 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
     if not (epsilon >= 0):
         raise ValueError(f"epsilon: expected a non-negative number, got {epsilon}")
     try:
-        trace = Trace.open(directory)
+        trace, dataset = open_with_data(directory, dataset, data_path)
         man = trace.manifest
-        if dataset is None:
-            dataset = load_dataset(man["data"]["name"], data_path or man["data"].get("path"))
-        if dataset.fingerprint() != man["data"].get("fingerprint"):
-            raise TraceError(f"data: the fingerprint of {dataset.name} does not match the trace's "
-                             "(different or modified training data)")
         for rec in trace.records:
             if any(i < 0 or i >= len(dataset) for i in rec.batch):
                 raise TraceError(f"record {rec.step}: batch index outside the dataset (0..{len(dataset) - 1})")
