@@ -27,7 +27,7 @@ import numpy as np
 from .data import Dataset
 from .distances import DISTANCES, distance
 
-__all__ = ["ATTACKS", "AttackResult", "StepContext", "per_example_grads", "run_attack", "in_domain"]
+__all__ = ["ATTACKS", "AttackResult", "StepContext", "per_example_grads", "run_attack", "in_domain", "budget_for"]
 
 ATTACKS = ("greedy", "nearest", "gradmatch", "dlg", "nullspace", "error-matrix")
 
@@ -155,6 +155,15 @@ def _result(ctx, method, U, X, Y, forged_idx, t0, keep_arrays=False) -> AttackRe
     return AttackResult(method, len(U), len(U) / b, metrics["l2"], metrics, bool(distinct), bool(dom),
                         time.perf_counter() - t0, [int(i) for i in forged_idx],
                         np.asarray(X) if keep_arrays else None, np.asarray(Y) if keep_arrays else None)
+
+
+def budget_for(method: str, pool: int = 1000, candidates: int = 300, steps: int = 100) -> Dict[str, Any]:
+    """The budget keywords of ``run_attack`` that ``method`` uses."""
+    if method == "greedy":
+        return {"pool": pool, "candidates": candidates}
+    if method in ("gradmatch", "dlg"):
+        return {"steps": steps}
+    return {}
 
 
 def run_attack(method: str, ctx: StepContext, remove: Sequence[int], *, pool: int = 1000, candidates: int = 300,

@@ -63,7 +63,7 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     import torch
 
     from . import compile_options
-    from .attacks import run_attack
+    from .attacks import budget_for, run_attack
     from .data import load_dataset
     from .game import Verifier, play_game
     from .models import ModelSpec
@@ -117,7 +117,7 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
         bar.update(1)
 
     # 3. attacks and exact solvers on sampled steps
-    budget = {"pool": cfg.greedy_pool, "candidates": cfg.greedy_candidates, "steps": cfg.opt_steps}
+    budget = {"pool": cfg.greedy_pool, "candidates": cfg.greedy_candidates, "steps": cfg.opt_steps}  # run_attack keywords
     verifiers = {"torch": Verifier(cfg.model, "torch", data, batch_size=cfg.batch, steps=cfg.steps, seed=cfg.seed)}
     if native_ok:
         verifiers["native"] = Verifier(cfg.model, "native", data, batch_size=cfg.batch, steps=cfg.steps, seed=cfg.seed)
@@ -175,10 +175,10 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     games = []
     game_attacks = ["greedy", "nearest", "dlg"]
     for a in game_attacks:
-        g = play_game(a, cfg.rounds, "auto", verifier=verifiers["torch"], budget=_budget(a, budget), seed=cfg.seed)
+        g = play_game(a, cfg.rounds, "auto", verifier=verifiers["torch"], budget=budget_for(a, **budget), seed=cfg.seed)
         games.append({"attack": a, "verifier": "torch, calibrated", "epsilon": g.epsilon, "domain_check": True, "win_rate": g.win_rate})
         if "native" in verifiers:
-            g = play_game(a, cfg.rounds, 0.0, verifier=verifiers["native"], budget=_budget(a, budget), seed=cfg.seed)
+            g = play_game(a, cfg.rounds, 0.0, verifier=verifiers["native"], budget=budget_for(a, **budget), seed=cfg.seed)
             games.append({"attack": a, "verifier": "native, epsilon 0", "epsilon": 0.0, "domain_check": True, "win_rate": g.win_rate})
     if lv is not None:
         lvn = Verifier("logreg", "native", data, batch_size=cfg.batch, steps=lv.batches.__len__(), seed=cfg.seed)
@@ -203,14 +203,6 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     atomic_write(os.path.join(out, "report.json"), json.dumps(report, indent=1, default=_jsonable).encode())
     atomic_write(os.path.join(out, "report.md"), _markdown(report).encode())
     return report
-
-
-def _budget(attack: str, b: Dict[str, Any]) -> Dict[str, Any]:
-    if attack == "greedy":
-        return {"pool": b["pool"], "candidates": b["candidates"]}
-    if attack in ("gradmatch", "dlg"):
-        return {"steps": b["steps"]}
-    return {}
 
 
 def _jsonable(o: Any) -> Any:
