@@ -177,7 +177,7 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
         truth = truths[t]
         if list(cand) == truth:
             continue
-        same = sorted(map(tuple, np.round(G[truth], 300).tolist())) == sorted(map(tuple, np.round(G[list(cand)], 300).tolist()))
+        same = sorted(map(tuple, G[truth].tolist())) == sorted(map(tuple, G[list(cand)].tolist()))
         if same:
             res.structural += 1
             if len(res.structural_examples) < 10:
