@@ -181,7 +181,7 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
             g = play_game(a, cfg.rounds, 0.0, verifier=verifiers["native"], budget=budget_for(a, **budget), seed=cfg.seed)
             games.append({"attack": a, "verifier": "native, epsilon 0", "epsilon": 0.0, "domain_check": True, "win_rate": g.win_rate})
     if lv is not None:
-        lvn = Verifier("logreg", "native", data, batch_size=cfg.batch, steps=lv.batches.__len__(), seed=cfg.seed)
+        lvn = Verifier("logreg", "native", data, batch_size=cfg.batch, steps=len(lv.batches), seed=cfg.seed)
         for a in ("nullspace", "error-matrix"):
             for dc in (True, False):
                 g = play_game(a, cfg.rounds, "auto", verifier=lv, domain_check=dc, seed=cfg.seed)

@@ -21,6 +21,7 @@ used for calibration: a verifier recomputes in the precision the trace declares.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -274,9 +275,8 @@ def _generate(stepper: Stepper, cond: Condition, batches: List[np.ndarray], out:
                     "environment": environment(cond.device), **meta}
         writer = TraceWriter(out, manifest, {"params": states[0]})
     for idx in batches:
-        states.append(stepper.step(states[-1], idx, Condition(cond.name, False, cond.threads, cond.deterministic,
-                                                             cond.autocast, cond.device, cond.cudnn_benchmark,
-                                                             cond.engine), rng))
+        # generation never shuffles: the logged order is the batch as recorded
+        states.append(stepper.step(states[-1], idx, dataclasses.replace(cond, permute=False), rng))
         if writer is not None:
             writer.append(idx, {"params": states[-1]})
     return states
