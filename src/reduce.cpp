@@ -29,11 +29,13 @@ namespace {
 std::atomic<int> g_threads{0};
 
 int resolve_threads(int threads) {
-  if (threads > 0) return threads;
+  // Clamped here as well as checked in Python: OpenMP aborts the process (no exception) when
+  // it cannot create the threads a region asks for, so no caller may ask for more.
+  if (threads > 0) return threads < kMaxThreads ? threads : kMaxThreads;
   int g = g_threads.load();
   if (g > 0) return g;
   unsigned hc = std::thread::hardware_concurrency();
-  return hc ? static_cast<int>(hc) : 1;
+  return hc ? static_cast<int>(hc < unsigned(kMaxThreads) ? hc : unsigned(kMaxThreads)) : 1;
 }
 
 // Below this many multiply-adds a parallel region costs more than it saves. Only the
@@ -331,7 +333,8 @@ const KernelTable& kernels() {
 }
 
 void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1");
+  if (n < 1 || n > kMaxThreads)
+    throw std::invalid_argument("set_num_threads: n must be in 1.." + std::to_string(kMaxThreads));
   g_threads.store(n);
 }
 int get_num_threads() { return resolve_threads(0); }

@@ -1,4 +1,5 @@
 #include "exactforge/search.hpp"
+#include "exactforge/reduce.hpp"
 
 #include <algorithm>
 #include <stdexcept>
@@ -46,7 +47,8 @@ void sort_matches(std::vector<Match>& v) {
 
 int nthreads(int t) {
 #ifdef _OPENMP
-  return t > 0 ? t : omp_get_max_threads();
+  const int n = t > 0 ? t : omp_get_max_threads();
+  return n < kMaxThreads ? n : kMaxThreads;  // see resolve_threads in reduce.cpp
 #else
   (void)t;
   return 1;

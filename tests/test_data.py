@@ -86,6 +86,9 @@ def test_train_and_verify_on_local_mnist_and_wrong_data(tmp_path, capsys):
     out = str(tmp_path / "tr")
     assert main(["train", "--model", "logreg", "--dataset", "mnist", "--data-path", str(tmp_path / "m1"),
                  "--batch-size", "16", "--steps", "3", "--out", out, "--quiet"]) == 0
-    assert main(["verify", out, "--quiet"]) == 0
+    # the trace's own data path is never followed: the verifier brings its copy of the data
+    assert main(["verify", out, "--quiet"]) == 2
+    assert "--data-path" in capsys.readouterr().err
+    assert main(["verify", out, "--data-path", str(tmp_path / "m1"), "--quiet"]) == 0
     assert main(["verify", out, "--data-path", str(tmp_path / "m2"), "--quiet"]) == 2
     assert "fingerprint" in capsys.readouterr().err

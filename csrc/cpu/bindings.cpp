@@ -231,6 +231,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("table_bytes", &SearchHandle::table_bytes);
   m.def("mitm_table_bytes", &search::Mitm::table_bytes_for, py::arg("n"), py::arg("b"));
   m.def("choose", &search::choose, py::arg("n"), py::arg("k"));
+  m.attr("MAX_THREADS") = kMaxThreads;
   m.attr("EXACT_MATMUL_MAX_K") = kExactMatmulMaxK;
   m.attr("EXACT_SUM_MAX_K") = kExactSumMaxK;
   m.attr("SUM_SLICES") = kSumSlices;

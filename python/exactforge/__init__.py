@@ -12,14 +12,18 @@ from ._native import _core, _cuda, _cuda_import_error
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
-__all__ = ["__version__", "reduce", "mathfn", "compile_options", "set_num_threads", "get_num_threads", "cuda_is_available"]
+#: The most CPU threads any native kernel runs: larger requests are refused (OpenMP would end
+#: the process when it cannot start them).
+MAX_THREADS: int = int(_core.MAX_THREADS)
+
+__all__ = ["__version__", "reduce", "mathfn", "compile_options", "set_num_threads", "get_num_threads", "MAX_THREADS", "cuda_is_available"]
 
 
 def set_num_threads(n: int) -> None:
     """Default number of CPU threads of the native kernels (process-wide, like
     ``torch.set_num_threads``). Results are bitwise the same for every value."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive integer, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"n: expected a thread count in 1..{MAX_THREADS}, got {n!r}")
     _core.set_num_threads(n)
 
 

@@ -56,22 +56,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_json(path: Optional[str], text: str) -> None:
+    if path:
+        from .trace import atomic_write
+
+        atomic_write(path, text.encode())
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify_trace
 
     rep = verify_trace(args.trace, epsilon=args.epsilon, distance_kind=args.distance, policy=args.policy,
                        q=args.q, fraction=args.fraction, seed=args.seed, permute_batches=args.permute_batches,
-                       threads=args.threads, data_path=args.data_path, progress=not args.quiet)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(rep.to_json())
+                       threads=args.threads, data_path=args.data_path, progress=not args.quiet,
+                       allow_partial=args.allow_partial)
+    _write_json(args.json, rep.to_json())
     if not rep.valid:
-        print(f"exactforge verify: invalid trace: {rep.reason}", file=sys.stderr)
+        print(f"exactforge verify: invalid: {rep.reason}", file=sys.stderr)
         return 2
     verdict = "ACCEPTED" if rep.accepted else "REJECTED"
     failed = sum(not s.passed for s in rep.steps)
-    print(f"{verdict}: {len(rep.steps)} segment(s) recomputed ({rep.engine}), max {rep.distance} error "
-          f"{rep.max_error:.6g}, epsilon {rep.epsilon:g}, {failed} over epsilon")
+    scope = (f"PARTIAL trace: steps 0..{rep.num_steps} of {rep.declared_steps if rep.declared_steps else '?'} "
+             f"declared, {rep.unverified_tail} recorded step(s) after the last checkpoint not verified; "
+             if rep.partial else "")
+    err = f"{rep.max_error:.6g}" if rep.max_error == rep.max_error else "undefined"
+    print(f"{verdict}: {scope}{len(rep.steps)} segment(s) recomputed ({rep.engine}, theta_0 {rep.initial}), "
+          f"max {rep.distance} error {err}, epsilon {rep.epsilon:g}, {failed} over epsilon")
     return 0 if rep.accepted else 1
 
 
@@ -354,8 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0, help="seed of --policy random")
     v.add_argument("--permute-batches", type=int, metavar="SEED",
                    help="recompute with each batch's examples shuffled (same set)")
-    v.add_argument("--threads", type=int, help="thread count of the recomputation")
-    v.add_argument("--data-path", help="folder with the local files of mnist or cifar10")
+    v.add_argument("--threads", type=int, help="thread count of the recomputation (1..256)")
+    v.add_argument("--data-path", help="the verifier's copy of the training data (mnist, cifar10, adult, imdb); "
+                   "a trace's own data path is never opened")
+    v.add_argument("--allow-partial", action="store_true",
+                   help="verify the prefix of an incomplete trace (fewer steps than declared); reported as PARTIAL")
     v.add_argument("--json", metavar="OUT", help="write the report as JSON")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=_cmd_verify)
@@ -465,11 +478,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Exit codes: 0 success (accepted), 1 rejected after recomputation (verify), 2 invalid
+    input: a bad argument, file or trace, with a message naming it on stderr. Never a
+    traceback; EXACTFORGE_DEBUG=1 re-raises unexpected errors for a bug report."""
     args = build_parser().parse_args(argv)
+    from .trace import TraceError
+
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as exc:
-        print(f"exactforge {args.command}: error: {exc}", file=sys.stderr)
+    except (TraceError, ValueError, TypeError, OSError, OverflowError) as exc:
+        what = "invalid trace" if isinstance(exc, TraceError) else "error"
+        msg = exc.strerror + (f": {exc.filename}" if exc.filename else "") if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"exactforge {args.command}: {what}: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"exactforge {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
+        if os.environ.get("EXACTFORGE_DEBUG"):
+            raise
+        print(f"exactforge {args.command}: internal error ({type(exc).__name__}: {exc}); "
+              "please report it (EXACTFORGE_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
 
 

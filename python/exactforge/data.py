@@ -12,10 +12,13 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["Dataset", "DATASETS", "load_dataset", "load_digits", "load_breast_cancer", "load_mnist",
+__all__ = ["Dataset", "DATASETS", "BUNDLED", "as_dataset", "load_dataset", "load_digits", "load_breast_cancer", "load_mnist",
            "load_cifar10", "fingerprint"]
 
 DATASETS = ("digits", "breast-cancer", "wine", "mnist", "cifar10", "adult", "imdb", "synthetic-tokens")
+# Shipped with exactforge or its dependencies: a verifier may load these by the name a trace
+# gives. Every other data set is supplied by the verifier (a trace's data path is never opened).
+BUNDLED = ("digits", "breast-cancer", "wine", "synthetic-tokens")
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class Dataset:
 
     @property
     def dim(self) -> int:
-        return int(self.X.shape[1])
+        return int(np.prod(self.X.shape[1:]))
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -54,6 +57,25 @@ def fingerprint(X: np.ndarray, y: np.ndarray) -> str:
         h.update(f"{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def as_dataset(data: object, name: str = "custom") -> Dataset:
+    """A Dataset from a Dataset, a pair (X, y) of arrays or tensors, or a torch TensorDataset.
+    The arrays are kept as given (their exact bytes are the fingerprint); labels become int64."""
+    if isinstance(data, Dataset):
+        return data
+    tensors = getattr(data, "tensors", None)  # torch TensorDataset
+    pair = tensors if tensors is not None else data
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise TypeError("dataset: expected an exactforge Dataset, a pair (X, y) of arrays or a torch TensorDataset")
+    X, y = (np.asarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t) for t in pair)
+    if X.ndim < 1 or y.ndim != 1 or len(X) != len(y) or not len(y):
+        raise ValueError(f"dataset: expected X with one row per label and 1-D labels y, got shapes {X.shape} "
+                         f"and {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        raise ValueError("dataset: labels y must be non-negative class indices (integers)")
+    y = y.astype(np.int64, copy=False)
+    return Dataset(name, X, y, int(y.max()) + 1, shape=tuple(X.shape[1:]) if X.ndim > 2 else None)
 
 
 def load_digits() -> Dataset:

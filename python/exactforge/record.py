@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Unio
 import numpy as np
 
 from . import models as M
-from .data import Dataset, fingerprint
+from .data import Dataset, as_dataset, fingerprint
 from .trace import Trace, TraceError, TraceWriter, environment
 
 __all__ = ["batch_schedule", "record_native", "record_torch_fcn", "TraceRecorder"]
@@ -45,15 +45,23 @@ def _check_steps(steps: int, checkpoint_every: int) -> None:
         raise ValueError(f"checkpoint_every: expected a positive interval, got {checkpoint_every}")
 
 
+_RESUME_KEYS = ("engine", "model", "lr", "batch_size", "seed", "steps", "checkpoint_every", "reduction", "data",
+                "optimizer", "initial")
+
+
 def _resume_or_create(out: str, manifest: Dict[str, Any], initial: Mapping[str, np.ndarray], resume: bool,
                       ) -> Tuple[TraceWriter, Optional[Dict[str, np.ndarray]]]:
     import os
 
     if resume and os.path.exists(os.path.join(out, "manifest.json")):
-        writer, trace = TraceWriter.resume(out)
-        for key in ("engine", "model", "lr", "batch_size", "seed", "checkpoint_every", "reduction", "data", "optimizer"):
-            if trace.manifest.get(key) != manifest.get(key):
-                raise TraceError(f"resume: the trace in {out} was recorded with a different {key!r}")
+        def check(found: Dict[str, Any]) -> None:  # before resume removes anything
+            for key in _RESUME_KEYS:
+                if found.get(key) != manifest.get(key):
+                    raise ValueError(f"--resume: the trace in {out} was recorded with {key} = "
+                                     f"{str(found.get(key))[:60]}, this run has {str(manifest.get(key))[:60]}; "
+                                     "resume with the same arguments, or record into a new --out folder")
+
+        writer, trace = TraceWriter.resume(out, check)
         return writer, trace.load_checkpoint(writer.next_step)
     return TraceWriter(out, manifest, initial), None
 
@@ -70,8 +78,8 @@ def record_native(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 0.0
     X = data.X.astype(spec.dtype, copy=False)
     params = M.init_params(spec, seed)
     manifest = {"engine": "native", "model": spec.to_dict(), "optimizer": {"name": "sgd", "lr": lr},
-                "lr": lr, "dtype": spec.dtype, "seed": seed, "batch_size": batch_size, "steps": steps,
-                "checkpoint_every": checkpoint_every, "reduction": mode,
+                "lr": lr, "dtype": spec.dtype, "seed": seed, "initial": "seeded", "batch_size": batch_size,
+                "steps": steps, "checkpoint_every": checkpoint_every, "reduction": mode,
                 "data": _data_entry(data, data_path), "environment": environment("cpu")}
     writer, restored = _resume_or_create(out, manifest, params, resume)
     if restored is not None:
@@ -85,7 +93,7 @@ def record_native(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 0.0
         idx = next(sched)
         params = M.sgd_step(spec, params, X[idx], data.y[idx], idx, lr, mode=mode, threads=threads)
         last = t + 1 == steps
-        writer.append(idx, params if ((t + 1) % checkpoint_every == 0 or last) else None)
+        writer.append(idx, params if ((t + 1) % checkpoint_every == 0 or last) else None, final=last)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -111,16 +119,22 @@ class TraceRecorder:
     """
 
     def __init__(self, directory: str, model: Any, optimizer: Any, dataset: Any, *, checkpoint_every: int = 1,
-                 seed: Optional[int] = None, batch_size: Optional[int] = None,
+                 seed: Optional[int] = None, batch_size: Optional[int] = None, steps: Optional[int] = None,
                  model_spec: Optional[M.ModelSpec] = None, data_name: Optional[str] = None,
                  data_path: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None) -> None:
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every: expected a positive interval, got {checkpoint_every}")
+        for name_, v in (("batch_size", batch_size), ("steps", steps)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name_}: expected a positive integer or None, got {v!r}")
         self.directory = directory
         self.model = model
         self.optimizer = optimizer
         self.checkpoint_every = checkpoint_every
-        X, y, name = _dataset_arrays(dataset)
+        self.batch_size = batch_size
+        self.steps = steps
+        ds = as_dataset(dataset)
+        X, y, name = ds.X, ds.y, ds.name
         self._num_examples = int(X.shape[0])
         groups = optimizer.param_groups
         lr = float(groups[0]["lr"])
@@ -130,7 +144,8 @@ class TraceRecorder:
             "engine": "torch",
             "model": model_spec.to_dict() if model_spec is not None else {"torch_class": type(model).__qualname__},
             "optimizer": opt, "lr": lr, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            "seed": seed, "batch_size": batch_size, "checkpoint_every": checkpoint_every, "reduction": None,
+            "seed": seed, "initial": "given", "batch_size": batch_size, "steps": steps,
+            "checkpoint_every": checkpoint_every, "reduction": None,
             "data": {"name": data_name or name, "fingerprint": fingerprint(X, y), "num_examples": self._num_examples,
                      "dim": int(np.prod(X.shape[1:])), "num_classes": int(y.max()) + 1 if y.size else 0, "path": data_path},
             "environment": environment(_device_of(model)),
@@ -155,18 +170,24 @@ class TraceRecorder:
             raise ValueError("batch_indices: expected a non-empty 1-D sequence of dataset indices")
         if idx.min() < 0 or idx.max() >= self._num_examples:
             raise ValueError(f"batch_indices: indices must lie in 0..{self._num_examples - 1}")
+        if self.batch_size is not None and idx.size != self.batch_size:
+            raise ValueError(f"batch_indices: {idx.size} examples, but batch_size={self.batch_size} was declared "
+                             "(pass batch_size=None to the recorder for batches of varying size)")
+        if self._writer.finished:
+            raise ValueError(f"step: the trace already holds the {self.steps} steps it declares")
         self._since_ckpt += 1
-        ck = self._state() if self._since_ckpt == self.checkpoint_every else None
+        final = self.steps is not None and self._writer.next_step + 1 == self.steps
+        ck = self._state() if (self._since_ckpt == self.checkpoint_every or final) else None
         if ck is not None:
             self._since_ckpt = 0
-        self._writer.append(idx, ck)
+        self._writer.append(idx, ck, final=final)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         w = self._writer
-        if w is None or exc_type is not None:
-            return  # on an error the trace keeps every complete step; nothing more is claimed
-        if self._since_ckpt and w.last is not None:
-            w.attach_checkpoint(self._state())  # the last steps have no checkpoint yet
+        if w is None or exc_type is not None or w.finished or w.last is None:
+            return  # on an error the trace keeps every complete step and stays incomplete
+        if self.steps is None:  # the run ends here: the last step becomes final
+            w.finish(self._state() if self._since_ckpt else None)
 
 
 def _device_of(model: Any) -> str:
@@ -174,17 +195,6 @@ def _device_of(model: Any) -> str:
         return str(next(model.parameters()).device)
     except (StopIteration, AttributeError):
         return "cpu"
-
-
-def _dataset_arrays(dataset: Any) -> Tuple[np.ndarray, np.ndarray, str]:
-    if isinstance(dataset, Dataset):
-        return dataset.X, dataset.y, dataset.name
-    tensors = getattr(dataset, "tensors", None)  # torch TensorDataset
-    pair = tensors if tensors is not None else dataset
-    if isinstance(pair, (tuple, list)) and len(pair) == 2:
-        X, y = (np.asarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t) for t in pair)
-        return X, y.astype(np.int64, copy=False), "custom"
-    raise TypeError("dataset: expected an exactforge Dataset, a pair (X, y) or a torch TensorDataset")
 
 
 def record_torch_fcn(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 0.01, steps: int = 50,
@@ -208,8 +218,8 @@ def record_torch_fcn(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 
         sched = batch_schedule(len(data), batch_size, seed)
         bar = _progress(steps, progress, "train (torch)")
         with TraceRecorder(out, model, opt, data, checkpoint_every=checkpoint_every, seed=seed,
-                           batch_size=batch_size, model_spec=spec, data_path=data_path,
-                           extra={"steps": steps}) as rec:
+                           batch_size=batch_size, steps=steps, model_spec=spec, data_path=data_path,
+                           extra={"initial": "seeded"}) as rec:
             for _ in range(steps):
                 idx = next(sched)
                 loss = torch.nn.functional.cross_entropy(model(X[idx]), y[idx])

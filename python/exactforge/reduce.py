@@ -55,8 +55,9 @@ def _check_mode(mode: str) -> str:
 def _check_threads(threads: Optional[int]) -> int:
     if threads is None:
         return 0
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads: expected a positive integer or None, got {threads!r}")
+    cap = int(_core.MAX_THREADS)
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= cap:
+        raise ValueError(f"threads: expected a thread count in 1..{cap} or None, got {threads!r}")
     return int(threads)
 
 

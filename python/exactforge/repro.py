@@ -268,17 +268,18 @@ def _generate(stepper: Stepper, cond: Condition, batches: List[np.ndarray], out:
     writer = None
     if out:
         manifest = {"engine": cond.engine, "model": {"zoo": stepper.name}, "optimizer": {"name": "sgd", "lr": stepper.lr},
-                    "lr": stepper.lr, "checkpoint_every": 1, "batch_size": len(batches[0]), "condition": asdict(cond),
+                    "lr": stepper.lr, "checkpoint_every": 1, "batch_size": len(batches[0]), "steps": len(batches),
+                    "initial": "given", "condition": asdict(cond),
                     "reduction": "fixed" if cond.engine == "native" else None,
                     "data": {"name": stepper.data.name, "fingerprint": stepper.data.fingerprint(),
                              "num_examples": len(stepper.data), "synthetic": stepper.data.synthetic},
                     "environment": environment(cond.device), **meta}
         writer = TraceWriter(out, manifest, {"params": states[0]})
-    for idx in batches:
+    for t, idx in enumerate(batches):
         # generation never shuffles: the logged order is the batch as recorded
         states.append(stepper.step(states[-1], idx, dataclasses.replace(cond, permute=False), rng))
         if writer is not None:
-            writer.append(idx, {"params": states[-1]})
+            writer.append(idx, {"params": states[-1]}, final=t + 1 == len(batches))
     return states
 
 

@@ -1,20 +1,33 @@
-"""The verifier: integrity first (manifest, hash chain, checkpoint hashes, data fingerprint),
-then recomputation of the selected segments between checkpoints and a distance test."""
+"""The verifier: integrity first (manifest, hash chain, schedule, completeness, checkpoint
+hashes, the verifier's own data, the seeded theta_0), then recomputation of the selected
+segments between checkpoints and a distance test.
+
+Trust model: the trace directory is the prover's and hostile; the data set, the model code of
+a torch trace, epsilon and the policy are the verifier's. Nothing the prover supplies is
+followed outside the trace directory: a manifest's data path is never opened, and a data set
+that is not bundled with exactforge must be given by the verifier (``data_path=`` or
+``dataset=``), whose fingerprint must equal the manifest's.
+
+``verify_trace`` never raises: an invalid trace or argument gives ``valid=False`` with a
+``reason``. ``accepted=False`` with ``valid=True`` means recomputed and rejected.
+"""
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from . import models as M
-from .data import Dataset, load_dataset
-from .distances import DISTANCES, distance
-from .trace import Trace, TraceError
+from .data import BUNDLED, DATASETS, Dataset, as_dataset, load_dataset
+from .distances import DISTANCES, verification_distance
+from .trace import DEFAULT_LIMITS, MAX_THREADS, Limits, Trace, TraceError
 
-__all__ = ["POLICIES", "StepResult", "VerificationReport", "verify_trace", "select_segments", "open_with_data"]
+__all__ = ["POLICIES", "StepResult", "VerificationReport", "verify_trace", "select_segments", "open_with_data",
+           "check_threads"]
 
 POLICIES = ("all", "topq", "random")
 
@@ -36,10 +49,14 @@ class VerificationReport:
     distance: str
     policy: str
     steps: List[StepResult] = field(default_factory=list)
-    reason: Optional[str] = None       # why the trace is invalid (then accepted is False)
+    reason: Optional[str] = None       # why the trace or an argument is invalid (then accepted is False)
     valid: bool = True
     num_steps: int = 0                 # steps covered by checkpoints
-    unverified_tail: int = 0           # recorded steps after the last checkpoint
+    declared_steps: Optional[int] = None
+    complete: bool = False             # every declared step is recorded (the last record is final)
+    partial: bool = False              # an incomplete trace verified as a prefix (allow_partial)
+    unverified_tail: int = 0           # recorded steps after the last checkpoint (partial traces only)
+    initial: Optional[str] = None      # "seeded" (theta_0 recomputed and equal) or "given"
     engine: str = ""
     permute_batches: Optional[int] = None
     threads: Optional[int] = None
@@ -47,34 +64,64 @@ class VerificationReport:
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["max_error"] = _json_float(self.max_error)
+        d["epsilon"] = _json_float(self.epsilon)
         for s in d["steps"]:
             s["error"] = _json_float(s["error"])
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False)
 
 
-def _json_float(x: float) -> Any:
-    return x if np.isfinite(x) else str(x)
+def _json_float(x: Any) -> Any:
+    """JSON has no NaN or infinity: an undefined number is null."""
+    try:
+        return float(x) if math.isfinite(float(x)) else None
+    except (TypeError, ValueError):
+        return None
 
 
-def open_with_data(directory: str, dataset: Optional[Dataset] = None,
-                   data_path: Optional[str] = None) -> Tuple[Trace, Dataset]:
-    """Opens and checks a trace and loads its training data (the manifest's dataset, from
-    ``data_path`` when given), refusing data whose fingerprint differs. Raises TraceError."""
-    trace = Trace.open(directory)
+def check_threads(threads: Any, name: str = "threads") -> Optional[int]:
+    """None, or a thread count in 1..MAX_THREADS (OpenMP ends the process, not with an
+    exception, when it cannot start the threads it is asked for)."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"{name}: expected a thread count in 1..{MAX_THREADS}, got {threads!r}")
+    return int(threads)
+
+
+def _load_data(man: Dict[str, Any], dataset: Any, data_path: Optional[str]) -> Dataset:
+    name = man["data"]["name"]
+    if dataset is not None:
+        return as_dataset(dataset, name)
+    if data_path:
+        if name not in DATASETS:
+            raise TraceError(f"data: the trace names the data set {name[:40]!r}, which exactforge cannot read from "
+                             "files; pass it as dataset= (arrays) in Python")
+        return load_dataset(name, data_path)
+    if name in BUNDLED:
+        return load_dataset(name)
+    raise TraceError(f"data: {name[:40]!r} is not bundled with exactforge, and a trace's own data path is never "
+                     "opened (the prover could point it anywhere); the verifier supplies the data: --data-path "
+                     "(dataset= in Python)")
+
+
+def open_with_data(directory: str, dataset: Any = None, data_path: Optional[str] = None, *,
+                   limits: Limits = DEFAULT_LIMITS) -> Tuple[Trace, Dataset]:
+    """Opens and checks a trace and loads the verifier's training data: ``dataset`` (a Dataset
+    or a pair of arrays), the manifest's data set read from the verifier's ``data_path``, or a
+    bundled data set by name. Refuses data whose fingerprint or size differs. Raises
+    TraceError (the trace) or ValueError (the data)."""
+    trace = Trace.open(directory, limits)
     man = trace.manifest
-    if dataset is None:
-        dataset = load_dataset(man["data"]["name"], data_path or man["data"].get("path"))
-    if dataset.fingerprint() != man["data"].get("fingerprint"):
-        raise TraceError(f"data: the fingerprint of {dataset.name} does not match the trace's "
+    data = _load_data(man, dataset, data_path)
+    if data.fingerprint() != man["data"]["fingerprint"]:
+        raise TraceError(f"data: the fingerprint of {data.name} does not match the trace's "
                          "(different or modified training data)")
-    return trace, dataset
-
-
-def _invalid(reason: str, epsilon: float, dist: str, policy: str) -> VerificationReport:
-    return VerificationReport(False, float("nan"), epsilon, dist, policy, reason=reason, valid=False)
+    if len(data) != man["data"]["num_examples"]:
+        raise TraceError(f"data: {len(data)} examples, the trace declares {man['data']['num_examples']}")
+    return trace, data
 
 
 def select_segments(trace: Trace, policy: str, *, q: int = 1, fraction: float = 0.1, seed: int = 0,
@@ -93,159 +140,241 @@ def select_segments(trace: Trace, policy: str, *, q: int = 1, fraction: float = 
     if policy == "topq":
         if q < 1:
             raise ValueError(f"q: expected a positive number of steps per epoch, got {q}")
-        n = int(trace.manifest["data"].get("num_examples") or 0)
-        b = int(trace.manifest.get("batch_size") or 0)
-        per_epoch = max(1, n // b) if n and b else len(segs)
-        assert update_norms is not None
+        if update_norms is None or len(update_norms) != len(segs):
+            raise ValueError("update_norms: policy 'topq' needs one logged update norm per segment")
+        n = int(trace.manifest["data"]["num_examples"])
+        b = trace.manifest.get("batch_size")
+        per_epoch = max(1, n // b) if b else len(segs)
         chosen = []
         epochs: Dict[int, List[int]] = {}
         for i, (s, _) in enumerate(segs):
             epochs.setdefault(s // per_epoch, []).append(i)
         for ids in epochs.values():
-            ids = sorted(ids, key=lambda i: -update_norms[i])[:q]
-            chosen.extend(ids)
+            chosen.extend(sorted(ids, key=lambda i: -update_norms[i])[:q])
         return [segs[i] for i in sorted(chosen)]
     raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
 
 
-def _native_engine(trace: Trace, data: Dataset, threads: Optional[int]) -> Tuple[Callable, Callable]:
-    spec = M.ModelSpec.from_dict(trace.manifest["model"])
-    mode = trace.manifest.get("reduction") or "fixed"
-    lr = float(trace.manifest["lr"])
+# -- engines: load(step) -> state, step(state, batch) -> state, initial() -> state or None ---------
+def _check_table(trace: Trace, expected: Dict[str, Tuple[str, Tuple[int, ...]]], what: str) -> None:
+    table = trace.manifest.tensors
+    if list(table.items()) != list(expected.items()) and dict(table) != dict(expected):
+        got = [(k, *v) for k, v in list(table.items())[:4]]
+        want = [(k, *v) for k, v in list(expected.items())[:4]]
+        raise TraceError(f"manifest: the checkpoint tensors {got}... are not those of {what} {want}...")
+
+
+def _native_engine(trace: Trace, data: Dataset, threads: Optional[int]):
+    man = trace.manifest
+    try:
+        spec = M.ModelSpec.from_dict(man["model"])
+    except (ValueError, TypeError) as exc:
+        raise TraceError(f"manifest: model: {exc}") from None
+    if spec.input_dim != data.dim or spec.num_classes != data.num_classes:
+        raise TraceError(f"manifest: the model takes {spec.input_dim} inputs and {spec.num_classes} classes, "
+                         f"{data.name} has {data.dim} and {data.num_classes}")
+    st = {"float32": "F32", "float64": "F64"}[spec.dtype]
+    _check_table(trace, {k: (st, tuple(s)) for k, s in spec.shapes().items()}, f"the native {spec.kind}")
+    opt = man["optimizer"]
+    if opt.get("name") != "sgd" or any(opt.get(k) for k in ("momentum", "weight_decay")):
+        raise TraceError(f"optimizer: the native engine trains with plain SGD, the trace names {str(opt)[:80]}")
+    mode = man.get("reduction") or "fixed"
+    lr = float(man["lr"])
     X = data.X.astype(spec.dtype, copy=False)
 
-    def load(step: int) -> M.Params:
+    def load(step: int) -> Dict[str, np.ndarray]:
         return M.check_params(spec, trace.load_checkpoint(step), f"checkpoint {step}")
 
-    def step(params: M.Params, idx: np.ndarray) -> M.Params:
+    def step(params: Dict[str, np.ndarray], idx: np.ndarray) -> Dict[str, np.ndarray]:
         return M.sgd_step(spec, params, X[idx], data.y[idx], idx, lr, mode=mode, threads=threads)
 
-    return load, step
+    def initial() -> Dict[str, np.ndarray]:
+        return M.init_params(spec, int(man["seed"]))
+
+    return load, step, initial
 
 
-def _torch_engine(trace: Trace, data: Dataset, threads: Optional[int], model: Any) -> Tuple[Callable, Callable]:
+def _torch_engine(trace: Trace, data: Dataset, model: Any):
     import torch
 
-    from .torch_models import TorchFCN
+    from .torch_models import TorchFCN, to_torch
 
-    opt = trace.manifest.get("optimizer") or {}
+    man = trace.manifest
+    opt = man["optimizer"]
     if opt.get("name") != "sgd" or any(opt.get(k) for k in ("momentum", "weight_decay")):
-        raise TraceError(f"optimizer: recomputation from checkpoints supports plain SGD, the trace used {opt}")
-    mspec = trace.manifest["model"]
+        raise TraceError(f"optimizer: recomputation from checkpoints supports plain SGD, the trace used {str(opt)[:80]}")
+    spec = None
+    if "kind" in man["model"]:
+        try:
+            spec = M.ModelSpec.from_dict(man["model"])
+        except (ValueError, TypeError) as exc:
+            raise TraceError(f"manifest: model: {exc}") from None
     if model is None:
-        if "kind" not in mspec:
+        if spec is None:
             raise TraceError("model: this torch trace names no exactforge model; pass model= (a fresh instance "
                              "of the architecture) to verify_trace")
-        model = TorchFCN(M.ModelSpec.from_dict(mspec))
-    lr = float(trace.manifest["lr"])
+        model = TorchFCN(spec)
+    from .trace.safeio import dtype_name
+
+    expected = {k: (dtype_name(v.detach().cpu().numpy().dtype), tuple(v.shape)) for k, v in model.state_dict().items()}
+    _check_table(trace, expected, "the verifier's model")
+    lr = float(man["lr"])
     X = torch.from_numpy(data.X.astype(str(next(model.parameters()).dtype).replace("torch.", "")))
     y = torch.from_numpy(data.y)
 
     def load(step: int) -> Dict[str, np.ndarray]:
-        state = trace.load_checkpoint(step)
-        try:
-            model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
-        except (RuntimeError, KeyError) as exc:
-            raise TraceError(f"checkpoint {step}: does not fit the model ({exc})") from None
-        return state
+        return trace.load_checkpoint(step)
 
     def step(state: Dict[str, np.ndarray], idx: np.ndarray) -> Dict[str, np.ndarray]:
-        # (torch's thread count is set once around the whole verification: setting it
-        # rebuilds the thread pool)
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
         o = torch.optim.SGD(model.parameters(), lr=lr)
-        t = torch.from_numpy(idx)
+        t = torch.from_numpy(np.array(idx, dtype=np.int64))  # a writable copy (records are read-only)
         loss = torch.nn.functional.cross_entropy(model(X[t]), y[t])
         o.zero_grad()
         loss.backward()
         o.step()
         return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
-    return load, step
+    def initial() -> Optional[Dict[str, np.ndarray]]:
+        if spec is None:
+            return None
+        return {k: v.detach().numpy() for k, v in to_torch(spec, M.init_params(spec, int(man["seed"]))).state_dict().items()}
+
+    return load, step, initial
 
 
-def _flat(state: Dict[str, np.ndarray], names: List[str]) -> np.ndarray:
-    return np.concatenate([np.asarray(state[k], dtype=np.float64).ravel() for k in names])
+def _checked(state: Dict[str, np.ndarray], step: int) -> Dict[str, np.ndarray]:
+    for k, v in state.items():
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+            raise TraceError(f"checkpoint {step}: {k} holds NaN or infinite weights")
+    return state
+
+
+def _pairs(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> List[Tuple[np.ndarray, np.ndarray]]:
+    return [(np.asarray(a[k]), np.asarray(b[k])) for k in b if np.asarray(b[k]).dtype.kind == "f"]
 
 
 def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "l2", policy: str = "all",
                  q: int = 1, fraction: float = 0.1, seed: int = 0, permute_batches: Optional[int] = None,
-                 threads: Optional[int] = None, dataset: Optional[Dataset] = None, data_path: Optional[str] = None,
-                 model: Any = None, progress: bool = False) -> VerificationReport:
-    """Verifies a trace. Never raises on a bad trace: the report is then ``valid=False`` with
-    a ``reason``. ``permute_batches`` (a seed) shuffles each batch's examples before
-    recomputation (the same set); ``threads`` sets the thread count of the recomputation."""
-    if distance_kind not in DISTANCES:
-        raise ValueError(f"distance: expected one of {DISTANCES}, got {distance_kind!r}")
-    if policy not in POLICIES:
-        raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
-    if not (epsilon >= 0):
-        raise ValueError(f"epsilon: expected a non-negative number, got {epsilon}")
-    try:
-        trace, dataset = open_with_data(directory, dataset, data_path)
-        man = trace.manifest
-        for rec in trace.records:
-            if any(i < 0 or i >= len(dataset) for i in rec.batch):
-                raise TraceError(f"record {rec.step}: batch index outside the dataset (0..{len(dataset) - 1})")
-        engine = man["engine"]
-        if engine == "native":
-            load, step = _native_engine(trace, dataset, threads)
-        elif engine == "torch":
-            load, step = _torch_engine(trace, dataset, threads, model)
-        else:
-            raise TraceError(f"manifest: unknown engine {engine!r}")
-        ckpts = {s: load(s) for s in trace.checkpoint_steps}  # hash-checked and shape-checked
-        names = list(ckpts[0].keys())
-        for s, st in ckpts.items():
-            if set(st) != set(names):
-                raise TraceError(f"checkpoint {s}: holds different tensors than theta_0")
-            if not all(np.all(np.isfinite(v)) for v in st.values()):
-                raise TraceError(f"checkpoint {s}: holds NaN or infinite weights")
-    except (TraceError, FileNotFoundError) as exc:
-        return _invalid(str(exc), epsilon, distance_kind, policy)
+                 threads: Optional[int] = None, dataset: Any = None, data_path: Optional[str] = None,
+                 model: Any = None, progress: bool = False, allow_partial: bool = False,
+                 limits: Limits = DEFAULT_LIMITS) -> VerificationReport:
+    """Verifies a trace. Never raises on a bad trace or argument: the report is then
+    ``valid=False`` with a ``reason``.
 
-    flat = {s: _flat(st, names) for s, st in ckpts.items()}
-    norms = [float(np.linalg.norm(flat[e] - flat[s])) for s, e in trace.segments()]
-    segs = select_segments(trace, policy, q=q, fraction=fraction, seed=seed, update_norms=norms)
-    report = VerificationReport(True, 0.0, float(epsilon), distance_kind, policy, num_steps=trace.num_steps,
-                                unverified_tail=len(trace.records) - trace.num_steps, engine=man["engine"],
+    ``dataset`` (a Dataset or arrays (X, y)) or ``data_path`` supply the training data (see the
+    trust model above); ``model`` is a fresh instance of a torch trace's architecture.
+    ``permute_batches`` (a seed) shuffles each batch's examples before recomputation (the same
+    set); ``threads`` sets the recomputation's thread count (1..MAX_THREADS). An incomplete
+    trace (fewer steps than declared, no final record) is invalid unless ``allow_partial``: then
+    its prefix up to the last checkpoint is verified and the report says ``partial``."""
+    eps_value = float(epsilon) if isinstance(epsilon, (int, float, np.floating)) else float("nan")
+    report = VerificationReport(False, float("nan"), eps_value, str(distance_kind), str(policy), valid=False,
                                 permute_batches=permute_batches, threads=threads)
+    try:
+        if distance_kind not in DISTANCES:
+            raise ValueError(f"distance: expected one of {DISTANCES}, got {distance_kind!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
+        if isinstance(epsilon, bool) or not (eps_value >= 0 and math.isfinite(eps_value)):
+            raise ValueError(f"epsilon: expected a finite number >= 0, got {epsilon!r}")
+        threads = check_threads(threads)
+        if permute_batches is not None and (isinstance(permute_batches, bool) or not isinstance(permute_batches, int)
+                                            or permute_batches < 0):
+            raise ValueError(f"permute_batches: expected a seed >= 0 or None, got {permute_batches!r}")
+        if policy == "random" and not 0 < fraction <= 1:
+            raise ValueError(f"fraction: expected a value in (0, 1], got {fraction}")
+        if policy == "topq" and (isinstance(q, bool) or not isinstance(q, int) or q < 1):
+            raise ValueError(f"q: expected a positive number of steps per epoch, got {q!r}")
+        trace, data = open_with_data(directory, dataset, data_path, limits=limits)
+        man = trace.manifest
+        report.engine, report.declared_steps, report.complete = man["engine"], trace.declared_steps, trace.complete
+        report.initial, report.num_steps = man["initial"], trace.num_steps
+        if not trace.complete:
+            if not allow_partial:
+                raise TraceError(f"{trace.incomplete_reason}; --allow-partial (allow_partial=True) verifies "
+                                 "the prefix up to the last checkpoint")
+            report.partial = True
+            report.unverified_tail = len(trace.records) - trace.num_steps
+        if man["engine"] == "native":
+            load, step, initial = _native_engine(trace, data, threads)
+        else:
+            load, step, initial = _torch_engine(trace, data, model)
+        theta0 = _checked(load(0), 0)
+        if man["initial"] == "seeded":
+            ref = initial()
+            if ref is None:
+                raise TraceError("manifest: 'initial' is 'seeded' but the model is not an exactforge model, so the "
+                                 "seeded initialisation cannot be recomputed")
+            if set(ref) != set(theta0) or not all(np.array_equal(ref[k], theta0[k]) and ref[k].dtype == theta0[k].dtype
+                                                  for k in ref):
+                raise TraceError(f"checkpoint 0: theta_0 is not the seeded initialisation the manifest claims "
+                                 f"(seed {man['seed']})")
+        norms = None
+        if policy == "topq":  # one streaming pass over every checkpoint: the logged update norms
+            norms = []
+            prev = theta0
+            for s, e in trace.segments():
+                cur = _checked(load(e), e)
+                norms.append(verification_distance(_pairs(cur, prev), "l2"))
+                prev = cur
+        segs = select_segments(trace, policy, q=q, fraction=fraction, seed=seed, update_norms=norms)
+    except (TraceError, ValueError, TypeError, OSError) as exc:
+        report.reason = str(exc)
+        return report
+    report.valid, report.accepted, report.max_error = True, True, 0.0
+    try:
+        _recompute(trace, segs, load, step, theta0, permute_batches, distance_kind, epsilon, report, threads,
+                   progress)
+    except (TraceError, ValueError, TypeError, OSError, RuntimeError) as exc:
+        # a checkpoint that fails its checks when it is reached, or a model that does not fit it
+        report.valid, report.accepted, report.reason = False, False, str(exc)
+        return report
+    report.accepted = all(r.passed for r in report.steps)
+    return report
+
+
+def _states(segs: List[Tuple[int, int]], load: Callable, theta0: Dict[str, np.ndarray]) -> Iterator[Tuple[int, int, Any, Any]]:
+    """(start, end, theta_start, theta_end) with at most two checkpoints in memory."""
+    cache: Dict[int, Any] = {0: theta0}
+    for s, e in segs:
+        start = cache[s] if s in cache else _checked(load(s), s)
+        end = _checked(load(e), e)
+        cache = {e: end}
+        yield s, e, start, end
+
+
+def _recompute(trace, segs, load, step, theta0, permute_batches, distance_kind, epsilon, report, threads,
+               progress) -> None:
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(segs), desc="verify", unit="segment", leave=False)
     torch_threads = None
-    if threads and man["engine"] == "torch":
+    if threads and report.engine == "torch":
         import torch
 
         torch_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # once around the whole run: setting it rebuilds the pool
     try:
-        _recompute(trace, segs, ckpts, flat, names, step, permute_batches, distance_kind, epsilon, report, bar)
+        for s, e, state, logged in _states(segs, load, theta0):
+            t0 = time.perf_counter()
+            for t in range(s, e):
+                idx = trace.batch(t)
+                if permute_batches is not None:
+                    idx = idx[np.random.default_rng([permute_batches, t]).permutation(idx.size)]
+                state = step(state, idx)
+            err = verification_distance(_pairs(state, logged), distance_kind)
+            passed = bool(err <= epsilon)
+            report.steps.append(StepResult(s, e, err, passed, time.perf_counter() - t0))
+            report.max_error = max(report.max_error, err) if math.isfinite(err) else float("inf")
+            if bar is not None:
+                bar.update(1)
     finally:
         if torch_threads is not None:
             import torch
 
             torch.set_num_threads(torch_threads)
-    if bar is not None:
-        bar.close()
-    report.accepted = all(r.passed for r in report.steps)
-    return report
-
-
-def _recompute(trace, segs, ckpts, flat, names, step, permute_batches, distance_kind, epsilon, report, bar) -> None:
-    for s, e in segs:
-        t0 = time.perf_counter()
-        state = ckpts[s]
-        for t in range(s, e):
-            idx = trace.batch(t)
-            if permute_batches is not None:
-                idx = idx[np.random.default_rng([permute_batches, t]).permutation(idx.size)]
-            state = step(state, idx)
-        err = distance(_flat(state, names), flat[e], distance_kind)
-        passed = bool(err <= epsilon)
-        report.steps.append(StepResult(s, e, err, passed, time.perf_counter() - t0))
-        report.max_error = max(report.max_error, err) if np.isfinite(err) else float("inf")
         if bar is not None:
-            bar.update(1)
+            bar.close()

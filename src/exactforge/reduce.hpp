@@ -10,6 +10,9 @@
 
 namespace exactforge {
 
+/// The most threads any kernel runs (requests above it are clamped; Python refuses them).
+constexpr int kMaxThreads = 256;
+
 /// Terms reduced in the order given by `order` (a permutation of 0..k-1; nullptr = 0..k-1),
 /// one sequential fused chain acc = fma(a, b, acc) per output element (sum: acc = acc + x),
 /// starting from +0. The chain never depends on threads, SIMD width or device.

@@ -1,0 +1,153 @@
+"""The trace format (schema version 2): file names, hashing, and the manifest's schema.
+
+A trace is a directory::
+
+    manifest.json                        what was trained, on what data, how; declares the steps,
+                                         the checkpoint schedule and the tensors of a checkpoint
+    checkpoints/NNNNNNNN.safetensors     theta_0, then theta_t every k steps and after the last step
+    records/NNNNNNNN.json                one record per SGD step t, in order
+
+A record is ``{"step": t, "batch": [dataset indices in order], "prev": H_{t-1}, "checkpoint":
+null | {"step": t+1, "file": ..., "sha256": ...}, "final": true (last step only), "hash": H_t}``.
+``H_t`` is the SHA-256 of the record's canonical JSON without "hash"; ``H_{-1}`` is the SHA-256
+of manifest.json's bytes, which carry theta_0's hash. A trace is *complete* when its last record
+is final (and, where the manifest declares ``steps``, is step ``steps - 1``): deleting records
+from the end, or adding some after the final one, is detected.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from .limits import DEFAULT_LIMITS, Limits
+from .safeio import SAFETENSORS_DTYPES, TraceError, tensor_nbytes
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "INITIAL_KINDS", "canonical_json", "sha256_bytes", "record_hash",
+           "checkpoint_name", "record_name", "validate_manifest", "Manifest"]
+
+SCHEMA = "exactforge.trace"
+SCHEMA_VERSION = 2
+INITIAL_KINDS = ("seeded", "given")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def record_hash(rec: Mapping[str, Any]) -> str:
+    return sha256_bytes(canonical_json({k: v for k, v in rec.items() if k != "hash"}))
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoints/{step:08d}.safetensors"
+
+
+def record_name(step: int) -> str:
+    return f"records/{step:08d}.json"
+
+
+def is_sha256(v: Any) -> bool:
+    return isinstance(v, str) and bool(_HEX64.match(v))
+
+
+def _int(man: Mapping[str, Any], key: str, lo: int, hi: int, optional: bool = False) -> Optional[int]:
+    v = man.get(key)
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise TraceError(f"manifest: {key!r} must be an integer in {lo}..{hi}"
+                         f"{' or null' if optional else ''}, got {v!r}")
+    return v
+
+
+class Manifest(dict):
+    """A manifest whose every field the readers use has been type- and range-checked.
+    ``tensors`` maps each checkpoint tensor's name to (safetensors dtype, shape), in order."""
+
+    tensors: "Dict[str, Tuple[str, Tuple[int, ...]]]"
+    checkpoint_bytes: int
+
+    @property
+    def steps(self) -> Optional[int]:
+        return self.get("steps")
+
+
+def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Manifest:
+    """Checks a parsed manifest against the schema; raises TraceError naming the field."""
+    if man.get("schema") != SCHEMA:
+        raise TraceError(f"manifest: not an exactforge trace (schema {str(man.get('schema'))[:40]!r})")
+    ver = man.get("schema_version")
+    if ver != SCHEMA_VERSION:
+        hint = (" (schema 1 traces do not declare their steps or tensors, so truncation cannot be detected; "
+                "record the run again with this exactforge)" if ver == 1 else "")
+        raise TraceError(f"manifest: schema_version {str(ver)[:20]} is not supported; this exactforge reads "
+                         f"{SCHEMA_VERSION}{hint}")
+    for key in ("engine", "model", "lr", "checkpoint_every", "data", "initial_checkpoint", "initial", "tensors",
+                "optimizer"):
+        if key not in man:
+            raise TraceError(f"manifest: missing {key!r}")
+    if man["engine"] not in ("native", "torch"):
+        raise TraceError(f"manifest: 'engine' must be 'native' or 'torch', got {str(man['engine'])[:40]!r}")
+    if not isinstance(man["model"], dict) or not isinstance(man["optimizer"], dict):
+        raise TraceError("manifest: 'model' and 'optimizer' must be JSON objects")
+    lr = man["lr"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise TraceError(f"manifest: 'lr' must be a positive finite number, got {lr!r}")
+    _int(man, "checkpoint_every", 1, limits.max_steps)
+    _int(man, "steps", 1, limits.max_steps, optional=True)
+    _int(man, "batch_size", 1, limits.max_batch, optional=True)
+    _int(man, "seed", -(2**63), 2**64 - 1, optional=True)
+    if man.get("reduction") not in (None, "fixed", "exact"):
+        raise TraceError(f"manifest: 'reduction' must be 'fixed', 'exact' or null, got {str(man['reduction'])[:40]!r}")
+    if man["initial"] not in INITIAL_KINDS:
+        raise TraceError(f"manifest: 'initial' must be one of {INITIAL_KINDS}, got {str(man['initial'])[:40]!r}")
+    if man["initial"] == "seeded" and man.get("seed") is None:
+        raise TraceError("manifest: 'initial' is 'seeded' but no 'seed' is given")
+    data = man["data"]
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not is_sha256(data.get("fingerprint")):
+        raise TraceError("manifest: 'data' must hold a 'name' and a SHA-256 'fingerprint'")
+    _int(data, "num_examples", 1, 2**48)
+    ini = man["initial_checkpoint"]
+    if (not isinstance(ini, dict) or ini.get("step") != 0 or ini.get("file") != checkpoint_name(0)
+            or not is_sha256(ini.get("sha256")) or set(ini) != {"step", "file", "sha256"}):
+        raise TraceError(f"manifest: 'initial_checkpoint' must be {{'step': 0, 'file': '{checkpoint_name(0)}', "
+                         "'sha256': ...}")
+    tensors = man["tensors"]
+    if not isinstance(tensors, list) or not 1 <= len(tensors) <= limits.max_tensors:
+        raise TraceError(f"manifest: 'tensors' must list 1..{limits.max_tensors} tensors")
+    table: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
+    total = 0
+    for ent in tensors:
+        if (not isinstance(ent, list) or len(ent) != 3 or not isinstance(ent[0], str) or not ent[0]
+                or len(ent[0]) > 256 or ent[1] not in SAFETENSORS_DTYPES or not isinstance(ent[2], list)
+                or len(ent[2]) > 8 or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= 2**40
+                                              for s in ent[2])):
+            raise TraceError(f"manifest: malformed tensor entry {str(ent)[:80]} (expected [name, dtype, shape])")
+        if ent[0] in table or ent[0] == "__metadata__":
+            raise TraceError(f"manifest: tensor {ent[0][:40]!r} is declared twice or reserved")
+        table[ent[0]] = (ent[1], tuple(ent[2]))
+        total += tensor_nbytes(ent[2], ent[1])
+        if total > limits.max_checkpoint_bytes:
+            raise TraceError(f"manifest: a checkpoint would hold more than {limits.max_checkpoint_bytes} bytes of "
+                             "tensors (raise Limits.max_checkpoint_bytes to verify a model this large)")
+    out = Manifest(man)
+    out.tensors = table
+    out.checkpoint_bytes = total
+    return out
+
+
+def tensor_table(tensors: Mapping[str, Any]) -> List[List[Any]]:
+    """The manifest's 'tensors' entry for a checkpoint (name -> array), in the mapping's order."""
+    import numpy as np
+
+    from .safeio import dtype_name
+
+    return [[k, dtype_name(np.asarray(v).dtype), [int(s) for s in np.shape(v)]] for k, v in tensors.items()]

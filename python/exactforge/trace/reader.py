@@ -1,0 +1,195 @@
+"""Opening a trace: the manifest, the hash chain of records, the schedule, and checkpoint access.
+
+Every byte comes through ``safeio`` (regular files inside the trace, bounded sizes, strict
+JSON). Records are read in step order until the first absent one, so a reader running while a
+recorder appends, or while ``resume`` removes an unfinished tail from the end backwards, sees a
+contiguous prefix, never a hole.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .format import (Manifest, checkpoint_name, is_sha256, record_hash, record_name, sha256_bytes,
+                     validate_manifest)
+from .limits import DEFAULT_LIMITS, Limits
+from .safeio import TraceError, decode_safetensors, is_entry, list_names, read_file, read_json
+
+__all__ = ["Record", "Trace"]
+
+_RECORD_KEYS = {"step", "batch", "prev", "checkpoint", "hash"}
+
+
+@dataclass
+class Record:
+    step: int
+    batch: np.ndarray                    # dataset indices in the logged order (int64, read-only)
+    prev: str
+    checkpoint: Optional[Dict[str, Any]]
+    hash: str
+    final: bool = False
+
+
+def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) -> Record:
+    keys = set(obj)
+    if not (_RECORD_KEYS <= keys <= _RECORD_KEYS | {"final"}):
+        raise TraceError(f"record {i}: expected the fields {sorted(_RECORD_KEYS)} (and 'final'), "
+                         f"got {sorted(keys)[:8]}")
+    if obj["step"] != i or isinstance(obj["step"], bool):
+        raise TraceError(f"record {i}: claims to be step {str(obj['step'])[:24]}")
+    if not is_sha256(obj["hash"]) or not is_sha256(obj["prev"]):
+        raise TraceError(f"record {i}: 'hash' and 'prev' must be SHA-256 hex digests")
+    final = obj.get("final", False)
+    if final is not True and final is not False:
+        raise TraceError(f"record {i}: 'final' must be true or false")
+    batch = obj["batch"]
+    n_ex = man["data"]["num_examples"]
+    b = man.get("batch_size")
+    if not isinstance(batch, list) or not 1 <= len(batch) <= min(limits.max_batch, n_ex if b is None else b):
+        raise TraceError(f"record {i}: 'batch' must list 1..{min(limits.max_batch, n_ex)} dataset indices")
+    if b is not None and len(batch) != b:
+        raise TraceError(f"record {i}: a batch of {len(batch)} examples, the manifest declares batch_size {b}")
+    if not all(type(v) is int for v in batch):
+        raise TraceError(f"record {i}: batch indices must be integers")
+    arr = np.array(batch, dtype=object)
+    if arr.min() < 0 or arr.max() >= n_ex:
+        raise TraceError(f"record {i}: batch index outside the data set (0..{n_ex - 1})")
+    arr = arr.astype(np.int64)
+    arr.setflags(write=False)
+    ck = obj["checkpoint"]
+    if ck is not None and (not isinstance(ck, dict) or set(ck) != {"step", "file", "sha256"} or ck["step"] != i + 1
+                           or ck["file"] != checkpoint_name(i + 1) or not is_sha256(ck["sha256"])):
+        raise TraceError(f"record {i}: malformed checkpoint entry (expected step {i + 1}, "
+                         f"file {checkpoint_name(i + 1)} and a SHA-256)")
+    k = man["checkpoint_every"]
+    due = (i + 1) % k == 0 or final
+    if due != (ck is not None):
+        raise TraceError(f"record {i}: {'no' if due else 'a'} checkpoint where the schedule (every {k} steps "
+                         f"and after the final step) {'needs one' if due else 'has none'}")
+    return Record(i, arr, obj["prev"], ck, obj["hash"], final)
+
+
+@dataclass
+class Trace:
+    """A checked trace: manifest, hash chain of records, schedule; checkpoints are read on
+    demand (``load_checkpoint``), one at a time, each against the hash the chain commits to.
+
+    ``complete`` says whether the trace holds every step it declares (its last record is
+    final); ``incomplete_reason`` says why not. A verifier refuses an incomplete trace unless
+    it asks for a prefix."""
+
+    directory: str
+    manifest: Manifest
+    manifest_hash: str
+    records: List[Record] = field(default_factory=list)
+    limits: Limits = DEFAULT_LIMITS
+    complete: bool = False
+    incomplete_reason: Optional[str] = None
+
+    @classmethod
+    def open(cls, directory: str, limits: Limits = DEFAULT_LIMITS) -> "Trace":
+        """Loads and checks the manifest and the whole chain; raises TraceError."""
+        raw_obj, raw = read_json(directory, "manifest.json", limits.manifest_bytes, "manifest", limits)
+        man = validate_manifest(raw_obj, limits)
+        t = cls(directory, man, sha256_bytes(raw), limits=limits)
+        b = man.get("batch_size")
+        rec_limit = limits.record_bytes(b if b is not None else min(limits.max_batch, man["data"]["num_examples"]))
+        declared = man.steps
+        prev = t.manifest_hash
+        i = 0
+        while True:
+            if t.records and t.records[-1].final:
+                break
+            if declared is not None and i >= declared:
+                break
+            if i >= limits.max_steps:
+                raise TraceError(f"records: more than {limits.max_steps} steps")
+            if not is_entry(directory, record_name(i)):
+                break
+            obj, _ = read_json(directory, record_name(i), rec_limit, f"record {i}", limits)
+            rec = _parse_record(obj, i, man, limits)
+            if rec.hash != record_hash(obj):
+                raise TraceError(f"record {i}: its hash does not match its content (modified)")
+            if rec.prev != prev:
+                raise TraceError(f"record {i}: does not follow the previous record (hash chain broken)")
+            if rec.checkpoint is not None and not is_entry(directory, rec.checkpoint["file"]):
+                raise TraceError(f"record {i}: checkpoint {rec.checkpoint['file']} is missing")
+            t.records.append(rec)
+            prev = rec.hash
+            i += 1
+        t._check_no_extra_records()
+        n = len(t.records)
+        if n and t.records[-1].final:
+            if declared is not None and n != declared:
+                raise TraceError(f"records: the final record is step {n - 1}, the manifest declares {declared} steps")
+            t.complete = True
+        elif declared is not None:
+            t.incomplete_reason = (f"incomplete: {n} of the {declared} declared steps are recorded "
+                                   f"(truncated, or still being recorded)")
+        else:
+            t.incomplete_reason = f"incomplete: {n} steps and no final record (truncated, or still being recorded)"
+        if not is_entry(directory, checkpoint_name(0)):
+            raise TraceError(f"checkpoint 0: {checkpoint_name(0)} is missing")
+        return t
+
+    def _check_no_extra_records(self) -> None:
+        """No record past the ones read: a hole, or steps appended after the final record."""
+        n = len(self.records)
+        for name in list_names(self.directory, "records", self.limits):
+            if name.startswith(".tmp-"):
+                continue  # an atomic write in progress or interrupted; never read
+            stem = name[:-5] if name.endswith(".json") else ""
+            if len(stem) != 8 or not stem.isdigit():
+                raise TraceError(f"records: unexpected entry {name[:60]!r}")
+            j = int(stem)
+            if j >= n and is_entry(self.directory, record_name(j)):
+                declared = self.manifest.steps
+                if (self.records and self.records[-1].final) or (declared is not None and n >= declared):
+                    raise TraceError(f"records: step {j} is recorded after the last step {n - 1} (extended trace)")
+                if is_entry(self.directory, record_name(n)):
+                    # written by a recorder since we looked: the prefix we read is still a prefix
+                    continue
+                raise TraceError(f"records: step {j} is recorded but step {n} is missing (a record was removed)")
+
+    # -- structure --------------------------------------------------------------------------
+    @property
+    def checkpoint_steps(self) -> List[int]:
+        """Steps t with a logged theta_t, in order (0 first)."""
+        return [0] + [r.checkpoint["step"] for r in self.records if r.checkpoint is not None]
+
+    @property
+    def num_steps(self) -> int:
+        """Steps covered by checkpoints: records past the last checkpoint are an unfinished tail."""
+        return self.checkpoint_steps[-1]
+
+    @property
+    def declared_steps(self) -> Optional[int]:
+        return self.manifest.steps
+
+    def segments(self) -> List[Tuple[int, int]]:
+        s = self.checkpoint_steps
+        return list(zip(s[:-1], s[1:]))
+
+    def batch(self, step: int) -> np.ndarray:
+        return self.records[step].batch
+
+    def checkpoint_entry(self, step: int) -> Dict[str, Any]:
+        if step == 0:
+            return self.manifest["initial_checkpoint"]
+        if not 1 <= step <= len(self.records) or self.records[step - 1].checkpoint is None:
+            raise TraceError(f"checkpoint: no theta_{step} was logged")
+        return self.records[step - 1].checkpoint
+
+    def load_checkpoint(self, step: int) -> Dict[str, np.ndarray]:
+        """theta_step, after checking its size against the manifest's tensors, its bytes against
+        the hash the chain commits to, and its header against the declared names, dtypes and
+        shapes. Arrays are little-endian views of one buffer of the file's size."""
+        entry = self.checkpoint_entry(step)
+        man = self.manifest
+        max_bytes = 8 + self.limits.safetensors_header_bytes + man.checkpoint_bytes
+        data = read_file(self.directory, entry["file"], max_bytes, f"checkpoint {step}")
+        if sha256_bytes(data) != entry["sha256"]:
+            raise TraceError(f"checkpoint {step}: {entry['file']} does not match its hash (modified)")
+        return decode_safetensors(data, man.tensors, f"checkpoint {step}", self.limits)

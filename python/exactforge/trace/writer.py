@@ -1,0 +1,180 @@
+"""Writing a trace step by step, so that nothing committed is lost when the process is killed.
+
+Every file is written atomically (temporary file, fsync, rename, fsync of the directory), and
+a step's checkpoint before its record. So at any instant the directory holds a valid trace: a
+prefix of the run, which ``resume`` continues. ``resume`` checks the caller's arguments against
+the manifest before it touches anything, then removes the unfinished tail (records past the
+last checkpoint) from the last record backwards, each removal made durable before the next:
+a kill in the middle leaves a shorter valid prefix, never a hole.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import tempfile
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .format import (INITIAL_KINDS, SCHEMA, SCHEMA_VERSION, canonical_json, checkpoint_name, record_hash,
+                     record_name, sha256_bytes, tensor_table)
+from .reader import Record, Trace
+from .safeio import TraceError
+
+__all__ = ["TraceWriter", "atomic_write", "environment", "encode_checkpoint"]
+
+
+def _fsync_dir(folder: str) -> None:
+    dfd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write, fsync, rename over ``path``, fsync the directory."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def environment(device: str = "cpu") -> Dict[str, Any]:
+    """Where a trace was produced: device, library versions, exactforge's compile options."""
+    from .. import compile_options
+
+    env: Dict[str, Any] = {"device": device, "python": platform.python_version(), "numpy": np.__version__,
+                           "platform": platform.platform(), "exactforge": compile_options()}
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        env["torch"] = None
+    return env
+
+
+def encode_checkpoint(tensors: Mapping[str, np.ndarray], step: int) -> bytes:
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata={"exactforge_step": str(step)})
+
+
+class TraceWriter:
+    """Writes a trace step by step; every write is atomic. Use a recorder (exactforge.record)
+    rather than this class directly.
+
+    The manifest gets the schema fields, theta_0's hash and the tensor table (names, dtypes and
+    shapes of a checkpoint, taken from ``initial``), which bound what a reader will accept.
+    ``manifest["initial"]`` says whether theta_0 is ``"seeded"`` (a pure function of the
+    manifest's model and seed, which verifiers recompute) or ``"given"`` (default)."""
+
+    def __init__(self, directory: str, manifest: Dict[str, Any], initial: Mapping[str, np.ndarray]) -> None:
+        if os.path.exists(os.path.join(directory, "manifest.json")):
+            raise FileExistsError(f"out: {directory} already holds a trace; choose a new folder or resume it")
+        manifest = dict(manifest)
+        manifest.setdefault("initial", "given")
+        if manifest["initial"] not in INITIAL_KINDS:
+            raise ValueError(f"initial: expected one of {INITIAL_KINDS}, got {manifest['initial']!r}")
+        table = tensor_table(initial)  # refuses dtypes a checkpoint cannot hold, before anything is written
+        os.makedirs(os.path.join(directory, "checkpoints"), exist_ok=True)
+        os.makedirs(os.path.join(directory, "records"), exist_ok=True)
+        self.directory = directory
+        data = encode_checkpoint(initial, 0)
+        atomic_write(os.path.join(directory, checkpoint_name(0)), data)
+        manifest.update({"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "tensors": table,
+                         "initial_checkpoint": {"step": 0, "file": checkpoint_name(0), "sha256": sha256_bytes(data)}})
+        manifest.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        raw = canonical_json(manifest)  # sorted keys, so the hash does not depend on dict order
+        atomic_write(os.path.join(directory, "manifest.json"), raw)
+        self.manifest = manifest
+        self.prev = sha256_bytes(raw)
+        self.next_step = 0
+        self.last: Optional[Record] = None
+        self.finished = False
+
+    @classmethod
+    def resume(cls, directory: str, check: Optional[Callable[[Dict[str, Any]], None]] = None,
+               ) -> Tuple["TraceWriter", Trace]:
+        """Continues a trace after its last checkpoint. ``check(manifest)`` runs first and may
+        raise to refuse the resume (different arguments): nothing has been removed then. The
+        unfinished tail (records past the last checkpoint) is removed from the end backwards,
+        each removal synced, so every intermediate state is a valid, shorter prefix. A complete
+        trace is returned as it is (``writer.finished``)."""
+        trace = Trace.open(directory)
+        if check is not None:
+            check(trace.manifest)
+        last = trace.num_steps
+        folder = os.path.join(directory, "records")
+        if not trace.complete:
+            for rec in reversed(trace.records[last:]):
+                os.unlink(os.path.join(directory, record_name(rec.step)))
+                _fsync_dir(folder)
+            trace.records = trace.records[:last]
+        self = cls.__new__(cls)
+        self.directory = directory
+        self.manifest = dict(trace.manifest)
+        self.prev = trace.records[-1].hash if trace.records else trace.manifest_hash
+        self.next_step = last
+        self.last = trace.records[-1] if trace.records else None
+        self.finished = trace.complete
+        return self, trace
+
+    def append(self, batch: Sequence[int], checkpoint: Optional[Mapping[str, np.ndarray]] = None, *,
+               final: bool = False) -> Record:
+        """Records step ``next_step`` with its batch; ``checkpoint`` is theta after the step.
+        ``final`` marks the last step of the run (it needs a checkpoint)."""
+        if self.finished:
+            raise ValueError("append: the trace is complete (its final step is recorded)")
+        if final and checkpoint is None:
+            raise ValueError("append: the final step needs its checkpoint")
+        t = self.next_step
+        ck = None
+        if checkpoint is not None:
+            data = encode_checkpoint(checkpoint, t + 1)
+            atomic_write(os.path.join(self.directory, checkpoint_name(t + 1)), data)  # before the record
+            ck = {"step": t + 1, "file": checkpoint_name(t + 1), "sha256": sha256_bytes(data)}
+        return self._write(t, [int(i) for i in batch], self.prev, ck, final)
+
+    def _write(self, t: int, batch: list, prev: str, ck: Optional[Dict[str, Any]], final: bool) -> Record:
+        rec: Dict[str, Any] = {"step": t, "batch": batch, "prev": prev, "checkpoint": ck}
+        if final:
+            rec["final"] = True
+        rec["hash"] = record_hash(rec)
+        atomic_write(os.path.join(self.directory, record_name(t)), canonical_json(rec))
+        self.prev = rec["hash"]
+        self.next_step = t + 1
+        arr = np.asarray(batch, dtype=np.int64)
+        arr.setflags(write=False)
+        self.last = Record(t, arr, prev, ck, rec["hash"], final)
+        self.finished = final
+        return self.last
+
+    def finish(self, checkpoint: Optional[Mapping[str, np.ndarray]] = None) -> Record:
+        """Marks the last recorded step final, with ``checkpoint`` (theta after it) when that
+        step has none yet. The record file is replaced atomically, never removed: until the
+        rename the trace is a valid incomplete prefix, after it a complete trace."""
+        last = self.last
+        if last is None:
+            raise ValueError("finish: no step has been recorded")
+        if self.finished:
+            return last
+        ck = last.checkpoint
+        if ck is None:
+            if checkpoint is None:
+                raise ValueError("finish: the last step has no checkpoint; pass theta after it")
+            data = encode_checkpoint(checkpoint, last.step + 1)
+            atomic_write(os.path.join(self.directory, checkpoint_name(last.step + 1)), data)
+            ck = {"step": last.step + 1, "file": checkpoint_name(last.step + 1), "sha256": sha256_bytes(data)}
+        return self._write(last.step, [int(i) for i in last.batch], last.prev, ck, True)
