@@ -2,6 +2,8 @@
 #include "exactforge/reduce.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -39,6 +41,16 @@ bool equal_sum(const Problem& pr, const int32_t* idx, int m, int t) {
   return true;
 }
 
+// Records a match from inside a parallel region; an allocation failure is flagged and
+// rethrown after the region.
+void keep(std::vector<Match>& local, std::atomic<bool>& oom, int t, const int32_t* idx, int m) {
+  try {
+    local.push_back({t, std::vector<int32_t>(idx, idx + m)});
+  } catch (...) {
+    oom = true;
+  }
+}
+
 void sort_matches(std::vector<Match>& v) {
   std::sort(v.begin(), v.end(), [](const Match& x, const Match& y) {
     return x.target != y.target ? x.target < y.target : x.batch < y.batch;
@@ -63,6 +75,7 @@ std::vector<Match> brute(const Problem& pr, int64_t a0, int64_t a1, int threads,
   const int T = static_cast<int>(pr.targets.size());
   std::vector<Match> out;
   uint64_t count = 0;
+  std::atomic<bool> oom{false};  // no exception may leave the parallel region: flagged, rethrown after
 #pragma omp parallel num_threads(nthreads(threads)) reduction(+ : count)
   {
     std::vector<Match> local;
@@ -77,7 +90,7 @@ std::vector<Match> brute(const Problem& pr, int64_t a0, int64_t a1, int threads,
       if (b == 1) {
         ++count;
         for (int t = 0; t < T; ++t)
-          if (ks[1] == pr.target_keys[t] && equal_sum(pr, idx, 1, t)) local.push_back({t, {idx[0]}});
+          if (ks[1] == pr.target_keys[t] && equal_sum(pr, idx, 1, t)) keep(local, oom, t, idx, 1);
         continue;
       }
       idx[1] = static_cast<int32_t>(a);
@@ -89,8 +102,7 @@ std::vector<Match> brute(const Problem& pr, int64_t a0, int64_t a1, int threads,
           ++count;
           const uint64_t k = ks[b];
           for (int t = 0; t < T; ++t)
-            if (k == pr.target_keys[t] && equal_sum(pr, idx, b, t))
-              local.push_back({t, std::vector<int32_t>(idx, idx + b)});
+            if (k == pr.target_keys[t] && equal_sum(pr, idx, b, t)) keep(local, oom, t, idx, b);
         } else {
           idx[depth + 1] = idx[depth];
           ++depth;
@@ -98,8 +110,15 @@ std::vector<Match> brute(const Problem& pr, int64_t a0, int64_t a1, int threads,
       }
     }
 #pragma omp critical
-    out.insert(out.end(), local.begin(), local.end());
+    {
+      try {
+        out.insert(out.end(), local.begin(), local.end());
+      } catch (...) {
+        oom = true;
+      }
+    }
   }
+  if (oom) throw std::bad_alloc();
   if (visited) *visited = count;
   sort_matches(out);
   return out;
@@ -185,14 +204,23 @@ std::vector<Match> Mitm::probe(int64_t a0, int64_t a1, int threads, uint64_t* vi
   constexpr int kBuf = 64;  // probes resolved together, so their bitmap loads overlap
   std::vector<Match> out;
   uint64_t count = 0;
-#pragma omp parallel num_threads(nthreads(threads)) reduction(+ : count)
+  // Everything a thread allocates is allocated here, outside the parallel region: an exception
+  // may not leave an OpenMP region (std::terminate would end the interpreter).
+  const int nt = nthreads(threads);
+  std::vector<std::vector<uint64_t>> pos_all(nt, std::vector<uint64_t>(static_cast<size_t>(kBuf) * T));
+  std::atomic<bool> oom{false};
+#pragma omp parallel num_threads(nt) reduction(+ : count)
   {
     std::vector<Match> local;
     uint64_t bkey[kBuf];
     int32_t bidx[kBuf][3];
     int nb = 0;
     int32_t idx[8];
-    std::vector<uint64_t> pos(static_cast<size_t>(kBuf) * T);
+#ifdef _OPENMP
+    std::vector<uint64_t>& pos = pos_all[omp_get_thread_num() % nt];
+#else
+    std::vector<uint64_t>& pos = pos_all[0];
+#endif
 
     // Full lookup of target t - k: every entry with that key whose smallest index follows the
     // probe's largest (so each b-set is found once), confirmed on the full vectors.
@@ -205,7 +233,7 @@ std::vector<Match> Mitm::probe(int64_t a0, int64_t a1, int threads, uint64_t* vi
         if (e.key == want && (h2 == 0 || static_cast<int64_t>(e.s[0]) > last)) {
           for (int i = 0; i < h1; ++i) idx[i] = pidx[i];
           for (int i = 0; i < h2; ++i) idx[h1 + i] = static_cast<int32_t>(e.s[i]);
-          if (equal_sum(pr_, idx, h1 + h2, t)) local.push_back({t, std::vector<int32_t>(idx, idx + h1 + h2)});
+          if (equal_sum(pr_, idx, h1 + h2, t)) keep(local, oom, t, idx, h1 + h2);
         }
         h = (h + 1) & mask_;
       }
@@ -270,8 +298,15 @@ std::vector<Match> Mitm::probe(int64_t a0, int64_t a1, int threads, uint64_t* vi
     }
     flush();
 #pragma omp critical
-    out.insert(out.end(), local.begin(), local.end());
+    {
+      try {
+        out.insert(out.end(), local.begin(), local.end());
+      } catch (...) {
+        oom = true;
+      }
+    }
   }
+  if (oom) throw std::bad_alloc();
   if (visited) *visited = count;
   sort_matches(out);
   return out;

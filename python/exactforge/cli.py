@@ -3,11 +3,52 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import List, Optional
 
 __all__ = ["main"]
+
+
+# -- argument types: a bad value exits 2 with "argument --name: ..." before anything runs --------
+def _count(lo: int = 1, hi: Optional[int] = None):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi if hi is not None else 'inf'}, got {v}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def _real(lo: float = 0.0, hi: float = math.inf, *, lo_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(v) or v < lo or (lo_open and v == lo) or v > hi:
+            lo_s = f"({lo:g}" if lo_open else f"[{lo:g}"
+            raise argparse.ArgumentTypeError(f"expected a finite number in {lo_s}, {hi:g}], got {text}")
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
+_SEED = _count(0, 2**63 - 1)
+_POSITIVE = _real(0.0, lo_open=True)
+_FRACTION = _real(0.0, 1.0, lo_open=True)
+
+
+def _threads_type():
+    from . import MAX_THREADS
+
+    return _count(1, MAX_THREADS)
+
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -175,7 +216,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         models = ("logreg", "fcn10") if args.model == "all" else (args.model,)
         results = run_table(models, biases, TABLE_V, TABLE_B, d=args.d, n=args.n, seed=args.seed,
                             true_batches=args.true_batches, method=args.method, threads=args.threads,
-                            max_memory_mib=args.max_memory, progress=not args.quiet)
+                            max_memory_mib=args.max_memory, progress=not args.quiet, max_batches=args.max_batches)
         text = format_table(results)
         print(text)
         total = sum(r.seconds for r in results)
@@ -189,7 +230,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise ValueError("--model all and --bias both apply to --table; choose one model and --bias yes|no")
     r = run_search(args.model, args.d, args.n, args.v, args.b, seed=args.seed, bias=biases[0], method=args.method,
                    true_batches=args.true_batches, tolerance=args.tolerance, threads=args.threads,
-                   max_memory_mib=args.max_memory, progress=not args.quiet)
+                   max_memory_mib=args.max_memory, progress=not args.quiet, max_batches=args.max_batches)
     print(f"{r.model} ({'bias' if r.bias else 'no bias'}) d={r.d} n={r.n} v={r.v} b={r.b}: {r.batches} batches x "
           f"{r.true_batches} true batches searched by {r.method} in {r.seconds:.2f} s: {r.found} forgeries, "
           f"{r.structural} structural collisions")
@@ -326,10 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "data-forging analysis for Proof-of-Learning execution traces.")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="batch-order and thread-count experiment: torch vs exactforge's two modes")
-    d.add_argument("--batch-size", type=int, default=1000, help="examples in the batch (default 1000)")
-    d.add_argument("--permutations", type=int, default=20, help="batch permutations to try (default 20)")
-    d.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
-    d.add_argument("--seed", type=int, default=0, help="seed of the weights, batch and permutations")
+    d.add_argument("--batch-size", type=_count(1), default=1000, help="examples in the batch (default 1000)")
+    d.add_argument("--permutations", type=_count(1, 100_000), default=20, help="batch permutations to try (default 20)")
+    d.add_argument("--lr", type=_POSITIVE, default=0.01, help="SGD learning rate (default 0.01)")
+    d.add_argument("--seed", type=_SEED, default=0, help="seed of the weights, batch and permutations")
     d.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     d.add_argument("--quiet", action="store_true", help="no progress lines")
     d.set_defaults(func=_cmd_demo)
@@ -340,14 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", default="100", help="hidden layer widths of the FCN, e.g. 32,32 (default 100)")
     t.add_argument("--dataset", default="digits", choices=("digits", "breast-cancer", "mnist", "cifar10"))
     t.add_argument("--data-path", help="folder with the local files of mnist or cifar10")
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--steps", type=int, default=50)
-    t.add_argument("--lr", type=float, default=0.01)
-    t.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the batch order")
-    t.add_argument("--checkpoint-every", type=int, default=1, help="steps between checkpoints (k)")
+    t.add_argument("--batch-size", type=_count(1, 1 << 20), default=64)
+    t.add_argument("--steps", type=_count(1, 100_000_000), default=50)
+    t.add_argument("--lr", type=_POSITIVE, default=0.01)
+    t.add_argument("--seed", type=_SEED, default=0, help="seed of the initial weights and of the batch order")
+    t.add_argument("--checkpoint-every", type=_count(1), default=1, help="steps between checkpoints (k)")
     t.add_argument("--mode", choices=("fixed", "exact"), default="fixed", help="reduction mode of the native engine")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    t.add_argument("--threads", type=int, help="CPU threads for training")
+    t.add_argument("--threads", type=_threads_type(), help="CPU threads for training")
     t.add_argument("--resume", action="store_true", help="continue a trace in --out from its last checkpoint")
     t.add_argument("--out", required=True, help="folder of the trace (must not hold one, unless --resume)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -375,13 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("forge", help="construct an exact forgery of one step of a trace and report it")
     f.add_argument("trace", help="the trace folder (native or torch engine, logreg or fcn)")
-    f.add_argument("--step", type=int, required=True, help="the step whose batch is forged (needs theta_step)")
+    f.add_argument("--step", type=_count(0), required=True, help="the step whose batch is forged (needs theta_step)")
     f.add_argument("--method", choices=("nullspace", "error-matrix"), default="nullspace")
     f.add_argument("--target", choices=("random", "nearest"), default="random",
                    help="random: random nullspace coefficients / least-norm inputs; nearest: closest to real examples")
-    f.add_argument("--scale", type=float, default=0.1, help="largest perturbation of --target random (nullspace)")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--permutations", type=int, default=10, help="torch permutations for the reproduction error")
+    f.add_argument("--scale", type=_POSITIVE, default=0.1, help="largest perturbation of --target random (nullspace)")
+    f.add_argument("--seed", type=_SEED, default=0)
+    f.add_argument("--permutations", type=_count(0, 100_000), default=10, help="torch permutations for the reproduction error")
     f.add_argument("--data-path", help="folder with the local files of mnist or cifar10")
     f.add_argument("--out", metavar="FILE", help="write the forged batch (safetensors: X, Y)")
     f.add_argument("--json", metavar="OUT", help="write the report as JSON")
@@ -390,17 +431,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     s_ = sub.add_parser("search", help="exhaustive search for a distinct batch with the same gradient (Table 4)")
     s_.add_argument("--model", choices=("logreg", "fcn10", "all"), default="logreg")
-    s_.add_argument("--d", type=int, default=4, help="pixels")
-    s_.add_argument("--n", type=int, default=3, help="classes")
-    s_.add_argument("--v", type=int, default=3, help="grey levels (pixel values q/(v-1))")
-    s_.add_argument("--b", type=int, default=3, help="batch size")
-    s_.add_argument("--seed", type=int, default=0, help="seed of the weights and of the true batches")
+    s_.add_argument("--d", type=_count(1, 64), default=4, help="pixels")
+    s_.add_argument("--n", type=_count(2, 1000), default=3, help="classes")
+    s_.add_argument("--v", type=_count(2, 1000), default=3, help="grey levels (pixel values q/(v-1))")
+    s_.add_argument("--b", type=_count(1, 6), default=3, help="batch size")
+    s_.add_argument("--seed", type=_SEED, default=0, help="seed of the weights and of the true batches")
     s_.add_argument("--bias", choices=("yes", "no", "both"), default="yes")
     s_.add_argument("--method", choices=("mitm", "brute"), default="mitm")
-    s_.add_argument("--true-batches", type=int, default=3, help="sampled true batches per search")
-    s_.add_argument("--tolerance", type=float, default=0.0, help="tau > 0: equal within ||delta|| <= tau")
-    s_.add_argument("--threads", type=int)
-    s_.add_argument("--max-memory", type=float, default=4096, help="memory bound of the search table, MiB")
+    s_.add_argument("--true-batches", type=_count(1, 1_000_000), default=3, help="sampled true batches per search")
+    s_.add_argument("--tolerance", type=_real(0.0), default=0.0, help="tau > 0: equal within ||delta|| <= tau")
+    s_.add_argument("--threads", type=_threads_type())
+    s_.add_argument("--max-memory", type=_real(0.0, 2.0**40, lo_open=True), default=4096,
+                    help="bound on everything the search allocates (examples, gradients, table), MiB")
+    s_.add_argument("--max-batches", type=_count(1), default=10**11,
+                    help="brute force: refuse a search of more batches than this per true batch")
     s_.add_argument("--table", action="store_true", help="the whole grid v = 2..6, b = 1..5 (Table 4)")
     s_.add_argument("--json", metavar="OUT")
     s_.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -417,12 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "native+threads (and cuda, cuda+benchmark, cuda+deterministic on a GPU machine)")
     r.add_argument("--gpu-conditions", action=argparse.BooleanOptionalAction, default=True,
                    help="add the CUDA conditions when a GPU is visible (default on)")
-    r.add_argument("--repeats", type=int, default=5)
-    r.add_argument("--steps", type=int, default=50)
-    r.add_argument("--lr", type=float, default=0.01)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--safety-factor", type=float, default=10.0, help="epsilon = factor x largest benign error")
-    r.add_argument("--matrix-steps", type=int, default=10, help="steps of the cross-condition matrix (0: none)")
+    r.add_argument("--repeats", type=_count(1), default=5)
+    r.add_argument("--steps", type=_count(1), default=50)
+    r.add_argument("--lr", type=_POSITIVE, default=0.01)
+    r.add_argument("--seed", type=_SEED, default=0)
+    r.add_argument("--safety-factor", type=_POSITIVE, default=10.0, help="epsilon = factor x largest benign error")
+    r.add_argument("--matrix-steps", type=_count(0), default=10, help="steps of the cross-condition matrix (0: none)")
     r.add_argument("--out", required=True)
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_cmd_repro)
@@ -430,12 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("attack", help="run a known forging attack on one step of a trace")
     a.add_argument("trace")
     a.add_argument("--method", choices=("greedy", "nearest", "gradmatch", "dlg"), default="greedy")
-    a.add_argument("--step", type=int, required=True)
-    a.add_argument("--fraction", type=float, default=0.01, help="forging fraction: share of the batch replaced")
-    a.add_argument("--pool", type=int, default=1000, help="greedy: points sampled from D minus U (n)")
-    a.add_argument("--candidates", type=int, default=300, help="greedy: candidate batches (M)")
-    a.add_argument("--opt-steps", type=int, default=100, help="gradmatch/dlg: optimisation steps")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--step", type=_count(0), required=True)
+    a.add_argument("--fraction", type=_FRACTION, default=0.01, help="forging fraction: share of the batch replaced")
+    a.add_argument("--pool", type=_count(1), default=1000, help="greedy: points sampled from D minus U (n)")
+    a.add_argument("--candidates", type=_count(1), default=300, help="greedy: candidate batches (M)")
+    a.add_argument("--opt-steps", type=_count(1), default=100, help="gradmatch/dlg: optimisation steps")
+    a.add_argument("--seed", type=_SEED, default=0)
     a.add_argument("--data-path")
     a.add_argument("--json", metavar="OUT")
     a.set_defaults(func=_cmd_attack)
@@ -443,21 +487,21 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("game", help="play the data forging game (Algorithm 1) and report the win rate")
     g.add_argument("--attack", choices=("greedy", "nearest", "gradmatch", "dlg", "nullspace", "error-matrix"),
                    default="greedy")
-    g.add_argument("--rounds", type=int, default=10)
+    g.add_argument("--rounds", type=_count(1), default=10)
     g.add_argument("--epsilon", default="auto", help="auto (calibrated), 0, or a value")
     g.add_argument("--model", choices=("logreg", "fcn", "lenet", "vggmini"), default="fcn")
     g.add_argument("--engine", choices=("torch", "native"), default="torch")
-    g.add_argument("--batch-size", type=int, default=100)
-    g.add_argument("--steps", type=int, default=10, help="steps the verifier trains")
-    g.add_argument("--lr", type=float, default=0.01)
-    g.add_argument("--fraction", type=float, help="forging fraction (default: only the target example)")
+    g.add_argument("--batch-size", type=_count(1), default=100)
+    g.add_argument("--steps", type=_count(1), default=10, help="steps the verifier trains")
+    g.add_argument("--lr", type=_POSITIVE, default=0.01)
+    g.add_argument("--fraction", type=_FRACTION, help="forging fraction (default: only the target example)")
     g.add_argument("--domain-check", action=argparse.BooleanOptionalAction, default=True,
                    help="reject forgeries off the pixel grid or with non one-hot labels")
     g.add_argument("--scenario", choices=("membership", "unlearning"), default="membership")
-    g.add_argument("--pool", type=int, default=1000)
-    g.add_argument("--candidates", type=int, default=300)
-    g.add_argument("--opt-steps", type=int, default=100)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--pool", type=_count(1), default=1000)
+    g.add_argument("--candidates", type=_count(1), default=300)
+    g.add_argument("--opt-steps", type=_count(1), default=100)
+    g.add_argument("--seed", type=_SEED, default=0)
     g.add_argument("--json", metavar="OUT")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=_cmd_game)
@@ -467,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", choices=("fcn", "logreg", "lenet", "vggmini"), default="fcn")
     e.add_argument("--dataset", default="digits", choices=("digits", "breast-cancer", "wine", "mnist", "cifar10", "adult"))
     e.add_argument("--data-path", help="local files of mnist, cifar10 or adult")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=_SEED, default=0)
     e.add_argument("--out", default="reevaluation")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=_cmd_reevaluate)
@@ -490,6 +534,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         what = "invalid trace" if isinstance(exc, TraceError) else "error"
         msg = exc.strerror + (f": {exc.filename}" if exc.filename else "") if isinstance(exc, OSError) and exc.strerror else exc
         print(f"exactforge {args.command}: {what}: {msg}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"exactforge {args.command}: error: out of memory; choose smaller sizes (or --max-memory "
+              "where the command has it)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"exactforge {args.command}: interrupted", file=sys.stderr)

@@ -28,7 +28,7 @@ import numpy as np
 from . import models as M
 from ._native import _core
 
-__all__ = ["Domain", "SearchResult", "model_for", "per_example_gradients", "run_search", "run_table",
+__all__ = ["Domain", "SearchResult", "memory_needed", "MAX_BRUTE_BATCHES", "model_for", "per_example_gradients", "run_search", "run_table",
            "format_table", "TABLE_V", "TABLE_B"]
 
 TABLE_V = (2, 3, 4, 5, 6)
@@ -133,22 +133,69 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="probe", unit_scale=True, leave=False)
 
 
+# A brute-force search visits C(N, b) batches per call; above this it is refused unless the
+# caller raises max_batches (about 1e11 visits is a few minutes on 2 cores).
+MAX_BRUTE_BATCHES = 10**11
+
+
+def memory_needed(model: str, domain: Domain, b: int, method: str, tolerance: float = 0.0,
+                  true_batches: int = 1) -> int:
+    """Bytes a search allocates at its peak, every allocation counted: the examples, the
+    per-example gradients (float64, their outer-product temporaries, the fixed-point copy and the
+    native copy), the keys, and the meet-in-the-middle table or the tolerance mode's sorted
+    half-batches (Python tuples while they are built)."""
+    N, d, n = domain.size, domain.d, domain.n
+    P = d * n + n if model == "logreg" else d * 10 + 10 + 10 * n + n
+    per_example = 8 * d * 2 + 8 * P * 5 + 8 * (d + 10 + n) * 4 + 32
+    need = N * per_example
+    need += true_batches * (16 * P + 64 * 8 * 256)  # targets, their copies, per-thread probe buffers
+    if tolerance > 0:
+        need += int(_core.choose(N, b // 2)) * (120 + 16 * (b // 2))
+    elif method == "mitm":
+        need += int(_core.mitm_table_bytes(N, b))
+    return int(need)
+
+
 def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int = 3, *, seed: int = 0,
                bias: bool = True, method: str = "mitm", true_batches: int = 3, tolerance: float = 0.0,
                threads: Optional[int] = None, max_memory_mib: float = 4096, progress: bool = False,
-               planted: Optional[Sequence[Sequence[int]]] = None, gradients: Optional[np.ndarray] = None) -> SearchResult:
+               planted: Optional[Sequence[Sequence[int]]] = None, gradients: Optional[np.ndarray] = None,
+               max_batches: int = MAX_BRUTE_BATCHES) -> SearchResult:
     """Searches every batch of b distinct examples of the domain for one whose gradient equals a
     sampled true batch's. ``planted`` gives the true batches instead of sampling them;
-    ``gradients`` (N x P) replaces the model's (tests plant equal-gradient pairs this way)."""
+    ``gradients`` (N x P) replaces the model's (tests plant equal-gradient pairs this way).
+
+    Bounds, checked before anything is allocated: ``max_memory_mib`` covers every allocation
+    (``memory_needed``), and ``brute`` refuses more than ``max_batches`` batches per true batch."""
+    from .verify import check_threads
+
     if method not in ("mitm", "brute"):
         raise ValueError(f"method: expected 'mitm' or 'brute', got {method!r}")
-    if not 1 <= b <= 6:
-        raise ValueError(f"b: expected a batch size of 1..6, got {b}")
-    if tolerance < 0:
-        raise ValueError("tolerance: expected a non-negative number")
+    if model not in MODELS and gradients is None:
+        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
+    if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= 6:
+        raise ValueError(f"b: expected a batch size of 1..6, got {b!r}")
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance: expected a finite number >= 0, got {tolerance!r}")
+    if not (isinstance(max_memory_mib, (int, float)) and math.isfinite(max_memory_mib) and max_memory_mib > 0):
+        raise ValueError(f"max_memory_mib: expected a finite positive number of MiB, got {max_memory_mib!r}")
+    if planted is None and (isinstance(true_batches, bool) or not isinstance(true_batches, (int, np.integer))
+                            or true_batches < 1):
+        raise ValueError(f"true_batches: expected a positive number of true batches, got {true_batches!r}")
+    threads = check_threads(threads)
     dom = Domain(d, n, v)
     if b > dom.size:
         raise ValueError(f"b: the domain has only {dom.size} examples")
+    need = memory_needed(model if gradients is None else "fcn10", dom, b, method, tolerance,
+                         len(planted) if planted is not None else int(true_batches))
+    if need > max_memory_mib * 2**20:
+        raise ValueError(f"memory: this search (N = {dom.size} examples, b = {b}, {method}) needs about "
+                         f"{need / 2**20:.0f} MiB, above the bound of {max_memory_mib:.0f} MiB; raise --max-memory or "
+                         "choose a smaller cell")
+    total = int(_core.choose(dom.size, b))
+    if method == "brute" and tolerance == 0 and total > max_batches:
+        raise ValueError(f"max_batches: brute force would visit {total:.3g} batches per true batch, above the bound "
+                         f"of {max_batches:.3g}; use --method mitm, or raise --max-batches to run it anyway")
     X, y = dom.examples()
     if gradients is None:
         spec, params = model_for(model, dom, bias, seed)
@@ -196,10 +243,6 @@ def _exact_search(G, truths, b, method, seed, threads, max_memory_mib, progress)
     with np.errstate(over="ignore"):
         tkeys = np.array([keys[t].sum(dtype=np.uint64) for t in truths], dtype=np.uint64)
     N = len(G)
-    need = _core.mitm_table_bytes(N, b) if method == "mitm" else 0
-    if need > max_memory_mib * 2**20:
-        raise ValueError(f"memory: the meet-in-the-middle table for N = {N}, b = {b} needs {need / 2**20:.0f} MiB, "
-                         f"above the bound of {max_memory_mib:.0f} MiB; raise --max-memory or use a smaller cell")
     h1 = b if method == "brute" else b - b // 2
     total = int(_core.choose(N, h1))
     # progress granularity: one block per ~5M probes (a block is a Python call and a parallel region)
@@ -291,7 +334,7 @@ def _chunks(it, size):
 def run_table(models: Sequence[str] = MODELS, biases: Sequence[bool] = (True, False), vs: Sequence[int] = TABLE_V,
               bs: Sequence[int] = TABLE_B, *, d: int = 4, n: int = 3, seed: int = 0, true_batches: int = 3,
               method: str = "mitm", threads: Optional[int] = None, max_memory_mib: float = 4096,
-              progress: bool = False) -> List[SearchResult]:
+              progress: bool = False, max_batches: int = MAX_BRUTE_BATCHES) -> List[SearchResult]:
     out = []
     for model in models:
         for bias in biases:
@@ -299,7 +342,8 @@ def run_table(models: Sequence[str] = MODELS, biases: Sequence[bool] = (True, Fa
                 for b in bs:
                     out.append(run_search(model, d, n, v, b, seed=seed, bias=bias, method=method,
                                           true_batches=true_batches, threads=threads,
-                                          max_memory_mib=max_memory_mib, progress=progress))
+                                          max_memory_mib=max_memory_mib, progress=progress,
+                                          max_batches=max_batches))
     return out
 
 

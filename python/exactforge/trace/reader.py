@@ -47,10 +47,12 @@ def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) ->
     batch = obj["batch"]
     n_ex = man["data"]["num_examples"]
     b = man.get("batch_size")
-    if not isinstance(batch, list) or not 1 <= len(batch) <= min(limits.max_batch, n_ex if b is None else b):
-        raise TraceError(f"record {i}: 'batch' must list 1..{min(limits.max_batch, n_ex)} dataset indices")
+    if not isinstance(batch, list):
+        raise TraceError(f"record {i}: 'batch' must be a list of dataset indices")
     if b is not None and len(batch) != b:
         raise TraceError(f"record {i}: a batch of {len(batch)} examples, the manifest declares batch_size {b}")
+    if not 1 <= len(batch) <= min(limits.max_batch, n_ex if b is None else b):
+        raise TraceError(f"record {i}: 'batch' must list 1..{min(limits.max_batch, n_ex)} dataset indices")
     if not all(type(v) is int for v in batch):
         raise TraceError(f"record {i}: batch indices must be integers")
     arr = np.array(batch, dtype=object)

@@ -54,9 +54,10 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _open_parent(root: str, rel: str, what: str) -> Tuple[int, str]:
+def _open_parent(root: str, rel: str, what: str, missing_ok: bool = False) -> Optional[Tuple[int, str]]:
     """A descriptor of rel's parent directory (root itself, or one level below it, opened
-    without following a link) and rel's last component."""
+    without following a link) and rel's last component; None for an absent parent when
+    ``missing_ok``."""
     try:
         rfd = os.open(root, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
     except OSError as exc:
@@ -70,6 +71,8 @@ def _open_parent(root: str, rel: str, what: str) -> Tuple[int, str]:
             raise TraceError(f"{what}: {parts[0]}/ is {_kind(st.st_mode)}, not a directory inside the trace")
         dfd = os.open(parts[0], os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=rfd)
     except FileNotFoundError:
+        if missing_ok:
+            return None
         raise TraceError(f"{what}: {parts[0]}/ is missing") from None
     except OSError as exc:
         raise TraceError(f"{what}: cannot open {parts[0]}/ ({exc.strerror})") from None
@@ -83,7 +86,7 @@ def read_file(root: str, rel: str, max_bytes: int, what: str) -> bytearray:
     Raises TraceError (never blocks on a FIFO, never follows a link, never reads a device)."""
     if not _NAME.match(rel):
         raise TraceError(f"{what}: {rel!r} is not a trace file name")
-    dfd, name = _open_parent(root, rel, what)
+    dfd, name = _open_parent(root, rel, what)  # type: ignore[misc]
     try:
         try:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -124,11 +127,12 @@ def read_file(root: str, rel: str, max_bytes: int, what: str) -> bytearray:
 
 
 def is_entry(root: str, rel: str) -> bool:
-    """Whether ``root/rel`` exists (as anything: the reader refuses what is not a regular file)."""
-    try:
-        dfd, name = _open_parent(root, rel, "trace")
-    except TraceError:
+    """Whether ``root/rel`` exists (as anything: the reader refuses what is not a regular file).
+    A parent folder that is a link or not a folder raises TraceError."""
+    opened = _open_parent(root, rel, rel.split("/")[0], missing_ok=True)
+    if opened is None:
         return False
+    dfd, name = opened
     try:
         os.stat(name, dir_fd=dfd, follow_symlinks=False)
         return True
