@@ -84,3 +84,154 @@ def deadline(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+# -- mutations for the fuzz suite and benchmarks/bench_hostile.py ----------------------------
+import random  # noqa: E402
+import struct  # noqa: E402
+
+KINDS = ("bytes", "json", "header", "filetype", "truncate", "reorder")
+
+# Manifest fields whose change need not change a verdict (provenance, not semantics).
+NON_SEMANTIC = ("environment", "created", "dtype", "optimizer.lr", "data.path", "data.dim", "data.num_classes",
+                "data.synthetic")
+
+
+def _files(d: str):
+    out = ["manifest.json"]
+    for sub in ("records", "checkpoints"):
+        out += sorted(f"{sub}/{n}" for n in os.listdir(os.path.join(d, sub)) if not n.startswith("."))
+    return out
+
+
+def _random_json(rng: random.Random, depth: int = 0):
+    choices = [lambda: None, lambda: True, lambda: False, lambda: 0, lambda: -1,
+               lambda: rng.randrange(-10**6, 10**6), lambda: 10**30,
+               lambda: rng.random() * 10**rng.randrange(-40, 40),
+               lambda: rng.choice(["", "x", "digits", "sgd", "../../etc/passwd", "F32", "a" * 300]),
+               lambda: [rng.randrange(2000) for _ in range(rng.randrange(1, 40))],
+               lambda: [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))],
+               lambda: {rng.choice(["step", "file", "x", "shape"]): _random_json(rng, depth + 1)
+                        for _ in range(rng.randrange(3))}]
+    return choices[rng.randrange(len(choices) if depth < 3 else len(choices) - 2)]()
+
+
+def _paths(obj, prefix=""):
+    """Every (path, container, key) of a JSON document."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        p = f"{prefix}.{k}" if prefix else str(k)
+        yield p, obj, k
+        yield from _paths(v, p)
+
+
+def mutate(d: str, kind: str, rng: random.Random, outside: str) -> str:
+    """Applies one mutation of ``kind`` to the trace ``d``; returns what it did."""
+    files = _files(d)
+    if kind == "bytes":
+        f = rng.choice(files)
+        p = os.path.join(d, f)
+        data = bytearray(open(p, "rb").read())
+        op = rng.choice(["flip", "insert", "delete", "truncate", "zero"])
+        pos = rng.randrange(max(1, len(data)))
+        if op == "flip" and data:
+            data[pos] ^= 1 << rng.randrange(8)
+        elif op == "insert":
+            data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
+        elif op == "delete" and data:
+            del data[pos:pos + rng.randrange(1, 9)]
+        elif op == "truncate":
+            del data[pos:]
+        else:
+            data[pos:pos + 8] = b"\0" * len(data[pos:pos + 8])
+        open(p, "wb").write(bytes(data))
+        return f"bytes {op} {f}@{pos}"
+    if kind == "json":
+        f = rng.choice([f for f in files if f.endswith(".json")])
+        p = os.path.join(d, f)
+        obj = load(p)
+        path, box, key = rng.choice(list(_paths(obj)))
+        new = _random_json(rng)
+        if rng.random() < 0.2 and isinstance(box, dict):
+            box.pop(key)
+            new = "<removed>"
+        else:
+            if box[key] == new and type(box[key]) is type(new):
+                path += " (no-op)"
+            box[key] = new
+        dump(p, obj)
+        rechain(d)
+        return f"json {f}:{path} = {str(new)[:40]}"
+    if kind == "header":
+        f = rng.choice([f for f in files if f.endswith(".safetensors")])
+        p = os.path.join(d, f)
+        raw = open(p, "rb").read()
+        n = struct.unpack("<Q", raw[:8])[0]
+        head = json.loads(raw[8:8 + n])
+        path, box, key = rng.choice(list(_paths(head)))
+        old, box[key] = box[key], _random_json(rng)
+        if old == box[key] and type(old) is type(box[key]):
+            path += " (no-op)"
+        hb = json.dumps(head).encode()
+        open(p, "wb").write(struct.pack("<Q", len(hb)) + hb + raw[8 + n:])
+        rechain(d)
+        return f"header {f}:{path}"
+    if kind == "filetype":
+        f = rng.choice(files)
+        p = os.path.join(d, f)
+        os.unlink(p)
+        op = rng.choice(["delete", "fifo", "dir", "link-zero", "link-inside", "link-outside"])
+        if op == "fifo":
+            os.mkfifo(p)
+        elif op == "dir":
+            os.mkdir(p)
+        elif op == "link-zero":
+            os.symlink("/dev/zero", p)
+        elif op == "link-inside":
+            os.symlink(os.path.join(d, rng.choice([g for g in files if g != f])), p)
+        elif op == "link-outside":
+            os.symlink(outside, p)
+        return f"filetype {op} {f}"
+    if kind == "truncate":
+        recs = sorted(f for f in files if f.startswith("records/"))
+        k = rng.randrange(1, len(recs) + 1)
+        for f in recs[-k:]:
+            os.unlink(os.path.join(d, f))
+        if rng.random() < 0.5:
+            cks = sorted(f for f in files if f.startswith("checkpoints/"))[1:]
+            for f in cks[-rng.randrange(1, len(cks) + 1):]:
+                os.unlink(os.path.join(d, f))
+        return f"truncate {k} records"
+    if kind == "reorder":
+        sub = rng.choice(["records/", "checkpoints/"])
+        group = [f for f in files if f.startswith(sub)]
+        a, b = rng.sample(group, 2)
+        pa, pb = os.path.join(d, a), os.path.join(d, b)
+        tmp = pa + ".swap"
+        os.rename(pa, tmp)
+        os.rename(pb, pa)
+        os.rename(tmp, pb)
+        return f"reorder {a} <-> {b}"
+    raise ValueError(kind)
+
+
+def allowed(kind: str, what: str, outcome: str) -> bool:
+    """Whether a verdict is acceptable for a mutation: nothing that changes what a trace claims
+    may be accepted; byte-level damage, file types, truncation and reordering are invalid."""
+    if outcome == "invalid" or "(no-op)" in what:
+        return True
+    if kind == "header":
+        return ":__metadata__" in what  # informational strings; the tensors are what is checked
+    if kind == "json":
+        f, path = what.split(" ", 2)[1].split(":", 1)
+        if path in ("hash", "prev") or path.endswith(".sha256"):
+            return True  # rechain rewrites these: the mutation was undone
+        if f == "manifest.json":
+            # optional declarations may be dropped: the records still say every batch, and the
+            # final record still marks the end
+            dropped = path in ("batch_size", "steps") and what.split(" = ", 1)[1] in ("<removed>", "None")
+            return (dropped or any(path == s or path.startswith(s + ".") for s in NON_SEMANTIC)
+                    or outcome == "rejected")
+        # a record: a changed batch may be rejected (recomputed and different), never accepted
+        return outcome == "rejected" and path.startswith("batch")
+    return False

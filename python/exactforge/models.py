@@ -83,12 +83,26 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelSpec":
-        try:
-            return cls(kind=d["kind"], input_dim=int(d["input_dim"]), num_classes=int(d["num_classes"]),
-                       hidden=tuple(int(h) for h in d.get("hidden", ())), bias=bool(d.get("bias", True)),
-                       dtype=str(d.get("dtype", "float32")))
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"model spec: malformed ({exc})") from None
+        """Strict: a spec read from a trace is hostile input, so no field is coerced (a bias of
+        -1 or a width of 64.0 is refused, not read as True or 64)."""
+        if not isinstance(d, dict):
+            raise ValueError("model spec: expected a JSON object")
+        fields = {"kind", "input_dim", "num_classes", "hidden", "bias", "dtype"}
+        if set(d) != fields:  # as to_dict writes it: every field, no defaults, nothing else
+            raise ValueError(f"model spec: expected the fields {sorted(fields)}, got {sorted(d)[:8]}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        hidden = d.get("hidden", [])
+        if not isinstance(d.get("kind"), str) or not is_int(d.get("input_dim")) or not is_int(d.get("num_classes")):
+            raise ValueError("model spec: 'kind' (a string), 'input_dim' and 'num_classes' (integers) are required")
+        if not isinstance(hidden, (list, tuple)) or not all(is_int(h) for h in hidden) or len(hidden) > 64:
+            raise ValueError("model spec: 'hidden' must be a list of at most 64 integer widths")
+        if not isinstance(d.get("bias", True), bool) or not isinstance(d.get("dtype", "float32"), str):
+            raise ValueError("model spec: 'bias' must be true or false and 'dtype' a string")
+        return cls(kind=d["kind"], input_dim=int(d["input_dim"]), num_classes=int(d["num_classes"]),
+                   hidden=tuple(int(h) for h in hidden), bias=d.get("bias", True), dtype=d.get("dtype", "float32"))
 
 
 def init_params(spec: ModelSpec, seed: int = 0) -> Params:

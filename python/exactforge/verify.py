@@ -178,7 +178,7 @@ def _native_engine(trace: Trace, data: Dataset, threads: Optional[int]):
     opt = man["optimizer"]
     if opt.get("name") != "sgd" or any(opt.get(k) for k in ("momentum", "weight_decay")):
         raise TraceError(f"optimizer: the native engine trains with plain SGD, the trace names {str(opt)[:80]}")
-    mode = man.get("reduction") or "fixed"
+    mode = man["reduction"]
     lr = float(man["lr"])
     X = data.X.astype(spec.dtype, copy=False)
 

@@ -105,8 +105,10 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
     _int(man, "steps", 1, limits.max_steps, optional=True)
     _int(man, "batch_size", 1, limits.max_batch, optional=True)
     _int(man, "seed", -(2**63), 2**64 - 1, optional=True)
-    if man.get("reduction") not in (None, "fixed", "exact"):
-        raise TraceError(f"manifest: 'reduction' must be 'fixed', 'exact' or null, got {str(man['reduction'])[:40]!r}")
+    allowed = ("fixed", "exact") if man["engine"] == "native" else (None,)
+    if "reduction" not in man or man["reduction"] not in allowed:
+        raise TraceError(f"manifest: 'reduction' must be one of {allowed} for the {man['engine']} engine, "
+                         f"got {str(man.get('reduction', '<missing>'))[:40]!r}")
     if man["initial"] not in INITIAL_KINDS:
         raise TraceError(f"manifest: 'initial' must be one of {INITIAL_KINDS}, got {str(man['initial'])[:40]!r}")
     if man["initial"] == "seeded" and man.get("seed") is None:
@@ -116,7 +118,8 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
         raise TraceError("manifest: 'data' must hold a 'name' and a SHA-256 'fingerprint'")
     _int(data, "num_examples", 1, 2**48)
     ini = man["initial_checkpoint"]
-    if (not isinstance(ini, dict) or ini.get("step") != 0 or ini.get("file") != checkpoint_name(0)
+    if (not isinstance(ini, dict) or type(ini.get("step")) is not int or ini["step"] != 0
+            or ini.get("file") != checkpoint_name(0)
             or not is_sha256(ini.get("sha256")) or set(ini) != {"step", "file", "sha256"}):
         raise TraceError(f"manifest: 'initial_checkpoint' must be {{'step': 0, 'file': '{checkpoint_name(0)}', "
                          "'sha256': ...}")
@@ -128,8 +131,7 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
     for ent in tensors:
         if (not isinstance(ent, list) or len(ent) != 3 or not isinstance(ent[0], str) or not ent[0]
                 or len(ent[0]) > 256 or ent[1] not in SAFETENSORS_DTYPES or not isinstance(ent[2], list)
-                or len(ent[2]) > 8 or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= 2**40
-                                              for s in ent[2])):
+                or len(ent[2]) > 8 or not all(type(s) is int and 0 <= s <= 2**40 for s in ent[2])):
             raise TraceError(f"manifest: malformed tensor entry {str(ent)[:80]} (expected [name, dtype, shape])")
         if ent[0] in table or ent[0] == "__metadata__":
             raise TraceError(f"manifest: tensor {ent[0][:40]!r} is declared twice or reserved")

@@ -37,7 +37,7 @@ def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) ->
     if not (_RECORD_KEYS <= keys <= _RECORD_KEYS | {"final"}):
         raise TraceError(f"record {i}: expected the fields {sorted(_RECORD_KEYS)} (and 'final'), "
                          f"got {sorted(keys)[:8]}")
-    if obj["step"] != i or isinstance(obj["step"], bool):
+    if type(obj["step"]) is not int or obj["step"] != i:
         raise TraceError(f"record {i}: claims to be step {str(obj['step'])[:24]}")
     if not is_sha256(obj["hash"]) or not is_sha256(obj["prev"]):
         raise TraceError(f"record {i}: 'hash' and 'prev' must be SHA-256 hex digests")
@@ -61,7 +61,8 @@ def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) ->
     arr = arr.astype(np.int64)
     arr.setflags(write=False)
     ck = obj["checkpoint"]
-    if ck is not None and (not isinstance(ck, dict) or set(ck) != {"step", "file", "sha256"} or ck["step"] != i + 1
+    if ck is not None and (not isinstance(ck, dict) or set(ck) != {"step", "file", "sha256"}
+                           or type(ck["step"]) is not int or ck["step"] != i + 1
                            or ck["file"] != checkpoint_name(i + 1) or not is_sha256(ck["sha256"])):
         raise TraceError(f"record {i}: malformed checkpoint entry (expected step {i + 1}, "
                          f"file {checkpoint_name(i + 1)} and a SHA-256)")

@@ -270,11 +270,13 @@ def decode_safetensors(data: bytearray, expected: Mapping[str, Tuple[str, Tuple[
         ent = header[name]
         if not isinstance(ent, dict) or set(ent) != {"dtype", "shape", "data_offsets"}:
             raise TraceError(f"{what}: malformed entry for tensor {name!r}")
-        if ent["dtype"] != dt or ent["shape"] != list(shape):
+        # type() is int, not isinstance: JSON true would otherwise pass as 1 (and false as 0)
+        if (ent["dtype"] != dt or not isinstance(ent["shape"], list)
+                or not all(type(v) is int for v in ent["shape"]) or ent["shape"] != list(shape)):
             raise TraceError(f"{what}: tensor {name!r} is {ent['dtype']} {ent['shape']}, the manifest declares "
                              f"{dt} {list(shape)}")
         off = ent["data_offsets"]
-        if (not isinstance(off, list) or len(off) != 2 or not all(isinstance(o, int) for o in off)
+        if (not isinstance(off, list) or len(off) != 2 or not all(type(o) is int for o in off)
                 or not 0 <= off[0] <= off[1] <= len(body) or off[1] - off[0] != tensor_nbytes(shape, dt)):
             raise TraceError(f"{what}: tensor {name!r} has invalid data offsets {off}")
         spans.append((off[0], off[1]))
