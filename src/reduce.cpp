@@ -38,6 +38,17 @@ int resolve_threads(int threads) {
   return hc ? static_cast<int>(hc < unsigned(kMaxThreads) ? hc : unsigned(kMaxThreads)) : 1;
 }
 
+// Per-thread scratch is allocated before a parallel region and indexed by thread: an
+// allocation failure inside a region could not be caught (an exception may not leave an OpenMP
+// region; std::terminate would end the interpreter), outside it becomes MemoryError.
+inline int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 // Below this many multiply-adds a parallel region costs more than it saves. Only the
 // schedule depends on it, never the bits.
 constexpr int64_t kParallelWork = 1 << 18;
@@ -63,6 +74,7 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   const int nt = resolve_threads(threads);
   const bool par = m * n * k >= kParallelWork && nt > 1;
   (void)par;
+  std::vector<T> ap_all(static_cast<size_t>(nt) * P::MR * k);
 #pragma omp parallel num_threads(nt) if (par)
   {
 #pragma omp for schedule(static)
@@ -76,7 +88,7 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
         }
       }
     }
-    std::vector<T> ap(static_cast<size_t>(P::MR * k));
+    T* ap = ap_all.data() + static_cast<size_t>(thread_index()) * P::MR * k;
 #pragma omp for schedule(static)
     for (int64_t ib = 0; ib < mb; ++ib) {
       const int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
@@ -92,7 +104,7 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
       }
       for (int64_t jb = 0; jb < nb; ++jb) {
         const int nrem = static_cast<int>(std::min<int64_t>(P::NR, n - jb * P::NR));
-        tile(ap.data(), bp.data() + jb * P::NR * k, k, out + ib * P::MR * n + jb * P::NR, n, mrem, nrem);
+        tile(ap, bp.data() + jb * P::NR * k, k, out + ib * P::MR * n + jb * P::NR, n, mrem, nrem);
       }
     }
   }
@@ -176,6 +188,8 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   for (int64_t i = 0; i < m; ++i) { Pow2 p(w - ea[i]); f1[i] = p.f1; f2[i] = p.f2; }
   const auto split_rows = SplitFn<T>::get();
 
+  const int64_t kcmax = std::min(K0, k);
+  std::vector<double> ap_all(static_cast<size_t>(nt) * P::MR * kcmax * S);
   for (int64_t t0 = 0; t0 < k; t0 += K0) {
     const int64_t kc = std::min(K0, k - t0);
 #pragma omp parallel num_threads(nt) if (par)
@@ -193,18 +207,18 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
       }
       // Each thread slices the MR rows of a it owns; the panel stays in its L2 for all
       // column tiles.
-      std::vector<double> ap(static_cast<size_t>(P::MR * kc * S));
+      double* ap = ap_all.data() + static_cast<size_t>(thread_index()) * P::MR * kcmax * S;
 #pragma omp for schedule(static)
       for (int64_t ib = 0; ib < mb; ++ib) {
         const int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
         split_rows(a + ib * P::MR * k + t0, k, mrem, kc, f1.data() + ib * P::MR, f2.data() + ib * P::MR,
-                   p2w, ap.data(), P::MR);
+                   p2w, ap, P::MR);
         for (int ii = mrem; ii < P::MR; ++ii)
           for (int64_t t = 0; t < kc; ++t)
             for (int l = 0; l < S; ++l) ap[(t * S + l) * P::MR + ii] = 0.0;
         for (int64_t jb = 0; jb < nb; ++jb) {
           const int nrem = static_cast<int>(std::min<int64_t>(P::NR, n - jb * P::NR));
-          tile(ap.data(), bp.data() + jb * P::NR * kc * S, kc,
+          tile(ap, bp.data() + jb * P::NR * kc * S, kc,
                acc.data() + (ib * P::MR * n + jb * P::NR) * S, n, mrem, nrem);
         }
       }
@@ -250,9 +264,8 @@ void sum_exact_impl(const T* x, T* out, int64_t k, int64_t n, int threads) {
     for (int64_t j = 0; j < nc; ++j) { mx[j] = 0; nf[j] = false; }
     for (int64_t t = 0; t < k; ++t)
       for (int64_t j = 0; j < nc; ++j) mx[j] = maxabs_finite(mx[j], x[t * n + j0 + j], nf[j]);
-    std::vector<Pow2> sc;
-    sc.reserve(nc);
-    for (int64_t j = 0; j < nc; ++j) { fe[j] = scale_exponent(mx[j]); sc.emplace_back(w - fe[j]); }
+    Pow2 sc[block];  // on the stack: nothing is allocated inside the parallel loop
+    for (int64_t j = 0; j < nc; ++j) { fe[j] = scale_exponent(mx[j]); sc[j] = Pow2(w - fe[j]); }
     int64_t acc[block][S] = {};
     double part[block][S];
     for (int64_t t0 = 0; t0 < k; t0 += kSumChunk) {

@@ -39,6 +39,11 @@ def _real(lo: float = 0.0, hi: float = math.inf, *, lo_open: bool = False):
     return parse
 
 
+def _epsilon_or_auto(text: str):
+    return "auto" if text == "auto" else _real(0.0)(text)
+
+
+_epsilon_or_auto.__name__ = "epsilon"
 _SEED = _count(0, 2**63 - 1)
 _POSITIVE = _real(0.0, lo_open=True)
 _FRACTION = _real(0.0, 1.0, lo_open=True)
@@ -320,7 +325,7 @@ def _cmd_game(args: argparse.Namespace) -> int:
 
     from .game import play_game
 
-    eps = args.epsilon if args.epsilon == "auto" else float(args.epsilon)
+    eps = args.epsilon
     from .attacks import budget_for
 
     budget = budget_for(args.attack, args.pool, args.candidates, args.opt_steps)
@@ -488,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attack", choices=("greedy", "nearest", "gradmatch", "dlg", "nullspace", "error-matrix"),
                    default="greedy")
     g.add_argument("--rounds", type=_count(1), default=10)
-    g.add_argument("--epsilon", default="auto", help="auto (calibrated), 0, or a value")
+    g.add_argument("--epsilon", type=_epsilon_or_auto, default="auto", help="auto (calibrated), 0, or a value")
     g.add_argument("--model", choices=("logreg", "fcn", "lenet", "vggmini"), default="fcn")
     g.add_argument("--engine", choices=("torch", "native"), default="torch")
     g.add_argument("--batch-size", type=_count(1), default=100)

@@ -30,9 +30,18 @@ def _check(kind: str) -> None:
         raise ValueError(f"distance: expected one of {DISTANCES}, got {kind!r}")
 
 
+_CHUNK = 1 << 16  # elements converted to float64 at a time: a verifier's extra memory stays small
+
+
+def _chunks(a: np.ndarray, b: np.ndarray):
+    a, b = a.reshape(-1), b.reshape(-1)
+    for i in range(0, a.size, _CHUNK):
+        yield np.asarray(a[i:i + _CHUNK], np.float64), np.asarray(b[i:i + _CHUNK], np.float64)
+
+
 def distance_parts(pairs: Sequence[Pair], kind: str = "l2") -> float:
     """The distance between two vectors given as matching parts (e.g. the tensors of two
-    checkpoints, in the same order). NaN in either gives NaN."""
+    checkpoints, in the same order), in float64, a chunk at a time. NaN in either gives NaN."""
     _check(kind)
     pairs = [(np.asarray(a), np.asarray(b)) for a, b in pairs]
     for a, b in pairs:
@@ -49,20 +58,24 @@ def distance_parts(pairs: Sequence[Pair], kind: str = "l2") -> float:
         if na == 0 or nb == 0:
             return 0.0 if na == nb else 1.0
         # 1 - cos = ||a/|a| - b/|b|||^2 / 2: no cancellation for nearly parallel vectors
-        s = sum(_sq(np.asarray(a, np.float64).ravel() / na - np.asarray(b, np.float64).ravel() / nb)
-                for a, b in pairs)
-        return float(s / 2)
+        s = 0.0
+        for a, b in pairs:
+            for x, y in _chunks(a, b):
+                d = x / na - y / nb
+                s += float(d @ d)
+        return s / 2
     acc = 0.0
     for a, b in pairs:
-        d = np.asarray(a, np.float64).ravel() - np.asarray(b, np.float64).ravel()
-        if kind == "l1":
-            acc += float(np.sum(np.abs(d)))
-        elif kind == "linf":
-            acc = max(acc, float(np.max(np.abs(d)))) if d.size else acc
-            if d.size and np.isnan(d).any():
-                return float("nan")
-        else:
-            acc += float(d @ d)
+        for x, y in _chunks(a, b):
+            d = x - y
+            if kind == "l1":
+                acc += float(np.sum(np.abs(d)))
+            elif kind == "linf":
+                if np.isnan(d).any():
+                    return float("nan")
+                acc = max(acc, float(np.max(np.abs(d)))) if d.size else acc
+            else:
+                acc += float(d @ d)
     if kind in ("l1", "linf", "l2sq"):
         return acc
     if kind == "l2":
@@ -70,9 +83,8 @@ def distance_parts(pairs: Sequence[Pair], kind: str = "l2") -> float:
     return acc / max(size, 1)  # l2sq_dim
 
 
-def _sq(x: np.ndarray) -> float:
-    x = np.asarray(x, np.float64).ravel()
-    return float(x @ x)
+def _sq(a: np.ndarray) -> float:
+    return sum(float(x @ x) for x, _ in _chunks(a, a))
 
 
 def distance(a: np.ndarray, b: np.ndarray, kind: str = "l2") -> float:
