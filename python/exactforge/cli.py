@@ -530,7 +530,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Exit codes: 0 success (accepted), 1 rejected after recomputation (verify), 2 invalid
     input: a bad argument, file or trace, with a message naming it on stderr. Never a
     traceback; EXACTFORGE_DEBUG=1 re-raises unexpected errors for a bug report."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse refused an argument (2, message printed) or --help (0)
+        return int(exc.code) if isinstance(exc.code, int) else 2
     from .trace import TraceError
 
     try:
