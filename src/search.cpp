@@ -36,7 +36,8 @@ bool equal_sum(const Problem& pr, const int32_t* idx, int m, int t) {
   for (int64_t j = 0; j < pr.p; ++j) {
     int64_t s = 0;  // |values| <= 2^60 / b by the caller's scale: no overflow
     for (int i = 0; i < m; ++i) s += pr.grads[idx[i] * pr.p + j];
-    if (s != T[j]) return false;
+    const int64_t d = s - T[j];
+    if (d < -pr.coord_tol || d > pr.coord_tol) return false;
   }
   return true;
 }
@@ -90,7 +91,7 @@ std::vector<Match> brute(const Problem& pr, int64_t a0, int64_t a1, int threads,
       if (b == 1) {
         ++count;
         for (int t = 0; t < T; ++t)
-          if (ks[1] == pr.target_keys[t] && equal_sum(pr, idx, 1, t)) keep(local, oom, t, idx, 1);
+          if (pr.keys_match(ks[1], pr.target_keys[t]) && equal_sum(pr, idx, 1, t)) keep(local, oom, t, idx, 1);
         continue;
       }
       idx[1] = static_cast<int32_t>(a);
@@ -102,7 +103,7 @@ std::vector<Match> brute(const Problem& pr, int64_t a0, int64_t a1, int threads,
           ++count;
           const uint64_t k = ks[b];
           for (int t = 0; t < T; ++t)
-            if (k == pr.target_keys[t] && equal_sum(pr, idx, b, t)) keep(local, oom, t, idx, b);
+            if (pr.keys_match(k, pr.target_keys[t]) && equal_sum(pr, idx, b, t)) keep(local, oom, t, idx, b);
         } else {
           idx[depth + 1] = idx[depth];
           ++depth;
@@ -160,7 +161,8 @@ Mitm::Mitm(const Problem& pr, uint64_t max_bytes) : pr_(pr), h1_(pr.b - pr.b / 2
   mask_ = slots_ - 1;
   table_.assign(slots_, Entry{0, {kEmpty, kEmpty, kEmpty}});
   const uint64_t T = pr.target_keys.size();
-  combined_ = T > 1 && (uint64_t(1) << bitmap_log2(cnt * T)) / 8 <= (256u << 10);
+  // (tolerance mode tests the buckets of each target's window instead)
+  combined_ = pr.key_tol == 0 && T > 1 && (uint64_t(1) << bitmap_log2(cnt * T)) / 8 <= (256u << 10);
   const int lg = bitmap_log2(combined_ ? cnt * T : cnt);
   bit_shift_ = 64 - (lg - 6);  // top bits select a word
   bits_.assign((uint64_t(1) << lg) / 64, 0);
@@ -169,14 +171,14 @@ Mitm::Mitm(const Problem& pr, uint64_t max_bytes) : pr_(pr), h1_(pr.b - pr.b / 2
     bits_[fword(fh, bit_shift_)] |= fbits(fh);
   };
   auto insert = [&](uint64_t k, const uint32_t* s) {
-    uint64_t h = mix(k) & mask_;
+    uint64_t h = mix(pr.bucket(k)) & mask_;
     while (table_[h].s[0] != kEmpty) h = (h + 1) & mask_;
     table_[h].key = k;
     for (int i = 0; i < 3; ++i) table_[h].s[i] = i < h2_ ? s[i] : kEmpty - 1;
     if (combined_) {
       for (uint64_t t = 0; t < T; ++t) set_bits(pr.target_keys[t] - k);  // the probe keys that match
     } else {
-      set_bits(k);
+      set_bits(pr.bucket(k));
     }
   };
   uint32_t s[3] = {0, 0, 0};
@@ -224,13 +226,13 @@ std::vector<Match> Mitm::probe(int64_t a0, int64_t a1, int threads, uint64_t* vi
 
     // Full lookup of target t - k: every entry with that key whose smallest index follows the
     // probe's largest (so each b-set is found once), confirmed on the full vectors.
-    auto lookup = [&](uint64_t k, const int32_t* pidx, int t) {
-      const uint64_t want = pr_.target_keys[t] - k;
-      uint64_t h = mix(want) & mask_;
+    auto walk = [&](uint64_t bucket, uint64_t want, const int32_t* pidx, int t) {
+      uint64_t h = mix(bucket) & mask_;
       const int last = pidx[h1 - 1];
       while (table_[h].s[0] != kEmpty) {
         const Entry& e = table_[h];
-        if (e.key == want && (h2 == 0 || static_cast<int64_t>(e.s[0]) > last)) {
+        if (pr_.bucket(e.key) == bucket && pr_.keys_match(e.key, want) &&
+            (h2 == 0 || static_cast<int64_t>(e.s[0]) > last)) {
           for (int i = 0; i < h1; ++i) idx[i] = pidx[i];
           for (int i = 0; i < h2; ++i) idx[h1 + i] = static_cast<int32_t>(e.s[i]);
           if (equal_sum(pr_, idx, h1 + h2, t)) keep(local, oom, t, idx, h1 + h2);
@@ -238,7 +240,31 @@ std::vector<Match> Mitm::probe(int64_t a0, int64_t a1, int threads, uint64_t* vi
         h = (h + 1) & mask_;
       }
     };
+    // Every table entry within key_tol of want lies in the bucket of want - key_tol or of
+    // want + key_tol (the bucket width exceeds 2 key_tol); in exact mode both are want.
+    auto lookup = [&](uint64_t k, const int32_t* pidx, int t) {
+      const uint64_t want = pr_.target_keys[t] - k;
+      const uint64_t lo = pr_.bucket(want - pr_.key_tol), hi = pr_.bucket(want + pr_.key_tol);
+      walk(lo, want, pidx, t);
+      if (hi != lo) walk(hi, want, pidx, t);
+    };
+    auto maybe = [&](uint64_t want) {  // the filter: may a bucket of want's window hold an entry?
+      const uint64_t lo = pr_.bucket(want - pr_.key_tol), hi = pr_.bucket(want + pr_.key_tol);
+      const uint64_t f1 = fmix(lo), m1 = fbits(f1);
+      if ((bits_[fword(f1, bit_shift_)] & m1) == m1) return true;
+      if (hi == lo) return false;
+      const uint64_t f2 = fmix(hi), m2 = fbits(f2);
+      return (bits_[fword(f2, bit_shift_)] & m2) == m2;
+    };
     auto flush = [&]() {
+      if (pr_.key_tol) {
+        for (int i = 0; i < nb; ++i)
+          for (int t = 0; t < T; ++t)
+            if (maybe(pr_.target_keys[t] - bkey[i])) lookup(bkey[i], bidx[i], t);
+        count += nb;
+        nb = 0;
+        return;
+      }
       for (int i = 0; i < nb; ++i)
         for (int t = 0; t < T; ++t) {
           const uint64_t fh = fmix(pr_.target_keys[t] - bkey[i]);
@@ -268,11 +294,8 @@ std::vector<Match> Mitm::probe(int64_t a0, int64_t a1, int threads, uint64_t* vi
             for (int t = 0; t < T; ++t) lookup(k, p3, t);
           return;
         }
-        for (int t = 0; t < T; ++t) {
-          const uint64_t fh = fmix(pr_.target_keys[t] - k);
-          const uint64_t m = fbits(fh);
-          if ((bits_[fword(fh, bit_shift_)] & m) == m) lookup(k, p3, t);
-        }
+        for (int t = 0; t < T; ++t)
+          if (maybe(pr_.target_keys[t] - k)) lookup(k, p3, t);
         return;
       }
       bkey[nb] = k;

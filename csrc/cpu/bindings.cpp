@@ -156,8 +156,10 @@ class SearchHandle {
                py::array_t<uint64_t, py::array::c_style | py::array::forcecast> keys,
                py::array_t<int64_t, py::array::c_style | py::array::forcecast> targets,
                py::array_t<uint64_t, py::array::c_style | py::array::forcecast> target_keys, int b,
-               const std::string& method, uint64_t max_bytes)
+               const std::string& method, uint64_t max_bytes, uint64_t key_tol, int64_t coord_tol, int shift)
       : mitm_(method == "mitm") {
+    if (shift < 0 || shift > 62 || coord_tol < 0 || (key_tol != 0 && (uint64_t(1) << shift) <= 2 * key_tol))
+      throw py::value_error("key_tol, coord_tol, shift: need 0 <= shift <= 62, coord_tol >= 0 and 2^shift > 2 key_tol");
     if (method != "mitm" && method != "brute") throw py::value_error("method: expected 'mitm' or 'brute'");
     if (grads.ndim() != 2 || keys.ndim() != 1 || targets.ndim() != 2 || target_keys.ndim() != 1)
       throw py::value_error("grads, keys, targets: wrong dimensions");
@@ -171,6 +173,9 @@ class SearchHandle {
     pr_.grads = grads_.data();
     pr_.keys = keys_.data();
     pr_.b = b;
+    pr_.key_tol = key_tol;
+    pr_.coord_tol = coord_tol;
+    pr_.shift = shift;
     for (py::ssize_t t = 0; t < targets.shape(0); ++t) {
       pr_.targets.emplace_back(targets.data(t, 0), targets.data(t, 0) + targets.shape(1));
       pr_.target_keys.push_back(target_keys.at(t));
@@ -224,9 +229,11 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<py::array_t<int64_t, py::array::c_style | py::array::forcecast>,
                     py::array_t<uint64_t, py::array::c_style | py::array::forcecast>,
                     py::array_t<int64_t, py::array::c_style | py::array::forcecast>,
-                    py::array_t<uint64_t, py::array::c_style | py::array::forcecast>, int, const std::string&, uint64_t>(),
+                    py::array_t<uint64_t, py::array::c_style | py::array::forcecast>, int, const std::string&, uint64_t,
+                    uint64_t, int64_t, int>(),
            py::arg("grads"), py::arg("keys"), py::arg("targets"), py::arg("target_keys"), py::arg("b"),
-           py::arg("method"), py::arg("max_bytes"))
+           py::arg("method"), py::arg("max_bytes"), py::arg("key_tol") = 0, py::arg("coord_tol") = 0,
+           py::arg("shift") = 0)
       .def("run", &SearchHandle::run, py::arg("a0"), py::arg("a1"), py::arg("threads") = 0)
       .def_property_readonly("table_bytes", &SearchHandle::table_bytes);
   m.def("mitm_table_bytes", &search::Mitm::table_bytes_for, py::arg("n"), py::arg("b"));

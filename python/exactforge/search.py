@@ -53,10 +53,13 @@ class Domain:
     def size(self) -> int:
         return self.v ** self.d * self.n
 
+    def images(self) -> np.ndarray:
+        """Every image as integer grey levels q (pixel value q/(v-1)), in product order."""
+        return np.array(list(itertools.product(range(self.v), repeat=self.d)), dtype=np.int64).reshape(-1, self.d)
+
     def examples(self) -> Tuple[np.ndarray, np.ndarray]:
         """All examples: images (every pixel combination, values q/(v-1)) x labels, image-major."""
-        grid = np.arange(self.v) / (self.v - 1)
-        imgs = np.array(list(itertools.product(grid, repeat=self.d)), dtype=np.float64).reshape(-1, self.d)
+        imgs = self.images() / (self.v - 1)
         X = np.repeat(imgs, self.n, axis=0)
         y = np.tile(np.arange(self.n), len(imgs))
         return X, y
@@ -96,8 +99,8 @@ class SearchResult:
     seed: int
     batches: int                   # C(N, b): every batch of b distinct examples, searched for each true batch
     true_batches: int
-    found: int                     # distinct batches with an equal gradient that are not structural
-    structural: int                # collisions by swapping examples with identical gradients
+    found: int                     # distinct batches with an equal gradient, certified exact or numerical
+    structural: int                # trivial ones: they differ only in zero-influence examples
     seconds: float                 # everything after the per-example gradients: fixed point, keys, search
     visited: int = 0               # enumerated (half-)batches
     tolerance: float = 0.0
@@ -105,9 +108,22 @@ class SearchResult:
     search_seconds: float = 0.0    # the native search alone (table build and enumeration)
     forgeries: List[List[int]] = field(default_factory=list)      # up to 10, as example indices
     structural_examples: List[List[int]] = field(default_factory=list)
+    # certified mode (the default): the certificate of each distinct equal-gradient batch found
+    certificates: Dict[str, int] = field(default_factory=dict)    # trivial / exact / numerical
+    false_candidates: int = 0      # within the stage-1 tolerance, certified different
+    batches_with_forgery: int = 0  # true batches with at least one distinct equal-gradient batch
+    pairs: List[Dict[str, Any]] = field(default_factory=list)     # up to 10 per level: true batch, forgery, level
+    gradient_seconds: float = 0.0  # the 200-bit per-example gradients
+    mode: str = "certified"        # certified | tolerance | custom-exact
+
+    @property
+    def trivial(self) -> int:
+        return self.structural
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["trivial"] = self.structural
+        return d
 
 
 def _fixed_point(G: np.ndarray, b: int) -> Tuple[np.ndarray, int]:
@@ -197,13 +213,18 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
         raise ValueError(f"max_batches: brute force would visit {total:.3g} batches per true batch, above the bound "
                          f"of {max_batches:.3g}; use --method mitm, or raise --max-batches to run it anyway")
     X, y = dom.examples()
+    eg = None
+    t_grad = time.perf_counter()
     if gradients is None:
         spec, params = model_for(model, dom, bias, seed)
         G = per_example_gradients(spec, params, X, y)
+        if tolerance == 0:
+            eg = _exact_gradients_cached(model, d, n, v, bias, seed, b)
     else:
         G = np.asarray(gradients, np.float64)
         if G.shape[0] != dom.size:
             raise ValueError(f"gradients: expected {dom.size} rows, got {G.shape[0]}")
+    t_grad = time.perf_counter() - t_grad
     rng = np.random.default_rng([seed, b, v])
     if planted is not None:
         truths = [sorted(int(i) for i in t) for t in planted]
@@ -214,18 +235,43 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
     t0 = time.perf_counter()
     if tolerance > 0:
         found_sets, visited, mib, t_native = _tolerance_search(G, truths, b, tolerance, seed, progress)
+        mode = "tolerance"
+    elif eg is not None:
+        from .certify import projection_keys
+
+        keys, ktol, shift = projection_keys(eg.G, b, seed)
+        found_sets, visited, mib, t_native = _native_search(eg.G, keys.view(np.uint64), truths, b, method, threads,
+                                                            max_memory_mib, progress, ktol, b, shift)
+        mode = "certified"
     else:
-        found_sets, visited, mib, t_native = _exact_search(G, truths, b, method, seed, threads, max_memory_mib, progress)
+        Gi, _ = _fixed_point(G, b)
+        found_sets, visited, mib, t_native = _native_search(Gi, _keys(Gi, seed), truths, b, method, threads,
+                                                            max_memory_mib, progress)
+        mode = "custom-exact"
     secs = time.perf_counter() - t0
     res = SearchResult(model if gradients is None else "custom", bias, d, n, v, b, method, seed,
                        int(_core.choose(dom.size, b)), len(truths), 0, 0, secs, int(visited), tolerance, mib,
-                       search_seconds=t_native if t_native is not None else secs)
+                       search_seconds=t_native if t_native is not None else secs, gradient_seconds=t_grad, mode=mode)
+    with_forgery = set()
     for t, cand in found_sets:
         truth = truths[t]
         if list(cand) == truth:
             continue
-        same = sorted(map(tuple, G[truth].tolist())) == sorted(map(tuple, G[list(cand)].tolist()))
-        if same:
+        if eg is not None:
+            from .certify import certify
+
+            level = certify(eg, truth, cand)
+        else:  # no structure to certify with: equal multisets of per-example gradients, or not
+            same = sorted(map(tuple, G[truth].tolist())) == sorted(map(tuple, G[list(cand)].tolist()))
+            level = "trivial" if same else "numerical"
+        if level == "differs":
+            res.false_candidates += 1
+            continue
+        with_forgery.add(t)
+        res.certificates[level] = res.certificates.get(level, 0) + 1
+        if sum(p["level"] == level for p in res.pairs) < 10:  # up to 10 examples of each certificate
+            res.pairs.append({"true": [int(i) for i in truth], "forgery": [int(i) for i in cand], "level": level})
+        if level == "trivial":
             res.structural += 1
             if len(res.structural_examples) < 10:
                 res.structural_examples.append([int(i) for i in cand])
@@ -233,16 +279,39 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
             res.found += 1
             if len(res.forgeries) < 10:
                 res.forgeries.append([int(i) for i in cand])
+    res.batches_with_forgery = len(with_forgery)
     return res
 
 
-def _exact_search(G, truths, b, method, seed, threads, max_memory_mib, progress):
-    Gi, _ = _fixed_point(G, b)
-    keys = _keys(Gi, seed)
+_EG_CACHE: Dict[tuple, Any] = {}
+
+
+def _exact_gradients_cached(model: str, d: int, n: int, v: int, bias: bool, seed: int, b: int):
+    """The 200-bit gradients of a cell's domain (shared by the cells of a row of the table: the
+    same model, bias, v and seed; at most a few, kept while the table runs)."""
+    from .certify import exact_gradients, key_bits_for
+
+    dom = Domain(d, n, v)
+    spec, params = model_for(model, dom, bias, seed)
+    kb = key_bits_for(spec.num_params, 6)  # wide enough for every b <= 6, so one copy serves all
+    key = (model, d, n, v, bias, seed, kb)
+    if key not in _EG_CACHE:
+        if len(_EG_CACHE) >= 4:
+            _EG_CACHE.pop(next(iter(_EG_CACHE)))
+        imgs = dom.images()
+        image_of = np.repeat(np.arange(len(imgs)), n)
+        labels = np.tile(np.arange(n), len(imgs))
+        _EG_CACHE[key] = exact_gradients(spec, params, imgs, image_of, labels, v - 1, key_bits=kb)
+    return _EG_CACHE[key]
+
+
+def _native_search(Gi, keys, truths, b, method, threads, max_memory_mib, progress, key_tol=0, coord_tol=0, shift=0):
+    """The native brute-force or meet-in-the-middle search over integer gradients ``Gi`` with
+    64-bit keys (exact mode), or integer projection keys within ``key_tol`` (tolerance mode)."""
     targets = np.stack([Gi[t].sum(axis=0) for t in truths])
     with np.errstate(over="ignore"):
         tkeys = np.array([keys[t].sum(dtype=np.uint64) for t in truths], dtype=np.uint64)
-    N = len(G)
+    N = len(Gi)
     h1 = b if method == "brute" else b - b // 2
     total = int(_core.choose(N, h1))
     # progress granularity: one block per ~5M probes (a block is a Python call and a parallel region)
@@ -256,7 +325,8 @@ def _exact_search(G, truths, b, method, seed, threads, max_memory_mib, progress)
     bar = _progress(total, progress, f"{method} b={b}")
     found, visited = [], 0
     t_native = time.perf_counter()
-    handle = _core.SearchHandle(Gi, keys, targets, tkeys, b, method, int(max_memory_mib * 2**20))
+    handle = _core.SearchHandle(Gi, keys, targets, tkeys, b, method, int(max_memory_mib * 2**20),
+                                key_tol=int(key_tol), coord_tol=int(coord_tol), shift=int(shift))
     a0 = 0
     for a1 in bounds:
         a1 = int(min(a1, N))

@@ -19,6 +19,16 @@ struct Match {
 };
 
 /// The examples and the targets of one search.
+///
+/// Exact mode (key_tol = coord_tol = 0, shift = 0): keys are random linear forms mod 2^64 and a
+/// match is an equal key confirmed by equal integer vectors.
+///
+/// Tolerance mode: the fixed-point gradients are roundings of exact values, each off by at most
+/// 1/2, so batches with equal *real* gradients differ by at most coord_tol per coordinate
+/// (coord_tol = b covers 2b roundings) and their keys, now true integer projections r.G with
+/// |sum| < 2^62 (no wrap-around), by at most key_tol = |r|_1 * coord_tol. Keys are hashed by
+/// bucket k >> shift with 2^shift > 2 key_tol, so a match lies in the bucket of want - key_tol
+/// or of want + key_tol: two lookups, no false negative.
 struct Problem {
   int64_t n = 0, p = 0;              // examples, gradient length
   const int64_t* grads = nullptr;    // n x p fixed-point per-example gradients
@@ -26,6 +36,18 @@ struct Problem {
   int b = 0;                         // batch size (1..6)
   std::vector<std::vector<int64_t>> targets;  // each p long
   std::vector<uint64_t> target_keys;
+  uint64_t key_tol = 0;              // |key(B') - key(B)| allowed
+  int64_t coord_tol = 0;             // |sum(B')_j - sum(B)_j| allowed per coordinate
+  int shift = 0;                     // log2 of the bucket width (tolerance mode)
+
+  uint64_t bucket(uint64_t k) const {
+    return shift ? static_cast<uint64_t>(static_cast<int64_t>(k) >> shift) : k;
+  }
+  bool keys_match(uint64_t k, uint64_t want) const {
+    if (!key_tol) return k == want;
+    const int64_t d = static_cast<int64_t>(k - want);
+    return d >= -static_cast<int64_t>(key_tol) && d <= static_cast<int64_t>(key_tol);
+  }
 };
 
 /// Brute force: every b-subset whose first (smallest) index lies in [a0, a1).
