@@ -142,3 +142,26 @@ def test_exact_certificates_hold_at_300_bits():
         for j in range(len(grads[0])):
             diff = ctx.fsum(grads[i][j] for i in p["true"]) - ctx.fsum(grads[i][j] for i in p["forgery"])
             assert abs(diff) < ctx.mpf(2) ** -280
+
+
+@settings(max_examples=int(os.environ.get("EXACTFORGE_SEARCH_EXAMPLES", "12")), deadline=None)
+@given(st.sampled_from(MODELS), st.integers(2, 3), st.integers(2, 3), st.integers(2, 3), st.integers(0, 1000))
+def test_b1_analysis_agrees_with_the_b1_search(mb, d, n, v, seed):
+    """Every b = 1 forgery the search finds is one that b1_analysis says exists."""
+    from exactforge.exact import b1_analysis
+
+    model, bias = mb
+    dom = Domain(d, n, v)
+    spec, params = model_for(model, dom, bias, seed)
+    X, y = dom.examples()
+    r = run_search(model, d, n, v, 1, bias=bias, planted=[[i] for i in range(dom.size)], seed=seed)
+    has = {p["true"][0] for p in r.pairs}
+    assert r.batches_with_forgery == len(has) or len(r.pairs) >= 10
+    for i in range(dom.size):
+        a = b1_analysis(spec, params, X[i], int(y[i]))
+        if i in has:
+            assert a.distinct_onehot_forgery_exists, (i, X[i], y[i], a.statement)
+    # and the degenerate examples the analysis flags without a bias are found by the search
+    if not bias:
+        zero = [i for i in range(dom.size) if not np.any(X[i])]
+        assert all(i in has for i in zero[:1])

@@ -256,10 +256,48 @@ class B1Analysis:
     c_at_min: float
 
 
+def _dead_set_has_another_point(W1: np.ndarray, b1: Optional[np.ndarray], x: np.ndarray) -> bool:
+    """Whether some x' != x also leaves every ReLU dead (W1^T x' + b1 <= 0): an LP in a box around
+    x, maximising and minimising each coordinate (linprog is exact enough for a yes/no here:
+    a strictly dead x has a whole neighbourhood, a boundary one is decided by the optimum)."""
+    from scipy.optimize import linprog
+
+    d0 = W1.shape[0]
+    A, rhs = W1.T, -(b1 if b1 is not None else np.zeros(W1.shape[1]))
+    bounds = [(xi - 1.0, xi + 1.0) for xi in x]
+    for j in range(d0):
+        for sign in (1.0, -1.0):
+            c = np.zeros(d0)
+            c[j] = -sign
+            r = linprog(c, A_ub=A, b_ub=rhs, bounds=bounds, method="highs")
+            if r.status == 0 and abs(r.x[j] - x[j]) > 1e-9:
+                return True
+    return False
+
+
 def b1_analysis(spec: M.ModelSpec, params: M.Params, x: np.ndarray, y: int,
                 c_grid: Optional[np.ndarray] = None, exclude: float = 0.05) -> B1Analysis:
+    """Proposition 1 for one example, including the degenerate cases where an example has no
+    or little influence: x = 0 without a bias (its gradient is 0 for every label), and an FCN
+    input that leaves every ReLU dead (the gradient then no longer depends on x)."""
     x = np.asarray(x, np.float64).reshape(1, -1)
     W = np.asarray(params["W1"], np.float64)
+    if spec.kind == "logreg" and not spec.bias and not np.any(x):
+        return B1Analysis("x = 0 without a bias: the gradient x (p - e_y)^T is 0 for every label, so (0, y') "
+                          "with y' != y is a distinct forgery (a trivial one)", "(0, any label)", True, 0.0, float("nan"))
+    if spec.kind == "fcn":
+        b1 = np.asarray(params["b1"], np.float64) if spec.bias else None
+        z1 = x.ravel() @ W + (b1 if b1 is not None else 0.0)
+        if np.all(z1 <= 0):
+            if not spec.bias:
+                return B1Analysis("every ReLU is dead and there is no bias: the gradient is 0 for every label, so "
+                                  "(x, y') with y' != y is a distinct forgery, and so is any other input that "
+                                  "leaves every ReLU dead", "(x' with W1^T x' <= 0, any label)", True, 0.0, float("nan"))
+            other = bool(np.all(z1 < 0)) or _dead_set_has_another_point(W, b1, x.ravel())
+            return B1Analysis("every ReLU is dead: the gradient is (0, 0, 0, softmax(b_2) - e_y), the same for every "
+                              "input that leaves every ReLU dead, with the same label"
+                              + ("" if other else "; here no other input does"),
+                              "(x' with W1^T x' + b1 <= 0, y)", other, 0.0 if other else float("inf"), float("nan"))
     if spec.bias:
         return B1Analysis("grad b1 = d1 and grad W1 = x d1^T force x' = x: no distinct forgery, one-hot or not",
                           "x' = x only", False, float("inf"), 1.0)
