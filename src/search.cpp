@@ -209,7 +209,7 @@ std::vector<Match> Mitm::probe(int64_t a0, int64_t a1, int threads, uint64_t* vi
   // Everything a thread allocates is allocated here, outside the parallel region: an exception
   // may not leave an OpenMP region (std::terminate would end the interpreter).
   const int nt = nthreads(threads);
-  std::vector<std::vector<uint64_t>> pos_all(nt, std::vector<uint64_t>(static_cast<size_t>(kBuf) * T));
+  std::vector<std::vector<uint64_t>> pos_all(nt, std::vector<uint64_t>(static_cast<size_t>(kBuf) * T * 2));
   std::atomic<bool> oom{false};
 #pragma omp parallel num_threads(nt) reduction(+ : count)
   {
@@ -257,10 +257,24 @@ std::vector<Match> Mitm::probe(int64_t a0, int64_t a1, int threads, uint64_t* vi
       return (bits_[fword(f2, bit_shift_)] & m2) == m2;
     };
     auto flush = [&]() {
-      if (pr_.key_tol) {
+      if (pr_.key_tol) {  // the same batching: hash both buckets of each window, prefetch, then test
         for (int i = 0; i < nb; ++i)
-          for (int t = 0; t < T; ++t)
-            if (maybe(pr_.target_keys[t] - bkey[i])) lookup(bkey[i], bidx[i], t);
+          for (int t = 0; t < T; ++t) {
+            const uint64_t want = pr_.target_keys[t] - bkey[i];
+            const uint64_t lo = pr_.bucket(want - pr_.key_tol), hi = pr_.bucket(want + pr_.key_tol);
+            const uint64_t f1 = fmix(lo), f2 = hi == lo ? f1 : fmix(hi);
+            pos[2 * (i * T + t)] = f1;
+            pos[2 * (i * T + t) + 1] = f2;
+            __builtin_prefetch(&bits_[fword(f1, bit_shift_)]);
+            if (f2 != f1) __builtin_prefetch(&bits_[fword(f2, bit_shift_)]);
+          }
+        for (int i = 0; i < nb; ++i)
+          for (int t = 0; t < T; ++t) {
+            const uint64_t f1 = pos[2 * (i * T + t)], f2 = pos[2 * (i * T + t) + 1];
+            const uint64_t m1 = fbits(f1), m2 = fbits(f2);
+            if ((bits_[fword(f1, bit_shift_)] & m1) == m1 || (f2 != f1 && (bits_[fword(f2, bit_shift_)] & m2) == m2))
+              lookup(bkey[i], bidx[i], t);
+          }
         count += nb;
         nb = 0;
         return;

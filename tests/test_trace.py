@@ -234,3 +234,21 @@ def test_train_cli_and_bad_arguments(tmp_path, capsys):
     assert main(["train", "--model", "fcn", "--hidden", "a,b", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert main(["train", "--dataset", "mnist", "--out", str(tmp_path / "y"), "--quiet"]) == 2
     assert "--data-path" in capsys.readouterr().err
+
+
+def test_verify_reports_the_resolution_of_epsilon_zero(native_trace):
+    """ulp(theta_{t+1}) / (2 lr): below it a gradient change can vanish in the rounding."""
+    from exactforge.verify import resolution
+    rep = verify_trace(native_trace)
+    tr = T.Trace.open(native_trace)
+    theta = tr.load_checkpoint(1)
+    med, mn = resolution(theta, 0.05)
+    assert rep.steps[0].resolution == med and rep.steps[0].resolution_min == mn
+    w = theta["W1"].ravel()
+    j = int(np.argmax(np.abs(w)))
+    assert np.isclose(np.spacing(np.abs(w[j])) / 0.1, np.spacing(np.abs(w)).max() / 0.1)
+    assert 0 < mn <= med and rep.resolution > 0
+    # a gradient change well below it in one coordinate leaves theta_{t+1} unchanged
+    x = np.float32(w[j])
+    g_change = np.float32(0.25 * np.spacing(np.abs(x)) / 0.05)
+    assert np.float32(x - np.float32(0.05) * g_change) == x

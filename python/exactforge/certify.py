@@ -188,5 +188,6 @@ def projection_keys(G: np.ndarray, b: int, seed: int) -> Tuple[np.ndarray, int, 
     r = np.random.default_rng([seed, 0x7E1]).integers(1, 256, G.shape[1], dtype=np.int64)
     keys = G @ r  # |G| <= 2^key_bits_for(P, b): |sum of b keys| < 2^62
     tol = int(r.sum()) * b
-    shift = max(1, math.ceil(math.log2(2 * tol + 1)) + 1)
+    # buckets 64 times wider than the window: a window straddles two buckets about 1 time in 32
+    shift = max(1, math.ceil(math.log2(2 * tol + 1)) + 6)
     return keys, tol, shift

@@ -126,8 +126,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
              f"declared, {rep.unverified_tail} recorded step(s) after the last checkpoint not verified; "
              if rep.partial else "")
     err = f"{rep.max_error:.6g}" if rep.max_error == rep.max_error else "undefined"
+    res = f"; resolution {rep.resolution:.2g} (gradient changes below it can vanish in float rounding)" \
+        if rep.resolution is not None else ""
     print(f"{verdict}: {scope}{len(rep.steps)} segment(s) recomputed ({rep.engine}, theta_0 {rep.initial}), "
-          f"max {rep.distance} error {err}, epsilon {rep.epsilon:g}, {failed} over epsilon")
+          f"max {rep.distance} error {err}, epsilon {rep.epsilon:g}, {failed} over epsilon{res}")
     return 0 if rep.accepted else 1
 
 
@@ -226,7 +228,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print(text)
         total = sum(r.seconds for r in results)
         print(f"\n{len(results)} cells, {sum(r.found for r in results)} forgeries, "
-              f"{sum(r.structural for r in results)} structural collisions, {total:.1f} s")
+              f"{sum(r.structural for r in results)} trivial ones, {total:.1f} s")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"cells": [r.to_dict() for r in results], "seconds": total}, f, indent=1)
@@ -237,8 +239,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
                    true_batches=args.true_batches, tolerance=args.tolerance, threads=args.threads,
                    max_memory_mib=args.max_memory, progress=not args.quiet, max_batches=args.max_batches)
     print(f"{r.model} ({'bias' if r.bias else 'no bias'}) d={r.d} n={r.n} v={r.v} b={r.b}: {r.batches} batches x "
-          f"{r.true_batches} true batches searched by {r.method} in {r.seconds:.2f} s: {r.found} forgeries, "
-          f"{r.structural} structural collisions")
+          f"{r.true_batches} true batches searched by {r.method} ({r.mode}) in {r.seconds:.2f} s: {r.found} forgeries "
+          f"({', '.join(f'{v} {k}' for k, v in sorted(r.certificates.items()) if k != 'trivial') or 'none'}), "
+          f"{r.structural} trivial (zero-influence examples), {r.batches_with_forgery} true batch(es) with a forgery, "
+          f"{r.false_candidates} candidate(s) certified different")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r.to_dict(), f, indent=1)
@@ -336,7 +340,8 @@ def _cmd_game(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump(g.to_dict(), f, indent=1)
     print(f"{args.attack} vs the {g.engine} verifier ({g.model}, epsilon {g.epsilon:.3g}, {g.epsilon_source}; "
-          f"domain check {'on' if g.domain_check else 'off'}; {g.scenario}): win rate {g.win_rate:.0%} over {len(g.rounds)} rounds")
+          f"domain check {'on' if g.domain_check else 'off'}; {g.scenario}): win rate {g.win_rate:.0%} over {len(g.rounds)} rounds; "
+          f"verifier resolution {g.resolution:.2g} ({g.dtype} checkpoints: gradient changes below it can vanish)")
     lost = [r for r in g.rounds if not r.won]
     if lost:
         print(f"  e.g. round {lost[0].round}: {'; '.join(lost[0].reasons[:2])}")

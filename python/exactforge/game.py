@@ -49,9 +49,16 @@ class GameResult:
     rounds: List[Round]
     win_rate: float
     seconds: float
+    # The verifier's resolution (median over the trained steps of ulp(theta_{t+1}) / (2 lr)): at
+    # epsilon = 0 a forgery whose gradient differs by less than this per coordinate can pass, so
+    # out-of-domain exact forgeries are stopped only by the domain check.
+    resolution: float = float("nan")
+    dtype: str = "float32"
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["resolution"] = self.resolution if np.isfinite(self.resolution) else None
+        return d
 
 
 class Verifier:
@@ -169,8 +176,11 @@ def play_game(attack: str = "greedy", rounds: int = 10, epsilon: Union[str, floa
     if bar is not None:
         bar.close()
     wins = sum(r.won for r in out)
+    from .verify import resolution
+
+    res = float(np.median([resolution({"theta": np.asarray(st)}, v.lr)[0] for st in v.states[1:]]))
     return GameResult(attack, v.model, v.engine, scenario, eps, source, domain_check, out, wins / len(out),
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, res, str(np.asarray(v.states[-1]).dtype))
 
 
 # -- stealth studies ---------------------------------------------------------------------------

@@ -418,8 +418,9 @@ def run_table(models: Sequence[str] = MODELS, biases: Sequence[bool] = (True, Fa
 
 
 def format_table(results: Sequence[SearchResult]) -> str:
-    """Markdown: one table per (model, bias), v down, b across; each cell 'batches / found /
-    structural / seconds'."""
+    """Markdown: one table per (model, bias), v down, b across. A cell reads 'batches searched per
+    true batch / true batches with a forgery / forgeries by certificate (x exact, y numerical, z
+    trivial) / seconds'."""
     lines = []
     groups: Dict[Tuple[str, bool], List[SearchResult]] = {}
     for r in results:
@@ -429,13 +430,19 @@ def format_table(results: Sequence[SearchResult]) -> str:
         vs = sorted({r.v for r in rs})
         cell = {(r.v, r.b): r for r in rs}
         lines.append(f"\n{model}, {'with' if bias else 'without'} bias ({rs[0].true_batches} true batches per cell; "
-                     "cell: batches searched per true batch / forgeries found / structural collisions / seconds)\n")
+                     "cell: batches per true batch / true batches with a forgery / forgeries found: exact, "
+                     "numerical, trivial / seconds)\n")
         lines.append("| v \\ b | " + " | ".join(str(b) for b in bs) + " |")
         lines.append("|---|" + "---|" * len(bs))
         for v in vs:
             row = []
             for b in bs:
                 r = cell.get((v, b))
-                row.append("" if r is None else f"{r.batches:.3g} / {r.found} / {r.structural} / {r.seconds:.2f}s")
+                if r is None:
+                    row.append("")
+                    continue
+                c = r.certificates
+                row.append(f"{r.batches:.3g} / {r.batches_with_forgery} / {c.get('exact', 0)}e {c.get('numerical', 0)}n "
+                           f"{c.get('trivial', 0)}t / {r.seconds:.2f}s")
             lines.append(f"| {v} | " + " | ".join(row) + " |")
     return "\n".join(lines)

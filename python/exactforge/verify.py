@@ -27,7 +27,7 @@ from .distances import DISTANCES, verification_distance
 from .trace import DEFAULT_LIMITS, MAX_THREADS, Limits, Trace, TraceError
 
 __all__ = ["POLICIES", "StepResult", "VerificationReport", "verify_trace", "select_segments", "open_with_data",
-           "check_threads"]
+           "check_threads", "resolution"]
 
 POLICIES = ("all", "topq", "random")
 
@@ -39,6 +39,22 @@ class StepResult:
     error: float       # distance(recomputed theta_end, logged theta_end)
     passed: bool
     seconds: float
+    # The verifier's resolution at this checkpoint, in gradient units: a change of the gradient
+    # smaller than ulp(theta_end_j) / (2 lr) in coordinate j can vanish when theta_end is rounded,
+    # so epsilon = 0 cannot tell such gradients apart. Median and smallest over the coordinates.
+    resolution: Optional[float] = None
+    resolution_min: Optional[float] = None
+
+
+def resolution(theta: Dict[str, np.ndarray], lr: float) -> Tuple[float, float]:
+    """(median, min) over the float coordinates of ulp(theta_j) / (2 lr): below it a gradient
+    change can vanish in the rounding of theta_{t+1} = theta_t - lr * g (see the README)."""
+    parts = [np.spacing(np.abs(np.asarray(v))).astype(np.float64).ravel() / (2.0 * lr)
+             for v in theta.values() if np.asarray(v).dtype.kind == "f"]
+    if not parts:
+        return float("nan"), float("nan")
+    r = np.concatenate(parts)
+    return float(np.median(r)), float(r.min())
 
 
 @dataclass
@@ -57,6 +73,7 @@ class VerificationReport:
     partial: bool = False              # an incomplete trace verified as a prefix (allow_partial)
     unverified_tail: int = 0           # recorded steps after the last checkpoint (partial traces only)
     initial: Optional[str] = None      # "seeded" (theta_0 recomputed and equal) or "given"
+    resolution: Optional[float] = None  # median over the segments of StepResult.resolution
     engine: str = ""
     permute_batches: Optional[int] = None
     threads: Optional[int] = None
@@ -65,8 +82,10 @@ class VerificationReport:
         d = asdict(self)
         d["max_error"] = _json_float(self.max_error)
         d["epsilon"] = _json_float(self.epsilon)
+        d["resolution"] = _json_float(self.resolution) if self.resolution is not None else None
         for s in d["steps"]:
-            s["error"] = _json_float(s["error"])
+            for k in ("error", "resolution", "resolution_min"):
+                s[k] = _json_float(s[k]) if s[k] is not None else None
         return d
 
     def to_json(self) -> str:
@@ -331,6 +350,8 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
         report.valid, report.accepted, report.reason = False, False, str(exc)
         return report
     report.accepted = all(r.passed for r in report.steps)
+    if report.steps:
+        report.resolution = float(np.median([r.resolution for r in report.steps]))
     return report
 
 
@@ -367,7 +388,8 @@ def _recompute(trace, segs, load, step, theta0, permute_batches, distance_kind, 
                 state = step(state, idx)
             err = verification_distance(_pairs(state, logged), distance_kind)
             passed = bool(err <= epsilon)
-            report.steps.append(StepResult(s, e, err, passed, time.perf_counter() - t0))
+            res_med, res_min = resolution(logged, float(trace.manifest["lr"]))
+            report.steps.append(StepResult(s, e, err, passed, time.perf_counter() - t0, res_med, res_min))
             report.max_error = max(report.max_error, err) if math.isfinite(err) else float("inf")
             if bar is not None:
                 bar.update(1)

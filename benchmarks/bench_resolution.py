@@ -1,0 +1,77 @@
+"""The verifier's resolution (issue 12): exact forgeries against the native verifier at epsilon = 0
+with the domain check off, float32 vs float64 training.
+
+theta_{t+1} = theta_t - lr * g is rounded to the checkpoint's precision, so a gradient change
+below about ulp(theta)/(2 lr) can vanish: epsilon = 0 on float32 checkpoints cannot tell apart
+gradients that differ by less than that. The exact solvers' forgeries (nullspace and
+error-matrix) have equal real gradients. Their computed gradients differ by rounding only, so
+against float32 checkpoints some of them reproduce the checkpoint bit for bit. Training in
+float64 raises the resolution by 2^29.
+
+For each data set, model and solver, this forges S steps of a native training run, recomputes
+each step with the forged batch in the run's precision, and counts a *win* when the forged
+batch is distinct and reproduces theta_{t+1} bit for bit (epsilon = 0, no domain check).
+
+    python benchmarks/bench_resolution.py [--steps 30]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from exactforge import exact as E
+from exactforge import models as M
+from exactforge.data import load_dataset
+from exactforge.record import batch_schedule
+from exactforge.verify import resolution
+
+
+def run(dataset: str, kind: str, method: str, dtype: str, steps: int, b: int, lr: float, seed: int):
+    data = load_dataset(dataset)
+    hidden = (8,) if kind == "fcn" else ()
+    spec = M.ModelSpec(kind, data.dim, data.num_classes, hidden, dtype=dtype)
+    params = M.init_params(spec, seed)
+    X = data.X.astype(dtype)
+    sched = batch_schedule(len(data), b, seed)
+    wins, res = 0, []
+    for t in range(steps):
+        idx = next(sched)
+        nxt = M.sgd_step(spec, params, X[idx], data.y[idx], idx, lr)
+        res.append(resolution(nxt, lr)[0])
+        f = (E.forge_nullspace(spec, params, X[idx].astype(np.float64), data.y[idx], scale=0.1, seed=seed + t)
+             if method == "nullspace" else
+             E.forge_error_matrix(spec, params, X[idx].astype(np.float64), data.y[idx], seed=seed + t))
+        Xf = np.asarray(f.X, dtype)
+        Yf = np.asarray(f.Y)
+        Yf = Yf.astype(dtype) if Yf.ndim == 2 else Yf.astype(np.int64)
+        distinct = not (np.array_equal(Xf, X[idx]) and (Yf.ndim == 1 and np.array_equal(Yf, data.y[idx])))
+        forged = M.sgd_step(spec, params, Xf, Yf, idx, lr)
+        if distinct and all(np.array_equal(forged[k], nxt[k]) for k in nxt):
+            wins += 1
+        params = nxt
+    return wins, float(np.median(res))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=0.01)
+    args = ap.parse_args()
+    print(f"# exact forgeries vs the native verifier at epsilon = 0, no domain check "
+          f"({args.steps} steps each, b = {args.batch_size}, lr = {args.lr}; {time.strftime('%Y-%m-%d')})\n")
+    print("| data set | model | solver | float32: wins | float32 resolution | float64: wins | float64 resolution |")
+    print("|---|---|---|---|---|---|---|")
+    for dataset in ("digits", "breast-cancer", "wine"):
+        for kind, method in (("logreg", "error-matrix"), ("logreg", "nullspace"), ("fcn", "nullspace")):
+            row = []
+            for dtype in ("float32", "float64"):
+                w, r = run(dataset, kind, method, dtype, args.steps, args.batch_size, args.lr, 0)
+                row.append(f"{w}/{args.steps} ({w / args.steps:.0%}) | {r:.2g}")
+            print(f"| {dataset} | {kind} | {method} | " + " | ".join(row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
