@@ -115,3 +115,22 @@ def test_attack_and_game_cli(tmp_path, capsys):
     assert g["win_rate"] == 0.0 and len(g["rounds"]) == 2 and all(r["reasons"] for r in g["rounds"])
     assert main(["attack", tr, "--method", "greedy", "--step", "9"]) == 2
     assert main(["game", "--epsilon", "-1", "--quiet", "--rounds", "1", "--steps", "1"]) == 2
+
+
+def test_batches_with_repeated_examples_keep_their_size():
+    """A batch drawn with replacement: every occurrence of a removed example is replaced, and the
+    forging fraction counts occurrences (the papers' code samples batches this way)."""
+    from exactforge.attacks import StepContext, run_attack
+    from exactforge.game import Verifier
+
+    v = Verifier("logreg", "torch", batch_size=20, steps=1, seed=0)
+    ctx = v.context(0)
+    batch = ctx.batch.copy()
+    batch[1] = batch[0]  # example batch[0] twice
+    ctx = StepContext(ctx.model, ctx.data, ctx.theta, ctx.theta_next, batch, ctx.lr, engine="torch", model_name="logreg")
+    for method in ("greedy", "nearest"):
+        r = run_attack(method, ctx, [int(batch[0])], pool=200, candidates=20)
+        assert len(r.forged_indices) == len(batch) and r.replaced == 2 and r.fraction == 2 / len(batch)
+        assert int(batch[0]) not in r.forged_indices
+    c = run_attack("nearest", ctx, [int(batch[2])], metric="cosine")
+    assert len(c.forged_indices) == len(batch)

@@ -165,3 +165,20 @@ def test_b1_analysis_agrees_with_the_b1_search(mb, d, n, v, seed):
     if not bias:
         zero = [i for i in range(dom.size) if not np.any(X[i])]
         assert all(i in has for i in zero[:1])
+
+
+def test_paper_grey_levels():
+    """The papers' 8-bit levels at v = 3 are 0, 127, 255: 0 + 255 != 2 * 127, so the label
+    permutations built on a midpoint (u1 + u4 = 2 u2) that exist on the q/2 grid do not."""
+    assert Domain(4, 3, 3, "paper").numerators().tolist() == [0, 127, 255]
+    assert Domain(4, 3, 5, "paper").numerators().tolist() == [0, 63, 127, 191, 255]
+    dom = Domain(2, 2, 3, "grid")
+    imgs = dom.images().tolist()
+    # (0,0) + (2,2) = (1,1) + (1,1) on the grid: a forgery with a repeated image is impossible in a
+    # batch of distinct examples, but (0,1) + (2,1) = (1,0) + (1,2) is one without a bias
+    a, b, c, e = (imgs.index(x) for x in ([0, 1], [2, 1], [1, 0], [1, 2]))
+    true = sorted([a * 2, b * 2, c * 2 + 1, e * 2 + 1])
+    r = run_search("logreg", 2, 2, 3, 4, bias=True, planted=[true], levels="grid")
+    assert r.found >= 1
+    r = run_search("logreg", 2, 2, 3, 4, bias=True, planted=[true], levels="paper")
+    assert r.found == 0  # 0 + 255 = 255 but 127 + 127 = 254

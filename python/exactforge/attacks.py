@@ -10,7 +10,8 @@ l2sq (Thudi et al.) and l2sq_dim = l2^2/dim (Kong et al.).
   (the examples of U replaced by random pool points), keep the best. Candidates are scored from
   per-example gradients computed once (torch.func vmap), never one backward pass per candidate.
 * ``nearest`` (Zhang et al.): each example of U replaced by its class-wise nearest neighbour in
-  D \\ U (l2 or cosine in input space).
+  D \\ U, by cosine similarity of the raw inputs (``metric="cosine"``, Zhang et al.'s choice) or
+  l2 distance (``metric="l2"``, the default here).
 * ``gradmatch`` (short paper, Algorithm 1): the replaced inputs are optimised with Adam
   (alpha = 0.5, betas = (0.9, 0.999)) to match the logged update; ``dlg`` uses L-BFGS (Deep
   Leakage from Gradients). Both optionally projected to [0, 1] after each step.
@@ -177,14 +178,24 @@ def run_attack(method: str, ctx: StepContext, remove: Sequence[int], *, pool: in
     U = [int(u) for u in remove]
     if not set(U) <= set(batch.tolist()):
         raise ValueError("remove: every example to remove must be in the batch")
-    keep = np.array([i for i in batch if i not in set(U)], dtype=np.int64)
+    # A batch drawn with replacement (as in the papers' code) can hold an example twice: every
+    # occurrence of a removed example is replaced, so the forged batch keeps b examples and the
+    # forging fraction counts occurrences.
+    removed = np.isin(batch, np.array(U, dtype=np.int64))
+    keep = batch[~removed]
+    U = [int(u) for u in batch[removed]]
+    if metric not in ("l2", "cosine"):
+        raise ValueError(f"metric: expected 'l2' or 'cosine' (Zhang et al.'s), got {metric!r}")
     others = np.setdiff1d(np.arange(len(ctx.data)), np.array(U, dtype=np.int64))
     t0 = time.perf_counter()
     g_target = (ctx.theta.astype(np.float64) - ctx.theta_next.astype(np.float64)) / ctx.lr
     b = len(batch)
     if method == "greedy":
         X_t, y_t = _tensors(ctx)
-        P = rng.choice(np.setdiff1d(others, keep), size=min(pool, len(others) - len(keep)), replace=False)
+        pool_ids = np.setdiff1d(others, keep)
+        P = rng.choice(pool_ids, size=min(pool, len(pool_ids)), replace=False)
+        if len(P) < len(U):
+            raise ValueError(f"pool: {len(P)} candidate examples cannot replace {len(U)} removed ones")
         need = np.concatenate([keep, P])
         G = per_example_grads(ctx.model, ctx.theta, X_t[need], y_t[need]).astype(np.float64)
         base = G[: len(keep)].sum(axis=0)

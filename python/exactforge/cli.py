@@ -223,7 +223,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         models = ("logreg", "fcn10") if args.model == "all" else (args.model,)
         results = run_table(models, biases, TABLE_V, TABLE_B, d=args.d, n=args.n, seed=args.seed,
                             true_batches=args.true_batches, method=args.method, threads=args.threads,
-                            max_memory_mib=args.max_memory, progress=not args.quiet, max_batches=args.max_batches)
+                            max_memory_mib=args.max_memory, progress=not args.quiet, max_batches=args.max_batches,
+                            levels=args.levels)
         text = format_table(results)
         print(text)
         total = sum(r.seconds for r in results)
@@ -237,7 +238,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise ValueError("--model all and --bias both apply to --table; choose one model and --bias yes|no")
     r = run_search(args.model, args.d, args.n, args.v, args.b, seed=args.seed, bias=biases[0], method=args.method,
                    true_batches=args.true_batches, tolerance=args.tolerance, threads=args.threads,
-                   max_memory_mib=args.max_memory, progress=not args.quiet, max_batches=args.max_batches)
+                   max_memory_mib=args.max_memory, progress=not args.quiet, max_batches=args.max_batches,
+                   levels=args.levels)
     print(f"{r.model} ({'bias' if r.bias else 'no bias'}) d={r.d} n={r.n} v={r.v} b={r.b}: {r.batches} batches x "
           f"{r.true_batches} true batches searched by {r.method} ({r.mode}) in {r.seconds:.2f} s: {r.found} forgeries "
           f"({', '.join(f'{v} {k}' for k, v in sorted(r.certificates.items()) if k != 'trivial') or 'none'}), "
@@ -310,9 +312,9 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         raise ValueError("--fraction: expected a forging fraction in (0, 1]")
     rng = np.random.default_rng(args.seed)
     r = max(1, int(round(args.fraction * len(ctx.batch))))
-    remove = [int(i) for i in rng.choice(ctx.batch, r, replace=False)]
+    remove = [int(i) for i in rng.choice(np.unique(ctx.batch), min(r, len(np.unique(ctx.batch))), replace=False)]
     res = run_attack(args.method, ctx, remove, pool=args.pool, candidates=args.candidates, steps=args.opt_steps,
-                     seed=args.seed)
+                     seed=args.seed, metric=args.metric)
     out = res.to_dict()
     out.update({"step": args.step, "trace": args.trace, **{k: v for k, v in res.metrics.items()}})
     if args.json:
@@ -444,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--d", type=_count(1, 64), default=4, help="pixels")
     s_.add_argument("--n", type=_count(2, 1000), default=3, help="classes")
     s_.add_argument("--v", type=_count(2, 1000), default=3, help="grey levels (pixel values q/(v-1))")
+    s_.add_argument("--levels", choices=("grid", "paper"), default="grid",
+                    help="grid: q/(v-1); paper: the papers' 8-bit levels floor(255 q/(v-1))/255 (0, 127, 255 at v=3)")
     s_.add_argument("--b", type=_count(1, 6), default=3, help="batch size")
     s_.add_argument("--seed", type=_SEED, default=0, help="seed of the weights and of the true batches")
     s_.add_argument("--bias", choices=("yes", "no", "both"), default="yes")
@@ -489,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--pool", type=_count(1), default=1000, help="greedy: points sampled from D minus U (n)")
     a.add_argument("--candidates", type=_count(1), default=300, help="greedy: candidate batches (M)")
     a.add_argument("--opt-steps", type=_count(1), default=100, help="gradmatch/dlg: optimisation steps")
+    a.add_argument("--metric", choices=("l2", "cosine"), default="l2",
+                   help="nearest: l2 distance, or cosine similarity of the raw inputs (Zhang et al.'s)")
     a.add_argument("--seed", type=_SEED, default=0)
     a.add_argument("--data-path")
     a.add_argument("--json", metavar="OUT")

@@ -36,30 +36,51 @@ TABLE_B = (1, 2, 3, 4, 5)
 MODELS = ("logreg", "fcn10")
 
 
+LEVELS = ("grid", "paper")
+
+
 @dataclass(frozen=True)
 class Domain:
+    """d pixels with v grey levels and n classes. ``levels="grid"``: pixel values q/(v-1);
+    ``"paper"``: the papers' 8-bit levels floor(255 q/(v-1))/255 (0, 127, 255 at v = 3)."""
+
     d: int = 4
     n: int = 3
     v: int = 3
+    levels: str = "grid"
 
     def __post_init__(self) -> None:
         for name, val, lo in (("d", self.d, 1), ("n", self.n, 2), ("v", self.v, 2)):
             if not isinstance(val, (int, np.integer)) or val < lo:
                 raise ValueError(f"{name}: expected an integer >= {lo}, got {val!r}")
+        if self.levels not in LEVELS:
+            raise ValueError(f"levels: expected one of {LEVELS}, got {self.levels!r}")
+        if self.levels == "paper" and self.v > 256:
+            raise ValueError("levels: the papers' 8-bit levels allow v <= 256")
         if self.size > 2**31 - 1:
             raise ValueError("domain: more than 2^31 examples; choose smaller d, v or n")
+
+    @property
+    def denominator(self) -> int:
+        return self.v - 1 if self.levels == "grid" else 255
+
+    def numerators(self) -> np.ndarray:
+        """The integer numerators of the grey levels (value = numerator / denominator)."""
+        q = np.arange(self.v, dtype=np.int64)
+        return q if self.levels == "grid" else (255 * q) // (self.v - 1)
 
     @property
     def size(self) -> int:
         return self.v ** self.d * self.n
 
     def images(self) -> np.ndarray:
-        """Every image as integer grey levels q (pixel value q/(v-1)), in product order."""
-        return np.array(list(itertools.product(range(self.v), repeat=self.d)), dtype=np.int64).reshape(-1, self.d)
+        """Every image as integer numerators (pixel value numerator / denominator), in product order."""
+        q = np.array(list(itertools.product(range(self.v), repeat=self.d)), dtype=np.int64).reshape(-1, self.d)
+        return self.numerators()[q]
 
     def examples(self) -> Tuple[np.ndarray, np.ndarray]:
-        """All examples: images (every pixel combination, values q/(v-1)) x labels, image-major."""
-        imgs = self.images() / (self.v - 1)
+        """All examples: images (every pixel combination) x labels, image-major."""
+        imgs = self.images() / self.denominator
         X = np.repeat(imgs, self.n, axis=0)
         y = np.tile(np.arange(self.n), len(imgs))
         return X, y
@@ -115,6 +136,7 @@ class SearchResult:
     pairs: List[Dict[str, Any]] = field(default_factory=list)     # up to 10 per level: true batch, forgery, level
     gradient_seconds: float = 0.0  # the 200-bit per-example gradients
     mode: str = "certified"        # certified | tolerance | custom-exact
+    levels: str = "grid"           # grey levels: grid q/(v-1) or paper floor(255 q/(v-1))/255
 
     @property
     def trivial(self) -> int:
@@ -176,7 +198,7 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
                bias: bool = True, method: str = "mitm", true_batches: int = 3, tolerance: float = 0.0,
                threads: Optional[int] = None, max_memory_mib: float = 4096, progress: bool = False,
                planted: Optional[Sequence[Sequence[int]]] = None, gradients: Optional[np.ndarray] = None,
-               max_batches: int = MAX_BRUTE_BATCHES) -> SearchResult:
+               max_batches: int = MAX_BRUTE_BATCHES, levels: str = "grid") -> SearchResult:
     """Searches every batch of b distinct examples of the domain for one whose gradient equals a
     sampled true batch's. ``planted`` gives the true batches instead of sampling them;
     ``gradients`` (N x P) replaces the model's (tests plant equal-gradient pairs this way).
@@ -199,7 +221,7 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
                             or true_batches < 1):
         raise ValueError(f"true_batches: expected a positive number of true batches, got {true_batches!r}")
     threads = check_threads(threads)
-    dom = Domain(d, n, v)
+    dom = Domain(d, n, v, levels)
     if b > dom.size:
         raise ValueError(f"b: the domain has only {dom.size} examples")
     need = memory_needed(model if gradients is None else "fcn10", dom, b, method, tolerance,
@@ -219,7 +241,7 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
         spec, params = model_for(model, dom, bias, seed)
         G = per_example_gradients(spec, params, X, y)
         if tolerance == 0:
-            eg = _exact_gradients_cached(model, d, n, v, bias, seed, b)
+            eg = _exact_gradients_cached(model, d, n, v, bias, seed, levels)
     else:
         G = np.asarray(gradients, np.float64)
         if G.shape[0] != dom.size:
@@ -251,7 +273,8 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
     secs = time.perf_counter() - t0
     res = SearchResult(model if gradients is None else "custom", bias, d, n, v, b, method, seed,
                        int(_core.choose(dom.size, b)), len(truths), 0, 0, secs, int(visited), tolerance, mib,
-                       search_seconds=t_native if t_native is not None else secs, gradient_seconds=t_grad, mode=mode)
+                       search_seconds=t_native if t_native is not None else secs, gradient_seconds=t_grad, mode=mode,
+                       levels=levels)
     with_forgery = set()
     for t, cand in found_sets:
         truth = truths[t]
@@ -286,22 +309,22 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
 _EG_CACHE: Dict[tuple, Any] = {}
 
 
-def _exact_gradients_cached(model: str, d: int, n: int, v: int, bias: bool, seed: int, b: int):
+def _exact_gradients_cached(model: str, d: int, n: int, v: int, bias: bool, seed: int, levels: str = "grid"):
     """The 200-bit gradients of a cell's domain (shared by the cells of a row of the table: the
     same model, bias, v and seed; at most a few, kept while the table runs)."""
     from .certify import exact_gradients, key_bits_for
 
-    dom = Domain(d, n, v)
+    dom = Domain(d, n, v, levels)
     spec, params = model_for(model, dom, bias, seed)
     kb = key_bits_for(spec.num_params, 6)  # wide enough for every b <= 6, so one copy serves all
-    key = (model, d, n, v, bias, seed, kb)
+    key = (model, d, n, v, levels, bias, seed, kb)
     if key not in _EG_CACHE:
         if len(_EG_CACHE) >= 4:
             _EG_CACHE.pop(next(iter(_EG_CACHE)))
         imgs = dom.images()
         image_of = np.repeat(np.arange(len(imgs)), n)
         labels = np.tile(np.arange(n), len(imgs))
-        _EG_CACHE[key] = exact_gradients(spec, params, imgs, image_of, labels, v - 1, key_bits=kb)
+        _EG_CACHE[key] = exact_gradients(spec, params, imgs, image_of, labels, dom.denominator, key_bits=kb)
     return _EG_CACHE[key]
 
 
@@ -404,7 +427,7 @@ def _chunks(it, size):
 def run_table(models: Sequence[str] = MODELS, biases: Sequence[bool] = (True, False), vs: Sequence[int] = TABLE_V,
               bs: Sequence[int] = TABLE_B, *, d: int = 4, n: int = 3, seed: int = 0, true_batches: int = 3,
               method: str = "mitm", threads: Optional[int] = None, max_memory_mib: float = 4096,
-              progress: bool = False, max_batches: int = MAX_BRUTE_BATCHES) -> List[SearchResult]:
+              progress: bool = False, max_batches: int = MAX_BRUTE_BATCHES, levels: str = "grid") -> List[SearchResult]:
     out = []
     for model in models:
         for bias in biases:
@@ -413,7 +436,7 @@ def run_table(models: Sequence[str] = MODELS, biases: Sequence[bool] = (True, Fa
                     out.append(run_search(model, d, n, v, b, seed=seed, bias=bias, method=method,
                                           true_batches=true_batches, threads=threads,
                                           max_memory_mib=max_memory_mib, progress=progress,
-                                          max_batches=max_batches))
+                                          max_batches=max_batches, levels=levels))
     return out
 
 
