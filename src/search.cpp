@@ -161,9 +161,11 @@ Mitm::Mitm(const Problem& pr, uint64_t max_bytes) : pr_(pr), h1_(pr.b - pr.b / 2
   mask_ = slots_ - 1;
   table_.assign(slots_, Entry{0, {kEmpty, kEmpty, kEmpty}});
   const uint64_t T = pr.target_keys.size();
-  // (tolerance mode tests the buckets of each target's window instead)
-  combined_ = pr.key_tol == 0 && T > 1 && (uint64_t(1) << bitmap_log2(cnt * T)) / 8 <= (256u << 10);
-  const int lg = bitmap_log2(combined_ ? cnt * T : cnt);
+  // In tolerance mode each entry marks the (at most two) buckets of its window [T - k - tol,
+  // T - k + tol]; a matching probe key lies in that window, so its own bucket is marked.
+  const uint64_t marks = pr.key_tol ? 2 : 1;
+  combined_ = T > 1 && (uint64_t(1) << bitmap_log2(cnt * T * marks)) / 8 <= (256u << 10);
+  const int lg = bitmap_log2(combined_ ? cnt * T * marks : cnt);
   bit_shift_ = 64 - (lg - 6);  // top bits select a word
   bits_.assign((uint64_t(1) << lg) / 64, 0);
   auto set_bits = [&](uint64_t v) {
@@ -176,7 +178,12 @@ Mitm::Mitm(const Problem& pr, uint64_t max_bytes) : pr_(pr), h1_(pr.b - pr.b / 2
     table_[h].key = k;
     for (int i = 0; i < 3; ++i) table_[h].s[i] = i < h2_ ? s[i] : kEmpty - 1;
     if (combined_) {
-      for (uint64_t t = 0; t < T; ++t) set_bits(pr.target_keys[t] - k);  // the probe keys that match
+      for (uint64_t t = 0; t < T; ++t) {  // the probe keys that match
+        const uint64_t w = pr.target_keys[t] - k;
+        const uint64_t lo = pr.bucket(w - pr.key_tol), hi = pr.bucket(w + pr.key_tol);
+        set_bits(lo);
+        if (hi != lo) set_bits(hi);
+      }
     } else {
       set_bits(pr.bucket(k));
     }
@@ -302,7 +309,7 @@ std::vector<Match> Mitm::probe(int64_t a0, int64_t a1, int threads, uint64_t* vi
         ++count;
         const int32_t p3[3] = {a, j, l};
         if (combined_) {
-          const uint64_t fh = fmix(k);
+          const uint64_t fh = fmix(pr_.bucket(k));
           const uint64_t m = fbits(fh);
           if ((bits_[fword(fh, bit_shift_)] & m) == m)
             for (int t = 0; t < T; ++t) lookup(k, p3, t);

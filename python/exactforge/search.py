@@ -133,6 +133,7 @@ class SearchResult:
     certificates: Dict[str, int] = field(default_factory=dict)    # trivial / exact / numerical
     false_candidates: int = 0      # within the stage-1 tolerance, certified different
     batches_with_forgery: int = 0  # true batches with at least one distinct equal-gradient batch
+    batches_with_nontrivial_forgery: int = 0  # ... one that is not explained by zero-influence examples
     pairs: List[Dict[str, Any]] = field(default_factory=list)     # up to 10 per level: true batch, forgery, level
     gradient_seconds: float = 0.0  # the 200-bit per-example gradients
     mode: str = "certified"        # certified | tolerance | custom-exact
@@ -275,7 +276,7 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
                        int(_core.choose(dom.size, b)), len(truths), 0, 0, secs, int(visited), tolerance, mib,
                        search_seconds=t_native if t_native is not None else secs, gradient_seconds=t_grad, mode=mode,
                        levels=levels)
-    with_forgery = set()
+    with_forgery, nontrivial = set(), set()
     for t, cand in found_sets:
         truth = truths[t]
         if list(cand) == truth:
@@ -291,6 +292,8 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
             res.false_candidates += 1
             continue
         with_forgery.add(t)
+        if level != "trivial":
+            nontrivial.add(t)
         res.certificates[level] = res.certificates.get(level, 0) + 1
         if sum(p["level"] == level for p in res.pairs) < 10:  # up to 10 examples of each certificate
             res.pairs.append({"true": [int(i) for i in truth], "forgery": [int(i) for i in cand], "level": level})
@@ -303,6 +306,7 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
             if len(res.forgeries) < 10:
                 res.forgeries.append([int(i) for i in cand])
     res.batches_with_forgery = len(with_forgery)
+    res.batches_with_nontrivial_forgery = len(nontrivial)
     return res
 
 
