@@ -8,7 +8,7 @@ images, label parts equal as rationals), numerical, or trivial (zero-influence e
 figure shows the fraction over v and b.
 
     python benchmarks/bench_table4.py [--true-batches 200] [--v 2,3] [--json benchmarks/out/table4.json]
-        [--figure benchmarks/out/table4.png]
+        [--figure benchmarks/figures/table4.png]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--v", default="2,3")
     ap.add_argument("--b", default="1,2,3,4,5")
     ap.add_argument("--json", default="benchmarks/out/table4.json")
-    ap.add_argument("--figure", default="benchmarks/out/table4.png")
+    ap.add_argument("--figure", default="benchmarks/figures/table4.png")
     args = ap.parse_args()
     vs = [int(x) for x in args.v.split(",")]
     bs = [int(x) for x in args.b.split(",")]
