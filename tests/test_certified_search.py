@@ -182,3 +182,24 @@ def test_paper_grey_levels():
     assert r.found >= 1
     r = run_search("logreg", 2, 2, 3, 4, bias=True, planted=[true], levels="paper")
     assert r.found == 0  # 0 + 255 = 255 but 127 + 127 = 254
+
+
+@settings(max_examples=int(os.environ.get("EXACTFORGE_SEARCH_EXAMPLES", "12")), deadline=None)
+@given(st.sampled_from(MODELS), st.integers(2, 3), st.integers(2, 3), st.sampled_from([(2, 2), (2, 3), (3, 2)]),
+       st.integers(0, 50))
+def test_all_counts_agree_with_an_independent_high_precision_count(mb, b, n, dv, seed):
+    """search --all: every batch a true batch; the counts equal those of the 300-bit brute force."""
+    from exactforge.search import run_search_all
+
+    model, bias = mb
+    d, v = dv
+    N = v ** d * n
+    if N > 27 or (b == 3 and N > 24):
+        return
+    grads, ctx = independent_gradients(model, d, n, v, bias, seed)
+    want = equal_pairs(grads, ctx, b)
+    r = run_search_all(model, d, n, v, b, bias=bias, seed=seed)
+    assert sum(r.certificates.values()) == len(want) // 2
+    assert r.batches_with_forgery == len({a for a, _ in want})
+    for p in r.pairs:
+        assert (tuple(p["true"]), tuple(p["forgery"])) in want

@@ -104,3 +104,12 @@ def test_search_cli_json_and_table(tmp_path, capsys):
     res = run_table(("logreg",), (True,), (2, 3), (1, 2, 3), true_batches=1)
     text = format_table(res)
     assert "| 3 |" in text and len(res) == 6
+
+
+def test_search_all_cli(tmp_path):
+    out = tmp_path / "all.json"
+    assert main(["search", "--all", "--bias", "no", "--v", "2", "--b", "3", "--json", str(out), "--quiet"]) == 0
+    d = json.loads(out.read_text())
+    assert d["batches"] == 17296 and d["true_batches"] == 17296
+    assert d["batches_with_forgery"] == 3255 and d["trivial"] == 3105 and d["certificates"]["exact"] == 75
+    assert main(["search", "--all", "--v", "3", "--b", "5", "--quiet"]) == 2  # 6.8e9 batches: refused

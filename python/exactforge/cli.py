@@ -224,7 +224,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         results = run_table(models, biases, TABLE_V, TABLE_B, d=args.d, n=args.n, seed=args.seed,
                             true_batches=args.true_batches, method=args.method, threads=args.threads,
                             max_memory_mib=args.max_memory, progress=not args.quiet, max_batches=args.max_batches,
-                            levels=args.levels)
+                            levels=args.levels, all_cells=args.all)
         text = format_table(results)
         print(text)
         total = sum(r.seconds for r in results)
@@ -236,6 +236,19 @@ def _cmd_search(args: argparse.Namespace) -> int:
         return 0
     if args.model == "all" or len(biases) != 1:
         raise ValueError("--model all and --bias both apply to --table; choose one model and --bias yes|no")
+    if args.all:
+        from .search import run_search_all
+
+        r = run_search_all(args.model, args.d, args.n, args.v, args.b, seed=args.seed, bias=biases[0],
+                           levels=args.levels)
+        print(f"{r.model} ({'bias' if r.bias else 'no bias'}) d={r.d} n={r.n} v={r.v} b={r.b}, every batch a true "
+              f"batch: {r.batches_with_forgery} of {r.batches} batches have a distinct batch with an equal gradient "
+              f"({r.structural} only trivially); pairs by certificate: "
+              f"{', '.join(f'{v} {k}' for k, v in sorted(r.certificates.items())) or 'none'}; {r.seconds:.1f} s")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(r.to_dict(), f, indent=1)
+        return 0
     r = run_search(args.model, args.d, args.n, args.v, args.b, seed=args.seed, bias=biases[0], method=args.method,
                    true_batches=args.true_batches, tolerance=args.tolerance, threads=args.threads,
                    max_memory_mib=args.max_memory, progress=not args.quiet, max_batches=args.max_batches,
@@ -460,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--max-batches", type=_count(1), default=10**11,
                     help="brute force: refuse a search of more batches than this per true batch")
     s_.add_argument("--table", action="store_true", help="the whole grid v = 2..6, b = 1..5 (Table 4)")
+    s_.add_argument("--all", action="store_true",
+                    help="every batch of the cell is a true batch (cells up to 3e7 batches): complete counts; "
+                         "with --table, for every cell that small (the others are sampled)")
     s_.add_argument("--json", metavar="OUT")
     s_.add_argument("--quiet", action="store_true", help="no progress bar")
     s_.set_defaults(func=_cmd_search)

@@ -28,7 +28,7 @@ import numpy as np
 from . import models as M
 from ._native import _core
 
-__all__ = ["Domain", "SearchResult", "memory_needed", "MAX_BRUTE_BATCHES", "model_for", "per_example_gradients", "run_search", "run_table",
+__all__ = ["Domain", "SearchResult", "memory_needed", "MAX_BRUTE_BATCHES", "run_search_all", "MAX_ALL_BATCHES", "model_for", "per_example_gradients", "run_search", "run_table",
            "format_table", "TABLE_V", "TABLE_B"]
 
 TABLE_V = (2, 3, 4, 5, 6)
@@ -431,12 +431,18 @@ def _chunks(it, size):
 def run_table(models: Sequence[str] = MODELS, biases: Sequence[bool] = (True, False), vs: Sequence[int] = TABLE_V,
               bs: Sequence[int] = TABLE_B, *, d: int = 4, n: int = 3, seed: int = 0, true_batches: int = 3,
               method: str = "mitm", threads: Optional[int] = None, max_memory_mib: float = 4096,
-              progress: bool = False, max_batches: int = MAX_BRUTE_BATCHES, levels: str = "grid") -> List[SearchResult]:
+              progress: bool = False, max_batches: int = MAX_BRUTE_BATCHES, levels: str = "grid",
+              all_cells: bool = False) -> List[SearchResult]:
+    """Every cell of the grid; with ``all_cells``, cells of at most MAX_ALL_BATCHES batches take
+    every batch as a true batch (complete counts) and larger ones are sampled."""
     out = []
     for model in models:
         for bias in biases:
             for v in vs:
                 for b in bs:
+                    if all_cells and _core.choose(Domain(d, n, v).size, b) <= MAX_ALL_BATCHES:
+                        out.append(run_search_all(model, d, n, v, b, seed=seed, bias=bias, levels=levels))
+                        continue
                     out.append(run_search(model, d, n, v, b, seed=seed, bias=bias, method=method,
                                           true_batches=true_batches, threads=threads,
                                           max_memory_mib=max_memory_mib, progress=progress,
@@ -456,9 +462,11 @@ def format_table(results: Sequence[SearchResult]) -> str:
         bs = sorted({r.b for r in rs})
         vs = sorted({r.v for r in rs})
         cell = {(r.v, r.b): r for r in rs}
-        lines.append(f"\n{model}, {'with' if bias else 'without'} bias ({rs[0].true_batches} true batches per cell; "
-                     "cell: batches per true batch / true batches with a forgery / forgeries found: exact, "
-                     "numerical, trivial / seconds)\n")
+        sampled = sorted({r.true_batches for r in rs if r.method != "all"})
+        how = (f"{sampled[0]} sampled true batches per cell" if sampled else "") + \
+            ("; cells marked * take every batch as a true batch" if any(r.method == "all" for r in rs) else "")
+        lines.append(f"\n{model}, {'with' if bias else 'without'} bias ({how.lstrip('; ')}; cell: batches per true batch / true "
+                     "batches with a forgery / forgeries found: exact, numerical, trivial / seconds)\n")
         lines.append("| v \\ b | " + " | ".join(str(b) for b in bs) + " |")
         lines.append("|---|" + "---|" * len(bs))
         for v in vs:
@@ -469,7 +477,76 @@ def format_table(results: Sequence[SearchResult]) -> str:
                     row.append("")
                     continue
                 c = r.certificates
-                row.append(f"{r.batches:.3g} / {r.batches_with_forgery} / {c.get('exact', 0)}e {c.get('numerical', 0)}n "
-                           f"{c.get('trivial', 0)}t / {r.seconds:.2f}s")
+                star = "*" if r.method == "all" else ""
+                row.append(f"{r.batches:.3g}{star} / {r.batches_with_forgery} / {c.get('exact', 0)}e "
+                           f"{c.get('numerical', 0)}n {c.get('trivial', 0)}t / {r.seconds:.2f}s")
             lines.append(f"| {v} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+# Every batch of a cell as a true batch: keys of all C(N, b) batches are sorted, so a pair with
+# equal real gradients (keys within the tolerance) lies in one run of keys whose consecutive gaps
+# are at most the tolerance; every pair of such a run is checked and certified.
+MAX_ALL_BATCHES = 30_000_000
+
+
+def run_search_all(model: str = "logreg", d: int = 4, n: int = 3, v: int = 2, b: int = 3, *, seed: int = 0,
+                   bias: bool = True, levels: str = "grid", max_batches: int = MAX_ALL_BATCHES) -> SearchResult:
+    """``--all``: every batch of b distinct examples is a true batch. Counts the batches that have
+    at least one distinct batch with an equal gradient (``batches_with_forgery``; trivial ones
+    included), those whose forgeries are all trivial (``structural``/``trivial``), and the
+    certified pairs per level (``certificates``, each unordered pair once)."""
+    from .certify import certify, projection_keys
+
+    if model not in MODELS:
+        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
+    if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= 6:
+        raise ValueError(f"b: expected a batch size of 1..6, got {b!r}")
+    dom = Domain(d, n, v, levels)
+    total = int(_core.choose(dom.size, b))
+    if total > max_batches:
+        raise ValueError(f"--all: the cell has {total:.3g} batches, above the bound of {max_batches:.3g} for "
+                         "enumerating every batch; sample true batches (--true-batches) instead")
+    t_grad = time.perf_counter()
+    eg = _exact_gradients_cached(model, d, n, v, bias, seed, levels)
+    t_grad = time.perf_counter() - t_grad
+    t0 = time.perf_counter()
+    keys, tol, _ = projection_keys(eg.G, b, seed)
+    combos = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(dom.size), b)),
+                         dtype=np.int32, count=total * b).reshape(total, b)
+    K = keys[combos].sum(axis=1)
+    order = np.argsort(K, kind="stable")
+    Ks = K[order]
+    close = np.diff(Ks) <= tol
+    res = SearchResult(model, bias, d, n, v, b, "all", seed, total, total, 0, 0, 0.0, visited=total,
+                       gradient_seconds=t_grad, mode="certified-all", levels=levels)
+    levels_of: Dict[int, set] = {}
+    i, m = 0, len(Ks)
+    while i < m - 1:
+        if not close[i]:
+            i += 1
+            continue
+        j = i
+        while j < m - 1 and close[j]:
+            j += 1
+        run = order[i:j + 1]  # a run of keys with consecutive gaps <= tol
+        sums = {int(r): eg.G[combos[r]].sum(axis=0) for r in run}
+        for x_, y_ in itertools.combinations(run.tolist(), 2):
+            if abs(int(K[x_]) - int(K[y_])) > tol or np.max(np.abs(sums[x_] - sums[y_])) > b:
+                continue
+            level = certify(eg, combos[x_], combos[y_])
+            if level == "differs":
+                res.false_candidates += 1
+                continue
+            res.certificates[level] = res.certificates.get(level, 0) + 1
+            for z in (x_, y_):
+                levels_of.setdefault(z, set()).add(level)
+            if sum(p["level"] == level for p in res.pairs) < 10:
+                res.pairs.append({"true": combos[x_].tolist(), "forgery": combos[y_].tolist(), "level": level})
+        i = j + 1
+    res.batches_with_forgery = len(levels_of)
+    res.structural = sum(1 for s in levels_of.values() if s == {"trivial"})
+    res.batches_with_nontrivial_forgery = res.batches_with_forgery - res.structural
+    res.found = res.batches_with_nontrivial_forgery
+    res.seconds = res.search_seconds = time.perf_counter() - t0
+    return res
