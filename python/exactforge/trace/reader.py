@@ -94,7 +94,7 @@ class Trace:
     @classmethod
     def open(cls, directory: str, limits: Limits = DEFAULT_LIMITS) -> "Trace":
         """Loads and checks the manifest and the whole chain; raises TraceError."""
-        raw_obj, raw = read_json(directory, "manifest.json", limits.manifest_bytes, "manifest", limits)
+        raw_obj, raw = read_json(directory, "manifest.json", limits.manifest_bytes, "manifest", limits)  # type: ignore[misc]
         man = validate_manifest(raw_obj, limits)
         t = cls(directory, man, sha256_bytes(raw), limits=limits)
         b = man.get("batch_size")
@@ -109,9 +109,10 @@ class Trace:
                 break
             if i >= limits.max_steps:
                 raise TraceError(f"records: more than {limits.max_steps} steps")
-            if not is_entry(directory, record_name(i)):
+            got = read_json(directory, record_name(i), rec_limit, f"record {i}", limits, missing_ok=True)
+            if got is None:  # the first absent record ends the prefix (holes are found below)
                 break
-            obj, _ = read_json(directory, record_name(i), rec_limit, f"record {i}", limits)
+            obj, _ = got
             rec = _parse_record(obj, i, man, limits)
             if rec.hash != record_hash(obj):
                 raise TraceError(f"record {i}: its hash does not match its content (modified)")

@@ -81,16 +81,22 @@ def _open_parent(root: str, rel: str, what: str, missing_ok: bool = False) -> Op
     return dfd, parts[1]
 
 
-def read_file(root: str, rel: str, max_bytes: int, what: str) -> bytearray:
-    """The bytes of the regular file ``root/rel`` (a fixed trace name), at most ``max_bytes``.
-    Raises TraceError (never blocks on a FIFO, never follows a link, never reads a device)."""
+def read_file(root: str, rel: str, max_bytes: int, what: str, missing_ok: bool = False) -> Optional[bytearray]:
+    """The bytes of the regular file ``root/rel`` (a fixed trace name), at most ``max_bytes``;
+    None when it is absent and ``missing_ok``. Raises TraceError (never blocks on a FIFO, never
+    follows a link, never reads a device)."""
     if not _NAME.match(rel):
         raise TraceError(f"{what}: {rel!r} is not a trace file name")
-    dfd, name = _open_parent(root, rel, what)  # type: ignore[misc]
+    opened = _open_parent(root, rel, what, missing_ok)
+    if opened is None:
+        return None
+    dfd, name = opened
     try:
         try:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
+            if missing_ok:
+                return None
             raise TraceError(f"{what}: {rel} is missing") from None
         if not stat.S_ISREG(st.st_mode):
             raise TraceError(f"{what}: {rel} is {_kind(st.st_mode)}; a trace holds regular files only")
@@ -210,10 +216,14 @@ def parse_json(data: bytes, what: str, limits: Limits = DEFAULT_LIMITS) -> Any:
     return obj
 
 
-def read_json(root: str, rel: str, max_bytes: int, what: str, limits: Limits = DEFAULT_LIMITS
-              ) -> Tuple[Dict[str, Any], bytes]:
-    """A JSON object from a trace file, with its raw bytes (for hashing)."""
-    raw = bytes(read_file(root, rel, max_bytes, what))
+def read_json(root: str, rel: str, max_bytes: int, what: str, limits: Limits = DEFAULT_LIMITS,
+              missing_ok: bool = False) -> Optional[Tuple[Dict[str, Any], bytes]]:
+    """A JSON object from a trace file, with its raw bytes (for hashing); None when the file is
+    absent and ``missing_ok``."""
+    data = read_file(root, rel, max_bytes, what, missing_ok)
+    if data is None:
+        return None
+    raw = bytes(data)
     obj = parse_json(raw, f"{what} ({rel})", limits)
     if not isinstance(obj, dict):
         raise TraceError(f"{what}: {rel} must hold a JSON object")
