@@ -22,9 +22,7 @@ __all__ = ["__version__", "reduce", "mathfn", "compile_options", "set_num_thread
 def set_num_threads(n: int) -> None:
     """Default number of CPU threads of the native kernels (process-wide, like
     ``torch.set_num_threads``). Results are bitwise the same for every value."""
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
-        raise ValueError(f"n: expected a thread count in 1..{MAX_THREADS}, got {n!r}")
-    _core.set_num_threads(n)
+    _core.set_num_threads(reduce.check_threads(n, "n", allow_none=False))
 
 
 def get_num_threads() -> int:

@@ -206,7 +206,7 @@ def record_torch_fcn(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 
 
     from .torch_models import to_torch
 
-    from .verify import check_threads
+    from .reduce import check_threads
 
     _check_steps(steps, checkpoint_every)
     threads = check_threads(threads)

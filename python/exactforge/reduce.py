@@ -33,7 +33,7 @@ from . import _device
 from ._arrays import ArrayKind, check_dtype, compute_dtype, from_numpy, host_copy, kind_of, shape_of, to_numpy
 from ._native import _core
 
-__all__ = ["matmul", "sum", "MODES", "error_bound", "exact_plan"]
+__all__ = ["matmul", "sum", "MODES", "error_bound", "exact_plan", "check_threads"]
 
 MODES = ("fixed", "exact")
 
@@ -52,13 +52,23 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-def _check_threads(threads: Optional[int]) -> int:
-    if threads is None:
-        return 0
+def check_threads(threads: Any, name: str = "threads", allow_none: bool = True) -> Optional[int]:
+    """None (when allowed), or a thread count in 1..MAX_THREADS: the one check every thread
+    count passes (OpenMP ends the process, not with an exception, when it cannot start the
+    threads asked for)."""
+    if threads is None and allow_none:
+        return None
     cap = int(_core.MAX_THREADS)
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= cap:
-        raise ValueError(f"threads: expected a thread count in 1..{cap} or None, got {threads!r}")
+    if (threads is None or isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+            or not 1 <= threads <= cap):
+        raise ValueError(f"{name}: expected a thread count in 1..{cap}{' or None' if allow_none else ''}, "
+                         f"got {threads!r}")
     return int(threads)
+
+
+def _check_threads(threads: Optional[int]) -> int:
+    """The kernels' argument: 0 means the default thread count."""
+    return check_threads(threads) or 0
 
 
 def _same_kind(ka: ArrayKind, kb: ArrayKind, names: str) -> None:

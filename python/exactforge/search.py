@@ -206,7 +206,7 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
 
     Bounds, checked before anything is allocated: ``max_memory_mib`` covers every allocation
     (``memory_needed``), and ``brute`` refuses more than ``max_batches`` batches per true batch."""
-    from .verify import check_threads
+    from .reduce import check_threads
 
     if method not in ("mitm", "brute"):
         raise ValueError(f"method: expected 'mitm' or 'brute', got {method!r}")

@@ -24,7 +24,8 @@ import numpy as np
 from . import models as M
 from .data import BUNDLED, DATASETS, Dataset, as_dataset, load_dataset
 from .distances import DISTANCES, verification_distance
-from .trace import DEFAULT_LIMITS, MAX_THREADS, Limits, Trace, TraceError
+from .reduce import check_threads
+from .trace import DEFAULT_LIMITS, Limits, Trace, TraceError
 
 __all__ = ["POLICIES", "StepResult", "VerificationReport", "verify_trace", "select_segments", "open_with_data",
            "check_threads", "resolution"]
@@ -120,16 +121,6 @@ def _json_float(x: Any) -> Any:
         return float(x) if math.isfinite(float(x)) else None
     except (TypeError, ValueError):
         return None
-
-
-def check_threads(threads: Any, name: str = "threads") -> Optional[int]:
-    """None, or a thread count in 1..MAX_THREADS (OpenMP ends the process, not with an
-    exception, when it cannot start the threads it is asked for)."""
-    if threads is None:
-        return None
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= MAX_THREADS:
-        raise ValueError(f"{name}: expected a thread count in 1..{MAX_THREADS}, got {threads!r}")
-    return int(threads)
 
 
 def _load_data(man: Dict[str, Any], dataset: Any, data_path: Optional[str]) -> Dataset:
