@@ -17,6 +17,7 @@ sampled true batches, the search decides whether another batch has the same grad
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -172,6 +173,13 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="probe", unit_scale=True, leave=False)
 
 
+def _check_cell(model: str, b: Any) -> None:
+    if model not in MODELS:
+        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
+    if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= 6:
+        raise ValueError(f"b: expected a batch size of 1..6, got {b!r}")
+
+
 # A brute-force search visits C(N, b) batches per call; above this it is refused unless the
 # caller raises max_batches (about 1e11 visits is a few minutes on 2 cores).
 MAX_BRUTE_BATCHES = 10**11
@@ -210,10 +218,7 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
 
     if method not in ("mitm", "brute"):
         raise ValueError(f"method: expected 'mitm' or 'brute', got {method!r}")
-    if model not in MODELS and gradients is None:
-        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
-    if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= 6:
-        raise ValueError(f"b: expected a batch size of 1..6, got {b!r}")
+    _check_cell(model if gradients is None else MODELS[0], b)
     if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance: expected a finite number >= 0, got {tolerance!r}")
     if not (isinstance(max_memory_mib, (int, float)) and math.isfinite(max_memory_mib) and max_memory_mib > 0):
@@ -235,14 +240,15 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
     if method == "brute" and tolerance == 0 and total > max_batches:
         raise ValueError(f"max_batches: brute force would visit {total:.3g} batches per true batch, above the bound "
                          f"of {max_batches:.3g}; use --method mitm, or raise --max-batches to run it anyway")
-    X, y = dom.examples()
     eg = None
     t_grad = time.perf_counter()
-    if gradients is None:
+    if gradients is None and tolerance == 0:
+        eg = _exact_gradients_cached(model, d, n, v, bias, seed, levels)
+        G = None  # the certified search needs no float64 gradients
+    elif gradients is None:
         spec, params = model_for(model, dom, bias, seed)
+        X, y = dom.examples()
         G = per_example_gradients(spec, params, X, y)
-        if tolerance == 0:
-            eg = _exact_gradients_cached(model, d, n, v, bias, seed, levels)
     else:
         G = np.asarray(gradients, np.float64)
         if G.shape[0] != dom.size:
@@ -277,13 +283,13 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
                        search_seconds=t_native if t_native is not None else secs, gradient_seconds=t_grad, mode=mode,
                        levels=levels)
     with_forgery, nontrivial = set(), set()
+    from .certify import certify
+
     for t, cand in found_sets:
         truth = truths[t]
         if list(cand) == truth:
             continue
         if eg is not None:
-            from .certify import certify
-
             level = certify(eg, truth, cand)
         else:  # no structure to certify with: equal multisets of per-example gradients, or not
             same = sorted(map(tuple, G[truth].tolist())) == sorted(map(tuple, G[list(cand)].tolist()))
@@ -310,26 +316,19 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
     return res
 
 
-_EG_CACHE: Dict[tuple, Any] = {}
-
-
+@functools.lru_cache(maxsize=4)
 def _exact_gradients_cached(model: str, d: int, n: int, v: int, bias: bool, seed: int, levels: str = "grid"):
-    """The 200-bit gradients of a cell's domain (shared by the cells of a row of the table: the
-    same model, bias, v and seed; at most a few, kept while the table runs)."""
+    """The 200-bit gradients of a cell's domain, shared by the cells of a row of the table (the
+    same model, bias, v, levels and seed; every b <= 6 fits the fixed-point width)."""
     from .certify import exact_gradients, key_bits_for
 
     dom = Domain(d, n, v, levels)
     spec, params = model_for(model, dom, bias, seed)
-    kb = key_bits_for(spec.num_params, 6)  # wide enough for every b <= 6, so one copy serves all
-    key = (model, d, n, v, levels, bias, seed, kb)
-    if key not in _EG_CACHE:
-        if len(_EG_CACHE) >= 4:
-            _EG_CACHE.pop(next(iter(_EG_CACHE)))
-        imgs = dom.images()
-        image_of = np.repeat(np.arange(len(imgs)), n)
-        labels = np.tile(np.arange(n), len(imgs))
-        _EG_CACHE[key] = exact_gradients(spec, params, imgs, image_of, labels, dom.denominator, key_bits=kb)
-    return _EG_CACHE[key]
+    imgs = dom.images()
+    image_of = np.repeat(np.arange(len(imgs)), n)
+    labels = np.tile(np.arange(n), len(imgs))
+    return exact_gradients(spec, params, imgs, image_of, labels, dom.denominator,
+                           key_bits=key_bits_for(spec.num_params, 6))
 
 
 def _native_search(Gi, keys, truths, b, method, threads, max_memory_mib, progress, key_tol=0, coord_tol=0, shift=0):
@@ -498,10 +497,7 @@ def run_search_all(model: str = "logreg", d: int = 4, n: int = 3, v: int = 2, b:
     certified pairs per level (``certificates``, each unordered pair once)."""
     from .certify import certify, projection_keys
 
-    if model not in MODELS:
-        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
-    if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= 6:
-        raise ValueError(f"b: expected a batch size of 1..6, got {b!r}")
+    _check_cell(model, b)
     dom = Domain(d, n, v, levels)
     total = int(_core.choose(dom.size, b))
     if total > max_batches:
