@@ -230,9 +230,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         total = sum(r.seconds for r in results)
         print(f"\n{len(results)} cells, {sum(r.found for r in results)} forgeries, "
               f"{sum(r.structural for r in results)} trivial ones, {total:.1f} s")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"cells": [r.to_dict() for r in results], "seconds": total}, f, indent=1)
+        _write_json(args.json, json.dumps({"cells": [r.to_dict() for r in results], "seconds": total}, indent=1))
         return 0
     if args.model == "all" or len(biases) != 1:
         raise ValueError("--model all and --bias both apply to --table; choose one model and --bias yes|no")
@@ -245,9 +243,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
               f"batch: {r.batches_with_forgery} of {r.batches} batches have a distinct batch with an equal gradient "
               f"({r.structural} only trivially); pairs by certificate: "
               f"{', '.join(f'{v} {k}' for k, v in sorted(r.certificates.items())) or 'none'}; {r.seconds:.1f} s")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(r.to_dict(), f, indent=1)
+        _write_json(args.json, json.dumps(r.to_dict(), indent=1))
         return 0
     r = run_search(args.model, args.d, args.n, args.v, args.b, seed=args.seed, bias=biases[0], method=args.method,
                    true_batches=args.true_batches, tolerance=args.tolerance, threads=args.threads,
@@ -258,9 +254,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
           f"({', '.join(f'{v} {k}' for k, v in sorted(r.certificates.items()) if k != 'trivial') or 'none'}), "
           f"{r.structural} trivial (zero-influence examples), {r.batches_with_forgery} true batch(es) with a forgery, "
           f"{r.false_candidates} candidate(s) certified different")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r.to_dict(), f, indent=1)
+    _write_json(args.json, json.dumps(r.to_dict(), indent=1))
     return 0
 
 
@@ -321,11 +315,10 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     except TraceError as exc:
         print(f"exactforge attack: invalid trace: {exc}", file=sys.stderr)
         return 2
-    if not 0 < args.fraction <= 1:
-        raise ValueError("--fraction: expected a forging fraction in (0, 1]")
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(args.seed)  # (--fraction is range-checked by argparse)
     r = max(1, int(round(args.fraction * len(ctx.batch))))
-    remove = [int(i) for i in rng.choice(np.unique(ctx.batch), min(r, len(np.unique(ctx.batch))), replace=False)]
+    distinct = np.unique(ctx.batch)  # a batch drawn with replacement may repeat an example
+    remove = [int(i) for i in rng.choice(distinct, min(r, len(distinct)), replace=False)]
     res = run_attack(args.method, ctx, remove, pool=args.pool, candidates=args.candidates, steps=args.opt_steps,
                      seed=args.seed, metric=args.metric)
     out = res.to_dict()
