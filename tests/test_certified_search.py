@@ -112,17 +112,30 @@ def _planted_case(model, bias, method, dom, imgs, seed):
     return False
 
 
-@settings(max_examples=int(os.environ.get("EXACTFORGE_SEARCH_EXAMPLES", "12")), deadline=None)
-@given(st.sampled_from(MODELS), st.integers(2, 3), st.integers(2, 3), st.sampled_from([(2, 2), (2, 3), (3, 2)]),
-       st.integers(0, 50))
-def test_search_agrees_with_an_independent_high_precision_count(mb, b, n, dv, seed):
+EXAMPLES = settings(max_examples=int(os.environ.get("EXACTFORGE_SEARCH_EXAMPLES", "12")), deadline=None)
+SMALL_CELLS = given(st.sampled_from(MODELS), st.integers(2, 3), st.integers(2, 3),
+                    st.sampled_from([(2, 2), (2, 3), (3, 2)]), st.integers(0, 50))
+
+
+def reference(mb, b, n, dv, seed):
+    """(model, bias, d, v, N, equal pairs of the independent count) of a small random cell, or
+    None for a cell too large to enumerate at 300 bits here."""
     model, bias = mb
     d, v = dv
     N = v ** d * n
     if N > 27 or (b == 3 and N > 24):
-        return
+        return None
     grads, ctx = independent_gradients(model, d, n, v, bias, seed)
-    want = equal_pairs(grads, ctx, b)
+    return model, bias, d, v, N, equal_pairs(grads, ctx, b)
+
+
+@EXAMPLES
+@SMALL_CELLS
+def test_search_agrees_with_an_independent_high_precision_count(mb, b, n, dv, seed):
+    ref = reference(mb, b, n, dv, seed)
+    if ref is None:
+        return
+    model, bias, d, v, N, want = ref
     every = [list(c) for c in itertools.combinations(range(N), b)]
     for method in ("mitm", "brute"):
         r = run_search(model, d, n, v, b, bias=bias, method=method, planted=every, seed=seed)
@@ -144,7 +157,7 @@ def test_exact_certificates_hold_at_300_bits():
             assert abs(diff) < ctx.mpf(2) ** -280
 
 
-@settings(max_examples=int(os.environ.get("EXACTFORGE_SEARCH_EXAMPLES", "12")), deadline=None)
+@EXAMPLES
 @given(st.sampled_from(MODELS), st.integers(2, 3), st.integers(2, 3), st.integers(2, 3), st.integers(0, 1000))
 def test_b1_analysis_agrees_with_the_b1_search(mb, d, n, v, seed):
     """Every b = 1 forgery the search finds is one that b1_analysis says exists."""
@@ -184,20 +197,16 @@ def test_paper_grey_levels():
     assert r.found == 0  # 0 + 255 = 255 but 127 + 127 = 254
 
 
-@settings(max_examples=int(os.environ.get("EXACTFORGE_SEARCH_EXAMPLES", "12")), deadline=None)
-@given(st.sampled_from(MODELS), st.integers(2, 3), st.integers(2, 3), st.sampled_from([(2, 2), (2, 3), (3, 2)]),
-       st.integers(0, 50))
+@EXAMPLES
+@SMALL_CELLS
 def test_all_counts_agree_with_an_independent_high_precision_count(mb, b, n, dv, seed):
     """search --all: every batch a true batch; the counts equal those of the 300-bit brute force."""
     from exactforge.search import run_search_all
 
-    model, bias = mb
-    d, v = dv
-    N = v ** d * n
-    if N > 27 or (b == 3 and N > 24):
+    ref = reference(mb, b, n, dv, seed)
+    if ref is None:
         return
-    grads, ctx = independent_gradients(model, d, n, v, bias, seed)
-    want = equal_pairs(grads, ctx, b)
+    model, bias, d, v, N, want = ref
     r = run_search_all(model, d, n, v, b, bias=bias, seed=seed)
     assert sum(r.certificates.values()) == len(want) // 2
     assert r.batches_with_forgery == len({a for a, _ in want})
