@@ -112,4 +112,4 @@ def test_search_all_cli(tmp_path):
     d = json.loads(out.read_text())
     assert d["batches"] == 17296 and d["true_batches"] == 17296
     assert d["batches_with_forgery"] == 3255 and d["trivial"] == 3105 and d["certificates"]["exact"] == 75
-    assert main(["search", "--all", "--v", "3", "--b", "5", "--quiet"]) == 2  # 6.8e9 batches: refused
+    assert main(["search", "--all", "--v", "4", "--b", "5", "--quiet"]) == 2  # 2.2e12 batches: refused

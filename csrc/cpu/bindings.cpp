@@ -15,6 +15,7 @@
 #include "exactforge/mathfn.hpp"
 #include "exactforge/reduce.hpp"
 #include "exactforge/search.hpp"
+#include "exactforge/collide.hpp"
 
 #include <memory>
 
@@ -211,6 +212,72 @@ class SearchHandle {
   std::unique_ptr<search::Mitm> table_;
 };
 
+
+// Every equal-gradient pair of a cell (search --all); see collide.hpp. Arrays are checked
+// here for everything that guards memory: shapes, ascending keys, residues below their primes.
+py::dict all_pairs(py::array_t<int64_t, py::array::c_style | py::array::forcecast> keys,
+                   py::array_t<int64_t, py::array::c_style | py::array::forcecast> grads,
+                   py::array_t<int32_t, py::array::c_style | py::array::forcecast> image,
+                   py::array_t<uint64_t, py::array::c_style | py::array::forcecast> label,
+                   py::array_t<uint64_t, py::array::c_style | py::array::forcecast> moduli, int b, int64_t zeros,
+                   int64_t key_tol, int64_t coord_tol, uint64_t max_bytes, uint64_t max_numerical, int threads,
+                   std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> keys2,
+                   int64_t key2_tol) {
+  if (keys.ndim() != 1 || grads.ndim() != 2 || image.ndim() != 1 || label.ndim() != 2 || moduli.ndim() != 1)
+    throw py::value_error("keys, grads, image, label, moduli: wrong dimensions");
+  const int64_t n = keys.shape(0), p = grads.shape(1), q = moduli.shape(0);
+  if (grads.shape(0) != n || image.shape(0) != n || label.shape(0) != n || label.shape(1) != p * q)
+    throw py::value_error("keys, grads, image, label: inconsistent shapes");
+  for (int64_t i = 0; i < q; ++i)
+    if (moduli.at(i) < 2 || moduli.at(i) >= (uint64_t(1) << 61)) throw py::value_error("moduli: primes below 2^61");
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < p * q; ++j)
+      if (label.at(i, j) >= moduli.at(j / p)) throw py::value_error("label: residues must lie below their prime");
+  if (keys2 && (keys2->ndim() != 1 || keys2->shape(0) != n)) throw py::value_error("keys2: one key per example");
+  collide::Cell c;
+  if (keys2) {
+    c.keys2 = keys2->data();
+    c.key2_tol = key2_tol;
+  }
+  c.n = n;
+  c.p = p;
+  c.keys = keys.data();
+  c.grads = grads.data();
+  c.image = image.data();
+  c.nmod = static_cast<int>(q);
+  c.label = label.data();
+  c.moduli = moduli.data();
+  c.b = b;
+  c.zeros = zeros;
+  c.key_tol = key_tol;
+  c.coord_tol = coord_tol;
+  collide::Found f;
+  try {
+    py::gil_scoped_release nogil;
+    f = collide::find_all(c, max_bytes, max_numerical, threads);
+  } catch (const std::length_error& e) {
+    throw py::value_error(e.what());
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+  py::dict d;
+  d["bits"] = f.bits;
+  d["records"] = f.records;
+  d["windows"] = f.windows;
+  d["exact_pairs"] = f.exact_pairs;
+  d["exact_pairs_saturated"] = f.exact_pairs_saturated;
+  py::array_t<uint64_t> mem(static_cast<py::ssize_t>(f.exact_members.size()));
+  std::copy(f.exact_members.begin(), f.exact_members.end(), mem.mutable_data());
+  d["exact_members"] = mem;
+  py::list ex, num;
+  for (auto& pr : f.exact_examples) ex.append(py::make_tuple(pr.a, pr.b));
+  for (auto& pr : f.numerical) num.append(py::make_tuple(pr.a, pr.b));
+  d["exact_examples"] = ex;
+  d["numerical"] = num;
+  d["false_candidates"] = f.false_candidates;
+  d["seconds"] = py::make_tuple(f.seconds[0], f.seconds[1], f.seconds[2], f.seconds[3]);
+  return d;
+}
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -238,6 +305,11 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("table_bytes", &SearchHandle::table_bytes);
   m.def("mitm_table_bytes", &search::Mitm::table_bytes_for, py::arg("n"), py::arg("b"));
   m.def("choose", &search::choose, py::arg("n"), py::arg("k"));
+  m.def("all_pairs", &all_pairs, py::arg("keys"), py::arg("grads"), py::arg("image"), py::arg("label"),
+        py::arg("moduli"), py::arg("b"), py::arg("zeros"), py::arg("key_tol"), py::arg("coord_tol"),
+        py::arg("max_bytes"), py::arg("max_numerical"), py::arg("threads") = 0, py::arg("keys2") = py::none(),
+        py::arg("key2_tol") = 0);
+  m.def("pack_bits", &collide::pack_bits, py::arg("n"), py::arg("b"));
   m.attr("MAX_THREADS") = kMaxThreads;
   m.attr("EXACT_MATMUL_MAX_K") = kExactMatmulMaxK;
   m.attr("EXACT_SUM_MAX_K") = kExactSumMaxK;

@@ -15,10 +15,11 @@ Stage 2 certifies every candidate pair (B, B'):
 * ``trivial``: B and B' differ only in zero-influence examples, whose gradient is exactly 0: an
   all-zero image without bias (logistic regression), or an example that leaves every ReLU dead
   in an FCN without an output bias.
-* ``exact``: after removing zero-influence examples, B and B' hold the same multiset of images,
-  and their label parts sum to the same exact rational. An example's gradient is an *image
-  part* (a function of the image alone: its softmax and activations) plus a *label part*, which
-  is rational: -x~ e_y^T for logistic regression, and -(x (W2[:, y] * m)), -h e_y^T, ... for
+* ``exact``: after removing zero-influence examples, B and B' hold the same multiset of image
+  classes (images whose image parts are provably equal: the image itself, or, in an FCN, any
+  image that leaves every ReLU dead), and their label parts sum to the same exact rational.
+  An example's gradient is an *image part* (a function of the image alone: its softmax and
+  activations) plus a *label part*, which is rational: -x~ e_y^T for logistic regression, and -(x (W2[:, y] * m)), -h e_y^T, ... for
   the FCN. So the image parts cancel term by term, and equality is an identity of rationals: a
   proof, not a measurement.
 * ``numerical``: equal to 200 bits, with no structural explanation (none has been seen).
@@ -37,7 +38,7 @@ import numpy as np
 from . import models as M
 
 __all__ = ["PREC", "KEY_BITS", "ExactGradients", "exact_gradients", "certify", "LEVELS", "key_bits_for",
-           "projection_keys"]
+           "projection_keys", "label_residues"]
 
 PREC = 200           # bits of the high-precision evaluation
 KEY_BITS = 44        # default |G| <= 2^44; ``key_bits`` lowers it for long gradients (see projection_keys)
@@ -52,7 +53,7 @@ class ExactGradients:
     G: np.ndarray                  # int64, round(g * 2^scale)
     scale: int
     zero: np.ndarray               # bool: the example's gradient is exactly 0
-    image: np.ndarray              # int64: index of the example's image (equal images, equal index)
+    image: np.ndarray              # int64: the example's image class (equal class: equal image part)
     label: List[Tuple[Fraction, ...]]  # exact label part of each example (length P)
     hp: List[list]                 # the 200-bit gradient of each example (mpmath numbers)
     ctx: object = None             # the mpmath context of hp
@@ -90,11 +91,19 @@ def exact_gradients(spec: M.ModelSpec, params: M.Params, images: np.ndarray, ima
         hp.append([img[j] + mp.mpf(lab[j].numerator) / lab[j].denominator for j in range(P)])
         label.append(tuple(lab))
         zero[i] = is_zero
+    # Image classes: images with provably equal image parts share one. In an FCN, an image that
+    # leaves every ReLU dead has h = 0 and a zero first-layer error, so its image part is
+    # (0, 0, 0, softmax(b2)) whatever the image: all such images are one class.
+    image_class = np.asarray(image_of, np.int64).copy()
+    if spec.kind != "logreg":
+        dead = np.array([not any(t["m"]) for t in per_image], bool)
+        if dead.any():
+            image_class[dead[image_class]] = int(np.flatnonzero(dead)[0])
     mx = max((abs(v) for row in hp for v in row), default=mp.mpf(0))
     scale = key_bits - (int(mp.floor(mp.log(mx, 2))) + 1) if mx > 0 else 0
     two = mp.mpf(2) ** scale
     G = np.array([[int(mp.nint(v * two)) for v in row] for row in hp], dtype=np.int64).reshape(N, P)
-    return ExactGradients(G, scale, zero, np.asarray(image_of, np.int64), label, hp, mp)
+    return ExactGradients(G, scale, zero, image_class, label, hp, mp)
 
 
 def _image_terms(spec, W, Bs, x, n, mp) -> Dict[str, object]:
@@ -185,9 +194,72 @@ def key_bits_for(P: int, b: int) -> int:
 def projection_keys(G: np.ndarray, b: int, seed: int) -> Tuple[np.ndarray, int, int]:
     """Integer keys r.G_i (exact in int64), the key tolerance |r|_1 * b and the bucket shift with
     2^shift > 2 * tolerance, for the tolerance search of ``exactforge._core.SearchHandle``."""
-    r = np.random.default_rng([seed, 0x7E1]).integers(1, 256, G.shape[1], dtype=np.int64)
-    keys = G @ r  # |G| <= 2^key_bits_for(P, b): |sum of b keys| < 2^62
+    # As large as |sum of b keys| < 2^62 allows (at least 256): small random integers vanish on
+    # small integer vectors, such as label-part differences, far more often than large ones.
+    P = max(1, G.shape[1])
+    gmax = int(np.max(np.abs(G))) if G.size else 0
+    r_max = max(256, min(2**20, 2**62 // (6 * P * max(1, gmax))))
+    r = np.random.default_rng([seed, 0x7E1]).integers(1, r_max, G.shape[1], dtype=np.int64)
+    keys = G @ r  # |sum of b <= 6 keys| <= 6 P r_max max|G| < 2^62
     tol = int(r.sum()) * b
     # buckets 64 times wider than the window: a window straddles two buckets about 1 time in 32
     shift = max(1, math.ceil(math.log2(2 * tol + 1)) + 6)
     return keys, tol, shift
+
+
+def _is_prime(n: int) -> bool:
+    """Deterministic Miller-Rabin for n < 3.3e24 (these twelve bases suffice)."""
+    if n < 2:
+        return False
+    bases = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+    for p in bases:
+        if n % p == 0:
+            return n == p
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for a in bases:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def _primes_below_2_61(k: int) -> List[int]:
+    out, c = [], 2**61 - 1
+    while len(out) < k:
+        if _is_prime(c):
+            out.append(c)
+        c -= 2
+    return out
+
+
+def label_residues(eg: ExactGradients, rows: Sequence[int], b: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The label parts of examples ``rows`` as integers modulo primes below 2^61, enough primes
+    that equal residues of two sums of at most b label parts mean equal sums: the parts are
+    scaled by their common denominator D to integers of magnitude at most M, two sums differ by
+    at most 2 b M, and the product of the primes exceeds 2 (2 b M) + 1 (Chinese remainders).
+    Returns (len(rows) x (P * q) residues, prime-major, and the q primes)."""
+    rows = [int(r) for r in rows]
+    P = len(eg.label[0]) if eg.label else 0
+    D = 1
+    for r in rows:
+        for v in eg.label[r]:
+            D = D * v.denominator // math.gcd(D, v.denominator)
+    ints = [[int(v * D) for v in eg.label[r]] for r in rows]
+    M = max((abs(v) for row in ints for v in row), default=0)
+    bound = 2 * (2 * b * M) + 1
+    q = 1
+    while (2**61 - 2**20) ** q <= bound:  # every prime used lies above 2^61 - 2^20
+        q += 1
+    primes = _primes_below_2_61(q)
+    out = np.zeros((len(rows), P * q), np.uint64)
+    for i, row in enumerate(ints):
+        out[i] = [v % pr for pr in primes for v in row]
+    return out, np.array(primes, np.uint64)

@@ -238,7 +238,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         from .search import run_search_all
 
         r = run_search_all(args.model, args.d, args.n, args.v, args.b, seed=args.seed, bias=biases[0],
-                           levels=args.levels)
+                           levels=args.levels, threads=args.threads, max_memory_mib=args.max_memory)
         print(f"{r.model} ({'bias' if r.bias else 'no bias'}) d={r.d} n={r.n} v={r.v} b={r.b}, every batch a true "
               f"batch: {r.batches_with_forgery} of {r.batches} batches have a distinct batch with an equal gradient "
               f"({r.structural} only trivially); pairs by certificate: "
@@ -462,13 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--tolerance", type=_real(0.0), default=0.0, help="tau > 0: equal within ||delta|| <= tau")
     s_.add_argument("--threads", type=_threads_type())
     s_.add_argument("--max-memory", type=_real(0.0, 2.0**40, lo_open=True), default=4096,
-                    help="bound on everything the search allocates (examples, gradients, table), MiB")
+                    help="bound on everything the search allocates (examples, gradients, table; with --all the "
+                         "key windows), MiB")
     s_.add_argument("--max-batches", type=_count(1), default=10**11,
                     help="brute force: refuse a search of more batches than this per true batch")
     s_.add_argument("--table", action="store_true", help="the whole grid v = 2..6, b = 1..5 (Table 4)")
     s_.add_argument("--all", action="store_true",
-                    help="every batch of the cell is a true batch (cells up to 3e7 batches): complete counts; "
-                         "with --table, for every cell that small (the others are sampled)")
+                    help="every batch of the cell is a true batch (cells up to 1e10 batches; v=3, b=5 takes a few "
+                         "minutes): complete counts; with --table, for every cell that small (the others are sampled)")
     s_.add_argument("--json", metavar="OUT")
     s_.add_argument("--quiet", action="store_true", help="no progress bar")
     s_.set_defaults(func=_cmd_search)

@@ -440,7 +440,8 @@ def run_table(models: Sequence[str] = MODELS, biases: Sequence[bool] = (True, Fa
             for v in vs:
                 for b in bs:
                     if all_cells and _core.choose(Domain(d, n, v).size, b) <= MAX_ALL_BATCHES:
-                        out.append(run_search_all(model, d, n, v, b, seed=seed, bias=bias, levels=levels))
+                        out.append(run_search_all(model, d, n, v, b, seed=seed, bias=bias, levels=levels,
+                                                  threads=threads, max_memory_mib=max_memory_mib))
                         continue
                     out.append(run_search(model, d, n, v, b, seed=seed, bias=bias, method=method,
                                           true_batches=true_batches, threads=threads,
@@ -483,21 +484,32 @@ def format_table(results: Sequence[SearchResult]) -> str:
     return "\n".join(lines)
 
 
-# Every batch of a cell as a true batch: keys of all C(N, b) batches are sorted, so a pair with
-# equal real gradients (keys within the tolerance) lies in one run of keys whose consecutive gaps
-# are at most the tolerance; every pair of such a run is checked and certified.
-MAX_ALL_BATCHES = 30_000_000
+# Every batch of a cell as a true batch (exactforge._core.all_pairs, src/collide.cpp): all pairs
+# of batches whose keys lie within the tolerance are found in windows of the key axis, and each
+# is decided exactly in C++ (same image classes: label-part sums compared as integers) or handed
+# back for the 200-bit check (different image classes). 6.8e9 batches (v = 3, b = 5) take
+# minutes; the bound is on the count, the memory is bounded by max_memory_mib.
+MAX_ALL_BATCHES = 10**10
 
 
 def run_search_all(model: str = "logreg", d: int = 4, n: int = 3, v: int = 2, b: int = 3, *, seed: int = 0,
-                   bias: bool = True, levels: str = "grid", max_batches: int = MAX_ALL_BATCHES) -> SearchResult:
+                   bias: bool = True, levels: str = "grid", max_batches: int = MAX_ALL_BATCHES,
+                   threads: Optional[int] = None, max_memory_mib: float = 4096) -> SearchResult:
     """``--all``: every batch of b distinct examples is a true batch. Counts the batches that have
     at least one distinct batch with an equal gradient (``batches_with_forgery``; trivial ones
     included), those whose forgeries are all trivial (``structural``/``trivial``), and the
-    certified pairs per level (``certificates``, each unordered pair once)."""
-    from .certify import certify, projection_keys
+    certified pairs per level (``certificates``, each unordered pair of batches once).
+
+    Zero-influence examples are counted, not enumerated: a batch is a set R of the other
+    examples plus k of the z zero ones, and the C(z, k) batches sharing R are trivial forgeries
+    of each other (0 < k < z)."""
+    from .certify import certify, label_residues, projection_keys
+    from .reduce import check_threads
 
     _check_cell(model, b)
+    threads = check_threads(threads)
+    if not (isinstance(max_memory_mib, (int, float)) and math.isfinite(max_memory_mib) and max_memory_mib >= 1):
+        raise ValueError(f"max_memory_mib: expected at least 1 MiB, got {max_memory_mib!r}")
     dom = Domain(d, n, v, levels)
     total = int(_core.choose(dom.size, b))
     if total > max_batches:
@@ -507,42 +519,69 @@ def run_search_all(model: str = "logreg", d: int = 4, n: int = 3, v: int = 2, b:
     eg = _exact_gradients_cached(model, d, n, v, bias, seed, levels)
     t_grad = time.perf_counter() - t_grad
     t0 = time.perf_counter()
-    keys, tol, _ = projection_keys(eg.G, b, seed)
-    combos = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(dom.size), b)),
-                         dtype=np.int32, count=total * b).reshape(total, b)
-    K = keys[combos].sum(axis=1)
-    order = np.argsort(K, kind="stable")
-    Ks = K[order]
-    close = np.diff(Ks) <= tol
-    res = SearchResult(model, bias, d, n, v, b, "all", seed, total, total, 0, 0, 0.0, visited=total,
+    zeros = np.flatnonzero(eg.zero)
+    rows = np.flatnonzero(~eg.zero)
+    z = len(zeros)
+    keys, tol, _ = projection_keys(eg.G[rows], b, seed)
+    order = np.argsort(keys, kind="stable")
+    rows = rows[order]
+    if _core.pack_bits(len(rows), b) < 0:
+        raise ValueError(f"--all: {len(rows)} examples are too many to enumerate every batch")
+    keys2, tol2, _ = projection_keys(eg.G[rows], b, seed + 1)
+    lab, moduli = label_residues(eg, rows.tolist(), b)
+    found = _core.all_pairs(keys[order], eg.G[rows], eg.image[rows].astype(np.int32), lab, moduli, b, z, tol, b,
+                            int(max_memory_mib * 2**20), 1_000_000, int(threads or 0), keys2=keys2, key2_tol=tol2)
+    bits = found["bits"]
+    mask = (1 << bits) - 1
+
+    def batch(cid: int) -> List[int]:  # a representative batch of class (R, k): R and the first k zeros
+        k = cid & 7
+        return sorted([int(rows[(cid >> (3 + bits * i)) & mask]) for i in range(b - k)] + zeros[:k].tolist())
+
+    weight = [math.comb(z, k) for k in range(b + 1)]
+    res = SearchResult(model, bias, d, n, v, b, "all", seed, total, total, 0, 0, 0.0, visited=int(found["records"]),
                        gradient_seconds=t_grad, mode="certified-all", levels=levels)
-    levels_of: Dict[int, set] = {}
-    i, m = 0, len(Ks)
-    while i < m - 1:
-        if not close[i]:
-            i += 1
+    res.false_candidates = int(found["false_candidates"])
+    # trivial: every class (R, k) with 0 < k < z holds C(z, k) >= 2 batches, pairwise trivial
+    trivial_pool = sum(math.comb(len(rows), b - k) * weight[k] for k in range(1, min(b, z - 1) + 1))
+    trivial_pairs = sum(math.comb(len(rows), b - k) * math.comb(weight[k], 2) for k in range(0, min(b, z) + 1))
+    members = found["exact_members"]
+    numerical_members: set = set()
+    num_pairs = 0
+    for a_, b_ in found["numerical"]:
+        level = certify(eg, batch(a_), batch(b_))
+        if level == "differs":
+            res.false_candidates += 1
             continue
-        j = i
-        while j < m - 1 and close[j]:
-            j += 1
-        run = order[i:j + 1]  # a run of keys with consecutive gaps <= tol
-        sums = {int(r): eg.G[combos[r]].sum(axis=0) for r in run}
-        for x_, y_ in itertools.combinations(run.tolist(), 2):
-            if abs(int(K[x_]) - int(K[y_])) > tol or np.max(np.abs(sums[x_] - sums[y_])) > b:
-                continue
-            level = certify(eg, combos[x_], combos[y_])
-            if level == "differs":
-                res.false_candidates += 1
-                continue
-            res.certificates[level] = res.certificates.get(level, 0) + 1
-            for z in (x_, y_):
-                levels_of.setdefault(z, set()).add(level)
-            if sum(p["level"] == level for p in res.pairs) < 10:
-                res.pairs.append({"true": combos[x_].tolist(), "forgery": combos[y_].tolist(), "level": level})
-        i = j + 1
-    res.batches_with_forgery = len(levels_of)
-    res.structural = sum(1 for s in levels_of.values() if s == {"trivial"})
-    res.batches_with_nontrivial_forgery = res.batches_with_forgery - res.structural
-    res.found = res.batches_with_nontrivial_forgery
+        if level != "numerical":
+            raise RuntimeError(f"all_pairs: a pair of different image classes certified {level!r}")
+        num_pairs += weight[a_ & 7] * weight[b_ & 7]
+        numerical_members.update((int(a_), int(b_)))
+        if sum(p["level"] == "numerical" for p in res.pairs) < 10:
+            res.pairs.append({"true": batch(a_), "forgery": batch(b_), "level": "numerical"})
+    extra = np.array(sorted(numerical_members), np.uint64)
+    if len(extra):
+        extra = extra[~np.isin(extra, members)]
+    nontrivial_k = np.concatenate([members & np.uint64(7), extra & np.uint64(7)]).astype(np.int64)
+    w = np.array(weight, dtype=object)[nontrivial_k] if len(nontrivial_k) else np.array([], dtype=object)
+    nontrivial_batches = int(sum(w)) if len(w) else 0
+    nontrivial_mid = int(sum(wi for wi, k in zip(w, nontrivial_k) if 0 < k < z)) if len(w) else 0
+    res.batches_with_forgery = trivial_pool + nontrivial_batches - nontrivial_mid
+    res.structural = trivial_pool - nontrivial_mid
+    res.batches_with_nontrivial_forgery = nontrivial_batches
+    res.found = nontrivial_batches
+    if found["exact_pairs_saturated"]:
+        raise RuntimeError("all_pairs: the exact pair count overflowed 64 bits")
+    for level, cnt in (("trivial", trivial_pairs), ("exact", int(found["exact_pairs"])), ("numerical", num_pairs)):
+        if cnt:
+            res.certificates[level] = cnt
+    for a_, b_ in found["exact_examples"]:
+        res.pairs.append({"true": batch(a_), "forgery": batch(b_), "level": "exact"})
+    for k in range(1, min(b, z - 1) + 1):  # trivial examples: R with the first k zeros, then with the next ones
+        if sum(p["level"] == "trivial" for p in res.pairs) >= 10 or len(rows) < b - k:
+            break
+        R = sorted(int(r) for r in rows[:b - k])
+        res.pairs.append({"true": sorted(R + zeros[:k].tolist()), "forgery": sorted(R + zeros[1:k + 1].tolist()),
+                          "level": "trivial"})
     res.seconds = res.search_seconds = time.perf_counter() - t0
     return res
