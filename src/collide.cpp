@@ -359,8 +359,9 @@ Found find_all(const Cell& c, uint64_t max_bytes, uint64_t max_numerical, int th
   for (uint64_t v : hist) out.records += v;
   out.seconds[0] = since(t0);
 
-  // A window of r records: 16 bytes each in the buffers (class and key); the margin of key_tol above a window,
-  // the radix buffers and the members found take the rest of the bound.
+  // A window of r records: 8 bytes each in the buffer, 32 per record of a coarse bucket in each
+  // thread's radix buffers, the margin of key_tol above the window: 20 bytes a record is ample.
+  // (The members with an exact partner are kept apart from this bound: 8 bytes each.)
   const uint64_t cap = max_bytes / 20;
   std::vector<Local> locals(T);
   Buffer<uint64_t> ids_buf;  // the window's classes: written scattered, so only 8 bytes each
@@ -410,9 +411,7 @@ Found find_all(const Cell& c, uint64_t max_bytes, uint64_t max_numerical, int th
       start[kCoarse] = at;
     }
     const uint64_t total = start[kCoarse];
-    if (total > ids_buf.size()) {
-      ids_buf.grow(total);
-    }
+    if (total > ids_buf.size()) ids_buf.grow(total);
     uint64_t* ids = ids_buf.data();
     {
       struct Put {

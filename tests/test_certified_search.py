@@ -227,3 +227,29 @@ def test_all_counts_do_not_depend_on_windows_or_threads(model, bias):
     # with a bias no example has zero influence: every batch is enumerated; without one, the
     # batches that differ only in zero examples are counted, not enumerated
     assert (a["visited"] == a["batches"]) == bias
+
+
+@EXAMPLES
+@given(st.sampled_from(MODELS), st.integers(0, 10_000))
+def test_label_residues_decide_label_sums_exactly(mb, seed):
+    """Equal residues modulo the chosen primes <=> equal label-part sums as rationals, for sums of
+    up to 6 examples (the bound the native all-pairs search relies on)."""
+    from fractions import Fraction
+
+    from exactforge.certify import label_residues
+    from exactforge.search import _exact_gradients_cached
+
+    model, bias = mb
+    eg = _exact_gradients_cached(model, 4, 3, 2, bias, 0, "grid")
+    rows = list(range(len(eg.label)))
+    lab, primes = label_residues(eg, rows, 6)
+    P = len(eg.label[0])
+    rng = np.random.default_rng(seed)
+    a = rng.choice(len(rows), 6, replace=False)
+    b = a.copy() if seed % 2 else rng.choice(len(rows), 6, replace=False)
+    rng.shuffle(b)
+    exact = all(sum((eg.label[i][j] for i in a), Fraction(0)) == sum((eg.label[i][j] for i in b), Fraction(0))
+                for j in range(P))
+    by_residue = all(int(lab[a, q * P + j].astype(object).sum()) % int(p) == int(lab[b, q * P + j].astype(object).sum()) % int(p)
+                     for q, p in enumerate(primes) for j in range(P))
+    assert exact == by_residue

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["plot_forgery"]
+__all__ = ["plot_forgery", "plot_resolution"]
 
 
 def _image_shape(d: int) -> Optional[tuple]:
@@ -51,6 +51,47 @@ def plot_forgery(X: np.ndarray, Xf: np.ndarray, path: str, *, n: int = 8, title:
     axes[1][0].set_ylabel("forged")
     if title:
         fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_resolution(pairs: Sequence[tuple], path: str) -> str:
+    """Per parameter coordinate: the resolution ulp(theta_{t+1})/(2 lr) (x) against the float64
+    gradient difference of an exact forgery from the true batch (y). Below the diagonal the
+    difference can vanish when theta_{t+1} is rounded to float32, so epsilon = 0 cannot see it.
+    ``pairs``: (solver, differences, resolutions) per forged step. Exact zeros cannot be drawn
+    on a log axis; they are counted in the legend instead."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    lo, hi = np.inf, 0.0
+    colors = {"nullspace": "tab:purple", "error-matrix": "tab:orange"}
+    for solver in dict.fromkeys(p[0] for p in pairs):
+        d = np.concatenate([p[1] for p in pairs if p[0] == solver])
+        r = np.concatenate([p[2] for p in pairs if p[0] == solver])
+        nz = d > 0
+        below = float(np.mean(d < r))
+        ax.scatter(r[nz], d[nz], s=4, alpha=0.35, color=colors.get(solver, None),
+                   label=f"{solver}: {below:.1%} of {d.size} coordinates below "
+                         f"({int((~nz).sum())} exactly 0, not drawn)")
+        if nz.any():
+            lo = min(lo, float(r[nz].min()), float(d[nz].min()))
+            hi = max(hi, float(r[nz].max()), float(d[nz].max()))
+    if np.isfinite(lo) and hi > 0:
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="difference = resolution")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("resolution ulp(theta_{t+1}) / (2 lr) of the coordinate (float32)")
+    ax.set_ylabel("|gradient of forgery - gradient of true batch| (float64)")
+    ax.set_title("Exact forgeries vs what epsilon = 0 can see (native logreg verifier):\n"
+                 "points below the dashed line can vanish in the float32 rounding of theta_{t+1}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", markerscale=3)
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
