@@ -12,7 +12,11 @@ For each data set, model and solver, this forges S steps of a native training ru
 each step with the forged batch in the run's precision, and counts a *win* when the forged
 batch is distinct and reproduces theta_{t+1} bit for bit (epsilon = 0, no domain check).
 
-    python benchmarks/bench_resolution.py [--steps 30]
+    python benchmarks/bench_resolution.py [--steps 30] [--figure-dir benchmarks/figures] [--figure-only]
+
+The figure (resolution.png, as in the report of ``exactforge reevaluate``) sets each exact
+forgery's float64 gradient difference, per coordinate, beside the resolution of that coordinate
+on the native logistic-regression verifier of breast-cancer.
 """
 from __future__ import annotations
 
@@ -59,7 +63,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--figure-dir", default="benchmarks/figures")
+    ap.add_argument("--figure-only", action="store_true")
     args = ap.parse_args()
+    _figure(args)
+    if args.figure_only:
+        return
     print(f"# exact forgeries vs the native verifier at epsilon = 0, no domain check "
           f"({args.steps} steps each, b = {args.batch_size}, lr = {args.lr}; {time.strftime('%Y-%m-%d')})\n")
     print("| data set | model | solver | float32: wins | float32 resolution | float64: wins | float64 resolution |")
@@ -71,6 +80,22 @@ def main() -> None:
                 w, r = run(dataset, kind, method, dtype, args.steps, args.batch_size, args.lr, 0)
                 row.append(f"{w}/{args.steps} ({w / args.steps:.0%}) | {r:.2g}")
             print(f"| {dataset} | {kind} | {method} | " + " | ".join(row) + " |", flush=True)
+
+
+def _figure(args) -> None:
+    from exactforge.game import Verifier
+    from exactforge.reevaluate import resolution_study
+
+    ver = Verifier("logreg", "native", load_dataset("breast-cancer"), batch_size=args.batch_size,
+                   steps=min(args.steps, 10), lr=args.lr, seed=0)
+    st = resolution_study(ver, min(args.steps, 10), args.figure_dir)
+    print(f"figure: {args.figure_dir}/{st['figure']}")
+    print("| solver | step | max gradient difference | median resolution | coordinates below | accepted at eps 0 |")
+    print("|---|---|---|---|---|---|")
+    for f in st["forgeries"]:
+        print(f"| {f['solver']} | {f['step']} | {f['max_gradient_difference']:.2g} | {f['median_resolution']:.2g} | "
+              f"{f['fraction_below_resolution']:.1%} | {'yes' if f['accepted_at_epsilon_0'] else 'no'} |")
+    print()
 
 
 if __name__ == "__main__":
