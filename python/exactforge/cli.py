@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="native: exactforge's bitwise-reproducible step; torch: autograd + BLAS")
     t.add_argument("--model", choices=("logreg", "fcn"), default="fcn")
     t.add_argument("--hidden", default="100", help="hidden layer widths of the FCN, e.g. 32,32 (default 100)")
-    t.add_argument("--dataset", default="digits", choices=("digits", "breast-cancer", "mnist", "cifar10"))
+    t.add_argument("--dataset", default="digits", choices=("digits", "breast-cancer", "mnist-5k", "mnist", "cifar10"))
     t.add_argument("--data-path", help="folder with the local files of mnist or cifar10")
     t.add_argument("--batch-size", type=_count(1, 1 << 20), default=64)
     t.add_argument("--steps", type=_count(1, 100_000_000), default=50)
@@ -477,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("repro", help="reproduction-error study and calibrated epsilon")
     r.add_argument("--model", choices=("fcn", "lenet", "logreg", "vggmini", "transformer"), default="fcn")
     r.add_argument("--dataset", default="digits",
-                   choices=("digits", "breast-cancer", "wine", "mnist", "cifar10", "adult", "imdb", "synthetic-tokens"))
+                   choices=("digits", "breast-cancer", "wine", "mnist-5k", "mnist", "cifar10", "adult", "imdb",
+                            "synthetic-tokens"))
     r.add_argument("--data-path", help="local files of mnist, cifar10, adult or imdb")
     r.add_argument("--batch-sizes", default="32,100,1000")
     r.add_argument("--conditions", default="permute,threads,deterministic,bf16",
@@ -535,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("reevaluate", help="the main job: end-to-end re-evaluation of data forging (report folder)")
     e.add_argument("--quick", action="store_true", help="small budgets (under a minute), for CI")
     e.add_argument("--model", choices=("fcn", "logreg", "lenet", "vggmini"), default="fcn")
-    e.add_argument("--dataset", default="digits", choices=("digits", "breast-cancer", "wine", "mnist", "cifar10", "adult"))
+    e.add_argument("--dataset", default="digits",
+                   choices=("digits", "breast-cancer", "wine", "mnist-5k", "mnist", "cifar10", "adult"))
     e.add_argument("--data-path", help="local files of mnist, cifar10 or adult")
     e.add_argument("--seed", type=_SEED, default=0)
     e.add_argument("--out", default="reevaluation")

