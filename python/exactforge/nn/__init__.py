@@ -1,0 +1,17 @@
+"""Reproducible PyTorch layers and losses: gradients that are bitwise the same for any batch
+order and thread count (``mode="exact"``), within float32 rounding of autograd.
+
+    model = exactforge.nn.reproducible(model)        # same module, same state_dict
+    loss = exactforge.nn.cross_entropy(model(x), y)
+    loss.backward()
+
+Supported: Linear, Conv2d (groups=1, zero padding, any stride and dilation), BatchNorm1d/2d in
+eval mode, ReLU, Tanh, Sigmoid, Flatten, Unflatten, Identity, MaxPool2d, AvgPool2d, and Dropout
+in eval mode (or p=0). Anything else is refused by ``reproducible`` with its name. CPU tensors.
+"""
+from ._registry import MODES, UnsupportedLayerError, register_layer, reproducible, supported_layers
+from . import layers as _layers  # noqa: F401  (registers the layer types)
+from .functional import cross_entropy, mse_loss
+
+__all__ = ["reproducible", "cross_entropy", "mse_loss", "register_layer", "supported_layers",
+           "UnsupportedLayerError", "MODES"]

@@ -1,0 +1,92 @@
+"""Which layers run reproducibly, and ``reproducible(module)`` which switches them over.
+
+Like opacus's grad samplers: one small file per layer type registers how that type runs
+(``@register_layer(nn.Linear)``); ``reproducible`` looks every submodule up and refuses a model
+with an unknown one, naming it, before anything runs. The user's parameters, buffers and
+state_dict stay as they are: only each supported module's ``forward`` is replaced, on that
+instance.
+"""
+from __future__ import annotations
+
+import types
+from typing import Callable, Dict, List, Type
+
+from torch import nn
+
+__all__ = ["MODES", "UnsupportedLayerError", "register_layer", "supported_layers", "reproducible", "layer_mode"]
+
+MODES = ("exact", "fixed")
+
+# type -> make_forward(module, mode) returning the new forward (a function of (self, *inputs))
+_LAYERS: Dict[Type[nn.Module], Callable] = {}
+# containers: modules whose forward only calls their children (their own forward is kept)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+class UnsupportedLayerError(ValueError):
+    """A module of the model has no reproducible implementation."""
+
+
+def register_layer(*types_: Type[nn.Module]):
+    """Class decorator-like registration: ``@register_layer(nn.Linear)`` on a function
+    ``make_forward(module, mode) -> forward(self, *inputs)``."""
+
+    def deco(fn: Callable) -> Callable:
+        for t in types_:
+            _LAYERS[t] = fn
+        return fn
+
+    return deco
+
+
+def supported_layers() -> List[str]:
+    return sorted(t.__name__ for t in _LAYERS)
+
+
+def _lookup(module: nn.Module):
+    for t in type(module).__mro__:
+        if t in _LAYERS and (t is type(module) or getattr(_LAYERS[t], "subclasses", False)):
+            return _LAYERS[t]
+    return None
+
+
+def reproducible(module: nn.Module, mode: str = "exact") -> nn.Module:
+    """The same module, with every supported layer running through exactforge's reproducible
+    kernels in forward and backward; returns ``module``.
+
+    ``mode="exact"``: every reduction over the batch (weight and bias gradients, the statistics
+    a layer sums over examples) is order-independent, so gradients are bitwise the same for any
+    batch order and thread count. Products along the feature axes of one example run in a fixed
+    order. ``mode="fixed"``: batch reductions in the batch's own order (thread-invariant, not
+    batch-order-invariant).
+
+    A submodule of a type without a reproducible implementation raises UnsupportedLayerError
+    naming it (its path in the model and its type); containers (Sequential, ModuleList,
+    ModuleDict) and modules whose only job is to call their children are walked into. A custom
+    module's own forward code runs as written: the guarantee covers the layers, so keep
+    arithmetic that mixes examples out of custom forwards."""
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    plan = []
+    for name, m in module.named_modules():
+        make = _lookup(m)
+        if make is not None:
+            plan.append((m, make))
+            continue
+        if isinstance(m, _CONTAINERS):
+            continue
+        own = [p for p, _ in m.named_parameters(recurse=False)] + [b for b, _ in m.named_buffers(recurse=False)]
+        if own or not any(True for _ in m.children()):
+            raise UnsupportedLayerError(
+                f"module: {name or 'the model'} ({type(m).__name__}) has no reproducible implementation; "
+                f"supported layers: {', '.join(supported_layers())}")
+    for m, make in plan:
+        m.forward = types.MethodType(make(m, mode), m)
+        m._exactforge_mode = mode
+    return module
+
+
+def layer_mode(module: nn.Module) -> str:
+    return getattr(module, "_exactforge_mode", "exact")

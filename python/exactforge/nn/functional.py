@@ -1,0 +1,198 @@
+"""Autograd functions of the reproducible layers and losses (CPU tensors).
+
+Per-example products along feature axes use ``reduce.matmul(mode="fixed")`` (one fixed order,
+no batch dependence); reductions over the batch (and over positions of a convolution, which
+are per-example too but are summed with the batch into the weight gradient) use the layer's
+batch mode: ``"exact"`` is a symmetric function of the terms, so any batch order and any
+thread count give the same bits.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import models as M
+from .. import reduce as R
+
+__all__ = ["linear", "conv2d", "batch_norm_eval", "cross_entropy", "mse_loss"]
+
+
+def _fixed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return R.matmul(a.contiguous(), b.contiguous(), mode="fixed")
+
+
+def _batch(a: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
+    return R.matmul(a.contiguous(), b.contiguous(), mode=mode)
+
+
+def _bsum(x: torch.Tensor, mode: str) -> torch.Tensor:
+    return R.sum(x.contiguous(), axis=0, mode=mode)
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, mode):
+        x2 = x.reshape(-1, x.shape[-1])
+        y = _fixed(x2, weight.t())
+        if bias is not None:
+            y = y + bias
+        ctx.save_for_backward(x2, weight)
+        ctx.mode, ctx.shape, ctx.has_bias = mode, x.shape, bias is not None
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight = ctx.saved_tensors
+        dy2 = dy.reshape(-1, weight.shape[0])
+        dx = _fixed(dy2, weight).reshape(ctx.shape) if ctx.needs_input_grad[0] else None
+        dw = _batch(dy2.t(), x2, ctx.mode) if ctx.needs_input_grad[1] else None
+        db = _bsum(dy2, ctx.mode) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db, None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, mode: str = "exact"):
+    return _Linear.apply(x, weight, bias, mode)
+
+
+class _Conv2d(torch.autograd.Function):
+    """im2col (a copy, F.unfold) then one product per output position; the weight gradient
+    sums over examples and positions together, the input gradient is folded back per example."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, mode):
+        B, _, H, W = x.shape
+        O, _, kh, kw = weight.shape
+        cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # B x CKK x L
+        L = cols.shape[-1]
+        rows = cols.transpose(1, 2).reshape(B * L, -1)
+        wf = weight.reshape(O, -1)
+        y = _fixed(rows, wf.t())
+        if bias is not None:
+            y = y + bias
+        Ho = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        Wo = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        ctx.save_for_backward(rows, weight)
+        ctx.conf = (B, H, W, L, stride, padding, dilation, mode, bias is not None)
+        return y.reshape(B, L, O).transpose(1, 2).reshape(B, O, Ho, Wo)
+
+    @staticmethod
+    def backward(ctx, dy):
+        rows, weight = ctx.saved_tensors
+        B, H, W, L, stride, padding, dilation, mode, has_bias = ctx.conf
+        O, _, kh, kw = weight.shape
+        dyr = dy.reshape(B, O, L).transpose(1, 2).reshape(B * L, O)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            drows = _fixed(dyr, weight.reshape(O, -1))
+            dcols = drows.reshape(B, L, -1).transpose(1, 2)
+            dx = F.fold(dcols.contiguous(), (H, W), (kh, kw), dilation=dilation, padding=padding, stride=stride)
+        if ctx.needs_input_grad[1]:
+            dw = _batch(dyr.t(), rows, mode).reshape(weight.shape)
+        if has_bias and ctx.needs_input_grad[2]:
+            db = _bsum(dyr, mode)
+        return dx, dw, db, None, None, None, None
+
+
+def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), mode: str = "exact"):
+    return _Conv2d.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), mode)
+
+
+class _BatchNormEval(torch.autograd.Function):
+    """y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta with the running
+    statistics fixed (eval mode); gamma's and beta's gradients sum over examples and positions."""
+
+    @staticmethod
+    def forward(ctx, x, mean, var, weight, bias, eps, mode):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        inv = torch.rsqrt(var + eps)
+        xhat = (x - mean.reshape(shape)) * inv.reshape(shape)
+        y = xhat
+        if weight is not None:
+            y = y * weight.reshape(shape)
+        if bias is not None:
+            y = y + bias.reshape(shape)
+        ctx.save_for_backward(xhat, inv, weight)
+        ctx.mode, ctx.shape = mode, shape
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        xhat, inv, weight = ctx.saved_tensors
+        shape, C = ctx.shape, xhat.shape[1]
+        g = dy if weight is None else dy * weight.reshape(shape)
+        dx = g * inv.reshape(shape) if ctx.needs_input_grad[0] else None
+        flat = lambda t: t.transpose(0, 1).reshape(C, -1).t()  # (examples x positions) x C
+        dw = _bsum(flat(dy * xhat), ctx.mode) if weight is not None and ctx.needs_input_grad[3] else None
+        db = _bsum(flat(dy), ctx.mode) if ctx.needs_input_grad[4] else None
+        return dx, None, None, dw, db, None, None
+
+
+def batch_norm_eval(x, running_mean, running_var, weight, bias, eps: float, mode: str = "exact"):
+    return _BatchNormEval.apply(x, running_mean, running_var, weight, bias, eps, mode)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, q, mode):
+        z = logits.detach().cpu().numpy()
+        qn = q.detach().cpu().numpy()
+        losses, p = M.softmax_xent(z, qn, mode="fixed")  # per example; classes in a fixed order
+        n = np.asarray(z.dtype.type(len(z)))
+        ctx.save_for_backward(torch.from_numpy(M.output_errors(p, qn, mode="fixed") / n))
+        return torch.from_numpy(np.asarray(R.sum(losses.reshape(-1, 1), axis=0, mode=mode)[0] / n))
+
+    @staticmethod
+    def backward(ctx, g):
+        (d,) = ctx.saved_tensors
+        return d * g, None, None
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, label_smoothing: float = 0.0,
+                  mode: str = "exact") -> torch.Tensor:
+    """Mean softmax cross-entropy over the batch with exactforge's exp/log and an
+    order-independent batch mean (``mode="exact"``). ``target``: class indices or probability
+    vectors; ``label_smoothing`` as in torch."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits: expected (batch, classes), got shape {tuple(logits.shape)}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
+    C = logits.shape[1]
+    if target.dim() == 1:
+        if target.dtype not in (torch.int64, torch.int32) or len(target) != len(logits):
+            raise ValueError("target: expected one class index per example")
+        q = F.one_hot(target.long(), C).to(logits.dtype)
+    else:
+        q = target.to(logits.dtype)
+    if label_smoothing:
+        q = q * (1 - label_smoothing) + label_smoothing / C
+    return _CrossEntropy.apply(logits, q, mode)
+
+
+class _MSE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, t, mode):
+        d = (x - t).reshape(len(x), -1)
+        n = d.numel()
+        ctx.save_for_backward(d)
+        ctx.n, ctx.shape = n, x.shape
+        per = (d * d)
+        return R.sum(R.sum(per.t().contiguous(), axis=0, mode="fixed").reshape(-1, 1), axis=0, mode=mode)[0] / n
+
+    @staticmethod
+    def backward(ctx, g):
+        (d,) = ctx.saved_tensors
+        grad = ((2 * d / ctx.n) * g).reshape(ctx.shape)
+        return grad, -grad, None
+
+
+def mse_loss(input: torch.Tensor, target: torch.Tensor, *, mode: str = "exact") -> torch.Tensor:
+    """Mean squared error over every element; per example the squares are summed in a fixed
+    order, over the batch order-independently (``mode="exact"``)."""
+    if input.shape != target.shape:
+        raise ValueError(f"target: expected the shape of input {tuple(input.shape)}, got {tuple(target.shape)}")
+    if len(input) == 0:
+        raise ValueError("input: an empty batch has no mean")
+    return _MSE.apply(input, target.to(input.dtype), mode)

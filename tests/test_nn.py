@@ -1,0 +1,168 @@
+"""exactforge.nn: reproducible torch layers (issue 13, point 1)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+import exactforge
+import exactforge.nn as xnn
+
+EXAMPLES = settings(max_examples=int(os.environ.get("EXACTFORGE_NN_EXAMPLES", "15")), deadline=None)
+
+
+def lenet():
+    """LeNet-5 as in the papers (28x28 input): 61,706 parameters."""
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+                         nn.AvgPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84),
+                         nn.Sigmoid(), nn.Linear(84, 10))
+
+
+def grads(model, x, y, loss):
+    model.zero_grad()
+    loss(model(x), y).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def twins(make, seed=0):
+    torch.manual_seed(seed)
+    m = make()
+    ref = make()
+    ref.load_state_dict(m.state_dict())
+    return xnn.reproducible(m), ref
+
+
+def close(g, gr, rtol=1e-4):
+    for a, b in zip(g, gr):
+        scale = float(b.abs().max()) or 1.0
+        assert float((a - b).abs().max()) <= rtol * scale
+
+
+def test_lenet_has_the_papers_parameter_count_and_keeps_its_state_dict():
+    m = lenet()
+    keys = {k: v.clone() for k, v in m.state_dict().items()}
+    assert sum(p.numel() for p in m.parameters()) == 61706
+    assert xnn.reproducible(m) is m
+    assert list(m.state_dict()) == list(keys) and all(torch.equal(m.state_dict()[k], v) for k, v in keys.items())
+
+
+@pytest.mark.parametrize("loss,ref_loss,target", [
+    (xnn.cross_entropy, nn.functional.cross_entropy, "index"),
+    (lambda z, t: xnn.cross_entropy(z, t, label_smoothing=0.1),
+     lambda z, t: nn.functional.cross_entropy(z, t, label_smoothing=0.1), "index"),
+    (xnn.cross_entropy, nn.functional.cross_entropy, "soft"),
+    (xnn.mse_loss, nn.functional.mse_loss, "onehot"),
+])
+def test_lenet_gradients_match_autograd_and_ignore_batch_order_and_threads(loss, ref_loss, target):
+    m, ref = twins(lenet)
+    g0 = torch.Generator().manual_seed(1)
+    x = torch.rand(24, 1, 28, 28, generator=g0)
+    y = torch.randint(0, 10, (24,), generator=g0)
+    if target == "soft":
+        y = torch.softmax(torch.randn(24, 10, generator=g0), 1)
+    elif target == "onehot":
+        y = nn.functional.one_hot(y, 10).float()
+    g = grads(m, x, y, loss)
+    close(g, grads(ref, x, y, ref_loss))
+    perm = torch.randperm(24, generator=g0)
+    assert all(torch.equal(a, b) for a, b in zip(g, grads(m, x[perm], y[perm], loss)))
+    before = exactforge.get_num_threads(), torch.get_num_threads()
+    try:
+        exactforge.set_num_threads(1)
+        torch.set_num_threads(1)
+        assert all(torch.equal(a, b) for a, b in zip(g, grads(m, x, y, loss)))
+    finally:
+        exactforge.set_num_threads(before[0])
+        torch.set_num_threads(before[1])
+
+
+@EXAMPLES
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(5, 9), st.integers(1, 3), st.integers(1, 2),
+       st.integers(0, 2), st.integers(1, 2), st.booleans(), st.integers(2, 6), st.integers(0, 10_000))
+def test_conv2d_per_shape(cin, cout, size, k, stride, padding, dilation, bias, batch, seed):
+    """Gradients of every input equal autograd's within float32 rounding; any batch order gives
+    the same bits."""
+    if (k - 1) * dilation + 1 > size + 2 * padding:
+        return
+    make = lambda: nn.Conv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, bias=bias)
+    m, ref = twins(make, seed)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, cin, size, size, generator=gen)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    w = torch.randn_like(ref(x), memory_format=torch.contiguous_format)
+    (m(x1) * w).sum().backward()
+    (ref(x2) * w).sum().backward()
+    close([x1.grad] + [p.grad for p in m.parameters()], [x2.grad] + [p.grad for p in ref.parameters()])
+    perm = torch.randperm(batch, generator=gen)
+    gw = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    (m(x[perm]) * w[perm]).sum().backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(gw, m.parameters()))
+
+
+@EXAMPLES
+@given(st.integers(1, 7), st.integers(1, 7), st.booleans(), st.integers(1, 9), st.booleans(), st.integers(0, 10_000))
+def test_linear_and_batch_norm_eval_per_shape(din, dout, bias, batch, three_d, seed):
+    def make():
+        return nn.Sequential(nn.Linear(din, dout, bias=bias), nn.BatchNorm1d(dout), nn.Tanh())
+
+    m, ref = twins(make, seed)
+    for net in (m, ref):
+        net[1].running_mean.uniform_(-1, 1, generator=torch.Generator().manual_seed(seed))
+        net[1].running_var.uniform_(0.5, 2, generator=torch.Generator().manual_seed(seed + 1))
+        net.eval()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, din, generator=gen)
+    w = torch.randn(batch, dout, generator=gen)
+    g = grads(m, x, w, lambda out, w_: (out * w_).sum())
+    close(g, grads(ref, x, w, lambda out, w_: (out * w_).sum()))
+    perm = torch.randperm(batch, generator=gen)
+    assert all(torch.equal(a, b) for a, b in zip(g, grads(m, x[perm], w[perm], lambda out, w_: (out * w_).sum())))
+
+
+def test_unsupported_layers_are_refused_by_name():
+    with pytest.raises(xnn.UnsupportedLayerError, match=r"1 \(LSTM\)"):
+        xnn.reproducible(nn.Sequential(nn.Linear(3, 3), nn.LSTM(3, 3)))
+    with pytest.raises(xnn.UnsupportedLayerError, match="groups=2"):
+        xnn.reproducible(nn.Conv2d(2, 2, 3, groups=2))
+    with pytest.raises(xnn.UnsupportedLayerError, match="zero padding"):
+        xnn.reproducible(nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match="mode"):
+        xnn.reproducible(nn.Linear(2, 2), mode="fast")
+    bn = xnn.reproducible(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+    with pytest.raises(RuntimeError, match="eval mode"):
+        bn(torch.randn(4, 2))
+    dr = xnn.reproducible(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5)))
+    with pytest.raises(RuntimeError, match="Dropout"):
+        dr(torch.randn(4, 2))
+    dr.eval()
+    assert dr(torch.randn(4, 2)).shape == (4, 2)
+
+
+def test_custom_modules_are_walked_into():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.body(x).relu()
+
+    net = xnn.reproducible(Net())
+    assert net(torch.randn(2, 4)).shape == (2, 3)
+
+
+def test_losses_refuse_bad_targets():
+    z = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="target"):
+        xnn.cross_entropy(z, torch.tensor([0.5, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        xnn.cross_entropy(z, torch.tensor([0, 1, 2]), label_smoothing=2.0)
+    with pytest.raises(ValueError, match="target"):
+        xnn.mse_loss(z, torch.randn(3, 5))
+    assert float(xnn.cross_entropy(z, torch.tensor([0, 1, 2]))) == pytest.approx(
+        float(nn.functional.cross_entropy(z, torch.tensor([0, 1, 2]))), rel=1e-6)
