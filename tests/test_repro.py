@@ -49,6 +49,19 @@ def test_image_models_small_study(model):
     assert np.isfinite(r.conditions["permute"].max_error)
 
 
+@pytest.mark.parametrize("model,dataset", [("lenet", "mnist-5k"), ("vggmini", "digits"), ("fcn", "digits")])
+def test_reproducible_conditions_are_exactly_zero(model, dataset):
+    """exactforge.nn's layers: recomputing an honest step with a permuted batch or one thread
+    gives theta_{t+1} bit for bit (torch's own path does not, under permutation)."""
+    conds = ("permute", "reproducible", "reproducible+permute", "reproducible+threads")
+    r = run_study(model, dataset, (32,), conds, repeats=2, steps=2, matrix_steps=0)
+    for c in conds[1:]:
+        assert r.conditions[c].max_error == 0.0 and r.conditions[c].zero_fraction == 1.0, c
+    assert r.epsilon_native == 0.0
+    with pytest.raises(ValueError, match="exactforge.nn"):
+        run_study("transformer", "digits", (32,), ("reproducible",), repeats=1, steps=1)
+
+
 def test_transformer_runs_on_synthetic_tokens_and_says_so(tmp_path):
     r = run_study("transformer", "digits", (32,), ("permute",), repeats=1, steps=2, matrix_steps=0, out=str(tmp_path / "t"))
     assert r.synthetic and r.dataset == "synthetic-tokens"

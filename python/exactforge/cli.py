@@ -483,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-sizes", default="32,100,1000")
     r.add_argument("--conditions", default="permute,threads,deterministic,bf16",
                    help="comma-separated: permute, threads, deterministic, bf16, fp16, native, native+permute, "
-                        "native+threads (and cuda, cuda+benchmark, cuda+deterministic on a GPU machine)")
+                        "native+threads, reproducible, reproducible+permute, reproducible+threads (exactforge.nn: "
+                        "logreg, fcn, lenet, vggmini) (and cuda, cuda+benchmark, cuda+deterministic on a GPU machine)")
     r.add_argument("--gpu-conditions", action=argparse.BooleanOptionalAction, default=True,
                    help="add the CUDA conditions when a GPU is visible (default on)")
     r.add_argument("--repeats", type=_count(1), default=5)

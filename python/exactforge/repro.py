@@ -10,8 +10,10 @@ Conditions (each a named setting recorded in the trace manifest and in the repor
 ``baseline`` (as generated), ``permute`` (each batch shuffled: aggregation order), ``threads``
 (one CPU thread instead of the default), ``deterministic`` (torch.use_deterministic_algorithms),
 ``bf16`` / ``fp16`` (autocast mixed precision), ``native`` (exactforge's reproducible path,
-logistic regression and FCN only; ``native+permute``, ``native+threads`` combine), and on a CUDA
-machine ``cuda``, ``cuda+benchmark`` (cudnn autotuning) and ``cuda+deterministic``.
+logistic regression and FCN only; ``native+permute``, ``native+threads`` combine),
+``reproducible`` (the zoo's torch model with exactforge.nn's layers and loss: logreg, fcn, LeNet
+and VGGmini; ``reproducible+permute``, ``reproducible+threads`` combine), and on a CUDA machine
+``cuda``, ``cuda+benchmark`` (cudnn autotuning) and ``cuda+deterministic``.
 
 Calibration: epsilon = safety_factor x the largest error seen under the float32 torch conditions
 (baseline, permute, threads, deterministic) on the first half of the repeats; the false-reject
@@ -34,7 +36,7 @@ import numpy as np
 from .data import Dataset, load_dataset
 from .distances import DISTANCES, distance
 
-__all__ = ["Condition", "CONDITIONS", "available_conditions", "StudyReport", "run_study", "PAPERS"]
+__all__ = ["Condition", "CONDITIONS", "NATIVE_MODELS", "NN_MODELS", "available_conditions", "StudyReport", "run_study", "PAPERS"]
 
 PAPERS = {
     "same GPU, float32 (LeNet/MNIST, VGGmini/CIFAR10)": "1.3e-8 / 2.9e-7",
@@ -54,7 +56,7 @@ class Condition:
     autocast: Optional[str] = None        # "bfloat16" | "float16"
     device: str = "cpu"
     cudnn_benchmark: Optional[bool] = None
-    engine: str = "torch"                 # "torch" | "native"
+    engine: str = "torch"                 # "torch" | "native" | "nn" (torch with exactforge.nn layers)
 
     @property
     def float32(self) -> bool:
@@ -71,18 +73,24 @@ CONDITIONS: Dict[str, Condition] = {c.name: c for c in [
     Condition("native", engine="native"),
     Condition("native+permute", engine="native", permute=True),
     Condition("native+threads", engine="native", threads=1),
+    Condition("reproducible", engine="nn"),
+    Condition("reproducible+permute", engine="nn", permute=True),
+    Condition("reproducible+threads", engine="nn", threads=1),
     Condition("cuda", device="cuda"),
     Condition("cuda+benchmark", device="cuda", cudnn_benchmark=True),
     Condition("cuda+deterministic", device="cuda", deterministic=True, cudnn_benchmark=False),
 ]}
 CALIBRATION = ("baseline", "permute", "threads", "deterministic")
 NATIVE_MODELS = ("logreg", "fcn")
+# zoo models whose every layer exactforge.nn runs reproducibly (the Transformer's are not yet)
+NN_MODELS = ("logreg", "fcn", "lenet", "vggmini")
 
 
 def available_conditions(model: str) -> List[str]:
     import torch
 
-    out = [n for n, c in CONDITIONS.items() if c.device == "cpu" and (c.engine == "torch" or model in NATIVE_MODELS)]
+    out = [n for n, c in CONDITIONS.items() if c.device == "cpu" and (
+        c.engine == "torch" or (c.engine == "native" and model in NATIVE_MODELS) or (c.engine == "nn" and model in NN_MODELS))]
     if torch.cuda.is_available():
         out += [n for n, c in CONDITIONS.items() if c.device == "cuda"]
     return out
@@ -151,7 +159,41 @@ class Stepper:
         with applied(cond):
             if cond.engine == "native":
                 return self._native_step(flat, idx, cond)
+            if cond.engine == "nn":
+                return self._nn_step(flat, idx, cond)
             return self._torch_step(flat, idx, cond)
+
+    def _nn_step(self, flat: np.ndarray, idx: np.ndarray, cond: Condition) -> np.ndarray:
+        """torch.optim.SGD's update with the gradient of exactforge.nn's reproducible layers and
+        cross-entropy: the same bits for any batch order and thread count."""
+        import copy
+
+        import torch
+
+        from . import get_num_threads, set_num_threads
+        from . import nn as xnn
+
+        if getattr(self, "_nn_model", None) is None:
+            self._nn_model = xnn.reproducible(copy.deepcopy(self.model).cpu())
+        m = self._nn_model
+        pos = 0
+        with torch.no_grad():
+            for p, n, s in zip(m.parameters(), self.sizes, self.shapes):
+                p.copy_(torch.from_numpy(np.ascontiguousarray(flat[pos:pos + n]).reshape(s)))
+                pos += n
+        opt = torch.optim.SGD(m.parameters(), lr=self.lr)
+        t = torch.from_numpy(idx)
+        before = get_num_threads()
+        try:
+            if cond.threads:
+                set_num_threads(cond.threads)
+            loss = xnn.cross_entropy(m(self.X[t]), self.y[t])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        finally:
+            set_num_threads(before)
+        return np.concatenate([p.detach().numpy().ravel() for p in m.parameters()]).astype(np.float32)
 
     def _torch_step(self, flat: np.ndarray, idx: np.ndarray, cond: Condition) -> np.ndarray:
         import torch
@@ -300,6 +342,8 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
             raise ValueError(f"conditions: unknown {c!r}; choose from {list(CONDITIONS)}")
         if CONDITIONS[c].engine == "native" and model not in NATIVE_MODELS:
             raise ValueError(f"conditions: {c} uses exactforge's native path, available for {NATIVE_MODELS}")
+        if CONDITIONS[c].engine == "nn" and model not in NN_MODELS:
+            raise ValueError(f"conditions: {c} uses exactforge.nn's reproducible layers, available for {NN_MODELS}")
         if CONDITIONS[c].device == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"conditions: {c} needs a CUDA device and none is visible")
     if repeats < 1 or steps < 1:
@@ -318,6 +362,7 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
     shape = data.shape or (data.dim,)
     conds = ["baseline"] + [c for c in conditions if c != "baseline"]
     native_conds = [c for c in conds if CONDITIONS[c].engine == "native"]
+    nn_conds = [c for c in conds if CONDITIONS[c].engine == "nn"]
     torch_conds = [c for c in conds if CONDITIONS[c].engine == "torch"]
     half = max(1, (repeats + 1) // 2)
     errs: Dict[str, Dict[int, np.ndarray]] = {c: {} for c in conds}   # c -> b -> (steps, repeats, len(DISTANCES))
@@ -330,7 +375,7 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
     for b in batch_sizes:
         sched = batch_schedule(len(data), b, seed)
         batches = [next(sched) for _ in range(steps)]
-        for engine, group in (("torch", torch_conds), ("native", native_conds)):
+        for engine, group in (("torch", torch_conds), ("native", native_conds), ("nn", nn_conds)):
             if not group:
                 continue
             net = build_model(model, shape, data.num_classes, vocab=data.vocab, seed=seed)
@@ -372,8 +417,8 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
     eps = float(safety_factor * cal.max()) if cal.size else 0.0
     frr = float(np.mean(held > eps)) if held.size else 0.0
     eps_native = None
-    if native_conds:
-        nv = np.concatenate([errs[c][b][:, :, l2].ravel() for c in native_conds for b in errs[c]])
+    if native_conds or nn_conds:  # the reproducible paths: exactforge's native models and exactforge.nn
+        nv = np.concatenate([errs[c][b][:, :, l2].ravel() for c in native_conds + nn_conds for b in errs[c]])
         eps_native = float(safety_factor * nv.max())
     matrix = _matrix(model, data, shape, batch_sizes, conds, matrix_steps, lr, seed, repeats) if matrix_steps else {}
     env = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
