@@ -116,12 +116,27 @@ class TraceRecorder:
     ``seed``, ``extra`` fields) is given here. Checkpoints are
     the model's ``state_dict`` (safetensors). theta_0 is taken on entering the block, and a
     final checkpoint is written on leaving it.
+
+    ``loss_fn`` is the loss the loop uses (default: plain cross-entropy): torch's or
+    exactforge.nn's cross-entropy (label smoothing included) or MSE against one-hot labels are
+    written into the manifest and replayed; any other callable is recorded as custom, and the
+    verifier passes it as ``loss_fn``. A model made reproducible (``exactforge.nn.reproducible``)
+    is recorded as such and replayed through the same layers, under any batch order.
+
+    What a verifier cannot replay from checkpoints is refused here, with the reason: an optimizer
+    other than plain SGD (momentum, weight decay and Adam keep state a checkpoint does not hold),
+    several learning rates, and training-mode dropout.
     """
 
     def __init__(self, directory: str, model: Any, optimizer: Any, dataset: Any, *, checkpoint_every: int = 1,
                  seed: Optional[int] = None, batch_size: Optional[int] = None, steps: Optional[int] = None,
                  model_spec: Optional[M.ModelSpec] = None, data_name: Optional[str] = None,
-                 data_path: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None) -> None:
+                 data_path: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None,
+                 loss_fn: Any = None, input_shape: Optional[Sequence[int]] = None) -> None:
+        import torch
+
+        from .losses import spec_of
+
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every: expected a positive interval, got {checkpoint_every}")
         for name_, v in (("batch_size", batch_size), ("steps", steps)):
@@ -138,6 +153,20 @@ class TraceRecorder:
         self._num_examples = int(X.shape[0])
         groups = optimizer.param_groups
         lr = float(groups[0]["lr"])
+        _check_replayable(model, optimizer)
+        loss = spec_of(loss_fn)
+        # How the loop feeds one example to the model: given, or the data set's image shape for a
+        # convolutional model, else flat. The verifier reshapes the data the same way.
+        if input_shape is None:
+            conv = any(isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)) for m in model.modules())
+            input_shape = ds.shape if (conv and ds.shape) else (int(np.prod(ds.X.shape[1:])),)
+        input_shape = [int(v) for v in input_shape]
+        if int(np.prod(input_shape)) != int(np.prod(ds.X.shape[1:])):
+            raise ValueError(f"input_shape: {input_shape} does not hold the {int(np.prod(ds.X.shape[1:]))} features "
+                             "of an example")
+        modes = {getattr(m, "_exactforge_mode", None) for m in model.modules()} - {None}
+        if len(modes) > 1:
+            raise ValueError("model: its layers were made reproducible with different modes; use one")
         opt = {"name": type(optimizer).__name__.lower(), "lr": lr,
                **{k: groups[0][k] for k in ("momentum", "weight_decay", "dampening", "nesterov") if k in groups[0]}}
         self.manifest = {
@@ -145,7 +174,8 @@ class TraceRecorder:
             "model": model_spec.to_dict() if model_spec is not None else {"torch_class": type(model).__qualname__},
             "optimizer": opt, "lr": lr, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "seed": seed, "initial": "given", "batch_size": batch_size, "steps": steps,
-            "checkpoint_every": checkpoint_every, "reduction": None,
+            "checkpoint_every": checkpoint_every, "reduction": modes.pop() if modes else None, "loss": loss,
+            "input_shape": input_shape,
             "data": {"name": data_name or name, "fingerprint": fingerprint(X, y), "num_examples": self._num_examples,
                      "dim": int(np.prod(X.shape[1:])), "num_classes": int(y.max()) + 1 if y.size else 0, "path": data_path},
             "environment": environment(_device_of(model)),
@@ -188,6 +218,27 @@ class TraceRecorder:
             return  # on an error the trace keeps every complete step and stays incomplete
         if self.steps is None:  # the run ends here: the last step becomes final
             w.finish(self._state() if self._since_ckpt else None)
+
+
+def _check_replayable(model: Any, optimizer: Any) -> None:
+    """Refuses, when recording, what a verifier could not replay from the checkpoints: optimizer
+    state (momentum buffers, Adam moments) and weight decay are not in a checkpoint, and a
+    training-mode dropout mask comes from an RNG stream the trace does not hold."""
+    import torch
+
+    groups = optimizer.param_groups
+    if type(optimizer) is not torch.optim.SGD or any(g.get("momentum") or g.get("weight_decay") or g.get("nesterov")
+                                                     for g in groups):
+        opts = {k: groups[0].get(k) for k in ("momentum", "weight_decay", "nesterov") if groups[0].get(k)}
+        raise ValueError(f"optimizer: {type(optimizer).__name__}{' ' + str(opts) if opts else ''} cannot be replayed "
+                         "from the trace: checkpoints hold the parameters, not the optimizer's state; record plain "
+                         "torch.optim.SGD (no momentum, no weight decay)")
+    if len({float(g["lr"]) for g in groups}) > 1:
+        raise ValueError("optimizer: parameter groups with different learning rates cannot be replayed; use one lr")
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 and m.training:
+            raise ValueError(f"model: {name} ({type(m).__name__}, p={m.p}) draws its masks from torch's RNG, which "
+                             "the trace does not hold; set p=0 or call .eval() on it")
 
 
 def _device_of(model: Any) -> str:

@@ -237,7 +237,7 @@ def _native_engine(trace: Trace, data: Dataset, threads: Optional[int]):
     return load, step, initial
 
 
-def _torch_engine(trace: Trace, data: Dataset, model: Any):
+def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     import torch
 
     from .torch_models import TorchFCN, to_torch
@@ -252,10 +252,35 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any):
         model = TorchFCN(spec)
     from .trace.safeio import dtype_name
 
+    reduction = man["reduction"]
+    if reduction is not None:  # recorded through exactforge.nn's reproducible layers: replay through them
+        from . import nn as xnn
+
+        modes = {getattr(m, "_exactforge_mode", None) for m in model.modules()} - {None}
+        if modes and modes != {reduction}:
+            raise TraceError(f"model: made reproducible with mode {sorted(modes)}, the trace was recorded with "
+                             f"{reduction!r}")
+        if not modes:
+            try:
+                model = xnn.reproducible(model, mode=reduction)
+            except xnn.UnsupportedLayerError as e:
+                raise TraceError(str(e)) from None
+    from .losses import replay
+
+    try:
+        loss_of = replay(man.get("loss"), reduction, loss_fn)
+    except ValueError as e:
+        raise TraceError(str(e)) from None
     expected = {k: (dtype_name(v.detach().cpu().numpy().dtype), tuple(v.shape)) for k, v in model.state_dict().items()}
     _check_table(trace, expected, "the verifier's model")
     lr = float(man["lr"])
     X = torch.from_numpy(data.X.astype(str(next(model.parameters()).dtype).replace("torch.", "")))
+    shape = man.get("input_shape")
+    if shape is not None:
+        if (not isinstance(shape, list) or not 1 <= len(shape) <= 4 or any(type(v) is not int or v < 1 for v in shape)
+                or int(np.prod(shape)) != data.dim):
+            raise TraceError(f"manifest: 'input_shape' must list the dimensions of one example ({data.dim} features)")
+        X = X.reshape(len(data), *shape)
     y = torch.from_numpy(data.y)
 
     def load(step: int) -> Dict[str, np.ndarray]:
@@ -265,7 +290,7 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any):
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
         o = torch.optim.SGD(model.parameters(), lr=lr)
         t = torch.from_numpy(np.array(idx, dtype=np.int64))  # a writable copy (records are read-only)
-        loss = torch.nn.functional.cross_entropy(model(X[t]), y[t])
+        loss = loss_of(model(X[t]), y[t])
         o.zero_grad()
         loss.backward()
         o.step()
@@ -294,13 +319,16 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
                  q: int = 1, fraction: float = 0.1, seed: int = 0, permute_batches: Optional[int] = None,
                  threads: Optional[int] = None, dataset: Any = None, data_path: Optional[str] = None,
                  model: Any = None, progress: bool = False, allow_partial: bool = False,
-                 limits: Limits = DEFAULT_LIMITS) -> VerificationReport:
+                 limits: Limits = DEFAULT_LIMITS, loss_fn: Any = None) -> VerificationReport:
     """Verifies a trace. Never raises on a bad trace or argument: the report is then
     ``valid=False`` with a ``reason``.
 
     ``dataset`` (a Dataset or arrays (X, y)) or ``data_path`` supply the training data (see the
-    trust model above); ``model`` is a fresh instance of a torch trace's architecture.
-    ``permute_batches`` (a seed) shuffles each batch's examples before recomputation (the same
+    trust model above); ``model`` is a fresh instance of a torch trace's architecture (a trace
+    recorded through exactforge.nn's reproducible layers is replayed through them: ``model`` is
+    made reproducible in the trace's mode). ``loss_fn`` replays a trace recorded with a custom
+    loss; the losses TraceRecorder can describe (cross-entropy with label smoothing, MSE against
+    one-hot labels) are replayed from the manifest. ``permute_batches`` (a seed) shuffles each batch's examples before recomputation (the same
     set); ``threads`` sets the recomputation's thread count (1..MAX_THREADS). An incomplete
     trace (fewer steps than declared, no final record) is invalid unless ``allow_partial``: then
     its prefix up to the last checkpoint is verified and the report says ``partial``."""
@@ -335,7 +363,7 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
         if man["engine"] == "native":
             load, step, initial = _native_engine(trace, data, threads)
         else:
-            load, step, initial = _torch_engine(trace, data, model)
+            load, step, initial = _torch_engine(trace, data, model, loss_fn)
         theta0 = _checked(load(0), 0)
         if man["initial"] == "seeded":
             ref = initial()

@@ -105,10 +105,18 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
     _int(man, "steps", 1, limits.max_steps, optional=True)
     _int(man, "batch_size", 1, limits.max_batch, optional=True)
     _int(man, "seed", -(2**63), 2**64 - 1, optional=True)
-    allowed = ("fixed", "exact") if man["engine"] == "native" else (None,)
+    # torch: None (torch's own layers) or the mode of exactforge.nn's reproducible layers
+    allowed = ("fixed", "exact") if man["engine"] == "native" else (None, "exact", "fixed")
     if "reduction" not in man or man["reduction"] not in allowed:
         raise TraceError(f"manifest: 'reduction' must be one of {allowed} for the {man['engine']} engine, "
                          f"got {str(man.get('reduction', '<missing>'))[:40]!r}")
+    if "loss" in man:
+        from ..losses import check_spec
+
+        try:
+            check_spec(man["loss"])
+        except ValueError as e:
+            raise TraceError(f"manifest: {e}") from None
     if man["initial"] not in INITIAL_KINDS:
         raise TraceError(f"manifest: 'initial' must be one of {INITIAL_KINDS}, got {str(man['initial'])[:40]!r}")
     if man["initial"] == "seeded" and man.get("seed") is None:
