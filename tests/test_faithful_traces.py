@@ -126,3 +126,36 @@ def test_hostile_loss_and_shape_fields_are_refused(tmp_path, edit, why):
     rechain(str(tmp_path / "t"), manifest_edit=edit)
     r = verify_trace(str(tmp_path / "t"), model=small_cnn())
     assert not r.valid and why in r.reason, r.reason
+
+
+def test_train_lenet_native_on_mnist_5k_verifies_at_epsilon_0_permuted(tmp_path):
+    """The CLI's native CNN engine: LeNet-5 as in the papers (61,706 parameters on 28x28)."""
+    import json
+
+    from exactforge.cli import main
+    from exactforge.zoo import build_model
+
+    assert sum(p.numel() for p in build_model("lenet", (1, 28, 28), 10).parameters()) == 61706
+    out = tmp_path / "t"
+    assert main(["train", "--model", "lenet", "--dataset", "mnist-5k", "--steps", "2", "--batch-size", "20",
+                 "--out", str(out), "--quiet"]) == 0
+    assert json.load(open(out / "manifest.json"))["model"]["zoo"] == "lenet"
+    assert main(["verify", str(out), "--epsilon", "0", "--permute-batches", "1", "--threads", "1", "--quiet"]) == 0
+    assert main(["train", "--model", "lenet", "--mode", "fixed", "--steps", "1", "--out", str(tmp_path / "f"),
+                 "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("edit,why", [
+    (lambda m: m["model"].update(zoo="resnet"), "zoo model"),
+    (lambda m: m["model"].update(input_shape=[1, 28, 28]), "does not fit"),
+    (lambda m: m["model"].update(num_classes=3), "does not fit"),
+])
+def test_hostile_zoo_entries_are_refused(tmp_path, edit, why):
+    from hostile import rechain
+
+    from exactforge.record import record_zoo
+
+    record_zoo(str(tmp_path / "t"), "lenet", load_dataset("digits"), steps=1, batch_size=8)
+    rechain(str(tmp_path / "t"), manifest_edit=edit)
+    r = verify_trace(str(tmp_path / "t"))
+    assert not r.valid and why in r.reason, r.reason

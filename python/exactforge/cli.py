@@ -81,9 +81,24 @@ def _parse_hidden(text: str) -> tuple:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .models import ModelSpec
-    from .record import record_native, record_torch_fcn
+    from .record import record_native, record_torch_fcn, record_zoo
 
     data = load_dataset(args.dataset, args.data_path)
+    if args.model in ("lenet", "vggmini"):
+        # CNNs: torch with exactforge.nn's reproducible layers (native) or torch's own layers
+        if args.resume or args.dtype != "float32":
+            raise ValueError("--resume, --dtype: supported for logreg and fcn only")
+        mode = None if args.engine == "torch" else (args.mode or "exact")
+        if mode == "fixed":
+            raise ValueError("--mode: the reproducible CNN layers use --mode exact (fixed mode has no example keys "
+                             "inside a torch model, so it would follow the batch order)")
+        trace = record_zoo(args.out, args.model, data, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
+                           seed=args.seed, checkpoint_every=args.checkpoint_every, threads=args.threads, mode=mode,
+                           data_path=args.data_path, progress=not args.quiet)
+        print(f"recorded {len(trace.records)} steps ({len(trace.checkpoint_steps)} checkpoints) of {args.engine} "
+              f"{args.model} on {data.name} in {args.out}")
+        return 0
+    args.mode = args.mode or "fixed"
     hidden = _parse_hidden(args.hidden) if args.model == "fcn" else ()
     if args.model == "fcn" and not hidden:
         raise ValueError("--hidden: an FCN needs at least one hidden layer, e.g. --hidden 100")
@@ -395,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model with SGD and record its execution trace")
     t.add_argument("--engine", choices=("native", "torch"), default="native",
                    help="native: exactforge's bitwise-reproducible step; torch: autograd + BLAS")
-    t.add_argument("--model", choices=("logreg", "fcn"), default="fcn")
+    t.add_argument("--model", choices=("logreg", "fcn", "lenet", "vggmini"), default="fcn",
+                   help="lenet and vggmini: the papers' CNNs, native = exactforge.nn's reproducible layers")
     t.add_argument("--hidden", default="100", help="hidden layer widths of the FCN, e.g. 32,32 (default 100)")
     t.add_argument("--dataset", default="digits", choices=("digits", "breast-cancer", "mnist-5k", "mnist", "cifar10"))
     t.add_argument("--data-path", help="folder with the local files of mnist or cifar10")
@@ -404,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_POSITIVE, default=0.01)
     t.add_argument("--seed", type=_SEED, default=0, help="seed of the initial weights and of the batch order")
     t.add_argument("--checkpoint-every", type=_count(1), default=1, help="steps between checkpoints (k)")
-    t.add_argument("--mode", choices=("fixed", "exact"), default="fixed", help="reduction mode of the native engine")
+    t.add_argument("--mode", choices=("fixed", "exact"), default=None,
+                   help="reduction mode of the native engine (default: fixed for logreg/fcn, exact for CNNs)")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     t.add_argument("--threads", type=_threads_type(), help="CPU threads for training")
     t.add_argument("--resume", action="store_true", help="continue a trace in --out from its last checkpoint")

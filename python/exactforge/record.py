@@ -132,7 +132,8 @@ class TraceRecorder:
                  seed: Optional[int] = None, batch_size: Optional[int] = None, steps: Optional[int] = None,
                  model_spec: Optional[M.ModelSpec] = None, data_name: Optional[str] = None,
                  data_path: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None,
-                 loss_fn: Any = None, input_shape: Optional[Sequence[int]] = None) -> None:
+                 loss_fn: Any = None, input_shape: Optional[Sequence[int]] = None,
+                 zoo: Optional[str] = None) -> None:
         import torch
 
         from .losses import spec_of
@@ -171,7 +172,9 @@ class TraceRecorder:
                **{k: groups[0][k] for k in ("momentum", "weight_decay", "dampening", "nesterov") if k in groups[0]}}
         self.manifest = {
             "engine": "torch",
-            "model": model_spec.to_dict() if model_spec is not None else {"torch_class": type(model).__qualname__},
+            "model": model_spec.to_dict() if model_spec is not None else (
+                {"zoo": zoo, "input_shape": list(ds.shape or (ds.dim,)), "num_classes": int(y.max()) + 1}
+                if zoo else {"torch_class": type(model).__qualname__}),
             "optimizer": opt, "lr": lr, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "seed": seed, "initial": "given", "batch_size": batch_size, "steps": steps,
             "checkpoint_every": checkpoint_every, "reduction": modes.pop() if modes else None, "loss": loss,
@@ -287,4 +290,57 @@ def record_torch_fcn(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 
             bar.close()
     finally:
         torch.set_num_threads(prev_threads)
+    return Trace.open(out)
+
+
+def record_zoo(out: str, name: str, data: Dataset, *, lr: float = 0.01, steps: int = 50, batch_size: int = 64,
+               seed: int = 0, checkpoint_every: int = 1, threads: Optional[int] = None, mode: Optional[str] = "exact",
+               data_path: Optional[str] = None, progress: bool = False) -> Trace:
+    """A zoo model (LeNet, VGGmini, ...) trained with torch and plain SGD and recorded through
+    ``TraceRecorder``; ``mode`` "exact" or "fixed" runs it through exactforge.nn's reproducible
+    layers and loss (the native engine for CNNs), None through torch's own. The manifest names
+    the zoo model, so a verifier builds it from its own code."""
+    import torch
+
+    from . import get_num_threads, set_num_threads
+    from . import nn as xnn
+    from .reduce import check_threads
+    from .zoo import build_model
+
+    _check_steps(steps, checkpoint_every)
+    threads = check_threads(threads)
+    if data.shape is None or len(data.shape) != 3:
+        raise ValueError(f"dataset: {name} needs images, not {data.name}")
+    prev = torch.get_num_threads(), get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+        set_num_threads(threads)
+    try:
+        model = build_model(name, data.shape, data.num_classes, seed=seed)
+        if mode is not None:
+            model = xnn.reproducible(model, mode=mode)
+        loss_fn = xnn.cross_entropy if mode is not None else torch.nn.functional.cross_entropy
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        X = torch.from_numpy(data.X).reshape(len(data), *data.shape)
+        y = torch.from_numpy(data.y)
+        sched = batch_schedule(len(data), batch_size, seed)
+        bar = _progress(steps, progress, f"train ({name})")
+        with TraceRecorder(out, model, opt, data, checkpoint_every=checkpoint_every, seed=seed, batch_size=batch_size,
+                           steps=steps, data_path=data_path, loss_fn=loss_fn, zoo=name,
+                           data_name=data.name) as rec:
+            for _ in range(steps):
+                idx = next(sched)
+                t = torch.from_numpy(idx)
+                loss = loss_fn(model(X[t]), y[t])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                rec.step(idx)
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+    finally:
+        torch.set_num_threads(prev[0])
+        set_num_threads(prev[1])
     return Trace.open(out)

@@ -237,6 +237,19 @@ def _native_engine(trace: Trace, data: Dataset, threads: Optional[int]):
     return load, step, initial
 
 
+def _zoo_model(entry: Dict[str, Any], data: Dataset) -> Any:
+    """A zoo model named by a trace, built from the verifier's own code (its weights come from
+    the checkpoints); the entry is the prover's, so every field is checked."""
+    from .zoo import ZOO, build_model
+
+    name, shape, n = entry.get("zoo"), entry.get("input_shape"), entry.get("num_classes")
+    if name not in ZOO or name == "transformer":
+        raise TraceError(f"manifest: model: unknown zoo model {str(name)[:40]!r}")
+    if shape != list(data.shape or (data.dim,)) or n != data.num_classes:
+        raise TraceError(f"manifest: model: {name} on {shape} with {n} classes does not fit {data.name}")
+    return build_model(name, tuple(shape), n, seed=0)
+
+
 def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     import torch
 
@@ -245,6 +258,8 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     man = trace.manifest
     _require_plain_sgd(man)
     spec = _model_spec(man) if "kind" in man["model"] else None
+    if model is None and "zoo" in man["model"]:
+        model = _zoo_model(man["model"], data)
     if model is None:
         if spec is None:
             raise TraceError("model: this torch trace names no exactforge model; pass model= (a fresh instance "
