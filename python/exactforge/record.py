@@ -123,9 +123,10 @@ class TraceRecorder:
     verifier passes it as ``loss_fn``. A model made reproducible (``exactforge.nn.reproducible``)
     is recorded as such and replayed through the same layers, under any batch order.
 
-    What a verifier cannot replay from checkpoints is refused here, with the reason: an optimizer
-    other than plain SGD (momentum, weight decay and Adam keep state a checkpoint does not hold),
-    several learning rates, and training-mode dropout.
+    The optimizer's state goes into every checkpoint (``exactforge.optim``: SGD with momentum,
+    weight decay, nesterov; Adam; AdamW), so the verifier replays it too. What a verifier cannot
+    replay is refused here, with the reason: other optimizers, amsgrad, several parameter groups,
+    and training-mode dropout.
     """
 
     def __init__(self, directory: str, model: Any, optimizer: Any, dataset: Any, *, checkpoint_every: int = 1,
@@ -152,9 +153,14 @@ class TraceRecorder:
         ds = as_dataset(dataset)
         X, y, name = ds.X, ds.y, ds.name
         self._num_examples = int(X.shape[0])
+        from . import optim as O
+
         groups = optimizer.param_groups
         lr = float(groups[0]["lr"])
         _check_replayable(model, optimizer)
+        self._opt_spec = O.spec_of(optimizer, model)
+        self._params = list(model.parameters())
+        self._steps = 0
         loss = spec_of(loss_fn)
         # How the loop feeds one example to the model: given, or the data set's image shape for a
         # convolutional model, else flat. The verifier reshapes the data the same way.
@@ -168,8 +174,7 @@ class TraceRecorder:
         modes = {getattr(m, "_exactforge_mode", None) for m in model.modules()} - {None}
         if len(modes) > 1:
             raise ValueError("model: its layers were made reproducible with different modes; use one")
-        opt = {"name": type(optimizer).__name__.lower(), "lr": lr,
-               **{k: groups[0][k] for k in ("momentum", "weight_decay", "dampening", "nesterov") if k in groups[0]}}
+        opt = self._opt_spec
         self.manifest = {
             "engine": "torch",
             "model": model_spec.to_dict() if model_spec is not None else (
@@ -188,7 +193,11 @@ class TraceRecorder:
         self._since_ckpt = 0
 
     def _state(self) -> Dict[str, np.ndarray]:
-        return OrderedDict((k, v.detach().cpu().numpy()) for k, v in self.model.state_dict().items())
+        from . import optim as O
+
+        st = OrderedDict((k, v.detach().cpu().numpy()) for k, v in self.model.state_dict().items())
+        st.update(O.state_tensors(self.optimizer, self._opt_spec, self._params, self._steps))
+        return st
 
     def __enter__(self) -> "TraceRecorder":
         self._writer = TraceWriter(self.directory, self.manifest, self._state())
@@ -209,6 +218,7 @@ class TraceRecorder:
         if self._writer.finished:
             raise ValueError(f"step: the trace already holds the {self.steps} steps it declares")
         self._since_ckpt += 1
+        self._steps += 1
         final = self.steps is not None and self._writer.next_step + 1 == self.steps
         ck = self._state() if (self._since_ckpt == self.checkpoint_every or final) else None
         if ck is not None:
@@ -224,20 +234,10 @@ class TraceRecorder:
 
 
 def _check_replayable(model: Any, optimizer: Any) -> None:
-    """Refuses, when recording, what a verifier could not replay from the checkpoints: optimizer
-    state (momentum buffers, Adam moments) and weight decay are not in a checkpoint, and a
-    training-mode dropout mask comes from an RNG stream the trace does not hold."""
+    """Refuses, when recording, what a verifier could not replay: a training-mode dropout mask
+    comes from an RNG stream the trace does not hold. (Optimizers: see exactforge.optim.)"""
     import torch
 
-    groups = optimizer.param_groups
-    if type(optimizer) is not torch.optim.SGD or any(g.get("momentum") or g.get("weight_decay") or g.get("nesterov")
-                                                     for g in groups):
-        opts = {k: groups[0].get(k) for k in ("momentum", "weight_decay", "nesterov") if groups[0].get(k)}
-        raise ValueError(f"optimizer: {type(optimizer).__name__}{' ' + str(opts) if opts else ''} cannot be replayed "
-                         "from the trace: checkpoints hold the parameters, not the optimizer's state; record plain "
-                         "torch.optim.SGD (no momentum, no weight decay)")
-    if len({float(g["lr"]) for g in groups}) > 1:
-        raise ValueError("optimizer: parameter groups with different learning rates cannot be replayed; use one lr")
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 and m.training:
             raise ValueError(f"model: {name} ({type(m).__name__}, p={m.p}) draws its masks from torch's RNG, which "

@@ -255,8 +255,14 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
 
     from .torch_models import TorchFCN, to_torch
 
+    from . import optim as O
+
     man = trace.manifest
-    _require_plain_sgd(man)
+    try:
+        O.check_spec(man["optimizer"])
+    except ValueError as e:
+        raise TraceError(f"manifest: {e}") from None
+    ospec = man["optimizer"]
     spec = _model_spec(man) if "kind" in man["model"] else None
     if model is None and "zoo" in man["model"]:
         model = _zoo_model(man["model"], data)
@@ -287,8 +293,10 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     except ValueError as e:
         raise TraceError(str(e)) from None
     expected = {k: (dtype_name(v.detach().cpu().numpy().dtype), tuple(v.shape)) for k, v in model.state_dict().items()}
-    _check_table(trace, expected, "the verifier's model")
-    lr = float(man["lr"])
+    params = list(model.parameters())
+    expected.update(O.expected_table(ospec, params))
+    _check_table(trace, expected, "the verifier's model and optimizer")
+    model_keys = set(model.state_dict())
     X = torch.from_numpy(data.X.astype(str(next(model.parameters()).dtype).replace("torch.", "")))
     shape = man.get("input_shape")
     if shape is not None:
@@ -302,14 +310,17 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
         return trace.load_checkpoint(step)
 
     def step(state: Dict[str, np.ndarray], idx: np.ndarray) -> Dict[str, np.ndarray]:
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
-        o = torch.optim.SGD(model.parameters(), lr=lr)
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items() if k in model_keys})
+        o = O.build(ospec, params)
+        steps = O.load_state(o, ospec, params, state)
         t = torch.from_numpy(np.array(idx, dtype=np.int64))  # a writable copy (records are read-only)
         loss = loss_of(model(X[t]), y[t])
         o.zero_grad()
         loss.backward()
         o.step()
-        return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+        out = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+        out.update(O.state_tensors(o, ospec, params, steps + 1))
+        return out
 
     def initial() -> Optional[Dict[str, np.ndarray]]:
         if spec is None:
