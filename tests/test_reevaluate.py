@@ -44,3 +44,17 @@ def test_quick_reevaluation_report_has_every_section(tmp_path, capsys):
                 "repro/batch_size_sweep.png", "repro/condition_matrix.png"):
         p = os.path.join(out, fig)
         assert os.path.getsize(p) > 1000 and open(p, "rb").read(4) == b"\x89PNG", fig
+
+
+def test_cnn_reevaluation_has_a_reproducible_trace_and_study(tmp_path):
+    """LeNet: the native path is exactforge.nn's, accepted at epsilon 0 under a permuted batch
+    and one thread, and its study conditions are exactly 0."""
+    from exactforge.reevaluate import Config, reevaluate
+
+    cfg = Config.quick(model="lenet", steps=2, attack_steps=1, rounds=1, batch=32, table4_max_batches=50)
+    rep = reevaluate(str(tmp_path / "r"), cfg, progress=False)
+    nat = rep["traces"]["native"]
+    assert nat["verified_eps0"] and nat["permuted_1thread_accepted_eps0"] and nat["permuted_1thread_max_error"] == 0.0
+    conds = rep["reproduction"]["conditions"]
+    assert all(conds[c]["max_error"] == 0.0 for c in ("reproducible", "reproducible+permute", "reproducible+threads"))
+    assert rep["reproduction"]["epsilon_native"] == 0.0
