@@ -251,6 +251,25 @@ def _device_of(model: Any) -> str:
         return "cpu"
 
 
+def _train(rec: "TraceRecorder", model: Any, opt: Any, loss_fn: Any, X: Any, y: Any, sched: Iterator[np.ndarray],
+           steps: int, bar: Any) -> None:
+    """The plain torch loop both recorders run: one optimizer step per scheduled batch."""
+    import torch
+
+    for _ in range(steps):
+        idx = next(sched)
+        t = torch.from_numpy(idx)
+        loss = loss_fn(model(X[t]), y[t])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rec.step(idx)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+
 def record_torch_fcn(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 0.01, steps: int = 50,
                      batch_size: int = 64, seed: int = 0, checkpoint_every: int = 1, threads: Optional[int] = None,
                      data_path: Optional[str] = None, progress: bool = False) -> Trace:
@@ -277,17 +296,7 @@ def record_torch_fcn(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 
         with TraceRecorder(out, model, opt, data, checkpoint_every=checkpoint_every, seed=seed,
                            batch_size=batch_size, steps=steps, model_spec=spec, data_path=data_path,
                            extra={"initial": "seeded"}) as rec:
-            for _ in range(steps):
-                idx = next(sched)
-                loss = torch.nn.functional.cross_entropy(model(X[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                rec.step(idx)
-                if bar is not None:
-                    bar.update(1)
-        if bar is not None:
-            bar.close()
+            _train(rec, model, opt, torch.nn.functional.cross_entropy, X, y, sched, steps, bar)
     finally:
         torch.set_num_threads(prev_threads)
     return Trace.open(out)
@@ -328,18 +337,7 @@ def record_zoo(out: str, name: str, data: Dataset, *, lr: float = 0.01, steps: i
         with TraceRecorder(out, model, opt, data, checkpoint_every=checkpoint_every, seed=seed, batch_size=batch_size,
                            steps=steps, data_path=data_path, loss_fn=loss_fn, zoo=name,
                            data_name=data.name) as rec:
-            for _ in range(steps):
-                idx = next(sched)
-                t = torch.from_numpy(idx)
-                loss = loss_fn(model(X[t]), y[t])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                rec.step(idx)
-                if bar is not None:
-                    bar.update(1)
-        if bar is not None:
-            bar.close()
+            _train(rec, model, opt, loss_fn, X, y, sched, steps, bar)
     finally:
         torch.set_num_threads(prev[0])
         set_num_threads(prev[1])
