@@ -28,6 +28,9 @@ struct Rec {
   uint64_t id;
 };
 
+// key - base as an unsigned offset (keys of a window lie at or above its base)
+inline uint64_t above(int64_t key, int64_t base) { return static_cast<uint64_t>(key) - static_cast<uint64_t>(base); }
+
 constexpr uint64_t kCoarse = 4096;  // coarse buckets per window: few enough write streams for the TLB
 
 // One buffer for every window, grown on demand and asked for huge pages: on this kind of
@@ -68,7 +71,7 @@ void radix_sort(Rec* r, uint64_t n, int64_t Lo, int t, int bits, std::vector<Rec
     const uint64_t mask = (uint64_t(1) << w) - 1;
     std::vector<uint64_t> cnt((uint64_t(1) << w) + 1, 0);
     auto digit = [&](const Rec& x) {
-      return (((static_cast<uint64_t>(x.key) - static_cast<uint64_t>(Lo)) >> t) >> lo) & mask;
+      return ((above(x.key, Lo) >> t) >> lo) & mask;
     };
     for (uint64_t i = 0; i < n; ++i) ++cnt[digit(src[i]) + 1];
     for (uint64_t d = 0; d < mask + 1; ++d) cnt[d + 1] += cnt[d];
@@ -336,8 +339,8 @@ Found find_all(const Cell& c, uint64_t max_bytes, uint64_t max_numerical, int th
   // Histogram of all keys over 2^16 bins: the windows are runs of bins of bounded total.
   const int kBinsLog = 16;
   int shift = 0;
-  while (((static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo)) >> shift) >= (uint64_t(1) << kBinsLog)) ++shift;
-  const uint64_t nbins = ((static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo)) >> shift) + 1;
+  while ((above(hi, lo) >> shift) >= (uint64_t(1) << kBinsLog)) ++shift;
+  const uint64_t nbins = (above(hi, lo) >> shift) + 1;
   std::vector<std::vector<uint64_t>> hists(T, std::vector<uint64_t>(nbins, 0));
   {
     struct H {
@@ -345,7 +348,7 @@ Found find_all(const Cell& c, uint64_t max_bytes, uint64_t max_numerical, int th
       int64_t lo;
       int shift;
       void operator()(int64_t key, uint64_t) {
-        ++(*h)[(static_cast<uint64_t>(key) - static_cast<uint64_t>(lo)) >> shift];
+        ++(*h)[above(key, lo) >> shift];
       }
     };
     std::vector<H> fs;
@@ -383,7 +386,7 @@ Found find_all(const Cell& c, uint64_t max_bytes, uint64_t max_numerical, int th
     // counted per coarse bucket and thread, then enumerated again straight into place: the
     // same static schedule gives each thread the same records both times. Nothing is
     // allocated per window: first touches of fresh pages are what costs here.
-    const uint64_t span = static_cast<uint64_t>(Z) - static_cast<uint64_t>(Lo);
+    const uint64_t span = above(Z, Lo);
     int cs = 0;
     while ((span >> cs) >= kCoarse) ++cs;
     std::vector<std::vector<uint64_t>> cnts(T, std::vector<uint64_t>(kCoarse + 1, 0));
@@ -393,7 +396,7 @@ Found find_all(const Cell& c, uint64_t max_bytes, uint64_t max_numerical, int th
         int64_t Lo;
         int cs;
         void operator()(int64_t key, uint64_t) {
-          ++c[(static_cast<uint64_t>(key) - static_cast<uint64_t>(Lo)) >> cs];
+          ++c[above(key, Lo) >> cs];
         }
       };
       std::vector<Cnt> fs;
@@ -420,7 +423,7 @@ Found find_all(const Cell& c, uint64_t max_bytes, uint64_t max_numerical, int th
         int64_t Lo;
         int cs;
         void operator()(int64_t key, uint64_t id) {
-          r[pos[(static_cast<uint64_t>(key) - static_cast<uint64_t>(Lo)) >> cs]++] = id;
+          r[pos[above(key, Lo) >> cs]++] = id;
         }
       };
       std::vector<Put> fs;
@@ -429,9 +432,9 @@ Found find_all(const Cell& c, uint64_t max_bytes, uint64_t max_numerical, int th
     }
     out.seconds[1] += since(t0);
     t0 = clock::now();
-    // Sort each coarse bucket by q = (key - Lo) >> t, in cache: keys recomputed from the
-    // classes, LSD radix passes, then classes and keys written back in order. The window is
-    // then ordered by q, and two keys within key_tol differ by at most (key_tol >> t) + 1 in q.
+    // Each coarse bucket is sorted by q = (key - Lo) >> t in cache (keys recomputed from the
+    // classes, LSD radix passes) and scanned there. Two keys within key_tol differ by at most
+    // (key_tol >> t) + 1 in q.
     // A coarser q is fine while few records share one (the scan compares the keys anyway):
     // 2^t <= key_tol at least, and about 1/32 record per q value, so two passes usually do.
     int t_lo = 0;
@@ -446,7 +449,7 @@ Found find_all(const Cell& c, uint64_t max_bytes, uint64_t max_numerical, int th
       return k;
     };
     const uint64_t qtol = static_cast<uint64_t>(c.key_tol >> t_lo) + 1;
-    auto qof = [&](int64_t key) { return (static_cast<uint64_t>(key) - static_cast<uint64_t>(Lo)) >> t_lo; };
+    auto qof = [&](int64_t key) { return above(key, Lo) >> t_lo; };
     // Pairs of records within key_tol whose smaller key lies in [Lo, Hi], sorted by q:
     // every j after i until q differs by more than qtol.
     auto scan = [&](const Rec* r, uint64_t n, Local& L, bool cross, uint64_t split) {
