@@ -19,9 +19,9 @@ Stage 2 certifies every candidate pair (B, B'):
   classes (images whose image parts are provably equal: the image itself, or, in an FCN, any
   image that leaves every ReLU dead), and their label parts sum to the same exact rational.
   An example's gradient is an *image part* (a function of the image alone: its softmax and
-  activations) plus a *label part*, which is rational: -x~ e_y^T for logistic regression, and -(x (W2[:, y] * m)), -h e_y^T, ... for
-  the FCN. So the image parts cancel term by term, and equality is an identity of rationals: a
-  proof, not a measurement.
+  activations) plus a *label part*, which is rational: -x~ e_y^T for logistic regression, and
+  -(x (W2[:, y] * m)), -h e_y^T, ... for the FCN. So the image parts cancel term by term, and
+  equality is an identity of rationals: a proof, not a measurement.
 * ``numerical``: equal to 200 bits, with no structural explanation (none has been seen).
 * ``differs``: the 200-bit difference exceeds its error bound by far; a false candidate,
   discarded.

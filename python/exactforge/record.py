@@ -137,6 +137,8 @@ class TraceRecorder:
                  zoo: Optional[str] = None) -> None:
         import torch
 
+        from . import nn as xnn
+        from . import optim as O
         from .losses import spec_of
 
         if checkpoint_every < 1:
@@ -153,10 +155,6 @@ class TraceRecorder:
         ds = as_dataset(dataset)
         X, y, name = ds.X, ds.y, ds.name
         self._num_examples = int(X.shape[0])
-        from . import optim as O
-
-        groups = optimizer.param_groups
-        lr = float(groups[0]["lr"])
         _check_replayable(model, optimizer)
         self._opt_spec = O.spec_of(optimizer, model)
         self._params = list(model.parameters())
@@ -171,18 +169,14 @@ class TraceRecorder:
         if int(np.prod(input_shape)) != int(np.prod(ds.X.shape[1:])):
             raise ValueError(f"input_shape: {input_shape} does not hold the {int(np.prod(ds.X.shape[1:]))} features "
                              "of an example")
-        modes = {getattr(m, "_exactforge_mode", None) for m in model.modules()} - {None}
-        if len(modes) > 1:
-            raise ValueError("model: its layers were made reproducible with different modes; use one")
-        opt = self._opt_spec
         self.manifest = {
             "engine": "torch",
             "model": model_spec.to_dict() if model_spec is not None else (
                 {"zoo": zoo, "input_shape": list(ds.shape or (ds.dim,)), "num_classes": int(y.max()) + 1}
                 if zoo else {"torch_class": type(model).__qualname__}),
-            "optimizer": opt, "lr": lr, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "optimizer": self._opt_spec, "lr": self._opt_spec["lr"], "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "seed": seed, "initial": "given", "batch_size": batch_size, "steps": steps,
-            "checkpoint_every": checkpoint_every, "reduction": modes.pop() if modes else None, "loss": loss,
+            "checkpoint_every": checkpoint_every, "reduction": xnn.mode_of(model), "loss": loss,
             "input_shape": input_shape,
             "data": {"name": data_name or name, "fingerprint": fingerprint(X, y), "num_examples": self._num_examples,
                      "dim": int(np.prod(X.shape[1:])), "num_classes": int(y.max()) + 1 if y.size else 0, "path": data_path},
@@ -193,10 +187,10 @@ class TraceRecorder:
         self._since_ckpt = 0
 
     def _state(self) -> Dict[str, np.ndarray]:
-        from . import optim as O
+        from .optim import state_tensors
 
         st = OrderedDict((k, v.detach().cpu().numpy()) for k, v in self.model.state_dict().items())
-        st.update(O.state_tensors(self.optimizer, self._opt_spec, self._params, self._steps))
+        st.update(state_tensors(self.optimizer, self._opt_spec, self._params, self._steps))
         return st
 
     def __enter__(self) -> "TraceRecorder":

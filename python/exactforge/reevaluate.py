@@ -72,13 +72,14 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     from .models import ModelSpec
     from .record import record_native, record_torch_fcn
     from .repro import NATIVE_MODELS, NN_MODELS, PAPERS, available_conditions, run_study
-    from .verify import verify_trace
 
     cfg = config or Config()
     t_start = time.perf_counter()
     os.makedirs(out, exist_ok=True)
     data = load_dataset(cfg.dataset, cfg.data_path)
     native_ok = cfg.model in NATIVE_MODELS and data.vocab is None
+    # CNNs run the reproducible path through exactforge.nn (images only)
+    nn_ok = not native_ok and cfg.model in NN_MODELS and data.shape is not None and len(data.shape) == 3
     bar = _progress(6, progress)
     report: Dict[str, Any] = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
                               "dataset": {"name": data.name, "examples": len(data), "synthetic": data.synthetic},
@@ -96,11 +97,8 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
             shutil.rmtree(d, ignore_errors=True)
             rec = record_native if engine == "native" else record_torch_fcn
             rec(d, spec, data, steps=cfg.steps, batch_size=cfg.batch, lr=0.01, seed=cfg.seed, data_path=cfg.data_path)
-            same = verify_trace(d, dataset=data)
-            perm = verify_trace(d, dataset=data, permute_batches=1, threads=1)
-            traces[engine] = {"path": d, "verified_eps0": same.accepted, "max_error": same.max_error,
-                              "permuted_1thread_accepted_eps0": perm.accepted, "permuted_1thread_max_error": perm.max_error}
-    elif cfg.model in NN_MODELS and data.shape is not None and len(data.shape) == 3:
+            traces[engine] = _verified(d, data)
+    elif nn_ok:
         # CNNs: torch's own layers, and exactforge.nn's reproducible ones (the native path)
         from .record import record_zoo
 
@@ -109,10 +107,7 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
             shutil.rmtree(d, ignore_errors=True)
             record_zoo(d, cfg.model, data, steps=cfg.steps, batch_size=cfg.batch, lr=0.01, seed=cfg.seed, mode=mode,
                        data_path=cfg.data_path)
-            same = verify_trace(d, dataset=data)
-            perm = verify_trace(d, dataset=data, permute_batches=1, threads=1)
-            traces[engine] = {"path": d, "verified_eps0": same.accepted, "max_error": same.max_error,
-                              "permuted_1thread_accepted_eps0": perm.accepted, "permuted_1thread_max_error": perm.max_error}
+            traces[engine] = _verified(d, data)
     report["traces"] = traces
     if bar is not None:
         bar.update(1)
@@ -121,7 +116,7 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     conds = [c for c in ("permute", "threads", "deterministic", "bf16") if c in available_conditions(cfg.model)]
     if native_ok:
         conds += ["native", "native+permute", "native+threads"]
-    elif cfg.model in NN_MODELS and data.shape is not None and len(data.shape) == 3:
+    elif nn_ok:
         conds += ["reproducible", "reproducible+permute", "reproducible+threads"]
     conds += [c for c in available_conditions(cfg.model) if c.startswith("cuda")]
     study = run_study(cfg.model, cfg.dataset, cfg.batch_sizes, conds, repeats=cfg.repeats, steps=cfg.steps,
@@ -229,6 +224,16 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     atomic_write(os.path.join(out, "report.json"), json.dumps(report, indent=1, default=_jsonable).encode())
     atomic_write(os.path.join(out, "report.md"), _markdown(report).encode())
     return report
+
+
+def _verified(d: str, data: Any) -> Dict[str, Any]:
+    """A recorded trace verified at epsilon 0 as recorded, then with permuted batches on 1 thread."""
+    from .verify import verify_trace
+
+    same = verify_trace(d, dataset=data)
+    perm = verify_trace(d, dataset=data, permute_batches=1, threads=1)
+    return {"path": d, "verified_eps0": same.accepted, "max_error": same.max_error,
+            "permuted_1thread_accepted_eps0": perm.accepted, "permuted_1thread_max_error": perm.max_error}
 
 
 def table4_counts(max_batches: int, *, seed: int = 0) -> Dict[str, Any]:

@@ -141,15 +141,16 @@ class Stepper:
             self._native_spec = ModelSpec(model_name, int(np.prod(shape)), data.num_classes,
                                           (100,) if model_name == "fcn" else ())
 
-    def flat(self) -> np.ndarray:
-        return np.concatenate([p.detach().cpu().numpy().ravel() for p in self.params]).astype(np.float32)
+    def flat(self, params: Any = None) -> np.ndarray:
+        return np.concatenate([p.detach().cpu().numpy().ravel()
+                               for p in (self.params if params is None else params)]).astype(np.float32)
 
-    def load(self, flat: np.ndarray) -> None:
+    def load(self, flat: np.ndarray, params: Any = None) -> None:
         import torch
 
         pos = 0
         with torch.no_grad():
-            for p, n, s in zip(self.params, self.sizes, self.shapes):
+            for p, n, s in zip(self.params if params is None else params, self.sizes, self.shapes):
                 p.copy_(torch.from_numpy(np.ascontiguousarray(flat[pos:pos + n]).reshape(s)))
                 pos += n
 
@@ -176,11 +177,7 @@ class Stepper:
         if getattr(self, "_nn_model", None) is None:
             self._nn_model = xnn.reproducible(copy.deepcopy(self.model).cpu())
         m = self._nn_model
-        pos = 0
-        with torch.no_grad():
-            for p, n, s in zip(m.parameters(), self.sizes, self.shapes):
-                p.copy_(torch.from_numpy(np.ascontiguousarray(flat[pos:pos + n]).reshape(s)))
-                pos += n
+        self.load(flat, list(m.parameters()))
         opt = torch.optim.SGD(m.parameters(), lr=self.lr)
         t = torch.from_numpy(idx)
         before = get_num_threads()
@@ -193,7 +190,7 @@ class Stepper:
             opt.step()
         finally:
             set_num_threads(before)
-        return np.concatenate([p.detach().numpy().ravel() for p in m.parameters()]).astype(np.float32)
+        return self.flat(list(m.parameters()))
 
     def _torch_step(self, flat: np.ndarray, idx: np.ndarray, cond: Condition) -> np.ndarray:
         import torch

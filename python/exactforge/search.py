@@ -562,10 +562,11 @@ def run_search_all(model: str = "logreg", d: int = 4, n: int = 3, v: int = 2, b:
     extra = np.array(sorted(numerical_members), np.uint64)
     if len(extra):
         extra = extra[~np.isin(extra, members)]
-    nontrivial_k = np.concatenate([members & np.uint64(7), extra & np.uint64(7)]).astype(np.int64)
-    w = np.array(weight, dtype=object)[nontrivial_k] if len(nontrivial_k) else np.array([], dtype=object)
-    nontrivial_batches = int(sum(w)) if len(w) else 0
-    nontrivial_mid = int(sum(wi for wi, k in zip(w, nontrivial_k) if 0 < k < z)) if len(w) else 0
+    # classes (R, k) with a non-trivial partner, counted per k; each stands for C(z, k) batches
+    per_k = np.bincount(np.concatenate([members & np.uint64(7), extra & np.uint64(7)]).astype(np.int64),
+                        minlength=b + 1)
+    nontrivial_batches = sum(int(c) * weight[k] for k, c in enumerate(per_k))
+    nontrivial_mid = sum(int(c) * weight[k] for k, c in enumerate(per_k) if 0 < k < z)
     res.batches_with_forgery = trivial_pool + nontrivial_batches - nontrivial_mid
     res.structural = trivial_pool - nontrivial_mid
     res.batches_with_nontrivial_forgery = nontrivial_batches

@@ -203,15 +203,6 @@ def _model_spec(man: Dict[str, Any]) -> M.ModelSpec:
         raise TraceError(f"manifest: model: {exc}") from None
 
 
-def _require_plain_sgd(man: Dict[str, Any]) -> None:
-    """Recomputation from checkpoints alone can replay plain SGD only: momentum and weight-decay
-    state is not in a checkpoint."""
-    opt = man["optimizer"]
-    if opt.get("name") != "sgd" or any(opt.get(k) for k in ("momentum", "weight_decay")):
-        raise TraceError(f"optimizer: recomputation from checkpoints supports plain SGD, the trace names "
-                         f"{str(opt)[:80]}")
-
-
 def _native_engine(trace: Trace, data: Dataset, threads: Optional[int]):
     man = trace.manifest
     spec = _model_spec(man)
@@ -220,7 +211,9 @@ def _native_engine(trace: Trace, data: Dataset, threads: Optional[int]):
                          f"{data.name} has {data.dim} and {data.num_classes}")
     st = {"float32": "F32", "float64": "F64"}[spec.dtype]
     _check_table(trace, {k: (st, tuple(s)) for k, s in spec.shapes().items()}, f"the native {spec.kind}")
-    _require_plain_sgd(man)
+    opt = man["optimizer"]
+    if opt.get("name") != "sgd" or any(opt.get(k) for k in ("momentum", "weight_decay")):
+        raise TraceError(f"optimizer: the native engine trains with plain SGD, the trace names {str(opt)[:80]}")
     mode = man["reduction"]
     lr = float(man["lr"])
     X = data.X.astype(spec.dtype, copy=False)
@@ -277,11 +270,13 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     if reduction is not None:  # recorded through exactforge.nn's reproducible layers: replay through them
         from . import nn as xnn
 
-        modes = {getattr(m, "_exactforge_mode", None) for m in model.modules()} - {None}
-        if modes and modes != {reduction}:
-            raise TraceError(f"model: made reproducible with mode {sorted(modes)}, the trace was recorded with "
-                             f"{reduction!r}")
-        if not modes:
+        try:
+            mode = xnn.mode_of(model)
+        except ValueError as e:
+            raise TraceError(str(e)) from None
+        if mode is not None and mode != reduction:
+            raise TraceError(f"model: made reproducible with mode {mode!r}, the trace was recorded with {reduction!r}")
+        if mode is None:
             try:
                 model = xnn.reproducible(model, mode=reduction)
             except xnn.UnsupportedLayerError as e:

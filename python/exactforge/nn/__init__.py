@@ -9,9 +9,9 @@ Supported: Linear, Conv2d (groups=1, zero padding, any stride and dilation), Bat
 eval mode, ReLU, Tanh, Sigmoid, Flatten, Unflatten, Identity, MaxPool2d, AvgPool2d, and Dropout
 in eval mode (or p=0). Anything else is refused by ``reproducible`` with its name. CPU tensors.
 """
-from ._registry import MODES, UnsupportedLayerError, register_layer, reproducible, supported_layers
+from ._registry import MODES, UnsupportedLayerError, mode_of, register_layer, reproducible, supported_layers
 from . import layers as _layers  # noqa: F401  (registers the layer types)
 from .functional import cross_entropy, mse_loss
 
-__all__ = ["reproducible", "cross_entropy", "mse_loss", "register_layer", "supported_layers",
+__all__ = ["reproducible", "mode_of", "cross_entropy", "mse_loss", "register_layer", "supported_layers",
            "UnsupportedLayerError", "MODES"]

@@ -9,11 +9,11 @@ instance.
 from __future__ import annotations
 
 import types
-from typing import Callable, Dict, List, Type
+from typing import Callable, Dict, List, Optional, Type
 
 from torch import nn
 
-__all__ = ["MODES", "UnsupportedLayerError", "register_layer", "supported_layers", "reproducible", "layer_mode"]
+__all__ = ["MODES", "UnsupportedLayerError", "register_layer", "supported_layers", "reproducible", "mode_of"]
 
 MODES = ("exact", "fixed")
 
@@ -88,5 +88,10 @@ def reproducible(module: nn.Module, mode: str = "exact") -> nn.Module:
     return module
 
 
-def layer_mode(module: nn.Module) -> str:
-    return getattr(module, "_exactforge_mode", "exact")
+def mode_of(module: nn.Module) -> Optional[str]:
+    """The mode ``reproducible`` gave the module's layers, or None if it was not made
+    reproducible; ValueError if its layers were made reproducible with different modes."""
+    modes = {getattr(m, "_exactforge_mode", None) for m in module.modules()} - {None}
+    if len(modes) > 1:
+        raise ValueError(f"model: its layers were made reproducible with different modes {sorted(modes)}; use one")
+    return modes.pop() if modes else None
