@@ -138,6 +138,7 @@ def test_training_dropout_and_unreplayable_losses_are_refused_when_recording(tmp
     (lambda m: m.update(loss={"name": "custom"}), "loss_fn"),
     (lambda m: m.update(input_shape=[3, 1000]), "input_shape"),
     (lambda m: m.update(input_shape="64"), "input_shape"),
+    (lambda m: m.update(input_shape=[1 + 2**58, 64]), "input_shape"),  # 64 + 2^64: 64 once wrapped in int64
     (lambda m: m.update(reduction="warp"), "reduction"),
     (lambda m: m.update(optimizer={"name": "rmsprop", "lr": 0.1}), "optimizer"),
     (lambda m: m["optimizer"].update(momentum=float("1e300")), "momentum"),

@@ -296,7 +296,7 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     shape = man.get("input_shape")
     if shape is not None:
         if (not isinstance(shape, list) or not 1 <= len(shape) <= 4 or any(type(v) is not int or v < 1 for v in shape)
-                or int(np.prod(shape)) != data.dim):
+                or math.prod(shape) != data.dim):
             raise TraceError(f"manifest: 'input_shape' must list the dimensions of one example ({data.dim} features)")
         X = X.reshape(len(data), *shape)
     y = torch.from_numpy(data.y)
