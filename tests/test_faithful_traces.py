@@ -28,6 +28,7 @@ def record(tmp, model, opt, loss_fn, loss_for_loop, data, steps=4, b=16, **kw):
         for _ in range(steps):
             idx = rng.choice(len(data), b, replace=False)
             t = torch.from_numpy(idx)
+            rec.begin(idx)
             loss = loss_for_loop(model(X[t]), y[t])
             opt.zero_grad()
             loss.backward()
@@ -120,16 +121,70 @@ def test_unreplayable_optimizers_are_refused_when_recording(tmp_path, make_opt, 
         TraceRecorder(str(tmp_path / "t"), model, make_opt(model.parameters()), load_dataset("digits"))
 
 
-def test_training_dropout_and_unreplayable_losses_are_refused_when_recording(tmp_path):
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Dropout(0.5))
+def dropout_net():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10),
+                         nn.Dropout(0.1))
+
+
+@pytest.mark.parametrize("reproducible", [False, True])
+def test_training_dropout_traces_are_keyed_and_accepted(tmp_path, reproducible):
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    model = dropout_net()
+    if reproducible:
+        model = xnn.reproducible(model)
+    loss = xnn.cross_entropy if reproducible else nn.functional.cross_entropy
+    record(tmp_path / "t", model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), None if not
+           reproducible else xnn.cross_entropy, loss, data, steps=5, dropout_seed=11)
+    r = verify_trace(str(tmp_path / "t"), model=dropout_net())
+    assert r.valid and r.accepted and r.max_error == 0.0, r.reason
+    if reproducible:  # masks follow the examples: any batch order, any thread count
+        r = verify_trace(str(tmp_path / "t"), model=dropout_net(), permute_batches=5, threads=1)
+        assert r.valid and r.accepted and r.max_error == 0.0, r.reason
+    import json
+
+    man = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert man["dropout"] == {"seed": 11} and man["eval_modules"] == []
+
+
+def test_dropout_masks_follow_examples_and_have_the_declared_rate():
+    keep = xnn.functional.keep_mask(3, 7, 1, np.arange(2000), 500, 0.25)
+    assert abs(keep.mean() - 0.75) < 0.005
+    again = xnn.functional.keep_mask(3, 7, 1, np.arange(2000)[::-1], 500, 0.25)
+    assert np.array_equal(keep[::-1], again)
+    other = [xnn.functional.keep_mask(*k, np.arange(2000), 500, 0.25) for k in ((4, 7, 1), (3, 8, 1), (3, 7, 2))]
+    assert all(0.5 < (o == keep).mean() < 0.7 for o in other)  # independent streams agree 0.75^2 + 0.25^2
+
+
+def test_dropout_without_keys_and_unkeyable_dropout_are_refused(tmp_path):
+    data = load_dataset("digits")
+    model = dropout_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="Dropout"):
-        TraceRecorder(str(tmp_path / "t"), model, opt, load_dataset("digits"))
+    X = torch.from_numpy(data.X[:8])
+    with TraceRecorder(str(tmp_path / "t"), model, opt, data) as rec:
+        with pytest.raises(RuntimeError, match="dropout_keys"):
+            model(X)  # no rec.begin(idx): no step may draw from torch's RNG
+        rec.begin(np.arange(8))
+        model(X).sum().backward()
+        with pytest.raises(ValueError, match="begin"):
+            rec.step(np.arange(1, 9))
+    with pytest.raises(ValueError, match="Dropout2d"):
+        TraceRecorder(str(tmp_path / "u"), nn.Sequential(nn.Dropout2d(0.5)), opt, data)
     model.eval()
-    TraceRecorder(str(tmp_path / "u"), model, opt, load_dataset("digits"))  # eval mode: fine
+    TraceRecorder(str(tmp_path / "v"), model, opt, data)  # eval mode: recorded as such
     with pytest.raises(ValueError, match="class weights"):
-        TraceRecorder(str(tmp_path / "v"), model, opt, load_dataset("digits"),
-                      loss_fn=nn.CrossEntropyLoss(weight=torch.ones(10)))
+        TraceRecorder(str(tmp_path / "w"), model, opt, data, loss_fn=nn.CrossEntropyLoss(weight=torch.ones(10)))
+
+
+def test_eval_mode_modules_are_replayed_in_eval_mode(tmp_path):
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    model = dropout_net()
+    model[3].eval()  # this dropout off, the other on
+    record(tmp_path / "t", model, torch.optim.SGD(model.parameters(), lr=0.1), None, nn.functional.cross_entropy,
+           data, steps=3)
+    r = verify_trace(str(tmp_path / "t"), model=dropout_net())
+    assert r.valid and r.accepted and r.max_error == 0.0, r.reason
 
 
 @pytest.mark.parametrize("edit,why", [
@@ -138,6 +193,10 @@ def test_training_dropout_and_unreplayable_losses_are_refused_when_recording(tmp
     (lambda m: m.update(loss={"name": "custom"}), "loss_fn"),
     (lambda m: m.update(input_shape=[3, 1000]), "input_shape"),
     (lambda m: m.update(input_shape="64"), "input_shape"),
+    (lambda m: m.update(dropout={"seed": -1}), "dropout"),
+    (lambda m: m.update(dropout=[1]), "dropout"),
+    (lambda m: m.update(eval_modules=[7]), "eval_modules"),
+    (lambda m: m.update(eval_modules=["no.such.module"]), "eval_modules"),
     (lambda m: m.update(input_shape=[1 + 2**58, 64]), "input_shape"),  # 64 + 2^64: 64 once wrapped in int64
     (lambda m: m.update(reduction="warp"), "reduction"),
     (lambda m: m.update(optimizer={"name": "rmsprop", "lr": 0.1}), "optimizer"),

@@ -124,9 +124,13 @@ class TraceRecorder:
     is recorded as such and replayed through the same layers, under any batch order.
 
     The optimizer's state goes into every checkpoint (``exactforge.optim``: SGD with momentum,
-    weight decay, nesterov; Adam; AdamW), so the verifier replays it too. What a verifier cannot
-    replay is refused here, with the reason: other optimizers, amsgrad, several parameter groups,
-    and training-mode dropout.
+    weight decay, nesterov; Adam; AdamW), so the verifier replays it too. Dropout: every
+    nn.Dropout of the model is keyed (``exactforge.nn.keyed_dropout``): its masks are a hash of
+    (``dropout_seed``, step, layer, dataset index), so a loop whose model has dropout in training
+    mode calls ``rec.begin(idx)`` before each forward pass, and the verifier recomputes the same
+    masks, under any batch order on the reproducible path. Which modules were in eval mode is
+    recorded too. What a verifier cannot replay is refused here, with the reason: other
+    optimizers, amsgrad, several parameter groups, other dropout types in training mode.
     """
 
     def __init__(self, directory: str, model: Any, optimizer: Any, dataset: Any, *, checkpoint_every: int = 1,
@@ -134,7 +138,7 @@ class TraceRecorder:
                  model_spec: Optional[M.ModelSpec] = None, data_name: Optional[str] = None,
                  data_path: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None,
                  loss_fn: Any = None, input_shape: Optional[Sequence[int]] = None,
-                 zoo: Optional[str] = None) -> None:
+                 zoo: Optional[str] = None, dropout_seed: Optional[int] = None) -> None:
         import torch
 
         from . import nn as xnn
@@ -155,7 +159,13 @@ class TraceRecorder:
         ds = as_dataset(dataset)
         X, y, name = ds.X, ds.y, ds.name
         self._num_examples = int(X.shape[0])
-        _check_replayable(model, optimizer)
+        xnn.keyed_dropout(model)  # refuses dropout types whose masks cannot be keyed
+        if dropout_seed is None:
+            dropout_seed = seed if seed is not None else 0
+        if isinstance(dropout_seed, bool) or not isinstance(dropout_seed, int) or not 0 <= dropout_seed < 2**63:
+            raise ValueError(f"dropout_seed: expected an integer in 0..2^63-1, got {dropout_seed!r}")
+        self._dropout_seed = dropout_seed
+        self._begun: Optional[np.ndarray] = None
         self._opt_spec = O.spec_of(optimizer, model)
         self._params = list(model.parameters())
         self._steps = 0
@@ -178,6 +188,10 @@ class TraceRecorder:
             "seed": seed, "initial": "given", "batch_size": batch_size, "steps": steps,
             "checkpoint_every": checkpoint_every, "reduction": xnn.mode_of(model), "loss": loss,
             "input_shape": input_shape,
+            "dropout": {"seed": dropout_seed},
+            # modules that behave differently in eval mode (dropout, batch norm): the verifier sets
+            # the same modes on its instance of the model
+            "eval_modules": [n for n, m in model.named_modules() if not m.training],
             "data": {"name": data_name or name, "fingerprint": fingerprint(X, y), "num_examples": self._num_examples,
                      "dim": int(np.prod(X.shape[1:])), "num_classes": int(y.max()) + 1 if y.size else 0, "path": data_path},
             "environment": environment(_device_of(model)),
@@ -197,11 +211,10 @@ class TraceRecorder:
         self._writer = TraceWriter(self.directory, self.manifest, self._state())
         return self
 
-    def step(self, batch_indices: Union[Sequence[int], np.ndarray, Any]) -> None:
-        """Records one optimizer step taken on the examples ``batch_indices`` (in order)."""
+    def _indices(self, batch_indices: Any, what: str) -> np.ndarray:
         if self._writer is None:
-            raise RuntimeError("TraceRecorder.step: use the recorder inside a `with` block")
-        idx = np.asarray(batch_indices.detach().cpu() if hasattr(batch_indices, "detach") else batch_indices)
+            raise RuntimeError(f"TraceRecorder.{what}: use the recorder inside a `with` block")
+        idx = np.array(batch_indices.detach().cpu() if hasattr(batch_indices, "detach") else batch_indices)
         if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
             raise ValueError("batch_indices: expected a non-empty 1-D sequence of dataset indices")
         if idx.min() < 0 or idx.max() >= self._num_examples:
@@ -210,7 +223,29 @@ class TraceRecorder:
             raise ValueError(f"batch_indices: {idx.size} examples, but batch_size={self.batch_size} was declared "
                              "(pass batch_size=None to the recorder for batches of varying size)")
         if self._writer.finished:
-            raise ValueError(f"step: the trace already holds the {self.steps} steps it declares")
+            raise ValueError(f"{what}: the trace already holds the {self.steps} steps it declares")
+        return idx
+
+    def begin(self, batch_indices: Union[Sequence[int], np.ndarray, Any]) -> None:
+        """Announces the next step's batch (dataset indices, in the order fed to the model)
+        before its forward pass: keys the model's dropout masks to this step and these
+        examples. Needed when the model has dropout in training mode; harmless otherwise."""
+        from .nn import dropout_keys
+
+        idx = self._indices(batch_indices, "begin")
+        dropout_keys(self.model, seed=self._dropout_seed, step=self._writer.next_step, examples=idx)
+        self._begun = idx
+
+    def step(self, batch_indices: Union[Sequence[int], np.ndarray, Any]) -> None:
+        """Records one optimizer step taken on the examples ``batch_indices`` (in order)."""
+        from .nn import keyed_layers
+
+        idx = self._indices(batch_indices, "step")
+        begun, self._begun = self._begun, None
+        for m in keyed_layers(self.model):  # the next forward pass needs the next step's keys
+            m._exactforge_keys = None
+        if begun is not None and not np.array_equal(begun, idx):
+            raise ValueError("batch_indices: step() got other examples than begin() announced for this step")
         self._since_ckpt += 1
         self._steps += 1
         final = self.steps is not None and self._writer.next_step + 1 == self.steps
@@ -225,17 +260,6 @@ class TraceRecorder:
             return  # on an error the trace keeps every complete step and stays incomplete
         if self.steps is None:  # the run ends here: the last step becomes final
             w.finish(self._state() if self._since_ckpt else None)
-
-
-def _check_replayable(model: Any, optimizer: Any) -> None:
-    """Refuses, when recording, what a verifier could not replay: a training-mode dropout mask
-    comes from an RNG stream the trace does not hold. (Optimizers: see exactforge.optim.)"""
-    import torch
-
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 and m.training:
-            raise ValueError(f"model: {name} ({type(m).__name__}, p={m.p}) draws its masks from torch's RNG, which "
-                             "the trace does not hold; set p=0 or call .eval() on it")
 
 
 def _device_of(model: Any) -> str:
@@ -253,6 +277,7 @@ def _train(rec: "TraceRecorder", model: Any, opt: Any, loss_fn: Any, X: Any, y: 
     for _ in range(steps):
         idx = next(sched)
         t = torch.from_numpy(idx)
+        rec.begin(idx)
         loss = loss_fn(model(X[t]), y[t])
         opt.zero_grad()
         loss.backward()

@@ -221,7 +221,7 @@ def _native_engine(trace: Trace, data: Dataset, threads: Optional[int]):
     def load(step: int) -> Dict[str, np.ndarray]:
         return M.check_params(spec, trace.load_checkpoint(step), f"checkpoint {step}")
 
-    def step(params: Dict[str, np.ndarray], idx: np.ndarray) -> Dict[str, np.ndarray]:
+    def step(params: Dict[str, np.ndarray], idx: np.ndarray, t: int) -> Dict[str, np.ndarray]:
         return M.sgd_step(spec, params, X[idx], data.y[idx], idx, lr, mode=mode, threads=threads)
 
     def initial() -> Dict[str, np.ndarray]:
@@ -281,6 +281,14 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
                 model = xnn.reproducible(model, mode=reduction)
             except xnn.UnsupportedLayerError as e:
                 raise TraceError(str(e)) from None
+    from . import nn as xnn
+
+    try:
+        xnn.keyed_dropout(model)
+        _set_modes(model, man.get("eval_modules"))
+    except ValueError as e:
+        raise TraceError(str(e)) from None
+    dropout_seed = (man.get("dropout") or {}).get("seed")
     from .losses import replay
 
     try:
@@ -304,12 +312,14 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     def load(step: int) -> Dict[str, np.ndarray]:
         return trace.load_checkpoint(step)
 
-    def step(state: Dict[str, np.ndarray], idx: np.ndarray) -> Dict[str, np.ndarray]:
+    def step(state: Dict[str, np.ndarray], idx: np.ndarray, t: int) -> Dict[str, np.ndarray]:
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items() if k in model_keys})
         o = O.build(ospec, params)
         steps = O.load_state(o, ospec, params, state)
-        t = torch.from_numpy(np.array(idx, dtype=np.int64))  # a writable copy (records are read-only)
-        loss = loss_of(model(X[t]), y[t])
+        if dropout_seed is not None:  # the masks of step t, following each example (also when permuted)
+            xnn.dropout_keys(model, seed=dropout_seed, step=t, examples=idx)
+        b = torch.from_numpy(np.array(idx, dtype=np.int64))  # a writable copy (records are read-only)
+        loss = loss_of(model(X[b]), y[b])
         o.zero_grad()
         loss.backward()
         o.step()
@@ -323,6 +333,19 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
         return {k: v.detach().numpy() for k, v in to_torch(spec, M.init_params(spec, int(man["seed"]))).state_dict().items()}
 
     return load, step, initial
+
+
+def _set_modes(model: Any, eval_modules: Optional[List[str]]) -> None:
+    """Train mode everywhere except the modules the trace recorded in eval mode (a trace
+    without the list: all in train mode, as a fresh model is)."""
+    model.train()
+    if not eval_modules:
+        return
+    mods = dict(model.named_modules())
+    for name in eval_modules:
+        if name not in mods:
+            raise ValueError(f"manifest: 'eval_modules' names {name[:60]!r}, which the verifier's model does not have")
+        mods[name].training = False
 
 
 def _checked(state: Dict[str, np.ndarray], step: int) -> Dict[str, np.ndarray]:
@@ -451,7 +474,7 @@ def _recompute(trace, segs, load, step, theta0, permute_batches, distance_kind, 
                 idx = trace.batch(t)
                 if permute_batches is not None:
                     idx = idx[np.random.default_rng([permute_batches, t]).permutation(idx.size)]
-                state = step(state, idx)
+                state = step(state, idx, t)
             err = verification_distance(_pairs(state, logged), distance_kind)
             passed = bool(err <= epsilon)
             res_med, res_min = resolution(logged, float(trace.manifest["lr"]))

@@ -85,6 +85,8 @@ def reproducible(module: nn.Module, mode: str = "exact") -> nn.Module:
     for m, make in plan:
         m.forward = types.MethodType(make(m, mode), m)
         m._exactforge_mode = mode
+        if isinstance(m, nn.Dropout):
+            m._exactforge_keyed = True
     return module
 
 

@@ -117,6 +117,15 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
             check_spec(man["loss"])
         except ValueError as e:
             raise TraceError(f"manifest: {e}") from None
+    if man.get("dropout") is not None:
+        d = man["dropout"]
+        if (not isinstance(d, dict) or set(d) != {"seed"} or isinstance(d["seed"], bool)
+                or not isinstance(d["seed"], int) or not 0 <= d["seed"] < 2**63):
+            raise TraceError("manifest: 'dropout' must be {'seed': an integer in 0..2^63-1} or null")
+    ev = man.get("eval_modules")
+    if ev is not None and (not isinstance(ev, list) or len(ev) > limits.max_tensors
+                           or not all(isinstance(n, str) and len(n) <= 256 for n in ev)):
+        raise TraceError(f"manifest: 'eval_modules' must list at most {limits.max_tensors} module names")
     if man["initial"] not in INITIAL_KINDS:
         raise TraceError(f"manifest: 'initial' must be one of {INITIAL_KINDS}, got {str(man['initial'])[:40]!r}")
     if man["initial"] == "seeded" and man.get("seed") is None:

@@ -1,11 +1,17 @@
-"""Layers that act on each example alone, in a fixed order, with no reduction across the batch:
-torch's own CPU kernels already give the same bits for any batch order and thread count, so
-they run as they are (``reproducible`` only checks that they are known)."""
+"""Layers that act on each example alone, with no reduction across the batch.
+
+ReLU, max pooling and the reshapes are exact operations (a comparison, a copy), and average
+pooling sums each window in one loop order with no vectorised/scalar split across windows,
+so torch's own CPU kernels give the same bits for any batch order and thread count: they run as
+they are (``reproducible`` only checks that they are known). Tanh and Sigmoid are not exact:
+torch's vectorised body and scalar tail disagree in the last bit, so they go through
+exactforge's exp (``functional.sigmoid``/``tanh``)."""
 from torch import nn
 
 from .._registry import register_layer
+from ..functional import sigmoid, tanh
 
-PER_EXAMPLE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Flatten, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.Unflatten)
+PER_EXAMPLE = (nn.ReLU, nn.Flatten, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.Unflatten)
 
 
 @register_layer(*PER_EXAMPLE)
@@ -13,16 +19,11 @@ def make_per_example(module: nn.Module, mode: str):
     return type(module).forward
 
 
-@register_layer(nn.Dropout)
-def make_dropout(module: nn.Dropout, mode: str):
-    base = nn.Dropout.forward
+@register_layer(nn.Sigmoid)
+def make_sigmoid(module: nn.Sigmoid, mode: str):
+    return lambda self, x: sigmoid(x)
 
-    def forward(self, x):
-        # A training-mode mask draws from torch's RNG stream in batch order, so it would follow
-        # the batch order, and a verifier would need the stream's state: not supported yet.
-        if self.training and self.p > 0:
-            raise RuntimeError("Dropout: reproducible only in eval mode or with p=0 (per-step seeded masks are not "
-                               "supported yet)")
-        return base(self, x)
 
-    return forward
+@register_layer(nn.Tanh)
+def make_tanh(module: nn.Tanh, mode: str):
+    return lambda self, x: tanh(x)
