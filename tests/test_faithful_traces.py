@@ -235,7 +235,26 @@ def test_train_lenet_native_on_mnist_5k_verifies_at_epsilon_0_permuted(tmp_path)
                  "--quiet"]) == 2
 
 
+def test_train_transformer_native_verifies_at_epsilon_0_permuted(tmp_path):
+    """Embedding, causal self-attention, LayerNorm: the Transformer on the reproducible path;
+    torch's own layers replayed in the same order on the same machine."""
+    from exactforge.cli import main
+
+    out = tmp_path / "t"
+    assert main(["train", "--model", "transformer", "--dataset", "synthetic-tokens", "--steps", "3",
+                 "--batch-size", "16", "--lr", "0.05", "--out", str(out), "--quiet"]) == 0
+    r = verify_trace(str(out), permute_batches=2, threads=1)
+    assert r.valid and r.accepted and r.max_error == 0.0 and r.num_steps == 3, r.reason
+    out = tmp_path / "torch"
+    assert main(["train", "--engine", "torch", "--model", "transformer", "--dataset", "synthetic-tokens",
+                 "--steps", "2", "--batch-size", "16", "--out", str(out), "--quiet"]) == 0
+    assert main(["verify", str(out), "--quiet"]) == 0
+    assert main(["train", "--model", "transformer", "--dataset", "digits", "--steps", "1", "--out",
+                 str(tmp_path / "d"), "--quiet"]) == 2
+
+
 @pytest.mark.parametrize("edit,why", [
+    (lambda m: m["model"].update(zoo="transformer"), "does not fit"),
     (lambda m: m["model"].update(zoo="resnet"), "zoo model"),
     (lambda m: m["model"].update(input_shape=[1, 28, 28]), "does not fit"),
     (lambda m: m["model"].update(num_classes=3), "does not fit"),

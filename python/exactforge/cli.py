@@ -84,13 +84,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .record import record_native, record_torch_fcn, record_zoo
 
     data = load_dataset(args.dataset, args.data_path)
-    if args.model in ("lenet", "vggmini"):
-        # CNNs: torch with exactforge.nn's reproducible layers (native) or torch's own layers
+    if args.model in ("lenet", "vggmini", "transformer"):
+        # CNNs and the Transformer: torch with exactforge.nn's reproducible layers (native) or torch's own layers
         if args.resume or args.dtype != "float32":
             raise ValueError("--resume, --dtype: supported for logreg and fcn only")
         mode = None if args.engine == "torch" else (args.mode or "exact")
         if mode == "fixed":
-            raise ValueError("--mode: the reproducible CNN layers use --mode exact (fixed mode has no example keys "
+            raise ValueError("--mode: the reproducible torch layers use --mode exact (fixed mode has no example keys "
                              "inside a torch model, so it would follow the batch order)")
         trace = record_zoo(args.out, args.model, data, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
                            seed=args.seed, checkpoint_every=args.checkpoint_every, threads=args.threads, mode=mode,
@@ -410,11 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model with SGD and record its execution trace")
     t.add_argument("--engine", choices=("native", "torch"), default="native",
                    help="native: exactforge's bitwise-reproducible step; torch: autograd + BLAS")
-    t.add_argument("--model", choices=("logreg", "fcn", "lenet", "vggmini"), default="fcn",
-                   help="lenet and vggmini: the papers' CNNs, native = exactforge.nn's reproducible layers")
+    t.add_argument("--model", choices=("logreg", "fcn", "lenet", "vggmini", "transformer"), default="fcn",
+                   help="lenet and vggmini: the papers' CNNs; transformer: a 2-layer causal Transformer on tokens "
+                        "(synthetic-tokens, imdb); for these native = exactforge.nn's reproducible layers")
     t.add_argument("--hidden", default="100", help="hidden layer widths of the FCN, e.g. 32,32 (default 100)")
-    t.add_argument("--dataset", default="digits", choices=("digits", "breast-cancer", "mnist-5k", "mnist", "cifar10"))
-    t.add_argument("--data-path", help="folder with the local files of mnist or cifar10")
+    t.add_argument("--dataset", default="digits", choices=("digits", "breast-cancer", "mnist-5k", "mnist", "cifar10",
+                                                            "synthetic-tokens", "imdb"))
+    t.add_argument("--data-path", help="folder with the local files of mnist, cifar10 or imdb")
     t.add_argument("--batch-size", type=_count(1, 1 << 20), default=64)
     t.add_argument("--steps", type=_count(1, 100_000_000), default=50)
     t.add_argument("--lr", type=_POSITIVE, default=0.01)

@@ -324,7 +324,7 @@ def record_torch_fcn(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 
 def record_zoo(out: str, name: str, data: Dataset, *, lr: float = 0.01, steps: int = 50, batch_size: int = 64,
                seed: int = 0, checkpoint_every: int = 1, threads: Optional[int] = None, mode: Optional[str] = "exact",
                data_path: Optional[str] = None, progress: bool = False) -> Trace:
-    """A zoo model (LeNet, VGGmini, ...) trained with torch and plain SGD and recorded through
+    """A zoo model (LeNet, VGGmini, the Transformer) trained with torch and plain SGD and recorded through
     ``TraceRecorder``; ``mode`` "exact" or "fixed" runs it through exactforge.nn's reproducible
     layers and loss (the native engine for CNNs), None through torch's own. The manifest names
     the zoo model, so a verifier builds it from its own code."""
@@ -337,14 +337,16 @@ def record_zoo(out: str, name: str, data: Dataset, *, lr: float = 0.01, steps: i
 
     _check_steps(steps, checkpoint_every)
     threads = check_threads(threads)
-    if data.shape is None or len(data.shape) != 3:
+    if name == "transformer" and data.vocab is None:
+        raise ValueError(f"dataset: the transformer reads tokens (synthetic-tokens, imdb), not {data.name}")
+    if name != "transformer" and (data.shape is None or len(data.shape) != 3):
         raise ValueError(f"dataset: {name} needs images, not {data.name}")
     prev = torch.get_num_threads(), get_num_threads()
     if threads:
         torch.set_num_threads(threads)
         set_num_threads(threads)
     try:
-        model = build_model(name, data.shape, data.num_classes, seed=seed)
+        model = build_model(name, data.shape, data.num_classes, vocab=data.vocab, seed=seed)
         if mode is not None:
             model = xnn.reproducible(model, mode=mode)
         loss_fn = xnn.cross_entropy if mode is not None else torch.nn.functional.cross_entropy

@@ -83,7 +83,7 @@ CONDITIONS: Dict[str, Condition] = {c.name: c for c in [
 CALIBRATION = ("baseline", "permute", "threads", "deterministic")
 NATIVE_MODELS = ("logreg", "fcn")
 # zoo models whose every layer exactforge.nn runs reproducibly (the Transformer's are not yet)
-NN_MODELS = ("logreg", "fcn", "lenet", "vggmini")
+NN_MODELS = ("logreg", "fcn", "lenet", "vggmini", "transformer")
 
 
 def available_conditions(model: str) -> List[str]:

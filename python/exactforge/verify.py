@@ -236,11 +236,13 @@ def _zoo_model(entry: Dict[str, Any], data: Dataset) -> Any:
     from .zoo import ZOO, build_model
 
     name, shape, n = entry.get("zoo"), entry.get("input_shape"), entry.get("num_classes")
-    if name not in ZOO or name == "transformer":
+    if name not in ZOO:
         raise TraceError(f"manifest: model: unknown zoo model {str(name)[:40]!r}")
-    if shape != list(data.shape or (data.dim,)) or n != data.num_classes:
+    if shape != list(data.shape or (data.dim,)) or n != data.num_classes or (name == "transformer") != (
+            data.vocab is not None):
         raise TraceError(f"manifest: model: {name} on {shape} with {n} classes does not fit {data.name}")
-    return build_model(name, tuple(shape), n, seed=0)
+    # the vocabulary is the verifier's data set's; a prover's other table size fails the tensor check
+    return build_model(name, tuple(shape), n, vocab=data.vocab, seed=0)
 
 
 def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
@@ -300,7 +302,8 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     expected.update(O.expected_table(ospec, params))
     _check_table(trace, expected, "the verifier's model and optimizer")
     model_keys = set(model.state_dict())
-    X = torch.from_numpy(data.X.astype(str(next(model.parameters()).dtype).replace("torch.", "")))
+    X = torch.from_numpy(data.X.astype(np.int64 if data.vocab is not None  # token ids stay ids
+                                       else str(next(model.parameters()).dtype).replace("torch.", "")))
     shape = man.get("input_shape")
     if shape is not None:
         if (not isinstance(shape, list) or not 1 <= len(shape) <= 4 or any(type(v) is not int or v < 1 for v in shape)

@@ -68,12 +68,14 @@ class TransformerClassifier(nn.Module):
                                            batch_first=True)
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Linear(d_model, num_classes)
-        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(seq_len), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        L = x.shape[1]
-        h = self.tok(x) + self.pos(torch.arange(L, device=x.device))
-        h = self.blocks(h, mask=self.mask[:L, :L], is_causal=True)
+        B, L = x.shape
+        # positions looked up per example (not broadcast over the batch), so the position table's
+        # gradient is the embedding's own sum over the batch, not a broadcast's reduction
+        h = self.tok(x) + self.pos(torch.arange(L, device=x.device).expand(B, L))
+        mask = nn.Transformer.generate_square_subsequent_mask(L, device=x.device)
+        h = self.blocks(h, mask=mask, is_causal=True)
         return self.head(h[:, -1])
 
 

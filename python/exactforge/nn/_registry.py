@@ -27,11 +27,14 @@ class UnsupportedLayerError(ValueError):
     """A module of the model has no reproducible implementation."""
 
 
-def register_layer(*types_: Type[nn.Module]):
+def register_layer(*types_: Type[nn.Module], owns_children: bool = False):
     """Class decorator-like registration: ``@register_layer(nn.Linear)`` on a function
-    ``make_forward(module, mode) -> forward(self, *inputs)``."""
+    ``make_forward(module, mode) -> forward(self, *inputs)``. ``owns_children=True``: the new
+    forward computes with the submodules' parameters itself (nn.MultiheadAttention and its
+    out_proj), so the submodules are neither looked up nor replaced."""
 
     def deco(fn: Callable) -> Callable:
+        fn.owns_children = owns_children
         for t in types_:
             _LAYERS[t] = fn
         return fn
@@ -70,10 +73,15 @@ def reproducible(module: nn.Module, mode: str = "exact") -> nn.Module:
     if not isinstance(module, nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
     plan = []
+    owned: List[str] = []  # layers that compute with their children's parameters themselves
     for name, m in module.named_modules():
+        if any(name.startswith(o + ".") if o else name for o in owned):  # "" is the root: all below it
+            continue
         make = _lookup(m)
         if make is not None:
             plan.append((m, make))
+            if getattr(make, "owns_children", False):
+                owned.append(name)
             continue
         if isinstance(m, _CONTAINERS):
             continue

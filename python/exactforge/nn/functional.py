@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from .. import models as M
 from .. import reduce as R
 
-__all__ = ["linear", "conv2d", "batch_norm_eval", "cross_entropy", "mse_loss", "sigmoid", "tanh", "dropout", "keep_mask"]
+__all__ = ["linear", "conv2d", "batch_norm_eval", "cross_entropy", "mse_loss", "sigmoid", "tanh", "dropout", "keep_mask",
+           "bmm", "softmax", "layer_norm", "embedding", "attention_mask", "multi_head_attention"]
 
 
 def _fixed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -205,6 +206,10 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, *, mode: str = "exact") 
 # invariant. These evaluate every element the same way: exactforge's exp (the same bits
 # everywhere) in float64, one rounding to the input's dtype.
 
+def _npdtype(t: torch.Tensor):
+    return torch.empty(0, dtype=t.dtype).numpy().dtype
+
+
 def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy().astype(np.float64)
 
@@ -232,7 +237,7 @@ class _Elementwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kind):
         f = _sigmoid64 if kind == "sigmoid" else _tanh64
-        y = torch.from_numpy(f(_np(x)).astype(torch.empty(0, dtype=x.dtype).numpy().dtype))
+        y = torch.from_numpy(f(_np(x)).astype(_npdtype(x)))
         ctx.save_for_backward(y)
         ctx.kind = kind
         return y
@@ -298,5 +303,227 @@ def dropout(x: torch.Tensor, p: float, *, seed: int, step: int, layer: int, exam
     n = int(np.prod(x.shape[1:]))
     keep = keep_mask(seed, step, layer, ex, n, float(p))
     scale = np.float64(1.0) / (1.0 - float(p))
-    m = torch.from_numpy((keep * scale).astype(torch.empty(0, dtype=x.dtype).numpy().dtype)).reshape(x.shape)
+    m = torch.from_numpy((keep * scale).astype(_npdtype(x))).reshape(x.shape)
     return x * m
+
+
+# ---- the Transformer's pieces ------------------------------------------------------------------
+# Every reduction inside one example (over features, positions, keys) runs in one fixed order:
+# exactforge's fixed-mode sum, or a loop of separately rounded torch multiplies and adds (each a
+# correctly rounded IEEE operation, so the same bits wherever the element sits). Reductions over
+# the batch (parameter gradients) use the layer's batch mode.
+
+def _rowsum(x2: torch.Tensor) -> torch.Tensor:
+    """(R, D) -> (R,): each row summed in index order."""
+    return R.sum(x2.t().contiguous(), axis=0, mode="fixed")
+
+
+def _bmm_loop(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, M, K) @ (N, K, P), each output the sum over k = 0..K-1 in that order, no FMA."""
+    acc = a[:, :, 0:1] * b[:, 0:1, :]
+    for k in range(1, a.shape[2]):
+        acc = acc + a[:, :, k:k + 1] * b[:, k:k + 1, :]
+    return acc
+
+
+class _BMM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return _bmm_loop(a, b)
+
+    @staticmethod
+    def backward(ctx, dc):
+        a, b = ctx.saved_tensors
+        da = _bmm_loop(dc, b.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        db = _bmm_loop(a.transpose(1, 2), dc) if ctx.needs_input_grad[1] else None
+        return da, db
+
+
+def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched product of per-example matrices in a fixed order (attention scores, attention
+    times values): no sum crosses the leading axis, so no batch mode applies."""
+    return _BMM.apply(a, b)
+
+
+class _Softmax(torch.autograd.Function):
+    """Softmax over the last axis with exactforge's exp and fixed-order row sums."""
+
+    @staticmethod
+    def forward(ctx, s):
+        from .. import mathfn
+
+        shp = s.shape
+        s2 = s.reshape(-1, shp[-1])
+        m = s2.max(dim=1, keepdim=True).values  # exact
+        e = mathfn.exp(s2 - m)
+        p = (e / _rowsum(e).reshape(-1, 1)).reshape(shp)
+        ctx.save_for_backward(p)
+        return p
+
+    @staticmethod
+    def backward(ctx, dp):
+        (p,) = ctx.saved_tensors
+        L = p.shape[-1]
+        p2, dp2 = p.reshape(-1, L), dp.reshape(-1, L)
+        dot = _rowsum(dp2 * p2).reshape(-1, 1)
+        return (p2 * (dp2 - dot)).reshape(p.shape)
+
+
+def softmax(s: torch.Tensor) -> torch.Tensor:
+    return _Softmax.apply(s)
+
+
+class _LayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, D, eps, mode):
+        x2 = x.reshape(-1, D)
+        mean = (_rowsum(x2) / D).reshape(-1, 1)
+        xc = x2 - mean
+        var = (_rowsum(xc * xc) / D).reshape(-1, 1)
+        rstd = 1.0 / torch.sqrt(var + eps)
+        xhat = xc * rstd
+        y = xhat
+        if weight is not None:
+            y = y * weight.reshape(1, D)
+        if bias is not None:
+            y = y + bias.reshape(1, D)
+        ctx.save_for_backward(xhat, rstd, weight)
+        ctx.conf = (x.shape, D, mode, bias is not None)
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        xhat, rstd, weight = ctx.saved_tensors
+        shape, D, mode, has_bias = ctx.conf
+        dy2 = dy.reshape(-1, D)
+        g = dy2 if weight is None else dy2 * weight.reshape(1, D)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            mg = (_rowsum(g) / D).reshape(-1, 1)
+            mgx = (_rowsum(g * xhat) / D).reshape(-1, 1)
+            dx = (rstd * (g - mg - xhat * mgx)).reshape(shape)
+        if weight is not None and ctx.needs_input_grad[1]:
+            dw = _bsum(dy2 * xhat, mode)
+        if has_bias and ctx.needs_input_grad[2]:
+            db = _bsum(dy2, mode)
+        return dx, dw, db, None, None, None
+
+
+def layer_norm(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5,
+               mode: str = "exact") -> torch.Tensor:
+    """LayerNorm over the trailing ``normalized_shape`` axes: statistics per example and
+    position in a fixed order; gamma's and beta's gradients summed over the batch in ``mode``."""
+    D = int(np.prod(normalized_shape))
+    w = weight.reshape(-1) if weight is not None else None
+    b = bias.reshape(-1) if bias is not None else None
+    out = _LayerNorm.apply(x, w, b, D, float(eps), mode)
+    return out
+
+
+class _Embedding(torch.autograd.Function):
+    """Rows of the table by token id; the table's gradient sums, per token, the rows of every
+    position that holds it: over the batch, so in the batch mode (exact: any order)."""
+
+    @staticmethod
+    def forward(ctx, ids, weight, padding_idx, mode):
+        ctx.save_for_backward(ids)
+        ctx.conf = (weight.shape, padding_idx, mode)
+        return weight[ids]
+
+    @staticmethod
+    def backward(ctx, dy):
+        (ids,) = ctx.saved_tensors
+        shape, padding_idx, mode = ctx.conf
+        flat = ids.reshape(-1).numpy()
+        dy2 = dy.reshape(-1, shape[1]).contiguous()
+        dw = torch.zeros(shape, dtype=dy.dtype)
+        order = np.argsort(flat, kind="stable")  # stable: fixed mode keeps the batch's order per token
+        toks = flat[order]
+        cut = np.flatnonzero(np.diff(toks)) + 1
+        for start, end in zip(np.r_[0, cut], np.r_[cut, len(toks)]):
+            tok = int(toks[start])
+            if tok == padding_idx:
+                continue
+            rows = torch.from_numpy(order[start:end])
+            dw[tok] = dy2[rows[0]] if end - start == 1 else _bsum(dy2[rows], mode)
+        return None, dw, None, None
+
+
+def embedding(ids: torch.Tensor, weight: torch.Tensor, padding_idx: Optional[int] = None,
+              mode: str = "exact") -> torch.Tensor:
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"ids: expected integer token ids, got {ids.dtype}")
+    return _Embedding.apply(ids.long(), weight, -1 if padding_idx is None else int(padding_idx), mode)
+
+
+def attention_mask(attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor], is_causal: bool,
+                   B: int, H: int, L: int, S: int, dtype) -> Optional[torch.Tensor]:
+    """One additive mask (B*H, L, S) from torch's conventions: a boolean True (or -inf) means
+    "may not attend"; a float mask is added to the scores."""
+    def additive(m):
+        if m.dtype == torch.bool:
+            return torch.zeros(m.shape, dtype=dtype).masked_fill(m, float("-inf"))
+        return m.to(dtype)
+
+    total = None
+    if attn_mask is None and is_causal:
+        attn_mask = torch.ones(L, S, dtype=torch.bool).triu(1)
+    if attn_mask is not None:
+        a = additive(attn_mask)
+        a = a.reshape(B, H, L, S) if a.dim() == 3 else a.reshape(1, 1, L, S)
+        total = a
+    if key_padding_mask is not None:
+        k = additive(key_padding_mask).reshape(B, 1, 1, S)
+        total = k if total is None else total + k
+    if total is None:
+        return None
+    return total.expand(B, H, L, S).reshape(B * H, L, S)
+
+
+def multi_head_attention(q_in, k_in, v_in, mha, attn_mask=None, key_padding_mask=None, is_causal=False,
+                         need_weights=False, average_attn_weights=True, mode: str = "exact"):
+    """nn.MultiheadAttention's computation (batch first) with reproducible pieces: projections
+    as reproducible linears (their weight gradients sum over the batch in ``mode``), per-head
+    scores and weighted values as fixed-order per-example products, softmax with exactforge's
+    exp."""
+    B, L, E = q_in.shape
+    S = k_in.shape[1]
+    H = mha.num_heads
+    dh = E // H
+    if mha._qkv_same_embed_dim:
+        w, b = mha.in_proj_weight, mha.in_proj_bias
+        if q_in is k_in and k_in is v_in:
+            q, k, v = linear(q_in, w, b, mode).chunk(3, dim=-1)
+        else:
+            bs = (None, None, None) if b is None else (b[:E], b[E:2 * E], b[2 * E:])
+            q = linear(q_in, w[:E], bs[0], mode)
+            k = linear(k_in, w[E:2 * E], bs[1], mode)
+            v = linear(v_in, w[2 * E:], bs[2], mode)
+    else:
+        bs = (None, None, None) if mha.in_proj_bias is None else mha.in_proj_bias.split(E)
+        q = linear(q_in, mha.q_proj_weight, bs[0], mode)
+        k = linear(k_in, mha.k_proj_weight, bs[1], mode)
+        v = linear(v_in, mha.v_proj_weight, bs[2], mode)
+
+    def heads(t, n):
+        return t.reshape(B, n, H, dh).transpose(1, 2).reshape(B * H, n, dh)
+
+    q, k, v = heads(q, L), heads(k, S), heads(v, S)
+    scores = bmm(q, k.transpose(1, 2)) * (1.0 / float(np.sqrt(dh)))
+    mask = attention_mask(attn_mask, key_padding_mask, is_causal, B, H, L, S, scores.dtype)
+    if mask is not None:
+        scores = scores + mask
+    p = softmax(scores)
+    o = bmm(p, v).reshape(B, H, L, dh).transpose(1, 2).reshape(B, L, E)
+    out = linear(o, mha.out_proj.weight, mha.out_proj.bias, mode)
+    weights = None
+    if need_weights:
+        pw = p.detach().reshape(B, H, L, S)
+        weights = pw
+        if average_attn_weights:
+            acc = pw[:, 0]
+            for h in range(1, H):
+                acc = acc + pw[:, h]
+            weights = acc / H
+    return out, weights

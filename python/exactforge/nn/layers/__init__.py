@@ -1,2 +1,2 @@
 """One file per layer type; importing this package registers them all."""
-from . import conv, dropout, elementwise, linear, norm  # noqa: F401
+from . import attention, conv, dropout, elementwise, embedding, linear, norm  # noqa: F401

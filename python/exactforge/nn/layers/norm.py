@@ -15,3 +15,13 @@ def make_batch_norm(module: nn.modules.batchnorm._BatchNorm, mode: str):
         return batch_norm_eval(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, mode)
 
     return forward
+
+
+@register_layer(nn.LayerNorm)
+def make_layer_norm(module: nn.LayerNorm, mode: str):
+    from ..functional import layer_norm
+
+    def forward(self, x):
+        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, mode)
+
+    return forward
