@@ -30,6 +30,8 @@ struct KernelTable {
   ExactTile exact_s4;
   SplitF32 split_f32;  // slices of float32 rows, s = 2
   SplitF64 split_f64;  // slices of float64 rows, s = 4
+  SplitF32 split_cols_f32;  // slices of NR columns of float32 b, s = 2
+  SplitF64 split_cols_f64;  // slices of NR columns of float64 b, s = 4
 };
 
 /// The best table this CPU supports (AVX2+FMA or the baseline). Same bits either way.
@@ -45,6 +47,10 @@ const KernelTable& kernels();
                           double, double*, int);                                              \
   void split_panel_f64_s4(const double*, int64_t, int, int64_t, const double*, const double*,  \
                           double, double*, int);                                              \
+  void split_cols_f32_s2(const float*, int64_t, int, int64_t, const double*, const double*,    \
+                         double, double*, int);                                               \
+  void split_cols_f64_s4(const double*, int64_t, int, int64_t, const double*, const double*,   \
+                         double, double*, int);                                               \
   }
 EXACTFORGE_DECLARE_KERNELS(generic)
 EXACTFORGE_DECLARE_KERNELS(avx2)

@@ -317,3 +317,37 @@ def test_transformer_layers_that_cannot_be_replayed_are_refused():
         xnn.reproducible(nn.Embedding(5, 3, max_norm=1.0))
     with pytest.raises(xnn.UnsupportedLayerError, match="add_bias_kv"):
         xnn.reproducible(nn.MultiheadAttention(8, 2, add_bias_kv=True))
+
+
+@EXAMPLES
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(3, 9), st.integers(3, 9), st.integers(1, 3), st.integers(1, 3),
+       st.integers(1, 2), st.integers(0, 2), st.integers(1, 2), st.sampled_from([torch.float32, torch.float64]),
+       st.integers(0, 10_000))
+def test_native_im2col_and_col2im_give_torchs_bits(B, C, H, W, kh, kw, stride, padding, dilation, dtype, seed):
+    """The column matrix holds F.unfold's entries; col2im adds in F.fold's order, to the bit."""
+    from exactforge._native import _core
+
+    if (kh - 1) * dilation + 1 > H + 2 * padding or (kw - 1) * dilation + 1 > W + 2 * padding:
+        return
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, C, H, W, generator=g, dtype=dtype)
+    geo = ([kh, kw], [stride, stride], [padding, padding], [dilation, dilation])
+    cols = nn.functional.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    assert torch.equal(torch.from_numpy(_core.im2col(x.numpy(), *geo)), cols.transpose(0, 1).reshape(cols.shape[1], -1))
+    c = torch.randn(cols.shape, generator=g, dtype=dtype)
+    ref = nn.functional.fold(c, (H, W), (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    flat = c.transpose(0, 1).reshape(c.shape[1], -1).contiguous()
+    assert torch.equal(torch.from_numpy(_core.col2im(flat.numpy(), [B, C, H, W], *geo)), ref)
+
+
+def test_native_im2col_refuses_bad_geometry():
+    from exactforge._native import _core
+
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    for geo in (([9, 9], [1, 1], [0, 0], [1, 1]), ([3, 3], [0, 1], [0, 0], [1, 1]), ([3], [1, 1], [0, 0], [1, 1])):
+        with pytest.raises(ValueError):
+            _core.im2col(x, *geo)
+    with pytest.raises(ValueError, match="geometry"):
+        _core.col2im(np.zeros((9, 5), np.float32), [1, 1, 4, 4], [3, 3], [1, 1], [0, 0], [1, 1])
+    with pytest.raises(TypeError):
+        _core.im2col(x.astype(np.int32), [3, 3], [1, 1], [0, 0], [1, 1])

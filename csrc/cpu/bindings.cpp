@@ -16,6 +16,7 @@
 #include "exactforge/reduce.hpp"
 #include "exactforge/search.hpp"
 #include "exactforge/collide.hpp"
+#include "exactforge/conv.hpp"
 
 #include <memory>
 
@@ -53,6 +54,53 @@ std::vector<int64_t> checked_order(const std::optional<py::array_t<int64_t>>& or
     perm[t] = v;
   }
   return perm;
+}
+
+ConvGeometry geometry(int64_t B, int64_t C, int64_t H, int64_t W, std::vector<int64_t> k, std::vector<int64_t> s,
+                      std::vector<int64_t> p, std::vector<int64_t> d) {
+  if (k.size() != 2 || s.size() != 2 || p.size() != 2 || d.size() != 2)
+    throw py::value_error("conv: kernel, stride, padding and dilation are pairs");
+  ConvGeometry g{B, C, H, W, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1]};
+  try {
+    g.check();
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+  return g;
+}
+
+py::array conv_im2col(py::array x, std::vector<int64_t> k, std::vector<int64_t> s, std::vector<int64_t> p,
+                      std::vector<int64_t> d, int threads) {
+  const DT dt = dtype_of(x, "x");
+  if (x.ndim() != 4 || !(x.flags() & py::array::c_style))
+    throw py::value_error("x: expected a C-contiguous (batch, channels, height, width) array");
+  const ConvGeometry g = geometry(x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, d);
+  const py::ssize_t rows = g.C * g.kh * g.kw, cols = g.B * g.Ho() * g.Wo();
+  py::array out = dt == DT::F32 ? py::array(py::array_t<float>({rows, cols})) : py::array(py::array_t<double>({rows, cols}));
+  {
+    py::gil_scoped_release nogil;
+    if (dt == DT::F32) im2col(static_cast<const float*>(x.data()), static_cast<float*>(out.mutable_data()), g, threads);
+    else im2col(static_cast<const double*>(x.data()), static_cast<double*>(out.mutable_data()), g, threads);
+  }
+  return out;
+}
+
+py::array conv_col2im(py::array cols, std::vector<int64_t> shape, std::vector<int64_t> k, std::vector<int64_t> s,
+                      std::vector<int64_t> p, std::vector<int64_t> d, int threads) {
+  const DT dt = dtype_of(cols, "cols");
+  require_c2d(cols, "cols");
+  if (shape.size() != 4) throw py::value_error("shape: expected (batch, channels, height, width)");
+  const ConvGeometry g = geometry(shape[0], shape[1], shape[2], shape[3], k, s, p, d);
+  if (cols.shape(0) != g.C * g.kh * g.kw || cols.shape(1) != g.B * g.Ho() * g.Wo())
+    throw py::value_error("cols: its shape does not match the convolution's geometry");
+  std::vector<py::ssize_t> dims(shape.begin(), shape.end());
+  py::array out = dt == DT::F32 ? py::array(py::array_t<float>(dims)) : py::array(py::array_t<double>(dims));
+  {
+    py::gil_scoped_release nogil;
+    if (dt == DT::F32) col2im(static_cast<const float*>(cols.data()), static_cast<float*>(out.mutable_data()), g, threads);
+    else col2im(static_cast<const double*>(cols.data()), static_cast<double*>(out.mutable_data()), g, threads);
+  }
+  return out;
 }
 
 py::array matmul(py::array a, py::array b, const std::string& mode,
@@ -288,6 +336,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("threads") = 0);
   m.def("exp", [](py::array x) { return elementwise(x, [](double v) { return det_exp(v); }, "x"); }, py::arg("x"));
   m.def("log", [](py::array x) { return elementwise(x, [](double v) { return det_log(v); }, "x"); }, py::arg("x"));
+  m.def("im2col", &conv_im2col, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
+        py::arg("dilation"), py::arg("threads") = 0);
+  m.def("col2im", &conv_col2im, py::arg("cols"), py::arg("shape"), py::arg("kernel"), py::arg("stride"),
+        py::arg("padding"), py::arg("dilation"), py::arg("threads") = 0);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
   m.def("build_info", &build_info);

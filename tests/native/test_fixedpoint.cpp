@@ -6,8 +6,10 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
+#include "exactforge/conv.hpp"
 #include "exactforge/fixedpoint.hpp"
 #include "exactforge/reduce.hpp"
 
@@ -78,9 +80,39 @@ static void test_exact_order_independence() {
   CHECK(same_bits(out1, out2));
 }
 
+// col2im is im2col's adjoint: <im2col(x), c> = <x, col2im(c)> (checked in float64 on small
+// integers, where every sum is exact), and im2col of a lone 1 puts it where the geometry says.
+static void test_im2col_adjoint() {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> small(-4, 4);
+  const ConvGeometry gs[] = {{2, 3, 7, 6, 3, 2, 2, 1, 1, 0, 1, 2}, {3, 1, 5, 5, 5, 5, 1, 1, 2, 2, 1, 1},
+                             {1, 2, 4, 9, 1, 3, 1, 3, 0, 1, 1, 1}};
+  for (const ConvGeometry& g : gs) {
+    g.check();
+    const int64_t nx = g.B * g.C * g.H * g.W, nc = g.C * g.kh * g.kw * g.B * g.Ho() * g.Wo();
+    std::vector<double> x(nx), c(nc), cx(nc), xc(nx);
+    for (auto& v : x) v = small(rng);
+    for (auto& v : c) v = small(rng);
+    im2col(x.data(), cx.data(), g, 1);
+    col2im(c.data(), xc.data(), g, 2);
+    double lhs = 0, rhs = 0;
+    for (int64_t i = 0; i < nc; ++i) lhs += cx[i] * c[i];
+    for (int64_t i = 0; i < nx; ++i) rhs += x[i] * xc[i];
+    CHECK(lhs == rhs);
+  }
+  bool threw = false;
+  try {
+    ConvGeometry{1, 1, 2, 2, 5, 5, 1, 1, 0, 0, 1, 1}.check();  // kernel larger than the input
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw);
+}
+
 int main() {
   test_round_int192();
   test_exact_order_independence();
+  test_im2col_adjoint();
   if (failures == 0) std::printf("native core tests: all passed\n");
   return failures == 0 ? 0 : 1;
 }

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .. import models as M
 from .. import reduce as R
+from .._native import _core
 
 __all__ = ["linear", "conv2d", "batch_norm_eval", "cross_entropy", "mse_loss", "sigmoid", "tanh", "dropout", "keep_mask",
            "bmm", "softmax", "layer_norm", "embedding", "attention_mask", "multi_head_attention"]
@@ -58,42 +59,64 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     return _Linear.apply(x, weight, bias, mode)
 
 
+_NATIVE = (torch.float32, torch.float64)
+
+
+def _im2col(x: torch.Tensor, geo) -> torch.Tensor:
+    if x.dtype in _NATIVE:
+        return torch.from_numpy(_core.im2col(x.contiguous().numpy(), *geo))
+    cols = F.unfold(x, geo[0], dilation=geo[3], padding=geo[2], stride=geo[1])  # other dtypes: torch's
+    return cols.transpose(0, 1).reshape(cols.shape[1], -1)
+
+
+def _col2im(cols: torch.Tensor, shape, geo) -> torch.Tensor:
+    if cols.dtype in _NATIVE:
+        return torch.from_numpy(_core.col2im(cols.contiguous().numpy(), shape, *geo))
+    B, L = shape[0], cols.shape[1] // shape[0]
+    c3 = cols.reshape(-1, B, L).transpose(0, 1)
+    return F.fold(c3, tuple(shape[2:]), geo[0], dilation=geo[3], padding=geo[2], stride=geo[1])
+
+
 class _Conv2d(torch.autograd.Function):
-    """im2col (a copy, F.unfold) then one product per output position; the weight gradient
-    sums over examples and positions together, the input gradient is folded back per example."""
+    """im2col (native, src/conv.cpp) laid out as one (C*kh*kw) x (batch*positions) matrix, so
+    every product is one call and no element-wise transpose is needed; col2im adds in torch's
+    order (F.fold's bits). Forward and input gradient are fixed-order sums over the
+    channel-kernel axis and over output channels; the weight gradient sums over examples and
+    positions together in the batch mode. (Exact products are symmetric under transposition,
+    a @ b = (b.T @ a.T).T to the bit, and fixed ones keep each output's term order, so these
+    layouts give the same bits as an example-major im2col.)"""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, mode):
         B, _, H, W = x.shape
         O, _, kh, kw = weight.shape
-        cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # B x CKK x L
-        L = cols.shape[-1]
-        rows = cols.transpose(1, 2).reshape(B * L, -1)
-        wf = weight.reshape(O, -1)
-        y = _fixed(rows, wf.t())
-        if bias is not None:
-            y = y + bias
+        geo = ([kh, kw], list(stride), list(padding), list(dilation))
+        cols2 = _im2col(x.detach(), geo)  # CKK x (B*L)
         Ho = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         Wo = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-        ctx.save_for_backward(rows, weight)
+        L = Ho * Wo
+        y = _fixed(weight.reshape(O, -1), cols2)  # O x (B*L)
+        if bias is not None:
+            y = y + bias.reshape(O, 1)
+        ctx.save_for_backward(cols2, weight)
         ctx.conf = (B, H, W, L, stride, padding, dilation, mode, bias is not None)
-        return y.reshape(B, L, O).transpose(1, 2).reshape(B, O, Ho, Wo)
+        return y.reshape(O, B, Ho, Wo).transpose(0, 1).contiguous()
 
     @staticmethod
     def backward(ctx, dy):
-        rows, weight = ctx.saved_tensors
+        cols2, weight = ctx.saved_tensors
         B, H, W, L, stride, padding, dilation, mode, has_bias = ctx.conf
         O, _, kh, kw = weight.shape
-        dyr = dy.reshape(B, O, L).transpose(1, 2).reshape(B * L, O)
+        dy2 = dy.reshape(B, O, L).transpose(0, 1).reshape(O, B * L)  # O x (B*L)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            drows = _fixed(dyr, weight.reshape(O, -1))
-            dcols = drows.reshape(B, L, -1).transpose(1, 2)
-            dx = F.fold(dcols.contiguous(), (H, W), (kh, kw), dilation=dilation, padding=padding, stride=stride)
+            dcols = _fixed(weight.reshape(O, -1).t(), dy2)  # CKK x (B*L)
+            dx = _col2im(dcols, [B, weight.shape[1], H, W], ([kh, kw], list(stride), list(padding), list(dilation)))
         if ctx.needs_input_grad[1]:
-            dw = _batch(dyr.t(), rows, mode).reshape(weight.shape)
+            # the big operand as a: its slicing is vectorised along the reduced axis
+            dw = _batch(cols2, dy2.t(), mode).t().reshape(weight.shape)
         if has_bias and ctx.needs_input_grad[2]:
-            db = _bsum(dyr, mode)
+            db = _bsum(dy2.t(), mode)
         return dx, dw, db, None, None, None, None
 
 

@@ -1,0 +1,31 @@
+// im2col / col2im for the reproducible convolution (python/exactforge/nn/functional.py).
+//
+// Layout: the column matrix is (C*kh*kw) x (B*Ho*Wo), row c_col = (c*kh + ki)*kw + kj, column
+// b*Ho*Wo + oh*Wo + ow. One product with it covers the whole batch, and no transposed copy is
+// needed before or after (F.unfold's B x CKK x L layout needed two).
+//
+// im2col only copies (exact). col2im sums the overlapping contributions to each input pixel
+// in exactly torch's col2im order (per example: c_col, then oh, then ow), so the input
+// gradient has the bits F.fold gives, and it depends on nothing but the example itself:
+// examples run in parallel, each alone.
+#pragma once
+#include <cstdint>
+
+namespace exactforge {
+
+struct ConvGeometry {
+  int64_t B, C, H, W;       // input
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+  int64_t Ho() const { return (H + 2 * ph - dh * (kh - 1) - 1) / sh + 1; }
+  int64_t Wo() const { return (W + 2 * pw - dw * (kw - 1) - 1) / sw + 1; }
+  // Throws std::invalid_argument naming the problem (non-positive sizes, empty output,
+  // more than 2^40 column entries).
+  void check() const;
+};
+
+template <class T>
+void im2col(const T* x, T* cols, const ConvGeometry& g, int threads);
+template <class T>
+void col2im(const T* cols, T* x, const ConvGeometry& g, int threads);
+
+}  // namespace exactforge
