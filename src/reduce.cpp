@@ -71,7 +71,7 @@ template <> struct FixedFn<double> { static FixedTileF64 get() { return kernels(
 // Float16/bfloat16 are widened to float32 in Python before they reach here.
 template <class T>
 void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
-                       const int64_t* order, int threads) {
+                       const int64_t* order, int threads, bool a_transposed) {
   using P = TileShape<T>;
   const auto tile = FixedFn<T>::get();
   const int64_t mb = (m + P::MR - 1) / P::MR, nb = (n + P::NR - 1) / P::NR;
@@ -114,7 +114,10 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
         const int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
         for (int ii = 0; ii < P::MR; ++ii) {
           const int64_t i = ib * P::MR + ii;
-          if (ii < mrem) {
+          if (ii < mrem && a_transposed) {
+            if (order) for (int64_t t = 0; t < k; ++t) ap[t * P::MR + ii] = a[order[t] * m + i];
+            else for (int64_t t = 0; t < k; ++t) ap[t * P::MR + ii] = a[t * m + i];
+          } else if (ii < mrem) {
             const T* row = a + i * k;
             if (order) for (int64_t t = 0; t < k; ++t) ap[t * P::MR + ii] = row[order[t]];
             else for (int64_t t = 0; t < k; ++t) ap[t * P::MR + ii] = row[t];
@@ -362,8 +365,8 @@ void sum_exact_impl(const T* x, T* out, int64_t k, int64_t n, int threads) {
 
 template <class T>
 void matmul_fixed(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
-                  const int64_t* order, int threads) {
-  matmul_fixed_impl<T>(a, b, out, m, k, n, order, threads);
+                  const int64_t* order, int threads, bool a_transposed) {
+  matmul_fixed_impl<T>(a, b, out, m, k, n, order, threads, a_transposed);
 }
 template <class T>
 void sum_fixed(const T* x, T* out, int64_t k, int64_t n, const int64_t* order, int threads) {
@@ -384,8 +387,8 @@ void sum_exact(const T* x, T* out, int64_t k, int64_t n, int threads) {
   sum_exact_impl<T>(x, out, k, n, threads);
 }
 
-template void matmul_fixed<float>(const float*, const float*, float*, int64_t, int64_t, int64_t, const int64_t*, int);
-template void matmul_fixed<double>(const double*, const double*, double*, int64_t, int64_t, int64_t, const int64_t*, int);
+template void matmul_fixed<float>(const float*, const float*, float*, int64_t, int64_t, int64_t, const int64_t*, int, bool);
+template void matmul_fixed<double>(const double*, const double*, double*, int64_t, int64_t, int64_t, const int64_t*, int, bool);
 template void sum_fixed<float>(const float*, float*, int64_t, int64_t, const int64_t*, int);
 template void sum_fixed<double>(const double*, double*, int64_t, int64_t, const int64_t*, int);
 template void sum_exact<float>(const float*, float*, int64_t, int64_t, int);

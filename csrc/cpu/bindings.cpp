@@ -104,12 +104,13 @@ py::array conv_col2im(py::array cols, std::vector<int64_t> shape, std::vector<in
 }
 
 py::array matmul(py::array a, py::array b, const std::string& mode,
-                 std::optional<py::array_t<int64_t>> order, int threads) {
+                 std::optional<py::array_t<int64_t>> order, int threads, bool a_transposed) {
   require_c2d(a, "a");
   require_c2d(b, "b");
   DT da = dtype_of(a, "a"), db = dtype_of(b, "b");
   if (da != db) throw py::type_error("a and b: dtypes differ");
-  const int64_t m = a.shape(0), k = a.shape(1), n = b.shape(1);
+  if (a_transposed && mode != "fixed") throw py::value_error("a_transposed: fixed mode only");
+  const int64_t m = a.shape(a_transposed ? 1 : 0), k = a.shape(a_transposed ? 0 : 1), n = b.shape(1);
   if (b.shape(0) != k) throw py::value_error("a, b: inner dimensions differ");
   if (k == 0) throw py::value_error("a, b: the reduced axis is empty");
   std::vector<int64_t> perm = checked_order(order, k);
@@ -125,10 +126,10 @@ py::array matmul(py::array a, py::array b, const std::string& mode,
   {
     py::gil_scoped_release nogil;
     if (da == DT::F32) {
-      if (fixed) matmul_fixed<float>((const float*)pa, (const float*)pb, (float*)pc, m, k, n, po, threads);
+      if (fixed) matmul_fixed<float>((const float*)pa, (const float*)pb, (float*)pc, m, k, n, po, threads, a_transposed);
       else matmul_exact<float>((const float*)pa, (const float*)pb, (float*)pc, m, k, n, threads);
     } else {
-      if (fixed) matmul_fixed<double>((const double*)pa, (const double*)pb, (double*)pc, m, k, n, po, threads);
+      if (fixed) matmul_fixed<double>((const double*)pa, (const double*)pb, (double*)pc, m, k, n, po, threads, a_transposed);
       else matmul_exact<double>((const double*)pa, (const double*)pb, (double*)pc, m, k, n, threads);
     }
   }
@@ -331,7 +332,7 @@ py::dict all_pairs(py::array_t<int64_t, py::array::c_style | py::array::forcecas
 PYBIND11_MODULE(_core, m) {
   m.doc() = "exactforge native CPU core (private; use exactforge.reduce)";
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("mode"), py::arg("order") = py::none(),
-        py::arg("threads") = 0);
+        py::arg("threads") = 0, py::arg("a_transposed") = false);
   m.def("sum_rows", &sum_rows, py::arg("x"), py::arg("mode"), py::arg("order") = py::none(),
         py::arg("threads") = 0);
   m.def("exp", [](py::array x) { return elementwise(x, [](double v) { return det_exp(v); }, "x"); }, py::arg("x"));

@@ -16,9 +16,11 @@ constexpr int kMaxThreads = 256;
 /// Terms reduced in the order given by `order` (a permutation of 0..k-1; nullptr = 0..k-1),
 /// one sequential fused chain acc = fma(a, b, acc) per output element (sum: acc = acc + x),
 /// starting from +0. The chain never depends on threads, SIMD width or device.
+/// `a_transposed`: a is stored k x m (its transpose, row-major); the product and its bits
+/// are the same, only the packing reads a by rows of the reduced axis.
 template <class T>
 void matmul_fixed(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
-                  const int64_t* order, int threads);
+                  const int64_t* order, int threads, bool a_transposed = false);
 template <class T>
 void sum_fixed(const T* x, T* out, int64_t k, int64_t n, const int64_t* order, int threads);
 

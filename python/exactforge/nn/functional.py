@@ -95,11 +95,19 @@ class _Conv2d(torch.autograd.Function):
         Ho = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         Wo = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         L = Ho * Wo
+        ctx.save_for_backward(cols2, weight)
+        ctx.conf = (B, H, W, L, stride, padding, dilation, mode, bias is not None)
+        if cols2.dtype in _NATIVE:
+            # (B*L) x O, reading cols2 as its transpose: the long axis as rows keeps the tile
+            # full when O is a handful of channels (each output's chain over CKK is the same)
+            yt = torch.from_numpy(_core.matmul(cols2.numpy(), weight.detach().reshape(O, -1).t().contiguous().numpy(),
+                                               "fixed", a_transposed=True))
+            if bias is not None:
+                yt = yt + bias.detach()
+            return yt.reshape(B, L, O).transpose(1, 2).reshape(B, O, Ho, Wo).contiguous()
         y = _fixed(weight.reshape(O, -1), cols2)  # O x (B*L)
         if bias is not None:
             y = y + bias.reshape(O, 1)
-        ctx.save_for_backward(cols2, weight)
-        ctx.conf = (B, H, W, L, stride, padding, dilation, mode, bias is not None)
         return y.reshape(O, B, Ho, Wo).transpose(0, 1).contiguous()
 
     @staticmethod
