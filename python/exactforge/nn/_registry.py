@@ -72,6 +72,13 @@ def reproducible(module: nn.Module, mode: str = "exact") -> nn.Module:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     if not isinstance(module, nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if t.device.type != "cpu":
+            # The layers call the CPU core (im2col, exp, the loss) between the reduction
+            # kernels; a CUDA twin with the same bits needs its own col2im order and loss and
+            # a device to test them on, which this build has not had.
+            raise ValueError(f"module: {name} is on {t.device}; exactforge.nn's reproducible layers run on CPU "
+                             "tensors (move the model with .cpu())")
     plan = []
     owned: List[str] = []  # layers that compute with their children's parameters themselves
     for name, m in module.named_modules():
