@@ -58,8 +58,13 @@ def test_reproducible_conditions_are_exactly_zero(model, dataset):
     for c in conds[1:]:
         assert r.conditions[c].max_error == 0.0 and r.conditions[c].zero_fraction == 1.0, c
     assert r.epsilon_native == 0.0
-    with pytest.raises(ValueError, match="exactforge.nn"):
-        run_study("transformer", "digits", (32,), ("reproducible",), repeats=1, steps=1)
+
+
+def test_transformer_reproducible_conditions_are_exactly_zero():
+    conds = ("permute", "reproducible+permute", "reproducible+threads")
+    r = run_study("transformer", "synthetic-tokens", (16,), conds, repeats=1, steps=2, matrix_steps=0)
+    assert r.conditions["permute"].max_error > 0
+    assert all(r.conditions[c].max_error == 0.0 for c in conds[1:])
 
 
 def test_transformer_runs_on_synthetic_tokens_and_says_so(tmp_path):
