@@ -44,7 +44,16 @@ std::map<std::string, std::string> build_info() {
 #else
   info["isa_avx2"] = "0";
 #endif
+  // What runs, not what this file was compiled for: the tile kernels are built for AVX2+FMA
+  // apart and chosen at run time (kernels.hpp), so the flags above say "no AVX2" on a build
+  // that uses it. The CPU's own features are read here for the same reason.
   info["kernels"] = kernels().isa;
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  info["cpu_avx2"] = __builtin_cpu_supports("avx2") ? "1" : "0";
+  info["cpu_fma"] = __builtin_cpu_supports("fma") ? "1" : "0";
+  info["cpu_avx512f"] = __builtin_cpu_supports("avx512f") ? "1" : "0";
+#endif
   return info;
 }
 

@@ -37,3 +37,47 @@ def test_cli_bad_argument_is_a_clean_error(capsys):
 def test_console_script_info():
     res = subprocess.run([sys.executable, "-m", "exactforge.cli", "info"], capture_output=True, text=True, check=True)
     assert json.loads(res.stdout)["fp_contract"] == "off"
+
+
+def test_every_command_shares_the_conventions(capsys):
+    """--json FILE and --quiet everywhere, defaults and exit codes in --help, --dataset and
+    --data-path wherever data is read (issue 14, point 3)."""
+    from exactforge.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    reads_data = {"train", "verify", "forge", "repro", "attack", "game", "reevaluate"}
+    for name, p in sub.choices.items():
+        opts = {o for a in p._actions for o in a.option_strings}
+        assert {"--json", "--quiet"} <= opts, name
+        assert (name in reads_data) == ({"--dataset", "--data-path"} <= opts), name
+        text = p.format_help()
+        assert "exit codes: 0" in text, name
+        fmt = p._get_formatter()
+        for a in p._actions:
+            if a.option_strings and a.default is not None and a.default is not False and a.dest != "help":
+                assert "%(default)" in fmt._get_help_string(a), (name, a.dest)
+    assert main(["verify", "--help"]) == 0
+    assert "(default: 0.0)" in capsys.readouterr().out
+
+
+def test_info_json_reports_the_dispatched_isa(tmp_path):
+    import json
+
+    js = tmp_path / "info.json"
+    assert main(["info", "--json", str(js)]) == 0
+    isa = json.load(open(js))["isa"]
+    assert isa["kernels"] in ("avx2+fma", "generic")
+    assert isa["avx2"] == (isa["kernels"] == "avx2+fma") and isa["avx2"] <= isa["cpu"]["avx2"]
+
+
+def test_json_numbers_are_never_strings(tmp_path):
+    import json
+
+    from exactforge import _json
+
+    text = _json.dumps({"a": float("nan"), "b": [float("inf"), 1.5], "c": np.float32(2), "d": np.arange(2)})
+    assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": 2.0, "d": [0, 1]}
+    js = tmp_path / "v.json"
+    assert main(["verify", str(tmp_path / "missing"), "--json", str(js)]) == 2
+    rep = json.load(open(js))
+    assert rep["max_error"] is None and not rep["valid"]

@@ -170,15 +170,17 @@ def test_in_domain_search_answers(kind):
 def test_forge_cli(tmp_path):
     tr = str(tmp_path / "tr")
     record_native(tr, M.ModelSpec("fcn", 64, 10, (16,)), DIGITS, steps=3, batch_size=40)
-    out, js, fig = str(tmp_path / "f.safetensors"), str(tmp_path / "f.json"), str(tmp_path / "f.png")
+    out, js, fig = str(tmp_path / "forged"), str(tmp_path / "f.json"), str(tmp_path / "f.png")
     assert main(["forge", tr, "--step", "1", "--method", "nullspace", "--target", "nearest", "--out", out,
                  "--json", js, "--figure", fig, "--permutations", "3"]) == 0
     rep = json.load(open(js))
+    assert json.load(open(tmp_path / "forged" / "report.json")) == rep  # --out is a folder: batch, report, figure
+    assert open(tmp_path / "forged" / "forgery.png", "rb").read(4) == b"\x89PNG"
     for key in ("approx_error", "approx_error_f64", "distinct", "in_range_fraction", "nullity", "paper_bound"):
         assert key in rep
     assert rep["distinct"] and rep["approx_error_f64"] < 1e-15
     from safetensors.numpy import load_file
-    f = load_file(out)
+    f = load_file(str(tmp_path / "forged" / "forgery.safetensors"))
     assert f["X"].shape == (40, 64) and f["Y"].dtype == np.int64
     assert open(fig, "rb").read(4) == b"\x89PNG"
     assert main(["forge", tr, "--step", "1", "--method", "error-matrix"]) == 2  # an FCN trace

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -109,13 +109,19 @@ def per_example_grads(model: Any, theta: np.ndarray, X: Any, y: Any, chunk: int 
     return np.concatenate(outs, axis=0)
 
 
-def in_domain(X: np.ndarray, Y: np.ndarray, levels: Optional[int], num_classes: int, tol: float = 1e-6) -> bool:
-    """Pixels on the grid q/levels inside [0, 1] and labels one-hot (class indices)."""
+def in_domain(X: np.ndarray, Y: np.ndarray, levels: Optional[int], num_classes: int, tol: float = 1e-6,
+              domain: Optional[Tuple[float, float]] = (0.0, 1.0)) -> bool:
+    """Values inside the data's declared range ``domain`` (lo, hi) and on its grid
+    lo + q (hi - lo)/levels, and labels one-hot (class indices). With ``domain`` None (data
+    that declares no range) only the labels are checked."""
     X = np.asarray(X, np.float64)
-    if np.any(X < -tol) or np.any(X > 1 + tol):
-        return False
-    if levels and np.any(np.abs(X * levels - np.round(X * levels)) > tol * levels):
-        return False
+    if domain is not None:
+        lo, hi = domain
+        u = (X - lo) / (hi - lo)  # the range as [0, 1]
+        if np.any(u < -tol) or np.any(u > 1 + tol):
+            return False
+        if levels and np.any(np.abs(u * levels - np.round(u * levels)) > tol * levels):
+            return False
     Y = np.asarray(Y)
     return Y.ndim == 1 and np.issubdtype(Y.dtype, np.integer) and bool(np.all((Y >= 0) & (Y < num_classes)))
 
@@ -152,7 +158,8 @@ def _result(ctx, method, U, X, Y, forged_idx, t0, keep_arrays=False) -> AttackRe
     Xo = ctx.data.X[ctx.batch].reshape(b, -1)
     distinct = _distinct(Xo, ctx.data.y[ctx.batch], np.asarray(X, np.float64).reshape(len(X), -1)
                          .astype(ctx.data.X.dtype).astype(np.float64), np.asarray(Y))
-    dom = in_domain(X, Y, ctx.data.levels, ctx.data.num_classes) if ctx.data.vocab is None else True
+    dom = in_domain(X, Y, ctx.data.levels, ctx.data.num_classes, domain=ctx.data.domain) if ctx.data.vocab is None \
+        else True
     return AttackResult(method, len(U), len(U) / b, metrics["l2"], metrics, bool(distinct), bool(dom),
                         time.perf_counter() - t0, [int(i) for i in forged_idx],
                         np.asarray(X) if keep_arrays else None, np.asarray(Y) if keep_arrays else None)

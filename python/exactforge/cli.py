@@ -8,6 +8,8 @@ import os
 import sys
 from typing import List, Optional
 
+from . import _json
+
 __all__ = ["main"]
 
 
@@ -62,9 +64,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(batch_size=args.batch_size, permutations=args.permutations, lr=args.lr,
                       seed=args.seed, progress=not args.quiet)
     print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(result.to_json())
+    _json.write(args.json, json.loads(result.to_json()))
     return 0
 
 
@@ -95,9 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trace = record_zoo(args.out, args.model, data, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
                            seed=args.seed, checkpoint_every=args.checkpoint_every, threads=args.threads, mode=mode,
                            data_path=args.data_path, progress=not args.quiet)
-        print(f"recorded {len(trace.records)} steps ({len(trace.checkpoint_steps)} checkpoints) of {args.engine} "
-              f"{args.model} on {data.name} in {args.out}")
-        return 0
+        return _trained(args, trace, data)
     args.mode = args.mode or "fixed"
     hidden = _parse_hidden(args.hidden) if args.model == "fcn" else ()
     if args.model == "fcn" and not hidden:
@@ -112,26 +110,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             raise ValueError("--resume: supported for --engine native (torch traces are recorded in one run)")
         trace = record_torch_fcn(args.out, spec, data, **common)
+    return _trained(args, trace, data)
+
+
+def _trained(args: argparse.Namespace, trace, data) -> int:
     print(f"recorded {len(trace.records)} steps ({len(trace.checkpoint_steps)} checkpoints) of {args.engine} "
           f"{args.model} on {data.name} in {args.out}")
+    _json.write(args.json, {"trace": args.out, "engine": args.engine, "model": args.model, "dataset": data.name,
+                            "steps": len(trace.records), "checkpoints": list(trace.checkpoint_steps),
+                            "complete": trace.complete, "fingerprint": trace.manifest["data"]["fingerprint"]})
     return 0
 
 
-def _write_json(path: Optional[str], text: str) -> None:
-    if path:
-        from .trace import atomic_write
+def _given_data(args: argparse.Namespace):
+    """The data set named by --dataset (loaded by the verifier itself), or None: the trace's."""
+    if getattr(args, "dataset", None) is None:
+        return None
+    from .data import load_dataset
 
-        atomic_write(path, text.encode())
+    return load_dataset(args.dataset, args.data_path)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify_trace
 
+    given = _given_data(args)
     rep = verify_trace(args.trace, epsilon=args.epsilon, distance_kind=args.distance, policy=args.policy,
                        q=args.q, fraction=args.fraction, seed=args.seed, permute_batches=args.permute_batches,
-                       threads=args.threads, data_path=args.data_path, progress=not args.quiet,
-                       allow_partial=args.allow_partial)
-    _write_json(args.json, rep.to_json())
+                       threads=args.threads, dataset=given, data_path=None if given else args.data_path,
+                       progress=not args.quiet, allow_partial=args.allow_partial)
+    _json.write(args.json, rep.to_dict())
     if not rep.valid:
         print(f"exactforge verify: invalid: {rep.reason}", file=sys.stderr)
         return 2
@@ -148,13 +156,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if rep.accepted else 1
 
 
-def _exactforge_trace(path: str, data_path):
+def _exactforge_trace(path: str, args: argparse.Namespace):
     """An exactforge model's trace (logreg or fcn, either engine) with its checked training data."""
     from .models import ModelSpec
     from .trace import TraceError
     from .verify import open_with_data
 
-    trace, data = open_with_data(path, data_path=data_path)
+    given = _given_data(args)
+    trace, data = open_with_data(path, given, None if given else args.data_path)
     if "kind" not in trace.manifest["model"]:
         raise TraceError("model: the trace names no exactforge model (logreg or fcn)")
     return trace, ModelSpec.from_dict(trace.manifest["model"]), data
@@ -183,7 +192,7 @@ def _cmd_forge(args: argparse.Namespace) -> int:
     from .trace import TraceError, encode_checkpoint, atomic_write
 
     try:
-        trace, spec, data = _exactforge_trace(args.trace, args.data_path)
+        trace, spec, data = _exactforge_trace(args.trace, args)
         man = trace.manifest
         if not 0 <= args.step < len(trace.records):
             raise ValueError(f"--step: the trace has steps 0..{len(trace.records) - 1}")
@@ -207,21 +216,28 @@ def _cmd_forge(args: argparse.Namespace) -> int:
             raise ValueError("--method error-matrix: applies to logistic regression traces; use nullspace for an FCN")
         forged = E.forge_error_matrix(spec, params, X, y, target=None if args.target == "random" else Xt, seed=args.seed)
     rep = E.forgery_report(spec, params, X, y, forged, lr=float(man["lr"]), levels=data.levels,
+                           data_range=data.domain or (-math.inf, math.inf),
                            torch_permutations=args.permutations)
     out = rep.to_dict()
     out.update({"step": args.step, "trace": args.trace, "lr": float(man["lr"]), "batch_size": int(len(idx))})
+    figures = [args.figure] if args.figure else []
     if args.out:
+        os.makedirs(args.out, exist_ok=True)
         Y = np.asarray(forged.Y)
-        atomic_write(args.out, encode_checkpoint({"X": np.asarray(forged.X, np.float64),
-                                                   "Y": Y.astype(np.int64 if Y.ndim == 1 else np.float64)}, args.step))
-    if args.figure:
+        atomic_write(os.path.join(args.out, "forgery.safetensors"),
+                     encode_checkpoint({"X": np.asarray(forged.X, np.float64),
+                                        "Y": Y.astype(np.int64 if Y.ndim == 1 else np.float64)}, args.step))
+        _json.write(os.path.join(args.out, "report.json"), out)
+        figures.append(os.path.join(args.out, "forgery.png"))
+    if figures and data.shape is not None and len(data.shape) == 3:
         from .figures import plot_forgery
-        plot_forgery(X, forged.X, args.figure, title=f"{forged.method} forgery of step {args.step} "
-                     f"(approx. error {rep.approx_error:.2g}, in range {rep.in_range_fraction:.0%})")
-    if args.json:
-        import json
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+
+        for path in figures:
+            plot_forgery(X, forged.X, path, title=f"{forged.method} forgery of step {args.step} "
+                         f"(approx. error {rep.approx_error:.2g}, in range {rep.in_range_fraction:.0%})")
+    elif figures:
+        print(f"exactforge forge: no figure: {data.name} examples are not images", file=sys.stderr)
+    _json.write(args.json, out)
     print(f"{forged.method} forgery of step {args.step}: distinct={rep.distinct}, approx_error={rep.approx_error:.3g} "
           f"(float64 {rep.approx_error_f64:.3g}; torch permutation repro {rep.repro_error_torch or 0:.3g}), "
           f"in range {rep.in_range_fraction:.1%}, labels one-hot={rep.labels_one_hot}")
@@ -245,7 +261,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         total = sum(r.seconds for r in results)
         print(f"\n{len(results)} cells, {sum(r.found for r in results)} forgeries, "
               f"{sum(r.structural for r in results)} trivial ones, {total:.1f} s")
-        _write_json(args.json, json.dumps({"cells": [r.to_dict() for r in results], "seconds": total}, indent=1))
+        _json.write(args.json, {"cells": [r.to_dict() for r in results], "seconds": total})
         return 0
     if args.model == "all" or len(biases) != 1:
         raise ValueError("--model all and --bias both apply to --table; choose one model and --bias yes|no")
@@ -258,7 +274,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
               f"batch: {r.batches_with_forgery} of {r.batches} batches have a distinct batch with an equal gradient "
               f"({r.structural} only trivially); pairs by certificate: "
               f"{', '.join(f'{v} {k}' for k, v in sorted(r.certificates.items())) or 'none'}; {r.seconds:.1f} s")
-        _write_json(args.json, json.dumps(r.to_dict(), indent=1))
+        _json.write(args.json, r.to_dict())
         return 0
     r = run_search(args.model, args.d, args.n, args.v, args.b, seed=args.seed, bias=biases[0], method=args.method,
                    true_batches=args.true_batches, tolerance=args.tolerance, threads=args.threads,
@@ -269,7 +285,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
           f"({', '.join(f'{v} {k}' for k, v in sorted(r.certificates.items()) if k != 'trivial') or 'none'}), "
           f"{r.structural} trivial (zero-influence examples), {r.batches_with_forgery} true batch(es) with a forgery, "
           f"{r.false_candidates} candidate(s) certified different")
-    _write_json(args.json, json.dumps(r.to_dict(), indent=1))
+    _json.write(args.json, r.to_dict())
     return 0
 
 
@@ -292,10 +308,11 @@ def _cmd_repro(args: argparse.Namespace) -> int:
         print(f"  {name:18s} max {s.max_error:.3g}  mean {s.mean_error:.3g}  exactly 0: {s.zero_fraction:.0%}")
     print(f"calibrated epsilon {rep.epsilon:.3g} (x{rep.safety_factor:g}), held-out false-reject rate "
           f"{rep.false_reject_rate:.2%}; report in {args.out}/report.json")
+    _json.write(args.json, rep.to_dict())
     return 0
 
 
-def _trace_step_context(path: str, step: int, data_path):
+def _trace_step_context(path: str, step: int, args: argparse.Namespace):
     """The attack's view of a step of an exactforge trace (logreg or fcn, native or torch engine)."""
     import numpy as np
 
@@ -303,7 +320,7 @@ def _trace_step_context(path: str, step: int, data_path):
     from .torch_models import to_torch
     from .zoo import _Flat
 
-    trace, spec, data = _exactforge_trace(path, data_path)
+    trace, spec, data = _exactforge_trace(path, args)
     if not (0 <= step and step + 1 in trace.checkpoint_steps and step in trace.checkpoint_steps):
         raise ValueError(f"--step: needs theta_T and theta_T+1 (a trace with --checkpoint-every 1); the trace has "
                          f"{len(trace.records)} steps and checkpoints {trace.checkpoint_steps[:8]}...")
@@ -326,7 +343,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     from .trace import TraceError
 
     try:
-        ctx = _trace_step_context(args.trace, args.step, args.data_path)
+        ctx = _trace_step_context(args.trace, args.step, args)
     except TraceError as exc:
         print(f"exactforge attack: invalid trace: {exc}", file=sys.stderr)
         return 2
@@ -338,9 +355,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
                      seed=args.seed, metric=args.metric)
     out = res.to_dict()
     out.update({"step": args.step, "trace": args.trace, **{k: v for k, v in res.metrics.items()}})
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    _json.write(args.json, out)
     print(f"{args.method} at step {args.step}: replaced {res.replaced}/{len(ctx.batch)}, approx_error {res.approx_error:.3g} "
           f"(linf {res.metrics['linf']:.3g}, l2sq {res.metrics['l2sq']:.3g}, l2sq_dim {res.metrics['l2sq_dim']:.3g}), "
           f"distinct={res.distinct}, in domain={res.in_domain}, {res.seconds:.2f} s")
@@ -356,12 +371,13 @@ def _cmd_game(args: argparse.Namespace) -> int:
     from .attacks import budget_for
 
     budget = budget_for(args.attack, args.pool, args.candidates, args.opt_steps)
+    from .data import load_dataset
+
     g = play_game(args.attack, args.rounds, eps, model=args.model, engine=args.engine, batch_size=args.batch_size,
                   steps=args.steps, lr=args.lr, fraction=args.fraction, domain_check=args.domain_check,
-                  scenario=args.scenario, seed=args.seed, budget=budget, progress=not args.quiet)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(g.to_dict(), f, indent=1)
+                  scenario=args.scenario, seed=args.seed, budget=budget, progress=not args.quiet,
+                  data=load_dataset(args.dataset, args.data_path))
+    _json.write(args.json, g.to_dict())
     print(f"{args.attack} vs the {g.engine} verifier ({g.model}, epsilon {g.epsilon:.3g}, {g.epsilon_source}; "
           f"domain check {'on' if g.domain_check else 'off'}; {g.scenario}): win rate {g.win_rate:.0%} over {len(g.rounds)} rounds; "
           f"verifier resolution {g.resolution:.2g} ({g.dtype} checkpoints: gradient changes below it can vanish)")
@@ -385,89 +401,136 @@ def _cmd_reevaluate(args: argparse.Namespace) -> int:
                                             f"{'' if g['domain_check'] else ' (no domain check)'}: {g['win_rate']:.0%}"
                                             for g in wins) if wins else "no attack won a round")
           + f"\nreport: {os.path.join(args.out, 'report.md')}")
+    _json.write(args.json, rep)
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import compile_options
 
-    print(json.dumps(compile_options(), indent=2))
+    opts = compile_options()
+    print(json.dumps(opts, indent=2))
+    _json.write(args.json, opts)
     return 0
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown for every option (argparse's own formatter skips options without help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" not in text and action.option_strings and not (
+                action.default is None or action.default is False or action.default == argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None:
+            action.help = ""  # so that the default is printed for it too
+        return super()._format_action(action)
+
+
+_EXITS = {
+    "done": "exit codes: 0 done, 2 invalid input (a bad argument, file or trace; the reason on stderr)",
+    "verify": "exit codes: 0 accepted, 1 rejected (recomputed, a checkpoint farther than epsilon), 2 invalid input "
+              "(a bad argument, data set or trace; the reason on stderr and in --json)",
+}
+
+
+def _data_choices():
+    from .data import DATASETS
+
+    return DATASETS + ("npz",)
+
+
+def _sub(sub, name: str, help_: str, exits: str = "done", *, json_what: str = "the result") -> argparse.ArgumentParser:
+    """A subcommand with the conventions every command shares: --json FILE, --quiet, defaults in
+    --help, exit codes in the epilog."""
+    p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter, epilog=_EXITS[exits])
+    p.add_argument("--json", metavar="FILE", help=f"also write {json_what} as JSON (undefined numbers are null)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+    return p
+
+
+def _data_args(p: argparse.ArgumentParser, default: Optional[str] = "digits", what: str = "training data") -> None:
+    p.add_argument("--dataset", default=default, choices=_data_choices(),
+                   help=f"{what}" + ("" if default else " (default: the one the trace names)") +
+                   "; npz: your own arrays X, y in --data-path FILE.npz (optional lo, hi, levels: the domain)")
+    p.add_argument("--data-path", help="local files of mnist, cifar10, adult or imdb (a folder), or the .npz file of "
+                   "--dataset npz")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exactforge", description="Reproducible gradient reductions and "
-                                "data-forging analysis for Proof-of-Learning execution traces.")
+                                "data-forging analysis for Proof-of-Learning execution traces.",
+                                epilog="Every command takes --json FILE and --quiet; `exactforge COMMAND --help` "
+                                "shows its defaults and exit codes.")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="batch-order and thread-count experiment: torch vs exactforge's two modes")
-    d.add_argument("--batch-size", type=_count(1), default=1000, help="examples in the batch (default 1000)")
-    d.add_argument("--permutations", type=_count(1, 100_000), default=20, help="batch permutations to try (default 20)")
-    d.add_argument("--lr", type=_POSITIVE, default=0.01, help="SGD learning rate (default 0.01)")
+    d = _sub(sub, "demo", "batch-order and thread-count experiment: torch vs exactforge's two modes")
+    d.add_argument("--batch-size", type=_count(1), default=1000, help="examples in the batch")
+    d.add_argument("--permutations", type=_count(1, 100_000), default=20, help="batch permutations to try")
+    d.add_argument("--lr", type=_POSITIVE, default=0.01, help="SGD learning rate")
     d.add_argument("--seed", type=_SEED, default=0, help="seed of the weights, batch and permutations")
-    d.add_argument("--json", metavar="PATH", help="also write the result as JSON")
-    d.add_argument("--quiet", action="store_true", help="no progress lines")
     d.set_defaults(func=_cmd_demo)
-    t = sub.add_parser("train", help="train a model with SGD and record its execution trace")
+
+    t = _sub(sub, "train", "train a model with SGD and record its execution trace", json_what="a summary of the trace")
     t.add_argument("--engine", choices=("native", "torch"), default="native",
                    help="native: exactforge's bitwise-reproducible step; torch: autograd + BLAS")
     t.add_argument("--model", choices=("logreg", "fcn", "lenet", "vggmini", "transformer"), default="fcn",
                    help="lenet and vggmini: the papers' CNNs; transformer: a 2-layer causal Transformer on tokens "
                         "(synthetic-tokens, imdb); for these native = exactforge.nn's reproducible layers")
-    t.add_argument("--hidden", default="100", help="hidden layer widths of the FCN, e.g. 32,32 (default 100)")
-    t.add_argument("--dataset", default="digits", choices=("digits", "breast-cancer", "mnist-5k", "mnist", "cifar10",
-                                                            "synthetic-tokens", "imdb"))
-    t.add_argument("--data-path", help="folder with the local files of mnist, cifar10 or imdb")
-    t.add_argument("--batch-size", type=_count(1, 1 << 20), default=64)
-    t.add_argument("--steps", type=_count(1, 100_000_000), default=50)
-    t.add_argument("--lr", type=_POSITIVE, default=0.01)
+    t.add_argument("--hidden", default="100", help="hidden layer widths of the FCN, e.g. 32,32")
+    _data_args(t)
+    t.add_argument("--batch-size", type=_count(1, 1 << 20), default=64, help="examples per step")
+    t.add_argument("--steps", type=_count(1, 100_000_000), default=50, help="SGD steps")
+    t.add_argument("--lr", type=_POSITIVE, default=0.01, help="SGD learning rate")
     t.add_argument("--seed", type=_SEED, default=0, help="seed of the initial weights and of the batch order")
     t.add_argument("--checkpoint-every", type=_count(1), default=1, help="steps between checkpoints (k)")
     t.add_argument("--mode", choices=("fixed", "exact"), default=None,
-                   help="reduction mode of the native engine (default: fixed for logreg/fcn, exact for CNNs)")
-    t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    t.add_argument("--threads", type=_threads_type(), help="CPU threads for training")
+                   help="reduction mode of the native engine (none given: fixed for logreg/fcn, exact for the "
+                        "torch models)")
+    t.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="weights and arithmetic")
+    t.add_argument("--threads", type=_threads_type(), help="CPU threads for training (none given: all)")
     t.add_argument("--resume", action="store_true", help="continue a trace in --out from its last checkpoint")
     t.add_argument("--out", required=True, help="folder of the trace (must not hold one, unless --resume)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 
-    v = sub.add_parser("verify", help="verify an execution trace (exit 0 accepted, 1 rejected, 2 invalid)")
+    v = _sub(sub, "verify", "verify an execution trace", "verify", json_what="the verification report")
     v.add_argument("trace", help="the trace folder")
-    v.add_argument("--epsilon", type=float, default=0.0, help="largest accepted distance (default 0)")
-    v.add_argument("--distance", choices=("l2", "l1", "linf", "cosine", "l2sq", "l2sq_dim"), default="l2")
+    v.add_argument("--epsilon", type=_real(0.0), default=0.0, help="largest accepted distance")
+    v.add_argument("--distance", choices=("l2", "l1", "linf", "cosine", "l2sq", "l2sq_dim"), default="l2",
+                   help="distance between the recomputed and the logged checkpoint")
     v.add_argument("--policy", choices=("all", "topq", "random"), default="all",
                    help="all steps; PoL's top-Q largest updates per epoch; a seeded random sample")
-    v.add_argument("--q", type=int, default=1, help="steps per epoch for --policy topq")
-    v.add_argument("--fraction", type=float, default=0.1, help="share of segments for --policy random")
-    v.add_argument("--seed", type=int, default=0, help="seed of --policy random")
-    v.add_argument("--permute-batches", type=int, metavar="SEED",
+    v.add_argument("--q", type=_count(1), default=1, help="steps per epoch for --policy topq")
+    v.add_argument("--fraction", type=_FRACTION, default=0.1, help="share of segments for --policy random")
+    v.add_argument("--seed", type=_SEED, default=0, help="seed of --policy random")
+    v.add_argument("--permute-batches", type=_SEED, metavar="SEED",
                    help="recompute with each batch's examples shuffled (same set)")
-    v.add_argument("--threads", type=int, help="thread count of the recomputation (1..256)")
-    v.add_argument("--data-path", help="the verifier's copy of the training data (mnist, cifar10, adult, imdb); "
-                   "a trace's own data path is never opened")
+    v.add_argument("--threads", type=_threads_type(), help="thread count of the recomputation")
+    _data_args(v, None, "the verifier's copy of the training data (a trace's own data path is never opened)")
     v.add_argument("--allow-partial", action="store_true",
                    help="verify the prefix of an incomplete trace (fewer steps than declared); reported as PARTIAL")
-    v.add_argument("--json", metavar="OUT", help="write the report as JSON")
-    v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=_cmd_verify)
 
-    f = sub.add_parser("forge", help="construct an exact forgery of one step of a trace and report it")
+    f = _sub(sub, "forge", "construct an exact forgery of one step of a trace and report it", json_what="the report")
     f.add_argument("trace", help="the trace folder (native or torch engine, logreg or fcn)")
     f.add_argument("--step", type=_count(0), required=True, help="the step whose batch is forged (needs theta_step)")
-    f.add_argument("--method", choices=("nullspace", "error-matrix"), default="nullspace")
+    f.add_argument("--method", choices=("nullspace", "error-matrix"), default="nullspace", help="the construction")
     f.add_argument("--target", choices=("random", "nearest"), default="random",
                    help="random: random nullspace coefficients / least-norm inputs; nearest: closest to real examples")
     f.add_argument("--scale", type=_POSITIVE, default=0.1, help="largest perturbation of --target random (nullspace)")
-    f.add_argument("--seed", type=_SEED, default=0)
-    f.add_argument("--permutations", type=_count(0, 100_000), default=10, help="torch permutations for the reproduction error")
-    f.add_argument("--data-path", help="folder with the local files of mnist or cifar10")
-    f.add_argument("--out", metavar="FILE", help="write the forged batch (safetensors: X, Y)")
-    f.add_argument("--json", metavar="OUT", help="write the report as JSON")
-    f.add_argument("--figure", metavar="PNG", help="original vs forged examples")
+    f.add_argument("--seed", type=_SEED, default=0, help="seed of the construction")
+    f.add_argument("--permutations", type=_count(0, 100_000), default=10,
+                   help="torch permutations for the reproduction error")
+    _data_args(f, None)
+    f.add_argument("--out", metavar="DIR", help="folder for forgery.safetensors (X, Y), report.json and forgery.png")
+    f.add_argument("--figure", metavar="PNG", help="original vs forged examples (also written into --out)")
     f.set_defaults(func=_cmd_forge)
 
-    s_ = sub.add_parser("search", help="exhaustive search for a distinct batch with the same gradient (Table 4)")
-    s_.add_argument("--model", choices=("logreg", "fcn10", "all"), default="logreg")
+    s_ = _sub(sub, "search", "exhaustive search for a distinct batch with the same gradient (Table 4)",
+              json_what="every cell (with --table, rewritten as each cell finishes)")
+    s_.add_argument("--model", choices=("logreg", "fcn10", "all"), default="logreg", help="the model of the cell")
     s_.add_argument("--d", type=_count(1, 64), default=4, help="pixels")
     s_.add_argument("--n", type=_count(2, 1000), default=3, help="classes")
     s_.add_argument("--v", type=_count(2, 1000), default=3, help="grey levels (pixel values q/(v-1))")
@@ -475,11 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="grid: q/(v-1); paper: the papers' 8-bit levels floor(255 q/(v-1))/255 (0, 127, 255 at v=3)")
     s_.add_argument("--b", type=_count(1, 6), default=3, help="batch size")
     s_.add_argument("--seed", type=_SEED, default=0, help="seed of the weights and of the true batches")
-    s_.add_argument("--bias", choices=("yes", "no", "both"), default="yes")
-    s_.add_argument("--method", choices=("mitm", "brute"), default="mitm")
+    s_.add_argument("--bias", choices=("yes", "no", "both"), default="yes", help="models with a bias, without, both")
+    s_.add_argument("--method", choices=("mitm", "brute"), default="mitm", help="meet in the middle or brute force")
     s_.add_argument("--true-batches", type=_count(1, 1_000_000), default=3, help="sampled true batches per search")
     s_.add_argument("--tolerance", type=_real(0.0), default=0.0, help="tau > 0: equal within ||delta|| <= tau")
-    s_.add_argument("--threads", type=_threads_type())
+    s_.add_argument("--threads", type=_threads_type(), help="threads of the search (none given: all)")
     s_.add_argument("--max-memory", type=_real(0.0, 2.0**40, lo_open=True), default=4096,
                     help="bound on everything the search allocates (examples, gradients, table; with --all the "
                          "key windows), MiB")
@@ -489,82 +552,75 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--all", action="store_true",
                     help="every batch of the cell is a true batch (cells up to 1e10 batches; v=3, b=5 takes a few "
                          "minutes): complete counts; with --table, for every cell that small (the others are sampled)")
-    s_.add_argument("--json", metavar="OUT")
-    s_.add_argument("--quiet", action="store_true", help="no progress bar")
     s_.set_defaults(func=_cmd_search)
 
-    r = sub.add_parser("repro", help="reproduction-error study and calibrated epsilon")
-    r.add_argument("--model", choices=("fcn", "lenet", "logreg", "vggmini", "transformer"), default="fcn")
-    r.add_argument("--dataset", default="digits",
-                   choices=("digits", "breast-cancer", "wine", "mnist-5k", "mnist", "cifar10", "adult", "imdb",
-                            "synthetic-tokens"))
-    r.add_argument("--data-path", help="local files of mnist, cifar10, adult or imdb")
-    r.add_argument("--batch-sizes", default="32,100,1000")
+    r = _sub(sub, "repro", "reproduction-error study and calibrated epsilon", json_what="the study's report")
+    r.add_argument("--model", choices=("fcn", "lenet", "logreg", "vggmini", "transformer"), default="fcn",
+                   help="the model trained and recomputed")
+    _data_args(r)
+    r.add_argument("--batch-sizes", default="32,100,1000", help="comma-separated batch sizes")
     r.add_argument("--conditions", default="permute,threads,deterministic,bf16",
                    help="comma-separated: permute, threads, deterministic, bf16, fp16, native, native+permute, "
                         "native+threads, reproducible, reproducible+permute, reproducible+threads (exactforge.nn: "
-                        "logreg, fcn, lenet, vggmini) (and cuda, cuda+benchmark, cuda+deterministic on a GPU machine)")
+                        "logreg, fcn, lenet, vggmini, transformer) (and cuda, cuda+benchmark, cuda+deterministic on "
+                        "a GPU machine)")
     r.add_argument("--gpu-conditions", action=argparse.BooleanOptionalAction, default=True,
-                   help="add the CUDA conditions when a GPU is visible (default on)")
-    r.add_argument("--repeats", type=_count(1), default=5)
-    r.add_argument("--steps", type=_count(1), default=50)
-    r.add_argument("--lr", type=_POSITIVE, default=0.01)
-    r.add_argument("--seed", type=_SEED, default=0)
+                   help="add the CUDA conditions when a GPU is visible")
+    r.add_argument("--repeats", type=_count(1), default=5, help="recomputations of each checkpoint per condition")
+    r.add_argument("--steps", type=_count(1), default=50, help="SGD steps trained")
+    r.add_argument("--lr", type=_POSITIVE, default=0.01, help="SGD learning rate")
+    r.add_argument("--seed", type=_SEED, default=0, help="seed of the weights and of the batch order")
     r.add_argument("--safety-factor", type=_POSITIVE, default=10.0, help="epsilon = factor x largest benign error")
     r.add_argument("--matrix-steps", type=_count(0), default=10, help="steps of the cross-condition matrix (0: none)")
-    r.add_argument("--out", required=True)
-    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--out", required=True, help="folder of the report (report.md, report.json, figures)")
     r.set_defaults(func=_cmd_repro)
 
-    a = sub.add_parser("attack", help="run a known forging attack on one step of a trace")
-    a.add_argument("trace")
-    a.add_argument("--method", choices=("greedy", "nearest", "gradmatch", "dlg"), default="greedy")
-    a.add_argument("--step", type=_count(0), required=True)
+    a = _sub(sub, "attack", "run a known forging attack on one step of a trace", json_what="the attack's result")
+    a.add_argument("trace", help="the trace folder (logreg or fcn, --checkpoint-every 1)")
+    a.add_argument("--method", choices=("greedy", "nearest", "gradmatch", "dlg"), default="greedy", help="the attack")
+    a.add_argument("--step", type=_count(0), required=True, help="the step attacked")
     a.add_argument("--fraction", type=_FRACTION, default=0.01, help="forging fraction: share of the batch replaced")
     a.add_argument("--pool", type=_count(1), default=1000, help="greedy: points sampled from D minus U (n)")
     a.add_argument("--candidates", type=_count(1), default=300, help="greedy: candidate batches (M)")
     a.add_argument("--opt-steps", type=_count(1), default=100, help="gradmatch/dlg: optimisation steps")
     a.add_argument("--metric", choices=("l2", "cosine"), default="l2",
                    help="nearest: l2 distance, or cosine similarity of the raw inputs (Zhang et al.'s)")
-    a.add_argument("--seed", type=_SEED, default=0)
-    a.add_argument("--data-path")
-    a.add_argument("--json", metavar="OUT")
+    a.add_argument("--seed", type=_SEED, default=0, help="seed of the removed examples and of the attack")
+    _data_args(a, None)
     a.set_defaults(func=_cmd_attack)
 
-    g = sub.add_parser("game", help="play the data forging game (Algorithm 1) and report the win rate")
+    g = _sub(sub, "game", "play the data forging game (Algorithm 1) and report the win rate", json_what="every round")
     g.add_argument("--attack", choices=("greedy", "nearest", "gradmatch", "dlg", "nullspace", "error-matrix"),
-                   default="greedy")
-    g.add_argument("--rounds", type=_count(1), default=10)
+                   default="greedy", help="the adversary's attack")
+    g.add_argument("--rounds", type=_count(1), default=10, help="rounds played")
     g.add_argument("--epsilon", type=_epsilon_or_auto, default="auto", help="auto (calibrated), 0, or a value")
-    g.add_argument("--model", choices=("logreg", "fcn", "lenet", "vggmini"), default="fcn")
-    g.add_argument("--engine", choices=("torch", "native"), default="torch")
-    g.add_argument("--batch-size", type=_count(1), default=100)
+    g.add_argument("--model", choices=("logreg", "fcn", "lenet", "vggmini"), default="fcn", help="the model trained")
+    g.add_argument("--engine", choices=("torch", "native"), default="torch", help="the verifier's engine")
+    _data_args(g)
+    g.add_argument("--batch-size", type=_count(1), default=100, help="examples per step")
     g.add_argument("--steps", type=_count(1), default=10, help="steps the verifier trains")
-    g.add_argument("--lr", type=_POSITIVE, default=0.01)
-    g.add_argument("--fraction", type=_FRACTION, help="forging fraction (default: only the target example)")
+    g.add_argument("--lr", type=_POSITIVE, default=0.01, help="SGD learning rate")
+    g.add_argument("--fraction", type=_FRACTION, help="forging fraction (none given: only the target example)")
     g.add_argument("--domain-check", action=argparse.BooleanOptionalAction, default=True,
-                   help="reject forgeries off the pixel grid or with non one-hot labels")
-    g.add_argument("--scenario", choices=("membership", "unlearning"), default="membership")
-    g.add_argument("--pool", type=_count(1), default=1000)
-    g.add_argument("--candidates", type=_count(1), default=300)
-    g.add_argument("--opt-steps", type=_count(1), default=100)
-    g.add_argument("--seed", type=_SEED, default=0)
-    g.add_argument("--json", metavar="OUT")
-    g.add_argument("--quiet", action="store_true")
+                   help="reject forgeries outside the data's declared domain (grid, range) or with non one-hot labels")
+    g.add_argument("--scenario", choices=("membership", "unlearning"), default="membership", help="the adversary's goal")
+    g.add_argument("--pool", type=_count(1), default=1000, help="greedy: points sampled from D minus U (n)")
+    g.add_argument("--candidates", type=_count(1), default=300, help="greedy: candidate batches (M)")
+    g.add_argument("--opt-steps", type=_count(1), default=100, help="gradmatch/dlg: optimisation steps")
+    g.add_argument("--seed", type=_SEED, default=0, help="seed of the weights, the batches and the attacks")
     g.set_defaults(func=_cmd_game)
 
-    e = sub.add_parser("reevaluate", help="the main job: end-to-end re-evaluation of data forging (report folder)")
+    e = _sub(sub, "reevaluate", "the main job: end-to-end re-evaluation of data forging (report folder)",
+             json_what="the report (also in --out/report.json)")
     e.add_argument("--quick", action="store_true", help="small budgets (under a minute), for CI")
-    e.add_argument("--model", choices=("fcn", "logreg", "lenet", "vggmini"), default="fcn")
-    e.add_argument("--dataset", default="digits",
-                   choices=("digits", "breast-cancer", "wine", "mnist-5k", "mnist", "cifar10", "adult"))
-    e.add_argument("--data-path", help="local files of mnist, cifar10 or adult")
-    e.add_argument("--seed", type=_SEED, default=0)
-    e.add_argument("--out", default="reevaluation")
-    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.add_argument("--model", choices=("fcn", "logreg", "lenet", "vggmini"), default="fcn", help="the model studied")
+    _data_args(e)
+    e.add_argument("--seed", type=_SEED, default=0, help="seed of everything")
+    e.add_argument("--out", default="reevaluation", help="folder of the report")
     e.set_defaults(func=_cmd_reevaluate)
 
-    i = sub.add_parser("info", help="print what this installation was built with (compile_options)")
+    i = _sub(sub, "info", "print what this installation was built with and dispatches to (compile_options)",
+             json_what="compile_options()")
     i.set_defaults(func=_cmd_info)
     return p
 

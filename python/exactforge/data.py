@@ -9,12 +9,12 @@ import hashlib
 import io
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
 __all__ = ["Dataset", "DATASETS", "BUNDLED", "as_dataset", "load_dataset", "load_digits", "load_breast_cancer", "load_mnist", "load_mnist_5k",
-           "load_cifar10", "fingerprint"]
+           "load_cifar10", "load_npz", "fingerprint"]
 
 DATASETS = ("digits", "breast-cancer", "wine", "mnist-5k", "mnist", "cifar10", "adult", "imdb", "synthetic-tokens")
 # Shipped with exactforge or its dependencies: a verifier may load these by the name a trace
@@ -26,7 +26,9 @@ BUNDLED = ("digits", "breast-cancer", "wine", "mnist-5k", "synthetic-tokens")
 class Dataset:
     """Examples X (n x d: float32 features in [0, 1], or int64 token ids) with labels y (n, int64).
 
-    ``levels``: pixel values lie on the grid q/levels (None for continuous features).
+    ``levels``: values lie on the grid lo + q (hi - lo)/levels (None for continuous features).
+    ``domain``: the value range (lo, hi) every real example lies in, or None where none is
+    declared (user arrays without one): the domain checks of forgeries use it, with ``levels``.
     ``shape``: the shape of one example for image or token models, e.g. (1, 8, 8).
     ``vocab``: the vocabulary size of a token dataset. ``synthetic``: generated, not real data."""
 
@@ -38,6 +40,7 @@ class Dataset:
     shape: Optional[tuple] = None
     vocab: Optional[int] = None
     synthetic: bool = False
+    domain: Optional[Tuple[float, float]] = (0.0, 1.0)
 
     @property
     def dim(self) -> int:
@@ -76,7 +79,79 @@ def as_dataset(data: object, name: str = "custom") -> Dataset:
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise ValueError("dataset: labels y must be non-negative class indices (integers)")
     y = y.astype(np.int64, copy=False)
-    return Dataset(name, X, y, int(y.max()) + 1, shape=tuple(X.shape[1:]) if X.ndim > 2 else None)
+    # arrays come with no declared domain: no range or grid is assumed (a standardised feature
+    # is not out of domain for being negative); load_npz reads one from the file
+    return Dataset(name, X, y, int(y.max()) + 1, shape=tuple(X.shape[1:]) if X.ndim > 2 else None, domain=None)
+
+
+_NPZ_KEYS = {"X", "y", "lo", "hi", "levels", "vocab"}
+
+
+def load_npz(path: str) -> Dataset:
+    """Your own data: an .npz file with arrays ``X`` (one example per row; images as (n, C, H, W)
+    or (n, H, W)) and ``y`` (class indices), and optionally its domain: scalars ``lo``, ``hi``
+    (the value range) and ``levels`` (values on the grid lo + q (hi - lo)/levels; 0 for none),
+    or ``vocab`` for integer token ids. Defaults: images [0, 1] with 255 levels; other data no
+    range and no grid. Read with allow_pickle=False: nothing in the file is executed."""
+    if not path:
+        raise ValueError("dataset: npz is read from a file; pass it with --data-path FILE.npz")
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise ValueError("a single array, not an archive of named arrays")
+            keys = set(z.files)
+            arrays = {k: z[k] for k in keys if k in _NPZ_KEYS}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"data-path: {path} is not a readable .npz file of plain arrays ({e})") from None
+    if not {"X", "y"} <= keys or keys - _NPZ_KEYS:
+        raise ValueError(f"data-path: {path} must hold arrays X and y (and optionally lo, hi, levels, vocab); "
+                         f"it holds {sorted(keys)[:10]}")
+    X, y = arrays["X"], arrays["y"]
+    if X.dtype.kind not in "fiu" or y.dtype.kind not in "iu":
+        raise ValueError("data-path: X must be numbers and y integer class indices")
+    if X.ndim < 2 or y.ndim != 1 or len(X) != len(y) or not len(y):
+        raise ValueError(f"data-path: expected X with one example per label and 1-D y, got {X.shape} and {y.shape}")
+    if y.min() < 0:
+        raise ValueError("data-path: class indices y must be >= 0")
+
+    def scalar(k, kind):
+        v = arrays.get(k)
+        if v is None:
+            return None
+        if v.shape != () or v.dtype.kind not in kind:
+            raise ValueError(f"data-path: {k} must be a scalar")
+        return v.item()
+
+    vocab = scalar("vocab", "iu")
+    if vocab is not None:
+        if X.dtype.kind not in "iu" or X.min() < 0 or X.max() >= vocab:
+            raise ValueError("data-path: with vocab, X must hold token ids in 0..vocab-1")
+        return Dataset("npz", X.astype(np.int64), y.astype(np.int64), int(y.max()) + 1, shape=tuple(X.shape[1:]),
+                       vocab=int(vocab), domain=None)
+    X = X.astype(np.float32) if X.dtype != np.float32 else X
+    if not np.all(np.isfinite(X)):
+        raise ValueError("data-path: X holds NaN or infinite values")
+    image = X.ndim >= 3
+    lo, hi, levels = scalar("lo", "fiu"), scalar("hi", "fiu"), scalar("levels", "iu")
+    if (lo is None) != (hi is None):
+        raise ValueError("data-path: give both lo and hi, or neither")
+    domain = (float(lo), float(hi)) if lo is not None else ((0.0, 1.0) if image else None)
+    if domain is not None and not domain[0] < domain[1]:
+        raise ValueError("data-path: lo must be below hi")
+    if levels is None:
+        levels = 255 if image else None
+    elif levels < 0:
+        raise ValueError("data-path: levels must be >= 0 (0: no grid)")
+    if levels and domain is None:
+        raise ValueError("data-path: a grid (levels) needs a range (lo, hi)")
+    shape = tuple(X.shape[1:]) if image else None
+    if shape is not None and len(shape) == 2:
+        shape = (1,) + shape  # (n, H, W): one channel
+    X = X.reshape(len(X), -1) if image else X
+    return Dataset("npz", np.ascontiguousarray(X), y.astype(np.int64), int(y.max()) + 1, levels=levels or None,
+                   shape=shape, domain=domain)
 
 
 def load_digits() -> Dataset:
@@ -300,6 +375,8 @@ def load_dataset(name: str, path: Optional[str] = None) -> Dataset:
         if not path:
             raise ValueError(f"dataset: {name} is read from local files; pass them with --data-path")
         return load_adult(path) if name == "adult" else load_imdb(path)
+    if name == "npz":
+        return load_npz(path or "")
     if name in ("mnist", "cifar10"):
         if not path:
             raise ValueError(f"dataset: {name} is read from local files; pass the folder with --data-path")

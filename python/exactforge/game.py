@@ -113,7 +113,9 @@ def _judge(res, target: int, eps: float, domain_check: bool, data: Dataset) -> L
     if target in res.forged_indices:
         reasons.append("the target example is still in the forged batch")
     if domain_check and not res.in_domain:
-        reasons.append("outside the data domain (pixels off the grid q/%s or labels not one-hot)" % (data.levels or "?"))
+        where = (f"values outside [{data.domain[0]:g}, {data.domain[1]:g}]" + (f" or off its grid of {data.levels} levels"
+                 if data.levels else "") if data.domain else "no declared value range")
+        reasons.append(f"outside the data domain ({where}, or labels not one-hot)")
     if not (res.approx_error <= eps):
         reasons.append(f"approximation error {res.approx_error:.3g} > epsilon {eps:.3g}")
     return reasons
@@ -122,7 +124,8 @@ def _judge(res, target: int, eps: float, domain_check: bool, data: Dataset) -> L
 def play_game(attack: str = "greedy", rounds: int = 10, epsilon: Union[str, float] = "auto", *, model: str = "fcn",
               engine: str = "torch", batch_size: int = 100, steps: int = 10, lr: float = 0.01, fraction: Optional[float] = None,
               domain_check: bool = True, scenario: str = "membership", seed: int = 0, budget: Optional[Dict[str, Any]] = None,
-              verifier: Optional[Verifier] = None, progress: bool = False) -> GameResult:
+              verifier: Optional[Verifier] = None, progress: bool = False,
+              data: Optional[Dataset] = None) -> GameResult:
     if attack not in ATTACKS:
         raise ValueError(f"attack: expected one of {ATTACKS}, got {attack!r}")
     if scenario not in ("membership", "unlearning"):
@@ -130,7 +133,7 @@ def play_game(attack: str = "greedy", rounds: int = 10, epsilon: Union[str, floa
     if rounds < 1:
         raise ValueError("rounds: expected at least one round")
     t0 = time.perf_counter()
-    v = verifier or Verifier(model, engine, batch_size=batch_size, steps=steps, lr=lr, seed=seed)
+    v = verifier or Verifier(model, engine, data=data, batch_size=batch_size, steps=steps, lr=lr, seed=seed)
     if isinstance(epsilon, str):
         if epsilon != "auto":
             raise ValueError("epsilon: expected 'auto', 0 or a non-negative number")

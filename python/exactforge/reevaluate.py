@@ -162,15 +162,20 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     for model_name, ver, m in exact_targets:
         res = [run_attack(m, ver.context(t), list(ver.batches[t]), seed=cfg.seed + t)
                for t in range(min(len(ver.batches), max(1, cfg.attack_steps)))]
-        grid = []
+        grid, inside = [], []
+        lo, hi = data.domain or (-np.inf, np.inf)  # the data's declared range (none: no range check)
         for r in res:
-            if r.X is not None and data.levels:
-                Xf = np.asarray(r.X, np.float64)
-                grid.append(float(np.mean(np.abs(Xf * data.levels - np.round(Xf * data.levels)) > 1e-6)))
+            if r.X is None:
+                continue
+            Xf = np.asarray(r.X, np.float64)
+            inside.append(float(np.mean((Xf >= lo) & (Xf <= hi))))
+            if data.levels and data.domain:
+                u = (Xf - lo) / (hi - lo) * data.levels
+                grid.append(float(np.mean(np.abs(u - np.round(u)) > 1e-6)))
         exact_rows[f"{m} ({model_name})"] = {
             "median_error": float(np.median([r.approx_error for r in res])),
             "distinct": bool(all(r.distinct for r in res)),
-            "in_range_fraction": float(np.mean([np.mean((np.asarray(r.X) >= 0) & (np.asarray(r.X) <= 1)) for r in res if r.X is not None])) if res[0].X is not None else None,
+            "in_range_fraction": float(np.mean(inside)) if inside else None,
             "off_grid_fraction": float(np.mean(grid)) if grid else None,
             "labels_one_hot": bool(all(np.asarray(r.Y).ndim == 1 for r in res if r.Y is not None)),
             "in_domain": bool(all(r.in_domain for r in res))}

@@ -128,9 +128,10 @@ def _load_data(man: Dict[str, Any], dataset: Any, data_path: Optional[str]) -> D
     if dataset is not None:
         return as_dataset(dataset, name)
     if data_path:
-        if name not in DATASETS:
+        if name not in DATASETS + ("npz",):
             raise TraceError(f"data: the trace names the data set {name[:40]!r}, which exactforge cannot read from "
-                             "files; pass it as dataset= (arrays) in Python")
+                             "files; save it as .npz (arrays X, y) and pass --dataset npz --data-path FILE.npz, or "
+                             "pass it as dataset= (arrays) in Python")
         return load_dataset(name, data_path)
     if name in BUNDLED:
         return load_dataset(name)
