@@ -251,17 +251,32 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     biases = {"yes": (True,), "no": (False,), "both": (True, False)}[args.bias]
     if args.table:
+        import time
+
         models = ("logreg", "fcn10") if args.model == "all" else (args.model,)
+        t0 = time.perf_counter()
+
+        def cell(r, done: int, total: int) -> None:
+            # each cell as it finishes: the grid takes about an hour, and a killed run keeps
+            # every finished cell in --json
+            print(f"[{done}/{total}, {time.perf_counter() - t0:.0f} s] {r.model} {'bias' if r.bias else 'no bias'} "
+                  f"v={r.v} b={r.b}: {r.batches_with_forgery} of {r.true_batches} true batches with a forgery "
+                  f"({r.found} forgeries, {r.structural} trivial), {r.seconds:.1f} s", flush=True)
+            done_cells.append(r)
+            _json.write(args.json, {"cells": [c.to_dict() for c in done_cells], "complete": done == total,
+                                    "seconds": time.perf_counter() - t0})
+
+        done_cells: list = []
         results = run_table(models, biases, TABLE_V, TABLE_B, d=args.d, n=args.n, seed=args.seed,
                             true_batches=args.true_batches, method=args.method, threads=args.threads,
                             max_memory_mib=args.max_memory, progress=not args.quiet, max_batches=args.max_batches,
-                            levels=args.levels, all_cells=args.all)
+                            levels=args.levels, all_cells=args.all, on_cell=cell)
         text = format_table(results)
         print(text)
         total = sum(r.seconds for r in results)
         print(f"\n{len(results)} cells, {sum(r.found for r in results)} forgeries, "
               f"{sum(r.structural for r in results)} trivial ones, {total:.1f} s")
-        _json.write(args.json, {"cells": [r.to_dict() for r in results], "seconds": total})
+        _json.write(args.json, {"cells": [r.to_dict() for r in results], "complete": True, "seconds": total})
         return 0
     if args.model == "all" or len(biases) != 1:
         raise ValueError("--model all and --bias both apply to --table; choose one model and --bias yes|no")

@@ -22,7 +22,7 @@ import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -431,10 +431,13 @@ def run_table(models: Sequence[str] = MODELS, biases: Sequence[bool] = (True, Fa
               bs: Sequence[int] = TABLE_B, *, d: int = 4, n: int = 3, seed: int = 0, true_batches: int = 3,
               method: str = "mitm", threads: Optional[int] = None, max_memory_mib: float = 4096,
               progress: bool = False, max_batches: int = MAX_BRUTE_BATCHES, levels: str = "grid",
-              all_cells: bool = False) -> List[SearchResult]:
+              all_cells: bool = False, on_cell: Optional[Callable[[SearchResult, int, int], None]] = None
+              ) -> List[SearchResult]:
     """Every cell of the grid; with ``all_cells``, cells of at most MAX_ALL_BATCHES batches take
-    every batch as a true batch (complete counts) and larger ones are sampled."""
-    out = []
+    every batch as a true batch (complete counts) and larger ones are sampled. ``on_cell(result,
+    done, total)`` is called as each cell finishes (the whole grid takes about an hour)."""
+    out: List[SearchResult] = []
+    total = len(models) * len(biases) * len(vs) * len(bs)
     for model in models:
         for bias in biases:
             for v in vs:
@@ -442,11 +445,13 @@ def run_table(models: Sequence[str] = MODELS, biases: Sequence[bool] = (True, Fa
                     if all_cells and _core.choose(Domain(d, n, v).size, b) <= MAX_ALL_BATCHES:
                         out.append(run_search_all(model, d, n, v, b, seed=seed, bias=bias, levels=levels,
                                                   threads=threads, max_memory_mib=max_memory_mib))
-                        continue
-                    out.append(run_search(model, d, n, v, b, seed=seed, bias=bias, method=method,
-                                          true_batches=true_batches, threads=threads,
-                                          max_memory_mib=max_memory_mib, progress=progress,
-                                          max_batches=max_batches, levels=levels))
+                    else:
+                        out.append(run_search(model, d, n, v, b, seed=seed, bias=bias, method=method,
+                                              true_batches=true_batches, threads=threads,
+                                              max_memory_mib=max_memory_mib, progress=progress,
+                                              max_batches=max_batches, levels=levels))
+                    if on_cell is not None:
+                        on_cell(out[-1], len(out), total)
     return out
 
 
