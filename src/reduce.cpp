@@ -258,9 +258,12 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   const int64_t jbb = std::max<int64_t>(1, kExactPanelBytes / int64_t(P::NR * KS * S * sizeof(double)));
   std::vector<double> ap_all(static_cast<size_t>(mb * P::MR * KS * S));
   std::vector<double> bp(static_cast<size_t>(nb * P::NR * KS * S));
+  // One parallel region for the whole walk (the omp for's barriers separate the sub-chunks):
+  // a region per sub-chunk woke the team hundreds of times per call, which costs most when
+  // the threads wait passively.
+#pragma omp parallel num_threads(nt) if (par)
   for (int64_t t0 = 0; t0 < k; t0 += KS) {
     const int64_t kc = std::min(KS, k - t0);
-#pragma omp parallel num_threads(nt) if (par)
     {
 #pragma omp for schedule(static)
       for (int64_t jb = 0; jb < nb; ++jb) {
