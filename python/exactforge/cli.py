@@ -233,7 +233,7 @@ def _cmd_forge(args: argparse.Namespace) -> int:
         from .figures import plot_forgery
 
         for path in figures:
-            plot_forgery(X, forged.X, path, title=f"{forged.method} forgery of step {args.step} "
+            plot_forgery(X, forged.X, path, domain=data.domain, title=f"{forged.method} forgery of step {args.step} "
                          f"(approx. error {rep.approx_error:.2g}, in range {rep.in_range_fraction:.0%})")
     elif figures:
         print(f"exactforge forge: no figure: {data.name} examples are not images", file=sys.stderr)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -20,11 +20,13 @@ def _image_shape(d: int) -> Optional[tuple]:
 
 
 def plot_forgery(X: np.ndarray, Xf: np.ndarray, path: str, *, n: int = 8, title: str = "",
-                 labels: Optional[Sequence[str]] = None) -> str:
+                 labels: Optional[Sequence[str]] = None, domain: Optional[Tuple[float, float]] = (0.0, 1.0)) -> str:
     """Original examples (top row) above their forgeries (bottom row), like the papers'
-    Figures 12-13. Images when the input is a square (or 3-channel square) picture, else
-    line plots of the feature vectors. Values outside [0, 1] are shown clipped, and the
-    colour scale of each forged image is its own."""
+    Figures 12-13. One grey scale for both rows, the data's range ``domain`` (lo, hi): a forged
+    pixel above hi is drawn red and one below lo blue, and each forged image is labelled with
+    its share of such pixels, so an out-of-domain forgery never passes for a plausible digit.
+    Images when the input is a square (or 3-channel square) picture, else line plots of the
+    feature vectors with the range shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,27 +34,35 @@ def plot_forgery(X: np.ndarray, Xf: np.ndarray, path: str, *, n: int = 8, title:
 
     n = min(n, len(X))
     shape = _image_shape(X.shape[1])
-    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    lo, hi = domain if domain is not None else (float(np.min(X)), float(np.max(X)))
+    cmap = plt.get_cmap("gray").with_extremes(over="red", under="blue")
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n + 1.2, 3.9), squeeze=False)
+    im = None
     for i in range(n):
         for row, data in enumerate((X, Xf)):
             ax = axes[row][i]
             v = np.asarray(data[i], np.float64)
+            out = float(np.mean((v < lo) | (v > hi)))
             if shape is None:
+                ax.axhspan(lo, hi, color="0.9", zorder=0)
                 ax.plot(v, lw=0.8)
             elif len(shape) == 2:
-                ax.imshow(v.reshape(shape), cmap="gray", vmin=None if row else 0, vmax=None if row else 1)
-            else:
-                img = np.clip(v.reshape(shape).transpose(1, 2, 0), 0, 1)
-                ax.imshow(img)
+                im = ax.imshow(v.reshape(shape), cmap=cmap, vmin=lo, vmax=hi)
+            else:  # colour: out-of-range channels clipped, the share is in the label
+                ax.imshow(np.clip((v.reshape(shape).transpose(1, 2, 0) - lo) / (hi - lo), 0, 1))
             ax.set_xticks([])
             ax.set_yticks([])
+            if row == 1:
+                ax.set_xlabel(f"{out:.0%} out of range", fontsize=7, color="red" if out else "black")
         axes[0][i].set_title(labels[i] if labels is not None else f"#{i}", fontsize=8)
     axes[0][0].set_ylabel("original")
     axes[1][0].set_ylabel("forged")
+    if im is not None:
+        cb = fig.colorbar(im, ax=axes.ravel().tolist(), extend="both", fraction=0.02, pad=0.01)
+        cb.set_label(f"pixel value (red > {hi:g}, blue < {lo:g})", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
