@@ -178,3 +178,16 @@ def test_exact_plan_documents_the_slicing():
     p = R.exact_plan(1000)
     assert p["slices"] == 2 and p["width"] >= 21 and p["chunk"] >= 1000 // 2
     assert R.exact_plan(10**6, "float64")["slices"] == 4
+
+
+def test_readme_dynamic_range_example():
+    """The README's example of the cross dynamic range limit: both products are truncated."""
+    import numpy as np
+
+    from exactforge import reduce as R
+
+    for dt in (np.float32, np.float64):
+        a = np.array([[1e30, 1e-30]], dt)
+        b = np.array([[1e-30], [1e30]], dt)
+        assert R.matmul(a, b, mode="exact")[0, 0] == 0.0
+        assert R.matmul(a, b, mode="fixed")[0, 0] == 2.0

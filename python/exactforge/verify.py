@@ -100,6 +100,7 @@ class VerificationReport:
     engine: str = ""
     permute_batches: Optional[int] = None
     threads: Optional[int] = None
+    total_segments: int = 0            # segments of the (verified prefix of the) trace; steps holds the recomputed ones
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -431,6 +432,7 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
                 norms.append(verification_distance(_pairs(cur, prev), "l2"))
                 prev = cur
         segs = select_segments(trace, policy, q=q, fraction=fraction, seed=seed, update_norms=norms)
+        report.total_segments = len(list(trace.segments()))
     except (TraceError, ValueError, TypeError, OSError) as exc:
         report.reason = str(exc)
         return report
