@@ -81,3 +81,27 @@ def test_json_numbers_are_never_strings(tmp_path):
     assert main(["verify", str(tmp_path / "missing"), "--json", str(js)]) == 2
     rep = json.load(open(js))
     assert rep["max_error"] is None and not rep["valid"]
+
+
+def test_search_table_prints_cells_as_they_finish(tmp_path, monkeypatch, capsys):
+    """Each cell is printed (with the time so far and an estimate of what is left) and --json
+    rewritten as it finishes; a smaller grid stands in for Table 4's."""
+    import json
+
+    import exactforge.search as S
+
+    monkeypatch.setattr(S, "TABLE_V", (2,))
+    monkeypatch.setattr(S, "TABLE_B", (1, 2))
+    seen = []
+    real_write = __import__("exactforge._json", fromlist=["write"]).write
+
+    def spy(path, obj):
+        seen.append(obj.get("complete"))
+        real_write(path, obj)
+
+    monkeypatch.setattr("exactforge._json.write", spy)
+    js = tmp_path / "t.json"
+    assert main(["search", "--table", "--model", "logreg", "--bias", "yes", "--json", str(js), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "[1/2, " in out and "min left" in out and "[2/2, " in out
+    assert seen[:2] == [False, True] and json.load(open(js))["complete"] is True

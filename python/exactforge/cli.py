@@ -258,10 +258,27 @@ def _cmd_search(args: argparse.Namespace) -> int:
         models = ("logreg", "fcn10") if args.model == "all" else (args.model,)
         t0 = time.perf_counter()
 
+        from math import comb
+
+        from .search import MAX_ALL_BATCHES
+
+        def work(v: int, b: int) -> float:
+            # rough cost of a cell, for the ETA: a complete count enumerates every batch, meet in
+            # the middle builds and probes tables of half-batches
+            n_ex = v ** args.d * args.n
+            if args.all and comb(n_ex, b) <= MAX_ALL_BATCHES:
+                return float(comb(n_ex, b))
+            return float(comb(n_ex, (b + 1) // 2) + args.true_batches * comb(n_ex, b // 2))
+
+        weights = [work(v, b) for _m in models for _b in biases for v in TABLE_V for b in TABLE_B]
+
         def cell(r, done: int, total: int) -> None:
             # each cell as it finishes: the grid takes about an hour, and a killed run keeps
-            # every finished cell in --json
-            print(f"[{done}/{total}, {time.perf_counter() - t0:.0f} s] {r.model} {'bias' if r.bias else 'no bias'} "
+            # every finished cell in --json; the ETA scales the time so far by the cells' sizes
+            spent = time.perf_counter() - t0
+            left = spent * sum(weights[done:]) / max(sum(weights[:done]), 1.0)
+            eta = f", about {left / 60:.0f} min left" if done < total else ""
+            print(f"[{done}/{total}, {spent:.0f} s{eta}] {r.model} {'bias' if r.bias else 'no bias'} "
                   f"v={r.v} b={r.b}: {r.batches_with_forgery} of {r.true_batches} true batches with a forgery "
                   f"({r.found} forgeries, {r.structural} trivial), {r.seconds:.1f} s", flush=True)
             done_cells.append(r)
