@@ -30,10 +30,15 @@ def shell_examples():
 
 
 def table_examples():
+    """(words, measured time) of each row of the command table."""
     import shlex
 
-    rows = [line for line in README.read_text().splitlines() if line.startswith("|")]  # the command table
-    return [shlex.split(m) for line in rows for m in re.findall(r"`(exactforge [^`]+)`", line)]
+    rows = [line for line in README.read_text().splitlines() if line.startswith("| `")]  # the command table
+    out = []
+    for line in rows:
+        for m in re.findall(r"`(exactforge [^`]+)`", line):
+            out.append((shlex.split(m), line.rstrip(" |").rsplit("|", 1)[-1].strip()))
+    return out
 
 
 def slow(comment: str) -> bool:
@@ -47,7 +52,9 @@ def test_readme_commands_parse():
     from exactforge.cli import build_parser
 
     parser = build_parser()
-    for words in [w for w, _ in shell_examples() if w[0] == "exactforge"] + table_examples():
+    table = table_examples()
+    assert len(table) >= 10 and all(re.match(r"[\d.]+ (s|min|h)$", t) for _, t in table), table
+    for words in [w for w, _ in shell_examples() if w[0] == "exactforge"] + [w for w, _ in table]:
         parser.parse_args(words[1:])
 
 
@@ -62,6 +69,13 @@ def test_readme_shell_examples_run(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     run_slow = os.environ.get("EXACTFORGE_README_SLOW") == "1"
+    os.makedirs("table")
+    for words, took in table_examples():  # the command table, in its own folder, in order
+        if slow(took) and not run_slow:
+            continue
+        monkeypatch.chdir(tmp_path / "table")
+        assert main(words[1:] + ["--quiet"]) in (0, 1), " ".join(words)
+    monkeypatch.chdir(tmp_path)
     for words, comment in shell_examples():
         if slow(comment) and not run_slow:
             continue

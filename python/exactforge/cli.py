@@ -612,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = _sub(sub, "attack", "run a known forging attack on one step of a trace", json_what="the attack's result")
     a.add_argument("trace", help="the trace folder (logreg or fcn, --checkpoint-every 1)")
-    a.add_argument("--method", choices=("greedy", "nearest", "gradmatch", "dlg"), default="greedy", help="the attack")
+    a.add_argument("--method", "--attack", dest="method", choices=("greedy", "nearest", "gradmatch", "dlg"),
+                   default="greedy", help="the attack (--attack is the same option, as in game)")
     a.add_argument("--step", type=_count(0), required=True, help="the step attacked")
     a.add_argument("--fraction", type=_FRACTION, default=0.01, help="forging fraction: share of the batch replaced")
     a.add_argument("--pool", type=_count(1), default=1000, help="greedy: points sampled from D minus U (n)")
@@ -625,8 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=_cmd_attack)
 
     g = _sub(sub, "game", "play the data forging game (Algorithm 1) and report the win rate", json_what="every round")
-    g.add_argument("--attack", choices=("greedy", "nearest", "gradmatch", "dlg", "nullspace", "error-matrix"),
-                   default="greedy", help="the adversary's attack")
+    g.add_argument("--attack", "--method", dest="attack",
+                   choices=("greedy", "nearest", "gradmatch", "dlg", "nullspace", "error-matrix"),
+                   default="greedy", help="the adversary's attack (--method is the same option, as in attack)")
     g.add_argument("--rounds", type=_count(1), default=10, help="rounds played")
     g.add_argument("--epsilon", type=_epsilon_or_auto, default="auto", help="auto (calibrated), 0, or a value")
     g.add_argument("--model", choices=("logreg", "fcn", "lenet", "vggmini"), default="fcn", help="the model trained")
