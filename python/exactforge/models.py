@@ -207,11 +207,27 @@ def _errors(spec: ModelSpec, params: Params, cache: Cache, y: np.ndarray, mode: 
     return losses, D
 
 
+#: Reduction plans of the native step, recorded in a trace's manifest ("reduction_plan"):
+#: 1: every reduction in the trace's mode (traces recorded before plans existed);
+#: 2: in exact mode, only the reductions over the batch (weight and bias gradients, the loss)
+#:    are exact; the per-example products along features (forward A W, backward D W^T, the
+#:    class sums of the softmax) run in the fixed order: one fused multiply-add chain in
+#:    feature index order per output. Rows are examples, so no sum there mixes examples, and
+#:    batch order and thread count change nothing either way; plan 2 is 2-3x faster.
+REDUCTION_PLANS = (1, 2)
+REDUCTION_PLAN = 2
+
+
 def loss_and_grad(spec: ModelSpec, params: Params, X: np.ndarray, y: np.ndarray, keys: np.ndarray, *,
-                  mode: str = "fixed", threads: Optional[int] = None) -> Tuple[float, Params]:
+                  mode: str = "fixed", threads: Optional[int] = None,
+                  plan: int = REDUCTION_PLAN) -> Tuple[float, Params]:
     """Mean loss over the batch and its gradient. ``keys`` (the examples' dataset indices)
     order every reduction over the batch, so the result does not depend on the row order.
-    Equal keys must mean the same example (a batch drawn with replacement)."""
+    Equal keys must mean the same example (a batch drawn with replacement). ``plan``: which
+    reductions use ``mode`` (REDUCTION_PLANS)."""
+    if plan not in REDUCTION_PLANS:
+        raise ValueError(f"plan: expected one of {REDUCTION_PLANS}, got {plan!r}")
+    feature_mode = mode if plan == 1 else "fixed"
     b = X.shape[0]
     keys = np.asarray(keys)
     if keys.shape != (b,):
@@ -222,8 +238,8 @@ def loss_and_grad(spec: ModelSpec, params: Params, X: np.ndarray, y: np.ndarray,
     order = np.argsort(keys, kind="stable")
     if not np.array_equal(order, np.arange(b)):
         X, y = X[order], y[order]
-    cache = forward(spec, params, X, mode=mode, threads=threads)
-    losses, D = _errors(spec, params, cache, y, mode, threads)
+    cache = forward(spec, params, X, mode=feature_mode, threads=threads)
+    losses, D = _errors(spec, params, cache, y, feature_mode, threads)
     inv_b = X.dtype.type(b)
     grads: Params = OrderedDict()
     for i in range(1, spec.num_layers + 1):
@@ -236,9 +252,9 @@ def loss_and_grad(spec: ModelSpec, params: Params, X: np.ndarray, y: np.ndarray,
 
 
 def sgd_step(spec: ModelSpec, params: Params, X: np.ndarray, y: np.ndarray, keys: np.ndarray, lr: float, *,
-             mode: str = "fixed", threads: Optional[int] = None) -> Params:
+             mode: str = "fixed", threads: Optional[int] = None, plan: int = REDUCTION_PLAN) -> Params:
     """theta - lr * grad, with the product and the difference each rounded once."""
-    _, g = loss_and_grad(spec, params, X, y, keys, mode=mode, threads=threads)
+    _, g = loss_and_grad(spec, params, X, y, keys, mode=mode, threads=threads, plan=plan)
     lr_t = np.dtype(spec.dtype).type(lr)
     return OrderedDict((k, params[k] - lr_t * g[k]) for k in spec.shapes())
 

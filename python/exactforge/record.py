@@ -62,6 +62,8 @@ def _resume_or_create(out: str, manifest: Dict[str, Any], initial: Mapping[str, 
                                      "resume with the same arguments, or record into a new --out folder")
 
         writer, trace = TraceWriter.resume(out, check)
+        # a trace keeps the reduction plan it was started with (absent: plan 1, before plans)
+        manifest["reduction_plan"] = trace.manifest.get("reduction_plan", 1)
         return writer, trace.load_checkpoint(writer.next_step)
     return TraceWriter(out, manifest, initial), None
 
@@ -80,8 +82,10 @@ def record_native(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 0.0
     manifest = {"engine": "native", "model": spec.to_dict(), "optimizer": {"name": "sgd", "lr": lr},
                 "lr": lr, "dtype": spec.dtype, "seed": seed, "initial": "seeded", "batch_size": batch_size,
                 "steps": steps, "checkpoint_every": checkpoint_every, "reduction": mode,
+                "reduction_plan": M.REDUCTION_PLAN,
                 "data": _data_entry(data, data_path), "environment": environment("cpu")}
     writer, restored = _resume_or_create(out, manifest, params, resume)
+    plan = manifest["reduction_plan"]
     if restored is not None:
         params = M.check_params(spec, restored, "checkpoint")
     sched = batch_schedule(len(data), batch_size, seed)
@@ -91,7 +95,7 @@ def record_native(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 0.0
     while writer.next_step < steps:
         t = writer.next_step
         idx = next(sched)
-        params = M.sgd_step(spec, params, X[idx], data.y[idx], idx, lr, mode=mode, threads=threads)
+        params = M.sgd_step(spec, params, X[idx], data.y[idx], idx, lr, mode=mode, threads=threads, plan=plan)
         last = t + 1 == steps
         writer.append(idx, params if ((t + 1) % checkpoint_every == 0 or last) else None, final=last)
         if bar is not None:

@@ -217,6 +217,7 @@ def _native_engine(trace: Trace, data: Dataset, threads: Optional[int]):
     if opt.get("name") != "sgd" or any(opt.get(k) for k in ("momentum", "weight_decay")):
         raise TraceError(f"optimizer: the native engine trains with plain SGD, the trace names {str(opt)[:80]}")
     mode = man["reduction"]
+    plan = man.get("reduction_plan", 1)  # traces from before plans existed: every reduction in `mode`
     lr = float(man["lr"])
     X = data.X.astype(spec.dtype, copy=False)
 
@@ -224,7 +225,7 @@ def _native_engine(trace: Trace, data: Dataset, threads: Optional[int]):
         return M.check_params(spec, trace.load_checkpoint(step), f"checkpoint {step}")
 
     def step(params: Dict[str, np.ndarray], idx: np.ndarray, t: int) -> Dict[str, np.ndarray]:
-        return M.sgd_step(spec, params, X[idx], data.y[idx], idx, lr, mode=mode, threads=threads)
+        return M.sgd_step(spec, params, X[idx], data.y[idx], idx, lr, mode=mode, threads=threads, plan=plan)
 
     def initial() -> Dict[str, np.ndarray]:
         return M.init_params(spec, int(man["seed"]))

@@ -117,6 +117,9 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
             check_spec(man["loss"])
         except ValueError as e:
             raise TraceError(f"manifest: {e}") from None
+    if "reduction_plan" in man and (isinstance(man["reduction_plan"], bool) or man["reduction_plan"] not in (1, 2)):
+        raise TraceError(f"manifest: 'reduction_plan' must be 1 or 2 (exactforge.models.REDUCTION_PLANS), got "
+                         f"{str(man['reduction_plan'])[:20]!r}")
     if man.get("dropout") is not None:
         d = man["dropout"]
         if (not isinstance(d, dict) or set(d) != {"seed"} or isinstance(d["seed"], bool)
