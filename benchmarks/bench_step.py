@@ -82,18 +82,24 @@ def main():
     rng = np.random.default_rng(0)
     synth = Dataset("synthetic-mnist-shaped", (rng.integers(0, 256, (2000, 784)) / 255.0).astype(np.float32),
                     rng.integers(0, 10, 2000).astype(np.int64), 10, 255)
-    cases = [("FCN 64-100-10, digits", digits, 1000), ("FCN 784-100-10, synthetic 784-pixel data", synth, 100)]
+    synth3072 = Dataset("synthetic-cifar-shaped", (rng.integers(0, 256, (1000, 3072)) / 255.0).astype(np.float32),
+                        rng.integers(0, 10, 1000).astype(np.int64), 10, 255)
+    cases = [("FCN 64-100-10, digits", digits, 1000, (100,)),
+             ("FCN 784-100-10, synthetic 784-pixel data", synth, 100, (100,)),
+             ("FCN 784-1000-1000-10, synthetic 784-pixel data", synth, 256, (1000, 1000)),
+             ("FCN 3072-512-512-10, synthetic 3072-value data", synth3072, 128, (512, 512))]
     rows = []
-    for name, data, b in cases:
-        spec = M.ModelSpec("fcn", data.dim, 10, (100,))
+    for name, data, b, hidden in cases:
+        spec = M.ModelSpec("fcn", data.dim, 10, hidden)
         params = M.init_params(spec, 0)
         idx = np.random.default_rng(0).choice(len(data), b, replace=False)
         check(spec, params, data.X, data.y, idx)
         tstep, _ = torch_step_fn(spec, params, data.X, data.y, idx, 0.01)
         t_torch = median_time(tstep)
         row = {"case": name, "batch": b, "torch_ms": t_torch * 1e3}
-        for mode in ("fixed", "exact"):
-            t = median_time(lambda: M.sgd_step(spec, params, data.X[idx], data.y[idx], idx, 0.01, mode=mode))
+        for mode, plan in (("fixed", 2), ("exact", 2), ("exact_plan1", 1)):
+            m_ = mode.split("_")[0]
+            t = median_time(lambda: M.sgd_step(spec, params, data.X[idx], data.y[idx], idx, 0.01, mode=m_, plan=plan))
             row[f"native_{mode}_ms"] = t * 1e3
             row[f"native_{mode}_ratio"] = t / t_torch
         rows.append(row)
@@ -127,11 +133,13 @@ def main():
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
-    print("\n| case | b | torch step (ms) | native fixed (ms) | ratio | native exact (ms) | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| case | b | torch step (ms) | native fixed (ms) | ratio | native exact (ms) | ratio | "
+          "exact, plan 1 (ms) | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['batch']} | {r['torch_ms']:.3f} | {r['native_fixed_ms']:.3f} | "
-              f"{r['native_fixed_ratio']:.2f} | {r['native_exact_ms']:.3f} | {r['native_exact_ratio']:.2f} |")
+              f"{r['native_fixed_ratio']:.2f} | {r['native_exact_ms']:.3f} | {r['native_exact_ratio']:.2f} | "
+              f"{r['native_exact_plan1_ms']:.3f} | {r['native_exact_plan1_ratio']:.2f} |")
 
 
 if __name__ == "__main__":
