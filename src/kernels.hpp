@@ -16,8 +16,8 @@ template <int S> struct ExactShape;
 template <> struct ExactShape<2> { static constexpr int MV = 1, MR = 4, NR = 4; };
 template <> struct ExactShape<4> { static constexpr int MV = 1, MR = 4, NR = 1; };
 
-using FixedTileF32 = void (*)(const float*, const float*, int64_t, float*, int64_t, int, int);
-using FixedTileF64 = void (*)(const double*, const double*, int64_t, double*, int64_t, int, int);
+using FixedTileF32 = void (*)(const float*, const float*, int64_t, float*, int64_t, int, int, int);
+using FixedTileF64 = void (*)(const double*, const double*, int64_t, double*, int64_t, int, int, int);
 using ExactTile = void (*)(const double*, const double*, int64_t, int64_t*, int64_t, int, int);
 using SplitF32 = void (*)(const float*, int64_t, int, int64_t, const double*, const double*, double, double*, int);
 using SplitF64 = void (*)(const double*, int64_t, int, int64_t, const double*, const double*, double, double*, int);
@@ -39,8 +39,8 @@ const KernelTable& kernels();
 
 #define EXACTFORGE_DECLARE_KERNELS(NS)                                                        \
   namespace NS {                                                                              \
-  void fixed_tile_f32(const float*, const float*, int64_t, float*, int64_t, int, int);        \
-  void fixed_tile_f64(const double*, const double*, int64_t, double*, int64_t, int, int);     \
+  void fixed_tile_f32(const float*, const float*, int64_t, float*, int64_t, int, int, int);   \
+  void fixed_tile_f64(const double*, const double*, int64_t, double*, int64_t, int, int, int); \
   void exact_tile_s2(const double*, const double*, int64_t, int64_t*, int64_t, int, int);     \
   void exact_tile_s4(const double*, const double*, int64_t, int64_t*, int64_t, int, int);     \
   void split_panel_f32_s2(const float*, int64_t, int, int64_t, const double*, const double*,   \

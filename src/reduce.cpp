@@ -75,60 +75,64 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   using P = TileShape<T>;
   const auto tile = FixedFn<T>::get();
   const int64_t mb = (m + P::MR - 1) / P::MR, nb = (n + P::NR - 1) / P::NR;
-  // b is packed in column blocks of about kFixedPanelBytes (all of it when k x n is small, the
-  // batch by the layer width), so a block stays in L2 while every row block of a runs over it;
-  // each thread packs the MR x k panel of a it works on, once per column block. A wide b (a
-  // convolution's positions, n = batch x 784) packed whole was streamed from memory once per
-  // 16 rows of a: 0.19 ns per multiply-add instead of 0.07. The blocking changes which tiles
-  // run when, never an output's chain of fused multiply-adds, so the bits are the same.
-  // Blocks are also at most kFixedBlockTiles column tiles wide, so the MR rows of output a
-  // row block writes per column block are whole cache lines that stay in L1 (a short k, such
-  // as an input gradient's 64 channels, is otherwise bound by scattered partial-line writes).
-  constexpr int64_t kFixedPanelBytes = 512 * 1024, kFixedBlockTiles = 32;
-  const int64_t jbb = std::max<int64_t>(
-      1, std::min(kFixedBlockTiles, kFixedPanelBytes / int64_t(P::NR * std::max<int64_t>(k, 1) * sizeof(T))));
-  std::vector<T> bp(static_cast<size_t>(std::min(jbb, nb) * P::NR * k));
+  // Blocked like a BLAS: the reduced axis in blocks of kFixedK terms, b packed in column blocks
+  // of at most kFixedBlockTiles tiles (NR x kFixedK each: a block fits L2 and is reused by every
+  // row block of a), a packed MR x kFixedK panel of a per thread. An output's chain of fused
+  // multiply-adds runs block after block in index order, each block resuming from the partial
+  // the previous one stored (fixed_tile_t's `resume`), so the bits are those of one unbroken
+  // chain (checked against products saved before the blocking). Before, b was packed whole and
+  // streamed from memory for every 16 rows of a (0.19 ns per multiply-add instead of 0.07 on a
+  // convolution's batch x positions axis), and one k-long panel of a did not fit L2 for k = 8192.
+  // Short column blocks also keep the MR rows a row block writes in whole, L1-resident lines.
+  constexpr int64_t kFixedK = 512, kFixedBlockTiles = 32;
+  const int64_t KC = std::max<int64_t>(1, std::min(k, kFixedK));
+  const int64_t jbb = std::min(kFixedBlockTiles, nb);
+  std::vector<T> bp(static_cast<size_t>(jbb * P::NR * KC));
   const int nt = resolve_threads(threads);
   const bool par = m * n * k >= kParallelWork && nt > 1;
   (void)par;
-  std::vector<T> ap_all(static_cast<size_t>(nt) * P::MR * k);
+  std::vector<T> ap_all(static_cast<size_t>(nt) * P::MR * KC);
 #pragma omp parallel num_threads(nt) if (par)
   {
-    T* ap = ap_all.data() + static_cast<size_t>(thread_index()) * P::MR * k;
+    T* ap = ap_all.data() + static_cast<size_t>(thread_index()) * P::MR * KC;
     for (int64_t j0 = 0; j0 < nb; j0 += jbb) {
       const int64_t jn = std::min(jbb, nb - j0);
+      for (int64_t k0 = 0; k0 < k; k0 += KC) {
+        const int64_t kc = std::min(KC, k - k0);
+        const int resume = k0 > 0;
 #pragma omp for schedule(static)
-      for (int64_t jq = 0; jq < jn; ++jq) {
-        const int64_t jb = j0 + jq;
-        T* dst = bp.data() + jq * P::NR * k;
-        for (int64_t t = 0; t < k; ++t) {
-          const T* row = b + (order ? order[t] : t) * n;
-          for (int jj = 0; jj < P::NR; ++jj) {
-            int64_t j = jb * P::NR + jj;
-            dst[t * P::NR + jj] = j < n ? row[j] : T(0);
-          }
-        }
-      }
-#pragma omp for schedule(static)
-      for (int64_t ib = 0; ib < mb; ++ib) {
-        const int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
-        for (int ii = 0; ii < P::MR; ++ii) {
-          const int64_t i = ib * P::MR + ii;
-          if (ii < mrem && a_transposed) {
-            if (order) for (int64_t t = 0; t < k; ++t) ap[t * P::MR + ii] = a[order[t] * m + i];
-            else for (int64_t t = 0; t < k; ++t) ap[t * P::MR + ii] = a[t * m + i];
-          } else if (ii < mrem) {
-            const T* row = a + i * k;
-            if (order) for (int64_t t = 0; t < k; ++t) ap[t * P::MR + ii] = row[order[t]];
-            else for (int64_t t = 0; t < k; ++t) ap[t * P::MR + ii] = row[t];
-          } else {
-            for (int64_t t = 0; t < k; ++t) ap[t * P::MR + ii] = T(0);
-          }
-        }
         for (int64_t jq = 0; jq < jn; ++jq) {
           const int64_t jb = j0 + jq;
-          const int nrem = static_cast<int>(std::min<int64_t>(P::NR, n - jb * P::NR));
-          tile(ap, bp.data() + jq * P::NR * k, k, out + ib * P::MR * n + jb * P::NR, n, mrem, nrem);
+          T* dst = bp.data() + jq * P::NR * kc;
+          for (int64_t t = 0; t < kc; ++t) {
+            const T* row = b + (order ? order[k0 + t] : k0 + t) * n;
+            for (int jj = 0; jj < P::NR; ++jj) {
+              int64_t j = jb * P::NR + jj;
+              dst[t * P::NR + jj] = j < n ? row[j] : T(0);
+            }
+          }
+        }
+#pragma omp for schedule(static)
+        for (int64_t ib = 0; ib < mb; ++ib) {
+          const int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
+          for (int ii = 0; ii < P::MR; ++ii) {
+            const int64_t i = ib * P::MR + ii;
+            if (ii < mrem && a_transposed) {
+              if (order) for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = a[order[k0 + t] * m + i];
+              else for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = a[(k0 + t) * m + i];
+            } else if (ii < mrem) {
+              const T* row = a + i * k;
+              if (order) for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = row[order[k0 + t]];
+              else for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = row[k0 + t];
+            } else {
+              for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = T(0);
+            }
+          }
+          for (int64_t jq = 0; jq < jn; ++jq) {
+            const int64_t jb = j0 + jq;
+            const int nrem = static_cast<int>(std::min<int64_t>(P::NR, n - jb * P::NR));
+            tile(ap, bp.data() + jq * P::NR * kc, kc, out + ib * P::MR * n + jb * P::NR, n, mrem, nrem, resume);
+          }
         }
       }
     }
