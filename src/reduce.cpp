@@ -312,10 +312,12 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
         }
         if (sp.any()) { out[i * n + j] = sp.value<T>(); continue; }
       }
-      Int192 v;
       const int64_t* lv = acc.data() + (i * n + j) * S;
+      const int e2 = ea[i] + fb[j] - (S + 1) * w;
+      if (S == 2 && round_two_levels<T>(lv[0], lv[1], w, e2, out + i * n + j)) continue;
+      Int192 v;
       for (int L = 0; L < S; ++L) v.add_shifted(lv[L], (S - 1 - L) * w);
-      out[i * n + j] = round_int192<T>(v, ea[i] + fb[j] - (S + 1) * w);
+      out[i * n + j] = round_int192<T>(v, e2);
     }
 }
 

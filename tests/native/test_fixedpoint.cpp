@@ -109,8 +109,47 @@ static void test_im2col_adjoint() {
   CHECK(threw);
 }
 
+// round_two_levels is round_int192 for two levels wherever it answers: random levels, and
+// levels built so that the value sits on, just above or just below a rounding tie of T.
+template <class T> static void test_round_two_levels() {
+  std::mt19937_64 rng(11);
+  int answered = 0;
+  for (int it = 0; it < 2000000; ++it) {
+    const int w = 18 + int(rng() % 9);
+    const int64_t hi = int64_t(rng() >> (10 + rng() % 40)) * ((rng() & 1) ? 1 : -1);
+    int64_t lo = int64_t(rng() >> (1 + rng() % 50)) * ((rng() & 1) ? 1 : -1);
+    if (it % 2 == 0) {  // steer onto a tie: zero the bits below T's last place, then add half (+-1)
+      const int64_t x = hi * (int64_t(1) << w) + lo;
+      const uint64_t ax = x < 0 ? uint64_t(-x) : uint64_t(x);
+      const int drop = ax ? 63 - clz64(ax) + 1 - FloatTraits<T>::digits : 0;
+      if (drop > 1 && drop < 62) {
+        const int64_t unit = int64_t(1) << drop;
+        const int64_t r = x % unit;
+        lo += -r + unit / 2 + int64_t(rng() % 3) - 1;
+      }
+    }
+    const int exp2 = int(rng() % 300) - 200;
+    T fast;
+    if (!round_two_levels<T>(hi, lo, w, exp2, &fast)) continue;
+    ++answered;
+    Int192 v;
+    v.add_shifted(hi, w);
+    v.add_shifted(lo, 0);
+    const T slow = round_int192<T>(v, exp2);
+    if (std::memcmp(&fast, &slow, sizeof(T)) != 0) {
+      std::printf("round_two_levels: hi=%lld lo=%lld w=%d exp2=%d fast=%a slow=%a\n", (long long)hi, (long long)lo,
+                  w, exp2, double(fast), double(slow));
+      ++failures;
+      return;
+    }
+  }
+  CHECK(answered > 100000);
+}
+
 int main() {
   test_round_int192();
+  test_round_two_levels<float>();
+  test_round_two_levels<double>();
   test_exact_order_independence();
   test_im2col_adjoint();
   if (failures == 0) std::printf("native core tests: all passed\n");
