@@ -11,7 +11,8 @@ int main() {
   std::mt19937_64 rng(1);
   const int N = 4000000;
   std::vector<int64_t> hi(N), lo(N);
-  for (int i = 0; i < N; ++i) { hi[i] = int64_t(rng() >> 30) - (int64_t(1) << 33); lo[i] = int64_t(rng() >> 20) - (int64_t(1) << 43); }
+  for (int i = 0; i < N; ++i) {  // the magnitudes of a float32 product's levels at k = 1000, w = 22
+    hi[i] = int64_t(rng() >> 10) - (int64_t(1) << 53); lo[i] = int64_t(rng() >> 12) - (int64_t(1) << 51); }
   std::vector<float> out(N);
   const int w = 22, e2 = -80;
   for (int rep = 0; rep < 2; ++rep) {

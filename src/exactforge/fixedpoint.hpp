@@ -166,26 +166,36 @@ template <class T> EXACTFORGE_HD T round_int192(Int192 v, int exp2) {
   return neg ? -out : out;
 }
 
-/// @brief The common case of round_int192 for two levels, v = hi * 2^w + lo, as one int64:
-/// when the sum fits and the result is a normal T, the int64-to-T conversion (one correctly
-/// rounded operation) and an exact power-of-two scaling give round_int192's result. Returns
-/// false (out untouched) otherwise: zero, a sum outside int64, subnormal or overflowing
-/// results go the general way. 2-8 ns instead of 11-20 per output element. Checked against
-/// round_int192 on random and tie cases in tests/native/test_fixedpoint.cpp.
+/// @brief round_int192 for two levels, v = hi * 2^w + lo, the float32 exact matmul's case:
+/// v is formed in 128 bits, cut to its top 63 bits with every dropped bit OR-ed into the last
+/// one (rounding to odd), converted to T by one correctly rounded int64 conversion, and scaled
+/// by an exact power of two. Rounding to odd at 63 bits and then to nearest at p <= 61 bits is
+/// rounding to nearest once (Boldo and Melquiond), so the result is round_int192's. Returns
+/// false (out untouched) for zero and for subnormal or overflowing results, which go the
+/// general way, and where the compiler has no 128-bit integers (device code). 5-6 ns instead
+/// of 16-17 per output (benchmarks/bench_recombine.cpp); checked against round_int192 on
+/// random and tie cases in tests/native/test_fixedpoint.cpp.
 template <class T> EXACTFORGE_HD bool round_two_levels(int64_t hi, int64_t lo, int w, int exp2, T* out) {
-  if (w < 1 || w > 61) return false;
-  const int64_t lim = int64_t(1) << (62 - w);
-  if (hi <= -lim || hi >= lim) return false;
-  const int64_t h = hi * (int64_t(1) << w);  // |h| < 2^62: no overflow
-  if ((lo > 0 && h > INT64_MAX - lo) || (lo < 0 && h < INT64_MIN + 1 - lo)) return false;
-  const int64_t x = h + lo;
+#if defined(__SIZEOF_INT128__) && !defined(__CUDA_ARCH__)
+  if (w < 0 || w > 62) return false;
+  const __int128 x = static_cast<__int128>(hi) * (static_cast<__int128>(1) << w) + lo;  // |x| < 2^126
   if (x == 0) return false;
-  const uint64_t ax = x < 0 ? uint64_t(-x) : uint64_t(x);
-  const int e = 63 - clz64(ax) + exp2;  // |v| 2^exp2 in [2^e, 2^(e+1))
-  if (e < FloatTraits<T>::emin || e >= 1023 || e + 1 > (FloatTraits<T>::digits == 24 ? 127 : 1023)) return false;
-  const T rounded = static_cast<T>(x);  // the one rounding, to nearest even
-  *out = static_cast<T>(scale_pow2(static_cast<double>(rounded), exp2));  // exact: a normal T times 2^k
+  const unsigned __int128 ax = x < 0 ? static_cast<unsigned __int128>(-x) : static_cast<unsigned __int128>(x);
+  const uint64_t top = static_cast<uint64_t>(ax >> 64), bot = static_cast<uint64_t>(ax);
+  const int msb = top ? 127 - clz64(top) : 63 - clz64(bot);
+  const int e = msb + exp2;  // |v| 2^exp2 in [2^e, 2^(e+1))
+  if (e < FloatTraits<T>::emin || e + 1 > (FloatTraits<T>::digits == 24 ? 127 : 1023)) return false;
+  const int shift = msb > 62 ? msb - 62 : 0;
+  uint64_t u = static_cast<uint64_t>(ax >> shift);
+  if (shift && (ax & ((static_cast<unsigned __int128>(1) << shift) - 1)) != 0) u |= 1;  // to odd
+  const T r = static_cast<T>(static_cast<int64_t>(u));  // u < 2^63: the one rounding
+  const T mag = static_cast<T>(scale_pow2(static_cast<double>(r), exp2 + shift));  // exact: normal T
+  *out = x < 0 ? -mag : mag;
   return true;
+#else
+  (void)hi; (void)lo; (void)w; (void)exp2; (void)out;
+  return false;
+#endif
 }
 
 /// Slicing parameters of the "exact" (Ozaki) matmul for a reduction of length k.

@@ -116,15 +116,17 @@ template <class T> static void test_round_two_levels() {
   int answered = 0;
   for (int it = 0; it < 2000000; ++it) {
     const int w = 18 + int(rng() % 9);
-    const int64_t hi = int64_t(rng() >> (10 + rng() % 40)) * ((rng() & 1) ? 1 : -1);
+    const int64_t hi = int64_t(rng() >> (9 + rng() % 50)) * ((rng() & 1) ? 1 : -1);  // up to 2^55
     int64_t lo = int64_t(rng() >> (1 + rng() % 50)) * ((rng() & 1) ? 1 : -1);
     if (it % 2 == 0) {  // steer onto a tie: zero the bits below T's last place, then add half (+-1)
-      const int64_t x = hi * (int64_t(1) << w) + lo;
-      const uint64_t ax = x < 0 ? uint64_t(-x) : uint64_t(x);
-      const int drop = ax ? 63 - clz64(ax) + 1 - FloatTraits<T>::digits : 0;
-      if (drop > 1 && drop < 62) {
+      const __int128 x = static_cast<__int128>(hi) * (static_cast<__int128>(1) << w) + lo;
+      const unsigned __int128 ax = x < 0 ? static_cast<unsigned __int128>(-x) : static_cast<unsigned __int128>(x);
+      const uint64_t top = static_cast<uint64_t>(ax >> 64), bot = static_cast<uint64_t>(ax);
+      const int msb = top ? 127 - clz64(top) : (bot ? 63 - clz64(bot) : -1);
+      const int drop = msb + 1 - FloatTraits<T>::digits;
+      if (drop > 1 && drop < 60) {
         const int64_t unit = int64_t(1) << drop;
-        const int64_t r = x % unit;
+        const int64_t r = static_cast<int64_t>(x % unit);
         lo += -r + unit / 2 + int64_t(rng() % 3) - 1;
       }
     }
