@@ -280,10 +280,7 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
         double* ap = ap_all.data() + ib * P::MR * kc * S;
         const int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
         split_rows(a + ib * P::MR * k + t0, k, mrem, kc, f1.data() + ib * P::MR, f2.data() + ib * P::MR,
-                   p2w, ap, P::MR);
-        for (int ii = mrem; ii < P::MR; ++ii)
-          for (int64_t t = 0; t < kc; ++t)
-            for (int l = 0; l < S; ++l) ap[(t * S + l) * P::MR + ii] = 0.0;
+                   p2w, ap, P::MR);  // rows from mrem on are zero
       }
       for (int64_t j0 = 0; j0 < nb; j0 += jbb) {
         const int64_t jn = std::min(jbb, nb - j0);

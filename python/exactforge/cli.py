@@ -64,7 +64,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(batch_size=args.batch_size, permutations=args.permutations, lr=args.lr,
                       seed=args.seed, progress=not args.quiet)
     print(format_table(result))
-    _json.write(args.json, json.loads(result.to_json()))
+    _json.write(args.json, result)
     return 0
 
 

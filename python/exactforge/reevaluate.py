@@ -348,12 +348,14 @@ def _times(e: float, ref: float) -> str:
     return f"{r:,.0f}x" if r >= 10 else f"{r:.2g}x" + (" (below it)" if r < 1 else "")
 
 
+def _range_text(report: Dict[str, Any]) -> str:
+    d = report["dataset"]
+    return f"[{d['domain'][0]:g}, {d['domain'][1]:g}]" if d.get("domain") else "no declared value range"
+
+
 def _domain_text(report: Dict[str, Any]) -> str:
     d = report["dataset"]
-    if not d.get("domain"):
-        return "no declared value range"
-    lo, hi = d["domain"]
-    return f"[{lo:g}, {hi:g}]" + (f" on {d['levels']} levels" if d.get("levels") else "")
+    return _range_text(report) + (f" on {d['levels']} levels" if d.get("domain") and d.get("levels") else "")
 
 
 def _games_of(report: Dict[str, Any], attack: str) -> str:
@@ -361,7 +363,7 @@ def _games_of(report: Dict[str, Any], attack: str) -> str:
     if not rows:
         return "not played"
     return "; ".join(f"{g['verifier']}{'' if g['domain_check'] else ' (no domain check)'}: "
-                     f"{g.get('won', round(g['win_rate'] * g.get('rounds', 0)))}/{g.get('rounds', '?')}" for g in rows)
+                     f"{g['won']}/{g['rounds']}" for g in rows)
 
 
 def summary_table(report: Dict[str, Any]) -> str:
@@ -389,7 +391,7 @@ def summary_table(report: Dict[str, Any]) -> str:
         if e["off_grid_fraction"]:
             why.append(f"{e['off_grid_fraction']:.0%} of values off the grid")
         if e["in_range_fraction"] is not None and e["in_range_fraction"] < 1:
-            why.append(f"{1 - e['in_range_fraction']:.0%} outside {_domain_text(report).split(' on ')[0]}")
+            why.append(f"{1 - e['in_range_fraction']:.0%} outside {_range_text(report)}")
         if not e["labels_one_hot"]:
             why.append("soft labels")
         dom = "yes" if e["in_domain"] else "NO: " + (", ".join(why) or "outside the domain")
@@ -430,9 +432,8 @@ def _markdown(r: Dict[str, Any]) -> str:
                     "There is no reproducible path for this model and data, so no epsilon = 0 verifier."), "",
             "## The forging game", "", "| attack | verifier | epsilon | domain check | rounds won |", "|---|---|---|---|---|"]
     for g in r["game"]:
-        won = g.get("won", round(g["win_rate"] * g.get("rounds", 0)))
         out.append(f"| {g['attack']} | {g['verifier']} | {g['epsilon']:.3g} | {'on' if g['domain_check'] else 'off'} | "
-                   f"{won}/{g.get('rounds', '?')} |")
+                   f"{g['won']}/{g['rounds']} |")
     out += ["", "## Exact forgeries: domain violations", ""]
     for m, e in r["exact"].items():
         if not e["distinct"]:
@@ -440,7 +441,7 @@ def _markdown(r: Dict[str, Any]) -> str:
             continue
         grid = ("no grid declared" if e["off_grid_fraction"] is None else f"{e['off_grid_fraction']:.1%} of values off the grid")
         rng = ("no declared range" if e["in_range_fraction"] is None or not r["dataset"].get("domain")
-               else f"{e['in_range_fraction']:.1%} inside {_domain_text(r).split(' on ')[0]}")
+               else f"{e['in_range_fraction']:.1%} inside {_range_text(r)}")
         out.append(f"- {m}: approximation error {e['median_error']:.3g}; {grid}; {rng}; labels "
                    f"{'one-hot' if e['labels_one_hot'] else 'soft (not one-hot)'}; "
                    f"{'in' if e['in_domain'] else 'OUT of'} the domain.")
@@ -548,7 +549,7 @@ def _figures(r: Dict[str, Any], out: str) -> None:
     for g in games:
         i, j = attacks.index(g["attack"]), cols.index((g["verifier"], g["domain_check"]))
         grid[i, j] = g["win_rate"]
-        text[i][j] = f"{g.get('won', round(g['win_rate'] * g.get('rounds', 0)))}/{g.get('rounds', '?')}"
+        text[i][j] = f"{g['won']}/{g['rounds']}"
     fig, ax = plt.subplots(figsize=(1.25 * len(cols) + 2.5, 0.5 * len(attacks) + 1.9))
     cmap = plt.get_cmap("Reds").with_extremes(bad="0.92")
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")

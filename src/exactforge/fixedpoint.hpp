@@ -113,8 +113,8 @@ EXACTFORGE_HD int clz64(uint64_t x) {
 }
 
 template <class T> struct FloatTraits;
-template <> struct FloatTraits<float> { static constexpr int digits = 24, emin = -126; };
-template <> struct FloatTraits<double> { static constexpr int digits = 53, emin = -1022; };
+template <> struct FloatTraits<float> { static constexpr int digits = 24, emin = -126, emax = 127; };
+template <> struct FloatTraits<double> { static constexpr int digits = 53, emin = -1022, emax = 1023; };
 
 /// @brief Rounds the exact value v * 2^exp2 to T, to nearest with ties to even, once.
 /// Subnormal and overflowing results are rounded correctly too (the precision available
@@ -184,7 +184,7 @@ template <class T> EXACTFORGE_HD bool round_two_levels(int64_t hi, int64_t lo, i
   const uint64_t top = static_cast<uint64_t>(ax >> 64), bot = static_cast<uint64_t>(ax);
   const int msb = top ? 127 - clz64(top) : 63 - clz64(bot);
   const int e = msb + exp2;  // |v| 2^exp2 in [2^e, 2^(e+1))
-  if (e < FloatTraits<T>::emin || e + 1 > (FloatTraits<T>::digits == 24 ? 127 : 1023)) return false;
+  if (e < FloatTraits<T>::emin || e + 1 > FloatTraits<T>::emax) return false;
   const int shift = msb > 62 ? msb - 62 : 0;
   uint64_t u = static_cast<uint64_t>(ax >> shift);
   if (shift && (ax & ((static_cast<unsigned __int128>(1) << shift) - 1)) != 0) u |= 1;  // to odd
