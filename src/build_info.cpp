@@ -1,5 +1,6 @@
 #include "exactforge/reduce.hpp"
 #include "kernels.hpp"
+#include "kernels_int.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -48,11 +49,20 @@ std::map<std::string, std::string> build_info() {
   // apart and chosen at run time (kernels.hpp), so the flags above say "no AVX2" on a build
   // that uses it. The CPU's own features are read here for the same reason.
   info["kernels"] = kernels().isa;
+  // The float32 exact matmul's kernel (kernels_int.hpp): int8 digits on AMX where the CPU and OS
+  // allow it, else float64 slices; the same bits either way.
+  info["exact_kernel"] = exact_kernel_name(exact_kernel_auto());
+#if defined(EXACTFORGE_HAVE_AMX_BUILD)
+  info["amx_built"] = "1";
+#else
+  info["amx_built"] = "0";
+#endif
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   info["cpu_avx2"] = __builtin_cpu_supports("avx2") ? "1" : "0";
   info["cpu_fma"] = __builtin_cpu_supports("fma") ? "1" : "0";
   info["cpu_avx512f"] = __builtin_cpu_supports("avx512f") ? "1" : "0";
+  info["cpu_amx_int8"] = amx_int8_usable() ? "1" : "0";
 #endif
   return info;
 }

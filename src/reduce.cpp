@@ -8,6 +8,7 @@
 #include "exactforge/reduce.hpp"
 #include "exactforge/fixedpoint.hpp"
 #include "kernels.hpp"
+#include "kernels_int.hpp"
 
 #include <cstdlib>
 
@@ -18,9 +19,16 @@
 #include <stdexcept>
 #include <thread>
 #include <vector>
+#include <string>
+#include <type_traits>
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace exactforge {
@@ -202,7 +210,7 @@ double row_maxabs_finite(const T* x, int64_t k, bool& nonfinite) {
 
 template <class T, int S>
 void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
-                       int threads) {
+                       int threads, ExactKernel kernel = ExactKernel::Auto) {
   using P = ExactShape<S>;
   if (k > kExactMatmulMaxK)
     throw std::invalid_argument("exact matmul: reduced axis longer than 2^20 terms");
@@ -248,6 +256,19 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   std::vector<double> g1(static_cast<size_t>(nb * P::NR), 1.0), g2(static_cast<size_t>(nb * P::NR), 1.0);
   for (int64_t j = 0; j < n; ++j) { g1[j] = sb[j].f1; g2[j] = sb[j].f2; }
 
+  // Tiny products stay on the float64 slices: there the int8 path's fixed costs (tile state,
+  // zero-padding every panel to 16 x 64) outweigh its faster products (bench_exact_kernels.py:
+  // 64x10x100 11.6x vs 14.0x torch, 64x10x1000 8.2x vs 5.4x). Same bits either way.
+  if (kernel == ExactKernel::Auto)
+    kernel = m * n * k >= (int64_t(1) << 19) ? exact_kernel_auto() : ExactKernel::F64Slices;
+  if (kernel == ExactKernel::Int8Amx && !amx_int8_usable())
+    throw std::invalid_argument("exact matmul: AMX-INT8 is not usable on this CPU/OS");
+  if (std::is_same<T, float>::value && kernel != ExactKernel::F64Slices) {
+    // The same levels from int8 digits (intexact.hpp): same integers, same bits.
+    auto levels = kernel == ExactKernel::Int8Amx ? int_amx::exact_levels_int8 : int_generic::exact_levels_int8;
+    levels(reinterpret_cast<const float*>(a), reinterpret_cast<const float*>(b), m, k, n, w, f1.data(), f2.data(),
+           g1.data(), g2.data(), acc.data(), nt, par);
+  } else {
   // The reduced axis is walked in sub-chunks of at most kExactSubChunk terms. A tile's level
   // sums over any run of at most 2^chunk_bits terms are exact integers in float64, and the
   // int64 accumulators add them exactly, so a finer cut gives the same integers, the same
@@ -295,6 +316,8 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
         }
       }
     }
+  }
+
   }
 
   // Recombine the levels exactly and round once: value = sum_L acc_L 2^(-(L+2) w) 2^(ea+fb).
@@ -391,6 +414,50 @@ void matmul_exact<double>(const double* a, const double* b, double* out, int64_t
 template <class T>
 void sum_exact(const T* x, T* out, int64_t k, int64_t n, int threads) {
   sum_exact_impl<T>(x, out, k, n, threads);
+}
+void matmul_exact_with(const float* a, const float* b, float* out, int64_t m, int64_t k, int64_t n,
+                       int threads, int kernel) {
+  if (kernel < 0 || kernel > 3) throw std::invalid_argument("exact matmul: unknown kernel");
+  matmul_exact_impl<float, 2>(a, b, out, m, k, n, threads, static_cast<ExactKernel>(kernel));
+}
+
+bool amx_int8_usable() {
+  static const bool ok = [] {
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+    const char* force = std::getenv("EXACTFORGE_ISA");  // "generic": no AMX either
+    if (force && std::string(force) == "generic") return false;
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    const bool tile = (edx >> 24) & 1u, int8 = (edx >> 25) & 1u;
+    if (!tile || !int8) return false;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1u)) return false;  // OSXSAVE
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if (((lo >> 17) & 3u) != 3u) return false;  // XTILECFG and XTILEDATA enabled by the OS
+    // Linux hands out the 8 KB tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM,
+    // feature 18); a tile instruction without it kills the process with SIGILL.
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
+ExactKernel exact_kernel_auto() {
+#if defined(EXACTFORGE_HAVE_AMX_BUILD)
+  if (amx_int8_usable()) return ExactKernel::Int8Amx;
+#endif
+  // Without AMX the float64-slice tiles are the faster way to the same integers (three FMAs of
+  // 4-8 lanes per multiply-add beat 27 int8 products done 32-64 at a time by VNNI or by C++).
+  return ExactKernel::F64Slices;
+}
+const char* exact_kernel_name(ExactKernel k) {
+  switch (k) {
+    case ExactKernel::F64Slices: return "f64-slices";
+    case ExactKernel::Int8Generic: return "int8-generic";
+    case ExactKernel::Int8Amx: return "int8-amx";
+    default: return "auto";
+  }
 }
 
 template void matmul_fixed<float>(const float*, const float*, float*, int64_t, int64_t, int64_t, const int64_t*, int, bool);

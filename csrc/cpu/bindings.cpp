@@ -14,6 +14,7 @@
 #include "exactforge/fixedpoint.hpp"
 #include "exactforge/mathfn.hpp"
 #include "exactforge/reduce.hpp"
+#include "kernels_int.hpp"
 #include "exactforge/search.hpp"
 #include "exactforge/collide.hpp"
 #include "exactforge/conv.hpp"
@@ -132,6 +133,29 @@ py::array matmul(py::array a, py::array b, const std::string& mode,
       if (fixed) matmul_fixed<double>((const double*)pa, (const double*)pb, (double*)pc, m, k, n, po, threads, a_transposed);
       else matmul_exact<double>((const double*)pa, (const double*)pb, (double*)pc, m, k, n, threads);
     }
+  }
+  return out;
+}
+
+// The float32 exact matmul through a named kernel (tests and benchmarks: every kernel must give
+// the same bits). kernel: "auto", "f64-slices", "int8-generic" or "int8-amx".
+py::array matmul_exact_kernel(py::array_t<float, py::array::c_style> a, py::array_t<float, py::array::c_style> b,
+                              const std::string& kernel, int threads) {
+  if (a.ndim() != 2 || b.ndim() != 2) throw py::value_error("a, b: expected 2-D float32 arrays");
+  const int64_t m = a.shape(0), k = a.shape(1), n = b.shape(1);
+  if (b.shape(0) != k) throw py::value_error("a, b: inner dimensions differ");
+  if (k == 0) throw py::value_error("a, b: the reduced axis is empty");
+  if (k > kExactMatmulMaxK) throw py::value_error("mode='exact': the reduced axis has more than 2^20 terms");
+  int kid = kernel == "auto" ? 0 : kernel == "f64-slices" ? 1 : kernel == "int8-generic" ? 2 : kernel == "int8-amx" ? 3 : -1;
+  if (kid < 0) throw py::value_error("kernel: expected 'auto', 'f64-slices', 'int8-generic' or 'int8-amx'");
+  if (kid == 3 && !amx_int8_usable()) throw py::value_error("kernel='int8-amx': AMX-INT8 is not usable on this CPU/OS");
+  py::array_t<float> out({m, n});
+  const float* pa = a.data();
+  const float* pb = b.data();
+  float* pc = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    matmul_exact_with(pa, pb, pc, m, k, n, threads, kid);
   }
   return out;
 }
@@ -344,6 +368,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
   m.def("build_info", &build_info);
+  m.def("matmul_exact_kernel", &matmul_exact_kernel, py::arg("a"), py::arg("b"), py::arg("kernel"),
+        py::arg("threads") = 0);
+  m.def("amx_int8_usable", &amx_int8_usable);
   m.def("exact_plan", &exact_plan_py, py::arg("k"), py::arg("is_double"));
   py::class_<SearchHandle>(m, "SearchHandle")
       .def(py::init<py::array_t<int64_t, py::array::c_style | py::array::forcecast>,

@@ -54,10 +54,14 @@ def compile_options() -> Dict[str, Any]:
         # baseline), the CPU's features, and what the rest of the core was compiled for
         "isa": {"kernels": info.get("kernels", "generic"),
                 "avx2": "avx2" in info.get("kernels", ""), "fma": "fma" in info.get("kernels", ""),
-                "cpu": {k: info.get(f"cpu_{k}") == "1" for k in ("avx2", "fma", "avx512f")},
+                "cpu": {k: info.get(f"cpu_{k}") == "1" for k in ("avx2", "fma", "avx512f", "amx_int8")},
                 "baseline": {"avx2": info.get("isa_avx2") == "1", "fma": info.get("isa_fma") == "1"}},
         "cuda": _cuda is not None,
         "default_threads": get_num_threads(),
+        # the float32 exact matmul's kernel: "int8-amx" (int8 digits on AMX tiles) or
+        # "f64-slices"; both compute the same integers, so the same bits
+        "exact_kernel": info.get("exact_kernel", "f64-slices"),
+        "amx_built": info.get("amx_built") == "1",
         "exact_sum": {"slices": int(_core.SUM_SLICES), "bits_per_slice": int(_core.SUM_WIDTH)},
     }
     if _cuda is not None:

@@ -30,6 +30,10 @@ template <class T>
 void matmul_exact(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n, int threads);
 template <class T>
 void sum_exact(const T* x, T* out, int64_t k, int64_t n, int threads);
+/// The float32 exact matmul through a named kernel (0 auto, 1 float64 slices, 2 int8 digits in
+/// C++, 3 int8 digits on AMX): the same bits from every one; for tests and benchmarks.
+void matmul_exact_with(const float* a, const float* b, float* out, int64_t m, int64_t k, int64_t n,
+                       int threads, int kernel);
 
 /// Default thread count for calls that do not name one (process-wide, like torch's).
 void set_num_threads(int n);

@@ -11,6 +11,7 @@
 
 #include "exactforge/conv.hpp"
 #include "exactforge/fixedpoint.hpp"
+#include "exactforge/intexact.hpp"
 #include "exactforge/reduce.hpp"
 
 using namespace exactforge;
@@ -148,7 +149,41 @@ template <class T> static void test_round_two_levels() {
   CHECK(answered > 100000);
 }
 
+// Balanced base-256 digits give back every slice value they are used for (|v| <= 2^22 with 3
+// digits, 2^26 with 4), the edges included; and the float32 exact matmul's three kernels (float64
+// slices, int8 digits in C++, and AMX where usable: kernel 0 resolves to it) give the same bits.
+static void test_int8_digits_and_kernels() {
+  std::mt19937_64 g(7);
+  for (int bits : {21, 22, 23, 26}) {
+    const int nd = int8_digits(bits);
+    const int32_t lim = int32_t(1) << bits;
+    for (int r = 0; r < 200000; ++r) {
+      int32_t v = r < 4 ? (r == 0 ? lim : r == 1 ? -lim : r == 2 ? 0 : -1)
+                        : static_cast<int32_t>(g() % (2 * uint64_t(lim) + 1)) - lim;
+      int8_t d[kMaxDigits];
+      int8_split(v, nd, d, 1);
+      int64_t back = 0;
+      for (int p = nd - 1; p >= 0; --p) back = back * 256 + d[p];
+      CHECK(back == v);
+    }
+  }
+  std::normal_distribution<float> nrm;
+  for (int64_t k : {1, 63, 100, 129, 1000, 2049}) {
+    const int64_t m = 37, n = 21;
+    std::vector<float> a(m * k), b(k * n);
+    for (auto& x : a) x = nrm(g) * std::ldexp(1.0f, int(g() % 40) - 20);
+    for (auto& x : b) x = nrm(g);
+    std::vector<float> c1(m * n), c2(m * n), c0(m * n);
+    matmul_exact_with(a.data(), b.data(), c1.data(), m, k, n, 1, 1);
+    matmul_exact_with(a.data(), b.data(), c2.data(), m, k, n, 2, 2);
+    matmul_exact_with(a.data(), b.data(), c0.data(), m, k, n, 2, 0);
+    CHECK(same_bits(c1, c2));
+    CHECK(same_bits(c1, c0));
+  }
+}
+
 int main() {
+  test_int8_digits_and_kernels();
   test_round_int192();
   test_round_two_levels<float>();
   test_round_two_levels<double>();
