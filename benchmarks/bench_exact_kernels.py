@@ -1,0 +1,78 @@
+"""The float32 exact matmul's kernels side by side (issue 15.3): float64 slices, int8 digits on
+AMX-INT8 tiles, and torch's float32 matmul as the yardstick.
+
+Correctness first: on every shape the kernels' outputs must be bitwise equal (they compute the same
+integers, exactforge/intexact.hpp) and the auto-dispatched public call must equal them; then each
+is timed (best-of loops, torch and exactforge alternating in one run) and reported as a ratio to
+torch. Without AMX the int8 column is left out (the portable int8 kernel is a test aid, not fast).
+
+    python benchmarks/bench_exact_kernels.py [--threads 2] [--quick] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+import exactforge
+from exactforge import reduce as R
+from exactforge._native import _core
+
+SHAPES = [(64, 10, 100), (64, 10, 1000), (784, 10, 100), (784, 10, 1000), (784, 10, 4096), (100, 10, 1000),
+          (784, 100, 100), (784, 100, 1000), (784, 100, 4096), (4096, 64, 4096), (1024, 1024, 8192)]
+
+
+def best(fn, total: float) -> float:
+    fn()
+    n, t0, out = 0, time.perf_counter(), []
+    while time.perf_counter() - t0 < total:
+        t1 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t1)
+        n += 1
+    return float(np.median(sorted(out)[: max(1, len(out) // 2)]))  # the faster half's median
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    kernels = ["f64-slices"] + (["int8-amx"] if _core.amx_int8_usable() else [])
+    rng = np.random.default_rng(0)
+    rows = []
+    print(f"| m x n x k | torch f32 (us) | " + " | ".join(f"{k} / torch" for k in kernels) + " | auto |")
+    print("|---|---|" + "---|" * len(kernels) + "---|")
+    for m, n, k in (SHAPES[:3] if args.quick else SHAPES):
+        a = np.abs(rng.standard_normal((m, k))).astype(np.float32)  # activations
+        b = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)  # an error matrix
+        outs = {kk: _core.matmul_exact_kernel(a, b, kk, args.threads) for kk in kernels}
+        ref = outs["f64-slices"].view(np.uint32)
+        assert all(np.array_equal(o.view(np.uint32), ref) for o in outs.values()), (m, n, k)
+        assert np.array_equal(R.matmul(a, b, mode="exact", threads=args.threads).view(np.uint32), ref)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        total = 0.3 if m * n * k < 1e8 else 1.5
+        t_torch = best(lambda: ta @ tb, total)
+        row = {"m": m, "n": n, "k": k, "torch_s": t_torch}
+        for kk in kernels:
+            row[f"{kk}_s"] = best(lambda: _core.matmul_exact_kernel(a, b, kk, args.threads), total)
+        row["auto_s"] = best(lambda: R.matmul(a, b, mode="exact", threads=args.threads), total)
+        rows.append(row)
+        print(f"| {m}x{n}x{k} | {t_torch * 1e6:.1f} | " + " | ".join(f"{row[f'{kk}_s'] / t_torch:.2f}" for kk in kernels)
+              + f" | {row['auto_s'] / t_torch:.2f} |", flush=True)
+    meta = {"date": _dt.date.today().isoformat(), "machine": platform.platform(), "processor": platform.processor(),
+            "threads": args.threads, "torch": torch.__version__, "exactforge": exactforge.compile_options()}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
