@@ -117,7 +117,7 @@ template <class T> static void test_round_two_levels() {
   int answered = 0;
   for (int it = 0; it < 2000000; ++it) {
     const int w = 18 + int(rng() % 9);
-    const int64_t hi = int64_t(rng() >> (9 + rng() % 50)) * ((rng() & 1) ? 1 : -1);  // up to 2^55
+    const int64_t hi = int64_t(rng() >> (2 + rng() % 57)) * ((rng() & 1) ? 1 : -1);  // up to 2^62, as L0
     int64_t lo = int64_t(rng() >> (1 + rng() % 50)) * ((rng() & 1) ? 1 : -1);
     if (it % 2 == 0) {  // steer onto a tie: zero the bits below T's last place, then add half (+-1)
       const __int128 x = static_cast<__int128>(hi) * (static_cast<__int128>(1) << w) + lo;
