@@ -22,6 +22,9 @@ using ExactTile = void (*)(const double*, const double*, int64_t, int64_t*, int6
 using SplitF32 = void (*)(const float*, int64_t, int, int64_t, const double*, const double*, double, double*, int);
 using SplitF64 = void (*)(const double*, int64_t, int, int64_t, const double*, const double*, double, double*, int);
 
+/// ap[t*16 + ii] = a[ii*lda + t] for ii < rows, 0 for rows <= ii < 16 (t < kc).
+using PackAF32 = void (*)(const float*, int64_t, int, int64_t, float*);
+
 struct KernelTable {
   const char* isa;
   FixedTileF32 fixed_f32;
@@ -32,6 +35,7 @@ struct KernelTable {
   SplitF64 split_f64;  // slices of float64 rows, s = 4
   SplitF32 split_cols_f32;  // slices of NR columns of float32 b, s = 2
   SplitF64 split_cols_f64;  // slices of NR columns of float64 b, s = 4
+  PackAF32 pack_a_f32;      // fixed mode: MR rows of float32 a, t-major (a copy: no arithmetic)
 };
 
 /// The best table this CPU supports (AVX2+FMA or the baseline). Same bits either way.
@@ -51,6 +55,7 @@ const KernelTable& kernels();
                          double, double*, int);                                               \
   void split_cols_f64_s4(const double*, int64_t, int, int64_t, const double*, const double*,   \
                          double, double*, int);                                               \
+  void pack_a_f32(const float*, int64_t, int, int64_t, float*);                               \
   }
 EXACTFORGE_DECLARE_KERNELS(generic)
 EXACTFORGE_DECLARE_KERNELS(avx2)

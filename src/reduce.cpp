@@ -123,17 +123,24 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
 #pragma omp for schedule(static)
         for (int64_t ib = 0; ib < mb; ++ib) {
           const int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
-          for (int ii = 0; ii < P::MR; ++ii) {
-            const int64_t i = ib * P::MR + ii;
-            if (ii < mrem && a_transposed) {
-              if (order) for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = a[order[k0 + t] * m + i];
-              else for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = a[(k0 + t) * m + i];
-            } else if (ii < mrem) {
-              const T* row = a + i * k;
-              if (order) for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = row[order[k0 + t]];
-              else for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = row[k0 + t];
-            } else {
-              for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = T(0);
+          // the common case through the ISA's in-register transpose; a copy either way
+          const bool fast_pack = std::is_same<T, float>::value && !order && !a_transposed;
+          if (fast_pack) {
+            kernels().pack_a_f32(reinterpret_cast<const float*>(a) + ib * P::MR * k + k0, k, mrem, kc,
+                                 reinterpret_cast<float*>(ap));
+          } else {
+            for (int ii = 0; ii < P::MR; ++ii) {
+              const int64_t i = ib * P::MR + ii;
+              if (ii < mrem && a_transposed) {
+                if (order) for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = a[order[k0 + t] * m + i];
+                else for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = a[(k0 + t) * m + i];
+              } else if (ii < mrem) {
+                const T* row = a + i * k;
+                if (order) for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = row[order[k0 + t]];
+                else for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = row[k0 + t];
+              } else {
+                for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = T(0);
+              }
             }
           }
           for (int64_t jq = 0; jq < jn; ++jq) {
@@ -472,7 +479,7 @@ const KernelTable& kernels() {
     const KernelTable generic_t{"generic", generic::fixed_tile_f32, generic::fixed_tile_f64,
                                 generic::exact_tile_s2, generic::exact_tile_s4,
                                 generic::split_panel_f32_s2, generic::split_panel_f64_s4,
-                                generic::split_cols_f32_s2, generic::split_cols_f64_s4};
+                                generic::split_cols_f32_s2, generic::split_cols_f64_s4, generic::pack_a_f32};
     const char* force = std::getenv("EXACTFORGE_ISA");  // "generic": test and debug aid
     if (force && std::string(force) == "generic") return generic_t;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -481,7 +488,7 @@ const KernelTable& kernels() {
       return KernelTable{"avx2+fma", avx2::fixed_tile_f32, avx2::fixed_tile_f64,
                          avx2::exact_tile_s2, avx2::exact_tile_s4,
                          avx2::split_panel_f32_s2, avx2::split_panel_f64_s4,
-                         avx2::split_cols_f32_s2, avx2::split_cols_f64_s4};
+                         avx2::split_cols_f32_s2, avx2::split_cols_f64_s4, avx2::pack_a_f32};
 #endif
     return generic_t;
   }();

@@ -72,3 +72,16 @@ def test_round_fraction_helper_matches_numpy():
     from fractions import Fraction
     for v in [1.0, 1 / 3, 1e-40, 3.4e38, 1e-45, 2.0 ** -149 * 1.5]:
         assert round_fraction(Fraction(v), np.float32) == float(np.float32(v))
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (16, 8, 4), (17, 9, 5), (64, 100, 10), (33, 515, 7), (48, 1030, 3)])
+def test_fixed_panel_transpose_keeps_the_chains(m, k, n):
+    """The float32 panel of a is packed by an in-register 8x8 transpose on AVX2; the
+    transposed-operand entry point packs element by element. Same chains, so the same bits."""
+    from exactforge._native import _core
+    rng = np.random.default_rng(m * k + n)
+    a = (rng.standard_normal((m, k)) * np.exp2(rng.integers(-10, 10, (m, k)))).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    direct = _core.matmul(a, b, "fixed", None, 0, False)
+    via_t = _core.matmul(np.ascontiguousarray(a.T), b, "fixed", None, 0, True)
+    assert np.array_equal(direct.view(np.uint32), via_t.view(np.uint32))
