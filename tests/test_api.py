@@ -134,3 +134,19 @@ def test_empty_outputs_are_fine_only_the_reduced_axis_must_not_be_empty():
         assert R.matmul(np.zeros((0, 5), np.float32), np.ones((5, 3), np.float32), mode=mode).shape == (0, 3)
         assert R.matmul(np.ones((2, 5), np.float32), np.ones((5, 0), np.float32), mode=mode).shape == (2, 0)
         assert R.sum(np.ones((4, 0)), 0, mode=mode).shape == (0,)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "exact"])
+def test_unpickled_arrays_are_float32_too(mode, rng):
+    # An array that crossed a process boundary (multiprocessing, Ray's object store) carries its
+    # own dtype object; the core once compared dtypes by identity and refused it.
+    import pickle
+
+    a = rng.standard_normal((5, 7)).astype(np.float32)
+    b = rng.standard_normal((7, 3)).astype(np.float32)
+    pa, pb = pickle.loads(pickle.dumps(a, protocol=5)), pickle.loads(pickle.dumps(b))
+    assert pa.dtype is not a.dtype  # the case in question
+    assert bits(R.matmul(pa, pb, mode=mode)) == bits(R.matmul(a, b, mode=mode))
+    assert bits(exactforge._core.matmul(pa, pb, mode, None, 0)) == bits(R.matmul(a, b, mode=mode))
+    with pytest.raises(TypeError, match=">f4"):  # a byte-swapped float32 is still not a native one
+        exactforge._core.matmul(a.astype(">f4"), b, mode, None, 0)

@@ -29,8 +29,10 @@ namespace {
 enum class DT { F32, F64 };
 
 DT dtype_of(const py::array& x, const char* name) {
-  if (x.dtype().is(py::dtype::of<float>())) return DT::F32;
-  if (x.dtype().is(py::dtype::of<double>())) return DT::F64;
+  // Equality, not identity: an unpickled array (multiprocessing, Ray's object store) carries
+  // its own dtype object. NumPy's == still tells a byte-swapped float32 apart from the native one.
+  if (x.dtype().equal(py::dtype::of<float>())) return DT::F32;
+  if (x.dtype().equal(py::dtype::of<double>())) return DT::F64;
   throw py::type_error(std::string(name) + ": expected float32 or float64, got " +
                        py::str(x.dtype()).cast<std::string>());
 }
