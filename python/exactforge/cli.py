@@ -131,14 +131,44 @@ def _given_data(args: argparse.Namespace):
     return load_dataset(args.dataset, args.data_path)
 
 
+def _executor(args: argparse.Namespace):
+    """The RayExecutor of --ray (None without it); exit 2 naming the install command without Ray."""
+    if not getattr(args, "ray", None):
+        return None
+    from .distributed import RayExecutor, require_ray
+
+    try:
+        require_ray()
+    except ImportError as exc:
+        raise ValueError(f"--ray: {exc}") from None
+    if args.ray != "local" and args.ray_cpus is not None:
+        raise ValueError("--ray-cpus: sets the size of a local Ray instance (--ray local); a cluster has its own")
+    return RayExecutor(args.ray, num_cpus=args.ray_cpus, max_retries=args.ray_retries,
+                       **({"checkpoints": args.ray_checkpoints} if hasattr(args, "ray_checkpoints") else {}))
+
+
+def _ray_args(p: argparse.ArgumentParser, what: str, checkpoints: bool = False) -> None:
+    p.add_argument("--ray", metavar="ADDRESS|local",
+                   help=f"run {what} as Ray tasks: 'local' starts Ray on this machine, otherwise a cluster's "
+                        f"address (auto, HOST:PORT, ray://HOST:10001); needs pip install \"exactforge[ray]\"")
+    p.add_argument("--ray-cpus", type=_count(1, 4096), help="CPUs of the local Ray instance (none given: all)")
+    p.add_argument("--ray-retries", type=_count(0, 100), default=3,
+                   help="Ray's retries of a task whose worker died; a task still lost makes the result invalid")
+    if checkpoints:
+        p.add_argument("--ray-checkpoints", choices=("auto", "shared", "ship"), default="auto",
+                       help="workers read the trace folder (shared: the same path on every node) or get each "
+                            "checkpoint's bytes from the object store (ship); auto: shared for local, else ship")
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify_trace
 
     given = _given_data(args)
+    executor = _executor(args)
     rep = verify_trace(args.trace, epsilon=args.epsilon, distance_kind=args.distance, policy=args.policy,
                        q=args.q, fraction=args.fraction, seed=args.seed, permute_batches=args.permute_batches,
                        threads=args.threads, dataset=given, data_path=None if given else args.data_path,
-                       progress=not args.quiet, allow_partial=args.allow_partial)
+                       progress=not args.quiet, allow_partial=args.allow_partial, executor=executor)
     _json.write(args.json, rep.to_dict())
     if not rep.valid:
         print(f"exactforge verify: invalid: {rep.reason}", file=sys.stderr)
@@ -149,11 +179,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
              f"declared, {rep.unverified_tail} recorded step(s) after the last checkpoint not verified; "
              if rep.partial else "")
     err = f"{rep.max_error:.6g}" if rep.max_error == rep.max_error else "undefined"
+    ex = rep.executor
+    where = (f" on Ray ({ex['workers']} workers, {ex['tasks']} tasks, {ex['attempts'] - ex['tasks']} retried "
+             f"attempt(s))" if ex else "")
     res = f"; resolution {rep.resolution:.2g} (gradient changes below it can vanish in float rounding)" \
         if rep.resolution is not None else ""
     some = (f"{len(rep.steps)} of {rep.total_segments} segments recomputed (--policy {rep.policy}: the others "
             "were not checked)" if len(rep.steps) < rep.total_segments else f"{len(rep.steps)} segment(s) recomputed")
-    print(f"{verdict}: {scope}{some} ({rep.engine}, theta_0 {rep.initial}), "
+    print(f"{verdict}: {scope}{some}{where} ({rep.engine}, theta_0 {rep.initial}), "
           f"max {rep.distance} error {err}, epsilon {rep.epsilon:g}, {failed} over epsilon{res}")
     return 0 if rep.accepted else 1
 
@@ -333,9 +366,15 @@ def _cmd_repro(args: argparse.Namespace) -> int:
     conds = [c.strip() for c in args.conditions.split(",") if c.strip()]
     if args.gpu_conditions:
         conds += [c for c in available_conditions(args.model) if c.startswith("cuda") and c not in conds]
-    rep = run_study(args.model, args.dataset, bss, conds, repeats=args.repeats, steps=args.steps, lr=args.lr,
-                    seed=args.seed, safety_factor=args.safety_factor, matrix_steps=args.matrix_steps, out=args.out,
-                    data_path=args.data_path, progress=not args.quiet)
+    executor = _executor(args)
+    try:
+        rep = run_study(args.model, args.dataset, bss, conds, repeats=args.repeats, steps=args.steps, lr=args.lr,
+                        seed=args.seed, safety_factor=args.safety_factor, matrix_steps=args.matrix_steps,
+                        out=args.out, data_path=args.data_path, progress=not args.quiet, executor=executor)
+    except RuntimeError as exc:  # Ray tasks lost after their retries
+        if executor is None:
+            raise
+        raise ValueError(f"--ray: {exc}") from None
     print(f"{rep.model} on {rep.dataset}{' (synthetic)' if rep.synthetic else ''}: {len(rep.conditions)} conditions, "
           f"{rep.seconds:.1f} s")
     for name, s in rep.conditions.items():
@@ -546,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(v, None, "the verifier's copy of the training data (a trace's own data path is never opened)")
     v.add_argument("--allow-partial", action="store_true",
                    help="verify the prefix of an incomplete trace (fewer steps than declared); reported as PARTIAL")
+    _ray_args(v, "the segments", checkpoints=True)
     v.set_defaults(func=_cmd_verify)
 
     f = _sub(sub, "forge", "construct an exact forgery of one step of a trace and report it", json_what="the report")
@@ -608,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--safety-factor", type=_POSITIVE, default=10.0, help="epsilon = factor x largest benign error")
     r.add_argument("--matrix-steps", type=_count(0), default=10, help="steps of the cross-condition matrix (0: none)")
     r.add_argument("--out", required=True, help="folder of the report (report.md, report.json, figures)")
+    _ray_args(r, "the recomputations (condition x batch size x repeat)")
     r.set_defaults(func=_cmd_repro)
 
     a = _sub(sub, "attack", "run a known forging attack on one step of a trace", json_what="the attack's result")

@@ -291,6 +291,7 @@ class StudyReport:
     seconds: float
     papers: Dict[str, str] = field(default_factory=lambda: dict(PAPERS))
     environment: Dict[str, Any] = field(default_factory=dict)
+    executor: Optional[Dict[str, Any]] = None   # where the recomputations ran (None: here); exactforge.distributed
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -321,11 +322,43 @@ def _generate(stepper: Stepper, cond: Condition, batches: List[np.ndarray], out:
     return states
 
 
+def _cell_errors(st: Stepper, states: List[np.ndarray], batches: List[np.ndarray], cond: Condition, seed: int,
+                 b: int, r: int) -> np.ndarray:
+    """(steps, len(DISTANCES)): repeat r of recomputing every logged step under ``cond``."""
+    out = np.zeros((len(batches), len(DISTANCES)))
+    for t in range(len(batches)):
+        new = st.step(states[t], batches[t], cond, np.random.default_rng([seed, b, t, r]))
+        out[t] = [distance(new, states[t + 1], k) for k in DISTANCES]
+    return out
+
+
+def _study_cell(model: str, data: Dataset, lr: float, seed: int, threads: int, engine: str, cond: str, b: int,
+                r: int, batches: List[np.ndarray], states: List[np.ndarray]) -> np.ndarray:
+    """A study cell on a Ray worker: the model is rebuilt from the verifier's code (its weights
+    are the logged states) and runs with the driver's torch thread count."""
+    import torch
+
+    from .zoo import build_model
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        net = build_model(model, data.shape or (data.dim,), data.num_classes, vocab=data.vocab, seed=seed)
+        return _cell_errors(Stepper(model, net, data, lr), states, batches, CONDITIONS[cond], seed, b, r)
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence[int] = (32, 100, 1000),
               conditions: Sequence[str] = ("permute", "threads", "deterministic", "bf16"), *, repeats: int = 5,
               steps: int = 50, lr: float = 0.01, seed: int = 0, safety_factor: float = 10.0,
               matrix_steps: int = 10, out: Optional[str] = None, data_path: Optional[str] = None,
-              data: Optional[Dataset] = None, progress: bool = False) -> StudyReport:
+              data: Optional[Dataset] = None, progress: bool = False, executor: Any = None) -> StudyReport:
+    """Runs a reproduction study (see the module's text). ``executor``: an
+    :class:`exactforge.distributed.RayExecutor` runs the recomputations (condition x batch size
+    x repeat) as Ray tasks; the traces are recorded here, and the report is the serial one
+    (each recomputation is seeded by (seed, b, t, r) wherever it runs, and a worker uses this
+    process's torch thread count unless the condition sets its own)."""
     import torch
 
     from .record import batch_schedule
@@ -361,6 +394,8 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
     nn_conds = [c for c in conds if CONDITIONS[c].engine == "nn"]
     torch_conds = [c for c in conds if CONDITIONS[c].engine == "torch"]
     half = max(1, (repeats + 1) // 2)
+    cells: List[tuple] = []            # (engine, condition, b, repeat, batches, states) for an executor
+    executor_info = None
     errs: Dict[str, Dict[int, np.ndarray]] = {c: {} for c in conds}   # c -> b -> (steps, repeats, len(DISTANCES))
     bar = None
     total = len(batch_sizes) * steps * repeats * len(conds)
@@ -380,16 +415,30 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
             tr_dir = os.path.join(out, "traces", f"{engine}-b{b}") if out else None
             states = _generate(st, gen, batches, tr_dir, {"study": "generation"})
             for c in group:  # torch: "baseline" first; native: its own conditions only
-                cond = CONDITIONS[c]
-                arr = np.zeros((steps, repeats, len(DISTANCES)))
-                for t in range(steps):
+                if executor is None:
+                    arr = np.zeros((steps, repeats, len(DISTANCES)))
                     for r in range(repeats):
-                        rng = np.random.default_rng([seed, b, t, r])
-                        new = st.step(states[t], batches[t], cond, rng)
-                        arr[t, r] = [distance(new, states[t + 1], k) for k in DISTANCES]
+                        arr[:, r] = _cell_errors(st, states, batches, CONDITIONS[c], seed, b, r)
                         if bar is not None:
-                            bar.update(1)
-                errs[c][b] = arr
+                            bar.update(steps)
+                    errs[c][b] = arr
+                else:  # the recomputations go to the cluster; the trace above was recorded here
+                    errs[c][b] = np.zeros((steps, repeats, len(DISTANCES)))
+                    cells.extend((engine, c, b, r, batches, states) for r in range(repeats))
+    if executor is not None:
+        def done(i: int, value: np.ndarray) -> None:
+            _, c, b, r, _, _ = cells[i]
+            errs[c][b][:, r] = value
+            if bar is not None:
+                bar.update(steps)
+
+        try:
+            executor_info = executor.map_cells(_study_cell, cells, (model, data, lr, seed, torch.get_num_threads()),
+                                               on_done=done)
+        finally:
+            if bar is not None:
+                bar.close()
+        bar = None
     if bar is not None:
         bar.close()
     l2 = DISTANCES.index("l2")
@@ -420,7 +469,8 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
     env = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "cuda": torch.cuda.is_available()}
     rep = StudyReport(model, data.name, data.synthetic, [int(b) for b in batch_sizes], steps, repeats, lr, stats, eps,
-                      safety_factor, frr, calib, eps_native, matrix, time.perf_counter() - t_start, environment=env)
+                      safety_factor, frr, calib, eps_native, matrix, time.perf_counter() - t_start, environment=env,
+                      executor=executor_info)
     if out:
         write_outputs(rep, out)
     return rep

@@ -13,6 +13,7 @@ that is not bundled with exactforge must be given by the verifier (``data_path=`
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -28,7 +29,7 @@ from .reduce import check_threads
 from .trace import DEFAULT_LIMITS, Limits, Trace, TraceError
 
 __all__ = ["POLICIES", "StepResult", "VerificationReport", "verify_trace", "select_segments", "open_with_data",
-           "check_threads", "resolution"]
+           "check_threads", "resolution", "SegmentJob", "engine_for", "recompute_segments"]
 
 POLICIES = ("all", "topq", "random")
 
@@ -101,6 +102,7 @@ class VerificationReport:
     permute_batches: Optional[int] = None
     threads: Optional[int] = None
     total_segments: int = 0            # segments of the (verified prefix of the) trace; steps holds the recomputed ones
+    executor: Optional[Dict[str, Any]] = None  # where the segments ran (None: here, serially); see exactforge.distributed
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -369,7 +371,7 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
                  q: int = 1, fraction: float = 0.1, seed: int = 0, permute_batches: Optional[int] = None,
                  threads: Optional[int] = None, dataset: Any = None, data_path: Optional[str] = None,
                  model: Any = None, progress: bool = False, allow_partial: bool = False,
-                 limits: Limits = DEFAULT_LIMITS, loss_fn: Any = None) -> VerificationReport:
+                 limits: Limits = DEFAULT_LIMITS, loss_fn: Any = None, executor: Any = None) -> VerificationReport:
     """Verifies a trace. Never raises on a bad trace or argument: the report is then
     ``valid=False`` with a ``reason``.
 
@@ -381,7 +383,13 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
     one-hot labels) are replayed from the manifest. ``permute_batches`` (a seed) shuffles each batch's examples before recomputation (the same
     set); ``threads`` sets the recomputation's thread count (1..MAX_THREADS). An incomplete
     trace (fewer steps than declared, no final record) is invalid unless ``allow_partial``: then
-    its prefix up to the last checkpoint is verified and the report says ``partial``."""
+    its prefix up to the last checkpoint is verified and the report says ``partial``.
+
+    ``executor`` spreads the recomputation over a cluster: an
+    :class:`exactforge.distributed.RayExecutor` schedules the segments as Ray tasks. The
+    integrity checks (manifest, hash chain, theta_0, the policy's choice) stay here, in this
+    process; the workers recompute and compare, and the report is the serial one (the same
+    per-segment errors and verdict), with ``executor`` saying what ran where."""
     eps_value = float(epsilon) if isinstance(epsilon, (int, float, np.floating)) else float("nan")
     report = VerificationReport(False, float("nan"), eps_value, str(distance_kind), str(policy), valid=False,
                                 permute_batches=permute_batches, threads=threads)
@@ -400,6 +408,9 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
             raise ValueError(f"fraction: expected a value in (0, 1], got {fraction}")
         if policy == "topq" and (isinstance(q, bool) or not isinstance(q, int) or q < 1):
             raise ValueError(f"q: expected a positive number of steps per epoch, got {q!r}")
+        if executor is not None and not callable(getattr(executor, "verify", None)):
+            raise ValueError(f"executor: expected None or an exactforge.distributed.RayExecutor, got "
+                             f"{type(executor).__name__}")
         trace, data = open_with_data(directory, dataset, data_path, limits=limits)
         man = trace.manifest
         report.engine, report.declared_steps, report.complete = man["engine"], trace.declared_steps, trace.complete
@@ -410,10 +421,7 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
                                  "the prefix up to the last checkpoint")
             report.partial = True
             report.unverified_tail = len(trace.records) - trace.num_steps
-        if man["engine"] == "native":
-            load, step, initial = _native_engine(trace, data, threads)
-        else:
-            load, step, initial = _torch_engine(trace, data, model, loss_fn)
+        load, step, initial = engine_for(trace, data, threads, model, loss_fn)
         theta0 = _checked(load(0), 0)
         if man["initial"] == "seeded":
             ref = initial()
@@ -438,22 +446,32 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
         report.reason = str(exc)
         return report
     report.valid, report.accepted, report.max_error = True, True, 0.0
-    try:
-        _recompute(trace, segs, load, step, theta0, permute_batches, distance_kind, epsilon, report, threads,
-                   progress)
-    except (TraceError, ValueError, TypeError, OSError, RuntimeError) as exc:
-        # a checkpoint that fails its checks when it is reached, or a model that does not fit it
-        report.valid, report.accepted, report.reason = False, False, str(exc)
-        return report
+    job = SegmentJob(permute_batches, str(distance_kind), eps_value, threads)
+    if executor is not None:
+        # the executor reports its own failures (a task lost after its retries) as an invalid report
+        try:
+            executor.verify(trace, data, segs, job, report, model=model, loss_fn=loss_fn, progress=progress)
+        except (ImportError, ValueError, ConnectionError, RuntimeError) as exc:  # no Ray, or no cluster there
+            report.valid, report.reason = False, f"executor: {exc}"
+        if not report.valid:
+            report.accepted = False
+            return report
+    else:
+        try:
+            _recompute(trace, segs, load, step, theta0, job, report, progress)
+        except (TraceError, ValueError, TypeError, OSError, RuntimeError) as exc:
+            # a checkpoint that fails its checks when it is reached, or a model that does not fit it
+            report.valid, report.accepted, report.reason = False, False, str(exc)
+            return report
     report.accepted = all(r.passed for r in report.steps)
     if report.steps:
         report.resolution = float(np.median([r.resolution for r in report.steps]))
     return report
 
 
-def _states(segs: List[Tuple[int, int]], load: Callable, theta0: Dict[str, np.ndarray]) -> Iterator[Tuple[int, int, Any, Any]]:
+def _states(segs: List[Tuple[int, int]], load: Callable, theta0: Optional[Dict[str, np.ndarray]]) -> Iterator[Tuple[int, int, Any, Any]]:
     """(start, end, theta_start, theta_end) with at most two checkpoints in memory."""
-    cache: Dict[int, Any] = {0: theta0}
+    cache: Dict[int, Any] = {0: theta0} if theta0 is not None else {}
     for s, e in segs:
         start = cache[s] if s in cache else _checked(load(s), s)
         end = _checked(load(e), e)
@@ -461,38 +479,77 @@ def _states(segs: List[Tuple[int, int]], load: Callable, theta0: Dict[str, np.nd
         yield s, e, start, end
 
 
-def _recompute(trace, segs, load, step, theta0, permute_batches, distance_kind, epsilon, report, threads,
-               progress) -> None:
+@dataclass(frozen=True)
+class SegmentJob:
+    """What recomputing a segment needs besides the trace and the engine: the verifier's
+    settings. Shared by the serial verifier and its Ray workers, so both run the same code."""
+    permute_batches: Optional[int]
+    distance_kind: str
+    epsilon: float
+    threads: Optional[int]
+
+
+def engine_for(trace: Trace, data: Dataset, threads: Optional[int], model: Any = None, loss_fn: Any = None):
+    """(load, step, initial) of the trace's engine: the native models, or torch with the
+    verifier's model code. Raises TraceError when the trace does not fit them."""
+    if trace.manifest["engine"] == "native":
+        return _native_engine(trace, data, threads)
+    return _torch_engine(trace, data, model, loss_fn)
+
+
+@contextlib.contextmanager
+def _torch_threads(engine: str, threads: Optional[int]) -> Iterator[None]:
+    if not threads or engine != "torch":
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # once around the whole run: setting it rebuilds the pool
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def recompute_segments(trace: Trace, segs: List[Tuple[int, int]], load: Callable, step: Callable,
+                       job: SegmentJob, on_result: Callable[[StepResult], None],
+                       theta0: Optional[Dict[str, np.ndarray]] = None) -> None:
+    """Recomputes ``segs`` in order, calling ``on_result`` after each; raises on the first
+    checkpoint that fails its checks (TraceError) or a model that does not fit it."""
+    lr = float(trace.manifest["lr"])
+    with _torch_threads(trace.manifest["engine"], job.threads):
+        for s, e, state, logged in _states(segs, load, theta0):
+            t0 = time.perf_counter()
+            for t in range(s, e):
+                idx = trace.batch(t)
+                if job.permute_batches is not None:
+                    idx = idx[np.random.default_rng([job.permute_batches, t]).permutation(idx.size)]
+                state = step(state, idx, t)
+            err = verification_distance(_pairs(state, logged), job.distance_kind)
+            res_med, res_min = resolution(logged, lr)
+            on_result(StepResult(s, e, err, bool(err <= job.epsilon), time.perf_counter() - t0, res_med, res_min))
+
+
+def add_result(report: VerificationReport, r: StepResult) -> None:
+    report.steps.append(r)
+    report.max_error = max(report.max_error, r.error) if math.isfinite(r.error) else float("inf")
+
+
+def _recompute(trace, segs, load, step, theta0, job: SegmentJob, report, progress) -> None:
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(segs), desc="verify", unit="segment", leave=False)
-    torch_threads = None
-    if threads and report.engine == "torch":
-        import torch
 
-        torch_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)  # once around the whole run: setting it rebuilds the pool
+    def on_result(r: StepResult) -> None:
+        add_result(report, r)
+        if bar is not None:
+            bar.update(1)
+
     try:
-        for s, e, state, logged in _states(segs, load, theta0):
-            t0 = time.perf_counter()
-            for t in range(s, e):
-                idx = trace.batch(t)
-                if permute_batches is not None:
-                    idx = idx[np.random.default_rng([permute_batches, t]).permutation(idx.size)]
-                state = step(state, idx, t)
-            err = verification_distance(_pairs(state, logged), distance_kind)
-            passed = bool(err <= epsilon)
-            res_med, res_min = resolution(logged, float(trace.manifest["lr"]))
-            report.steps.append(StepResult(s, e, err, passed, time.perf_counter() - t0, res_med, res_min))
-            report.max_error = max(report.max_error, err) if math.isfinite(err) else float("inf")
-            if bar is not None:
-                bar.update(1)
+        recompute_segments(trace, segs, load, step, job, on_result, theta0)
     finally:
-        if torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(torch_threads)
         if bar is not None:
             bar.close()

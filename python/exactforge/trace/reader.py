@@ -190,10 +190,24 @@ class Trace:
         """theta_step, after checking its size against the manifest's tensors, its bytes against
         the hash the chain commits to, and its header against the declared names, dtypes and
         shapes. Arrays are little-endian views of one buffer of the file's size."""
+        return self.decode_checkpoint(step, self.checkpoint_bytes(step))
+
+    def checkpoint_bytes(self, step: int) -> bytearray:
+        """The file of theta_step as it is on disk, read within the size its tensors allow (not
+        yet checked against its hash: ``decode_checkpoint`` does that, wherever it runs)."""
         entry = self.checkpoint_entry(step)
-        man = self.manifest
-        max_bytes = 8 + self.limits.safetensors_header_bytes + man.checkpoint_bytes
-        data = read_file(self.directory, entry["file"], max_bytes, f"checkpoint {step}")
+        max_bytes = 8 + self.limits.safetensors_header_bytes + self.manifest.checkpoint_bytes
+        return read_file(self.directory, entry["file"], max_bytes, f"checkpoint {step}")
+
+    def decode_checkpoint(self, step: int, data: Any) -> Dict[str, np.ndarray]:
+        """theta_step from the bytes of its file (read here or shipped from another machine):
+        the hash the chain commits to, then the header against the manifest's tensors."""
+        entry = self.checkpoint_entry(step)
+        max_bytes = 8 + self.limits.safetensors_header_bytes + self.manifest.checkpoint_bytes
+        if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > max_bytes:
+            raise TraceError(f"checkpoint {step}: expected at most {max_bytes} bytes of {entry['file']}")
         if sha256_bytes(data) != entry["sha256"]:
             raise TraceError(f"checkpoint {step}: {entry['file']} does not match its hash (modified)")
-        return decode_safetensors(data, man.tensors, f"checkpoint {step}", self.limits)
+        if not isinstance(data, bytearray):
+            data = bytearray(data)  # the arrays are writable views of the buffer: a shipped object is read-only
+        return decode_safetensors(data, self.manifest.tensors, f"checkpoint {step}", self.limits)

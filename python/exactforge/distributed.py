@@ -1,0 +1,332 @@
+"""Verification and reproduction studies on a Ray cluster.
+
+A long execution trace is embarrassingly parallel over its segments (checkpoint to
+checkpoint), a reproduction study over its cells (batch size x condition x repeat). A
+:class:`RayExecutor` schedules them as Ray tasks; the report it fills is the serial one.
+
+What stays on the driver, and why: the integrity checks (manifest, the whole hash chain, the
+seeded theta_0, the policy's choice of segments) are sequential by nature and decide what a
+worker may trust; a worker gets the checked :class:`~exactforge.trace.Trace` and recomputes.
+Each checkpoint a worker reads is checked again against the hash the chain commits to, whether
+it reads the file from shared storage or receives its bytes through the object store, so a
+worker never trusts storage the driver did not check.
+
+Why the verdict is the serial one: the workers run the same function as the serial verifier
+(:func:`exactforge.verify.recompute_segments`), and the results are put back in segment order,
+stopping at the first segment that fails its checks, as a serial run stops. On exactforge's
+reproducible paths (native models, exactforge.nn) the bits do not depend on the thread count,
+the batch order or the CPU, so the per-segment errors are bitwise those of a serial run, and
+epsilon = 0 stays usable across machines. Plain torch traces recompute under each worker's
+float arithmetic: give ``threads=`` to make it the one the serial run used.
+
+Failures: a task whose worker dies (killed, out of memory, a node lost) is retried by Ray
+(``max_retries``); each attempt is counted, and the report lists the retried tasks. A task that
+still fails makes the report invalid, naming its segments: nothing is silently dropped.
+
+Ray is an optional extra: ``pip install "exactforge[ray]"``.
+"""
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from .trace import Trace, TraceError
+
+__all__ = ["RAY_INSTALL", "RayExecutor", "require_ray", "chunk_segments"]
+
+RAY_INSTALL = 'pip install "exactforge[ray]"'
+CHECKPOINT_MODES = ("auto", "shared", "ship")
+
+
+def require_ray() -> Any:
+    """The ray module, or an ImportError that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(f"Ray is not installed; {RAY_INSTALL} installs it") from None
+    return ray
+
+
+def chunk_segments(segs: Sequence[Tuple[int, int]], parts: int) -> List[List[Tuple[int, int]]]:
+    """Contiguous groups of segments with about equal step counts (``min(parts, len(segs))``
+    groups, none empty): each cut falls where the running step count is nearest its share.
+    Contiguous, so a task reads each checkpoint once: a segment's end is the next one's start."""
+    segs = list(segs)
+    parts = max(1, min(int(parts), len(segs)))
+    cum, total = [], 0
+    for s, e in segs:
+        total += e - s
+        cum.append(total)
+    cuts, lo = [], 0  # cuts[j]: the number of segments in groups 0..j
+    for j in range(1, parts):
+        hi = len(segs) - (parts - j)  # leave one segment for each group to come
+        target = total * j / parts
+        n = bisect.bisect_left(cum, target) + 1  # the first count reaching the target, or one short
+        best = min((c for c in (n - 1, n) if lo < c <= hi), key=lambda c: abs(cum[c - 1] - target),
+                   default=min(max(n, lo + 1), hi))
+        cuts.append(best)
+        lo = best
+    bounds = [0, *cuts, len(segs)]
+    return [segs[bounds[i]:bounds[i + 1]] for i in range(parts)]
+
+
+@dataclass
+class _Run:
+    """What the task loop saw: attempts per task (Ray's retries included) and lost tasks."""
+    attempts: Dict[int, int] = field(default_factory=dict)
+    failures: Dict[int, str] = field(default_factory=dict)
+
+
+def _attempt(ledger: Any, key: int, fn: Callable, *args: Any) -> Any:
+    """A task: counts the attempt with the ledger (synchronously, so an attempt that dies
+    right after is still counted), then runs ``fn``."""
+    import ray
+
+    ray.get(ledger.begin.remote(key))
+    return fn(*args)
+
+
+def _ledger(ray: Any) -> Any:
+    @ray.remote(num_cpus=0)
+    class Ledger:  # a counter of task attempts; Ray does not tell the driver about retries
+        def __init__(self) -> None:
+            self.n: Dict[int, int] = {}
+
+        def begin(self, key: int) -> None:
+            self.n[key] = self.n.get(key, 0) + 1
+
+        def counts(self) -> Dict[int, int]:
+            return dict(self.n)
+
+    return Ledger
+
+
+def _verify_task(trace: Any, data: Any, model: Any, loss_fn: Any, segs: List[Tuple[int, int]], job: Any,
+                 blobs: Optional[Dict[int, Any]]) -> Tuple[List[Any], Optional[str]]:
+    """Recomputes a group of segments on a worker: (results in order, the error that stopped
+    it or None), the serial verifier's outcome for these segments."""
+    from .verify import engine_for, recompute_segments
+
+    if blobs is not None:
+        trace = _ShippedTrace.of(trace, blobs)
+    results: List[Any] = []
+    try:
+        load, step, _ = engine_for(trace, data, job.threads, model, loss_fn)
+        recompute_segments(trace, segs, load, step, job, results.append)
+    except (TraceError, ValueError, TypeError, OSError, RuntimeError) as exc:
+        return results, str(exc)
+    return results, None
+
+
+@dataclass
+class _ShippedTrace(Trace):
+    """A trace whose checkpoint files arrive through the object store (no shared storage);
+    ``decode_checkpoint`` checks them exactly as it checks a file read from the directory."""
+    blobs: Dict[int, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, trace: Trace, blobs: Dict[int, Any]) -> "_ShippedTrace":
+        return cls(**{f.name: getattr(trace, f.name) for f in dataclasses.fields(Trace)}, blobs=blobs)
+
+    def checkpoint_bytes(self, step: int) -> Any:
+        import ray
+
+        if step not in self.blobs:
+            raise TraceError(f"checkpoint {step}: not shipped to this worker")
+        return ray.get(self.blobs[step])
+
+
+class RayExecutor:
+    """Runs the verifier's segments and a study's cells as Ray tasks.
+
+    ``address``: ``"local"`` starts a Ray instance on this machine (``num_cpus`` workers; all
+    cores when None); any other value is passed to ``ray.init(address=...)`` (``"auto"``,
+    ``"HOST:PORT"``, ``"ray://HOST:10001"``). When Ray is already initialised in this process,
+    that instance is used and left running. ``task_cpus``: CPUs (and recomputation threads) per
+    task. ``max_retries``: Ray's retries of a task whose worker died. ``checkpoints``:
+    ``"shared"`` (workers read the trace directory: the same path on every node), ``"ship"``
+    (the driver reads each checkpoint file and puts its bytes in the object store), ``"auto"``
+    (shared on a local instance, shipped to a remote cluster). ``tasks_per_worker``: segment
+    groups per worker, for load balance (more groups, more per-task overhead)."""
+
+    def __init__(self, address: str = "local", *, num_cpus: Optional[int] = None, task_cpus: int = 1,
+                 max_retries: int = 3, checkpoints: str = "auto", tasks_per_worker: int = 4) -> None:
+        if not isinstance(address, str) or not address.strip():
+            raise ValueError(f"address: expected 'local' or a Ray address (auto, HOST:PORT, ray://HOST:PORT), "
+                             f"got {address!r}")
+        for name, v, lo in (("task_cpus", task_cpus, 1), ("max_retries", max_retries, 0),
+                            ("tasks_per_worker", tasks_per_worker, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+        if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
+            raise ValueError(f"num_cpus: expected a positive integer or None, got {num_cpus!r}")
+        if checkpoints not in CHECKPOINT_MODES:
+            raise ValueError(f"checkpoints: expected one of {CHECKPOINT_MODES}, got {checkpoints!r}")
+        self.address, self.num_cpus, self.task_cpus = address.strip(), num_cpus, task_cpus
+        self.max_retries, self.checkpoints, self.tasks_per_worker = max_retries, checkpoints, tasks_per_worker
+
+    # -- the Ray session ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Any]:
+        """Ray, initialised for the duration (an instance already running is used as it is)."""
+        ray = require_ray()
+        if ray.is_initialized():
+            yield ray
+            return
+        opts: Dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+        try:
+            if self.address == "local":
+                ray.init(num_cpus=self.num_cpus, **opts)
+            else:
+                ray.init(address=self.address, **opts)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConnectionError(f"cannot start or reach Ray at {self.address!r}: {str(exc)[:300]}") from None
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+    def workers(self, ray: Any) -> int:
+        return max(1, int(ray.cluster_resources().get("CPU", 1) // self.task_cpus))
+
+    def _mode(self) -> str:
+        if self.checkpoints != "auto":
+            return self.checkpoints
+        return "shared" if self.address == "local" else "ship"
+
+    def _run(self, ray: Any, fn: Callable, make_args: Sequence[Callable[[], tuple]],
+             on_done: Callable[[int, Any], None], window: int) -> _Run:
+        """Runs fn(*make_args[i]()) for every i, at most ``window`` tasks in flight (arguments
+        are made when a task is submitted: shipped checkpoints enter the object store only
+        then), calling on_done(i, value) as tasks finish, in completion order."""
+        remote = ray.remote(_attempt).options(num_cpus=self.task_cpus, max_retries=self.max_retries,
+                                              retry_exceptions=False)
+        ledger = _ledger(ray).remote()
+        run = _Run()
+        pending: Dict[Any, int] = {}
+        nxt = 0
+        try:
+            while nxt < len(make_args) or pending:
+                while nxt < len(make_args) and len(pending) < window:
+                    pending[remote.remote(ledger, nxt, fn, *make_args[nxt]())] = nxt
+                    nxt += 1
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    i = pending.pop(ref)
+                    try:
+                        value = ray.get(ref)
+                    except ray.exceptions.RayError as exc:  # the worker died max_retries + 1 times, or a bug
+                        cause = getattr(exc, "cause", None)
+                        what = cause if isinstance(cause, BaseException) else exc
+                        text = str(what).strip().splitlines()
+                        run.failures[i] = f"{type(what).__name__}: {text[-1][:300] if text else ''}"
+                        continue
+                    on_done(i, value)
+            run.attempts = {int(k): int(v) for k, v in ray.get(ledger.counts.remote()).items()}
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            ray.kill(ledger)
+        return run
+
+    def _summary(self, ray: Any, run: _Run, tasks: int, seconds: float, **extra: Any) -> Dict[str, Any]:
+        return {"kind": "ray", "address": self.address, "workers": self.workers(ray), "task_cpus": self.task_cpus,
+                "max_retries": self.max_retries, "tasks": tasks, "attempts": sum(run.attempts.values()),
+                "seconds": seconds, **extra}
+
+    # -- verification ---------------------------------------------------------------------------
+    def verify(self, trace: Any, data: Any, segs: List[Tuple[int, int]], job: Any, report: Any, *,
+               model: Any = None, loss_fn: Any = None, progress: bool = False) -> None:
+        """Recomputes ``segs`` of a checked trace on the cluster and fills ``report`` as the
+        serial verifier would (called by ``verify_trace(..., executor=...)``)."""
+        from .verify import add_result
+
+        t0 = time.perf_counter()
+        if not job.threads:  # a task's threads are its CPUs, not the whole node's
+            job = dataclasses.replace(job, threads=self.task_cpus)
+        mode = self._mode()
+        with self.session() as ray:
+            workers = self.workers(ray)
+            chunks = chunk_segments(segs, workers * self.tasks_per_worker) if segs else []
+            shared = (ray.put(trace), ray.put(data), ray.put(model), ray.put(loss_fn))
+
+            def make(chunk: List[Tuple[int, int]]) -> Callable[[], tuple]:
+                def args() -> tuple:
+                    blobs = None
+                    if mode == "ship":  # each checkpoint the group reads, once (the driver's read is bounded)
+                        steps = sorted({s for s, _ in chunk} | {e for _, e in chunk})
+                        blobs = {st: ray.put(bytes(trace.checkpoint_bytes(st))) for st in steps}
+                    return (*shared, chunk, job, blobs)
+                return args
+
+            out: Dict[int, Tuple[List[Any], Optional[str]]] = {}
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(segs), desc=f"verify (ray, {workers} workers)", unit="segment", leave=False)
+
+            def on_done(i: int, value: Any) -> None:
+                out[i] = value
+                if bar is not None:
+                    bar.update(len(chunks[i]))
+
+            try:
+                run = self._run(ray, _verify_task, [make(c) for c in chunks], on_done, window=2 * workers)
+            finally:
+                if bar is not None:
+                    bar.close()
+            retried = [{"segments": [chunks[i][0][0], chunks[i][-1][1]], "attempts": n}
+                       for i, n in sorted(run.attempts.items()) if n > 1]
+            report.executor = self._summary(ray, run, len(chunks), 0.0, checkpoints=mode, retried=retried,
+                                            failed=[{"segments": [chunks[i][0][0], chunks[i][-1][1]], "error": m}
+                                                    for i, m in sorted(run.failures.items())])
+        # in segment order, stopping where a serial run would stop
+        for i, chunk in enumerate(chunks):
+            if i in run.failures:
+                report.valid = False
+                report.reason = (f"segments {chunk[0][0]}..{chunk[-1][1]}: the Ray task failed after "
+                                 f"{run.attempts.get(i, 1)} attempt(s) ({run.failures[i]}); they were not verified")
+                break
+            results, err = out[i]
+            for r in results:
+                add_result(report, r)
+            if err is not None:
+                report.valid, report.reason = False, err
+                break
+        report.executor["seconds"] = time.perf_counter() - t0
+
+    # -- reproduction studies -------------------------------------------------------------------
+    def map_cells(self, fn: Callable, cells: Sequence[tuple], shared: Sequence[Any], *,
+                  on_done: Callable[[int, Any], None]) -> Dict[str, Any]:
+        """Runs fn(*shared, *cells[i]) for every cell (``shared`` enters the object store once)
+        and calls on_done(i, value) as cells finish; raises RuntimeError naming the cells lost
+        after their retries. Returns the executor summary for the report."""
+        t0 = time.perf_counter()
+        with self.session() as ray:
+            refs = tuple(ray.put(v) for v in shared)
+            # a list or array that several cells share (a batch schedule, the logged states) enters
+            # the object store once: cells refer to it by identity
+            puts: Dict[int, Any] = {}
+
+            def ref_of(v: Any) -> Any:
+                if not isinstance(v, (list, tuple, dict)) and not hasattr(v, "__array__"):
+                    return v
+                if id(v) not in puts:
+                    puts[id(v)] = ray.put(v)
+                return puts[id(v)]
+
+            make = [(lambda c=c: (*refs, *(ref_of(v) for v in c))) for c in cells]
+            run = self._run(ray, fn, make, on_done, window=2 * self.workers(ray))
+            summary = self._summary(ray, run, len(cells), time.perf_counter() - t0,
+                                    retried=[{"cell": i, "attempts": n} for i, n in sorted(run.attempts.items()) if n > 1])
+        if run.failures:
+            i, msg = next(iter(sorted(run.failures.items())))
+            raise RuntimeError(f"{len(run.failures)} study cell(s) failed after their retries, the first (cell {i}): "
+                               f"{msg}")
+        return summary
