@@ -216,6 +216,21 @@ def test_cli_repro_on_ray(tmp_path):
     assert rep["executor"]["kind"] == "ray" and rep["conditions"]["native"]["max_error"] == 0.0
 
 
+def test_a_task_gets_only_its_segments_records(exact_trace):
+    from exactforge.distributed import _TraceSlice
+
+    tr = Trace.open(exact_trace)
+    part = _TraceSlice.of(tr, [(9, 12), (12, 15)])
+    assert sorted(part.slice_records) == list(range(8, 15)) and part.records == []
+    assert np.array_equal(part.batch(10), tr.batch(10))
+    assert part.checkpoint_entry(9) == tr.checkpoint_entry(9) and part.checkpoint_entry(0) == tr.checkpoint_entry(0)
+    assert part.load_checkpoint(15).keys() == tr.load_checkpoint(15).keys()
+    with pytest.raises(ValueError, match="not part of this task"):
+        part.batch(20)
+    with pytest.raises(ValueError, match="no theta_21"):
+        part.load_checkpoint(21)
+
+
 def test_the_trace_a_worker_gets_checks_shipped_bytes(exact_trace):
     # a shipped checkpoint is checked against the chain exactly as a file is
     tr = Trace.open(exact_trace)

@@ -7,10 +7,18 @@ import re
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
+def _have_ray() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
 def test_readme_python_blocks_run():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks
     for code in blocks:
+        if "RayExecutor" in code and not _have_ray():  # the optional extra exactforge[ray]
+            continue
         exec(compile(code, str(README), "exec"), {})
 
 
@@ -78,6 +86,8 @@ def test_readme_shell_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for words, comment in shell_examples():
         if slow(comment) and not run_slow:
+            continue
+        if "--ray" in words and not _have_ray():  # the optional extra exactforge[ray]
             continue
         if words[0] == "python":
             subprocess.run([sys.executable, *words[1:]], check=True)

@@ -6,7 +6,8 @@ checkpoint), a reproduction study over its cells (batch size x condition x repea
 
 What stays on the driver, and why: the integrity checks (manifest, the whole hash chain, the
 seeded theta_0, the policy's choice of segments) are sequential by nature and decide what a
-worker may trust; a worker gets the checked :class:`~exactforge.trace.Trace` and recomputes.
+worker may trust; a task gets the checked records of its own segments (never the whole chain)
+and recomputes.
 Each checkpoint a worker reads is checked again against the hash the chain commits to, whether
 it reads the file from shared storage or receives its bytes through the object store, so a
 worker never trusts storage the driver did not check.
@@ -106,14 +107,13 @@ def _ledger(ray: Any) -> Any:
     return Ledger
 
 
-def _verify_task(trace: Any, data: Any, model: Any, loss_fn: Any, segs: List[Tuple[int, int]], job: Any,
-                 blobs: Optional[Dict[int, Any]]) -> Tuple[List[Any], Optional[str]]:
-    """Recomputes a group of segments on a worker: (results in order, the error that stopped
-    it or None), the serial verifier's outcome for these segments."""
+def _verify_task(data: Any, model: Any, loss_fn: Any, trace: Any, segs: List[Tuple[int, int]],
+                 job: Any) -> Tuple[List[Any], Optional[str]]:
+    """Recomputes a group of segments on a worker (``trace``: their slice of the checked
+    trace): (results in order, the error that stopped it or None), the serial verifier's
+    outcome for these segments."""
     from .verify import engine_for, recompute_segments
 
-    if blobs is not None:
-        trace = _ShippedTrace.of(trace, blobs)
     results: List[Any] = []
     try:
         load, step, _ = engine_for(trace, data, job.threads, model, loss_fn)
@@ -124,16 +124,37 @@ def _verify_task(trace: Any, data: Any, model: Any, loss_fn: Any, segs: List[Tup
 
 
 @dataclass
-class _ShippedTrace(Trace):
-    """A trace whose checkpoint files arrive through the object store (no shared storage);
-    ``decode_checkpoint`` checks them exactly as it checks a file read from the directory."""
-    blobs: Dict[int, Any] = field(default_factory=dict)
+class _TraceSlice(Trace):
+    """What a task needs of a checked trace: the manifest and the records of its segments (a
+    task never gets the whole chain: a 1M-step trace's records are a gigabyte of objects), and
+    the checkpoint files' bytes when they are shipped instead of read from shared storage.
+    ``decode_checkpoint`` checks shipped bytes exactly as it checks a file."""
+    slice_records: Dict[int, Any] = field(default_factory=dict)
+    blobs: Optional[Dict[int, Any]] = None
 
     @classmethod
-    def of(cls, trace: Trace, blobs: Dict[int, Any]) -> "_ShippedTrace":
-        return cls(**{f.name: getattr(trace, f.name) for f in dataclasses.fields(Trace)}, blobs=blobs)
+    def of(cls, trace: Trace, segs: Sequence[Tuple[int, int]], blobs: Optional[Dict[int, Any]] = None) -> "_TraceSlice":
+        steps = {t for s, e in segs for t in range(max(0, s - 1), e)}  # record s-1 holds theta_s's entry
+        return cls(trace.directory, trace.manifest, trace.manifest_hash, records=[], limits=trace.limits,
+                   complete=trace.complete, incomplete_reason=trace.incomplete_reason,
+                   slice_records={t: trace.records[t] for t in sorted(steps)}, blobs=blobs)
+
+    def batch(self, step: int) -> Any:
+        if step not in self.slice_records:
+            raise TraceError(f"record {step}: not part of this task's segments")
+        return self.slice_records[step].batch
+
+    def checkpoint_entry(self, step: int) -> Dict[str, Any]:
+        if step == 0:
+            return self.manifest["initial_checkpoint"]
+        rec = self.slice_records.get(step - 1)
+        if rec is None or rec.checkpoint is None:
+            raise TraceError(f"checkpoint: no theta_{step} in this task's segments")
+        return rec.checkpoint
 
     def checkpoint_bytes(self, step: int) -> Any:
+        if self.blobs is None:
+            return super().checkpoint_bytes(step)
         import ray
 
         if step not in self.blobs:
@@ -253,7 +274,7 @@ class RayExecutor:
         with self.session() as ray:
             workers = self.workers(ray)
             chunks = chunk_segments(segs, workers * self.tasks_per_worker) if segs else []
-            shared = (ray.put(trace), ray.put(data), ray.put(model), ray.put(loss_fn))
+            shared = (ray.put(data), ray.put(model), ray.put(loss_fn))
 
             def make(chunk: List[Tuple[int, int]]) -> Callable[[], tuple]:
                 def args() -> tuple:
@@ -261,7 +282,7 @@ class RayExecutor:
                     if mode == "ship":  # each checkpoint the group reads, once (the driver's read is bounded)
                         steps = sorted({s for s, _ in chunk} | {e for _, e in chunk})
                         blobs = {st: ray.put(bytes(trace.checkpoint_bytes(st))) for st in steps}
-                    return (*shared, chunk, job, blobs)
+                    return (*shared, _TraceSlice.of(trace, chunk, blobs), chunk, job)
                 return args
 
             out: Dict[int, Tuple[List[Any], Optional[str]]] = {}
