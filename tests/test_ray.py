@@ -92,6 +92,40 @@ def test_a_modified_checkpoint_stops_both_at_the_same_segment(exact_trace, tmp_p
     _same(serial, verify_trace(d, executor=RayExecutor(checkpoints=checkpoints)))
 
 
+def test_segments_go_out_while_the_chain_is_read(exact_trace):
+    rep = verify_trace(exact_trace, executor=RayExecutor(tasks_per_worker=3))
+    _same(verify_trace(exact_trace), rep)
+    # 41 declared steps over 6 groups: groups of >= 7 steps leave while the records are read
+    assert rep.executor["streamed_tasks"] >= 4 and rep.executor["tasks"] >= rep.executor["streamed_tasks"]
+    assert verify_trace(exact_trace, policy="random", fraction=0.5, executor=RayExecutor()).executor["streamed_tasks"] == 0
+
+
+@pytest.mark.parametrize("damage", ["late record", "missing record", "data"])
+def test_a_trace_that_fails_late_drops_what_was_streamed(exact_trace, tmp_path, damage):
+    # the stream has sent the early segments when the driver finds the problem: the report is
+    # the serial one (invalid, no segments), whatever the workers computed
+    d = str(tmp_path / "t")
+    shutil.copytree(exact_trace, d)
+    kw = {}
+    if damage == "late record":
+        path = os.path.join(d, "records", "00000035.json")
+        rec = json.load(open(path))
+        rec["batch"][0] = (rec["batch"][0] + 1) % len(DIGITS)
+        json.dump(rec, open(path, "w"))
+    elif damage == "missing record":
+        os.remove(os.path.join(d, "records", "00000030.json"))
+    else:
+        X = DIGITS.X.copy()
+        X[0, 0] += 1.0
+        kw["dataset"] = (X, DIGITS.y)
+    serial = verify_trace(d, **kw)
+    assert not serial.valid and serial.steps == []
+    rep = verify_trace(d, executor=RayExecutor(), **kw)
+    assert (rep.valid, rep.accepted, rep.reason, rep.steps) == (False, False, serial.reason, [])
+    # the cluster is left clean: the next verification runs normally
+    _same(verify_trace(exact_trace), verify_trace(exact_trace, executor=RayExecutor()))
+
+
 class _DiesOnce(torch.nn.Module):
     """A model whose first forward pass kills its process: a worker lost mid-task. The marker
     file makes the retry succeed."""

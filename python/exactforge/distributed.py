@@ -7,7 +7,9 @@ checkpoint), a reproduction study over its cells (batch size x condition x repea
 What stays on the driver, and why: the integrity checks (manifest, the whole hash chain, the
 seeded theta_0, the policy's choice of segments) are sequential by nature and decide what a
 worker may trust; a task gets the checked records of its own segments (never the whole chain)
-and recomputes.
+and recomputes. With policy 'all' the two overlap: a group of segments goes out as soon as the
+driver has checked its records, and everything sent is dropped if the trace fails a later
+check (the serial report, invalid with no segments, is what comes back).
 Each checkpoint a worker reads is checked again against the hash the chain commits to, whether
 it reads the file from shared storage or receives its bytes through the object store, so a
 worker never trusts storage the driver did not check.
@@ -162,6 +164,107 @@ class _TraceSlice(Trace):
         return ray.get(self.blobs[step])
 
 
+class _TaskPool:
+    """Ray tasks of one function, at most ``window`` in flight: ``submit`` waits for a slot
+    (finishing tasks as they come), ``drain`` waits for the rest. Attempts are counted by a
+    ledger actor (Ray does not tell the driver about its retries); a task lost after its retries
+    is recorded as a failure, never dropped."""
+
+    def __init__(self, ray: Any, fn: Callable, task_cpus: int, max_retries: int, window: int) -> None:
+        self.ray, self.fn, self.window = ray, fn, max(1, window)
+        self.remote = ray.remote(_attempt).options(num_cpus=task_cpus, max_retries=max_retries,
+                                                   retry_exceptions=False)
+        self.ledger = _ledger(ray).remote()
+        self.pending: Dict[Any, int] = {}
+        self.results: Dict[int, Any] = {}
+        self.run = _Run()
+        self.on_done: Optional[Callable[[int, Any], None]] = None
+
+    def submit(self, key: int, args: tuple) -> None:
+        while len(self.pending) >= self.window:
+            self._finish_one()
+        self.pending[self.remote.remote(self.ledger, key, self.fn, *args)] = key
+
+    def _finish_one(self) -> None:
+        ray = self.ray
+        done, _ = ray.wait(list(self.pending), num_returns=1)
+        for ref in done:
+            i = self.pending.pop(ref)
+            try:
+                value = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # the worker died max_retries + 1 times, or a bug
+                cause = getattr(exc, "cause", None)
+                what = cause if isinstance(cause, BaseException) else exc
+                text = str(what).strip().splitlines()
+                self.run.failures[i] = f"{type(what).__name__}: {text[-1][:300] if text else ''}"
+                continue
+            self.results[i] = value
+            if self.on_done is not None:
+                self.on_done(i, value)
+
+    def drain(self) -> _Run:
+        try:
+            while self.pending:
+                self._finish_one()
+            self.run.attempts = {int(k): int(v) for k, v in self.ray.get(self.ledger.counts.remote()).items()}
+        finally:
+            self.close()
+        return self.run
+
+    def close(self) -> None:
+        """Cancels what is still in flight (a stream whose trace failed to open) and the ledger."""
+        for ref in self.pending:
+            self.ray.cancel(ref, force=True)
+        self.pending = {}
+        if self.ledger is not None:
+            self.ray.kill(self.ledger)
+            self.ledger = None
+
+
+class _Stream:
+    """Segments submitted while the driver is still reading the chain (policy 'all'): each
+    group of contiguous segments goes out as soon as its records are checked, so the driver's
+    sequential check overlaps the workers' recomputation. Everything here is provisional: if
+    the trace fails to open, or the driver's later checks fail, the tasks are cancelled and
+    their results never read."""
+
+    def __init__(self, executor: "RayExecutor", ray: Any, job: Any, model: Any, loss_fn: Any) -> None:
+        self.ex, self.ray, self.job, self.model, self.loss_fn = executor, ray, job, model, loss_fn
+        self.workers = executor.workers(ray)
+        self.pool = executor._pool(ray, _verify_task, 2 * self.workers)
+        self.chunks: List[List[Tuple[int, int]]] = []
+        self.shared: Optional[tuple] = None
+        self.step_target = 0
+        self.last_end = 0            # the end of the last segment submitted
+        self.open: List[Tuple[int, int]] = []  # segments checked but not yet submitted
+        self.t0 = time.perf_counter()
+
+    def on_data(self, trace: Any, data: Any) -> None:
+        declared = trace.manifest.steps
+        if declared:  # groups of about the size the batch path would make
+            self.step_target = max(1, -(-int(declared) // (self.workers * self.ex.tasks_per_worker)))
+            self.shared = (self.ray.put(data), self.ray.put(self.model), self.ray.put(self.loss_fn))
+
+    def on_record(self, trace: Any) -> None:
+        rec = trace.records[-1]
+        if self.shared is None or rec.checkpoint is None:
+            return
+        e = rec.checkpoint["step"]
+        prev = self.open[-1][1] if self.open else self.last_end
+        self.open.append((prev, e))
+        if e - self.open[0][0] >= self.step_target:
+            self.submit(trace, self.open)
+            self.last_end, self.open = e, []
+
+    def submit(self, trace: Any, chunk: List[Tuple[int, int]]) -> None:
+        key = len(self.chunks)
+        self.chunks.append(list(chunk))
+        self.pool.submit(key, self.ex._verify_args(self.ray, trace, chunk, self.job, self.shared))
+
+    def close(self) -> None:
+        self.pool.close()
+
+
 class RayExecutor:
     """Runs the verifier's segments and a study's cells as Ray tasks.
 
@@ -220,40 +323,8 @@ class RayExecutor:
             return self.checkpoints
         return "shared" if self.address == "local" else "ship"
 
-    def _run(self, ray: Any, fn: Callable, make_args: Sequence[Callable[[], tuple]],
-             on_done: Callable[[int, Any], None], window: int) -> _Run:
-        """Runs fn(*make_args[i]()) for every i, at most ``window`` tasks in flight (arguments
-        are made when a task is submitted: shipped checkpoints enter the object store only
-        then), calling on_done(i, value) as tasks finish, in completion order."""
-        remote = ray.remote(_attempt).options(num_cpus=self.task_cpus, max_retries=self.max_retries,
-                                              retry_exceptions=False)
-        ledger = _ledger(ray).remote()
-        run = _Run()
-        pending: Dict[Any, int] = {}
-        nxt = 0
-        try:
-            while nxt < len(make_args) or pending:
-                while nxt < len(make_args) and len(pending) < window:
-                    pending[remote.remote(ledger, nxt, fn, *make_args[nxt]())] = nxt
-                    nxt += 1
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    i = pending.pop(ref)
-                    try:
-                        value = ray.get(ref)
-                    except ray.exceptions.RayError as exc:  # the worker died max_retries + 1 times, or a bug
-                        cause = getattr(exc, "cause", None)
-                        what = cause if isinstance(cause, BaseException) else exc
-                        text = str(what).strip().splitlines()
-                        run.failures[i] = f"{type(what).__name__}: {text[-1][:300] if text else ''}"
-                        continue
-                    on_done(i, value)
-            run.attempts = {int(k): int(v) for k, v in ray.get(ledger.counts.remote()).items()}
-        finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            ray.kill(ledger)
-        return run
+    def _pool(self, ray: Any, fn: Callable, window: int) -> "_TaskPool":
+        return _TaskPool(ray, fn, self.task_cpus, self.max_retries, window)
 
     def _summary(self, ray: Any, run: _Run, tasks: int, seconds: float, **extra: Any) -> Dict[str, Any]:
         return {"kind": "ray", "address": self.address, "workers": self.workers(ray), "task_cpus": self.task_cpus,
@@ -261,50 +332,68 @@ class RayExecutor:
                 "seconds": seconds, **extra}
 
     # -- verification ---------------------------------------------------------------------------
+    def _job(self, job: Any) -> Any:
+        # a task's threads are its CPUs, not the whole node's
+        return job if job.threads else dataclasses.replace(job, threads=self.task_cpus)
+
+    def _verify_args(self, ray: Any, trace: Any, chunk: List[Tuple[int, int]], job: Any, shared: tuple) -> tuple:
+        blobs = None
+        if self._mode() == "ship":  # each checkpoint the group reads, once (the driver's read is bounded)
+            steps = sorted({s for s, _ in chunk} | {e for _, e in chunk})
+            blobs = {st: ray.put(bytes(trace.checkpoint_bytes(st))) for st in steps}
+        return (*shared, _TraceSlice.of(trace, chunk, blobs), chunk, job)
+
+    def stream(self, job: Any, *, model: Any = None, loss_fn: Any = None) -> _Stream:
+        """A stream for ``verify_trace``: segments go to the workers while the chain is read
+        (call inside ``session()``)."""
+        return _Stream(self, require_ray(), self._job(job), model, loss_fn)
+
     def verify(self, trace: Any, data: Any, segs: List[Tuple[int, int]], job: Any, report: Any, *,
-               model: Any = None, loss_fn: Any = None, progress: bool = False) -> None:
+               model: Any = None, loss_fn: Any = None, progress: bool = False,
+               stream: Optional[_Stream] = None) -> None:
         """Recomputes ``segs`` of a checked trace on the cluster and fills ``report`` as the
-        serial verifier would (called by ``verify_trace(..., executor=...)``)."""
+        serial verifier would (called by ``verify_trace(..., executor=...)``). ``stream``: the
+        groups already submitted while the trace was read, a prefix of ``segs``."""
         from .verify import add_result
 
-        t0 = time.perf_counter()
-        if not job.threads:  # a task's threads are its CPUs, not the whole node's
-            job = dataclasses.replace(job, threads=self.task_cpus)
-        mode = self._mode()
+        t0 = stream.t0 if stream is not None else time.perf_counter()  # a stream started with the chain
+        job = self._job(job)
         with self.session() as ray:
             workers = self.workers(ray)
-            chunks = chunk_segments(segs, workers * self.tasks_per_worker) if segs else []
-            shared = (ray.put(data), ray.put(model), ray.put(loss_fn))
-
-            def make(chunk: List[Tuple[int, int]]) -> Callable[[], tuple]:
-                def args() -> tuple:
-                    blobs = None
-                    if mode == "ship":  # each checkpoint the group reads, once (the driver's read is bounded)
-                        steps = sorted({s for s, _ in chunk} | {e for _, e in chunk})
-                        blobs = {st: ray.put(bytes(trace.checkpoint_bytes(st))) for st in steps}
-                    return (*shared, _TraceSlice.of(trace, chunk, blobs), chunk, job)
-                return args
-
-            out: Dict[int, Tuple[List[Any], Optional[str]]] = {}
+            if stream is not None and stream.shared is not None:
+                pool, shared, chunks = stream.pool, stream.shared, list(stream.chunks)
+                done_segs = [s for c in chunks for s in c]
+                assert done_segs == segs[:len(done_segs)], "a stream submits a prefix of the segments"
+                rest = segs[len(done_segs):]
+            else:
+                if stream is not None:
+                    stream.close()
+                pool = self._pool(ray, _verify_task, 2 * workers)
+                shared = (ray.put(data), ray.put(model), ray.put(loss_fn))
+                chunks, rest = [], segs
+            streamed = len(chunks)
+            if rest:
+                for c in chunk_segments(rest, max(1, workers * self.tasks_per_worker - streamed)):
+                    chunks.append(c)
             bar = None
             if progress:
                 from tqdm import tqdm
 
                 bar = tqdm(total=len(segs), desc=f"verify (ray, {workers} workers)", unit="segment", leave=False)
-
-            def on_done(i: int, value: Any) -> None:
-                out[i] = value
-                if bar is not None:
-                    bar.update(len(chunks[i]))
-
+                bar.update(sum(len(chunks[i]) for i in pool.results))
+                pool.on_done = lambda i, v: bar.update(len(chunks[i]))
             try:
-                run = self._run(ray, _verify_task, [make(c) for c in chunks], on_done, window=2 * workers)
+                for i in range(streamed, len(chunks)):
+                    pool.submit(i, self._verify_args(ray, trace, chunks[i], job, shared))
+                run = pool.drain()
             finally:
+                pool.close()
                 if bar is not None:
                     bar.close()
             retried = [{"segments": [chunks[i][0][0], chunks[i][-1][1]], "attempts": n}
                        for i, n in sorted(run.attempts.items()) if n > 1]
-            report.executor = self._summary(ray, run, len(chunks), 0.0, checkpoints=mode, retried=retried,
+            report.executor = self._summary(ray, run, len(chunks), 0.0, checkpoints=self._mode(), retried=retried,
+                                            streamed_tasks=streamed,
                                             failed=[{"segments": [chunks[i][0][0], chunks[i][-1][1]], "error": m}
                                                     for i, m in sorted(run.failures.items())])
         # in segment order, stopping where a serial run would stop
@@ -314,7 +403,7 @@ class RayExecutor:
                 report.reason = (f"segments {chunk[0][0]}..{chunk[-1][1]}: the Ray task failed after "
                                  f"{run.attempts.get(i, 1)} attempt(s) ({run.failures[i]}); they were not verified")
                 break
-            results, err = out[i]
+            results, err = pool.results[i]
             for r in results:
                 add_result(report, r)
             if err is not None:
@@ -342,8 +431,14 @@ class RayExecutor:
                     puts[id(v)] = ray.put(v)
                 return puts[id(v)]
 
-            make = [(lambda c=c: (*refs, *(ref_of(v) for v in c))) for c in cells]
-            run = self._run(ray, fn, make, on_done, window=2 * self.workers(ray))
+            pool = self._pool(ray, fn, 2 * self.workers(ray))
+            pool.on_done = on_done
+            try:
+                for i, c in enumerate(cells):
+                    pool.submit(i, (*refs, *(ref_of(v) for v in c)))
+                run = pool.drain()
+            finally:
+                pool.close()
             summary = self._summary(ray, run, len(cells), time.perf_counter() - t0,
                                     retried=[{"cell": i, "attempts": n} for i, n in sorted(run.attempts.items()) if n > 1])
         if run.failures:

@@ -144,20 +144,46 @@ def _load_data(man: Dict[str, Any], dataset: Any, data_path: Optional[str]) -> D
 
 
 def open_with_data(directory: str, dataset: Any = None, data_path: Optional[str] = None, *,
-                   limits: Limits = DEFAULT_LIMITS) -> Tuple[Trace, Dataset]:
+                   limits: Limits = DEFAULT_LIMITS, on_data: Optional[Callable[[Trace, Dataset], None]] = None,
+                   on_record: Optional[Callable[[Trace], None]] = None) -> Tuple[Trace, Dataset]:
     """Opens and checks a trace and loads the verifier's training data: ``dataset`` (a Dataset
     or a pair of arrays), the manifest's data set read from the verifier's ``data_path``, or a
     bundled data set by name. Refuses data whose fingerprint or size differs. Raises
-    TraceError (the trace) or ValueError (the data)."""
-    trace = Trace.open(directory, limits)
-    man = trace.manifest
+    TraceError (the trace) or ValueError (the data).
+
+    With ``on_data(trace, data)`` the data is loaded as soon as the manifest is checked and
+    handed over before the records are read (``on_record`` follows each one): a distributed
+    verifier starts on the checked prefix. Errors keep their order: a bad chain is reported
+    before bad data, as without the hooks."""
+    if on_data is None and on_record is None:
+        trace = Trace.open(directory, limits)
+        return trace, _checked_data(trace.manifest, dataset, data_path)
+    got: Dict[str, Any] = {}
+
+    def manifest_checked(t: Trace) -> None:
+        try:
+            got["data"] = _checked_data(t.manifest, dataset, data_path)
+        except (TraceError, ValueError, TypeError, OSError) as exc:  # raised after the chain is checked
+            got["error"] = exc
+            return
+        if on_data is not None:
+            on_data(t, got["data"])
+
+    trace = Trace.open(directory, limits, on_manifest=manifest_checked,
+                       on_record=None if on_record is None else (lambda t: "error" in got or on_record(t)))
+    if "error" in got:
+        raise got["error"]
+    return trace, got["data"]
+
+
+def _checked_data(man: Dict[str, Any], dataset: Any, data_path: Optional[str]) -> Dataset:
     data = _load_data(man, dataset, data_path)
     if data.fingerprint() != man["data"]["fingerprint"]:
         raise TraceError(f"data: the fingerprint of {data.name} does not match the trace's "
                          "(different or modified training data)")
     if len(data) != man["data"]["num_examples"]:
         raise TraceError(f"data: {len(data)} examples, the trace declares {man['data']['num_examples']}")
-    return trace, data
+    return data
 
 
 def select_segments(trace: Trace, policy: str, *, q: int = 1, fraction: float = 0.1, seed: int = 0,
@@ -390,83 +416,97 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
     integrity checks (manifest, hash chain, theta_0, the policy's choice) stay here, in this
     process; the workers recompute and compare, and the report is the serial one (the same
     per-segment errors and verdict), with ``executor`` saying what ran where."""
-    eps_value = float(epsilon) if isinstance(epsilon, (int, float, np.floating)) else float("nan")
-    report = VerificationReport(False, float("nan"), eps_value, str(distance_kind), str(policy), valid=False,
-                                permute_batches=permute_batches, threads=threads)
-    try:
-        if distance_kind not in DISTANCES:
-            raise ValueError(f"distance: expected one of {DISTANCES}, got {distance_kind!r}")
-        if policy not in POLICIES:
-            raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
-        if isinstance(epsilon, bool) or not (eps_value >= 0 and math.isfinite(eps_value)):
-            raise ValueError(f"epsilon: expected a finite number >= 0, got {epsilon!r}")
-        threads = check_threads(threads)
-        if permute_batches is not None and (isinstance(permute_batches, bool) or not isinstance(permute_batches, int)
-                                            or permute_batches < 0):
-            raise ValueError(f"permute_batches: expected a seed >= 0 or None, got {permute_batches!r}")
-        if policy == "random" and not 0 < fraction <= 1:
-            raise ValueError(f"fraction: expected a value in (0, 1], got {fraction}")
-        if policy == "topq" and (isinstance(q, bool) or not isinstance(q, int) or q < 1):
-            raise ValueError(f"q: expected a positive number of steps per epoch, got {q!r}")
-        if executor is not None and not callable(getattr(executor, "verify", None)):
-            raise ValueError(f"executor: expected None or an exactforge.distributed.RayExecutor, got "
-                             f"{type(executor).__name__}")
-        trace, data = open_with_data(directory, dataset, data_path, limits=limits)
-        man = trace.manifest
-        report.engine, report.declared_steps, report.complete = man["engine"], trace.declared_steps, trace.complete
-        report.initial, report.num_steps = man["initial"], trace.num_steps
-        if not trace.complete:
-            if not allow_partial:
-                raise TraceError(f"{trace.incomplete_reason}; --allow-partial (allow_partial=True) verifies "
-                                 "the prefix up to the last checkpoint")
-            report.partial = True
-            report.unverified_tail = len(trace.records) - trace.num_steps
-        load, step, initial = engine_for(trace, data, threads, model, loss_fn)
-        theta0 = _checked(load(0), 0)
-        if man["initial"] == "seeded":
-            ref = initial()
-            if ref is None:
-                raise TraceError("manifest: 'initial' is 'seeded' but the model is not an exactforge model, so the "
-                                 "seeded initialisation cannot be recomputed")
-            if set(ref) != set(theta0) or not all(np.array_equal(ref[k], theta0[k]) and ref[k].dtype == theta0[k].dtype
-                                                  for k in ref):
-                raise TraceError(f"checkpoint 0: theta_0 is not the seeded initialisation the manifest claims "
-                                 f"(seed {man['seed']})")
-        norms = None
-        if policy == "topq":  # one streaming pass over every checkpoint: the logged update norms
-            norms = []
-            prev = theta0
-            for s, e in trace.segments():
-                cur = _checked(load(e), e)
-                norms.append(verification_distance(_pairs(cur, prev), "l2"))
-                prev = cur
-        segs = select_segments(trace, policy, q=q, fraction=fraction, seed=seed, update_norms=norms)
-        report.total_segments = len(list(trace.segments()))
-    except (TraceError, ValueError, TypeError, OSError) as exc:
-        report.reason = str(exc)
+    with contextlib.ExitStack() as stack:
+        eps_value = float(epsilon) if isinstance(epsilon, (int, float, np.floating)) else float("nan")
+        report = VerificationReport(False, float("nan"), eps_value, str(distance_kind), str(policy), valid=False,
+                                    permute_batches=permute_batches, threads=threads)
+        try:
+            if distance_kind not in DISTANCES:
+                raise ValueError(f"distance: expected one of {DISTANCES}, got {distance_kind!r}")
+            if policy not in POLICIES:
+                raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
+            if isinstance(epsilon, bool) or not (eps_value >= 0 and math.isfinite(eps_value)):
+                raise ValueError(f"epsilon: expected a finite number >= 0, got {epsilon!r}")
+            threads = check_threads(threads)
+            if permute_batches is not None and (isinstance(permute_batches, bool) or not isinstance(permute_batches, int)
+                                                or permute_batches < 0):
+                raise ValueError(f"permute_batches: expected a seed >= 0 or None, got {permute_batches!r}")
+            if policy == "random" and not 0 < fraction <= 1:
+                raise ValueError(f"fraction: expected a value in (0, 1], got {fraction}")
+            if policy == "topq" and (isinstance(q, bool) or not isinstance(q, int) or q < 1):
+                raise ValueError(f"q: expected a positive number of steps per epoch, got {q!r}")
+            if executor is not None and not callable(getattr(executor, "verify", None)):
+                raise ValueError(f"executor: expected None or an exactforge.distributed.RayExecutor, got "
+                                 f"{type(executor).__name__}")
+            stream = None
+            if executor is not None and policy == "all" and callable(getattr(executor, "stream", None)):
+                # segments go to the workers while the chain is read; dropped if anything below fails
+                try:
+                    stack.enter_context(executor.session())
+                except (ImportError, ConnectionError) as exc:  # no Ray, or no cluster there
+                    raise ValueError(f"executor: {exc}") from None
+                stream = executor.stream(SegmentJob(permute_batches, str(distance_kind), eps_value, threads),
+                                         model=model, loss_fn=loss_fn)
+                stack.callback(stream.close)
+            trace, data = open_with_data(directory, dataset, data_path, limits=limits,
+                                         on_data=None if stream is None else stream.on_data,
+                                         on_record=None if stream is None else stream.on_record)
+            man = trace.manifest
+            report.engine, report.declared_steps, report.complete = man["engine"], trace.declared_steps, trace.complete
+            report.initial, report.num_steps = man["initial"], trace.num_steps
+            if not trace.complete:
+                if not allow_partial:
+                    raise TraceError(f"{trace.incomplete_reason}; --allow-partial (allow_partial=True) verifies "
+                                     "the prefix up to the last checkpoint")
+                report.partial = True
+                report.unverified_tail = len(trace.records) - trace.num_steps
+            load, step, initial = engine_for(trace, data, threads, model, loss_fn)
+            theta0 = _checked(load(0), 0)
+            if man["initial"] == "seeded":
+                ref = initial()
+                if ref is None:
+                    raise TraceError("manifest: 'initial' is 'seeded' but the model is not an exactforge model, so the "
+                                     "seeded initialisation cannot be recomputed")
+                if set(ref) != set(theta0) or not all(np.array_equal(ref[k], theta0[k]) and ref[k].dtype == theta0[k].dtype
+                                                      for k in ref):
+                    raise TraceError(f"checkpoint 0: theta_0 is not the seeded initialisation the manifest claims "
+                                     f"(seed {man['seed']})")
+            norms = None
+            if policy == "topq":  # one streaming pass over every checkpoint: the logged update norms
+                norms = []
+                prev = theta0
+                for s, e in trace.segments():
+                    cur = _checked(load(e), e)
+                    norms.append(verification_distance(_pairs(cur, prev), "l2"))
+                    prev = cur
+            segs = select_segments(trace, policy, q=q, fraction=fraction, seed=seed, update_norms=norms)
+            report.total_segments = len(list(trace.segments()))
+        except (TraceError, ValueError, TypeError, OSError) as exc:
+            report.reason = str(exc)
+            return report
+        report.valid, report.accepted, report.max_error = True, True, 0.0
+        job = SegmentJob(permute_batches, str(distance_kind), eps_value, threads)
+        if executor is not None:
+            # the executor reports its own failures (a task lost after its retries) as an invalid report
+            try:
+                executor.verify(trace, data, segs, job, report, model=model, loss_fn=loss_fn, progress=progress,
+                                **({"stream": stream} if stream is not None else {}))
+            except (ImportError, ValueError, ConnectionError, RuntimeError) as exc:  # no Ray, or no cluster there
+                report.valid, report.reason = False, f"executor: {exc}"
+            if not report.valid:
+                report.accepted = False
+                return report
+        else:
+            try:
+                _recompute(trace, segs, load, step, theta0, job, report, progress)
+            except (TraceError, ValueError, TypeError, OSError, RuntimeError) as exc:
+                # a checkpoint that fails its checks when it is reached, or a model that does not fit it
+                report.valid, report.accepted, report.reason = False, False, str(exc)
+                return report
+        report.accepted = all(r.passed for r in report.steps)
+        if report.steps:
+            report.resolution = float(np.median([r.resolution for r in report.steps]))
         return report
-    report.valid, report.accepted, report.max_error = True, True, 0.0
-    job = SegmentJob(permute_batches, str(distance_kind), eps_value, threads)
-    if executor is not None:
-        # the executor reports its own failures (a task lost after its retries) as an invalid report
-        try:
-            executor.verify(trace, data, segs, job, report, model=model, loss_fn=loss_fn, progress=progress)
-        except (ImportError, ValueError, ConnectionError, RuntimeError) as exc:  # no Ray, or no cluster there
-            report.valid, report.reason = False, f"executor: {exc}"
-        if not report.valid:
-            report.accepted = False
-            return report
-    else:
-        try:
-            _recompute(trace, segs, load, step, theta0, job, report, progress)
-        except (TraceError, ValueError, TypeError, OSError, RuntimeError) as exc:
-            # a checkpoint that fails its checks when it is reached, or a model that does not fit it
-            report.valid, report.accepted, report.reason = False, False, str(exc)
-            return report
-    report.accepted = all(r.passed for r in report.steps)
-    if report.steps:
-        report.resolution = float(np.median([r.resolution for r in report.steps]))
-    return report
 
 
 def _states(segs: List[Tuple[int, int]], load: Callable, theta0: Optional[Dict[str, np.ndarray]]) -> Iterator[Tuple[int, int, Any, Any]]:

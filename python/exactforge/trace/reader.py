@@ -8,7 +8,7 @@ contiguous prefix, never a hole.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -92,11 +92,20 @@ class Trace:
     incomplete_reason: Optional[str] = None
 
     @classmethod
-    def open(cls, directory: str, limits: Limits = DEFAULT_LIMITS) -> "Trace":
-        """Loads and checks the manifest and the whole chain; raises TraceError."""
+    def open(cls, directory: str, limits: Limits = DEFAULT_LIMITS, *,
+             on_manifest: Optional[Callable[["Trace"], None]] = None,
+             on_record: Optional[Callable[["Trace"], None]] = None) -> "Trace":
+        """Loads and checks the manifest and the whole chain; raises TraceError.
+
+        ``on_manifest(trace)`` is called once the manifest is checked, ``on_record(trace)`` after
+        each record joins the chain (a distributed verifier starts on the checked prefix while
+        the rest is read). The trace is complete only when this returns: a caller must treat
+        what it saw before as provisional, to be dropped if the open fails."""
         raw_obj, raw = read_json(directory, "manifest.json", limits.manifest_bytes, "manifest", limits)  # type: ignore[misc]
         man = validate_manifest(raw_obj, limits)
         t = cls(directory, man, sha256_bytes(raw), limits=limits)
+        if on_manifest is not None:
+            on_manifest(t)
         b = man.get("batch_size")
         rec_limit = limits.record_bytes(b if b is not None else min(limits.max_batch, man["data"]["num_examples"]))
         declared = man.steps
@@ -123,6 +132,8 @@ class Trace:
             t.records.append(rec)
             prev = rec.hash
             i += 1
+            if on_record is not None:
+                on_record(t)
         t._check_no_extra_records()
         n = len(t.records)
         if n and t.records[-1].final:
