@@ -1,0 +1,126 @@
+"""Gradient inversion: the tensor method recovers random unit inputs from a wide two-layer
+network's output-layer gradient, its error shrinks like sqrt(d/m), and iDLG finds the labels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from exactforge.invert import conditions, match, recover_labels, tensor_reconstruct, tensor_reconstruct_details
+from exactforge.invert.tensor import _sigma
+
+
+def _problem(d, b, m, act, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((b, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    c = rng.choice([-1.0, 1.0], b) * rng.uniform(0.5, 1.5, b)  # loss derivatives of either sign
+    W = rng.standard_normal((m, d))
+    return X, W, _sigma(act, W @ X.T) @ c
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
+def test_random_unit_inputs_are_recovered(act):
+    X, W, g = _problem(10, 3, 200_000, act, seed=1)
+    est = tensor_reconstruct(W, g, 3, activation=act)
+    assert est.shape == (3, 10)
+    _, cos = match(est, X)
+    assert cos.min() >= 0.9, cos
+
+
+def test_scale_is_recovered_where_it_is_identifiable():
+    X, W, g = _problem(10, 3, 200_000, "tanh", seed=2)
+    X = X * np.array([[0.6], [1.0], [1.5]])
+    g = _sigma("tanh", W @ X.T) @ np.array([1.0, -0.8, 1.2])
+    est = tensor_reconstruct(W, g, 3, activation="tanh")
+    order, cos = match(est, X)
+    assert cos.min() >= 0.95
+    ratio = np.linalg.norm(est, axis=1) / np.linalg.norm(X[order], axis=1)
+    assert np.all(np.abs(ratio - 1) < 0.15), ratio
+    # ReLU is positively homogeneous: unit norm, the right sign (the fit to g picks it)
+    Xr, Wr, gr = _problem(10, 3, 200_000, "relu", seed=3)
+    est = tensor_reconstruct(Wr, gr, 3, activation="relu")
+    order, cos = match(est, Xr)
+    assert np.allclose(np.linalg.norm(est, axis=1), 1.0)
+    assert np.all(np.sum(est * Xr[order], axis=1) > 0.9)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_error_shrinks_like_sqrt_d_over_m(act):
+    """The slides' O(sqrt(d/m)): 16x more hidden units, about 4x less error (a slope of -1/2
+    in log-log, fitted over 3 sizes and 4 draws each)."""
+    ms = [12_500, 50_000, 200_000]
+    errs = []
+    for m in ms:
+        e = []
+        for seed in range(4):
+            X, W, g = _problem(10, 3, m, act, seed=10 + seed)
+            _, cos = match(tensor_reconstruct(W, g, 3, activation=act), X)
+            e.append(np.sqrt(np.mean(1 - cos ** 2)))  # sine of the angle, the estimate's distance
+        errs.append(np.median(e))
+    slope = np.polyfit(np.log(ms), np.log(errs), 1)[0]
+    assert -0.85 <= slope <= -0.3, (errs, slope)
+
+
+def test_refinement_by_gradient_matching_does_not_lose_the_estimate():
+    X, W, g = _problem(10, 3, 50_000, "tanh", seed=4)
+    plain = tensor_reconstruct_details(W, g, 3, activation="tanh")
+    refined = tensor_reconstruct_details(W, g, 3, activation="tanh", refine=50)
+    assert refined.residual <= plain.residual + 1e-9
+    assert match(refined.X, X)[1].min() >= match(plain.X, X)[1].min() - 0.01
+
+
+def test_details_say_when_the_conditions_fail():
+    assert conditions(200, 10, 3) == []
+    assert any("m = 5" in n for n in conditions(5, 10, 3))
+    assert any("b = 12" in n for n in conditions(200, 10, 12))
+    X, W, g = _problem(10, 3, 20_000, "relu", seed=5)
+    det = tensor_reconstruct_details(W, g, 3)
+    assert det.span_gap > 2 and 0 <= det.residual < 1 and det.order == 4
+    # a batch of 3 read as 5: the gap after the 5th eigenvalue is small, the fit is worse
+    assert tensor_reconstruct_details(W, g, 5).span_gap < det.span_gap
+
+
+@pytest.mark.parametrize("kw, word", [({"b": 0}, "b"), ({"b": 11}, "b"), ({"activation": "gelu"}, "activation"),
+                                      ({"g": np.zeros(7)}, "g"), ({"W": np.zeros(10)}, "W")])
+def test_bad_input_names_the_argument(kw, word):
+    X, W, g = _problem(10, 3, 100, "relu", seed=0)
+    args = {"W": W, "g": g, "b": 3, **kw}
+    with pytest.raises(ValueError, match=word):
+        tensor_reconstruct(args.pop("W"), args.pop("g"), args.pop("b"), **args)
+
+
+def _net(d=20, k=10, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(d, 32), torch.nn.ReLU(), torch.nn.Linear(32, k))
+
+
+def _grads(model, X, y):
+    loss = torch.nn.functional.cross_entropy(model(X), y)
+    return [t.detach() for t in torch.autograd.grad(loss, list(model.parameters()))]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_idlg_recovers_the_label_of_one_example(seed):
+    model = _net(seed=seed)
+    x = torch.randn(1, 20)
+    y = torch.tensor([seed % 10])
+    assert recover_labels(model, _grads(model, x, y), 1) == [seed % 10]
+
+
+def test_idlg_recovers_the_labels_of_a_batch_with_distinct_labels():
+    model = _net(seed=3)
+    X = torch.randn(4, 20)
+    y = torch.tensor([7, 2, 5, 0])
+    assert sorted(recover_labels(model, _grads(model, X, y), 4)) == [0, 2, 5, 7]
+
+
+def test_dlg_reconstructs_one_example_of_a_small_model():
+    from exactforge.invert import dlg
+
+    model = _net(seed=1)
+    x = torch.rand(1, 20)
+    y = torch.tensor([4])
+    res = dlg(model, _grads(model, x, y), 1, input_shape=(20,), steps=200, seed=0)
+    assert res.labels == [4]
+    assert match(res.X, x.numpy())[1][0] > 0.95 and res.gradient_distance < 1e-3
