@@ -124,3 +124,82 @@ def test_dlg_reconstructs_one_example_of_a_small_model():
     res = dlg(model, _grads(model, x, y), 1, input_shape=(20,), steps=200, seed=0)
     assert res.labels == [4]
     assert match(res.X, x.numpy())[1][0] > 0.95 and res.gradient_distance < 1e-3
+
+
+@pytest.fixture(scope="module")
+def small_trace(tmp_path_factory):
+    from exactforge.cli import main
+
+    d = str(tmp_path_factory.mktemp("inv") / "t")
+    assert main(["train", "--engine", "native", "--model", "fcn", "--hidden", "32", "--batch-size", "2",
+                 "--steps", "3", "--out", d, "--quiet"]) == 0
+    return d
+
+
+def test_cli_invert_dlg_reconstructs_the_claimed_batch(small_trace, tmp_path):
+    import json
+
+    from exactforge.cli import main
+    from exactforge.trace import Trace
+
+    batch = [int(i) for i in Trace.open(small_trace).batch(1)]
+    out, fig = str(tmp_path / "inv.json"), str(tmp_path / "inv.png")
+    assert main(["invert", small_trace, "--step", "1", "--method", "dlg", "--example", str(batch[0]),
+                 "--json", out, "--figure", fig, "--quiet"]) == 0
+    rep = json.load(open(out))
+    assert sorted(rep["matched"]) == sorted(batch) and min(rep["matched_cos"]) > 0.95
+    assert rep["nearest_in_batch"] == 2 and rep["example_consistent"] is True
+    from exactforge.data import load_digits
+
+    assert sorted(rep["labels"]) == sorted(int(load_digits().y[i]) for i in batch)
+    import os
+
+    assert os.path.getsize(fig) > 1000
+
+
+def test_cli_invert_tensor_explains_why_it_does_not_apply(small_trace, tmp_path, capsys):
+    import json
+
+    from exactforge.cli import main
+
+    out = str(tmp_path / "inv.json")
+    assert main(["invert", small_trace, "--step", "1", "--method", "tensor", "--json", out]) == 2
+    err = capsys.readouterr().err
+    assert "not Gaussian" in err and "m = 32 < d = 65" in err and "--method dlg" in err
+    rep = json.load(open(out))
+    assert rep["applicable"] is False and len(rep["reasons"]) == 2 and rep["reconstructions"] == []
+    assert main(["invert", small_trace, "--step", "1", "--method", "tensor", "--force", "--json", out, "--quiet"]) == 0
+    assert len(json.load(open(out))["reconstructions"]) == 2
+
+
+def test_tensor_applicability_accepts_a_gaussian_layer():
+    from exactforge.invert.forensics import tensor_applicability
+
+    rng = np.random.default_rng(0)
+    assert tensor_applicability(rng.standard_normal((5000, 20)), rng.standard_normal(5000), 4) == []
+    uniform = tensor_applicability(rng.uniform(-1, 1, (5000, 20)), None, 4)
+    assert len(uniform) == 1 and "kurtosis 1.8" in uniform[0]
+
+
+def test_idlg_counts_repeated_labels_in_a_batch():
+    model = _net(seed=5)
+    X = torch.randn(12, 20)
+    y = torch.tensor([1, 1, 1, 4, 4, 9, 9, 9, 9, 0, 2, 2])
+    assert sorted(recover_labels(model, _grads(model, X, y), 12)) == sorted(y.tolist())
+
+
+@pytest.mark.parametrize("hidden, forgery, tensor", [(32, True, False), (128, False, True)])
+def test_where_the_tensor_conditions_hold_the_nullspace_is_empty(hidden, forgery, tensor):
+    # digits, d = 64, b = 64: with fewer hidden units than pixels, null(W1^T) has 64 - m
+    # dimensions and the error matrix's has b - rank >= b - m, so nullspace forgeries exist; with
+    # m >= d the first factor is empty: no nullspace forgery, and the tensor method's m >= d holds
+    from exactforge.data import load_digits
+    from exactforge.invert import identifiability
+
+    digits = load_digits()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
+    idx = np.random.default_rng(0).choice(len(digits), 64, replace=False)
+    rep = identifiability(net, digits.X[idx], digits.y[idx])
+    assert rep["null_W1T"] == max(0, 64 - hidden) and rep["null_D1T"] >= 64 - min(64, hidden)
+    assert rep["nullspace_forgery_exists"] is forgery and rep["tensor_conditions_hold"] is tensor

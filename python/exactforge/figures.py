@@ -20,7 +20,8 @@ def _image_shape(d: int) -> Optional[tuple]:
 
 
 def plot_forgery(X: np.ndarray, Xf: np.ndarray, path: str, *, n: int = 8, title: str = "",
-                 labels: Optional[Sequence[str]] = None, domain: Optional[Tuple[float, float]] = (0.0, 1.0)) -> str:
+                 labels: Optional[Sequence[str]] = None, domain: Optional[Tuple[float, float]] = (0.0, 1.0),
+                 rows: Tuple[str, str] = ("original", "forged"), bottom_labels: Optional[Sequence[str]] = None) -> str:
     """Original examples (top row) above their forgeries (bottom row), like the papers'
     Figures 12-13. One grey scale for both rows, the data's range ``domain`` (lo, hi): a forged
     pixel above hi is drawn red and one below lo blue, and each forged image is labelled with
@@ -53,10 +54,11 @@ def plot_forgery(X: np.ndarray, Xf: np.ndarray, path: str, *, n: int = 8, title:
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 1:
-                ax.set_xlabel(f"{out:.0%} out of range", fontsize=7, color="red" if out else "black")
+                text = f"{out:.0%} out of range" + (f"\n{bottom_labels[i]}" if bottom_labels is not None else "")
+                ax.set_xlabel(text, fontsize=7, color="red" if out else "black")
         axes[0][i].set_title(labels[i] if labels is not None else f"#{i}", fontsize=8)
-    axes[0][0].set_ylabel("original")
-    axes[1][0].set_ylabel("forged")
+    axes[0][0].set_ylabel(rows[0])
+    axes[1][0].set_ylabel(rows[1])
     if im is not None:
         cb = fig.colorbar(im, ax=axes.ravel().tolist(), extend="both", fraction=0.02, pad=0.01)
         cb.set_label(f"pixel value (red > {hi:g}, blue < {lo:g})", fontsize=7)

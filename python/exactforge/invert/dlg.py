@@ -2,10 +2,10 @@
 torch classifier trained with cross-entropy.
 
 iDLG: with softmax cross-entropy the logit gradient of example i is p_i - onehot(y_i), so the
-bias gradient of the last linear layer, mean_i (p_i - onehot(y_i)), is negative exactly at the
-labels that outweigh their predicted probability (for one example: only at its label). Where
-the last layer has no bias, the row sums of its weight gradient carry the same sign when the
-features entering it are non-negative (after a ReLU).
+bias gradient of the last linear layer, mean_i (p_i - onehot(y_i)), is negative at an
+example's label (for one example: only there), and b times its distance from the mean
+prediction counts each label in a batch. Where the last layer has no bias, the row sums of
+its weight gradient carry the same sign when the features entering it are non-negative.
 
 DLG: the batch (with those labels fixed) is optimised by L-BFGS so that its gradient matches
 the observed one, from a seeded random start.
@@ -38,9 +38,13 @@ def _last_linear(model: Any) -> Tuple[Any, int]:
 
 
 def recover_labels(model: Any, grads: Sequence[Any], b: int) -> List[int]:
-    """b labels of the batch behind ``grads`` (one tensor per model.parameters(), in order):
-    the classes whose last-layer bias gradient is negative, the most negative first; a class
-    repeats when fewer than b are negative (largest share of the negative mass first)."""
+    """b labels of the batch behind ``grads`` (one tensor per model.parameters(), in order).
+
+    With a bias, its gradient is mean_i p_i - counts / b, so the counts are b (pbar - grad);
+    the mean prediction pbar is not observed and is taken as uniform (1 / classes), exact
+    enough to round right while the predictions are not confident (an early step). The counts
+    are rounded to sum to b (largest remainder). Without a bias, the classes whose weight
+    gradient rows sum below zero, most negative first, repeated by their share."""
     if isinstance(b, bool) or not isinstance(b, int) or b < 1:
         raise ValueError(f"b: expected a positive batch size, got {b!r}")
     params = list(model.parameters())
@@ -49,23 +53,21 @@ def recover_labels(model: Any, grads: Sequence[Any], b: int) -> List[int]:
     last, wi = _last_linear(model)
     if last.bias is not None:
         bi = next(i for i, p in enumerate(params) if p is last.bias)
-        score = np.asarray(grads[bi].detach().cpu().numpy(), dtype=np.float64).reshape(-1)
+        gb = np.asarray(grads[bi].detach().cpu().numpy(), dtype=np.float64).reshape(-1)
+        est = np.clip(b * (1.0 / gb.size - gb), 0.0, None)
     else:
         score = np.asarray(grads[wi].detach().cpu().numpy(), dtype=np.float64).sum(axis=1)
-    neg = [int(k) for k in np.argsort(score) if score[k] < 0]
-    if not neg:
-        neg = [int(np.argmin(score))]
-    if len(neg) >= b:
-        return neg[:b]
-    # more examples than negative classes: share the rest out by the negative mass (largest remainder)
-    mass = -score[neg]
-    share = mass / mass.sum() * (b - len(neg))
-    extra = np.floor(share).astype(int)
-    for k in np.argsort(-(share - extra))[: b - len(neg) - int(extra.sum())]:
-        extra[k] += 1
-    out = list(neg)
-    for k, n in zip(neg, extra):
-        out += [k] * int(n)
+        est = np.clip(-score, 0.0, None)
+    if est.sum() <= 0:
+        est = np.zeros_like(est)
+        est[int(np.argmin(gb if last.bias is not None else score))] = 1.0
+    share = est / est.sum() * b
+    counts = np.floor(share).astype(int)
+    for k in np.argsort(-(share - counts), kind="stable")[: b - int(counts.sum())]:
+        counts[k] += 1
+    out: List[int] = []
+    for k in np.argsort(-share, kind="stable"):
+        out += [int(k)] * int(counts[k])
     return out
 
 

@@ -137,7 +137,7 @@ def _contract(T: np.ndarray, vecs: List[np.ndarray]) -> np.ndarray:
     return T
 
 
-def _jennrich(T: np.ndarray, rng: np.random.Generator, tries: int = 12) -> List[np.ndarray]:
+def _jennrich(T: np.ndarray, rng: np.random.Generator, tries: int = 32) -> List[np.ndarray]:
     """Candidate (b, b) component matrices (columns, up to scale) of a symmetric rank-b
     tensor: one per random pair of contractions M_1, M_2, from the eigenvectors of M_1 M_2^+.
     With estimated tensors the pairs differ in quality; the caller picks by fit to g."""
