@@ -83,6 +83,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .models import ModelSpec
     from .record import record_native, record_torch_fcn, record_zoo
 
+    if args.init != "uniform" and args.model not in ("logreg", "fcn"):
+        raise ValueError(f"--init: sets the law of exactforge's own logreg and fcn; {args.model} is a torch zoo model")
     data = load_dataset(args.dataset, args.data_path)
     if args.model in ("lenet", "vggmini", "transformer"):
         # CNNs and the Transformer: torch with exactforge.nn's reproducible layers (native) or torch's own layers
@@ -100,7 +102,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     hidden = _parse_hidden(args.hidden) if args.model == "fcn" else ()
     if args.model == "fcn" and not hidden:
         raise ValueError("--hidden: an FCN needs at least one hidden layer, e.g. --hidden 100")
-    spec = ModelSpec(args.model, data.dim, data.num_classes, hidden, dtype=args.dtype)
+    spec = ModelSpec(args.model, data.dim, data.num_classes, hidden, dtype=args.dtype, init=args.init)
     common = dict(lr=args.lr, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                   checkpoint_every=args.checkpoint_every, threads=args.threads, data_path=args.data_path,
                   progress=not args.quiet)
@@ -599,6 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reduction mode of the native engine (none given: fixed for logreg/fcn, exact for the "
                         "torch models)")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="weights and arithmetic")
+    t.add_argument("--init", choices=("uniform", "gaussian"), default="uniform",
+                   help="initial weights (logreg, fcn): torch's uniform law, or Gaussian of the same scale (the "
+                        "law under which `exactforge invert --method tensor` has its guarantee)")
     t.add_argument("--threads", type=_threads_type(), help="CPU threads for training (none given: all)")
     t.add_argument("--resume", action="store_true", help="continue a trace in --out from its last checkpoint")
     t.add_argument("--out", required=True, help="folder of the trace (must not hold one, unless --resume)")

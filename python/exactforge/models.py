@@ -27,6 +27,7 @@ __all__ = ["ModelSpec", "Params", "init_params", "forward", "loss_and_grad", "sg
 
 Params = "OrderedDict[str, np.ndarray]"
 KINDS = ("logreg", "fcn")
+INITS = ("uniform", "gaussian")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class ModelSpec:
     hidden: Tuple[int, ...] = ()
     bias: bool = True
     dtype: str = "float32"
+    # the law of the initial weights: torch.nn.Linear's uniform, or a Gaussian of the same
+    # scale, under which the tensor method of exactforge.invert has its guarantee
+    init: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -49,6 +53,8 @@ class ModelSpec:
             raise ValueError("hidden: an FCN needs at least one hidden layer, e.g. hidden=(100,)")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype: expected 'float32' or 'float64', got {self.dtype!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init: expected one of {INITS}, got {self.init!r}")
         for name, v in (("input_dim", self.input_dim), ("num_classes", self.num_classes), *(("hidden", h) for h in self.hidden)):
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name}: expected positive integers, got {v!r}")
@@ -79,6 +85,8 @@ class ModelSpec:
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        if self.init == "uniform":  # the law of every trace before 'init' existed: their manifests stay as they were
+            del d["init"]
         return d
 
     @classmethod
@@ -88,8 +96,10 @@ class ModelSpec:
         if not isinstance(d, dict):
             raise ValueError("model spec: expected a JSON object")
         fields = {"kind", "input_dim", "num_classes", "hidden", "bias", "dtype"}
-        if set(d) != fields:  # as to_dict writes it: every field, no defaults, nothing else
-            raise ValueError(f"model spec: expected the fields {sorted(fields)}, got {sorted(d)[:8]}")
+        if set(d) - {"init"} != fields:  # as to_dict writes it: every field, no defaults, nothing else
+            raise ValueError(f"model spec: expected the fields {sorted(fields)} (and 'init'), got {sorted(d)[:8]}")
+        if "init" in d and d["init"] not in INITS:
+            raise ValueError(f"model spec: 'init' must be one of {INITS}")
 
         def is_int(v: Any) -> bool:
             return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -102,16 +112,23 @@ class ModelSpec:
         if not isinstance(d.get("bias", True), bool) or not isinstance(d.get("dtype", "float32"), str):
             raise ValueError("model spec: 'bias' must be true or false and 'dtype' a string")
         return cls(kind=d["kind"], input_dim=int(d["input_dim"]), num_classes=int(d["num_classes"]),
-                   hidden=tuple(int(h) for h in hidden), bias=d.get("bias", True), dtype=d.get("dtype", "float32"))
+                   hidden=tuple(int(h) for h in hidden), bias=d.get("bias", True), dtype=d.get("dtype", "float32"),
+                   init=d.get("init", "uniform"))
 
 
 def init_params(spec: ModelSpec, seed: int = 0) -> Params:
-    """Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) weights and biases (torch.nn.Linear's law)."""
+    """Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) weights and biases (torch.nn.Linear's law), or
+    with ``spec.init == "gaussian"`` N(0, 1/fan_in) for both: each hidden unit's (w_j, b_j) is
+    then an isotropic Gaussian, as the tensor method needs (the bias as the weight of a constant
+    input)."""
     rng = np.random.default_rng(seed)
     out: Params = OrderedDict()
     for name, shape in spec.shapes().items():
         bound = 1.0 / np.sqrt(spec.sizes[int(name[1:]) - 1])
-        out[name] = rng.uniform(-bound, bound, shape).astype(spec.dtype)
+        if spec.init == "gaussian":
+            out[name] = rng.normal(0.0, bound, shape).astype(spec.dtype)
+        else:
+            out[name] = rng.uniform(-bound, bound, shape).astype(spec.dtype)
     return out
 
 
