@@ -126,6 +126,21 @@ def test_a_trace_that_fails_late_drops_what_was_streamed(exact_trace, tmp_path, 
     _same(verify_trace(exact_trace), verify_trace(exact_trace, executor=RayExecutor()))
 
 
+def test_an_incomplete_trace_is_refused_or_verified_as_a_prefix_as_serially(exact_trace, tmp_path):
+    d = str(tmp_path / "t")
+    shutil.copytree(exact_trace, d)
+    os.remove(os.path.join(d, "records", "00000040.json"))  # the final record: 40 of 41 steps recorded
+    for allow in (False, True):
+        serial = verify_trace(d, allow_partial=allow)
+        rep = verify_trace(d, allow_partial=allow, executor=RayExecutor())
+        assert serial.valid is allow and rep.partial is allow
+        if allow:
+            _same(serial, rep)
+            assert rep.unverified_tail == serial.unverified_tail == 1
+        else:
+            assert (rep.valid, rep.reason, rep.steps) == (False, serial.reason, [])
+
+
 class _DiesOnce(torch.nn.Module):
     """A model whose first forward pass kills its process: a worker lost mid-task. The marker
     file makes the retry succeed."""

@@ -212,10 +212,18 @@ class _TaskPool:
         return self.run
 
     def close(self) -> None:
-        """Cancels what is still in flight (a stream whose trace failed to open) and the ledger."""
-        for ref in self.pending:
-            self.ray.cancel(ref, force=True)
+        """Cancels what is still in flight (a stream whose trace failed to open), then the
+        ledger. Each cancelled task's error is read here: Ray prints an 'unhandled error' for
+        an exception nobody reads, and a task still running would find the ledger gone."""
+        refs = list(self.pending)
         self.pending = {}
+        for ref in refs:
+            self.ray.cancel(ref, force=True)
+        for ref in refs:
+            try:
+                self.ray.get(ref, timeout=30)
+            except Exception:  # noqa: BLE001 - cancelled, or lost: either way its result is dropped
+                pass
         if self.ledger is not None:
             self.ray.kill(self.ledger)
             self.ledger = None
