@@ -146,7 +146,7 @@ def _executor(args: argparse.Namespace):
     if args.ray != "local" and args.ray_cpus is not None:
         raise ValueError("--ray-cpus: sets the size of a local Ray instance (--ray local); a cluster has its own")
     return RayExecutor(args.ray, num_cpus=args.ray_cpus, max_retries=args.ray_retries,
-                       **({"checkpoints": args.ray_checkpoints} if hasattr(args, "ray_checkpoints") else {}))
+                       checkpoints=getattr(args, "ray_checkpoints", "auto"))
 
 
 def _ray_args(p: argparse.ArgumentParser, what: str, checkpoints: bool = False) -> None:

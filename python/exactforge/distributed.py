@@ -203,12 +203,10 @@ class _TaskPool:
                 self.on_done(i, value)
 
     def drain(self) -> _Run:
-        try:
-            while self.pending:
-                self._finish_one()
-            self.run.attempts = {int(k): int(v) for k, v in self.ray.get(self.ledger.counts.remote()).items()}
-        finally:
-            self.close()
+        """Waits for every task and reads the attempt counts (the caller closes the pool)."""
+        while self.pending:
+            self._finish_one()
+        self.run.attempts = {int(k): int(v) for k, v in self.ray.get(self.ledger.counts.remote()).items()}
         return self.run
 
     def close(self) -> None:
@@ -243,7 +241,7 @@ class _Stream:
         self.chunks: List[List[Tuple[int, int]]] = []
         self.shared: Optional[tuple] = None
         self.step_target = 0
-        self.last_end = 0            # the end of the last segment submitted
+        self.last = 0                # the last checkpoint seen: where the next segment starts
         self.open: List[Tuple[int, int]] = []  # segments checked but not yet submitted
         self.t0 = time.perf_counter()
 
@@ -258,11 +256,11 @@ class _Stream:
         if self.shared is None or rec.checkpoint is None:
             return
         e = rec.checkpoint["step"]
-        prev = self.open[-1][1] if self.open else self.last_end
-        self.open.append((prev, e))
+        self.open.append((self.last, e))
+        self.last = e
         if e - self.open[0][0] >= self.step_target:
             self.submit(trace, self.open)
-            self.last_end, self.open = e, []
+            self.open = []
 
     def submit(self, trace: Any, chunk: List[Tuple[int, int]]) -> None:
         key = len(self.chunks)
@@ -398,17 +396,20 @@ class RayExecutor:
                 pool.close()
                 if bar is not None:
                     bar.close()
-            retried = [{"segments": [chunks[i][0][0], chunks[i][-1][1]], "attempts": n}
-                       for i, n in sorted(run.attempts.items()) if n > 1]
+
+            def span(i: int) -> List[int]:  # the steps a group covers
+                return [chunks[i][0][0], chunks[i][-1][1]]
+
+            retried = [{"segments": span(i), "attempts": n} for i, n in sorted(run.attempts.items()) if n > 1]
             report.executor = self._summary(ray, run, len(chunks), 0.0, checkpoints=self._mode(), retried=retried,
                                             streamed_tasks=streamed,
-                                            failed=[{"segments": [chunks[i][0][0], chunks[i][-1][1]], "error": m}
+                                            failed=[{"segments": span(i), "error": m}
                                                     for i, m in sorted(run.failures.items())])
         # in segment order, stopping where a serial run would stop
-        for i, chunk in enumerate(chunks):
+        for i in range(len(chunks)):
             if i in run.failures:
                 report.valid = False
-                report.reason = (f"segments {chunk[0][0]}..{chunk[-1][1]}: the Ray task failed after "
+                report.reason = (f"segments {span(i)[0]}..{span(i)[1]}: the Ray task failed after "
                                  f"{run.attempts.get(i, 1)} attempt(s) ({run.failures[i]}); they were not verified")
                 break
             results, err = pool.results[i]

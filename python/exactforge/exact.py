@@ -35,8 +35,10 @@ __all__ = ["fcn_perturbation_basis", "kronecker_nullspace", "kronecker_project",
 # -- linear algebra ------------------------------------------------------------------------
 
 def _rank_split(A: np.ndarray, rtol: Optional[float]) -> Tuple[np.ndarray, int]:
-    """Left singular vectors of A (full) and its numerical rank."""
-    U, s, _ = np.linalg.svd(A, full_matrices=True)
+    """Left singular vectors of A (full) and its numerical rank. The left basis is complete
+    without ``full_matrices`` when A has no more rows than columns, and that skips the
+    columns x columns right factor (3 GB for a 64 x 20,000 first layer)."""
+    U, s, _ = np.linalg.svd(A, full_matrices=A.shape[0] > A.shape[1])
     tol = (rtol if rtol is not None else max(A.shape) * np.finfo(np.float64).eps) * (s[0] if s.size else 0.0)
     return U, int(np.sum(s > tol))
 

@@ -432,13 +432,8 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
             if bar is not None:
                 bar.update(steps)
 
-        try:
-            executor_info = executor.map_cells(_study_cell, cells, (model, data, lr, seed, torch.get_num_threads()),
-                                               on_done=done)
-        finally:
-            if bar is not None:
-                bar.close()
-        bar = None
+        executor_info = executor.map_cells(_study_cell, cells, (model, data, lr, seed, torch.get_num_threads()),
+                                           on_done=done)
     if bar is not None:
         bar.close()
     l2 = DISTANCES.index("l2")

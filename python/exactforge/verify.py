@@ -438,6 +438,7 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
             if executor is not None and not callable(getattr(executor, "verify", None)):
                 raise ValueError(f"executor: expected None or an exactforge.distributed.RayExecutor, got "
                                  f"{type(executor).__name__}")
+            job = SegmentJob(permute_batches, str(distance_kind), eps_value, threads)
             stream = None
             if executor is not None and policy == "all" and callable(getattr(executor, "stream", None)):
                 # segments go to the workers while the chain is read; dropped if anything below fails
@@ -445,8 +446,7 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
                     stack.enter_context(executor.session())
                 except (ImportError, ConnectionError) as exc:  # no Ray, or no cluster there
                     raise ValueError(f"executor: {exc}") from None
-                stream = executor.stream(SegmentJob(permute_batches, str(distance_kind), eps_value, threads),
-                                         model=model, loss_fn=loss_fn)
+                stream = executor.stream(job, model=model, loss_fn=loss_fn)
                 stack.callback(stream.close)
             trace, data = open_with_data(directory, dataset, data_path, limits=limits,
                                          on_data=None if stream is None else stream.on_data,
@@ -485,7 +485,6 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
             report.reason = str(exc)
             return report
         report.valid, report.accepted, report.max_error = True, True, 0.0
-        job = SegmentJob(permute_batches, str(distance_kind), eps_value, threads)
         if executor is not None:
             # the executor reports its own failures (a task lost after its retries) as an invalid report
             try:

@@ -115,13 +115,12 @@ def _projected_tensor(U: np.ndarray, g: np.ndarray, order: int) -> np.ndarray:
     """(1/m) sum_j g_j H_p(u_j) for p = order, with the Hermite corrections of N(0, I_b)."""
     m, b = U.shape
     I = np.eye(b)
+    UU = (U[:, :, None] * U[:, None, :]).reshape(m, b * b)
     if order == 3:
-        UU = (U[:, :, None] * U[:, None, :]).reshape(m, b * b)
         T = ((UU * g[:, None]).T @ U).reshape(b, b, b) / m
         v = U.T @ g / m
         T -= np.einsum("a,bc->abc", v, I) + np.einsum("b,ac->abc", v, I) + np.einsum("c,ab->abc", v, I)
         return T
-    UU = (U[:, :, None] * U[:, None, :]).reshape(m, b * b)
     T = ((UU * g[:, None]).T @ UU).reshape(b, b, b, b) / m
     S = (U.T * g) @ U / m
     for p in ("ab,cd->abcd", "ac,bd->abcd", "ad,bc->abcd", "bc,ad->abcd", "bd,ac->abcd", "cd,ab->abcd"):
@@ -153,14 +152,18 @@ def _jennrich(T: np.ndarray, rng: np.random.Generator, tries: int = 32) -> List[
     return out
 
 
+def _lstsq(cols: List[np.ndarray], g: np.ndarray) -> Tuple[np.ndarray, float]:
+    """g by least squares on the columns and a constant: (coefficients, constant last; residual norm)."""
+    A = np.concatenate(cols + [np.ones((len(g), 1))], axis=1)
+    coef = np.linalg.lstsq(A, g, rcond=None)[0]
+    return coef, float(np.linalg.norm(A @ coef - g))
+
+
 def _linear_residual(W: np.ndarray, g: np.ndarray, D: np.ndarray, activation: str) -> float:
     """How well unit directions D explain g with one coefficient per direction (and per sign
     for ReLU): the quick score that picks among Jennrich's candidates."""
     Z = W @ D.T
-    cols = [np.maximum(Z, 0), np.maximum(-Z, 0)] if activation == "relu" else [_sigma(activation, Z)]
-    A = np.concatenate(cols + [np.ones((len(g), 1))], axis=1)
-    coef = np.linalg.lstsq(A, g, rcond=None)[0]
-    return float(np.linalg.norm(A @ coef - g))
+    return _lstsq([np.maximum(Z, 0), np.maximum(-Z, 0)] if activation == "relu" else [_sigma(activation, Z)], g)[1]
 
 
 def _fit(W: np.ndarray, g: np.ndarray, D: np.ndarray, activation: str) -> Tuple[np.ndarray, np.ndarray, float]:
@@ -169,15 +172,11 @@ def _fit(W: np.ndarray, g: np.ndarray, D: np.ndarray, activation: str) -> Tuple[
     gc = g - g.mean()
     denom = float(np.linalg.norm(gc)) or 1.0
     if activation == "relu":  # sigma(s z) = |s| sigma(sign(s) z): a column for each sign, keep the stronger
-        A = np.concatenate([np.maximum(Z, 0), np.maximum(-Z, 0), np.ones((len(g), 1))], axis=1)
-        coef = np.linalg.lstsq(A, g, rcond=None)[0]
+        coef, _ = _lstsq([np.maximum(Z, 0), np.maximum(-Z, 0)], g)
         b = D.shape[0]
         signs = np.where(np.abs(coef[:b]) >= np.abs(coef[b:2 * b]), 1.0, -1.0)
-        Zs = Z * signs
-        A = np.concatenate([np.maximum(Zs, 0), np.ones((len(g), 1))], axis=1)
-        coef = np.linalg.lstsq(A, g, rcond=None)[0]
-        res = float(np.linalg.norm(A @ coef - g)) / denom
-        return D * signs[:, None], coef[:-1], res
+        coef, res = _lstsq([np.maximum(Z * signs, 0)], g)
+        return D * signs[:, None], coef[:-1], res / denom
     from scipy.optimize import least_squares
 
     b = D.shape[0]
@@ -188,9 +187,7 @@ def _fit(W: np.ndarray, g: np.ndarray, D: np.ndarray, activation: str) -> Tuple[
 
     best = None
     for s0 in (0.5, 1.0, 2.0):  # the scale is identifiable through the curvature; start from a few
-        S = _sigma(activation, Z * s0)
-        A = np.concatenate([S, np.ones((len(g), 1))], axis=1)
-        c_init = np.linalg.lstsq(A, g, rcond=None)[0]
+        c_init, _ = _lstsq([_sigma(activation, Z * s0)], g)
         p0 = np.concatenate([np.full(b, s0), c_init[:-1], c_init[-1:]])
         r = least_squares(resid, p0, method="lm" if len(g) > 2 * b + 1 else "trf", max_nfev=200)
         if best is None or r.cost < best.cost:

@@ -207,14 +207,17 @@ class Trace:
         """The file of theta_step as it is on disk, read within the size its tensors allow (not
         yet checked against its hash: ``decode_checkpoint`` does that, wherever it runs)."""
         entry = self.checkpoint_entry(step)
-        max_bytes = 8 + self.limits.safetensors_header_bytes + self.manifest.checkpoint_bytes
-        return read_file(self.directory, entry["file"], max_bytes, f"checkpoint {step}")
+        return read_file(self.directory, entry["file"], self._checkpoint_limit(), f"checkpoint {step}")
+
+    def _checkpoint_limit(self) -> int:
+        """The most bytes a checkpoint file may hold: its header's bound and the declared tensors."""
+        return 8 + self.limits.safetensors_header_bytes + self.manifest.checkpoint_bytes
 
     def decode_checkpoint(self, step: int, data: Any) -> Dict[str, np.ndarray]:
         """theta_step from the bytes of its file (read here or shipped from another machine):
         the hash the chain commits to, then the header against the manifest's tensors."""
         entry = self.checkpoint_entry(step)
-        max_bytes = 8 + self.limits.safetensors_header_bytes + self.manifest.checkpoint_bytes
+        max_bytes = self._checkpoint_limit()
         if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > max_bytes:
             raise TraceError(f"checkpoint {step}: expected at most {max_bytes} bytes of {entry['file']}")
         if sha256_bytes(data) != entry["sha256"]:
