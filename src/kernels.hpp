@@ -25,6 +25,13 @@ using SplitF64 = void (*)(const double*, int64_t, int, int64_t, const double*, c
 /// ap[t*16 + ii] = a[ii*lda + t] for ii < rows, 0 for rows <= ii < 16 (t < kc).
 using PackAF32 = void (*)(const float*, int64_t, int, int64_t, float*);
 
+/// The float32 exact matmul's last step for one row segment: out[j] = the float nearest to
+/// (lv[2j] 2^w + lv[2j+1]) 2^(ea + fb[j] - 3w) for j < n, the value round_two_levels and
+/// round_int192 give. Lanes it cannot do on its fast path (a level of 2^53 or more, a zero,
+/// subnormal or overflowing results, skip[j] != 0) get todo[j] = 1 and are left to the caller.
+using RecombineF32 = void (*)(const int64_t* lv, int64_t n, int ea, const int* fb, int w, const char* skip,
+                              float* out, char* todo);
+
 struct KernelTable {
   const char* isa;
   FixedTileF32 fixed_f32;
@@ -36,9 +43,15 @@ struct KernelTable {
   SplitF32 split_cols_f32;  // slices of NR columns of float32 b, s = 2
   SplitF64 split_cols_f64;  // slices of NR columns of float64 b, s = 4
   PackAF32 pack_a_f32;      // fixed mode: MR rows of float32 a, t-major (a copy: no arithmetic)
+  // The float32 exact tile's shape on this ISA (exact_s2 and split_f32 are built for it; the
+  // driver packs panels to match). Only the schedule depends on it: every tile sums the same
+  // integers exactly.
+  int exact_s2_mr, exact_s2_nr;
+  RecombineF32 recombine_f32;  // nullptr: the driver's scalar round_two_levels loop
 };
 
-/// The best table this CPU supports (AVX2+FMA or the baseline). Same bits either way.
+/// The best table this CPU supports (AVX-512, AVX2+FMA or the baseline). Same bits either way.
+/// EXACTFORGE_ISA=generic|avx2 caps it (tests compare the levels).
 const KernelTable& kernels();
 
 #define EXACTFORGE_DECLARE_KERNELS(NS)                                                        \
@@ -59,5 +72,15 @@ const KernelTable& kernels();
   }
 EXACTFORGE_DECLARE_KERNELS(generic)
 EXACTFORGE_DECLARE_KERNELS(avx2)
+
+// The AVX-512 level (kernels_avx512.cpp): a 16 x 4 float32 exact tile on 8-lane float64
+// vectors, its row slicing, and a vectorised recombination. The fixed tiles, the float64
+// exact tiles and the column slicing (NR = 4 on both levels) are the AVX2 ones.
+namespace avx512 {
+constexpr int kExactS2MR = 16, kExactS2NR = 4;
+void exact_tile_s2(const double*, const double*, int64_t, int64_t*, int64_t, int, int);
+void split_panel_f32_s2(const float*, int64_t, int, int64_t, const double*, const double*, double, double*, int);
+void recombine_f32(const int64_t*, int64_t, int, const int*, int, const char*, float*, char*);
+}  // namespace avx512
 
 }  // namespace exactforge

@@ -218,7 +218,11 @@ double row_maxabs_finite(const T* x, int64_t k, bool& nonfinite) {
 template <class T, int S>
 void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
                        int threads, ExactKernel kernel = ExactKernel::Auto) {
-  using P = ExactShape<S>;
+  // The tile shape is the dispatched ISA's (the AVX-512 float32 tile is 16 x 4, the others
+  // 4 x 4 or 4 x 1): the panels are packed to match, and nothing else depends on it.
+  const KernelTable& kt = kernels();
+  const int MR = S == 2 ? kt.exact_s2_mr : ExactShape<S>::MR;
+  const int NR = S == 2 ? kt.exact_s2_nr : ExactShape<S>::NR;
   if (k > kExactMatmulMaxK)
     throw std::invalid_argument("exact matmul: reduced axis longer than 2^20 terms");
   const ExactPlan plan = exact_plan(k, std::is_same<T, double>::value);
@@ -249,18 +253,18 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
     for (int64_t j = 0; j < n; ++j) { fb[j] = scale_exponent(mx[j]); bad_col[j] = nf[j]; }
   }
 
-  const int64_t mb = (m + P::MR - 1) / P::MR, nb = (n + P::NR - 1) / P::NR;
-  const ExactTile tile = S == 2 ? kernels().exact_s2 : kernels().exact_s4;
+  const int64_t mb = (m + MR - 1) / MR, nb = (n + NR - 1) / NR;
+  const ExactTile tile = S == 2 ? kt.exact_s2 : kt.exact_s4;
   std::vector<int64_t> acc(static_cast<size_t>(m * n * S), 0);
   const double p2w = std::ldexp(1.0, w);
   std::vector<Pow2> sb;
   sb.reserve(n);
   for (int64_t j = 0; j < n; ++j) sb.emplace_back(w - fb[j]);
-  std::vector<double> f1(static_cast<size_t>(mb * P::MR), 1.0), f2(static_cast<size_t>(mb * P::MR), 1.0);
+  std::vector<double> f1(static_cast<size_t>(mb * MR), 1.0), f2(static_cast<size_t>(mb * MR), 1.0);
   for (int64_t i = 0; i < m; ++i) { Pow2 p(w - ea[i]); f1[i] = p.f1; f2[i] = p.f2; }
   const auto split_rows = SplitFn<T>::get();
   const auto split_cols = SplitFn<T>::cols();
-  std::vector<double> g1(static_cast<size_t>(nb * P::NR), 1.0), g2(static_cast<size_t>(nb * P::NR), 1.0);
+  std::vector<double> g1(static_cast<size_t>(nb * NR), 1.0), g2(static_cast<size_t>(nb * NR), 1.0);
   for (int64_t j = 0; j < n; ++j) { g1[j] = sb[j].f1; g2[j] = sb[j].f2; }
 
   // Tiny products stay on the float64 slices: there the int8 path's fixed costs (tile state,
@@ -287,9 +291,9 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   constexpr int64_t kExactSubChunk = 256;
   constexpr int64_t kExactPanelBytes = 384 * 1024;
   const int64_t KS = std::min<int64_t>(std::min(K0, k), kExactSubChunk);
-  const int64_t jbb = std::max<int64_t>(1, kExactPanelBytes / int64_t(P::NR * KS * S * sizeof(double)));
-  std::vector<double> ap_all(static_cast<size_t>(mb * P::MR * KS * S));
-  std::vector<double> bp(static_cast<size_t>(nb * P::NR * KS * S));
+  const int64_t jbb = std::max<int64_t>(1, kExactPanelBytes / int64_t(NR * KS * S * sizeof(double)));
+  std::vector<double> ap_all(static_cast<size_t>(mb * MR * KS * S));
+  std::vector<double> bp(static_cast<size_t>(nb * NR * KS * S));
   // One parallel region for the whole walk (the omp for's barriers separate the sub-chunks):
   // a region per sub-chunk woke the team hundreds of times per call, which costs most when
   // the threads wait passively.
@@ -299,16 +303,16 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
     {
 #pragma omp for schedule(static)
       for (int64_t jb = 0; jb < nb; ++jb) {
-        const int nrem = static_cast<int>(std::min<int64_t>(P::NR, n - jb * P::NR));
-        split_cols(b + t0 * n + jb * P::NR, n, nrem, kc, g1.data() + jb * P::NR, g2.data() + jb * P::NR, p2w,
-                   bp.data() + jb * P::NR * kc * S, P::NR);
+        const int nrem = static_cast<int>(std::min<int64_t>(NR, n - jb * NR));
+        split_cols(b + t0 * n + jb * NR, n, nrem, kc, g1.data() + jb * NR, g2.data() + jb * NR, p2w,
+                   bp.data() + jb * NR * kc * S, NR);
       }
 #pragma omp for schedule(static)
       for (int64_t ib = 0; ib < mb; ++ib) {
-        double* ap = ap_all.data() + ib * P::MR * kc * S;
-        const int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
-        split_rows(a + ib * P::MR * k + t0, k, mrem, kc, f1.data() + ib * P::MR, f2.data() + ib * P::MR,
-                   p2w, ap, P::MR);  // rows from mrem on are zero
+        double* ap = ap_all.data() + ib * MR * kc * S;
+        const int mrem = static_cast<int>(std::min<int64_t>(MR, m - ib * MR));
+        split_rows(a + ib * MR * k + t0, k, mrem, kc, f1.data() + ib * MR, f2.data() + ib * MR,
+                   p2w, ap, MR);  // rows from mrem on are zero
       }
       for (int64_t j0 = 0; j0 < nb; j0 += jbb) {
         const int64_t jn = std::min(jbb, nb - j0);
@@ -316,10 +320,10 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < mb * jn; ++q) {
           const int64_t ib = q / jn, jb = j0 + q % jn;
-          const int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
-          const int nrem = static_cast<int>(std::min<int64_t>(P::NR, n - jb * P::NR));
-          tile(ap_all.data() + ib * P::MR * kc * S, bp.data() + jb * P::NR * kc * S, kc,
-               acc.data() + (ib * P::MR * n + jb * P::NR) * S, n, mrem, nrem);
+          const int mrem = static_cast<int>(std::min<int64_t>(MR, m - ib * MR));
+          const int nrem = static_cast<int>(std::min<int64_t>(NR, n - jb * NR));
+          tile(ap_all.data() + ib * MR * kc * S, bp.data() + jb * NR * kc * S, kc,
+               acc.data() + (ib * MR * n + jb * NR) * S, n, mrem, nrem);
         }
       }
     }
@@ -328,9 +332,18 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   }
 
   // Recombine the levels exactly and round once: value = sum_L acc_L 2^(-(L+2) w) 2^(ea+fb).
+  // Where the ISA has a vectorised float32 recombination it takes each row first and leaves
+  // the lanes off its fast path (todo) to the loop below, which rounds every output the same.
+  const RecombineF32 vec_round = (S == 2 && std::is_same<T, float>::value) ? kt.recombine_f32 : nullptr;
+  std::vector<char> todo_all(vec_round ? static_cast<size_t>(nt) * n : 0);
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
-  for (int64_t i = 0; i < m; ++i)
+  for (int64_t i = 0; i < m; ++i) {
+    char* todo = vec_round ? todo_all.data() + static_cast<size_t>(thread_index()) * n : nullptr;
+    if (vec_round && !bad_row[i])
+      vec_round(acc.data() + i * n * S, n, ea[i], fb.data(), w, bad_col.data(),
+                reinterpret_cast<float*>(out + i * n), todo);
     for (int64_t j = 0; j < n; ++j) {
+      if (todo && !bad_row[i] && !todo[j]) continue;
       if (bad_row[i] || bad_col[j]) {
         SpecialAcc sp;
         for (int64_t t = 0; t < k; ++t) {
@@ -346,6 +359,7 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
       for (int L = 0; L < S; ++L) v.add_shifted(lv[L], (S - 1 - L) * w);
       out[i * n + j] = round_int192<T>(v, e2);
     }
+  }
 }
 
 template <class T>
@@ -479,16 +493,35 @@ const KernelTable& kernels() {
     const KernelTable generic_t{"generic", generic::fixed_tile_f32, generic::fixed_tile_f64,
                                 generic::exact_tile_s2, generic::exact_tile_s4,
                                 generic::split_panel_f32_s2, generic::split_panel_f64_s4,
-                                generic::split_cols_f32_s2, generic::split_cols_f64_s4, generic::pack_a_f32};
-    const char* force = std::getenv("EXACTFORGE_ISA");  // "generic": test and debug aid
-    if (force && std::string(force) == "generic") return generic_t;
+                                generic::split_cols_f32_s2, generic::split_cols_f64_s4, generic::pack_a_f32,
+                                ExactShape<2>::MR, ExactShape<2>::NR, nullptr};
+    // EXACTFORGE_ISA=generic|avx2 caps the level: a test and debug aid (the bits are the same)
+    const char* force = std::getenv("EXACTFORGE_ISA");
+    const std::string cap = force ? force : "";
+    if (cap == "generic") return generic_t;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return KernelTable{"avx2+fma", avx2::fixed_tile_f32, avx2::fixed_tile_f64,
-                         avx2::exact_tile_s2, avx2::exact_tile_s4,
-                         avx2::split_panel_f32_s2, avx2::split_panel_f64_s4,
-                         avx2::split_cols_f32_s2, avx2::split_cols_f64_s4, avx2::pack_a_f32};
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      const KernelTable avx2_t{"avx2+fma", avx2::fixed_tile_f32, avx2::fixed_tile_f64,
+                               avx2::exact_tile_s2, avx2::exact_tile_s4,
+                               avx2::split_panel_f32_s2, avx2::split_panel_f64_s4,
+                               avx2::split_cols_f32_s2, avx2::split_cols_f64_s4, avx2::pack_a_f32,
+                               ExactShape<2>::MR, ExactShape<2>::NR, nullptr};
+#if defined(EXACTFORGE_HAVE_AVX512_BUILD)
+      if (cap != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
+        KernelTable t = avx2_t;
+        t.isa = "avx512+avx2+fma";
+        t.exact_s2 = avx512::exact_tile_s2;
+        t.split_f32 = avx512::split_panel_f32_s2;
+        t.exact_s2_mr = avx512::kExactS2MR;
+        t.exact_s2_nr = avx512::kExactS2NR;
+        t.recombine_f32 = avx512::recombine_f32;
+        return t;
+      }
+#endif
+      return avx2_t;
+    }
 #endif
     return generic_t;
   }();

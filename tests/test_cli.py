@@ -66,8 +66,9 @@ def test_info_json_reports_the_dispatched_isa(tmp_path):
     js = tmp_path / "info.json"
     assert main(["info", "--json", str(js)]) == 0
     isa = json.load(open(js))["isa"]
-    assert isa["kernels"] in ("avx2+fma", "generic")
-    assert isa["avx2"] == (isa["kernels"] == "avx2+fma") and isa["avx2"] <= isa["cpu"]["avx2"]
+    assert isa["kernels"] in ("avx512+avx2+fma", "avx2+fma", "generic")
+    assert isa["avx2"] == (isa["kernels"] != "generic") and isa["avx2"] <= isa["cpu"]["avx2"]
+    assert isa["avx512"] == isa["kernels"].startswith("avx512") and isa["avx512"] <= isa["cpu"]["avx512f"]
 
 
 def test_json_numbers_are_never_strings(tmp_path):

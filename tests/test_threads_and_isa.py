@@ -49,27 +49,51 @@ def test_set_num_threads_never_changes_bits(threads, seed):
         exactforge.set_num_threads(before)
 
 
-def test_generic_and_avx2_kernels_give_the_same_bits(tmp_path, rng):
-    a = rng.standard_normal((100, 3000)).astype(np.float32)
-    b = rng.standard_normal((3000, 11)).astype(np.float32)
-    a64, b64 = a.astype(np.float64) * 1.1, b.astype(np.float64)
-    np.savez(tmp_path / "in.npz", a=a, b=b, a64=a64, b64=b64)
+def test_every_isa_level_gives_the_same_bits(tmp_path, rng):
+    """The baseline, AVX2 and AVX-512 levels (EXACTFORGE_ISA caps the dispatch) compute the same
+    outputs bit for bit: shapes off every tile size (the AVX-512 exact tile is 16 x 4), k on both
+    sides of the slice-width steps, magnitudes over 2^60 (many outputs off the vectorised
+    recombination's fast path), cancellation, subnormal and overflowing outputs, Inf and NaN."""
+    cases = {}
+    for m, k, n in [(100, 3000, 11), (33, 100, 17), (17, 129, 9), (1, 5, 1), (70, 257, 40)]:
+        cases[f"n{m}x{k}x{n}"] = (rng.standard_normal((m, k)), rng.standard_normal((k, n)))
+    a = rng.standard_normal((40, 300)) * np.exp2(rng.integers(-30, 30, (40, 300)))
+    cases["wide"] = (a, rng.standard_normal((300, 21)) * np.exp2(rng.integers(-30, 30, (300, 21))))
+    a = rng.standard_normal((24, 64))
+    b = rng.standard_normal((64, 12))
+    cases["cancel"] = (np.concatenate([a, a], 1), np.concatenate([b, -b * (1 + 2.0 ** -20)]))
+    cases["tiny"] = (rng.standard_normal((19, 50)) * 1e-22, rng.standard_normal((50, 10)) * 1e-22)
+    cases["huge"] = (rng.standard_normal((19, 50)) * 1e19, rng.standard_normal((50, 10)) * 1e19)
+    a, b = rng.standard_normal((20, 30)), rng.standard_normal((30, 13))
+    a[3, 4], a[5, 6], b[7, 2] = np.inf, np.nan, -np.inf
+    cases["special"] = (a, b)
+    arrays = {}
+    for name, (a, b) in cases.items():
+        arrays[name + "_a"], arrays[name + "_b"] = a.astype(np.float32), b.astype(np.float32)
+        arrays[name + "_a64"], arrays[name + "_b64"] = a * 1.1, b
+    np.savez(tmp_path / "in.npz", **arrays)
     script = (
         "import numpy as np, sys, exactforge; from exactforge import reduce as R\n"
         f"d = np.load(r'{tmp_path / 'in.npz'}')\n"
-        "outs = {f'{m}{s}': R.matmul(d['a'+s], d['b'+s], mode=m) for m in R.MODES for s in ('', '64')}\n"
+        f"names = {sorted(cases)!r}\n"
+        "outs = {f'{c}{m}{s}': R.matmul(d[c+'_a'+s], d[c+'_b'+s], mode=m) for c in names for m in R.MODES"
+        " for s in ('', '64')}\n"
         "outs['isa'] = np.array(exactforge._core.build_info()['kernels'])\n"
         "np.savez(sys.argv[1], **outs)\n"
     )
     results = {}
-    for isa in ("default", "generic"):
+    for isa in ("default", "avx2", "generic"):
         env = dict(os.environ)
-        if isa == "generic":
-            env["EXACTFORGE_ISA"] = "generic"
+        env.pop("EXACTFORGE_ISA", None)
+        if isa != "default":
+            env["EXACTFORGE_ISA"] = isa
         out = tmp_path / f"{isa}.npz"
         subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=env)
         results[isa] = np.load(out)
     assert str(results["generic"]["isa"]) == "generic"
+    assert "avx512" not in str(results["avx2"]["isa"])
     for key in results["default"].files:
         if key != "isa":
-            assert bits(results["default"][key]) == bits(results["generic"][key]), key
+            ref = bits(results["generic"][key])
+            assert bits(results["default"][key]) == ref, key
+            assert bits(results["avx2"][key]) == ref, key

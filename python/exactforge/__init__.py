@@ -49,11 +49,13 @@ def compile_options() -> Dict[str, Any]:
         "openmp_version": info.get("openmp") or None,
         "fp_contract": "off",
         "fast_math": info.get("fast_math") == "1",
-        # the ISA the tile kernels dispatch to on this CPU (they are compiled for AVX2+FMA apart
-        # from the baseline flags and chosen at run time; EXACTFORGE_ISA=generic forces the
-        # baseline), the CPU's features, and what the rest of the core was compiled for
+        # the ISA the tile kernels dispatch to on this CPU (they are compiled for AVX2+FMA and
+        # AVX-512 apart from the baseline flags and chosen at run time; EXACTFORGE_ISA=generic
+        # or avx2 caps the level), the CPU's features, and what the rest of the core was
+        # compiled for. Every level gives the same bits.
         "isa": {"kernels": info.get("kernels", "generic"),
                 "avx2": "avx2" in info.get("kernels", ""), "fma": "fma" in info.get("kernels", ""),
+                "avx512": "avx512" in info.get("kernels", ""),
                 "cpu": {k: info.get(f"cpu_{k}") == "1" for k in ("avx2", "fma", "avx512f", "amx_int8")},
                 "baseline": {"avx2": info.get("isa_avx2") == "1", "fma": info.get("isa_fma") == "1"}},
         "cuda": _cuda is not None,

@@ -13,6 +13,7 @@
 #include "exactforge/fixedpoint.hpp"
 #include "exactforge/intexact.hpp"
 #include "exactforge/reduce.hpp"
+#include "kernels.hpp"
 
 using namespace exactforge;
 
@@ -182,11 +183,72 @@ static void test_int8_digits_and_kernels() {
   }
 }
 
+// The ISA's vectorised float32 recombination (the AVX-512 level's; none elsewhere) gives
+// round_int192's float on every lane it answers: random levels of realistic size (below 2^53,
+// its fast path), levels steered onto float32 rounding ties (+-1), column scales anywhere
+// from subnormal to overflowing results, skipped columns, and every tail length.
+static void test_vector_recombination() {
+  const RecombineF32 rec = kernels().recombine_f32;
+  if (!rec) { std::printf("vector recombination: none on this ISA (%s)\n", kernels().isa); return; }
+  std::mt19937_64 rng(23);
+  long answered = 0, lanes = 0;
+  for (int it = 0; it < 60000; ++it) {
+    const int n = 1 + int(rng() % 19), w = 18 + int(rng() % 9);
+    const int ea = int(rng() % 400) - 300;
+    std::vector<int64_t> lv(2 * n);
+    std::vector<int> fb(n);
+    std::vector<char> skip(n), todo(n, 7);
+    std::vector<float> out(n, -1.0f);
+    for (int j = 0; j < n; ++j) {
+      int64_t hi = int64_t(rng() >> (11 + rng() % 53)) * ((rng() & 1) ? 1 : -1);
+      int64_t lo = int64_t(rng() >> (11 + rng() % 53)) * ((rng() & 1) ? 1 : -1);
+      if (rng() % 50 == 0) hi = int64_t(rng() >> 1) * ((rng() & 1) ? 1 : -1);  // off the fast path
+      if (rng() % 50 == 0) { hi = 0; lo = 0; }
+      if (rng() % 2 == 0) {  // onto a float32 tie of the exact value, or one unit either side
+        const __int128 x = static_cast<__int128>(hi) * (static_cast<__int128>(1) << w) + lo;
+        const unsigned __int128 ax = x < 0 ? static_cast<unsigned __int128>(-x) : static_cast<unsigned __int128>(x);
+        const uint64_t top = static_cast<uint64_t>(ax >> 64), bot = static_cast<uint64_t>(ax);
+        const int msb = top ? 127 - clz64(top) : (bot ? 63 - clz64(bot) : -1);
+        const int drop = msb + 1 - 24;
+        if (drop > 1 && drop < 52) {
+          const int64_t unit = int64_t(1) << drop;
+          lo += -static_cast<int64_t>(x % unit) + unit / 2 + int64_t(rng() % 3) - 1;
+        }
+      }
+      lv[2 * j] = hi; lv[2 * j + 1] = lo;
+      fb[j] = int(rng() % 400) - 200;
+      skip[j] = rng() % 40 == 0;
+    }
+    rec(lv.data(), n, ea, fb.data(), w, skip.data(), out.data(), todo.data());
+    for (int j = 0; j < n; ++j) {
+      ++lanes;
+      if (todo[j] != 0 && todo[j] != 1) { std::printf("vector recombination: todo not set\n"); ++failures; return; }
+      if (todo[j]) continue;
+      ++answered;
+      Int192 v;
+      v.add_shifted(lv[2 * j], w);
+      v.add_shifted(lv[2 * j + 1], 0);
+      const float slow = round_int192<float>(v, ea + fb[j] - 3 * w);
+      if (skip[j] || std::memcmp(&out[j], &slow, sizeof(float)) != 0) {
+        std::printf("vector recombination: hi=%lld lo=%lld w=%d e2=%d skip=%d fast=%a slow=%a\n",
+                    (long long)lv[2 * j], (long long)lv[2 * j + 1], w, ea + fb[j] - 3 * w, int(skip[j]),
+                    double(out[j]), double(slow));
+        ++failures;
+        return;
+      }
+    }
+  }
+  std::printf("vector recombination (%s): %ld of %ld lanes on the fast path, all equal\n", kernels().isa,
+              answered, lanes);
+  CHECK(answered > lanes / 3);
+}
+
 int main() {
   test_int8_digits_and_kernels();
   test_round_int192();
   test_round_two_levels<float>();
   test_round_two_levels<double>();
+  test_vector_recombination();
   test_exact_order_independence();
   test_im2col_adjoint();
   if (failures == 0) std::printf("native core tests: all passed\n");

@@ -1,0 +1,133 @@
+// The AVX-512 level of the float32 exact matmul (flags in CMakeLists.txt: AVX-512 F/DQ/VL/BW,
+// and no contraction, like every file but the exact tiles of kernels.inc). Chosen at run time
+// only where the CPU reports those features (reduce.cpp, kernels()).
+//
+// Why the bits are those of the AVX2 and baseline levels:
+//  - the tile sums the same products A_l[i,t] B_m[t,j] of the same slices as exact_tile_s2_4x4,
+//    only 16 rows at a time in two 8-lane vectors. Every product and partial sum is an integer
+//    below 2^53 (exact_plan), so each fused multiply-add is exact and the order is free;
+//  - the slicing is split_lanes_t itself, instantiated for 16 lanes: lanes are independent
+//    elements, so the lane count cannot change a slice;
+//  - the recombination computes the correctly rounded float of an exact integer (below), as
+//    round_two_levels and round_int192 do; there is only one such float.
+// On Zen 5 (full-width AVX-512, two 512-bit FMA pipes) the tile runs twice the float64 FMAs of
+// the 4 x 4 AVX2 tile per cycle; on CPUs that split 512-bit operations in two it is no slower,
+// with fewer loads per product.
+#define EXACTFORGE_KERNEL_NS avx512
+#include "kernels.inc"  // split_lanes_t and the helpers (internal linkage: no symbol is shared)
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+
+namespace exactforge {
+namespace avx512 {
+
+static_assert(kExactS2MR == 16 && kExactS2NR == 4, "the tile below is 16 x 4");
+
+void exact_tile_s2(const double* __restrict ap, const double* __restrict bp, int64_t kc, int64_t* acc,
+                   int64_t ldacc, int mrem, int nrem) {
+  // cLM_j{lo,hi}: sum over t of A_L * B_M for column j, rows 0-7 and 8-15; 24 accumulators
+  // and 4 slice vectors of a leave 4 of the 32 registers for the broadcasts.
+  __m512d c00_0a = _mm512_setzero_pd(), c00_0b = c00_0a, c10_0a = c00_0a, c10_0b = c00_0a, c01_0a = c00_0a, c01_0b = c00_0a;
+  __m512d c00_1a = c00_0a, c00_1b = c00_0a, c10_1a = c00_0a, c10_1b = c00_0a, c01_1a = c00_0a, c01_1b = c00_0a;
+  __m512d c00_2a = c00_0a, c00_2b = c00_0a, c10_2a = c00_0a, c10_2b = c00_0a, c01_2a = c00_0a, c01_2b = c00_0a;
+  __m512d c00_3a = c00_0a, c00_3b = c00_0a, c10_3a = c00_0a, c10_3b = c00_0a, c01_3a = c00_0a, c01_3b = c00_0a;
+  for (int64_t t = 0; t < kc; ++t) {
+    const double* at = ap + t * 32;  // at[l*16 + ii]
+    const __m512d a0a = _mm512_loadu_pd(at), a0b = _mm512_loadu_pd(at + 8);
+    const __m512d a1a = _mm512_loadu_pd(at + 16), a1b = _mm512_loadu_pd(at + 24);
+    const double* bt = bp + t * 8;  // bt[m*4 + j]
+    __m512d b;
+#define EXACTFORGE_COL(J)                                                                      \
+  b = _mm512_set1_pd(bt[J]);                                                                   \
+  c00_##J##a = _mm512_fmadd_pd(a0a, b, c00_##J##a); c00_##J##b = _mm512_fmadd_pd(a0b, b, c00_##J##b); \
+  c10_##J##a = _mm512_fmadd_pd(a1a, b, c10_##J##a); c10_##J##b = _mm512_fmadd_pd(a1b, b, c10_##J##b); \
+  b = _mm512_set1_pd(bt[4 + J]);                                                               \
+  c01_##J##a = _mm512_fmadd_pd(a0a, b, c01_##J##a); c01_##J##b = _mm512_fmadd_pd(a0b, b, c01_##J##b);
+    EXACTFORGE_COL(0) EXACTFORGE_COL(1) EXACTFORGE_COL(2) EXACTFORGE_COL(3)
+#undef EXACTFORGE_COL
+  }
+  // Level sums of this run of terms as int64 (exact: integers below 2^53), [j][row].
+  alignas(64) int64_t l0[4][16], l1[4][16];
+#define EXACTFORGE_STORE(J)                                                                    \
+  _mm512_store_si512(l0[J], _mm512_cvtpd_epi64(c00_##J##a));                                   \
+  _mm512_store_si512(l0[J] + 8, _mm512_cvtpd_epi64(c00_##J##b));                               \
+  _mm512_store_si512(l1[J], _mm512_cvtpd_epi64(_mm512_add_pd(c10_##J##a, c01_##J##a)));        \
+  _mm512_store_si512(l1[J] + 8, _mm512_cvtpd_epi64(_mm512_add_pd(c10_##J##b, c01_##J##b)));
+  EXACTFORGE_STORE(0) EXACTFORGE_STORE(1) EXACTFORGE_STORE(2) EXACTFORGE_STORE(3)
+#undef EXACTFORGE_STORE
+  for (int ii = 0; ii < mrem; ++ii)
+    for (int j = 0; j < nrem; ++j) {
+      int64_t* out = acc + (ii * ldacc + j) * 2;
+      out[0] += l0[j][ii];
+      out[1] += l1[j][ii];
+    }
+}
+
+void split_panel_f32_s2(const float* a, int64_t lda, int rows, int64_t kc, const double* f1, const double* f2,
+                        double p2w, double* out, int MR) {
+  (void)MR;
+  split_lanes_t<float, 2, kExactS2MR>(a, 1, lda, rows, kc, f1, f2, p2w, out);
+}
+
+// The recombination, 8 outputs at a time, in float64 arithmetic instead of 128-bit integers:
+//  1. x = hi 2^w + lo is H + L with H = double(hi) 2^w and L = double(lo), both exact where
+//     |hi|, |lo| < 2^53 (checked; otherwise the lane goes to the caller);
+//  2. TwoSum gives s = fl(H + L) and the exact error e, so x = s + e;
+//  3. s is moved to the odd neighbour in the direction of e when e != 0 and s is even: that is
+//     x rounded to odd at 53 bits;
+//  4. one multiplication by 2^(ea + fb - 3w) (exact: the result is a normal double wherever
+//     the float is normal, which step 5 checks) and one conversion to float (to nearest).
+// Rounding to odd at 53 bits and then to nearest at 24 <= 53 - 2 bits is rounding to nearest
+// once (Boldo and Melquiond), the same argument as round_two_levels' at 63 bits. Zero, subnormal
+// and infinite results go to the caller, like round_two_levels' cases that return false.
+// tests/native/test_fixedpoint.cpp checks it against round_int192 on random and tie cases.
+void recombine_f32(const int64_t* lv, int64_t n, int ea, const int* fb, int w, const char* skip, float* out,
+                   char* todo) {
+  const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+  const __m512d p2w = _mm512_set1_pd(std::ldexp(1.0, w));
+  const __m512i lim = _mm512_set1_epi64(int64_t(1) << 53), one = _mm512_set1_epi64(1);
+  const __m512i sign = _mm512_set1_epi64(INT64_MIN);
+  const __m256i e0 = _mm256_set1_epi32(ea - 3 * w);
+  const __m256 fmin = _mm256_set1_ps(1.17549435e-38f), fmax = _mm256_set1_ps(3.40282347e+38f);
+  for (int64_t j = 0; j < n; j += 8) {
+    const int rem = n - j < 8 ? static_cast<int>(n - j) : 8;  // the last group is masked
+    const __mmask8 live = static_cast<__mmask8>((1u << rem) - 1);
+    const __mmask16 live2 = static_cast<__mmask16>((1u << (2 * rem)) - 1);
+    const __m512i v0 = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(live2), lv + 2 * j);
+    const __m512i v1 = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(live2 >> 8), lv + 2 * j + 8);
+    const __m512i hi = _mm512_permutex2var_epi64(v0, even, v1), lo = _mm512_permutex2var_epi64(v0, odd, v1);
+    __mmask8 ok = live & _mm512_cmplt_epu64_mask(_mm512_abs_epi64(hi), lim) &
+                  _mm512_cmplt_epu64_mask(_mm512_abs_epi64(lo), lim);
+    const __m512d H = _mm512_mul_pd(_mm512_cvtepi64_pd(hi), p2w), L = _mm512_cvtepi64_pd(lo);
+    const __m512d s = _mm512_add_pd(H, L);
+    const __m512d bb = _mm512_sub_pd(s, H);
+    const __m512d e = _mm512_add_pd(_mm512_sub_pd(H, _mm512_sub_pd(s, bb)), _mm512_sub_pd(L, bb));
+    const __m512i sb = _mm512_castpd_si512(s), eb = _mm512_castpd_si512(e);
+    // e != 0 (any bit but the sign) and s's last bit even: move s one unit towards e
+    const __mmask8 inexact = _mm512_test_epi64_mask(eb, _mm512_set1_epi64(INT64_MAX));
+    const __mmask8 fix = inexact & static_cast<__mmask8>(~_mm512_test_epi64_mask(sb, one));
+    const __mmask8 away = _mm512_cmpeq_epi64_mask(_mm512_and_si512(_mm512_xor_si512(sb, eb), sign), _mm512_setzero_si512());
+    __m512i so = _mm512_mask_add_epi64(sb, fix & away, sb, one);
+    so = _mm512_mask_sub_epi64(so, fix & static_cast<__mmask8>(~away), so, one);
+    ok &= _mm512_cmp_pd_mask(s, _mm512_setzero_pd(), _CMP_NEQ_OQ);
+    // 2^(ea + fb - 3w), built from its exponent field where that lies in the normal range
+    const __m256i e2 = _mm256_add_epi32(e0, _mm256_maskz_loadu_epi32(live, fb + j));
+    ok &= _mm256_cmpgt_epi32_mask(e2, _mm256_set1_epi32(-1023)) & _mm256_cmplt_epi32_mask(e2, _mm256_set1_epi32(1024));
+    const __m512i eb2 = _mm512_slli_epi64(_mm512_cvtepi32_epi64(_mm256_add_epi32(e2, _mm256_set1_epi32(1023))), 52);
+    const __m512d r = _mm512_mul_pd(_mm512_castsi512_pd(so), _mm512_castsi512_pd(eb2));
+    const __m256 f = _mm512_cvtpd_ps(r);
+    const __m256 af = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), f);
+    ok &= _mm256_cmp_ps_mask(af, fmin, _CMP_GE_OQ) & _mm256_cmp_ps_mask(af, fmax, _CMP_LE_OQ);
+    for (int u = 0; u < rem; ++u)
+      if (skip[j + u]) ok &= static_cast<__mmask8>(~(1u << u));
+    _mm256_mask_storeu_ps(out + j, ok, f);
+    for (int u = 0; u < rem; ++u) todo[j + u] = !((ok >> u) & 1);
+  }
+}
+
+}  // namespace avx512
+}  // namespace exactforge
+
+#else
+#error "kernels_avx512.cpp must be compiled with AVX-512 F/DQ/VL/BW (CMakeLists.txt)"
+#endif
