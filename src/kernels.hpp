@@ -29,6 +29,10 @@ using PackAF32 = void (*)(const float*, int64_t, int, int64_t, float*);
 /// (lv[2j] 2^w + lv[2j+1]) 2^(ea + fb[j] - 3w) for j < n, the value round_two_levels and
 /// round_int192 give. Lanes it cannot do on its fast path (a level of 2^53 or more, a zero,
 /// subnormal or overflowing results, skip[j] != 0) get todo[j] = 1 and are left to the caller.
+/// The exact sum's passes over rows t0..t1-1 of nc float32 columns (kernels.inc).
+using SumMaxF32 = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, double*, char*);
+using SumSlicesF32 = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
+                              double*, double*);
 using RecombineF32 = void (*)(const int64_t* lv, int64_t n, int ea, const int* fb, int w, const char* skip,
                               float* out, char* todo);
 
@@ -48,6 +52,8 @@ struct KernelTable {
   // integers exactly.
   int exact_s2_mr, exact_s2_nr;
   RecombineF32 recombine_f32;  // nullptr: the driver's scalar round_two_levels loop
+  SumMaxF32 sum_max_f32;
+  SumSlicesF32 sum_slices_f32;
 };
 
 /// The best table this CPU supports (AVX-512, AVX2+FMA or the baseline). Same bits either way.
@@ -69,6 +75,9 @@ const KernelTable& kernels();
   void split_cols_f64_s4(const double*, int64_t, int, int64_t, const double*, const double*,   \
                          double, double*, int);                                               \
   void pack_a_f32(const float*, int64_t, int, int64_t, float*);                               \
+  void sum_max_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, double*, char*);    \
+  void sum_slices_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, const double*,   \
+                           const double*, double, double*, double*);                          \
   }
 EXACTFORGE_DECLARE_KERNELS(generic)
 EXACTFORGE_DECLARE_KERNELS(avx2)
@@ -81,6 +90,9 @@ constexpr int kExactS2MR = 16, kExactS2NR = 4;
 void exact_tile_s2(const double*, const double*, int64_t, int64_t*, int64_t, int, int);
 void split_panel_f32_s2(const float*, int64_t, int, int64_t, const double*, const double*, double, double*, int);
 void recombine_f32(const int64_t*, int64_t, int, const int*, int, const char*, float*, char*);
+void sum_max_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, double*, char*);
+void sum_slices_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
+                         double*, double*);
 }  // namespace avx512
 
 }  // namespace exactforge

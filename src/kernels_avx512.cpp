@@ -69,6 +69,14 @@ void split_panel_f32_s2(const float* a, int64_t lda, int rows, int64_t kc, const
   split_lanes_t<float, 2, kExactS2MR>(a, 1, lda, rows, kc, f1, f2, p2w, out);
 }
 
+void sum_max_cols_f32(const float* x, int64_t n, int64_t t0, int64_t t1, int64_t nc, double* mx, char* nf) {
+  sum_max_cols_t<float>(x, n, t0, t1, nc, mx, nf);
+}
+void sum_slices_cols_f32(const float* x, int64_t n, int64_t t0, int64_t t1, int64_t nc, const double* f1,
+                         const double* f2, double p2w, double* p0, double* p1) {
+  sum_slices_cols_t<float>(x, n, t0, t1, nc, f1, f2, p2w, p0, p1);
+}
+
 // The recombination, 8 outputs at a time, in float64 arithmetic instead of 128-bit integers:
 //  1. x = hi 2^w + lo is H + L with H = double(hi) 2^w and L = double(lo), both exact where
 //     |hi|, |lo| < 2^53 (checked; otherwise the lane goes to the caller);
@@ -84,7 +92,9 @@ void split_panel_f32_s2(const float* a, int64_t lda, int rows, int64_t kc, const
 void recombine_f32(const int64_t* lv, int64_t n, int ea, const int* fb, int w, const char* skip, float* out,
                    char* todo) {
   const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
-  const __m512d p2w = _mm512_set1_pd(std::ldexp(1.0, w));
+  // 2^w from its exponent field (0 <= w <= 62): a libm ldexp here cost more than the rounding
+  // when the driver rounds a tile's 4 columns at a time
+  const __m512d p2w = _mm512_castsi512_pd(_mm512_set1_epi64(int64_t(w + 1023) << 52));
   const __m512i lim = _mm512_set1_epi64(int64_t(1) << 53), one = _mm512_set1_epi64(1);
   const __m512i sign = _mm512_set1_epi64(INT64_MIN);
   const __m256i e0 = _mm256_set1_epi32(ea - 3 * w);

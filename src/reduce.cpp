@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <memory>
 #include <atomic>
 #include <cstring>
 #include <stdexcept>
@@ -255,7 +256,6 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
 
   const int64_t mb = (m + MR - 1) / MR, nb = (n + NR - 1) / NR;
   const ExactTile tile = S == 2 ? kt.exact_s2 : kt.exact_s4;
-  std::vector<int64_t> acc(static_cast<size_t>(m * n * S), 0);
   const double p2w = std::ldexp(1.0, w);
   std::vector<Pow2> sb;
   sb.reserve(n);
@@ -274,11 +274,61 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
     kernel = m * n * k >= (int64_t(1) << 19) ? exact_kernel_auto() : ExactKernel::F64Slices;
   if (kernel == ExactKernel::Int8Amx && !amx_int8_usable())
     throw std::invalid_argument("exact matmul: AMX-INT8 is not usable on this CPU/OS");
-  if (std::is_same<T, float>::value && kernel != ExactKernel::F64Slices) {
+  const bool int8_path = std::is_same<T, float>::value && kernel != ExactKernel::F64Slices;
+  // The level accumulators. The float64 path zeroes each tile's block in its first sub-chunk
+  // and rounds it in its last, while the block is in cache, so this array is neither zeroed in
+  // one serial pass nor read back in another (on 3072 x 512 outputs those two passes over
+  // 25 MB cost as much as the products of a 128-term reduction). The int8 kernels add into it.
+  // Where the reduced axis is one sub-chunk (k <= 256: a batch), a tile's levels go to a small
+  // per-thread block and are rounded from there, and no m x n array exists at all: allocating
+  // one per call cost about 6 ns per output in page faults, more than the products at k = 128.
+  constexpr int64_t kExactSubChunk = 256;
+  const int64_t KS = std::min<int64_t>(std::min(K0, k), kExactSubChunk);
+  const bool one_pass = !int8_path && k <= KS;
+  const size_t acc_len = one_pass ? 0 : static_cast<size_t>(m * n * S);
+  std::unique_ptr<int64_t[]> acc_buf(int8_path ? new int64_t[acc_len]() : new int64_t[acc_len]);
+  int64_t* const acc = acc_buf.get();
+  constexpr int64_t kGroup = 8;  // column tiles per unit of the tile loop (below)
+  std::vector<int64_t> blk_all(one_pass ? static_cast<size_t>(nt) * MR * kGroup * NR * S : 0);
+
+  // Recombine the levels exactly and round once: value = sum_L acc_L 2^(-(L+2) w) 2^(ea+fb),
+  // for row i and columns j0 .. j0 + nj - 1. Where the ISA has a vectorised float32 rounding
+  // it takes the row segment first and leaves the lanes off its fast path (todo) to the
+  // scalar code, which rounds every output the same way.
+  const RecombineF32 vec_round = (S == 2 && std::is_same<T, float>::value) ? kt.recombine_f32 : nullptr;
+  std::vector<char> todo_all(static_cast<size_t>(nt) * std::max<int64_t>(n, 1));
+  // lv: the levels of (i, j0), then of (i, j0 + 1), ...
+  auto finish = [&](const int64_t* lvrow, int64_t i, int64_t j0, int64_t nj, char* todo) {
+    const bool vec = vec_round && !bad_row[i];
+    if (vec)
+      vec_round(lvrow, nj, ea[i], fb.data() + j0, w, bad_col.data() + j0,
+                reinterpret_cast<float*>(out + i * n + j0), todo);
+    for (int64_t jj = 0; jj < nj; ++jj) {
+      const int64_t j = j0 + jj;
+      if (vec && !todo[jj]) continue;
+      if (bad_row[i] || bad_col[j]) {
+        SpecialAcc sp;
+        for (int64_t t = 0; t < k; ++t) {
+          double x = a[i * k + t], y = b[t * n + j];
+          if (!is_finite_d(x) || !is_finite_d(y)) sp.add(x * y);
+        }
+        if (sp.any()) { out[i * n + j] = sp.value<T>(); continue; }
+      }
+      const int64_t* lv = lvrow + jj * S;
+      const int e2 = ea[i] + fb[j] - (S + 1) * w;
+      if (S == 2 && round_two_levels<T>(lv[0], lv[1], w, e2, out + i * n + j)) continue;
+      Int192 v;
+      for (int L = 0; L < S; ++L) v.add_shifted(lv[L], (S - 1 - L) * w);
+      out[i * n + j] = round_int192<T>(v, e2);
+    }
+  };
+  if (int8_path) {
     // The same levels from int8 digits (intexact.hpp): same integers, same bits.
     auto levels = kernel == ExactKernel::Int8Amx ? int_amx::exact_levels_int8 : int_generic::exact_levels_int8;
     levels(reinterpret_cast<const float*>(a), reinterpret_cast<const float*>(b), m, k, n, w, f1.data(), f2.data(),
-           g1.data(), g2.data(), acc.data(), nt, par);
+           g1.data(), g2.data(), acc, nt, par);
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+    for (int64_t i = 0; i < m; ++i) finish(acc + i * n * S, i, 0, n, todo_all.data() + static_cast<size_t>(thread_index()) * n);
   } else {
   // The reduced axis is walked in sub-chunks of at most kExactSubChunk terms. A tile's level
   // sums over any run of at most 2^chunk_bits terms are exact integers in float64, and the
@@ -288,9 +338,7 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   // every row block of a (all split up front, m x 256 x S doubles) runs over it. Before, one
   // chunk's panel was n x 2048 x S doubles (19 MB at n = 576) and was re-read from memory
   // for every four rows of a.
-  constexpr int64_t kExactSubChunk = 256;
   constexpr int64_t kExactPanelBytes = 384 * 1024;
-  const int64_t KS = std::min<int64_t>(std::min(K0, k), kExactSubChunk);
   const int64_t jbb = std::max<int64_t>(1, kExactPanelBytes / int64_t(NR * KS * S * sizeof(double)));
   std::vector<double> ap_all(static_cast<size_t>(mb * MR * KS * S));
   std::vector<double> bp(static_cast<size_t>(nb * NR * KS * S));
@@ -316,14 +364,31 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
       }
       for (int64_t j0 = 0; j0 < nb; j0 += jbb) {
         const int64_t jn = std::min(jbb, nb - j0);
-        // (row block, column tile) pairs of this column block; each writes its own accumulators
+        // Units of one row block by up to kGroup column tiles of this column block; each
+        // writes its own accumulators, and in the last sub-chunk rounds its outputs while they
+        // are in cache, kGroup x NR columns per row at a time (4 at a time, the vector
+        // rounding's setup cost as much as the products at k = 128).
+        const int64_t ng = (jn + kGroup - 1) / kGroup;
 #pragma omp for schedule(static)
-        for (int64_t q = 0; q < mb * jn; ++q) {
-          const int64_t ib = q / jn, jb = j0 + q % jn;
+        for (int64_t q = 0; q < mb * ng; ++q) {
+          const int64_t ib = q / ng, jb0 = j0 + (q % ng) * kGroup, jb1 = std::min(j0 + jn, jb0 + kGroup);
           const int mrem = static_cast<int>(std::min<int64_t>(MR, m - ib * MR));
-          const int nrem = static_cast<int>(std::min<int64_t>(NR, n - jb * NR));
-          tile(ap_all.data() + ib * MR * kc * S, bp.data() + jb * NR * kc * S, kc,
-               acc.data() + (ib * MR * n + jb * NR) * S, n, mrem, nrem);
+          // one pass: the thread's MR x (kGroup NR) block; else the unit's part of acc
+          const int64_t ld = one_pass ? kGroup * NR : n;
+          int64_t* const unit = one_pass ? blk_all.data() + static_cast<size_t>(thread_index()) * MR * kGroup * NR * S
+                                         : acc + (ib * MR * n + jb0 * NR) * S;
+          for (int64_t jb = jb0; jb < jb1; ++jb) {
+            const int nrem = static_cast<int>(std::min<int64_t>(NR, n - jb * NR));
+            int64_t* blk = unit + (jb - jb0) * NR * S;
+            if (t0 == 0)
+              for (int ii = 0; ii < mrem; ++ii) std::memset(blk + ii * ld * S, 0, sizeof(int64_t) * nrem * S);
+            tile(ap_all.data() + ib * MR * kc * S, bp.data() + jb * NR * kc * S, kc, blk, ld, mrem, nrem);
+          }
+          if (t0 + kc >= k) {  // the unit's last sub-chunk: round its outputs now
+            char* todo = todo_all.data() + static_cast<size_t>(thread_index()) * std::max<int64_t>(n, 1);
+            const int64_t ncols = std::min(n, jb1 * NR) - jb0 * NR;
+            for (int ii = 0; ii < mrem; ++ii) finish(unit + ii * ld * S, ib * MR + ii, jb0 * NR, ncols, todo);
+          }
         }
       }
     }
@@ -331,35 +396,6 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
 
   }
 
-  // Recombine the levels exactly and round once: value = sum_L acc_L 2^(-(L+2) w) 2^(ea+fb).
-  // Where the ISA has a vectorised float32 recombination it takes each row first and leaves
-  // the lanes off its fast path (todo) to the loop below, which rounds every output the same.
-  const RecombineF32 vec_round = (S == 2 && std::is_same<T, float>::value) ? kt.recombine_f32 : nullptr;
-  std::vector<char> todo_all(vec_round ? static_cast<size_t>(nt) * n : 0);
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-  for (int64_t i = 0; i < m; ++i) {
-    char* todo = vec_round ? todo_all.data() + static_cast<size_t>(thread_index()) * n : nullptr;
-    if (vec_round && !bad_row[i])
-      vec_round(acc.data() + i * n * S, n, ea[i], fb.data(), w, bad_col.data(),
-                reinterpret_cast<float*>(out + i * n), todo);
-    for (int64_t j = 0; j < n; ++j) {
-      if (todo && !bad_row[i] && !todo[j]) continue;
-      if (bad_row[i] || bad_col[j]) {
-        SpecialAcc sp;
-        for (int64_t t = 0; t < k; ++t) {
-          double x = a[i * k + t], y = b[t * n + j];
-          if (!is_finite_d(x) || !is_finite_d(y)) sp.add(x * y);
-        }
-        if (sp.any()) { out[i * n + j] = sp.value<T>(); continue; }
-      }
-      const int64_t* lv = acc.data() + (i * n + j) * S;
-      const int e2 = ea[i] + fb[j] - (S + 1) * w;
-      if (S == 2 && round_two_levels<T>(lv[0], lv[1], w, e2, out + i * n + j)) continue;
-      Int192 v;
-      for (int L = 0; L < S; ++L) v.add_shifted(lv[L], (S - 1 - L) * w);
-      out[i * n + j] = round_int192<T>(v, e2);
-    }
-  }
 }
 
 template <class T>
@@ -376,27 +412,57 @@ void sum_exact_impl(const T* x, T* out, int64_t k, int64_t n, int threads) {
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
   for (int64_t cb = 0; cb < nblocks; ++cb) {
     const int64_t j0 = cb * block, j1 = std::min(n, j0 + block), nc = j1 - j0;
-    double mx[block];
-    bool nf[block];
+    // Written as plain loops over the columns of a row, so that they vectorise: the same
+    // operations as maxabs_finite and split_pow2 element by element (a non-finite element
+    // gives zero slices; the slices are rounded by the same two additions), so the same
+    // integers. Element by element it took 2 ns per element, 20x torch's sum.
+    double mx[block], f1[block], f2[block];
+    char nf[block];
     int fe[block];
-    for (int64_t j = 0; j < nc; ++j) { mx[j] = 0; nf[j] = false; }
-    for (int64_t t = 0; t < k; ++t)
-      for (int64_t j = 0; j < nc; ++j) mx[j] = maxabs_finite(mx[j], x[t * n + j0 + j], nf[j]);
-    Pow2 sc[block];  // on the stack: nothing is allocated inside the parallel loop
-    for (int64_t j = 0; j < nc; ++j) { fe[j] = scale_exponent(mx[j]); sc[j] = Pow2(w - fe[j]); }
+    for (int64_t j = 0; j < nc; ++j) { mx[j] = 0; nf[j] = 0; }
+    const double big = 1.7976931348623157e308, magic = 6755399441055744.0;  // round_int's
+    if constexpr (std::is_same<T, float>::value) {
+      kernels().sum_max_f32(x + j0, n, 0, k, nc, mx, nf);  // the ISA's build of the loop below
+    } else {
+      for (int64_t t = 0; t < k; ++t) {
+        const T* __restrict row = x + t * n + j0;
+        for (int64_t j = 0; j < nc; ++j) {
+          const double v = std::fabs(static_cast<double>(row[j]));
+          const bool fin = v <= big;
+          mx[j] = (fin && v > mx[j]) ? v : mx[j];
+          nf[j] |= !fin;
+        }
+      }
+    }
+    for (int64_t j = 0; j < nc; ++j) {
+      fe[j] = scale_exponent(mx[j]);
+      const Pow2 sc(w - fe[j]);
+      f1[j] = sc.f1; f2[j] = sc.f2;
+    }
+    static_assert(S == 2, "the loop below keeps two slices");
     int64_t acc[block][S] = {};
-    double part[block][S];
+    double p0[block], p1[block];
     for (int64_t t0 = 0; t0 < k; t0 += kSumChunk) {
       const int64_t t1 = std::min(k, t0 + kSumChunk);
-      for (int64_t j = 0; j < nc; ++j) for (int l = 0; l < S; ++l) part[j][l] = 0.0;
-      for (int64_t t = t0; t < t1; ++t)
+      for (int64_t j = 0; j < nc; ++j) { p0[j] = 0.0; p1[j] = 0.0; }
+      if constexpr (std::is_same<T, float>::value) kernels().sum_slices_f32(x + j0, n, t0, t1, nc, f1, f2, p2w, p0, p1);
+      else for (int64_t t = t0; t < t1; ++t) {
+        const T* __restrict row = x + t * n + j0;
         for (int64_t j = 0; j < nc; ++j) {
-          double q[S];
-          split_pow2(static_cast<double>(x[t * n + j0 + j]), sc[j], p2w, S, q, 1);
-          for (int l = 0; l < S; ++l) part[j][l] += q[l];   // exact: |sum| <= 2^13 * 2^40
+          double v = static_cast<double>(row[j]);
+          v = std::fabs(v) <= big ? v : 0.0;  // non-finite: zero slices
+          const double r = (v * f1[j]) * f2[j];
+          const double q0 = (r + magic) - magic;
+          const double r1 = (r - q0) * p2w;  // exact, as in split_pow2
+          const double q1 = (r1 + magic) - magic;
+          p0[j] += q0;  // exact: |sum| <= 2^13 * 2^40
+          p1[j] += q1;
         }
-      for (int64_t j = 0; j < nc; ++j)
-        for (int l = 0; l < S; ++l) acc[j][l] += static_cast<int64_t>(part[j][l]);
+      }
+      for (int64_t j = 0; j < nc; ++j) {
+        acc[j][0] += static_cast<int64_t>(p0[j]);
+        acc[j][1] += static_cast<int64_t>(p1[j]);
+      }
     }
     for (int64_t j = 0; j < nc; ++j) {
       if (nf[j]) {
@@ -494,7 +560,8 @@ const KernelTable& kernels() {
                                 generic::exact_tile_s2, generic::exact_tile_s4,
                                 generic::split_panel_f32_s2, generic::split_panel_f64_s4,
                                 generic::split_cols_f32_s2, generic::split_cols_f64_s4, generic::pack_a_f32,
-                                ExactShape<2>::MR, ExactShape<2>::NR, nullptr};
+                                ExactShape<2>::MR, ExactShape<2>::NR, nullptr,
+                                generic::sum_max_cols_f32, generic::sum_slices_cols_f32};
     // EXACTFORGE_ISA=generic|avx2 caps the level: a test and debug aid (the bits are the same)
     const char* force = std::getenv("EXACTFORGE_ISA");
     const std::string cap = force ? force : "";
@@ -506,7 +573,8 @@ const KernelTable& kernels() {
                                avx2::exact_tile_s2, avx2::exact_tile_s4,
                                avx2::split_panel_f32_s2, avx2::split_panel_f64_s4,
                                avx2::split_cols_f32_s2, avx2::split_cols_f64_s4, avx2::pack_a_f32,
-                               ExactShape<2>::MR, ExactShape<2>::NR, nullptr};
+                               ExactShape<2>::MR, ExactShape<2>::NR, nullptr,
+                               avx2::sum_max_cols_f32, avx2::sum_slices_cols_f32};
 #if defined(EXACTFORGE_HAVE_AVX512_BUILD)
       if (cap != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
@@ -517,6 +585,8 @@ const KernelTable& kernels() {
         t.exact_s2_mr = avx512::kExactS2MR;
         t.exact_s2_nr = avx512::kExactS2NR;
         t.recombine_f32 = avx512::recombine_f32;
+        t.sum_max_f32 = avx512::sum_max_cols_f32;
+        t.sum_slices_f32 = avx512::sum_slices_cols_f32;
         return t;
       }
 #endif

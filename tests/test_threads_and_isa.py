@@ -51,7 +51,7 @@ def test_set_num_threads_never_changes_bits(threads, seed):
 
 def test_every_isa_level_gives_the_same_bits(tmp_path, rng):
     """The baseline, AVX2 and AVX-512 levels (EXACTFORGE_ISA caps the dispatch) compute the same
-    outputs bit for bit: shapes off every tile size (the AVX-512 exact tile is 16 x 4), k on both
+    products and sums bit for bit: shapes off every tile size (the AVX-512 exact tile is 16 x 4), k on both
     sides of the slice-width steps, magnitudes over 2^60 (many outputs off the vectorised
     recombination's fast path), cancellation, subnormal and overflowing outputs, Inf and NaN."""
     cases = {}
@@ -78,6 +78,8 @@ def test_every_isa_level_gives_the_same_bits(tmp_path, rng):
         f"names = {sorted(cases)!r}\n"
         "outs = {f'{c}{m}{s}': R.matmul(d[c+'_a'+s], d[c+'_b'+s], mode=m) for c in names for m in R.MODES"
         " for s in ('', '64')}\n"
+        "outs.update({f'{c}sum{m}{s}': R.sum(d[c+'_a'+s], 0, mode=m) for c in names for m in R.MODES"
+        " for s in ('', '64')})\n"
         "outs['isa'] = np.array(exactforge._core.build_info()['kernels'])\n"
         "np.savez(sys.argv[1], **outs)\n"
     )
