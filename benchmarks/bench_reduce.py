@@ -41,8 +41,28 @@ def practical_peak(threads: int) -> float:
     return 2 * 2048 ** 3 / best_time(lambda: a @ a, min_total=1.0) / 1e9
 
 
+def fma_peak(threads: int):
+    """The float32 FMA peak of this CPU on `threads` threads, measured by
+    benchmarks/bench_fma_peak.cpp (compiled here with -march=native): a dict with
+    avx2_f32_gflops and avx512_f32_gflops (None without AVX-512), or None without a compiler."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    cxx = shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        return None
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_fma_peak.cpp")
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "fma_peak")
+        subprocess.run([cxx, "-O3", "-march=native", "-fopenmp", src, "-o", exe], check=True)
+        return json.loads(subprocess.run([exe, str(threads)], check=True, capture_output=True, text=True).stdout)
+
+
 def large_rows(rng, threads: int, quick: bool):
     peak = practical_peak(threads)
+    fma = fma_peak(threads)
+    fma_f32 = None if fma is None else (fma["avx512_f32_gflops"] or fma["avx2_f32_gflops"])
     rows = []
     for m, n, k in (LARGE[:1] if quick else LARGE):
         a = np.abs(rng.standard_normal((m, k))).astype(np.float32)
@@ -54,7 +74,7 @@ def large_rows(rng, threads: int, quick: bool):
         assert np.allclose(fixed, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         flops = 2.0 * m * n * k
-        row = {"m": m, "n": n, "k": k, "peak_gflops": peak}
+        row = {"m": m, "n": n, "k": k, "peak_gflops": peak, "fma_peak_gflops": fma_f32, "fma_peak": fma}
         for name, fn in (("torch", lambda: ta @ tb), ("fixed", lambda: R.matmul(a, b, mode="fixed")),
                          ("exact", lambda: R.matmul(a, b, mode="exact"))):
             t = best_time(fn, min_total=1.0, repeats=3)
@@ -176,17 +196,21 @@ def main():
     for r in rows:
         print(f"| {r['m']}x{r['n']} | {r['k']} | {r['torch_us']:.1f} | {r['fixed_ratio']:.2f} | {r['exact_ratio']:.2f} "
               f"| {r['repro_torch']:.2g} | {r['repro_fixed']:.2g} | {r['repro_exact']:.2g} |")
-    print(f"\n| m x n x k | torch GFLOP/s (% of peak) | fixed GFLOP/s (%) | exact GFLOP/s (%) | fixed / torch | "
+    # % of the CPU's measured float32 FMA peak where the probe ran, else of torch's sgemm
+    which = "FMA peak" if large and large[0]["fma_peak_gflops"] else "practical peak"
+    print(f"\n| m x n x k | torch GFLOP/s (% of {which}) | fixed GFLOP/s (%) | exact GFLOP/s (%) | fixed / torch | "
           f"exact / torch | repro fixed | repro exact |")
     print("|---|---|---|---|---|---|---|---|")
     for r in large:
-        pk = r["peak_gflops"]
+        pk = r["fma_peak_gflops"] or r["peak_gflops"]
         print(f"| {r['m']}x{r['n']}x{r['k']} | {r['torch_gflops']:.1f} ({r['torch_gflops'] / pk:.0%}) | "
               f"{r['fixed_gflops']:.1f} ({r['fixed_gflops'] / pk:.0%}) | {r['exact_gflops']:.1f} "
               f"({r['exact_gflops'] / pk:.0%}) | {r['fixed_s'] / r['torch_s']:.2f} | {r['exact_s'] / r['torch_s']:.2f} | "
               f"{r['repro_fixed']:.2g} | {r['repro_exact']:.2g} |")
     if large:
         print(f"\npractical peak (torch sgemm 2048^3): {large[0]['peak_gflops']:.1f} GFLOP/s")
+        if large[0]["fma_peak"]:
+            print(f"measured FMA peak ({threads} threads, bench_fma_peak.cpp): {json.dumps(large[0]['fma_peak'])}")
 
 
 if __name__ == "__main__":

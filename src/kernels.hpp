@@ -51,6 +51,8 @@ struct KernelTable {
   // driver packs panels to match). Only the schedule depends on it: every tile sums the same
   // integers exactly.
   int exact_s2_mr, exact_s2_nr;
+  int fixed_f32_nr;  // columns of the float32 fixed tile (16 rows on every level; panels of b match)
+  int split_cols_tiles;  // column tiles split_cols_f32 fills per call (cols <= tiles x NR)
   RecombineF32 recombine_f32;  // nullptr: the driver's scalar round_two_levels loop
   SumMaxF32 sum_max_f32;
   SumSlicesF32 sum_slices_f32;
@@ -83,12 +85,17 @@ EXACTFORGE_DECLARE_KERNELS(generic)
 EXACTFORGE_DECLARE_KERNELS(avx2)
 
 // The AVX-512 level (kernels_avx512.cpp): a 16 x 4 float32 exact tile on 8-lane float64
-// vectors, its row slicing, and a vectorised recombination. The fixed tiles, the float64
-// exact tiles and the column slicing (NR = 4 on both levels) are the AVX2 ones.
+// vectors, its row slicing, a vectorised recombination, the exact sum's passes, and a 16 x 12
+// float32 fixed tile on 16-lane vectors. The float64 tiles, the column slicing (NR = 4 on
+// both levels) and the fixed panel of a (16 rows on both) are the AVX2 ones.
 namespace avx512 {
 constexpr int kExactS2MR = 16, kExactS2NR = 4;
+constexpr int kFixedF32NR = 12;
+constexpr int kSplitColsTiles = 4;  // 16 x 12: 12 accumulators of 16 lanes hide the FMA latency
+void fixed_tile_f32(const float*, const float*, int64_t, float*, int64_t, int, int, int);
 void exact_tile_s2(const double*, const double*, int64_t, int64_t*, int64_t, int, int);
 void split_panel_f32_s2(const float*, int64_t, int, int64_t, const double*, const double*, double, double*, int);
+void split_cols_f32_s2(const float*, int64_t, int, int64_t, const double*, const double*, double, double*, int);
 void recombine_f32(const int64_t*, int64_t, int, const int*, int, const char*, float*, char*);
 void sum_max_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, double*, char*);
 void sum_slices_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,

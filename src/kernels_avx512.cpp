@@ -63,10 +63,55 @@ void exact_tile_s2(const double* __restrict ap, const double* __restrict bp, int
     }
 }
 
+// split_pow2 on 8 lanes, in its order of operations (scale by f1 then f2, round_int by adding and
+// subtracting 1.5 * 2^52, the remainder times 2^w rounded the same way), as explicit
+// instructions: the compiler turned the plain loop with a masked tail into scalar code.
+struct Slices8 { __m512d q0, q1; };
+static inline Slices8 slice8(__m512d v, __m512d f1, __m512d f2, __m512d p2w) {
+  const __m512d big = _mm512_set1_pd(1.7976931348623157e308), magic = _mm512_set1_pd(6755399441055744.0);
+  const __mmask8 fin = _mm512_cmp_pd_mask(_mm512_abs_pd(v), big, _CMP_LE_OQ);  // false for Inf, NaN
+  v = _mm512_maskz_mov_pd(fin, v);                                              // non-finite: zero slices
+  const __m512d r = _mm512_mul_pd(_mm512_mul_pd(v, f1), f2);
+  const __m512d q0 = _mm512_sub_pd(_mm512_add_pd(r, magic), magic);
+  const __m512d r1 = _mm512_mul_pd(_mm512_sub_pd(r, q0), p2w);  // exact
+  return {q0, _mm512_sub_pd(_mm512_add_pd(r1, magic), magic)};
+}
+
+// The 16 lanes of a t-major panel (x[t*16 + lane]), sliced 8 at a time.
+static void split_panel16(const float* __restrict x, int valid, int64_t kc, const double* f1, const double* f2,
+                          double p2w, double* __restrict out) {
+  alignas(64) double F1[16], F2[16];
+  for (int u = 0; u < 16; ++u) {
+    F1[u] = u < valid ? f1[u] : 0.0;  // a zero factor slices a padding lane to zeros
+    F2[u] = u < valid ? f2[u] : 0.0;
+  }
+  const __m512d f1a = _mm512_load_pd(F1), f1b = _mm512_load_pd(F1 + 8);
+  const __m512d f2a = _mm512_load_pd(F2), f2b = _mm512_load_pd(F2 + 8), pw = _mm512_set1_pd(p2w);
+  for (int64_t t = 0; t < kc; ++t) {
+    const __m512 v = _mm512_loadu_ps(x + t * 16);
+    const Slices8 lo = slice8(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), f1a, f2a, pw);
+    const Slices8 hi = slice8(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))),
+                              f1b, f2b, pw);
+    double* o = out + t * 32;  // o[l*16 + lane]
+    _mm512_storeu_pd(o, lo.q0); _mm512_storeu_pd(o + 8, hi.q0);
+    _mm512_storeu_pd(o + 16, lo.q1); _mm512_storeu_pd(o + 24, hi.q1);
+  }
+}
+
+// The 16 rows are first transposed into a t-major float panel by the fixed mode's packing (a copy,
+// 8 x 8 blocks in registers), so that the slicing reads each t's 16 values as one vector: reading
+// them straight from a's rows (16 strided loads per t) took as long as the tile itself where n is
+// small (100 x 10 x 1000). Same values, same slicing, same slices.
 void split_panel_f32_s2(const float* a, int64_t lda, int rows, int64_t kc, const double* f1, const double* f2,
                         double p2w, double* out, int MR) {
   (void)MR;
-  split_lanes_t<float, 2, kExactS2MR>(a, 1, lda, rows, kc, f1, f2, p2w, out);
+  constexpr int64_t kStep = 256;  // the driver's sub-chunk; longer runs go piece by piece
+  alignas(64) float panel[kStep * kExactS2MR];
+  for (int64_t t0 = 0; t0 < kc; t0 += kStep) {
+    const int64_t n = kc - t0 < kStep ? kc - t0 : kStep;
+    avx2::pack_a_f32(a + t0, lda, rows, n, panel);  // panel[t*16 + ii], rows from `rows` on zero
+    split_panel16(panel, rows, n, f1, f2, p2w, out + t0 * 2 * kExactS2MR);
+  }
 }
 
 void sum_max_cols_f32(const float* x, int64_t n, int64_t t0, int64_t t1, int64_t nc, double* mx, char* nf) {
@@ -75,6 +120,56 @@ void sum_max_cols_f32(const float* x, int64_t n, int64_t t0, int64_t t1, int64_t
 void sum_slices_cols_f32(const float* x, int64_t n, int64_t t0, int64_t t1, int64_t nc, const double* f1,
                          const double* f2, double p2w, double* p0, double* p1) {
   sum_slices_cols_t<float>(x, n, t0, t1, nc, f1, f2, p2w, p0, p1);
+}
+
+// One chain of fused multiply-adds per output, as on every level: lane ii of accumulator j is
+// output (ii, j), and the 16 lanes are the 16 rows of pack_a_f32's panel.
+void fixed_tile_f32(const float* ap, const float* bp, int64_t k, float* c, int64_t ldc, int mrem, int nrem,
+                    int resume) {
+  fixed_tile_t<float, 1, kFixedF32NR, 16>(ap, bp, k, c, ldc, mrem, nrem, resume);
+}
+
+// Up to kSplitColsTiles x NR = 16 columns of b (rows t apart by ldb) sliced as one 16-lane row
+// per t, the slices then stored to the 4 column tiles' panels (tile u at out + u kc NR 2,
+// bp[(t*2 + l)*NR + jj] within it, as avx2::split_cols_f32_s2 writes one). Only the tiles the
+// columns reach are written; lanes past `cols` are zeros.
+void split_cols_f32_s2(const float* b, int64_t ldb, int cols, int64_t kc, const double* f1, const double* f2,
+                       double p2w, double* out, int NR) {
+  (void)NR;
+  constexpr int NRc = kExactS2NR;
+  static_assert(kSplitColsTiles * kExactS2NR == 16, "one 16-lane row per t");
+  alignas(64) double F1[16], F2[16];
+  for (int u = 0; u < 16; ++u) {
+    F1[u] = u < cols ? f1[u] : 0.0;
+    F2[u] = u < cols ? f2[u] : 0.0;
+  }
+  const __m512d f1a = _mm512_load_pd(F1), f1b = _mm512_load_pd(F1 + 8);
+  const __m512d f2a = _mm512_load_pd(F2), f2b = _mm512_load_pd(F2 + 8), pw = _mm512_set1_pd(p2w);
+  const __mmask16 live = static_cast<__mmask16>(cols >= 16 ? 0xffffu : (1u << cols) - 1);
+  const int tiles = (cols + NRc - 1) / NRc;
+  const int64_t ts = kc * NRc * 2;  // one tile's panel
+  for (int64_t t = 0; t < kc; ++t) {
+    const __m512 v = _mm512_maskz_loadu_ps(live, b + t * ldb);  // lanes past cols: 0, never read
+    const Slices8 lo = slice8(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), f1a, f2a, pw);
+    const Slices8 hi = slice8(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))),
+                              f1b, f2b, pw);
+    double* o = out + t * 2 * NRc;
+    // tile c holds columns 4c..4c+3: slice 0 at o[c ts + jj], slice 1 at o[c ts + 4 + jj]
+    _mm256_storeu_pd(o, _mm512_castpd512_pd256(lo.q0));
+    _mm256_storeu_pd(o + NRc, _mm512_castpd512_pd256(lo.q1));
+    if (tiles > 1) {
+      _mm256_storeu_pd(o + ts, _mm512_extractf64x4_pd(lo.q0, 1));
+      _mm256_storeu_pd(o + ts + NRc, _mm512_extractf64x4_pd(lo.q1, 1));
+    }
+    if (tiles > 2) {
+      _mm256_storeu_pd(o + 2 * ts, _mm512_castpd512_pd256(hi.q0));
+      _mm256_storeu_pd(o + 2 * ts + NRc, _mm512_castpd512_pd256(hi.q1));
+    }
+    if (tiles > 3) {
+      _mm256_storeu_pd(o + 3 * ts, _mm512_extractf64x4_pd(hi.q0, 1));
+      _mm256_storeu_pd(o + 3 * ts + NRc, _mm512_extractf64x4_pd(hi.q1, 1));
+    }
+  }
 }
 
 // The recombination, 8 outputs at a time, in float64 arithmetic instead of 128-bit integers:

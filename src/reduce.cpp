@@ -59,6 +59,26 @@ inline int thread_index() {
 #endif
 }
 
+// Scratch panels of the exact matmul, kept per calling thread from one call to the next. A fresh
+// allocation of a few MB per call is fresh pages from the kernel: on 3072 x 512 x 128 the page
+// faults and their zeroing took about a fifth of the call. Contents are never read before they
+// are written (the slicing writes every lane, padding included). Buffers above kScratchKeep
+// bytes are released after the call instead of kept.
+struct Scratch {
+  std::vector<double> a, b;
+};
+constexpr size_t kScratchKeep = size_t(64) << 20;
+Scratch& scratch() {
+  static thread_local Scratch s;
+  return s;
+}
+void grow(std::vector<double>& v, size_t n) {
+  if (v.size() < n) { v.clear(); v.shrink_to_fit(); v.resize(n); }  // resize may throw: outside any region
+}
+void trim(std::vector<double>& v) {
+  if (v.size() * sizeof(double) > kScratchKeep) { v.clear(); v.shrink_to_fit(); }
+}
+
 // Below this many multiply-adds a parallel region costs more than it saves. Only the
 // schedule depends on it, never the bits.
 constexpr int64_t kParallelWork = 1 << 18;
@@ -83,9 +103,12 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
                        const int64_t* order, int threads, bool a_transposed) {
   using P = TileShape<T>;
   const auto tile = FixedFn<T>::get();
-  const int64_t mb = (m + P::MR - 1) / P::MR, nb = (n + P::NR - 1) / P::NR;
+  // The float32 tile's width is the dispatched level's (16 x 4 on AVX2, 16 x 12 on AVX-512);
+  // only the schedule depends on it, every output's chain is the same.
+  const int NR = std::is_same<T, float>::value ? kernels().fixed_f32_nr : P::NR;
+  const int64_t mb = (m + P::MR - 1) / P::MR, nb = (n + NR - 1) / NR;
   // Blocked like a BLAS: the reduced axis in blocks of kFixedK terms, b packed in column blocks
-  // of at most kFixedBlockTiles tiles (NR x kFixedK each: a block fits L2 and is reused by every
+  // of at most kFixedBlockCols columns (kFixedK terms each: a block fits L2 and is reused by every
   // row block of a), a packed MR x kFixedK panel of a per thread. An output's chain of fused
   // multiply-adds runs block after block in index order, each block resuming from the partial
   // the previous one stored (fixed_tile_t's `resume`), so the bits are those of one unbroken
@@ -93,10 +116,10 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   // streamed from memory for every 16 rows of a (0.19 ns per multiply-add instead of 0.07 on a
   // convolution's batch x positions axis), and one k-long panel of a did not fit L2 for k = 8192.
   // Short column blocks also keep the MR rows a row block writes in whole, L1-resident lines.
-  constexpr int64_t kFixedK = 512, kFixedBlockTiles = 32;
+  constexpr int64_t kFixedK = 512, kFixedBlockCols = 128;
   const int64_t KC = std::max<int64_t>(1, std::min(k, kFixedK));
-  const int64_t jbb = std::min(kFixedBlockTiles, nb);
-  std::vector<T> bp(static_cast<size_t>(jbb * P::NR * KC));
+  const int64_t jbb = std::min<int64_t>(std::max<int64_t>(1, kFixedBlockCols / NR), nb);
+  std::vector<T> bp(static_cast<size_t>(jbb * NR * KC));
   const int nt = resolve_threads(threads);
   const bool par = m * n * k >= kParallelWork && nt > 1;
   (void)par;
@@ -112,12 +135,12 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
 #pragma omp for schedule(static)
         for (int64_t jq = 0; jq < jn; ++jq) {
           const int64_t jb = j0 + jq;
-          T* dst = bp.data() + jq * P::NR * kc;
+          T* dst = bp.data() + jq * NR * kc;
           for (int64_t t = 0; t < kc; ++t) {
             const T* row = b + (order ? order[k0 + t] : k0 + t) * n;
-            for (int jj = 0; jj < P::NR; ++jj) {
-              int64_t j = jb * P::NR + jj;
-              dst[t * P::NR + jj] = j < n ? row[j] : T(0);
+            for (int jj = 0; jj < NR; ++jj) {
+              int64_t j = jb * NR + jj;
+              dst[t * NR + jj] = j < n ? row[j] : T(0);
             }
           }
         }
@@ -146,8 +169,8 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
           }
           for (int64_t jq = 0; jq < jn; ++jq) {
             const int64_t jb = j0 + jq;
-            const int nrem = static_cast<int>(std::min<int64_t>(P::NR, n - jb * P::NR));
-            tile(ap, bp.data() + jq * P::NR * kc, kc, out + ib * P::MR * n + jb * P::NR, n, mrem, nrem, resume);
+            const int nrem = static_cast<int>(std::min<int64_t>(NR, n - jb * NR));
+            tile(ap, bp.data() + jq * NR * kc, kc, out + ib * P::MR * n + jb * NR, n, mrem, nrem, resume);
           }
         }
       }
@@ -338,29 +361,47 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   // every row block of a (all split up front, m x 256 x S doubles) runs over it. Before, one
   // chunk's panel was n x 2048 x S doubles (19 MB at n = 576) and was re-read from memory
   // for every four rows of a.
-  constexpr int64_t kExactPanelBytes = 384 * 1024;
+  constexpr int64_t kExactPanelBytes = 512 * 1024;
   const int64_t jbb = std::max<int64_t>(1, kExactPanelBytes / int64_t(NR * KS * S * sizeof(double)));
-  std::vector<double> ap_all(static_cast<size_t>(mb * MR * KS * S));
-  std::vector<double> bp(static_cast<size_t>(nb * NR * KS * S));
+  // Where b's panel is one column block (n <= 128 here), each row block of a is used by one
+  // unit of tiles after another and never again in the sub-chunk: it is sliced by the thread
+  // that runs those units, into a panel of its own that stays in L1/L2. Slicing every row block
+  // up front instead wrote m x 256 x 2 doubles per sub-chunk to memory and read them back
+  // (800 MB on 4096 x 64 x 4096). Where there are several column blocks, the up-front panels
+  // are reused by each and are worth their traffic.
+  const bool fuse_a = nb <= jbb;
+  Scratch& sc = scratch();
+  grow(sc.a, static_cast<size_t>(fuse_a ? nt * MR * KS * S : mb * MR * KS * S));
+  grow(sc.b, static_cast<size_t>(nb * NR * KS * S));
+  double* const ap_all = sc.a.data();
+  double* const bp = sc.b.data();
   // One parallel region for the whole walk (the omp for's barriers separate the sub-chunks):
   // a region per sub-chunk woke the team hundreds of times per call, which costs most when
   // the threads wait passively.
 #pragma omp parallel num_threads(nt) if (par)
   for (int64_t t0 = 0; t0 < k; t0 += KS) {
     const int64_t kc = std::min(KS, k - t0);
+    int64_t panel_ib = -1;  // fuse_a: the row block in this thread's panel for this sub-chunk
+    double* const own_panel = ap_all + static_cast<size_t>(thread_index()) * MR * KS * S;
     {
+      // `cg` column tiles per call (the AVX-512 level slices 16 columns of a row at once and
+      // writes them to 4 consecutive tiles of kc x NR x S; the others one tile per call)
+      const int64_t cg = S == 2 ? kt.split_cols_tiles : 1;
 #pragma omp for schedule(static)
-      for (int64_t jb = 0; jb < nb; ++jb) {
-        const int nrem = static_cast<int>(std::min<int64_t>(NR, n - jb * NR));
-        split_cols(b + t0 * n + jb * NR, n, nrem, kc, g1.data() + jb * NR, g2.data() + jb * NR, p2w,
-                   bp.data() + jb * NR * kc * S, NR);
+      for (int64_t jg = 0; jg < (nb + cg - 1) / cg; ++jg) {
+        const int64_t jb = jg * cg;
+        const int cols = static_cast<int>(std::min<int64_t>(NR * cg, n - jb * NR));
+        split_cols(b + t0 * n + jb * NR, n, cols, kc, g1.data() + jb * NR, g2.data() + jb * NR, p2w,
+                   bp + jb * NR * kc * S, NR);
       }
+      if (!fuse_a) {
 #pragma omp for schedule(static)
       for (int64_t ib = 0; ib < mb; ++ib) {
-        double* ap = ap_all.data() + ib * MR * kc * S;
+        double* ap = ap_all + ib * MR * kc * S;
         const int mrem = static_cast<int>(std::min<int64_t>(MR, m - ib * MR));
         split_rows(a + ib * MR * k + t0, k, mrem, kc, f1.data() + ib * MR, f2.data() + ib * MR,
                    p2w, ap, MR);  // rows from mrem on are zero
+      }
       }
       for (int64_t j0 = 0; j0 < nb; j0 += jbb) {
         const int64_t jn = std::min(jbb, nb - j0);
@@ -373,6 +414,14 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
         for (int64_t q = 0; q < mb * ng; ++q) {
           const int64_t ib = q / ng, jb0 = j0 + (q % ng) * kGroup, jb1 = std::min(j0 + jn, jb0 + kGroup);
           const int mrem = static_cast<int>(std::min<int64_t>(MR, m - ib * MR));
+          double* ap = ap_all + ib * MR * kc * S;
+          if (fuse_a) {
+            ap = own_panel;
+            if (panel_ib != ib) {
+              split_rows(a + ib * MR * k + t0, k, mrem, kc, f1.data() + ib * MR, f2.data() + ib * MR, p2w, ap, MR);
+              panel_ib = ib;
+            }
+          }
           // one pass: the thread's MR x (kGroup NR) block; else the unit's part of acc
           const int64_t ld = one_pass ? kGroup * NR : n;
           int64_t* const unit = one_pass ? blk_all.data() + static_cast<size_t>(thread_index()) * MR * kGroup * NR * S
@@ -382,7 +431,7 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
             int64_t* blk = unit + (jb - jb0) * NR * S;
             if (t0 == 0)
               for (int ii = 0; ii < mrem; ++ii) std::memset(blk + ii * ld * S, 0, sizeof(int64_t) * nrem * S);
-            tile(ap_all.data() + ib * MR * kc * S, bp.data() + jb * NR * kc * S, kc, blk, ld, mrem, nrem);
+            tile(ap, bp + jb * NR * kc * S, kc, blk, ld, mrem, nrem);
           }
           if (t0 + kc >= k) {  // the unit's last sub-chunk: round its outputs now
             char* todo = todo_all.data() + static_cast<size_t>(thread_index()) * std::max<int64_t>(n, 1);
@@ -393,9 +442,9 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
       }
     }
   }
-
+  trim(sc.a);
+  trim(sc.b);
   }
-
 }
 
 template <class T>
@@ -560,7 +609,7 @@ const KernelTable& kernels() {
                                 generic::exact_tile_s2, generic::exact_tile_s4,
                                 generic::split_panel_f32_s2, generic::split_panel_f64_s4,
                                 generic::split_cols_f32_s2, generic::split_cols_f64_s4, generic::pack_a_f32,
-                                ExactShape<2>::MR, ExactShape<2>::NR, nullptr,
+                                ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr,
                                 generic::sum_max_cols_f32, generic::sum_slices_cols_f32};
     // EXACTFORGE_ISA=generic|avx2 caps the level: a test and debug aid (the bits are the same)
     const char* force = std::getenv("EXACTFORGE_ISA");
@@ -573,7 +622,7 @@ const KernelTable& kernels() {
                                avx2::exact_tile_s2, avx2::exact_tile_s4,
                                avx2::split_panel_f32_s2, avx2::split_panel_f64_s4,
                                avx2::split_cols_f32_s2, avx2::split_cols_f64_s4, avx2::pack_a_f32,
-                               ExactShape<2>::MR, ExactShape<2>::NR, nullptr,
+                               ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr,
                                avx2::sum_max_cols_f32, avx2::sum_slices_cols_f32};
 #if defined(EXACTFORGE_HAVE_AVX512_BUILD)
       if (cap != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
@@ -582,9 +631,13 @@ const KernelTable& kernels() {
         t.isa = "avx512+avx2+fma";
         t.exact_s2 = avx512::exact_tile_s2;
         t.split_f32 = avx512::split_panel_f32_s2;
+        t.split_cols_f32 = avx512::split_cols_f32_s2;
+        t.split_cols_tiles = avx512::kSplitColsTiles;
         t.exact_s2_mr = avx512::kExactS2MR;
         t.exact_s2_nr = avx512::kExactS2NR;
         t.recombine_f32 = avx512::recombine_f32;
+        t.fixed_f32 = avx512::fixed_tile_f32;
+        t.fixed_f32_nr = avx512::kFixedF32NR;
         t.sum_max_f32 = avx512::sum_max_cols_f32;
         t.sum_slices_f32 = avx512::sum_slices_cols_f32;
         return t;
