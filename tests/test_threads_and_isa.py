@@ -51,11 +51,12 @@ def test_set_num_threads_never_changes_bits(threads, seed):
 
 def test_every_isa_level_gives_the_same_bits(tmp_path, rng):
     """The baseline, AVX2 and AVX-512 levels (EXACTFORGE_ISA caps the dispatch) compute the same
-    products and sums bit for bit: shapes off every tile size (the AVX-512 exact tile is 16 x 4), k on both
+    products and sums bit for bit: shapes off every tile size (the AVX-512 exact tile is 16 x 4, its
+    fixed tile 16 x 12), one and several column blocks and sub-chunks of the exact walk, k on both
     sides of the slice-width steps, magnitudes over 2^60 (many outputs off the vectorised
     recombination's fast path), cancellation, subnormal and overflowing outputs, Inf and NaN."""
     cases = {}
-    for m, k, n in [(100, 3000, 11), (33, 100, 17), (17, 129, 9), (1, 5, 1), (70, 257, 40)]:
+    for m, k, n in [(100, 3000, 11), (33, 100, 17), (17, 129, 9), (1, 5, 1), (70, 257, 40), (50, 600, 300), (30, 140, 133)]:
         cases[f"n{m}x{k}x{n}"] = (rng.standard_normal((m, k)), rng.standard_normal((k, n)))
     a = rng.standard_normal((40, 300)) * np.exp2(rng.integers(-30, 30, (40, 300)))
     cases["wide"] = (a, rng.standard_normal((300, 21)) * np.exp2(rng.integers(-30, 30, (300, 21))))
