@@ -29,6 +29,11 @@ using PackAF32 = void (*)(const float*, int64_t, int, int64_t, float*);
 /// (lv[2j] 2^w + lv[2j+1]) 2^(ea + fb[j] - 3w) for j < n, the value round_two_levels and
 /// round_int192 give. Lanes it cannot do on its fast path (a level of 2^53 or more, a zero,
 /// subnormal or overflowing results, skip[j] != 0) get todo[j] = 1 and are left to the caller.
+/// The float32 exact tile of a one-sub-chunk reduction, rounded in registers (kernels_avx512.cpp):
+/// outputs it is sure of go to out (row stride ldo); the others' levels to lv[(j*2 + L)*16 + ii],
+/// with bit j*16 + ii of *todo set.
+using ExactTileRoundF32 = void (*)(const double*, const double*, int64_t, int, int, const int*, const int*, int,
+                                   const char*, const char*, float*, int64_t, int64_t*, uint64_t*);
 /// The exact sum's passes over rows t0..t1-1 of nc float32 columns (kernels.inc).
 using SumMaxF32 = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, double*, char*);
 using SumSlicesF32 = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
@@ -54,6 +59,7 @@ struct KernelTable {
   int fixed_f32_nr;  // columns of the float32 fixed tile (16 rows on every level; panels of b match)
   int split_cols_tiles;  // column tiles split_cols_f32 fills per call (cols <= tiles x NR)
   RecombineF32 recombine_f32;  // nullptr: the driver's scalar round_two_levels loop
+  ExactTileRoundF32 exact_s2_round;  // nullptr: tiles into int64 blocks, then recombine_f32
   SumMaxF32 sum_max_f32;
   SumSlicesF32 sum_slices_f32;
 };
@@ -97,6 +103,8 @@ void exact_tile_s2(const double*, const double*, int64_t, int64_t*, int64_t, int
 void split_panel_f32_s2(const float*, int64_t, int, int64_t, const double*, const double*, double, double*, int);
 void split_cols_f32_s2(const float*, int64_t, int, int64_t, const double*, const double*, double, double*, int);
 void recombine_f32(const int64_t*, int64_t, int, const int*, int, const char*, float*, char*);
+void exact_tile_s2_round(const double*, const double*, int64_t, int, int, const int*, const int*, int, const char*,
+                         const char*, float*, int64_t, int64_t*, uint64_t*);
 void sum_max_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, double*, char*);
 void sum_slices_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
                          double*, double*);

@@ -44,7 +44,6 @@ void exact_tile_s2(const double* __restrict ap, const double* __restrict bp, int
   b = _mm512_set1_pd(bt[4 + J]);                                                               \
   c01_##J##a = _mm512_fmadd_pd(a0a, b, c01_##J##a); c01_##J##b = _mm512_fmadd_pd(a0b, b, c01_##J##b);
     EXACTFORGE_COL(0) EXACTFORGE_COL(1) EXACTFORGE_COL(2) EXACTFORGE_COL(3)
-#undef EXACTFORGE_COL
   }
   // Level sums of this run of terms as int64 (exact: integers below 2^53), [j][row].
   alignas(64) int64_t l0[4][16], l1[4][16];
@@ -184,16 +183,47 @@ void split_cols_f32_s2(const float* b, int64_t ldb, int cols, int64_t kc, const 
 // once (Boldo and Melquiond), the same argument as round_two_levels' at 63 bits. Zero, subnormal
 // and infinite results go to the caller, like round_two_levels' cases that return false.
 // tests/native/test_fixedpoint.cpp checks it against round_int192 on random and tie cases.
+// The rounding of 8 outputs from their levels as doubles (exact integers): the float nearest to
+// (hi 2^w + lo) 2^e2, and the lanes where that is certain (ok). Steps 1-5 above; hi and lo
+// below 2^53 in magnitude (checked: a larger level is not exact as a double).
+struct Rounded8 { __m256 f; __mmask8 ok; };
+static inline Rounded8 round8(__m512d hi, __m512d lo, __m256i e2, __m512d p2w) {
+  const __m512d lim = _mm512_set1_pd(9007199254740992.0);  // 2^53
+  const __m512i one = _mm512_set1_epi64(1), sign = _mm512_set1_epi64(INT64_MIN);
+  __mmask8 ok = _mm512_cmp_pd_mask(_mm512_abs_pd(hi), lim, _CMP_LT_OQ) &
+                _mm512_cmp_pd_mask(_mm512_abs_pd(lo), lim, _CMP_LT_OQ);
+  const __m512d H = _mm512_mul_pd(hi, p2w), L = lo;
+  const __m512d s = _mm512_add_pd(H, L);
+  const __m512d bb = _mm512_sub_pd(s, H);
+  const __m512d e = _mm512_add_pd(_mm512_sub_pd(H, _mm512_sub_pd(s, bb)), _mm512_sub_pd(L, bb));
+  const __m512i sb = _mm512_castpd_si512(s), eb = _mm512_castpd_si512(e);
+  // e != 0 (any bit but the sign) and s's last bit even: move s one unit towards e
+  const __mmask8 inexact = _mm512_test_epi64_mask(eb, _mm512_set1_epi64(INT64_MAX));
+  const __mmask8 fix = inexact & static_cast<__mmask8>(~_mm512_test_epi64_mask(sb, one));
+  const __mmask8 away = _mm512_cmpeq_epi64_mask(_mm512_and_si512(_mm512_xor_si512(sb, eb), sign), _mm512_setzero_si512());
+  __m512i so = _mm512_mask_add_epi64(sb, fix & away, sb, one);
+  so = _mm512_mask_sub_epi64(so, fix & static_cast<__mmask8>(~away), so, one);
+  ok &= _mm512_cmp_pd_mask(s, _mm512_setzero_pd(), _CMP_NEQ_OQ);
+  // 2^e2, built from its exponent field where that lies in the normal range
+  ok &= _mm256_cmpgt_epi32_mask(e2, _mm256_set1_epi32(-1023)) & _mm256_cmplt_epi32_mask(e2, _mm256_set1_epi32(1024));
+  const __m512i eb2 = _mm512_slli_epi64(_mm512_cvtepi32_epi64(_mm256_add_epi32(e2, _mm256_set1_epi32(1023))), 52);
+  const __m512d r = _mm512_mul_pd(_mm512_castsi512_pd(so), _mm512_castsi512_pd(eb2));
+  const __m256 f = _mm512_cvtpd_ps(r);
+  const __m256 af = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), f);
+  ok &= _mm256_cmp_ps_mask(af, _mm256_set1_ps(1.17549435e-38f), _CMP_GE_OQ) &
+        _mm256_cmp_ps_mask(af, _mm256_set1_ps(3.40282347e+38f), _CMP_LE_OQ);
+  return {f, ok};
+}
+
+// 2^w from its exponent field (0 <= w <= 62): a libm ldexp here cost more than the rounding when
+// the driver rounds a tile's columns a few at a time.
+static inline __m512d pow2_vec(int w) { return _mm512_castsi512_pd(_mm512_set1_epi64(int64_t(w + 1023) << 52)); }
+
 void recombine_f32(const int64_t* lv, int64_t n, int ea, const int* fb, int w, const char* skip, float* out,
                    char* todo) {
   const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
-  // 2^w from its exponent field (0 <= w <= 62): a libm ldexp here cost more than the rounding
-  // when the driver rounds a tile's 4 columns at a time
-  const __m512d p2w = _mm512_castsi512_pd(_mm512_set1_epi64(int64_t(w + 1023) << 52));
-  const __m512i lim = _mm512_set1_epi64(int64_t(1) << 53), one = _mm512_set1_epi64(1);
-  const __m512i sign = _mm512_set1_epi64(INT64_MIN);
+  const __m512d p2w = pow2_vec(w);
   const __m256i e0 = _mm256_set1_epi32(ea - 3 * w);
-  const __m256 fmin = _mm256_set1_ps(1.17549435e-38f), fmax = _mm256_set1_ps(3.40282347e+38f);
   for (int64_t j = 0; j < n; j += 8) {
     const int rem = n - j < 8 ? static_cast<int>(n - j) : 8;  // the last group is masked
     const __mmask8 live = static_cast<__mmask8>((1u << rem) - 1);
@@ -201,33 +231,75 @@ void recombine_f32(const int64_t* lv, int64_t n, int ea, const int* fb, int w, c
     const __m512i v0 = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(live2), lv + 2 * j);
     const __m512i v1 = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(live2 >> 8), lv + 2 * j + 8);
     const __m512i hi = _mm512_permutex2var_epi64(v0, even, v1), lo = _mm512_permutex2var_epi64(v0, odd, v1);
-    __mmask8 ok = live & _mm512_cmplt_epu64_mask(_mm512_abs_epi64(hi), lim) &
-                  _mm512_cmplt_epu64_mask(_mm512_abs_epi64(lo), lim);
-    const __m512d H = _mm512_mul_pd(_mm512_cvtepi64_pd(hi), p2w), L = _mm512_cvtepi64_pd(lo);
-    const __m512d s = _mm512_add_pd(H, L);
-    const __m512d bb = _mm512_sub_pd(s, H);
-    const __m512d e = _mm512_add_pd(_mm512_sub_pd(H, _mm512_sub_pd(s, bb)), _mm512_sub_pd(L, bb));
-    const __m512i sb = _mm512_castpd_si512(s), eb = _mm512_castpd_si512(e);
-    // e != 0 (any bit but the sign) and s's last bit even: move s one unit towards e
-    const __mmask8 inexact = _mm512_test_epi64_mask(eb, _mm512_set1_epi64(INT64_MAX));
-    const __mmask8 fix = inexact & static_cast<__mmask8>(~_mm512_test_epi64_mask(sb, one));
-    const __mmask8 away = _mm512_cmpeq_epi64_mask(_mm512_and_si512(_mm512_xor_si512(sb, eb), sign), _mm512_setzero_si512());
-    __m512i so = _mm512_mask_add_epi64(sb, fix & away, sb, one);
-    so = _mm512_mask_sub_epi64(so, fix & static_cast<__mmask8>(~away), so, one);
-    ok &= _mm512_cmp_pd_mask(s, _mm512_setzero_pd(), _CMP_NEQ_OQ);
-    // 2^(ea + fb - 3w), built from its exponent field where that lies in the normal range
-    const __m256i e2 = _mm256_add_epi32(e0, _mm256_maskz_loadu_epi32(live, fb + j));
-    ok &= _mm256_cmpgt_epi32_mask(e2, _mm256_set1_epi32(-1023)) & _mm256_cmplt_epi32_mask(e2, _mm256_set1_epi32(1024));
-    const __m512i eb2 = _mm512_slli_epi64(_mm512_cvtepi32_epi64(_mm256_add_epi32(e2, _mm256_set1_epi32(1023))), 52);
-    const __m512d r = _mm512_mul_pd(_mm512_castsi512_pd(so), _mm512_castsi512_pd(eb2));
-    const __m256 f = _mm512_cvtpd_ps(r);
-    const __m256 af = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), f);
-    ok &= _mm256_cmp_ps_mask(af, fmin, _CMP_GE_OQ) & _mm256_cmp_ps_mask(af, fmax, _CMP_LE_OQ);
+    // int64 to double rounds only from 2^53 on, which round8 refuses
+    const Rounded8 r = round8(_mm512_cvtepi64_pd(hi), _mm512_cvtepi64_pd(lo),
+                              _mm256_add_epi32(e0, _mm256_maskz_loadu_epi32(live, fb + j)), p2w);
+    __mmask8 ok = r.ok & live;
     for (int u = 0; u < rem; ++u)
       if (skip[j + u]) ok &= static_cast<__mmask8>(~(1u << u));
-    _mm256_mask_storeu_ps(out + j, ok, f);
+    _mm256_mask_storeu_ps(out + j, ok, r.f);
     for (int u = 0; u < rem; ++u) todo[j + u] = !((ok >> u) & 1);
   }
+}
+
+// The tile for a reduction of one sub-chunk (k <= 256), rounded in registers: the level sums
+// c00 (L0) and c10 + c01 (L1) are exact integers below 2^53 as doubles, the values exact_tile_s2
+// adds to zeroed int64 accumulators, so round8 on them gives the outputs the driver's rounding
+// gives, without the int64 block, its zeroing, its transposed stores and its reloading (at
+// k = 100 those cost as much as half the products). Lanes off round8's fast path, and rows or
+// columns with a non-finite input (skip_rows, skip_cols), are left to the driver: their levels
+// go to lv[(j*2 + L)*16 + ii] as int64 and bit j*16 + ii of *todo is set.
+void exact_tile_s2_round(const double* __restrict ap, const double* __restrict bp, int64_t kc, int mrem, int nrem,
+                         const int* ea, const int* fb, int w, const char* skip_rows, const char* skip_cols,
+                         float* out, int64_t ldo, int64_t* lv, uint64_t* todo) {
+  __m512d c00_0a = _mm512_setzero_pd(), c00_0b = c00_0a, c10_0a = c00_0a, c10_0b = c00_0a, c01_0a = c00_0a, c01_0b = c00_0a;
+  __m512d c00_1a = c00_0a, c00_1b = c00_0a, c10_1a = c00_0a, c10_1b = c00_0a, c01_1a = c00_0a, c01_1b = c00_0a;
+  __m512d c00_2a = c00_0a, c00_2b = c00_0a, c10_2a = c00_0a, c10_2b = c00_0a, c01_2a = c00_0a, c01_2b = c00_0a;
+  __m512d c00_3a = c00_0a, c00_3b = c00_0a, c10_3a = c00_0a, c10_3b = c00_0a, c01_3a = c00_0a, c01_3b = c00_0a;
+  for (int64_t t = 0; t < kc; ++t) {
+    const double* at = ap + t * 32;
+    const __m512d a0a = _mm512_loadu_pd(at), a0b = _mm512_loadu_pd(at + 8);
+    const __m512d a1a = _mm512_loadu_pd(at + 16), a1b = _mm512_loadu_pd(at + 24);
+    const double* bt = bp + t * 8;
+    __m512d b;
+    EXACTFORGE_COL(0) EXACTFORGE_COL(1) EXACTFORGE_COL(2) EXACTFORGE_COL(3)
+  }
+  __mmask16 rowskip = 0;
+  for (int ii = 0; ii < 16; ++ii)
+    if (ii >= mrem || skip_rows[ii]) rowskip |= static_cast<__mmask16>(1u << ii);
+  const __m512d p2w = pow2_vec(w);
+  const __m256i ea0 = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ea)), _mm256_set1_epi32(3 * w));
+  const __m256i ea1 = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ea + 8)), _mm256_set1_epi32(3 * w));
+  alignas(64) float fo[4][16];
+  uint64_t bad = 0;
+  uint16_t okcol[4] = {0, 0, 0, 0};
+#define EXACTFORGE_ROUND(J)                                                                                 \
+  if (J < nrem) {                                                                                           \
+    const __m512d l1a = _mm512_add_pd(c10_##J##a, c01_##J##a), l1b = _mm512_add_pd(c10_##J##b, c01_##J##b); \
+    const __m256i f = _mm256_set1_epi32(fb[J]);                                                              \
+    const Rounded8 ra = round8(c00_##J##a, l1a, _mm256_add_epi32(ea0, f), p2w);                               \
+    const Rounded8 rb = round8(c00_##J##b, l1b, _mm256_add_epi32(ea1, f), p2w);                               \
+    _mm256_store_ps(fo[J], ra.f);                                                                            \
+    _mm256_store_ps(fo[J] + 8, rb.f);                                                                        \
+    uint16_t ok = static_cast<uint16_t>((ra.ok | (unsigned(rb.ok) << 8)) & ~unsigned(rowskip));              \
+    if (skip_cols[J]) ok = 0;                                                                                \
+    okcol[J] = ok;                                                                                           \
+    const uint16_t need = static_cast<uint16_t>(~unsigned(ok) & ((1u << mrem) - 1));                        \
+    if (need) {                                                                                              \
+      bad |= uint64_t(need) << (16 * J);                                                                     \
+      _mm512_storeu_si512(lv + (J * 2) * 16, _mm512_cvtpd_epi64(c00_##J##a));                                \
+      _mm512_storeu_si512(lv + (J * 2) * 16 + 8, _mm512_cvtpd_epi64(c00_##J##b));                            \
+      _mm512_storeu_si512(lv + (J * 2 + 1) * 16, _mm512_cvtpd_epi64(l1a));                                   \
+      _mm512_storeu_si512(lv + (J * 2 + 1) * 16 + 8, _mm512_cvtpd_epi64(l1b));                               \
+    }                                                                                                        \
+  }
+  EXACTFORGE_ROUND(0) EXACTFORGE_ROUND(1) EXACTFORGE_ROUND(2) EXACTFORGE_ROUND(3)
+#undef EXACTFORGE_ROUND
+#undef EXACTFORGE_COL
+  for (int ii = 0; ii < mrem; ++ii)
+    for (int j = 0; j < nrem; ++j)
+      if ((okcol[j] >> ii) & 1) out[ii * ldo + j] = fo[j][ii];
+  *todo = bad;
 }
 
 }  // namespace avx512

@@ -321,29 +321,29 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   const RecombineF32 vec_round = (S == 2 && std::is_same<T, float>::value) ? kt.recombine_f32 : nullptr;
   std::vector<char> todo_all(static_cast<size_t>(nt) * std::max<int64_t>(n, 1));
   // lv: the levels of (i, j0), then of (i, j0 + 1), ...
+  // One output from its S levels lv[0..S-1], the general way.
+  auto finish_one = [&](int64_t i, int64_t j, const int64_t* lv) {
+    if (bad_row[i] || bad_col[j]) {
+      SpecialAcc sp;
+      for (int64_t t = 0; t < k; ++t) {
+        double x = a[i * k + t], y = b[t * n + j];
+        if (!is_finite_d(x) || !is_finite_d(y)) sp.add(x * y);
+      }
+      if (sp.any()) { out[i * n + j] = sp.value<T>(); return; }
+    }
+    const int e2 = ea[i] + fb[j] - (S + 1) * w;
+    if (S == 2 && round_two_levels<T>(lv[0], lv[1], w, e2, out + i * n + j)) return;
+    Int192 v;
+    for (int L = 0; L < S; ++L) v.add_shifted(lv[L], (S - 1 - L) * w);
+    out[i * n + j] = round_int192<T>(v, e2);
+  };
   auto finish = [&](const int64_t* lvrow, int64_t i, int64_t j0, int64_t nj, char* todo) {
     const bool vec = vec_round && !bad_row[i];
     if (vec)
       vec_round(lvrow, nj, ea[i], fb.data() + j0, w, bad_col.data() + j0,
                 reinterpret_cast<float*>(out + i * n + j0), todo);
-    for (int64_t jj = 0; jj < nj; ++jj) {
-      const int64_t j = j0 + jj;
-      if (vec && !todo[jj]) continue;
-      if (bad_row[i] || bad_col[j]) {
-        SpecialAcc sp;
-        for (int64_t t = 0; t < k; ++t) {
-          double x = a[i * k + t], y = b[t * n + j];
-          if (!is_finite_d(x) || !is_finite_d(y)) sp.add(x * y);
-        }
-        if (sp.any()) { out[i * n + j] = sp.value<T>(); continue; }
-      }
-      const int64_t* lv = lvrow + jj * S;
-      const int e2 = ea[i] + fb[j] - (S + 1) * w;
-      if (S == 2 && round_two_levels<T>(lv[0], lv[1], w, e2, out + i * n + j)) continue;
-      Int192 v;
-      for (int L = 0; L < S; ++L) v.add_shifted(lv[L], (S - 1 - L) * w);
-      out[i * n + j] = round_int192<T>(v, e2);
-    }
+    for (int64_t jj = 0; jj < nj; ++jj)
+      if (!vec || todo[jj]) finish_one(i, j0 + jj, lvrow + jj * S);
   };
   if (int8_path) {
     // The same levels from int8 digits (intexact.hpp): same integers, same bits.
@@ -370,6 +370,12 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   // (800 MB on 4096 x 64 x 4096). Where there are several column blocks, the up-front panels
   // are reused by each and are worth their traffic.
   const bool fuse_a = nb <= jbb;
+  // The one-pass tile that rounds in registers loads 16 rows' exponents at once: a padded copy,
+  // so that the last row block reads no further than its array.
+  const ExactTileRoundF32 round_tile =
+      (one_pass && std::is_same<T, float>::value && S == 2 && MR == 16) ? kt.exact_s2_round : nullptr;
+  std::vector<int> ea_pad(round_tile ? static_cast<size_t>(mb * MR) : 0, 0);
+  std::copy(ea.begin(), round_tile ? ea.end() : ea.begin(), ea_pad.begin());
   Scratch& sc = scratch();
   grow(sc.a, static_cast<size_t>(fuse_a ? nt * MR * KS * S : mb * MR * KS * S));
   grow(sc.b, static_cast<size_t>(nb * NR * KS * S));
@@ -426,6 +432,23 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
           const int64_t ld = one_pass ? kGroup * NR : n;
           int64_t* const unit = one_pass ? blk_all.data() + static_cast<size_t>(thread_index()) * MR * kGroup * NR * S
                                          : acc + (ib * MR * n + jb0 * NR) * S;
+          if (round_tile) {  // one pass, rounded in the tile; the rest as finish_one would
+            int64_t* lv = blk_all.data() + static_cast<size_t>(thread_index()) * MR * kGroup * NR * S;
+            for (int64_t jb = jb0; jb < jb1; ++jb) {
+              const int nrem = static_cast<int>(std::min<int64_t>(NR, n - jb * NR));
+              const int64_t i0 = ib * MR, j = jb * NR;
+              uint64_t todo = 0;
+              round_tile(ap, bp + jb * NR * kc * S, kc, mrem, nrem, ea_pad.data() + i0, fb.data() + j, w,
+                         bad_row.data() + i0, bad_col.data() + j, reinterpret_cast<float*>(out + i0 * n + j), n, lv,
+                         &todo);
+              for (; todo; todo &= todo - 1) {
+                const int bit = __builtin_ctzll(todo), jj = bit / 16, ii = bit % 16;
+                const int64_t two[2] = {lv[(jj * 2) * 16 + ii], lv[(jj * 2 + 1) * 16 + ii]};
+                finish_one(i0 + ii, j + jj, two);
+              }
+            }
+            continue;
+          }
           for (int64_t jb = jb0; jb < jb1; ++jb) {
             const int nrem = static_cast<int>(std::min<int64_t>(NR, n - jb * NR));
             int64_t* blk = unit + (jb - jb0) * NR * S;
@@ -609,7 +632,7 @@ const KernelTable& kernels() {
                                 generic::exact_tile_s2, generic::exact_tile_s4,
                                 generic::split_panel_f32_s2, generic::split_panel_f64_s4,
                                 generic::split_cols_f32_s2, generic::split_cols_f64_s4, generic::pack_a_f32,
-                                ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr,
+                                ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr, nullptr,
                                 generic::sum_max_cols_f32, generic::sum_slices_cols_f32};
     // EXACTFORGE_ISA=generic|avx2 caps the level: a test and debug aid (the bits are the same)
     const char* force = std::getenv("EXACTFORGE_ISA");
@@ -622,7 +645,7 @@ const KernelTable& kernels() {
                                avx2::exact_tile_s2, avx2::exact_tile_s4,
                                avx2::split_panel_f32_s2, avx2::split_panel_f64_s4,
                                avx2::split_cols_f32_s2, avx2::split_cols_f64_s4, avx2::pack_a_f32,
-                               ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr,
+                               ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr, nullptr,
                                avx2::sum_max_cols_f32, avx2::sum_slices_cols_f32};
 #if defined(EXACTFORGE_HAVE_AVX512_BUILD)
       if (cap != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
@@ -636,6 +659,7 @@ const KernelTable& kernels() {
         t.exact_s2_mr = avx512::kExactS2MR;
         t.exact_s2_nr = avx512::kExactS2NR;
         t.recombine_f32 = avx512::recombine_f32;
+        t.exact_s2_round = avx512::exact_tile_s2_round;
         t.fixed_f32 = avx512::fixed_tile_f32;
         t.fixed_f32_nr = avx512::kFixedF32NR;
         t.sum_max_f32 = avx512::sum_max_cols_f32;
