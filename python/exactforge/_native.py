@@ -5,20 +5,24 @@ from typing import Any, Optional
 
 import os
 
-# OpenMP threads that spin while they wait steal the other core on a busy machine: verifying a
-# trace with 2 threads took 1.9x as long as with 1 while another process kept one core busy
-# (benchmarks/RESULTS.md, "Threads on a busy machine"); waiting passively, 2 threads cost the
-# same as 1 there and 3% more than spinning on an idle machine. libgomp reads the policy once,
-# when it is loaded (here, with _core), so it is set for that moment only and restored: torch's
-# own OpenMP runtime, loaded apart, keeps whatever the user chose. A user's OMP_WAIT_POLICY wins.
-_set_policy = "OMP_WAIT_POLICY" not in os.environ
+# How exactforge's OpenMP threads wait, set for the moment libgomp is loaded (with _core) and
+# then restored, so torch's own OpenMP runtime, loaded apart, keeps whatever the user chose; a
+# user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins. Threads that spin without bound steal the other
+# core on a busy machine (a verify took 1.8x as long with 2 threads as with 1 while another
+# process kept one core busy); threads that sleep at once (OMP_WAIT_POLICY=PASSIVE, the choice
+# before) pay a futex wake-up of 10-50 us at every barrier, which made a 64 x 1000 x 10 product 8x
+# slower on 2 threads than on 1. A bounded spin (GOMP_SPINCOUNT, about 20-60 us) keeps the wake-ups
+# out of short barriers and still yields the core when the other thread is not coming
+# (benchmarks/RESULTS.md, "Threads on a busy machine").
+_SPINCOUNT = "1000"
+_set_policy = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
 if _set_policy:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["GOMP_SPINCOUNT"] = _SPINCOUNT
 try:
     from . import _core  # noqa: F401  (re-exported for the public modules)
 finally:
     if _set_policy:
-        del os.environ["OMP_WAIT_POLICY"]
+        del os.environ["GOMP_SPINCOUNT"]
 
 _cuda: Optional[Any]
 try:  # built only when nvcc worked at install time
