@@ -320,23 +320,16 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   // scalar code, which rounds every output the same way.
   const RecombineF32 vec_round = (S == 2 && std::is_same<T, float>::value) ? kt.recombine_f32 : nullptr;
   std::vector<char> todo_all(static_cast<size_t>(nt) * std::max<int64_t>(n, 1));
-  // lv: the levels of (i, j0), then of (i, j0 + 1), ...
   // One output from its S levels lv[0..S-1], the general way.
   auto finish_one = [&](int64_t i, int64_t j, const int64_t* lv) {
-    if (bad_row[i] || bad_col[j]) {
-      SpecialAcc sp;
-      for (int64_t t = 0; t < k; ++t) {
-        double x = a[i * k + t], y = b[t * n + j];
-        if (!is_finite_d(x) || !is_finite_d(y)) sp.add(x * y);
-      }
-      if (sp.any()) { out[i * n + j] = sp.value<T>(); return; }
-    }
+    if ((bad_row[i] || bad_col[j]) && special_dot(a, b, i, j, k, n, out + i * n + j)) return;
     const int e2 = ea[i] + fb[j] - (S + 1) * w;
     if (S == 2 && round_two_levels<T>(lv[0], lv[1], w, e2, out + i * n + j)) return;
     Int192 v;
     for (int L = 0; L < S; ++L) v.add_shifted(lv[L], (S - 1 - L) * w);
     out[i * n + j] = round_int192<T>(v, e2);
   };
+  // lvrow: the levels of (i, j0), then of (i, j0 + 1), ...
   auto finish = [&](const int64_t* lvrow, int64_t i, int64_t j0, int64_t nj, char* todo) {
     const bool vec = vec_round && !bad_row[i];
     if (vec)

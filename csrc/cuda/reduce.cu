@@ -141,14 +141,7 @@ __global__ void matmul_exact_kernel(const double* __restrict__ as, const double*
     }
   }
   if (i >= m || j >= n) return;
-  if (bad_row[i] || bad_col[j]) {
-    SpecialAcc sp;
-    for (int64_t t = 0; t < k; ++t) {
-      double x = a[i * k + t], y = b[t * n + j];
-      if (!is_finite_d(x) || !is_finite_d(y)) sp.add(x * y);
-    }
-    if (sp.any()) { out[i * n + j] = sp.value<T>(); return; }
-  }
+  if ((bad_row[i] || bad_col[j]) && special_dot(a, b, i, j, k, n, out + i * n + j)) return;
   Int192 v;
   for (int L = 0; L < S; ++L) v.add_shifted(acc[L], (S - 1 - L) * w);
   out[i * n + j] = round_int192<T>(v, ea[i] + fb[j] - (S + 1) * w);
@@ -207,14 +200,7 @@ __global__ void matmul_exact_int8_kernel(const int32_t* __restrict__ ad, const i
         acc1 += int64_t(c1[p][q]) * (int64_t(1) << (8 * (p + q)));
       }
   }
-  if (bad_row[i] || bad_col[j]) {
-    SpecialAcc sp;
-    for (int64_t t = 0; t < k; ++t) {
-      double x = a[i * k + t], y = b[t * n + j];
-      if (!is_finite_d(x) || !is_finite_d(y)) sp.add(x * y);
-    }
-    if (sp.any()) { out[i * n + j] = sp.value<float>(); return; }
-  }
+  if ((bad_row[i] || bad_col[j]) && special_dot(a, b, i, j, k, n, out + i * n + j)) return;
   Int192 v;
   v.add_shifted(acc0, w);
   v.add_shifted(acc1, 0);

@@ -290,4 +290,20 @@ struct SpecialAcc {
   }
 };
 
+/// @brief The outcome of the exact dot product a[i, :] . b[:, j] (a row-major m x k, b k x n)
+/// where a non-finite term decides it: true, with *out the IEEE sum's NaN or Inf, if any product
+/// of a non-finite value is NaN or infinite; false (out untouched) if none is, so the finite
+/// terms decide. The same on the host and the device.
+template <class T>
+EXACTFORGE_HD bool special_dot(const T* a, const T* b, int64_t i, int64_t j, int64_t k, int64_t n, T* out) {
+  SpecialAcc sp;
+  for (int64_t t = 0; t < k; ++t) {
+    double x = a[i * k + t], y = b[t * n + j];
+    if (!is_finite_d(x) || !is_finite_d(y)) sp.add(x * y);
+  }
+  if (!sp.any()) return false;
+  *out = sp.value<T>();
+  return true;
+}
+
 }  // namespace exactforge
