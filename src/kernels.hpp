@@ -30,10 +30,13 @@ using PackAF32 = void (*)(const float*, int64_t, int, int64_t, float*);
 /// round_int192 give. Lanes it cannot do on its fast path (a level of 2^53 or more, a zero,
 /// subnormal or overflowing results, skip[j] != 0) get todo[j] = 1 and are left to the caller.
 /// The float32 exact tile of a one-sub-chunk reduction, rounded in registers (kernels_avx512.cpp):
-/// outputs it is sure of go to out (row stride ldo); the others' levels to lv[(j*2 + L)*16 + ii],
+/// every output in range goes to out (row stride ldo); those it is not sure of must be overwritten
+/// by the caller from their levels, at lv[(j*2 + L)*16 + ii],
 /// with bit j*16 + ii of *todo set.
 using ExactTileRoundF32 = void (*)(const double*, const double*, int64_t, int, int, const int*, const int*, int,
                                    const char*, const char*, float*, int64_t, int64_t*, uint64_t*);
+/// max |x_t| over the finite x_t of one float32 row (0 if none), and whether any is not finite.
+using RowMaxF32 = double (*)(const float*, int64_t, char*);
 /// The exact sum's passes over rows t0..t1-1 of nc float32 columns (kernels.inc).
 using SumMaxF32 = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, double*, char*);
 using SumSlicesF32 = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
@@ -62,6 +65,7 @@ struct KernelTable {
   ExactTileRoundF32 exact_s2_round;  // nullptr: tiles into int64 blocks, then recombine_f32
   SumMaxF32 sum_max_f32;
   SumSlicesF32 sum_slices_f32;
+  RowMaxF32 row_max_f32;  // nullptr: the driver's 8-lane loop
 };
 
 /// The best table this CPU supports (AVX-512, AVX2+FMA or the baseline). Same bits either way.
@@ -108,6 +112,7 @@ void exact_tile_s2_round(const double*, const double*, int64_t, int, int, const 
 void sum_max_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, double*, char*);
 void sum_slices_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
                          double*, double*);
+double row_max_f32(const float*, int64_t, char*);
 }  // namespace avx512
 
 }  // namespace exactforge

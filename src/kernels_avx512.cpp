@@ -121,6 +121,23 @@ void sum_slices_cols_f32(const float* x, int64_t n, int64_t t0, int64_t t1, int6
   sum_slices_cols_t<float>(x, n, t0, t1, nc, f1, f2, p2w, p0, p1);
 }
 
+// A row's largest finite magnitude, 16 lanes at a time (a max is order-free, so the value is the
+// driver's), and whether the row holds an Inf or NaN.
+double row_max_f32(const float* x, int64_t k, char* nonfinite) {
+  const __m512 big = _mm512_set1_ps(3.40282347e+38f);
+  __m512 m = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  for (int64_t t = 0; t < k; t += 16) {
+    const __mmask16 live = static_cast<__mmask16>(k - t >= 16 ? 0xffffu : (1u << (k - t)) - 1);
+    const __m512 v = _mm512_abs_ps(_mm512_maskz_loadu_ps(live, x + t));
+    const __mmask16 fin = _mm512_cmp_ps_mask(v, big, _CMP_LE_OQ);  // false for Inf and NaN
+    bad |= static_cast<__mmask16>(live & ~fin);
+    m = _mm512_mask_max_ps(m, static_cast<__mmask16>(live & fin), m, v);
+  }
+  *nonfinite = bad != 0;
+  return static_cast<double>(_mm512_reduce_max_ps(m));
+}
+
 // One chain of fused multiply-adds per output, as on every level: lane ii of accumulator j is
 // output (ii, j), and the 16 lanes are the 16 rows of pack_a_f32's panel.
 void fixed_tile_f32(const float* ap, const float* bp, int64_t k, float* c, int64_t ldc, int mrem, int nrem,
@@ -272,7 +289,6 @@ void exact_tile_s2_round(const double* __restrict ap, const double* __restrict b
   const __m256i ea1 = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ea + 8)), _mm256_set1_epi32(3 * w));
   alignas(64) float fo[4][16];
   uint64_t bad = 0;
-  uint16_t okcol[4] = {0, 0, 0, 0};
 #define EXACTFORGE_ROUND(J)                                                                                 \
   if (J < nrem) {                                                                                           \
     const __m512d l1a = _mm512_add_pd(c10_##J##a, c01_##J##a), l1b = _mm512_add_pd(c10_##J##b, c01_##J##b); \
@@ -283,7 +299,6 @@ void exact_tile_s2_round(const double* __restrict ap, const double* __restrict b
     _mm256_store_ps(fo[J] + 8, rb.f);                                                                        \
     uint16_t ok = static_cast<uint16_t>((ra.ok | (unsigned(rb.ok) << 8)) & ~unsigned(rowskip));              \
     if (skip_cols[J]) ok = 0;                                                                                \
-    okcol[J] = ok;                                                                                           \
     const uint16_t need = static_cast<uint16_t>(~unsigned(ok) & ((1u << mrem) - 1));                        \
     if (need) {                                                                                              \
       bad |= uint64_t(need) << (16 * J);                                                                     \
@@ -296,9 +311,17 @@ void exact_tile_s2_round(const double* __restrict ap, const double* __restrict b
   EXACTFORGE_ROUND(0) EXACTFORGE_ROUND(1) EXACTFORGE_ROUND(2) EXACTFORGE_ROUND(3)
 #undef EXACTFORGE_ROUND
 #undef EXACTFORGE_COL
-  for (int ii = 0; ii < mrem; ++ii)
-    for (int j = 0; j < nrem; ++j)
-      if ((okcol[j] >> ii) & 1) out[ii * ldo + j] = fo[j][ii];
+  // Every lane in range is stored, sure or not: the driver overwrites the lanes of *todo after
+  // this returns, before anyone reads them, and a store without a branch per lane is cheaper.
+  if (nrem == 4) {
+    for (int ii = 0; ii < mrem; ++ii) {
+      float* o = out + ii * ldo;
+      o[0] = fo[0][ii]; o[1] = fo[1][ii]; o[2] = fo[2][ii]; o[3] = fo[3][ii];
+    }
+  } else {
+    for (int ii = 0; ii < mrem; ++ii)
+      for (int j = 0; j < nrem; ++j) out[ii * ldo + j] = fo[j][ii];
+  }
   *todo = bad;
 }
 

@@ -259,21 +259,35 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   // Pass 1: power-of-two scales from row maxima of a and column maxima of b (order-free).
   std::vector<int> ea(m), fb(n);
   std::vector<char> bad_row(m, 0), bad_col(n, 0);
+  // float32 takes the ISA's builds of these maxima where it has them (the same values: a max is
+  // order-free); the element-by-element column pass cost 1 ns per element of b.
+  const RowMaxF32 row_max = std::is_same<T, float>::value ? kt.row_max_f32 : nullptr;
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
   for (int64_t i = 0; i < m; ++i) {
     bool nf = false;
-    const double mx = row_maxabs_finite(a + i * k, k, nf);
+    double mx;
+    if (row_max) {
+      char c = 0;
+      mx = row_max(reinterpret_cast<const float*>(a + i * k), k, &c);
+      nf = c != 0;
+    } else {
+      mx = row_maxabs_finite(a + i * k, k, nf);
+    }
     ea[i] = scale_exponent(mx); bad_row[i] = nf;
   }
   {
     std::vector<double> mx(n, 0.0);
     std::vector<char> nf(n, 0);
-    for (int64_t t = 0; t < k; ++t)
-      for (int64_t j = 0; j < n; ++j) {
-        bool f = false;
-        mx[j] = maxabs_finite(mx[j], b[t * n + j], f);
-        nf[j] |= f;
-      }
+    if constexpr (std::is_same<T, float>::value) {
+      kt.sum_max_f32(b, n, 0, k, n, mx.data(), nf.data());
+    } else {
+      for (int64_t t = 0; t < k; ++t)
+        for (int64_t j = 0; j < n; ++j) {
+          bool f = false;
+          mx[j] = maxabs_finite(mx[j], b[t * n + j], f);
+          nf[j] |= f;
+        }
+    }
     for (int64_t j = 0; j < n; ++j) { fb[j] = scale_exponent(mx[j]); bad_col[j] = nf[j]; }
   }
 
@@ -626,7 +640,7 @@ const KernelTable& kernels() {
                                 generic::split_panel_f32_s2, generic::split_panel_f64_s4,
                                 generic::split_cols_f32_s2, generic::split_cols_f64_s4, generic::pack_a_f32,
                                 ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr, nullptr,
-                                generic::sum_max_cols_f32, generic::sum_slices_cols_f32};
+                                generic::sum_max_cols_f32, generic::sum_slices_cols_f32, nullptr};
     // EXACTFORGE_ISA=generic|avx2 caps the level: a test and debug aid (the bits are the same)
     const char* force = std::getenv("EXACTFORGE_ISA");
     const std::string cap = force ? force : "";
@@ -639,7 +653,7 @@ const KernelTable& kernels() {
                                avx2::split_panel_f32_s2, avx2::split_panel_f64_s4,
                                avx2::split_cols_f32_s2, avx2::split_cols_f64_s4, avx2::pack_a_f32,
                                ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr, nullptr,
-                               avx2::sum_max_cols_f32, avx2::sum_slices_cols_f32};
+                               avx2::sum_max_cols_f32, avx2::sum_slices_cols_f32, nullptr};
 #if defined(EXACTFORGE_HAVE_AVX512_BUILD)
       if (cap != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
@@ -657,6 +671,7 @@ const KernelTable& kernels() {
         t.fixed_f32_nr = avx512::kFixedF32NR;
         t.sum_max_f32 = avx512::sum_max_cols_f32;
         t.sum_slices_f32 = avx512::sum_slices_cols_f32;
+        t.row_max_f32 = avx512::row_max_f32;
         return t;
       }
 #endif
