@@ -307,8 +307,12 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   // Tiny products stay on the float64 slices: there the int8 path's fixed costs (tile state,
   // zero-padding every panel to 16 x 64) outweigh its faster products (bench_exact_kernels.py:
   // 64x10x100 11.6x vs 14.0x torch, 64x10x1000 8.2x vs 5.4x). Same bits either way.
+  // So do reductions of at most 256 terms (a batch) where the ISA has the rounding tile: on the
+  // Sapphire Rapids machine the int8 kernel gained nothing at k = 100 even against the AVX2 float64
+  // tiles (22.5x vs 21.3x torch), and the AVX-512 tile that rounds in registers is faster again.
   if (kernel == ExactKernel::Auto)
-    kernel = m * n * k >= (int64_t(1) << 19) ? exact_kernel_auto() : ExactKernel::F64Slices;
+    kernel = (m * n * k >= (int64_t(1) << 19) && !(k <= 256 && kt.exact_s2_round)) ? exact_kernel_auto()
+                                                                                     : ExactKernel::F64Slices;
   if (kernel == ExactKernel::Int8Amx && !amx_int8_usable())
     throw std::invalid_argument("exact matmul: AMX-INT8 is not usable on this CPU/OS");
   const bool int8_path = std::is_same<T, float>::value && kernel != ExactKernel::F64Slices;

@@ -107,3 +107,18 @@ def test_every_isa_level_gives_the_same_bits(tmp_path, rng):
             ref = bits(results["generic"][key])
             assert bits(results["default"][key]) == ref, key
             assert bits(results["avx2"][key]) == ref, key
+
+
+@pytest.mark.parametrize("user", [None, "OMP_WAIT_POLICY=PASSIVE", "GOMP_SPINCOUNT=5"])
+def test_openmp_wait_setting_is_scoped_to_the_core_and_yields_to_the_user(user):
+    """exactforge sets GOMP_SPINCOUNT only while its own OpenMP runtime loads (so torch's, or a
+    child process's, sees the user's environment), and not at all where the user chose a policy."""
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    env.pop("GOMP_SPINCOUNT", None)
+    if user:
+        k, v = user.split("=")
+        env[k] = v
+    code = ("import os, exactforge; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout.split()
+    assert out == [env.get("GOMP_SPINCOUNT", "None"), env.get("OMP_WAIT_POLICY", "None")]
