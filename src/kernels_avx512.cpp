@@ -1,20 +1,22 @@
-// The AVX-512 level of the float32 exact matmul (flags in CMakeLists.txt: AVX-512 F/DQ/VL/BW,
-// and no contraction, like every file but the exact tiles of kernels.inc). Chosen at run time
-// only where the CPU reports those features (reduce.cpp, kernels()).
+// The AVX-512 level of the CPU kernels (flags in CMakeLists.txt: AVX-512 F/DQ/VL/BW, and no
+// contraction, like every file but the exact tiles of kernels.inc): the float32 exact matmul's
+// tiles, slicing, scales and rounding, the exact sum's passes, and the float32 fixed tile. Chosen
+// at run time only where the CPU reports those features (reduce.cpp, kernels()).
 //
 // Why the bits are those of the AVX2 and baseline levels:
-//  - the tile sums the same products A_l[i,t] B_m[t,j] of the same slices as exact_tile_s2_4x4,
-//    only 16 rows at a time in two 8-lane vectors. Every product and partial sum is an integer
-//    below 2^53 (exact_plan), so each fused multiply-add is exact and the order is free;
-//  - the slicing is split_lanes_t itself, instantiated for 16 lanes: lanes are independent
-//    elements, so the lane count cannot change a slice;
-//  - the recombination computes the correctly rounded float of an exact integer (below), as
-//    round_two_levels and round_int192 do; there is only one such float.
-// On Zen 5 (full-width AVX-512, two 512-bit FMA pipes) the tile runs twice the float64 FMAs of
-// the 4 x 4 AVX2 tile per cycle; on CPUs that split 512-bit operations in two it is no slower,
-// with fewer loads per product.
+//  - the exact tiles sum the same products A_l[i,t] B_m[t,j] of the same slices as
+//    exact_tile_s2_4x4, only 16 rows at a time in two 8-lane vectors. Every product and partial
+//    sum is an integer below 2^53 (exact_plan), so each fused multiply-add is exact and the order
+//    is free;
+//  - the slicing is split_pow2's sequence of IEEE operations, lane by lane (slice8); lanes are
+//    independent elements, so the lane count cannot change a slice;
+//  - the rounding computes the correctly rounded float of an exact integer (round8), as
+//    round_two_levels and round_int192 do; there is only one such float;
+//  - maxima are order-free, and the fixed tile runs one FMA chain per output, as everywhere.
+// On Zen 5 (full-width AVX-512, two 512-bit FMA pipes) the tiles run twice the FMAs of the AVX2
+// ones per cycle; on CPUs that split 512-bit operations in two they need fewer loads per product.
 #define EXACTFORGE_KERNEL_NS avx512
-#include "kernels.inc"  // split_lanes_t and the helpers (internal linkage: no symbol is shared)
+#include "kernels.inc"  // fixed_tile_t and the sum loops (internal linkage: no symbol is shared)
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 
