@@ -41,6 +41,9 @@ using RowMaxF32 = double (*)(const float*, int64_t, char*);
 using SumMaxF32 = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, double*, char*);
 using SumSlicesF32 = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
                               double*, double*);
+using SumMaxF64 = void (*)(const double*, int64_t, int64_t, int64_t, int64_t, double*, char*);
+using SumSlicesF64 = void (*)(const double*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
+                              double*, double*);
 using RecombineF32 = void (*)(const int64_t* lv, int64_t n, int ea, const int* fb, int w, const char* skip,
                               float* out, char* todo);
 
@@ -65,6 +68,8 @@ struct KernelTable {
   ExactTileRoundF32 exact_s2_round;  // nullptr: tiles into int64 blocks, then recombine_f32
   SumMaxF32 sum_max_f32;
   SumSlicesF32 sum_slices_f32;
+  SumMaxF64 sum_max_f64;
+  SumSlicesF64 sum_slices_f64;
   RowMaxF32 row_max_f32;  // nullptr: the driver's 8-lane loop
 };
 
@@ -89,6 +94,9 @@ const KernelTable& kernels();
   void pack_a_f32(const float*, int64_t, int, int64_t, float*);                               \
   void sum_max_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, double*, char*);    \
   void sum_slices_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, const double*,   \
+                           const double*, double, double*, double*);                          \
+  void sum_max_cols_f64(const double*, int64_t, int64_t, int64_t, int64_t, double*, char*);   \
+  void sum_slices_cols_f64(const double*, int64_t, int64_t, int64_t, int64_t, const double*,  \
                            const double*, double, double*, double*);                          \
   }
 EXACTFORGE_DECLARE_KERNELS(generic)

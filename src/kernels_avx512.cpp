@@ -49,28 +49,33 @@ static inline void add_rows8(int64_t* acc, int64_t ldacc, int rows, __m512i r0, 
   }
 }
 
-void exact_tile_s2(const double* __restrict ap, const double* __restrict bp, int64_t kc, int64_t* acc,
-                   int64_t ldacc, int mrem, int nrem) {
-  // cLM_j{lo,hi}: sum over t of A_L * B_M for column j, rows 0-7 and 8-15; 24 accumulators
-  // and 4 slice vectors of a leave 4 of the 32 registers for the broadcasts.
-  __m512d c00_0a = _mm512_setzero_pd(), c00_0b = c00_0a, c10_0a = c00_0a, c10_0b = c00_0a, c01_0a = c00_0a, c01_0b = c00_0a;
-  __m512d c00_1a = c00_0a, c00_1b = c00_0a, c10_1a = c00_0a, c10_1b = c00_0a, c01_1a = c00_0a, c01_1b = c00_0a;
-  __m512d c00_2a = c00_0a, c00_2b = c00_0a, c10_2a = c00_0a, c10_2b = c00_0a, c01_2a = c00_0a, c01_2b = c00_0a;
-  __m512d c00_3a = c00_0a, c00_3b = c00_0a, c10_3a = c00_0a, c10_3b = c00_0a, c01_3a = c00_0a, c01_3b = c00_0a;
-  for (int64_t t = 0; t < kc; ++t) {
-    const double* at = ap + t * 32;  // at[l*16 + ii]
-    const __m512d a0a = _mm512_loadu_pd(at), a0b = _mm512_loadu_pd(at + 8);
-    const __m512d a1a = _mm512_loadu_pd(at + 16), a1b = _mm512_loadu_pd(at + 24);
-    const double* bt = bp + t * 8;  // bt[m*4 + j]
-    __m512d b;
+// The 16 x 4 tile's products over the kc terms of ap, bp, shared by both tiles below: cLM_J{a,b}
+// is the sum over t of A_L * B_M for column J, rows 0-7 (a) and 8-15 (b). 24 accumulators as
+// named variables (as arrays GCC kept them on the stack) and 4 slice vectors of a leave 4 of the
+// 32 registers for the broadcasts. ap[t*32 + l*16 + ii], bp[t*8 + m*4 + j].
 #define EXACTFORGE_COL(J)                                                                      \
   b = _mm512_set1_pd(bt[J]);                                                                   \
   c00_##J##a = _mm512_fmadd_pd(a0a, b, c00_##J##a); c00_##J##b = _mm512_fmadd_pd(a0b, b, c00_##J##b); \
   c10_##J##a = _mm512_fmadd_pd(a1a, b, c10_##J##a); c10_##J##b = _mm512_fmadd_pd(a1b, b, c10_##J##b); \
   b = _mm512_set1_pd(bt[4 + J]);                                                               \
   c01_##J##a = _mm512_fmadd_pd(a0a, b, c01_##J##a); c01_##J##b = _mm512_fmadd_pd(a0b, b, c01_##J##b);
-    EXACTFORGE_COL(0) EXACTFORGE_COL(1) EXACTFORGE_COL(2) EXACTFORGE_COL(3)
+#define EXACTFORGE_S2_PRODUCTS(ap, bp, kc)                                                                                  \
+  __m512d c00_0a = _mm512_setzero_pd(), c00_0b = c00_0a, c10_0a = c00_0a, c10_0b = c00_0a, c01_0a = c00_0a, c01_0b = c00_0a; \
+  __m512d c00_1a = c00_0a, c00_1b = c00_0a, c10_1a = c00_0a, c10_1b = c00_0a, c01_1a = c00_0a, c01_1b = c00_0a;            \
+  __m512d c00_2a = c00_0a, c00_2b = c00_0a, c10_2a = c00_0a, c10_2b = c00_0a, c01_2a = c00_0a, c01_2b = c00_0a;            \
+  __m512d c00_3a = c00_0a, c00_3b = c00_0a, c10_3a = c00_0a, c10_3b = c00_0a, c01_3a = c00_0a, c01_3b = c00_0a;            \
+  for (int64_t t = 0; t < (kc); ++t) {                                                                                     \
+    const double* at = (ap) + t * 32;                                                                                      \
+    const __m512d a0a = _mm512_loadu_pd(at), a0b = _mm512_loadu_pd(at + 8);                                               \
+    const __m512d a1a = _mm512_loadu_pd(at + 16), a1b = _mm512_loadu_pd(at + 24);                                         \
+    const double* bt = (bp) + t * 8;                                                                                       \
+    __m512d b;                                                                                                             \
+    EXACTFORGE_COL(0) EXACTFORGE_COL(1) EXACTFORGE_COL(2) EXACTFORGE_COL(3)                                                \
   }
+
+void exact_tile_s2(const double* __restrict ap, const double* __restrict bp, int64_t kc, int64_t* acc,
+                   int64_t ldacc, int mrem, int nrem) {
+  EXACTFORGE_S2_PRODUCTS(ap, bp, kc)
   // Level sums of this run of terms as int64 (exact: integers below 2^53).
   if (nrem == 4) {
     // Transposed in registers to the accumulators' layout, row by row: row ii's 8 int64 are
@@ -312,18 +317,7 @@ void recombine_f32(const int64_t* lv, int64_t n, int ea, const int* fb, int w, c
 void exact_tile_s2_round(const double* __restrict ap, const double* __restrict bp, int64_t kc, int mrem, int nrem,
                          const int* ea, const int* fb, int w, const char* skip_rows, const char* skip_cols,
                          float* out, int64_t ldo, int64_t* lv, uint64_t* todo) {
-  __m512d c00_0a = _mm512_setzero_pd(), c00_0b = c00_0a, c10_0a = c00_0a, c10_0b = c00_0a, c01_0a = c00_0a, c01_0b = c00_0a;
-  __m512d c00_1a = c00_0a, c00_1b = c00_0a, c10_1a = c00_0a, c10_1b = c00_0a, c01_1a = c00_0a, c01_1b = c00_0a;
-  __m512d c00_2a = c00_0a, c00_2b = c00_0a, c10_2a = c00_0a, c10_2b = c00_0a, c01_2a = c00_0a, c01_2b = c00_0a;
-  __m512d c00_3a = c00_0a, c00_3b = c00_0a, c10_3a = c00_0a, c10_3b = c00_0a, c01_3a = c00_0a, c01_3b = c00_0a;
-  for (int64_t t = 0; t < kc; ++t) {
-    const double* at = ap + t * 32;
-    const __m512d a0a = _mm512_loadu_pd(at), a0b = _mm512_loadu_pd(at + 8);
-    const __m512d a1a = _mm512_loadu_pd(at + 16), a1b = _mm512_loadu_pd(at + 24);
-    const double* bt = bp + t * 8;
-    __m512d b;
-    EXACTFORGE_COL(0) EXACTFORGE_COL(1) EXACTFORGE_COL(2) EXACTFORGE_COL(3)
-  }
+  EXACTFORGE_S2_PRODUCTS(ap, bp, kc)
   __mmask16 rowskip = 0;
   for (int ii = 0; ii < 16; ++ii)
     if (ii >= mrem || skip_rows[ii]) rowskip |= static_cast<__mmask16>(1u << ii);
@@ -353,7 +347,6 @@ void exact_tile_s2_round(const double* __restrict ap, const double* __restrict b
   }
   EXACTFORGE_ROUND(0) EXACTFORGE_ROUND(1) EXACTFORGE_ROUND(2) EXACTFORGE_ROUND(3)
 #undef EXACTFORGE_ROUND
-#undef EXACTFORGE_COL
   // Every lane in range is stored, sure or not: the driver overwrites the lanes of *todo after
   // this returns, before anyone reads them, and a store without a branch per lane is cheaper.
   if (nrem == 4) {
@@ -367,6 +360,9 @@ void exact_tile_s2_round(const double* __restrict ap, const double* __restrict b
   }
   *todo = bad;
 }
+
+#undef EXACTFORGE_S2_PRODUCTS
+#undef EXACTFORGE_COL
 
 }  // namespace avx512
 }  // namespace exactforge

@@ -97,6 +97,18 @@ template <class T> struct FixedFn;
 template <> struct FixedFn<float> { static FixedTileF32 get() { return kernels().fixed_f32; } };
 template <> struct FixedFn<double> { static FixedTileF64 get() { return kernels().fixed_f64; } };
 
+// The exact sum's column passes (kernels.inc): the maxima of the finite magnitudes and the
+// two slices' sums, in the dispatched ISA's build.
+template <class T> struct SumFn;
+template <> struct SumFn<float> {
+  static SumMaxF32 max() { return kernels().sum_max_f32; }
+  static SumSlicesF32 slices() { return kernels().sum_slices_f32; }
+};
+template <> struct SumFn<double> {
+  static SumMaxF64 max() { return kernels().sum_max_f64; }
+  static SumSlicesF64 slices() { return kernels().sum_slices_f64; }
+};
+
 // Float16/bfloat16 are widened to float32 in Python before they reach here.
 template <class T>
 void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
@@ -203,16 +215,9 @@ void sum_fixed_impl(const T* x, T* out, int64_t k, int64_t n, const int64_t* ord
 // exact mode
 // ---------------------------------------------------------------------------------
 
-template <class T>
-double maxabs_finite(double cur, T v, bool& nonfinite) {
-  double d = static_cast<double>(v);
-  if (!is_finite_d(d)) { nonfinite = true; return cur; }
-  return std::max(cur, std::fabs(d));
-}
-
-/// max |x_t| over the finite x_t (0 if none) and whether any is not finite: the same as a
-/// fold of maxabs_finite, in eight independent lanes (a max is order-free), because the one
-/// chain of dependent maxima took 4 cycles per element on a 25 x 78,400 operand.
+/// max |x_t| over the finite x_t (0 if none) and whether any is not finite, in eight independent
+/// lanes (a max is order-free), because one chain of dependent maxima took 4 cycles per element
+/// on a 25 x 78,400 operand. The AVX-512 level has a 16-lane build for float32 (row_max_f32).
 template <class T>
 double row_maxabs_finite(const T* x, int64_t k, bool& nonfinite) {
   constexpr int U = 8;
@@ -257,10 +262,11 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   (void)par;
 
   // Pass 1: power-of-two scales from row maxima of a and column maxima of b (order-free).
-  std::vector<int> ea(m), fb(n);
+  // ea is padded to whole row blocks: the AVX-512 rounding tile loads 16 rows' exponents at once.
+  std::vector<int> ea((m + MR - 1) / MR * MR, 0), fb(n);
   std::vector<char> bad_row(m, 0), bad_col(n, 0);
-  // float32 takes the ISA's builds of these maxima where it has them (the same values: a max is
-  // order-free); the element-by-element column pass cost 1 ns per element of b.
+  // Through the ISA's builds of these maxima (the same values: a max is order-free); the
+  // element-by-element column pass cost 1 ns per element of b.
   const RowMaxF32 row_max = std::is_same<T, float>::value ? kt.row_max_f32 : nullptr;
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
   for (int64_t i = 0; i < m; ++i) {
@@ -278,16 +284,7 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   {
     std::vector<double> mx(n, 0.0);
     std::vector<char> nf(n, 0);
-    if constexpr (std::is_same<T, float>::value) {
-      kt.sum_max_f32(b, n, 0, k, n, mx.data(), nf.data());
-    } else {
-      for (int64_t t = 0; t < k; ++t)
-        for (int64_t j = 0; j < n; ++j) {
-          bool f = false;
-          mx[j] = maxabs_finite(mx[j], b[t * n + j], f);
-          nf[j] |= f;
-        }
-    }
+    SumFn<T>::max()(b, n, 0, k, n, mx.data(), nf.data());
     for (int64_t j = 0; j < n; ++j) { fb[j] = scale_exponent(mx[j]); bad_col[j] = nf[j]; }
   }
 
@@ -381,12 +378,8 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   // (800 MB on 4096 x 64 x 4096). Where there are several column blocks, the up-front panels
   // are reused by each and are worth their traffic.
   const bool fuse_a = nb <= jbb;
-  // The one-pass tile that rounds in registers loads 16 rows' exponents at once: a padded copy,
-  // so that the last row block reads no further than its array.
   const ExactTileRoundF32 round_tile =
       (one_pass && std::is_same<T, float>::value && S == 2 && MR == 16) ? kt.exact_s2_round : nullptr;
-  std::vector<int> ea_pad(round_tile ? static_cast<size_t>(mb * MR) : 0, 0);
-  std::copy(ea.begin(), round_tile ? ea.end() : ea.begin(), ea_pad.begin());
   Scratch& sc = scratch();
   grow(sc.a, static_cast<size_t>(fuse_a ? nt * MR * KS * S : mb * MR * KS * S));
   grow(sc.b, static_cast<size_t>(nb * NR * KS * S));
@@ -444,12 +437,12 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
           int64_t* const unit = one_pass ? blk_all.data() + static_cast<size_t>(thread_index()) * MR * kGroup * NR * S
                                          : acc + (ib * MR * n + jb0 * NR) * S;
           if (round_tile) {  // one pass, rounded in the tile; the rest as finish_one would
-            int64_t* lv = blk_all.data() + static_cast<size_t>(thread_index()) * MR * kGroup * NR * S;
+            int64_t* const lv = unit;  // the unsure lanes' levels, [j][L][row]
             for (int64_t jb = jb0; jb < jb1; ++jb) {
               const int nrem = static_cast<int>(std::min<int64_t>(NR, n - jb * NR));
               const int64_t i0 = ib * MR, j = jb * NR;
               uint64_t todo = 0;
-              round_tile(ap, bp + jb * NR * kc * S, kc, mrem, nrem, ea_pad.data() + i0, fb.data() + j, w,
+              round_tile(ap, bp + jb * NR * kc * S, kc, mrem, nrem, ea.data() + i0, fb.data() + j, w,
                          bad_row.data() + i0, bad_col.data() + j, reinterpret_cast<float*>(out + i0 * n + j), n, lv,
                          &todo);
               for (; todo; todo &= todo - 1) {
@@ -495,53 +488,26 @@ void sum_exact_impl(const T* x, T* out, int64_t k, int64_t n, int threads) {
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
   for (int64_t cb = 0; cb < nblocks; ++cb) {
     const int64_t j0 = cb * block, j1 = std::min(n, j0 + block), nc = j1 - j0;
-    // Written as plain loops over the columns of a row, so that they vectorise: the same
-    // operations as maxabs_finite and split_pow2 element by element (a non-finite element
-    // gives zero slices; the slices are rounded by the same two additions), so the same
-    // integers. Element by element it took 2 ns per element, 20x torch's sum.
+    // The passes over the rows are the ISA's builds of sum_max_cols_t and sum_slices_cols_t
+    // (kernels.inc): element by element the maxima and split_pow2, as loops over a row's
+    // columns that vectorise. Element by element here they took 2 ns per element, 20x torch.
     double mx[block], f1[block], f2[block];
     char nf[block];
     int fe[block];
     for (int64_t j = 0; j < nc; ++j) { mx[j] = 0; nf[j] = 0; }
-    const double big = 1.7976931348623157e308, magic = 6755399441055744.0;  // round_int's
-    if constexpr (std::is_same<T, float>::value) {
-      kernels().sum_max_f32(x + j0, n, 0, k, nc, mx, nf);  // the ISA's build of the loop below
-    } else {
-      for (int64_t t = 0; t < k; ++t) {
-        const T* __restrict row = x + t * n + j0;
-        for (int64_t j = 0; j < nc; ++j) {
-          const double v = std::fabs(static_cast<double>(row[j]));
-          const bool fin = v <= big;
-          mx[j] = (fin && v > mx[j]) ? v : mx[j];
-          nf[j] |= !fin;
-        }
-      }
-    }
+    SumFn<T>::max()(x + j0, n, 0, k, nc, mx, nf);
     for (int64_t j = 0; j < nc; ++j) {
       fe[j] = scale_exponent(mx[j]);
       const Pow2 sc(w - fe[j]);
       f1[j] = sc.f1; f2[j] = sc.f2;
     }
-    static_assert(S == 2, "the loop below keeps two slices");
+    static_assert(S == 2, "the passes keep two slices");
     int64_t acc[block][S] = {};
     double p0[block], p1[block];
     for (int64_t t0 = 0; t0 < k; t0 += kSumChunk) {
       const int64_t t1 = std::min(k, t0 + kSumChunk);
       for (int64_t j = 0; j < nc; ++j) { p0[j] = 0.0; p1[j] = 0.0; }
-      if constexpr (std::is_same<T, float>::value) kernels().sum_slices_f32(x + j0, n, t0, t1, nc, f1, f2, p2w, p0, p1);
-      else for (int64_t t = t0; t < t1; ++t) {
-        const T* __restrict row = x + t * n + j0;
-        for (int64_t j = 0; j < nc; ++j) {
-          double v = static_cast<double>(row[j]);
-          v = std::fabs(v) <= big ? v : 0.0;  // non-finite: zero slices
-          const double r = (v * f1[j]) * f2[j];
-          const double q0 = (r + magic) - magic;
-          const double r1 = (r - q0) * p2w;  // exact, as in split_pow2
-          const double q1 = (r1 + magic) - magic;
-          p0[j] += q0;  // exact: |sum| <= 2^13 * 2^40
-          p1[j] += q1;
-        }
-      }
+      SumFn<T>::slices()(x + j0, n, t0, t1, nc, f1, f2, p2w, p0, p1);  // exact: |sum| <= 2^13 * 2^40
       for (int64_t j = 0; j < nc; ++j) {
         acc[j][0] += static_cast<int64_t>(p0[j]);
         acc[j][1] += static_cast<int64_t>(p1[j]);
@@ -639,12 +605,17 @@ template void sum_exact<double>(const double*, double*, int64_t, int64_t, int);
 
 const KernelTable& kernels() {
   static const KernelTable table = [] {
-    const KernelTable generic_t{"generic", generic::fixed_tile_f32, generic::fixed_tile_f64,
-                                generic::exact_tile_s2, generic::exact_tile_s4,
-                                generic::split_panel_f32_s2, generic::split_panel_f64_s4,
-                                generic::split_cols_f32_s2, generic::split_cols_f64_s4, generic::pack_a_f32,
-                                ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr, nullptr,
-                                generic::sum_max_cols_f32, generic::sum_slices_cols_f32, nullptr};
+    // The levels built from kernels.inc (generic, avx2) share one layout: 4 x 4 exact tiles,
+    // 16 x 4 fixed tiles, one column tile per slicing call, the driver's rounding and maxima.
+#define EXACTFORGE_KERNEL_TABLE(NS, NAME)                                                              \
+  KernelTable {                                                                                        \
+    NAME, NS::fixed_tile_f32, NS::fixed_tile_f64, NS::exact_tile_s2, NS::exact_tile_s4,                \
+        NS::split_panel_f32_s2, NS::split_panel_f64_s4, NS::split_cols_f32_s2, NS::split_cols_f64_s4,  \
+        NS::pack_a_f32, ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr, nullptr, \
+        NS::sum_max_cols_f32, NS::sum_slices_cols_f32, NS::sum_max_cols_f64, NS::sum_slices_cols_f64,  \
+        nullptr                                                                                        \
+  }
+    const KernelTable generic_t = EXACTFORGE_KERNEL_TABLE(generic, "generic");
     // EXACTFORGE_ISA=generic|avx2 caps the level: a test and debug aid (the bits are the same)
     const char* force = std::getenv("EXACTFORGE_ISA");
     const std::string cap = force ? force : "";
@@ -652,12 +623,7 @@ const KernelTable& kernels() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      const KernelTable avx2_t{"avx2+fma", avx2::fixed_tile_f32, avx2::fixed_tile_f64,
-                               avx2::exact_tile_s2, avx2::exact_tile_s4,
-                               avx2::split_panel_f32_s2, avx2::split_panel_f64_s4,
-                               avx2::split_cols_f32_s2, avx2::split_cols_f64_s4, avx2::pack_a_f32,
-                               ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr, nullptr,
-                               avx2::sum_max_cols_f32, avx2::sum_slices_cols_f32, nullptr};
+      const KernelTable avx2_t = EXACTFORGE_KERNEL_TABLE(avx2, "avx2+fma");
 #if defined(EXACTFORGE_HAVE_AVX512_BUILD)
       if (cap != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
@@ -683,6 +649,7 @@ const KernelTable& kernels() {
     }
 #endif
     return generic_t;
+#undef EXACTFORGE_KERNEL_TABLE
   }();
   return table;
 }
