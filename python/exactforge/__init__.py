@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from . import mathfn, reduce
-from ._native import _core, _cuda, _cuda_import_error
+from . import _compat, mathfn, reduce
+from ._backend.native import _core, _cuda, _cuda_import_error
+
+_compat.install()
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 

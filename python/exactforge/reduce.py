@@ -29,9 +29,9 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _device
-from ._arrays import ArrayKind, check_dtype, compute_dtype, from_numpy, host_copy, kind_of, shape_of, to_numpy
-from ._native import _core
+from ._backend import device as _device
+from ._backend.arrays import ArrayKind, check_dtype, compute_dtype, from_numpy, host_copy, kind_of, shape_of, to_numpy
+from ._backend.native import _core
 
 __all__ = ["matmul", "sum", "MODES", "error_bound", "exact_plan", "check_threads"]
 

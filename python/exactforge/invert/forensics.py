@@ -77,7 +77,7 @@ def identifiability(model: Any, X: np.ndarray, y: np.ndarray) -> Optional[Dict[s
     b <= d, where null(W1^T) is empty. None for other architectures."""
     import torch
 
-    from ..exact import fcn_perturbation_basis
+    from ..forging.solvers import fcn_perturbation_basis
 
     linears = [mod for mod in model.modules() if isinstance(mod, torch.nn.Linear)]
     if len(linears) != 2:

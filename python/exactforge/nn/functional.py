@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import models as M
+from .. import mathfn
 from .. import reduce as R
-from .._native import _core
+from .._backend.native import _core
 
 __all__ = ["linear", "conv2d", "batch_norm_eval", "cross_entropy", "mse_loss", "sigmoid", "tanh", "dropout", "keep_mask",
            "bmm", "softmax", "layer_norm", "embedding", "attention_mask", "multi_head_attention"]
@@ -171,9 +171,9 @@ class _CrossEntropy(torch.autograd.Function):
     def forward(ctx, logits, q, mode):
         z = logits.detach().cpu().numpy()
         qn = q.detach().cpu().numpy()
-        losses, p = M.softmax_xent(z, qn, mode="fixed")  # per example; classes in a fixed order
+        losses, p = mathfn.softmax_xent(z, qn, mode="fixed")  # per example; classes in a fixed order
         n = np.asarray(z.dtype.type(len(z)))
-        ctx.save_for_backward(torch.from_numpy(M.output_errors(p, qn, mode="fixed") / n))
+        ctx.save_for_backward(torch.from_numpy(mathfn.output_errors(p, qn, mode="fixed") / n))
         return torch.from_numpy(np.asarray(R.sum(losses.reshape(-1, 1), axis=0, mode=mode)[0] / n))
 
     @staticmethod
@@ -246,14 +246,14 @@ def _np(x: torch.Tensor) -> np.ndarray:
 
 
 def _sigmoid64(v: np.ndarray) -> np.ndarray:
-    from .._native import _core
+    from .._backend.native import _core
 
     e = _core.exp(-np.abs(v))  # in (0, 1]: no overflow for any input
     return np.where(v >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _tanh64(v: np.ndarray) -> np.ndarray:
-    from .._native import _core
+    from .._backend.native import _core
 
     a = np.abs(v)
     e = _core.exp(-2.0 * a)
@@ -382,8 +382,6 @@ class _Softmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s):
-        from .. import mathfn
-
         shp = s.shape
         s2 = s.reshape(-1, shp[-1])
         m = s2.max(dim=1, keepdim=True).values  # exact

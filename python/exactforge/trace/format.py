@@ -111,7 +111,7 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
         raise TraceError(f"manifest: 'reduction' must be one of {allowed} for the {man['engine']} engine, "
                          f"got {str(man.get('reduction', '<missing>'))[:40]!r}")
     if "loss" in man:
-        from ..losses import check_spec
+        from ..nn.losses import check_spec
 
         try:
             check_spec(man["loss"])

@@ -14,7 +14,7 @@ from typing import Any, Dict
 
 __all__ = ["Limits", "DEFAULT_LIMITS", "MAX_THREADS"]
 
-from .._native import _core
+from .._backend.native import _core
 
 # Native kernels and the torch engine refuse thread counts above this. OpenMP crashes the
 # process (not an exception) when it cannot create the threads it was asked for, so the

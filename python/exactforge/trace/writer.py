@@ -12,42 +12,18 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import tempfile
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..report.files import atomic_write
+from ..report.files import fsync_dir as _fsync_dir
 from .format import (INITIAL_KINDS, SCHEMA, SCHEMA_VERSION, canonical_json, checkpoint_name, record_hash,
                      record_name, sha256_bytes, tensor_table)
 from .reader import Record, Trace
 from .safeio import TraceError
 
 __all__ = ["TraceWriter", "atomic_write", "environment", "encode_checkpoint"]
-
-
-def _fsync_dir(folder: str) -> None:
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write, fsync, rename over ``path``, fsync the directory."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
 
 
 def environment(device: str = "cpu") -> Dict[str, Any]:

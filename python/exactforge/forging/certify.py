@@ -35,7 +35,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from . import models as M
+from ..models import native as M
 
 __all__ = ["PREC", "KEY_BITS", "ExactGradients", "exact_gradients", "certify", "LEVELS", "key_bits_for",
            "projection_keys", "label_residues"]

@@ -7,9 +7,10 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Unio
 
 import numpy as np
 
-from . import models as M
-from .data import Dataset, as_dataset, fingerprint
-from .trace import Trace, TraceError, TraceWriter, environment
+from ..models import native as M
+from ..report.progress import progress_bar
+from ..data import Dataset, as_dataset, fingerprint
+from . import Trace, TraceError, TraceWriter, environment
 
 __all__ = ["batch_schedule", "record_native", "record_torch_fcn", "TraceRecorder"]
 
@@ -28,14 +29,6 @@ def batch_schedule(num_examples: int, batch_size: int, seed: int) -> Iterator[np
 def _data_entry(data: Dataset, path: Optional[str]) -> Dict[str, Any]:
     return {"name": data.name, "fingerprint": data.fingerprint(), "num_examples": len(data),
             "dim": data.dim, "num_classes": data.num_classes, "path": path}
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", leave=False)
 
 
 def _check_steps(steps: int, checkpoint_every: int) -> None:
@@ -91,7 +84,7 @@ def record_native(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 0.0
     sched = batch_schedule(len(data), batch_size, seed)
     for _ in range(writer.next_step):  # the schedule is a pure function of the seed
         next(sched)
-    bar = _progress(steps - writer.next_step, progress, "train (native)")
+    bar = progress_bar(steps - writer.next_step, progress, "train (native)")
     while writer.next_step < steps:
         t = writer.next_step
         idx = next(sched)
@@ -145,9 +138,9 @@ class TraceRecorder:
                  zoo: Optional[str] = None, dropout_seed: Optional[int] = None) -> None:
         import torch
 
-        from . import nn as xnn
-        from . import optim as O
-        from .losses import spec_of
+        from .. import nn as xnn
+        from ..models import optim as O
+        from ..nn.losses import spec_of
 
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every: expected a positive interval, got {checkpoint_every}")
@@ -205,7 +198,7 @@ class TraceRecorder:
         self._since_ckpt = 0
 
     def _state(self) -> Dict[str, np.ndarray]:
-        from .optim import state_tensors
+        from ..models.optim import state_tensors
 
         st = OrderedDict((k, v.detach().cpu().numpy()) for k, v in self.model.state_dict().items())
         st.update(state_tensors(self.optimizer, self._opt_spec, self._params, self._steps))
@@ -234,7 +227,7 @@ class TraceRecorder:
         """Announces the next step's batch (dataset indices, in the order fed to the model)
         before its forward pass: keys the model's dropout masks to this step and these
         examples. Needed when the model has dropout in training mode; harmless otherwise."""
-        from .nn import dropout_keys
+        from ..nn import dropout_keys
 
         idx = self._indices(batch_indices, "begin")
         dropout_keys(self.model, seed=self._dropout_seed, step=self._writer.next_step, examples=idx)
@@ -242,7 +235,7 @@ class TraceRecorder:
 
     def step(self, batch_indices: Union[Sequence[int], np.ndarray, Any]) -> None:
         """Records one optimizer step taken on the examples ``batch_indices`` (in order)."""
-        from .nn import keyed_layers
+        from ..nn import keyed_layers
 
         idx = self._indices(batch_indices, "step")
         begun, self._begun = self._begun, None
@@ -300,9 +293,9 @@ def record_torch_fcn(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 
     recorded through ``TraceRecorder``: what a model owner using plain torch produces."""
     import torch
 
-    from .torch_models import to_torch
+    from ..models.torch_fcn import to_torch
 
-    from .reduce import check_threads
+    from ..reduce import check_threads
 
     _check_steps(steps, checkpoint_every)
     threads = check_threads(threads)
@@ -315,7 +308,7 @@ def record_torch_fcn(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 
         X = torch.from_numpy(data.X.astype(spec.dtype))
         y = torch.from_numpy(data.y)
         sched = batch_schedule(len(data), batch_size, seed)
-        bar = _progress(steps, progress, "train (torch)")
+        bar = progress_bar(steps, progress, "train (torch)")
         with TraceRecorder(out, model, opt, data, checkpoint_every=checkpoint_every, seed=seed,
                            batch_size=batch_size, steps=steps, model_spec=spec, data_path=data_path,
                            extra={"initial": "seeded"}) as rec:
@@ -334,10 +327,10 @@ def record_zoo(out: str, name: str, data: Dataset, *, lr: float = 0.01, steps: i
     the zoo model, so a verifier builds it from its own code."""
     import torch
 
-    from . import get_num_threads, set_num_threads
-    from . import nn as xnn
-    from .reduce import check_threads
-    from .zoo import build_model
+    from .. import get_num_threads, set_num_threads
+    from .. import nn as xnn
+    from ..reduce import check_threads
+    from ..models.zoo import build_model
 
     _check_steps(steps, checkpoint_every)
     threads = check_threads(threads)
@@ -358,7 +351,7 @@ def record_zoo(out: str, name: str, data: Dataset, *, lr: float = 0.01, steps: i
         X = torch.from_numpy(data.X).reshape(len(data), *data.shape)
         y = torch.from_numpy(data.y)
         sched = batch_schedule(len(data), batch_size, seed)
-        bar = _progress(steps, progress, f"train ({name})")
+        bar = progress_bar(steps, progress, f"train ({name})")
         with TraceRecorder(out, model, opt, data, checkpoint_every=checkpoint_every, seed=seed, batch_size=batch_size,
                            steps=steps, data_path=data_path, loss_fn=loss_fn, zoo=name,
                            data_name=data.name) as rec:

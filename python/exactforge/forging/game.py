@@ -19,8 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from .attacks import ATTACKS, StepContext, run_attack
-from .data import Dataset, load_dataset
-from .distances import distance
+from ..data import Dataset, load_dataset
+from ..verify.distances import distance
+from ..report.progress import progress_bar
 
 __all__ = ["Round", "GameResult", "Verifier", "play_game", "StealthStudy", "stealth_study"]
 
@@ -66,9 +67,9 @@ class Verifier:
 
     def __init__(self, model: str = "fcn", engine: str = "torch", data: Optional[Dataset] = None, batch_size: int = 100,
                  steps: int = 20, lr: float = 0.01, seed: int = 0) -> None:
-        from .record import batch_schedule
-        from .repro import CONDITIONS, NATIVE_MODELS, Stepper
-        from .zoo import build_model
+        from ..trace.record import batch_schedule
+        from ..models.step import CONDITIONS, NATIVE_MODELS, Stepper
+        from ..models.zoo import build_model
 
         if engine not in ("torch", "native"):
             raise ValueError(f"engine: expected 'torch' or 'native', got {engine!r}")
@@ -93,7 +94,7 @@ class Verifier:
 
     def calibrate(self, safety_factor: float = 10.0, repeats: int = 3) -> float:
         """epsilon = safety x the largest benign reproduction error (permuted batches, one thread)."""
-        from .repro import CONDITIONS
+        from ..models.step import CONDITIONS
 
         names = ("native+permute", "native+threads") if self.engine == "native" else ("permute", "threads")
         worst = 0.0
@@ -145,11 +146,7 @@ def play_game(attack: str = "greedy", rounds: int = 10, epsilon: Union[str, floa
     rng = np.random.default_rng([seed, 1234])
     budget = dict(budget or {})
     out: List[Round] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=rounds, desc=f"game {attack}", unit="round", leave=False)
+    bar = progress_bar(rounds, progress, f"game {attack}", "round")
     for k in range(rounds):
         if scenario == "membership":
             t = int(rng.integers(len(v.batches)))
@@ -179,7 +176,7 @@ def play_game(attack: str = "greedy", rounds: int = 10, epsilon: Union[str, floa
     if bar is not None:
         bar.close()
     wins = sum(r.won for r in out)
-    from .verify import resolution
+    from ..verify.verifier import resolution
 
     res = float(np.median([resolution({"theta": np.asarray(st)}, v.lr)[0] for st in v.states[1:]]))
     return GameResult(attack, v.model, v.engine, scenario, eps, source, domain_check, out, wins / len(out),

@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import mathfn
-from . import reduce as R
+from ..mathfn import output_errors, softmax_xent
+from .. import reduce as R
 
 __all__ = ["ModelSpec", "Params", "init_params", "forward", "loss_and_grad", "sgd_step",
            "per_example", "PerExample", "flatten", "unflatten", "softmax_xent", "output_errors",
@@ -185,32 +185,6 @@ def forward(spec: ModelSpec, params: Params, X: np.ndarray, *, mode: str = "fixe
             a = np.maximum(z, z.dtype.type(0))
             c.A.append(a)
     return c
-
-
-def softmax_xent(z: np.ndarray, y: np.ndarray, *, mode: str = "fixed") -> Tuple[np.ndarray, np.ndarray]:
-    """Per-example cross-entropy losses and softmax probabilities, with exactforge's exp/log.
-    ``y`` holds class indices (b,) or label vectors (b x n, e.g. the soft labels of a forgery:
-    loss = -sum_j y_j log softmax_j). The class sums are reductions in a fixed class order."""
-    zs = z - z.max(axis=1, keepdims=True)
-    e = mathfn.exp(zs)
-    s = R.sum(e, axis=1, mode=mode)
-    p = e / s[:, None]
-    ls = mathfn.log(s)
-    if y.ndim == 1:
-        losses = ls - zs[np.arange(len(y)), y]
-    else:
-        losses = R.sum(y * (ls[:, None] - zs), axis=1, mode=mode)
-    return losses, p
-
-
-def output_errors(p: np.ndarray, y: np.ndarray, *, mode: str = "fixed") -> np.ndarray:
-    """dloss/dz for softmax cross-entropy: p - onehot(y), or p * sum(y) - y for label vectors
-    (Lemma 1: every row sums to zero either way)."""
-    if y.ndim == 1:
-        d = p.copy()
-        d[np.arange(len(y)), y] -= d.dtype.type(1)
-        return d
-    return p * R.sum(y, axis=1, mode=mode)[:, None] - y
 
 
 def _errors(spec: ModelSpec, params: Params, cache: Cache, y: np.ndarray, mode: str,

@@ -13,10 +13,10 @@ from typing import Dict, List
 
 import numpy as np
 
-from . import compile_options
-from . import models as M
-from .data import load_digits
-from .models import Params
+from .. import compile_options
+from ..models import native as M
+from ..data import load_digits
+from ..models.native import Params
 
 __all__ = ["DemoRow", "DemoResult", "run_demo", "format_table"]
 
@@ -50,7 +50,7 @@ def torch_step(params: Params, X: np.ndarray, y: np.ndarray, idx: np.ndarray, lr
     """The same step with torch autograd and BLAS (what users run today)."""
     import torch
 
-    from .torch_models import from_torch, to_torch
+    from ..models.torch_fcn import from_torch, to_torch
 
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -26,8 +26,9 @@ from typing import Callable, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import models as M
-from ._native import _core
+from ..models import native as M
+from .._backend.native import _core
+from ..report.progress import progress_bar
 
 __all__ = ["Domain", "SearchResult", "memory_needed", "MAX_BRUTE_BATCHES", "run_search_all", "MAX_ALL_BATCHES", "model_for", "per_example_gradients", "run_search", "run_table",
            "format_table", "TABLE_V", "TABLE_B"]
@@ -165,14 +166,6 @@ def _keys(Gi: np.ndarray, seed: int) -> np.ndarray:
         return (Gi.astype(np.uint64) * r[None, :]).sum(axis=1, dtype=np.uint64)
 
 
-def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="probe", unit_scale=True, leave=False)
-
-
 def _check_cell(model: str, b: Any) -> None:
     if model not in MODELS:
         raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
@@ -214,7 +207,7 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
 
     Bounds, checked before anything is allocated: ``max_memory_mib`` covers every allocation
     (``memory_needed``), and ``brute`` refuses more than ``max_batches`` batches per true batch."""
-    from .reduce import check_threads
+    from ..reduce import check_threads
 
     if method not in ("mitm", "brute"):
         raise ValueError(f"method: expected 'mitm' or 'brute', got {method!r}")
@@ -348,7 +341,7 @@ def _native_search(Gi, keys, truths, b, method, threads, max_memory_mib, progres
         bounds = np.unique(np.searchsorted(cum, np.linspace(0, cum[-1], nblocks + 1)[1:], side="left").clip(0, N - 1) + 1)
     else:
         bounds = np.array([N])
-    bar = _progress(total, progress, f"{method} b={b}")
+    bar = progress_bar(total, progress, f"{method} b={b}", "probe", unit_scale=True)
     found, visited = [], 0
     t_native = time.perf_counter()
     handle = _core.SearchHandle(Gi, keys, targets, tkeys, b, method, int(max_memory_mib * 2**20),
@@ -393,7 +386,7 @@ def _tolerance_search(G, truths, b, tau, seed, progress):
     targets = [G[t].sum(axis=0) for t in truths]
     tk = [float(T @ r) for T in targets]
     found, visited = [], 0
-    bar = _progress(int(_core.choose(N, h1)), progress, f"tolerance b={b}")
+    bar = progress_bar(int(_core.choose(N, h1)), progress, f"tolerance b={b}", "probe", unit_scale=True)
     for chunk in _chunks(itertools.combinations(range(N), h1), 100_000):
         P = np.array(chunk, dtype=np.int64)
         kp = key[P].sum(axis=1)
@@ -509,7 +502,7 @@ def run_search_all(model: str = "logreg", d: int = 4, n: int = 3, v: int = 2, b:
     examples plus k of the z zero ones, and the C(z, k) batches sharing R are trivial forgeries
     of each other (0 < k < z)."""
     from .certify import certify, label_residues, projection_keys
-    from .reduce import check_threads
+    from ..reduce import check_threads
 
     _check_cell(model, b)
     threads = check_threads(threads)

@@ -19,14 +19,14 @@ _set_policy = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os
 if _set_policy:
     os.environ["GOMP_SPINCOUNT"] = _SPINCOUNT
 try:
-    from . import _core  # noqa: F401  (re-exported for the public modules)
+    from .. import _core  # noqa: F401  (re-exported for the public modules)
 finally:
     if _set_policy:
         del os.environ["GOMP_SPINCOUNT"]
 
 _cuda: Optional[Any]
 try:  # built only when nvcc worked at install time
-    from . import _cuda  # type: ignore[attr-defined,no-redef]
+    from .. import _cuda  # type: ignore[attr-defined,no-redef]
 except ImportError as exc:  # pragma: no cover - depends on the build
     _cuda = None
     _cuda_import_error: Optional[str] = str(exc)

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import List, Optional
 
-from . import _json
+from ..report import jsonio as _json
 
 __all__ = ["main"]
 
@@ -52,14 +52,14 @@ _FRACTION = _real(0.0, 1.0, lo_open=True)
 
 
 def _threads_type():
-    from . import MAX_THREADS
+    from .. import MAX_THREADS
 
     return _count(1, MAX_THREADS)
 
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import format_table, run_demo
+    from ..studies.demo import format_table, run_demo
 
     result = run_demo(batch_size=args.batch_size, permutations=args.permutations, lr=args.lr,
                       seed=args.seed, progress=not args.quiet)
@@ -79,9 +79,9 @@ def _parse_hidden(text: str) -> tuple:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .data import load_dataset
-    from .models import ModelSpec
-    from .record import record_native, record_torch_fcn, record_zoo
+    from ..data import load_dataset
+    from ..models.native import ModelSpec
+    from ..trace.record import record_native, record_torch_fcn, record_zoo
 
     if args.init != "uniform" and args.model not in ("logreg", "fcn"):
         raise ValueError(f"--init: sets the law of exactforge's own logreg and fcn; {args.model} is a torch zoo model")
@@ -128,7 +128,7 @@ def _given_data(args: argparse.Namespace):
     """The data set named by --dataset (loaded by the verifier itself), or None: the trace's."""
     if getattr(args, "dataset", None) is None:
         return None
-    from .data import load_dataset
+    from ..data import load_dataset
 
     return load_dataset(args.dataset, args.data_path)
 
@@ -137,7 +137,7 @@ def _executor(args: argparse.Namespace):
     """The RayExecutor of --ray (None without it); exit 2 naming the install command without Ray."""
     if not getattr(args, "ray", None):
         return None
-    from .distributed import RayExecutor, require_ray
+    from ..verify.ray import RayExecutor, require_ray
 
     try:
         require_ray()
@@ -163,7 +163,7 @@ def _ray_args(p: argparse.ArgumentParser, what: str, checkpoints: bool = False) 
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import verify_trace
+    from ..verify.verifier import verify_trace
 
     given = _given_data(args)
     executor = _executor(args)
@@ -195,9 +195,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _exactforge_trace(path: str, args: argparse.Namespace):
     """An exactforge model's trace (logreg or fcn, either engine) with its checked training data."""
-    from .models import ModelSpec
-    from .trace import TraceError
-    from .verify import open_with_data
+    from ..models.native import ModelSpec
+    from ..trace import TraceError
+    from ..verify.verifier import open_with_data
 
     given = _given_data(args)
     trace, data = open_with_data(path, given, None if given else args.data_path)
@@ -208,13 +208,13 @@ def _exactforge_trace(path: str, args: argparse.Namespace):
 
 def _exactforge_params(trace, spec, step: int):
     """theta_step in exactforge's layout, from a native checkpoint or a TorchFCN state_dict."""
-    from .models import check_params
+    from ..models.native import check_params
 
     state = trace.load_checkpoint(step)
     if trace.manifest["engine"] == "torch":
         import torch
 
-        from .torch_models import TorchFCN, from_torch
+        from ..models.torch_fcn import TorchFCN, from_torch
 
         module = TorchFCN(spec)
         module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
@@ -225,8 +225,8 @@ def _exactforge_params(trace, spec, step: int):
 def _cmd_forge(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from . import exact as E
-    from .trace import TraceError, encode_checkpoint, atomic_write
+    from ..forging import solvers as E
+    from ..trace import TraceError, encode_checkpoint, atomic_write
 
     try:
         trace, spec, data = _exactforge_trace(args.trace, args)
@@ -267,7 +267,7 @@ def _cmd_forge(args: argparse.Namespace) -> int:
         _json.write(os.path.join(args.out, "report.json"), out)
         figures.append(os.path.join(args.out, "forgery.png"))
     if figures and data.shape is not None and len(data.shape) == 3:
-        from .figures import plot_forgery
+        from ..report.figures import plot_forgery
 
         for path in figures:
             plot_forgery(X, forged.X, path, domain=data.domain, title=f"{forged.method} forgery of step {args.step} "
@@ -284,7 +284,7 @@ def _cmd_forge(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     import json
 
-    from .search import TABLE_B, TABLE_V, format_table, run_search, run_table
+    from ..forging.search import TABLE_B, TABLE_V, format_table, run_search, run_table
 
     biases = {"yes": (True,), "no": (False,), "both": (True, False)}[args.bias]
     if args.table:
@@ -295,7 +295,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
         from math import comb
 
-        from .search import MAX_ALL_BATCHES
+        from ..forging.search import MAX_ALL_BATCHES
 
         def work(v: int, b: int) -> float:
             # rough cost of a cell, for the ETA: a complete count enumerates every batch, meet in
@@ -335,7 +335,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if args.model == "all" or len(biases) != 1:
         raise ValueError("--model all and --bias both apply to --table; choose one model and --bias yes|no")
     if args.all:
-        from .search import run_search_all
+        from ..forging.search import run_search_all
 
         r = run_search_all(args.model, args.d, args.n, args.v, args.b, seed=args.seed, bias=biases[0],
                            levels=args.levels, threads=args.threads, max_memory_mib=args.max_memory)
@@ -359,7 +359,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_repro(args: argparse.Namespace) -> int:
-    from .repro import available_conditions, run_study
+    from ..studies.repro import available_conditions, run_study
 
     try:
         bss = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
@@ -391,9 +391,9 @@ def _trace_step_context(path: str, step: int, args: argparse.Namespace):
     """The attack's view of a step of an exactforge trace (logreg or fcn, native or torch engine)."""
     import numpy as np
 
-    from .attacks import StepContext
-    from .torch_models import to_torch
-    from .zoo import _Flat
+    from ..forging.attacks import StepContext
+    from ..models.torch_fcn import to_torch
+    from ..models.zoo import _Flat
 
     trace, spec, data = _exactforge_trace(path, args)
     if not (0 <= step and step + 1 in trace.checkpoint_steps and step in trace.checkpoint_steps):
@@ -414,8 +414,8 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .attacks import run_attack
-    from .trace import TraceError
+    from ..forging.attacks import run_attack
+    from ..trace import TraceError
 
     try:
         ctx = _trace_step_context(args.trace, args.step, args)
@@ -438,7 +438,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 
 
 def _cmd_invert(args: argparse.Namespace) -> int:
-    from .invert.forensics import invert_step
+    from ..invert.forensics import invert_step
 
     ctx = _trace_step_context(args.trace, args.step, args)
     rep, R = invert_step(ctx, args.step, args.method, activation=args.activation, force=args.force,
@@ -453,7 +453,7 @@ def _cmd_invert(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     if args.figure and len(R):
-        from .figures import plot_forgery
+        from ..report.figures import plot_forgery
 
         X = ctx.data.X.reshape(len(ctx.data), -1)
         lo, hi = float(X.min()), float(X.max())
@@ -476,13 +476,13 @@ def _cmd_invert(args: argparse.Namespace) -> int:
 def _cmd_game(args: argparse.Namespace) -> int:
     import json
 
-    from .game import play_game
+    from ..forging.game import play_game
 
     eps = args.epsilon
-    from .attacks import budget_for
+    from ..forging.attacks import budget_for
 
     budget = budget_for(args.attack, args.pool, args.candidates, args.opt_steps)
-    from .data import load_dataset
+    from ..data import load_dataset
 
     g = play_game(args.attack, args.rounds, eps, model=args.model, engine=args.engine, batch_size=args.batch_size,
                   steps=args.steps, lr=args.lr, fraction=args.fraction, domain_check=args.domain_check,
@@ -499,7 +499,7 @@ def _cmd_game(args: argparse.Namespace) -> int:
 
 
 def _cmd_reevaluate(args: argparse.Namespace) -> int:
-    from .reevaluate import Config, reevaluate, summary_table
+    from ..studies.reevaluate import Config, reevaluate, summary_table
 
     kw = dict(model=args.model, dataset=args.dataset, data_path=args.data_path, seed=args.seed)
     cfg = Config.quick(**kw) if args.quick else Config(**kw)
@@ -517,7 +517,7 @@ def _cmd_reevaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from . import compile_options
+    from .. import compile_options
 
     opts = compile_options()
     print(json.dumps(opts, indent=2))
@@ -549,7 +549,7 @@ _EXITS = {
 
 
 def _data_choices():
-    from .data import DATASETS
+    from ..data import DATASETS
 
     return DATASETS + ("npz",)
 
@@ -769,7 +769,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse refused an argument (2, message printed) or --help (0)
         return int(exc.code) if isinstance(exc.code, int) else 2
-    from .trace import TraceError
+    from ..trace import TraceError
 
     try:
         return int(args.func(args))

@@ -33,8 +33,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from .data import Dataset, load_dataset
-from .distances import DISTANCES, distance
+from ..data import Dataset, load_dataset
+from ..models.step import CONDITIONS, NATIVE_MODELS, NN_MODELS, Condition, Stepper, applied  # noqa: F401
+from ..verify.distances import DISTANCES, distance
+from ..report.progress import progress_bar
 
 __all__ = ["Condition", "CONDITIONS", "NATIVE_MODELS", "NN_MODELS", "available_conditions", "StudyReport", "run_study", "PAPERS"]
 
@@ -46,43 +48,7 @@ PAPERS = {
 }
 
 
-@dataclass(frozen=True)
-class Condition:
-    name: str
-    permute: bool = False
-    threads: Optional[int] = None
-    deterministic: bool = False
-    autocast: Optional[str] = None        # "bfloat16" | "float16"
-    device: str = "cpu"
-    cudnn_benchmark: Optional[bool] = None
-    engine: str = "torch"                 # "torch" | "native" | "nn" (torch with exactforge.nn layers)
-
-    @property
-    def float32(self) -> bool:
-        return self.autocast is None
-
-
-CONDITIONS: Dict[str, Condition] = {c.name: c for c in [
-    Condition("baseline"),
-    Condition("permute", permute=True),
-    Condition("threads", threads=1),
-    Condition("deterministic", deterministic=True),
-    Condition("bf16", autocast="bfloat16"),
-    Condition("fp16", autocast="float16"),
-    Condition("native", engine="native"),
-    Condition("native+permute", engine="native", permute=True),
-    Condition("native+threads", engine="native", threads=1),
-    Condition("reproducible", engine="nn"),
-    Condition("reproducible+permute", engine="nn", permute=True),
-    Condition("reproducible+threads", engine="nn", threads=1),
-    Condition("cuda", device="cuda"),
-    Condition("cuda+benchmark", device="cuda", cudnn_benchmark=True),
-    Condition("cuda+deterministic", device="cuda", deterministic=True, cudnn_benchmark=False),
-]}
 CALIBRATION = ("baseline", "permute", "threads", "deterministic")
-NATIVE_MODELS = ("logreg", "fcn")
-# zoo models whose every layer exactforge.nn runs reproducibly (the Transformer's are not yet)
-NN_MODELS = ("logreg", "fcn", "lenet", "vggmini", "transformer")
 
 
 def available_conditions(model: str) -> List[str]:
@@ -93,170 +59,6 @@ def available_conditions(model: str) -> List[str]:
     if torch.cuda.is_available():
         out += [n for n, c in CONDITIONS.items() if c.device == "cuda"]
     return out
-
-
-@contextlib.contextmanager
-def applied(cond: Condition) -> Iterator[None]:
-    """Sets torch's global switches for a condition and restores them afterwards."""
-    import torch
-
-    prev_threads = torch.get_num_threads()
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    prev_bench = torch.backends.cudnn.benchmark
-    try:
-        if cond.threads:
-            torch.set_num_threads(cond.threads)
-        torch.use_deterministic_algorithms(cond.deterministic, warn_only=True)
-        if cond.cudnn_benchmark is not None:
-            torch.backends.cudnn.benchmark = cond.cudnn_benchmark
-        yield
-    finally:
-        if torch.get_num_threads() != prev_threads:
-            torch.set_num_threads(prev_threads)
-        torch.use_deterministic_algorithms(prev_det)
-        torch.backends.cudnn.benchmark = prev_bench
-
-
-# -- one SGD step under a condition ---------------------------------------------------------
-
-class Stepper:
-    """Recomputes one SGD step of a zoo model from a flat float32 parameter vector (torch
-    order) under a condition. The update is torch.optim.SGD's, the same code as recording."""
-
-    def __init__(self, model_name: str, model: Any, data: Dataset, lr: float, native_spec: Any = None) -> None:
-        import torch
-
-        self.name, self.model, self.data, self.lr = model_name, model, data, lr
-        self.params = [p for p in model.parameters()]
-        self.shapes = [tuple(p.shape) for p in self.params]
-        self.sizes = [p.numel() for p in self.params]
-        shape = data.shape or (data.dim,)
-        self.X = torch.from_numpy(data.X).reshape(len(data), *shape)
-        self.y = torch.from_numpy(data.y)
-        self._native_spec = native_spec
-        if native_spec is None and model_name in NATIVE_MODELS:
-            from .models import ModelSpec
-
-            self._native_spec = ModelSpec(model_name, int(np.prod(shape)), data.num_classes,
-                                          (100,) if model_name == "fcn" else ())
-
-    def flat(self, params: Any = None) -> np.ndarray:
-        return np.concatenate([p.detach().cpu().numpy().ravel()
-                               for p in (self.params if params is None else params)]).astype(np.float32)
-
-    def load(self, flat: np.ndarray, params: Any = None) -> None:
-        import torch
-
-        pos = 0
-        with torch.no_grad():
-            for p, n, s in zip(self.params if params is None else params, self.sizes, self.shapes):
-                p.copy_(torch.from_numpy(np.ascontiguousarray(flat[pos:pos + n]).reshape(s)))
-                pos += n
-
-    def step(self, flat: np.ndarray, idx: np.ndarray, cond: Condition, rng: np.random.Generator) -> np.ndarray:
-        if cond.permute:
-            idx = idx[rng.permutation(len(idx))]
-        with applied(cond):
-            if cond.engine == "native":
-                return self._native_step(flat, idx, cond)
-            if cond.engine == "nn":
-                return self._nn_step(flat, idx, cond)
-            return self._torch_step(flat, idx, cond)
-
-    def _nn_step(self, flat: np.ndarray, idx: np.ndarray, cond: Condition) -> np.ndarray:
-        """torch.optim.SGD's update with the gradient of exactforge.nn's reproducible layers and
-        cross-entropy: the same bits for any batch order and thread count."""
-        import copy
-
-        import torch
-
-        from . import get_num_threads, set_num_threads
-        from . import nn as xnn
-
-        if getattr(self, "_nn_model", None) is None:
-            self._nn_model = xnn.reproducible(copy.deepcopy(self.model).cpu())
-        m = self._nn_model
-        self.load(flat, list(m.parameters()))
-        opt = torch.optim.SGD(m.parameters(), lr=self.lr)
-        t = torch.from_numpy(idx)
-        before = get_num_threads()
-        try:
-            if cond.threads:
-                set_num_threads(cond.threads)
-            loss = xnn.cross_entropy(m(self.X[t]), self.y[t])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        finally:
-            set_num_threads(before)
-        return self.flat(list(m.parameters()))
-
-    def _torch_step(self, flat: np.ndarray, idx: np.ndarray, cond: Condition) -> np.ndarray:
-        import torch
-
-        dev = torch.device(cond.device)
-        self.model.to(dev)
-        self.load(flat)
-        opt = torch.optim.SGD(self.model.parameters(), lr=self.lr)
-        t = torch.from_numpy(idx)
-        xb, yb = self.X[t].to(dev), self.y[t].to(dev)
-        if cond.autocast is not None:
-            with torch.autocast(device_type=dev.type, dtype=getattr(torch, cond.autocast)):
-                out = self.model(xb)
-        else:
-            out = self.model(xb)
-        loss = torch.nn.functional.cross_entropy(out.float(), yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        res = self.flat()
-        self.model.to("cpu")
-        return res
-
-    def native_spec(self):
-        if self._native_spec is None:
-            raise ValueError(f"the native path supports {NATIVE_MODELS} (exactforge models), not {self.name}")
-        return self._native_spec
-
-    def to_native(self, flat: np.ndarray):
-        """A flat torch-order vector ((weight, bias) per layer, weight = W_i^T) as exactforge params."""
-        from collections import OrderedDict
-
-        spec = self.native_spec()
-        parts, pos = [], 0
-        for n, s in zip(self.sizes, self.shapes):
-            parts.append(flat[pos:pos + n].reshape(s))
-            pos += n
-        params, k = OrderedDict(), 0
-        for i in range(1, spec.num_layers + 1):
-            params[f"W{i}"] = np.ascontiguousarray(parts[k].T)
-            k += 1
-            if spec.bias:
-                params[f"b{i}"] = np.ascontiguousarray(parts[k])
-                k += 1
-        return params
-
-    def from_native(self, params) -> np.ndarray:
-        spec = self.native_spec()
-        out = []
-        for i in range(1, spec.num_layers + 1):
-            out.append(np.ascontiguousarray(params[f"W{i}"].T).ravel())
-            if spec.bias:
-                out.append(np.asarray(params[f"b{i}"]).ravel())
-        return np.concatenate(out).astype(np.float32)
-
-    def native_step_arrays(self, flat: np.ndarray, X: np.ndarray, Y: np.ndarray, keys: np.ndarray,
-                           threads: Optional[int] = None) -> np.ndarray:
-        """One native SGD step on a batch given as arrays (labels: classes or label vectors)."""
-        from . import models as M
-
-        Yn = np.asarray(Y) if np.asarray(Y).ndim == 1 else np.asarray(Y, np.float32)
-        new = M.sgd_step(self.native_spec(), self.to_native(flat), np.asarray(X, np.float32).reshape(len(X), -1),
-                         Yn, keys, self.lr, threads=threads)
-        return self.from_native(new)
-
-    def _native_step(self, flat: np.ndarray, idx: np.ndarray, cond: Condition) -> np.ndarray:
-        return self.native_step_arrays(flat, self.data.X[idx], self.data.y[idx], idx, threads=cond.threads)
 
 
 # -- the study ------------------------------------------------------------------------------
@@ -300,7 +102,7 @@ class StudyReport:
 def _generate(stepper: Stepper, cond: Condition, batches: List[np.ndarray], out: Optional[str],
               meta: Dict[str, Any]) -> List[np.ndarray]:
     """Runs the steps under ``cond`` and records the trace (checkpoint every step)."""
-    from .trace import TraceWriter, environment
+    from ..trace import TraceWriter, environment
 
     states = [stepper.flat()]
     rng = np.random.default_rng(0)
@@ -338,7 +140,7 @@ def _study_cell(model: str, data: Dataset, lr: float, seed: int, threads: int, e
     are the logged states) and runs with the driver's torch thread count."""
     import torch
 
-    from .zoo import build_model
+    from ..models.zoo import build_model
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -361,8 +163,8 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
     process's torch thread count unless the condition sets its own)."""
     import torch
 
-    from .record import batch_schedule
-    from .zoo import ZOO, build_model
+    from ..trace.record import batch_schedule
+    from ..models.zoo import ZOO, build_model
 
     if model not in ZOO:
         raise ValueError(f"model: expected one of {ZOO}, got {model!r}")
@@ -397,12 +199,8 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
     cells: List[tuple] = []            # (engine, condition, b, repeat, batches, states) for an executor
     executor_info = None
     errs: Dict[str, Dict[int, np.ndarray]] = {c: {} for c in conds}   # c -> b -> (steps, repeats, len(DISTANCES))
-    bar = None
     total = len(batch_sizes) * steps * repeats * len(conds)
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=f"repro {model}", unit="step", leave=False)
+    bar = progress_bar(total, progress, f"repro {model}")
     for b in batch_sizes:
         sched = batch_schedule(len(data), b, seed)
         batches = [next(sched) for _ in range(steps)]
@@ -474,8 +272,8 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
 def _matrix(model, data, shape, batch_sizes, conds, steps, lr, seed, repeats) -> Dict[str, Any]:
     """Max l2 error of recomputing (under the column condition) a short trace generated under
     the row condition, at the smallest batch size. Random conditions use ``repeats`` draws."""
-    from .record import batch_schedule
-    from .zoo import build_model
+    from ..trace.record import batch_schedule
+    from ..models.zoo import build_model
 
     b = int(min(batch_sizes))
     sched = batch_schedule(len(data), b, seed)
@@ -503,7 +301,7 @@ def _matrix(model, data, shape, batch_sizes, conds, steps, lr, seed, repeats) ->
 # -- outputs ---------------------------------------------------------------------------------
 
 def write_outputs(rep: StudyReport, out: str) -> None:
-    from .trace import atomic_write
+    from ..report.files import atomic_write
 
     os.makedirs(out, exist_ok=True)
     atomic_write(os.path.join(out, "report.json"), json.dumps(rep.to_dict(), indent=1).encode())

@@ -21,7 +21,7 @@ def spec_of(loss_fn: Any) -> Dict[str, Any]:
     import torch.nn as tnn
     import torch.nn.functional as F
 
-    from . import nn as xnn
+    from .. import nn as xnn
 
     if loss_fn is None or loss_fn in (F.cross_entropy, xnn.cross_entropy):
         return {"name": "cross_entropy", "label_smoothing": 0.0}
@@ -58,7 +58,7 @@ def replay(spec: Optional[Dict[str, Any]], reduction: Optional[str], loss_fn: Op
     """loss(output, y) for the verifier, y being the class indices of the batch."""
     import torch.nn.functional as F
 
-    from . import nn as xnn
+    from .. import nn as xnn
 
     spec = spec or {"name": "cross_entropy", "label_smoothing": 0.0}
     if loss_fn is not None:

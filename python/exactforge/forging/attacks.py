@@ -25,8 +25,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .data import Dataset
-from .distances import DISTANCES, distance
+from ..data import Dataset
+from ..verify.distances import DISTANCES, distance
 
 __all__ = ["ATTACKS", "AttackResult", "StepContext", "per_example_grads", "run_attack", "in_domain", "budget_for"]
 
@@ -49,7 +49,7 @@ class StepContext:
     spec: Any = None                 # an exactforge ModelSpec, when the model is a native one of another width
 
     def stepper(self):
-        from .repro import Stepper
+        from ..models.step import Stepper
 
         return Stepper(self.model_name or "custom", self.model, self.data, self.lr, native_spec=self.spec)
 
@@ -153,7 +153,7 @@ def _result(ctx, method, U, X, Y, forged_idx, t0, keep_arrays=False) -> AttackRe
     b = len(ctx.batch)
     # Definition 1 on content: some example (x, y) of B is not in B'. (A synthesised batch equal
     # to B, e.g. a nullspace "forgery" when the nullspace is empty, is not distinct.)
-    from .exact import _distinct
+    from .solvers import _distinct
 
     Xo = ctx.data.X[ctx.batch].reshape(b, -1)
     distinct = _distinct(Xo, ctx.data.y[ctx.batch], np.asarray(X, np.float64).reshape(len(X), -1)
@@ -286,7 +286,7 @@ def _gradmatch(ctx, method, U, keep, g_target, steps, alpha, project, rng, t0) -
 
 def _exact(ctx, method, U, t0, seed) -> AttackResult:
     """The exact solvers forge the whole batch (every example perturbed)."""
-    from . import exact as E
+    from . import solvers as E
 
     st = ctx.stepper()
     spec = st.native_spec()

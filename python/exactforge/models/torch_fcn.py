@@ -2,14 +2,14 @@
 both ways (``nn.Linear.weight`` is ``W_i`` transposed)."""
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Dict
 
 import numpy as np
 import torch
 from torch import nn
 
-from .models import ModelSpec, Params, check_params
+from .layout import native_to_torch_params, torch_params_to_native
+from .native import ModelSpec, Params, check_params
 
 __all__ = ["TorchFCN", "to_torch", "from_torch"]
 
@@ -32,26 +32,24 @@ class TorchFCN(nn.Module):
         return x
 
 
+def _linear_params(module: nn.Module, bias: bool) -> list:
+    """(weight, bias) of each Linear layer in order; biases only where the spec has them."""
+    return [t for m in module.modules() if isinstance(m, nn.Linear) for t in ((m.weight, m.bias) if bias else (m.weight,))]
+
+
 def to_torch(spec: ModelSpec, params: Dict[str, np.ndarray], module: "TorchFCN | None" = None) -> TorchFCN:
     """A TorchFCN holding ``params`` (copied)."""
     params = check_params(spec, params)
     module = module if module is not None else TorchFCN(spec)
     with torch.no_grad():
-        for i, layer in enumerate(module.layers, start=1):
-            layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(params[f"W{i}"].T)))
-            if spec.bias:
-                layer.bias.copy_(torch.from_numpy(params[f"b{i}"]))
+        for p, a in zip(_linear_params(module, spec.bias), native_to_torch_params(spec, params)):
+            p.copy_(torch.from_numpy(a))
     return module
 
 
 def from_torch(spec: ModelSpec, module: nn.Module) -> Params:
     """The parameters of a TorchFCN in exactforge's layout."""
-    out: Params = OrderedDict()
     layers = [m for m in module.modules() if isinstance(m, nn.Linear)]
     if len(layers) != spec.num_layers:
         raise ValueError(f"module: expected {spec.num_layers} Linear layers, found {len(layers)}")
-    for i, layer in enumerate(layers, start=1):
-        out[f"W{i}"] = np.ascontiguousarray(layer.weight.detach().cpu().numpy().T)
-        if spec.bias:
-            out[f"b{i}"] = layer.bias.detach().cpu().numpy().copy()
-    return check_params(spec, out, "module")
+    return torch_params_to_native(spec, [p.detach().cpu().numpy() for p in _linear_params(module, spec.bias)], "module")

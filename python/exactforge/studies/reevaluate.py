@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import numpy as np
+from ..report.progress import progress_bar
 
 __all__ = ["Config", "reevaluate", "summary_table", "table4_counts", "resolution_study"]
 
@@ -55,23 +56,15 @@ class Config:
         return cls(**base)
 
 
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="reevaluate", unit="part", leave=False)
-
-
 def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = True) -> Dict[str, Any]:
     import torch
 
-    from . import compile_options
-    from .attacks import budget_for, run_attack
-    from .data import load_dataset
-    from .game import Verifier, play_game
-    from .models import ModelSpec
-    from .record import record_native, record_torch_fcn
+    from .. import compile_options
+    from ..forging.attacks import budget_for, run_attack
+    from ..data import load_dataset
+    from ..forging.game import Verifier, play_game
+    from ..models.native import ModelSpec
+    from ..trace.record import record_native, record_torch_fcn
     from .repro import NATIVE_MODELS, NN_MODELS, PAPERS, available_conditions, run_study
 
     cfg = config or Config()
@@ -81,7 +74,7 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     native_ok = cfg.model in NATIVE_MODELS and data.vocab is None
     # CNNs run the reproducible path through exactforge.nn (images only)
     nn_ok = not native_ok and cfg.model in NN_MODELS and data.shape is not None and len(data.shape) == 3
-    bar = _progress(6, progress)
+    bar = progress_bar(6, progress, "reevaluate", "part")
     report: Dict[str, Any] = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
                               "dataset": {"name": data.name, "examples": len(data), "synthetic": data.synthetic,
                                           "domain": list(data.domain) if data.domain else None, "levels": data.levels},
@@ -102,7 +95,7 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
             traces[engine] = _verified(d, data)
     elif nn_ok:
         # CNNs: torch's own layers, and exactforge.nn's reproducible ones (the native path)
-        from .record import record_zoo
+        from ..trace.record import record_zoo
 
         for engine, mode in (("torch", None), ("native", "exact")):
             d = os.path.join(out, "traces", engine)
@@ -195,7 +188,7 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
             "labels_one_hot": bool(all(np.asarray(r.Y).ndim == 1 for r in res if r.Y is not None)),
             "in_domain": bool(all(r.in_domain for r in res))}
         if forgery_fig is None and res and res[0].distinct and res[0].X is not None and data.shape and len(data.shape) == 3:
-            from .figures import plot_forgery
+            from ..report.figures import plot_forgery
 
             t0 = 0
             e = exact_rows[f"{m} ({model_name})"]
@@ -252,9 +245,9 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     _figures(report, out)
     report["figures"] = sorted(f for f in os.listdir(out) if f.endswith(".png")) + \
         [os.path.join("repro", f) for f in sorted(os.listdir(os.path.join(out, "repro"))) if f.endswith(".png")]
-    from .trace import atomic_write
+    from ..report.files import atomic_write
 
-    from . import _json
+    from ..report import jsonio as _json
 
     atomic_write(os.path.join(out, "report.json"), (_json.dumps(report) + "\n").encode())
     atomic_write(os.path.join(out, "report.md"), _markdown(report).encode())
@@ -263,7 +256,7 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
 
 def _verified(d: str, data: Any) -> Dict[str, Any]:
     """A recorded trace verified at epsilon 0 as recorded, then with permuted batches on 1 thread."""
-    from .verify import verify_trace
+    from ..verify.verifier import verify_trace
 
     same = verify_trace(d, dataset=data)
     perm = verify_trace(d, dataset=data, permute_batches=1, threads=1)
@@ -275,8 +268,8 @@ def table4_counts(max_batches: int, *, seed: int = 0, vs: tuple = (2, 3)) -> Dic
     """The paper's Table 4 (d = 4, n = 3) re-answered with complete certified counts: every batch
     of each cell of at most ``max_batches`` batches is a true batch (``search --all``), for both
     models with and without bias on the q/(v-1) grid, the levels ``vs`` and b = 1..5."""
-    from ._native import _core
-    from .search import Domain, run_search_all
+    from .._backend.native import _core
+    from ..forging.search import Domain, run_search_all
 
     cells, t0 = [], time.perf_counter()
     for model in ("logreg", "fcn10"):
@@ -301,9 +294,9 @@ def resolution_study(ver: Any, steps: int, out: str, seed: int = 0) -> Dict[str,
     of that coordinate. A difference below it can vanish when theta_{t+1} is rounded."""
     from dataclasses import replace
 
-    from .attacks import run_attack
-    from .figures import plot_resolution
-    from .models import loss_and_grad
+    from ..forging.attacks import run_attack
+    from ..report.figures import plot_resolution
+    from ..models.native import loss_and_grad
 
     rows, pairs = [], []
     for m in ("nullspace", "error-matrix"):

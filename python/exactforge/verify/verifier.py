@@ -22,11 +22,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from . import models as M
-from .data import BUNDLED, DATASETS, Dataset, as_dataset, load_dataset
+from ..models import native as M
+from ..models.step import NativeStep, TorchStep
+from ..data import BUNDLED, DATASETS, Dataset, as_dataset, load_dataset
 from .distances import DISTANCES, verification_distance
-from .reduce import check_threads
-from .trace import DEFAULT_LIMITS, Limits, Trace, TraceError
+from ..reduce import check_threads
+from ..trace import DEFAULT_LIMITS, Limits, Trace, TraceError
+from ..report.progress import progress_bar
 
 __all__ = ["POLICIES", "StepResult", "VerificationReport", "verify_trace", "select_segments", "open_with_data",
            "check_threads", "resolution", "SegmentJob", "engine_for", "recompute_segments"]
@@ -252,8 +254,7 @@ def _native_engine(trace: Trace, data: Dataset, threads: Optional[int]):
     def load(step: int) -> Dict[str, np.ndarray]:
         return M.check_params(spec, trace.load_checkpoint(step), f"checkpoint {step}")
 
-    def step(params: Dict[str, np.ndarray], idx: np.ndarray, t: int) -> Dict[str, np.ndarray]:
-        return M.sgd_step(spec, params, X[idx], data.y[idx], idx, lr, mode=mode, threads=threads, plan=plan)
+    step = NativeStep(spec, X, data.y, lr, mode=mode, threads=threads, plan=plan)
 
     def initial() -> Dict[str, np.ndarray]:
         return M.init_params(spec, int(man["seed"]))
@@ -264,7 +265,7 @@ def _native_engine(trace: Trace, data: Dataset, threads: Optional[int]):
 def _zoo_model(entry: Dict[str, Any], data: Dataset) -> Any:
     """A zoo model named by a trace, built from the verifier's own code (its weights come from
     the checkpoints); the entry is the prover's, so every field is checked."""
-    from .zoo import ZOO, build_model
+    from ..models.zoo import ZOO, build_model
 
     name, shape, n = entry.get("zoo"), entry.get("input_shape"), entry.get("num_classes")
     if name not in ZOO:
@@ -279,9 +280,11 @@ def _zoo_model(entry: Dict[str, Any], data: Dataset) -> Any:
 def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     import torch
 
-    from .torch_models import TorchFCN, to_torch
-
-    from . import optim as O
+    from .. import nn as xnn
+    from ..models import optim as O
+    from ..models.torch_fcn import TorchFCN, to_torch
+    from ..nn.losses import replay
+    from ..trace.safeio import dtype_name
 
     man = trace.manifest
     try:
@@ -297,12 +300,8 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
             raise TraceError("model: this torch trace names no exactforge model; pass model= (a fresh instance "
                              "of the architecture) to verify_trace")
         model = TorchFCN(spec)
-    from .trace.safeio import dtype_name
-
     reduction = man["reduction"]
     if reduction is not None:  # recorded through exactforge.nn's reproducible layers: replay through them
-        from . import nn as xnn
-
         try:
             mode = xnn.mode_of(model)
         except ValueError as e:
@@ -314,16 +313,12 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
                 model = xnn.reproducible(model, mode=reduction)
             except xnn.UnsupportedLayerError as e:
                 raise TraceError(str(e)) from None
-    from . import nn as xnn
-
     try:
         xnn.keyed_dropout(model)
         _set_modes(model, man.get("eval_modules"))
     except ValueError as e:
         raise TraceError(str(e)) from None
     dropout_seed = (man.get("dropout") or {}).get("seed")
-    from .losses import replay
-
     try:
         loss_of = replay(man.get("loss"), reduction, loss_fn)
     except ValueError as e:
@@ -332,7 +327,6 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     params = list(model.parameters())
     expected.update(O.expected_table(ospec, params))
     _check_table(trace, expected, "the verifier's model and optimizer")
-    model_keys = set(model.state_dict())
     X = torch.from_numpy(data.X.astype(np.int64 if data.vocab is not None  # token ids stay ids
                                        else str(next(model.parameters()).dtype).replace("torch.", "")))
     shape = man.get("input_shape")
@@ -346,20 +340,7 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     def load(step: int) -> Dict[str, np.ndarray]:
         return trace.load_checkpoint(step)
 
-    def step(state: Dict[str, np.ndarray], idx: np.ndarray, t: int) -> Dict[str, np.ndarray]:
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items() if k in model_keys})
-        o = O.build(ospec, params)
-        steps = O.load_state(o, ospec, params, state)
-        if dropout_seed is not None:  # the masks of step t, following each example (also when permuted)
-            xnn.dropout_keys(model, seed=dropout_seed, step=t, examples=idx)
-        b = torch.from_numpy(np.array(idx, dtype=np.int64))  # a writable copy (records are read-only)
-        loss = loss_of(model(X[b]), y[b])
-        o.zero_grad()
-        loss.backward()
-        o.step()
-        out = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-        out.update(O.state_tensors(o, ospec, params, steps + 1))
-        return out
+    step = TorchStep(model, X, y, ospec, loss_of, dropout_seed=dropout_seed)
 
     def initial() -> Optional[Dict[str, np.ndarray]]:
         if spec is None:
@@ -576,11 +557,7 @@ def add_result(report: VerificationReport, r: StepResult) -> None:
 
 
 def _recompute(trace, segs, load, step, theta0, job: SegmentJob, report, progress) -> None:
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(segs), desc="verify", unit="segment", leave=False)
+    bar = progress_bar(len(segs), progress, "verify", "segment")
 
     def on_result(r: StepResult) -> None:
         add_result(report, r)

@@ -9,8 +9,8 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ._arrays import ArrayKind, compute_dtype, dtype_name
-from ._native import require_cuda
+from .arrays import ArrayKind, compute_dtype, dtype_name
+from .native import require_cuda
 
 __all__ = ["matmul", "sum_rows", "elementwise"]
 

@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from . import models as M
+from ..models import native as M
 
 __all__ = ["fcn_perturbation_basis", "kronecker_nullspace", "kronecker_project", "paper_bound",
            "ForgedBatch", "forge_nullspace", "forge_nullspace_batched", "forge_error_matrix", "forge_onehot",
@@ -368,7 +368,7 @@ def torch_repro_error(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.
     """Largest l2 change of torch's float32 update when the batch is permuted."""
     import torch
 
-    from .torch_models import to_torch
+    from ..models.torch_fcn import to_torch
 
     s32 = M.ModelSpec(spec.kind, spec.input_dim, spec.num_classes, spec.hidden, spec.bias, "float32")
     p32 = {k: np.asarray(v, np.float32) for k, v in params.items()}

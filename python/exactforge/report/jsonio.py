@@ -10,6 +10,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .files import atomic_write
+
 __all__ = ["clean", "dumps", "write"]
 
 
@@ -41,6 +43,4 @@ def write(path: Optional[str], o: Any) -> None:
     """Writes ``o`` as JSON to ``path`` (nothing when path is None)."""
     if not path:
         return
-    from .trace import atomic_write
-
     atomic_write(path, (dumps(o) + "\n").encode())

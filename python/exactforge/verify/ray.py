@@ -38,7 +38,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .trace import Trace, TraceError
+from ..trace import Trace, TraceError
+from ..report.progress import progress_bar
 
 __all__ = ["RAY_INSTALL", "RayExecutor", "require_ray", "chunk_segments"]
 
@@ -114,7 +115,7 @@ def _verify_task(data: Any, model: Any, loss_fn: Any, trace: Any, segs: List[Tup
     """Recomputes a group of segments on a worker (``trace``: their slice of the checked
     trace): (results in order, the error that stopped it or None), the serial verifier's
     outcome for these segments."""
-    from .verify import engine_for, recompute_segments
+    from .verifier import engine_for, recompute_segments
 
     results: List[Any] = []
     try:
@@ -360,7 +361,7 @@ class RayExecutor:
         """Recomputes ``segs`` of a checked trace on the cluster and fills ``report`` as the
         serial verifier would (called by ``verify_trace(..., executor=...)``). ``stream``: the
         groups already submitted while the trace was read, a prefix of ``segs``."""
-        from .verify import add_result
+        from .verifier import add_result
 
         t0 = stream.t0 if stream is not None else time.perf_counter()  # a stream started with the chain
         job = self._job(job)
@@ -381,11 +382,8 @@ class RayExecutor:
             if rest:
                 for c in chunk_segments(rest, max(1, workers * self.tasks_per_worker - streamed)):
                     chunks.append(c)
-            bar = None
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=len(segs), desc=f"verify (ray, {workers} workers)", unit="segment", leave=False)
+            bar = progress_bar(len(segs), progress, f"verify (ray, {workers} workers)", "segment")
+            if bar is not None:
                 bar.update(sum(len(chunks[i]) for i in pool.results))
                 pool.on_done = lambda i, v: bar.update(len(chunks[i]))
             try:

@@ -1,0 +1,8 @@
+"""Data forging: finding a different batch with (nearly) the same update.
+
+- ``solvers``: exact forgeries (nullspace of the per-example gradients, error matrices,
+  one-hot forgeries, the b = 1 analysis);
+- ``search`` and ``certify``: the exhaustive in-domain search of Table 4 and its exact
+  certification;
+- ``attacks``: the published approximate attacks; ``game``: the forging game between a prover
+  and a verifier."""
