@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["ZOO", "build_model", "LeNet5", "VGGMini", "TransformerClassifier"]
+__all__ = ["ZOO", "build_model", "FlatInput", "LeNet5", "VGGMini", "TransformerClassifier"]
 
 ZOO = ("logreg", "fcn", "lenet", "vggmini", "transformer")
 
@@ -79,13 +79,18 @@ class TransformerClassifier(nn.Module):
         return self.head(h[:, -1])
 
 
-class _Flat(nn.Module):
+class FlatInput(nn.Module):
+    """``inner`` on the examples flattened to vectors (data sets carry image shapes)."""
+
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x.flatten(1))
+
+
+_Flat = FlatInput  # the name before it was public (pickled models)
 
 
 def build_model(name: str, input_shape: Tuple[int, ...], num_classes: int, *, vocab: Optional[int] = None,
@@ -98,9 +103,9 @@ def build_model(name: str, input_shape: Tuple[int, ...], num_classes: int, *, vo
     for s in input_shape:
         d *= int(s)
     if name == "logreg":
-        return _Flat(nn.Linear(d, num_classes))
+        return FlatInput(nn.Linear(d, num_classes))
     if name == "fcn":
-        return _Flat(nn.Sequential(nn.Linear(d, 100), nn.ReLU(), nn.Linear(100, num_classes)))
+        return FlatInput(nn.Sequential(nn.Linear(d, 100), nn.ReLU(), nn.Linear(100, num_classes)))
     if name == "transformer":
         if vocab is None or len(input_shape) != 1:
             raise ValueError("model: the transformer needs a token dataset (imdb or synthetic-tokens)")

@@ -1,0 +1,23 @@
+"""``exactforge info``: print what this installation was built with and dispatches to (compile_options)."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ._common import say, _sub, write_json
+
+
+def register(sub: Any) -> None:
+    i = _sub(sub, "info", "print what this installation was built with and dispatches to (compile_options)",
+             json_what="compile_options()")
+    i.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import compile_options
+
+    opts = compile_options()
+    say(args, json.dumps(opts, indent=2))
+    write_json(args, opts)
+    return 0
