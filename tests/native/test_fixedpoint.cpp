@@ -13,7 +13,7 @@
 #include "exactforge/fixedpoint.hpp"
 #include "exactforge/intexact.hpp"
 #include "exactforge/reduce.hpp"
-#include "kernels.hpp"
+#include "kernels/kernels.hpp"
 
 using namespace exactforge;
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "exactforge/fixedpoint.hpp"
-#include "launch.hpp"
+#include "cuda/launch.hpp"
 
 namespace py = pybind11;
 using namespace exactforge;

@@ -7,8 +7,9 @@
 // chosen at run time do not change bits.
 #include "exactforge/reduce.hpp"
 #include "exactforge/fixedpoint.hpp"
-#include "kernels.hpp"
-#include "kernels_int.hpp"
+#include "core/threads.hpp"
+#include "kernels/kernels.hpp"
+#include "kernels/kernels_int.hpp"
 
 #include <cstdlib>
 
@@ -26,27 +27,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__x86_64__) && defined(__linux__)
-#include <cpuid.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
 
 namespace exactforge {
 
 namespace {
-
-std::atomic<int> g_threads{0};
-
-int resolve_threads(int threads) {
-  // Clamped here as well as checked in Python: OpenMP aborts the process (no exception) when
-  // it cannot create the threads a region asks for, so no caller may ask for more.
-  if (threads > 0) return threads < kMaxThreads ? threads : kMaxThreads;
-  int g = g_threads.load();
-  if (g > 0) return g;
-  unsigned hc = std::thread::hardware_concurrency();
-  return hc ? static_cast<int>(hc < unsigned(kMaxThreads) ? hc : unsigned(kMaxThreads)) : 1;
-}
 
 // Per-thread scratch is allocated before a parallel region and indexed by thread: an
 // allocation failure inside a region could not be caught (an exception may not leave an OpenMP
@@ -132,7 +116,7 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   const int64_t KC = std::max<int64_t>(1, std::min(k, kFixedK));
   const int64_t jbb = std::min<int64_t>(std::max<int64_t>(1, kFixedBlockCols / NR), nb);
   std::vector<T> bp(static_cast<size_t>(jbb * NR * KC));
-  const int nt = resolve_threads(threads);
+  const int nt = detail::resolve_threads(threads);
   const bool par = m * n * k >= kParallelWork && nt > 1;
   (void)par;
   std::vector<T> ap_all(static_cast<size_t>(nt) * P::MR * KC);
@@ -192,7 +176,7 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
 
 template <class T>
 void sum_fixed_impl(const T* x, T* out, int64_t k, int64_t n, const int64_t* order, int threads) {
-  const int nt = resolve_threads(threads);
+  const int nt = detail::resolve_threads(threads);
   // Columns are independent chains; split them across threads in contiguous blocks.
   const int64_t block = 256;
   const int64_t nblocks = (n + block - 1) / block;
@@ -257,7 +241,7 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   const ExactPlan plan = exact_plan(k, std::is_same<T, double>::value);
   const int w = plan.width;
   const int64_t K0 = int64_t(1) << plan.chunk_bits;
-  const int nt = resolve_threads(threads);
+  const int nt = detail::resolve_threads(threads);
   const bool par = m * n * k >= kParallelWork && nt > 1;
   (void)par;
 
@@ -479,7 +463,7 @@ void sum_exact_impl(const T* x, T* out, int64_t k, int64_t n, int threads) {
   if (k > kExactSumMaxK)
     throw std::invalid_argument("exact sum: reduced axis longer than 2^22 terms");
   constexpr int S = kSumSlices, w = kSumWidth;
-  const int nt = resolve_threads(threads);
+  const int nt = detail::resolve_threads(threads);
   const int64_t block = 64;
   const int64_t nblocks = (n + block - 1) / block;
   const bool par = n * k >= kParallelWork && nt > 1 && nblocks > 1;
@@ -557,108 +541,11 @@ void matmul_exact_with(const float* a, const float* b, float* out, int64_t m, in
   matmul_exact_impl<float, 2>(a, b, out, m, k, n, threads, static_cast<ExactKernel>(kernel));
 }
 
-bool amx_int8_usable() {
-  static const bool ok = [] {
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-    const char* force = std::getenv("EXACTFORGE_ISA");  // "generic": no AMX either
-    if (force && std::string(force) == "generic") return false;
-    unsigned eax, ebx, ecx, edx;
-    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-    const bool tile = (edx >> 24) & 1u, int8 = (edx >> 25) & 1u;
-    if (!tile || !int8) return false;
-    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1u)) return false;  // OSXSAVE
-    unsigned lo, hi;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    if (((lo >> 17) & 3u) != 3u) return false;  // XTILECFG and XTILEDATA enabled by the OS
-    // Linux hands out the 8 KB tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM,
-    // feature 18); a tile instruction without it kills the process with SIGILL.
-    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-#else
-    return false;
-#endif
-  }();
-  return ok;
-}
-ExactKernel exact_kernel_auto() {
-#if defined(EXACTFORGE_HAVE_AMX_BUILD)
-  if (amx_int8_usable()) return ExactKernel::Int8Amx;
-#endif
-  // Without AMX the float64-slice tiles are the faster way to the same integers (three FMAs of
-  // 4-8 lanes per multiply-add beat 27 int8 products done 32-64 at a time by VNNI or by C++).
-  return ExactKernel::F64Slices;
-}
-const char* exact_kernel_name(ExactKernel k) {
-  switch (k) {
-    case ExactKernel::F64Slices: return "f64-slices";
-    case ExactKernel::Int8Generic: return "int8-generic";
-    case ExactKernel::Int8Amx: return "int8-amx";
-    default: return "auto";
-  }
-}
-
 template void matmul_fixed<float>(const float*, const float*, float*, int64_t, int64_t, int64_t, const int64_t*, int, bool);
 template void matmul_fixed<double>(const double*, const double*, double*, int64_t, int64_t, int64_t, const int64_t*, int, bool);
 template void sum_fixed<float>(const float*, float*, int64_t, int64_t, const int64_t*, int);
 template void sum_fixed<double>(const double*, double*, int64_t, int64_t, const int64_t*, int);
 template void sum_exact<float>(const float*, float*, int64_t, int64_t, int);
 template void sum_exact<double>(const double*, double*, int64_t, int64_t, int);
-
-const KernelTable& kernels() {
-  static const KernelTable table = [] {
-    // The levels built from kernels.inc (generic, avx2) share one layout: 4 x 4 exact tiles,
-    // 16 x 4 fixed tiles, one column tile per slicing call, the driver's rounding and maxima.
-#define EXACTFORGE_KERNEL_TABLE(NS, NAME)                                                              \
-  KernelTable {                                                                                        \
-    NAME, NS::fixed_tile_f32, NS::fixed_tile_f64, NS::exact_tile_s2, NS::exact_tile_s4,                \
-        NS::split_panel_f32_s2, NS::split_panel_f64_s4, NS::split_cols_f32_s2, NS::split_cols_f64_s4,  \
-        NS::pack_a_f32, ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr, nullptr, \
-        NS::sum_max_cols_f32, NS::sum_slices_cols_f32, NS::sum_max_cols_f64, NS::sum_slices_cols_f64,  \
-        nullptr                                                                                        \
-  }
-    const KernelTable generic_t = EXACTFORGE_KERNEL_TABLE(generic, "generic");
-    // EXACTFORGE_ISA=generic|avx2 caps the level: a test and debug aid (the bits are the same)
-    const char* force = std::getenv("EXACTFORGE_ISA");
-    const std::string cap = force ? force : "";
-    if (cap == "generic") return generic_t;
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      const KernelTable avx2_t = EXACTFORGE_KERNEL_TABLE(avx2, "avx2+fma");
-#if defined(EXACTFORGE_HAVE_AVX512_BUILD)
-      if (cap != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
-        KernelTable t = avx2_t;
-        t.isa = "avx512+avx2+fma";
-        t.exact_s2 = avx512::exact_tile_s2;
-        t.split_f32 = avx512::split_panel_f32_s2;
-        t.split_cols_f32 = avx512::split_cols_f32_s2;
-        t.split_cols_tiles = avx512::kSplitColsTiles;
-        t.exact_s2_mr = avx512::kExactS2MR;
-        t.exact_s2_nr = avx512::kExactS2NR;
-        t.recombine_f32 = avx512::recombine_f32;
-        t.exact_s2_round = avx512::exact_tile_s2_round;
-        t.fixed_f32 = avx512::fixed_tile_f32;
-        t.fixed_f32_nr = avx512::kFixedF32NR;
-        t.sum_max_f32 = avx512::sum_max_cols_f32;
-        t.sum_slices_f32 = avx512::sum_slices_cols_f32;
-        t.row_max_f32 = avx512::row_max_f32;
-        return t;
-      }
-#endif
-      return avx2_t;
-    }
-#endif
-    return generic_t;
-#undef EXACTFORGE_KERNEL_TABLE
-  }();
-  return table;
-}
-
-void set_num_threads(int n) {
-  if (n < 1 || n > kMaxThreads)
-    throw std::invalid_argument("set_num_threads: n must be in 1.." + std::to_string(kMaxThreads));
-  g_threads.store(n);
-}
-int get_num_threads() { return resolve_threads(0); }
 
 }  // namespace exactforge

@@ -1,6 +1,6 @@
 #include "exactforge/reduce.hpp"
-#include "kernels.hpp"
-#include "kernels_int.hpp"
+#include "kernels/kernels.hpp"
+#include "kernels/kernels_int.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>

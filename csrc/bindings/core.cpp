@@ -14,7 +14,7 @@
 #include "exactforge/fixedpoint.hpp"
 #include "exactforge/mathfn.hpp"
 #include "exactforge/reduce.hpp"
-#include "kernels_int.hpp"
+#include "kernels/kernels_int.hpp"
 #include "exactforge/search.hpp"
 #include "exactforge/collide.hpp"
 #include "exactforge/conv.hpp"

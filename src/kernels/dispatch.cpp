@@ -1,0 +1,108 @@
+// Which kernels run on this CPU: the ISA table of the tile kernels (generic, AVX2+FMA,
+// AVX-512), chosen once from CPUID, and whether AMX-INT8 may be used. Every level computes the
+// same bits; EXACTFORGE_ISA=generic|avx2 caps the choice for tests.
+#include "kernels/kernels.hpp"
+#include "kernels/kernels_int.hpp"
+
+#include <cstdlib>
+#include <string>
+
+#if defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace exactforge {
+
+bool amx_int8_usable() {
+  static const bool ok = [] {
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+    const char* force = std::getenv("EXACTFORGE_ISA");  // "generic": no AMX either
+    if (force && std::string(force) == "generic") return false;
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    const bool tile = (edx >> 24) & 1u, int8 = (edx >> 25) & 1u;
+    if (!tile || !int8) return false;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1u)) return false;  // OSXSAVE
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if (((lo >> 17) & 3u) != 3u) return false;  // XTILECFG and XTILEDATA enabled by the OS
+    // Linux hands out the 8 KB tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM,
+    // feature 18); a tile instruction without it kills the process with SIGILL.
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
+ExactKernel exact_kernel_auto() {
+#if defined(EXACTFORGE_HAVE_AMX_BUILD)
+  if (amx_int8_usable()) return ExactKernel::Int8Amx;
+#endif
+  // Without AMX the float64-slice tiles are the faster way to the same integers (three FMAs of
+  // 4-8 lanes per multiply-add beat 27 int8 products done 32-64 at a time by VNNI or by C++).
+  return ExactKernel::F64Slices;
+}
+const char* exact_kernel_name(ExactKernel k) {
+  switch (k) {
+    case ExactKernel::F64Slices: return "f64-slices";
+    case ExactKernel::Int8Generic: return "int8-generic";
+    case ExactKernel::Int8Amx: return "int8-amx";
+    default: return "auto";
+  }
+}
+
+const KernelTable& kernels() {
+  static const KernelTable table = [] {
+    // The levels built from kernels.inc (generic, avx2) share one layout: 4 x 4 exact tiles,
+    // 16 x 4 fixed tiles, one column tile per slicing call, the driver's rounding and maxima.
+#define EXACTFORGE_KERNEL_TABLE(NS, NAME)                                                              \
+  KernelTable {                                                                                        \
+    NAME, NS::fixed_tile_f32, NS::fixed_tile_f64, NS::exact_tile_s2, NS::exact_tile_s4,                \
+        NS::split_panel_f32_s2, NS::split_panel_f64_s4, NS::split_cols_f32_s2, NS::split_cols_f64_s4,  \
+        NS::pack_a_f32, ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr, nullptr, \
+        NS::sum_max_cols_f32, NS::sum_slices_cols_f32, NS::sum_max_cols_f64, NS::sum_slices_cols_f64,  \
+        nullptr                                                                                        \
+  }
+    const KernelTable generic_t = EXACTFORGE_KERNEL_TABLE(generic, "generic");
+    // EXACTFORGE_ISA=generic|avx2 caps the level: a test and debug aid (the bits are the same)
+    const char* force = std::getenv("EXACTFORGE_ISA");
+    const std::string cap = force ? force : "";
+    if (cap == "generic") return generic_t;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      const KernelTable avx2_t = EXACTFORGE_KERNEL_TABLE(avx2, "avx2+fma");
+#if defined(EXACTFORGE_HAVE_AVX512_BUILD)
+      if (cap != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
+        KernelTable t = avx2_t;
+        t.isa = "avx512+avx2+fma";
+        t.exact_s2 = avx512::exact_tile_s2;
+        t.split_f32 = avx512::split_panel_f32_s2;
+        t.split_cols_f32 = avx512::split_cols_f32_s2;
+        t.split_cols_tiles = avx512::kSplitColsTiles;
+        t.exact_s2_mr = avx512::kExactS2MR;
+        t.exact_s2_nr = avx512::kExactS2NR;
+        t.recombine_f32 = avx512::recombine_f32;
+        t.exact_s2_round = avx512::exact_tile_s2_round;
+        t.fixed_f32 = avx512::fixed_tile_f32;
+        t.fixed_f32_nr = avx512::kFixedF32NR;
+        t.sum_max_f32 = avx512::sum_max_cols_f32;
+        t.sum_slices_f32 = avx512::sum_slices_cols_f32;
+        t.row_max_f32 = avx512::row_max_f32;
+        return t;
+      }
+#endif
+      return avx2_t;
+    }
+#endif
+    return generic_t;
+#undef EXACTFORGE_KERNEL_TABLE
+  }();
+  return table;
+}
+
+}  // namespace exactforge
