@@ -1,14 +1,15 @@
 """Benchmark of the attacks.
 
-  * greedy search with per-example gradients computed once (torch.func vmap) vs one backward
-    pass per candidate batch: M = 300 candidates, b = 100, LeNet on digits (target >= 10x);
-    both must pick the same best candidate before the times count;
-  * the headline comparison on digits: each attack's approximation error over the reproduction
-    error (torch under batch permutation; the native path, exactly 0), in orders of magnitude;
-  * game win rates (calibrated epsilon, domain check on and off).
+* greedy search with per-example gradients computed once (torch.func vmap) vs one backward
+  pass per candidate batch: M = 300 candidates, b = 100, LeNet on digits (target >= 10x);
+  both must pick the same best candidate before the times count;
+* the headline comparison on digits: each attack's approximation error over the reproduction
+  error (torch under batch permutation; the native path, exactly 0), in orders of magnitude;
+* game win rates (calibrated epsilon, domain check on and off).
 
-    python benchmarks/bench_attacks.py [--out benchmarks/out/attacks.json]
+  python benchmarks/bench_attacks.py [--out benchmarks/out/attacks.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,9 @@ import time
 import numpy as np
 import torch
 
-from exactforge.attacks import per_example_grads, run_attack
 from exactforge.data import load_digits
-from exactforge.game import Verifier, play_game
+from exactforge.forging.attacks import per_example_grads, run_attack
+from exactforge.forging.game import Verifier, play_game
 
 
 def greedy_compare(M=300, b=100, pool=1000, seed=0):
@@ -43,7 +44,7 @@ def greedy_compare(M=300, b=100, pool=1000, seed=0):
     def cached():
         need = np.concatenate([keep, P])
         G = per_example_grads(ctx.model, ctx.theta, X[need], y[need]).astype(np.float64)
-        sums = G[: len(keep)].sum(0)[None, :] + G[len(keep):][choice].sum(axis=1)
+        sums = G[: len(keep)].sum(0)[None, :] + G[len(keep) :][choice].sum(axis=1)
         return np.linalg.norm(ctx.lr * (sums / b - g_target[None, :]), axis=1)
 
     def naive():
@@ -63,8 +64,15 @@ def greedy_compare(M=300, b=100, pool=1000, seed=0):
     assert np.allclose(e1, e2, rtol=1e-3, atol=1e-9)
     t_cached = min(_timed(cached) for _ in range(3))
     t_naive = min(_timed(naive) for _ in range(2))
-    return {"M": M, "b": b, "pool": pool, "model": "LeNet-5, digits", "cached_s": t_cached, "naive_s": t_naive,
-            "speedup": t_naive / t_cached}
+    return {
+        "M": M,
+        "b": b,
+        "pool": pool,
+        "model": "LeNet-5, digits",
+        "cached_s": t_cached,
+        "naive_s": t_naive,
+        "speedup": t_naive / t_cached,
+    }
 
 
 def _timed(fn):
@@ -79,7 +87,9 @@ def headline(seed=0):
     for model, engine in (("lenet", "torch"), ("fcn", "torch"), ("fcn", "native"), ("logreg", "torch")):
         v = Verifier(model, engine, data, batch_size=100, steps=5, seed=seed)
         repro = v.calibrate(safety_factor=1.0)
-        methods = ["greedy", "nearest", "gradmatch", "dlg"] + (["nullspace", "error-matrix"] if model == "logreg" else [])
+        methods = ["greedy", "nearest", "gradmatch", "dlg"] + (
+            ["nullspace", "error-matrix"] if model == "logreg" else []
+        )
         for m in methods:
             errs, doms = [], []
             for t in range(len(v.batches)):
@@ -88,11 +98,22 @@ def headline(seed=0):
                 errs.append(r.approx_error)
                 doms.append(r.in_domain)
             e = float(np.median(errs))
-            rows.append({"model": model, "engine": engine, "attack": m, "median_attack_error": e,
-                         "repro_error": repro, "orders_of_magnitude": (math.log10(e / repro) if repro > 0 else float("inf")),
-                         "in_domain": bool(all(doms))})
-            print(f"{model}/{engine} {m}: attack {e:.2e} vs repro {repro:.2e} "
-                  f"({rows[-1]['orders_of_magnitude']:.1f} orders)", flush=True)
+            rows.append(
+                {
+                    "model": model,
+                    "engine": engine,
+                    "attack": m,
+                    "median_attack_error": e,
+                    "repro_error": repro,
+                    "orders_of_magnitude": (math.log10(e / repro) if repro > 0 else float("inf")),
+                    "in_domain": bool(all(doms)),
+                }
+            )
+            print(
+                f"{model}/{engine} {m}: attack {e:.2e} vs repro {repro:.2e} "
+                f"({rows[-1]['orders_of_magnitude']:.1f} orders)",
+                flush=True,
+            )
     return rows
 
 
@@ -102,12 +123,26 @@ def games(seed=0):
     vn = Verifier("logreg", "native", load_digits(), batch_size=100, steps=5, seed=seed)
     for attack in ("greedy", "nearest", "dlg", "nullspace", "error-matrix"):
         for dc in (True, False):
-            g = play_game(attack, 5, "auto", verifier=v, domain_check=dc, budget={"steps": 100} if attack == "dlg" else None)
-            gn = play_game(attack, 5, 0.0, verifier=vn, domain_check=dc, budget={"steps": 100} if attack == "dlg" else None)
-            out.append({"attack": attack, "domain_check": dc, "win_rate_torch_calibrated": g.win_rate, "epsilon": g.epsilon,
-                        "win_rate_native_eps0": gn.win_rate})
-            print(f"game {attack} domain={'on' if dc else 'off'}: torch eps {g.epsilon:.2g} win {g.win_rate:.0%}; "
-                  f"native eps 0 win {gn.win_rate:.0%}", flush=True)
+            g = play_game(
+                attack, 5, "auto", verifier=v, domain_check=dc, budget={"steps": 100} if attack == "dlg" else None
+            )
+            gn = play_game(
+                attack, 5, 0.0, verifier=vn, domain_check=dc, budget={"steps": 100} if attack == "dlg" else None
+            )
+            out.append(
+                {
+                    "attack": attack,
+                    "domain_check": dc,
+                    "win_rate_torch_calibrated": g.win_rate,
+                    "epsilon": g.epsilon,
+                    "win_rate_native_eps0": gn.win_rate,
+                }
+            )
+            print(
+                f"game {attack} domain={'on' if dc else 'off'}: torch eps {g.epsilon:.2g} win {g.win_rate:.0%}; "
+                f"native eps 0 win {gn.win_rate:.0%}",
+                flush=True,
+            )
     return out
 
 
@@ -119,8 +154,10 @@ def main():
     res = {"date": _dt.date.today().isoformat()}
     res["greedy_cache"] = greedy_compare()
     g = res["greedy_cache"]
-    print(f"greedy M={g['M']} b={g['b']} LeNet: cached {g['cached_s']:.2f} s vs naive {g['naive_s']:.2f} s: {g['speedup']:.1f}x",
-          flush=True)
+    print(
+        f"greedy M={g['M']} b={g['b']} LeNet: cached {g['cached_s']:.2f} s vs naive {g['naive_s']:.2f} s: {g['speedup']:.1f}x",
+        flush=True,
+    )
     res["headline"] = headline()
     res["games"] = games()
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -13,6 +13,7 @@ Reproduction error is the largest l2 distance of theta_{t+1} from the first comp
 
     python benchmarks/bench_deterministic.py [--repeats 15]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,12 @@ import time
 
 CASES = [("FCN 784-100-10", 784, (100,), 100), ("FCN 784-1000-1000-10", 784, (1000, 1000), 256)]
 
-CHILD = r'''
+CHILD = r"""
 import json, sys, time
 import numpy as np, torch
 cfg = json.loads(sys.argv[1])
 import exactforge, exactforge.models as M
-from exactforge.torch_models import to_torch
+from exactforge.models.torch_fcn import to_torch
 rng = np.random.default_rng(0)
 spec = M.ModelSpec("fcn", cfg["dim"], 10, tuple(cfg["hidden"]))
 X = (rng.integers(0, 256, (cfg["b"], cfg["dim"])) / 255.0).astype(np.float32)
@@ -79,16 +80,24 @@ ts = []
 for _ in range(cfg["repeats"]):
     t = time.perf_counter(); run(idx, 2); ts.append(time.perf_counter() - t)
 print(json.dumps({"ms": 1e3 * float(np.median(ts)), "repro_perm": perm, "repro_threads": thr, "vs_f64": err}))
-'''
+"""
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=15)
     args = ap.parse_args()
-    paths = ["torch default", "torch deterministic", "torch MKL_CBWR=COMPATIBLE", "exactforge fixed", "exactforge exact"]
-    print(f"# Deterministic vs default kernels: one SGD step, 2 threads, median of {args.repeats}; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}\n")
+    paths = [
+        "torch default",
+        "torch deterministic",
+        "torch MKL_CBWR=COMPATIBLE",
+        "exactforge fixed",
+        "exactforge exact",
+    ]
+    print(
+        f"# Deterministic vs default kernels: one SGD step, 2 threads, median of {args.repeats}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}\n"
+    )
     print("| case | path | step (ms) | vs torch default | permuted batch: max l2 | 1 vs 2 threads: l2 |")
     print("|---|---|---|---|---|---|")
     for name, dim, hidden, b in CASES:
@@ -99,12 +108,16 @@ def main() -> None:
             if "MKL_CBWR" in path:
                 env["MKL_CBWR"] = "COMPATIBLE"
             cfg = {"path": path, "dim": dim, "hidden": list(hidden), "b": b, "repeats": args.repeats}
-            out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], env=env, check=True,
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, json.dumps(cfg)], env=env, check=True, capture_output=True, text=True
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             base = base or r["ms"]
-            print(f"| {name}, b = {b} | {path} | {r['ms']:.2f} | {r['ms'] / base:.2f}x | {r['repro_perm']:.2g} | "
-                  f"{r['repro_threads']:.2g} |", flush=True)
+            print(
+                f"| {name}, b = {b} | {path} | {r['ms']:.2f} | {r['ms'] / base:.2f}x | {r['repro_perm']:.2g} | "
+                f"{r['repro_threads']:.2g} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

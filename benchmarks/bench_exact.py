@@ -1,15 +1,16 @@
 """Benchmark of the exact forging solvers.
 
-  * structured (two SVDs) vs the paper's Kronecker construction where both run
-    (d0 = 64, d1 = 8, b = 32 on digits); both nullities are checked equal before timing;
-  * the structured solver at MNIST size (784-128-10, b = 100, synthetic 784-pixel data:
-    no MNIST here) -- the whole forgery: D1 from the model, SVDs, projection;
-  * forging every step of a 1000-step native trace (FCN 64-8-10, b = 32), batched SVDs;
-  * float32 approximation error of forgeries vs torch's batch-permutation reproduction error;
-  * in-domain search (LP in the box, MILP on the grid): status and time by instance size.
+* structured (two SVDs) vs the paper's Kronecker construction where both run
+  (d0 = 64, d1 = 8, b = 32 on digits); both nullities are checked equal before timing;
+* the structured solver at MNIST size (784-128-10, b = 100, synthetic 784-pixel data:
+  no MNIST here) -- the whole forgery: D1 from the model, SVDs, projection;
+* forging every step of a 1000-step native trace (FCN 64-8-10, b = 32), batched SVDs;
+* float32 approximation error of forgeries vs torch's batch-permutation reproduction error;
+* in-domain search (LP in the box, MILP on the grid): status and time by instance size.
 
-    python benchmarks/bench_exact.py [--out benchmarks/out/exact.json]
+  python benchmarks/bench_exact.py [--out benchmarks/out/exact.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,11 +24,11 @@ import time
 
 import numpy as np
 
-from exactforge import exact as E
-from exactforge import models as M
-from exactforge.data import Dataset, load_digits
-from exactforge.record import record_native
+from exactforge.data import load_digits
+from exactforge.forging import solvers as E
+from exactforge.models import native as M
 from exactforge.trace import Trace
+from exactforge.trace.record import record_native
 
 
 def best(fn, repeats=5):
@@ -58,11 +59,21 @@ def main():
     assert U.shape[1] * V.shape[1] == N.shape[1]
     t_struct = best(lambda: E.fcn_perturbation_basis(W1, D1))
     t_kron = best(lambda: E.kronecker_nullspace(W1, D1), repeats=2)
-    res["structured_vs_kronecker"] = {"d0": 64, "d1": 8, "b": 32, "nullity": int(N.shape[1]),
-                                      "paper_bound": E.paper_bound(64, 8, 32), "structured_s": t_struct,
-                                      "kronecker_s": t_kron, "speedup": t_kron / t_struct}
-    print(f"structured {t_struct * 1e3:.2f} ms vs Kronecker {t_kron * 1e3:.0f} ms: {t_kron / t_struct:.0f}x "
-          f"(nullity {N.shape[1]}, paper bound {E.paper_bound(64, 8, 32)})", flush=True)
+    res["structured_vs_kronecker"] = {
+        "d0": 64,
+        "d1": 8,
+        "b": 32,
+        "nullity": int(N.shape[1]),
+        "paper_bound": E.paper_bound(64, 8, 32),
+        "structured_s": t_struct,
+        "kronecker_s": t_kron,
+        "speedup": t_kron / t_struct,
+    }
+    print(
+        f"structured {t_struct * 1e3:.2f} ms vs Kronecker {t_kron * 1e3:.0f} ms: {t_kron / t_struct:.0f}x "
+        f"(nullity {N.shape[1]}, paper bound {E.paper_bound(64, 8, 32)})",
+        flush=True,
+    )
 
     # 2. MNIST size
     rng = np.random.default_rng(0)
@@ -100,32 +111,60 @@ def main():
             p = M.check_params(tspec, tr.load_checkpoint(t))
             idx = tr.batch(t)
             g0 = E.gradient(tspec, p, digits.X[idx], digits.y[idx])
-            worst = max(worst, float(np.linalg.norm(E.gradient(tspec, p, forged[t], digits.y[idx]) - g0) / np.linalg.norm(g0)))
+            worst = max(
+                worst, float(np.linalg.norm(E.gradient(tspec, p, forged[t], digits.y[idx]) - g0) / np.linalg.norm(g0))
+            )
         assert worst < 1e-12
     finally:
         shutil.rmtree(tmp)
-    res["whole_trace"] = {"steps": args.trace_steps, "b": 32, "sizes": "64-8-10", "prepare_s": t_prep,
-                          "solve_s": t_solve, "worst_rel_grad_err_f64": worst}
-    print(f"forging all {args.trace_steps} steps: {t_prep:.2f} s loading checkpoints and D1, {t_solve:.2f} s solving "
-          f"(batched); worst relative gradient error {worst:.1e}", flush=True)
+    res["whole_trace"] = {
+        "steps": args.trace_steps,
+        "b": 32,
+        "sizes": "64-8-10",
+        "prepare_s": t_prep,
+        "solve_s": t_solve,
+        "worst_rel_grad_err_f64": worst,
+    }
+    print(
+        f"forging all {args.trace_steps} steps: {t_prep:.2f} s loading checkpoints and D1, {t_solve:.2f} s solving "
+        f"(batched); worst relative gradient error {worst:.1e}",
+        flush=True,
+    )
 
     # 4. approximation error vs reproduction error
     rows = []
-    for name, sp, meth, b in [("logreg, error-matrix", M.ModelSpec("logreg", 64, 10), "error-matrix", 100),
-                              ("FCN 64-8-10, nullspace", M.ModelSpec("fcn", 64, 10, (8,)), "nullspace", 32),
-                              ("FCN 64-100-10, nullspace", M.ModelSpec("fcn", 64, 10, (100,)), "nullspace", 128)]:
+    for name, sp, meth, b in [
+        ("logreg, error-matrix", M.ModelSpec("logreg", 64, 10), "error-matrix", 100),
+        ("FCN 64-8-10, nullspace", M.ModelSpec("fcn", 64, 10, (8,)), "nullspace", 32),
+        ("FCN 64-100-10, nullspace", M.ModelSpec("fcn", 64, 10, (100,)), "nullspace", 128),
+    ]:
         p = M.init_params(sp, 0)
         idx = np.random.default_rng(1).choice(len(digits), b, replace=False)
         Xb, yb = digits.X[idx], digits.y[idx]
         Xtb = digits.X[np.random.default_rng(2).choice(len(digits), b, replace=False)]
-        fb = (E.forge_error_matrix(sp, p, Xb, yb, target=Xtb) if meth == "error-matrix"
-              else E.forge_nullspace(sp, p, Xb, yb, target=Xtb))
+        fb = (
+            E.forge_error_matrix(sp, p, Xb, yb, target=Xtb)
+            if meth == "error-matrix"
+            else E.forge_nullspace(sp, p, Xb, yb, target=Xtb)
+        )
         r = E.forgery_report(sp, p, Xb, yb, fb, lr=0.01, levels=16, torch_permutations=20)
-        rows.append({"case": name, "b": b, "approx_error_f32": r.approx_error, "approx_error_f64": r.approx_error_f64,
-                     "torch_repro": r.repro_error_torch, "ratio": r.ratio_to_torch_repro,
-                     "in_range": r.in_range_fraction, "one_hot": r.labels_one_hot})
-        print(f"{name} b={b}: approx {r.approx_error:.2e} (f64 {r.approx_error_f64:.1e}) vs torch repro "
-              f"{r.repro_error_torch:.2e}: ratio {r.ratio_to_torch_repro:.2f}", flush=True)
+        rows.append(
+            {
+                "case": name,
+                "b": b,
+                "approx_error_f32": r.approx_error,
+                "approx_error_f64": r.approx_error_f64,
+                "torch_repro": r.repro_error_torch,
+                "ratio": r.ratio_to_torch_repro,
+                "in_range": r.in_range_fraction,
+                "one_hot": r.labels_one_hot,
+            }
+        )
+        print(
+            f"{name} b={b}: approx {r.approx_error:.2e} (f64 {r.approx_error_f64:.1e}) vs torch repro "
+            f"{r.repro_error_torch:.2e}: ratio {r.ratio_to_torch_repro:.2f}",
+            flush=True,
+        )
     res["approx_vs_repro"] = rows
 
     # 5. in-domain search reachability
@@ -138,8 +177,17 @@ def main():
             Xg, yg = r0.integers(0, 3, (b, d0)) / 2.0, r0.integers(0, 3, b)
             for kind in ("box-lp", "grid-milp"):
                 r = E.search_in_domain(sp, p, Xg, yg, kind=kind, levels=2, time_limit=5.0)
-                sweep.append({"model": f"{kind_model}{list(hidden) or ''}", "d0": d0, "b": b, "kind": kind,
-                              "status": r.status, "seconds": r.seconds, "residual": r.residual})
+                sweep.append(
+                    {
+                        "model": f"{kind_model}{list(hidden) or ''}",
+                        "d0": d0,
+                        "b": b,
+                        "kind": kind,
+                        "status": r.status,
+                        "seconds": r.seconds,
+                        "residual": r.residual,
+                    }
+                )
                 print(f"{kind_model} d0={d0} b={b} {kind}: {r.status} in {r.seconds:.2f} s", flush=True)
     res["in_domain"] = sweep
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

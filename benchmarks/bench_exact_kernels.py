@@ -8,6 +8,7 @@ torch. Without AMX the int8 column is left out (the portable int8 kernel is a te
 
     python benchmarks/bench_exact_kernels.py [--threads 2] [--quick] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,21 @@ import torch
 
 import exactforge
 from exactforge import reduce as R
-from exactforge._native import _core
+from exactforge._backend.native import _core
 
-SHAPES = [(64, 10, 100), (64, 10, 1000), (784, 10, 100), (784, 10, 1000), (784, 10, 4096), (100, 10, 1000),
-          (784, 100, 100), (784, 100, 1000), (784, 100, 4096), (4096, 64, 4096), (1024, 1024, 8192)]
+SHAPES = [
+    (64, 10, 100),
+    (64, 10, 1000),
+    (784, 10, 100),
+    (784, 10, 1000),
+    (784, 10, 4096),
+    (100, 10, 1000),
+    (784, 100, 100),
+    (784, 100, 1000),
+    (784, 100, 4096),
+    (4096, 64, 4096),
+    (1024, 1024, 8192),
+]
 
 
 def best(fn, total: float) -> float:
@@ -48,9 +60,9 @@ def main() -> None:
     kernels = ["f64-slices"] + (["int8-amx"] if _core.amx_int8_usable() else [])
     rng = np.random.default_rng(0)
     rows = []
-    print(f"| m x n x k | torch f32 (us) | " + " | ".join(f"{k} / torch" for k in kernels) + " | auto |")
+    print("| m x n x k | torch f32 (us) | " + " | ".join(f"{k} / torch" for k in kernels) + " | auto |")
     print("|---|---|" + "---|" * len(kernels) + "---|")
-    for m, n, k in (SHAPES[:3] if args.quick else SHAPES):
+    for m, n, k in SHAPES[:3] if args.quick else SHAPES:
         a = np.abs(rng.standard_normal((m, k))).astype(np.float32)  # activations
         b = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)  # an error matrix
         outs = {kk: _core.matmul_exact_kernel(a, b, kk, args.threads) for kk in kernels}
@@ -65,10 +77,20 @@ def main() -> None:
             row[f"{kk}_s"] = best(lambda: _core.matmul_exact_kernel(a, b, kk, args.threads), total)
         row["auto_s"] = best(lambda: R.matmul(a, b, mode="exact", threads=args.threads), total)
         rows.append(row)
-        print(f"| {m}x{n}x{k} | {t_torch * 1e6:.1f} | " + " | ".join(f"{row[f'{kk}_s'] / t_torch:.2f}" for kk in kernels)
-              + f" | {row['auto_s'] / t_torch:.2f} |", flush=True)
-    meta = {"date": _dt.date.today().isoformat(), "machine": platform.platform(), "processor": platform.processor(),
-            "threads": args.threads, "torch": torch.__version__, "exactforge": exactforge.compile_options()}
+        print(
+            f"| {m}x{n}x{k} | {t_torch * 1e6:.1f} | "
+            + " | ".join(f"{row[f'{kk}_s'] / t_torch:.2f}" for kk in kernels)
+            + f" | {row['auto_s'] / t_torch:.2f} |",
+            flush=True,
+        )
+    meta = {
+        "date": _dt.date.today().isoformat(),
+        "machine": platform.platform(),
+        "processor": platform.processor(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "exactforge": exactforge.compile_options(),
+    }
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)

@@ -9,6 +9,7 @@ size (the model is an FCN 64-1024-1024-10, 4.5 MB a checkpoint, so that the boun
 the interpreter's own noise). Outcomes: exit 2 (invalid, with a message), exit 1 (recomputed and
 rejected), exit 0 (accepted); a traceback, a signal or a time-out is a failure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import numpy as np  # noqa: E402
-
-from exactforge import models as M  # noqa: E402
-from exactforge.data import load_digits  # noqa: E402
-from exactforge.record import record_native  # noqa: E402
-from exactforge.trace import Trace, encode_checkpoint, record_hash  # noqa: E402
 from hostile import KINDS, allowed, copy, dump, load, mutate, rechain  # noqa: E402
+
+from exactforge.data import load_digits  # noqa: E402
+from exactforge.models import native as M  # noqa: E402
+from exactforge.trace import Trace, encode_checkpoint, record_hash  # noqa: E402
+from exactforge.trace.record import record_native  # noqa: E402
 
 TIMEOUT = 60
 SPEC = M.ModelSpec("fcn", 64, 10, (1024, 1024))
@@ -38,15 +39,17 @@ SPEC = M.ModelSpec("fcn", 64, 10, (1024, 1024))
 
 # The CLI runs in a fresh interpreter that reports its own high-water mark (VmHWM, reset by
 # exec, unlike ru_maxrss, which a forked child inherits from this process) when it exits.
-_LAUNCH = ("import atexit, sys\n"
-           "def _hwm():\n"
-           "    with open('/proc/self/status') as f:\n"
-           "        kb = [l.split()[1] for l in f if l.startswith('VmHWM')][0]\n"
-           "    with open(sys.argv[1], 'w') as f:\n"
-           "        f.write(kb)\n"
-           "atexit.register(_hwm)\n"
-           "from exactforge.cli import main\n"
-           "sys.exit(main(sys.argv[2:]))\n")
+_LAUNCH = (
+    "import atexit, sys\n"
+    "def _hwm():\n"
+    "    with open('/proc/self/status') as f:\n"
+    "        kb = [l.split()[1] for l in f if l.startswith('VmHWM')][0]\n"
+    "    with open(sys.argv[1], 'w') as f:\n"
+    "        f.write(kb)\n"
+    "atexit.register(_hwm)\n"
+    "from exactforge.cli import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
 
 
 def run_measured(d: str, *extra: str) -> dict:
@@ -55,8 +58,11 @@ def run_measured(d: str, *extra: str) -> dict:
 
     hwm = tempfile.mktemp()
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, hwm, "verify", d, "--quiet", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LAUNCH, hwm, "verify", d, "--quiet", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         _, err = proc.communicate(timeout=TIMEOUT)
         rc = proc.returncode
@@ -136,38 +142,72 @@ def named_cases(work):
     lr = b'"lr":0.01'
     return {
         "FIFO in place of a record": (lambda d: _replace(d, "records/00000003.json", os.mkfifo), []),
-        "checkpoint symlinked to /dev/zero": (lambda d: _replace(d, "checkpoints/00000004.safetensors",
-                                                                 lambda p: os.symlink("/dev/zero", p)), []),
-        "records/ symlinked elsewhere": (lambda d: (shutil.move(os.path.join(d, "records"), d + "-rec"),
-                                                    os.symlink(d + "-rec", os.path.join(d, "records"))), []),
-        "33 MB record of batch indices": (lambda d: rechain(d, record_edit=lambda i, r: r.update(
-            batch=list(range(1797)) * 2000) if i == 2 else None), []),
-        "checkpoint padded with 64 MB": (lambda d: (open(os.path.join(d, "checkpoints", "00000002.safetensors"), "ab")
-                                                    .write(b"\0" * (64 << 20)), rechain(d)), []),
-        "declared model of 4 TB": (lambda d: rechain(d, manifest_edit=lambda m: m["tensors"][0].__setitem__(
-            2, [1 << 20, 1 << 20])), []),
-        "manifest data.path = /etc/passwd (mnist)": (lambda d: rechain(d, manifest_edit=lambda m: m["data"].update(
-            name="mnist", path="/etc/passwd")), []),
-        "initial_checkpoint.file = ../../etc/passwd": (lambda d: rechain(d, manifest_edit=lambda m: m[
-            "initial_checkpoint"].update(file="../../etc/passwd")), []),
-        "last records and checkpoints deleted": (lambda d: [os.unlink(os.path.join(d, "records", n)) for n in
-                                                            sorted(os.listdir(os.path.join(d, "records")))[-3:]], []),
+        "checkpoint symlinked to /dev/zero": (
+            lambda d: _replace(d, "checkpoints/00000004.safetensors", lambda p: os.symlink("/dev/zero", p)),
+            [],
+        ),
+        "records/ symlinked elsewhere": (
+            lambda d: (
+                shutil.move(os.path.join(d, "records"), d + "-rec"),
+                os.symlink(d + "-rec", os.path.join(d, "records")),
+            ),
+            [],
+        ),
+        "33 MB record of batch indices": (
+            lambda d: rechain(d, record_edit=lambda i, r: r.update(batch=list(range(1797)) * 2000) if i == 2 else None),
+            [],
+        ),
+        "checkpoint padded with 64 MB": (
+            lambda d: (
+                open(os.path.join(d, "checkpoints", "00000002.safetensors"), "ab").write(b"\0" * (64 << 20)),
+                rechain(d),
+            ),
+            [],
+        ),
+        "declared model of 4 TB": (
+            lambda d: rechain(d, manifest_edit=lambda m: m["tensors"][0].__setitem__(2, [1 << 20, 1 << 20])),
+            [],
+        ),
+        "manifest data.path = /etc/passwd (mnist)": (
+            lambda d: rechain(d, manifest_edit=lambda m: m["data"].update(name="mnist", path="/etc/passwd")),
+            [],
+        ),
+        "initial_checkpoint.file = ../../etc/passwd": (
+            lambda d: rechain(d, manifest_edit=lambda m: m["initial_checkpoint"].update(file="../../etc/passwd")),
+            [],
+        ),
+        "last records and checkpoints deleted": (
+            lambda d: [
+                os.unlink(os.path.join(d, "records", n)) for n in sorted(os.listdir(os.path.join(d, "records")))[-3:]
+            ],
+            [],
+        ),
         "records/ deleted": (lambda d: shutil.rmtree(os.path.join(d, "records")), []),
         "a step appended after the final one": (_appended, []),
         "theta_0 from another run (claimed seeded)": (lambda d: _foreign_theta0(d, work), []),
         "--threads 100000": (lambda d: None, ["--threads", "100000"]),
         "Infinity in the manifest": (lambda d: _raw_manifest(d, lr, b'"lr":Infinity'), []),
         "1e400 in the manifest": (lambda d: _raw_manifest(d, lr, b'"lr":1e400'), []),
-        "100k-deep JSON record": (lambda d: open(os.path.join(d, "records", "00000001.json"), "wb").write(
-            b"[" * 100_000 + b"]" * 100_000), []),
-        "2k-deep JSON record (within the size limit)": (lambda d: open(os.path.join(d, "records", "00000001.json"),
-                                                                       "wb").write(b"[" * 2000 + b"]" * 2000), []),
+        "100k-deep JSON record": (
+            lambda d: open(os.path.join(d, "records", "00000001.json"), "wb").write(b"[" * 100_000 + b"]" * 100_000),
+            [],
+        ),
+        "2k-deep JSON record (within the size limit)": (
+            lambda d: open(os.path.join(d, "records", "00000001.json"), "wb").write(b"[" * 2000 + b"]" * 2000),
+            [],
+        ),
         "manifest field missing": (lambda d: rechain(d, manifest_edit=lambda m: m.pop("checkpoint_every")), []),
         "manifest field of the wrong type": (lambda d: rechain(d, manifest_edit=lambda m: m.update(steps="20")), []),
         "checkpoint tensor of the wrong shape": (_shape, []),
         "extra tensor in a checkpoint": (_extra_tensor, []),
-        "NaN in a record": (lambda d: open(os.path.join(d, "records", "00000001.json"), "wb").write(
-            open(os.path.join(d, "records", "00000001.json"), "rb").read().replace(b'"batch":[', b'"batch":[NaN,', 1)), []),
+        "NaN in a record": (
+            lambda d: open(os.path.join(d, "records", "00000001.json"), "wb").write(
+                open(os.path.join(d, "records", "00000001.json"), "rb")
+                .read()
+                .replace(b'"batch":[', b'"batch":[NaN,', 1)
+            ),
+            [],
+        ),
         "cosine, last checkpoint scaled by 1.5": (_scaled_last, ["--distance", "cosine", "--epsilon", "1e-3"]),
         "honest, --distance cosine at epsilon 0": (lambda d: None, ["--distance", "cosine"]),
     }
@@ -195,11 +235,15 @@ def main() -> None:
     ck_bytes = os.path.getsize(os.path.join(honest, "checkpoints", "00000000.safetensors"))
     base = run_measured(honest)
     assert base["rc"] == 0, base["stderr"]
-    print(f"# hostile traces vs `exactforge verify` ({platform.processor() or platform.machine()}, "
-          f"{time.strftime('%Y-%m-%d')})\n")
-    print(f"honest trace: FCN 64-1024-1024-10, 20 steps, 11 checkpoints of {ck_bytes / 2**20:.1f} MiB; "
-          f"verify: exit 0, {base['seconds']:.2f} s, peak RSS {base['peak_rss'] / 2**20:.0f} MiB\n")
-    rows, results = [], {"named": [], "fuzz": []}
+    print(
+        f"# hostile traces vs `exactforge verify` ({platform.processor() or platform.machine()}, "
+        f"{time.strftime('%Y-%m-%d')})\n"
+    )
+    print(
+        f"honest trace: FCN 64-1024-1024-10, 20 steps, 11 checkpoints of {ck_bytes / 2**20:.1f} MiB; "
+        f"verify: exit 0, {base['seconds']:.2f} s, peak RSS {base['peak_rss'] / 2**20:.0f} MiB\n"
+    )
+    results = {"named": [], "fuzz": []}
     print("| case | outcome | seconds | extra memory (checkpoints) | message |\n|---|---|---|---|---|")
     for i, (name, (edit, extra)) in enumerate(named_cases(work).items()):
         d = copy(honest, os.path.join(work, f"n{i}"))
@@ -209,8 +253,17 @@ def main() -> None:
         extra_mem = (r["peak_rss"] - base["peak_rss"]) / ck_bytes
         msg = r["stderr"].strip().splitlines()[-1][:110] if r["stderr"].strip() else ""
         print(f"| {name} | {out} (exit {r['rc']}) | {r['seconds']:.2f} | {extra_mem:+.1f} | {msg} |")
-        results["named"].append({"case": name, "outcome": out, "rc": r["rc"], "seconds": r["seconds"],
-                                 "peak_rss": r["peak_rss"], "extra_checkpoints": extra_mem, "message": msg})
+        results["named"].append(
+            {
+                "case": name,
+                "outcome": out,
+                "rc": r["rc"],
+                "seconds": r["seconds"],
+                "peak_rss": r["peak_rss"],
+                "extra_checkpoints": extra_mem,
+                "message": msg,
+            }
+        )
         shutil.rmtree(d, ignore_errors=True)
     rng = random.Random(args.seed)
     counts: dict = {}
@@ -228,8 +281,9 @@ def main() -> None:
         worst_m = max(worst_m, (extra_mem, what))
         if not ok:
             bad.append((what, out, r["stderr"][-300:]))
-        results["fuzz"].append({"mutation": what, "outcome": out, "ok": ok, "seconds": r["seconds"],
-                                "extra_checkpoints": extra_mem})
+        results["fuzz"].append(
+            {"mutation": what, "outcome": out, "ok": ok, "seconds": r["seconds"], "extra_checkpoints": extra_mem}
+        )
         shutil.rmtree(d, ignore_errors=True)
     print(f"\nfuzz: {args.fuzz} mutations (each in a fresh process)\n")
     print("| mutation | invalid (exit 2) | rejected (exit 1) | accepted (exit 0) | failures |\n|---|---|---|---|---|")
@@ -237,12 +291,21 @@ def main() -> None:
         c = {o: counts.get((kind, o), 0) for o in ("invalid", "rejected", "accepted")}
         fails = sum(v for (k, o), v in counts.items() if k == kind and o not in c)
         print(f"| {kind} | {c['invalid']} | {c['rejected']} | {c['accepted']} | {fails} |")
-    print(f"\nworst time {worst_t[0]:.2f} s ({worst_t[1]}); worst extra memory {worst_m[0]:+.1f} checkpoints "
-          f"({worst_m[1]}); verdicts not allowed: {len(bad)}")
+    print(
+        f"\nworst time {worst_t[0]:.2f} s ({worst_t[1]}); worst extra memory {worst_m[0]:+.1f} checkpoints "
+        f"({worst_m[1]}); verdicts not allowed: {len(bad)}"
+    )
     for b in bad[:10]:
         print("  NOT ALLOWED:", b)
-    results.update({"checkpoint_bytes": ck_bytes, "honest": base, "bad": bad, "machine": platform.platform(),
-                    "date": time.strftime("%Y-%m-%d")})
+    results.update(
+        {
+            "checkpoint_bytes": ck_bytes,
+            "honest": base,
+            "bad": bad,
+            "machine": platform.platform(),
+            "date": time.strftime("%Y-%m-%d"),
+        }
+    )
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=1, default=str)

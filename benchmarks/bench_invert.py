@@ -11,6 +11,7 @@ slides' O(sqrt(d/m)) claim, and the time to reconstruct a batch of 4 digits at d
     python benchmarks/bench_invert.py [--out benchmarks/out/invert.json] [--figure benchmarks/figures/invert_error.png]
     python benchmarks/bench_invert.py --identifiability    # nullspace forgeries vs the method's conditions
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,9 +54,11 @@ def identifiability_table() -> list:
             net = torch.nn.Sequential(torch.nn.Linear(64, m), torch.nn.ReLU(), torch.nn.Linear(m, 10))
             r = identifiability(net, digits.X[idx], digits.y[idx])
             rows.append(r)
-            print(f"b={b:3d} m={m:4d}: null(W1^T) {r['null_W1T']:3d}, null(D1^T) {r['null_D1T']:3d}, nullspace forgery "
-                  f"{'yes' if r['nullspace_forgery_exists'] else 'no '}, tensor conditions "
-                  f"{'hold' if r['tensor_conditions_hold'] else 'fail'}")
+            print(
+                f"b={b:3d} m={m:4d}: null(W1^T) {r['null_W1T']:3d}, null(D1^T) {r['null_D1T']:3d}, nullspace forgery "
+                f"{'yes' if r['nullspace_forgery_exists'] else 'no '}, tensor conditions "
+                f"{'hold' if r['tensor_conditions_hold'] else 'fail'}"
+            )
     return rows
 
 
@@ -91,8 +94,16 @@ def main() -> None:
         dt = time.perf_counter() - t0
         runs.append({"indices": [int(i) for i in idx], "seconds": dt, "cos": [float(c) for c in match(est, Xc)[1]]})
         print(f"digits b=4 d=64 m=300000: |cos| {np.round(runs[-1]['cos'], 3)} in {dt:.2f} s")
-    res = {"date": _dt.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-           "cpus": os.cpu_count(), "d": d, "b": b, "draws": args.draws, "curve": curve, "digits": runs}
+    res = {
+        "date": _dt.date.today().isoformat(),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "d": d,
+        "b": b,
+        "draws": args.draws,
+        "curve": curve,
+        "digits": runs,
+    }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)

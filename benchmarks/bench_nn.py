@@ -9,6 +9,7 @@ SGD update), best of --repeats, torch's and the reproducible step alternating, i
 
     python benchmarks/bench_nn.py [--repeats 20] [--threads 1] [--models lenet,vggmini,transformer]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ import torch
 import exactforge
 import exactforge.nn as xnn
 from exactforge.data import load_dataset
-from exactforge.zoo import build_model
+from exactforge.models.zoo import build_model
 
 
 def step(model, loss, x, y, lr=0.01):
@@ -53,10 +54,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     exactforge.set_num_threads(args.threads)
-    print(f"# exactforge.nn vs torch, one SGD step, b = {args.batch}, {args.threads} thread(s); "
-          f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}\n")
-    print("| model | data | parameters | max rel. gradient diff vs autograd, float64 / float32 | permuted batch: "
-          "same bits | torch step | reproducible step | ratio |")
+    print(
+        f"# exactforge.nn vs torch, one SGD step, b = {args.batch}, {args.threads} thread(s); "
+        f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}\n"
+    )
+    print(
+        "| model | data | parameters | max rel. gradient diff vs autograd, float64 / float32 | permuted batch: "
+        "same bits | torch step | reproducible step | ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         dataset = "synthetic-tokens" if name == "transformer" else "mnist-5k"
@@ -64,7 +69,7 @@ def main() -> None:
         net = build_model(name, data.shape, data.num_classes, vocab=data.vocab, seed=0)
         rep = xnn.reproducible(copy.deepcopy(net))
         g = torch.Generator().manual_seed(0)
-        idx = torch.randperm(len(data), generator=g)[:args.batch]
+        idx = torch.randperm(len(data), generator=g)[: args.batch]
         x = torch.from_numpy(data.X[idx.numpy()]).reshape(args.batch, *data.shape)
         y = torch.from_numpy(data.y[idx.numpy()])
 
@@ -83,13 +88,19 @@ def main() -> None:
         perm = torch.randperm(args.batch, generator=g)
         same = all(torch.equal(a, b) for a, b in zip(gr, grads(rep, xnn.cross_entropy, x[perm], y[perm])))
         if rel64 > 1e-10 or not same:
-            raise SystemExit(f"{name}: wrong gradients (float64 rel {rel64:.2g}, permutation-invariant {same}); "
-                             "not timing")
-        t_torch, t_rep = best_interleaved([lambda: step(net, torch.nn.functional.cross_entropy, x, y),
-                                           lambda: step(rep, xnn.cross_entropy, x, y)], args.repeats)
+            raise SystemExit(
+                f"{name}: wrong gradients (float64 rel {rel64:.2g}, permutation-invariant {same}); not timing"
+            )
+        t_torch, t_rep = best_interleaved(
+            [lambda: step(net, torch.nn.functional.cross_entropy, x, y), lambda: step(rep, xnn.cross_entropy, x, y)],
+            args.repeats,
+        )
         n = sum(p.numel() for p in net.parameters())
-        print(f"| {name} | {dataset} | {n:,} | {rel64:.2g} / {rel:.2g} | {'yes' if same else 'NO'} | {1e3 * t_torch:.1f} ms | "
-              f"{1e3 * t_rep:.1f} ms | {t_rep / t_torch:.1f}x |", flush=True)
+        print(
+            f"| {name} | {dataset} | {n:,} | {rel64:.2g} / {rel:.2g} | {'yes' if same else 'NO'} | {1e3 * t_torch:.1f} ms | "
+            f"{1e3 * t_rep:.1f} ms | {t_rep / t_torch:.1f}x |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -1,18 +1,19 @@
 """Verifying a long trace serially and on a local Ray cluster (issue 16).
 
-  * The trace: native FCN 784-100-10 on the 5,000 real MNIST images of mnist-5k, SGD with
-    b = 64, 10,000 steps, a checkpoint every 10 steps (1,000 segments), fixed mode.
-  * Correctness before timing: the Ray report's verdict and per-segment errors must equal the
-    serial report's, in both checkpoint modes (shared storage and shipped bytes).
-  * Serial: ``verify_trace(threads=1)``, one process on one core. Ray: a local instance with
-    ``--workers`` CPUs, one task CPU each; its start-up is timed apart. Ideal = serial / workers.
-  * The parts of the serial time (opening the trace: manifest and hash chain; reading and
-    hashing a checkpoint; recomputing a step) give the extrapolation to a 1M-step trace on N
-    machines in RESULTS.md.
+* The trace: native FCN 784-100-10 on the 5,000 real MNIST images of mnist-5k, SGD with
+  b = 64, 10,000 steps, a checkpoint every 10 steps (1,000 segments), fixed mode.
+* Correctness before timing: the Ray report's verdict and per-segment errors must equal the
+  serial report's, in both checkpoint modes (shared storage and shipped bytes).
+* Serial: ``verify_trace(threads=1)``, one process on one core. Ray: a local instance with
+  ``--workers`` CPUs, one task CPU each; its start-up is timed apart. Ideal = serial / workers.
+* The parts of the serial time (opening the trace: manifest and hash chain; reading and
+  hashing a checkpoint; recomputing a step) give the extrapolation to a 1M-step trace on N
+  machines in RESULTS.md.
 
-    python benchmarks/bench_ray.py [--steps 10000] [--workers 2] [--trace DIR] [--out benchmarks/out/ray.json]
-    python benchmarks/bench_ray.py --probe --trace DIR    # Ray workers vs plain processes
+  python benchmarks/bench_ray.py [--steps 10000] [--workers 2] [--trace DIR] [--out benchmarks/out/ray.json]
+  python benchmarks/bench_ray.py --probe --trace DIR    # Ray workers vs plain processes
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,12 +27,12 @@ import time
 
 import numpy as np
 
-from exactforge import models as M
 from exactforge.data import load_dataset
-from exactforge.distributed import RayExecutor, require_ray
-from exactforge.record import record_native
+from exactforge.models import native as M
 from exactforge.trace import Trace
+from exactforge.trace.record import record_native
 from exactforge.verify import verify_trace
+from exactforge.verify.ray import RayExecutor, require_ray
 
 
 def _key(rep):
@@ -47,7 +48,7 @@ def _half(path: str, part: int, parts: int = 4) -> float:
     segs = tr.segments()
     n = len(segs) // parts
     t0 = time.perf_counter()
-    recompute_segments(tr, segs[part * n:(part + 1) * n], load, step, SegmentJob(None, "l2", 0.0, 1), lambda r: None)
+    recompute_segments(tr, segs[part * n : (part + 1) * n], load, step, SegmentJob(None, "l2", 0.0, 1), lambda r: None)
     return time.perf_counter() - t0
 
 
@@ -60,8 +61,10 @@ def probe(path: str, rounds: int = 3) -> None:
     ray = require_ray()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     task = ray.remote(num_cpus=1)(_half)
-    code = f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); " \
-           f"import bench_ray; print(bench_ray._half({path!r}, int(sys.argv[1])))"
+    code = (
+        f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+        f"import bench_ray; print(bench_ray._half({path!r}, int(sys.argv[1])))"
+    )
 
     def procs(n: int) -> list:
         ps = [subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE) for i in range(n)]
@@ -71,8 +74,10 @@ def probe(path: str, rounds: int = 3) -> None:
         for _ in range(rounds):
             one_ray, one_proc = ray.get([task.remote(path, 0)]), procs(1)
             two_ray, two_proc = ray.get([task.remote(path, 0), task.remote(path, 1)]), procs(2)
-            print(f"alone: ray {[round(x, 2) for x in one_ray]}, process {one_proc}; two at once: ray "
-                  f"{[round(x, 2) for x in two_ray]}, processes {two_proc} (s per quarter)")
+            print(
+                f"alone: ray {[round(x, 2) for x in one_ray]}, process {one_proc}; two at once: ray "
+                f"{[round(x, 2) for x in two_ray]}, processes {two_proc} (s per quarter)"
+            )
     finally:
         ray.shutdown()
 
@@ -87,9 +92,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="interleaved serial and Ray runs (medians reported)")
     ap.add_argument("--trace", help="reuse a trace folder recorded by an earlier run (kept)")
     ap.add_argument("--out", default="benchmarks/out/ray.json")
-    ap.add_argument("--probe", action="store_true",
-                    help="only the probe: a quarter of the segments alone and two at once, on Ray and in plain "
-                         "processes (needs --trace of an earlier run)")
+    ap.add_argument(
+        "--probe",
+        action="store_true",
+        help="only the probe: a quarter of the segments alone and two at once, on Ray and in plain "
+        "processes (needs --trace of an earlier run)",
+    )
     args = ap.parse_args()
     if args.probe:
         if not args.trace:
@@ -106,8 +114,16 @@ def main() -> None:
             tmp = tempfile.mkdtemp(prefix="bench-ray-")
             path = os.path.join(tmp, "trace")
         t0 = time.perf_counter()
-        record_native(path, spec, data, steps=args.steps, batch_size=args.batch_size, lr=0.01,
-                      checkpoint_every=args.checkpoint_every, threads=1)
+        record_native(
+            path,
+            spec,
+            data,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=0.01,
+            checkpoint_every=args.checkpoint_every,
+            threads=1,
+        )
         print(f"recorded {args.steps} steps in {time.perf_counter() - t0:.1f} s")
     try:
         t0 = time.perf_counter()
@@ -146,7 +162,9 @@ def main() -> None:
                     # with both cores busy than alone
                     parts[mode]["driver"].append(runs[mode][-1] - rep.executor["seconds"])
                     parts[mode]["streamed"] = rep.executor["streamed_tasks"]
-                    parts[mode]["compute"].append(sum(x.seconds for x in rep.steps) / sum(x.seconds for x in serial.steps))
+                    parts[mode]["compute"].append(
+                        sum(x.seconds for x in rep.steps) / sum(x.seconds for x in serial.steps)
+                    )
                     assert _key(rep) == _key(serial), f"{mode}: the Ray report differs from the serial one"
                     tasks = rep.executor["tasks"]
             t0 = time.perf_counter()
@@ -156,26 +174,47 @@ def main() -> None:
             ray.shutdown()
         t_serial = float(np.median(serial_times))
         t_steps = sum(s.seconds for s in serial.steps)
-        runs = {m: {"seconds": float(np.median(v)), "all_seconds": v, "tasks": tasks,
-                    "driver_seconds": float(np.median(parts[m]["driver"])), "streamed_tasks": parts[m]["streamed"],
-                    "segment_time_vs_serial": float(np.median(parts[m]["compute"])),
-                    "ratios_to_ideal": [r / ((a + b) / 2 / args.workers)
-                                        for r, a, b in zip(v, serial_times, serial_times[1:])]}
-                for m, v in runs.items()}
+        runs = {
+            m: {
+                "seconds": float(np.median(v)),
+                "all_seconds": v,
+                "tasks": tasks,
+                "driver_seconds": float(np.median(parts[m]["driver"])),
+                "streamed_tasks": parts[m]["streamed"],
+                "segment_time_vs_serial": float(np.median(parts[m]["compute"])),
+                "ratios_to_ideal": [
+                    r / ((a + b) / 2 / args.workers) for r, a, b in zip(v, serial_times, serial_times[1:])
+                ],
+            }
+            for m, v in runs.items()
+        }
         segs = len(serial.steps)
         ideal = t_serial / args.workers
         for r in runs.values():
             r["ratio_to_ideal"] = float(np.median(r["ratios_to_ideal"]))
             r["overhead_per_segment_ms"] = 1e3 * (r["seconds"] - ideal) / segs
         res = {
-            "date": _dt.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "ray": ray.__version__, "steps": args.steps, "segments": segs,
-            "checkpoint_every": args.checkpoint_every, "batch_size": args.batch_size, "workers": args.workers,
-            "checkpoint_bytes": ck_bytes, "serial_seconds": t_serial, "serial_all_seconds": serial_times, "ideal_seconds": ideal,
-            "ray_startup_seconds": t_start, "ray": runs,
-            "parts": {"open_seconds": t_open, "open_per_record_us": 1e6 * t_open / len(tr.records),
-                      "checkpoint_read_hash_ms": 1e3 * t_ckpt,
-                      "recompute_per_step_ms": 1e3 * (t_steps - segs * t_ckpt) / args.steps},
+            "date": _dt.date.today().isoformat(),
+            "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "ray_version": ray.__version__,
+            "steps": args.steps,
+            "segments": segs,
+            "checkpoint_every": args.checkpoint_every,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "checkpoint_bytes": ck_bytes,
+            "serial_seconds": t_serial,
+            "serial_all_seconds": serial_times,
+            "ideal_seconds": ideal,
+            "ray_startup_seconds": t_start,
+            "ray": runs,
+            "parts": {
+                "open_seconds": t_open,
+                "open_per_record_us": 1e6 * t_open / len(tr.records),
+                "checkpoint_read_hash_ms": 1e3 * t_ckpt,
+                "recompute_per_step_ms": 1e3 * (t_steps - segs * t_ckpt) / args.steps,
+            },
         }
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
         with open(args.out, "w") as f:
@@ -184,13 +223,17 @@ def main() -> None:
         p = res["parts"]
         print(f"\nserial {t_serial:.2f} s, ideal on {args.workers} workers {ideal:.2f} s, Ray start-up {t_start:.2f} s")
         for mode, r in runs.items():
-            print(f"ray ({mode}): {r['seconds']:.2f} s = {r['ratio_to_ideal']:.3f} x ideal (per run: "
-                  f"{', '.join(f'{x:.2f}' for x in r['ratios_to_ideal'])}), "
-                  f"{r['overhead_per_segment_ms']:.2f} ms per segment over ideal, {r['tasks']} tasks "
-                  f"({r['streamed_tasks']} sent while the chain was read); driver alone "
-                  f"{r['driver_seconds']:.2f} s, a segment takes {r['segment_time_vs_serial']:.2f}x its serial time")
-        print(f"parts: open {p['open_per_record_us']:.0f} us/record, checkpoint read+hash "
-              f"{p['checkpoint_read_hash_ms']:.2f} ms ({ck_bytes / 1e6:.2f} MB), recompute {p['recompute_per_step_ms']:.3f} ms/step")
+            print(
+                f"ray ({mode}): {r['seconds']:.2f} s = {r['ratio_to_ideal']:.3f} x ideal (per run: "
+                f"{', '.join(f'{x:.2f}' for x in r['ratios_to_ideal'])}), "
+                f"{r['overhead_per_segment_ms']:.2f} ms per segment over ideal, {r['tasks']} tasks "
+                f"({r['streamed_tasks']} sent while the chain was read); driver alone "
+                f"{r['driver_seconds']:.2f} s, a segment takes {r['segment_time_vs_serial']:.2f}x its serial time"
+            )
+        print(
+            f"parts: open {p['open_per_record_us']:.0f} us/record, checkpoint read+hash "
+            f"{p['checkpoint_read_hash_ms']:.2f} ms ({ck_bytes / 1e6:.2f} MB), recompute {p['recompute_per_step_ms']:.3f} ms/step"
+        )
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

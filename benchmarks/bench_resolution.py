@@ -18,6 +18,7 @@ The figure (resolution.png, as in the report of ``exactforge reevaluate``) sets 
 forgery's float64 gradient difference, per coordinate, beside the resolution of that coordinate
 on the native logistic-regression verifier of breast-cancer.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,10 @@ import time
 
 import numpy as np
 
-from exactforge import exact as E
-from exactforge import models as M
 from exactforge.data import load_dataset
-from exactforge.record import batch_schedule
+from exactforge.forging import solvers as E
+from exactforge.models import native as M
+from exactforge.trace.record import batch_schedule
 from exactforge.verify import resolution
 
 
@@ -44,9 +45,11 @@ def run(dataset: str, kind: str, method: str, dtype: str, steps: int, b: int, lr
         idx = next(sched)
         nxt = M.sgd_step(spec, params, X[idx], data.y[idx], idx, lr)
         res.append(resolution(nxt, lr)[0])
-        f = (E.forge_nullspace(spec, params, X[idx].astype(np.float64), data.y[idx], scale=0.1, seed=seed + t)
-             if method == "nullspace" else
-             E.forge_error_matrix(spec, params, X[idx].astype(np.float64), data.y[idx], seed=seed + t))
+        f = (
+            E.forge_nullspace(spec, params, X[idx].astype(np.float64), data.y[idx], scale=0.1, seed=seed + t)
+            if method == "nullspace"
+            else E.forge_error_matrix(spec, params, X[idx].astype(np.float64), data.y[idx], seed=seed + t)
+        )
         Xf = np.asarray(f.X, dtype)
         Yf = np.asarray(f.Y)
         Yf = Yf.astype(dtype) if Yf.ndim == 2 else Yf.astype(np.int64)
@@ -69,8 +72,10 @@ def main() -> None:
     _figure(args)
     if args.figure_only:
         return
-    print(f"# exact forgeries vs the native verifier at epsilon = 0, no domain check "
-          f"({args.steps} steps each, b = {args.batch_size}, lr = {args.lr}; {time.strftime('%Y-%m-%d')})\n")
+    print(
+        f"# exact forgeries vs the native verifier at epsilon = 0, no domain check "
+        f"({args.steps} steps each, b = {args.batch_size}, lr = {args.lr}; {time.strftime('%Y-%m-%d')})\n"
+    )
     print("| data set | model | solver | float32: wins | float32 resolution | float64: wins | float64 resolution |")
     print("|---|---|---|---|---|---|---|")
     for dataset in ("digits", "breast-cancer", "wine"):
@@ -83,18 +88,27 @@ def main() -> None:
 
 
 def _figure(args) -> None:
-    from exactforge.game import Verifier
-    from exactforge.reevaluate import resolution_study
+    from exactforge.forging.game import Verifier
+    from exactforge.studies.reevaluate import resolution_study
 
-    ver = Verifier("logreg", "native", load_dataset("breast-cancer"), batch_size=args.batch_size,
-                   steps=min(args.steps, 10), lr=args.lr, seed=0)
+    ver = Verifier(
+        "logreg",
+        "native",
+        load_dataset("breast-cancer"),
+        batch_size=args.batch_size,
+        steps=min(args.steps, 10),
+        lr=args.lr,
+        seed=0,
+    )
     st = resolution_study(ver, min(args.steps, 10), args.figure_dir)
     print(f"figure: {args.figure_dir}/{st['figure']}")
     print("| solver | step | max gradient difference | median resolution | coordinates below | accepted at eps 0 |")
     print("|---|---|---|---|---|---|")
     for f in st["forgeries"]:
-        print(f"| {f['solver']} | {f['step']} | {f['max_gradient_difference']:.2g} | {f['median_resolution']:.2g} | "
-              f"{f['fraction_below_resolution']:.1%} | {'yes' if f['accepted_at_epsilon_0'] else 'no'} |")
+        print(
+            f"| {f['solver']} | {f['step']} | {f['max_gradient_difference']:.2g} | {f['median_resolution']:.2g} | "
+            f"{f['fraction_below_resolution']:.1%} | {'yes' if f['accepted_at_epsilon_0'] else 'no'} |"
+        )
     print()
 
 

@@ -1,13 +1,14 @@
 """Benchmark of the exhaustive search (the main paper's Table 4).
 
-  * meet in the middle vs brute force at v = 3, b = 3 (2.36M batches) and at v = 3, b = 5
-    (6.8e9 batches): both must report the same results first; times are the native search
-    (table build + enumeration; the per-example gradients are shared), best of several runs;
-  * the whole grid: v = 2..6, b = 1..5, logistic regression and the FCN with 10 hidden units,
-    with and without bias, 3 sampled true batches per cell, exact equality.
+* meet in the middle vs brute force at v = 3, b = 3 (2.36M batches) and at v = 3, b = 5
+  (6.8e9 batches): both must report the same results first; times are the native search
+  (table build + enumeration; the per-example gradients are shared), best of several runs;
+* the whole grid: v = 2..6, b = 1..5, logistic regression and the FCN with 10 hidden units,
+  with and without bias, 3 sampled true batches per cell, exact equality.
 
-    python benchmarks/bench_search.py [--out benchmarks/out/search.json]
+  python benchmarks/bench_search.py [--out benchmarks/out/search.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ import os
 import platform
 import time
 
-from exactforge.search import format_table, run_search, run_table
+from exactforge.forging.search import format_table, run_search, run_table
 
 
 def best(method, v, b, repeats):
@@ -37,8 +38,10 @@ def main():
         tm, rm = best("mitm", v, b, max(reps, 3))
         assert (rb.found, rb.structural, rb.forgeries) == (rm.found, rm.structural, rm.forgeries)
         cmp.append({"v": v, "b": b, "batches": rb.batches, "brute_s": tb, "mitm_s": tm, "speedup": tb / tm})
-        print(f"v={v} b={b} ({rb.batches:.3g} batches): brute {tb * 1e3:.2f} ms, mitm {tm * 1e3:.3f} ms: "
-              f"{tb / tm:.0f}x", flush=True)
+        print(
+            f"v={v} b={b} ({rb.batches:.3g} batches): brute {tb * 1e3:.2f} ms, mitm {tm * 1e3:.3f} ms: {tb / tm:.0f}x",
+            flush=True,
+        )
     res["mitm_vs_brute"] = cmp
     if not args.skip_grid:
         t0 = time.perf_counter()
@@ -46,8 +49,11 @@ def main():
         total = time.perf_counter() - t0
         res["grid"] = {"seconds": total, "cells": [c.to_dict() for c in cells]}
         print(format_table(cells))
-        print(f"\nwhole grid ({len(cells)} cells x 3 true batches): {total:.0f} s; forgeries "
-              f"{sum(c.found for c in cells)}, structural {sum(c.structural for c in cells)}", flush=True)
+        print(
+            f"\nwhole grid ({len(cells)} cells x 3 true batches): {total:.0f} s; forgeries "
+            f"{sum(c.found for c in cells)}, structural {sum(c.structural for c in cells)}",
+            flush=True,
+        )
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)

@@ -10,6 +10,7 @@ verification against recording.
 
     python benchmarks/bench_step.py [--out benchmarks/out/step.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,10 @@ import numpy as np
 import torch
 
 import exactforge
-from exactforge import models as M
 from exactforge.data import Dataset, load_digits
-from exactforge.record import record_native
-from exactforge.torch_models import to_torch
+from exactforge.models import native as M
+from exactforge.models.torch_fcn import to_torch
+from exactforge.trace.record import record_native
 from exactforge.verify import verify_trace
 
 
@@ -80,14 +81,26 @@ def main():
     exactforge.set_num_threads(threads)
     digits = load_digits()
     rng = np.random.default_rng(0)
-    synth = Dataset("synthetic-mnist-shaped", (rng.integers(0, 256, (2000, 784)) / 255.0).astype(np.float32),
-                    rng.integers(0, 10, 2000).astype(np.int64), 10, 255)
-    synth3072 = Dataset("synthetic-cifar-shaped", (rng.integers(0, 256, (1000, 3072)) / 255.0).astype(np.float32),
-                        rng.integers(0, 10, 1000).astype(np.int64), 10, 255)
-    cases = [("FCN 64-100-10, digits", digits, 1000, (100,)),
-             ("FCN 784-100-10, synthetic 784-pixel data", synth, 100, (100,)),
-             ("FCN 784-1000-1000-10, synthetic 784-pixel data", synth, 256, (1000, 1000)),
-             ("FCN 3072-512-512-10, synthetic 3072-value data", synth3072, 128, (512, 512))]
+    synth = Dataset(
+        "synthetic-mnist-shaped",
+        (rng.integers(0, 256, (2000, 784)) / 255.0).astype(np.float32),
+        rng.integers(0, 10, 2000).astype(np.int64),
+        10,
+        255,
+    )
+    synth3072 = Dataset(
+        "synthetic-cifar-shaped",
+        (rng.integers(0, 256, (1000, 3072)) / 255.0).astype(np.float32),
+        rng.integers(0, 10, 1000).astype(np.int64),
+        10,
+        255,
+    )
+    cases = [
+        ("FCN 64-100-10, digits", digits, 1000, (100,)),
+        ("FCN 784-100-10, synthetic 784-pixel data", synth, 100, (100,)),
+        ("FCN 784-1000-1000-10, synthetic 784-pixel data", synth, 256, (1000, 1000)),
+        ("FCN 3072-512-512-10, synthetic 3072-value data", synth3072, 128, (512, 512)),
+    ]
     rows = []
     for name, data, b, hidden in cases:
         spec = M.ModelSpec("fcn", data.dim, 10, hidden)
@@ -103,8 +116,11 @@ def main():
             row[f"native_{mode}_ms"] = t * 1e3
             row[f"native_{mode}_ratio"] = t / t_torch
         rows.append(row)
-        print(f"{name} b={b}: torch {row['torch_ms']:.3f} ms, native fixed x{row['native_fixed_ratio']:.2f}, "
-              f"exact x{row['native_exact_ratio']:.2f}", flush=True)
+        print(
+            f"{name} b={b}: torch {row['torch_ms']:.3f} ms, native fixed x{row['native_fixed_ratio']:.2f}, "
+            f"exact x{row['native_exact_ratio']:.2f}",
+            flush=True,
+        )
 
     tmp = tempfile.mkdtemp()
     try:
@@ -122,24 +138,41 @@ def main():
         t_ver10 = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp)
-    rv = {"steps": args.record_steps, "batch": 100, "record_s": t_rec, "verify_all_s": t_ver,
-          "verify_random10_s": t_ver10, "verify_over_record": t_ver / t_rec}
-    print(f"record {args.record_steps} steps: {t_rec:.2f} s; verify all: {t_ver:.2f} s ({t_ver / t_rec:.2f}x); "
-          f"verify 10% sample: {t_ver10:.2f} s", flush=True)
-    res = {"date": _dt.date.today().isoformat(),
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": threads},
-           "torch": torch.__version__, "exactforge": exactforge.compile_options()["version"],
-           "steps": rows, "record_verify": rv}
+    rv = {
+        "steps": args.record_steps,
+        "batch": 100,
+        "record_s": t_rec,
+        "verify_all_s": t_ver,
+        "verify_random10_s": t_ver10,
+        "verify_over_record": t_ver / t_rec,
+    }
+    print(
+        f"record {args.record_steps} steps: {t_rec:.2f} s; verify all: {t_ver:.2f} s ({t_ver / t_rec:.2f}x); "
+        f"verify 10% sample: {t_ver10:.2f} s",
+        flush=True,
+    )
+    res = {
+        "date": _dt.date.today().isoformat(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": threads},
+        "torch": torch.__version__,
+        "exactforge": exactforge.compile_options()["version"],
+        "steps": rows,
+        "record_verify": rv,
+    }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
-    print("\n| case | b | torch step (ms) | native fixed (ms) | ratio | native exact (ms) | ratio | "
-          "exact, plan 1 (ms) | ratio |")
+    print(
+        "\n| case | b | torch step (ms) | native fixed (ms) | ratio | native exact (ms) | ratio | "
+        "exact, plan 1 (ms) | ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r['batch']} | {r['torch_ms']:.3f} | {r['native_fixed_ms']:.3f} | "
-              f"{r['native_fixed_ratio']:.2f} | {r['native_exact_ms']:.3f} | {r['native_exact_ratio']:.2f} | "
-              f"{r['native_exact_plan1_ms']:.3f} | {r['native_exact_plan1_ratio']:.2f} |")
+        print(
+            f"| {r['case']} | {r['batch']} | {r['torch_ms']:.3f} | {r['native_fixed_ms']:.3f} | "
+            f"{r['native_fixed_ratio']:.2f} | {r['native_exact_ms']:.3f} | {r['native_exact_ratio']:.2f} | "
+            f"{r['native_exact_plan1_ms']:.3f} | {r['native_exact_plan1_ratio']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

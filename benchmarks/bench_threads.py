@@ -6,6 +6,7 @@ must accept the trace at epsilon 0.
 
     python benchmarks/bench_threads.py [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,11 @@ def verify(trace: str, threads: int, policy: str) -> float:
     env.pop("GOMP_SPINCOUNT", None)
     if policy in ("active", "passive"):
         env["OMP_WAIT_POLICY"] = policy.upper()
-    code = ("import sys, time; from exactforge.verify import verify_trace; t = time.perf_counter(); "
-            f"r = verify_trace({trace!r}, threads={threads}); "
-            "assert r.valid and r.accepted and r.max_error == 0.0, r.reason; print(time.perf_counter() - t)")
+    code = (
+        "import sys, time; from exactforge.verify import verify_trace; t = time.perf_counter(); "
+        f"r = verify_trace({trace!r}, threads={threads}); "
+        "assert r.valid and r.accepted and r.max_error == 0.0, r.reason; print(time.perf_counter() - t)"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     return float(out.stdout.strip())
 
@@ -37,10 +40,31 @@ def main() -> None:
     from exactforge.cli import main as cli
 
     trace = os.path.join(tempfile.mkdtemp(), "t")
-    assert cli(["train", "--model", "fcn", "--hidden", "1000", "--dataset", "mnist-5k", "--steps", "30",
-                "--batch-size", "500", "--out", trace, "--quiet"]) == 0
-    print(f"# verify 30 steps of FCN 784-1000-10 (b = 500, fixed mode), best of {args.repeats}, in-process time; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}\n")
+    assert (
+        cli(
+            [
+                "train",
+                "--model",
+                "fcn",
+                "--hidden",
+                "1000",
+                "--dataset",
+                "mnist-5k",
+                "--steps",
+                "30",
+                "--batch-size",
+                "500",
+                "--out",
+                trace,
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    print(
+        f"# verify 30 steps of FCN 784-1000-10 (b = 500, fixed mode), best of {args.repeats}, in-process time; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}\n"
+    )
     print("| machine | waiting | 1 thread | 2 threads | 2 vs 1 |")
     print("|---|---|---|---|---|")
     for busy in (False, True):
@@ -49,8 +73,10 @@ def main() -> None:
             for policy in ("default", "passive", "active"):
                 t1 = min(verify(trace, 1, policy) for _ in range(args.repeats))
                 t2 = min(verify(trace, 2, policy) for _ in range(args.repeats))
-                print(f"| {'one core busy' if busy else 'idle'} | {policy} | {t1:.2f} s | {t2:.2f} s | {t2 / t1:.2f}x |",
-                      flush=True)
+                print(
+                    f"| {'one core busy' if busy else 'idle'} | {policy} | {t1:.2f} s | {t2:.2f} s | {t2 / t1:.2f}x |",
+                    flush=True,
+                )
         finally:
             if hog is not None:
                 hog.kill()

@@ -1,4 +1,5 @@
 """Shared test configuration: hypothesis profiles and exact rational references."""
+
 from __future__ import annotations
 
 import math
@@ -10,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 # CI profile: reproducible examples, bounded count (the suite runs on 2 cores).
-settings.register_profile("ci", derandomize=True, max_examples=40, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("dev", max_examples=100, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", derandomize=True, max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 FORMATS = {np.float32: (24, -126), np.float64: (53, -1022)}
@@ -61,8 +62,10 @@ def exact_dot(a: np.ndarray, b: np.ndarray) -> list:
     fa = [[Fraction(float(v)) for v in row] for row in a]
     fb = [[Fraction(float(v)) for v in row] for row in b]
     k = a.shape[1]
-    return [[sum((fa[i][t] * fb[t][j] for t in range(k)), Fraction(0)) for j in range(b.shape[1])]
-            for i in range(a.shape[0])]
+    return [
+        [sum((fa[i][t] * fb[t][j] for t in range(k)), Fraction(0)) for j in range(b.shape[1])]
+        for i in range(a.shape[0])
+    ]
 
 
 def ulp(x: float, dtype) -> float:

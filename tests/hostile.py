@@ -1,6 +1,7 @@
 """A hostile prover's toolkit for the tests: edit any file of a trace and rebuild every hash
 (manifest, checkpoints, records), so that what is tested is the verifier's semantics, not
 only the hash chain."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,11 @@ def _sha(path: str) -> Optional[str]:
         return None
 
 
-def rechain(d: str, manifest_edit: Optional[Callable[[Dict[str, Any]], None]] = None,
-            record_edit: Optional[Callable[[int, Dict[str, Any]], None]] = None) -> None:
+def rechain(
+    d: str,
+    manifest_edit: Optional[Callable[[Dict[str, Any]], None]] = None,
+    record_edit: Optional[Callable[[int, Dict[str, Any]], None]] = None,
+) -> None:
     """Applies the edits, then recomputes every hash the way an honest writer would: a trace
     whose hashes are all consistent, whatever its content."""
     mpath = os.path.join(d, "manifest.json")
@@ -74,6 +78,7 @@ def rechain(d: str, manifest_edit: Optional[Callable[[Dict[str, Any]], None]] = 
 @contextmanager
 def deadline(seconds: int):
     """Fails (TimeoutError) instead of hanging when the block runs longer than ``seconds``."""
+
     def on_alarm(signum, frame):
         raise TimeoutError(f"still running after {seconds} s (a hang)")
 
@@ -93,8 +98,16 @@ import struct  # noqa: E402
 KINDS = ("bytes", "json", "header", "filetype", "truncate", "reorder")
 
 # Manifest fields whose change need not change a verdict (provenance, not semantics).
-NON_SEMANTIC = ("environment", "created", "dtype", "optimizer.lr", "data.path", "data.dim", "data.num_classes",
-                "data.synthetic")
+NON_SEMANTIC = (
+    "environment",
+    "created",
+    "dtype",
+    "optimizer.lr",
+    "data.path",
+    "data.dim",
+    "data.num_classes",
+    "data.synthetic",
+)
 
 
 def _files(d: str):
@@ -105,14 +118,22 @@ def _files(d: str):
 
 
 def _random_json(rng: random.Random, depth: int = 0):
-    choices = [lambda: None, lambda: True, lambda: False, lambda: 0, lambda: -1,
-               lambda: rng.randrange(-10**6, 10**6), lambda: 10**30,
-               lambda: rng.random() * 10**rng.randrange(-40, 40),
-               lambda: rng.choice(["", "x", "digits", "sgd", "../../etc/passwd", "F32", "a" * 300]),
-               lambda: [rng.randrange(2000) for _ in range(rng.randrange(1, 40))],
-               lambda: [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))],
-               lambda: {rng.choice(["step", "file", "x", "shape"]): _random_json(rng, depth + 1)
-                        for _ in range(rng.randrange(3))}]
+    choices = [
+        lambda: None,
+        lambda: True,
+        lambda: False,
+        lambda: 0,
+        lambda: -1,
+        lambda: rng.randrange(-(10**6), 10**6),
+        lambda: 10**30,
+        lambda: rng.random() * 10 ** rng.randrange(-40, 40),
+        lambda: rng.choice(["", "x", "digits", "sgd", "../../etc/passwd", "F32", "a" * 300]),
+        lambda: [rng.randrange(2000) for _ in range(rng.randrange(1, 40))],
+        lambda: [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))],
+        lambda: {
+            rng.choice(["step", "file", "x", "shape"]): _random_json(rng, depth + 1) for _ in range(rng.randrange(3))
+        },
+    ]
     return choices[rng.randrange(len(choices) if depth < 3 else len(choices) - 2)]()
 
 
@@ -139,11 +160,11 @@ def mutate(d: str, kind: str, rng: random.Random, outside: str) -> str:
         elif op == "insert":
             data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
         elif op == "delete" and data:
-            del data[pos:pos + rng.randrange(1, 9)]
+            del data[pos : pos + rng.randrange(1, 9)]
         elif op == "truncate":
             del data[pos:]
         else:
-            data[pos:pos + 8] = b"\0" * len(data[pos:pos + 8])
+            data[pos : pos + 8] = b"\0" * len(data[pos : pos + 8])
         open(p, "wb").write(bytes(data))
         return f"bytes {op} {f}@{pos}"
     if kind == "json":
@@ -167,13 +188,13 @@ def mutate(d: str, kind: str, rng: random.Random, outside: str) -> str:
         p = os.path.join(d, f)
         raw = open(p, "rb").read()
         n = struct.unpack("<Q", raw[:8])[0]
-        head = json.loads(raw[8:8 + n])
+        head = json.loads(raw[8 : 8 + n])
         path, box, key = rng.choice(list(_paths(head)))
         old, box[key] = box[key], _random_json(rng)
         if old == box[key] and type(old) is type(box[key]):
             path += " (no-op)"
         hb = json.dumps(head).encode()
-        open(p, "wb").write(struct.pack("<Q", len(hb)) + hb + raw[8 + n:])
+        open(p, "wb").write(struct.pack("<Q", len(hb)) + hb + raw[8 + n :])
         rechain(d)
         return f"header {f}:{path}"
     if kind == "filetype":
@@ -199,7 +220,7 @@ def mutate(d: str, kind: str, rng: random.Random, outside: str) -> str:
             os.unlink(os.path.join(d, f))
         if rng.random() < 0.5:
             cks = sorted(f for f in files if f.startswith("checkpoints/"))[1:]
-            for f in cks[-rng.randrange(1, len(cks) + 1):]:
+            for f in cks[-rng.randrange(1, len(cks) + 1) :]:
                 os.unlink(os.path.join(d, f))
         return f"truncate {k} records"
     if kind == "reorder":
@@ -235,8 +256,12 @@ def allowed(kind: str, what: str, outcome: str) -> bool:
             # bits and is rightly accepted (in exact mode the plans are different computations:
             # tests/test_reduction_plan.py)
             replanned = path == "reduction_plan"
-            return (dropped or replanned or any(path == s or path.startswith(s + ".") for s in NON_SEMANTIC)
-                    or outcome == "rejected")
+            return (
+                dropped
+                or replanned
+                or any(path == s or path.startswith(s + ".") for s in NON_SEMANTIC)
+                or outcome == "rejected"
+            )
         # a record: a changed batch may be rejected (recomputed and different), never accepted
         return outcome == "rejected" and path.startswith("batch")
     return False

@@ -1,14 +1,14 @@
 """Public API: kinds and dtypes in and out, and a clear exception for every bad input."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import bits
 
 import exactforge
 from exactforge import reduce as R
-
-from conftest import bits
 
 
 def test_compile_options_reports_the_build():
@@ -19,6 +19,7 @@ def test_compile_options_reports_the_build():
     assert "-ffp-contract=off" in opts["cxx_flags"]
     assert isinstance(opts["cuda"], bool)
     import json
+
     json.dumps(opts)
 
 
@@ -40,7 +41,9 @@ def test_torch_and_numpy_give_the_same_bits(rng):
     a = rng.standard_normal((9, 77)).astype(np.float32)
     b = rng.standard_normal((77, 5)).astype(np.float32)
     for mode in R.MODES:
-        assert bits(R.matmul(torch.from_numpy(a), torch.from_numpy(b), mode=mode).numpy()) == bits(R.matmul(a, b, mode=mode))
+        assert bits(R.matmul(torch.from_numpy(a), torch.from_numpy(b), mode=mode).numpy()) == bits(
+            R.matmul(a, b, mode=mode)
+        )
 
 
 def test_tensors_requiring_grad_are_accepted(rng):
@@ -74,23 +77,26 @@ def test_sum_any_axis_and_ndim(rng):
     assert R.sum(x[0, 0]).shape == ()
 
 
-@pytest.mark.parametrize("call, exc, words", [
-    (lambda a, b: R.matmul(a.astype(np.int32), b), TypeError, ["a:", "int32", "astype"]),
-    (lambda a, b: R.matmul(a, b.astype(np.float64)), TypeError, ["dtypes differ"]),
-    (lambda a, b: R.matmul(a, b[:-1]), ValueError, ["reduced axes differ"]),
-    (lambda a, b: R.matmul(a[0], b), ValueError, ["2-D"]),
-    (lambda a, b: R.matmul(a[:, :0], b[:0]), ValueError, ["empty"]),
-    (lambda a, b: R.matmul(a.tolist(), b), TypeError, ["a:", "numpy.asarray"]),
-    (lambda a, b: R.matmul(a, b, mode="fast"), ValueError, ["mode"]),
-    (lambda a, b: R.matmul(a, b, mode="fixed", keys=[1, 2]), ValueError, ["keys", "10"]),
-    (lambda a, b: R.matmul(a, b, mode="fixed", keys=np.linspace(0, 1, 10)), TypeError, ["keys", "int"]),
-    (lambda a, b: R.matmul(a, b, threads=0), ValueError, ["threads"]),
-    (lambda a, b: R.matmul(a, torch.from_numpy(b)), TypeError, ["same place"]),
-    (lambda a, b: R.sum(b, axis=2), ValueError, ["axis"]),
-    (lambda a, b: R.sum(b[:0], 0), ValueError, ["empty"]),
-    (lambda a, b: R.sum(np.float32(1.0)), TypeError, ["x:"]),
-    (lambda a, b: exactforge.set_num_threads(0), ValueError, ["n:"]),
-])
+@pytest.mark.parametrize(
+    "call, exc, words",
+    [
+        (lambda a, b: R.matmul(a.astype(np.int32), b), TypeError, ["a:", "int32", "astype"]),
+        (lambda a, b: R.matmul(a, b.astype(np.float64)), TypeError, ["dtypes differ"]),
+        (lambda a, b: R.matmul(a, b[:-1]), ValueError, ["reduced axes differ"]),
+        (lambda a, b: R.matmul(a[0], b), ValueError, ["2-D"]),
+        (lambda a, b: R.matmul(a[:, :0], b[:0]), ValueError, ["empty"]),
+        (lambda a, b: R.matmul(a.tolist(), b), TypeError, ["a:", "numpy.asarray"]),
+        (lambda a, b: R.matmul(a, b, mode="fast"), ValueError, ["mode"]),
+        (lambda a, b: R.matmul(a, b, mode="fixed", keys=[1, 2]), ValueError, ["keys", "10"]),
+        (lambda a, b: R.matmul(a, b, mode="fixed", keys=np.linspace(0, 1, 10)), TypeError, ["keys", "int"]),
+        (lambda a, b: R.matmul(a, b, threads=0), ValueError, ["threads"]),
+        (lambda a, b: R.matmul(a, torch.from_numpy(b)), TypeError, ["same place"]),
+        (lambda a, b: R.sum(b, axis=2), ValueError, ["axis"]),
+        (lambda a, b: R.sum(b[:0], 0), ValueError, ["empty"]),
+        (lambda a, b: R.sum(np.float32(1.0)), TypeError, ["x:"]),
+        (lambda a, b: exactforge.set_num_threads(0), ValueError, ["n:"]),
+    ],
+)
 def test_bad_input_names_the_argument_and_the_fix(call, exc, words, rng):
     a = rng.standard_normal((3, 10)).astype(np.float32)
     b = rng.standard_normal((10, 2)).astype(np.float32)
@@ -110,6 +116,7 @@ def test_exact_refuses_more_terms_than_its_accumulators_hold():
 
 def test_native_core_rejects_bad_order_without_crashing():
     from exactforge import _core
+
     a = np.ones((2, 3), np.float32)
     b = np.ones((3, 2), np.float32)
     with pytest.raises(ValueError, match="permutation"):
@@ -119,7 +126,8 @@ def test_native_core_rejects_bad_order_without_crashing():
 
 
 def test_cuda_array_without_cuda_module_gives_one_clear_error(monkeypatch):
-    from exactforge import _native
+    from exactforge._backend import native as _native
+
     monkeypatch.setattr(_native, "_cuda", None)
     with pytest.raises(RuntimeError, match="built without CUDA"):
         _native.require_cuda("a")

@@ -3,6 +3,7 @@ analysis for Proof-of-Learning.
 
 The native core reduces per-example contributions so that the bits of the result do not depend
 on batch order, thread count or device (``exactforge.reduce``)."""
+
 from __future__ import annotations
 
 from typing import Any, Dict
@@ -18,13 +19,22 @@ __version__: str = getattr(_core, "__version__", "0.0.0")
 #: the process when it cannot start them).
 MAX_THREADS: int = int(_core.MAX_THREADS)
 
-__all__ = ["__version__", "reduce", "mathfn", "compile_options", "set_num_threads", "get_num_threads", "MAX_THREADS", "cuda_is_available"]
+__all__ = [
+    "__version__",
+    "reduce",
+    "mathfn",
+    "compile_options",
+    "set_num_threads",
+    "get_num_threads",
+    "MAX_THREADS",
+    "cuda_is_available",
+]
 
 
 def set_num_threads(n: int) -> None:
     """Default number of CPU threads of the native kernels (process-wide, like
     ``torch.set_num_threads``). Results are bitwise the same for every value."""
-    _core.set_num_threads(reduce.check_threads(n, "n", allow_none=False))
+    _core.set_num_threads(int(reduce.check_threads(n, "n", allow_none=False)))  # type: ignore[arg-type]
 
 
 def get_num_threads() -> int:
@@ -55,11 +65,14 @@ def compile_options() -> Dict[str, Any]:
         # AVX-512 apart from the baseline flags and chosen at run time; EXACTFORGE_ISA=generic
         # or avx2 caps the level), the CPU's features, and what the rest of the core was
         # compiled for. Every level gives the same bits.
-        "isa": {"kernels": info.get("kernels", "generic"),
-                "avx2": "avx2" in info.get("kernels", ""), "fma": "fma" in info.get("kernels", ""),
-                "avx512": "avx512" in info.get("kernels", ""),
-                "cpu": {k: info.get(f"cpu_{k}") == "1" for k in ("avx2", "fma", "avx512f", "amx_int8")},
-                "baseline": {"avx2": info.get("isa_avx2") == "1", "fma": info.get("isa_fma") == "1"}},
+        "isa": {
+            "kernels": info.get("kernels", "generic"),
+            "avx2": "avx2" in info.get("kernels", ""),
+            "fma": "fma" in info.get("kernels", ""),
+            "avx512": "avx512" in info.get("kernels", ""),
+            "cpu": {k: info.get(f"cpu_{k}") == "1" for k in ("avx2", "fma", "avx512f", "amx_int8")},
+            "baseline": {"avx2": info.get("isa_avx2") == "1", "fma": info.get("isa_fma") == "1"},
+        },
         "cuda": _cuda is not None,
         "default_threads": get_num_threads(),
         # the float32 exact matmul's kernel: "int8-amx" (int8 digits on AMX tiles) or
@@ -70,12 +83,14 @@ def compile_options() -> Dict[str, Any]:
     }
     if _cuda is not None:
         dev = dict(_cuda.device_info())
-        opts.update({
-            "cuda_architectures": getattr(_cuda, "architectures", ""),
-            "cuda_fmad": False,
-            "cuda_runtime_version": dev["runtime_version"],
-            "cuda_devices": dev["device_count"],
-        })
+        opts.update(
+            {
+                "cuda_architectures": getattr(_cuda, "architectures", ""),
+                "cuda_fmad": False,
+                "cuda_runtime_version": dev["runtime_version"],
+                "cuda_devices": dev["device_count"],
+            }
+        )
     else:
         opts["cuda_missing_reason"] = _cuda_import_error
     return opts

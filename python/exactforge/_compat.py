@@ -2,6 +2,7 @@
 ``exactforge.forging.solvers`` and so on. Each old path gives the same module object as the
 new one (one module, not a copy), so ``isinstance`` checks, monkeypatching and pickles made
 with either path keep working."""
+
 from __future__ import annotations
 
 import importlib
@@ -54,8 +55,9 @@ class _Alias(importlib.abc.Loader):
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname: str, path: Optional[Sequence[str]] = None,
-                  target: Optional[ModuleType] = None) -> Optional[importlib.machinery.ModuleSpec]:
+    def find_spec(
+        self, fullname: str, path: Optional[Sequence[str]] = None, target: Optional[ModuleType] = None
+    ) -> Optional[importlib.machinery.ModuleSpec]:
         new = MOVED.get(fullname)
         if new is None:
             return None

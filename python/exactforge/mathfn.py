@@ -1,6 +1,7 @@
 """exp and log with the same bits on every CPU and GPU (src/exactforge/mathfn.hpp): only
 once-rounded IEEE operations and exact power-of-two scaling, evaluated in float64 and rounded
 once to the input's dtype. libm's exp/log differ between libraries and devices."""
+
 from __future__ import annotations
 
 from typing import Any, Tuple

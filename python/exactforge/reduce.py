@@ -23,9 +23,10 @@ if +Inf and -Inf meet; every NaN is the canonical quiet NaN). Non-contiguous inp
 copied. CUDA arrays (torch, CuPy) are reduced on their device when ``exactforge._cuda`` was
 built, with the same bits as on the CPU.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
@@ -59,10 +60,15 @@ def check_threads(threads: Any, name: str = "threads", allow_none: bool = True) 
     if threads is None and allow_none:
         return None
     cap = int(_core.MAX_THREADS)
-    if (threads is None or isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
-            or not 1 <= threads <= cap):
-        raise ValueError(f"{name}: expected a thread count in 1..{cap}{' or None' if allow_none else ''}, "
-                         f"got {threads!r}")
+    if (
+        threads is None
+        or isinstance(threads, bool)
+        or not isinstance(threads, (int, np.integer))
+        or not 1 <= threads <= cap
+    ):
+        raise ValueError(
+            f"{name}: expected a thread count in 1..{cap}{' or None' if allow_none else ''}, got {threads!r}"
+        )
     return int(threads)
 
 
@@ -90,11 +96,14 @@ def _keys_order(keys: Optional[KeysLike], k: int, term_bytes) -> Optional[np.nda
         keys = keys.get()
     kz = np.asarray(keys)
     if kz.ndim != 1 or kz.shape[0] != k:
-        raise ValueError(f"keys: expected a 1-D sequence of {k} integers (one per term of the reduced axis), "
-                         f"got shape {kz.shape}")
+        raise ValueError(
+            f"keys: expected a 1-D sequence of {k} integers (one per term of the reduced axis), got shape {kz.shape}"
+        )
     if kz.size and not np.issubdtype(kz.dtype, np.integer):
-        raise TypeError(f"keys: expected integers (e.g. dataset indices), got dtype {kz.dtype}; "
-                        "convert with numpy.asarray(keys, dtype=numpy.int64)")
+        raise TypeError(
+            f"keys: expected integers (e.g. dataset indices), got dtype {kz.dtype}; "
+            "convert with numpy.asarray(keys, dtype=numpy.int64)"
+        )
     kz = kz.astype(np.int64, copy=False)
     order = np.argsort(kz, kind="stable")
     sk = kz[order]
@@ -116,8 +125,9 @@ def _keys_order(keys: Optional[KeysLike], k: int, term_bytes) -> Optional[np.nda
     return order.astype(np.int64)
 
 
-def matmul(a: Any, b: Any, *, mode: str = "exact", keys: Optional[KeysLike] = None,
-           threads: Optional[int] = None) -> Any:
+def matmul(
+    a: Any, b: Any, *, mode: str = "exact", keys: Optional[KeysLike] = None, threads: Optional[int] = None
+) -> Any:
     """``a @ b`` with the shared axis reduced reproducibly.
 
     Parameters
@@ -137,10 +147,19 @@ def matmul(a: Any, b: Any, *, mode: str = "exact", keys: Optional[KeysLike] = No
     -------
     The m x n product, of the same kind, device and dtype as ``a``.
     """
-    if (keys is None and threads is None and type(a) is np.ndarray and type(b) is np.ndarray
-            and a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype in _NATIVE
-            and 0 < a.shape[1] == b.shape[0] and mode in MODES
-            and (mode == "fixed" or a.shape[1] <= EXACT_MATMUL_MAX_K)):
+    if (
+        keys is None
+        and threads is None
+        and type(a) is np.ndarray
+        and type(b) is np.ndarray
+        and a.ndim == 2
+        and b.ndim == 2
+        and a.dtype == b.dtype
+        and a.dtype in _NATIVE
+        and 0 < a.shape[1] == b.shape[0]
+        and mode in MODES
+        and (mode == "fixed" or a.shape[1] <= EXACT_MATMUL_MAX_K)
+    ):
         # Hot path (one call per layer per step): inputs that need no conversion.
         return _core.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), mode, None, 0)
     _check_mode(mode)
@@ -152,20 +171,27 @@ def matmul(a: Any, b: Any, *, mode: str = "exact", keys: Optional[KeysLike] = No
         raise TypeError(f"a, b: dtypes differ ({da} vs {db}); cast one, e.g. b.astype(a.dtype)")
     sa, sb = shape_of(a), shape_of(b)
     if len(sa) != 2 or len(sb) != 2:
-        raise ValueError(f"a, b: expected 2-D arrays (m x k and k x n), got shapes {sa} and {sb}; "
-                         "reshape them, or use exactforge.reduce.sum for one array")
+        raise ValueError(
+            f"a, b: expected 2-D arrays (m x k and k x n), got shapes {sa} and {sb}; "
+            "reshape them, or use exactforge.reduce.sum for one array"
+        )
     if sa[1] != sb[0]:
-        raise ValueError(f"a, b: the reduced axes differ: a is {sa[0]}x{sa[1]}, b is {sb[0]}x{sb[1]} "
-                         "(a's columns must match b's rows)")
+        raise ValueError(
+            f"a, b: the reduced axes differ: a is {sa[0]}x{sa[1]}, b is {sb[0]}x{sb[1]} "
+            "(a's columns must match b's rows)"
+        )
     k = sa[1]
     if k == 0:
         raise ValueError("a, b: the reduced axis is empty (k = 0); there is nothing to reduce")
     if mode == "exact" and k > EXACT_MATMUL_MAX_K:
-        raise ValueError(f"a, b: mode='exact' reduces at most {EXACT_MATMUL_MAX_K} terms, got k = {k}; "
-                         "split the reduction or use mode='fixed'")
+        raise ValueError(
+            f"a, b: mode='exact' reduces at most {EXACT_MATMUL_MAX_K} terms, got k = {k}; "
+            "split the reduction or use mode='fixed'"
+        )
     order = None
     if mode == "fixed" and keys is not None:
-        ha, hb = {}, {}
+        ha: Dict[str, Any] = {}
+        hb: Dict[str, Any] = {}
 
         def term_bytes(t: int) -> bytes:
             if not ha:
@@ -182,8 +208,9 @@ def matmul(a: Any, b: Any, *, mode: str = "exact", keys: Optional[KeysLike] = No
     return from_numpy(out, ka, da)
 
 
-def sum(x: Any, axis: int = 0, *, mode: str = "exact", keys: Optional[KeysLike] = None,
-        threads: Optional[int] = None) -> Any:
+def sum(
+    x: Any, axis: int = 0, *, mode: str = "exact", keys: Optional[KeysLike] = None, threads: Optional[int] = None
+) -> Any:
     """Reproducible sum of ``x`` along ``axis`` (any number of dimensions).
 
     ``keys`` labels the entries along ``axis`` (``"fixed"`` mode). Returns an array of the
@@ -203,14 +230,15 @@ def sum(x: Any, axis: int = 0, *, mode: str = "exact", keys: Optional[KeysLike] 
     if k == 0:
         raise ValueError(f"x: the reduced axis {axis} is empty; there is nothing to reduce")
     if mode == "exact" and k > EXACT_SUM_MAX_K:
-        raise ValueError(f"x: mode='exact' sums at most {EXACT_SUM_MAX_K} terms, got {k}; "
-                         "split the reduction or use mode='fixed'")
+        raise ValueError(
+            f"x: mode='exact' sums at most {EXACT_SUM_MAX_K} terms, got {k}; split the reduction or use mode='fixed'"
+        )
     rest = tuple(s for i, s in enumerate(shape) if i != axis)
     n = int(np.prod(rest, dtype=np.int64)) if rest else 1
-    x2 = _moveaxis_reshape(x, kx, axis, k, n)
+    x2 = kx.adapter.moveaxis_reshape(x, axis, k, n)
     order = None
     if mode == "fixed" and keys is not None:
-        hx = {}
+        hx: Dict[str, Any] = {}
 
         def term_bytes(t: int) -> bytes:
             if not hx:
@@ -226,13 +254,6 @@ def sum(x: Any, axis: int = 0, *, mode: str = "exact", keys: Optional[KeysLike] 
         cdt = compute_dtype(dx)
         out = from_numpy(_core.sum_rows(to_numpy(x2, kx, cdt), mode, order, nt), kx, dx)
     return out.reshape(rest)
-
-
-def _moveaxis_reshape(x: Any, kind: ArrayKind, axis: int, k: int, n: int) -> Any:
-    if kind.framework == "torch":
-        return x.movedim(axis, 0).reshape(k, n)
-    mod = np if kind.framework == "numpy" else __import__("cupy")
-    return mod.moveaxis(x, axis, 0).reshape(k, n)
 
 
 def exact_plan(k: int, dtype: str = "float32") -> dict:

@@ -1,9 +1,9 @@
 """Loads the private native modules: `_core` always, `_cuda` when it was built."""
+
 from __future__ import annotations
 
-from typing import Any, Optional
-
 import os
+from typing import Any, Optional
 
 # How exactforge's OpenMP threads wait, set for the moment libgomp is loaded (with _core) and
 # then restored, so torch's own OpenMP runtime, loaded apart, keeps whatever the user chose; a

@@ -1,4 +1,5 @@
 """``python -m exactforge.cli``: the same as the ``exactforge`` command."""
+
 import sys
 
 from . import main

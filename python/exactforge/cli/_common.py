@@ -1,5 +1,6 @@
 """What every command shares: argument types that refuse a bad value before anything runs,
 the --json/--quiet conventions, the data and Ray options, one error format."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,7 @@ import sys
 from typing import Any, NoReturn, Optional
 
 from ..report import jsonio as _json
+
 
 def _count(lo: int = 1, hi: Optional[int] = None):
     def parse(text: str) -> int:
@@ -18,8 +20,10 @@ def _count(lo: int = 1, hi: Optional[int] = None):
         if v < lo or (hi is not None and v > hi):
             raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi if hi is not None else 'inf'}, got {v}")
         return v
+
     parse.__name__ = "integer"
     return parse
+
 
 def _real(lo: float = 0.0, hi: float = math.inf, *, lo_open: bool = False):
     def parse(text: str) -> float:
@@ -31,16 +35,20 @@ def _real(lo: float = 0.0, hi: float = math.inf, *, lo_open: bool = False):
             lo_s = f"({lo:g}" if lo_open else f"[{lo:g}"
             raise argparse.ArgumentTypeError(f"expected a finite number in {lo_s}, {hi:g}], got {text}")
         return v
+
     parse.__name__ = "number"
     return parse
 
+
 def _epsilon_or_auto(text: str):
     return "auto" if text == "auto" else _real(0.0)(text)
+
 
 _epsilon_or_auto.__name__ = "epsilon"
 _SEED = _count(0, 2**63 - 1)
 _POSITIVE = _real(0.0, lo_open=True)
 _FRACTION = _real(0.0, 1.0, lo_open=True)
+
 
 def _threads_type():
     from .. import MAX_THREADS
@@ -84,8 +92,11 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" not in text and action.option_strings and not (
-                action.default is None or action.default is False or action.default == argparse.SUPPRESS):
+        if (
+            "%(default)" not in text
+            and action.option_strings
+            and not (action.default is None or action.default is False or action.default == argparse.SUPPRESS)
+        ):
             text += " (default: %(default)s)"
         return text
 
@@ -98,7 +109,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 _EXITS = {
     "done": "exit codes: 0 done, 2 invalid input (a bad argument, file or trace; the reason on stderr)",
     "verify": "exit codes: 0 accepted, 1 rejected (recomputed, a checkpoint farther than epsilon), 2 invalid input "
-              "(a bad argument, data set or trace; the reason on stderr and in --json)",
+    "(a bad argument, data set or trace; the reason on stderr and in --json)",
 }
 
 
@@ -112,31 +123,52 @@ def _sub(sub, name: str, help_: str, exits: str = "done", *, json_what: str = "t
     """A subcommand with the conventions every command shares: --json FILE, --quiet, defaults in
     --help, exit codes in the epilog."""
     p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter, epilog=_EXITS[exits])
-    p.add_argument("--json", metavar="FILE", help=f"also write {json_what} as JSON (undefined numbers are null); - writes it to standard "
-                   "output and the summary to standard error")
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        help=f"also write {json_what} as JSON (undefined numbers are null); - writes it to standard "
+        "output and the summary to standard error",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     return p
 
 
 def _data_args(p: argparse.ArgumentParser, default: Optional[str] = "digits", what: str = "training data") -> None:
-    p.add_argument("--dataset", default=default, choices=_data_choices(),
-                   help=f"{what}" + ("" if default else " (default: the one the trace names)") +
-                   "; npz: your own arrays X, y in --data-path FILE.npz (optional lo, hi, levels: the domain)")
-    p.add_argument("--data-path", help="local files of mnist, cifar10, adult or imdb (a folder), or the .npz file of "
-                   "--dataset npz")
+    p.add_argument(
+        "--dataset",
+        default=default,
+        choices=_data_choices(),
+        help=f"{what}"
+        + ("" if default else " (default: the one the trace names)")
+        + "; npz: your own arrays X, y in --data-path FILE.npz (optional lo, hi, levels: the domain)",
+    )
+    p.add_argument(
+        "--data-path", help="local files of mnist, cifar10, adult or imdb (a folder), or the .npz file of --dataset npz"
+    )
 
 
 def _ray_args(p: argparse.ArgumentParser, what: str, checkpoints: bool = False) -> None:
-    p.add_argument("--ray", metavar="ADDRESS|local",
-                   help=f"run {what} as Ray tasks: 'local' starts Ray on this machine, otherwise a cluster's "
-                        f"address (auto, HOST:PORT, ray://HOST:10001); needs pip install \"exactforge[ray]\"")
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS|local",
+        help=f"run {what} as Ray tasks: 'local' starts Ray on this machine, otherwise a cluster's "
+        f'address (auto, HOST:PORT, ray://HOST:10001); needs pip install "exactforge[ray]"',
+    )
     p.add_argument("--ray-cpus", type=_count(1, 4096), help="CPUs of the local Ray instance (none given: all)")
-    p.add_argument("--ray-retries", type=_count(0, 100), default=3,
-                   help="Ray's retries of a task whose worker died; a task still lost makes the result invalid")
+    p.add_argument(
+        "--ray-retries",
+        type=_count(0, 100),
+        default=3,
+        help="Ray's retries of a task whose worker died; a task still lost makes the result invalid",
+    )
     if checkpoints:
-        p.add_argument("--ray-checkpoints", choices=("auto", "shared", "ship"), default="auto",
-                       help="workers read the trace folder (shared: the same path on every node) or get each "
-                            "checkpoint's bytes from the object store (ship); auto: shared for local, else ship")
+        p.add_argument(
+            "--ray-checkpoints",
+            choices=("auto", "shared", "ship"),
+            default="auto",
+            help="workers read the trace folder (shared: the same path on every node) or get each "
+            "checkpoint's bytes from the object store (ship); auto: shared for local, else ship",
+        )
 
 
 def _given_data(args: argparse.Namespace):
@@ -160,5 +192,9 @@ def _executor(args: argparse.Namespace):
         raise ValueError(f"--ray: {exc}") from None
     if args.ray != "local" and args.ray_cpus is not None:
         raise ValueError("--ray-cpus: sets the size of a local Ray instance (--ray local); a cluster has its own")
-    return RayExecutor(args.ray, num_cpus=args.ray_cpus, max_retries=args.ray_retries,
-                       checkpoints=getattr(args, "ray_checkpoints", "auto"))
+    return RayExecutor(
+        args.ray,
+        num_cpus=args.ray_cpus,
+        max_retries=args.ray_retries,
+        checkpoints=getattr(args, "ray_checkpoints", "auto"),
+    )

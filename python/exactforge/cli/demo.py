@@ -1,10 +1,11 @@
 """``exactforge demo``: batch-order and thread-count experiment: torch vs exactforge's two modes."""
+
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ._common import say, _POSITIVE, _SEED, _count, _sub, write_json
+from ._common import _POSITIVE, _SEED, _count, _sub, say, write_json
 
 
 def register(sub: Any) -> None:
@@ -16,12 +17,12 @@ def register(sub: Any) -> None:
     d.set_defaults(func=run)
 
 
-
 def run(args: argparse.Namespace) -> int:
     from ..studies.demo import format_table, run_demo
 
-    result = run_demo(batch_size=args.batch_size, permutations=args.permutations, lr=args.lr,
-                      seed=args.seed, progress=not args.quiet)
+    result = run_demo(
+        batch_size=args.batch_size, permutations=args.permutations, lr=args.lr, seed=args.seed, progress=not args.quiet
+    )
     say(args, format_table(result))
     write_json(args, result)
     return 0

@@ -1,16 +1,21 @@
 """``exactforge info``: print what this installation was built with and dispatches to (compile_options)."""
+
 from __future__ import annotations
 
 import argparse
 import json
 from typing import Any
 
-from ._common import say, _sub, write_json
+from ._common import _sub, say, write_json
 
 
 def register(sub: Any) -> None:
-    i = _sub(sub, "info", "print what this installation was built with and dispatches to (compile_options)",
-             json_what="compile_options()")
+    i = _sub(
+        sub,
+        "info",
+        "print what this installation was built with and dispatches to (compile_options)",
+        json_what="compile_options()",
+    )
     i.set_defaults(func=run)
 
 

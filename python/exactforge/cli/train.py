@@ -1,19 +1,28 @@
 """``exactforge train``: train a model with SGD and record its execution trace."""
+
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ._common import say, _POSITIVE, _SEED, _count, _data_args, _sub, _threads_type, write_json
+from ._common import _POSITIVE, _SEED, _count, _data_args, _sub, _threads_type, say, write_json
 
 
 def register(sub: Any) -> None:
     t = _sub(sub, "train", "train a model with SGD and record its execution trace", json_what="a summary of the trace")
-    t.add_argument("--engine", choices=("native", "torch"), default="native",
-                   help="native: exactforge's bitwise-reproducible step; torch: autograd + BLAS")
-    t.add_argument("--model", choices=("logreg", "fcn", "lenet", "vggmini", "transformer"), default="fcn",
-                   help="lenet and vggmini: the papers' CNNs; transformer: a 2-layer causal Transformer on tokens "
-                        "(synthetic-tokens, imdb); for these native = exactforge.nn's reproducible layers")
+    t.add_argument(
+        "--engine",
+        choices=("native", "torch"),
+        default="native",
+        help="native: exactforge's bitwise-reproducible step; torch: autograd + BLAS",
+    )
+    t.add_argument(
+        "--model",
+        choices=("logreg", "fcn", "lenet", "vggmini", "transformer"),
+        default="fcn",
+        help="lenet and vggmini: the papers' CNNs; transformer: a 2-layer causal Transformer on tokens "
+        "(synthetic-tokens, imdb); for these native = exactforge.nn's reproducible layers",
+    )
     t.add_argument("--hidden", default="100", help="hidden layer widths of the FCN, e.g. 32,32")
     _data_args(t)
     t.add_argument("--batch-size", type=_count(1, 1 << 20), default=64, help="examples per step")
@@ -21,18 +30,24 @@ def register(sub: Any) -> None:
     t.add_argument("--lr", type=_POSITIVE, default=0.01, help="SGD learning rate")
     t.add_argument("--seed", type=_SEED, default=0, help="seed of the initial weights and of the batch order")
     t.add_argument("--checkpoint-every", type=_count(1), default=1, help="steps between checkpoints (k)")
-    t.add_argument("--mode", choices=("fixed", "exact"), default=None,
-                   help="reduction mode of the native engine (none given: fixed for logreg/fcn, exact for the "
-                        "torch models)")
+    t.add_argument(
+        "--mode",
+        choices=("fixed", "exact"),
+        default=None,
+        help="reduction mode of the native engine (none given: fixed for logreg/fcn, exact for the torch models)",
+    )
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="weights and arithmetic")
-    t.add_argument("--init", choices=("uniform", "gaussian"), default="uniform",
-                   help="initial weights (logreg, fcn): torch's uniform law, or Gaussian of the same scale (the "
-                        "law under which `exactforge invert --method tensor` has its guarantee)")
+    t.add_argument(
+        "--init",
+        choices=("uniform", "gaussian"),
+        default="uniform",
+        help="initial weights (logreg, fcn): torch's uniform law, or Gaussian of the same scale (the "
+        "law under which `exactforge invert --method tensor` has its guarantee)",
+    )
     t.add_argument("--threads", type=_threads_type(), help="CPU threads for training (none given: all)")
     t.add_argument("--resume", action="store_true", help="continue a trace in --out from its last checkpoint")
     t.add_argument("--out", required=True, help="folder of the trace (must not hold one, unless --resume)")
     t.set_defaults(func=run)
-
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,20 +64,40 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--resume, --dtype: supported for logreg and fcn only")
         mode = None if args.engine == "torch" else (args.mode or "exact")
         if mode == "fixed":
-            raise ValueError("--mode: the reproducible torch layers use --mode exact (fixed mode has no example keys "
-                             "inside a torch model, so it would follow the batch order)")
-        trace = record_zoo(args.out, args.model, data, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
-                           seed=args.seed, checkpoint_every=args.checkpoint_every, threads=args.threads, mode=mode,
-                           data_path=args.data_path, progress=not args.quiet)
+            raise ValueError(
+                "--mode: the reproducible torch layers use --mode exact (fixed mode has no example keys "
+                "inside a torch model, so it would follow the batch order)"
+            )
+        trace = record_zoo(
+            args.out,
+            args.model,
+            data,
+            lr=args.lr,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            checkpoint_every=args.checkpoint_every,
+            threads=args.threads,
+            mode=mode,
+            data_path=args.data_path,
+            progress=not args.quiet,
+        )
         return _trained(args, trace, data)
     args.mode = args.mode or "fixed"
     hidden = _parse_hidden(args.hidden) if args.model == "fcn" else ()
     if args.model == "fcn" and not hidden:
         raise ValueError("--hidden: an FCN needs at least one hidden layer, e.g. --hidden 100")
     spec = ModelSpec(args.model, data.dim, data.num_classes, hidden, dtype=args.dtype, init=args.init)
-    common = dict(lr=args.lr, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                  checkpoint_every=args.checkpoint_every, threads=args.threads, data_path=args.data_path,
-                  progress=not args.quiet)
+    common = dict(
+        lr=args.lr,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        threads=args.threads,
+        data_path=args.data_path,
+        progress=not args.quiet,
+    )
     if args.engine == "native":
         trace = record_native(args.out, spec, data, mode=args.mode, resume=args.resume, **common)
     else:
@@ -83,9 +118,22 @@ def _parse_hidden(text: str) -> tuple:
 
 
 def _trained(args: argparse.Namespace, trace, data) -> int:
-    say(args, f"recorded {len(trace.records)} steps ({len(trace.checkpoint_steps)} checkpoints) of {args.engine} "
-          f"{args.model} on {data.name} in {args.out}")
-    write_json(args, {"trace": args.out, "engine": args.engine, "model": args.model, "dataset": data.name,
-                            "steps": len(trace.records), "checkpoints": list(trace.checkpoint_steps),
-                            "complete": trace.complete, "fingerprint": trace.manifest["data"]["fingerprint"]})
+    say(
+        args,
+        f"recorded {len(trace.records)} steps ({len(trace.checkpoint_steps)} checkpoints) of {args.engine} "
+        f"{args.model} on {data.name} in {args.out}",
+    )
+    write_json(
+        args,
+        {
+            "trace": args.out,
+            "engine": args.engine,
+            "model": args.model,
+            "dataset": data.name,
+            "steps": len(trace.records),
+            "checkpoints": list(trace.checkpoint_steps),
+            "complete": trace.complete,
+            "fingerprint": trace.manifest["data"]["fingerprint"],
+        },
+    )
     return 0

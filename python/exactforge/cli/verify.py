@@ -1,10 +1,11 @@
 """``exactforge verify``: verify an execution trace."""
+
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ._common import fail, say, _data_args, _executor, _given_data, _ray_args, _sub, write_json
+from ._common import _data_args, _executor, _given_data, _ray_args, _sub, fail, say, write_json
 
 
 def register(sub: Any) -> None:
@@ -12,22 +13,33 @@ def register(sub: Any) -> None:
     v.add_argument("trace", help="the trace folder")
     # verify checks its own numbers (verify_trace) so that a bad one still gets a report in --json
     v.add_argument("--epsilon", type=float, default=0.0, help="largest accepted distance (>= 0)")
-    v.add_argument("--distance", choices=("l2", "l1", "linf", "cosine", "l2sq", "l2sq_dim"), default="l2",
-                   help="distance between the recomputed and the logged checkpoint")
-    v.add_argument("--policy", choices=("all", "topq", "random"), default="all",
-                   help="all steps; PoL's top-Q largest updates per epoch; a seeded random sample")
+    v.add_argument(
+        "--distance",
+        choices=("l2", "l1", "linf", "cosine", "l2sq", "l2sq_dim"),
+        default="l2",
+        help="distance between the recomputed and the logged checkpoint",
+    )
+    v.add_argument(
+        "--policy",
+        choices=("all", "topq", "random"),
+        default="all",
+        help="all steps; PoL's top-Q largest updates per epoch; a seeded random sample",
+    )
     v.add_argument("--q", type=int, default=1, help="steps per epoch for --policy topq")
     v.add_argument("--fraction", type=float, default=0.1, help="share of segments for --policy random")
     v.add_argument("--seed", type=int, default=0, help="seed of --policy random")
-    v.add_argument("--permute-batches", type=int, metavar="SEED",
-                   help="recompute with each batch's examples shuffled (same set)")
+    v.add_argument(
+        "--permute-batches", type=int, metavar="SEED", help="recompute with each batch's examples shuffled (same set)"
+    )
     v.add_argument("--threads", type=int, help="thread count of the recomputation (1..256)")
     _data_args(v, None, "the verifier's copy of the training data (a trace's own data path is never opened)")
-    v.add_argument("--allow-partial", action="store_true",
-                   help="verify the prefix of an incomplete trace (fewer steps than declared); reported as PARTIAL")
+    v.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="verify the prefix of an incomplete trace (fewer steps than declared); reported as PARTIAL",
+    )
     _ray_args(v, "the segments", checkpoints=True)
     v.set_defaults(func=run)
-
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,26 +47,54 @@ def run(args: argparse.Namespace) -> int:
 
     given = _given_data(args)
     executor = _executor(args)
-    rep = verify_trace(args.trace, epsilon=args.epsilon, distance_kind=args.distance, policy=args.policy,
-                       q=args.q, fraction=args.fraction, seed=args.seed, permute_batches=args.permute_batches,
-                       threads=args.threads, dataset=given, data_path=None if given else args.data_path,
-                       progress=not args.quiet, allow_partial=args.allow_partial, executor=executor)
+    rep = verify_trace(
+        args.trace,
+        epsilon=args.epsilon,
+        distance_kind=args.distance,
+        policy=args.policy,
+        q=args.q,
+        fraction=args.fraction,
+        seed=args.seed,
+        permute_batches=args.permute_batches,
+        threads=args.threads,
+        dataset=given,
+        data_path=None if given else args.data_path,
+        progress=not args.quiet,
+        allow_partial=args.allow_partial,
+        executor=executor,
+    )
     write_json(args, rep.to_dict())
     if not rep.valid:
         return fail("verify", "invalid", rep.reason)
     verdict = "ACCEPTED" if rep.accepted else "REJECTED"
     failed = sum(not s.passed for s in rep.steps)
-    scope = (f"PARTIAL trace: steps 0..{rep.num_steps} of {rep.declared_steps if rep.declared_steps else '?'} "
-             f"declared, {rep.unverified_tail} recorded step(s) after the last checkpoint not verified; "
-             if rep.partial else "")
+    scope = (
+        f"PARTIAL trace: steps 0..{rep.num_steps} of {rep.declared_steps if rep.declared_steps else '?'} "
+        f"declared, {rep.unverified_tail} recorded step(s) after the last checkpoint not verified; "
+        if rep.partial
+        else ""
+    )
     err = f"{rep.max_error:.6g}" if rep.max_error == rep.max_error else "undefined"
     ex = rep.executor
-    where = (f" on Ray ({ex['workers']} workers, {ex['tasks']} tasks, {ex['attempts'] - ex['tasks']} retried "
-             f"attempt(s))" if ex else "")
-    res = f"; resolution {rep.resolution:.2g} (gradient changes below it can vanish in float rounding)" \
-        if rep.resolution is not None else ""
-    some = (f"{len(rep.steps)} of {rep.total_segments} segments recomputed (--policy {rep.policy}: the others "
-            "were not checked)" if len(rep.steps) < rep.total_segments else f"{len(rep.steps)} segment(s) recomputed")
-    say(args, f"{verdict}: {scope}{some}{where} ({rep.engine}, theta_0 {rep.initial}), "
-          f"max {rep.distance} error {err}, epsilon {rep.epsilon:g}, {failed} over epsilon{res}")
+    where = (
+        f" on Ray ({ex['workers']} workers, {ex['tasks']} tasks, {ex['attempts'] - ex['tasks']} retried attempt(s))"
+        if ex
+        else ""
+    )
+    res = (
+        f"; resolution {rep.resolution:.2g} (gradient changes below it can vanish in float rounding)"
+        if rep.resolution is not None
+        else ""
+    )
+    some = (
+        f"{len(rep.steps)} of {rep.total_segments} segments recomputed (--policy {rep.policy}: the others "
+        "were not checked)"
+        if len(rep.steps) < rep.total_segments
+        else f"{len(rep.steps)} segment(s) recomputed"
+    )
+    say(
+        args,
+        f"{verdict}: {scope}{some}{where} ({rep.engine}, theta_0 {rep.initial}), "
+        f"max {rep.distance} error {err}, epsilon {rep.epsilon:g}, {failed} over epsilon{res}",
+    )
     return 0 if rep.accepted else 1

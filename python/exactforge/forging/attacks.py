@@ -17,6 +17,7 @@ l2sq (Thudi et al.) and l2sq_dim = l2^2/dim (Kong et al.).
   Leakage from Gradients). Both optionally projected to [0, 1] after each step.
 * ``nullspace`` / ``error-matrix``: the exact solvers of exactforge.exact (all of B forged).
 """
+
 from __future__ import annotations
 
 import time
@@ -38,15 +39,15 @@ class StepContext:
     """One step of a trace, as the attacks see it. ``theta`` and ``theta_next`` are flat float32
     parameter vectors in the torch model's parameter order."""
 
-    model: Any                       # a torch.nn.Module of the trace's architecture
+    model: Any  # a torch.nn.Module of the trace's architecture
     data: Dataset
     theta: np.ndarray
     theta_next: np.ndarray
-    batch: np.ndarray                # dataset indices of B_t
+    batch: np.ndarray  # dataset indices of B_t
     lr: float
-    engine: str = "torch"            # how the verifier recomputes: "torch" or "native"
-    model_name: Optional[str] = None # zoo name (logreg, fcn, ...) for the native engine and exact solvers
-    spec: Any = None                 # an exactforge ModelSpec, when the model is a native one of another width
+    engine: str = "torch"  # how the verifier recomputes: "torch" or "native"
+    model_name: Optional[str] = None  # zoo name (logreg, fcn, ...) for the native engine and exact solvers
+    spec: Any = None  # an exactforge ModelSpec, when the model is a native one of another width
 
     def stepper(self):
         from ..models.step import Stepper
@@ -57,15 +58,15 @@ class StepContext:
 @dataclass
 class AttackResult:
     method: str
-    replaced: int                    # examples of B that were replaced
-    fraction: float                  # forging fraction |U| / b
-    approx_error: float              # l2 distance of the recomputed step to the logged theta_{t+1}
-    metrics: Dict[str, float]        # every verifier distance
+    replaced: int  # examples of B that were replaced
+    fraction: float  # forging fraction |U| / b
+    approx_error: float  # l2 distance of the recomputed step to the logged theta_{t+1}
+    metrics: Dict[str, float]  # every verifier distance
     distinct: bool
     in_domain: bool
     seconds: float
-    forged_indices: List[int] = field(default_factory=list)   # dataset indices (-1: synthesised example)
-    X: Optional[np.ndarray] = None   # forged inputs (b x d), kept for synthesised examples
+    forged_indices: List[int] = field(default_factory=list)  # dataset indices (-1: synthesised example)
+    X: Optional[np.ndarray] = None  # forged inputs (b x d), kept for synthesised examples
     Y: Optional[np.ndarray] = None
 
     def to_dict(self) -> Dict[str, Any]:
@@ -93,7 +94,7 @@ def per_example_grads(model: Any, theta: np.ndarray, X: Any, y: Any, chunk: int 
     params, pos = {}, 0
     for n, s in zip(names, shapes):
         k = int(np.prod(s))
-        params[n] = torch.from_numpy(np.ascontiguousarray(theta[pos:pos + k])).reshape(s)
+        params[n] = torch.from_numpy(np.ascontiguousarray(theta[pos : pos + k])).reshape(s)
         pos += k
 
     def loss(p, x, t):
@@ -104,13 +105,19 @@ def per_example_grads(model: Any, theta: np.ndarray, X: Any, y: Any, chunk: int 
     outs = []
     with torch.no_grad():
         for s in range(0, len(X), chunk):
-            gd = g(params, X[s:s + chunk], y[s:s + chunk])
+            gd = g(params, X[s : s + chunk], y[s : s + chunk])
             outs.append(torch.cat([gd[n].reshape(gd[n].shape[0], -1) for n in names], dim=1).numpy())
     return np.concatenate(outs, axis=0)
 
 
-def in_domain(X: np.ndarray, Y: np.ndarray, levels: Optional[int], num_classes: int, tol: float = 1e-6,
-              domain: Optional[Tuple[float, float]] = (0.0, 1.0)) -> bool:
+def in_domain(
+    X: np.ndarray,
+    Y: np.ndarray,
+    levels: Optional[int],
+    num_classes: int,
+    tol: float = 1e-6,
+    domain: Optional[Tuple[float, float]] = (0.0, 1.0),
+) -> bool:
     """Values inside the data's declared range ``domain`` (lo, hi) and on its grid
     lo + q (hi - lo)/levels, and labels one-hot (class indices). With ``domain`` None (data
     that declares no range) only the labels are checked."""
@@ -136,8 +143,11 @@ def _recompute(ctx: StepContext, X: np.ndarray, Y: np.ndarray, keys: np.ndarray)
     st.load(ctx.theta)
     opt = torch.optim.SGD(st.model.parameters(), lr=ctx.lr)
     shape = ctx.data.shape or (ctx.data.dim,)
-    xb = torch.from_numpy(np.asarray(X, np.float32)).reshape(len(X), *shape) if ctx.data.vocab is None \
+    xb = (
+        torch.from_numpy(np.asarray(X, np.float32)).reshape(len(X), *shape)
+        if ctx.data.vocab is None
         else torch.from_numpy(np.asarray(X, np.int64))
+    )
     yb = torch.from_numpy(np.asarray(Y)) if np.asarray(Y).ndim == 1 else torch.from_numpy(np.asarray(Y, np.float32))
     loss = torch.nn.functional.cross_entropy(st.model(xb), yb)
     opt.zero_grad()
@@ -156,13 +166,30 @@ def _result(ctx, method, U, X, Y, forged_idx, t0, keep_arrays=False) -> AttackRe
     from .solvers import _distinct
 
     Xo = ctx.data.X[ctx.batch].reshape(b, -1)
-    distinct = _distinct(Xo, ctx.data.y[ctx.batch], np.asarray(X, np.float64).reshape(len(X), -1)
-                         .astype(ctx.data.X.dtype).astype(np.float64), np.asarray(Y))
-    dom = in_domain(X, Y, ctx.data.levels, ctx.data.num_classes, domain=ctx.data.domain) if ctx.data.vocab is None \
+    distinct = _distinct(
+        Xo,
+        ctx.data.y[ctx.batch],
+        np.asarray(X, np.float64).reshape(len(X), -1).astype(ctx.data.X.dtype).astype(np.float64),
+        np.asarray(Y),
+    )
+    dom = (
+        in_domain(X, Y, ctx.data.levels, ctx.data.num_classes, domain=ctx.data.domain)
+        if ctx.data.vocab is None
         else True
-    return AttackResult(method, len(U), len(U) / b, metrics["l2"], metrics, bool(distinct), bool(dom),
-                        time.perf_counter() - t0, [int(i) for i in forged_idx],
-                        np.asarray(X) if keep_arrays else None, np.asarray(Y) if keep_arrays else None)
+    )
+    return AttackResult(
+        method,
+        len(U),
+        len(U) / b,
+        metrics["l2"],
+        metrics,
+        bool(distinct),
+        bool(dom),
+        time.perf_counter() - t0,
+        [int(i) for i in forged_idx],
+        np.asarray(X) if keep_arrays else None,
+        np.asarray(Y) if keep_arrays else None,
+    )
 
 
 def budget_for(method: str, pool: int = 1000, candidates: int = 300, steps: int = 100) -> Dict[str, Any]:
@@ -174,8 +201,19 @@ def budget_for(method: str, pool: int = 1000, candidates: int = 300, steps: int 
     return {}
 
 
-def run_attack(method: str, ctx: StepContext, remove: Sequence[int], *, pool: int = 1000, candidates: int = 300,
-               metric: str = "l2", steps: int = 100, alpha: float = 0.5, project: bool = True, seed: int = 0) -> AttackResult:
+def run_attack(
+    method: str,
+    ctx: StepContext,
+    remove: Sequence[int],
+    *,
+    pool: int = 1000,
+    candidates: int = 300,
+    metric: str = "l2",
+    steps: int = 100,
+    alpha: float = 0.5,
+    project: bool = True,
+    seed: int = 0,
+) -> AttackResult:
     """Forges the batch of ``ctx`` so that the examples ``remove`` (dataset indices, in the batch)
     are absent. Budgets: greedy ``pool`` (n) and ``candidates`` (M); gradient matching ``steps``."""
     if method not in ATTACKS:
@@ -206,7 +244,7 @@ def run_attack(method: str, ctx: StepContext, remove: Sequence[int], *, pool: in
         need = np.concatenate([keep, P])
         G = per_example_grads(ctx.model, ctx.theta, X_t[need], y_t[need]).astype(np.float64)
         base = G[: len(keep)].sum(axis=0)
-        Gp = G[len(keep):]
+        Gp = G[len(keep) :]
         choice = np.stack([rng.choice(len(P), size=len(U), replace=False) for _ in range(candidates)])
         sums = base[None, :] + Gp[choice].sum(axis=1)
         err = np.linalg.norm(ctx.lr * (sums / b - g_target[None, :]), axis=1)
@@ -256,7 +294,7 @@ def _gradmatch(ctx, method, U, keep, g_target, steps, alpha, project, rng, t0) -
         return diff.pow(2).sum()  # ||grad' - grad||^2, unscaled (L-BFGS's tolerances are absolute)
 
     if method == "gradmatch":
-        opt = torch.optim.Adam([xhat], lr=alpha, betas=(0.9, 0.999), eps=1e-8)
+        opt: torch.optim.Optimizer = torch.optim.Adam([xhat], lr=alpha, betas=(0.9, 0.999), eps=1e-8)
         for _ in range(steps):
             opt.zero_grad()
             obj = objective()
@@ -294,7 +332,9 @@ def _exact(ctx, method, U, t0, seed) -> AttackResult:
     X = ctx.data.X[ctx.batch].reshape(len(ctx.batch), -1)
     y = ctx.data.y[ctx.batch]
     others = np.setdiff1d(np.arange(len(ctx.data)), ctx.batch)
-    Xt = ctx.data.X[np.random.default_rng(seed).choice(others, len(ctx.batch), replace=False)].reshape(len(ctx.batch), -1)
+    Xt = ctx.data.X[np.random.default_rng(seed).choice(others, len(ctx.batch), replace=False)].reshape(
+        len(ctx.batch), -1
+    )
     if method == "nullspace":
         f = E.forge_nullspace(spec, params, X, y, target=Xt)
     else:

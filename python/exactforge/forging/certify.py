@@ -26,6 +26,7 @@ Stage 2 certifies every candidate pair (B, B'):
 * ``differs``: the 200-bit difference exceeds its error bound by far; a false candidate,
   discarded.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,26 +38,35 @@ import numpy as np
 
 from ..models import native as M
 
-__all__ = ["PREC", "KEY_BITS", "ExactGradients", "exact_gradients", "certify", "LEVELS", "key_bits_for",
-           "projection_keys", "label_residues"]
+__all__ = [
+    "PREC",
+    "KEY_BITS",
+    "ExactGradients",
+    "exact_gradients",
+    "certify",
+    "LEVELS",
+    "key_bits_for",
+    "projection_keys",
+    "label_residues",
+]
 
-PREC = 200           # bits of the high-precision evaluation
-KEY_BITS = 44        # default |G| <= 2^44; ``key_bits`` lowers it for long gradients (see projection_keys)
+PREC = 200  # bits of the high-precision evaluation
+KEY_BITS = 44  # default |G| <= 2^44; ``key_bits`` lowers it for long gradients (see projection_keys)
 LEVELS = ("trivial", "exact", "numerical", "differs")
-_DIFF_BOUND = 2.0 ** -120  # far above the 200-bit evaluation error, far below any real difference seen
+_DIFF_BOUND = 2.0**-120  # far above the 200-bit evaluation error, far below any real difference seen
 
 
 @dataclass
 class ExactGradients:
     """N x P fixed-point gradients and what certification needs."""
 
-    G: np.ndarray                  # int64, round(g * 2^scale)
+    G: np.ndarray  # int64, round(g * 2^scale)
     scale: int
-    zero: np.ndarray               # bool: the example's gradient is exactly 0
-    image: np.ndarray              # int64: the example's image class (equal class: equal image part)
+    zero: np.ndarray  # bool: the example's gradient is exactly 0
+    image: np.ndarray  # int64: the example's image class (equal class: equal image part)
     label: List[Tuple[Fraction, ...]]  # exact label part of each example (length P)
-    hp: List[list]                 # the 200-bit gradient of each example (mpmath numbers)
-    ctx: object = None             # the mpmath context of hp
+    hp: List[list]  # the 200-bit gradient of each example (mpmath numbers)
+    ctx: object = None  # the mpmath context of hp
 
 
 def _mp():
@@ -68,15 +78,26 @@ def _mp():
     return ctx
 
 
-def exact_gradients(spec: M.ModelSpec, params: M.Params, images: np.ndarray, image_of: np.ndarray,
-                    labels: np.ndarray, denom: int, key_bits: int = KEY_BITS) -> ExactGradients:
+def exact_gradients(
+    spec: M.ModelSpec,
+    params: M.Params,
+    images: np.ndarray,
+    image_of: np.ndarray,
+    labels: np.ndarray,
+    denom: int,
+    key_bits: int = KEY_BITS,
+) -> ExactGradients:
     """Gradients of the loss of every example (image ``images[image_of[i]]`` with pixel values
     ``q / denom``, label ``labels[i]``), in the spec's parameter order."""
     mp = _mp()
-    W = [[[Fraction(float(v)) for v in row] for row in np.asarray(params[f"W{i}"], np.float64)]
-         for i in range(1, spec.num_layers + 1)]
-    Bs = [[Fraction(float(v)) for v in np.asarray(params[f"b{i}"], np.float64)] if spec.bias else None
-          for i in range(1, spec.num_layers + 1)]
+    W = [
+        [[Fraction(float(v)) for v in row] for row in np.asarray(params[f"W{i}"], np.float64)]
+        for i in range(1, spec.num_layers + 1)
+    ]
+    Bs = [
+        [Fraction(float(v)) for v in np.asarray(params[f"b{i}"], np.float64)] if spec.bias else None
+        for i in range(1, spec.num_layers + 1)
+    ]
     n = spec.num_classes
     per_image = []
     for q in np.asarray(images):
@@ -109,16 +130,18 @@ def exact_gradients(spec: M.ModelSpec, params: M.Params, images: np.ndarray, ima
 def _image_terms(spec, W, Bs, x, n, mp) -> Dict[str, object]:
     """Everything of an example that depends on its image only."""
     if spec.kind == "logreg":
-        z = [sum((W[0][j][k] * x[j] for j in range(len(x))), Fraction(0)) + (Bs[0][k] if spec.bias else 0)
-             for k in range(n)]
+        z = [
+            sum((W[0][j][k] * x[j] for j in range(len(x))), Fraction(0)) + (Bs[0][k] if spec.bias else 0)
+            for k in range(n)
+        ]
         return {"x": x, "p": _softmax(z, mp)}
     Hd = len(W[0][0])
-    z1 = [sum((W[0][j][k] * x[j] for j in range(len(x))), Fraction(0)) + (Bs[0][k] if spec.bias else 0)
-          for k in range(Hd)]
-    m = [1 if v > 0 else 0 for v in z1]        # exact signs: relu'(0) = 0, as in the models
+    z1 = [
+        sum((W[0][j][k] * x[j] for j in range(len(x))), Fraction(0)) + (Bs[0][k] if spec.bias else 0) for k in range(Hd)
+    ]
+    m = [1 if v > 0 else 0 for v in z1]  # exact signs: relu'(0) = 0, as in the models
     h = [v if v > 0 else Fraction(0) for v in z1]
-    z2 = [sum((W[1][j][k] * h[j] for j in range(Hd)), Fraction(0)) + (Bs[1][k] if spec.bias else 0)
-          for k in range(n)]
+    z2 = [sum((W[1][j][k] * h[j] for j in range(Hd)), Fraction(0)) + (Bs[1][k] if spec.bias else 0) for k in range(n)]
     return {"x": x, "m": m, "h": h, "p": _softmax(z2, mp)}
 
 
@@ -148,21 +171,22 @@ def _example(spec, W, t, y: int, n: int, mp) -> Tuple[list, List[Fraction], bool
     m, h = t["m"], t["h"]
     W2 = W[1]
     Hd = len(m)
-    u = [mp.fsum(mp.mpf(W2[j][k].numerator) / W2[j][k].denominator * p[k] for k in range(n)) * m[j]
-         for j in range(Hd)]                   # image part of d1 = (W2 p) * m
+    u = [
+        mp.fsum(mp.mpf(W2[j][k].numerator) / W2[j][k].denominator * p[k] for k in range(n)) * m[j] for j in range(Hd)
+    ]  # image part of d1 = (W2 p) * m
     c = [-W2[j][y] * m[j] for j in range(Hd)]  # label part of d1 = -(W2 e_y) * m
-    for j in range(len(x)):                    # W1: x d1^T
+    for j in range(len(x)):  # W1: x d1^T
         for k in range(Hd):
             img.append(x[j] * u[k] if x[j] else mp.mpf(0))
             lab.append(x[j] * c[k])
-    if spec.bias:                              # b1: d1
+    if spec.bias:  # b1: d1
         img.extend(u)
         lab.extend(c)
-    for j in range(Hd):                        # W2: h d2^T
+    for j in range(Hd):  # W2: h d2^T
         for k in range(n):
             img.append(h[j] * p[k] if h[j] else mp.mpf(0))
             lab.append(-h[j] if k == y else zero_f)
-    if spec.bias:                              # b2: d2
+    if spec.bias:  # b2: d2
         img.extend(p)
         lab.extend(Fraction(-1) if k == y else zero_f for k in range(n))
     return img, lab, (not spec.bias and not any(m))
@@ -181,8 +205,9 @@ def certify(eg: ExactGradients, a: Sequence[int], b: Sequence[int]) -> str:
         return "exact" if la == lb else "differs"
     mp = eg.ctx or _mp()
     P = len(eg.hp[0]) if eg.hp else 0
-    diff = max((abs(mp.fsum(eg.hp[i][j] for i in a) - mp.fsum(eg.hp[i][j] for i in b)) for j in range(P)),
-               default=mp.mpf(0))
+    diff = max(
+        (abs(mp.fsum(eg.hp[i][j] for i in a) - mp.fsum(eg.hp[i][j] for i in b)) for j in range(P)), default=mp.mpf(0)
+    )
     return "numerical" if diff <= _DIFF_BOUND else "differs"
 
 

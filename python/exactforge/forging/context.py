@@ -1,6 +1,7 @@
 """A logged step of an exactforge trace as the forging tools see it: the trace opened with the
 verifier's data, theta_t in the native layout, the attacks' :class:`StepContext`, and an
 exact forgery of the step with its report."""
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,9 @@ from .attacks import StepContext
 __all__ = ["open_exactforge_trace", "params_at", "step_context", "forge_step"]
 
 
-def open_exactforge_trace(path: str, dataset: Optional[Dataset] = None,
-                          data_path: Optional[str] = None) -> Tuple[Trace, ModelSpec, Dataset]:
+def open_exactforge_trace(
+    path: str, dataset: Optional[Dataset] = None, data_path: Optional[str] = None
+) -> Tuple[Trace, ModelSpec, Dataset]:
     """An exactforge model's trace (logreg or fcn, either engine) with its checked training
     data: ``dataset`` (the verifier's), else the data the trace names (``data_path`` for files)."""
     from ..verify.verifier import open_with_data
@@ -49,17 +51,37 @@ def step_context(trace: Trace, spec: ModelSpec, data: Dataset, step: int) -> Ste
     from ..models.zoo import FlatInput
 
     if not (0 <= step and step + 1 in trace.checkpoint_steps and step in trace.checkpoint_steps):
-        raise ValueError(f"--step: needs theta_T and theta_T+1 (a trace with --checkpoint-every 1); the trace has "
-                         f"{len(trace.records)} steps and checkpoints {trace.checkpoint_steps[:8]}...")
+        raise ValueError(
+            f"--step: needs theta_T and theta_T+1 (a trace with --checkpoint-every 1); the trace has "
+            f"{len(trace.records)} steps and checkpoints {trace.checkpoint_steps[:8]}..."
+        )
     theta = params_at(trace, spec, step)
     net = FlatInput(to_torch(spec, theta))  # data sets carry image shapes
-    return StepContext(net, data, native_to_flat(spec, theta), native_to_flat(spec, params_at(trace, spec, step + 1)),
-                       trace.batch(step), float(trace.manifest["lr"]), engine=trace.manifest["engine"],
-                       model_name=spec.kind, spec=spec)
+    return StepContext(
+        net,
+        data,
+        native_to_flat(spec, theta),
+        native_to_flat(spec, params_at(trace, spec, step + 1)),
+        trace.batch(step),
+        float(trace.manifest["lr"]),
+        engine=trace.manifest["engine"],
+        model_name=spec.kind,
+        spec=spec,
+    )
 
 
-def forge_step(trace: Trace, spec: ModelSpec, data: Dataset, step: int, *, method: str = "nullspace",
-               target: str = "random", scale: float = 0.1, seed: int = 0, permutations: int = 10) -> Tuple[Any, Any]:
+def forge_step(
+    trace: Trace,
+    spec: ModelSpec,
+    data: Dataset,
+    step: int,
+    *,
+    method: str = "nullspace",
+    target: str = "random",
+    scale: float = 0.1,
+    seed: int = 0,
+    permutations: int = 10,
+) -> Tuple[Any, Any]:
     """(forged batch, ForgeryReport) of an exact forgery of logged step ``step``: ``method``
     "nullspace" or "error-matrix" (logistic regression), ``target`` "random" or "nearest"
     (closest to real examples outside the batch)."""
@@ -68,8 +90,10 @@ def forge_step(trace: Trace, spec: ModelSpec, data: Dataset, step: int, *, metho
     if not 0 <= step < len(trace.records):
         raise ValueError(f"--step: the trace has steps 0..{len(trace.records) - 1}")
     if step not in trace.checkpoint_steps:
-        raise ValueError(f"--step: no checkpoint theta_{step} was logged; steps with one: "
-                         f"{trace.checkpoint_steps[:10]}{'...' if len(trace.checkpoint_steps) > 10 else ''}")
+        raise ValueError(
+            f"--step: no checkpoint theta_{step} was logged; steps with one: "
+            f"{trace.checkpoint_steps[:10]}{'...' if len(trace.checkpoint_steps) > 10 else ''}"
+        )
     params = params_at(trace, spec, step)
     idx = trace.batch(step)
     X, y = data.X[idx], data.y[idx]
@@ -77,14 +101,24 @@ def forge_step(trace: Trace, spec: ModelSpec, data: Dataset, step: int, *, metho
     others = np.setdiff1d(np.arange(len(data)), idx)
     Xt = data.X[rng.choice(others, size=len(idx), replace=len(others) < len(idx))]
     if method == "nullspace":
-        forged = E.forge_nullspace(spec, params, X, y, target="random" if target == "random" else Xt,
-                                   scale=scale, seed=seed)
+        forged = E.forge_nullspace(
+            spec, params, X, y, target="random" if target == "random" else Xt, scale=scale, seed=seed
+        )
     elif method == "error-matrix":
         if spec.kind != "logreg":
             raise ValueError("--method error-matrix: applies to logistic regression traces; use nullspace for an FCN")
         forged = E.forge_error_matrix(spec, params, X, y, target=None if target == "random" else Xt, seed=seed)
     else:
         raise ValueError(f"method: expected 'nullspace' or 'error-matrix', got {method!r}")
-    rep = E.forgery_report(spec, params, X, y, forged, lr=float(trace.manifest["lr"]), levels=data.levels,
-                           data_range=data.domain or (-math.inf, math.inf), torch_permutations=permutations)
+    rep = E.forgery_report(
+        spec,
+        params,
+        X,
+        y,
+        forged,
+        lr=float(trace.manifest["lr"]),
+        levels=data.levels,
+        data_range=data.domain or (-math.inf, math.inf),
+        torch_permutations=permutations,
+    )
     return forged, rep

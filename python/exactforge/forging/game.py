@@ -10,6 +10,7 @@ Scenarios: ``membership`` (refute membership inference of an example of the chal
 it must not be in the forged batch) and ``unlearning`` (claim an example was unlearned: every
 batch of the trace that holds it must be forged, and every forgery must pass).
 """
+
 from __future__ import annotations
 
 import time
@@ -18,10 +19,10 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .attacks import ATTACKS, StepContext, run_attack
 from ..data import Dataset, load_dataset
-from ..verify.distances import distance
 from ..report.progress import progress_bar
+from ..verify.distances import distance
+from .attacks import ATTACKS, StepContext, run_attack
 
 __all__ = ["Round", "GameResult", "Verifier", "play_game", "StealthStudy", "stealth_study"]
 
@@ -30,7 +31,7 @@ __all__ = ["Round", "GameResult", "Verifier", "play_game", "StealthStudy", "stea
 class Round:
     round: int
     steps: List[int]
-    target: int                 # dataset index of the example the adversary must remove
+    target: int  # dataset index of the example the adversary must remove
     won: bool
     reasons: List[str]
     approx_error: float
@@ -65,11 +66,19 @@ class GameResult:
 class Verifier:
     """Trains and records a trace (in memory) with the chosen engine, and calibrates epsilon."""
 
-    def __init__(self, model: str = "fcn", engine: str = "torch", data: Optional[Dataset] = None, batch_size: int = 100,
-                 steps: int = 20, lr: float = 0.01, seed: int = 0) -> None:
-        from ..trace.record import batch_schedule
+    def __init__(
+        self,
+        model: str = "fcn",
+        engine: str = "torch",
+        data: Optional[Dataset] = None,
+        batch_size: int = 100,
+        steps: int = 20,
+        lr: float = 0.01,
+        seed: int = 0,
+    ) -> None:
         from ..models.step import CONDITIONS, NATIVE_MODELS, Stepper
         from ..models.zoo import build_model
+        from ..trace.record import batch_schedule
 
         if engine not in ("torch", "native"):
             raise ValueError(f"engine: expected 'torch' or 'native', got {engine!r}")
@@ -89,8 +98,16 @@ class Verifier:
             self.states.append(self.stepper.step(self.states[-1], idx, self.cond, rng))
 
     def context(self, t: int) -> StepContext:
-        return StepContext(self.net, self.data, self.states[t], self.states[t + 1], self.batches[t], self.lr,
-                           engine=self.engine, model_name=self.model)
+        return StepContext(
+            self.net,
+            self.data,
+            self.states[t],
+            self.states[t + 1],
+            self.batches[t],
+            self.lr,
+            engine=self.engine,
+            model_name=self.model,
+        )
 
     def calibrate(self, safety_factor: float = 10.0, repeats: int = 3) -> float:
         """epsilon = safety x the largest benign reproduction error (permuted batches, one thread)."""
@@ -101,8 +118,9 @@ class Verifier:
         for t in range(len(self.batches)):
             for name in names:
                 for r in range(repeats if "permute" in name else 1):
-                    new = self.stepper.step(self.states[t], self.batches[t], CONDITIONS[name],
-                                            np.random.default_rng([self.seed, t, r]))
+                    new = self.stepper.step(
+                        self.states[t], self.batches[t], CONDITIONS[name], np.random.default_rng([self.seed, t, r])
+                    )
                     worst = max(worst, distance(new, self.states[t + 1], "l2"))
         return safety_factor * worst
 
@@ -114,19 +132,37 @@ def _judge(res, target: int, eps: float, domain_check: bool, data: Dataset) -> L
     if target in res.forged_indices:
         reasons.append("the target example is still in the forged batch")
     if domain_check and not res.in_domain:
-        where = (f"values outside [{data.domain[0]:g}, {data.domain[1]:g}]" + (f" or off its grid of {data.levels} levels"
-                 if data.levels else "") if data.domain else "no declared value range")
+        where = (
+            f"values outside [{data.domain[0]:g}, {data.domain[1]:g}]"
+            + (f" or off its grid of {data.levels} levels" if data.levels else "")
+            if data.domain
+            else "no declared value range"
+        )
         reasons.append(f"outside the data domain ({where}, or labels not one-hot)")
     if not (res.approx_error <= eps):
         reasons.append(f"approximation error {res.approx_error:.3g} > epsilon {eps:.3g}")
     return reasons
 
 
-def play_game(attack: str = "greedy", rounds: int = 10, epsilon: Union[str, float] = "auto", *, model: str = "fcn",
-              engine: str = "torch", batch_size: int = 100, steps: int = 10, lr: float = 0.01, fraction: Optional[float] = None,
-              domain_check: bool = True, scenario: str = "membership", seed: int = 0, budget: Optional[Dict[str, Any]] = None,
-              verifier: Optional[Verifier] = None, progress: bool = False,
-              data: Optional[Dataset] = None) -> GameResult:
+def play_game(
+    attack: str = "greedy",
+    rounds: int = 10,
+    epsilon: Union[str, float] = "auto",
+    *,
+    model: str = "fcn",
+    engine: str = "torch",
+    batch_size: int = 100,
+    steps: int = 10,
+    lr: float = 0.01,
+    fraction: Optional[float] = None,
+    domain_check: bool = True,
+    scenario: str = "membership",
+    seed: int = 0,
+    budget: Optional[Dict[str, Any]] = None,
+    verifier: Optional[Verifier] = None,
+    progress: bool = False,
+    data: Optional[Dataset] = None,
+) -> GameResult:
     if attack not in ATTACKS:
         raise ValueError(f"attack: expected one of {ATTACKS}, got {attack!r}")
     if scenario not in ("membership", "unlearning"):
@@ -178,12 +214,25 @@ def play_game(attack: str = "greedy", rounds: int = 10, epsilon: Union[str, floa
     wins = sum(r.won for r in out)
     from ..verify.verifier import resolution
 
-    res = float(np.median([resolution({"theta": np.asarray(st)}, v.lr)[0] for st in v.states[1:]]))
-    return GameResult(attack, v.model, v.engine, scenario, eps, source, domain_check, out, wins / len(out),
-                      time.perf_counter() - t0, res, str(np.asarray(v.states[-1]).dtype))
+    res_median = float(np.median([resolution({"theta": np.asarray(st)}, v.lr)[0] for st in v.states[1:]]))
+    return GameResult(
+        attack,
+        v.model,
+        v.engine,
+        scenario,
+        eps,
+        source,
+        domain_check,
+        out,
+        wins / len(out),
+        time.perf_counter() - t0,
+        res_median,
+        str(np.asarray(v.states[-1]).dtype),
+    )
 
 
 # -- stealth studies ---------------------------------------------------------------------------
+
 
 @dataclass
 class StealthStudy:
@@ -197,15 +246,22 @@ class StealthStudy:
     fraction_sweep: List[Dict[str, float]] = field(default_factory=list)
     across_training: List[Dict[str, float]] = field(default_factory=list)
     correlation: Dict[str, float] = field(default_factory=dict)
-    stealthy_fraction: float = 0.0   # share of all forgeries with error <= epsilon
+    stealthy_fraction: float = 0.0  # share of all forgeries with error <= epsilon
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
 
-def stealth_study(attack: str = "greedy", verifier: Optional[Verifier] = None, *, fractions: Sequence[float] = (0.01, 0.1, 0.3, 0.5, 1.0),
-                  epsilon: Optional[float] = None, seed: int = 0, budget: Optional[Dict[str, Any]] = None,
-                  out: Optional[str] = None) -> StealthStudy:
+def stealth_study(
+    attack: str = "greedy",
+    verifier: Optional[Verifier] = None,
+    *,
+    fractions: Sequence[float] = (0.01, 0.1, 0.3, 0.5, 1.0),
+    epsilon: Optional[float] = None,
+    seed: int = 0,
+    budget: Optional[Dict[str, Any]] = None,
+    out: Optional[str] = None,
+) -> StealthStudy:
     import torch
 
     from .attacks import per_example_grads
@@ -235,14 +291,25 @@ def stealth_study(attack: str = "greedy", verifier: Optional[Verifier] = None, *
         v.stepper.load(v.states[t])
         with torch.no_grad():
             loss = float(torch.nn.functional.cross_entropy(v.net(X), yv))
-        st.across_training.append({"step": t, "example": target, "approx_error": res.approx_error,
-                                   "loss": loss, "grad_norm": float(np.linalg.norm(g))})
-        losses.append(loss), norms.append(float(np.linalg.norm(g))), errs.append(res.approx_error)
+        st.across_training.append(
+            {
+                "step": t,
+                "example": target,
+                "approx_error": res.approx_error,
+                "loss": loss,
+                "grad_norm": float(np.linalg.norm(g)),
+            }
+        )
+        losses.append(loss)
+        norms.append(float(np.linalg.norm(g)))
+        errs.append(res.approx_error)
         errors.append(res.approx_error)
     if len(errs) > 2:
-        st.correlation = {"pearson_loss": float(np.corrcoef(losses, errs)[0, 1]),
-                          "pearson_grad_norm": float(np.corrcoef(norms, errs)[0, 1]),
-                          "spearman_grad_norm": float(np.corrcoef(np.argsort(np.argsort(norms)), np.argsort(np.argsort(errs)))[0, 1])}
+        st.correlation = {
+            "pearson_loss": float(np.corrcoef(losses, errs)[0, 1]),
+            "pearson_grad_norm": float(np.corrcoef(norms, errs)[0, 1]),
+            "spearman_grad_norm": float(np.corrcoef(np.argsort(np.argsort(norms)), np.argsort(np.argsort(errs)))[0, 1]),
+        }
     st.stealthy_fraction = float(np.mean(np.array(errors) <= eps))
     if out:
         _figures(st, out)
@@ -270,8 +337,15 @@ def _figures(st: StealthStudy, out: str) -> None:
         else:
             ax.plot(x[nz], y[nz], style, **kw)
         if np.any(~nz):
-            ax.plot(x[~nz], np.zeros(int(np.sum(~nz))), "v", color="tab:green", clip_on=False,
-                    transform=ax.get_xaxis_transform(), label="exactly 0 (on the axis)")
+            ax.plot(
+                x[~nz],
+                np.zeros(int(np.sum(~nz))),
+                "v",
+                color="tab:green",
+                clip_on=False,
+                transform=ax.get_xaxis_transform(),
+                label="exactly 0 (on the axis)",
+            )
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.9))
     fs = st.fraction_sweep
@@ -296,9 +370,15 @@ def _figures(st: StealthStudy, out: str) -> None:
             ax.axhline(st.epsilon, color="k", ls="--", lw=0.8, label=f"epsilon {st.epsilon:.1e}")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.suptitle(f"{st.attack} on {st.model} ({st.engine} path): " +
-                 ("below the dashed line a forgery is within epsilon" if st.epsilon > 0 else
-                  "epsilon = 0, so only an error of exactly 0 passes"), fontsize=10)
+    fig.suptitle(
+        f"{st.attack} on {st.model} ({st.engine} path): "
+        + (
+            "below the dashed line a forgery is within epsilon"
+            if st.epsilon > 0
+            else "epsilon = 0, so only an error of exactly 0 passes"
+        ),
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(os.path.join(out, f"stealth_{st.attack}.png"), dpi=110)
     plt.close(fig)

@@ -15,6 +15,7 @@ sampled true batches, the search decides whether another batch has the same grad
   gradients (e.g. the all-zero image under another label, when the model has no bias): a
   relabelling of indistinguishable examples, reported apart from forgeries.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,16 +23,29 @@ import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..models import native as M
 from .._backend.native import _core
+from ..models import native as M
 from ..report.progress import progress_bar
 
-__all__ = ["Domain", "SearchResult", "memory_needed", "MAX_BRUTE_BATCHES", "run_search_all", "MAX_ALL_BATCHES", "model_for", "per_example_gradients", "run_search", "run_table",
-           "format_table", "TABLE_V", "TABLE_B"]
+__all__ = [
+    "Domain",
+    "SearchResult",
+    "memory_needed",
+    "MAX_BRUTE_BATCHES",
+    "run_search_all",
+    "MAX_ALL_BATCHES",
+    "model_for",
+    "per_example_gradients",
+    "run_search",
+    "run_table",
+    "format_table",
+    "TABLE_V",
+    "TABLE_B",
+]
 
 TABLE_V = (2, 3, 4, 5, 6)
 TABLE_B = (1, 2, 3, 4, 5)
@@ -73,7 +87,7 @@ class Domain:
 
     @property
     def size(self) -> int:
-        return self.v ** self.d * self.n
+        return self.v**self.d * self.n
 
     def images(self) -> np.ndarray:
         """Every image as integer numerators (pixel value numerator / denominator), in product order."""
@@ -91,8 +105,11 @@ class Domain:
 def model_for(kind: str, domain: Domain, bias: bool, seed: int) -> Tuple[M.ModelSpec, M.Params]:
     if kind not in MODELS:
         raise ValueError(f"model: expected one of {MODELS}, got {kind!r}")
-    spec = (M.ModelSpec("logreg", domain.d, domain.n, (), bias, "float64") if kind == "logreg"
-            else M.ModelSpec("fcn", domain.d, domain.n, (10,), bias, "float64"))
+    spec = (
+        M.ModelSpec("logreg", domain.d, domain.n, (), bias, "float64")
+        if kind == "logreg"
+        else M.ModelSpec("fcn", domain.d, domain.n, (10,), bias, "float64")
+    )
     rng = np.random.default_rng(seed)
     params = M.check_params(spec, {k: rng.standard_normal(s) for k, s in spec.shapes().items()})
     return spec, params
@@ -120,26 +137,26 @@ class SearchResult:
     b: int
     method: str
     seed: int
-    batches: int                   # C(N, b): every batch of b distinct examples, searched for each true batch
+    batches: int  # C(N, b): every batch of b distinct examples, searched for each true batch
     true_batches: int
-    found: int                     # distinct batches with an equal gradient, certified exact or numerical
-    structural: int                # trivial ones: they differ only in zero-influence examples
-    seconds: float                 # everything after the per-example gradients: fixed point, keys, search
-    visited: int = 0               # enumerated (half-)batches
+    found: int  # distinct batches with an equal gradient, certified exact or numerical
+    structural: int  # trivial ones: they differ only in zero-influence examples
+    seconds: float  # everything after the per-example gradients: fixed point, keys, search
+    visited: int = 0  # enumerated (half-)batches
     tolerance: float = 0.0
     table_mib: float = 0.0
-    search_seconds: float = 0.0    # the native search alone (table build and enumeration)
-    forgeries: List[List[int]] = field(default_factory=list)      # up to 10, as example indices
+    search_seconds: float = 0.0  # the native search alone (table build and enumeration)
+    forgeries: List[List[int]] = field(default_factory=list)  # up to 10, as example indices
     structural_examples: List[List[int]] = field(default_factory=list)
     # certified mode (the default): the certificate of each distinct equal-gradient batch found
-    certificates: Dict[str, int] = field(default_factory=dict)    # trivial / exact / numerical
-    false_candidates: int = 0      # within the stage-1 tolerance, certified different
+    certificates: Dict[str, int] = field(default_factory=dict)  # trivial / exact / numerical
+    false_candidates: int = 0  # within the stage-1 tolerance, certified different
     batches_with_forgery: int = 0  # true batches with at least one distinct equal-gradient batch
     batches_with_nontrivial_forgery: int = 0  # ... one that is not explained by zero-influence examples
-    pairs: List[Dict[str, Any]] = field(default_factory=list)     # up to 10 per level: true batch, forgery, level
+    pairs: List[Dict[str, Any]] = field(default_factory=list)  # up to 10 per level: true batch, forgery, level
     gradient_seconds: float = 0.0  # the 200-bit per-example gradients
-    mode: str = "certified"        # certified | tolerance | custom-exact
-    levels: str = "grid"           # grey levels: grid q/(v-1) or paper floor(255 q/(v-1))/255
+    mode: str = "certified"  # certified | tolerance | custom-exact
+    levels: str = "grid"  # grey levels: grid q/(v-1) or paper floor(255 q/(v-1))/255
 
     @property
     def trivial(self) -> int:
@@ -161,7 +178,9 @@ def _fixed_point(G: np.ndarray, b: int) -> Tuple[np.ndarray, int]:
 
 
 def _keys(Gi: np.ndarray, seed: int) -> np.ndarray:
-    r = np.random.default_rng([seed, 0x5EA7C4]).integers(0, 2**63, Gi.shape[1], dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    r = np.random.default_rng([seed, 0x5EA7C4]).integers(0, 2**63, Gi.shape[1], dtype=np.uint64) * np.uint64(
+        2
+    ) + np.uint64(1)
     with np.errstate(over="ignore"):
         return (Gi.astype(np.uint64) * r[None, :]).sum(axis=1, dtype=np.uint64)
 
@@ -178,8 +197,9 @@ def _check_cell(model: str, b: Any) -> None:
 MAX_BRUTE_BATCHES = 10**11
 
 
-def memory_needed(model: str, domain: Domain, b: int, method: str, tolerance: float = 0.0,
-                  true_batches: int = 1) -> int:
+def memory_needed(
+    model: str, domain: Domain, b: int, method: str, tolerance: float = 0.0, true_batches: int = 1
+) -> int:
     """Bytes a search allocates at its peak, every allocation counted: the examples, the
     per-example gradients (float64, their outer-product temporaries, the fixed-point copy and the
     native copy), the keys, and the meet-in-the-middle table or the tolerance mode's sorted
@@ -196,11 +216,26 @@ def memory_needed(model: str, domain: Domain, b: int, method: str, tolerance: fl
     return int(need)
 
 
-def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int = 3, *, seed: int = 0,
-               bias: bool = True, method: str = "mitm", true_batches: int = 3, tolerance: float = 0.0,
-               threads: Optional[int] = None, max_memory_mib: float = 4096, progress: bool = False,
-               planted: Optional[Sequence[Sequence[int]]] = None, gradients: Optional[np.ndarray] = None,
-               max_batches: int = MAX_BRUTE_BATCHES, levels: str = "grid") -> SearchResult:
+def run_search(
+    model: str = "logreg",
+    d: int = 4,
+    n: int = 3,
+    v: int = 3,
+    b: int = 3,
+    *,
+    seed: int = 0,
+    bias: bool = True,
+    method: str = "mitm",
+    true_batches: int = 3,
+    tolerance: float = 0.0,
+    threads: Optional[int] = None,
+    max_memory_mib: float = 4096,
+    progress: bool = False,
+    planted: Optional[Sequence[Sequence[int]]] = None,
+    gradients: Optional[np.ndarray] = None,
+    max_batches: int = MAX_BRUTE_BATCHES,
+    levels: str = "grid",
+) -> SearchResult:
     """Searches every batch of b distinct examples of the domain for one whose gradient equals a
     sampled true batch's. ``planted`` gives the true batches instead of sampling them;
     ``gradients`` (N x P) replaces the model's (tests plant equal-gradient pairs this way).
@@ -216,23 +251,34 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
         raise ValueError(f"tolerance: expected a finite number >= 0, got {tolerance!r}")
     if not (isinstance(max_memory_mib, (int, float)) and math.isfinite(max_memory_mib) and max_memory_mib > 0):
         raise ValueError(f"max_memory_mib: expected a finite positive number of MiB, got {max_memory_mib!r}")
-    if planted is None and (isinstance(true_batches, bool) or not isinstance(true_batches, (int, np.integer))
-                            or true_batches < 1):
+    if planted is None and (
+        isinstance(true_batches, bool) or not isinstance(true_batches, (int, np.integer)) or true_batches < 1
+    ):
         raise ValueError(f"true_batches: expected a positive number of true batches, got {true_batches!r}")
     threads = check_threads(threads)
     dom = Domain(d, n, v, levels)
     if b > dom.size:
         raise ValueError(f"b: the domain has only {dom.size} examples")
-    need = memory_needed(model if gradients is None else "fcn10", dom, b, method, tolerance,
-                         len(planted) if planted is not None else int(true_batches))
+    need = memory_needed(
+        model if gradients is None else "fcn10",
+        dom,
+        b,
+        method,
+        tolerance,
+        len(planted) if planted is not None else int(true_batches),
+    )
     if need > max_memory_mib * 2**20:
-        raise ValueError(f"memory: this search (N = {dom.size} examples, b = {b}, {method}) needs about "
-                         f"{need / 2**20:.0f} MiB, above the bound of {max_memory_mib:.0f} MiB; raise --max-memory or "
-                         "choose a smaller cell")
+        raise ValueError(
+            f"memory: this search (N = {dom.size} examples, b = {b}, {method}) needs about "
+            f"{need / 2**20:.0f} MiB, above the bound of {max_memory_mib:.0f} MiB; raise --max-memory or "
+            "choose a smaller cell"
+        )
     total = int(_core.choose(dom.size, b))
     if method == "brute" and tolerance == 0 and total > max_batches:
-        raise ValueError(f"max_batches: brute force would visit {total:.3g} batches per true batch, above the bound "
-                         f"of {max_batches:.3g}; use --method mitm, or raise --max-batches to run it anyway")
+        raise ValueError(
+            f"max_batches: brute force would visit {total:.3g} batches per true batch, above the bound "
+            f"of {max_batches:.3g}; use --method mitm, or raise --max-batches to run it anyway"
+        )
     eg = None
     t_grad = time.perf_counter()
     if gradients is None and tolerance == 0:
@@ -262,19 +308,39 @@ def run_search(model: str = "logreg", d: int = 4, n: int = 3, v: int = 3, b: int
         from .certify import projection_keys
 
         keys, ktol, shift = projection_keys(eg.G, b, seed)
-        found_sets, visited, mib, t_native = _native_search(eg.G, keys.view(np.uint64), truths, b, method, threads,
-                                                            max_memory_mib, progress, ktol, b, shift)
+        found_sets, visited, mib, t_native = _native_search(
+            eg.G, keys.view(np.uint64), truths, b, method, threads, max_memory_mib, progress, ktol, b, shift
+        )
         mode = "certified"
     else:
         Gi, _ = _fixed_point(G, b)
-        found_sets, visited, mib, t_native = _native_search(Gi, _keys(Gi, seed), truths, b, method, threads,
-                                                            max_memory_mib, progress)
+        found_sets, visited, mib, t_native = _native_search(
+            Gi, _keys(Gi, seed), truths, b, method, threads, max_memory_mib, progress
+        )
         mode = "custom-exact"
     secs = time.perf_counter() - t0
-    res = SearchResult(model if gradients is None else "custom", bias, d, n, v, b, method, seed,
-                       int(_core.choose(dom.size, b)), len(truths), 0, 0, secs, int(visited), tolerance, mib,
-                       search_seconds=t_native if t_native is not None else secs, gradient_seconds=t_grad, mode=mode,
-                       levels=levels)
+    res = SearchResult(
+        model if gradients is None else "custom",
+        bias,
+        d,
+        n,
+        v,
+        b,
+        method,
+        seed,
+        int(_core.choose(dom.size, b)),
+        len(truths),
+        0,
+        0,
+        secs,
+        int(visited),
+        tolerance,
+        mib,
+        search_seconds=t_native if t_native is not None else secs,
+        gradient_seconds=t_grad,
+        mode=mode,
+        levels=levels,
+    )
     with_forgery, nontrivial = set(), set()
     from .certify import certify
 
@@ -320,8 +386,9 @@ def _exact_gradients_cached(model: str, d: int, n: int, v: int, bias: bool, seed
     imgs = dom.images()
     image_of = np.repeat(np.arange(len(imgs)), n)
     labels = np.tile(np.arange(n), len(imgs))
-    return exact_gradients(spec, params, imgs, image_of, labels, dom.denominator,
-                           key_bits=key_bits_for(spec.num_params, 6))
+    return exact_gradients(
+        spec, params, imgs, image_of, labels, dom.denominator, key_bits=key_bits_for(spec.num_params, 6)
+    )
 
 
 def _native_search(Gi, keys, truths, b, method, threads, max_memory_mib, progress, key_tol=0, coord_tol=0, shift=0):
@@ -338,14 +405,26 @@ def _native_search(Gi, keys, truths, b, method, threads, max_memory_mib, progres
     if nblocks > 1:  # blocks of first indices with about equal work: C(N - a - 1, h1 - 1) start at a
         work = np.array([_core.choose(N - a - 1, h1 - 1) for a in range(N)], dtype=np.float64)
         cum = np.cumsum(work)
-        bounds = np.unique(np.searchsorted(cum, np.linspace(0, cum[-1], nblocks + 1)[1:], side="left").clip(0, N - 1) + 1)
+        bounds = np.unique(
+            np.searchsorted(cum, np.linspace(0, cum[-1], nblocks + 1)[1:], side="left").clip(0, N - 1) + 1
+        )
     else:
         bounds = np.array([N])
     bar = progress_bar(total, progress, f"{method} b={b}", "probe", unit_scale=True)
     found, visited = [], 0
     t_native = time.perf_counter()
-    handle = _core.SearchHandle(Gi, keys, targets, tkeys, b, method, int(max_memory_mib * 2**20),
-                                key_tol=int(key_tol), coord_tol=int(coord_tol), shift=int(shift))
+    handle = _core.SearchHandle(
+        Gi,
+        keys,
+        targets,
+        tkeys,
+        b,
+        method,
+        int(max_memory_mib * 2**20),
+        key_tol=int(key_tol),
+        coord_tol=int(coord_tol),
+        shift=int(shift),
+    )
     a0 = 0
     for a1 in bounds:
         a1 = int(min(a1, N))
@@ -420,12 +499,25 @@ def _chunks(it, size):
         yield buf
 
 
-def run_table(models: Sequence[str] = MODELS, biases: Sequence[bool] = (True, False), vs: Sequence[int] = TABLE_V,
-              bs: Sequence[int] = TABLE_B, *, d: int = 4, n: int = 3, seed: int = 0, true_batches: int = 3,
-              method: str = "mitm", threads: Optional[int] = None, max_memory_mib: float = 4096,
-              progress: bool = False, max_batches: int = MAX_BRUTE_BATCHES, levels: str = "grid",
-              all_cells: bool = False, on_cell: Optional[Callable[[SearchResult, int, int], None]] = None
-              ) -> List[SearchResult]:
+def run_table(
+    models: Sequence[str] = MODELS,
+    biases: Sequence[bool] = (True, False),
+    vs: Sequence[int] = TABLE_V,
+    bs: Sequence[int] = TABLE_B,
+    *,
+    d: int = 4,
+    n: int = 3,
+    seed: int = 0,
+    true_batches: int = 3,
+    method: str = "mitm",
+    threads: Optional[int] = None,
+    max_memory_mib: float = 4096,
+    progress: bool = False,
+    max_batches: int = MAX_BRUTE_BATCHES,
+    levels: str = "grid",
+    all_cells: bool = False,
+    on_cell: Optional[Callable[[SearchResult, int, int], None]] = None,
+) -> List[SearchResult]:
     """Every cell of the grid; with ``all_cells``, cells of at most MAX_ALL_BATCHES batches take
     every batch as a true batch (complete counts) and larger ones are sampled. ``on_cell(result,
     done, total)`` is called as each cell finishes (the whole grid takes about an hour)."""
@@ -436,13 +528,39 @@ def run_table(models: Sequence[str] = MODELS, biases: Sequence[bool] = (True, Fa
             for v in vs:
                 for b in bs:
                     if all_cells and _core.choose(Domain(d, n, v).size, b) <= MAX_ALL_BATCHES:
-                        out.append(run_search_all(model, d, n, v, b, seed=seed, bias=bias, levels=levels,
-                                                  threads=threads, max_memory_mib=max_memory_mib))
+                        out.append(
+                            run_search_all(
+                                model,
+                                d,
+                                n,
+                                v,
+                                b,
+                                seed=seed,
+                                bias=bias,
+                                levels=levels,
+                                threads=threads,
+                                max_memory_mib=max_memory_mib,
+                            )
+                        )
                     else:
-                        out.append(run_search(model, d, n, v, b, seed=seed, bias=bias, method=method,
-                                              true_batches=true_batches, threads=threads,
-                                              max_memory_mib=max_memory_mib, progress=progress,
-                                              max_batches=max_batches, levels=levels))
+                        out.append(
+                            run_search(
+                                model,
+                                d,
+                                n,
+                                v,
+                                b,
+                                seed=seed,
+                                bias=bias,
+                                method=method,
+                                true_batches=true_batches,
+                                threads=threads,
+                                max_memory_mib=max_memory_mib,
+                                progress=progress,
+                                max_batches=max_batches,
+                                levels=levels,
+                            )
+                        )
                     if on_cell is not None:
                         on_cell(out[-1], len(out), total)
     return out
@@ -461,10 +579,13 @@ def format_table(results: Sequence[SearchResult]) -> str:
         vs = sorted({r.v for r in rs})
         cell = {(r.v, r.b): r for r in rs}
         sampled = sorted({r.true_batches for r in rs if r.method != "all"})
-        how = (f"{sampled[0]} sampled true batches per cell" if sampled else "") + \
-            ("; cells marked * take every batch as a true batch" if any(r.method == "all" for r in rs) else "")
-        lines.append(f"\n{model}, {'with' if bias else 'without'} bias ({how.lstrip('; ')}; cell: batches per true batch / true "
-                     "batches with a forgery / forgeries found: exact, numerical, trivial / seconds)\n")
+        how = (f"{sampled[0]} sampled true batches per cell" if sampled else "") + (
+            "; cells marked * take every batch as a true batch" if any(r.method == "all" for r in rs) else ""
+        )
+        lines.append(
+            f"\n{model}, {'with' if bias else 'without'} bias ({how.lstrip('; ')}; cell: batches per true batch / true "
+            "batches with a forgery / forgeries found: exact, numerical, trivial / seconds)\n"
+        )
         lines.append("| v \\ b | " + " | ".join(str(b) for b in bs) + " |")
         lines.append("|---|" + "---|" * len(bs))
         for v in vs:
@@ -476,8 +597,10 @@ def format_table(results: Sequence[SearchResult]) -> str:
                     continue
                 c = r.certificates
                 star = "*" if r.method == "all" else ""
-                row.append(f"{r.batches:.3g}{star} / {r.batches_with_forgery} / {c.get('exact', 0)}e "
-                           f"{c.get('numerical', 0)}n {c.get('trivial', 0)}t / {r.seconds:.2f}s")
+                row.append(
+                    f"{r.batches:.3g}{star} / {r.batches_with_forgery} / {c.get('exact', 0)}e "
+                    f"{c.get('numerical', 0)}n {c.get('trivial', 0)}t / {r.seconds:.2f}s"
+                )
             lines.append(f"| {v} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -490,9 +613,20 @@ def format_table(results: Sequence[SearchResult]) -> str:
 MAX_ALL_BATCHES = 10**10
 
 
-def run_search_all(model: str = "logreg", d: int = 4, n: int = 3, v: int = 2, b: int = 3, *, seed: int = 0,
-                   bias: bool = True, levels: str = "grid", max_batches: int = MAX_ALL_BATCHES,
-                   threads: Optional[int] = None, max_memory_mib: float = 4096) -> SearchResult:
+def run_search_all(
+    model: str = "logreg",
+    d: int = 4,
+    n: int = 3,
+    v: int = 2,
+    b: int = 3,
+    *,
+    seed: int = 0,
+    bias: bool = True,
+    levels: str = "grid",
+    max_batches: int = MAX_ALL_BATCHES,
+    threads: Optional[int] = None,
+    max_memory_mib: float = 4096,
+) -> SearchResult:
     """``--all``: every batch of b distinct examples is a true batch. Counts the batches that have
     at least one distinct batch with an equal gradient (``batches_with_forgery``; trivial ones
     included), those whose forgeries are all trivial (``structural``/``trivial``), and the
@@ -501,8 +635,8 @@ def run_search_all(model: str = "logreg", d: int = 4, n: int = 3, v: int = 2, b:
     Zero-influence examples are counted, not enumerated: a batch is a set R of the other
     examples plus k of the z zero ones, and the C(z, k) batches sharing R are trivial forgeries
     of each other (0 < k < z)."""
-    from .certify import certify, label_residues, projection_keys
     from ..reduce import check_threads
+    from .certify import certify, label_residues, projection_keys
 
     _check_cell(model, b)
     threads = check_threads(threads)
@@ -511,8 +645,10 @@ def run_search_all(model: str = "logreg", d: int = 4, n: int = 3, v: int = 2, b:
     dom = Domain(d, n, v, levels)
     total = int(_core.choose(dom.size, b))
     if total > max_batches:
-        raise ValueError(f"--all: the cell has {total:.3g} batches, above the bound of {max_batches:.3g} for "
-                         "enumerating every batch; sample true batches (--true-batches) instead")
+        raise ValueError(
+            f"--all: the cell has {total:.3g} batches, above the bound of {max_batches:.3g} for "
+            "enumerating every batch; sample true batches (--true-batches) instead"
+        )
     t_grad = time.perf_counter()
     eg = _exact_gradients_cached(model, d, n, v, bias, seed, levels)
     t_grad = time.perf_counter() - t_grad
@@ -527,8 +663,22 @@ def run_search_all(model: str = "logreg", d: int = 4, n: int = 3, v: int = 2, b:
         raise ValueError(f"--all: {len(rows)} examples are too many to enumerate every batch")
     keys2, tol2, _ = projection_keys(eg.G[rows], b, seed + 1)
     lab, moduli = label_residues(eg, rows.tolist(), b)
-    found = _core.all_pairs(keys[order], eg.G[rows], eg.image[rows].astype(np.int32), lab, moduli, b, z, tol, b,
-                            int(max_memory_mib * 2**20), 1_000_000, int(threads or 0), keys2=keys2, key2_tol=tol2)
+    found = _core.all_pairs(
+        keys[order],
+        eg.G[rows],
+        eg.image[rows].astype(np.int32),
+        lab,
+        moduli,
+        b,
+        z,
+        tol,
+        b,
+        int(max_memory_mib * 2**20),
+        1_000_000,
+        int(threads or 0),
+        keys2=keys2,
+        key2_tol=tol2,
+    )
     bits = found["bits"]
     mask = (1 << bits) - 1
 
@@ -537,8 +687,25 @@ def run_search_all(model: str = "logreg", d: int = 4, n: int = 3, v: int = 2, b:
         return sorted([int(rows[(cid >> (3 + bits * i)) & mask]) for i in range(b - k)] + zeros[:k].tolist())
 
     weight = [math.comb(z, k) for k in range(b + 1)]
-    res = SearchResult(model, bias, d, n, v, b, "all", seed, total, total, 0, 0, 0.0, visited=int(found["records"]),
-                       gradient_seconds=t_grad, mode="certified-all", levels=levels)
+    res = SearchResult(
+        model,
+        bias,
+        d,
+        n,
+        v,
+        b,
+        "all",
+        seed,
+        total,
+        total,
+        0,
+        0,
+        0.0,
+        visited=int(found["records"]),
+        gradient_seconds=t_grad,
+        mode="certified-all",
+        levels=levels,
+    )
     res.false_candidates = int(found["false_candidates"])
     # trivial: every class (R, k) with 0 < k < z holds C(z, k) >= 2 batches, pairwise trivial
     trivial_pool = sum(math.comb(len(rows), b - k) * weight[k] for k in range(1, min(b, z - 1) + 1))
@@ -561,8 +728,9 @@ def run_search_all(model: str = "logreg", d: int = 4, n: int = 3, v: int = 2, b:
     if len(extra):
         extra = extra[~np.isin(extra, members)]
     # classes (R, k) with a non-trivial partner, counted per k; each stands for C(z, k) batches
-    per_k = np.bincount(np.concatenate([members & np.uint64(7), extra & np.uint64(7)]).astype(np.int64),
-                        minlength=b + 1)
+    per_k = np.bincount(
+        np.concatenate([members & np.uint64(7), extra & np.uint64(7)]).astype(np.int64), minlength=b + 1
+    )
     nontrivial_batches = sum(int(c) * weight[k] for k, c in enumerate(per_k))
     nontrivial_mid = sum(int(c) * weight[k] for k, c in enumerate(per_k) if 0 < k < z)
     res.batches_with_forgery = trivial_pool + nontrivial_batches - nontrivial_mid
@@ -579,8 +747,13 @@ def run_search_all(model: str = "logreg", d: int = 4, n: int = 3, v: int = 2, b:
     for k in range(1, min(b, z - 1) + 1):  # trivial examples: R with the first k zeros, then with the next ones
         if sum(p["level"] == "trivial" for p in res.pairs) >= 10 or len(rows) < b - k:
             break
-        R = sorted(int(r) for r in rows[:b - k])
-        res.pairs.append({"true": sorted(R + zeros[:k].tolist()), "forgery": sorted(R + zeros[1:k + 1].tolist()),
-                          "level": "trivial"})
+        R = sorted(int(r) for r in rows[: b - k])
+        res.pairs.append(
+            {
+                "true": sorted(R + zeros[:k].tolist()),
+                "forgery": sorted(R + zeros[1 : k + 1].tolist()),
+                "level": "trivial",
+            }
+        )
     res.seconds = res.search_seconds = time.perf_counter() - t0
     return res

@@ -16,6 +16,7 @@ Notation of the papers (MATH.md section 4): examples are the *columns* of X (d0 
 * ``forgery_report``: distinctness, domain, approximation error against reproduction error.
 * ``search_in_domain``: box-constrained LP and on-grid MILP (HiGHS) for small instances.
 """
+
 from __future__ import annotations
 
 import time
@@ -26,13 +27,28 @@ import numpy as np
 
 from ..models import native as M
 
-__all__ = ["fcn_perturbation_basis", "kronecker_nullspace", "kronecker_project", "paper_bound",
-           "ForgedBatch", "forge_nullspace", "forge_nullspace_batched", "forge_error_matrix", "forge_onehot",
-           "B1Analysis", "b1_analysis", "ForgeryReport", "forgery_report", "DomainSearch", "search_in_domain",
-           "gradient"]
+__all__ = [
+    "fcn_perturbation_basis",
+    "kronecker_nullspace",
+    "kronecker_project",
+    "paper_bound",
+    "ForgedBatch",
+    "forge_nullspace",
+    "forge_nullspace_batched",
+    "forge_error_matrix",
+    "forge_onehot",
+    "B1Analysis",
+    "b1_analysis",
+    "ForgeryReport",
+    "forgery_report",
+    "DomainSearch",
+    "search_in_domain",
+    "gradient",
+]
 
 
 # -- linear algebra ------------------------------------------------------------------------
+
 
 def _rank_split(A: np.ndarray, rtol: Optional[float]) -> Tuple[np.ndarray, int]:
     """Left singular vectors of A (full) and its numerical rank. The left basis is complete
@@ -43,7 +59,9 @@ def _rank_split(A: np.ndarray, rtol: Optional[float]) -> Tuple[np.ndarray, int]:
     return U, int(np.sum(s > tol))
 
 
-def fcn_perturbation_basis(W1: np.ndarray, D1: np.ndarray, rtol: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
+def fcn_perturbation_basis(
+    W1: np.ndarray, D1: np.ndarray, rtol: Optional[float] = None
+) -> Tuple[np.ndarray, np.ndarray]:
     """Orthonormal bases U (d0 x (d0 - rank W1)) of null(W1^T) and V (b x (b - rank D1)) of
     null(D1^T): the exact forgeries of a batch are X + U C V^T for any C. Two SVDs."""
     W1 = np.asarray(W1, dtype=np.float64)
@@ -87,6 +105,7 @@ def kronecker_project(W1: np.ndarray, D1: np.ndarray, F: np.ndarray) -> np.ndarr
 
 # -- forgeries ------------------------------------------------------------------------------
 
+
 @dataclass
 class ForgedBatch:
     """A forged batch: inputs X (b x d, rows) and labels Y (b class indices, or b x n vectors)."""
@@ -105,15 +124,24 @@ def _layer1(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.ndarray) -
     return p64["W1"], pe.errors[0]
 
 
-def forge_nullspace(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.ndarray, *,
-                    target: Any = "random", scale: float = 0.1, seed: int = 0, rtol: Optional[float] = None) -> ForgedBatch:
+def forge_nullspace(
+    spec: M.ModelSpec,
+    params: M.Params,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    target: Any = "random",
+    scale: float = 0.1,
+    seed: int = 0,
+    rtol: Optional[float] = None,
+) -> ForgedBatch:
     """An exact forgery of the batch (X rows, labels y unchanged) by a nullspace perturbation.
 
     ``target``: "random" (C with i.i.d. normal entries, scaled so the largest |P| is ``scale``),
     or a b x d array of real examples X_t: the forgery closest to them,
     X' = X + U U^T (X_t - X) V V^T (in column form)."""
     W1, D1 = _layer1(spec, params, X, y)
-    Xc = np.asarray(X, np.float64).T                               # d0 x b
+    Xc = np.asarray(X, np.float64).T  # d0 x b
     Uw, rw = _rank_split(W1, rtol)
     Ud, rd = _rank_split(D1, rtol)
     d0, b = Xc.shape
@@ -138,8 +166,13 @@ def forge_nullspace(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.nd
             E = E - Qw @ (Qw.T @ E)
             P = E - (E @ Qd) @ Qd.T
         how = "nearest"
-    info = {"nullity": int(nullity), "paper_bound": int(paper_bound(d0, W1.shape[1], b)),
-            "rank_W1": rw, "rank_D1": rd, "target": how}
+    info = {
+        "nullity": int(nullity),
+        "paper_bound": int(paper_bound(d0, W1.shape[1], b)),
+        "rank_W1": rw,
+        "rank_D1": rd,
+        "target": how,
+    }
     return ForgedBatch((Xc + P).T.copy(), np.asarray(y).copy(), "nullspace", info)
 
 
@@ -171,9 +204,17 @@ def gradient(spec: M.ModelSpec, params: M.Params, X: np.ndarray, Y: np.ndarray, 
     return M.flatten(s, g)
 
 
-def forge_error_matrix(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.ndarray, *,
-                       target: Any = None, v: Optional[np.ndarray] = None, seed: int = 0,
-                       max_tries: int = 20) -> ForgedBatch:
+def forge_error_matrix(
+    spec: M.ModelSpec,
+    params: M.Params,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    target: Any = None,
+    v: Optional[np.ndarray] = None,
+    seed: int = 0,
+    max_tries: int = 20,
+) -> ForgedBatch:
     """Logistic regression, Proposition 3: sample an error matrix D' (b x n) with zero row sums
     (and, with a bias, the same column sums as D, by adding a doubly centred perturbation),
     solve X' D' = b G for the inputs (least norm, or nearest to ``target``, a b x d batch), and
@@ -184,7 +225,7 @@ def forge_error_matrix(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np
     Xr = np.asarray(X, np.float64)
     b, n = Xr.shape[0], spec.num_classes
     _, D = _layer1(spec, params, Xr, y)
-    G = Xr.T @ D / b                                               # d x n (the mean gradient)
+    G = Xr.T @ D / b  # d x n (the mean gradient)
     rG = np.linalg.matrix_rank(G)
     rng = np.random.default_rng(seed)
     scale = float(np.std(D)) or 1.0
@@ -192,7 +233,7 @@ def forge_error_matrix(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np
         E = rng.standard_normal((b, n)) * scale
         E = E - E.mean(axis=1, keepdims=True)
         if spec.bias:
-            E = E - E.mean(axis=0, keepdims=True)                  # keeps column sums: bias grad
+            E = E - E.mean(axis=0, keepdims=True)  # keeps column sums: bias grad
             Dp = D + E
         else:
             Dp = E
@@ -202,22 +243,38 @@ def forge_error_matrix(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np
         raise RuntimeError("could not sample an error matrix of sufficient rank")
     pinv = np.linalg.pinv(Dp)
     if target is None:
-        Xp = (b * G) @ pinv                                        # d x b, least norm
+        Xp = (b * G) @ pinv  # d x b, least norm
     else:
         Xt = np.asarray(target, np.float64).T
         Xp = Xt + (b * G - Xt @ Dp) @ pinv
-    Xf = Xp.T                                                      # b x d rows
+    Xf = Xp.T  # b x d rows
     z = Xf @ W + (np.asarray(params["b1"], np.float64) if spec.bias else 0.0)
     zs = z - z.max(axis=1, keepdims=True)
     S = np.exp(zs) / np.exp(zs).sum(axis=1, keepdims=True)
     vv = np.ones(b) if v is None else np.asarray(v, np.float64)
     Yf = S * vv[:, None] - Dp
-    return ForgedBatch(Xf, Yf, "error-matrix", {"rank_G": int(rG), "rank_D": int(np.linalg.matrix_rank(Dp)),
-                                                 "target": "least-norm" if target is None else "nearest"})
+    return ForgedBatch(
+        Xf,
+        Yf,
+        "error-matrix",
+        {
+            "rank_G": int(rG),
+            "rank_D": int(np.linalg.matrix_rank(Dp)),
+            "target": "least-norm" if target is None else "nearest",
+        },
+    )
 
 
-def forge_onehot(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.ndarray, *, labels: Optional[np.ndarray] = None,
-                 start: Optional[np.ndarray] = None, max_nfev: int = 200) -> ForgedBatch:
+def forge_onehot(
+    spec: M.ModelSpec,
+    params: M.Params,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    labels: Optional[np.ndarray] = None,
+    start: Optional[np.ndarray] = None,
+    max_nfev: int = 200,
+) -> ForgedBatch:
     """Logistic regression with the labels fixed to one-hot ``labels`` (default: the original
     ones): solve the gradient equations for the inputs by nonlinear least squares from ``start``
     (default: the batch itself shifted towards other real data is the caller's choice). The
@@ -238,11 +295,16 @@ def forge_onehot(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.ndarr
         return M.flatten(spec64, g) - g0
 
     sol = least_squares(resid, x0, method="trf", max_nfev=max_nfev, xtol=1e-15, ftol=1e-15, gtol=1e-15)
-    return ForgedBatch(sol.x.reshape(Xr.shape), lab.copy(), "onehot-lsq",
-                       {"residual_l2": float(np.linalg.norm(sol.fun)), "nfev": int(sol.nfev)})
+    return ForgedBatch(
+        sol.x.reshape(Xr.shape),
+        lab.copy(),
+        "onehot-lsq",
+        {"residual_l2": float(np.linalg.norm(sol.fun)), "nfev": int(sol.nfev)},
+    )
 
 
 # -- b = 1 ----------------------------------------------------------------------------------
+
 
 @dataclass
 class B1Analysis:
@@ -254,7 +316,7 @@ class B1Analysis:
     statement: str
     family: str
     distinct_onehot_forgery_exists: bool
-    min_onehot_gap: float          # min over the c grid, |c - 1| >= exclude, of the distance of y'(c) to a one-hot vector
+    min_onehot_gap: float  # min over the c grid, |c - 1| >= exclude, of the distance of y'(c) to a one-hot vector
     c_at_min: float
 
 
@@ -277,35 +339,68 @@ def _dead_set_has_another_point(W1: np.ndarray, b1: Optional[np.ndarray], x: np.
     return False
 
 
-def b1_analysis(spec: M.ModelSpec, params: M.Params, x: np.ndarray, y: int,
-                c_grid: Optional[np.ndarray] = None, exclude: float = 0.05) -> B1Analysis:
+def b1_analysis(
+    spec: M.ModelSpec,
+    params: M.Params,
+    x: np.ndarray,
+    y: int,
+    c_grid: Optional[np.ndarray] = None,
+    exclude: float = 0.05,
+) -> B1Analysis:
     """Proposition 1 for one example, including the degenerate cases where an example has no
     or little influence: x = 0 without a bias (its gradient is 0 for every label), and an FCN
     input that leaves every ReLU dead (the gradient then no longer depends on x)."""
     x = np.asarray(x, np.float64).reshape(1, -1)
     W = np.asarray(params["W1"], np.float64)
     if spec.kind == "logreg" and not spec.bias and not np.any(x):
-        return B1Analysis("x = 0 without a bias: the gradient x (p - e_y)^T is 0 for every label, so (0, y') "
-                          "with y' != y is a distinct forgery (a trivial one)", "(0, any label)", True, 0.0, float("nan"))
+        return B1Analysis(
+            "x = 0 without a bias: the gradient x (p - e_y)^T is 0 for every label, so (0, y') "
+            "with y' != y is a distinct forgery (a trivial one)",
+            "(0, any label)",
+            True,
+            0.0,
+            float("nan"),
+        )
     if spec.kind == "fcn":
         b1 = np.asarray(params["b1"], np.float64) if spec.bias else None
         z1 = x.ravel() @ W + (b1 if b1 is not None else 0.0)
         if np.all(z1 <= 0):
             if not spec.bias:
-                return B1Analysis("every ReLU is dead and there is no bias: the gradient is 0 for every label, so "
-                                  "(x, y') with y' != y is a distinct forgery, and so is any other input that "
-                                  "leaves every ReLU dead", "(x' with W1^T x' <= 0, any label)", True, 0.0, float("nan"))
+                return B1Analysis(
+                    "every ReLU is dead and there is no bias: the gradient is 0 for every label, so "
+                    "(x, y') with y' != y is a distinct forgery, and so is any other input that "
+                    "leaves every ReLU dead",
+                    "(x' with W1^T x' <= 0, any label)",
+                    True,
+                    0.0,
+                    float("nan"),
+                )
             other = bool(np.all(z1 < 0)) or _dead_set_has_another_point(W, b1, x.ravel())
-            return B1Analysis("every ReLU is dead: the gradient is (0, 0, 0, softmax(b_2) - e_y), the same for every "
-                              "input that leaves every ReLU dead, with the same label"
-                              + ("" if other else "; here no other input does"),
-                              "(x' with W1^T x' + b1 <= 0, y)", other, 0.0 if other else float("inf"), float("nan"))
+            return B1Analysis(
+                "every ReLU is dead: the gradient is (0, 0, 0, softmax(b_2) - e_y), the same for every "
+                "input that leaves every ReLU dead, with the same label"
+                + ("" if other else "; here no other input does"),
+                "(x' with W1^T x' + b1 <= 0, y)",
+                other,
+                0.0 if other else float("inf"),
+                float("nan"),
+            )
     if spec.bias:
-        return B1Analysis("grad b1 = d1 and grad W1 = x d1^T force x' = x: no distinct forgery, one-hot or not",
-                          "x' = x only", False, float("inf"), 1.0)
+        return B1Analysis(
+            "grad b1 = d1 and grad W1 = x d1^T force x' = x: no distinct forgery, one-hot or not",
+            "x' = x only",
+            False,
+            float("inf"),
+            1.0,
+        )
     if spec.kind != "logreg":
-        return B1Analysis("grad W1 = x d1^T forces x' = c x; Proposition 1 (main paper) rules out one-hot labels",
-                          "x' = c x", False, float("nan"), float("nan"))
+        return B1Analysis(
+            "grad W1 = x d1^T forces x' = c x; Proposition 1 (main paper) rules out one-hot labels",
+            "x' = c x",
+            False,
+            float("nan"),
+            float("nan"),
+        )
     c_grid = np.linspace(-5, 5, 2001) if c_grid is None else np.asarray(c_grid, np.float64)
     z = x @ W
     s = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
@@ -321,25 +416,31 @@ def b1_analysis(spec: M.ModelSpec, params: M.Params, x: np.ndarray, y: int,
         gap = float(np.min(np.linalg.norm(np.eye(len(yp)) - yp, axis=1)))
         if gap < best:
             best, best_c = gap, float(c)
-    return B1Analysis("no bias: x' = c x with soft labels y'(c) = softmax(c W^T x) - d/c; one-hot only at c = 1",
-                      "x' = c x, c != 0", bool(best < 1e-9), best, best_c)
+    return B1Analysis(
+        "no bias: x' = c x with soft labels y'(c) = softmax(c W^T x) - d/c; one-hot only at c = 1",
+        "x' = c x, c != 0",
+        bool(best < 1e-9),
+        best,
+        best_c,
+    )
 
 
 # -- the report -----------------------------------------------------------------------------
+
 
 @dataclass
 class ForgeryReport:
     method: str
     distinct: bool
     in_range_fraction: float
-    grid_distance_max: float       # largest distance of an input value to the nearest grid point q/levels
+    grid_distance_max: float  # largest distance of an input value to the nearest grid point q/levels
     grid_distance_mean: float
     labels_one_hot: bool
-    approx_error: float            # ||lr (g' - g)||_2, gradients in float32
+    approx_error: float  # ||lr (g' - g)||_2, gradients in float32
     approx_error_f64: float
-    repro_error_torch: Optional[float] = None   # torch's update under batch permutations
+    repro_error_torch: Optional[float] = None  # torch's update under batch permutations
     ratio_to_torch_repro: Optional[float] = None
-    repro_error_native: float = 0.0             # the native path: exactly 0 by construction
+    repro_error_native: float = 0.0  # the native path: exactly 0 by construction
     info: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -353,6 +454,7 @@ class ForgeryReport:
 
 def _distinct(X: np.ndarray, y: np.ndarray, Xf: np.ndarray, Yf: np.ndarray) -> bool:
     """Definition 1: some example of B is not in B' (compared exactly, labels included)."""
+
     def key(x, lab):
         return np.asarray(x, np.float64).ravel().tobytes() + np.asarray(lab, np.float64).ravel().tobytes()
 
@@ -363,8 +465,9 @@ def _distinct(X: np.ndarray, y: np.ndarray, Xf: np.ndarray, Yf: np.ndarray) -> b
     return any(k not in forged for k in orig)
 
 
-def torch_repro_error(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.ndarray, lr: float,
-                      permutations: int = 10, seed: int = 0) -> float:
+def torch_repro_error(
+    spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.ndarray, lr: float, permutations: int = 10, seed: int = 0
+) -> float:
     """Largest l2 change of torch's float32 update when the batch is permuted."""
     import torch
 
@@ -375,19 +478,34 @@ def torch_repro_error(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.
 
     def grad(order: np.ndarray) -> np.ndarray:
         model = to_torch(s32, p32)
-        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(np.asarray(X, np.float32)[order])),
-                                                 torch.from_numpy(np.asarray(y)[order]))
+        loss = torch.nn.functional.cross_entropy(
+            model(torch.from_numpy(np.asarray(X, np.float32)[order])), torch.from_numpy(np.asarray(y)[order])
+        )
         loss.backward()
-        return np.concatenate([p.grad.numpy().astype(np.float64).ravel() for p in model.parameters()])
+        return np.concatenate(
+            [
+                p.grad.numpy().astype(np.float64).ravel()
+                for p in model.parameters()  # type: ignore[union-attr]
+            ]
+        )
 
     ref = grad(np.arange(len(X)))
     rng = np.random.default_rng(seed)
     return max(float(np.linalg.norm(lr * (grad(rng.permutation(len(X))) - ref))) for _ in range(permutations))
 
 
-def forgery_report(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.ndarray, forged: ForgedBatch, *,
-                   lr: float, data_range: Tuple[float, float] = (0.0, 1.0), levels: Optional[int] = None,
-                   torch_permutations: int = 10) -> ForgeryReport:
+def forgery_report(
+    spec: M.ModelSpec,
+    params: M.Params,
+    X: np.ndarray,
+    y: np.ndarray,
+    forged: ForgedBatch,
+    *,
+    lr: float,
+    data_range: Tuple[float, float] = (0.0, 1.0),
+    levels: Optional[int] = None,
+    torch_permutations: int = 10,
+) -> ForgeryReport:
     Xf = np.asarray(forged.X, np.float64)
     lo, hi = data_range
     in_range = float(np.mean((Xf >= lo) & (Xf <= hi))) if Xf.size else 1.0
@@ -405,24 +523,37 @@ def forgery_report(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.nda
     rep = None
     if torch_permutations:
         rep = torch_repro_error(spec, params, X, y, lr, torch_permutations)
-    return ForgeryReport(forged.method, _distinct(np.asarray(X), np.asarray(y), Xf, Yf), in_range, gmax, gmean,
-                         one_hot, a32, a64, rep, (a32 / rep) if rep else None, 0.0, dict(forged.info))
+    return ForgeryReport(
+        forged.method,
+        _distinct(np.asarray(X), np.asarray(y), Xf, Yf),
+        in_range,
+        gmax,
+        gmean,
+        one_hot,
+        a32,
+        a64,
+        rep,
+        (a32 / rep) if rep else None,
+        0.0,
+        dict(forged.info),
+    )
 
 
 # -- in-domain search -----------------------------------------------------------------------
+
 
 @dataclass
 class DomainSearch:
     """Outcome of a box-constrained (LP) or on-grid (MILP) search for an exact forgery."""
 
-    kind: str                     # "box-lp" or "grid-milp"
-    status: str                   # "found", "infeasible" (proven), "timeout", "error"
+    kind: str  # "box-lp" or "grid-milp"
+    status: str  # "found", "infeasible" (proven), "timeout", "error"
     seconds: float
     d0: int
     b: int
     variables: int
     X: Optional[np.ndarray] = None
-    residual: Optional[float] = None   # ||grad(B') - grad(B)|| in float64 for a found batch
+    residual: Optional[float] = None  # ||grad(B') - grad(B)|| in float64 for a found batch
     message: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
@@ -431,9 +562,19 @@ class DomainSearch:
         return d
 
 
-def search_in_domain(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.ndarray, *, kind: str = "box-lp",
-                     box: Tuple[float, float] = (0.0, 1.0), levels: int = 16, time_limit: float = 10.0,
-                     tol: float = 1e-9, seed: int = 0) -> DomainSearch:
+def search_in_domain(
+    spec: M.ModelSpec,
+    params: M.Params,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    kind: str = "box-lp",
+    box: Tuple[float, float] = (0.0, 1.0),
+    levels: int = 16,
+    time_limit: float = 10.0,
+    tol: float = 1e-9,
+    seed: int = 0,
+) -> DomainSearch:
     """Searches the valid domain for a distinct batch with the same gradient, keeping the labels
     (one-hot) and perturbing the inputs within the exact forgery set {P : W1^T P = 0, P D1 = 0}.
 
@@ -444,7 +585,7 @@ def search_in_domain(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.n
     from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
     W1, D1 = _layer1(spec, params, X, y)
-    Xc = np.asarray(X, np.float64).T                # d0 x b
+    Xc = np.asarray(X, np.float64).T  # d0 x b
     d0, b = Xc.shape
     nv = d0 * b
     # vec (column-major) of P: rows of the constraint matrix are the Kronecker system
@@ -456,8 +597,14 @@ def search_in_domain(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.n
         c = np.random.default_rng(seed).standard_normal(nv)
         best = None
         for sign in (1.0, -1.0):
-            res = linprog(-sign * c, A_eq=K, b_eq=np.zeros(K.shape[0]), bounds=list(zip(lo - x0, hi - x0)),
-                          method="highs", options={"time_limit": time_limit})
+            res = linprog(
+                -sign * c,
+                A_eq=K,
+                b_eq=np.zeros(K.shape[0]),
+                bounds=list(zip(lo - x0, hi - x0)),
+                method="highs",
+                options={"time_limit": time_limit},
+            )
             if res.status == 1:
                 return DomainSearch(kind, "timeout", time.perf_counter() - t0, d0, b, nv, message=res.message)
             if res.status == 2:
@@ -468,8 +615,15 @@ def search_in_domain(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.n
                 best = res.x
         secs = time.perf_counter() - t0
         if best is None:
-            return DomainSearch(kind, "infeasible", secs, d0, b, nv,
-                                message="only P = 0 lies in the box along a random direction and its opposite")
+            return DomainSearch(
+                kind,
+                "infeasible",
+                secs,
+                d0,
+                b,
+                nv,
+                message="only P = 0 lies in the box along a random direction and its opposite",
+            )
         Xf = (x0 + best).reshape((d0, b), order="F").T
         res_g = float(np.linalg.norm(gradient(spec, params, Xf, y) - gradient(spec, params, X, y)))
         return DomainSearch(kind, "found", secs, d0, b, nv, Xf, res_g)
@@ -483,8 +637,9 @@ def search_in_domain(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.n
     Z = np.zeros((nv, nv))
     rows = [
         # K (lo + Q scale - x0) within +-tol
-        LinearConstraint(np.hstack([K * scale, np.zeros((K.shape[0], 3 * nv))]),
-                         K @ (x0 - lo) - tol, K @ (x0 - lo) + tol),
+        LinearConstraint(
+            np.hstack([K * scale, np.zeros((K.shape[0], 3 * nv))]), K @ (x0 - lo) - tol, K @ (x0 - lo) + tol
+        ),
         # Q - pos + neg = q0
         LinearConstraint(np.hstack([I, -I, I, Z]), q0, q0),
         # pos <= levels s, neg <= levels (1 - s)
@@ -495,8 +650,13 @@ def search_in_domain(spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.n
     ]
     lb = np.concatenate([np.zeros(nv), np.zeros(2 * nv), np.zeros(nv)])
     ub = np.concatenate([np.full(nv, levels), np.full(2 * nv, levels), np.ones(nv)])
-    res = milp(np.concatenate([np.zeros(nv), np.ones(2 * nv), np.zeros(nv)]), constraints=rows,
-               integrality=np.ones(n4), bounds=Bounds(lb, ub), options={"time_limit": time_limit})
+    res = milp(
+        np.concatenate([np.zeros(nv), np.ones(2 * nv), np.zeros(nv)]),
+        constraints=rows,
+        integrality=np.ones(n4),
+        bounds=Bounds(lb, ub),
+        options={"time_limit": time_limit},
+    )
     secs = time.perf_counter() - t0
     if res.status == 0 and res.x is not None:
         Xf = (lo + np.round(res.x[:nv]) * scale).reshape((d0, b), order="F").T

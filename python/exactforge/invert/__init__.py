@@ -10,6 +10,7 @@
   and compared with the claimed batch and the data set; ``identifiability``: where the tensor
   method's conditions hold, the nullspace forgeries of exactforge.exact do not exist.
 """
+
 from __future__ import annotations
 
 from .dlg import DLGResult, dlg, recover_labels
@@ -17,5 +18,18 @@ from .forensics import InversionReport, identifiability, invert_step
 from .match import cosines, match
 from .tensor import ACTIVATIONS, TensorReconstruction, conditions, tensor_reconstruct, tensor_reconstruct_details
 
-__all__ = ["ACTIVATIONS", "DLGResult", "InversionReport", "identifiability", "invert_step", "TensorReconstruction", "conditions", "cosines", "dlg", "match",
-           "recover_labels", "tensor_reconstruct", "tensor_reconstruct_details"]
+__all__ = [
+    "ACTIVATIONS",
+    "DLGResult",
+    "InversionReport",
+    "identifiability",
+    "invert_step",
+    "TensorReconstruction",
+    "conditions",
+    "cosines",
+    "dlg",
+    "match",
+    "recover_labels",
+    "tensor_reconstruct",
+    "tensor_reconstruct_details",
+]

@@ -10,6 +10,7 @@ its weight gradient carry the same sign when the features entering it are non-ne
 DLG: the batch (with those labels fixed) is optimised by L-BFGS so that its gradient matches
 the observed one, from a seeded random start.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,14 +74,23 @@ def recover_labels(model: Any, grads: Sequence[Any], b: int) -> List[int]:
 
 @dataclass
 class DLGResult:
-    X: np.ndarray                   # (b, *input_shape) reconstructed inputs
+    X: np.ndarray  # (b, *input_shape) reconstructed inputs
     labels: List[int]
-    gradient_distance: float        # ||grad(X, labels) - grads||^2 at the end
+    gradient_distance: float  # ||grad(X, labels) - grads||^2 at the end
     steps: int
 
 
-def dlg(model: Any, grads: Sequence[Any], b: int, *, input_shape: Sequence[int], labels: Optional[Sequence[int]] = None,
-        steps: int = 100, seed: int = 0, bounds: Optional[Tuple[float, float]] = None) -> DLGResult:
+def dlg(
+    model: Any,
+    grads: Sequence[Any],
+    b: int,
+    *,
+    input_shape: Sequence[int],
+    labels: Optional[Sequence[int]] = None,
+    steps: int = 100,
+    seed: int = 0,
+    bounds: Optional[Tuple[float, float]] = None,
+) -> DLGResult:
     """Reconstructs a batch of b inputs whose cross-entropy gradient at the model's current
     parameters matches ``grads``. ``labels``: known labels (default: iDLG's, from ``grads``).
     ``bounds``: clamp the inputs to a box after the optimisation (the data domain)."""
@@ -98,8 +108,15 @@ def dlg(model: Any, grads: Sequence[Any], b: int, *, input_shape: Sequence[int],
     gen = torch.Generator().manual_seed(int(seed))
     x = torch.rand((b, *input_shape), generator=gen, dtype=params[0].dtype).requires_grad_(True)
     y = torch.tensor(labels, dtype=torch.long)
-    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=steps, history_size=50, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-12, tolerance_change=1e-15)
+    opt = torch.optim.LBFGS(
+        [x],
+        lr=1.0,
+        max_iter=steps,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-12,
+        tolerance_change=1e-15,
+    )
 
     def objective() -> Any:
         loss = torch.nn.functional.cross_entropy(model(x), y)

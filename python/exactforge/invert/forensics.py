@@ -7,6 +7,7 @@ whose first-layer weights (with their biases, as an extra input coordinate fixed
 Gaussian. Its report says which condition fails when they are not; exactforge's own models
 start from torch's uniform law, so their steps get that explanation unless ``force``.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -27,17 +28,17 @@ METHODS = ("tensor", "dlg")
 class InversionReport:
     method: str
     step: int
-    batch: List[int]                          # the claimed batch (dataset indices)
-    applicable: bool                          # the method's conditions hold (tensor) or it runs (dlg)
-    reasons: List[str] = field(default_factory=list)   # why the tensor method's guarantee does not apply
-    labels: Optional[List[int]] = None        # iDLG's labels (dlg)
-    matched: List[int] = field(default_factory=list)   # per reconstruction: the claimed example it matches
+    batch: List[int]  # the claimed batch (dataset indices)
+    applicable: bool  # the method's conditions hold (tensor) or it runs (dlg)
+    reasons: List[str] = field(default_factory=list)  # why the tensor method's guarantee does not apply
+    labels: Optional[List[int]] = None  # iDLG's labels (dlg)
+    matched: List[int] = field(default_factory=list)  # per reconstruction: the claimed example it matches
     matched_cos: List[float] = field(default_factory=list)
-    nearest: List[int] = field(default_factory=list)   # per reconstruction: the nearest example of the data set
+    nearest: List[int] = field(default_factory=list)  # per reconstruction: the nearest example of the data set
     nearest_cos: List[float] = field(default_factory=list)
-    nearest_in_batch: int = 0                 # reconstructions whose nearest example is in the claimed batch
-    example: Optional[int] = None             # a disputed example, if one was asked about
-    example_cos: Optional[float] = None       # its best |cos| with a reconstruction
+    nearest_in_batch: int = 0  # reconstructions whose nearest example is in the claimed batch
+    example: Optional[int] = None  # a disputed example, if one was asked about
+    example_cos: Optional[float] = None  # its best |cos| with a reconstruction
     example_consistent: Optional[bool] = None  # it is the nearest example of some reconstruction
     identifiability: Optional[Dict[str, Any]] = None  # the link with nullspace forging (one hidden layer)
     seconds: float = 0.0
@@ -49,8 +50,8 @@ class InversionReport:
 
 def _kurtosis(v: np.ndarray) -> float:
     v = v - v.mean()
-    s2 = float(np.mean(v ** 2))
-    return float(np.mean(v ** 4) / s2 ** 2) if s2 > 0 else float("nan")
+    s2 = float(np.mean(v**2))
+    return float(np.mean(v**4) / s2**2) if s2 > 0 else float("nan")
 
 
 def tensor_applicability(W1: np.ndarray, b1: Optional[np.ndarray], batch_size: int) -> List[str]:
@@ -62,8 +63,10 @@ def tensor_applicability(W1: np.ndarray, b1: Optional[np.ndarray], batch_size: i
     flat = Wt.ravel().astype(np.float64)
     k = _kurtosis(flat)
     if not 2.7 <= k <= 3.3:  # a Gaussian's is 3; torch's uniform law gives 1.8
-        out.append(f"the first-layer weights are not Gaussian (kurtosis {k:.2f}, a Gaussian's is 3): Stein's "
-                   "identity, on which the method rests, needs w ~ N(0, s^2 I)")
+        out.append(
+            f"the first-layer weights are not Gaussian (kurtosis {k:.2f}, a Gaussian's is 3): Stein's "
+            "identity, on which the method rests, needs w ~ N(0, s^2 I)"
+        )
     if abs(flat.mean()) > 4 * flat.std() / np.sqrt(flat.size):
         out.append(f"the first-layer weights do not have mean 0 (mean {flat.mean():.3g})")
     return out
@@ -87,23 +90,41 @@ def identifiability(model: Any, X: np.ndarray, y: np.ndarray) -> Optional[Dict[s
     xb = torch.as_tensor(np.asarray(X, np.float64).reshape(len(X), -1))
     z1 = xb @ W1.T + (b1 if b1 is not None else 0.0)
     z1.requires_grad_(True)
-    act = next((mod for mod in model.modules() if isinstance(mod, (torch.nn.ReLU, torch.nn.Tanh, torch.nn.Sigmoid))),
-               torch.nn.ReLU())
+    act = next(
+        (mod for mod in model.modules() if isinstance(mod, (torch.nn.ReLU, torch.nn.Tanh, torch.nn.Sigmoid))),
+        torch.nn.ReLU(),
+    )
     W2 = linears[1].weight.detach().to(torch.float64)
     b2 = 0.0 if linears[1].bias is None else linears[1].bias.detach().to(torch.float64)
     out = act(z1) @ W2.T + b2
     # summed, not averaged: each row of D1 is one example's error (the scale does not change ranks)
     torch.nn.functional.cross_entropy(out, torch.as_tensor(np.asarray(y), dtype=torch.long), reduction="sum").backward()
+    assert z1.grad is not None
     U, V = fcn_perturbation_basis(W1.numpy().T, z1.grad.numpy())
     d, m, b = W1.shape[1], W1.shape[0], len(X)
     nu, nv = U.shape[1], V.shape[1]
-    return {"d": int(d), "m": int(m), "b": int(b), "null_W1T": nu, "null_D1T": nv,
-            "nullspace_forgery_exists": bool(nu > 0 and nv > 0),
-            "tensor_conditions_hold": bool(m >= d and b <= d)}
+    return {
+        "d": int(d),
+        "m": int(m),
+        "b": int(b),
+        "null_W1T": nu,
+        "null_D1T": nv,
+        "nullspace_forgery_exists": bool(nu > 0 and nv > 0),
+        "tensor_conditions_hold": bool(m >= d and b <= d),
+    }
 
 
-def invert_step(ctx: Any, step: int, method: str = "tensor", *, activation: str = "relu", force: bool = False,
-                example: Optional[int] = None, steps: int = 100, seed: int = 0) -> "tuple[InversionReport, np.ndarray]":
+def invert_step(
+    ctx: Any,
+    step: int,
+    method: str = "tensor",
+    *,
+    activation: str = "relu",
+    force: bool = False,
+    example: Optional[int] = None,
+    steps: int = 100,
+    seed: int = 0,
+) -> "tuple[InversionReport, np.ndarray]":
     """Reconstructs the batch of a logged step (ctx: exactforge.attacks.StepContext) and matches
     it with the claimed batch and the data set. Returns (report, reconstructions as (b, d))."""
     import time
@@ -121,7 +142,7 @@ def invert_step(ctx: Any, step: int, method: str = "tensor", *, activation: str 
     grads, pos = [], 0
     for p in params:
         n = p.numel()
-        grads.append(torch.from_numpy(g_flat[pos:pos + n].reshape(p.shape)).to(p.dtype))
+        grads.append(torch.from_numpy(g_flat[pos : pos + n].reshape(p.shape)).to(p.dtype))
         pos += n
     rep = InversionReport(method, int(step), batch, True)
     if method == "dlg":
@@ -134,8 +155,10 @@ def invert_step(ctx: Any, step: int, method: str = "tensor", *, activation: str 
     else:
         linears = [m for m in ctx.model.modules() if isinstance(m, torch.nn.Linear)]
         if len(linears) != 2:
-            raise ValueError(f"method: the tensor method needs a network with one hidden layer (2 linear layers); "
-                             f"this one has {len(linears)} (use --method dlg)")
+            raise ValueError(
+                f"method: the tensor method needs a network with one hidden layer (2 linear layers); "
+                f"this one has {len(linears)} (use --method dlg)"
+            )
         W1 = linears[0].weight.detach().numpy().astype(np.float64)
         b1 = None if linears[0].bias is None else linears[0].bias.detach().numpy().astype(np.float64)
         rep.reasons = tensor_applicability(W1, b1, b)
@@ -145,7 +168,7 @@ def invert_step(ctx: Any, step: int, method: str = "tensor", *, activation: str 
             rep.seconds = time.perf_counter() - t0
             return rep, np.zeros((0, data.dim))
         wi = next(i for i, p in enumerate(params) if p is linears[1].weight)
-        G2 = grads[wi].numpy().astype(np.float64)          # (classes, m): sum_i c_ik sigma(w_j . x_i + b_j)
+        G2 = grads[wi].numpy().astype(np.float64)  # (classes, m): sum_i c_ik sigma(w_j . x_i + b_j)
         beta = np.linalg.svd(G2, full_matrices=False)[0][:, 0]  # the class combination with the most energy
         g = G2.T @ beta
         Wt = W1 if b1 is None else np.concatenate([W1, b1[:, None]], axis=1)

@@ -1,4 +1,5 @@
 """Matching reconstructions to examples: up to order and sign, by |cosine|."""
+
 from __future__ import annotations
 
 from typing import Any, List, Tuple

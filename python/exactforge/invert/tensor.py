@@ -25,11 +25,12 @@ with error O(sqrt(d/m)) per entry. The method:
 Conditions (``conditions``): w_j ~ N(0, I), m >= d (error O(sqrt(d/m))), b <= d, linearly
 independent x_i, nonzero c_i. Where they fail the batch is not identified by this gradient.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -49,13 +50,14 @@ def _sigma(name: str, z: np.ndarray) -> np.ndarray:
 @dataclass
 class TensorReconstruction:
     """A reconstruction and what it rests on."""
-    X: np.ndarray                          # (b, d) estimates
-    coefficients: np.ndarray               # (b,) the fitted c_i (loss derivatives, times |x_i| for ReLU)
+
+    X: np.ndarray  # (b, d) estimates
+    coefficients: np.ndarray  # (b,) the fitted c_i (loss derivatives, times |x_i| for ReLU)
     activation: str
-    order: int                             # the moment tensor decomposed (3, or 4 for ReLU)
-    span_eigenvalues: List[float]          # |eigenvalues| of the span matrix, largest first (b + 1 of them)
-    span_gap: float                        # the b-th over the (b+1)-th: near 1, the span is not identified
-    residual: float                        # ||g - fit|| / ||g - mean(g)||
+    order: int  # the moment tensor decomposed (3, or 4 for ReLU)
+    span_eigenvalues: List[float]  # |eigenvalues| of the span matrix, largest first (b + 1 of them)
+    span_gap: float  # the b-th over the (b+1)-th: near 1, the span is not identified
+    residual: float  # ||g - fit|| / ||g - mean(g)||
     notes: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -108,7 +110,7 @@ def _span(W: np.ndarray, g: np.ndarray, b: int, order: int, rng: np.random.Gener
             M += A @ A
     vals, vecs = np.linalg.eigh((M + M.T) / 2)
     order_ = np.argsort(-np.abs(vals))
-    return vecs[:, order_[:b]], np.abs(vals[order_[:min(b + 1, d)]])
+    return vecs[:, order_[:b]], np.abs(vals[order_[: min(b + 1, d)]])
 
 
 def _projected_tensor(U: np.ndarray, g: np.ndarray, order: int) -> np.ndarray:
@@ -168,13 +170,13 @@ def _linear_residual(W: np.ndarray, g: np.ndarray, D: np.ndarray, activation: st
 
 def _fit(W: np.ndarray, g: np.ndarray, D: np.ndarray, activation: str) -> Tuple[np.ndarray, np.ndarray, float]:
     """Signs and scales of the unit directions D (b, d) from g by least squares: (X, c, residual)."""
-    Z = W @ D.T                                        # (m, b)
+    Z = W @ D.T  # (m, b)
     gc = g - g.mean()
     denom = float(np.linalg.norm(gc)) or 1.0
     if activation == "relu":  # sigma(s z) = |s| sigma(sign(s) z): a column for each sign, keep the stronger
         coef, _ = _lstsq([np.maximum(Z, 0), np.maximum(-Z, 0)], g)
         b = D.shape[0]
-        signs = np.where(np.abs(coef[:b]) >= np.abs(coef[b:2 * b]), 1.0, -1.0)
+        signs = np.where(np.abs(coef[:b]) >= np.abs(coef[b : 2 * b]), 1.0, -1.0)
         coef, res = _lstsq([np.maximum(Z * signs, 0)], g)
         return D * signs[:, None], coef[:-1], res / denom
     from scipy.optimize import least_squares
@@ -182,7 +184,7 @@ def _fit(W: np.ndarray, g: np.ndarray, D: np.ndarray, activation: str) -> Tuple[
     b = D.shape[0]
 
     def resid(p: np.ndarray) -> np.ndarray:
-        s, c, c0 = p[:b], p[b:2 * b], p[-1]
+        s, c, c0 = p[:b], p[b : 2 * b], p[-1]
         return _sigma(activation, Z * s) @ c + c0 - g
 
     best = None
@@ -192,20 +194,22 @@ def _fit(W: np.ndarray, g: np.ndarray, D: np.ndarray, activation: str) -> Tuple[
         r = least_squares(resid, p0, method="lm" if len(g) > 2 * b + 1 else "trf", max_nfev=200)
         if best is None or r.cost < best.cost:
             best = r
-    s, c = best.x[:b], best.x[b:2 * b]
+    s, c = best.x[:b], best.x[b : 2 * b]
     return D * s[:, None], c, float(np.linalg.norm(best.fun)) / denom
 
 
-def _refine(W: np.ndarray, g: np.ndarray, X: np.ndarray, c: np.ndarray, activation: str, steps: int
-            ) -> Tuple[np.ndarray, np.ndarray]:
+def _refine(
+    W: np.ndarray, g: np.ndarray, X: np.ndarray, c: np.ndarray, activation: str, steps: int
+) -> Tuple[np.ndarray, np.ndarray]:
     """Gradient matching from the tensor estimate: min ||g - sum_i c_i sigma(W x_i) - c0||^2."""
     import torch
 
     Wt, gt = torch.from_numpy(W), torch.from_numpy(g)
     Xt = torch.tensor(np.ascontiguousarray(X), requires_grad=True)
     ct = torch.tensor(np.ascontiguousarray(c), requires_grad=True)
-    c0 = torch.tensor([float(g.mean() - (_sigma(activation, W @ X.T) @ c).mean())], dtype=torch.float64,
-                      requires_grad=True)
+    c0 = torch.tensor(
+        [float(g.mean() - (_sigma(activation, W @ X.T) @ c).mean())], dtype=torch.float64, requires_grad=True
+    )
     act = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[activation]
     opt = torch.optim.LBFGS([Xt, ct, c0], max_iter=steps, line_search_fn="strong_wolfe")
 
@@ -219,8 +223,9 @@ def _refine(W: np.ndarray, g: np.ndarray, X: np.ndarray, c: np.ndarray, activati
     return Xt.detach().numpy(), ct.detach().numpy()
 
 
-def tensor_reconstruct_details(W: Any, g: Any, b: int, *, activation: str = "relu", refine: int = 0,
-                               seed: int = 0) -> TensorReconstruction:
+def tensor_reconstruct_details(
+    W: Any, g: Any, b: int, *, activation: str = "relu", refine: int = 0, seed: int = 0
+) -> TensorReconstruction:
     """``tensor_reconstruct`` with what the estimate rests on (see TensorReconstruction)."""
     W, g, b = _check(W, g, b, activation)
     rng = np.random.default_rng(seed)
@@ -229,7 +234,7 @@ def tensor_reconstruct_details(W: Any, g: Any, b: int, *, activation: str = "rel
     V, eig = _span(W, gc, b, order, rng)
     T = _projected_tensor(W @ V, gc, order)
     best = None
-    for comps in _jennrich(T, rng):                    # (b, b): coordinates in V, as columns
+    for comps in _jennrich(T, rng):  # (b, b): coordinates in V, as columns
         D = (V @ comps).T
         D /= np.linalg.norm(D, axis=1, keepdims=True)
         score = _linear_residual(W, g, D, activation)
@@ -250,8 +255,9 @@ def tensor_reconstruct_details(W: Any, g: Any, b: int, *, activation: str = "rel
     return TensorReconstruction(X, np.asarray(c), activation, order, [float(v) for v in eig], gap, res, notes)
 
 
-def tensor_reconstruct(W: Any, g: Any, b: int, *, activation: str = "relu", refine: int = 0,
-                       seed: int = 0) -> np.ndarray:
+def tensor_reconstruct(
+    W: Any, g: Any, b: int, *, activation: str = "relu", refine: int = 0, seed: int = 0
+) -> np.ndarray:
     """(b, d) estimates of the batch x_1..x_b from the gradient g (m,) of a two-layer network's
     output weights a_j, where W (m, d) holds the first-layer weights w_j ~ N(0, I_d) as rows.
     ``activation``: relu, tanh or sigmoid. ``refine``: L-BFGS iterations of gradient matching

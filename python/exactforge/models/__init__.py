@@ -8,7 +8,31 @@
   trace's manifest; ``layout``: the one converter between a native parameter dict, a torch
   module and the flat vector of the attacks; ``step``: the one step engine (forward, loss,
   gradient, update; native or torch) used by recording, verification, studies and attacks."""
+
 from .native import (  # noqa: F401
-    PerExample, ModelSpec, Params, check_params, flatten, forward, init_params, loss_and_grad, output_errors,
-    per_example, sgd_step, softmax_xent, unflatten)
+    ModelSpec,
+    Params,
+    PerExample,
+    check_params,
+    flatten,
+    forward,
+    init_params,
+    loss_and_grad,
+    output_errors,
+    per_example,
+    sgd_step,
+    softmax_xent,
+    unflatten,
+)
 from .native import __all__ as __all__  # noqa: F401
+
+
+def __getattr__(name: str) -> object:
+    # Every other name of the module this package's API was before it became a package
+    # (``exactforge.models.X``) still reads: it is looked up in ``native``.
+    from . import native
+
+    try:
+        return getattr(native, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

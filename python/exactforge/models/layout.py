@@ -7,6 +7,7 @@ Three layouts meet in exactforge:
 - a flat vector of those torch parameters, the layout of the attacks and the studies.
 
 Every conversion is a copy of the same values: no arithmetic, so no bits change."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -16,8 +17,14 @@ import numpy as np
 
 from .native import ModelSpec, Params, check_params
 
-__all__ = ["flat_of", "load_flat", "native_to_flat", "flat_to_native", "native_to_torch_params",
-           "torch_params_to_native"]
+__all__ = [
+    "flat_of",
+    "load_flat",
+    "native_to_flat",
+    "flat_to_native",
+    "native_to_torch_params",
+    "torch_params_to_native",
+]
 
 
 def flat_of(params: Iterable[Any], dtype: Optional[str] = "float32") -> np.ndarray:
@@ -35,7 +42,7 @@ def load_flat(params: Iterable[Any], flat: np.ndarray) -> None:
     with torch.no_grad():
         for p in params:
             n = p.numel()
-            p.copy_(torch.from_numpy(np.ascontiguousarray(flat[pos:pos + n]).reshape(tuple(p.shape))))
+            p.copy_(torch.from_numpy(np.ascontiguousarray(flat[pos : pos + n]).reshape(tuple(p.shape))))
             pos += n
 
 
@@ -72,10 +79,10 @@ def flat_to_native(spec: ModelSpec, flat: np.ndarray) -> Params:
     arrays, pos = [], 0
     for i in range(1, spec.num_layers + 1):
         d0, d1 = spec.sizes[i - 1], spec.sizes[i]
-        arrays.append(flat[pos:pos + d0 * d1].reshape(d1, d0))
+        arrays.append(flat[pos : pos + d0 * d1].reshape(d1, d0))
         pos += d0 * d1
         if spec.bias:
-            arrays.append(flat[pos:pos + d1])
+            arrays.append(flat[pos : pos + d1])
             pos += d1
     out: Params = OrderedDict()
     k = 0

@@ -10,6 +10,7 @@ Layout (as in the papers): ``W_i`` is d_{i-1} x d_i and ``z_i = W_i^T a_{i-1} + 
 examples as rows, ``Z_i = A_{i-1} @ W_i + b_i``. Logistic regression is the FCN with no
 hidden layer.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -18,14 +19,26 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..mathfn import output_errors, softmax_xent
 from .. import reduce as R
+from ..mathfn import output_errors, softmax_xent
 
-__all__ = ["ModelSpec", "Params", "init_params", "forward", "loss_and_grad", "sgd_step",
-           "per_example", "PerExample", "flatten", "unflatten", "softmax_xent", "output_errors",
-           "check_params"]
+__all__ = [
+    "ModelSpec",
+    "Params",
+    "init_params",
+    "forward",
+    "loss_and_grad",
+    "sgd_step",
+    "per_example",
+    "PerExample",
+    "flatten",
+    "unflatten",
+    "softmax_xent",
+    "output_errors",
+    "check_params",
+]
 
-Params = "OrderedDict[str, np.ndarray]"
+Params = Dict[str, np.ndarray]  # an OrderedDict, in the order of ModelSpec.shapes()
 KINDS = ("logreg", "fcn")
 INITS = ("uniform", "gaussian")
 
@@ -55,7 +68,11 @@ class ModelSpec:
             raise ValueError(f"dtype: expected 'float32' or 'float64', got {self.dtype!r}")
         if self.init not in INITS:
             raise ValueError(f"init: expected one of {INITS}, got {self.init!r}")
-        for name, v in (("input_dim", self.input_dim), ("num_classes", self.num_classes), *(("hidden", h) for h in self.hidden)):
+        for name, v in (
+            ("input_dim", self.input_dim),
+            ("num_classes", self.num_classes),
+            *(("hidden", h) for h in self.hidden),
+        ):
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name}: expected positive integers, got {v!r}")
         if self.num_classes < 2:
@@ -111,9 +128,15 @@ class ModelSpec:
             raise ValueError("model spec: 'hidden' must be a list of at most 64 integer widths")
         if not isinstance(d.get("bias", True), bool) or not isinstance(d.get("dtype", "float32"), str):
             raise ValueError("model spec: 'bias' must be true or false and 'dtype' a string")
-        return cls(kind=d["kind"], input_dim=int(d["input_dim"]), num_classes=int(d["num_classes"]),
-                   hidden=tuple(int(h) for h in hidden), bias=d.get("bias", True), dtype=d.get("dtype", "float32"),
-                   init=d.get("init", "uniform"))
+        return cls(
+            kind=d["kind"],
+            input_dim=int(d["input_dim"]),
+            num_classes=int(d["num_classes"]),
+            hidden=tuple(int(h) for h in hidden),
+            bias=d.get("bias", True),
+            dtype=d.get("dtype", "float32"),
+            init=d.get("init", "uniform"),
+        )
 
 
 def init_params(spec: ModelSpec, seed: int = 0) -> Params:
@@ -142,7 +165,7 @@ def unflatten(spec: ModelSpec, flat: np.ndarray) -> Params:
     pos = 0
     for k, shape in spec.shapes().items():
         n = int(np.prod(shape))
-        out[k] = np.asarray(flat[pos:pos + n], dtype=spec.dtype).reshape(shape)
+        out[k] = np.asarray(flat[pos : pos + n], dtype=spec.dtype).reshape(shape)
         pos += n
     return out
 
@@ -171,8 +194,9 @@ class Cache:
     A: List[np.ndarray] = field(default_factory=list)
 
 
-def forward(spec: ModelSpec, params: Params, X: np.ndarray, *, mode: str = "fixed",
-            threads: Optional[int] = None) -> Cache:
+def forward(
+    spec: ModelSpec, params: Params, X: np.ndarray, *, mode: str = "fixed", threads: Optional[int] = None
+) -> Cache:
     """Forward pass; the reductions run over features (rows are independent examples)."""
     c = Cache(A=[X])
     a = X
@@ -187,8 +211,9 @@ def forward(spec: ModelSpec, params: Params, X: np.ndarray, *, mode: str = "fixe
     return c
 
 
-def _errors(spec: ModelSpec, params: Params, cache: Cache, y: np.ndarray, mode: str,
-            threads: Optional[int]) -> Tuple[np.ndarray, List[np.ndarray]]:
+def _errors(
+    spec: ModelSpec, params: Params, cache: Cache, y: np.ndarray, mode: str, threads: Optional[int]
+) -> Tuple[np.ndarray, List[np.ndarray]]:
     """Per-example losses and error matrices D_i (row k = dloss_k/dz_i, not divided by b)."""
     losses, p = softmax_xent(cache.Z[-1], y, mode=mode)
     D = [output_errors(p, y, mode=mode)]
@@ -209,9 +234,17 @@ REDUCTION_PLANS = (1, 2)
 REDUCTION_PLAN = 2
 
 
-def loss_and_grad(spec: ModelSpec, params: Params, X: np.ndarray, y: np.ndarray, keys: np.ndarray, *,
-                  mode: str = "fixed", threads: Optional[int] = None,
-                  plan: int = REDUCTION_PLAN) -> Tuple[float, Params]:
+def loss_and_grad(
+    spec: ModelSpec,
+    params: Params,
+    X: np.ndarray,
+    y: np.ndarray,
+    keys: np.ndarray,
+    *,
+    mode: str = "fixed",
+    threads: Optional[int] = None,
+    plan: int = REDUCTION_PLAN,
+) -> Tuple[float, Params]:
     """Mean loss over the batch and its gradient. ``keys`` (the examples' dataset indices)
     order every reduction over the batch, so the result does not depend on the row order.
     Equal keys must mean the same example (a batch drawn with replacement). ``plan``: which
@@ -242,8 +275,18 @@ def loss_and_grad(spec: ModelSpec, params: Params, X: np.ndarray, y: np.ndarray,
     return loss, OrderedDict((k, grads[k]) for k in spec.shapes())
 
 
-def sgd_step(spec: ModelSpec, params: Params, X: np.ndarray, y: np.ndarray, keys: np.ndarray, lr: float, *,
-             mode: str = "fixed", threads: Optional[int] = None, plan: int = REDUCTION_PLAN) -> Params:
+def sgd_step(
+    spec: ModelSpec,
+    params: Params,
+    X: np.ndarray,
+    y: np.ndarray,
+    keys: np.ndarray,
+    lr: float,
+    *,
+    mode: str = "fixed",
+    threads: Optional[int] = None,
+    plan: int = REDUCTION_PLAN,
+) -> Params:
     """theta - lr * grad, with the product and the difference each rounded once."""
     _, g = loss_and_grad(spec, params, X, y, keys, mode=mode, threads=threads, plan=plan)
     lr_t = np.dtype(spec.dtype).type(lr)
@@ -254,15 +297,20 @@ def sgd_step(spec: ModelSpec, params: Params, X: np.ndarray, y: np.ndarray, keys
 class PerExample:
     """Per-example quantities the forging code needs (rows follow the batch order)."""
 
-    losses: np.ndarray                 # (b,)
-    errors: List[np.ndarray]           # D_i, b x d_i: dloss/dz_i of each example
-    activations: List[np.ndarray]      # A_{i-1}, b x d_{i-1}: the input of layer i (A_0 = X)
-    grad_norms: np.ndarray             # (b, L): ||a_{i-1}|| * ||d_i||, the l2 norm of dloss/dW_i
+    losses: np.ndarray  # (b,)
+    errors: List[np.ndarray]  # D_i, b x d_i: dloss/dz_i of each example
+    activations: List[np.ndarray]  # A_{i-1}, b x d_{i-1}: the input of layer i (A_0 = X)
+    grad_norms: np.ndarray  # (b, L): ||a_{i-1}|| * ||d_i||, the l2 norm of dloss/dW_i
 
 
 def per_example(spec: ModelSpec, params: Params, X: np.ndarray, y: np.ndarray, *, mode: str = "fixed") -> PerExample:
     cache = forward(spec, params, X, mode=mode)
     losses, D = _errors(spec, params, cache, y, mode, None)
-    norms = np.stack([np.linalg.norm(cache.A[i].astype(np.float64), axis=1) * np.linalg.norm(D[i].astype(np.float64), axis=1)
-                      for i in range(spec.num_layers)], axis=1)
+    norms = np.stack(
+        [
+            np.linalg.norm(cache.A[i].astype(np.float64), axis=1) * np.linalg.norm(D[i].astype(np.float64), axis=1)
+            for i in range(spec.num_layers)
+        ],
+        axis=1,
+    )
     return PerExample(losses, D, cache.A[: spec.num_layers], norms)

@@ -11,6 +11,7 @@ Supported: torch.optim.SGD (momentum, dampening, nesterov, weight_decay), Adam a
 (betas, eps, weight_decay), one parameter group holding the model's parameters in order.
 Refused when recording: other optimizers, amsgrad, maximize, several groups.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,9 @@ def spec_of(optimizer: Any, model: Any) -> Dict[str, Any]:
 
     kind = _KINDS.get(type(optimizer).__name__) if type(optimizer).__module__.startswith("torch.optim") else None
     if kind is None:
-        raise ValueError(f"optimizer: {type(optimizer).__name__} cannot be replayed from a trace; use torch.optim.SGD, "
-                         "Adam or AdamW")
+        raise ValueError(
+            f"optimizer: {type(optimizer).__name__} cannot be replayed from a trace; use torch.optim.SGD, Adam or AdamW"
+        )
     groups = optimizer.param_groups
     if len(groups) != 1 or [id(p) for p in groups[0]["params"]] != [id(p) for p in model.parameters()]:
         raise ValueError("optimizer: replay needs one parameter group holding model.parameters() in order")
@@ -41,10 +43,21 @@ def spec_of(optimizer: Any, model: Any) -> Dict[str, Any]:
     if isinstance(lr, torch.Tensor):
         raise ValueError("optimizer: a tensor learning rate cannot be replayed; use a float")
     if kind == "sgd":
-        return {"name": "sgd", "lr": float(lr), "momentum": float(g["momentum"]), "dampening": float(g["dampening"]),
-                "nesterov": bool(g["nesterov"]), "weight_decay": float(g["weight_decay"])}
-    return {"name": kind, "lr": float(lr), "betas": [float(b) for b in g["betas"]], "eps": float(g["eps"]),
-            "weight_decay": float(g["weight_decay"])}
+        return {
+            "name": "sgd",
+            "lr": float(lr),
+            "momentum": float(g["momentum"]),
+            "dampening": float(g["dampening"]),
+            "nesterov": bool(g["nesterov"]),
+            "weight_decay": float(g["weight_decay"]),
+        }
+    return {
+        "name": kind,
+        "lr": float(lr),
+        "betas": [float(b) for b in g["betas"]],
+        "eps": float(g["eps"]),
+        "weight_decay": float(g["weight_decay"]),
+    }
 
 
 def _num(spec: Dict[str, Any], key: str, lo: float, hi: float) -> None:
@@ -57,8 +70,11 @@ def check_spec(spec: Any) -> None:
     """For the verifier: a spec from an untrusted manifest (exact keys, bounded numbers)."""
     if not isinstance(spec, dict) or spec.get("name") not in ("sgd", "adam", "adamw"):
         raise ValueError("'optimizer' must name sgd, adam or adamw")
-    keys = {"sgd": {"name", "lr", "momentum", "dampening", "nesterov", "weight_decay"},
-            "adam": {"name", "lr", "betas", "eps", "weight_decay"}, "adamw": {"name", "lr", "betas", "eps", "weight_decay"}}
+    keys = {
+        "sgd": {"name", "lr", "momentum", "dampening", "nesterov", "weight_decay"},
+        "adam": {"name", "lr", "betas", "eps", "weight_decay"},
+        "adamw": {"name", "lr", "betas", "eps", "weight_decay"},
+    }
     if set(spec) != keys[spec["name"]]:
         raise ValueError(f"'optimizer': {spec['name']} takes exactly {sorted(keys[spec['name']])}")
     _num(spec, "lr", 1e-300, 1e6)
@@ -81,8 +97,14 @@ def build(spec: Dict[str, Any], params: List[Any]) -> Any:
     import torch
 
     if spec["name"] == "sgd":
-        return torch.optim.SGD(params, lr=spec["lr"], momentum=spec["momentum"], dampening=spec["dampening"],
-                               nesterov=spec["nesterov"], weight_decay=spec["weight_decay"])
+        return torch.optim.SGD(
+            params,
+            lr=spec["lr"],
+            momentum=spec["momentum"],
+            dampening=spec["dampening"],
+            nesterov=spec["nesterov"],
+            weight_decay=spec["weight_decay"],
+        )
     cls = torch.optim.Adam if spec["name"] == "adam" else torch.optim.AdamW
     return cls(params, lr=spec["lr"], betas=tuple(spec["betas"]), eps=spec["eps"], weight_decay=spec["weight_decay"])
 
@@ -103,8 +125,9 @@ def expected_table(spec: Dict[str, Any], params: List[Any]) -> Dict[str, tuple]:
     dt = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16"}
     for i, p in enumerate(params):
         for k in keys:
-            out[f"optimizer.{i}.{k}"] = ("F32", (1,)) if k == "step" else (dt[str(p.dtype).replace("torch.", "")],
-                                                                           tuple(p.shape))
+            out[f"optimizer.{i}.{k}"] = (
+                ("F32", (1,)) if k == "step" else (dt[str(p.dtype).replace("torch.", "")], tuple(p.shape))
+            )
     return out
 
 
@@ -121,8 +144,11 @@ def state_tensors(optimizer: Any, spec: Dict[str, Any], params: List[Any], steps
             if k == "step":
                 out[f"optimizer.{i}.{k}"] = np.asarray([float(v) if v is not None else 0.0], np.float32)
             else:
-                out[f"optimizer.{i}.{k}"] = (v.detach().cpu().numpy().copy() if v is not None
-                                             else np.zeros(tuple(p.shape), p.detach().cpu().numpy().dtype))
+                out[f"optimizer.{i}.{k}"] = (
+                    v.detach().cpu().numpy().copy()
+                    if v is not None
+                    else np.zeros(tuple(p.shape), p.detach().cpu().numpy().dtype)
+                )
     return out
 
 

@@ -11,6 +11,7 @@ module, so that an optimizer, a loss or a layer is taught to exactforge once.
 - :class:`Stepper`: the flat-vector view of both that the studies and attacks use (the
   parameters of a zoo model in torch order, :mod:`exactforge.models.layout`), under a
   :class:`Condition` (batch order, threads, determinism, mixed precision, device)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,17 @@ from . import native as M
 from . import optim as O
 from .layout import flat_of, flat_to_native, load_flat, native_to_flat
 
-__all__ = ["NativeStep", "TorchStep", "Stepper", "Condition", "CONDITIONS", "NATIVE_MODELS", "NN_MODELS", "applied",
-           "sgd_spec"]
+__all__ = [
+    "NativeStep",
+    "TorchStep",
+    "Stepper",
+    "Condition",
+    "CONDITIONS",
+    "NATIVE_MODELS",
+    "NN_MODELS",
+    "applied",
+    "sgd_spec",
+]
 
 NATIVE_MODELS = ("logreg", "fcn")
 # zoo models whose every layer exactforge.nn runs reproducibly
@@ -41,21 +51,40 @@ def sgd_spec(lr: float) -> Dict[str, Any]:
 class NativeStep:
     """theta_{t+1} = theta_t - lr * grad of a native model, on the examples ``idx`` of (X, y)."""
 
-    def __init__(self, spec: M.ModelSpec, X: np.ndarray, y: np.ndarray, lr: float, *, mode: str = "fixed",
-                 threads: Optional[int] = None, plan: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        spec: M.ModelSpec,
+        X: np.ndarray,
+        y: np.ndarray,
+        lr: float,
+        *,
+        mode: str = "fixed",
+        threads: Optional[int] = None,
+        plan: Optional[int] = None,
+    ) -> None:
         self.spec, self.X, self.y, self.lr = spec, X, y, lr
         self.mode, self.threads, self.plan = mode, threads, plan
 
     def __call__(self, params: State, idx: np.ndarray, t: int = 0) -> State:
         return self.arrays(params, self.X[idx], self.y[idx], idx)
 
-    def arrays(self, params: State, X: np.ndarray, y: np.ndarray, keys: np.ndarray,
-               threads: Optional[int] = None) -> State:
+    def arrays(
+        self, params: State, X: np.ndarray, y: np.ndarray, keys: np.ndarray, threads: Optional[int] = None
+    ) -> State:
         """The same step on a batch given as arrays (labels: classes or label vectors)."""
         # no plan: sgd_step's default, the current one
         plan = {} if self.plan is None else {"plan": self.plan}
-        return M.sgd_step(self.spec, params, X, y, keys, self.lr, mode=self.mode,
-                          threads=self.threads if threads is None else threads, **plan)
+        return M.sgd_step(
+            self.spec,
+            params,
+            X,
+            y,
+            keys,
+            self.lr,
+            mode=self.mode,
+            threads=self.threads if threads is None else threads,
+            **plan,
+        )
 
 
 class TorchStep:
@@ -66,8 +95,18 @@ class TorchStep:
     step, example); ``device`` and ``autocast`` ("bfloat16", "float16") are the studies'
     conditions. The module's own parameters are overwritten by each step."""
 
-    def __init__(self, model: Any, X: Any, y: Any, optimizer: Dict[str, Any], loss: Callable, *,
-                 dropout_seed: Optional[int] = None, device: str = "cpu", autocast: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        X: Any,
+        y: Any,
+        optimizer: Dict[str, Any],
+        loss: Callable,
+        *,
+        dropout_seed: Optional[int] = None,
+        device: str = "cpu",
+        autocast: Optional[str] = None,
+    ) -> None:
         self.model, self.X, self.y, self.optimizer, self.loss = model, X, y, optimizer, loss
         self.dropout_seed, self.device, self.autocast = dropout_seed, device, autocast
         self.params = list(model.parameters())
@@ -122,6 +161,7 @@ class TorchStep:
 
 # -- conditions and the flat-vector stepper of the studies and attacks -------------------------
 
+
 @dataclass(frozen=True)
 class Condition:
     """How a step is (re)computed: the studies' axes of reproduction error."""
@@ -130,33 +170,36 @@ class Condition:
     permute: bool = False
     threads: Optional[int] = None
     deterministic: bool = False
-    autocast: Optional[str] = None        # "bfloat16" | "float16"
+    autocast: Optional[str] = None  # "bfloat16" | "float16"
     device: str = "cpu"
     cudnn_benchmark: Optional[bool] = None
-    engine: str = "torch"                 # "torch" | "native" | "nn" (torch with exactforge.nn layers)
+    engine: str = "torch"  # "torch" | "native" | "nn" (torch with exactforge.nn layers)
 
     @property
     def float32(self) -> bool:
         return self.autocast is None
 
 
-CONDITIONS: Dict[str, Condition] = {c.name: c for c in [
-    Condition("baseline"),
-    Condition("permute", permute=True),
-    Condition("threads", threads=1),
-    Condition("deterministic", deterministic=True),
-    Condition("bf16", autocast="bfloat16"),
-    Condition("fp16", autocast="float16"),
-    Condition("native", engine="native"),
-    Condition("native+permute", engine="native", permute=True),
-    Condition("native+threads", engine="native", threads=1),
-    Condition("reproducible", engine="nn"),
-    Condition("reproducible+permute", engine="nn", permute=True),
-    Condition("reproducible+threads", engine="nn", threads=1),
-    Condition("cuda", device="cuda"),
-    Condition("cuda+benchmark", device="cuda", cudnn_benchmark=True),
-    Condition("cuda+deterministic", device="cuda", deterministic=True, cudnn_benchmark=False),
-]}
+CONDITIONS: Dict[str, Condition] = {
+    c.name: c
+    for c in [
+        Condition("baseline"),
+        Condition("permute", permute=True),
+        Condition("threads", threads=1),
+        Condition("deterministic", deterministic=True),
+        Condition("bf16", autocast="bfloat16"),
+        Condition("fp16", autocast="float16"),
+        Condition("native", engine="native"),
+        Condition("native+permute", engine="native", permute=True),
+        Condition("native+threads", engine="native", threads=1),
+        Condition("reproducible", engine="nn"),
+        Condition("reproducible+permute", engine="nn", permute=True),
+        Condition("reproducible+threads", engine="nn", threads=1),
+        Condition("cuda", device="cuda"),
+        Condition("cuda+benchmark", device="cuda", cudnn_benchmark=True),
+        Condition("cuda+deterministic", device="cuda", deterministic=True, cudnn_benchmark=False),
+    ]
+}
 
 
 @contextlib.contextmanager
@@ -196,8 +239,9 @@ class Stepper:
         self.y = torch.from_numpy(data.y)
         self._native_spec = native_spec
         if native_spec is None and model_name in NATIVE_MODELS:
-            self._native_spec = M.ModelSpec(model_name, int(np.prod(shape)), data.num_classes,
-                                            (100,) if model_name == "fcn" else ())
+            self._native_spec = M.ModelSpec(
+                model_name, int(np.prod(shape)), data.num_classes, (100,) if model_name == "fcn" else ()
+            )
         self._nn_model: Any = None
 
     def flat(self, params: Any = None) -> np.ndarray:
@@ -241,8 +285,9 @@ class Stepper:
         def loss(out: Any, y: Any) -> Any:
             return torch.nn.functional.cross_entropy(out.float(), y)
 
-        return TorchStep(self.model, self.X, self.y, sgd_spec(self.lr), loss, device=cond.device,
-                         autocast=cond.autocast).flat(flat, idx)
+        return TorchStep(
+            self.model, self.X, self.y, sgd_spec(self.lr), loss, device=cond.device, autocast=cond.autocast
+        ).flat(flat, idx)
 
     def native_spec(self) -> M.ModelSpec:
         if self._native_spec is None:
@@ -256,8 +301,9 @@ class Stepper:
     def from_native(self, params: State) -> np.ndarray:
         return native_to_flat(self.native_spec(), params)
 
-    def native_step_arrays(self, flat: np.ndarray, X: np.ndarray, Y: np.ndarray, keys: np.ndarray,
-                           threads: Optional[int] = None) -> np.ndarray:
+    def native_step_arrays(
+        self, flat: np.ndarray, X: np.ndarray, Y: np.ndarray, keys: np.ndarray, threads: Optional[int] = None
+    ) -> np.ndarray:
         """One native SGD step on a batch given as arrays (labels: classes or label vectors)."""
         Yn = np.asarray(Y) if np.asarray(Y).ndim == 1 else np.asarray(Y, np.float32)
         engine = NativeStep(self.native_spec(), self.data.X, self.data.y, self.lr, threads=threads)

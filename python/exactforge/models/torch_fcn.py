@@ -1,5 +1,6 @@
 """The native models as ``torch.nn`` modules with the same parameter layout, and conversion
 both ways (``nn.Linear.weight`` is ``W_i`` transposed)."""
+
 from __future__ import annotations
 
 from typing import Dict
@@ -21,8 +22,9 @@ class TorchFCN(nn.Module):
         super().__init__()
         self.spec = spec
         dt = getattr(torch, spec.dtype)
-        self.layers = nn.ModuleList(nn.Linear(d0, d1, bias=spec.bias, dtype=dt)
-                                    for d0, d1 in zip(spec.sizes[:-1], spec.sizes[1:]))
+        self.layers = nn.ModuleList(
+            nn.Linear(d0, d1, bias=spec.bias, dtype=dt) for d0, d1 in zip(spec.sizes[:-1], spec.sizes[1:])
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
@@ -34,7 +36,9 @@ class TorchFCN(nn.Module):
 
 def _linear_params(module: nn.Module, bias: bool) -> list:
     """(weight, bias) of each Linear layer in order; biases only where the spec has them."""
-    return [t for m in module.modules() if isinstance(m, nn.Linear) for t in ((m.weight, m.bias) if bias else (m.weight,))]
+    return [
+        t for m in module.modules() if isinstance(m, nn.Linear) for t in ((m.weight, m.bias) if bias else (m.weight,))
+    ]
 
 
 def to_torch(spec: ModelSpec, params: Dict[str, np.ndarray], module: "TorchFCN | None" = None) -> TorchFCN:

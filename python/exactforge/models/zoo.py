@@ -1,6 +1,7 @@
 """The models of the reproduction-error studies, as ``torch.nn`` modules (the papers' zoo):
 logistic regression, FCN (one hidden ReLU layer of 100 units), LeNet-5 and VGGmini (adapted to
 the input size), and a small decoder-only Transformer classifier."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -28,10 +29,21 @@ class LeNet5(nn.Module):
         c = shape[0]
         pad2 = 0 if min(shape[1:]) >= 16 else 2
         self.features = nn.Sequential(
-            nn.Conv2d(c, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5, padding=pad2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
-        self.classifier = nn.Sequential(nn.Linear(_flat_size(self.features, shape), 120), nn.ReLU(),
-                                        nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes))
+            nn.Conv2d(c, 6, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5, padding=pad2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(_flat_size(self.features, shape), 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -45,11 +57,21 @@ class VGGMini(nn.Module):
         super().__init__()
         c = shape[0]
         self.features = nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten())
-        self.classifier = nn.Sequential(nn.Linear(_flat_size(self.features, shape), 128), nn.ReLU(),
-                                        nn.Linear(128, num_classes))
+            nn.Conv2d(c, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(_flat_size(self.features, shape), 128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -59,13 +81,13 @@ class TransformerClassifier(nn.Module):
     """A decoder-only Transformer (causal self-attention) over token ids; the class is read
     from the last position."""
 
-    def __init__(self, vocab: int, seq_len: int, num_classes: int, d_model: int = 32, heads: int = 4,
-                 layers: int = 2) -> None:
+    def __init__(
+        self, vocab: int, seq_len: int, num_classes: int, d_model: int = 32, heads: int = 4, layers: int = 2
+    ) -> None:
         super().__init__()
         self.tok = nn.Embedding(vocab, d_model)
         self.pos = nn.Embedding(seq_len, d_model)
-        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=0.0,
-                                           batch_first=True)
+        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=0.0, batch_first=True)
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Linear(d_model, num_classes)
 
@@ -93,8 +115,9 @@ class FlatInput(nn.Module):
 _Flat = FlatInput  # the name before it was public (pickled models)
 
 
-def build_model(name: str, input_shape: Tuple[int, ...], num_classes: int, *, vocab: Optional[int] = None,
-                seed: int = 0) -> nn.Module:
+def build_model(
+    name: str, input_shape: Tuple[int, ...], num_classes: int, *, vocab: Optional[int] = None, seed: int = 0
+) -> nn.Module:
     """A freshly initialised model (seeded) for inputs of ``input_shape`` (without the batch)."""
     if name not in ZOO:
         raise ValueError(f"model: expected one of {ZOO}, got {name!r}")
@@ -112,4 +135,5 @@ def build_model(name: str, input_shape: Tuple[int, ...], num_classes: int, *, vo
         return TransformerClassifier(vocab, int(input_shape[0]), num_classes)
     if len(input_shape) != 3:
         raise ValueError(f"model: {name} needs image data (digits, mnist, cifar10), got inputs of shape {input_shape}")
-    return (LeNet5 if name == "lenet" else VGGMini)(tuple(int(s) for s in input_shape), num_classes)
+    c, h, w = (int(s) for s in input_shape)
+    return (LeNet5 if name == "lenet" else VGGMini)((c, h, w), num_classes)

@@ -10,10 +10,25 @@ eval mode, ReLU, Tanh, Sigmoid, Flatten, Unflatten, Identity, MaxPool2d, AvgPool
 (training-mode masks keyed to (seed, step, layer, example): ``dropout_keys``). Anything else is
 refused by ``reproducible`` with its name. CPU tensors.
 """
-from ._registry import MODES, UnsupportedLayerError, mode_of, register_layer, reproducible, supported_layers
+
 from . import layers as _layers  # noqa: F401  (registers the layer types)
+from ._registry import MODES, UnsupportedLayerError, mode_of, register_layer, reproducible, supported_layers
 from .functional import cross_entropy, dropout, mse_loss, sigmoid, tanh
 from .layers.dropout import dropout_keys, keyed_dropout, keyed_layers
 
-__all__ = ["reproducible", "mode_of", "cross_entropy", "mse_loss", "sigmoid", "tanh", "dropout", "dropout_keys",
-           "keyed_dropout", "keyed_layers", "register_layer", "supported_layers", "UnsupportedLayerError", "MODES"]
+__all__ = [
+    "reproducible",
+    "mode_of",
+    "cross_entropy",
+    "mse_loss",
+    "sigmoid",
+    "tanh",
+    "dropout",
+    "dropout_keys",
+    "keyed_dropout",
+    "keyed_layers",
+    "register_layer",
+    "supported_layers",
+    "UnsupportedLayerError",
+    "MODES",
+]

@@ -6,6 +6,7 @@ with an unknown one, naming it, before anything runs. The user's parameters, buf
 state_dict stay as they are: only each supported module's ``forward`` is replaced, on that
 instance.
 """
+
 from __future__ import annotations
 
 import types
@@ -77,8 +78,10 @@ def reproducible(module: nn.Module, mode: str = "exact") -> nn.Module:
             # The layers call the CPU core (im2col, exp, the loss) between the reduction
             # kernels; a CUDA twin with the same bits needs its own col2im order and loss and
             # a device to test them on, which this build has not had.
-            raise ValueError(f"module: {name} is on {t.device}; exactforge.nn's reproducible layers run on CPU "
-                             "tensors (move the model with .cpu())")
+            raise ValueError(
+                f"module: {name} is on {t.device}; exactforge.nn's reproducible layers run on CPU "
+                "tensors (move the model with .cpu())"
+            )
     plan = []
     owned: List[str] = []  # layers that compute with their children's parameters themselves
     for name, m in module.named_modules():
@@ -96,7 +99,8 @@ def reproducible(module: nn.Module, mode: str = "exact") -> nn.Module:
         if own or not any(True for _ in m.children()):
             raise UnsupportedLayerError(
                 f"module: {name or 'the model'} ({type(m).__name__}) has no reproducible implementation; "
-                f"supported layers: {', '.join(supported_layers())}")
+                f"supported layers: {', '.join(supported_layers())}"
+            )
     for m, make in plan:
         m.forward = types.MethodType(make(m, mode), m)
         m._exactforge_mode = mode

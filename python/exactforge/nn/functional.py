@@ -6,9 +6,10 @@ are per-example too but are summed with the batch into the weight gradient) use 
 batch mode: ``"exact"`` is a symmetric function of the terms, so any batch order and any
 thread count give the same bits.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -18,8 +19,23 @@ from .. import mathfn
 from .. import reduce as R
 from .._backend.native import _core
 
-__all__ = ["linear", "conv2d", "batch_norm_eval", "cross_entropy", "mse_loss", "sigmoid", "tanh", "dropout", "keep_mask",
-           "bmm", "softmax", "layer_norm", "embedding", "attention_mask", "multi_head_attention"]
+__all__ = [
+    "linear",
+    "conv2d",
+    "batch_norm_eval",
+    "cross_entropy",
+    "mse_loss",
+    "sigmoid",
+    "tanh",
+    "dropout",
+    "keep_mask",
+    "bmm",
+    "softmax",
+    "layer_norm",
+    "embedding",
+    "attention_mask",
+    "multi_head_attention",
+]
 
 
 def _fixed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -100,8 +116,11 @@ class _Conv2d(torch.autograd.Function):
         if cols2.dtype in _NATIVE:
             # (B*L) x O, reading cols2 as its transpose: the long axis as rows keeps the tile
             # full when O is a handful of channels (each output's chain over CKK is the same)
-            yt = torch.from_numpy(_core.matmul(cols2.numpy(), weight.detach().reshape(O, -1).t().contiguous().numpy(),
-                                               "fixed", a_transposed=True))
+            yt = torch.from_numpy(
+                _core.matmul(
+                    cols2.numpy(), weight.detach().reshape(O, -1).t().contiguous().numpy(), "fixed", a_transposed=True
+                )
+            )
             if bias is not None:
                 yt = yt + bias.detach()
             return yt.reshape(B, L, O).transpose(1, 2).reshape(B, O, Ho, Wo).contiguous()
@@ -182,8 +201,9 @@ class _CrossEntropy(torch.autograd.Function):
         return d * g, None, None
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, label_smoothing: float = 0.0,
-                  mode: str = "exact") -> torch.Tensor:
+def cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, *, label_smoothing: float = 0.0, mode: str = "exact"
+) -> torch.Tensor:
     """Mean softmax cross-entropy over the batch with exactforge's exp/log and an
     order-independent batch mean (``mode="exact"``). ``target``: class indices or probability
     vectors; ``label_smoothing`` as in torch."""
@@ -210,7 +230,7 @@ class _MSE(torch.autograd.Function):
         n = d.numel()
         ctx.save_for_backward(d)
         ctx.n, ctx.shape = n, x.shape
-        per = (d * d)
+        per = d * d
         return R.sum(R.sum(per.t().contiguous(), axis=0, mode="fixed").reshape(-1, 1), axis=0, mode=mode)[0] / n
 
     @staticmethod
@@ -237,6 +257,7 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, *, mode: str = "exact") 
 # invariant. These evaluate every element the same way: exactforge's exp (the same bits
 # everywhere) in float64, one rounding to the input's dtype.
 
+
 def _npdtype(t: torch.Tensor):
     return torch.empty(0, dtype=t.dtype).numpy().dtype
 
@@ -261,7 +282,7 @@ def _tanh64(v: np.ndarray) -> np.ndarray:
     # 1 - e cancels for tiny |x|; below 2^-8 the series to x^7 is exact to float64 rounding
     a2 = a * a
     small = a * (1.0 - a2 * (1.0 / 3.0 - a2 * (2.0 / 15.0 - a2 * (17.0 / 315.0))))
-    return np.copysign(np.where(a < 2.0 ** -8, small, big), v)
+    return np.copysign(np.where(a < 2.0**-8, small, big), v)
 
 
 class _Elementwise(torch.autograd.Function):
@@ -319,7 +340,7 @@ def keep_mask(seed: int, step: int, layer: int, examples: np.ndarray, n: int, p:
     base = _splitmix(_splitmix(_splitmix(_word(seed)) ^ _word(step)) ^ _word(layer))
     ex = _splitmix(base ^ np.asarray(examples, dtype=np.int64).astype(np.uint64))
     h = _splitmix(ex[:, None] ^ np.arange(n, dtype=np.uint64)[None, :])
-    u = (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    u = (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
     return u >= p
 
 
@@ -344,6 +365,7 @@ def dropout(x: torch.Tensor, p: float, *, seed: int, step: int, layer: int, exam
 # correctly rounded IEEE operation, so the same bits wherever the element sits). Reductions over
 # the batch (parameter gradients) use the layer's batch mode.
 
+
 def _rowsum(x2: torch.Tensor) -> torch.Tensor:
     """(R, D) -> (R,): each row summed in index order."""
     return R.sum(x2.t().contiguous(), axis=0, mode="fixed")
@@ -353,7 +375,7 @@ def _bmm_loop(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(N, M, K) @ (N, K, P), each output the sum over k = 0..K-1 in that order, no FMA."""
     acc = a[:, :, 0:1] * b[:, 0:1, :]
     for k in range(1, a.shape[2]):
-        acc = acc + a[:, :, k:k + 1] * b[:, k:k + 1, :]
+        acc = acc + a[:, :, k : k + 1] * b[:, k : k + 1, :]
     return acc
 
 
@@ -439,8 +461,9 @@ class _LayerNorm(torch.autograd.Function):
         return dx, dw, db, None, None, None
 
 
-def layer_norm(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5,
-               mode: str = "exact") -> torch.Tensor:
+def layer_norm(
+    x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5, mode: str = "exact"
+) -> torch.Tensor:
     """LayerNorm over the trailing ``normalized_shape`` axes: statistics per example and
     position in a fixed order; gamma's and beta's gradients summed over the batch in ``mode``."""
     D = int(np.prod(normalized_shape))
@@ -479,17 +502,27 @@ class _Embedding(torch.autograd.Function):
         return None, dw, None, None
 
 
-def embedding(ids: torch.Tensor, weight: torch.Tensor, padding_idx: Optional[int] = None,
-              mode: str = "exact") -> torch.Tensor:
+def embedding(
+    ids: torch.Tensor, weight: torch.Tensor, padding_idx: Optional[int] = None, mode: str = "exact"
+) -> torch.Tensor:
     if ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"ids: expected integer token ids, got {ids.dtype}")
     return _Embedding.apply(ids.long(), weight, -1 if padding_idx is None else int(padding_idx), mode)
 
 
-def attention_mask(attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor], is_causal: bool,
-                   B: int, H: int, L: int, S: int, dtype) -> Optional[torch.Tensor]:
+def attention_mask(
+    attn_mask: Optional[torch.Tensor],
+    key_padding_mask: Optional[torch.Tensor],
+    is_causal: bool,
+    B: int,
+    H: int,
+    L: int,
+    S: int,
+    dtype,
+) -> Optional[torch.Tensor]:
     """One additive mask (B*H, L, S) from torch's conventions: a boolean True (or -inf) means
     "may not attend"; a float mask is added to the scores."""
+
     def additive(m):
         if m.dtype == torch.bool:
             return torch.zeros(m.shape, dtype=dtype).masked_fill(m, float("-inf"))
@@ -510,8 +543,18 @@ def attention_mask(attn_mask: Optional[torch.Tensor], key_padding_mask: Optional
     return total.expand(B, H, L, S).reshape(B * H, L, S)
 
 
-def multi_head_attention(q_in, k_in, v_in, mha, attn_mask=None, key_padding_mask=None, is_causal=False,
-                         need_weights=False, average_attn_weights=True, mode: str = "exact"):
+def multi_head_attention(
+    q_in,
+    k_in,
+    v_in,
+    mha,
+    attn_mask=None,
+    key_padding_mask=None,
+    is_causal=False,
+    need_weights=False,
+    average_attn_weights=True,
+    mode: str = "exact",
+):
     """nn.MultiheadAttention's computation (batch first) with reproducible pieces: projections
     as reproducible linears (their weight gradients sum over the batch in ``mode``), per-head
     scores and weighted values as fixed-order per-example products, softmax with exactforge's
@@ -525,10 +568,10 @@ def multi_head_attention(q_in, k_in, v_in, mha, attn_mask=None, key_padding_mask
         if q_in is k_in and k_in is v_in:
             q, k, v = linear(q_in, w, b, mode).chunk(3, dim=-1)
         else:
-            bs = (None, None, None) if b is None else (b[:E], b[E:2 * E], b[2 * E:])
+            bs = (None, None, None) if b is None else (b[:E], b[E : 2 * E], b[2 * E :])
             q = linear(q_in, w[:E], bs[0], mode)
-            k = linear(k_in, w[E:2 * E], bs[1], mode)
-            v = linear(v_in, w[2 * E:], bs[2], mode)
+            k = linear(k_in, w[E : 2 * E], bs[1], mode)
+            v = linear(v_in, w[2 * E :], bs[2], mode)
     else:
         bs = (None, None, None) if mha.in_proj_bias is None else mha.in_proj_bias.split(E)
         q = linear(q_in, mha.q_proj_weight, bs[0], mode)

@@ -8,6 +8,7 @@ torch's layers, exactforge.nn's when with the reproducible ones (``reduction`` "
 callable the verifier must supply). Anything whose arguments cannot be replayed (class weights,
 ignore_index, a reduction other than the mean) is refused when recording.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,13 +28,19 @@ def spec_of(loss_fn: Any) -> Dict[str, Any]:
         return {"name": "cross_entropy", "label_smoothing": 0.0}
     if loss_fn in (F.mse_loss, xnn.mse_loss):
         return {"name": "mse"}
-    if isinstance(loss_fn, functools.partial) and loss_fn.func in (F.cross_entropy, xnn.cross_entropy) \
-            and not loss_fn.args and set(loss_fn.keywords) <= {"label_smoothing"}:
+    if (
+        isinstance(loss_fn, functools.partial)
+        and loss_fn.func in (F.cross_entropy, xnn.cross_entropy)
+        and not loss_fn.args
+        and set(loss_fn.keywords) <= {"label_smoothing"}
+    ):
         return {"name": "cross_entropy", "label_smoothing": float(loss_fn.keywords.get("label_smoothing", 0.0))}
     if isinstance(loss_fn, tnn.CrossEntropyLoss):
         if loss_fn.weight is not None or loss_fn.ignore_index != -100 or loss_fn.reduction != "mean":
-            raise ValueError("loss_fn: CrossEntropyLoss with class weights, ignore_index or a reduction other than "
-                             "'mean' cannot be replayed by the verifier")
+            raise ValueError(
+                "loss_fn: CrossEntropyLoss with class weights, ignore_index or a reduction other than "
+                "'mean' cannot be replayed by the verifier"
+            )
         return {"name": "cross_entropy", "label_smoothing": float(loss_fn.label_smoothing)}
     if isinstance(loss_fn, tnn.MSELoss):
         if loss_fn.reduction != "mean":
@@ -64,15 +71,19 @@ def replay(spec: Optional[Dict[str, Any]], reduction: Optional[str], loss_fn: Op
     if loss_fn is not None:
         return loss_fn
     rep = reduction in ("exact", "fixed")
+    mode = str(reduction)
     if spec["name"] == "cross_entropy":
         s = float(spec["label_smoothing"])
         if rep:
-            return lambda out, y: xnn.cross_entropy(out, y, label_smoothing=s, mode=reduction)
+            return lambda out, y: xnn.cross_entropy(out, y, label_smoothing=s, mode=mode)
         return lambda out, y: F.cross_entropy(out, y, label_smoothing=s)
     if spec["name"] == "mse":
+
         def mse(out, y):
             t = F.one_hot(y, out.shape[1]).to(out.dtype)
-            return xnn.mse_loss(out, t, mode=reduction) if rep else F.mse_loss(out, t)
+            return xnn.mse_loss(out, t, mode=mode) if rep else F.mse_loss(out, t)
+
         return mse
-    raise ValueError("loss_fn: this trace was recorded with a custom loss; pass the same function as loss_fn= "
-                     "to verify it")
+    raise ValueError(
+        "loss_fn: this trace was recorded with a custom loss; pass the same function as loss_fn= to verify it"
+    )

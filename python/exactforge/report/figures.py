@@ -1,4 +1,5 @@
 """Figures (matplotlib, Agg backend: no display needed)."""
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,18 @@ def _image_shape(d: int) -> Optional[tuple]:
     return None
 
 
-def plot_forgery(X: np.ndarray, Xf: np.ndarray, path: str, *, n: int = 8, title: str = "",
-                 labels: Optional[Sequence[str]] = None, domain: Optional[Tuple[float, float]] = (0.0, 1.0),
-                 rows: Tuple[str, str] = ("original", "forged"), bottom_labels: Optional[Sequence[str]] = None) -> str:
+def plot_forgery(
+    X: np.ndarray,
+    Xf: np.ndarray,
+    path: str,
+    *,
+    n: int = 8,
+    title: str = "",
+    labels: Optional[Sequence[str]] = None,
+    domain: Optional[Tuple[float, float]] = (0.0, 1.0),
+    rows: Tuple[str, str] = ("original", "forged"),
+    bottom_labels: Optional[Sequence[str]] = None,
+) -> str:
     """Original examples (top row) above their forgeries (bottom row), like the papers'
     Figures 12-13. One grey scale for both rows, the data's range ``domain`` (lo, hi): a forged
     pixel above hi is drawn red and one below lo blue, and each forged image is labelled with
@@ -88,9 +98,14 @@ def plot_resolution(pairs: Sequence[tuple], path: str) -> str:
         r = np.concatenate([p[2] for p in pairs if p[0] == solver])
         nz = d > 0
         below = float(np.mean(d < r))
-        ax.scatter(r[nz], d[nz], s=4, alpha=0.35, color=colors.get(solver, None),
-                   label=f"{solver}: {below:.1%} of {d.size} coordinates below "
-                         f"({int((~nz).sum())} exactly 0, not drawn)")
+        ax.scatter(
+            r[nz],
+            d[nz],
+            s=4,
+            alpha=0.35,
+            color=colors.get(solver, None),
+            label=f"{solver}: {below:.1%} of {d.size} coordinates below ({int((~nz).sum())} exactly 0, not drawn)",
+        )
         if nz.any():
             lo = min(lo, float(r[nz].min()), float(d[nz].min()))
             hi = max(hi, float(r[nz].max()), float(d[nz].max()))
@@ -100,8 +115,11 @@ def plot_resolution(pairs: Sequence[tuple], path: str) -> str:
     ax.set_yscale("log")
     ax.set_xlabel("resolution ulp(theta_{t+1}) / (2 lr) of the coordinate (float32)")
     ax.set_ylabel("|gradient of forgery - gradient of true batch| (float64)")
-    ax.set_title("Exact forgeries vs what epsilon = 0 can see (native logreg verifier):\n"
-                 "points below the dashed line can vanish in the float32 rounding of theta_{t+1}", fontsize=9)
+    ax.set_title(
+        "Exact forgeries vs what epsilon = 0 can see (native logreg verifier):\n"
+        "points below the dashed line can vanish in the float32 rounding of theta_{t+1}",
+        fontsize=9,
+    )
     ax.legend(fontsize=7, loc="upper left", markerscale=3)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

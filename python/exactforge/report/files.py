@@ -2,6 +2,7 @@
 the same folder, fsync, rename over the target, fsync the folder. The file gets the mode a
 plain ``open(path, "w")`` would give it (0666 less the user's umask), not the 0600 of the
 temporary file."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """One JSON writer for every result: JSON has no NaN or infinity, so an undefined number is
 null (never the string "nan"), NumPy scalars and arrays become numbers and lists, and a file
 is written atomically (a killed run leaves the old file or the new one, never half of one)."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,5 +1,6 @@
 """The one progress bar helper: every long loop of exactforge reports through it, so bars look
 alike and a quiet run (``progress=False``, ``--quiet``) creates none."""
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -7,7 +8,9 @@ from typing import Any, Optional
 __all__ = ["progress_bar"]
 
 
-def progress_bar(total: int, enabled: bool, desc: str, unit: str = "step", *, unit_scale: bool = False) -> Optional[Any]:
+def progress_bar(
+    total: int, enabled: bool, desc: str, unit: str = "step", *, unit_scale: bool = False
+) -> Optional[Any]:
     """A tqdm bar that disappears when done (``leave=False``: the result printed after it stays
     readable), or None when ``enabled`` is false; callers test for None before updating."""
     if not enabled:

@@ -4,6 +4,7 @@ An FCN 64-100-10 on digits takes one SGD step on a batch of b examples. The step
 recomputed after permuting the batch (20 permutations) and with 1 and 2 threads; the table
 reports the largest l2 distance to the first result, for torch (what users run today) and
 for exactforge's two reproducible reductions, where it must be exactly 0."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from typing import Dict, List
 import numpy as np
 
 from .. import compile_options
-from ..models import native as M
 from ..data import load_digits
+from ..models import native as M
 from ..models.native import Params
 
 __all__ = ["DemoRow", "DemoResult", "run_demo", "format_table"]
@@ -25,8 +26,8 @@ __all__ = ["DemoRow", "DemoResult", "run_demo", "format_table"]
 class DemoRow:
     path: str
     permutation_l2: float  # max over the permutations of ||step - step_0||_2
-    threads_l2: float      # ||step(1 thread) - step(2 threads)||_2
-    bitwise: bool          # every recomputation bitwise equal to the first
+    threads_l2: float  # ||step(1 thread) - step(2 threads)||_2
+    bitwise: bool  # every recomputation bitwise equal to the first
 
 
 @dataclass
@@ -66,8 +67,9 @@ def torch_step(params: Params, X: np.ndarray, y: np.ndarray, idx: np.ndarray, lr
         torch.set_num_threads(prev)
 
 
-def run_demo(batch_size: int = 1000, permutations: int = 20, lr: float = 0.01, seed: int = 0,
-             progress: bool = False) -> DemoResult:
+def run_demo(
+    batch_size: int = 1000, permutations: int = 20, lr: float = 0.01, seed: int = 0, progress: bool = False
+) -> DemoResult:
     if batch_size < 2:
         raise ValueError("batch_size: expected at least 2 examples")
     if permutations < 1:
@@ -82,10 +84,12 @@ def run_demo(batch_size: int = 1000, permutations: int = 20, lr: float = 0.01, s
 
     paths = {
         "torch (BLAS, autograd)": lambda order, th: torch_step(params, data.X, data.y, idx[order], lr, th),
-        "exactforge fixed": lambda order, th: M.sgd_step(SPEC, params, data.X[idx[order]], data.y[idx[order]],
-                                                         idx[order], lr, mode="fixed", threads=th),
-        "exactforge exact": lambda order, th: M.sgd_step(SPEC, params, data.X[idx[order]], data.y[idx[order]],
-                                                         idx[order], lr, mode="exact", threads=th),
+        "exactforge fixed": lambda order, th: M.sgd_step(
+            SPEC, params, data.X[idx[order]], data.y[idx[order]], idx[order], lr, mode="fixed", threads=th
+        ),
+        "exactforge exact": lambda order, th: M.sgd_step(
+            SPEC, params, data.X[idx[order]], data.y[idx[order]], idx[order], lr, mode="exact", threads=th
+        ),
     }
     result = DemoResult("FCN 64-100-10", data.name, batch_size, lr, permutations)
     ident = np.arange(batch_size)
@@ -94,20 +98,25 @@ def run_demo(batch_size: int = 1000, permutations: int = 20, lr: float = 0.01, s
         perm_d = [float(np.linalg.norm(M.flatten(SPEC, step(o, 1)) - ref)) for o in perms]
         two = M.flatten(SPEC, step(ident, 2))
         thr_d = float(np.linalg.norm(two - ref))
-        result.rows.append(DemoRow(name, max(perm_d), thr_d,
-                                   all(d == 0.0 for d in perm_d) and thr_d == 0.0))
+        result.rows.append(DemoRow(name, max(perm_d), thr_d, all(d == 0.0 for d in perm_d) and thr_d == 0.0))
         if progress:
             print(f"  {name}: done", flush=True)
     import torch
 
-    result.environment = {"python": platform.python_version(), "torch": torch.__version__,
-                          "machine": platform.machine(), "exactforge": compile_options()}
+    result.environment = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "exactforge": compile_options(),
+    }
     return result
 
 
 def format_table(r: DemoResult) -> str:
-    head = (f"One SGD step of an {r.model} on {r.dataset}, batch b={r.batch_size}, lr={r.lr}, float32.\n"
-            f"Distance (l2) of the recomputed parameters from the first computation:\n")
+    head = (
+        f"One SGD step of an {r.model} on {r.dataset}, batch b={r.batch_size}, lr={r.lr}, float32.\n"
+        f"Distance (l2) of the recomputed parameters from the first computation:\n"
+    )
     cols = ("path", f"batch permuted (max of {r.permutations})", "1 vs 2 threads", "bitwise reproducible")
     rows = [(x.path, f"{x.permutation_l2:.3g}", f"{x.threads_l2:.3g}", "yes" if x.bitwise else "no") for x in r.rows]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]

@@ -13,9 +13,9 @@ On the embedded digits (or a local dataset) it
      that fit the run, and measures the native verifier's resolution against exact forgeries;
 and writes report.md, report.json and PNG figures, printing the summary table.
 """
+
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import numpy as np
+
 from ..report.progress import progress_bar
 
 __all__ = ["Config", "reevaluate", "summary_table", "table4_counts", "resolution_study"]
@@ -36,22 +37,32 @@ class Config:
     dataset: str = "digits"
     data_path: Optional[str] = None
     batch_sizes: tuple = (32, 100, 1000)
-    batch: int = 100                 # batch size of the traces, attacks and game
-    steps: int = 20                  # steps of the traces and of the study
+    batch: int = 100  # batch size of the traces, attacks and game
+    steps: int = 20  # steps of the traces and of the study
     repeats: int = 5
-    attack_steps: int = 10           # sampled steps per attack
-    rounds: int = 20                 # game rounds per cell (a win rate to 5%)
+    attack_steps: int = 10  # sampled steps per attack
+    rounds: int = 20  # game rounds per cell (a win rate to 5%)
     greedy_pool: int = 1000
     greedy_candidates: int = 300
-    opt_steps: int = 100             # gradient matching / DLG
+    opt_steps: int = 100  # gradient matching / DLG
     table4_max_batches: int = 200_000_000  # Table 4 cells counted completely in the report
-    table4_levels: tuple = (2, 3)           # grey levels v of those cells
+    table4_levels: tuple = (2, 3)  # grey levels v of those cells
     seed: int = 0
 
     @classmethod
     def quick(cls, **kw) -> "Config":
-        base = dict(batch_sizes=(100,), steps=4, repeats=2, attack_steps=2, rounds=3, greedy_pool=300,
-                    greedy_candidates=50, opt_steps=20, table4_max_batches=200_000, table4_levels=(2,))
+        base = dict(
+            batch_sizes=(100,),
+            steps=4,
+            repeats=2,
+            attack_steps=2,
+            rounds=3,
+            greedy_pool=300,
+            greedy_candidates=50,
+            opt_steps=20,
+            table4_max_batches=200_000,
+            table4_levels=(2,),
+        )
         base.update(kw)
         return cls(**base)
 
@@ -60,8 +71,8 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     import torch
 
     from .. import compile_options
-    from ..forging.attacks import budget_for, run_attack
     from ..data import load_dataset
+    from ..forging.attacks import budget_for, run_attack
     from ..forging.game import Verifier, play_game
     from ..models.native import ModelSpec
     from ..trace.record import record_native, record_torch_fcn
@@ -75,18 +86,30 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     # CNNs run the reproducible path through exactforge.nn (images only)
     nn_ok = not native_ok and cfg.model in NN_MODELS and data.shape is not None and len(data.shape) == 3
     bar = progress_bar(6, progress, "reevaluate", "part")
-    report: Dict[str, Any] = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
-                              "dataset": {"name": data.name, "examples": len(data), "synthetic": data.synthetic,
-                                          "domain": list(data.domain) if data.domain else None, "levels": data.levels},
-                              "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                                              "cuda": torch.cuda.is_available(), "exactforge": compile_options()},
-                              "papers": PAPERS}
+    report: Dict[str, Any] = {
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+        "dataset": {
+            "name": data.name,
+            "examples": len(data),
+            "synthetic": data.synthetic,
+            "domain": list(data.domain) if data.domain else None,
+            "levels": data.levels,
+        },
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(),
+            "exactforge": compile_options(),
+        },
+        "papers": PAPERS,
+    }
 
     # 1. traces
     traces = {}
     if cfg.model in NATIVE_MODELS and data.vocab is None:
-        spec = ModelSpec(cfg.model, int(np.prod(data.shape or (data.dim,))), data.num_classes,
-                         (100,) if cfg.model == "fcn" else ())
+        spec = ModelSpec(
+            cfg.model, int(np.prod(data.shape or (data.dim,))), data.num_classes, (100,) if cfg.model == "fcn" else ()
+        )
         for engine in ("torch", "native"):
             d = os.path.join(out, "traces", engine)
             shutil.rmtree(d, ignore_errors=True)
@@ -100,8 +123,17 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
         for engine, mode in (("torch", None), ("native", "exact")):
             d = os.path.join(out, "traces", engine)
             shutil.rmtree(d, ignore_errors=True)
-            record_zoo(d, cfg.model, data, steps=cfg.steps, batch_size=cfg.batch, lr=0.01, seed=cfg.seed, mode=mode,
-                       data_path=cfg.data_path)
+            record_zoo(
+                d,
+                cfg.model,
+                data,
+                steps=cfg.steps,
+                batch_size=cfg.batch,
+                lr=0.01,
+                seed=cfg.seed,
+                mode=mode,
+                data_path=cfg.data_path,
+            )
             traces[engine] = _verified(d, data)
     report["traces"] = traces
     if bar is not None:
@@ -114,31 +146,67 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     elif nn_ok:
         conds += ["reproducible", "reproducible+permute", "reproducible+threads"]
     conds += [c for c in available_conditions(cfg.model) if c.startswith("cuda")]
-    study = run_study(cfg.model, cfg.dataset, cfg.batch_sizes, conds, repeats=cfg.repeats, steps=cfg.steps,
-                      matrix_steps=min(5, cfg.steps), out=os.path.join(out, "repro"), data=data, seed=cfg.seed)
+    study = run_study(
+        cfg.model,
+        cfg.dataset,
+        cfg.batch_sizes,
+        conds,
+        repeats=cfg.repeats,
+        steps=cfg.steps,
+        matrix_steps=min(5, cfg.steps),
+        out=os.path.join(out, "repro"),
+        data=data,
+        seed=cfg.seed,
+    )
     repro_torch = max(study.conditions[c].max_error for c in study.calibrated_on)
-    report["reproduction"] = {"conditions": {k: {"max_error": v.max_error, "zero_fraction": v.zero_fraction}
-                                             for k, v in study.conditions.items()},
-                              "max_benign_torch": repro_torch, "epsilon": study.epsilon,
-                              "epsilon_native": study.epsilon_native, "false_reject_rate": study.false_reject_rate,
-                              "calibrated_on": list(study.calibrated_on), "safety_factor": study.safety_factor,
-                              "calibration_max": study.epsilon / study.safety_factor}
+    report["reproduction"] = {
+        "conditions": {
+            k: {"max_error": v.max_error, "zero_fraction": v.zero_fraction} for k, v in study.conditions.items()
+        },
+        "max_benign_torch": repro_torch,
+        "epsilon": study.epsilon,
+        "epsilon_native": study.epsilon_native,
+        "false_reject_rate": study.false_reject_rate,
+        "calibrated_on": list(study.calibrated_on),
+        "safety_factor": study.safety_factor,
+        "calibration_max": study.epsilon / study.safety_factor,
+    }
     # One epsilon per verifier, named, with how it was set: every table of the report refers to these.
-    native_max = max((v.max_error for k, v in study.conditions.items() if k.startswith(("native", "reproducible"))),
-                     default=None)
-    vtable = [{"name": f"torch ({cfg.model})", "model": cfg.model, "engine": "torch", "epsilon": study.epsilon,
-               "how": f"{study.safety_factor:g} x {study.epsilon / study.safety_factor:.3g}, the largest torch error under "
-                      f"{', '.join(study.calibrated_on)} in the calibration half of {cfg.repeats} repeats (reproduction "
-                      f"study); false-reject rate on the held-out half {study.false_reject_rate:.1%}"}]
+    native_max = max(
+        (v.max_error for k, v in study.conditions.items() if k.startswith(("native", "reproducible"))), default=None
+    )
+    vtable = [
+        {
+            "name": f"torch ({cfg.model})",
+            "model": cfg.model,
+            "engine": "torch",
+            "epsilon": study.epsilon,
+            "how": f"{study.safety_factor:g} x {study.epsilon / study.safety_factor:.3g}, the largest torch error under "
+            f"{', '.join(study.calibrated_on)} in the calibration half of {cfg.repeats} repeats (reproduction "
+            f"study); false-reject rate on the held-out half {study.false_reject_rate:.1%}",
+        }
+    ]
     if study.epsilon_native is not None:
-        vtable.append({"name": f"native ({cfg.model})", "model": cfg.model, "engine": "native" if native_ok else "exactforge.nn",
-                       "epsilon": 0.0, "how": "exactforge's reproducible path, whose measured reproduction error is "
-                       + ("exactly 0" if native_max == 0 else f"{native_max:.3g} (NOT 0)") + " under every condition"})
+        vtable.append(
+            {
+                "name": f"native ({cfg.model})",
+                "model": cfg.model,
+                "engine": "native" if native_ok else "exactforge.nn",
+                "epsilon": 0.0,
+                "how": "exactforge's reproducible path, whose measured reproduction error is "
+                + ("exactly 0" if native_max == 0 else f"{native_max:.3g} (NOT 0)")
+                + " under every condition",
+            }
+        )
     if bar is not None:
         bar.update(1)
 
     # 3. attacks and exact solvers on sampled steps
-    budget = {"pool": cfg.greedy_pool, "candidates": cfg.greedy_candidates, "steps": cfg.opt_steps}  # run_attack keywords
+    budget = {
+        "pool": cfg.greedy_pool,
+        "candidates": cfg.greedy_candidates,
+        "steps": cfg.opt_steps,
+    }  # run_attack keywords
     verifiers = {"torch": Verifier(cfg.model, "torch", data, batch_size=cfg.batch, steps=cfg.steps, seed=cfg.seed)}
     if native_ok:
         verifiers["native"] = Verifier(cfg.model, "native", data, batch_size=cfg.batch, steps=cfg.steps, seed=cfg.seed)
@@ -150,17 +218,31 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
         res = [run_attack(m, v.context(t), [int(v.batches[t][0])], seed=cfg.seed + t, **budget) for t in sampled]
         errs = [r.approx_error for r in res]
         e = float(np.median(errs))
-        attacks[m] = {"median_error": e, "min_error": float(min(errs)), "steps": sampled,
-                      "orders_above_repro": math.log10(e / repro_torch) if repro_torch > 0 and e > 0 else None,
-                      "in_domain": bool(all(r.in_domain for r in res)),
-                      "stealthy_at_epsilon": int(sum((r.approx_error <= study.epsilon) and r.in_domain for r in res)),
-                      "attempts": len(res)}
+        attacks[m] = {
+            "median_error": e,
+            "min_error": float(min(errs)),
+            "steps": sampled,
+            "orders_above_repro": math.log10(e / repro_torch) if repro_torch > 0 and e > 0 else None,
+            "in_domain": bool(all(r.in_domain for r in res)),
+            "stealthy_at_epsilon": int(sum((r.approx_error <= study.epsilon) and r.in_domain for r in res)),
+            "attempts": len(res),
+        }
     report["attacks"] = attacks
     if bar is not None:
         bar.update(1)
     exact_rows: Dict[str, Any] = {}
-    lv = Verifier("logreg", "torch", data, batch_size=cfg.batch, steps=max(2, min(cfg.steps, cfg.attack_steps + 1)),
-                  seed=cfg.seed) if data.vocab is None else None
+    lv = (
+        Verifier(
+            "logreg",
+            "torch",
+            data,
+            batch_size=cfg.batch,
+            steps=max(2, min(cfg.steps, cfg.attack_steps + 1)),
+            seed=cfg.seed,
+        )
+        if data.vocab is None
+        else None
+    )
     exact_targets = []
     if native_ok and cfg.model == "fcn":
         exact_targets.append(("fcn", v, "nullspace"))
@@ -168,8 +250,10 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
         exact_targets += [("logreg", lv, "nullspace"), ("logreg", lv, "error-matrix")]
     forgery_fig = None
     for model_name, ver, m in exact_targets:
-        res = [run_attack(m, ver.context(t), list(ver.batches[t]), seed=cfg.seed + t)
-               for t in range(min(len(ver.batches), max(1, cfg.attack_steps)))]
+        res = [
+            run_attack(m, ver.context(t), list(ver.batches[t]), seed=cfg.seed + t)
+            for t in range(min(len(ver.batches), max(1, cfg.attack_steps)))
+        ]
         grid, inside = [], []
         lo, hi = data.domain or (-np.inf, np.inf)  # the data's declared range (none: no range check)
         for r in res:
@@ -186,17 +270,29 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
             "in_range_fraction": float(np.mean(inside)) if inside else None,
             "off_grid_fraction": float(np.mean(grid)) if grid else None,
             "labels_one_hot": bool(all(np.asarray(r.Y).ndim == 1 for r in res if r.Y is not None)),
-            "in_domain": bool(all(r.in_domain for r in res))}
-        if forgery_fig is None and res and res[0].distinct and res[0].X is not None and data.shape and len(data.shape) == 3:
+            "in_domain": bool(all(r.in_domain for r in res)),
+        }
+        if (
+            forgery_fig is None
+            and res
+            and res[0].distinct
+            and res[0].X is not None
+            and data.shape
+            and len(data.shape) == 3
+        ):
             from ..report.figures import plot_forgery
 
             t0 = 0
             e = exact_rows[f"{m} ({model_name})"]
             forgery_fig = plot_forgery(
-                data.X[ver.batches[t0]], np.asarray(res[0].X), os.path.join(out, "exact_forgery.png"), domain=data.domain,
+                data.X[ver.batches[t0]],
+                np.asarray(res[0].X),
+                os.path.join(out, "exact_forgery.png"),
+                domain=data.domain,
                 title=f"{m} forgery ({model_name}) of step {t0}: the same gradient (approximation error "
-                      f"{res[0].approx_error:.2g}); {e['off_grid_fraction'] or 0:.0%} of pixels off the grid, "
-                      f"{1 - (e['in_range_fraction'] if e['in_range_fraction'] is not None else 1):.0%} outside the range")
+                f"{res[0].approx_error:.2g}); {e['off_grid_fraction'] or 0:.0%} of pixels off the grid, "
+                f"{1 - (e['in_range_fraction'] if e['in_range_fraction'] is not None else 1):.0%} outside the range",
+            )
     report["exact"] = exact_rows
     if bar is not None:
         bar.update(1)
@@ -206,11 +302,27 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     game_attacks = ["greedy", "nearest", "dlg"]
 
     def play(a, ver, eps, name, dc=True):
-        g = play_game(a, cfg.rounds, eps, verifier=ver, budget=budget_for(a, **budget) if a in game_attacks else None,
-                      domain_check=dc, seed=cfg.seed)
-        games.append({"attack": a if a in game_attacks else f"{a} (logreg)", "verifier": name, "epsilon": g.epsilon,
-                      "domain_check": dc, "win_rate": g.win_rate, "rounds": len(g.rounds),
-                      "won": int(sum(r.won for r in g.rounds)), "resolution": g.resolution if eps == 0 else None})
+        g = play_game(
+            a,
+            cfg.rounds,
+            eps,
+            verifier=ver,
+            budget=budget_for(a, **budget) if a in game_attacks else None,
+            domain_check=dc,
+            seed=cfg.seed,
+        )
+        games.append(
+            {
+                "attack": a if a in game_attacks else f"{a} (logreg)",
+                "verifier": name,
+                "epsilon": g.epsilon,
+                "domain_check": dc,
+                "win_rate": g.win_rate,
+                "rounds": len(g.rounds),
+                "won": int(sum(r.won for r in g.rounds)),
+                "resolution": g.resolution if eps == 0 else None,
+            }
+        )
 
     for a in game_attacks:
         play(a, verifiers["torch"], study.epsilon, vtable[0]["name"])
@@ -219,12 +331,24 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     if lv is not None:
         lvn = Verifier("logreg", "native", data, batch_size=cfg.batch, steps=len(lv.batches), seed=cfg.seed)
         eps_lr = lv.calibrate()
-        vtable += [{"name": "torch (logreg)", "model": "logreg", "engine": "torch", "epsilon": eps_lr,
-                    "how": f"10 x {eps_lr / 10:.3g}, the largest error of this verifier's own {len(lv.batches)} steps "
-                           "recomputed with permuted batches and on 1 thread (the exact solvers attack logistic "
-                           "regression)"},
-                   {"name": "native (logreg)", "model": "logreg", "engine": "native", "epsilon": 0.0,
-                    "how": "exactforge's native path (reproduction error exactly 0)"}]
+        vtable += [
+            {
+                "name": "torch (logreg)",
+                "model": "logreg",
+                "engine": "torch",
+                "epsilon": eps_lr,
+                "how": f"10 x {eps_lr / 10:.3g}, the largest error of this verifier's own {len(lv.batches)} steps "
+                "recomputed with permuted batches and on 1 thread (the exact solvers attack logistic "
+                "regression)",
+            },
+            {
+                "name": "native (logreg)",
+                "model": "logreg",
+                "engine": "native",
+                "epsilon": 0.0,
+                "how": "exactforge's native path (reproduction error exactly 0)",
+            },
+        ]
         for a in ("nullspace", "error-matrix"):
             for dc in (True, False):
                 play(a, lv, eps_lr, "torch (logreg)", dc)
@@ -235,19 +359,22 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
         bar.update(1)
 
     # 5. exact forging theory
-    report["theory"] = {"table4": table4_counts(cfg.table4_max_batches, seed=cfg.seed, vs=cfg.table4_levels),
-                        "resolution": resolution_study(lvn, min(cfg.attack_steps, len(lvn.batches)), out, cfg.seed)
-                        if lv is not None else None}
+    report["theory"] = {
+        "table4": table4_counts(cfg.table4_max_batches, seed=cfg.seed, vs=cfg.table4_levels),
+        "resolution": resolution_study(lvn, min(cfg.attack_steps, len(lvn.batches)), out, cfg.seed)
+        if lv is not None
+        else None,
+    }
     if bar is not None:
         bar.update(1)
         bar.close()
     report["seconds"] = time.perf_counter() - t_start
     _figures(report, out)
-    report["figures"] = sorted(f for f in os.listdir(out) if f.endswith(".png")) + \
-        [os.path.join("repro", f) for f in sorted(os.listdir(os.path.join(out, "repro"))) if f.endswith(".png")]
-    from ..report.files import atomic_write
-
+    report["figures"] = sorted(f for f in os.listdir(out) if f.endswith(".png")) + [
+        os.path.join("repro", f) for f in sorted(os.listdir(os.path.join(out, "repro"))) if f.endswith(".png")
+    ]
     from ..report import jsonio as _json
+    from ..report.files import atomic_write
 
     atomic_write(os.path.join(out, "report.json"), (_json.dumps(report) + "\n").encode())
     atomic_write(os.path.join(out, "report.md"), _markdown(report).encode())
@@ -260,8 +387,13 @@ def _verified(d: str, data: Any) -> Dict[str, Any]:
 
     same = verify_trace(d, dataset=data)
     perm = verify_trace(d, dataset=data, permute_batches=1, threads=1)
-    return {"path": d, "verified_eps0": same.accepted, "max_error": same.max_error,
-            "permuted_1thread_accepted_eps0": perm.accepted, "permuted_1thread_max_error": perm.max_error}
+    return {
+        "path": d,
+        "verified_eps0": same.accepted,
+        "max_error": same.max_error,
+        "permuted_1thread_accepted_eps0": perm.accepted,
+        "permuted_1thread_max_error": perm.max_error,
+    }
 
 
 def table4_counts(max_batches: int, *, seed: int = 0, vs: tuple = (2, 3)) -> Dict[str, Any]:
@@ -279,12 +411,24 @@ def table4_counts(max_batches: int, *, seed: int = 0, vs: tuple = (2, 3)) -> Dic
                     if _core.choose(Domain(4, 3, v).size, b) > max_batches:
                         continue
                     r = run_search_all(model, 4, 3, v, b, bias=bias, seed=seed)
-                    cells.append({"model": model, "bias": bias, "v": v, "b": b, "batches": r.batches,
-                                  "with_forgery": r.batches_with_forgery,
-                                  "nontrivial": r.batches_with_nontrivial_forgery,
-                                  "certificates": r.certificates})
-    return {"cells": cells, "max_batches": max_batches, "seconds": time.perf_counter() - t0,
-            "larger_cells": "benchmarks/RESULTS.md (python benchmarks/bench_table4.py --all)"}
+                    cells.append(
+                        {
+                            "model": model,
+                            "bias": bias,
+                            "v": v,
+                            "b": b,
+                            "batches": r.batches,
+                            "with_forgery": r.batches_with_forgery,
+                            "nontrivial": r.batches_with_nontrivial_forgery,
+                            "certificates": r.certificates,
+                        }
+                    )
+    return {
+        "cells": cells,
+        "max_batches": max_batches,
+        "seconds": time.perf_counter() - t0,
+        "larger_cells": "benchmarks/RESULTS.md (python benchmarks/bench_table4.py --all)",
+    }
 
 
 def resolution_study(ver: Any, steps: int, out: str, seed: int = 0) -> Dict[str, Any]:
@@ -295,8 +439,8 @@ def resolution_study(ver: Any, steps: int, out: str, seed: int = 0) -> Dict[str,
     from dataclasses import replace
 
     from ..forging.attacks import run_attack
-    from ..report.figures import plot_resolution
     from ..models.native import loss_and_grad
+    from ..report.figures import plot_resolution
 
     rows, pairs = [], []
     for m in ("nullspace", "error-matrix"):
@@ -315,16 +459,31 @@ def resolution_study(ver: Any, steps: int, out: str, seed: int = 0) -> Dict[str,
             _, gf = loss_and_grad(spec, params, np.asarray(r.X, np.float64).reshape(b, -1), np.asarray(r.Y), keys)
             diff = np.concatenate([np.abs(gf[k] - g[k]).ravel() for k in g])
             nxt = st.to_native(ctx.theta_next)
-            res = np.concatenate([(np.spacing(np.abs(np.asarray(nxt[k], np.float32))).astype(np.float64) / (2 * ctx.lr))
-                                  .ravel() for k in g])
+            res = np.concatenate(
+                [
+                    (np.spacing(np.abs(np.asarray(nxt[k], np.float32))).astype(np.float64) / (2 * ctx.lr)).ravel()
+                    for k in g
+                ]
+            )
             below = float(np.mean(diff < res))
-            rows.append({"solver": m, "step": t, "max_gradient_difference": float(diff.max()),
-                         "median_resolution": float(np.median(res)), "fraction_below_resolution": below,
-                         "accepted_at_epsilon_0": bool(r.approx_error == 0.0), "in_domain": r.in_domain})
+            rows.append(
+                {
+                    "solver": m,
+                    "step": t,
+                    "max_gradient_difference": float(diff.max()),
+                    "median_resolution": float(np.median(res)),
+                    "fraction_below_resolution": below,
+                    "accepted_at_epsilon_0": bool(r.approx_error == 0.0),
+                    "in_domain": r.in_domain,
+                }
+            )
             pairs.append((m, diff, res))
     fig = plot_resolution(pairs, os.path.join(out, "resolution.png")) if pairs else None
-    return {"forgeries": rows, "figure": fig and os.path.basename(fig),
-            "what": "float64 gradient difference of each exact forgery vs ulp(theta_{t+1})/(2 lr), per coordinate"}
+    return {
+        "forgeries": rows,
+        "figure": fig and os.path.basename(fig),
+        "what": "float64 gradient difference of each exact forgery vs ulp(theta_{t+1})/(2 lr), per coordinate",
+    }
 
 
 def _num(x: float) -> str:
@@ -355,8 +514,9 @@ def _games_of(report: Dict[str, Any], attack: str) -> str:
     rows = [g for g in report["game"] if g["attack"] == attack]
     if not rows:
         return "not played"
-    return "; ".join(f"{g['verifier']}{'' if g['domain_check'] else ' (no domain check)'}: "
-                     f"{g['won']}/{g['rounds']}" for g in rows)
+    return "; ".join(
+        f"{g['verifier']}{'' if g['domain_check'] else ' (no domain check)'}: {g['won']}/{g['rounds']}" for g in rows
+    )
 
 
 def summary_table(report: Dict[str, Any]) -> str:
@@ -364,18 +524,26 @@ def summary_table(report: Dict[str, Any]) -> str:
     whether its forgeries are in the data's domain and which verifier it beat in the game."""
     rp = report["reproduction"]
     ref = rp["max_benign_torch"]
-    lines = ["| what | error (l2) | vs largest benign torch error | in domain | game: rounds won against |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| what | error (l2) | vs largest benign torch error | in domain | game: rounds won against |",
+        "|---|---|---|---|---|",
+    ]
     lines.append(f"| benign reproduction, torch ({', '.join(rp.get('calibrated_on', []))}) | {ref:.2e} | 1x | - | - |")
     nat = [v["max_error"] for k, v in rp["conditions"].items() if k.startswith(("native", "reproducible"))]
     if nat:
-        lines.append(f"| benign reproduction, exactforge's reproducible path (permuted batches, 1 thread) | "
-                     f"{max(nat):.2g} | {_times(max(nat), ref)} | - | - |")
+        lines.append(
+            f"| benign reproduction, exactforge's reproducible path (permuted batches, 1 thread) | "
+            f"{max(nat):.2g} | {_times(max(nat), ref)} | - | - |"
+        )
     for v in report.get("verifiers", []):
-        lines.append(f"| epsilon of verifier {v['name']} | {_num(v['epsilon'])} | {_times(v['epsilon'], ref)} | - | - |")
+        lines.append(
+            f"| epsilon of verifier {v['name']} | {_num(v['epsilon'])} | {_times(v['epsilon'], ref)} | - | - |"
+        )
     for m, a in report["attacks"].items():
-        lines.append(f"| attack: {m} (median of {a['attempts']} steps) | {a['median_error']:.2e} | "
-                     f"{_times(a['median_error'], ref)} | {'yes' if a['in_domain'] else 'NO'} | {_games_of(report, m)} |")
+        lines.append(
+            f"| attack: {m} (median of {a['attempts']} steps) | {a['median_error']:.2e} | "
+            f"{_times(a['median_error'], ref)} | {'yes' if a['in_domain'] else 'NO'} | {_games_of(report, m)} |"
+        )
     for m, e in report["exact"].items():
         if not e["distinct"]:
             lines.append(f"| exact: {m} | - | no distinct forgery exists (empty nullspace) | - | - |")
@@ -389,61 +557,101 @@ def summary_table(report: Dict[str, Any]) -> str:
             why.append("soft labels")
         dom = "yes" if e["in_domain"] else "NO: " + (", ".join(why) or "outside the domain")
         game_name = m.split(" (")[0] + " (logreg)" if "logreg" in m else m
-        lines.append(f"| exact: {m} | {e['median_error']:.2e} | {_times(e['median_error'], ref)} | {dom} | "
-                     f"{_games_of(report, game_name)} |")
+        lines.append(
+            f"| exact: {m} | {e['median_error']:.2e} | {_times(e['median_error'], ref)} | {dom} | "
+            f"{_games_of(report, game_name)} |"
+        )
     return "\n".join(lines)
 
 
 def _markdown(r: Dict[str, Any]) -> str:
     cfg, rp = r["config"], r["reproduction"]
-    out = [f"# exactforge re-evaluation of data forging: {cfg['model']} on {r['dataset']['name']}"
-           + (" (SYNTHETIC data)" if r["dataset"]["synthetic"] else ""),
-           "", f"Batch {cfg['batch']}, {cfg['steps']} steps, {cfg['repeats']} repeats per condition; "
-               f"run time {r['seconds']:.0f} s. Every number below was measured in this run, except the "
-               "papers' (cited as such at the end). Data domain: " + _domain_text(r) + ".", "",
-           "## Summary", "", summary_table(r), "", "## Verifiers", "",
-           "| verifier | engine | epsilon | how epsilon was set |", "|---|---|---|---|"]
+    out = [
+        f"# exactforge re-evaluation of data forging: {cfg['model']} on {r['dataset']['name']}"
+        + (" (SYNTHETIC data)" if r["dataset"]["synthetic"] else ""),
+        "",
+        f"Batch {cfg['batch']}, {cfg['steps']} steps, {cfg['repeats']} repeats per condition; "
+        f"run time {r['seconds']:.0f} s. Every number below was measured in this run, except the "
+        "papers' (cited as such at the end). Data domain: " + _domain_text(r) + ".",
+        "",
+        "## Summary",
+        "",
+        summary_table(r),
+        "",
+        "## Verifiers",
+        "",
+        "| verifier | engine | epsilon | how epsilon was set |",
+        "|---|---|---|---|",
+    ]
     for v in r.get("verifiers", []):
         out.append(f"| {v['name']} | {v['engine']} | {v['epsilon']:.3g} | {v['how']} |")
     out += ["", "## Traces", ""]
     if not r["traces"]:
-        out.append(f"No traces recorded: {cfg['model']} on {r['dataset']['name']} has no trace path here "
-                   "(logreg and fcn use the native engine, lenet and vggmini exactforge.nn on images).")
+        out.append(
+            f"No traces recorded: {cfg['model']} on {r['dataset']['name']} has no trace path here "
+            "(logreg and fcn use the native engine, lenet and vggmini exactforge.nn on images)."
+        )
     for eng, t in r["traces"].items():
-        out.append(f"- {eng} path: verified at epsilon 0: {'accepted' if t['verified_eps0'] else 'rejected'} "
-                   f"(max error {t['max_error']:.3g}); recomputed with permuted batches on 1 thread: "
-                   f"{'accepted' if t['permuted_1thread_accepted_eps0'] else 'rejected'} at epsilon 0 "
-                   f"(max error {t['permuted_1thread_max_error']:.3g}).")
+        out.append(
+            f"- {eng} path: verified at epsilon 0: {'accepted' if t['verified_eps0'] else 'rejected'} "
+            f"(max error {t['max_error']:.3g}); recomputed with permuted batches on 1 thread: "
+            f"{'accepted' if t['permuted_1thread_accepted_eps0'] else 'rejected'} at epsilon 0 "
+            f"(max error {t['permuted_1thread_max_error']:.3g})."
+        )
     out += ["", "## Benign reproduction errors", "", "| condition | max error | exactly 0 |", "|---|---|---|"]
     for k, v in rp["conditions"].items():
         out.append(f"| {k} | {v['max_error']:.3g} | {v['zero_fraction']:.0%} |")
-    out += ["", f"The torch verifier's epsilon is {rp['epsilon']:.3g}: {rp.get('safety_factor', 10):g} x "
-                f"{rp.get('calibration_max', rp['epsilon'] / 10):.3g}, the largest error in the calibration half of "
-                f"the repeats (the table's maxima cover all repeats); the held-out half's false-reject rate is "
-                f"{rp['false_reject_rate']:.1%}. " + (
-                    "The reproducible path's verifier uses epsilon 0." if rp["epsilon_native"] is not None else
-                    "There is no reproducible path for this model and data, so no epsilon = 0 verifier."), "",
-            "## The forging game", "", "| attack | verifier | epsilon | domain check | rounds won |", "|---|---|---|---|---|"]
+    out += [
+        "",
+        f"The torch verifier's epsilon is {rp['epsilon']:.3g}: {rp.get('safety_factor', 10):g} x "
+        f"{rp.get('calibration_max', rp['epsilon'] / 10):.3g}, the largest error in the calibration half of "
+        f"the repeats (the table's maxima cover all repeats); the held-out half's false-reject rate is "
+        f"{rp['false_reject_rate']:.1%}. "
+        + (
+            "The reproducible path's verifier uses epsilon 0."
+            if rp["epsilon_native"] is not None
+            else "There is no reproducible path for this model and data, so no epsilon = 0 verifier."
+        ),
+        "",
+        "## The forging game",
+        "",
+        "| attack | verifier | epsilon | domain check | rounds won |",
+        "|---|---|---|---|---|",
+    ]
     for g in r["game"]:
-        out.append(f"| {g['attack']} | {g['verifier']} | {g['epsilon']:.3g} | {'on' if g['domain_check'] else 'off'} | "
-                   f"{g['won']}/{g['rounds']} |")
+        out.append(
+            f"| {g['attack']} | {g['verifier']} | {g['epsilon']:.3g} | {'on' if g['domain_check'] else 'off'} | "
+            f"{g['won']}/{g['rounds']} |"
+        )
     out += ["", "## Exact forgeries: domain violations", ""]
     for m, e in r["exact"].items():
         if not e["distinct"]:
             out.append(f"- {m}: no distinct forgery exists (the nullspace is empty), so there is nothing to check.")
             continue
-        grid = ("no grid declared" if e["off_grid_fraction"] is None else f"{e['off_grid_fraction']:.1%} of values off the grid")
-        rng = ("no declared range" if e["in_range_fraction"] is None or not r["dataset"].get("domain")
-               else f"{e['in_range_fraction']:.1%} inside {_range_text(r)}")
-        out.append(f"- {m}: approximation error {e['median_error']:.3g}; {grid}; {rng}; labels "
-                   f"{'one-hot' if e['labels_one_hot'] else 'soft (not one-hot)'}; "
-                   f"{'in' if e['in_domain'] else 'OUT of'} the domain.")
+        grid = (
+            "no grid declared"
+            if e["off_grid_fraction"] is None
+            else f"{e['off_grid_fraction']:.1%} of values off the grid"
+        )
+        rng = (
+            "no declared range"
+            if e["in_range_fraction"] is None or not r["dataset"].get("domain")
+            else f"{e['in_range_fraction']:.1%} inside {_range_text(r)}"
+        )
+        out.append(
+            f"- {m}: approximation error {e['median_error']:.3g}; {grid}; {rng}; labels "
+            f"{'one-hot' if e['labels_one_hot'] else 'soft (not one-hot)'}; "
+            f"{'in' if e['in_domain'] else 'OUT of'} the domain."
+        )
     if not r["exact"]:
-        out.append("No exact solver applies to this model and data (they need logistic regression or an FCN on "
-                   "non-token data).")
+        out.append(
+            "No exact solver applies to this model and data (they need logistic regression or an FCN on "
+            "non-token data)."
+        )
     out += _theory_markdown(r.get("theory") or {}, r["game"])
-    out += ["", "## Published magnitudes (cited from the papers, not measured here)", ""] + \
-        [f"- {k}: {v}" for k, v in r["papers"].items()]
+    out += ["", "## Published magnitudes (cited from the papers, not measured here)", ""] + [
+        f"- {k}: {v}" for k, v in r["papers"].items()
+    ]
     out += ["", "## Figures", ""] + [f"![{f}]({f})" for f in r.get("figures", [])]
     return "\n".join(out) + "\n"
 
@@ -452,32 +660,44 @@ def _theory_markdown(th: Dict[str, Any], games: Any) -> list:
     out = ["", "## Table 4 re-answered: every batch a true batch", ""]
     t4 = th.get("table4")
     if t4:
-        out += [f"d = 4 pixels, 3 classes, grey levels q/(v-1) for v in {sorted({c['v'] for c in t4['cells']})}; every "
-                f"cell of at most {t4['max_batches']:.3g} batches, "
-                f"counted completely and certified ({t4['seconds']:.0f} s). The paper sampled one true batch per cell "
-                "and reported none. Larger cells: " + t4["larger_cells"] + ".", "",
-                "| model | bias | v | b | batches | with a distinct equal-gradient batch | of those non-trivial | "
-                "pairs by certificate |", "|---|---|---|---|---|---|---|---|"]
+        out += [
+            f"d = 4 pixels, 3 classes, grey levels q/(v-1) for v in {sorted({c['v'] for c in t4['cells']})}; every "
+            f"cell of at most {t4['max_batches']:.3g} batches, "
+            f"counted completely and certified ({t4['seconds']:.0f} s). The paper sampled one true batch per cell "
+            "and reported none. Larger cells: " + t4["larger_cells"] + ".",
+            "",
+            "| model | bias | v | b | batches | with a distinct equal-gradient batch | of those non-trivial | "
+            "pairs by certificate |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for c in t4["cells"]:
             cert = ", ".join(f"{n:,} {k}" for k, n in sorted(c["certificates"].items())) or "none"
-            out.append(f"| {c['model']} | {'yes' if c['bias'] else 'no'} | {c['v']} | {c['b']} | {c['batches']:,} | "
-                       f"{c['with_forgery']:,} ({c['with_forgery'] / c['batches']:.2%}) | {c['nontrivial']:,} | {cert} |")
+            out.append(
+                f"| {c['model']} | {'yes' if c['bias'] else 'no'} | {c['v']} | {c['b']} | {c['batches']:,} | "
+                f"{c['with_forgery']:,} ({c['with_forgery'] / c['batches']:.2%}) | {c['nontrivial']:,} | {cert} |"
+            )
     rs = th.get("resolution")
     out += ["", "## What epsilon = 0 can see: the native verifier's resolution", ""]
     if not rs:
         return out + ["Not measured: it needs the native logistic-regression verifier (image or tabular data)."]
     res = sorted({g["resolution"] for g in games if g.get("resolution") is not None})
-    out += ["On float32 checkpoints, a gradient change smaller than about ulp(theta)/(2 lr) can vanish when "
-            "theta_{t+1} is rounded, so epsilon = 0 cannot tell such gradients apart. Median resolution of the "
-            "native verifiers of this run: " + (", ".join(f"{x:.2g}" for x in res) or "n/a") + ". Exact forgeries have "
-            "equal real gradients, so their computed gradients differ by rounding alone: out-of-domain ones can "
-            "pass at epsilon = 0 (the game rows with the domain check off), and the domain check is what stops them.",
-            "", "| solver | step | max gradient difference | median resolution | coordinates below it | "
-            "accepted at epsilon 0 | in domain |", "|---|---|---|---|---|---|---|"]
+    out += [
+        "On float32 checkpoints, a gradient change smaller than about ulp(theta)/(2 lr) can vanish when "
+        "theta_{t+1} is rounded, so epsilon = 0 cannot tell such gradients apart. Median resolution of the "
+        "native verifiers of this run: " + (", ".join(f"{x:.2g}" for x in res) or "n/a") + ". Exact forgeries have "
+        "equal real gradients, so their computed gradients differ by rounding alone: out-of-domain ones can "
+        "pass at epsilon = 0 (the game rows with the domain check off), and the domain check is what stops them.",
+        "",
+        "| solver | step | max gradient difference | median resolution | coordinates below it | "
+        "accepted at epsilon 0 | in domain |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for f in rs["forgeries"]:
-        out.append(f"| {f['solver']} | {f['step']} | {f['max_gradient_difference']:.2g} | {f['median_resolution']:.2g} | "
-                   f"{f['fraction_below_resolution']:.1%} | {'yes' if f['accepted_at_epsilon_0'] else 'no'} | "
-                   f"{'yes' if f['in_domain'] else 'no'} |")
+        out.append(
+            f"| {f['solver']} | {f['step']} | {f['max_gradient_difference']:.2g} | {f['median_resolution']:.2g} | "
+            f"{f['fraction_below_resolution']:.1%} | {'yes' if f['accepted_at_epsilon_0'] else 'no'} | "
+            f"{'yes' if f['in_domain'] else 'no'} |"
+        )
     return out
 
 
@@ -496,7 +716,9 @@ def _figures(r: Dict[str, Any], out: str) -> None:
     if nat:
         rows.append(("benign reproduction, exactforge (reproducible path)", max(nat), "benign", True))
     rows += [(f"attack: {m}", a["median_error"], "attack", a["in_domain"]) for m, a in r["attacks"].items()]
-    rows += [(f"exact: {m}", e["median_error"], "exact", e["in_domain"]) for m, e in r["exact"].items() if e["distinct"]]
+    rows += [
+        (f"exact: {m}", e["median_error"], "exact", e["in_domain"]) for m, e in r["exact"].items() if e["distinct"]
+    ]
     pos = [v for _, v, _, _ in rows if v > 0]
     left = 10 ** np.floor(np.log10(min(pos + [e["epsilon"] for e in r.get("verifiers", []) if e["epsilon"] > 0]))) / 10
     colors = {"benign": "tab:green", "attack": "tab:red", "exact": "tab:purple"}
@@ -506,29 +728,51 @@ def _figures(r: Dict[str, Any], out: str) -> None:
             ax.plot([left], [i], marker="o", color=colors[kind], clip_on=False, zorder=3)
             ax.annotate("exactly 0", (left, i), xytext=(8, -3), textcoords="offset points", fontsize=8)
             continue
-        ax.barh(i, v, left=left, color=colors[kind] if dom else "white", edgecolor=colors[kind],
-                hatch=None if dom else "///", lw=1.2)
-        ax.annotate(f"{v:.1e}" + ("" if dom else "  OUT of domain"), (v, i), xytext=(4, -3),
-                    textcoords="offset points", fontsize=7)
+        ax.barh(
+            i,
+            v,
+            left=left,
+            color=colors[kind] if dom else "white",
+            edgecolor=colors[kind],
+            hatch=None if dom else "///",
+            lw=1.2,
+        )
+        ax.annotate(
+            f"{v:.1e}" + ("" if dom else "  OUT of domain"),
+            (v, i),
+            xytext=(4, -3),
+            textcoords="offset points",
+            fontsize=7,
+        )
     ls = iter(["--", ":", "-.", (0, (5, 5))])
     for ver in r.get("verifiers", []):
         if ver["epsilon"] > 0:
-            ax.axvline(ver["epsilon"], color="k", ls=next(ls), lw=0.9,
-                       label=f"epsilon of {ver['name']}: {ver['epsilon']:.1e}")
+            ax.axvline(
+                ver["epsilon"], color="k", ls=next(ls), lw=0.9, label=f"epsilon of {ver['name']}: {ver['epsilon']:.1e}"
+            )
     ax.set_xscale("log")
     ax.set_xlim(left, max(pos) * 200)
     ax.set_yticks(range(len(rows)), [name for name, _, _, _ in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("l2 distance between the recomputed and the logged checkpoint (log scale)")
-    handles = [Patch(color="tab:green", label="benign reproduction error"),
-               Patch(color="tab:red", label="known attack, forgery in the data domain"),
-               Patch(facecolor="white", edgecolor="tab:red", hatch="///", label="known attack, OUT of the domain"),
-               Patch(facecolor="white", edgecolor="tab:purple", hatch="///", label="exact solver, OUT of the domain")]
-    ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    ax.set_title(f"{r['config']['model']} on {r['dataset']['name']}: benign reproduction error vs forging attacks\n"
-                 f"(attacks: median over {max((a['attempts'] for a in r['attacks'].values()), default=0)} sampled steps)",
-                 fontsize=9)
+    handles = [
+        Patch(color="tab:green", label="benign reproduction error"),
+        Patch(color="tab:red", label="known attack, forgery in the data domain"),
+        Patch(facecolor="white", edgecolor="tab:red", hatch="///", label="known attack, OUT of the domain"),
+        Patch(facecolor="white", edgecolor="tab:purple", hatch="///", label="exact solver, OUT of the domain"),
+    ]
+    ax.legend(
+        handles=handles + ax.get_legend_handles_labels()[0],
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0,
+    )
+    ax.set_title(
+        f"{r['config']['model']} on {r['dataset']['name']}: benign reproduction error vs forging attacks\n"
+        f"(attacks: median over {max((a['attempts'] for a in r['attacks'].values()), default=0)} sampled steps)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(os.path.join(out, "headline.png"), dpi=110)
     plt.close(fig)
@@ -548,10 +792,12 @@ def _figures(r: Dict[str, Any], out: str) -> None:
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
     for i in range(len(attacks)):
         for j in range(len(cols)):
-            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8,
-                    color="white" if grid[i, j] > 0.6 else "black")
-    ax.set_xticks(range(len(cols)), [f"{v}\n{'domain check' if dc else 'NO domain check'}" for v, dc in cols],
-                  fontsize=7)
+            ax.text(
+                j, i, text[i][j], ha="center", va="center", fontsize=8, color="white" if grid[i, j] > 0.6 else "black"
+            )
+    ax.set_xticks(
+        range(len(cols)), [f"{v}\n{'domain check' if dc else 'NO domain check'}" for v, dc in cols], fontsize=7
+    )
     ax.set_yticks(range(len(attacks)), attacks, fontsize=8)
     cb = fig.colorbar(im, ax=ax, fraction=0.03)
     cb.set_label("adversary win rate", fontsize=8)

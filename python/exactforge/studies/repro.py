@@ -20,25 +20,34 @@ Calibration: epsilon = safety_factor x the largest error seen under the float32 
 rate it implies is measured on the other half (held out). Mixed precision is reported but not
 used for calibration: a verifier recomputes in the precision the trace declares.
 """
+
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ..data import Dataset, load_dataset
 from ..models.step import CONDITIONS, NATIVE_MODELS, NN_MODELS, Condition, Stepper, applied  # noqa: F401
-from ..verify.distances import DISTANCES, distance
 from ..report.progress import progress_bar
+from ..verify.distances import DISTANCES, distance
 
-__all__ = ["Condition", "CONDITIONS", "NATIVE_MODELS", "NN_MODELS", "available_conditions", "StudyReport", "run_study", "PAPERS"]
+__all__ = [
+    "Condition",
+    "CONDITIONS",
+    "NATIVE_MODELS",
+    "NN_MODELS",
+    "available_conditions",
+    "StudyReport",
+    "run_study",
+    "PAPERS",
+]
 
 PAPERS = {
     "same GPU, float32 (LeNet/MNIST, VGGmini/CIFAR10)": "1.3e-8 / 2.9e-7",
@@ -54,8 +63,16 @@ CALIBRATION = ("baseline", "permute", "threads", "deterministic")
 def available_conditions(model: str) -> List[str]:
     import torch
 
-    out = [n for n, c in CONDITIONS.items() if c.device == "cpu" and (
-        c.engine == "torch" or (c.engine == "native" and model in NATIVE_MODELS) or (c.engine == "nn" and model in NN_MODELS))]
+    out = [
+        n
+        for n, c in CONDITIONS.items()
+        if c.device == "cpu"
+        and (
+            c.engine == "torch"
+            or (c.engine == "native" and model in NATIVE_MODELS)
+            or (c.engine == "nn" and model in NN_MODELS)
+        )
+    ]
     if torch.cuda.is_available():
         out += [n for n, c in CONDITIONS.items() if c.device == "cuda"]
     return out
@@ -63,13 +80,14 @@ def available_conditions(model: str) -> List[str]:
 
 # -- the study ------------------------------------------------------------------------------
 
+
 @dataclass
 class ConditionStats:
-    max_error: float = 0.0                   # l2, over every checkpoint and repeat
+    max_error: float = 0.0  # l2, over every checkpoint and repeat
     mean_error: float = 0.0
     variance: float = 0.0
-    zero_fraction: float = 0.0               # recomputations bitwise equal to the logged step
-    distances: Dict[str, float] = field(default_factory=dict)   # max of each verifier distance
+    zero_fraction: float = 0.0  # recomputations bitwise equal to the logged step
+    distances: Dict[str, float] = field(default_factory=dict)  # max of each verifier distance
     by_batch_size: Dict[str, Dict[str, float]] = field(default_factory=dict)
     per_checkpoint: Dict[str, List[float]] = field(default_factory=dict)  # b -> max l2 per checkpoint
 
@@ -93,14 +111,15 @@ class StudyReport:
     seconds: float
     papers: Dict[str, str] = field(default_factory=lambda: dict(PAPERS))
     environment: Dict[str, Any] = field(default_factory=dict)
-    executor: Optional[Dict[str, Any]] = None   # where the recomputations ran (None: here); exactforge.distributed
+    executor: Optional[Dict[str, Any]] = None  # where the recomputations ran (None: here); exactforge.distributed
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
 
-def _generate(stepper: Stepper, cond: Condition, batches: List[np.ndarray], out: Optional[str],
-              meta: Dict[str, Any]) -> List[np.ndarray]:
+def _generate(
+    stepper: Stepper, cond: Condition, batches: List[np.ndarray], out: Optional[str], meta: Dict[str, Any]
+) -> List[np.ndarray]:
     """Runs the steps under ``cond`` and records the trace (checkpoint every step)."""
     from ..trace import TraceWriter, environment
 
@@ -108,13 +127,26 @@ def _generate(stepper: Stepper, cond: Condition, batches: List[np.ndarray], out:
     rng = np.random.default_rng(0)
     writer = None
     if out:
-        manifest = {"engine": cond.engine, "model": {"zoo": stepper.name}, "optimizer": {"name": "sgd", "lr": stepper.lr},
-                    "lr": stepper.lr, "checkpoint_every": 1, "batch_size": len(batches[0]), "steps": len(batches),
-                    "initial": "given", "condition": asdict(cond),
-                    "reduction": "fixed" if cond.engine == "native" else None,
-                    "data": {"name": stepper.data.name, "fingerprint": stepper.data.fingerprint(),
-                             "num_examples": len(stepper.data), "synthetic": stepper.data.synthetic},
-                    "environment": environment(cond.device), **meta}
+        manifest = {
+            "engine": cond.engine,
+            "model": {"zoo": stepper.name},
+            "optimizer": {"name": "sgd", "lr": stepper.lr},
+            "lr": stepper.lr,
+            "checkpoint_every": 1,
+            "batch_size": len(batches[0]),
+            "steps": len(batches),
+            "initial": "given",
+            "condition": asdict(cond),
+            "reduction": "fixed" if cond.engine == "native" else None,
+            "data": {
+                "name": stepper.data.name,
+                "fingerprint": stepper.data.fingerprint(),
+                "num_examples": len(stepper.data),
+                "synthetic": stepper.data.synthetic,
+            },
+            "environment": environment(cond.device),
+            **meta,
+        }
         writer = TraceWriter(out, manifest, {"params": states[0]})
     for t, idx in enumerate(batches):
         # generation never shuffles: the logged order is the batch as recorded
@@ -124,8 +156,9 @@ def _generate(stepper: Stepper, cond: Condition, batches: List[np.ndarray], out:
     return states
 
 
-def _cell_errors(st: Stepper, states: List[np.ndarray], batches: List[np.ndarray], cond: Condition, seed: int,
-                 b: int, r: int) -> np.ndarray:
+def _cell_errors(
+    st: Stepper, states: List[np.ndarray], batches: List[np.ndarray], cond: Condition, seed: int, b: int, r: int
+) -> np.ndarray:
     """(steps, len(DISTANCES)): repeat r of recomputing every logged step under ``cond``."""
     out = np.zeros((len(batches), len(DISTANCES)))
     for t in range(len(batches)):
@@ -134,8 +167,19 @@ def _cell_errors(st: Stepper, states: List[np.ndarray], batches: List[np.ndarray
     return out
 
 
-def _study_cell(model: str, data: Dataset, lr: float, seed: int, threads: int, engine: str, cond: str, b: int,
-                r: int, batches: List[np.ndarray], states: List[np.ndarray]) -> np.ndarray:
+def _study_cell(
+    model: str,
+    data: Dataset,
+    lr: float,
+    seed: int,
+    threads: int,
+    engine: str,
+    cond: str,
+    b: int,
+    r: int,
+    batches: List[np.ndarray],
+    states: List[np.ndarray],
+) -> np.ndarray:
     """A study cell on a Ray worker: the model is rebuilt from the verifier's code (its weights
     are the logged states) and runs with the driver's torch thread count."""
     import torch
@@ -151,11 +195,24 @@ def _study_cell(model: str, data: Dataset, lr: float, seed: int, threads: int, e
         torch.set_num_threads(before)
 
 
-def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence[int] = (32, 100, 1000),
-              conditions: Sequence[str] = ("permute", "threads", "deterministic", "bf16"), *, repeats: int = 5,
-              steps: int = 50, lr: float = 0.01, seed: int = 0, safety_factor: float = 10.0,
-              matrix_steps: int = 10, out: Optional[str] = None, data_path: Optional[str] = None,
-              data: Optional[Dataset] = None, progress: bool = False, executor: Any = None) -> StudyReport:
+def run_study(
+    model: str = "fcn",
+    dataset: str = "digits",
+    batch_sizes: Sequence[int] = (32, 100, 1000),
+    conditions: Sequence[str] = ("permute", "threads", "deterministic", "bf16"),
+    *,
+    repeats: int = 5,
+    steps: int = 50,
+    lr: float = 0.01,
+    seed: int = 0,
+    safety_factor: float = 10.0,
+    matrix_steps: int = 10,
+    out: Optional[str] = None,
+    data_path: Optional[str] = None,
+    data: Optional[Dataset] = None,
+    progress: bool = False,
+    executor: Any = None,
+) -> StudyReport:
     """Runs a reproduction study (see the module's text). ``executor``: an
     :class:`exactforge.distributed.RayExecutor` runs the recomputations (condition x batch size
     x repeat) as Ray tasks; the traces are recorded here, and the report is the serial one
@@ -163,8 +220,8 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
     process's torch thread count unless the condition sets its own)."""
     import torch
 
-    from ..trace.record import batch_schedule
     from ..models.zoo import ZOO, build_model
+    from ..trace.record import batch_schedule
 
     if model not in ZOO:
         raise ValueError(f"model: expected one of {ZOO}, got {model!r}")
@@ -196,9 +253,9 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
     nn_conds = [c for c in conds if CONDITIONS[c].engine == "nn"]
     torch_conds = [c for c in conds if CONDITIONS[c].engine == "torch"]
     half = max(1, (repeats + 1) // 2)
-    cells: List[tuple] = []            # (engine, condition, b, repeat, batches, states) for an executor
+    cells: List[tuple] = []  # (engine, condition, b, repeat, batches, states) for an executor
     executor_info = None
-    errs: Dict[str, Dict[int, np.ndarray]] = {c: {} for c in conds}   # c -> b -> (steps, repeats, len(DISTANCES))
+    errs: Dict[str, Dict[int, np.ndarray]] = {c: {} for c in conds}  # c -> b -> (steps, repeats, len(DISTANCES))
     total = len(batch_sizes) * steps * repeats * len(conds)
     bar = progress_bar(total, progress, f"repro {model}")
     for b in batch_sizes:
@@ -224,14 +281,16 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
                     errs[c][b] = np.zeros((steps, repeats, len(DISTANCES)))
                     cells.extend((engine, c, b, r, batches, states) for r in range(repeats))
     if executor is not None:
+
         def done(i: int, value: np.ndarray) -> None:
             _, c, b, r, _, _ = cells[i]
             errs[c][b][:, r] = value
             if bar is not None:
                 bar.update(steps)
 
-        executor_info = executor.map_cells(_study_cell, cells, (model, data, lr, seed, torch.get_num_threads()),
-                                           on_done=done)
+        executor_info = executor.map_cells(
+            _study_cell, cells, (model, data, lr, seed, torch.get_num_threads()), on_done=done
+        )
     if bar is not None:
         bar.close()
     l2 = DISTANCES.index("l2")
@@ -244,8 +303,11 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
         s.distances = {k: float(max(a[:, :, i].max() for a in errs[c].values())) for i, k in enumerate(DISTANCES)}
         for b, a in errs[c].items():
             v = a[:, :, l2]
-            s.by_batch_size[str(b)] = {"max_error": float(v.max()), "mean_error": float(v.mean()),
-                                       "zero_fraction": float(np.mean(v == 0.0))}
+            s.by_batch_size[str(b)] = {
+                "max_error": float(v.max()),
+                "mean_error": float(v.mean()),
+                "zero_fraction": float(np.mean(v == 0.0)),
+            }
             s.per_checkpoint[str(b)] = [float(x) for x in v.max(axis=1)]
         stats[c] = s
     calib = [c for c in CALIBRATION if c in errs and errs[c]]
@@ -259,11 +321,31 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
         nv = np.concatenate([errs[c][b][:, :, l2].ravel() for c in native_conds + nn_conds for b in errs[c]])
         eps_native = float(safety_factor * nv.max())
     matrix = _matrix(model, data, shape, batch_sizes, conds, matrix_steps, lr, seed, repeats) if matrix_steps else {}
-    env = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "cuda": torch.cuda.is_available()}
-    rep = StudyReport(model, data.name, data.synthetic, [int(b) for b in batch_sizes], steps, repeats, lr, stats, eps,
-                      safety_factor, frr, calib, eps_native, matrix, time.perf_counter() - t_start, environment=env,
-                      executor=executor_info)
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    rep = StudyReport(
+        model,
+        data.name,
+        data.synthetic,
+        [int(b) for b in batch_sizes],
+        steps,
+        repeats,
+        lr,
+        stats,
+        eps,
+        safety_factor,
+        frr,
+        calib,
+        eps_native,
+        matrix,
+        time.perf_counter() - t_start,
+        environment=env,
+        executor=executor_info,
+    )
     if out:
         write_outputs(rep, out)
     return rep
@@ -272,8 +354,8 @@ def run_study(model: str = "fcn", dataset: str = "digits", batch_sizes: Sequence
 def _matrix(model, data, shape, batch_sizes, conds, steps, lr, seed, repeats) -> Dict[str, Any]:
     """Max l2 error of recomputing (under the column condition) a short trace generated under
     the row condition, at the smallest batch size. Random conditions use ``repeats`` draws."""
-    from ..trace.record import batch_schedule
     from ..models.zoo import build_model
+    from ..trace.record import batch_schedule
 
     b = int(min(batch_sizes))
     sched = batch_schedule(len(data), b, seed)
@@ -300,6 +382,7 @@ def _matrix(model, data, shape, batch_sizes, conds, steps, lr, seed, repeats) ->
 
 # -- outputs ---------------------------------------------------------------------------------
 
+
 def write_outputs(rep: StudyReport, out: str) -> None:
     from ..report.files import atomic_write
 
@@ -310,27 +393,45 @@ def write_outputs(rep: StudyReport, out: str) -> None:
 
 
 def markdown(rep: StudyReport) -> str:
-    lines = [f"# Reproduction-error study: {rep.model} on {rep.dataset}" + (" (SYNTHETIC data)" if rep.synthetic else ""),
-             "",
-             f"Batch sizes {rep.batch_sizes}, {rep.steps} checkpoints, each recomputed {rep.repeats} times per "
-             f"condition, lr {rep.lr}. Errors are l2 distances between the recomputed and the logged next checkpoint.",
-             "", "| condition | max error | mean error | variance | exactly 0 | " +
-             " | ".join(f"max @ b={b}" for b in rep.batch_sizes) + " |",
-             "|---|---|---|---|---|" + "---|" * len(rep.batch_sizes)]
+    lines = [
+        f"# Reproduction-error study: {rep.model} on {rep.dataset}" + (" (SYNTHETIC data)" if rep.synthetic else ""),
+        "",
+        f"Batch sizes {rep.batch_sizes}, {rep.steps} checkpoints, each recomputed {rep.repeats} times per "
+        f"condition, lr {rep.lr}. Errors are l2 distances between the recomputed and the logged next checkpoint.",
+        "",
+        "| condition | max error | mean error | variance | exactly 0 | "
+        + " | ".join(f"max @ b={b}" for b in rep.batch_sizes)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(rep.batch_sizes),
+    ]
     for name, s in rep.conditions.items():
-        by = " | ".join(f"{s.by_batch_size.get(str(b), {}).get('max_error', float('nan')):.3g}" for b in rep.batch_sizes)
-        lines.append(f"| {name} | {s.max_error:.3g} | {s.mean_error:.3g} | {s.variance:.3g} | {s.zero_fraction:.0%} | {by} |")
-    lines += ["", f"**Calibrated epsilon: {rep.epsilon:.3g}** = {rep.safety_factor:g} x the largest error under "
-              f"{', '.join(rep.calibrated_on)} (first half of the repeats); honest-trace false-reject rate on the held-out "
-              f"half: {rep.false_reject_rate:.2%}."]
+        by = " | ".join(
+            f"{s.by_batch_size.get(str(b), {}).get('max_error', float('nan')):.3g}" for b in rep.batch_sizes
+        )
+        lines.append(
+            f"| {name} | {s.max_error:.3g} | {s.mean_error:.3g} | {s.variance:.3g} | {s.zero_fraction:.0%} | {by} |"
+        )
+    lines += [
+        "",
+        f"**Calibrated epsilon: {rep.epsilon:.3g}** = {rep.safety_factor:g} x the largest error under "
+        f"{', '.join(rep.calibrated_on)} (first half of the repeats); honest-trace false-reject rate on the held-out "
+        f"half: {rep.false_reject_rate:.2%}.",
+    ]
     if rep.epsilon_native is not None:
-        lines.append(f"Native reproducible path: epsilon = {rep.epsilon_native:g} (its largest error is "
-                     f"{'exactly 0' if rep.epsilon_native == 0 else 'not 0'}).")
+        lines.append(
+            f"Native reproducible path: epsilon = {rep.epsilon_native:g} (its largest error is "
+            f"{'exactly 0' if rep.epsilon_native == 0 else 'not 0'})."
+        )
     if rep.matrix:
         m = rep.matrix
-        lines += ["", f"Cross-condition matrix (rows: generated under, columns: verified under; max l2 over "
-                      f"{m['steps']} steps at b={m['batch_size']}):", "",
-                  "| generated \\ verified | " + " | ".join(m["cols"]) + " |", "|---|" + "---|" * len(m["cols"])]
+        lines += [
+            "",
+            f"Cross-condition matrix (rows: generated under, columns: verified under; max l2 over "
+            f"{m['steps']} steps at b={m['batch_size']}):",
+            "",
+            "| generated \\ verified | " + " | ".join(m["cols"]) + " |",
+            "|---|" + "---|" * len(m["cols"]),
+        ]
         for r, row in zip(m["rows"], m["max_error"]):
             lines.append(f"| {r} | " + " | ".join(f"{v:.2g}" for v in row) + " |")
     lines += ["", "Published magnitudes for comparison (cited from the papers, not measured here):", ""]
@@ -384,11 +485,20 @@ def figures(rep: StudyReport, out: str) -> None:
     if rep.epsilon > 0:
         ax.axhline(rep.epsilon, color="k", ls="--", lw=0.8, label=f"calibrated epsilon {rep.epsilon:.1e}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(f"{rep.model} on {rep.dataset}, b = {b}: reproduction error of each checkpoint "
-                 f"({rep.repeats} recomputations per condition)", fontsize=9)
+    ax.set_title(
+        f"{rep.model} on {rep.dataset}, b = {b}: reproduction error of each checkpoint "
+        f"({rep.repeats} recomputations per condition)",
+        fontsize=9,
+    )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    _zero_panel(fig, gs[1], ax, colors, "step t (theta_{t+1} recomputed from theta_t)",
-                lambda n: np.flatnonzero(np.array(rep.conditions[n].per_checkpoint.get(b, []), dtype=float) == 0))
+    _zero_panel(
+        fig,
+        gs[1],
+        ax,
+        colors,
+        "step t (theta_{t+1} recomputed from theta_t)",
+        lambda n: np.flatnonzero(np.array(rep.conditions[n].per_checkpoint.get(b, []), dtype=float) == 0),
+    )
     fig.savefig(os.path.join(out, "errors_per_checkpoint.png"), dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -408,9 +518,15 @@ def figures(rep: StudyReport, out: str) -> None:
     ax.set_ylabel("max l2 error")
     ax.set_title(f"{rep.model} on {rep.dataset}: reproduction error vs batch size (the papers' Figure 2)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    _zero_panel(fig, gs[1], ax, colors, "batch size",
-                lambda n: [x for x in bss if rep.conditions[n].by_batch_size.get(str(x), {}).get("max_error") == 0],
-                log_x=True)
+    _zero_panel(
+        fig,
+        gs[1],
+        ax,
+        colors,
+        "batch size",
+        lambda n: [x for x in bss if rep.conditions[n].by_batch_size.get(str(x), {}).get("max_error") == 0],
+        log_x=True,
+    )
     if n_zero:
         fig.axes[-1].set_xticks(bss, [str(x) for x in bss])
     fig.savefig(os.path.join(out, "batch_size_sweep.png"), dpi=110, bbox_inches="tight")
@@ -428,12 +544,23 @@ def figures(rep: StudyReport, out: str) -> None:
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 dark = m[i, j] > 0 and norm is not None and norm(m[i, j]) < 0.5
-                ax.text(j, i, "0" if m[i, j] == 0 else f"{m[i, j]:.1e}", ha="center", va="center", fontsize=7,
-                        color="white" if dark else "black", fontweight="bold" if m[i, j] == 0 else None)
+                ax.text(
+                    j,
+                    i,
+                    "0" if m[i, j] == 0 else f"{m[i, j]:.1e}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if dark else "black",
+                    fontweight="bold" if m[i, j] == 0 else None,
+                )
         ax.set_xlabel("verified under")
         ax.set_ylabel("generated under")
-        ax.set_title(f"max l2 reproduction error, trace generated under one condition and recomputed under another\n"
-                     f"({rep.matrix['steps']} steps at b = {rep.matrix['batch_size']}; white: exactly 0)", fontsize=9)
+        ax.set_title(
+            f"max l2 reproduction error, trace generated under one condition and recomputed under another\n"
+            f"({rep.matrix['steps']} steps at b = {rep.matrix['batch_size']}; white: exactly 0)",
+            fontsize=9,
+        )
         if norm is not None:
             fig.colorbar(im, ax=ax, label="max l2 error (log scale)")
         fig.tight_layout()

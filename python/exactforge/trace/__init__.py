@@ -7,17 +7,43 @@ untrusted party.
   safetensors headers checked before decoding). No pickle anywhere.
 * ``reader`` (``Trace``) and ``writer`` (``TraceWriter``, atomic and crash-safe).
 """
+
 from __future__ import annotations
 
-from .format import (INITIAL_KINDS, SCHEMA, SCHEMA_VERSION, canonical_json, checkpoint_name, record_hash,
-                     record_name, sha256_bytes)
+from .format import (
+    INITIAL_KINDS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    canonical_json,
+    checkpoint_name,
+    record_hash,
+    record_name,
+    sha256_bytes,
+)
 from .limits import DEFAULT_LIMITS, MAX_THREADS, Limits
 from .reader import Record, Trace
 from .safeio import TraceError
 from .writer import TraceWriter, atomic_write, encode_checkpoint, environment
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "INITIAL_KINDS", "TraceError", "Trace", "TraceWriter", "Record", "Limits",
-           "DEFAULT_LIMITS", "MAX_THREADS", "canonical_json", "sha256_bytes", "record_hash", "checkpoint_name",
-           "record_name", "environment", "atomic_write", "encode_checkpoint"]
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "INITIAL_KINDS",
+    "TraceError",
+    "Trace",
+    "TraceWriter",
+    "Record",
+    "Limits",
+    "DEFAULT_LIMITS",
+    "MAX_THREADS",
+    "canonical_json",
+    "sha256_bytes",
+    "record_hash",
+    "checkpoint_name",
+    "record_name",
+    "environment",
+    "atomic_write",
+    "encode_checkpoint",
+]
 
 _record_hash = record_hash  # the name the tests of schema 1 used

@@ -14,6 +14,7 @@ of manifest.json's bytes, which carry theta_0's hash. A trace is *complete* when
 is final (and, where the manifest declares ``steps``, is step ``steps - 1``): deleting records
 from the end, or adding some after the final one, is detected.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,18 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .limits import DEFAULT_LIMITS, Limits
 from .safeio import SAFETENSORS_DTYPES, TraceError, tensor_nbytes
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "INITIAL_KINDS", "canonical_json", "sha256_bytes", "record_hash",
-           "checkpoint_name", "record_name", "validate_manifest", "Manifest"]
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "INITIAL_KINDS",
+    "canonical_json",
+    "sha256_bytes",
+    "record_hash",
+    "checkpoint_name",
+    "record_name",
+    "validate_manifest",
+    "Manifest",
+]
 
 SCHEMA = "exactforge.trace"
 SCHEMA_VERSION = 2
@@ -63,8 +74,9 @@ def _int(man: Mapping[str, Any], key: str, lo: int, hi: int, optional: bool = Fa
     if v is None and optional:
         return None
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise TraceError(f"manifest: {key!r} must be an integer in {lo}..{hi}"
-                         f"{' or null' if optional else ''}, got {v!r}")
+        raise TraceError(
+            f"manifest: {key!r} must be an integer in {lo}..{hi}{' or null' if optional else ''}, got {v!r}"
+        )
     return v
 
 
@@ -86,12 +98,26 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
         raise TraceError(f"manifest: not an exactforge trace (schema {str(man.get('schema'))[:40]!r})")
     ver = man.get("schema_version")
     if ver != SCHEMA_VERSION:
-        hint = (" (schema 1 traces do not declare their steps or tensors, so truncation cannot be detected; "
-                "record the run again with this exactforge)" if ver == 1 else "")
-        raise TraceError(f"manifest: schema_version {str(ver)[:20]} is not supported; this exactforge reads "
-                         f"{SCHEMA_VERSION}{hint}")
-    for key in ("engine", "model", "lr", "checkpoint_every", "data", "initial_checkpoint", "initial", "tensors",
-                "optimizer"):
+        hint = (
+            " (schema 1 traces do not declare their steps or tensors, so truncation cannot be detected; "
+            "record the run again with this exactforge)"
+            if ver == 1
+            else ""
+        )
+        raise TraceError(
+            f"manifest: schema_version {str(ver)[:20]} is not supported; this exactforge reads {SCHEMA_VERSION}{hint}"
+        )
+    for key in (
+        "engine",
+        "model",
+        "lr",
+        "checkpoint_every",
+        "data",
+        "initial_checkpoint",
+        "initial",
+        "tensors",
+        "optimizer",
+    ):
         if key not in man:
             raise TraceError(f"manifest: missing {key!r}")
     if man["engine"] not in ("native", "torch"):
@@ -108,8 +134,10 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
     # torch: None (torch's own layers) or the mode of exactforge.nn's reproducible layers
     allowed = ("fixed", "exact") if man["engine"] == "native" else (None, "exact", "fixed")
     if "reduction" not in man or man["reduction"] not in allowed:
-        raise TraceError(f"manifest: 'reduction' must be one of {allowed} for the {man['engine']} engine, "
-                         f"got {str(man.get('reduction', '<missing>'))[:40]!r}")
+        raise TraceError(
+            f"manifest: 'reduction' must be one of {allowed} for the {man['engine']} engine, "
+            f"got {str(man.get('reduction', '<missing>'))[:40]!r}"
+        )
     if "loss" in man:
         from ..nn.losses import check_spec
 
@@ -118,16 +146,26 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
         except ValueError as e:
             raise TraceError(f"manifest: {e}") from None
     if "reduction_plan" in man and (isinstance(man["reduction_plan"], bool) or man["reduction_plan"] not in (1, 2)):
-        raise TraceError(f"manifest: 'reduction_plan' must be 1 or 2 (exactforge.models.REDUCTION_PLANS), got "
-                         f"{str(man['reduction_plan'])[:20]!r}")
+        raise TraceError(
+            f"manifest: 'reduction_plan' must be 1 or 2 (exactforge.models.REDUCTION_PLANS), got "
+            f"{str(man['reduction_plan'])[:20]!r}"
+        )
     if man.get("dropout") is not None:
         d = man["dropout"]
-        if (not isinstance(d, dict) or set(d) != {"seed"} or isinstance(d["seed"], bool)
-                or not isinstance(d["seed"], int) or not 0 <= d["seed"] < 2**63):
+        if (
+            not isinstance(d, dict)
+            or set(d) != {"seed"}
+            or isinstance(d["seed"], bool)
+            or not isinstance(d["seed"], int)
+            or not 0 <= d["seed"] < 2**63
+        ):
             raise TraceError("manifest: 'dropout' must be {'seed': an integer in 0..2^63-1} or null")
     ev = man.get("eval_modules")
-    if ev is not None and (not isinstance(ev, list) or len(ev) > limits.max_tensors
-                           or not all(isinstance(n, str) and len(n) <= 256 for n in ev)):
+    if ev is not None and (
+        not isinstance(ev, list)
+        or len(ev) > limits.max_tensors
+        or not all(isinstance(n, str) and len(n) <= 256 for n in ev)
+    ):
         raise TraceError(f"manifest: 'eval_modules' must list at most {limits.max_tensors} module names")
     if man["initial"] not in INITIAL_KINDS:
         raise TraceError(f"manifest: 'initial' must be one of {INITIAL_KINDS}, got {str(man['initial'])[:40]!r}")
@@ -138,28 +176,44 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
         raise TraceError("manifest: 'data' must hold a 'name' and a SHA-256 'fingerprint'")
     _int(data, "num_examples", 1, 2**48)
     ini = man["initial_checkpoint"]
-    if (not isinstance(ini, dict) or type(ini.get("step")) is not int or ini["step"] != 0
-            or ini.get("file") != checkpoint_name(0)
-            or not is_sha256(ini.get("sha256")) or set(ini) != {"step", "file", "sha256"}):
-        raise TraceError(f"manifest: 'initial_checkpoint' must be {{'step': 0, 'file': '{checkpoint_name(0)}', "
-                         "'sha256': ...}")
+    if (
+        not isinstance(ini, dict)
+        or type(ini.get("step")) is not int
+        or ini["step"] != 0
+        or ini.get("file") != checkpoint_name(0)
+        or not is_sha256(ini.get("sha256"))
+        or set(ini) != {"step", "file", "sha256"}
+    ):
+        raise TraceError(
+            f"manifest: 'initial_checkpoint' must be {{'step': 0, 'file': '{checkpoint_name(0)}', 'sha256': ...}}"
+        )
     tensors = man["tensors"]
     if not isinstance(tensors, list) or not 1 <= len(tensors) <= limits.max_tensors:
         raise TraceError(f"manifest: 'tensors' must list 1..{limits.max_tensors} tensors")
     table: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
     total = 0
     for ent in tensors:
-        if (not isinstance(ent, list) or len(ent) != 3 or not isinstance(ent[0], str) or not ent[0]
-                or len(ent[0]) > 256 or ent[1] not in SAFETENSORS_DTYPES or not isinstance(ent[2], list)
-                or len(ent[2]) > 8 or not all(type(s) is int and 0 <= s <= 2**40 for s in ent[2])):
+        if (
+            not isinstance(ent, list)
+            or len(ent) != 3
+            or not isinstance(ent[0], str)
+            or not ent[0]
+            or len(ent[0]) > 256
+            or ent[1] not in SAFETENSORS_DTYPES
+            or not isinstance(ent[2], list)
+            or len(ent[2]) > 8
+            or not all(type(s) is int and 0 <= s <= 2**40 for s in ent[2])
+        ):
             raise TraceError(f"manifest: malformed tensor entry {str(ent)[:80]} (expected [name, dtype, shape])")
         if ent[0] in table or ent[0] == "__metadata__":
             raise TraceError(f"manifest: tensor {ent[0][:40]!r} is declared twice or reserved")
         table[ent[0]] = (ent[1], tuple(ent[2]))
         total += tensor_nbytes(ent[2], ent[1])
         if total > limits.max_checkpoint_bytes:
-            raise TraceError(f"manifest: a checkpoint would hold more than {limits.max_checkpoint_bytes} bytes of "
-                             "tensors (raise Limits.max_checkpoint_bytes to verify a model this large)")
+            raise TraceError(
+                f"manifest: a checkpoint would hold more than {limits.max_checkpoint_bytes} bytes of "
+                "tensors (raise Limits.max_checkpoint_bytes to verify a model this large)"
+            )
     out = Manifest(man)
     out.tensors = table
     out.checkpoint_bytes = total

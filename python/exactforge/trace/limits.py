@@ -7,6 +7,7 @@ the verifier itself supplies), never by what the prover wrote. The defaults hold
 training runs with room to spare; a verifier with a larger model raises them explicitly
 (``Limits(max_checkpoint_bytes=...)``), the way safetensors bounds its header.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -26,15 +27,15 @@ MAX_THREADS = int(_core.MAX_THREADS)
 class Limits:
     """Bounds on every file and document of a trace (bytes unless said otherwise)."""
 
-    manifest_bytes: int = 1 << 20            # manifest.json
-    record_base_bytes: int = 4096            # a record: this plus record_bytes_per_index per batch index
-    record_bytes_per_index: int = 24         # (an index is at most 20 digits and a comma)
-    json_depth: int = 32                     # nesting of any JSON document
-    json_int_digits: int = 24                # integers longer than this are refused (int("9"*10**6) is slow)
-    max_steps: int = 100_000_000             # declared or recorded SGD steps
-    max_batch: int = 1 << 20                 # examples in one step (also at most the data set's size)
-    max_checkpoint_bytes: int = 4 << 30      # the tensors of one checkpoint (the model size)
-    max_tensors: int = 4096                  # tensors in one checkpoint
+    manifest_bytes: int = 1 << 20  # manifest.json
+    record_base_bytes: int = 4096  # a record: this plus record_bytes_per_index per batch index
+    record_bytes_per_index: int = 24  # (an index is at most 20 digits and a comma)
+    json_depth: int = 32  # nesting of any JSON document
+    json_int_digits: int = 24  # integers longer than this are refused (int("9"*10**6) is slow)
+    max_steps: int = 100_000_000  # declared or recorded SGD steps
+    max_batch: int = 1 << 20  # examples in one step (also at most the data set's size)
+    max_checkpoint_bytes: int = 4 << 30  # the tensors of one checkpoint (the model size)
+    max_tensors: int = 4096  # tensors in one checkpoint
     safetensors_header_bytes: int = 1 << 20  # a checkpoint's JSON header
     max_directory_entries: int = 100_000_010  # entries listed in records/ or checkpoints/
 

@@ -5,6 +5,7 @@ JSON). Records are read in step order until the first absent one, so a reader ru
 recorder appends, or while ``resume`` removes an unfinished tail from the end backwards, sees a
 contiguous prefix, never a hole.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,8 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .format import (Manifest, checkpoint_name, is_sha256, record_hash, record_name, sha256_bytes,
-                     validate_manifest)
+from .format import Manifest, checkpoint_name, is_sha256, record_hash, record_name, sha256_bytes, validate_manifest
 from .limits import DEFAULT_LIMITS, Limits
 from .safeio import TraceError, decode_safetensors, is_entry, list_names, read_file, read_json
 
@@ -25,7 +25,7 @@ _RECORD_KEYS = {"step", "batch", "prev", "checkpoint", "hash"}
 @dataclass
 class Record:
     step: int
-    batch: np.ndarray                    # dataset indices in the logged order (int64, read-only)
+    batch: np.ndarray  # dataset indices in the logged order (int64, read-only)
     prev: str
     checkpoint: Optional[Dict[str, Any]]
     hash: str
@@ -35,8 +35,9 @@ class Record:
 def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) -> Record:
     keys = set(obj)
     if not (_RECORD_KEYS <= keys <= _RECORD_KEYS | {"final"}):
-        raise TraceError(f"record {i}: expected the fields {sorted(_RECORD_KEYS)} (and 'final'), "
-                         f"got {sorted(keys)[:8]}")
+        raise TraceError(
+            f"record {i}: expected the fields {sorted(_RECORD_KEYS)} (and 'final'), got {sorted(keys)[:8]}"
+        )
     if type(obj["step"]) is not int or obj["step"] != i:
         raise TraceError(f"record {i}: claims to be step {str(obj['step'])[:24]}")
     if not is_sha256(obj["hash"]) or not is_sha256(obj["prev"]):
@@ -61,16 +62,25 @@ def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) ->
     arr = arr.astype(np.int64)
     arr.setflags(write=False)
     ck = obj["checkpoint"]
-    if ck is not None and (not isinstance(ck, dict) or set(ck) != {"step", "file", "sha256"}
-                           or type(ck["step"]) is not int or ck["step"] != i + 1
-                           or ck["file"] != checkpoint_name(i + 1) or not is_sha256(ck["sha256"])):
-        raise TraceError(f"record {i}: malformed checkpoint entry (expected step {i + 1}, "
-                         f"file {checkpoint_name(i + 1)} and a SHA-256)")
+    if ck is not None and (
+        not isinstance(ck, dict)
+        or set(ck) != {"step", "file", "sha256"}
+        or type(ck["step"]) is not int
+        or ck["step"] != i + 1
+        or ck["file"] != checkpoint_name(i + 1)
+        or not is_sha256(ck["sha256"])
+    ):
+        raise TraceError(
+            f"record {i}: malformed checkpoint entry (expected step {i + 1}, "
+            f"file {checkpoint_name(i + 1)} and a SHA-256)"
+        )
     k = man["checkpoint_every"]
     due = (i + 1) % k == 0 or final
     if due != (ck is not None):
-        raise TraceError(f"record {i}: {'no' if due else 'a'} checkpoint where the schedule (every {k} steps "
-                         f"and after the final step) {'needs one' if due else 'has none'}")
+        raise TraceError(
+            f"record {i}: {'no' if due else 'a'} checkpoint where the schedule (every {k} steps "
+            f"and after the final step) {'needs one' if due else 'has none'}"
+        )
     return Record(i, arr, obj["prev"], ck, obj["hash"], final)
 
 
@@ -92,9 +102,14 @@ class Trace:
     incomplete_reason: Optional[str] = None
 
     @classmethod
-    def open(cls, directory: str, limits: Limits = DEFAULT_LIMITS, *,
-             on_manifest: Optional[Callable[["Trace"], None]] = None,
-             on_record: Optional[Callable[["Trace"], None]] = None) -> "Trace":
+    def open(
+        cls,
+        directory: str,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        on_manifest: Optional[Callable[["Trace"], None]] = None,
+        on_record: Optional[Callable[["Trace"], Any]] = None,
+    ) -> "Trace":
         """Loads and checks the manifest and the whole chain; raises TraceError.
 
         ``on_manifest(trace)`` is called once the manifest is checked, ``on_record(trace)`` after
@@ -141,8 +156,9 @@ class Trace:
                 raise TraceError(f"records: the final record is step {n - 1}, the manifest declares {declared} steps")
             t.complete = True
         elif declared is not None:
-            t.incomplete_reason = (f"incomplete: {n} of the {declared} declared steps are recorded "
-                                   f"(truncated, or still being recorded)")
+            t.incomplete_reason = (
+                f"incomplete: {n} of the {declared} declared steps are recorded (truncated, or still being recorded)"
+            )
         else:
             t.incomplete_reason = f"incomplete: {n} steps and no final record (truncated, or still being recorded)"
         if not is_entry(directory, checkpoint_name(0)):
@@ -195,7 +211,9 @@ class Trace:
             return self.manifest["initial_checkpoint"]
         if not 1 <= step <= len(self.records) or self.records[step - 1].checkpoint is None:
             raise TraceError(f"checkpoint: no theta_{step} was logged")
-        return self.records[step - 1].checkpoint
+        entry = self.records[step - 1].checkpoint
+        assert entry is not None  # checked above
+        return entry
 
     def load_checkpoint(self, step: int) -> Dict[str, np.ndarray]:
         """theta_step, after checking its size against the manifest's tensors, its bytes against
@@ -207,7 +225,9 @@ class Trace:
         """The file of theta_step as it is on disk, read within the size its tensors allow (not
         yet checked against its hash: ``decode_checkpoint`` does that, wherever it runs)."""
         entry = self.checkpoint_entry(step)
-        return read_file(self.directory, entry["file"], self._checkpoint_limit(), f"checkpoint {step}")
+        data = read_file(self.directory, entry["file"], self._checkpoint_limit(), f"checkpoint {step}")
+        assert data is not None  # read_file returns None only when asked to tolerate a missing file
+        return data
 
     def _checkpoint_limit(self) -> int:
         """The most bytes a checkpoint file may hold: its header's bound and the declared tensors."""
@@ -220,7 +240,7 @@ class Trace:
         max_bytes = self._checkpoint_limit()
         if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > max_bytes:
             raise TraceError(f"checkpoint {step}: expected at most {max_bytes} bytes of {entry['file']}")
-        if sha256_bytes(data) != entry["sha256"]:
+        if sha256_bytes(bytes(data) if isinstance(data, memoryview) else data) != entry["sha256"]:
             raise TraceError(f"checkpoint {step}: {entry['file']} does not match its hash (modified)")
         if not isinstance(data, bytearray):
             data = bytearray(data)  # the arrays are writable views of the buffer: a shipped object is read-only

@@ -1,5 +1,6 @@
 """Recording execution traces: native models (exactforge trains), and any torch model and
 optimizer inside the user's own training loop (``TraceRecorder``)."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -7,10 +8,11 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Unio
 
 import numpy as np
 
-from ..models import native as M
-from ..report.progress import progress_bar
 from ..data import Dataset, as_dataset, fingerprint
-from . import Trace, TraceError, TraceWriter, environment
+from ..models import native as M
+from ..models.step import NativeStep
+from ..report.progress import progress_bar
+from . import Trace, TraceWriter, environment
 
 __all__ = ["batch_schedule", "record_native", "record_torch_fcn", "TraceRecorder"]
 
@@ -23,12 +25,18 @@ def batch_schedule(num_examples: int, batch_size: int, seed: int) -> Iterator[np
     while True:
         perm = rng.permutation(num_examples)
         for s in range(0, num_examples - batch_size + 1, batch_size):
-            yield perm[s:s + batch_size].astype(np.int64)
+            yield perm[s : s + batch_size].astype(np.int64)
 
 
 def _data_entry(data: Dataset, path: Optional[str]) -> Dict[str, Any]:
-    return {"name": data.name, "fingerprint": data.fingerprint(), "num_examples": len(data),
-            "dim": data.dim, "num_classes": data.num_classes, "path": path}
+    return {
+        "name": data.name,
+        "fingerprint": data.fingerprint(),
+        "num_examples": len(data),
+        "dim": data.dim,
+        "num_classes": data.num_classes,
+        "path": path,
+    }
 
 
 def _check_steps(steps: int, checkpoint_every: int) -> None:
@@ -38,21 +46,39 @@ def _check_steps(steps: int, checkpoint_every: int) -> None:
         raise ValueError(f"checkpoint_every: expected a positive interval, got {checkpoint_every}")
 
 
-_RESUME_KEYS = ("engine", "model", "lr", "batch_size", "seed", "steps", "checkpoint_every", "reduction", "data",
-                "optimizer", "initial")
+_RESUME_KEYS = (
+    "engine",
+    "model",
+    "lr",
+    "batch_size",
+    "seed",
+    "steps",
+    "checkpoint_every",
+    "reduction",
+    "data",
+    "optimizer",
+    "initial",
+)
 
 
-def _resume_or_create(out: str, manifest: Dict[str, Any], initial: Mapping[str, np.ndarray], resume: bool,
-                      ) -> Tuple[TraceWriter, Optional[Dict[str, np.ndarray]]]:
+def _resume_or_create(
+    out: str,
+    manifest: Dict[str, Any],
+    initial: Mapping[str, np.ndarray],
+    resume: bool,
+) -> Tuple[TraceWriter, Optional[Dict[str, np.ndarray]]]:
     import os
 
     if resume and os.path.exists(os.path.join(out, "manifest.json")):
+
         def check(found: Dict[str, Any]) -> None:  # before resume removes anything
             for key in _RESUME_KEYS:
                 if found.get(key) != manifest.get(key):
-                    raise ValueError(f"--resume: the trace in {out} was recorded with {key} = "
-                                     f"{str(found.get(key))[:60]}, this run has {str(manifest.get(key))[:60]}; "
-                                     "resume with the same arguments, or record into a new --out folder")
+                    raise ValueError(
+                        f"--resume: the trace in {out} was recorded with {key} = "
+                        f"{str(found.get(key))[:60]}, this run has {str(manifest.get(key))[:60]}; "
+                        "resume with the same arguments, or record into a new --out folder"
+                    )
 
         writer, trace = TraceWriter.resume(out, check)
         # a trace keeps the reduction plan it was started with (absent: plan 1, before plans)
@@ -61,22 +87,47 @@ def _resume_or_create(out: str, manifest: Dict[str, Any], initial: Mapping[str, 
     return TraceWriter(out, manifest, initial), None
 
 
-def record_native(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 0.01, steps: int = 50,
-                  batch_size: int = 64, seed: int = 0, checkpoint_every: int = 1, mode: str = "fixed",
-                  threads: Optional[int] = None, data_path: Optional[str] = None, resume: bool = False,
-                  progress: bool = False) -> Trace:
+def record_native(
+    out: str,
+    spec: M.ModelSpec,
+    data: Dataset,
+    *,
+    lr: float = 0.01,
+    steps: int = 50,
+    batch_size: int = 64,
+    seed: int = 0,
+    checkpoint_every: int = 1,
+    mode: str = "fixed",
+    threads: Optional[int] = None,
+    data_path: Optional[str] = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> Trace:
     """Trains a native model with SGD for ``steps`` steps and records the trace in ``out``."""
     _check_steps(steps, checkpoint_every)
     if spec.input_dim != data.dim or spec.num_classes != data.num_classes:
-        raise ValueError(f"model: built for {spec.input_dim} inputs / {spec.num_classes} classes, "
-                         f"but {data.name} has {data.dim} / {data.num_classes}")
+        raise ValueError(
+            f"model: built for {spec.input_dim} inputs / {spec.num_classes} classes, "
+            f"but {data.name} has {data.dim} / {data.num_classes}"
+        )
     X = data.X.astype(spec.dtype, copy=False)
     params = M.init_params(spec, seed)
-    manifest = {"engine": "native", "model": spec.to_dict(), "optimizer": {"name": "sgd", "lr": lr},
-                "lr": lr, "dtype": spec.dtype, "seed": seed, "initial": "seeded", "batch_size": batch_size,
-                "steps": steps, "checkpoint_every": checkpoint_every, "reduction": mode,
-                "reduction_plan": M.REDUCTION_PLAN,
-                "data": _data_entry(data, data_path), "environment": environment("cpu")}
+    manifest = {
+        "engine": "native",
+        "model": spec.to_dict(),
+        "optimizer": {"name": "sgd", "lr": lr},
+        "lr": lr,
+        "dtype": spec.dtype,
+        "seed": seed,
+        "initial": "seeded",
+        "batch_size": batch_size,
+        "steps": steps,
+        "checkpoint_every": checkpoint_every,
+        "reduction": mode,
+        "reduction_plan": M.REDUCTION_PLAN,
+        "data": _data_entry(data, data_path),
+        "environment": environment("cpu"),
+    }
     writer, restored = _resume_or_create(out, manifest, params, resume)
     plan = manifest["reduction_plan"]
     if restored is not None:
@@ -85,10 +136,11 @@ def record_native(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 0.0
     for _ in range(writer.next_step):  # the schedule is a pure function of the seed
         next(sched)
     bar = progress_bar(steps - writer.next_step, progress, "train (native)")
+    step = NativeStep(spec, X, data.y, lr, mode=mode, threads=threads, plan=plan)
     while writer.next_step < steps:
         t = writer.next_step
         idx = next(sched)
-        params = M.sgd_step(spec, params, X[idx], data.y[idx], idx, lr, mode=mode, threads=threads, plan=plan)
+        params = step(params, idx, t)
         last = t + 1 == steps
         writer.append(idx, params if ((t + 1) % checkpoint_every == 0 or last) else None, final=last)
         if bar is not None:
@@ -130,12 +182,26 @@ class TraceRecorder:
     optimizers, amsgrad, several parameter groups, other dropout types in training mode.
     """
 
-    def __init__(self, directory: str, model: Any, optimizer: Any, dataset: Any, *, checkpoint_every: int = 1,
-                 seed: Optional[int] = None, batch_size: Optional[int] = None, steps: Optional[int] = None,
-                 model_spec: Optional[M.ModelSpec] = None, data_name: Optional[str] = None,
-                 data_path: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None,
-                 loss_fn: Any = None, input_shape: Optional[Sequence[int]] = None,
-                 zoo: Optional[str] = None, dropout_seed: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        directory: str,
+        model: Any,
+        optimizer: Any,
+        dataset: Any,
+        *,
+        checkpoint_every: int = 1,
+        seed: Optional[int] = None,
+        batch_size: Optional[int] = None,
+        steps: Optional[int] = None,
+        model_spec: Optional[M.ModelSpec] = None,
+        data_name: Optional[str] = None,
+        data_path: Optional[str] = None,
+        extra: Optional[Mapping[str, Any]] = None,
+        loss_fn: Any = None,
+        input_shape: Optional[Sequence[int]] = None,
+        zoo: Optional[str] = None,
+        dropout_seed: Optional[int] = None,
+    ) -> None:
         import torch
 
         from .. import nn as xnn
@@ -174,23 +240,41 @@ class TraceRecorder:
             input_shape = ds.shape if (conv and ds.shape) else (int(np.prod(ds.X.shape[1:])),)
         input_shape = [int(v) for v in input_shape]
         if int(np.prod(input_shape)) != int(np.prod(ds.X.shape[1:])):
-            raise ValueError(f"input_shape: {input_shape} does not hold the {int(np.prod(ds.X.shape[1:]))} features "
-                             "of an example")
+            raise ValueError(
+                f"input_shape: {input_shape} does not hold the {int(np.prod(ds.X.shape[1:]))} features of an example"
+            )
         self.manifest = {
             "engine": "torch",
-            "model": model_spec.to_dict() if model_spec is not None else (
+            "model": model_spec.to_dict()
+            if model_spec is not None
+            else (
                 {"zoo": zoo, "input_shape": list(ds.shape or (ds.dim,)), "num_classes": int(y.max()) + 1}
-                if zoo else {"torch_class": type(model).__qualname__}),
-            "optimizer": self._opt_spec, "lr": self._opt_spec["lr"], "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            "seed": seed, "initial": "given", "batch_size": batch_size, "steps": steps,
-            "checkpoint_every": checkpoint_every, "reduction": xnn.mode_of(model), "loss": loss,
+                if zoo
+                else {"torch_class": type(model).__qualname__}
+            ),
+            "optimizer": self._opt_spec,
+            "lr": self._opt_spec["lr"],
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "seed": seed,
+            "initial": "given",
+            "batch_size": batch_size,
+            "steps": steps,
+            "checkpoint_every": checkpoint_every,
+            "reduction": xnn.mode_of(model),
+            "loss": loss,
             "input_shape": input_shape,
             "dropout": {"seed": dropout_seed},
             # modules that behave differently in eval mode (dropout, batch norm): the verifier sets
             # the same modes on its instance of the model
             "eval_modules": [n for n, m in model.named_modules() if not m.training],
-            "data": {"name": data_name or name, "fingerprint": fingerprint(X, y), "num_examples": self._num_examples,
-                     "dim": int(np.prod(X.shape[1:])), "num_classes": int(y.max()) + 1 if y.size else 0, "path": data_path},
+            "data": {
+                "name": data_name or name,
+                "fingerprint": fingerprint(X, y),
+                "num_examples": self._num_examples,
+                "dim": int(np.prod(X.shape[1:])),
+                "num_classes": int(y.max()) + 1 if y.size else 0,
+                "path": data_path,
+            },
             "environment": environment(_device_of(model)),
             **dict(extra or {}),
         }
@@ -217,8 +301,10 @@ class TraceRecorder:
         if idx.min() < 0 or idx.max() >= self._num_examples:
             raise ValueError(f"batch_indices: indices must lie in 0..{self._num_examples - 1}")
         if self.batch_size is not None and idx.size != self.batch_size:
-            raise ValueError(f"batch_indices: {idx.size} examples, but batch_size={self.batch_size} was declared "
-                             "(pass batch_size=None to the recorder for batches of varying size)")
+            raise ValueError(
+                f"batch_indices: {idx.size} examples, but batch_size={self.batch_size} was declared "
+                "(pass batch_size=None to the recorder for batches of varying size)"
+            )
         if self._writer.finished:
             raise ValueError(f"{what}: the trace already holds the {self.steps} steps it declares")
         return idx
@@ -266,8 +352,17 @@ def _device_of(model: Any) -> str:
         return "cpu"
 
 
-def _train(rec: "TraceRecorder", model: Any, opt: Any, loss_fn: Any, X: Any, y: Any, sched: Iterator[np.ndarray],
-           steps: int, bar: Any) -> None:
+def _train(
+    rec: "TraceRecorder",
+    model: Any,
+    opt: Any,
+    loss_fn: Any,
+    X: Any,
+    y: Any,
+    sched: Iterator[np.ndarray],
+    steps: int,
+    bar: Any,
+) -> None:
     """The plain torch loop both recorders run: one optimizer step per scheduled batch."""
     import torch
 
@@ -286,15 +381,25 @@ def _train(rec: "TraceRecorder", model: Any, opt: Any, loss_fn: Any, X: Any, y: 
         bar.close()
 
 
-def record_torch_fcn(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 0.01, steps: int = 50,
-                     batch_size: int = 64, seed: int = 0, checkpoint_every: int = 1, threads: Optional[int] = None,
-                     data_path: Optional[str] = None, progress: bool = False) -> Trace:
+def record_torch_fcn(
+    out: str,
+    spec: M.ModelSpec,
+    data: Dataset,
+    *,
+    lr: float = 0.01,
+    steps: int = 50,
+    batch_size: int = 64,
+    seed: int = 0,
+    checkpoint_every: int = 1,
+    threads: Optional[int] = None,
+    data_path: Optional[str] = None,
+    progress: bool = False,
+) -> Trace:
     """The same training as ``record_native`` (same init, same batches) with torch autograd,
     recorded through ``TraceRecorder``: what a model owner using plain torch produces."""
     import torch
 
     from ..models.torch_fcn import to_torch
-
     from ..reduce import check_threads
 
     _check_steps(steps, checkpoint_every)
@@ -309,18 +414,40 @@ def record_torch_fcn(out: str, spec: M.ModelSpec, data: Dataset, *, lr: float = 
         y = torch.from_numpy(data.y)
         sched = batch_schedule(len(data), batch_size, seed)
         bar = progress_bar(steps, progress, "train (torch)")
-        with TraceRecorder(out, model, opt, data, checkpoint_every=checkpoint_every, seed=seed,
-                           batch_size=batch_size, steps=steps, model_spec=spec, data_path=data_path,
-                           extra={"initial": "seeded"}) as rec:
+        with TraceRecorder(
+            out,
+            model,
+            opt,
+            data,
+            checkpoint_every=checkpoint_every,
+            seed=seed,
+            batch_size=batch_size,
+            steps=steps,
+            model_spec=spec,
+            data_path=data_path,
+            extra={"initial": "seeded"},
+        ) as rec:
             _train(rec, model, opt, torch.nn.functional.cross_entropy, X, y, sched, steps, bar)
     finally:
         torch.set_num_threads(prev_threads)
     return Trace.open(out)
 
 
-def record_zoo(out: str, name: str, data: Dataset, *, lr: float = 0.01, steps: int = 50, batch_size: int = 64,
-               seed: int = 0, checkpoint_every: int = 1, threads: Optional[int] = None, mode: Optional[str] = "exact",
-               data_path: Optional[str] = None, progress: bool = False) -> Trace:
+def record_zoo(
+    out: str,
+    name: str,
+    data: Dataset,
+    *,
+    lr: float = 0.01,
+    steps: int = 50,
+    batch_size: int = 64,
+    seed: int = 0,
+    checkpoint_every: int = 1,
+    threads: Optional[int] = None,
+    mode: Optional[str] = "exact",
+    data_path: Optional[str] = None,
+    progress: bool = False,
+) -> Trace:
     """A zoo model (LeNet, VGGmini, the Transformer) trained with torch and plain SGD and recorded through
     ``TraceRecorder``; ``mode`` "exact" or "fixed" runs it through exactforge.nn's reproducible
     layers and loss (the native engine for CNNs), None through torch's own. The manifest names
@@ -329,8 +456,8 @@ def record_zoo(out: str, name: str, data: Dataset, *, lr: float = 0.01, steps: i
 
     from .. import get_num_threads, set_num_threads
     from .. import nn as xnn
-    from ..reduce import check_threads
     from ..models.zoo import build_model
+    from ..reduce import check_threads
 
     _check_steps(steps, checkpoint_every)
     threads = check_threads(threads)
@@ -352,9 +479,20 @@ def record_zoo(out: str, name: str, data: Dataset, *, lr: float = 0.01, steps: i
         y = torch.from_numpy(data.y)
         sched = batch_schedule(len(data), batch_size, seed)
         bar = progress_bar(steps, progress, f"train ({name})")
-        with TraceRecorder(out, model, opt, data, checkpoint_every=checkpoint_every, seed=seed, batch_size=batch_size,
-                           steps=steps, data_path=data_path, loss_fn=loss_fn, zoo=name,
-                           data_name=data.name) as rec:
+        with TraceRecorder(
+            out,
+            model,
+            opt,
+            data,
+            checkpoint_every=checkpoint_every,
+            seed=seed,
+            batch_size=batch_size,
+            steps=steps,
+            data_path=data_path,
+            loss_fn=loss_fn,
+            zoo=name,
+            data_name=data.name,
+        ) as rec:
             _train(rec, model, opt, loss_fn, X, y, sched, steps, bar)
     finally:
         torch.set_num_threads(prev[0])

@@ -16,6 +16,7 @@ Assumptions, stated once:
   length and bounded nesting. A safetensors checkpoint's header is parsed the same way and
   checked against the tensors the manifest declares before any tensor is decoded.
 """
+
 from __future__ import annotations
 
 import errno
@@ -29,8 +30,17 @@ import numpy as np
 
 from .limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["TraceError", "read_file", "read_json", "parse_json", "list_names", "is_entry",
-           "SAFETENSORS_DTYPES", "decode_safetensors", "tensor_nbytes"]
+__all__ = [
+    "TraceError",
+    "read_file",
+    "read_json",
+    "parse_json",
+    "list_names",
+    "is_entry",
+    "SAFETENSORS_DTYPES",
+    "decode_safetensors",
+    "tensor_nbytes",
+]
 
 
 class TraceError(ValueError):
@@ -46,9 +56,14 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISDIR, "a directory")):
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -184,6 +199,7 @@ def _reject_constant(name: str) -> Any:
 def parse_json(data: bytes, what: str, limits: Limits = DEFAULT_LIMITS) -> Any:
     """Strict JSON: finite numbers, integers of at most ``json_int_digits`` digits, nesting at
     most ``json_depth``. Raises TraceError with the reason."""
+
     def parse_int(s: str) -> int:
         if len(s.lstrip("-")) > limits.json_int_digits:
             raise ValueError(f"an integer of {len(s)} digits")
@@ -211,13 +227,17 @@ def parse_json(data: bytes, what: str, limits: Limits = DEFAULT_LIMITS) -> Any:
         if isinstance(node, (dict, list)):
             if depth > limits.json_depth:
                 raise TraceError(f"{what}: JSON nested deeper than {limits.json_depth} levels")
-            stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node)
-                         if isinstance(v, (dict, list)))
+            stack.extend(
+                (v, depth + 1)
+                for v in (node.values() if isinstance(node, dict) else node)
+                if isinstance(v, (dict, list))
+            )
     return obj
 
 
-def read_json(root: str, rel: str, max_bytes: int, what: str, limits: Limits = DEFAULT_LIMITS,
-              missing_ok: bool = False) -> Optional[Tuple[Dict[str, Any], bytes]]:
+def read_json(
+    root: str, rel: str, max_bytes: int, what: str, limits: Limits = DEFAULT_LIMITS, missing_ok: bool = False
+) -> Optional[Tuple[Dict[str, Any], bytes]]:
     """A JSON object from a trace file, with its raw bytes (for hashing); None when the file is
     absent and ``missing_ok``."""
     data = read_file(root, rel, max_bytes, what, missing_ok)
@@ -231,8 +251,17 @@ def read_json(root: str, rel: str, max_bytes: int, what: str, limits: Limits = D
 
 
 # -- safetensors -----------------------------------------------------------------------------
-SAFETENSORS_DTYPES: Dict[str, str] = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
-                                      "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+SAFETENSORS_DTYPES: Dict[str, str] = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
 _NUMPY_TO_ST = {np.dtype(v).str if v != "?" else "|b1": k for k, v in SAFETENSORS_DTYPES.items()}
 
 
@@ -252,8 +281,9 @@ def tensor_nbytes(shape: Sequence[int], dtype: str) -> int:
     return n * np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize
 
 
-def decode_safetensors(data: bytearray, expected: Mapping[str, Tuple[str, Tuple[int, ...]]], what: str,
-                       limits: Limits = DEFAULT_LIMITS) -> Dict[str, np.ndarray]:
+def decode_safetensors(
+    data: bytearray, expected: Mapping[str, Tuple[str, Tuple[int, ...]]], what: str, limits: Limits = DEFAULT_LIMITS
+) -> Dict[str, np.ndarray]:
     """The tensors of a safetensors file, which must hold exactly ``expected`` (name -> (dtype,
     shape)) with contiguous, non-overlapping data covering the rest of the file. Arrays are
     views of ``data`` (no copy), little-endian, writable."""
@@ -261,9 +291,10 @@ def decode_safetensors(data: bytearray, expected: Mapping[str, Tuple[str, Tuple[
         raise TraceError(f"{what}: shorter than a safetensors header")
     n = int.from_bytes(data[:8], "little")
     if n > limits.safetensors_header_bytes or 8 + n > len(data):
-        raise TraceError(f"{what}: safetensors header of {n} bytes does not fit the file "
-                         f"(at most {limits.safetensors_header_bytes})")
-    header = parse_json(bytes(data[8:8 + n]).rstrip(b" "), f"{what} header", limits)
+        raise TraceError(
+            f"{what}: safetensors header of {n} bytes does not fit the file (at most {limits.safetensors_header_bytes})"
+        )
+    header = parse_json(bytes(data[8 : 8 + n]).rstrip(b" "), f"{what} header", limits)
     if not isinstance(header, dict):
         raise TraceError(f"{what}: the safetensors header is not a JSON object")
     meta = header.pop("__metadata__", None)
@@ -271,9 +302,11 @@ def decode_safetensors(data: bytearray, expected: Mapping[str, Tuple[str, Tuple[
         raise TraceError(f"{what}: malformed safetensors metadata")
     if set(header) != set(expected):
         extra, missing = sorted(set(header) - set(expected))[:5], sorted(set(expected) - set(header))[:5]
-        raise TraceError(f"{what}: holds tensors {'+' + str(extra) if extra else ''}"
-                         f"{' -' + str(missing) if missing else ''} other than the manifest declares")
-    body = memoryview(data)[8 + n:]
+        raise TraceError(
+            f"{what}: holds tensors {'+' + str(extra) if extra else ''}"
+            f"{' -' + str(missing) if missing else ''} other than the manifest declares"
+        )
+    body = memoryview(data)[8 + n :]
     spans = []
     out: Dict[str, np.ndarray] = {}
     for name, (dt, shape) in expected.items():
@@ -281,17 +314,28 @@ def decode_safetensors(data: bytearray, expected: Mapping[str, Tuple[str, Tuple[
         if not isinstance(ent, dict) or set(ent) != {"dtype", "shape", "data_offsets"}:
             raise TraceError(f"{what}: malformed entry for tensor {name!r}")
         # type() is int, not isinstance: JSON true would otherwise pass as 1 (and false as 0)
-        if (ent["dtype"] != dt or not isinstance(ent["shape"], list)
-                or not all(type(v) is int for v in ent["shape"]) or ent["shape"] != list(shape)):
-            raise TraceError(f"{what}: tensor {name!r} is {ent['dtype']} {ent['shape']}, the manifest declares "
-                             f"{dt} {list(shape)}")
+        if (
+            ent["dtype"] != dt
+            or not isinstance(ent["shape"], list)
+            or not all(type(v) is int for v in ent["shape"])
+            or ent["shape"] != list(shape)
+        ):
+            raise TraceError(
+                f"{what}: tensor {name!r} is {ent['dtype']} {ent['shape']}, the manifest declares {dt} {list(shape)}"
+            )
         off = ent["data_offsets"]
-        if (not isinstance(off, list) or len(off) != 2 or not all(type(o) is int for o in off)
-                or not 0 <= off[0] <= off[1] <= len(body) or off[1] - off[0] != tensor_nbytes(shape, dt)):
+        if (
+            not isinstance(off, list)
+            or len(off) != 2
+            or not all(type(o) is int for o in off)
+            or not 0 <= off[0] <= off[1] <= len(body)
+            or off[1] - off[0] != tensor_nbytes(shape, dt)
+        ):
             raise TraceError(f"{what}: tensor {name!r} has invalid data offsets {off}")
         spans.append((off[0], off[1]))
-        arr = np.frombuffer(body, dtype=SAFETENSORS_DTYPES[dt], count=int(np.prod(shape, dtype=np.int64)),
-                            offset=off[0])
+        arr = np.frombuffer(
+            body, dtype=SAFETENSORS_DTYPES[dt], count=int(np.prod(shape, dtype=np.int64)), offset=off[0]
+        )
         out[name] = arr.reshape(tuple(shape))
     spans.sort()
     pos = 0

@@ -7,21 +7,30 @@ the manifest before it touches anything, then removes the unfinished tail (recor
 last checkpoint) from the last record backwards, each removal made durable before the next:
 a kill in the middle leaves a shorter valid prefix, never a hole.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import platform
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..report.files import atomic_write
 from ..report.files import fsync_dir as _fsync_dir
-from .format import (INITIAL_KINDS, SCHEMA, SCHEMA_VERSION, canonical_json, checkpoint_name, record_hash,
-                     record_name, sha256_bytes, tensor_table)
+from .format import (
+    INITIAL_KINDS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    canonical_json,
+    checkpoint_name,
+    record_hash,
+    record_name,
+    sha256_bytes,
+    tensor_table,
+)
 from .reader import Record, Trace
-from .safeio import TraceError
 
 __all__ = ["TraceWriter", "atomic_write", "environment", "encode_checkpoint"]
 
@@ -30,8 +39,13 @@ def environment(device: str = "cpu") -> Dict[str, Any]:
     """Where a trace was produced: device, library versions, exactforge's compile options."""
     from .. import compile_options
 
-    env: Dict[str, Any] = {"device": device, "python": platform.python_version(), "numpy": np.__version__,
-                           "platform": platform.platform(), "exactforge": compile_options()}
+    env: Dict[str, Any] = {
+        "device": device,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "exactforge": compile_options(),
+    }
     try:
         import torch
 
@@ -69,8 +83,14 @@ class TraceWriter:
         self.directory = directory
         data = encode_checkpoint(initial, 0)
         atomic_write(os.path.join(directory, checkpoint_name(0)), data)
-        manifest.update({"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "tensors": table,
-                         "initial_checkpoint": {"step": 0, "file": checkpoint_name(0), "sha256": sha256_bytes(data)}})
+        manifest.update(
+            {
+                "schema": SCHEMA,
+                "schema_version": SCHEMA_VERSION,
+                "tensors": table,
+                "initial_checkpoint": {"step": 0, "file": checkpoint_name(0), "sha256": sha256_bytes(data)},
+            }
+        )
         manifest.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         raw = canonical_json(manifest)  # sorted keys, so the hash does not depend on dict order
         atomic_write(os.path.join(directory, "manifest.json"), raw)
@@ -81,8 +101,11 @@ class TraceWriter:
         self.finished = False
 
     @classmethod
-    def resume(cls, directory: str, check: Optional[Callable[[Dict[str, Any]], None]] = None,
-               ) -> Tuple["TraceWriter", Trace]:
+    def resume(
+        cls,
+        directory: str,
+        check: Optional[Callable[[Dict[str, Any]], None]] = None,
+    ) -> Tuple["TraceWriter", Trace]:
         """Continues a trace after its last checkpoint. ``check(manifest)`` runs first and may
         raise to refuse the resume (different arguments): nothing has been removed then. The
         unfinished tail (records past the last checkpoint) is removed from the end backwards,
@@ -107,8 +130,13 @@ class TraceWriter:
         self.finished = trace.complete
         return self, trace
 
-    def append(self, batch: Sequence[int], checkpoint: Optional[Mapping[str, np.ndarray]] = None, *,
-               final: bool = False) -> Record:
+    def append(
+        self,
+        batch: Union[Sequence[int], np.ndarray],
+        checkpoint: Optional[Mapping[str, np.ndarray]] = None,
+        *,
+        final: bool = False,
+    ) -> Record:
         """Records step ``next_step`` with its batch; ``checkpoint`` is theta after the step.
         ``final`` marks the last step of the run (it needs a checkpoint)."""
         if self.finished:

@@ -11,6 +11,7 @@ compare update directions; as a verifier's test it would accept a rescaled check
 the relative difference of the two norms, which is 0 only for equal-norm, equal-direction
 vectors.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,7 @@ _CHUNK = 1 << 16  # elements converted to float64 at a time: a verifier's extra 
 def _chunks(a: np.ndarray, b: np.ndarray):
     a, b = a.reshape(-1), b.reshape(-1)
     for i in range(0, a.size, _CHUNK):
-        yield np.asarray(a[i:i + _CHUNK], np.float64), np.asarray(b[i:i + _CHUNK], np.float64)
+        yield np.asarray(a[i : i + _CHUNK], np.float64), np.asarray(b[i : i + _CHUNK], np.float64)
 
 
 def distance_parts(pairs: Sequence[Pair], kind: str = "l2") -> float:

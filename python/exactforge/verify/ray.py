@@ -28,6 +28,7 @@ still fails makes the report invalid, naming its segments: nothing is silently d
 
 Ray is an optional extra: ``pip install "exactforge[ray]"``.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -38,8 +39,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..trace import Trace, TraceError
 from ..report.progress import progress_bar
+from ..trace import Trace, TraceError
 
 __all__ = ["RAY_INSTALL", "RayExecutor", "require_ray", "chunk_segments"]
 
@@ -71,17 +72,21 @@ def chunk_segments(segs: Sequence[Tuple[int, int]], parts: int) -> List[List[Tup
         hi = len(segs) - (parts - j)  # leave one segment for each group to come
         target = total * j / parts
         n = bisect.bisect_left(cum, target) + 1  # the first count reaching the target, or one short
-        best = min((c for c in (n - 1, n) if lo < c <= hi), key=lambda c: abs(cum[c - 1] - target),
-                   default=min(max(n, lo + 1), hi))
+        best = min(
+            (c for c in (n - 1, n) if lo < c <= hi),
+            key=lambda c: abs(cum[c - 1] - target),
+            default=min(max(n, lo + 1), hi),
+        )
         cuts.append(best)
         lo = best
     bounds = [0, *cuts, len(segs)]
-    return [segs[bounds[i]:bounds[i + 1]] for i in range(parts)]
+    return [segs[bounds[i] : bounds[i + 1]] for i in range(parts)]
 
 
 @dataclass
 class _Run:
     """What the task loop saw: attempts per task (Ray's retries included) and lost tasks."""
+
     attempts: Dict[int, int] = field(default_factory=dict)
     failures: Dict[int, str] = field(default_factory=dict)
 
@@ -110,8 +115,9 @@ def _ledger(ray: Any) -> Any:
     return Ledger
 
 
-def _verify_task(data: Any, model: Any, loss_fn: Any, trace: Any, segs: List[Tuple[int, int]],
-                 job: Any) -> Tuple[List[Any], Optional[str]]:
+def _verify_task(
+    data: Any, model: Any, loss_fn: Any, trace: Any, segs: List[Tuple[int, int]], job: Any
+) -> Tuple[List[Any], Optional[str]]:
     """Recomputes a group of segments on a worker (``trace``: their slice of the checked
     trace): (results in order, the error that stopped it or None), the serial verifier's
     outcome for these segments."""
@@ -132,15 +138,24 @@ class _TraceSlice(Trace):
     task never gets the whole chain: a 1M-step trace's records are a gigabyte of objects), and
     the checkpoint files' bytes when they are shipped instead of read from shared storage.
     ``decode_checkpoint`` checks shipped bytes exactly as it checks a file."""
+
     slice_records: Dict[int, Any] = field(default_factory=dict)
     blobs: Optional[Dict[int, Any]] = None
 
     @classmethod
     def of(cls, trace: Trace, segs: Sequence[Tuple[int, int]], blobs: Optional[Dict[int, Any]] = None) -> "_TraceSlice":
         steps = {t for s, e in segs for t in range(max(0, s - 1), e)}  # record s-1 holds theta_s's entry
-        return cls(trace.directory, trace.manifest, trace.manifest_hash, records=[], limits=trace.limits,
-                   complete=trace.complete, incomplete_reason=trace.incomplete_reason,
-                   slice_records={t: trace.records[t] for t in sorted(steps)}, blobs=blobs)
+        return cls(
+            trace.directory,
+            trace.manifest,
+            trace.manifest_hash,
+            records=[],
+            limits=trace.limits,
+            complete=trace.complete,
+            incomplete_reason=trace.incomplete_reason,
+            slice_records={t: trace.records[t] for t in sorted(steps)},
+            blobs=blobs,
+        )
 
     def batch(self, step: int) -> Any:
         if step not in self.slice_records:
@@ -173,8 +188,7 @@ class _TaskPool:
 
     def __init__(self, ray: Any, fn: Callable, task_cpus: int, max_retries: int, window: int) -> None:
         self.ray, self.fn, self.window = ray, fn, max(1, window)
-        self.remote = ray.remote(_attempt).options(num_cpus=task_cpus, max_retries=max_retries,
-                                                   retry_exceptions=False)
+        self.remote = ray.remote(_attempt).options(num_cpus=task_cpus, max_retries=max_retries, retry_exceptions=False)
         self.ledger = _ledger(ray).remote()
         self.pending: Dict[Any, int] = {}
         self.results: Dict[int, Any] = {}
@@ -242,7 +256,7 @@ class _Stream:
         self.chunks: List[List[Tuple[int, int]]] = []
         self.shared: Optional[tuple] = None
         self.step_target = 0
-        self.last = 0                # the last checkpoint seen: where the next segment starts
+        self.last = 0  # the last checkpoint seen: where the next segment starts
         self.open: List[Tuple[int, int]] = []  # segments checked but not yet submitted
         self.t0 = time.perf_counter()
 
@@ -285,13 +299,25 @@ class RayExecutor:
     (shared on a local instance, shipped to a remote cluster). ``tasks_per_worker``: segment
     groups per worker, for load balance (more groups, more per-task overhead)."""
 
-    def __init__(self, address: str = "local", *, num_cpus: Optional[int] = None, task_cpus: int = 1,
-                 max_retries: int = 3, checkpoints: str = "auto", tasks_per_worker: int = 4) -> None:
+    def __init__(
+        self,
+        address: str = "local",
+        *,
+        num_cpus: Optional[int] = None,
+        task_cpus: int = 1,
+        max_retries: int = 3,
+        checkpoints: str = "auto",
+        tasks_per_worker: int = 4,
+    ) -> None:
         if not isinstance(address, str) or not address.strip():
-            raise ValueError(f"address: expected 'local' or a Ray address (auto, HOST:PORT, ray://HOST:PORT), "
-                             f"got {address!r}")
-        for name, v, lo in (("task_cpus", task_cpus, 1), ("max_retries", max_retries, 0),
-                            ("tasks_per_worker", tasks_per_worker, 1)):
+            raise ValueError(
+                f"address: expected 'local' or a Ray address (auto, HOST:PORT, ray://HOST:PORT), got {address!r}"
+            )
+        for name, v, lo in (
+            ("task_cpus", task_cpus, 1),
+            ("max_retries", max_retries, 0),
+            ("tasks_per_worker", tasks_per_worker, 1),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
         if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
@@ -334,9 +360,17 @@ class RayExecutor:
         return _TaskPool(ray, fn, self.task_cpus, self.max_retries, window)
 
     def _summary(self, ray: Any, run: _Run, tasks: int, seconds: float, **extra: Any) -> Dict[str, Any]:
-        return {"kind": "ray", "address": self.address, "workers": self.workers(ray), "task_cpus": self.task_cpus,
-                "max_retries": self.max_retries, "tasks": tasks, "attempts": sum(run.attempts.values()),
-                "seconds": seconds, **extra}
+        return {
+            "kind": "ray",
+            "address": self.address,
+            "workers": self.workers(ray),
+            "task_cpus": self.task_cpus,
+            "max_retries": self.max_retries,
+            "tasks": tasks,
+            "attempts": sum(run.attempts.values()),
+            "seconds": seconds,
+            **extra,
+        }
 
     # -- verification ---------------------------------------------------------------------------
     def _job(self, job: Any) -> Any:
@@ -355,9 +389,19 @@ class RayExecutor:
         (call inside ``session()``)."""
         return _Stream(self, require_ray(), self._job(job), model, loss_fn)
 
-    def verify(self, trace: Any, data: Any, segs: List[Tuple[int, int]], job: Any, report: Any, *,
-               model: Any = None, loss_fn: Any = None, progress: bool = False,
-               stream: Optional[_Stream] = None) -> None:
+    def verify(
+        self,
+        trace: Any,
+        data: Any,
+        segs: List[Tuple[int, int]],
+        job: Any,
+        report: Any,
+        *,
+        model: Any = None,
+        loss_fn: Any = None,
+        progress: bool = False,
+        stream: Optional[_Stream] = None,
+    ) -> None:
         """Recomputes ``segs`` of a checked trace on the cluster and fills ``report`` as the
         serial verifier would (called by ``verify_trace(..., executor=...)``). ``stream``: the
         groups already submitted while the trace was read, a prefix of ``segs``."""
@@ -370,8 +414,8 @@ class RayExecutor:
             if stream is not None and stream.shared is not None:
                 pool, shared, chunks = stream.pool, stream.shared, list(stream.chunks)
                 done_segs = [s for c in chunks for s in c]
-                assert done_segs == segs[:len(done_segs)], "a stream submits a prefix of the segments"
-                rest = segs[len(done_segs):]
+                assert done_segs == segs[: len(done_segs)], "a stream submits a prefix of the segments"
+                rest = segs[len(done_segs) :]
             else:
                 if stream is not None:
                     stream.close()
@@ -399,16 +443,24 @@ class RayExecutor:
                 return [chunks[i][0][0], chunks[i][-1][1]]
 
             retried = [{"segments": span(i), "attempts": n} for i, n in sorted(run.attempts.items()) if n > 1]
-            report.executor = self._summary(ray, run, len(chunks), 0.0, checkpoints=self._mode(), retried=retried,
-                                            streamed_tasks=streamed,
-                                            failed=[{"segments": span(i), "error": m}
-                                                    for i, m in sorted(run.failures.items())])
+            report.executor = self._summary(
+                ray,
+                run,
+                len(chunks),
+                0.0,
+                checkpoints=self._mode(),
+                retried=retried,
+                streamed_tasks=streamed,
+                failed=[{"segments": span(i), "error": m} for i, m in sorted(run.failures.items())],
+            )
         # in segment order, stopping where a serial run would stop
         for i in range(len(chunks)):
             if i in run.failures:
                 report.valid = False
-                report.reason = (f"segments {span(i)[0]}..{span(i)[1]}: the Ray task failed after "
-                                 f"{run.attempts.get(i, 1)} attempt(s) ({run.failures[i]}); they were not verified")
+                report.reason = (
+                    f"segments {span(i)[0]}..{span(i)[1]}: the Ray task failed after "
+                    f"{run.attempts.get(i, 1)} attempt(s) ({run.failures[i]}); they were not verified"
+                )
                 break
             results, err = pool.results[i]
             for r in results:
@@ -419,8 +471,9 @@ class RayExecutor:
         report.executor["seconds"] = time.perf_counter() - t0
 
     # -- reproduction studies -------------------------------------------------------------------
-    def map_cells(self, fn: Callable, cells: Sequence[tuple], shared: Sequence[Any], *,
-                  on_done: Callable[[int, Any], None]) -> Dict[str, Any]:
+    def map_cells(
+        self, fn: Callable, cells: Sequence[tuple], shared: Sequence[Any], *, on_done: Callable[[int, Any], None]
+    ) -> Dict[str, Any]:
         """Runs fn(*shared, *cells[i]) for every cell (``shared`` enters the object store once)
         and calls on_done(i, value) as cells finish; raises RuntimeError naming the cells lost
         after their retries. Returns the executor summary for the report."""
@@ -446,10 +499,16 @@ class RayExecutor:
                 run = pool.drain()
             finally:
                 pool.close()
-            summary = self._summary(ray, run, len(cells), time.perf_counter() - t0,
-                                    retried=[{"cell": i, "attempts": n} for i, n in sorted(run.attempts.items()) if n > 1])
+            summary = self._summary(
+                ray,
+                run,
+                len(cells),
+                time.perf_counter() - t0,
+                retried=[{"cell": i, "attempts": n} for i, n in sorted(run.attempts.items()) if n > 1],
+            )
         if run.failures:
             i, msg = next(iter(sorted(run.failures.items())))
-            raise RuntimeError(f"{len(run.failures)} study cell(s) failed after their retries, the first (cell {i}): "
-                               f"{msg}")
+            raise RuntimeError(
+                f"{len(run.failures)} study cell(s) failed after their retries, the first (cell {i}): {msg}"
+            )
         return summary

@@ -11,6 +11,7 @@ that is not bundled with exactforge must be given by the verifier (``data_path=`
 ``verify_trace`` never raises: an invalid trace or argument gives ``valid=False`` with a
 ``reason``. ``accepted=False`` with ``valid=True`` means recomputed and rejected.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,25 +23,36 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..data import BUNDLED, DATASETS, Dataset, as_dataset, load_dataset
 from ..models import native as M
 from ..models.step import NativeStep, TorchStep
-from ..data import BUNDLED, DATASETS, Dataset, as_dataset, load_dataset
-from .distances import DISTANCES, verification_distance
 from ..reduce import check_threads
-from ..trace import DEFAULT_LIMITS, Limits, Trace, TraceError
 from ..report.progress import progress_bar
+from ..trace import DEFAULT_LIMITS, Limits, Trace, TraceError
+from .distances import DISTANCES, verification_distance
 
-__all__ = ["POLICIES", "StepResult", "VerificationReport", "verify_trace", "select_segments", "open_with_data",
-           "check_threads", "resolution", "SegmentJob", "engine_for", "recompute_segments"]
+__all__ = [
+    "POLICIES",
+    "StepResult",
+    "VerificationReport",
+    "verify_trace",
+    "select_segments",
+    "open_with_data",
+    "check_threads",
+    "resolution",
+    "SegmentJob",
+    "engine_for",
+    "recompute_segments",
+]
 
 POLICIES = ("all", "topq", "random")
 
 
 @dataclass
 class StepResult:
-    step: int          # first step of the recomputed segment
-    end_step: int      # the checkpoint it is compared with
-    error: float       # distance(recomputed theta_end, logged theta_end)
+    step: int  # first step of the recomputed segment
+    end_step: int  # the checkpoint it is compared with
+    error: float  # distance(recomputed theta_end, logged theta_end)
     passed: bool
     seconds: float
     # The verifier's resolution at this checkpoint, in gradient units: a change of the gradient
@@ -63,7 +75,7 @@ def resolution(theta: Dict[str, np.ndarray], lr: float) -> Tuple[float, float]:
         if flat.dtype.kind != "f":
             continue
         for i in range(0, flat.size, 1 << 16):
-            vals, cnt = np.unique(np.spacing(np.abs(flat[i:i + (1 << 16)])), return_counts=True)
+            vals, cnt = np.unique(np.spacing(np.abs(flat[i : i + (1 << 16)])), return_counts=True)
             for u, c in zip(vals.astype(np.float64) / (2.0 * lr), cnt):
                 counts[float(u)] = counts.get(float(u), 0) + int(c)
     if not counts:
@@ -91,20 +103,22 @@ class VerificationReport:
     distance: str
     policy: str
     steps: List[StepResult] = field(default_factory=list)
-    reason: Optional[str] = None       # why the trace or an argument is invalid (then accepted is False)
+    reason: Optional[str] = None  # why the trace or an argument is invalid (then accepted is False)
     valid: bool = True
-    num_steps: int = 0                 # steps covered by checkpoints
+    num_steps: int = 0  # steps covered by checkpoints
     declared_steps: Optional[int] = None
-    complete: bool = False             # every declared step is recorded (the last record is final)
-    partial: bool = False              # an incomplete trace verified as a prefix (allow_partial)
-    unverified_tail: int = 0           # recorded steps after the last checkpoint (partial traces only)
-    initial: Optional[str] = None      # "seeded" (theta_0 recomputed and equal) or "given"
+    complete: bool = False  # every declared step is recorded (the last record is final)
+    partial: bool = False  # an incomplete trace verified as a prefix (allow_partial)
+    unverified_tail: int = 0  # recorded steps after the last checkpoint (partial traces only)
+    initial: Optional[str] = None  # "seeded" (theta_0 recomputed and equal) or "given"
     resolution: Optional[float] = None  # median over the segments of StepResult.resolution
     engine: str = ""
     permute_batches: Optional[int] = None
     threads: Optional[int] = None
-    total_segments: int = 0            # segments of the (verified prefix of the) trace; steps holds the recomputed ones
-    executor: Optional[Dict[str, Any]] = None  # where the segments ran (None: here, serially); see exactforge.distributed
+    total_segments: int = 0  # segments of the (verified prefix of the) trace; steps holds the recomputed ones
+    executor: Optional[Dict[str, Any]] = (
+        None  # where the segments ran (None: here, serially); see exactforge.distributed
+    )
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -134,20 +148,30 @@ def _load_data(man: Dict[str, Any], dataset: Any, data_path: Optional[str]) -> D
         return as_dataset(dataset, name)
     if data_path:
         if name not in DATASETS + ("npz",):
-            raise TraceError(f"data: the trace names the data set {name[:40]!r}, which exactforge cannot read from "
-                             "files; save it as .npz (arrays X, y) and pass --dataset npz --data-path FILE.npz, or "
-                             "pass it as dataset= (arrays) in Python")
+            raise TraceError(
+                f"data: the trace names the data set {name[:40]!r}, which exactforge cannot read from "
+                "files; save it as .npz (arrays X, y) and pass --dataset npz --data-path FILE.npz, or "
+                "pass it as dataset= (arrays) in Python"
+            )
         return load_dataset(name, data_path)
     if name in BUNDLED:
         return load_dataset(name)
-    raise TraceError(f"data: {name[:40]!r} is not bundled with exactforge, and a trace's own data path is never "
-                     "opened (the prover could point it anywhere); the verifier supplies the data: --data-path "
-                     "(dataset= in Python)")
+    raise TraceError(
+        f"data: {name[:40]!r} is not bundled with exactforge, and a trace's own data path is never "
+        "opened (the prover could point it anywhere); the verifier supplies the data: --data-path "
+        "(dataset= in Python)"
+    )
 
 
-def open_with_data(directory: str, dataset: Any = None, data_path: Optional[str] = None, *,
-                   limits: Limits = DEFAULT_LIMITS, on_data: Optional[Callable[[Trace, Dataset], None]] = None,
-                   on_record: Optional[Callable[[Trace], None]] = None) -> Tuple[Trace, Dataset]:
+def open_with_data(
+    directory: str,
+    dataset: Any = None,
+    data_path: Optional[str] = None,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    on_data: Optional[Callable[[Trace, Dataset], None]] = None,
+    on_record: Optional[Callable[[Trace], None]] = None,
+) -> Tuple[Trace, Dataset]:
     """Opens and checks a trace and loads the verifier's training data: ``dataset`` (a Dataset
     or a pair of arrays), the manifest's data set read from the verifier's ``data_path``, or a
     bundled data set by name. Refuses data whose fingerprint or size differs. Raises
@@ -171,8 +195,12 @@ def open_with_data(directory: str, dataset: Any = None, data_path: Optional[str]
         if on_data is not None:
             on_data(t, got["data"])
 
-    trace = Trace.open(directory, limits, on_manifest=manifest_checked,
-                       on_record=None if on_record is None else (lambda t: "error" in got or on_record(t)))
+    trace = Trace.open(
+        directory,
+        limits,
+        on_manifest=manifest_checked,
+        on_record=None if on_record is None else (lambda t: "error" in got or on_record(t)),
+    )
     if "error" in got:
         raise got["error"]
     return trace, got["data"]
@@ -181,15 +209,23 @@ def open_with_data(directory: str, dataset: Any = None, data_path: Optional[str]
 def _checked_data(man: Dict[str, Any], dataset: Any, data_path: Optional[str]) -> Dataset:
     data = _load_data(man, dataset, data_path)
     if data.fingerprint() != man["data"]["fingerprint"]:
-        raise TraceError(f"data: the fingerprint of {data.name} does not match the trace's "
-                         "(different or modified training data)")
+        raise TraceError(
+            f"data: the fingerprint of {data.name} does not match the trace's (different or modified training data)"
+        )
     if len(data) != man["data"]["num_examples"]:
         raise TraceError(f"data: {len(data)} examples, the trace declares {man['data']['num_examples']}")
     return data
 
 
-def select_segments(trace: Trace, policy: str, *, q: int = 1, fraction: float = 0.1, seed: int = 0,
-                    update_norms: Optional[List[float]] = None) -> List[Tuple[int, int]]:
+def select_segments(
+    trace: Trace,
+    policy: str,
+    *,
+    q: int = 1,
+    fraction: float = 0.1,
+    seed: int = 0,
+    update_norms: Optional[List[float]] = None,
+) -> List[Tuple[int, int]]:
     """Segments (start, end) to recompute: all; PoL's top-Q largest logged updates per epoch;
     or a seeded random sample (at least one)."""
     segs = trace.segments()
@@ -239,8 +275,10 @@ def _native_engine(trace: Trace, data: Dataset, threads: Optional[int]):
     man = trace.manifest
     spec = _model_spec(man)
     if spec.input_dim != data.dim or spec.num_classes != data.num_classes:
-        raise TraceError(f"manifest: the model takes {spec.input_dim} inputs and {spec.num_classes} classes, "
-                         f"{data.name} has {data.dim} and {data.num_classes}")
+        raise TraceError(
+            f"manifest: the model takes {spec.input_dim} inputs and {spec.num_classes} classes, "
+            f"{data.name} has {data.dim} and {data.num_classes}"
+        )
     st = {"float32": "F32", "float64": "F64"}[spec.dtype]
     _check_table(trace, {k: (st, tuple(s)) for k, s in spec.shapes().items()}, f"the native {spec.kind}")
     opt = man["optimizer"]
@@ -270,8 +308,11 @@ def _zoo_model(entry: Dict[str, Any], data: Dataset) -> Any:
     name, shape, n = entry.get("zoo"), entry.get("input_shape"), entry.get("num_classes")
     if name not in ZOO:
         raise TraceError(f"manifest: model: unknown zoo model {str(name)[:40]!r}")
-    if shape != list(data.shape or (data.dim,)) or n != data.num_classes or (name == "transformer") != (
-            data.vocab is not None):
+    if (
+        shape != list(data.shape or (data.dim,))
+        or n != data.num_classes
+        or (name == "transformer") != (data.vocab is not None)
+    ):
         raise TraceError(f"manifest: model: {name} on {shape} with {n} classes does not fit {data.name}")
     # the vocabulary is the verifier's data set's; a prover's other table size fails the tensor check
     return build_model(name, tuple(shape), n, vocab=data.vocab, seed=0)
@@ -297,8 +338,10 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
         model = _zoo_model(man["model"], data)
     if model is None:
         if spec is None:
-            raise TraceError("model: this torch trace names no exactforge model; pass model= (a fresh instance "
-                             "of the architecture) to verify_trace")
+            raise TraceError(
+                "model: this torch trace names no exactforge model; pass model= (a fresh instance "
+                "of the architecture) to verify_trace"
+            )
         model = TorchFCN(spec)
     reduction = man["reduction"]
     if reduction is not None:  # recorded through exactforge.nn's reproducible layers: replay through them
@@ -327,12 +370,21 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     params = list(model.parameters())
     expected.update(O.expected_table(ospec, params))
     _check_table(trace, expected, "the verifier's model and optimizer")
-    X = torch.from_numpy(data.X.astype(np.int64 if data.vocab is not None  # token ids stay ids
-                                       else str(next(model.parameters()).dtype).replace("torch.", "")))
+    X = torch.from_numpy(
+        data.X.astype(
+            np.int64
+            if data.vocab is not None  # token ids stay ids
+            else str(next(model.parameters()).dtype).replace("torch.", "")
+        )
+    )
     shape = man.get("input_shape")
     if shape is not None:
-        if (not isinstance(shape, list) or not 1 <= len(shape) <= 4 or any(type(v) is not int or v < 1 for v in shape)
-                or math.prod(shape) != data.dim):
+        if (
+            not isinstance(shape, list)
+            or not 1 <= len(shape) <= 4
+            or any(type(v) is not int or v < 1 for v in shape)
+            or math.prod(shape) != data.dim
+        ):
             raise TraceError(f"manifest: 'input_shape' must list the dimensions of one example ({data.dim} features)")
         X = X.reshape(len(data), *shape)
     y = torch.from_numpy(data.y)
@@ -345,7 +397,9 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     def initial() -> Optional[Dict[str, np.ndarray]]:
         if spec is None:
             return None
-        return {k: v.detach().numpy() for k, v in to_torch(spec, M.init_params(spec, int(man["seed"]))).state_dict().items()}
+        return {
+            k: v.detach().numpy() for k, v in to_torch(spec, M.init_params(spec, int(man["seed"]))).state_dict().items()
+        }
 
     return load, step, initial
 
@@ -374,11 +428,26 @@ def _pairs(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> List[Tuple[np.
     return [(np.asarray(a[k]), np.asarray(b[k])) for k in b if np.asarray(b[k]).dtype.kind == "f"]
 
 
-def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "l2", policy: str = "all",
-                 q: int = 1, fraction: float = 0.1, seed: int = 0, permute_batches: Optional[int] = None,
-                 threads: Optional[int] = None, dataset: Any = None, data_path: Optional[str] = None,
-                 model: Any = None, progress: bool = False, allow_partial: bool = False,
-                 limits: Limits = DEFAULT_LIMITS, loss_fn: Any = None, executor: Any = None) -> VerificationReport:
+def verify_trace(
+    directory: str,
+    *,
+    epsilon: float = 0.0,
+    distance_kind: str = "l2",
+    policy: str = "all",
+    q: int = 1,
+    fraction: float = 0.1,
+    seed: int = 0,
+    permute_batches: Optional[int] = None,
+    threads: Optional[int] = None,
+    dataset: Any = None,
+    data_path: Optional[str] = None,
+    model: Any = None,
+    progress: bool = False,
+    allow_partial: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+    loss_fn: Any = None,
+    executor: Any = None,
+) -> VerificationReport:
     """Verifies a trace. Never raises on a bad trace or argument: the report is then
     ``valid=False`` with a ``reason``.
 
@@ -399,8 +468,16 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
     per-segment errors and verdict), with ``executor`` saying what ran where."""
     with contextlib.ExitStack() as stack:
         eps_value = float(epsilon) if isinstance(epsilon, (int, float, np.floating)) else float("nan")
-        report = VerificationReport(False, float("nan"), eps_value, str(distance_kind), str(policy), valid=False,
-                                    permute_batches=permute_batches, threads=threads)
+        report = VerificationReport(
+            False,
+            float("nan"),
+            eps_value,
+            str(distance_kind),
+            str(policy),
+            valid=False,
+            permute_batches=permute_batches,
+            threads=threads,
+        )
         try:
             if distance_kind not in DISTANCES:
                 raise ValueError(f"distance: expected one of {DISTANCES}, got {distance_kind!r}")
@@ -409,16 +486,18 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
             if isinstance(epsilon, bool) or not (eps_value >= 0 and math.isfinite(eps_value)):
                 raise ValueError(f"epsilon: expected a finite number >= 0, got {epsilon!r}")
             threads = check_threads(threads)
-            if permute_batches is not None and (isinstance(permute_batches, bool) or not isinstance(permute_batches, int)
-                                                or permute_batches < 0):
+            if permute_batches is not None and (
+                isinstance(permute_batches, bool) or not isinstance(permute_batches, int) or permute_batches < 0
+            ):
                 raise ValueError(f"permute_batches: expected a seed >= 0 or None, got {permute_batches!r}")
             if policy == "random" and not 0 < fraction <= 1:
                 raise ValueError(f"fraction: expected a value in (0, 1], got {fraction}")
             if policy == "topq" and (isinstance(q, bool) or not isinstance(q, int) or q < 1):
                 raise ValueError(f"q: expected a positive number of steps per epoch, got {q!r}")
             if executor is not None and not callable(getattr(executor, "verify", None)):
-                raise ValueError(f"executor: expected None or an exactforge.distributed.RayExecutor, got "
-                                 f"{type(executor).__name__}")
+                raise ValueError(
+                    f"executor: expected None or an exactforge.distributed.RayExecutor, got {type(executor).__name__}"
+                )
             job = SegmentJob(permute_batches, str(distance_kind), eps_value, threads)
             stream = None
             if executor is not None and policy == "all" and callable(getattr(executor, "stream", None)):
@@ -429,16 +508,23 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
                     raise ValueError(f"executor: {exc}") from None
                 stream = executor.stream(job, model=model, loss_fn=loss_fn)
                 stack.callback(stream.close)
-            trace, data = open_with_data(directory, dataset, data_path, limits=limits,
-                                         on_data=None if stream is None else stream.on_data,
-                                         on_record=None if stream is None else stream.on_record)
+            trace, data = open_with_data(
+                directory,
+                dataset,
+                data_path,
+                limits=limits,
+                on_data=None if stream is None else stream.on_data,
+                on_record=None if stream is None else stream.on_record,
+            )
             man = trace.manifest
             report.engine, report.declared_steps, report.complete = man["engine"], trace.declared_steps, trace.complete
             report.initial, report.num_steps = man["initial"], trace.num_steps
             if not trace.complete:
                 if not allow_partial:
-                    raise TraceError(f"{trace.incomplete_reason}; --allow-partial (allow_partial=True) verifies "
-                                     "the prefix up to the last checkpoint")
+                    raise TraceError(
+                        f"{trace.incomplete_reason}; --allow-partial (allow_partial=True) verifies "
+                        "the prefix up to the last checkpoint"
+                    )
                 report.partial = True
                 report.unverified_tail = len(trace.records) - trace.num_steps
             load, step, initial = engine_for(trace, data, threads, model, loss_fn)
@@ -446,12 +532,17 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
             if man["initial"] == "seeded":
                 ref = initial()
                 if ref is None:
-                    raise TraceError("manifest: 'initial' is 'seeded' but the model is not an exactforge model, so the "
-                                     "seeded initialisation cannot be recomputed")
-                if set(ref) != set(theta0) or not all(np.array_equal(ref[k], theta0[k]) and ref[k].dtype == theta0[k].dtype
-                                                      for k in ref):
-                    raise TraceError(f"checkpoint 0: theta_0 is not the seeded initialisation the manifest claims "
-                                     f"(seed {man['seed']})")
+                    raise TraceError(
+                        "manifest: 'initial' is 'seeded' but the model is not an exactforge model, so the "
+                        "seeded initialisation cannot be recomputed"
+                    )
+                if set(ref) != set(theta0) or not all(
+                    np.array_equal(ref[k], theta0[k]) and ref[k].dtype == theta0[k].dtype for k in ref
+                ):
+                    raise TraceError(
+                        f"checkpoint 0: theta_0 is not the seeded initialisation the manifest claims "
+                        f"(seed {man['seed']})"
+                    )
             norms = None
             if policy == "topq":  # one streaming pass over every checkpoint: the logged update norms
                 norms = []
@@ -469,8 +560,17 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
         if executor is not None:
             # the executor reports its own failures (a task lost after its retries) as an invalid report
             try:
-                executor.verify(trace, data, segs, job, report, model=model, loss_fn=loss_fn, progress=progress,
-                                **({"stream": stream} if stream is not None else {}))
+                executor.verify(
+                    trace,
+                    data,
+                    segs,
+                    job,
+                    report,
+                    model=model,
+                    loss_fn=loss_fn,
+                    progress=progress,
+                    **({"stream": stream} if stream is not None else {}),
+                )
             except (ImportError, ValueError, ConnectionError, RuntimeError) as exc:  # no Ray, or no cluster there
                 report.valid, report.reason = False, f"executor: {exc}"
             if not report.valid:
@@ -489,7 +589,9 @@ def verify_trace(directory: str, *, epsilon: float = 0.0, distance_kind: str = "
         return report
 
 
-def _states(segs: List[Tuple[int, int]], load: Callable, theta0: Optional[Dict[str, np.ndarray]]) -> Iterator[Tuple[int, int, Any, Any]]:
+def _states(
+    segs: List[Tuple[int, int]], load: Callable, theta0: Optional[Dict[str, np.ndarray]]
+) -> Iterator[Tuple[int, int, Any, Any]]:
     """(start, end, theta_start, theta_end) with at most two checkpoints in memory."""
     cache: Dict[int, Any] = {0: theta0} if theta0 is not None else {}
     for s, e in segs:
@@ -503,6 +605,7 @@ def _states(segs: List[Tuple[int, int]], load: Callable, theta0: Optional[Dict[s
 class SegmentJob:
     """What recomputing a segment needs besides the trace and the engine: the verifier's
     settings. Shared by the serial verifier and its Ray workers, so both run the same code."""
+
     permute_batches: Optional[int]
     distance_kind: str
     epsilon: float
@@ -532,9 +635,15 @@ def _torch_threads(engine: str, threads: Optional[int]) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def recompute_segments(trace: Trace, segs: List[Tuple[int, int]], load: Callable, step: Callable,
-                       job: SegmentJob, on_result: Callable[[StepResult], None],
-                       theta0: Optional[Dict[str, np.ndarray]] = None) -> None:
+def recompute_segments(
+    trace: Trace,
+    segs: List[Tuple[int, int]],
+    load: Callable,
+    step: Callable,
+    job: SegmentJob,
+    on_result: Callable[[StepResult], None],
+    theta0: Optional[Dict[str, np.ndarray]] = None,
+) -> None:
     """Recomputes ``segs`` in order, calling ``on_result`` after each; raises on the first
     checkpoint that fails its checks (TraceError) or a model that does not fit it."""
     lr = float(trace.manifest["lr"])

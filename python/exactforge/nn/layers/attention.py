@@ -2,6 +2,7 @@
 pieces (``functional.multi_head_attention``), and TransformerEncoderLayer/TransformerEncoder
 whose forwards call their (reproducible) children explicitly, because torch's own forwards may
 take a fused fast path that bypasses the children."""
+
 import torch.nn.functional as F
 from torch import nn
 
@@ -14,19 +15,31 @@ def make_mha(module: nn.MultiheadAttention, mode: str):
     if module.bias_k is not None or module.add_zero_attn:
         raise UnsupportedLayerError("module: MultiheadAttention with add_bias_kv or add_zero_attn is not supported")
     if module.dropout > 0:
-        raise UnsupportedLayerError(f"module: MultiheadAttention with dropout={module.dropout} is not supported "
-                                    "(its attention-weight masks are not keyed); use dropout=0")
+        raise UnsupportedLayerError(
+            f"module: MultiheadAttention with dropout={module.dropout} is not supported "
+            "(its attention-weight masks are not keyed); use dropout=0"
+        )
 
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):
+    def forward(
+        self,
+        query,
+        key,
+        value,
+        key_padding_mask=None,
+        need_weights=True,
+        attn_mask=None,
+        average_attn_weights=True,
+        is_causal=False,
+    ):
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         # self-attention keeps one projection of the packed weight (the same tensor thrice)
         same = query is key or (query.data_ptr() == key.data_ptr() and query.shape == key.shape)
         if same and (key is value or (key.data_ptr() == value.data_ptr() and key.shape == value.shape)):
             key = value = query
-        out, w = multi_head_attention(query, key, value, self, attn_mask, key_padding_mask, is_causal,
-                                      need_weights, average_attn_weights, mode)
+        out, w = multi_head_attention(
+            query, key, value, self, attn_mask, key_padding_mask, is_causal, need_weights, average_attn_weights, mode
+        )
         return (out if self.batch_first else out.transpose(0, 1)), w
 
     return forward
@@ -36,13 +49,24 @@ def make_mha(module: nn.MultiheadAttention, mode: str):
 def make_encoder_layer(module: nn.TransformerEncoderLayer, mode: str):
     act = module.activation
     if not (act is F.relu or isinstance(act, nn.ReLU)):
-        raise UnsupportedLayerError("module: TransformerEncoderLayer: only the ReLU activation is supported "
-                                    f"(got {getattr(act, '__name__', type(act).__name__)})")
+        raise UnsupportedLayerError(
+            "module: TransformerEncoderLayer: only the ReLU activation is supported "
+            f"(got {getattr(act, '__name__', type(act).__name__)})"
+        )
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
         def sa(x):
-            return self.dropout1(self.self_attn(x, x, x, attn_mask=src_mask, key_padding_mask=src_key_padding_mask,
-                                                need_weights=False, is_causal=is_causal)[0])
+            return self.dropout1(
+                self.self_attn(
+                    x,
+                    x,
+                    x,
+                    attn_mask=src_mask,
+                    key_padding_mask=src_key_padding_mask,
+                    need_weights=False,
+                    is_causal=is_causal,
+                )[0]
+            )
 
         def ff(x):
             return self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(x)))))

@@ -6,6 +6,7 @@ TraceRecorder.begin does it when recording and the verifier when replaying. In t
 with p > 0 a keyed Dropout refuses to run without keys, so no step can silently draw from
 torch's RNG. The keys live on the module instances (no global state) until the next call.
 """
+
 from __future__ import annotations
 
 import types
@@ -27,9 +28,11 @@ def make_dropout(module: nn.Dropout, mode: str):
             return x
         keys = getattr(self, "_exactforge_keys", None)
         if keys is None:
-            raise RuntimeError("Dropout: in training mode its masks are keyed to the step and the batch's examples; "
-                               "call exactforge.nn.dropout_keys(model, seed=..., step=..., examples=batch_indices) "
-                               "(TraceRecorder.begin(batch_indices) does) before the forward pass")
+            raise RuntimeError(
+                "Dropout: in training mode its masks are keyed to the step and the batch's examples; "
+                "call exactforge.nn.dropout_keys(model, seed=..., step=..., examples=batch_indices) "
+                "(TraceRecorder.begin(batch_indices) does) before the forward pass"
+            )
         seed, step, layer, examples = keys
         return dropout(x, self.p, seed=seed, step=step, layer=layer, examples=examples)
 
@@ -51,8 +54,10 @@ def keyed_dropout(model: nn.Module) -> nn.Module:
                 m.forward = types.MethodType(make_dropout(m, "fixed"), m)
                 m._exactforge_keyed = True
         elif isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 and m.training:
-            raise ValueError(f"model: {name} ({type(m).__name__}, p={m.p}) draws its masks from torch's RNG, which "
-                             "a trace does not hold; use nn.Dropout, set p=0 or call .eval() on it")
+            raise ValueError(
+                f"model: {name} ({type(m).__name__}, p={m.p}) draws its masks from torch's RNG, which "
+                "a trace does not hold; use nn.Dropout, set p=0 or call .eval() on it"
+            )
     return model
 
 

@@ -6,6 +6,7 @@ so torch's own CPU kernels give the same bits for any batch order and thread cou
 they are (``reproducible`` only checks that they are known). Tanh and Sigmoid are not exact:
 torch's vectorised body and scalar tail disagree in the last bit, so they go through
 exactforge's exp (``functional.sigmoid``/``tanh``)."""
+
 from torch import nn
 
 from .._registry import register_layer

@@ -10,8 +10,10 @@ def make_batch_norm(module: nn.modules.batchnorm._BatchNorm, mode: str):
         # Training mode normalises by statistics of the batch itself, a reduction over the
         # batch inside the forward pass that this layer does not make reproducible yet.
         if self.training or self.running_mean is None:
-            raise RuntimeError(f"{type(self).__name__}: reproducible only in eval mode with running statistics "
-                               "(call .eval() on it, or train without BatchNorm)")
+            raise RuntimeError(
+                f"{type(self).__name__}: reproducible only in eval mode with running statistics "
+                "(call .eval() on it, or train without BatchNorm)"
+            )
         return batch_norm_eval(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, mode)
 
     return forward

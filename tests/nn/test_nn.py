@@ -1,0 +1,402 @@
+"""exactforge.nn: reproducible torch layers (issue 13, point 1)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import exactforge
+import exactforge.nn as xnn
+
+EXAMPLES = settings(max_examples=int(os.environ.get("EXACTFORGE_NN_EXAMPLES", "15")), deadline=None)
+
+
+def lenet():
+    """LeNet-5 as in the papers (28x28 input): 61,706 parameters."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(400, 120),
+        nn.Tanh(),
+        nn.Linear(120, 84),
+        nn.Sigmoid(),
+        nn.Linear(84, 10),
+    )
+
+
+def grads(model, x, y, loss):
+    model.zero_grad()
+    loss(model(x), y).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def twins(make, seed=0):
+    torch.manual_seed(seed)
+    m = make()
+    ref = make()
+    ref.load_state_dict(m.state_dict())
+    return xnn.reproducible(m), ref
+
+
+def close(g, gr, rtol=1e-4):
+    for a, b in zip(g, gr):
+        scale = float(b.abs().max()) or 1.0
+        assert float((a - b).abs().max()) <= rtol * scale
+
+
+def test_lenet_has_the_papers_parameter_count_and_keeps_its_state_dict():
+    m = lenet()
+    keys = {k: v.clone() for k, v in m.state_dict().items()}
+    assert sum(p.numel() for p in m.parameters()) == 61706
+    assert xnn.reproducible(m) is m
+    assert list(m.state_dict()) == list(keys) and all(torch.equal(m.state_dict()[k], v) for k, v in keys.items())
+
+
+@pytest.mark.parametrize(
+    "loss,ref_loss,target",
+    [
+        (xnn.cross_entropy, nn.functional.cross_entropy, "index"),
+        (
+            lambda z, t: xnn.cross_entropy(z, t, label_smoothing=0.1),
+            lambda z, t: nn.functional.cross_entropy(z, t, label_smoothing=0.1),
+            "index",
+        ),
+        (xnn.cross_entropy, nn.functional.cross_entropy, "soft"),
+        (xnn.mse_loss, nn.functional.mse_loss, "onehot"),
+    ],
+)
+def test_lenet_gradients_match_autograd_and_ignore_batch_order_and_threads(loss, ref_loss, target):
+    m, ref = twins(lenet)
+    g0 = torch.Generator().manual_seed(1)
+    x = torch.rand(24, 1, 28, 28, generator=g0)
+    y = torch.randint(0, 10, (24,), generator=g0)
+    if target == "soft":
+        y = torch.softmax(torch.randn(24, 10, generator=g0), 1)
+    elif target == "onehot":
+        y = nn.functional.one_hot(y, 10).float()
+    g = grads(m, x, y, loss)
+    close(g, grads(ref, x, y, ref_loss))
+    perm = torch.randperm(24, generator=g0)
+    assert all(torch.equal(a, b) for a, b in zip(g, grads(m, x[perm], y[perm], loss)))
+    before = exactforge.get_num_threads(), torch.get_num_threads()
+    try:
+        exactforge.set_num_threads(1)
+        torch.set_num_threads(1)
+        assert all(torch.equal(a, b) for a, b in zip(g, grads(m, x, y, loss)))
+    finally:
+        exactforge.set_num_threads(before[0])
+        torch.set_num_threads(before[1])
+
+
+@EXAMPLES
+@given(
+    st.integers(1, 3),
+    st.integers(1, 4),
+    st.integers(5, 9),
+    st.integers(1, 3),
+    st.integers(1, 2),
+    st.integers(0, 2),
+    st.integers(1, 2),
+    st.booleans(),
+    st.integers(2, 6),
+    st.integers(0, 10_000),
+)
+def test_conv2d_per_shape(cin, cout, size, k, stride, padding, dilation, bias, batch, seed):
+    """Gradients of every input equal autograd's within float32 rounding; any batch order gives
+    the same bits."""
+    if (k - 1) * dilation + 1 > size + 2 * padding:
+        return
+    make = lambda: nn.Conv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, bias=bias)
+    m, ref = twins(make, seed)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, cin, size, size, generator=gen)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    w = torch.randn_like(ref(x), memory_format=torch.contiguous_format)
+    (m(x1) * w).sum().backward()
+    (ref(x2) * w).sum().backward()
+    close([x1.grad] + [p.grad for p in m.parameters()], [x2.grad] + [p.grad for p in ref.parameters()])
+    perm = torch.randperm(batch, generator=gen)
+    gw = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    (m(x[perm]) * w[perm]).sum().backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(gw, m.parameters()))
+
+
+@EXAMPLES
+@given(st.integers(1, 7), st.integers(1, 7), st.booleans(), st.integers(1, 9), st.booleans(), st.integers(0, 10_000))
+def test_linear_and_batch_norm_eval_per_shape(din, dout, bias, batch, three_d, seed):
+    def make():
+        return nn.Sequential(nn.Linear(din, dout, bias=bias), nn.BatchNorm1d(dout), nn.Tanh())
+
+    m, ref = twins(make, seed)
+    for net in (m, ref):
+        net[1].running_mean.uniform_(-1, 1, generator=torch.Generator().manual_seed(seed))
+        net[1].running_var.uniform_(0.5, 2, generator=torch.Generator().manual_seed(seed + 1))
+        net.eval()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, din, generator=gen)
+    w = torch.randn(batch, dout, generator=gen)
+    g = grads(m, x, w, lambda out, w_: (out * w_).sum())
+    close(g, grads(ref, x, w, lambda out, w_: (out * w_).sum()))
+    perm = torch.randperm(batch, generator=gen)
+    assert all(torch.equal(a, b) for a, b in zip(g, grads(m, x[perm], w[perm], lambda out, w_: (out * w_).sum())))
+
+
+def test_unsupported_layers_are_refused_by_name():
+    with pytest.raises(xnn.UnsupportedLayerError, match=r"1 \(LSTM\)"):
+        xnn.reproducible(nn.Sequential(nn.Linear(3, 3), nn.LSTM(3, 3)))
+    with pytest.raises(xnn.UnsupportedLayerError, match="groups=2"):
+        xnn.reproducible(nn.Conv2d(2, 2, 3, groups=2))
+    with pytest.raises(xnn.UnsupportedLayerError, match="zero padding"):
+        xnn.reproducible(nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match="mode"):
+        xnn.reproducible(nn.Linear(2, 2), mode="fast")
+    bn = xnn.reproducible(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+    with pytest.raises(RuntimeError, match="eval mode"):
+        bn(torch.randn(4, 2))
+    dr = xnn.reproducible(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5)))
+    with pytest.raises(RuntimeError, match="Dropout"):
+        dr(torch.randn(4, 2))
+    dr.eval()
+    assert dr(torch.randn(4, 2)).shape == (4, 2)
+
+
+def test_custom_modules_are_walked_into():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.body(x).relu()
+
+    net = xnn.reproducible(Net())
+    assert net(torch.randn(2, 4)).shape == (2, 3)
+
+
+def test_losses_refuse_bad_targets():
+    z = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="target"):
+        xnn.cross_entropy(z, torch.tensor([0.5, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        xnn.cross_entropy(z, torch.tensor([0, 1, 2]), label_smoothing=2.0)
+    with pytest.raises(ValueError, match="target"):
+        xnn.mse_loss(z, torch.randn(3, 5))
+    assert float(xnn.cross_entropy(z, torch.tensor([0, 1, 2]))) == pytest.approx(
+        float(nn.functional.cross_entropy(z, torch.tensor([0, 1, 2]))), rel=1e-6
+    )
+
+
+@EXAMPLES
+@given(st.sampled_from([nn.Sigmoid, nn.Tanh]), st.integers(2, 9), st.integers(1, 120), st.integers(0, 10_000))
+def test_activations_ignore_where_an_example_sits(act, batch, width, seed):
+    """torch's sigmoid gives other bits in its scalar tail than in its vector body, so an example
+    that moves into the tail changes; the reproducible activations do not."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(batch, width, generator=g) * 4).requires_grad_()
+    m = xnn.reproducible(nn.Sequential(act()))
+    y = m(x)
+    (y * torch.arange(width)).sum().backward()
+    perm = torch.randperm(batch, generator=g)
+    xp = x.detach()[perm].requires_grad_()
+    yp = m(xp)
+    (yp * torch.arange(width)).sum().backward()
+    assert torch.equal(y[perm], yp) and torch.equal(x.grad[perm], xp.grad)
+    ref = act()(x.detach())
+    assert float((y.detach() - ref).abs().max()) <= 1.2e-7
+
+
+def test_tanh_is_accurate_near_zero():
+    t = torch.tensor([1e-30, -1e-10, 1e-5, 0.0039, 0.004, -0.5, 30.0, -1e4], dtype=torch.float32)
+    assert torch.allclose(xnn.tanh(t), torch.tanh(t), rtol=1.2e-7, atol=0)
+    assert torch.equal(xnn.sigmoid(torch.tensor([-1e4, 0.0, 1e4])), torch.tensor([0.0, 0.5, 1.0]))
+
+
+def invariant(m, inputs, weight, seed):
+    """Gradients of the parameters for (out * weight).sum(), and the same under a batch
+    permutation and one thread: bitwise equal."""
+
+    def run(xs, w):
+        m.zero_grad()
+        out = m(*xs)
+        out = out[0] if isinstance(out, tuple) else out
+        (out * w).sum().backward()
+        return [p.grad.clone() for p in m.parameters()]
+
+    g = run(inputs, weight)
+    perm = torch.randperm(len(weight), generator=torch.Generator().manual_seed(seed))
+    assert all(torch.equal(a, b) for a, b in zip(g, run([x[perm] for x in inputs], weight[perm])))
+    before = exactforge.get_num_threads(), torch.get_num_threads()
+    try:
+        exactforge.set_num_threads(1)
+        torch.set_num_threads(1)
+        assert all(torch.equal(a, b) for a, b in zip(g, run(inputs, weight)))
+    finally:
+        exactforge.set_num_threads(before[0])
+        torch.set_num_threads(before[1])
+    return g
+
+
+@EXAMPLES
+@given(st.integers(1, 6), st.integers(1, 5), st.integers(2, 40), st.booleans(), st.integers(0, 10_000))
+def test_layer_norm_per_shape(batch, positions, width, affine, seed):
+    # (width 1 normalises to exactly 0: torch's input gradient there is its own rounding noise)
+    m, ref = twins(lambda: nn.LayerNorm(width, elementwise_affine=affine), seed)
+    if affine:
+        for net in (m, ref):
+            with torch.no_grad():
+                net.weight.uniform_(0.5, 2, generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, positions, width, generator=gen) * 3 + 1
+    w = torch.randn(batch, positions, width, generator=gen)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (m(x1) * w).sum().backward()
+    (ref(x2) * w).sum().backward()
+    close([p.grad for p in m.parameters()], [p.grad for p in ref.parameters()], rtol=2e-4)
+    # the input gradient can cancel to rounding noise (width 2: y = +-1 whatever x is); its
+    # terms are of size |w| * gamma / std, so that is the scale it is compared on
+    rstd = 1 / x.double().var(-1, unbiased=False).add(1e-5).sqrt().max()
+    gamma = float(m.weight.abs().max()) if affine else 1.0
+    assert float((x1.grad - x2.grad).abs().max()) <= 2e-5 * float(w.abs().max()) * gamma * float(rstd) * width
+    if affine:
+        invariant(m, [x], w, seed)
+
+
+@EXAMPLES
+@given(
+    st.integers(2, 30), st.integers(1, 8), st.integers(1, 6), st.integers(1, 12), st.booleans(), st.integers(0, 10_000)
+)
+def test_embedding_per_shape(vocab, dim, batch, positions, padding, seed):
+    m, ref = twins(lambda: nn.Embedding(vocab, dim, padding_idx=0 if padding else None), seed)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, positions), generator=gen)
+    w = torch.randn(batch, positions, dim, generator=gen)
+    g = invariant(m, [ids], w, seed)
+    ref.zero_grad()
+    (ref(ids) * w).sum().backward()
+    close(g, [ref.weight.grad])
+
+
+@EXAMPLES
+@given(
+    st.sampled_from([(8, 2), (12, 3), (16, 4)]),
+    st.integers(1, 5),
+    st.integers(1, 7),
+    st.booleans(),
+    st.sampled_from(["none", "causal", "bool", "float", "padding"]),
+    st.booleans(),
+    st.integers(0, 10_000),
+)
+def test_multi_head_attention_per_shape(eh, batch, length, batch_first, mask, bias, seed):
+    E, H = eh
+    m, ref = twins(lambda: nn.MultiheadAttention(E, H, bias=bias, batch_first=batch_first), seed)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, length, E, generator=gen)
+    w = torch.randn(batch, length, E, generator=gen)
+    kw = {}
+    if mask == "causal":
+        kw = dict(attn_mask=nn.Transformer.generate_square_subsequent_mask(length), is_causal=True)
+    elif mask == "bool":
+        kw = dict(attn_mask=torch.ones(length, length, dtype=torch.bool).triu(1))
+    elif mask == "float":
+        kw = dict(attn_mask=torch.randn(length, length, generator=gen))
+    elif mask == "padding":
+        pad = torch.zeros(batch, length, dtype=torch.bool)
+        pad[:, length - 1] = length > 1
+        kw = dict(key_padding_mask=pad)
+
+    def call(net, xb, kwb):
+        xin = xb if batch_first else xb.transpose(0, 1)
+        out = net(xin, xin, xin, need_weights=False, **kwb)[0]
+        return out if batch_first else out.transpose(0, 1)
+
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (call(m, x1, kw) * w).sum().backward()
+    (call(ref, x2, kw) * w).sum().backward()
+    close([x1.grad] + [p.grad for p in m.parameters()], [x2.grad] + [p.grad for p in ref.parameters()], rtol=2e-4)
+    if mask == "padding":  # the mask follows the examples it belongs to
+        return
+    wrapped = nn.Module()
+    wrapped.inner = m
+    wrapped.forward = lambda xb: call(m, xb, kw)
+    invariant(wrapped, [x], w, seed)
+
+
+def test_transformer_classifier_matches_autograd_and_is_invariant():
+    from exactforge.models.zoo import build_model
+
+    make = lambda: build_model("transformer", (12,), 3, vocab=20, seed=4)
+    m, ref = xnn.reproducible(make()), make()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 20, (10, 12), generator=gen)
+    y = torch.randint(0, 3, (10,), generator=gen)
+    g = grads(m, ids, y, xnn.cross_entropy)
+    close(g, grads(ref, ids, y, nn.functional.cross_entropy), rtol=2e-4)
+    perm = torch.randperm(10, generator=gen)
+    assert all(torch.equal(a, b) for a, b in zip(g, grads(m, ids[perm], y[perm], xnn.cross_entropy)))
+
+
+def test_transformer_layers_that_cannot_be_replayed_are_refused():
+    with pytest.raises(xnn.UnsupportedLayerError, match="dropout"):
+        xnn.reproducible(nn.MultiheadAttention(8, 2, dropout=0.1))
+    with pytest.raises(xnn.UnsupportedLayerError, match="ReLU"):
+        xnn.reproducible(nn.TransformerEncoderLayer(8, 2, dropout=0.0, activation="gelu"))
+    with pytest.raises(xnn.UnsupportedLayerError, match="max_norm"):
+        xnn.reproducible(nn.Embedding(5, 3, max_norm=1.0))
+    with pytest.raises(xnn.UnsupportedLayerError, match="add_bias_kv"):
+        xnn.reproducible(nn.MultiheadAttention(8, 2, add_bias_kv=True))
+
+
+@EXAMPLES
+@given(
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(3, 9),
+    st.integers(3, 9),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 2),
+    st.integers(0, 2),
+    st.integers(1, 2),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.integers(0, 10_000),
+)
+def test_native_im2col_and_col2im_give_torchs_bits(B, C, H, W, kh, kw, stride, padding, dilation, dtype, seed):
+    """The column matrix holds F.unfold's entries; col2im adds in F.fold's order, to the bit."""
+    from exactforge._backend.native import _core
+
+    if (kh - 1) * dilation + 1 > H + 2 * padding or (kw - 1) * dilation + 1 > W + 2 * padding:
+        return
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, C, H, W, generator=g, dtype=dtype)
+    geo = ([kh, kw], [stride, stride], [padding, padding], [dilation, dilation])
+    cols = nn.functional.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    assert torch.equal(torch.from_numpy(_core.im2col(x.numpy(), *geo)), cols.transpose(0, 1).reshape(cols.shape[1], -1))
+    c = torch.randn(cols.shape, generator=g, dtype=dtype)
+    ref = nn.functional.fold(c, (H, W), (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    flat = c.transpose(0, 1).reshape(c.shape[1], -1).contiguous()
+    assert torch.equal(torch.from_numpy(_core.col2im(flat.numpy(), [B, C, H, W], *geo)), ref)
+
+
+def test_native_im2col_refuses_bad_geometry():
+    from exactforge._backend.native import _core
+
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    for geo in (([9, 9], [1, 1], [0, 0], [1, 1]), ([3, 3], [0, 1], [0, 0], [1, 1]), ([3], [1, 1], [0, 0], [1, 1])):
+        with pytest.raises(ValueError):
+            _core.im2col(x, *geo)
+    with pytest.raises(ValueError, match="geometry"):
+        _core.col2im(np.zeros((9, 5), np.float32), [1, 1, 4, 4], [3, 3], [1, 1], [0, 0], [1, 1])
+    with pytest.raises(TypeError):
+        _core.im2col(x.astype(np.int32), [3, 3], [1, 1], [0, 0], [1, 1])
