@@ -1,4 +1,4 @@
-// What AMX-INT8 delivers on this machine, with and without tile loads (issue 15.3): the ceiling
+// What AMX-INT8 delivers on this machine, with and without tile loads: the ceiling
 // the int8-digit exact kernel works under. Build and run (Linux, a CPU with AMX):
 //   g++ -O2 -mamx-tile -mamx-int8 benchmarks/bench_amx_ceiling.cpp -o /tmp/amx && /tmp/amx 64 4096
 // Arguments: the A/B tile row stride in bytes and the span of distinct data cycled through.

@@ -17,7 +17,6 @@ import datetime as _dt
 import json
 import math
 import os
-import time
 
 import numpy as np
 import torch
@@ -25,6 +24,8 @@ import torch
 from exactforge.data import load_digits
 from exactforge.forging.attacks import per_example_grads, run_attack
 from exactforge.forging.game import Verifier, play_game
+
+from _common import timed
 
 
 def greedy_compare(M=300, b=100, pool=1000, seed=0):
@@ -62,8 +63,8 @@ def greedy_compare(M=300, b=100, pool=1000, seed=0):
     e1, e2 = cached(), naive()
     assert int(np.argmin(e1)) == int(np.argmin(e2)), "cached and naive scoring disagree on the best candidate"
     assert np.allclose(e1, e2, rtol=1e-3, atol=1e-9)
-    t_cached = min(_timed(cached) for _ in range(3))
-    t_naive = min(_timed(naive) for _ in range(2))
+    t_cached = min(timed(cached) for _ in range(3))
+    t_naive = min(timed(naive) for _ in range(2))
     return {
         "M": M,
         "b": b,
@@ -73,12 +74,6 @@ def greedy_compare(M=300, b=100, pool=1000, seed=0):
         "naive_s": t_naive,
         "speedup": t_naive / t_cached,
     }
-
-
-def _timed(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def headline(seed=0):

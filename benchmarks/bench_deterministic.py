@@ -1,4 +1,4 @@
-"""Deterministic vs default (autotuned) kernels, the suite users asked for (issue 15, point 4):
+"""Deterministic vs default (autotuned) kernels, the suite users asked for:
 one SGD step of an FCN, timed, and its reproduction error under a permuted batch and under
 1 vs 2 threads, for
 

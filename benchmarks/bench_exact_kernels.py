@@ -1,4 +1,4 @@
-"""The float32 exact matmul's kernels side by side (issue 15.3): float64 slices, int8 digits on
+"""The float32 exact matmul's kernels side by side: float64 slices, int8 digits on
 AMX-INT8 tiles, and torch's float32 matmul as the yardstick.
 
 Correctness first: on every shape the kernels' outputs must be bitwise equal (they compute the same

@@ -1,4 +1,4 @@
-"""Hostile traces against `exactforge verify`: every named case of issue 11 and a number of
+"""Hostile traces against `exactforge verify`: every named case and a number of
 fuzz mutations (tests/hostile.py), each verified in a fresh process with a time limit, its exit
 code, stderr, wall time and peak resident memory recorded (os.wait4).
 
@@ -26,12 +26,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import numpy as np  # noqa: E402
-from hostile import KINDS, allowed, copy, dump, load, mutate, rechain  # noqa: E402
 
 from exactforge.data import load_digits  # noqa: E402
 from exactforge.models import native as M  # noqa: E402
 from exactforge.trace import Trace, encode_checkpoint, record_hash  # noqa: E402
 from exactforge.trace.record import record_native  # noqa: E402
+
+from hostile import KINDS, allowed, copy, dump, load, mutate, rechain  # noqa: E402
 
 TIMEOUT = 60
 SPEC = M.ModelSpec("fcn", 64, 10, (1024, 1024))
@@ -80,7 +81,7 @@ def run_measured(d: str, *extra: str) -> dict:
     return {"rc": rc, "seconds": secs, "peak_rss": peak, "stderr": err.decode(errors="replace")}
 
 
-# -- the named cases of issue 11: each edits a copy of the honest trace ----------------------
+# -- the named cases: each edits a copy of the honest trace ----------------------
 def _replace(d, rel, make):
     p = os.path.join(d, rel)
     os.unlink(p)

@@ -1,4 +1,4 @@
-"""The tensor method's error against the number of hidden units m (issue 17), beside the
+"""The tensor method's error against the number of hidden units m, beside the
 slides' O(sqrt(d/m)) claim, and the time to reconstruct a batch of 4 digits at d = 64.
 
   * Error curve: random unit inputs, d = 10, b = 3, c_i of either sign, w_j ~ N(0, I), for
@@ -8,7 +8,7 @@ slides' O(sqrt(d/m)) claim, and the time to reconstruct a batch of 4 digits at d
   * Digits: 4 real digits (64 pixels, centred on the data set's mean and normalised), a
     Gaussian first layer with m = 300,000, |cos| of each reconstruction and the wall time.
 
-    python benchmarks/bench_invert.py [--out benchmarks/out/invert.json] [--figure benchmarks/figures/invert_error.png]
+    python benchmarks/bench_invert.py [--out benchmarks/out/invert.json] [--figure docs/benchmarks/figures/invert_error.png]
     python benchmarks/bench_invert.py --identifiability    # nullspace forgeries vs the method's conditions
 """
 
@@ -65,7 +65,7 @@ def identifiability_table() -> list:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/out/invert.json")
-    ap.add_argument("--figure", default="benchmarks/figures/invert_error.png")
+    ap.add_argument("--figure", default="docs/benchmarks/figures/invert_error.png")
     ap.add_argument("--draws", type=int, default=8)
     ap.add_argument("--identifiability", action="store_true", help="only the digits table of nullspace vs conditions")
     args = ap.parse_args()

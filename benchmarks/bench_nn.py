@@ -1,4 +1,4 @@
-"""exactforge.nn vs torch: one SGD step of LeNet-5 on MNIST-5k and of VGGmini, b = 100 (issue 13).
+"""exactforge.nn vs torch: one SGD step of LeNet-5 on MNIST-5k and of VGGmini, b = 100.
 
 Correctness first: in float64 the reproducible gradients must equal autograd's to 1e-10 (the
 implementation), and in float32 they must be bitwise the same under a batch permutation. The

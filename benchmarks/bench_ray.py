@@ -1,4 +1,4 @@
-"""Verifying a long trace serially and on a local Ray cluster (issue 16).
+"""Verifying a long trace serially and on a local Ray cluster.
 
 * The trace: native FCN 784-100-10 on the 5,000 real MNIST images of mnist-5k, SGD with
   b = 64, 10,000 steps, a checkpoint every 10 steps (1,000 segments), fixed mode.

@@ -1,4 +1,4 @@
-// The exact matmul's last step, per output element: round_int192 vs round_two_levels (issue 15).
+// The exact matmul's last step, per output element: round_int192 vs round_two_levels.
 // Same bits (tests/native/test_fixedpoint.cpp); this times them on 4 million random two-level values.
 //   g++ -O3 -ffp-contract=off -std=c++17 -I src/include benchmarks/bench_recombine.cpp -o /tmp/bench_recombine && /tmp/bench_recombine
 #include <chrono>

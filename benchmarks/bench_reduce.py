@@ -18,7 +18,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import time
 from fractions import Fraction
 
 import numpy as np
@@ -27,10 +26,12 @@ import torch
 import exactforge
 from exactforge import reduce as R
 
+from _common import best_time
+
 SHAPES = [(64, 10), (784, 10), (784, 100), (100, 10)]
 KS = [32, 100, 1000, 4096]
 # large products (m, n, k): a weight gradient of a wide layer and a GEMM of the size used to
-# state % of peak (issue 15); reported in GFLOP/s against the practical peak measured here
+# state % of peak; reported in GFLOP/s against the practical peak measured here
 LARGE = [(4096, 64, 4096), (1024, 1024, 8192)]
 
 
@@ -100,22 +101,6 @@ def large_rows(rng, threads: int, quick: bool):
             flush=True,
         )
     return rows
-
-
-def best_time(fn, min_total=0.25, repeats=5):
-    """Median over `repeats` of the mean time of a loop lasting at least min_total/repeats."""
-    fn()
-    out = []
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            el = time.perf_counter() - t0
-            if el >= min_total / repeats:
-                break
-        out.append(el / n)
-    return float(np.median(out))
 
 
 def check_correct(a, b, rng):

@@ -1,4 +1,4 @@
-"""The verifier's resolution (issue 12): exact forgeries against the native verifier at epsilon = 0
+"""The verifier's resolution: exact forgeries against the native verifier at epsilon = 0
 with the domain check off, float32 vs float64 training.
 
 theta_{t+1} = theta_t - lr * g is rounded to the checkpoint's precision, so a gradient change
@@ -12,7 +12,7 @@ For each data set, model and solver, this forges S steps of a native training ru
 each step with the forged batch in the run's precision, and counts a *win* when the forged
 batch is distinct and reproduces theta_{t+1} bit for bit (epsilon = 0, no domain check).
 
-    python benchmarks/bench_resolution.py [--steps 30] [--figure-dir benchmarks/figures] [--figure-only]
+    python benchmarks/bench_resolution.py [--steps 30] [--figure-dir docs/benchmarks/figures] [--figure-only]
 
 The figure (resolution.png, as in the report of ``exactforge reevaluate``) sets each exact
 forgery's float64 gradient difference, per coordinate, beside the resolution of that coordinate
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--figure-dir", default="benchmarks/figures")
+    ap.add_argument("--figure-dir", default="docs/benchmarks/figures")
     ap.add_argument("--figure-only", action="store_true")
     args = ap.parse_args()
     _figure(args)

@@ -32,15 +32,7 @@ from exactforge.models.torch_fcn import to_torch
 from exactforge.trace.record import record_native
 from exactforge.verify import verify_trace
 
-
-def median_time(fn, repeats=15):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+from _common import median_time
 
 
 def torch_step_fn(spec, params, X, y, idx, lr):

@@ -8,7 +8,7 @@ images, label parts equal as rationals), numerical, or trivial (zero-influence e
 figure shows the fraction over v and b.
 
     python benchmarks/bench_table4.py [--true-batches 200] [--v 2,3] [--json benchmarks/out/table4.json]
-        [--figure benchmarks/figures/table4.png] [--all [--all-levels grid,paper] [--skip-sampled]]
+        [--figure docs/benchmarks/figures/table4.png] [--all [--all-levels grid,paper] [--skip-sampled]]
 
 ``--all`` adds the complete counts of every cell of at most MAX_ALL_BATCHES batches (v = 2, 3,
 b <= 5), to ``*_all.json`` and a figure ``*_all.png``.
@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--v", default="2,3")
     ap.add_argument("--b", default="1,2,3,4,5")
     ap.add_argument("--json", default="benchmarks/out/table4.json")
-    ap.add_argument("--figure", default="benchmarks/figures/table4.png")
+    ap.add_argument("--figure", default="docs/benchmarks/figures/table4.png")
     ap.add_argument(
         "--all",
         action="store_true",

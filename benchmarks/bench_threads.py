@@ -1,4 +1,4 @@
-"""Threads on a busy machine (issue 14, point 6): verify one trace with 1 and 2 threads, on an
+"""Threads on a busy machine: verify one trace with 1 and 2 threads, on an
 idle machine and with another process keeping one core busy, with OpenMP threads waiting the
 way exactforge sets by default (a bounded spin, GOMP_SPINCOUNT, then sleep), passively
 (OMP_WAIT_POLICY=PASSIVE) and spinning (OMP_WAIT_POLICY=ACTIVE). Correctness first: every run

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import bits
 
 import exactforge
 from exactforge import reduce as R
+
+from conftest import bits
 
 
 def test_compile_options_reports_the_build():

@@ -42,7 +42,7 @@ def test_console_script_info():
 
 def test_every_command_shares_the_conventions(capsys):
     """--json FILE and --quiet everywhere, defaults and exit codes in --help, --dataset and
-    --data-path wherever data is read (issue 14, point 3)."""
+    --data-path wherever data is read."""
     from exactforge.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))

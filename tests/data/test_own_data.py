@@ -1,4 +1,4 @@
-"""Own data everywhere (issue 14, point 4): `--dataset npz --data-path FILE.npz` for every
+"""Own data everywhere: `--dataset npz --data-path FILE.npz` for every
 command that reads data, arrays to verify_trace, and a domain declared with the data."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The certified exact search (issue 12): no false negatives on planted in-domain forgeries, and
+"""The certified exact search: no false negatives on planted in-domain forgeries, and
 agreement with an independent count: every batch of small domains, gradients summed with plain
 300-bit formulas, equal pairs found by hashing."""
 

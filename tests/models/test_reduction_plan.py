@@ -1,4 +1,4 @@
-"""The native step's reduction plan (issue 15, point 2): exact mode keeps only the reductions
+"""The native step's reduction plan: exact mode keeps only the reductions
 over the batch exact; traces say which plan they were recorded with, so older traces keep
 their meaning."""
 

@@ -1,4 +1,4 @@
-"""exactforge.nn: reproducible torch layers (issue 13, point 1)."""
+"""exactforge.nn: reproducible torch layers."""
 
 from __future__ import annotations
 

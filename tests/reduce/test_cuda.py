@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import bits
 
 import exactforge
 from exactforge import reduce as R
+
+from conftest import bits
 
 pytestmark = [
     pytest.mark.cuda,
@@ -102,7 +103,7 @@ def test_cuda_exp_log_bits_equal_cpu(fw, dtype, rng):
 
 @pytest.mark.parametrize("m,k,n", SHAPES + [(33, 129, 17), (40, 2100, 9)])
 def test_int8_dp4a_kernel_gives_the_cpu_bits(m, k, n):
-    """The dp4a twin of the int8-digit exact kernel (issue 15.3): the same integers as every CPU
+    """The dp4a twin of the int8-digit exact kernel: the same integers as every CPU
     kernel, so the CPU's bits (exactforge/intexact.hpp)."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():

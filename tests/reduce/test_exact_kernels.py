@@ -1,4 +1,4 @@
-"""The float32 exact matmul's kernels give the same bits (issue 15.3).
+"""The float32 exact matmul's kernels give the same bits.
 
 "f64-slices" sums the slice products in float64 tiles; "int8-generic" and "int8-amx" sum the same
 slices written as int8 digits with int32/int64 integer sums (exactforge/intexact.hpp). The levels

@@ -7,11 +7,12 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from conftest import bits, exact_dot, ulp
 from hypothesis import given
 from hypothesis import strategies as st
 
 from exactforge import reduce as R
+
+from conftest import bits, exact_dot, ulp
 
 DTYPES = [np.float32, np.float64]
 

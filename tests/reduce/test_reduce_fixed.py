@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import bits, fma_chain_reference, round_fraction
 from hypothesis import given
 from hypothesis import strategies as st
 
 from exactforge import reduce as R
+
+from conftest import bits, fma_chain_reference, round_fraction
 
 DTYPES = [np.float32, np.float64]
 

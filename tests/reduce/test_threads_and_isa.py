@@ -8,12 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import bits
 from hypothesis import given
 from hypothesis import strategies as st
 
 import exactforge
 from exactforge import reduce as R
+
+from conftest import bits
 
 SHAPES = [(784, 1000, 10), (100, 257, 33), (70, 4500, 3)]
 

@@ -23,7 +23,7 @@ def _finite_numbers(obj, path="report"):
 
 
 def _report_tells_the_truth(rep, md):
-    """Issue 14, point 1: one epsilon per verifier, named and explained, and every game row
+    """one epsilon per verifier, named and explained, and every game row
     against one of them; no raw floats, no None/nan, no unmeasured constants; each exact
     forgery's domain is stated from the data's declared domain."""
     import re

@@ -1,4 +1,4 @@
-"""Traces of user loops that replay faithfully: reproducible CNNs, losses, refusals (issue 13)."""
+"""Traces of user loops that replay faithfully: reproducible CNNs, losses, refusals."""
 
 from __future__ import annotations
 
@@ -382,9 +382,9 @@ def test_train_transformer_native_verifies_at_epsilon_0_permuted(tmp_path):
     ],
 )
 def test_hostile_zoo_entries_are_refused(tmp_path, edit, why):
-    from hostile import rechain
-
     from exactforge.trace.record import record_zoo
+
+    from hostile import rechain
 
     record_zoo(str(tmp_path / "t"), "lenet", load_dataset("digits"), steps=1, batch_size=8)
     rechain(str(tmp_path / "t"), manifest_edit=edit)

@@ -12,7 +12,6 @@ import shutil
 import tempfile
 
 import pytest
-from hostile import KINDS, allowed, deadline, mutate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +19,8 @@ from exactforge.data import load_digits
 from exactforge.models import native as M
 from exactforge.trace.record import record_native
 from exactforge.verify import verify_trace
+
+from hostile import KINDS, allowed, deadline, mutate
 
 DIGITS = load_digits()
 

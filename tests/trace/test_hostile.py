@@ -1,4 +1,4 @@
-"""Every hostile case of issue 11, by name: the verifier and the other commands end with a clear
+"""Every hostile case, by name: the verifier and the other commands end with a clear
 error (exit 2, valid=False with a reason, the --json report written) or, where a step was
 recomputed and differs, exit 1; never a traceback, a hang or a crash."""
 
@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-from hostile import copy, deadline, dump, load, rechain
 
 import exactforge
 from exactforge import reduce as R
@@ -22,6 +21,8 @@ from exactforge.trace import Limits, Trace, TraceError, TraceWriter, encode_chec
 from exactforge.trace.record import record_native
 from exactforge.verify import verify_trace
 from exactforge.verify.distances import distance, verification_distance
+
+from hostile import copy, deadline, dump, load, rechain
 
 DIGITS = load_digits()
 SPEC = M.ModelSpec("fcn", 64, 10, (16,))

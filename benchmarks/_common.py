@@ -1,0 +1,97 @@
+"""What every benchmark shares: timing helpers, the machine it ran on, and the page of the
+documentation site where its results are written (docs/benchmarks/PAGE.md)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import time
+from typing import Callable, Dict
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGES = os.path.join(ROOT, "docs", "benchmarks")
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def median_time(fn: Callable[[], object], repeats: int = 15) -> float:
+    """Median of ``repeats`` single calls, after one call to warm up."""
+    fn()
+    return float(np.median([timed(fn) for _ in range(repeats)]))
+
+
+def best_time(fn: Callable[[], object], min_total: float = 0.25, repeats: int = 5) -> float:
+    """Median over ``repeats`` of the mean time of a loop lasting at least min_total/repeats
+    (short calls are timed in loops: one perf_counter reading is too coarse for them)."""
+    fn()
+    out = []
+    for _ in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            el = time.perf_counter() - t0
+            if el >= min_total / repeats:
+                break
+        out.append(el / n)
+    return float(np.median(out))
+
+
+def cpu_name() -> str:
+    """The CPU's model name and family (AMD's family 25 is Zen 4, 26 Zen 5)."""
+    name, family = platform.processor() or platform.machine(), ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        m = re.search(r"^model name\s*:\s*(.+)$", text, flags=re.M)
+        fam = re.search(r"^cpu family\s*:\s*(\d+)$", text, flags=re.M)
+        name = m.group(1).strip() if m else name
+        family = f", family {fam.group(1)}" if fam else ""
+    except OSError:
+        pass
+    return name + family
+
+
+def machine() -> Dict[str, object]:
+    """Where a benchmark ran: CPU, cores, the ISA level exactforge dispatches to, and the date."""
+    import exactforge
+
+    opts = exactforge.compile_options()
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "isa": opts["isa"]["kernels"],
+        "exact_kernel": opts["exact_kernel"],
+        "date": _dt.date.today().isoformat(),
+    }
+
+
+def write_results(page: str, command: str, output: str) -> str:
+    """Writes the results block of ``docs/benchmarks/PAGE.md``: the command, the machine and
+    the date, and what the benchmark printed. The block lies between two markers, so the
+    page's own text around it stays; a page without them gets the block at its end."""
+    m = machine()
+    block = (
+        f"<!-- results -->\n## Latest run\n\n`{command}` on {m['cpu']} ({m['cores']} cores, "
+        f"kernels {m['isa']}, exact kernel {m['exact_kernel']}), {m['date']}:\n\n"
+        f"```text\n{output.rstrip()}\n```\n<!-- /results -->\n"
+    )
+    path = os.path.join(PAGES, f"{page}.md")
+    with open(path) as f:
+        text = f.read()
+    if "<!-- results -->" in text:
+        text = re.sub(r"<!-- results -->.*?<!-- /results -->\n", lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    with open(path, "w") as f:
+        f.write(text)
+    return path
