@@ -35,7 +35,17 @@ def user_file_mode() -> int:
 
 
 def atomic_write(path: str, data: bytes) -> None:
-    """Write, fsync, rename over ``path``, fsync the directory."""
+    """Write, fsync, rename over ``path``, fsync the directory. An error names ``path`` as the
+    caller gave it, never the temporary file beside it."""
+    try:
+        _atomic_write(path, data)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, path) from None
+
+
+def _atomic_write(path: str, data: bytes) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
