@@ -22,7 +22,7 @@ import platform
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -68,15 +68,12 @@ class Config:
 
 
 def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = True) -> Dict[str, Any]:
-    import torch
-
-    from .. import compile_options
+    """The main job: traces recorded and verified on both paths, reproduction errors and one
+    epsilon per verifier, the attacks and the exact solvers on sampled steps, the forging game
+    against each verifier, and the theory (Table 4's complete counts, the resolution); writes
+    ``report.json``, ``report.md`` and the figures into ``out`` and returns the report."""
     from ..data import load_dataset
-    from ..forging.attacks import budget_for, run_attack
-    from ..forging.game import Verifier, play_game
-    from ..models.native import ModelSpec
-    from ..trace.record import record_native, record_torch_fcn
-    from .repro import NATIVE_MODELS, NN_MODELS, PAPERS, available_conditions, run_study
+    from .repro import NATIVE_MODELS, NN_MODELS
 
     cfg = config or Config()
     t_start = time.perf_counter()
@@ -86,7 +83,56 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     # CNNs run the reproducible path through exactforge.nn (images only)
     nn_ok = not native_ok and cfg.model in NN_MODELS and data.shape is not None and len(data.shape) == 3
     bar = progress_bar(6, progress, "reevaluate", "part")
-    report: Dict[str, Any] = {
+
+    def done() -> None:
+        if bar is not None:
+            bar.update(1)
+
+    report = _header(cfg, data)
+    report["traces"] = _record_traces(cfg, data, out, native_ok, nn_ok)  # 1. traces
+    done()
+    study, report["reproduction"], vtable = _reproduction(cfg, data, out, native_ok, nn_ok)  # 2. epsilon
+    done()
+    budget = {"pool": cfg.greedy_pool, "candidates": cfg.greedy_candidates, "steps": cfg.opt_steps}
+    verifiers, report["attacks"] = _attacks(
+        cfg, data, study, report["reproduction"]["max_benign_torch"], budget, native_ok
+    )
+    done()  # 3. attacks, then the exact solvers on sampled steps
+    report["exact"], lv = _exact_forgeries(cfg, data, out, verifiers["torch"], native_ok)
+    done()
+    report["game"], lvn = _games(cfg, data, verifiers, study, vtable, lv, budget)  # 4. the game
+    report["verifiers"] = vtable
+    done()
+    report["theory"] = {  # 5. exact forging theory
+        "table4": table4_counts(cfg.table4_max_batches, seed=cfg.seed, vs=cfg.table4_levels),
+        "resolution": resolution_study(lvn, min(cfg.attack_steps, len(lvn.batches)), out, cfg.seed)
+        if lvn is not None
+        else None,
+    }
+    if bar is not None:
+        bar.update(1)
+        bar.close()
+    report["seconds"] = time.perf_counter() - t_start
+    _figures(report, out)
+    report["figures"] = sorted(f for f in os.listdir(out) if f.endswith(".png")) + [
+        os.path.join("repro", f) for f in sorted(os.listdir(os.path.join(out, "repro"))) if f.endswith(".png")
+    ]
+    from ..report import jsonio as _json
+    from ..report.files import atomic_write
+
+    atomic_write(os.path.join(out, "report.json"), (_json.dumps(report) + "\n").encode())
+    atomic_write(os.path.join(out, "report.md"), _markdown(report).encode())
+    return report
+
+
+def _header(cfg: Config, data: Any) -> Dict[str, Any]:
+    """The report's first fields: the configuration, the data set, the environment, the papers."""
+    import torch
+
+    from .. import compile_options
+    from .repro import PAPERS
+
+    return {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
         "dataset": {
             "name": data.name,
@@ -104,9 +150,14 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
         "papers": PAPERS,
     }
 
-    # 1. traces
+
+def _record_traces(cfg: Config, data: Any, out: str, native_ok: bool, nn_ok: bool) -> Dict[str, Any]:
+    """A trace on the torch path and one on the reproducible path, each verified."""
+    from ..models.native import ModelSpec
+    from ..trace.record import record_native, record_torch_fcn, record_zoo
+
     traces = {}
-    if cfg.model in NATIVE_MODELS and data.vocab is None:
+    if native_ok:
         spec = ModelSpec(
             cfg.model, int(np.prod(data.shape or (data.dim,))), data.num_classes, (100,) if cfg.model == "fcn" else ()
         )
@@ -118,8 +169,6 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
             traces[engine] = _verified(d, data)
     elif nn_ok:
         # CNNs: torch's own layers, and exactforge.nn's reproducible ones (the native path)
-        from ..trace.record import record_zoo
-
         for engine, mode in (("torch", None), ("native", "exact")):
             d = os.path.join(out, "traces", engine)
             shutil.rmtree(d, ignore_errors=True)
@@ -135,11 +184,14 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
                 data_path=cfg.data_path,
             )
             traces[engine] = _verified(d, data)
-    report["traces"] = traces
-    if bar is not None:
-        bar.update(1)
+    return traces
 
-    # 2. reproduction errors and epsilon
+
+def _reproduction(cfg: Config, data: Any, out: str, native_ok: bool, nn_ok: bool) -> Tuple[Any, Dict[str, Any], list]:
+    """The reproduction study, its summary, and the table of verifiers: one epsilon each,
+    named, with how it was set (every table of the report refers to these)."""
+    from .repro import available_conditions, run_study
+
     conds = [c for c in ("permute", "threads", "deterministic", "bf16") if c in available_conditions(cfg.model)]
     if native_ok:
         conds += ["native", "native+permute", "native+threads"]
@@ -158,12 +210,11 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
         data=data,
         seed=cfg.seed,
     )
-    repro_torch = max(study.conditions[c].max_error for c in study.calibrated_on)
-    report["reproduction"] = {
+    summary = {
         "conditions": {
             k: {"max_error": v.max_error, "zero_fraction": v.zero_fraction} for k, v in study.conditions.items()
         },
-        "max_benign_torch": repro_torch,
+        "max_benign_torch": max(study.conditions[c].max_error for c in study.calibrated_on),
         "epsilon": study.epsilon,
         "epsilon_native": study.epsilon_native,
         "false_reject_rate": study.false_reject_rate,
@@ -171,7 +222,6 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
         "safety_factor": study.safety_factor,
         "calibration_max": study.epsilon / study.safety_factor,
     }
-    # One epsilon per verifier, named, with how it was set: every table of the report refers to these.
     native_max = max(
         (v.max_error for k, v in study.conditions.items() if k.startswith(("native", "reproducible"))), default=None
     )
@@ -198,15 +248,17 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
                 + " under every condition",
             }
         )
-    if bar is not None:
-        bar.update(1)
+    return study, summary, vtable
 
-    # 3. attacks and exact solvers on sampled steps
-    budget = {
-        "pool": cfg.greedy_pool,
-        "candidates": cfg.greedy_candidates,
-        "steps": cfg.opt_steps,
-    }  # run_attack keywords
+
+def _attacks(
+    cfg: Config, data: Any, study: Any, repro_torch: float, budget: Dict[str, int], native_ok: bool
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The verifiers of the game (torch; native where it exists) and the known attacks' errors
+    on sampled steps of the torch verifier's run."""
+    from ..forging.attacks import run_attack
+    from ..forging.game import Verifier
+
     verifiers = {"torch": Verifier(cfg.model, "torch", data, batch_size=cfg.batch, steps=cfg.steps, seed=cfg.seed)}
     if native_ok:
         verifiers["native"] = Verifier(cfg.model, "native", data, batch_size=cfg.batch, steps=cfg.steps, seed=cfg.seed)
@@ -227,9 +279,16 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
             "stealthy_at_epsilon": int(sum((r.approx_error <= study.epsilon) and r.in_domain for r in res)),
             "attempts": len(res),
         }
-    report["attacks"] = attacks
-    if bar is not None:
-        bar.update(1)
+    return verifiers, attacks
+
+
+def _exact_forgeries(cfg: Config, data: Any, out: str, v: Any, native_ok: bool) -> Tuple[Dict[str, Any], Any]:
+    """The exact solvers on the first steps (the FCN's nullspace; logistic regression's
+    nullspace and error matrix on a logreg verifier of its own, returned for the game), with
+    the domain each forgery leaves and the figure of the first distinct one."""
+    from ..forging.attacks import run_attack
+    from ..forging.game import Verifier
+
     exact_rows: Dict[str, Any] = {}
     lv = (
         Verifier(
@@ -254,24 +313,7 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
             run_attack(m, ver.context(t), list(ver.batches[t]), seed=cfg.seed + t)
             for t in range(min(len(ver.batches), max(1, cfg.attack_steps)))
         ]
-        grid, inside = [], []
-        lo, hi = data.domain or (-np.inf, np.inf)  # the data's declared range (none: no range check)
-        for r in res:
-            if r.X is None:
-                continue
-            Xf = np.asarray(r.X, np.float64)
-            inside.append(float(np.mean((Xf >= lo) & (Xf <= hi))))
-            if data.levels and data.domain:
-                u = (Xf - lo) / (hi - lo) * data.levels
-                grid.append(float(np.mean(np.abs(u - np.round(u)) > 1e-6)))
-        exact_rows[f"{m} ({model_name})"] = {
-            "median_error": float(np.median([r.approx_error for r in res])),
-            "distinct": bool(all(r.distinct for r in res)),
-            "in_range_fraction": float(np.mean(inside)) if inside else None,
-            "off_grid_fraction": float(np.mean(grid)) if grid else None,
-            "labels_one_hot": bool(all(np.asarray(r.Y).ndim == 1 for r in res if r.Y is not None)),
-            "in_domain": bool(all(r.in_domain for r in res)),
-        }
+        exact_rows[f"{m} ({model_name})"] = row = _exact_row(res, data)
         if (
             forgery_fig is None
             and res
@@ -282,26 +324,53 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
         ):
             from ..report.figures import plot_forgery
 
-            t0 = 0
-            e = exact_rows[f"{m} ({model_name})"]
             forgery_fig = plot_forgery(
-                data.X[ver.batches[t0]],
+                data.X[ver.batches[0]],
                 np.asarray(res[0].X),
                 os.path.join(out, "exact_forgery.png"),
                 domain=data.domain,
-                title=f"{m} forgery ({model_name}) of step {t0}: the same gradient (approximation error "
-                f"{res[0].approx_error:.2g}); {e['off_grid_fraction'] or 0:.0%} of pixels off the grid, "
-                f"{1 - (e['in_range_fraction'] if e['in_range_fraction'] is not None else 1):.0%} outside the range",
+                title=f"{m} forgery ({model_name}) of step 0: the same gradient (approximation error "
+                f"{res[0].approx_error:.2g}); {row['off_grid_fraction'] or 0:.0%} of pixels off the grid, "
+                f"{1 - (row['in_range_fraction'] if row['in_range_fraction'] is not None else 1):.0%} outside the range",
             )
-    report["exact"] = exact_rows
-    if bar is not None:
-        bar.update(1)
+    return exact_rows, lv
 
-    # 4. the game, against the verifiers of the table above (their epsilons, not recalibrated)
+
+def _exact_row(res: list, data: Any) -> Dict[str, Any]:
+    """One solver's forgeries summarised: error, distinctness, and how far they leave the domain."""
+    grid, inside = [], []
+    lo, hi = data.domain or (-np.inf, np.inf)  # the data's declared range (none: no range check)
+    for r in res:
+        if r.X is None:
+            continue
+        Xf = np.asarray(r.X, np.float64)
+        inside.append(float(np.mean((Xf >= lo) & (Xf <= hi))))
+        if data.levels and data.domain:
+            u = (Xf - lo) / (hi - lo) * data.levels
+            grid.append(float(np.mean(np.abs(u - np.round(u)) > 1e-6)))
+    return {
+        "median_error": float(np.median([r.approx_error for r in res])),
+        "distinct": bool(all(r.distinct for r in res)),
+        "in_range_fraction": float(np.mean(inside)) if inside else None,
+        "off_grid_fraction": float(np.mean(grid)) if grid else None,
+        "labels_one_hot": bool(all(np.asarray(r.Y).ndim == 1 for r in res if r.Y is not None)),
+        "in_domain": bool(all(r.in_domain for r in res)),
+    }
+
+
+def _games(
+    cfg: Config, data: Any, verifiers: Dict[str, Any], study: Any, vtable: list, lv: Any, budget: Dict[str, int]
+) -> Tuple[list, Any]:
+    """The forging game against the verifiers of the table (their epsilons, not recalibrated);
+    the exact solvers against logistic regression's two verifiers, with and without the domain
+    check. Adds those verifiers to ``vtable``; returns the games and the native logreg verifier."""
+    from ..forging.attacks import budget_for
+    from ..forging.game import Verifier, play_game
+
     games = []
     game_attacks = ["greedy", "nearest", "dlg"]
 
-    def play(a, ver, eps, name, dc=True):
+    def play(a: str, ver: Any, eps: float, name: str, dc: bool = True) -> None:
         g = play_game(
             a,
             cfg.rounds,
@@ -328,6 +397,7 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
         play(a, verifiers["torch"], study.epsilon, vtable[0]["name"])
         if "native" in verifiers:
             play(a, verifiers["native"], 0.0, vtable[1]["name"])
+    lvn = None
     if lv is not None:
         lvn = Verifier("logreg", "native", data, batch_size=cfg.batch, steps=len(lv.batches), seed=cfg.seed)
         eps_lr = lv.calibrate()
@@ -353,32 +423,7 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
             for dc in (True, False):
                 play(a, lv, eps_lr, "torch (logreg)", dc)
                 play(a, lvn, 0.0, "native (logreg)", dc)
-    report["game"] = games
-    report["verifiers"] = vtable
-    if bar is not None:
-        bar.update(1)
-
-    # 5. exact forging theory
-    report["theory"] = {
-        "table4": table4_counts(cfg.table4_max_batches, seed=cfg.seed, vs=cfg.table4_levels),
-        "resolution": resolution_study(lvn, min(cfg.attack_steps, len(lvn.batches)), out, cfg.seed)
-        if lv is not None
-        else None,
-    }
-    if bar is not None:
-        bar.update(1)
-        bar.close()
-    report["seconds"] = time.perf_counter() - t_start
-    _figures(report, out)
-    report["figures"] = sorted(f for f in os.listdir(out) if f.endswith(".png")) + [
-        os.path.join("repro", f) for f in sorted(os.listdir(os.path.join(out, "repro"))) if f.endswith(".png")
-    ]
-    from ..report import jsonio as _json
-    from ..report.files import atomic_write
-
-    atomic_write(os.path.join(out, "report.json"), (_json.dumps(report) + "\n").encode())
-    atomic_write(os.path.join(out, "report.md"), _markdown(report).encode())
-    return report
+    return games, lvn
 
 
 def _verified(d: str, data: Any) -> Dict[str, Any]:

@@ -29,7 +29,7 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -214,112 +214,24 @@ def run_study(
     executor: Any = None,
 ) -> StudyReport:
     """Runs a reproduction study (see the module's text). ``executor``: an
-    :class:`exactforge.distributed.RayExecutor` runs the recomputations (condition x batch size
+    :class:`exactforge.verify.ray.RayExecutor` runs the recomputations (condition x batch size
     x repeat) as Ray tasks; the traces are recorded here, and the report is the serial one
     (each recomputation is seeded by (seed, b, t, r) wherever it runs, and a worker uses this
     process's torch thread count unless the condition sets its own)."""
     import torch
 
-    from ..models.zoo import ZOO, build_model
-    from ..trace.record import batch_schedule
-
-    if model not in ZOO:
-        raise ValueError(f"model: expected one of {ZOO}, got {model!r}")
-    for c in conditions:
-        if c not in CONDITIONS:
-            raise ValueError(f"conditions: unknown {c!r}; choose from {list(CONDITIONS)}")
-        if CONDITIONS[c].engine == "native" and model not in NATIVE_MODELS:
-            raise ValueError(f"conditions: {c} uses exactforge's native path, available for {NATIVE_MODELS}")
-        if CONDITIONS[c].engine == "nn" and model not in NN_MODELS:
-            raise ValueError(f"conditions: {c} uses exactforge.nn's reproducible layers, available for {NN_MODELS}")
-        if CONDITIONS[c].device == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"conditions: {c} needs a CUDA device and none is visible")
-    if repeats < 1 or steps < 1:
-        raise ValueError("repeats, steps: expected positive integers")
-    if data is None:
-        # The Transformer reads tokens: IMDB when given, otherwise the labelled synthetic task.
-        if model == "transformer" and dataset != "imdb":
-            dataset = "synthetic-tokens"
-        data = load_dataset(dataset, data_path)
-    if model in ("lenet", "vggmini") and (data.shape is None or len(data.shape) != 3):
-        raise ValueError(f"dataset: {model} needs images (digits, mnist, cifar10), not {data.name}")
-    for b in batch_sizes:
-        if not 1 <= b <= len(data):
-            raise ValueError(f"batch_sizes: {b} is not in 1..{len(data)} (the size of {data.name})")
+    _check_conditions(model, conditions, repeats, steps)
+    data = _study_data(model, dataset, data_path, data, batch_sizes)
     t_start = time.perf_counter()
     shape = data.shape or (data.dim,)
     conds = ["baseline"] + [c for c in conditions if c != "baseline"]
-    native_conds = [c for c in conds if CONDITIONS[c].engine == "native"]
-    nn_conds = [c for c in conds if CONDITIONS[c].engine == "nn"]
-    torch_conds = [c for c in conds if CONDITIONS[c].engine == "torch"]
-    half = max(1, (repeats + 1) // 2)
-    cells: List[tuple] = []  # (engine, condition, b, repeat, batches, states) for an executor
-    executor_info = None
-    errs: Dict[str, Dict[int, np.ndarray]] = {c: {} for c in conds}  # c -> b -> (steps, repeats, len(DISTANCES))
     total = len(batch_sizes) * steps * repeats * len(conds)
     bar = progress_bar(total, progress, f"repro {model}")
-    for b in batch_sizes:
-        sched = batch_schedule(len(data), b, seed)
-        batches = [next(sched) for _ in range(steps)]
-        for engine, group in (("torch", torch_conds), ("native", native_conds), ("nn", nn_conds)):
-            if not group:
-                continue
-            net = build_model(model, shape, data.num_classes, vocab=data.vocab, seed=seed)
-            st = Stepper(model, net, data, lr)
-            gen = Condition("baseline", engine=engine)
-            tr_dir = os.path.join(out, "traces", f"{engine}-b{b}") if out else None
-            states = _generate(st, gen, batches, tr_dir, {"study": "generation"})
-            for c in group:  # torch: "baseline" first; native: its own conditions only
-                if executor is None:
-                    arr = np.zeros((steps, repeats, len(DISTANCES)))
-                    for r in range(repeats):
-                        arr[:, r] = _cell_errors(st, states, batches, CONDITIONS[c], seed, b, r)
-                        if bar is not None:
-                            bar.update(steps)
-                    errs[c][b] = arr
-                else:  # the recomputations go to the cluster; the trace above was recorded here
-                    errs[c][b] = np.zeros((steps, repeats, len(DISTANCES)))
-                    cells.extend((engine, c, b, r, batches, states) for r in range(repeats))
-    if executor is not None:
-
-        def done(i: int, value: np.ndarray) -> None:
-            _, c, b, r, _, _ = cells[i]
-            errs[c][b][:, r] = value
-            if bar is not None:
-                bar.update(steps)
-
-        executor_info = executor.map_cells(
-            _study_cell, cells, (model, data, lr, seed, torch.get_num_threads()), on_done=done
-        )
+    errs, executor_info = _recompute(model, data, batch_sizes, conds, repeats, steps, lr, seed, out, executor, bar)
     if bar is not None:
         bar.close()
-    l2 = DISTANCES.index("l2")
-    stats: Dict[str, ConditionStats] = {}
-    for c in conds:
-        if not errs[c]:
-            continue
-        allv = np.concatenate([a[:, :, l2].ravel() for a in errs[c].values()])
-        s = ConditionStats(float(allv.max()), float(allv.mean()), float(allv.var()), float(np.mean(allv == 0.0)))
-        s.distances = {k: float(max(a[:, :, i].max() for a in errs[c].values())) for i, k in enumerate(DISTANCES)}
-        for b, a in errs[c].items():
-            v = a[:, :, l2]
-            s.by_batch_size[str(b)] = {
-                "max_error": float(v.max()),
-                "mean_error": float(v.mean()),
-                "zero_fraction": float(np.mean(v == 0.0)),
-            }
-            s.per_checkpoint[str(b)] = [float(x) for x in v.max(axis=1)]
-        stats[c] = s
-    calib = [c for c in CALIBRATION if c in errs and errs[c]]
-    cal = np.concatenate([errs[c][b][:, :half, l2].ravel() for c in calib for b in errs[c]])
-    held = [errs[c][b][:, half:, l2].ravel() for c in calib for b in errs[c]]
-    held = np.concatenate(held) if held and sum(h.size for h in held) else np.zeros(0)
-    eps = float(safety_factor * cal.max()) if cal.size else 0.0
-    frr = float(np.mean(held > eps)) if held.size else 0.0
-    eps_native = None
-    if native_conds or nn_conds:  # the reproducible paths: exactforge's native models and exactforge.nn
-        nv = np.concatenate([errs[c][b][:, :, l2].ravel() for c in native_conds + nn_conds for b in errs[c]])
-        eps_native = float(safety_factor * nv.max())
+    stats = {c: _condition_stats(errs[c]) for c in conds if errs[c]}
+    eps, frr, calib, eps_native = _calibrate(errs, conds, repeats, safety_factor)
     matrix = _matrix(model, data, shape, batch_sizes, conds, matrix_steps, lr, seed, repeats) if matrix_steps else {}
     env = {
         "python": platform.python_version(),
@@ -349,6 +261,141 @@ def run_study(
     if out:
         write_outputs(rep, out)
     return rep
+
+
+def _check_conditions(model: str, conditions: Sequence[str], repeats: int, steps: int) -> None:
+    import torch
+
+    from ..models.zoo import ZOO
+
+    if model not in ZOO:
+        raise ValueError(f"model: expected one of {ZOO}, got {model!r}")
+    for c in conditions:
+        if c not in CONDITIONS:
+            raise ValueError(f"conditions: unknown {c!r}; choose from {list(CONDITIONS)}")
+        if CONDITIONS[c].engine == "native" and model not in NATIVE_MODELS:
+            raise ValueError(f"conditions: {c} uses exactforge's native path, available for {NATIVE_MODELS}")
+        if CONDITIONS[c].engine == "nn" and model not in NN_MODELS:
+            raise ValueError(f"conditions: {c} uses exactforge.nn's reproducible layers, available for {NN_MODELS}")
+        if CONDITIONS[c].device == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"conditions: {c} needs a CUDA device and none is visible")
+    if repeats < 1 or steps < 1:
+        raise ValueError("repeats, steps: expected positive integers")
+
+
+def _study_data(
+    model: str, dataset: str, data_path: Optional[str], data: Optional[Dataset], batch_sizes: Sequence[int]
+) -> Dataset:
+    if data is None:
+        # The Transformer reads tokens: IMDB when given, otherwise the labelled synthetic task.
+        if model == "transformer" and dataset != "imdb":
+            dataset = "synthetic-tokens"
+        data = load_dataset(dataset, data_path)
+    if model in ("lenet", "vggmini") and (data.shape is None or len(data.shape) != 3):
+        raise ValueError(f"dataset: {model} needs images (digits, mnist, cifar10), not {data.name}")
+    for b in batch_sizes:
+        if not 1 <= b <= len(data):
+            raise ValueError(f"batch_sizes: {b} is not in 1..{len(data)} (the size of {data.name})")
+    return data
+
+
+def _recompute(
+    model: str,
+    data: Dataset,
+    batch_sizes: Sequence[int],
+    conds: List[str],
+    repeats: int,
+    steps: int,
+    lr: float,
+    seed: int,
+    out: Optional[str],
+    executor: Any,
+    bar: Any,
+) -> Tuple[Dict[str, Dict[int, np.ndarray]], Optional[Dict[str, Any]]]:
+    """For each batch size, a trace generated per engine (recorded under ``out``) and every
+    step recomputed ``repeats`` times under each condition of that engine: condition -> batch
+    size -> (steps, repeats, len(DISTANCES)) errors, and what the executor reports."""
+    import torch
+
+    from ..models.zoo import build_model
+    from ..trace.record import batch_schedule
+
+    shape = data.shape or (data.dim,)
+    groups = [(e, [c for c in conds if CONDITIONS[c].engine == e]) for e in ("torch", "native", "nn")]
+    cells: List[tuple] = []  # (engine, condition, b, repeat, batches, states) for an executor
+    errs: Dict[str, Dict[int, np.ndarray]] = {c: {} for c in conds}
+    for b in batch_sizes:
+        sched = batch_schedule(len(data), b, seed)
+        batches = [next(sched) for _ in range(steps)]
+        for engine, group in groups:
+            if not group:
+                continue
+            net = build_model(model, shape, data.num_classes, vocab=data.vocab, seed=seed)
+            st = Stepper(model, net, data, lr)
+            gen = Condition("baseline", engine=engine)
+            tr_dir = os.path.join(out, "traces", f"{engine}-b{b}") if out else None
+            states = _generate(st, gen, batches, tr_dir, {"study": "generation"})
+            for c in group:  # torch: "baseline" first; native: its own conditions only
+                if executor is None:
+                    arr = np.zeros((steps, repeats, len(DISTANCES)))
+                    for r in range(repeats):
+                        arr[:, r] = _cell_errors(st, states, batches, CONDITIONS[c], seed, b, r)
+                        if bar is not None:
+                            bar.update(steps)
+                    errs[c][b] = arr
+                else:  # the recomputations go to the cluster; the trace above was recorded here
+                    errs[c][b] = np.zeros((steps, repeats, len(DISTANCES)))
+                    cells.extend((engine, c, b, r, batches, states) for r in range(repeats))
+    if executor is None:
+        return errs, None
+
+    def done(i: int, value: np.ndarray) -> None:
+        _, c, b, r, _, _ = cells[i]
+        errs[c][b][:, r] = value
+        if bar is not None:
+            bar.update(steps)
+
+    info = executor.map_cells(_study_cell, cells, (model, data, lr, seed, torch.get_num_threads()), on_done=done)
+    return errs, info
+
+
+def _condition_stats(by_b: Dict[int, np.ndarray]) -> ConditionStats:
+    """One condition's errors summarised: l2 over everything, each distance's max, per batch size."""
+    l2 = DISTANCES.index("l2")
+    allv = np.concatenate([a[:, :, l2].ravel() for a in by_b.values()])
+    s = ConditionStats(float(allv.max()), float(allv.mean()), float(allv.var()), float(np.mean(allv == 0.0)))
+    s.distances = {k: float(max(a[:, :, i].max() for a in by_b.values())) for i, k in enumerate(DISTANCES)}
+    for b, a in by_b.items():
+        v = a[:, :, l2]
+        s.by_batch_size[str(b)] = {
+            "max_error": float(v.max()),
+            "mean_error": float(v.mean()),
+            "zero_fraction": float(np.mean(v == 0.0)),
+        }
+        s.per_checkpoint[str(b)] = [float(x) for x in v.max(axis=1)]
+    return s
+
+
+def _calibrate(
+    errs: Dict[str, Dict[int, np.ndarray]], conds: List[str], repeats: int, safety_factor: float
+) -> Tuple[float, float, List[str], Optional[float]]:
+    """(epsilon, held-out false-reject rate, the conditions calibrated on, the reproducible
+    paths' epsilon): epsilon is the safety factor times the largest l2 error of the float32
+    torch conditions in the first half of the repeats; the rate is measured on the other half."""
+    l2 = DISTANCES.index("l2")
+    half = max(1, (repeats + 1) // 2)
+    calib = [c for c in CALIBRATION if c in errs and errs[c]]
+    cal = np.concatenate([errs[c][b][:, :half, l2].ravel() for c in calib for b in errs[c]])
+    held_parts = [errs[c][b][:, half:, l2].ravel() for c in calib for b in errs[c]]
+    held = np.concatenate(held_parts) if held_parts and sum(h.size for h in held_parts) else np.zeros(0)
+    eps = float(safety_factor * cal.max()) if cal.size else 0.0
+    frr = float(np.mean(held > eps)) if held.size else 0.0
+    reproducible = [c for c in conds if CONDITIONS[c].engine in ("native", "nn")]
+    eps_native = None
+    if reproducible:  # the reproducible paths: exactforge's native models and exactforge.nn
+        nv = np.concatenate([errs[c][b][:, :, l2].ravel() for c in reproducible for b in errs[c]])
+        eps_native = float(safety_factor * nv.max())
+    return eps, frr, calib, eps_native
 
 
 def _matrix(model, data, shape, batch_sizes, conds, steps, lr, seed, repeats) -> Dict[str, Any]:

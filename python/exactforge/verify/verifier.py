@@ -462,7 +462,7 @@ def verify_trace(
     its prefix up to the last checkpoint is verified and the report says ``partial``.
 
     ``executor`` spreads the recomputation over a cluster: an
-    :class:`exactforge.distributed.RayExecutor` schedules the segments as Ray tasks. The
+    :class:`exactforge.verify.ray.RayExecutor` schedules the segments as Ray tasks. The
     integrity checks (manifest, hash chain, theta_0, the policy's choice) stay here, in this
     process; the workers recompute and compare, and the report is the serial one (the same
     per-segment errors and verdict), with ``executor`` saying what ran where."""
@@ -479,25 +479,9 @@ def verify_trace(
             threads=threads,
         )
         try:
-            if distance_kind not in DISTANCES:
-                raise ValueError(f"distance: expected one of {DISTANCES}, got {distance_kind!r}")
-            if policy not in POLICIES:
-                raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
-            if isinstance(epsilon, bool) or not (eps_value >= 0 and math.isfinite(eps_value)):
-                raise ValueError(f"epsilon: expected a finite number >= 0, got {epsilon!r}")
-            threads = check_threads(threads)
-            if permute_batches is not None and (
-                isinstance(permute_batches, bool) or not isinstance(permute_batches, int) or permute_batches < 0
-            ):
-                raise ValueError(f"permute_batches: expected a seed >= 0 or None, got {permute_batches!r}")
-            if policy == "random" and not 0 < fraction <= 1:
-                raise ValueError(f"fraction: expected a value in (0, 1], got {fraction}")
-            if policy == "topq" and (isinstance(q, bool) or not isinstance(q, int) or q < 1):
-                raise ValueError(f"q: expected a positive number of steps per epoch, got {q!r}")
-            if executor is not None and not callable(getattr(executor, "verify", None)):
-                raise ValueError(
-                    f"executor: expected None or an exactforge.distributed.RayExecutor, got {type(executor).__name__}"
-                )
+            threads = _check_arguments(
+                epsilon, eps_value, distance_kind, policy, q, fraction, permute_batches, threads, executor
+            )
             job = SegmentJob(permute_batches, str(distance_kind), eps_value, threads)
             stream = None
             if executor is not None and policy == "all" and callable(getattr(executor, "stream", None)):
@@ -530,27 +514,9 @@ def verify_trace(
             load, step, initial = engine_for(trace, data, threads, model, loss_fn)
             theta0 = _checked(load(0), 0)
             if man["initial"] == "seeded":
-                ref = initial()
-                if ref is None:
-                    raise TraceError(
-                        "manifest: 'initial' is 'seeded' but the model is not an exactforge model, so the "
-                        "seeded initialisation cannot be recomputed"
-                    )
-                if set(ref) != set(theta0) or not all(
-                    np.array_equal(ref[k], theta0[k]) and ref[k].dtype == theta0[k].dtype for k in ref
-                ):
-                    raise TraceError(
-                        f"checkpoint 0: theta_0 is not the seeded initialisation the manifest claims "
-                        f"(seed {man['seed']})"
-                    )
-            norms = None
-            if policy == "topq":  # one streaming pass over every checkpoint: the logged update norms
-                norms = []
-                prev = theta0
-                for s, e in trace.segments():
-                    cur = _checked(load(e), e)
-                    norms.append(verification_distance(_pairs(cur, prev), "l2"))
-                    prev = cur
+                _check_seeded(theta0, initial(), man["seed"])
+            # topq: one streaming pass over every checkpoint for the logged update norms
+            norms = _update_norms(trace, load, theta0) if policy == "topq" else None
             segs = select_segments(trace, policy, q=q, fraction=fraction, seed=seed, update_norms=norms)
             report.total_segments = len(list(trace.segments()))
         except (TraceError, ValueError, TypeError, OSError) as exc:
@@ -560,16 +526,9 @@ def verify_trace(
         if executor is not None:
             # the executor reports its own failures (a task lost after its retries) as an invalid report
             try:
+                extra = {"stream": stream} if stream is not None else {}
                 executor.verify(
-                    trace,
-                    data,
-                    segs,
-                    job,
-                    report,
-                    model=model,
-                    loss_fn=loss_fn,
-                    progress=progress,
-                    **({"stream": stream} if stream is not None else {}),
+                    trace, data, segs, job, report, model=model, loss_fn=loss_fn, progress=progress, **extra
                 )
             except (ImportError, ValueError, ConnectionError, RuntimeError) as exc:  # no Ray, or no cluster there
                 report.valid, report.reason = False, f"executor: {exc}"
@@ -587,6 +546,64 @@ def verify_trace(
         if report.steps:
             report.resolution = float(np.median([r.resolution for r in report.steps]))
         return report
+
+
+def _check_arguments(
+    epsilon: Any,
+    eps_value: float,
+    distance_kind: str,
+    policy: str,
+    q: Any,
+    fraction: float,
+    permute_batches: Any,
+    threads: Optional[int],
+    executor: Any,
+) -> Optional[int]:
+    """The verifier's own arguments, checked before the trace is opened; returns the thread count."""
+    if distance_kind not in DISTANCES:
+        raise ValueError(f"distance: expected one of {DISTANCES}, got {distance_kind!r}")
+    if policy not in POLICIES:
+        raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
+    if isinstance(epsilon, bool) or not (eps_value >= 0 and math.isfinite(eps_value)):
+        raise ValueError(f"epsilon: expected a finite number >= 0, got {epsilon!r}")
+    threads = check_threads(threads)
+    if permute_batches is not None and (
+        isinstance(permute_batches, bool) or not isinstance(permute_batches, int) or permute_batches < 0
+    ):
+        raise ValueError(f"permute_batches: expected a seed >= 0 or None, got {permute_batches!r}")
+    if policy == "random" and not 0 < fraction <= 1:
+        raise ValueError(f"fraction: expected a value in (0, 1], got {fraction}")
+    if policy == "topq" and (isinstance(q, bool) or not isinstance(q, int) or q < 1):
+        raise ValueError(f"q: expected a positive number of steps per epoch, got {q!r}")
+    if executor is not None and not callable(getattr(executor, "verify", None)):
+        raise ValueError(
+            f"executor: expected None or an exactforge.verify.ray.RayExecutor, got {type(executor).__name__}"
+        )
+    return threads
+
+
+def _check_seeded(theta0: Dict[str, np.ndarray], ref: Optional[Dict[str, np.ndarray]], seed: Any) -> None:
+    """A trace that claims a seeded theta_0 must start exactly there, tensor by tensor and dtype."""
+    if ref is None:
+        raise TraceError(
+            "manifest: 'initial' is 'seeded' but the model is not an exactforge model, so the "
+            "seeded initialisation cannot be recomputed"
+        )
+    if set(ref) != set(theta0) or not all(
+        np.array_equal(ref[k], theta0[k]) and ref[k].dtype == theta0[k].dtype for k in ref
+    ):
+        raise TraceError(f"checkpoint 0: theta_0 is not the seeded initialisation the manifest claims (seed {seed})")
+
+
+def _update_norms(trace: Trace, load: Callable, theta0: Dict[str, np.ndarray]) -> List[float]:
+    """The l2 norm of every logged update, two checkpoints in memory at a time (for topq)."""
+    norms = []
+    prev = theta0
+    for _, e in trace.segments():
+        cur = _checked(load(e), e)
+        norms.append(verification_distance(_pairs(cur, prev), "l2"))
+        prev = cur
+    return norms
 
 
 def _states(
