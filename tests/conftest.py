@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
+import struct
 from fractions import Fraction
 
 import numpy as np
@@ -84,3 +86,18 @@ def bits(x) -> bytes:
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def write_mnist(folder, n=40, seed=0, gz=False):
+    """A folder of MNIST's IDX files (random images), as a user who has MNIST holds it."""
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, n, dtype=np.uint8)
+    os.makedirs(folder, exist_ok=True)
+    op = gzip.open if gz else open
+    sfx = ".gz" if gz else ""
+    with op(os.path.join(folder, "train-images-idx3-ubyte" + sfx), "wb") as f:
+        f.write(struct.pack(">BBBBIII", 0, 0, 8, 3, n, 28, 28) + imgs.tobytes())
+    with op(os.path.join(folder, "train-labels-idx1-ubyte" + sfx), "wb") as f:
+        f.write(struct.pack(">BBBBI", 0, 0, 8, 1, n) + labels.tobytes())
+    return imgs, labels

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import struct
 
 import numpy as np
 import pytest
@@ -12,19 +11,7 @@ import pytest
 from exactforge.cli import main
 from exactforge.data import fingerprint, load_breast_cancer, load_cifar10, load_dataset, load_digits, load_mnist
 
-
-def write_mnist(folder, n=40, seed=0, gz=False):
-    rng = np.random.default_rng(seed)
-    imgs = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, n, dtype=np.uint8)
-    os.makedirs(folder, exist_ok=True)
-    op = gzip.open if gz else open
-    sfx = ".gz" if gz else ""
-    with op(os.path.join(folder, "train-images-idx3-ubyte" + sfx), "wb") as f:
-        f.write(struct.pack(">BBBBIII", 0, 0, 8, 3, n, 28, 28) + imgs.tobytes())
-    with op(os.path.join(folder, "train-labels-idx1-ubyte" + sfx), "wb") as f:
-        f.write(struct.pack(">BBBBI", 0, 0, 8, 1, n) + labels.tobytes())
-    return imgs, labels
+from conftest import write_mnist
 
 
 def test_bundled_datasets():

@@ -158,7 +158,7 @@ def test_data_shipped_by_the_prover_is_not_trusted(tmp_path):
     d = str(tmp_path / "fake")
     record_native(d, SPEC, fake, steps=2, batch_size=10, data_path=d)
     assert not verify_trace(d).valid  # no verifier data: refused, the trace's path is not followed
-    from test_data import write_mnist  # a real-format MNIST folder the verifier owns
+    from conftest import write_mnist  # a real-format MNIST folder the verifier owns
 
     write_mnist(str(tmp_path / "mnist"), n=100)
     rep = verify_trace(d, data_path=str(tmp_path / "mnist"))
