@@ -55,107 +55,108 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    from ..forging.search import TABLE_B, TABLE_V, format_table, run_search, run_table
-
     biases = {"yes": (True,), "no": (False,), "both": (True, False)}[args.bias]
     if args.table:
-        import time
-
-        models = ("logreg", "fcn10") if args.model == "all" else (args.model,)
-        t0 = time.perf_counter()
-
-        from math import comb
-
-        from ..forging.search import MAX_ALL_BATCHES
-
-        def work(v: int, b: int) -> float:
-            # rough cost of a cell, for the ETA: a complete count enumerates every batch, meet in
-            # the middle builds and probes tables of half-batches
-            n_ex = v**args.d * args.n
-            if args.all and comb(n_ex, b) <= MAX_ALL_BATCHES:
-                return float(comb(n_ex, b))
-            return float(comb(n_ex, (b + 1) // 2) + args.true_batches * comb(n_ex, b // 2))
-
-        weights = [work(v, b) for _m in models for _b in biases for v in TABLE_V for b in TABLE_B]
-
-        def cell(r, done: int, total: int) -> None:
-            # each cell as it finishes: the grid takes about an hour, and a killed run keeps
-            # every finished cell in --json; the ETA scales the time so far by the cells' sizes
-            spent = time.perf_counter() - t0
-            left = spent * sum(weights[done:]) / max(sum(weights[:done]), 1.0)
-            eta = f", about {left / 60:.0f} min left" if done < total else ""
-            say(
-                args,
-                f"[{done}/{total}, {spent:.0f} s{eta}] {r.model} {'bias' if r.bias else 'no bias'} "
-                f"v={r.v} b={r.b}: {r.batches_with_forgery} of {r.true_batches} true batches with a forgery "
-                f"({r.found} forgeries, {r.structural} trivial), {r.seconds:.1f} s",
-            )
-            done_cells.append(r)
-            write_json(
-                args,
-                {
-                    "cells": [c.to_dict() for c in done_cells],
-                    "complete": done == total,
-                    "seconds": time.perf_counter() - t0,
-                },
-            )
-
-        done_cells: list = []
-        results = run_table(
-            models,
-            biases,
-            TABLE_V,
-            TABLE_B,
-            d=args.d,
-            n=args.n,
-            seed=args.seed,
-            true_batches=args.true_batches,
-            method=args.method,
-            threads=args.threads,
-            max_memory_mib=args.max_memory,
-            progress=not args.quiet,
-            max_batches=args.max_batches,
-            levels=args.levels,
-            all_cells=args.all,
-            on_cell=cell,
-        )
-        text = format_table(results)
-        say(args, text)
-        total = sum(r.seconds for r in results)
-        say(
-            args,
-            f"\n{len(results)} cells, {sum(r.found for r in results)} forgeries, "
-            f"{sum(r.structural for r in results)} trivial ones, {total:.1f} s",
-        )
-        write_json(args, {"cells": [r.to_dict() for r in results], "complete": True, "seconds": total})
-        return 0
+        return _table(args, biases)
     if args.model == "all" or len(biases) != 1:
         raise ValueError("--model all and --bias both apply to --table; choose one model and --bias yes|no")
-    if args.all:
-        from ..forging.search import run_search_all
+    return _every_batch(args, biases[0]) if args.all else _sampled(args, biases[0])
 
-        r = run_search_all(
-            args.model,
-            args.d,
-            args.n,
-            args.v,
-            args.b,
-            seed=args.seed,
-            bias=biases[0],
-            levels=args.levels,
-            threads=args.threads,
-            max_memory_mib=args.max_memory,
-        )
+
+def _table(args: argparse.Namespace, biases: tuple) -> int:
+    """The whole grid, each cell printed (and the JSON rewritten) as it finishes: the grid takes
+    about an hour, and a killed run keeps every finished cell in --json."""
+    import time
+
+    from ..forging.search import TABLE_B, TABLE_V, cell_cost, format_table, run_table
+
+    models = ("logreg", "fcn10") if args.model == "all" else (args.model,)
+    t0 = time.perf_counter()
+    weights = [
+        cell_cost(v, b, args.d, args.n, args.true_batches, args.all)
+        for _m in models
+        for _b in biases
+        for v in TABLE_V
+        for b in TABLE_B
+    ]
+    done_cells: list = []
+
+    def cell(r: Any, done: int, total: int) -> None:
+        # the ETA scales the time so far by the sizes of the cells left
+        spent = time.perf_counter() - t0
+        left = spent * sum(weights[done:]) / max(sum(weights[:done]), 1.0)
+        eta = f", about {left / 60:.0f} min left" if done < total else ""
         say(
             args,
-            f"{r.model} ({'bias' if r.bias else 'no bias'}) d={r.d} n={r.n} v={r.v} b={r.b}, every batch a true "
-            f"batch: {r.batches_with_forgery} of {r.batches} batches have a distinct batch with an equal gradient "
-            f"({r.structural} only trivially); pairs by certificate: "
-            f"{', '.join(f'{v} {k}' for k, v in sorted(r.certificates.items())) or 'none'}; {r.seconds:.1f} s",
+            f"[{done}/{total}, {spent:.0f} s{eta}] {r.model} {'bias' if r.bias else 'no bias'} "
+            f"v={r.v} b={r.b}: {r.batches_with_forgery} of {r.true_batches} true batches with a forgery "
+            f"({r.found} forgeries, {r.structural} trivial), {r.seconds:.1f} s",
         )
-        write_json(args, r.to_dict())
-        return 0
+        done_cells.append(r)
+        if args.json != "-":  # standard output gets one document, at the end
+            cells = [c.to_dict() for c in done_cells]
+            write_json(args, {"cells": cells, "complete": done == total, "seconds": time.perf_counter() - t0})
+
+    results = run_table(
+        models,
+        biases,
+        TABLE_V,
+        TABLE_B,
+        d=args.d,
+        n=args.n,
+        seed=args.seed,
+        true_batches=args.true_batches,
+        method=args.method,
+        threads=args.threads,
+        max_memory_mib=args.max_memory,
+        progress=not args.quiet,
+        max_batches=args.max_batches,
+        levels=args.levels,
+        all_cells=args.all,
+        on_cell=cell,
+    )
+    say(args, format_table(results))
+    total = sum(r.seconds for r in results)
+    say(
+        args,
+        f"\n{len(results)} cells, {sum(r.found for r in results)} forgeries, "
+        f"{sum(r.structural for r in results)} trivial ones, {total:.1f} s",
+    )
+    write_json(args, {"cells": [r.to_dict() for r in results], "complete": True, "seconds": total})
+    return 0
+
+
+def _every_batch(args: argparse.Namespace, bias: bool) -> int:
+    """Every batch of the cell a true batch: the complete count."""
+    from ..forging.search import run_search_all
+
+    r = run_search_all(
+        args.model,
+        args.d,
+        args.n,
+        args.v,
+        args.b,
+        seed=args.seed,
+        bias=bias,
+        levels=args.levels,
+        threads=args.threads,
+        max_memory_mib=args.max_memory,
+    )
+    say(
+        args,
+        f"{r.model} ({'bias' if r.bias else 'no bias'}) d={r.d} n={r.n} v={r.v} b={r.b}, every batch a true "
+        f"batch: {r.batches_with_forgery} of {r.batches} batches have a distinct batch with an equal gradient "
+        f"({r.structural} only trivially); pairs by certificate: "
+        f"{', '.join(f'{v} {k}' for k, v in sorted(r.certificates.items())) or 'none'}; {r.seconds:.1f} s",
+    )
+    write_json(args, r.to_dict())
+    return 0
+
+
+def _sampled(args: argparse.Namespace, bias: bool) -> int:
+    """Sampled true batches, searched by meet in the middle or brute force."""
+    from ..forging.search import run_search
+
     r = run_search(
         args.model,
         args.d,
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         args.v,
         args.b,
         seed=args.seed,
-        bias=biases[0],
+        bias=bias,
         method=args.method,
         true_batches=args.true_batches,
         tolerance=args.tolerance,

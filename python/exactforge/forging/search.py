@@ -257,49 +257,14 @@ def run_search(
         raise ValueError(f"true_batches: expected a positive number of true batches, got {true_batches!r}")
     threads = check_threads(threads)
     dom = Domain(d, n, v, levels)
-    if b > dom.size:
-        raise ValueError(f"b: the domain has only {dom.size} examples")
-    need = memory_needed(
-        model if gradients is None else "fcn10",
-        dom,
-        b,
-        method,
-        tolerance,
-        len(planted) if planted is not None else int(true_batches),
+    n_true = len(planted) if planted is not None else int(true_batches)
+    _check_bounds(
+        model if gradients is None else "fcn10", dom, b, method, tolerance, n_true, max_memory_mib, max_batches
     )
-    if need > max_memory_mib * 2**20:
-        raise ValueError(
-            f"memory: this search (N = {dom.size} examples, b = {b}, {method}) needs about "
-            f"{need / 2**20:.0f} MiB, above the bound of {max_memory_mib:.0f} MiB; raise --max-memory or "
-            "choose a smaller cell"
-        )
-    total = int(_core.choose(dom.size, b))
-    if method == "brute" and tolerance == 0 and total > max_batches:
-        raise ValueError(
-            f"max_batches: brute force would visit {total:.3g} batches per true batch, above the bound "
-            f"of {max_batches:.3g}; use --method mitm, or raise --max-batches to run it anyway"
-        )
-    eg = None
     t_grad = time.perf_counter()
-    if gradients is None and tolerance == 0:
-        eg = _exact_gradients_cached(model, d, n, v, bias, seed, levels)
-        G = None  # the certified search needs no float64 gradients
-    elif gradients is None:
-        spec, params = model_for(model, dom, bias, seed)
-        X, y = dom.examples()
-        G = per_example_gradients(spec, params, X, y)
-    else:
-        G = np.asarray(gradients, np.float64)
-        if G.shape[0] != dom.size:
-            raise ValueError(f"gradients: expected {dom.size} rows, got {G.shape[0]}")
+    eg, G = _search_gradients(model, dom, bias, seed, tolerance, gradients)
     t_grad = time.perf_counter() - t_grad
-    rng = np.random.default_rng([seed, b, v])
-    if planted is not None:
-        truths = [sorted(int(i) for i in t) for t in planted]
-        if any(len(t) != b or len(set(t)) != b for t in truths):
-            raise ValueError(f"planted: each true batch needs {b} distinct example indices")
-    else:
-        truths = [sorted(rng.choice(dom.size, b, replace=False).tolist()) for _ in range(true_batches)]
+    truths = _true_batches(dom, b, v, seed, true_batches, planted)
     t0 = time.perf_counter()
     if tolerance > 0:
         found_sets, visited, mib, t_native = _tolerance_search(G, truths, b, tolerance, seed, progress)
@@ -341,9 +306,68 @@ def run_search(
         mode=mode,
         levels=levels,
     )
-    with_forgery, nontrivial = set(), set()
+    _tally(res, found_sets, truths, eg, G)
+    return res
+
+
+def _check_bounds(
+    model: str, dom: Domain, b: int, method: str, tolerance: float, n_true: int, max_memory_mib: float, max_batches: int
+) -> None:
+    """Refuses, before anything is allocated, a search above the memory bound, or a brute force
+    over more batches than ``max_batches`` per true batch."""
+    if b > dom.size:
+        raise ValueError(f"b: the domain has only {dom.size} examples")
+    need = memory_needed(model, dom, b, method, tolerance, n_true)
+    if need > max_memory_mib * 2**20:
+        raise ValueError(
+            f"memory: this search (N = {dom.size} examples, b = {b}, {method}) needs about "
+            f"{need / 2**20:.0f} MiB, above the bound of {max_memory_mib:.0f} MiB; raise --max-memory or "
+            "choose a smaller cell"
+        )
+    total = int(_core.choose(dom.size, b))
+    if method == "brute" and tolerance == 0 and total > max_batches:
+        raise ValueError(
+            f"max_batches: brute force would visit {total:.3g} batches per true batch, above the bound "
+            f"of {max_batches:.3g}; use --method mitm, or raise --max-batches to run it anyway"
+        )
+
+
+def _search_gradients(
+    model: str, dom: Domain, bias: bool, seed: int, tolerance: float, gradients: Optional[np.ndarray]
+) -> Tuple[Any, Optional[np.ndarray]]:
+    """(exact gradients for the certified search, or None; float64 gradients, or None)."""
+    if gradients is None and tolerance == 0:
+        # the certified search needs no float64 gradients
+        return _exact_gradients_cached(model, dom.d, dom.n, dom.v, bias, seed, dom.levels), None
+    if gradients is None:
+        spec, params = model_for(model, dom, bias, seed)
+        X, y = dom.examples()
+        return None, per_example_gradients(spec, params, X, y)
+    G = np.asarray(gradients, np.float64)
+    if G.shape[0] != dom.size:
+        raise ValueError(f"gradients: expected {dom.size} rows, got {G.shape[0]}")
+    return None, G
+
+
+def _true_batches(
+    dom: Domain, b: int, v: int, seed: int, true_batches: int, planted: Optional[Sequence[Sequence[int]]]
+) -> List[List[int]]:
+    """The planted true batches, or ``true_batches`` sampled with the seed of (seed, b, v)."""
+    if planted is not None:
+        truths = [sorted(int(i) for i in t) for t in planted]
+        if any(len(t) != b or len(set(t)) != b for t in truths):
+            raise ValueError(f"planted: each true batch needs {b} distinct example indices")
+        return truths
+    rng = np.random.default_rng([seed, b, v])
+    return [sorted(rng.choice(dom.size, b, replace=False).tolist()) for _ in range(true_batches)]
+
+
+def _tally(res: SearchResult, found_sets: Any, truths: List[List[int]], eg: Any, G: Optional[np.ndarray]) -> None:
+    """Certifies each candidate against its true batch and counts it into ``res``: a forgery by
+    its certificate, a trivial one (zero-influence examples swapped), or a false candidate."""
     from .certify import certify
 
+    with_forgery, nontrivial = set(), set()
     for t, cand in found_sets:
         truth = truths[t]
         if list(cand) == truth:
@@ -372,7 +396,6 @@ def run_search(
                 res.forgeries.append([int(i) for i in cand])
     res.batches_with_forgery = len(with_forgery)
     res.batches_with_nontrivial_forgery = len(nontrivial)
-    return res
 
 
 @functools.lru_cache(maxsize=4)
@@ -636,7 +659,6 @@ def run_search_all(
     examples plus k of the z zero ones, and the C(z, k) batches sharing R are trivial forgeries
     of each other (0 < k < z)."""
     from ..reduce import check_threads
-    from .certify import certify, label_residues, projection_keys
 
     _check_cell(model, b)
     threads = check_threads(threads)
@@ -653,40 +675,7 @@ def run_search_all(
     eg = _exact_gradients_cached(model, d, n, v, bias, seed, levels)
     t_grad = time.perf_counter() - t_grad
     t0 = time.perf_counter()
-    zeros = np.flatnonzero(eg.zero)
-    rows = np.flatnonzero(~eg.zero)
-    z = len(zeros)
-    keys, tol, _ = projection_keys(eg.G[rows], b, seed)
-    order = np.argsort(keys, kind="stable")
-    rows = rows[order]
-    if _core.pack_bits(len(rows), b) < 0:
-        raise ValueError(f"--all: {len(rows)} examples are too many to enumerate every batch")
-    keys2, tol2, _ = projection_keys(eg.G[rows], b, seed + 1)
-    lab, moduli = label_residues(eg, rows.tolist(), b)
-    found = _core.all_pairs(
-        keys[order],
-        eg.G[rows],
-        eg.image[rows].astype(np.int32),
-        lab,
-        moduli,
-        b,
-        z,
-        tol,
-        b,
-        int(max_memory_mib * 2**20),
-        1_000_000,
-        int(threads or 0),
-        keys2=keys2,
-        key2_tol=tol2,
-    )
-    bits = found["bits"]
-    mask = (1 << bits) - 1
-
-    def batch(cid: int) -> List[int]:  # a representative batch of class (R, k): R and the first k zeros
-        k = cid & 7
-        return sorted([int(rows[(cid >> (3 + bits * i)) & mask]) for i in range(b - k)] + zeros[:k].tolist())
-
-    weight = [math.comb(z, k) for k in range(b + 1)]
+    found, rows, zeros = _all_pairs(eg, b, seed, max_memory_mib, threads)
     res = SearchResult(
         model,
         bias,
@@ -707,6 +696,58 @@ def run_search_all(
         levels=levels,
     )
     res.false_candidates = int(found["false_candidates"])
+    _count_all(res, found, eg, rows, zeros, b)
+    res.seconds = res.search_seconds = time.perf_counter() - t0
+    return res
+
+
+def _all_pairs(eg: Any, b: int, seed: int, max_memory_mib: float, threads: Optional[int]) -> Tuple[dict, Any, Any]:
+    """Every pair of batches with equal keys, from the native enumeration (src/search/collide.cpp):
+    (what it found, the examples that move the gradient in key order, the zero-influence ones)."""
+    from .certify import label_residues, projection_keys
+
+    zeros = np.flatnonzero(eg.zero)
+    rows = np.flatnonzero(~eg.zero)
+    keys, tol, _ = projection_keys(eg.G[rows], b, seed)
+    order = np.argsort(keys, kind="stable")
+    rows = rows[order]
+    if _core.pack_bits(len(rows), b) < 0:
+        raise ValueError(f"--all: {len(rows)} examples are too many to enumerate every batch")
+    keys2, tol2, _ = projection_keys(eg.G[rows], b, seed + 1)
+    lab, moduli = label_residues(eg, rows.tolist(), b)
+    found = _core.all_pairs(
+        keys[order],
+        eg.G[rows],
+        eg.image[rows].astype(np.int32),
+        lab,
+        moduli,
+        b,
+        len(zeros),
+        tol,
+        b,
+        int(max_memory_mib * 2**20),
+        1_000_000,
+        int(threads or 0),
+        keys2=keys2,
+        key2_tol=tol2,
+    )
+    return found, rows, zeros
+
+
+def _count_all(res: SearchResult, found: dict, eg: Any, rows: Any, zeros: Any, b: int) -> None:
+    """Counts ``found`` into ``res``: batches with a forgery, trivial ones, certified pairs per
+    level, and up to 10 examples of each."""
+    from .certify import certify
+
+    z = len(zeros)
+    bits = found["bits"]
+    mask = (1 << bits) - 1
+
+    def batch(cid: int) -> List[int]:  # a representative batch of class (R, k): R and the first k zeros
+        k = cid & 7
+        return sorted([int(rows[(cid >> (3 + bits * i)) & mask]) for i in range(b - k)] + zeros[:k].tolist())
+
+    weight = [math.comb(z, k) for k in range(b + 1)]
     # trivial: every class (R, k) with 0 < k < z holds C(z, k) >= 2 batches, pairwise trivial
     trivial_pool = sum(math.comb(len(rows), b - k) * weight[k] for k in range(1, min(b, z - 1) + 1))
     trivial_pairs = sum(math.comb(len(rows), b - k) * math.comb(weight[k], 2) for k in range(0, min(b, z) + 1))
@@ -755,5 +796,15 @@ def run_search_all(
                 "level": "trivial",
             }
         )
-    res.seconds = res.search_seconds = time.perf_counter() - t0
-    return res
+
+
+def cell_cost(v: int, b: int, d: int, n: int, true_batches: int, all_cells: bool) -> float:
+    """A rough cost of a Table 4 cell, for a progress estimate: a complete count enumerates
+    every batch; meet in the middle builds a table of half-batches and probes it once per
+    true batch."""
+    from math import comb
+
+    n_ex = v**d * n
+    if all_cells and comb(n_ex, b) <= MAX_ALL_BATCHES:
+        return float(comb(n_ex, b))
+    return float(comb(n_ex, (b + 1) // 2) + true_batches * comb(n_ex, b // 2))
