@@ -93,7 +93,18 @@ class Manifest(dict):
 
 
 def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Manifest:
-    """Checks a parsed manifest against the schema; raises TraceError naming the field."""
+    """Checks a parsed manifest against the schema; raises TraceError naming the field (the
+    first wrong field, in the order below)."""
+    _check_schema(man)
+    _check_training(man, limits)
+    _check_origin(man)
+    out = Manifest(man)
+    out.tensors, out.checkpoint_bytes = _tensor_table(man["tensors"], limits)
+    return out
+
+
+def _check_schema(man: Dict[str, Any]) -> None:
+    """An exactforge trace of the schema version this exactforge reads, with every required key."""
     if man.get("schema") != SCHEMA:
         raise TraceError(f"manifest: not an exactforge trace (schema {str(man.get('schema'))[:40]!r})")
     ver = man.get("schema_version")
@@ -120,6 +131,11 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
     ):
         if key not in man:
             raise TraceError(f"manifest: missing {key!r}")
+
+
+def _check_training(man: Dict[str, Any], limits: Limits) -> None:
+    """What a step needs: engine, model and optimizer, lr, sizes, the reduction, the loss,
+    dropout's key and the modules recorded in eval mode."""
     if man["engine"] not in ("native", "torch"):
         raise TraceError(f"manifest: 'engine' must be 'native' or 'torch', got {str(man['engine'])[:40]!r}")
     if not isinstance(man["model"], dict) or not isinstance(man["optimizer"], dict):
@@ -167,6 +183,10 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
         or not all(isinstance(n, str) and len(n) <= 256 for n in ev)
     ):
         raise TraceError(f"manifest: 'eval_modules' must list at most {limits.max_tensors} module names")
+
+
+def _check_origin(man: Dict[str, Any]) -> None:
+    """Where the run starts and on what: theta_0's kind and file, and the data's fingerprint."""
     if man["initial"] not in INITIAL_KINDS:
         raise TraceError(f"manifest: 'initial' must be one of {INITIAL_KINDS}, got {str(man['initial'])[:40]!r}")
     if man["initial"] == "seeded" and man.get("seed") is None:
@@ -187,7 +207,10 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
         raise TraceError(
             f"manifest: 'initial_checkpoint' must be {{'step': 0, 'file': '{checkpoint_name(0)}', 'sha256': ...}}"
         )
-    tensors = man["tensors"]
+
+
+def _tensor_table(tensors: Any, limits: Limits) -> Tuple[Dict[str, Tuple[str, Tuple[int, ...]]], int]:
+    """The declared checkpoint tensors (name -> (dtype, shape)) and their bytes, within the limits."""
     if not isinstance(tensors, list) or not 1 <= len(tensors) <= limits.max_tensors:
         raise TraceError(f"manifest: 'tensors' must list 1..{limits.max_tensors} tensors")
     table: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
@@ -214,10 +237,7 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
                 f"manifest: a checkpoint would hold more than {limits.max_checkpoint_bytes} bytes of "
                 "tensors (raise Limits.max_checkpoint_bytes to verify a model this large)"
             )
-    out = Manifest(man)
-    out.tensors = table
-    out.checkpoint_bytes = total
-    return out
+    return table, total
 
 
 def tensor_table(tensors: Mapping[str, Any]) -> List[List[Any]]:
