@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -117,7 +117,7 @@ def exact_gradients(
     # (0, 0, 0, softmax(b2)) whatever the image: all such images are one class.
     image_class = np.asarray(image_of, np.int64).copy()
     if spec.kind != "logreg":
-        dead = np.array([not any(t["m"]) for t in per_image], bool)
+        dead = np.array([not any(t["m"]) for t in per_image], dtype=bool)  # type: ignore[type-var,arg-type]
         if dead.any():
             image_class[dead[image_class]] = int(np.flatnonzero(dead)[0])
     mx = max((abs(v) for row in hp for v in row), default=mp.mpf(0))
@@ -203,7 +203,7 @@ def certify(eg: ExactGradients, a: Sequence[int], b: Sequence[int]) -> str:
         la = [sum((eg.label[i][j] for i in a), Fraction(0)) for j in range(P)]
         lb = [sum((eg.label[i][j] for i in b), Fraction(0)) for j in range(P)]
         return "exact" if la == lb else "differs"
-    mp = eg.ctx or _mp()
+    mp: Any = eg.ctx or _mp()
     P = len(eg.hp[0]) if eg.hp else 0
     diff = max(
         (abs(mp.fsum(eg.hp[i][j] for i in a) - mp.fsum(eg.hp[i][j] for i in b)) for j in range(P)), default=mp.mpf(0)
@@ -257,7 +257,8 @@ def _is_prime(n: int) -> bool:
 
 
 def _primes_below_2_61(k: int) -> List[int]:
-    out, c = [], 2**61 - 1
+    out: List[int] = []
+    c = 2**61 - 1
     while len(out) < k:
         if _is_prime(c):
             out.append(c)

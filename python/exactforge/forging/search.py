@@ -278,6 +278,7 @@ def run_search(
         )
         mode = "certified"
     else:
+        assert G is not None  # without exact gradients, the float64 ones
         Gi, _ = _fixed_point(G, b)
         found_sets, visited, mib, t_native = _native_search(
             Gi, _keys(Gi, seed), truths, b, method, threads, max_memory_mib, progress
@@ -375,6 +376,7 @@ def _tally(res: SearchResult, found_sets: Any, truths: List[List[int]], eg: Any,
         if eg is not None:
             level = certify(eg, truth, cand)
         else:  # no structure to certify with: equal multisets of per-example gradients, or not
+            assert G is not None
             same = sorted(map(tuple, G[truth].tolist())) == sorted(map(tuple, G[list(cand)].tolist()))
             level = "trivial" if same else "numerical"
         if level == "differs":
@@ -614,7 +616,7 @@ def format_table(results: Sequence[SearchResult]) -> str:
         for v in vs:
             row = []
             for b in bs:
-                r = cell.get((v, b))
+                r = cell.get((v, b))  # type: ignore[assignment]
                 if r is None:
                     row.append("")
                     continue

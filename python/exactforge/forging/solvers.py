@@ -484,8 +484,8 @@ def torch_repro_error(
         loss.backward()
         return np.concatenate(
             [
-                p.grad.numpy().astype(np.float64).ravel()
-                for p in model.parameters()  # type: ignore[union-attr]
+                p.grad.numpy().astype(np.float64).ravel()  # type: ignore[union-attr]
+                for p in model.parameters()
             ]
         )
 

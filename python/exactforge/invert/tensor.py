@@ -146,8 +146,8 @@ def _jennrich(T: np.ndarray, rng: np.random.Generator, tries: int = 32) -> List[
     out = []
     for _ in range(1 if b == 1 else tries):
         extra = T.ndim - 2
-        M1 = _contract(T, [rng.standard_normal(b) for _ in range(extra)])
-        M2 = _contract(T, [rng.standard_normal(b) for _ in range(extra)])
+        M1 = _contract(T, [np.asarray(rng.standard_normal(b)) for _ in range(extra)])
+        M2 = _contract(T, [np.asarray(rng.standard_normal(b)) for _ in range(extra)])
         M1, M2 = (M1 + M1.T) / 2, (M2 + M2.T) / 2
         vecs = np.real(np.linalg.eig(M1 @ np.linalg.pinv(M2))[1])
         out.append(vecs)
@@ -187,7 +187,7 @@ def _fit(W: np.ndarray, g: np.ndarray, D: np.ndarray, activation: str) -> Tuple[
         s, c, c0 = p[:b], p[b : 2 * b], p[-1]
         return _sigma(activation, Z * s) @ c + c0 - g
 
-    best = None
+    best: Any = None
     for s0 in (0.5, 1.0, 2.0):  # the scale is identifiable through the curvature; start from a few
         c_init, _ = _lstsq([_sigma(activation, Z * s0)], g)
         p0 = np.concatenate([np.full(b, s0), c_init[:-1], c_init[-1:]])
@@ -233,7 +233,7 @@ def tensor_reconstruct_details(
     gc = g - g.mean()  # E[H_p] = 0 for p >= 1: a constant in g only adds variance
     V, eig = _span(W, gc, b, order, rng)
     T = _projected_tensor(W @ V, gc, order)
-    best = None
+    best: Any = None
     for comps in _jennrich(T, rng):  # (b, b): coordinates in V, as columns
         D = (V @ comps).T
         D /= np.linalg.norm(D, axis=1, keepdims=True)

@@ -35,7 +35,7 @@ def register_layer(*types_: Type[nn.Module], owns_children: bool = False):
     out_proj), so the submodules are neither looked up nor replaced."""
 
     def deco(fn: Callable) -> Callable:
-        fn.owns_children = owns_children
+        fn.owns_children = owns_children  # type: ignore[attr-defined]
         for t in types_:
             _LAYERS[t] = fn
         return fn
@@ -102,10 +102,10 @@ def reproducible(module: nn.Module, mode: str = "exact") -> nn.Module:
                 f"supported layers: {', '.join(supported_layers())}"
             )
     for m, make in plan:
-        m.forward = types.MethodType(make(m, mode), m)
-        m._exactforge_mode = mode
+        m.forward = types.MethodType(make(m, mode), m)  # type: ignore[method-assign]
+        setattr(m, "_exactforge_mode", mode)
         if isinstance(m, nn.Dropout):
-            m._exactforge_keyed = True
+            setattr(m, "_exactforge_keyed", True)
     return module
 
 
@@ -114,5 +114,7 @@ def mode_of(module: nn.Module) -> Optional[str]:
     reproducible; ValueError if its layers were made reproducible with different modes."""
     modes = {getattr(m, "_exactforge_mode", None) for m in module.modules()} - {None}
     if len(modes) > 1:
-        raise ValueError(f"model: its layers were made reproducible with different modes {sorted(modes)}; use one")
-    return modes.pop() if modes else None
+        raise ValueError(
+            f"model: its layers were made reproducible with different modes {sorted(map(str, modes))}; use one"
+        )
+    return str(modes.pop()) if modes else None

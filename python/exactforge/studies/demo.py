@@ -61,7 +61,7 @@ def torch_step(params: Params, X: np.ndarray, y: np.ndarray, idx: np.ndarray, lr
         loss.backward()
         with torch.no_grad():
             for p in model.parameters():
-                p -= lr * p.grad
+                p -= lr * p.grad  # type: ignore[operator,misc]
         return from_torch(SPEC, model)
     finally:
         torch.set_num_threads(prev)

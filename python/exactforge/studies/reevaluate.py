@@ -22,7 +22,7 @@ import platform
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -64,7 +64,7 @@ class Config:
             table4_levels=(2,),
         )
         base.update(kw)
-        return cls(**base)
+        return cls(**base)  # type: ignore[arg-type]
 
 
 def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = True) -> Dict[str, Any]:
@@ -93,7 +93,7 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     done()
     study, report["reproduction"], vtable = _reproduction(cfg, data, out, native_ok, nn_ok)  # 2. epsilon
     done()
-    budget = {"pool": cfg.greedy_pool, "candidates": cfg.greedy_candidates, "steps": cfg.opt_steps}
+    budget: Dict[str, Any] = {"pool": cfg.greedy_pool, "candidates": cfg.greedy_candidates, "steps": cfg.opt_steps}
     verifiers, report["attacks"] = _attacks(
         cfg, data, study, report["reproduction"]["max_benign_torch"], budget, native_ok
     )
@@ -192,7 +192,9 @@ def _reproduction(cfg: Config, data: Any, out: str, native_ok: bool, nn_ok: bool
     named, with how it was set (every table of the report refers to these)."""
     from .repro import available_conditions, run_study
 
-    conds = [c for c in ("permute", "threads", "deterministic", "bf16") if c in available_conditions(cfg.model)]
+    conds: List[str] = [
+        c for c in ("permute", "threads", "deterministic", "bf16") if c in available_conditions(cfg.model)
+    ]
     if native_ok:
         conds += ["native", "native+permute", "native+threads"]
     elif nn_ok:
@@ -252,7 +254,7 @@ def _reproduction(cfg: Config, data: Any, out: str, native_ok: bool, nn_ok: bool
 
 
 def _attacks(
-    cfg: Config, data: Any, study: Any, repro_torch: float, budget: Dict[str, int], native_ok: bool
+    cfg: Config, data: Any, study: Any, repro_torch: float, budget: Dict[str, Any], native_ok: bool
 ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """The verifiers of the game (torch; native where it exists) and the known attacks' errors
     on sampled steps of the torch verifier's run."""
@@ -359,7 +361,7 @@ def _exact_row(res: list, data: Any) -> Dict[str, Any]:
 
 
 def _games(
-    cfg: Config, data: Any, verifiers: Dict[str, Any], study: Any, vtable: list, lv: Any, budget: Dict[str, int]
+    cfg: Config, data: Any, verifiers: Dict[str, Any], study: Any, vtable: list, lv: Any, budget: Dict[str, Any]
 ) -> Tuple[list, Any]:
     """The forging game against the verifiers of the table (their epsilons, not recalibrated);
     the exact solvers against logistic regression's two verifiers, with and without the domain

@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .limits import DEFAULT_LIMITS, Limits
 from .safeio import SAFETENSORS_DTYPES, TraceError, tensor_nbytes
@@ -49,7 +49,7 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
-def sha256_bytes(data: bytes) -> str:
+def sha256_bytes(data: Union[bytes, bytearray, memoryview]) -> str:
     return hashlib.sha256(data).hexdigest()
 
 

@@ -4,7 +4,7 @@ optimizer inside the user's own training loop (``TraceRecorder``)."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -129,7 +129,7 @@ def record_native(
         "environment": environment("cpu"),
     }
     writer, restored = _resume_or_create(out, manifest, params, resume)
-    plan = manifest["reduction_plan"]
+    plan = cast(int, manifest["reduction_plan"])
     if restored is not None:
         params = M.check_params(spec, restored, "checkpoint")
     sched = batch_schedule(len(data), batch_size, seed)
@@ -316,6 +316,7 @@ class TraceRecorder:
         from ..nn import dropout_keys
 
         idx = self._indices(batch_indices, "begin")
+        assert self._writer is not None  # _indices refused a recorder outside its with block
         dropout_keys(self.model, seed=self._dropout_seed, step=self._writer.next_step, examples=idx)
         self._begun = idx
 
@@ -324,9 +325,10 @@ class TraceRecorder:
         from ..nn import keyed_layers
 
         idx = self._indices(batch_indices, "step")
+        assert self._writer is not None  # _indices refused a recorder outside its with block
         begun, self._begun = self._begun, None
         for m in keyed_layers(self.model):  # the next forward pass needs the next step's keys
-            m._exactforge_keys = None
+            setattr(m, "_exactforge_keys", None)
         if begun is not None and not np.array_equal(begun, idx):
             raise ValueError("batch_indices: step() got other examples than begin() announced for this step")
         self._since_ckpt += 1
@@ -470,11 +472,13 @@ def record_zoo(
         torch.set_num_threads(threads)
         set_num_threads(threads)
     try:
+        assert data.shape is not None  # images or token sequences, checked above
         model = build_model(name, data.shape, data.num_classes, vocab=data.vocab, seed=seed)
         if mode is not None:
             model = xnn.reproducible(model, mode=mode)
         loss_fn = xnn.cross_entropy if mode is not None else torch.nn.functional.cross_entropy
         opt = torch.optim.SGD(model.parameters(), lr=lr)
+        assert data.shape is not None  # images or token sequences, checked above
         X = torch.from_numpy(data.X).reshape(len(data), *data.shape)
         y = torch.from_numpy(data.y)
         sched = batch_schedule(len(data), batch_size, seed)

@@ -280,6 +280,7 @@ class _Stream:
     def submit(self, trace: Any, chunk: List[Tuple[int, int]]) -> None:
         key = len(self.chunks)
         self.chunks.append(list(chunk))
+        assert self.shared is not None  # set with the data, before the first record arrives
         self.pool.submit(key, self.ex._verify_args(self.ray, trace, chunk, self.job, self.shared))
 
     def close(self) -> None:

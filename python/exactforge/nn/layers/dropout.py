@@ -51,8 +51,8 @@ def keyed_dropout(model: nn.Module) -> nn.Module:
     for name, m in model.named_modules():
         if type(m) is nn.Dropout:
             if not getattr(m, "_exactforge_keyed", False):
-                m.forward = types.MethodType(make_dropout(m, "fixed"), m)
-                m._exactforge_keyed = True
+                m.forward = types.MethodType(make_dropout(m, "fixed"), m)  # type: ignore[method-assign]
+                setattr(m, "_exactforge_keyed", True)
         elif isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 and m.training:
             raise ValueError(
                 f"model: {name} ({type(m).__name__}, p={m.p}) draws its masks from torch's RNG, which "
@@ -71,4 +71,4 @@ def dropout_keys(model: nn.Module, *, seed: int, step: int, examples: Any) -> No
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise ValueError(f"{name}: expected an integer, got {k!r}")
     for layer, m in enumerate(keyed_layers(model)):
-        m._exactforge_keys = (int(seed), int(step), layer, ex)
+        setattr(m, "_exactforge_keys", (int(seed), int(step), layer, ex))
