@@ -582,53 +582,93 @@ def search_in_domain(
     distinct forgery; an optimum of 0 both ways means P = 0 is the only one in the box).
     ``grid-milp``: X' = Q / levels with integer Q in [0, levels] and Q != Q0, the equalities
     held within ``tol``. HiGHS answers found, proven infeasible, or timed out."""
-    from scipy.optimize import Bounds, LinearConstraint, linprog, milp
-
     W1, D1 = _layer1(spec, params, X, y)
     Xc = np.asarray(X, np.float64).T  # d0 x b
     d0, b = Xc.shape
-    nv = d0 * b
     # vec (column-major) of P: rows of the constraint matrix are the Kronecker system
     K = _kronecker(W1, D1)
-    lo, hi = box
     t0 = time.perf_counter()
     x0 = Xc.reshape(-1, order="F")
     if kind == "box-lp":
-        c = np.random.default_rng(seed).standard_normal(nv)
-        best = None
-        for sign in (1.0, -1.0):
-            res = linprog(
-                -sign * c,
-                A_eq=K,
-                b_eq=np.zeros(K.shape[0]),
-                bounds=list(zip(lo - x0, hi - x0)),
-                method="highs",
-                options={"time_limit": time_limit},
-            )
-            if res.status == 1:
-                return DomainSearch(kind, "timeout", time.perf_counter() - t0, d0, b, nv, message=res.message)
-            if res.status == 2:
-                return DomainSearch(kind, "infeasible", time.perf_counter() - t0, d0, b, nv, message=res.message)
-            if res.status != 0:
-                return DomainSearch(kind, "error", time.perf_counter() - t0, d0, b, nv, message=res.message)
-            if np.max(np.abs(res.x)) > 1e-9 and best is None:
-                best = res.x
-        secs = time.perf_counter() - t0
-        if best is None:
-            return DomainSearch(
-                kind,
-                "infeasible",
-                secs,
-                d0,
-                b,
-                nv,
-                message="only P = 0 lies in the box along a random direction and its opposite",
-            )
-        Xf = (x0 + best).reshape((d0, b), order="F").T
-        res_g = float(np.linalg.norm(gradient(spec, params, Xf, y) - gradient(spec, params, X, y)))
-        return DomainSearch(kind, "found", secs, d0, b, nv, Xf, res_g)
+        return _box_lp(spec, params, X, y, K, x0, (d0, b), box, time_limit, seed, t0)
     if kind != "grid-milp":
         raise ValueError(f"kind: expected 'box-lp' or 'grid-milp', got {kind!r}")
+    return _grid_milp(spec, params, X, y, K, x0, (d0, b), box, levels, time_limit, tol, t0)
+
+
+def _box_lp(
+    spec: M.ModelSpec,
+    params: M.Params,
+    X: np.ndarray,
+    y: np.ndarray,
+    K: np.ndarray,
+    x0: np.ndarray,
+    dims: Tuple[int, int],
+    box: Tuple[float, float],
+    time_limit: float,
+    seed: int,
+    t0: float,
+) -> DomainSearch:
+    """X' in the box: maximise a random direction of P and its opposite (a non-zero optimum is
+    a distinct forgery)."""
+    from scipy.optimize import linprog
+
+    kind, (d0, b), (lo, hi) = "box-lp", dims, box
+    nv = d0 * b
+    c = np.random.default_rng(seed).standard_normal(nv)
+    best = None
+    for sign in (1.0, -1.0):
+        res = linprog(
+            -sign * c,
+            A_eq=K,
+            b_eq=np.zeros(K.shape[0]),
+            bounds=list(zip(lo - x0, hi - x0)),
+            method="highs",
+            options={"time_limit": time_limit},
+        )
+        if res.status == 1:
+            return DomainSearch(kind, "timeout", time.perf_counter() - t0, d0, b, nv, message=res.message)
+        if res.status == 2:
+            return DomainSearch(kind, "infeasible", time.perf_counter() - t0, d0, b, nv, message=res.message)
+        if res.status != 0:
+            return DomainSearch(kind, "error", time.perf_counter() - t0, d0, b, nv, message=res.message)
+        if np.max(np.abs(res.x)) > 1e-9 and best is None:
+            best = res.x
+    secs = time.perf_counter() - t0
+    if best is None:
+        return DomainSearch(
+            kind,
+            "infeasible",
+            secs,
+            d0,
+            b,
+            nv,
+            message="only P = 0 lies in the box along a random direction and its opposite",
+        )
+    Xf = (x0 + best).reshape((d0, b), order="F").T
+    res_g = float(np.linalg.norm(gradient(spec, params, Xf, y) - gradient(spec, params, X, y)))
+    return DomainSearch(kind, "found", secs, d0, b, nv, Xf, res_g)
+
+
+def _grid_milp(
+    spec: M.ModelSpec,
+    params: M.Params,
+    X: np.ndarray,
+    y: np.ndarray,
+    K: np.ndarray,
+    x0: np.ndarray,
+    dims: Tuple[int, int],
+    box: Tuple[float, float],
+    levels: int,
+    time_limit: float,
+    tol: float,
+    t0: float,
+) -> DomainSearch:
+    """X' on the grid lo + Q (hi - lo) / levels with integer Q != Q0, the equalities within tol."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    kind, (d0, b), (lo, hi) = "grid-milp", dims, box
+    nv = d0 * b
     q0 = np.clip(np.round((x0 - lo) / (hi - lo) * levels), 0, levels)
     # variables: Q (nv integers), pos, neg (nv integers >= 0), s (nv binaries)
     n4 = 4 * nv

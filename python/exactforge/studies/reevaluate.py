@@ -632,7 +632,31 @@ def _markdown(r: Dict[str, Any]) -> str:
     ]
     for v in r.get("verifiers", []):
         out.append(f"| {v['name']} | {v['engine']} | {v['epsilon']:.3g} | {v['how']} |")
-    out += ["", "## Traces", ""]
+    out += _traces_markdown(r) + _reproduction_markdown(rp)
+    out += [
+        "",
+        "## The forging game",
+        "",
+        "| attack | verifier | epsilon | domain check | rounds won |",
+        "|---|---|---|---|---|",
+    ]
+    for g in r["game"]:
+        out.append(
+            f"| {g['attack']} | {g['verifier']} | {g['epsilon']:.3g} | {'on' if g['domain_check'] else 'off'} | "
+            f"{g['won']}/{g['rounds']} |"
+        )
+    out += _exact_markdown(r)
+    out += _theory_markdown(r.get("theory") or {}, r["game"])
+    out += ["", "## Published magnitudes (cited from the papers, not measured here)", ""] + [
+        f"- {k}: {v}" for k, v in r["papers"].items()
+    ]
+    out += ["", "## Figures", ""] + [f"![{f}]({f})" for f in r.get("figures", [])]
+    return "\n".join(out) + "\n"
+
+
+def _traces_markdown(r: Dict[str, Any]) -> List[str]:
+    cfg = r["config"]
+    out = ["", "## Traces", ""]
     if not r["traces"]:
         out.append(
             f"No traces recorded: {cfg['model']} on {r['dataset']['name']} has no trace path here "
@@ -645,7 +669,11 @@ def _markdown(r: Dict[str, Any]) -> str:
             f"{'accepted' if t['permuted_1thread_accepted_eps0'] else 'rejected'} at epsilon 0 "
             f"(max error {t['permuted_1thread_max_error']:.3g})."
         )
-    out += ["", "## Benign reproduction errors", "", "| condition | max error | exactly 0 |", "|---|---|---|"]
+    return out
+
+
+def _reproduction_markdown(rp: Dict[str, Any]) -> List[str]:
+    out = ["", "## Benign reproduction errors", "", "| condition | max error | exactly 0 |", "|---|---|---|"]
     for k, v in rp["conditions"].items():
         out.append(f"| {k} | {v['max_error']:.3g} | {v['zero_fraction']:.0%} |")
     out += [
@@ -659,18 +687,12 @@ def _markdown(r: Dict[str, Any]) -> str:
             if rp["epsilon_native"] is not None
             else "There is no reproducible path for this model and data, so no epsilon = 0 verifier."
         ),
-        "",
-        "## The forging game",
-        "",
-        "| attack | verifier | epsilon | domain check | rounds won |",
-        "|---|---|---|---|---|",
     ]
-    for g in r["game"]:
-        out.append(
-            f"| {g['attack']} | {g['verifier']} | {g['epsilon']:.3g} | {'on' if g['domain_check'] else 'off'} | "
-            f"{g['won']}/{g['rounds']} |"
-        )
-    out += ["", "## Exact forgeries: domain violations", ""]
+    return out
+
+
+def _exact_markdown(r: Dict[str, Any]) -> List[str]:
+    out = ["", "## Exact forgeries: domain violations", ""]
     for m, e in r["exact"].items():
         if not e["distinct"]:
             out.append(f"- {m}: no distinct forgery exists (the nullspace is empty), so there is nothing to check.")
@@ -695,12 +717,7 @@ def _markdown(r: Dict[str, Any]) -> str:
             "No exact solver applies to this model and data (they need logistic regression or an FCN on "
             "non-token data)."
         )
-    out += _theory_markdown(r.get("theory") or {}, r["game"])
-    out += ["", "## Published magnitudes (cited from the papers, not measured here)", ""] + [
-        f"- {k}: {v}" for k, v in r["papers"].items()
-    ]
-    out += ["", "## Figures", ""] + [f"![{f}]({f})" for f in r.get("figures", [])]
-    return "\n".join(out) + "\n"
+    return out
 
 
 def _theory_markdown(th: Dict[str, Any], games: Any) -> list:
@@ -749,9 +766,16 @@ def _theory_markdown(th: Dict[str, Any], games: Any) -> list:
 
 
 def _figures(r: Dict[str, Any], out: str) -> None:
+    """headline.png and game.png (exact_forgery.png and resolution.png are drawn where their
+    data is made)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    _headline_figure(r, out)
+    _game_figure(r["game"], out)
+
+
+def _headline_figure(r: Dict[str, Any], out: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
@@ -824,8 +848,11 @@ def _figures(r: Dict[str, Any], out: str) -> None:
     fig.savefig(os.path.join(out, "headline.png"), dpi=110)
     plt.close(fig)
 
-    # the game: rounds won, attack by verifier, as a table of counts (most cells are 0 of N)
-    games = r["game"]
+
+def _game_figure(games: List[Dict[str, Any]], out: str) -> None:
+    """Rounds won, attack by verifier, as a table of counts (most cells are 0 of N)."""
+    import matplotlib.pyplot as plt
+
     attacks = list(dict.fromkeys(g["attack"] for g in games))
     cols = list(dict.fromkeys((g["verifier"], g["domain_check"]) for g in games))
     grid = np.full((len(attacks), len(cols)), np.nan)

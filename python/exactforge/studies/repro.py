@@ -510,14 +510,24 @@ def _zero_panel(fig, grid_spec, ax_main, series, x_label: str, xs_of, log_x: boo
 
 
 def figures(rep: StudyReport, out: str) -> None:
+    """errors_per_checkpoint.png, batch_size_sweep.png (the papers' Figure 2) and
+    condition_matrix.png; exact zeros are drawn as zeros, never dropped from a log axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-    from matplotlib.ticker import MaxNLocator
 
     colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(rep.conditions)}
+    _per_checkpoint_figure(rep, out, colors)
+    _batch_size_figure(rep, out, colors)
+    if rep.matrix:
+        _matrix_figure(rep, out)
+
+
+def _per_checkpoint_figure(rep: StudyReport, out: str, colors: Dict[str, Any]) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
     b = str(max(rep.batch_sizes))
     n_zero = sum(1 for s in rep.conditions.values() if np.any(np.array(s.per_checkpoint.get(b, [])) == 0))
     fig = plt.figure(figsize=(8.5, 4.4 + 0.18 * n_zero))
@@ -549,6 +559,10 @@ def figures(rep: StudyReport, out: str) -> None:
     fig.savefig(os.path.join(out, "errors_per_checkpoint.png"), dpi=110, bbox_inches="tight")
     plt.close(fig)
 
+
+def _batch_size_figure(rep: StudyReport, out: str, colors: Dict[str, Any]) -> None:
+    import matplotlib.pyplot as plt
+
     bss = sorted(int(x) for x in rep.batch_sizes)
     n_zero = sum(1 for s in rep.conditions.values() if any(v["max_error"] == 0 for v in s.by_batch_size.values()))
     fig = plt.figure(figsize=(7.5, 4.2 + 0.18 * n_zero))
@@ -579,37 +593,41 @@ def figures(rep: StudyReport, out: str) -> None:
     fig.savefig(os.path.join(out, "batch_size_sweep.png"), dpi=110, bbox_inches="tight")
     plt.close(fig)
 
-    if rep.matrix:
-        m = np.array(rep.matrix["max_error"], dtype=float)
-        fig, ax = plt.subplots(figsize=(1.1 * len(rep.matrix["cols"]) + 2.5, 0.55 * len(rep.matrix["rows"]) + 2.2))
-        pos = m[m > 0]
-        cmap = plt.get_cmap("viridis").with_extremes(bad="white")  # exact zeros: white cells reading "0"
-        norm = LogNorm(vmin=pos.min(), vmax=pos.max()) if pos.size else None
-        im = ax.imshow(np.ma.masked_where(m <= 0, m), cmap=cmap, norm=norm, aspect="auto")
-        ax.set_xticks(range(len(rep.matrix["cols"])), rep.matrix["cols"], rotation=35, ha="right", fontsize=8)
-        ax.set_yticks(range(len(rep.matrix["rows"])), rep.matrix["rows"], fontsize=8)
-        for i in range(m.shape[0]):
-            for j in range(m.shape[1]):
-                dark = m[i, j] > 0 and norm is not None and norm(m[i, j]) < 0.5
-                ax.text(
-                    j,
-                    i,
-                    "0" if m[i, j] == 0 else f"{m[i, j]:.1e}",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if dark else "black",
-                    fontweight="bold" if m[i, j] == 0 else None,
-                )
-        ax.set_xlabel("verified under")
-        ax.set_ylabel("generated under")
-        ax.set_title(
-            f"max l2 reproduction error, trace generated under one condition and recomputed under another\n"
-            f"({rep.matrix['steps']} steps at b = {rep.matrix['batch_size']}; white: exactly 0)",
-            fontsize=9,
-        )
-        if norm is not None:
-            fig.colorbar(im, ax=ax, label="max l2 error (log scale)")
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "condition_matrix.png"), dpi=110)
-        plt.close(fig)
+
+def _matrix_figure(rep: StudyReport, out: str) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    m = np.array(rep.matrix["max_error"], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.1 * len(rep.matrix["cols"]) + 2.5, 0.55 * len(rep.matrix["rows"]) + 2.2))
+    pos = m[m > 0]
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")  # exact zeros: white cells reading "0"
+    norm = LogNorm(vmin=pos.min(), vmax=pos.max()) if pos.size else None
+    im = ax.imshow(np.ma.masked_where(m <= 0, m), cmap=cmap, norm=norm, aspect="auto")
+    ax.set_xticks(range(len(rep.matrix["cols"])), rep.matrix["cols"], rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rep.matrix["rows"])), rep.matrix["rows"], fontsize=8)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            dark = m[i, j] > 0 and norm is not None and norm(m[i, j]) < 0.5
+            ax.text(
+                j,
+                i,
+                "0" if m[i, j] == 0 else f"{m[i, j]:.1e}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
+                fontweight="bold" if m[i, j] == 0 else None,
+            )
+    ax.set_xlabel("verified under")
+    ax.set_ylabel("generated under")
+    ax.set_title(
+        f"max l2 reproduction error, trace generated under one condition and recomputed under another\n"
+        f"({rep.matrix['steps']} steps at b = {rep.matrix['batch_size']}; white: exactly 0)",
+        fontsize=9,
+    )
+    if norm is not None:
+        fig.colorbar(im, ax=ax, label="max l2 error (log scale)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "condition_matrix.png"), dpi=110)
+    plt.close(fig)

@@ -319,11 +319,9 @@ def _zoo_model(entry: Dict[str, Any], data: Dataset) -> Any:
 
 
 def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
-    import torch
-
     from .. import nn as xnn
     from ..models import optim as O
-    from ..models.torch_fcn import TorchFCN, to_torch
+    from ..models.torch_fcn import to_torch
     from ..nn.losses import replay
     from ..trace.safeio import dtype_name
 
@@ -334,6 +332,46 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
         raise TraceError(f"manifest: {e}") from None
     ospec = man["optimizer"]
     spec = _model_spec(man) if "kind" in man["model"] else None
+    model = _verifier_model(man, data, model, spec)
+    reduction = man["reduction"]
+    try:
+        xnn.keyed_dropout(model)
+        _set_modes(model, man.get("eval_modules"))
+    except ValueError as e:
+        raise TraceError(str(e)) from None
+    dropout_seed = (man.get("dropout") or {}).get("seed")
+    try:
+        loss_of = replay(man.get("loss"), reduction, loss_fn)
+    except ValueError as e:
+        raise TraceError(str(e)) from None
+    expected = {k: (dtype_name(v.detach().cpu().numpy().dtype), tuple(v.shape)) for k, v in model.state_dict().items()}
+    params = list(model.parameters())
+    expected.update(O.expected_table(ospec, params))
+    _check_table(trace, expected, "the verifier's model and optimizer")
+    X, y = _torch_data(man, data, model)
+
+    def load(step: int) -> Dict[str, np.ndarray]:
+        return trace.load_checkpoint(step)
+
+    step = TorchStep(model, X, y, ospec, loss_of, dropout_seed=dropout_seed)
+
+    def initial() -> Optional[Dict[str, np.ndarray]]:
+        if spec is None:
+            return None
+        return {
+            k: v.detach().numpy() for k, v in to_torch(spec, M.init_params(spec, int(man["seed"]))).state_dict().items()
+        }
+
+    return load, step, initial
+
+
+def _verifier_model(man: Any, data: Dataset, model: Any, spec: Optional[M.ModelSpec]) -> Any:
+    """The model the verifier recomputes with: its own instance, the zoo model the trace names,
+    or the exactforge model of the spec; made reproducible in the trace's mode when the trace
+    was recorded through exactforge.nn."""
+    from .. import nn as xnn
+    from ..models.torch_fcn import TorchFCN
+
     if model is None and "zoo" in man["model"]:
         model = _zoo_model(man["model"], data)
     if model is None:
@@ -356,20 +394,14 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
                 model = xnn.reproducible(model, mode=reduction)
             except xnn.UnsupportedLayerError as e:
                 raise TraceError(str(e)) from None
-    try:
-        xnn.keyed_dropout(model)
-        _set_modes(model, man.get("eval_modules"))
-    except ValueError as e:
-        raise TraceError(str(e)) from None
-    dropout_seed = (man.get("dropout") or {}).get("seed")
-    try:
-        loss_of = replay(man.get("loss"), reduction, loss_fn)
-    except ValueError as e:
-        raise TraceError(str(e)) from None
-    expected = {k: (dtype_name(v.detach().cpu().numpy().dtype), tuple(v.shape)) for k, v in model.state_dict().items()}
-    params = list(model.parameters())
-    expected.update(O.expected_table(ospec, params))
-    _check_table(trace, expected, "the verifier's model and optimizer")
+    return model
+
+
+def _torch_data(man: Any, data: Dataset, model: Any) -> Tuple[Any, Any]:
+    """The verifier's data as tensors of the model's dtype (token ids stay ids), in the input
+    shape the trace declares."""
+    import torch
+
     X = torch.from_numpy(
         data.X.astype(
             np.int64
@@ -387,21 +419,7 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
         ):
             raise TraceError(f"manifest: 'input_shape' must list the dimensions of one example ({data.dim} features)")
         X = X.reshape(len(data), *shape)
-    y = torch.from_numpy(data.y)
-
-    def load(step: int) -> Dict[str, np.ndarray]:
-        return trace.load_checkpoint(step)
-
-    step = TorchStep(model, X, y, ospec, loss_of, dropout_seed=dropout_seed)
-
-    def initial() -> Optional[Dict[str, np.ndarray]]:
-        if spec is None:
-            return None
-        return {
-            k: v.detach().numpy() for k, v in to_torch(spec, M.init_params(spec, int(man["seed"]))).state_dict().items()
-        }
-
-    return load, step, initial
+    return X, torch.from_numpy(data.y)
 
 
 def _set_modes(model: Any, eval_modules: Optional[List[str]]) -> None:
