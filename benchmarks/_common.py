@@ -47,18 +47,29 @@ def best_time(fn: Callable[[], object], min_total: float = 0.25, repeats: int = 
 
 
 def cpu_name() -> str:
-    """The CPU's model name and family (AMD's family 25 is Zen 4, 26 Zen 5)."""
-    name, family = platform.processor() or platform.machine(), ""
+    """The CPU's model name, family and model, and its microarchitecture where the family and
+    model say it (AMD's family 25 holds Zen 3 and Zen 4, family 26 is Zen 5)."""
+    name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             text = f.read()
-        m = re.search(r"^model name\s*:\s*(.+)$", text, flags=re.M)
-        fam = re.search(r"^cpu family\s*:\s*(\d+)$", text, flags=re.M)
-        name = m.group(1).strip() if m else name
-        family = f", family {fam.group(1)}" if fam else ""
     except OSError:
-        pass
-    return name + family
+        return name
+
+    def field(key: str) -> str:
+        m = re.search(rf"^{key}\s*:\s*(.+)$", text, flags=re.M)
+        return m.group(1).strip() if m else ""
+
+    name = field("model name") or name
+    vendor, family, model = field("vendor_id"), field("cpu family"), field("model")
+    arch = ""
+    if vendor == "AuthenticAMD" and family.isdigit() and model.isdigit():
+        f, m = int(family), int(model)
+        zen4 = 0x10 <= m <= 0x1F or 0x60 <= m <= 0x7F or 0xA0 <= m <= 0xAF
+        arch = {26: "Zen 5"}.get(f, "Zen 4" if f == 25 and zen4 else ("Zen 3" if f == 25 else ""))
+    elif vendor == "GenuineIntel" and " amx_int8" in f" {field('flags')} ":
+        arch = "Intel with AMX"
+    return f"{name} (family {family}, model {model}{', ' + arch if arch else ''})"
 
 
 def machine() -> Dict[str, object]:
@@ -81,8 +92,8 @@ def write_results(page: str, command: str, output: str) -> str:
     page's own text around it stays; a page without them gets the block at its end."""
     m = machine()
     block = (
-        f"<!-- results -->\n## Latest run\n\n`{command}` on {m['cpu']} ({m['cores']} cores, "
-        f"kernels {m['isa']}, exact kernel {m['exact_kernel']}), {m['date']}:\n\n"
+        f"<!-- results -->\n## Latest run\n\n`{command}` on {m['cpu']}; {m['cores']} cores; "
+        f"kernels {m['isa']}; exact kernel {m['exact_kernel']}; {m['date']}:\n\n"
         f"```text\n{output.rstrip()}\n```\n<!-- /results -->\n"
     )
     path = os.path.join(PAGES, f"{page}.md")

@@ -587,33 +587,45 @@ def search_in_domain(
     d0, b = Xc.shape
     # vec (column-major) of P: rows of the constraint matrix are the Kronecker system
     K = _kronecker(W1, D1)
-    t0 = time.perf_counter()
-    x0 = Xc.reshape(-1, order="F")
+    pb = _DomainProblem(spec, params, X, y, K, Xc.reshape(-1, order="F"), d0, b, box, time_limit, time.perf_counter())
     if kind == "box-lp":
-        return _box_lp(spec, params, X, y, K, x0, (d0, b), box, time_limit, seed, t0)
+        return _box_lp(pb, seed)
     if kind != "grid-milp":
         raise ValueError(f"kind: expected 'box-lp' or 'grid-milp', got {kind!r}")
-    return _grid_milp(spec, params, X, y, K, x0, (d0, b), box, levels, time_limit, tol, t0)
+    return _grid_milp(pb, levels, tol)
 
 
-def _box_lp(
-    spec: M.ModelSpec,
-    params: M.Params,
-    X: np.ndarray,
-    y: np.ndarray,
-    K: np.ndarray,
-    x0: np.ndarray,
-    dims: Tuple[int, int],
-    box: Tuple[float, float],
-    time_limit: float,
-    seed: int,
-    t0: float,
-) -> DomainSearch:
+@dataclass
+class _DomainProblem:
+    """The exact forgery set of a batch, {X0 + P : K vec(P) = 0}, and the bounds of the search."""
+
+    spec: M.ModelSpec
+    params: M.Params
+    X: np.ndarray
+    y: np.ndarray
+    K: np.ndarray  # the Kronecker system of W1^T P = 0, P D1 = 0
+    x0: np.ndarray  # vec(X0^T), column-major
+    d0: int
+    b: int
+    box: Tuple[float, float]
+    time_limit: float
+    t0: float
+
+    def found(self, kind: str, Xf: np.ndarray, variables: int, message: str = "") -> DomainSearch:
+        """A forgery found: its gradient's distance to the true batch's, as a check."""
+        secs = time.perf_counter() - self.t0  # the search's time, without the check below
+        sp, p = self.spec, self.params
+        res_g = float(np.linalg.norm(gradient(sp, p, Xf, self.y) - gradient(sp, p, self.X, self.y)))
+        return DomainSearch(kind, "found", secs, self.d0, self.b, variables, Xf, res_g, message)
+
+
+def _box_lp(pb: _DomainProblem, seed: int) -> DomainSearch:
     """X' in the box: maximise a random direction of P and its opposite (a non-zero optimum is
     a distinct forgery)."""
     from scipy.optimize import linprog
 
-    kind, (d0, b), (lo, hi) = "box-lp", dims, box
+    kind, d0, b, (lo, hi), K, x0, t0 = "box-lp", pb.d0, pb.b, pb.box, pb.K, pb.x0, pb.t0
+    time_limit = pb.time_limit
     nv = d0 * b
     c = np.random.default_rng(seed).standard_normal(nv)
     best = None
@@ -645,29 +657,15 @@ def _box_lp(
             nv,
             message="only P = 0 lies in the box along a random direction and its opposite",
         )
-    Xf = (x0 + best).reshape((d0, b), order="F").T
-    res_g = float(np.linalg.norm(gradient(spec, params, Xf, y) - gradient(spec, params, X, y)))
-    return DomainSearch(kind, "found", secs, d0, b, nv, Xf, res_g)
+    return pb.found(kind, (x0 + best).reshape((d0, b), order="F").T, nv)
 
 
-def _grid_milp(
-    spec: M.ModelSpec,
-    params: M.Params,
-    X: np.ndarray,
-    y: np.ndarray,
-    K: np.ndarray,
-    x0: np.ndarray,
-    dims: Tuple[int, int],
-    box: Tuple[float, float],
-    levels: int,
-    time_limit: float,
-    tol: float,
-    t0: float,
-) -> DomainSearch:
+def _grid_milp(pb: _DomainProblem, levels: int, tol: float) -> DomainSearch:
     """X' on the grid lo + Q (hi - lo) / levels with integer Q != Q0, the equalities within tol."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
-    kind, (d0, b), (lo, hi) = "grid-milp", dims, box
+    kind, d0, b, (lo, hi), K, x0, t0 = "grid-milp", pb.d0, pb.b, pb.box, pb.K, pb.x0, pb.t0
+    time_limit = pb.time_limit
     nv = d0 * b
     q0 = np.clip(np.round((x0 - lo) / (hi - lo) * levels), 0, levels)
     # variables: Q (nv integers), pos, neg (nv integers >= 0), s (nv binaries)
@@ -699,8 +697,6 @@ def _grid_milp(
     )
     secs = time.perf_counter() - t0
     if res.status == 0 and res.x is not None:
-        Xf = (lo + np.round(res.x[:nv]) * scale).reshape((d0, b), order="F").T
-        res_g = float(np.linalg.norm(gradient(spec, params, Xf, y) - gradient(spec, params, X, y)))
-        return DomainSearch(kind, "found", secs, d0, b, n4, Xf, res_g, res.message)
+        return pb.found(kind, (lo + np.round(res.x[:nv]) * scale).reshape((d0, b), order="F").T, n4, res.message)
     status = {1: "timeout", 2: "infeasible"}.get(res.status, "error")
     return DomainSearch(kind, status, secs, d0, b, n4, message=res.message)
