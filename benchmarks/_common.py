@@ -29,6 +29,33 @@ def median_time(fn: Callable[[], object], repeats: int = 15) -> float:
     return float(np.median([timed(fn) for _ in range(repeats)]))
 
 
+def min_time(fn: Callable[[], object], repeats: int = 5) -> float:
+    """The fastest of ``repeats`` single calls, after one call to warm up."""
+    fn()
+    return float(min(timed(fn) for _ in range(repeats)))
+
+
+def fast_half_median(fn: Callable[[], object], total: float) -> float:
+    """Calls ``fn`` for ``total`` seconds; the median of the faster half of the calls (a noisy
+    machine's slow spells fall in the other half)."""
+    fn()
+    out: list = []
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < total:
+        out.append(timed(fn))
+    return float(np.median(sorted(out)[: max(1, len(out) // 2)]))
+
+
+def interleaved_min(fns: list, repeats: int) -> list:
+    """The fastest call of each function, the calls alternating: on a shared machine a slow
+    spell then hits both sides of a ratio, not one."""
+    out: list = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            out[i].append(timed(fn))
+    return [min(o) for o in out]
+
+
 def best_time(fn: Callable[[], object], min_total: float = 0.25, repeats: int = 5) -> float:
     """Median over ``repeats`` of the mean time of a loop lasting at least min_total/repeats
     (short calls are timed in loops: one perf_counter reading is too coarse for them)."""

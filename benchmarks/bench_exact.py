@@ -30,15 +30,7 @@ from exactforge.models import native as M
 from exactforge.trace import Trace
 from exactforge.trace.record import record_native
 
-
-def best(fn, repeats=5):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(min(ts))
+from _common import min_time
 
 
 def main():
@@ -57,8 +49,8 @@ def main():
     U, V = E.fcn_perturbation_basis(W1, D1)
     N = E.kronecker_nullspace(W1, D1)
     assert U.shape[1] * V.shape[1] == N.shape[1]
-    t_struct = best(lambda: E.fcn_perturbation_basis(W1, D1))
-    t_kron = best(lambda: E.kronecker_nullspace(W1, D1), repeats=2)
+    t_struct = min_time(lambda: E.fcn_perturbation_basis(W1, D1))
+    t_kron = min_time(lambda: E.kronecker_nullspace(W1, D1), repeats=2)
     res["structured_vs_kronecker"] = {
         "d0": 64,
         "d1": 8,
@@ -84,7 +76,7 @@ def main():
     Xt = (rng.integers(0, 256, (100, 784)) / 255.0).astype(np.float32)
     f = E.forge_nullspace(mspec, mparams, Xm, ym, target=Xt)
     assert np.linalg.norm(E.gradient(mspec, mparams, f.X, ym) - E.gradient(mspec, mparams, Xm, ym)) < 1e-10
-    t_mnist = best(lambda: E.forge_nullspace(mspec, mparams, Xm, ym, target=Xt))
+    t_mnist = min_time(lambda: E.forge_nullspace(mspec, mparams, Xm, ym, target=Xt))
     res["mnist_size"] = {"sizes": "784-128-10", "b": 100, "seconds": t_mnist, "nullity": f.info["nullity"]}
     print(f"MNIST-size forgery (784-128, b=100): {t_mnist * 1e3:.1f} ms", flush=True)
 

@@ -15,7 +15,6 @@ import argparse
 import datetime as _dt
 import json
 import platform
-import time
 
 import numpy as np
 import torch
@@ -23,6 +22,8 @@ import torch
 import exactforge
 from exactforge import reduce as R
 from exactforge._backend.native import _core
+
+from _common import fast_half_median
 
 SHAPES = [
     (64, 10, 100),
@@ -37,17 +38,6 @@ SHAPES = [
     (4096, 64, 4096),
     (1024, 1024, 8192),
 ]
-
-
-def best(fn, total: float) -> float:
-    fn()
-    n, t0, out = 0, time.perf_counter(), []
-    while time.perf_counter() - t0 < total:
-        t1 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t1)
-        n += 1
-    return float(np.median(sorted(out)[: max(1, len(out) // 2)]))  # the faster half's median
 
 
 def main() -> None:
@@ -71,11 +61,11 @@ def main() -> None:
         assert np.array_equal(R.matmul(a, b, mode="exact", threads=args.threads).view(np.uint32), ref)
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         total = 0.3 if m * n * k < 1e8 else 1.5
-        t_torch = best(lambda: ta @ tb, total)
+        t_torch = fast_half_median(lambda: ta @ tb, total)
         row = {"m": m, "n": n, "k": k, "torch_s": t_torch}
         for kk in kernels:
-            row[f"{kk}_s"] = best(lambda: _core.matmul_exact_kernel(a, b, kk, args.threads), total)
-        row["auto_s"] = best(lambda: R.matmul(a, b, mode="exact", threads=args.threads), total)
+            row[f"{kk}_s"] = fast_half_median(lambda: _core.matmul_exact_kernel(a, b, kk, args.threads), total)
+        row["auto_s"] = fast_half_median(lambda: R.matmul(a, b, mode="exact", threads=args.threads), total)
         rows.append(row)
         print(
             f"| {m}x{n}x{k} | {t_torch * 1e6:.1f} | "

@@ -24,6 +24,8 @@ import exactforge.nn as xnn
 from exactforge.data import load_dataset
 from exactforge.models.zoo import build_model
 
+from _common import interleaved_min
+
 
 def step(model, loss, x, y, lr=0.01):
     model.zero_grad()
@@ -31,18 +33,6 @@ def step(model, loss, x, y, lr=0.01):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(p.grad, alpha=-lr)
-
-
-def best_interleaved(fns, repeats):
-    """Best time of each function, the runs alternating: on a shared machine a slow spell then
-    hits both sides of the ratio, not one."""
-    out = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t = time.perf_counter()
-            fn()
-            out[i].append(time.perf_counter() - t)
-    return [min(o) for o in out]
 
 
 def main() -> None:
@@ -91,7 +81,7 @@ def main() -> None:
             raise SystemExit(
                 f"{name}: wrong gradients (float64 rel {rel64:.2g}, permutation-invariant {same}); not timing"
             )
-        t_torch, t_rep = best_interleaved(
+        t_torch, t_rep = interleaved_min(
             [lambda: step(net, torch.nn.functional.cross_entropy, x, y), lambda: step(rep, xnn.cross_entropy, x, y)],
             args.repeats,
         )
