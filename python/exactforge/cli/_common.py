@@ -161,6 +161,13 @@ def _ray_args(p: argparse.ArgumentParser, what: str, checkpoints: bool = False) 
         default=3,
         help="Ray's retries of a task whose worker died; a task still lost makes the result invalid",
     )
+    p.add_argument(
+        "--ray-timeout",
+        type=_real(0.0, 3600.0, lo_open=True),
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for a cluster at --ray ADDRESS before giving up (exit 2)",
+    )
     if checkpoints:
         p.add_argument(
             "--ray-checkpoints",
@@ -197,4 +204,5 @@ def _executor(args: argparse.Namespace):
         num_cpus=args.ray_cpus,
         max_retries=args.ray_retries,
         checkpoints=getattr(args, "ray_checkpoints", "auto"),
+        connect_timeout=args.ray_timeout,
     )

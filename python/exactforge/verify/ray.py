@@ -35,6 +35,7 @@ import bisect
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -287,6 +288,36 @@ class _Stream:
         self.pool.close()
 
 
+def _probe(address: str, timeout: float) -> None:
+    """Fails within ``timeout`` seconds when nothing answers at a HOST:PORT address (with or
+    without ray://); Ray itself would retry for minutes. ``auto`` and other forms are Ray's to
+    resolve."""
+    import socket
+
+    rest = address[len("ray://") :] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({exc}; waited at most {timeout:g} s)") from None
+
+
+@contextlib.contextmanager
+def _scoped_env(name: str, value: str) -> Iterator[None]:
+    """Sets an environment variable for the duration (a value the user set wins)."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 class RayExecutor:
     """Runs the verifier's segments and a study's cells as Ray tasks.
 
@@ -298,7 +329,8 @@ class RayExecutor:
     ``"shared"`` (workers read the trace directory: the same path on every node), ``"ship"``
     (the driver reads each checkpoint file and puts its bytes in the object store), ``"auto"``
     (shared on a local instance, shipped to a remote cluster). ``tasks_per_worker``: segment
-    groups per worker, for load balance (more groups, more per-task overhead)."""
+    groups per worker, for load balance (more groups, more per-task overhead). ``connect_timeout``:
+    seconds to reach a cluster's address before giving up with a ConnectionError naming it."""
 
     def __init__(
         self,
@@ -309,6 +341,7 @@ class RayExecutor:
         max_retries: int = 3,
         checkpoints: str = "auto",
         tasks_per_worker: int = 4,
+        connect_timeout: float = 10.0,
     ) -> None:
         if not isinstance(address, str) or not address.strip():
             raise ValueError(
@@ -323,10 +356,17 @@ class RayExecutor:
                 raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
         if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
             raise ValueError(f"num_cpus: expected a positive integer or None, got {num_cpus!r}")
+        if (
+            isinstance(connect_timeout, bool)
+            or not isinstance(connect_timeout, (int, float))
+            or not (0 < connect_timeout <= 3600)
+        ):
+            raise ValueError(f"connect_timeout: expected seconds in (0, 3600], got {connect_timeout!r}")
         if checkpoints not in CHECKPOINT_MODES:
             raise ValueError(f"checkpoints: expected one of {CHECKPOINT_MODES}, got {checkpoints!r}")
         self.address, self.num_cpus, self.task_cpus = address.strip(), num_cpus, task_cpus
         self.max_retries, self.checkpoints, self.tasks_per_worker = max_retries, checkpoints, tasks_per_worker
+        self.connect_timeout = float(connect_timeout)
 
     # -- the Ray session ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -341,8 +381,11 @@ class RayExecutor:
             if self.address == "local":
                 ray.init(num_cpus=self.num_cpus, **opts)
             else:
-                ray.init(address=self.address, **opts)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+                _probe(self.address, self.connect_timeout)
+                # Ray's own wait for a cluster's control service is a minute or more: bounded here
+                with _scoped_env("RAY_gcs_server_request_timeout_seconds", str(max(1, int(self.connect_timeout)))):
+                    ray.init(address=self.address, **opts)
+        except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
             raise ConnectionError(f"cannot start or reach Ray at {self.address!r}: {str(exc)[:300]}") from None
         try:
             yield ray
