@@ -529,3 +529,50 @@ def test_limits_are_declared_in_one_place():
     assert lim.record_bytes(64) < 8192 and lim.max_checkpoint_bytes == 4 << 30
     with pytest.raises(TraceError):
         Trace.open("/nonexistent/trace")
+
+
+# -- content of a file that is not what it claims is never echoed ------------------------------
+CANARY = "TOPSECRET-c4n4ry"
+
+
+def test_a_hard_linked_file_is_refused_and_never_echoed(t, tmp_path, capsys):
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"schema": CANARY, "password": CANARY}))
+    os.unlink(os.path.join(t, "manifest.json"))
+    os.link(secret, os.path.join(t, "manifest.json"))
+    rep = verify_trace(t)
+    assert not rep.valid and "hard links" in rep.reason and CANARY not in rep.reason
+    assert main(["verify", t, "--quiet"]) == 2
+    out = capsys.readouterr()
+    assert CANARY not in out.out + out.err and "hard links" in out.err
+
+
+def test_a_hard_linked_checkpoint_is_refused(t, tmp_path):
+    ck = os.path.join(t, "checkpoints", "00000002.safetensors")
+    os.link(ck, str(tmp_path / "elsewhere.safetensors"))  # the file now has a second name
+    rep = verify_trace(t)
+    assert not rep.valid and "hard links" in rep.reason
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        CANARY.encode(),
+        f'{{"schema": "{CANARY}"}}'.encode(),
+        f'["{CANARY}"]'.encode(),
+        f'{{"schema": "exactforge-trace"}} {CANARY}'.encode(),
+        b"\xff\xfe" + CANARY.encode(),
+        f'{{"a": 1e999, "b": "{CANARY}"}}'.encode(),
+        f'{{"schema": {{"x": "{CANARY}"}}}}'.encode(),
+    ],
+    ids=["text", "other schema", "not an object", "trailing data", "not utf-8", "overflow", "nested"],
+)
+@pytest.mark.parametrize("where", ["manifest.json", "records/00000001.json"])
+def test_content_that_fails_to_parse_is_never_echoed(t, capsys, content, where):
+    with open(os.path.join(t, where), "wb") as f:
+        f.write(content)
+    rep = verify_trace(t)
+    assert not rep.valid and CANARY not in rep.reason, rep.reason
+    assert main(["verify", t, "--quiet", "--json", "-"]) == 2
+    out = capsys.readouterr()
+    assert CANARY not in out.out + out.err

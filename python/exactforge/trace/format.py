@@ -24,7 +24,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .limits import DEFAULT_LIMITS, Limits
-from .safeio import SAFETENSORS_DTYPES, TraceError, tensor_nbytes
+from .safeio import SAFETENSORS_DTYPES, TraceError, digest, tensor_nbytes
 
 __all__ = [
     "SCHEMA",
@@ -106,7 +106,9 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
 def _check_schema(man: Dict[str, Any]) -> None:
     """An exactforge trace of the schema version this exactforge reads, with every required key."""
     if man.get("schema") != SCHEMA:
-        raise TraceError(f"manifest: not an exactforge trace (schema {str(man.get('schema'))[:40]!r})")
+        # not a trace: nothing of it is echoed (it may be another file under the manifest's name)
+        shown = digest(json.dumps(man.get("schema"), sort_keys=True).encode())
+        raise TraceError(f"manifest: not an exactforge trace (its 'schema' is not {SCHEMA!r}: {shown})")
     ver = man.get("schema_version")
     if ver != SCHEMA_VERSION:
         hint = (

@@ -40,6 +40,7 @@ __all__ = [
     "SAFETENSORS_DTYPES",
     "decode_safetensors",
     "tensor_nbytes",
+    "digest",
 ]
 
 
@@ -128,6 +129,10 @@ def read_file(root: str, rel: str, max_bytes: int, what: str, missing_ok: bool =
         fst = os.fstat(fd)
         if not stat.S_ISREG(fst.st_mode) or (fst.st_ino, fst.st_dev) != (st.st_ino, st.st_dev):
             raise TraceError(f"{what}: {rel} was replaced while being opened")
+        if fst.st_nlink != 1:
+            # another name of the same file may lie outside the trace (a secret the verifier can
+            # read): a trace's files have one name, and its writer never links them
+            raise TraceError(f"{what}: {rel} has {fst.st_nlink} hard links; a trace's files have exactly one")
         buf = bytearray(min(fst.st_size, max_bytes) + 1)
         view = memoryview(buf)
         got = 0
@@ -191,6 +196,14 @@ def list_names(root: str, sub: str, limits: Limits = DEFAULT_LIMITS) -> Iterator
         os.close(dfd)
 
 
+def digest(data: Any) -> str:
+    """How an error names content it will not show: its size and the start of its SHA-256."""
+    import hashlib
+
+    b = bytes(data)
+    return f"{len(b)} bytes, sha256 {hashlib.sha256(b).hexdigest()[:16]}"
+
+
 # -- JSON ------------------------------------------------------------------------------------
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a finite number")
@@ -210,16 +223,24 @@ def parse_json(data: bytes, what: str, limits: Limits = DEFAULT_LIMITS) -> Any:
             raise ValueError(f"a number of {len(s)} characters")
         v = float(s)
         if not np.isfinite(v):
-            raise ValueError(f"{s} overflows a float")
+            raise ValueError("a number that overflows a float")
         return v
 
+    # A file that does not parse may not be what it claims (another file under its name): its
+    # content is never echoed, only where it failed and a digest to compare it with.
     try:
         text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{what}: not UTF-8 at byte {exc.start} ({digest(data)})") from None
+    try:
         obj = json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=_reject_constant)
     except RecursionError:
         raise TraceError(f"{what}: JSON nested deeper than {limits.json_depth} levels") from None
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        raise TraceError(f"{what}: not valid JSON ({exc})") from None
+    except json.JSONDecodeError as exc:
+        at = len(text[: exc.pos].encode("utf-8"))
+        raise TraceError(f"{what}: not valid JSON at byte {at}: {exc.msg} ({digest(data)})") from None
+    except ValueError as exc:  # the number checks above
+        raise TraceError(f"{what}: not valid JSON: {exc} ({digest(data)})") from None
     # the decoder recursed within Python's limit; the declared depth is checked here, iteratively
     stack: List[Tuple[Any, int]] = [(obj, 1)]
     while stack:
