@@ -130,14 +130,14 @@ def test_a_declared_model_beyond_the_limits_is_refused_before_anything_is_read(t
     assert code == 2 and "max_checkpoint_bytes" in rep["reason"]
 
 
-def test_random_policy_reads_only_the_sampled_checkpoints(honest, monkeypatch):
+def test_random_policy_recomputes_the_sample_and_checks_every_checkpoint_once(honest, monkeypatch):
     loaded = []
     real = Trace.load_checkpoint
     monkeypatch.setattr(Trace, "load_checkpoint", lambda self, s: loaded.append(s) or real(self, s))
     rep = verify_trace(honest, policy="random", fraction=0.25, seed=1)
-    assert rep.accepted and len(rep.steps) == 1
-    s, e = rep.steps[0].step, rep.steps[0].end_step
-    assert sorted(set(loaded)) == sorted({0, s, e})  # theta_0 (seeded check) and the segment's ends
+    assert rep.accepted and len(rep.steps) == 1 and rep.checkpoints_checked == 5
+    # every checkpoint read for its integrity, each once (one in memory at a time)
+    assert sorted(loaded) == [0, 2, 4, 6, 8]
 
 
 # -- the trust model: the verifier's data, never a path from the trace ---------------------
@@ -576,3 +576,100 @@ def test_content_that_fails_to_parse_is_never_echoed(t, capsys, content, where):
     assert main(["verify", t, "--quiet", "--json", "-"]) == 2
     out = capsys.readouterr()
     assert CANARY not in out.out + out.err
+
+
+# -- integrity is never sampled; a refused resume changes nothing -------------------------------
+def _nan_weights(d, path):
+    from exactforge.trace.safeio import decode_safetensors
+
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    tensors = decode_safetensors(data, Trace.open(d).manifest.tensors, "checkpoint")
+    bad = {k: np.array(v) for k, v in tensors.items()}
+    bad[next(iter(bad))].flat[0] = np.nan
+    with open(path, "wb") as f:
+        f.write(encode_checkpoint(bad, 0))
+    rechain(d)  # the hashes agree with the NaN weights: only the content check can refuse them
+
+
+def _other_traces_checkpoint(d, path, tmp_path):
+    other = str(tmp_path / "other")
+    record_native(other, SPEC, DIGITS, steps=8, batch_size=32, lr=0.05, checkpoint_every=1, seed=1)
+    with open(os.path.join(other, "checkpoints", os.path.basename(path)), "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+HOSTILE_CHECKPOINTS = {
+    "modified": lambda d, p, tmp: open(p, "r+b").write(b"\x00" * 4) and None,
+    "symbolic link to /dev/zero": lambda d, p, tmp: (os.unlink(p), os.symlink("/dev/zero", p)),
+    "FIFO": lambda d, p, tmp: (os.unlink(p), os.mkfifo(p)),
+    "emptied": lambda d, p, tmp: open(p, "wb").close(),
+    "removed": lambda d, p, tmp: os.unlink(p),
+    "another trace's checkpoint": lambda d, p, tmp: _other_traces_checkpoint(d, p, tmp),
+    "NaN weights, hashes rebuilt": lambda d, p, tmp: _nan_weights(d, p),
+    "hard link": lambda d, p, tmp: os.link(p, str(tmp / "second-name")),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(HOSTILE_CHECKPOINTS))
+@pytest.mark.parametrize("policy", [["--policy", "random", "--fraction", "0.25", "--seed", "3"], ["--policy", "topq"]])
+def test_a_sample_recomputes_some_segments_but_checks_every_checkpoint(t, tmp_path, capsys, damage, policy):
+    from exactforge.verify import select_segments
+
+    tr = Trace.open(t)
+    kw = {"fraction": 0.25, "seed": 3} if policy[1] == "random" else {"q": 1, "update_norms": [1.0] * 4}
+    read = {0} | {s for seg in select_segments(tr, policy[1], **kw) for s in seg}
+    outside = [s for s in tr.checkpoint_steps if s not in read]
+    assert outside  # a checkpoint the recomputation does not need
+    HOSTILE_CHECKPOINTS[damage](t, os.path.join(t, "checkpoints", f"{outside[-1]:08d}.safetensors"), tmp_path)
+    code, rep = verify_cli(t, *policy)
+    assert code == 2 and not rep["valid"], rep["reason"]
+
+
+def test_the_report_counts_the_checkpoints_checked(t, capsys):
+    code, rep = verify_cli(t, "--policy", "random", "--fraction", "0.25")
+    assert code == 0 and rep["checkpoints_checked"] == 5 and len(rep["steps"]) == 1
+    assert "5 checkpoints checked for integrity, 1 of 4 segments recomputed" in capsys.readouterr().out
+
+
+def _tree(d):
+    """Every entry below d as it is on disk: kind, link target, bytes (FIFOs are not opened)."""
+    import hashlib
+    import stat as st
+
+    out = {}
+    for folder, dirs, files in os.walk(d):
+        for name in dirs + files:
+            p = os.path.join(folder, name)
+            s = os.lstat(p)
+            if st.S_ISLNK(s.st_mode):
+                out[p] = ("link", os.readlink(p))
+            elif st.S_ISREG(s.st_mode):
+                with open(p, "rb") as f:
+                    out[p] = ("file", hashlib.sha256(f.read()).hexdigest(), s.st_mtime_ns)
+            else:
+                out[p] = (st.S_IFMT(s.st_mode),)
+    return out
+
+
+HOSTILE_TAILS = {
+    **{f"last checkpoint: {k}": ("checkpoints/00000003.safetensors", v) for k, v in HOSTILE_CHECKPOINTS.items()},
+    "first checkpoint modified": ("checkpoints/00000000.safetensors", HOSTILE_CHECKPOINTS["modified"]),
+    "tail record edited": ("records/00000003.json", lambda d, p, tmp: open(p, "r+b").write(b" ") and None),
+    "tail record is a link": ("records/00000003.json", lambda d, p, tmp: (os.unlink(p), os.symlink("/dev/zero", p))),
+    "tail record is a FIFO": ("records/00000003.json", lambda d, p, tmp: (os.unlink(p), os.mkfifo(p))),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(HOSTILE_TAILS))
+def test_a_refused_resume_leaves_every_byte(tmp_path, capsys, damage):
+    d = _unfinished(tmp_path)  # records 0..3; the last checkpoint is theta_3, record 3 is the tail
+    rel, edit = HOSTILE_TAILS[damage]
+    edit(d, os.path.join(d, rel), tmp_path)
+    before = _tree(d)
+    argv = ["train", "--model", "fcn", "--hidden", "16", "--batch-size", "32", "--steps", "5", "--lr", "0.05"]
+    assert run_main(argv + ["--checkpoint-every", "3", "--out", d, "--resume", "--quiet"]) == 2
+    assert _tree(d) == before
+    assert capsys.readouterr().err.startswith("exactforge train: invalid trace:")

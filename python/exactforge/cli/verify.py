@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
         else ""
     )
     some = (
-        f"{len(rep.steps)} of {rep.total_segments} segments recomputed (--policy {rep.policy}: the others "
-        "were not checked)"
+        f"{rep.checkpoints_checked} checkpoints checked for integrity, {len(rep.steps)} of {rep.total_segments} "
+        f"segments recomputed (--policy {rep.policy})"
         if len(rep.steps) < rep.total_segments
         else f"{len(rep.steps)} segment(s) recomputed"
     )

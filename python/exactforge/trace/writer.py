@@ -107,13 +107,18 @@ class TraceWriter:
         check: Optional[Callable[[Dict[str, Any]], None]] = None,
     ) -> Tuple["TraceWriter", Trace]:
         """Continues a trace after its last checkpoint. ``check(manifest)`` runs first and may
-        raise to refuse the resume (different arguments): nothing has been removed then. The
+        raise to refuse the resume (different arguments), then every checkpoint is checked for
+        integrity: a refused resume has removed nothing. The
         unfinished tail (records past the last checkpoint) is removed from the end backwards,
         each removal synced, so every intermediate state is a valid, shorter prefix. A complete
         trace is returned as it is (``writer.finished``)."""
         trace = Trace.open(directory)
         if check is not None:
             check(trace.manifest)
+        # Nothing is removed before the whole trace has proved intact (every checkpoint's file,
+        # hash, header and weights, the chain having been checked by open): a resume refused
+        # below would otherwise have deleted the tail of a trace it cannot continue.
+        trace.check_checkpoints()
         last = trace.num_steps
         folder = os.path.join(directory, "records")
         if not trace.complete:

@@ -29,6 +29,7 @@ from ..models.step import NativeStep, TorchStep
 from ..reduce import check_threads
 from ..report.progress import progress_bar
 from ..trace import DEFAULT_LIMITS, Limits, Trace, TraceError
+from ..trace.reader import finite
 from .distances import DISTANCES, verification_distance
 
 __all__ = [
@@ -116,6 +117,7 @@ class VerificationReport:
     permute_batches: Optional[int] = None
     threads: Optional[int] = None
     total_segments: int = 0  # segments of the (verified prefix of the) trace; steps holds the recomputed ones
+    checkpoints_checked: int = 0  # checkpoints whose file, hash, header and weights were checked (all, any policy)
     executor: Optional[Dict[str, Any]] = (
         None  # where the segments ran (None: here, serially); see exactforge.distributed
     )
@@ -435,13 +437,6 @@ def _set_modes(model: Any, eval_modules: Optional[List[str]]) -> None:
         mods[name].training = False
 
 
-def _checked(state: Dict[str, np.ndarray], step: int) -> Dict[str, np.ndarray]:
-    for k, v in state.items():
-        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
-            raise TraceError(f"checkpoint {step}: {k} holds NaN or infinite weights")
-    return state
-
-
 def _pairs(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> List[Tuple[np.ndarray, np.ndarray]]:
     return [(np.asarray(a[k]), np.asarray(b[k])) for k in b if np.asarray(b[k]).dtype.kind == "f"]
 
@@ -530,13 +525,19 @@ def verify_trace(
                 report.partial = True
                 report.unverified_tail = len(trace.records) - trace.num_steps
             load, step, initial = engine_for(trace, data, threads, model, loss_fn)
-            theta0 = _checked(load(0), 0)
+            theta0 = finite(load(0), 0)
             if man["initial"] == "seeded":
                 _check_seeded(theta0, initial(), man["seed"])
             # topq: one streaming pass over every checkpoint for the logged update norms
             norms = _update_norms(trace, load, theta0) if policy == "topq" else None
             segs = select_segments(trace, policy, q=q, fraction=fraction, seed=seed, update_norms=norms)
             report.total_segments = len(list(trace.segments()))
+            # a sample chooses what is recomputed, never what is checked: the checkpoints the
+            # recomputation will not read are checked here (topq's pass read every one already)
+            if policy == "random":
+                read = {0} | {s for seg in segs for s in seg}
+                trace.check_checkpoints([s for s in trace.checkpoint_steps if s not in read])
+            report.checkpoints_checked = len(trace.checkpoint_steps)
         except (TraceError, ValueError, TypeError, OSError) as exc:
             report.reason = str(exc)
             return report
@@ -618,7 +619,7 @@ def _update_norms(trace: Trace, load: Callable, theta0: Dict[str, np.ndarray]) -
     norms = []
     prev = theta0
     for _, e in trace.segments():
-        cur = _checked(load(e), e)
+        cur = finite(load(e), e)
         norms.append(verification_distance(_pairs(cur, prev), "l2"))
         prev = cur
     return norms
@@ -630,8 +631,8 @@ def _states(
     """(start, end, theta_start, theta_end) with at most two checkpoints in memory."""
     cache: Dict[int, Any] = {0: theta0} if theta0 is not None else {}
     for s, e in segs:
-        start = cache[s] if s in cache else _checked(load(s), s)
-        end = _checked(load(e), e)
+        start = cache[s] if s in cache else finite(load(s), s)
+        end = finite(load(e), e)
         cache = {e: end}
         yield s, e, start, end
 
