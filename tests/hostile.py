@@ -95,7 +95,7 @@ def deadline(seconds: int):
 import random  # noqa: E402
 import struct  # noqa: E402
 
-KINDS = ("bytes", "json", "header", "filetype", "truncate", "reorder")
+KINDS = ("bytes", "json", "header", "filetype", "truncate", "reorder", "keys", "whitespace")
 
 # Manifest fields whose change need not change a verdict (provenance, not semantics).
 NON_SEMANTIC = (
@@ -233,6 +233,34 @@ def mutate(d: str, kind: str, rng: random.Random, outside: str) -> str:
         os.rename(pb, pa)
         os.rename(tmp, pb)
         return f"reorder {a} <-> {b}"
+    if kind == "keys":  # the same content in another form: a repeated key, an escape, another order
+        f = rng.choice([f for f in files if f.endswith(".json")])
+        p = os.path.join(d, f)
+        raw = open(p, "rb").read()
+        obj = json.loads(raw)
+        path, box, key = rng.choice([x for x in _paths(obj) if isinstance(x[1], dict)] or [("", {"": 0}, "")])
+        op = rng.choice(["duplicate", "escape", "reorder"])
+        if op == "duplicate" and isinstance(box, dict) and box:
+            # the repeated key first: a first-wins reader sees another value than a last-wins one
+            dup = json.dumps(key) + ":" + json.dumps(_random_json(rng)) + ","
+            start = raw.find(b"{" + json.dumps(key).encode() + b":") if box is obj else raw.find(b"{")
+            at = max(start, 0) + 1
+            data = raw[:at] + dup.encode() + raw[at:]
+        elif op == "escape" and key:
+            esc = "".join(f"\\u{ord(c):04x}" if i == 0 else c for i, c in enumerate(str(key)))
+            data = raw.replace(json.dumps(key).encode(), ('"' + esc + '"').encode(), 1)
+        else:
+            data = json.dumps(dict(reversed(list(obj.items()))), separators=(",", ":")).encode()  # not sorted
+        open(p, "wb").write(data)
+        return f"keys {op} {f}:{path}" + (" (no-op)" if data == raw else "")
+    if kind == "whitespace":
+        f = rng.choice([f for f in files if f.endswith(".json")])
+        p = os.path.join(d, f)
+        raw = open(p, "rb").read()
+        pos = rng.choice([i + 1 for i, c in enumerate(raw) if c in b",:{["] + [0, len(raw)])
+        data = raw[:pos] + rng.choice([b" ", b"\n", b"\t", b"\r\n", b"  "]) + raw[pos:]
+        open(p, "wb").write(data)
+        return f"whitespace {f}@{pos}"
     raise ValueError(kind)
 
 

@@ -673,3 +673,58 @@ def test_a_refused_resume_leaves_every_byte(tmp_path, capsys, damage):
     assert run_main(argv + ["--checkpoint-every", "3", "--out", d, "--resume", "--quiet"]) == 2
     assert _tree(d) == before
     assert capsys.readouterr().err.startswith("exactforge train: invalid trace:")
+
+
+# -- a record's bytes are what the chain binds: one canonical form, no repeated key -------------
+def _raw(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _put(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+REFORMATTED = {
+    "pretty-printed": lambda raw: json.dumps(json.loads(raw), indent=2, sort_keys=True).encode(),
+    "keys reordered": lambda raw: json.dumps(
+        dict(reversed(list(json.loads(raw).items()))), separators=(",", ":")
+    ).encode(),
+    "escaped key": lambda raw: raw.replace(b'"batch"', b'"\\u0062atch"'),
+    "whitespace added": lambda raw: raw + b"\n",
+    "space after a comma": lambda raw: raw.replace(b",", b", ", 1),
+    "duplicate batch": lambda raw: b'{"batch":[0,1,2],' + raw[1:],
+    "duplicate step": lambda raw: b'{"step":4,' + raw[1:],
+    "duplicate final": lambda raw: b'{"final":false,' + raw[1:],
+    "duplicate checkpoint": lambda raw: b'{"checkpoint":null,' + raw[1:],
+    "duplicate key inside": lambda raw: raw.replace(b'"checkpoint":{', b'"checkpoint":{"step":99,', 1),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(REFORMATTED))
+def test_a_record_in_another_form_or_with_a_repeated_key_is_invalid(t, capsys, edit):
+    path = os.path.join(t, "records", "00000001.json")  # a record with a checkpoint (every 2 steps)
+    changed = REFORMATTED[edit](_raw(path))
+    assert changed != _raw(path)
+    _put(path, changed)
+    code, rep = verify_cli(t)
+    assert code == 2 and not rep["valid"]
+    assert "canonical form" in rep["reason"] or "repeats a key" in rep["reason"], rep["reason"]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda raw: json.dumps(json.loads(raw), indent=1, sort_keys=True).encode(),
+        lambda raw: b'{"engine":"torch",' + raw[1:],
+        lambda raw: b'{"seed":1,' + raw[1:],
+        lambda raw: raw.replace(b'"data":{', b'"data":{"name":"mnist",', 1),
+    ],
+    ids=["pretty-printed", "duplicate engine", "duplicate seed", "duplicate key inside"],
+)
+def test_a_manifest_in_another_form_or_with_a_repeated_key_is_invalid(t, edit):
+    path = os.path.join(t, "manifest.json")
+    _put(path, edit(_raw(path)))
+    code, rep = verify_cli(t)
+    assert code == 2 and ("canonical form" in rep["reason"] or "repeats a key" in rep["reason"]), rep["reason"]

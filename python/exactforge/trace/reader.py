@@ -13,7 +13,16 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .format import Manifest, checkpoint_name, is_sha256, record_hash, record_name, sha256_bytes, validate_manifest
+from .format import (
+    Manifest,
+    canonical_json,
+    checkpoint_name,
+    is_sha256,
+    record_hash,
+    record_name,
+    sha256_bytes,
+    validate_manifest,
+)
 from .limits import DEFAULT_LIMITS, Limits
 from .safeio import TraceError, decode_safetensors, is_entry, list_names, read_file, read_json
 
@@ -84,6 +93,18 @@ def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) ->
     return Record(i, arr, obj["prev"], ck, obj["hash"], final)
 
 
+def _canonical(obj: Any, raw: bytes, what: str) -> None:
+    """The file's bytes must be the canonical form of what they hold (``canonical_json``: keys
+    sorted, no whitespace, ASCII with \\u escapes, numbers as Python writes them), so that the
+    hash the chain binds is the hash of the bytes: a record reformatted, its keys reordered or
+    escaped differently is another file, and invalid."""
+    if canonical_json(obj) != raw:
+        raise TraceError(
+            f"{what}: not in canonical form (sorted keys, no whitespace, as exactforge writes it); "
+            "a trace's files are bound by their bytes"
+        )
+
+
 def finite(state: Dict[str, np.ndarray], step: int) -> Dict[str, np.ndarray]:
     """``state`` when every floating tensor holds finite numbers; TraceError naming the tensor."""
     for k, v in state.items():
@@ -125,6 +146,7 @@ class Trace:
         the rest is read). The trace is complete only when this returns: a caller must treat
         what it saw before as provisional, to be dropped if the open fails."""
         raw_obj, raw = read_json(directory, "manifest.json", limits.manifest_bytes, "manifest", limits)  # type: ignore[misc]
+        _canonical(raw_obj, raw, "manifest")
         man = validate_manifest(raw_obj, limits)
         t = cls(directory, man, sha256_bytes(raw), limits=limits)
         if on_manifest is not None:
@@ -144,7 +166,8 @@ class Trace:
             got = read_json(directory, record_name(i), rec_limit, f"record {i}", limits, missing_ok=True)
             if got is None:  # the first absent record ends the prefix (holes are found below)
                 break
-            obj, _ = got
+            obj, rec_raw = got
+            _canonical(obj, rec_raw, f"record {i}")
             rec = _parse_record(obj, i, man, limits)
             if rec.hash != record_hash(obj):
                 raise TraceError(f"record {i}: its hash does not match its content (modified)")

@@ -232,8 +232,23 @@ def parse_json(data: bytes, what: str, limits: Limits = DEFAULT_LIMITS) -> Any:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TraceError(f"{what}: not UTF-8 at byte {exc.start} ({digest(data)})") from None
+
+    def unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+        # two readers of one trace must never see two histories: a repeated key (which one
+        # wins depends on the reader) makes the file invalid, at any depth
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            raise ValueError("an object repeats a key")
+        return obj
+
     try:
-        obj = json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=_reject_constant)
+        obj = json.loads(
+            text,
+            parse_int=parse_int,
+            parse_float=parse_float,
+            parse_constant=_reject_constant,
+            object_pairs_hook=unique_keys,
+        )
     except RecursionError:
         raise TraceError(f"{what}: JSON nested deeper than {limits.json_depth} levels") from None
     except json.JSONDecodeError as exc:
