@@ -226,11 +226,16 @@ def test_theta0_from_another_run_is_not_the_seeded_initialisation(t, tmp_path):
         f.write(encode_checkpoint(params, 0))
     rechain(t)
     code, rep = verify_cli(t)
-    assert code == 2 and "seeded initialisation" in rep["reason"]
-    # the same trace claiming given weights is recomputed (and fails at step 0's segment)
+    assert code == 2 and "not the initialisation of seed 0" in rep["reason"]
+    # calling the weights given changes nothing while the manifest still declares the seed
     rechain(t, manifest_edit=lambda m: m.update(initial="given"))
     code, rep = verify_cli(t)
-    assert code == 1 and rep["initial"] == "given" and not rep["steps"][0]["passed"]
+    assert code == 2 and "not the initialisation of seed 0" in rep["reason"]
+    # without a seed, theta_0 is unverified and recomputed from (and fails at step 0's segment)
+    rechain(t, manifest_edit=lambda m: m.pop("seed"))
+    code, rep = verify_cli(t)
+    assert code == 1 and rep["initial"] == "given" and not rep["initial_verified"]
+    assert not rep["steps"][0]["passed"]
 
 
 def test_off_schedule_checkpoints_are_refused(t):

@@ -38,6 +38,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="verify the prefix of an incomplete trace (fewer steps than declared); reported as PARTIAL",
     )
+    v.add_argument(
+        "--initial-test",
+        action="store_true",
+        help="test a theta_0 that no declared seed reproduces against its initialisation law (the reference "
+        "Proof-of-Learning's Kolmogorov-Smirnov test per layer); a layer that fails it rejects the trace",
+    )
     _ray_args(v, "the segments", checkpoints=True)
     v.set_defaults(func=run)
 
@@ -62,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         allow_partial=args.allow_partial,
         executor=executor,
+        initial_test=args.initial_test,
     )
     write_json(args, rep.to_dict())
     if not rep.valid:
@@ -94,7 +101,22 @@ def run(args: argparse.Namespace) -> int:
     )
     say(
         args,
-        f"{verdict}: {scope}{some}{where} ({rep.engine}, theta_0 {rep.initial}), "
+        f"{verdict}: {scope}{some}{where} ({rep.engine}, {_theta0(rep)}), "
         f"max {rep.distance} error {err}, epsilon {rep.epsilon:g}, {failed} over epsilon{res}",
     )
     return 0 if rep.accepted else 1
+
+
+def _theta0(rep: Any) -> str:
+    """Where theta_0 came from, as far as the verifier could check."""
+    if rep.initial_verified:
+        return "theta_0 seeded"
+    text = f"theta_0 {rep.initial}, unverified"
+    if rep.initial_test is not None:
+        failed = [t["tensor"] for t in rep.initial_test if not t["passed"]]
+        text += (
+            f"; initialisation test failed for {', '.join(failed[:3])}"
+            if failed
+            else f"; initialisation test passed ({len(rep.initial_test)} layers)"
+        )
+    return text

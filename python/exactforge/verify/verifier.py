@@ -31,6 +31,8 @@ from ..report.progress import progress_bar
 from ..trace import DEFAULT_LIMITS, Limits, Trace, TraceError
 from ..trace.reader import finite
 from .distances import DISTANCES, verification_distance
+from .initial import initial_law_test
+from .initial import summary as init_summary
 
 __all__ = [
     "POLICIES",
@@ -112,6 +114,8 @@ class VerificationReport:
     partial: bool = False  # an incomplete trace verified as a prefix (allow_partial)
     unverified_tail: int = 0  # recorded steps after the last checkpoint (partial traces only)
     initial: Optional[str] = None  # "seeded" (theta_0 recomputed and equal) or "given"
+    initial_verified: bool = False  # theta_0 recomputed from a declared seed and equal, bit for bit
+    initial_test: Optional[List[Dict[str, Any]]] = None  # per layer, with initial_test=True (KS against the init law)
     resolution: Optional[float] = None  # median over the segments of StepResult.resolution
     engine: str = ""
     permute_batches: Optional[int] = None
@@ -460,6 +464,7 @@ def verify_trace(
     limits: Limits = DEFAULT_LIMITS,
     loss_fn: Any = None,
     executor: Any = None,
+    initial_test: bool = False,
 ) -> VerificationReport:
     """Verifies a trace. Never raises on a bad trace or argument: the report is then
     ``valid=False`` with a ``reason``.
@@ -474,11 +479,17 @@ def verify_trace(
     trace (fewer steps than declared, no final record) is invalid unless ``allow_partial``: then
     its prefix up to the last checkpoint is verified and the report says ``partial``.
 
+    ``initial_test`` adds the reference Proof-of-Learning's check of theta_0: a
+    Kolmogorov-Smirnov test of each layer against its initialisation law
+    (:mod:`exactforge.verify.initial`); a layer that fails it makes the trace rejected, with the
+    reason. A theta_0 recomputed from a declared seed needs no such test (``initial_verified``).
+
     ``executor`` spreads the recomputation over a cluster: an
     :class:`exactforge.verify.ray.RayExecutor` schedules the segments as Ray tasks. The
     integrity checks (manifest, hash chain, theta_0, the policy's choice) stay here, in this
     process; the workers recompute and compare, and the report is the serial one (the same
     per-segment errors and verdict), with ``executor`` saying what ran where."""
+    failed_init: Optional[str] = None
     with contextlib.ExitStack() as stack:
         eps_value = float(epsilon) if isinstance(epsilon, (int, float, np.floating)) else float("nan")
         report = VerificationReport(
@@ -526,8 +537,15 @@ def verify_trace(
                 report.unverified_tail = len(trace.records) - trace.num_steps
             load, step, initial = engine_for(trace, data, threads, model, loss_fn)
             theta0 = finite(load(0), 0)
-            if man["initial"] == "seeded":
-                _check_seeded(theta0, initial(), man["seed"])
+            ref = initial() if man["initial"] == "seeded" or man.get("seed") is not None else None
+            if man["initial"] == "seeded" or ref is not None:
+                # a declared seed that the verifier can recompute is checked, whatever 'initial' says
+                _check_seeded(theta0, ref, man["seed"])
+                report.initial_verified = True
+            if initial_test:
+                tests = initial_law_test(theta0, getattr(step, "model", None), getattr(step, "spec", None))
+                report.initial_test = [t.to_dict() for t in tests]
+                failed_init = init_summary(tests)
             # topq: one streaming pass over every checkpoint for the logged update norms
             norms = _update_norms(trace, load, theta0) if policy == "topq" else None
             segs = select_segments(trace, policy, q=q, fraction=fraction, seed=seed, update_norms=norms)
@@ -562,6 +580,8 @@ def verify_trace(
                 report.valid, report.accepted, report.reason = False, False, str(exc)
                 return report
         report.accepted = all(r.passed for r in report.steps)
+        if initial_test and failed_init is not None:
+            report.accepted, report.reason = False, failed_init
         if report.steps:
             report.resolution = float(np.median([r.resolution for r in report.steps]))
         return report
@@ -611,7 +631,10 @@ def _check_seeded(theta0: Dict[str, np.ndarray], ref: Optional[Dict[str, np.ndar
     if set(ref) != set(theta0) or not all(
         np.array_equal(ref[k], theta0[k]) and ref[k].dtype == theta0[k].dtype for k in ref
     ):
-        raise TraceError(f"checkpoint 0: theta_0 is not the seeded initialisation the manifest claims (seed {seed})")
+        raise TraceError(
+            f"checkpoint 0: theta_0 is not the initialisation of seed {seed}, which the manifest declares "
+            "(a run that started from other weights declares no seed)"
+        )
 
 
 def _update_norms(trace: Trace, load: Callable, theta0: Dict[str, np.ndarray]) -> List[float]:
