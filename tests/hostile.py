@@ -101,11 +101,7 @@ KINDS = ("bytes", "json", "header", "filetype", "truncate", "reorder", "keys", "
 NON_SEMANTIC = (
     "environment",
     "created",
-    "dtype",
-    "optimizer.lr",
     "data.path",
-    "data.dim",
-    "data.num_classes",
     "data.synthetic",
 )
 

@@ -733,3 +733,22 @@ def test_a_manifest_in_another_form_or_with_a_repeated_key_is_invalid(t, edit):
     _put(path, edit(_raw(path)))
     code, rep = verify_cli(t)
     assert code == 2 and ("canonical form" in rep["reason"] or "repeats a key" in rep["reason"]), rep["reason"]
+
+
+# -- declarations nobody recomputes are checked against the verifier's data and model ------------
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda m: m.update(dtype="float64"), "'dtype'"),
+        (lambda m: m["data"].update(dim=65), "data.dim"),
+        (lambda m: m["data"].update(num_classes=3), "data.num_classes"),
+        (lambda m: m["optimizer"].update(lr=0.5), "optimizer's lr"),
+        (lambda m: m.update(lr=1e308), "optimizer's lr"),
+        (lambda m: m.update(batch_size=1 << 20), "larger than the data set"),
+    ],
+    ids=["dtype", "data.dim", "data.num_classes", "optimizer.lr", "lr 1e308", "batch of 2^20 on 1,797 examples"],
+)
+def test_a_declaration_that_disagrees_is_invalid(t, edit, words):
+    rechain(t, manifest_edit=edit)
+    code, rep = verify_cli(t)
+    assert code == 2 and words in rep["reason"], rep["reason"]

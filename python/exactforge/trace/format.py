@@ -197,6 +197,10 @@ def _check_origin(man: Dict[str, Any]) -> None:
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not is_sha256(data.get("fingerprint")):
         raise TraceError("manifest: 'data' must hold a 'name' and a SHA-256 'fingerprint'")
     _int(data, "num_examples", 1, 2**48)
+    if man.get("batch_size") is not None and man["batch_size"] > data["num_examples"]:
+        raise TraceError(
+            f"manifest: batch_size {man['batch_size']} is larger than the data set ({data['num_examples']} examples)"
+        )
     ini = man["initial_checkpoint"]
     if (
         not isinstance(ini, dict)

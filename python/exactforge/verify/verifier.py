@@ -536,6 +536,7 @@ def verify_trace(
                 report.partial = True
                 report.unverified_tail = len(trace.records) - trace.num_steps
             load, step, initial = engine_for(trace, data, threads, model, loss_fn)
+            _check_declarations(man, data, step)
             theta0 = finite(load(0), 0)
             ref = initial() if man["initial"] == "seeded" or man.get("seed") is not None else None
             if man["initial"] == "seeded" or ref is not None:
@@ -619,6 +620,25 @@ def _check_arguments(
             f"executor: expected None or an exactforge.verify.ray.RayExecutor, got {type(executor).__name__}"
         )
     return threads
+
+
+def _check_declarations(man: Any, data: Dataset, step: Any) -> None:
+    """What the manifest declares beside what is recomputed must agree with the verifier's
+    data and model and with itself: a declaration nobody checks can say anything (the printed
+    resolution used a top-level lr of 1e308 that the optimizer never saw)."""
+    d = man["data"]
+    for key, have in (("dim", data.dim), ("num_classes", data.num_classes)):
+        if key in d and d[key] != have:
+            raise TraceError(f"manifest: data.{key} is {str(d[key])[:20]}, the verifier's {data.name} has {have}")
+    opt_lr = man["optimizer"].get("lr")
+    if opt_lr is not None and opt_lr != man["lr"]:
+        raise TraceError(f"manifest: 'lr' is {man['lr']!r} but the optimizer's lr is {str(opt_lr)[:30]}")
+    spec, module = getattr(step, "spec", None), getattr(step, "model", None)
+    dtype = spec.dtype if spec is not None else None
+    if module is not None:
+        dtype = str(next(module.parameters()).dtype).replace("torch.", "")
+    if "dtype" in man and dtype is not None and man["dtype"] != dtype:
+        raise TraceError(f"manifest: 'dtype' is {str(man['dtype'])[:20]}, the model computes in {dtype}")
 
 
 def _check_seeded(theta0: Dict[str, np.ndarray], ref: Optional[Dict[str, np.ndarray]], seed: Any) -> None:
