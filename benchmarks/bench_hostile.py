@@ -139,6 +139,49 @@ def _extra_tensor(d):
     rechain(d)
 
 
+def _rewrite(d, rel, edit):
+    p = os.path.join(d, rel)
+    with open(p, "rb") as f:
+        raw = f.read()
+    with open(p, "wb") as f:
+        f.write(edit(raw))
+
+
+def _pretty(raw):
+    return json.dumps(json.loads(raw), indent=2, sort_keys=True).encode()
+
+
+def _reordered(raw):
+    return json.dumps(dict(reversed(list(json.loads(raw).items()))), separators=(",", ":")).encode()
+
+
+def _unsampled(d):
+    """A checkpoint that --policy random --fraction 0.125 (seed 0) does not recompute."""
+    from exactforge.verify import select_segments
+
+    tr = Trace.open(d)
+    read = {0} | {s for seg in select_segments(tr, "random", fraction=0.125, seed=0) for s in seg}
+    return f"checkpoints/{[s for s in tr.checkpoint_steps if s not in read][-1]:08d}.safetensors"
+
+
+def _nan_checkpoint(d, rel):
+    tr = Trace.open(d)
+    s = int(os.path.basename(rel).split(".")[0])
+    ck = {k: np.array(v) for k, v in tr.load_checkpoint(s).items()}
+    ck[next(iter(ck))].flat[0] = np.nan
+    with open(os.path.join(d, rel), "wb") as f:
+        f.write(encode_checkpoint(ck, s))
+    rechain(d)
+
+
+def _hard_link_secret(d, work):
+    secret = os.path.join(work, "secret.json")
+    with open(secret, "w") as f:
+        json.dump({"schema": "TOPSECRET-canary"}, f)
+    os.unlink(os.path.join(d, "manifest.json"))
+    os.link(secret, os.path.join(d, "manifest.json"))
+
+
 def named_cases(work):
     lr = b'"lr":0.01'
     return {
@@ -209,6 +252,64 @@ def named_cases(work):
             ),
             [],
         ),
+        "record pretty-printed": (lambda d: _rewrite(d, "records/00000003.json", _pretty), []),
+        "record keys reordered": (lambda d: _rewrite(d, "records/00000003.json", _reordered), []),
+        "record key escaped (\\u0062atch)": (
+            lambda d: _rewrite(d, "records/00000003.json", lambda r: r.replace(b'"batch"', b'"\\u0062atch"')),
+            [],
+        ),
+        "record with whitespace added": (lambda d: _rewrite(d, "records/00000003.json", lambda r: r + b"\n"), []),
+        "duplicate key: another batch first": (
+            lambda d: _rewrite(d, "records/00000003.json", lambda r: b'{"batch":[0,1,2],' + r[1:]),
+            [],
+        ),
+        "duplicate key: step": (lambda d: _rewrite(d, "records/00000003.json", lambda r: b'{"step":4,' + r[1:]), []),
+        "duplicate key: final": (
+            lambda d: _rewrite(d, "records/00000003.json", lambda r: b'{"final":false,' + r[1:]),
+            [],
+        ),
+        "duplicate key: checkpoint": (
+            lambda d: _rewrite(d, "records/00000003.json", lambda r: b'{"checkpoint":null,' + r[1:]),
+            [],
+        ),
+        "duplicate manifest key": (lambda d: _rewrite(d, "manifest.json", lambda r: b'{"seed":1,' + r[1:]), []),
+        "--policy random: unsampled checkpoint a FIFO": (
+            lambda d: _replace(d, _unsampled(d), os.mkfifo),
+            ["--policy", "random", "--fraction", "0.125"],
+        ),
+        "--policy random: unsampled checkpoint -> /dev/zero": (
+            lambda d: _replace(d, _unsampled(d), lambda p: os.symlink("/dev/zero", p)),
+            ["--policy", "random", "--fraction", "0.125"],
+        ),
+        "--policy random: unsampled checkpoint emptied": (
+            lambda d: open(os.path.join(d, _unsampled(d)), "wb").close(),
+            ["--policy", "random", "--fraction", "0.125"],
+        ),
+        "--policy random: unsampled checkpoint NaN, hashes rebuilt": (
+            lambda d: _nan_checkpoint(d, _unsampled(d)),
+            ["--policy", "random", "--fraction", "0.125"],
+        ),
+        "manifest hard-linked to a secret": (lambda d: _hard_link_secret(d, work), []),
+        "dtype declared float64": (lambda d: rechain(d, manifest_edit=lambda m: m.update(dtype="float64")), []),
+        "data.dim declared 65": (lambda d: rechain(d, manifest_edit=lambda m: m["data"].update(dim=65)), []),
+        "data.num_classes declared 3": (
+            lambda d: rechain(d, manifest_edit=lambda m: m["data"].update(num_classes=3)),
+            [],
+        ),
+        "optimizer.lr other than lr": (
+            lambda d: rechain(d, manifest_edit=lambda m: m["optimizer"].update(lr=0.5)),
+            [],
+        ),
+        "lr = 1e308": (lambda d: rechain(d, manifest_edit=lambda m: m.update(lr=1e308)), []),
+        "batch_size 2^20 on 1,797 examples": (
+            lambda d: rechain(d, manifest_edit=lambda m: m.update(batch_size=1 << 20)),
+            [],
+        ),
+        "theta_0 from seed 7, called given with seed 0": (
+            lambda d: (_foreign_theta0(d, work), rechain(d, manifest_edit=lambda m: m.update(initial="given"))),
+            [],
+        ),
+        "--ray 127.0.0.1:1 (no cluster)": (lambda d: None, ["--ray", "127.0.0.1:1", "--ray-timeout", "5"]),
         "cosine, last checkpoint scaled by 1.5": (_scaled_last, ["--distance", "cosine", "--epsilon", "1e-3"]),
         "honest, --distance cosine at epsilon 0": (lambda d: None, ["--distance", "cosine"]),
     }
