@@ -752,3 +752,17 @@ def test_a_declaration_that_disagrees_is_invalid(t, edit, words):
     rechain(t, manifest_edit=edit)
     code, rep = verify_cli(t)
     assert code == 2 and words in rep["reason"], rep["reason"]
+
+
+def test_an_open_trace_keeps_the_chain_not_the_batches(t):
+    tr = Trace.open(t)
+    assert all(r.batch is None for r in tr.records)  # memory per step: a chain entry, not a batch
+    assert len(tr.batch(3)) == 32 and tr.record(3).batch is not None
+
+
+def test_a_record_changed_after_the_trace_was_opened_is_refused(t):
+    tr = Trace.open(t)
+    other = _raw(os.path.join(t, "records", "00000002.json"))
+    _put(os.path.join(t, "records", "00000003.json"), other)
+    with pytest.raises(TraceError, match="record 3"):
+        tr.batch(3)

@@ -8,6 +8,8 @@ contiguous prefix, never a hole.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -34,11 +36,14 @@ _RECORD_KEYS = {"step", "batch", "prev", "checkpoint", "hash"}
 @dataclass
 class Record:
     step: int
-    batch: np.ndarray  # dataset indices in the logged order (int64, read-only)
+    # dataset indices in the logged order (int64, read-only); None in Trace.records, which keeps
+    # the chain and not the batches: Trace.batch / Trace.record read them again when needed
+    batch: Optional[np.ndarray]
     prev: str
     checkpoint: Optional[Dict[str, Any]]
     hash: str
     final: bool = False
+    digest: bytes = b""  # SHA-256 of the record file's bytes, as the trace was opened
 
 
 def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) -> Record:
@@ -129,6 +134,7 @@ class Trace:
     limits: Limits = DEFAULT_LIMITS
     complete: bool = False
     incomplete_reason: Optional[str] = None
+    record_limit: int = 0  # the most bytes a record of this trace may hold
 
     @classmethod
     def open(
@@ -153,6 +159,7 @@ class Trace:
             on_manifest(t)
         b = man.get("batch_size")
         rec_limit = limits.record_bytes(b if b is not None else min(limits.max_batch, man["data"]["num_examples"]))
+        t.record_limit = rec_limit
         declared = man.steps
         prev = t.manifest_hash
         i = 0
@@ -175,7 +182,9 @@ class Trace:
                 raise TraceError(f"record {i}: does not follow the previous record (hash chain broken)")
             if rec.checkpoint is not None and not is_entry(directory, rec.checkpoint["file"]):
                 raise TraceError(f"record {i}: checkpoint {rec.checkpoint['file']} is missing")
-            t.records.append(rec)
+            # the chain is kept, the batch is not: memory grows by a chain entry per step, not a batch
+            digest = hashlib.sha256(rec_raw).digest()
+            t.records.append(Record(rec.step, None, rec.prev, rec.checkpoint, rec.hash, rec.final, digest))
             prev = rec.hash
             i += 1
             if on_record is not None:
@@ -235,7 +244,27 @@ class Trace:
         return list(zip(s[:-1], s[1:]))
 
     def batch(self, step: int) -> np.ndarray:
-        return self.records[step].batch
+        """The dataset indices of step ``step``, read again and checked against the chain."""
+        batch = self.record(step).batch
+        assert batch is not None
+        return batch
+
+    def record(self, step: int) -> Record:
+        """Record ``step`` with its batch: its file read again, in canonical form, with the hash
+        the chain holds for it (a file changed since the trace was opened is refused)."""
+        if not 0 <= step < len(self.records):
+            raise TraceError(f"record {step}: the trace has steps 0..{len(self.records) - 1}")
+        kept = self.records[step]
+        if kept.batch is not None:
+            return kept
+        raw = read_file(self.directory, record_name(step), self.record_limit, f"record {step}")
+        assert raw is not None  # read_file returns None only when asked to tolerate a missing file
+        if hashlib.sha256(raw).digest() != kept.digest:
+            raise TraceError(f"record {step}: changed since the trace was opened")
+        # the same bytes that were checked when the trace was opened: only the batch is taken
+        batch = np.asarray(json.loads(bytes(raw))["batch"], dtype=np.int64)
+        batch.setflags(write=False)
+        return Record(kept.step, batch, kept.prev, kept.checkpoint, kept.hash, kept.final, kept.digest)
 
     def checkpoint_entry(self, step: int) -> Dict[str, Any]:
         if step == 0:

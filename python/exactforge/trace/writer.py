@@ -131,7 +131,7 @@ class TraceWriter:
         self.manifest = dict(trace.manifest)
         self.prev = trace.records[-1].hash if trace.records else trace.manifest_hash
         self.next_step = last
-        self.last = trace.records[-1] if trace.records else None
+        self.last = trace.record(len(trace.records) - 1) if trace.records else None  # finish() needs its batch
         self.finished = trace.complete
         return self, trace
 
@@ -186,4 +186,5 @@ class TraceWriter:
             data = encode_checkpoint(checkpoint, last.step + 1)
             atomic_write(os.path.join(self.directory, checkpoint_name(last.step + 1)), data)
             ck = {"step": last.step + 1, "file": checkpoint_name(last.step + 1), "sha256": sha256_bytes(data)}
+        assert last.batch is not None  # the writer's own records carry their batch
         return self._write(last.step, [int(i) for i in last.batch], last.prev, ck, True)

@@ -154,7 +154,7 @@ class _TraceSlice(Trace):
             limits=trace.limits,
             complete=trace.complete,
             incomplete_reason=trace.incomplete_reason,
-            slice_records={t: trace.records[t] for t in sorted(steps)},
+            slice_records={t: trace.record(t) for t in sorted(steps)},  # with their batches
             blobs=blobs,
         )
 
