@@ -766,3 +766,13 @@ def test_a_record_changed_after_the_trace_was_opened_is_refused(t):
     _put(os.path.join(t, "records", "00000003.json"), other)
     with pytest.raises(TraceError, match="record 3"):
         tr.batch(3)
+
+
+def test_a_repeated_example_in_a_batch_sampled_without_replacement_is_invalid(t):
+    assert Trace.open(t).manifest["sampling"] == "without-replacement"  # as the native recorder declares
+    rechain(t, record_edit=lambda i, r: r["batch"].__setitem__(1, r["batch"][0]) if i == 2 else None)
+    code, rep = verify_cli(t)
+    assert code == 2 and "repeats in a batch" in rep["reason"]
+    rechain(t, manifest_edit=lambda m: m.update(sampling="with-replacement"))  # then a repeat is a batch
+    code, rep = verify_cli(t)
+    assert code == 1  # recomputed: the repeated example is not what was trained on

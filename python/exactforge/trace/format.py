@@ -178,6 +178,8 @@ def _check_training(man: Dict[str, Any], limits: Limits) -> None:
             or not 0 <= d["seed"] < 2**63
         ):
             raise TraceError("manifest: 'dropout' must be {'seed': an integer in 0..2^63-1} or null")
+    if man.get("sampling") not in (None, "without-replacement", "with-replacement"):
+        raise TraceError("manifest: 'sampling' must be 'without-replacement' or 'with-replacement'")
     ev = man.get("eval_modules")
     if ev is not None and (
         not isinstance(ev, list)

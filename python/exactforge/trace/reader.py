@@ -73,6 +73,8 @@ def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) ->
     arr = np.array(batch, dtype=object)
     if arr.min() < 0 or arr.max() >= n_ex:
         raise TraceError(f"record {i}: batch index outside the data set (0..{n_ex - 1})")
+    if man.get("sampling") == "without-replacement" and len(set(batch)) != len(batch):
+        raise TraceError(f"record {i}: an example repeats in a batch the manifest declares sampled without replacement")
     arr = arr.astype(np.int64)
     arr.setflags(write=False)
     ck = obj["checkpoint"]

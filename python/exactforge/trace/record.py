@@ -125,6 +125,8 @@ def record_native(
         "checkpoint_every": checkpoint_every,
         "reduction": mode,
         "reduction_plan": M.REDUCTION_PLAN,
+        # each epoch a seeded permutation cut into batches: no example twice in one batch
+        "sampling": "without-replacement",
         "data": _data_entry(data, data_path),
         "environment": environment("cpu"),
     }
