@@ -524,29 +524,11 @@ def verify_trace(
                 on_data=None if stream is None else stream.on_data,
                 on_record=None if stream is None else stream.on_record,
             )
-            man = trace.manifest
-            report.engine, report.declared_steps, report.complete = man["engine"], trace.declared_steps, trace.complete
-            report.initial, report.num_steps = man["initial"], trace.num_steps
-            if not trace.complete:
-                if not allow_partial:
-                    raise TraceError(
-                        f"{trace.incomplete_reason}; --allow-partial (allow_partial=True) verifies "
-                        "the prefix up to the last checkpoint"
-                    )
-                report.partial = True
-                report.unverified_tail = len(trace.records) - trace.num_steps
+            _describe(report, trace, allow_partial)
             load, step, initial = engine_for(trace, data, threads, model, loss_fn)
-            _check_declarations(man, data, step)
+            _check_declarations(trace.manifest, data, step)
             theta0 = finite(load(0), 0)
-            ref = initial() if man["initial"] == "seeded" or man.get("seed") is not None else None
-            if man["initial"] == "seeded" or ref is not None:
-                # a declared seed that the verifier can recompute is checked, whatever 'initial' says
-                _check_seeded(theta0, ref, man["seed"])
-                report.initial_verified = True
-            if initial_test:
-                tests = initial_law_test(theta0, getattr(step, "model", None), getattr(step, "spec", None))
-                report.initial_test = [t.to_dict() for t in tests]
-                failed_init = init_summary(tests)
+            failed_init = _check_theta0(report, trace.manifest, theta0, step, initial, initial_test)
             # topq: one streaming pass over every checkpoint for the logged update norms
             norms = _update_norms(trace, load, theta0) if policy == "topq" else None
             segs = select_segments(trace, policy, q=q, fraction=fraction, seed=seed, update_norms=norms)
@@ -586,6 +568,38 @@ def verify_trace(
         if report.steps:
             report.resolution = float(np.median([r.resolution for r in report.steps]))
         return report
+
+
+def _describe(report: VerificationReport, trace: Trace, allow_partial: bool) -> None:
+    """What the report says of the trace itself; an incomplete trace is refused unless a
+    prefix is asked for."""
+    man = trace.manifest
+    report.engine, report.declared_steps, report.complete = man["engine"], trace.declared_steps, trace.complete
+    report.initial, report.num_steps = man["initial"], trace.num_steps
+    if not trace.complete:
+        if not allow_partial:
+            raise TraceError(
+                f"{trace.incomplete_reason}; --allow-partial (allow_partial=True) verifies "
+                "the prefix up to the last checkpoint"
+            )
+        report.partial = True
+        report.unverified_tail = len(trace.records) - trace.num_steps
+
+
+def _check_theta0(
+    report: VerificationReport, man: Any, theta0: Dict[str, np.ndarray], step: Any, initial: Callable, test: bool
+) -> Optional[str]:
+    """A declared seed that the verifier can recompute is checked, whatever 'initial' says;
+    with ``test``, the initialisation-law test runs too. Returns why theta_0 fails that test."""
+    ref = initial() if man["initial"] == "seeded" or man.get("seed") is not None else None
+    if man["initial"] == "seeded" or ref is not None:
+        _check_seeded(theta0, ref, man["seed"])
+        report.initial_verified = True
+    if not test:
+        return None
+    tests = initial_law_test(theta0, getattr(step, "model", None), getattr(step, "spec", None))
+    report.initial_test = [t.to_dict() for t in tests]
+    return init_summary(tests)
 
 
 def _check_arguments(
