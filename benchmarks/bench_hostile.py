@@ -32,7 +32,7 @@ from exactforge.models import native as M  # noqa: E402
 from exactforge.trace import Trace, encode_checkpoint, record_hash  # noqa: E402
 from exactforge.trace.record import record_native  # noqa: E402
 
-from hostile import KINDS, allowed, copy, dump, load, mutate, rechain  # noqa: E402
+from hostile import KINDS, REFORMATTED, allowed, copy, dump, load, mutate, nan_checkpoint, rechain, rewrite  # noqa: E402
 
 TIMEOUT = 60
 SPEC = M.ModelSpec("fcn", 64, 10, (1024, 1024))
@@ -139,22 +139,6 @@ def _extra_tensor(d):
     rechain(d)
 
 
-def _rewrite(d, rel, edit):
-    p = os.path.join(d, rel)
-    with open(p, "rb") as f:
-        raw = f.read()
-    with open(p, "wb") as f:
-        f.write(edit(raw))
-
-
-def _pretty(raw):
-    return json.dumps(json.loads(raw), indent=2, sort_keys=True).encode()
-
-
-def _reordered(raw):
-    return json.dumps(dict(reversed(list(json.loads(raw).items()))), separators=(",", ":")).encode()
-
-
 def _unsampled(d):
     """A checkpoint that --policy random --fraction 0.125 (seed 0) does not recompute."""
     from exactforge.verify import select_segments
@@ -162,16 +146,6 @@ def _unsampled(d):
     tr = Trace.open(d)
     read = {0} | {s for seg in select_segments(tr, "random", fraction=0.125, seed=0) for s in seg}
     return f"checkpoints/{[s for s in tr.checkpoint_steps if s not in read][-1]:08d}.safetensors"
-
-
-def _nan_checkpoint(d, rel):
-    tr = Trace.open(d)
-    s = int(os.path.basename(rel).split(".")[0])
-    ck = {k: np.array(v) for k, v in tr.load_checkpoint(s).items()}
-    ck[next(iter(ck))].flat[0] = np.nan
-    with open(os.path.join(d, rel), "wb") as f:
-        f.write(encode_checkpoint(ck, s))
-    rechain(d)
 
 
 def _hard_link_secret(d, work):
@@ -252,27 +226,23 @@ def named_cases(work):
             ),
             [],
         ),
-        "record pretty-printed": (lambda d: _rewrite(d, "records/00000003.json", _pretty), []),
-        "record keys reordered": (lambda d: _rewrite(d, "records/00000003.json", _reordered), []),
-        "record key escaped (\\u0062atch)": (
-            lambda d: _rewrite(d, "records/00000003.json", lambda r: r.replace(b'"batch"', b'"\\u0062atch"')),
+        **{
+            name: (lambda d, k=key: rewrite(os.path.join(d, "records", "00000003.json"), REFORMATTED[k]), [])
+            for name, key in (
+                ("record pretty-printed", "pretty-printed"),
+                ("record keys reordered", "keys reordered"),
+                ("record key escaped (\\u0062atch)", "escaped key"),
+                ("record with whitespace added", "whitespace added"),
+                ("duplicate key: another batch first", "duplicate batch"),
+                ("duplicate key: step", "duplicate step"),
+                ("duplicate key: final", "duplicate final"),
+                ("duplicate key: checkpoint", "duplicate checkpoint"),
+            )
+        },
+        "duplicate manifest key": (
+            lambda d: rewrite(os.path.join(d, "manifest.json"), lambda r: b'{"seed":1,' + r[1:]),
             [],
         ),
-        "record with whitespace added": (lambda d: _rewrite(d, "records/00000003.json", lambda r: r + b"\n"), []),
-        "duplicate key: another batch first": (
-            lambda d: _rewrite(d, "records/00000003.json", lambda r: b'{"batch":[0,1,2],' + r[1:]),
-            [],
-        ),
-        "duplicate key: step": (lambda d: _rewrite(d, "records/00000003.json", lambda r: b'{"step":4,' + r[1:]), []),
-        "duplicate key: final": (
-            lambda d: _rewrite(d, "records/00000003.json", lambda r: b'{"final":false,' + r[1:]),
-            [],
-        ),
-        "duplicate key: checkpoint": (
-            lambda d: _rewrite(d, "records/00000003.json", lambda r: b'{"checkpoint":null,' + r[1:]),
-            [],
-        ),
-        "duplicate manifest key": (lambda d: _rewrite(d, "manifest.json", lambda r: b'{"seed":1,' + r[1:]), []),
         "--policy random: unsampled checkpoint a FIFO": (
             lambda d: _replace(d, _unsampled(d), os.mkfifo),
             ["--policy", "random", "--fraction", "0.125"],
@@ -286,7 +256,7 @@ def named_cases(work):
             ["--policy", "random", "--fraction", "0.125"],
         ),
         "--policy random: unsampled checkpoint NaN, hashes rebuilt": (
-            lambda d: _nan_checkpoint(d, _unsampled(d)),
+            lambda d: nan_checkpoint(d, os.path.join(d, _unsampled(d))),
             ["--policy", "random", "--fraction", "0.125"],
         ),
         "manifest hard-linked to a secret": (lambda d: _hard_link_secret(d, work), []),

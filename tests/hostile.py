@@ -12,6 +12,8 @@ import signal
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Optional
 
+import numpy as np
+
 from exactforge.trace import canonical_json, record_hash
 
 
@@ -73,6 +75,48 @@ def rechain(
         dump(rp, rec)
         prev = rec["hash"]
         i += 1
+
+
+def rewrite(path: str, edit: Callable[[bytes], bytes]) -> None:
+    """Replaces a file's bytes by ``edit(bytes)``."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    with open(path, "wb") as f:
+        f.write(edit(raw))
+
+
+# The same record in another form, or with a key repeated: each is another file, never the same
+# history (the chain binds the canonical bytes, and a repeated key is refused at any depth).
+REFORMATTED: Dict[str, Callable[[bytes], bytes]] = {
+    "pretty-printed": lambda raw: json.dumps(json.loads(raw), indent=2, sort_keys=True).encode(),
+    "keys reordered": lambda raw: json.dumps(
+        dict(reversed(list(json.loads(raw).items()))), separators=(",", ":")
+    ).encode(),
+    "escaped key": lambda raw: raw.replace(b'"batch"', b'"\\u0062atch"'),
+    "whitespace added": lambda raw: raw + b"\n",
+    "space after a comma": lambda raw: raw.replace(b",", b", ", 1),
+    "duplicate batch": lambda raw: b'{"batch":[0,1,2],' + raw[1:],
+    "duplicate step": lambda raw: b'{"step":4,' + raw[1:],
+    "duplicate final": lambda raw: b'{"final":false,' + raw[1:],
+    "duplicate checkpoint": lambda raw: b'{"checkpoint":null,' + raw[1:],
+    "duplicate key inside": lambda raw: raw.replace(b'"checkpoint":{', b'"checkpoint":{"step":99,', 1),
+}
+
+
+def nan_checkpoint(d: str, path: str) -> None:
+    """Puts a NaN into the checkpoint at ``path`` and rebuilds every hash: only the check of the
+    weights' values can refuse it."""
+    from exactforge.trace import Trace, encode_checkpoint
+    from exactforge.trace.safeio import decode_safetensors
+
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    tensors = decode_safetensors(data, Trace.open(d).manifest.tensors, "checkpoint")
+    bad = {k: np.array(v) for k, v in tensors.items()}
+    bad[next(iter(bad))].flat[0] = np.nan
+    with open(path, "wb") as f:
+        f.write(encode_checkpoint(bad, 0))
+    rechain(d)
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from exactforge.trace.record import record_native
 from exactforge.verify import verify_trace
 from exactforge.verify.distances import distance, verification_distance
 
-from hostile import copy, deadline, dump, load, rechain
+from hostile import REFORMATTED, copy, deadline, dump, load, nan_checkpoint, rechain
 
 DIGITS = load_digits()
 SPEC = M.ModelSpec("fcn", 64, 10, (16,))
@@ -584,19 +584,6 @@ def test_content_that_fails_to_parse_is_never_echoed(t, capsys, content, where):
 
 
 # -- integrity is never sampled; a refused resume changes nothing -------------------------------
-def _nan_weights(d, path):
-    from exactforge.trace.safeio import decode_safetensors
-
-    with open(path, "rb") as f:
-        data = bytearray(f.read())
-    tensors = decode_safetensors(data, Trace.open(d).manifest.tensors, "checkpoint")
-    bad = {k: np.array(v) for k, v in tensors.items()}
-    bad[next(iter(bad))].flat[0] = np.nan
-    with open(path, "wb") as f:
-        f.write(encode_checkpoint(bad, 0))
-    rechain(d)  # the hashes agree with the NaN weights: only the content check can refuse them
-
-
 def _other_traces_checkpoint(d, path, tmp_path):
     other = str(tmp_path / "other")
     record_native(other, SPEC, DIGITS, steps=8, batch_size=32, lr=0.05, checkpoint_every=1, seed=1)
@@ -613,7 +600,7 @@ HOSTILE_CHECKPOINTS = {
     "emptied": lambda d, p, tmp: open(p, "wb").close(),
     "removed": lambda d, p, tmp: os.unlink(p),
     "another trace's checkpoint": lambda d, p, tmp: _other_traces_checkpoint(d, p, tmp),
-    "NaN weights, hashes rebuilt": lambda d, p, tmp: _nan_weights(d, p),
+    "NaN weights, hashes rebuilt": lambda d, p, tmp: nan_checkpoint(d, p),
     "hard link": lambda d, p, tmp: os.link(p, str(tmp / "second-name")),
 }
 
@@ -689,22 +676,6 @@ def _raw(path):
 def _put(path, data):
     with open(path, "wb") as f:
         f.write(data)
-
-
-REFORMATTED = {
-    "pretty-printed": lambda raw: json.dumps(json.loads(raw), indent=2, sort_keys=True).encode(),
-    "keys reordered": lambda raw: json.dumps(
-        dict(reversed(list(json.loads(raw).items()))), separators=(",", ":")
-    ).encode(),
-    "escaped key": lambda raw: raw.replace(b'"batch"', b'"\\u0062atch"'),
-    "whitespace added": lambda raw: raw + b"\n",
-    "space after a comma": lambda raw: raw.replace(b",", b", ", 1),
-    "duplicate batch": lambda raw: b'{"batch":[0,1,2],' + raw[1:],
-    "duplicate step": lambda raw: b'{"step":4,' + raw[1:],
-    "duplicate final": lambda raw: b'{"final":false,' + raw[1:],
-    "duplicate checkpoint": lambda raw: b'{"checkpoint":null,' + raw[1:],
-    "duplicate key inside": lambda raw: raw.replace(b'"checkpoint":{', b'"checkpoint":{"step":99,', 1),
-}
 
 
 @pytest.mark.parametrize("edit", sorted(REFORMATTED))

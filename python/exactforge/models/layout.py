@@ -58,15 +58,7 @@ def native_to_torch_params(spec: ModelSpec, params: Dict[str, np.ndarray]) -> Li
 
 def torch_params_to_native(spec: ModelSpec, arrays: List[np.ndarray], name: str = "params") -> Params:
     """The inverse of :func:`native_to_torch_params` (copies), checked against ``spec``."""
-    out: Params = OrderedDict()
-    k = 0
-    for i in range(1, spec.num_layers + 1):
-        out[f"W{i}"] = np.ascontiguousarray(np.asarray(arrays[k]).T)
-        k += 1
-        if spec.bias:
-            out[f"b{i}"] = np.array(arrays[k], copy=True)
-            k += 1
-    return check_params(spec, out, name)
+    return check_params(spec, _native_dict(spec, arrays), name)
 
 
 def native_to_flat(spec: ModelSpec, params: Dict[str, np.ndarray]) -> np.ndarray:
@@ -84,12 +76,17 @@ def flat_to_native(spec: ModelSpec, flat: np.ndarray) -> Params:
         if spec.bias:
             arrays.append(flat[pos : pos + d1])
             pos += d1
+    return _native_dict(spec, arrays)
+
+
+def _native_dict(spec: ModelSpec, arrays: List[np.ndarray]) -> Params:
+    """Torch-order arrays ((weight, bias) per layer) as a native dict of contiguous copies."""
     out: Params = OrderedDict()
     k = 0
     for i in range(1, spec.num_layers + 1):
-        out[f"W{i}"] = np.ascontiguousarray(arrays[k].T)
+        out[f"W{i}"] = np.ascontiguousarray(np.asarray(arrays[k]).T)
         k += 1
         if spec.bias:
-            out[f"b{i}"] = np.ascontiguousarray(arrays[k])
+            out[f"b{i}"] = np.array(arrays[k], copy=True)
             k += 1
     return out

@@ -252,19 +252,17 @@ class Trace:
         return batch
 
     def record(self, step: int) -> Record:
-        """Record ``step`` with its batch: its file read again, in canonical form, with the hash
-        the chain holds for it (a file changed since the trace was opened is refused)."""
+        """Record ``step`` with its batch: its file read again, and refused unless its bytes
+        have the digest they had when the chain was checked (a file changed since then)."""
         if not 0 <= step < len(self.records):
             raise TraceError(f"record {step}: the trace has steps 0..{len(self.records) - 1}")
         kept = self.records[step]
-        if kept.batch is not None:
-            return kept
         raw = read_file(self.directory, record_name(step), self.record_limit, f"record {step}")
         assert raw is not None  # read_file returns None only when asked to tolerate a missing file
         if hashlib.sha256(raw).digest() != kept.digest:
             raise TraceError(f"record {step}: changed since the trace was opened")
         # the same bytes that were checked when the trace was opened: only the batch is taken
-        batch = np.asarray(json.loads(bytes(raw))["batch"], dtype=np.int64)
+        batch = np.asarray(json.loads(raw)["batch"], dtype=np.int64)
         batch.setflags(write=False)
         return Record(kept.step, batch, kept.prev, kept.checkpoint, kept.hash, kept.final, kept.digest)
 
@@ -314,7 +312,7 @@ class Trace:
         max_bytes = self._checkpoint_limit()
         if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > max_bytes:
             raise TraceError(f"checkpoint {step}: expected at most {max_bytes} bytes of {entry['file']}")
-        if sha256_bytes(bytes(data) if isinstance(data, memoryview) else data) != entry["sha256"]:
+        if sha256_bytes(data) != entry["sha256"]:  # hashlib reads a memoryview without a copy
             raise TraceError(f"checkpoint {step}: {entry['file']} does not match its hash (modified)")
         if not isinstance(data, bytearray):
             data = bytearray(data)  # the arrays are writable views of the buffer: a shipped object is read-only
