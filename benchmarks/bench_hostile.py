@@ -32,6 +32,7 @@ from exactforge.models import native as M  # noqa: E402
 from exactforge.trace import Trace, encode_checkpoint, record_hash  # noqa: E402
 from exactforge.trace.record import record_native  # noqa: E402
 
+from _common import cpu_name  # noqa: E402
 from hostile import KINDS, REFORMATTED, allowed, copy, dump, load, mutate, nan_checkpoint, rechain, rewrite  # noqa: E402
 
 TIMEOUT = 60
@@ -156,6 +157,20 @@ def _hard_link_secret(d, work):
     os.link(secret, os.path.join(d, "manifest.json"))
 
 
+def _sparse_model(d):
+    """A manifest declaring a 257 MiB model (FCN 64-1024-65536-10, hashes rebuilt) whose theta_0
+    is a sparse file of that size: 16 KiB on disk, zeros when read."""
+
+    def edit(m):
+        m["model"]["hidden"] = [1024, 65536]
+        m["tensors"] = [[n, "F32", s] for n, s in M.ModelSpec("fcn", 64, 10, (1024, 65536)).shapes().items()]
+
+    p = os.path.join(d, "checkpoints", "00000000.safetensors")
+    with open(p, "wb") as f:
+        f.truncate(257 << 20)
+    rechain(d, manifest_edit=edit)
+
+
 def named_cases(work):
     lr = b'"lr":0.01'
     return {
@@ -186,6 +201,8 @@ def named_cases(work):
             lambda d: rechain(d, manifest_edit=lambda m: m["tensors"][0].__setitem__(2, [1 << 20, 1 << 20])),
             [],
         ),
+        "sparse theta_0 declaring a 257 MiB model": (_sparse_model, []),
+        "sparse theta_0 declaring a 257 MiB model, --max-model-mb 64": (_sparse_model, ["--max-model-mb", "64"]),
         "manifest data.path = /etc/passwd (mnist)": (
             lambda d: rechain(d, manifest_edit=lambda m: m["data"].update(name="mnist", path="/etc/passwd")),
             [],
@@ -275,6 +292,14 @@ def named_cases(work):
             lambda d: rechain(d, manifest_edit=lambda m: m.update(batch_size=1 << 20)),
             [],
         ),
+        "unknown manifest field (hashes rebuilt)": (
+            lambda d: rechain(d, manifest_edit=lambda m: m.update(note="audited")),
+            [],
+        ),
+        "unknown data field (hashes rebuilt)": (
+            lambda d: rechain(d, manifest_edit=lambda m: m["data"].update(url="https://example.org")),
+            [],
+        ),
         "theta_0 from seed 7, called given with seed 0": (
             lambda d: (_foreign_theta0(d, work), rechain(d, manifest_edit=lambda m: m.update(initial="given"))),
             [],
@@ -307,10 +332,7 @@ def main() -> None:
     ck_bytes = os.path.getsize(os.path.join(honest, "checkpoints", "00000000.safetensors"))
     base = run_measured(honest)
     assert base["rc"] == 0, base["stderr"]
-    print(
-        f"# hostile traces vs `exactforge verify` ({platform.processor() or platform.machine()}, "
-        f"{time.strftime('%Y-%m-%d')})\n"
-    )
+    print(f"# hostile traces vs `exactforge verify` ({cpu_name()}, {time.strftime('%Y-%m-%d')})\n")
     print(
         f"honest trace: FCN 64-1024-1024-10, 20 steps, 11 checkpoints of {ck_bytes / 2**20:.1f} MiB; "
         f"verify: exit 0, {base['seconds']:.2f} s, peak RSS {base['peak_rss'] / 2**20:.0f} MiB\n"

@@ -211,7 +211,7 @@ def main() -> None:
             "ray": runs,
             "parts": {
                 "open_seconds": t_open,
-                "open_per_record_us": 1e6 * t_open / len(tr.records),
+                "open_per_record_us": 1e6 * t_open / tr.num_records,
                 "checkpoint_read_hash_ms": 1e3 * t_ckpt,
                 "recompute_per_step_ms": 1e3 * (t_steps - segs * t_ckpt) / args.steps,
             },

@@ -47,7 +47,7 @@ def test_study_conditions_and_outputs(tmp_path):
         assert os.path.getsize(os.path.join(out, f)) > 100
     # the generating condition is recorded in the trace manifests
     man = json.load(open(os.path.join(out, "traces", "torch-b100", "manifest.json")))
-    assert man["condition"]["name"] == "baseline" and man["engine"] == "torch"
+    assert man["extra"]["condition"]["name"] == "baseline" and man["engine"] == "torch"
 
 
 @pytest.mark.parametrize("model", ["logreg", "lenet", "vggmini"])

@@ -241,6 +241,8 @@ def test_eval_mode_modules_are_replayed_in_eval_mode(tmp_path):
         (lambda m: m.update(optimizer={"name": "rmsprop", "lr": 0.1}), "optimizer"),
         (lambda m: m["optimizer"].update(momentum=float("1e300")), "momentum"),
         (lambda m: m["optimizer"].update(extra=1), "takes exactly"),
+        (lambda m: m["model"].update(note="x"), "torch_class"),
+        (lambda m: m.update(model={"zoo": "lenet", "input_shape": [1, 8, 8], "num_classes": 10, "w": 2}), "zoo entry"),
     ],
 )
 def test_hostile_loss_and_shape_fields_are_refused(tmp_path, edit, why):

@@ -127,7 +127,39 @@ def test_a_declared_model_beyond_the_limits_is_refused_before_anything_is_read(t
 
     rechain(t, manifest_edit=edit)
     code, rep = verify_cli(t)
-    assert code == 2 and "max_checkpoint_bytes" in rep["reason"]
+    assert code == 2 and "--max-model-mb" in rep["reason"]
+
+
+def test_a_sparse_theta0_declaring_a_large_model_is_bounded_by_the_verifier(t, monkeypatch):
+    """A sparse file of 5 MiB, a 4.7 MiB model declared (hashes rebuilt): invalid at its header when the verifier
+    allows such a model, refused from the manifest when it does not."""
+
+    def edit(m):
+        m["model"]["hidden"] = [16384]
+        m["tensors"] = [[n, "F32", s] for n, s in M.ModelSpec("fcn", 64, 10, (16384,)).shapes().items()]
+
+    with open(os.path.join(t, "checkpoints", "00000000.safetensors"), "wb") as f:
+        f.truncate(5 << 20)
+    rechain(t, manifest_edit=edit)
+    code, rep = verify_cli(t)
+    assert code == 2 and "checkpoint 0" in rep["reason"]
+    opened = []
+    monkeypatch.setattr(Trace, "checkpoint_bytes", lambda self, s: opened.append(s))
+    code, rep = verify_cli(t, "--max-model-mb", "2")
+    assert code == 2 and "--max-model-mb" in rep["reason"] and opened == []
+
+
+def test_the_verifier_chooses_the_largest_model_it_reads(tmp_path, monkeypatch):
+    """A model within the default bound but above the verifier's own is refused from the
+    manifest: no checkpoint is opened."""
+    big = str(tmp_path / "big")
+    record_native(big, M.ModelSpec("fcn", 64, 10, (4096,)), DIGITS, steps=1, batch_size=8)  # 1.2 MiB
+    assert verify_cli(big, "--max-model-mb", "2")[0] == 0
+    opened = []
+    monkeypatch.setattr(Trace, "checkpoint_bytes", lambda self, s: opened.append(s))
+    code, rep = verify_cli(big, "--max-model-mb", "1")
+    assert code == 2 and "--max-model-mb" in rep["reason"] and opened == []
+    assert run_main(["verify", big, "--max-model-mb", "0"]) == 2
 
 
 def test_random_policy_recomputes_the_sample_and_checks_every_checkpoint_once(honest, monkeypatch):
@@ -531,7 +563,7 @@ def test_attack_and_forge_refuse_bad_steps_and_traces(honest, tmp_path, capsys, 
 
 def test_limits_are_declared_in_one_place():
     lim = Limits()
-    assert lim.record_bytes(64) < 8192 and lim.max_checkpoint_bytes == 4 << 30
+    assert lim.record_bytes(64) < 8192 and lim.max_checkpoint_bytes == 1 << 30
     with pytest.raises(TraceError):
         Trace.open("/nonexistent/trace")
 
@@ -716,8 +748,21 @@ def test_a_manifest_in_another_form_or_with_a_repeated_key_is_invalid(t, edit):
         (lambda m: m["optimizer"].update(lr=0.5), "optimizer's lr"),
         (lambda m: m.update(lr=1e308), "optimizer's lr"),
         (lambda m: m.update(batch_size=1 << 20), "larger than the data set"),
+        (lambda m: m.update(note="audited by X"), "unknown field 'note'"),
+        (lambda m: m["data"].update(url="https://example.org"), "unknown field 'data.url'"),
+        (lambda m: m.update(extra=["not", "an", "object"]), "'extra' must be a JSON object"),
     ],
-    ids=["dtype", "data.dim", "data.num_classes", "optimizer.lr", "lr 1e308", "batch of 2^20 on 1,797 examples"],
+    ids=[
+        "dtype",
+        "data.dim",
+        "data.num_classes",
+        "optimizer.lr",
+        "lr 1e308",
+        "batch of 2^20 on 1,797 examples",
+        "unknown field",
+        "unknown data field",
+        "extra not an object",
+    ],
 )
 def test_a_declaration_that_disagrees_is_invalid(t, edit, words):
     rechain(t, manifest_edit=edit)
@@ -725,10 +770,68 @@ def test_a_declaration_that_disagrees_is_invalid(t, edit, words):
     assert code == 2 and words in rep["reason"], rep["reason"]
 
 
+def test_declared_fields_are_reported_as_not_verified(t, capsys):
+    rechain(t, manifest_edit=lambda m: m.update(extra={"audit": "X"}))
+    code, rep = verify_cli(t)
+    assert code == 0 and {"created", "environment", "extra", "data.name", "data.path"} <= set(rep["declared"])
+    assert "not verified: created, environment, extra" in capsys.readouterr().out
+
+
+def test_a_writer_refuses_a_field_a_reader_would_refuse(tmp_path):
+    with pytest.raises(ValueError, match="unknown field 'note'.*'extra'"):
+        TraceWriter(str(tmp_path / "w"), {"engine": "native", "note": 1}, {"w": np.zeros(2, np.float32)})
+    assert not os.path.exists(str(tmp_path / "w" / "manifest.json"))
+
+
 def test_an_open_trace_keeps_the_chain_not_the_batches(t):
     tr = Trace.open(t)
-    assert all(r.batch is None for r in tr.records)  # memory per step: a chain entry, not a batch
+    assert tr.last is not None and tr.last.batch is None
     assert len(tr.batch(3)) == 32 and tr.record(3).batch is not None
+
+
+def _retained(directory):
+    """Bytes an open trace keeps (allocated while opening and still held afterwards)."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    tr = Trace.open(directory)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert tr.num_records > 0
+    return held
+
+
+def test_an_open_trace_holds_memory_per_checkpoint_not_per_step(tmp_path):
+    """Records are streamed: ten times the steps between the same number of checkpoints keeps
+    the same memory (a chain entry per step would add over 100 KB here)."""
+    data = load_digits()
+    spec = M.ModelSpec("logreg", data.dim, data.num_classes)
+    sizes = {}
+    for steps in (40, 400):
+        out = str(tmp_path / f"s{steps}")
+        record_native(out, spec, data, steps=steps, batch_size=8, checkpoint_every=steps // 4)
+        _retained(out)  # the first open fills caches of its own (imports, compiled patterns)
+        sizes[steps] = _retained(out)
+    assert abs(sizes[400] - sizes[40]) < 8192, sizes
+
+
+def test_a_record_rechained_after_the_trace_was_opened_is_refused(t):
+    """A record replaced by one that is consistent in itself (its own hash, the same link back)
+    breaks the link of the next record, or its anchor, before a pass over it ends."""
+    from exactforge.trace.format import record_hash
+
+    tr = Trace.open(t)
+    path = os.path.join(t, "records", "00000003.json")
+    rec = load(path)
+    rec["batch"].reverse()
+    rec["hash"] = record_hash(rec)
+    dump(path, rec)
+    with pytest.raises(TraceError, match="record [34]"):
+        list(tr.iter_records(0, tr.num_records))
 
 
 def test_a_record_changed_after_the_trace_was_opened_is_refused(t):

@@ -170,7 +170,7 @@ def test_a_crash_mid_write_leaves_a_trace_up_to_the_last_complete_step(tmp_path,
     ref = str(tmp_path / "ref")
     record_native(ref, SPEC, DIGITS, steps=10, batch_size=32, checkpoint_every=3)
     a, b = T.Trace.open(d), T.Trace.open(ref)
-    assert [a.batch(i).tolist() for i in range(len(a.records))] == [b.batch(i).tolist() for i in range(len(b.records))]
+    assert [a.batch(i).tolist() for i in range(a.num_records)] == [b.batch(i).tolist() for i in range(b.num_records)]
     for s in a.checkpoint_steps:
         assert all(np.array_equal(a.load_checkpoint(s)[k], b.load_checkpoint(s)[k]) for k in SPEC.shapes())
     assert verify_trace(d).accepted
@@ -192,7 +192,7 @@ def test_torch_trace_of_a_users_own_loop(tmp_path):
     X, y = torch.from_numpy(DIGITS.X), torch.from_numpy(DIGITS.y)
     d = str(tmp_path / "user")
     rng = np.random.default_rng(0)
-    with TraceRecorder(d, model, opt, DIGITS, checkpoint_every=2, batch_size=50) as rec:
+    with TraceRecorder(d, model, opt, DIGITS, checkpoint_every=2, batch_size=50, extra={"run": "a"}) as rec:
         for _ in range(5):
             idx = rng.choice(len(DIGITS), 50, replace=False)
             loss = torch.nn.functional.cross_entropy(model(X[idx]), y[idx])
@@ -202,10 +202,10 @@ def test_torch_trace_of_a_users_own_loop(tmp_path):
             rec.step(idx)
     tr = T.Trace.open(d)
     assert tr.checkpoint_steps == [0, 2, 4, 5] and tr.manifest["engine"] == "torch"
-    assert tr.manifest["batch_size"] == 50
+    assert tr.manifest["batch_size"] == 50 and tr.manifest["extra"] == {"run": "a"}
     torch.manual_seed(1)
     rep = verify_trace(d, model=Net())
-    assert rep.accepted and rep.max_error == 0.0
+    assert rep.accepted and rep.max_error == 0.0 and "extra" in rep.declared
     rep = verify_trace(d, model=Net(), permute_batches=5)
     assert not rep.accepted and 0 < rep.max_error < 1e-5  # aggregation order alone
     assert not verify_trace(d).valid  # an unknown architecture needs model=

@@ -49,3 +49,21 @@ def test_old_trace_verifies(name, tmp_path):
         rep = verify_trace(trace, model=model, epsilon=1e-5)
         assert rep.valid and rep.accepted, (rep.reason, rep.max_error)
     assert len(rep.steps) == rep.total_segments > 0
+
+
+def test_a_schema_2_trace_keeps_its_own_top_level_fields_as_declared(tmp_path):
+    """Schema 2 put a recorder's extra fields at the top level: such a trace still verifies,
+    and the fields are reported as the prover's word; schema 3 refuses them."""
+    import json
+
+    from hostile import rechain
+
+    trace = str(tmp_path / "t")
+    shutil.copytree(os.path.join(HERE, "logreg_fixed"), trace)
+    assert json.load(open(os.path.join(trace, "manifest.json")))["schema_version"] == 2
+    rechain(trace, manifest_edit=lambda m: m.update(note="recorded by the old TraceRecorder(extra=)"))
+    rep = verify_trace(trace)
+    assert rep.accepted and "note" in rep.declared
+    rechain(trace, manifest_edit=lambda m: m.update(schema_version=3))
+    rep = verify_trace(trace)
+    assert not rep.valid and "unknown field 'note'" in rep.reason

@@ -312,7 +312,8 @@ def test_a_task_gets_only_its_segments_records(exact_trace):
 
     tr = Trace.open(exact_trace)
     part = _TraceSlice.of(tr, [(9, 12), (12, 15)])
-    assert sorted(part.slice_records) == list(range(8, 15)) and part.records == []
+    assert sorted(part.slice_records) == list(range(9, 15)) and part.num_records == 0
+    assert sorted(part.entries) == [9, 12, 15]  # the checkpoints its segments start and end at
     assert np.array_equal(part.batch(10), tr.batch(10))
     assert part.checkpoint_entry(9) == tr.checkpoint_entry(9) and part.checkpoint_entry(0) == tr.checkpoint_entry(0)
     assert part.load_checkpoint(15).keys() == tr.load_checkpoint(15).keys()

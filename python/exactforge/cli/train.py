@@ -120,7 +120,7 @@ def _parse_hidden(text: str) -> tuple:
 def _trained(args: argparse.Namespace, trace, data) -> int:
     say(
         args,
-        f"recorded {len(trace.records)} steps ({len(trace.checkpoint_steps)} checkpoints) of {args.engine} "
+        f"recorded {trace.num_records} steps ({len(trace.checkpoint_steps)} checkpoints) of {args.engine} "
         f"{args.model} on {data.name} in {args.out}",
     )
     write_json(
@@ -130,7 +130,7 @@ def _trained(args: argparse.Namespace, trace, data) -> int:
             "engine": args.engine,
             "model": args.model,
             "dataset": data.name,
-            "steps": len(trace.records),
+            "steps": trace.num_records,
             "checkpoints": list(trace.checkpoint_steps),
             "complete": trace.complete,
             "fingerprint": trace.manifest["data"]["fingerprint"],

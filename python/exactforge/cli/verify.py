@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import _data_args, _executor, _given_data, _ray_args, _sub, fail, say, write_json
+from ..trace.limits import DEFAULT_LIMITS, Limits
+from ._common import _count, _data_args, _executor, _given_data, _ray_args, _sub, fail, say, write_json
 
 
 def register(sub: Any) -> None:
@@ -44,6 +45,14 @@ def register(sub: Any) -> None:
         help="test a theta_0 that no declared seed reproduces against its initialisation law (the reference "
         "Proof-of-Learning's Kolmogorov-Smirnov test per layer); a layer that fails it rejects the trace",
     )
+    v.add_argument(
+        "--max-model-mb",
+        type=_count(1, 1 << 22),
+        default=DEFAULT_LIMITS.max_checkpoint_bytes >> 20,
+        metavar="MB",
+        help="the largest model (bytes of one checkpoint's tensors, in MiB) this verifier reads: a trace "
+        "declaring more is refused before any checkpoint is read",
+    )
     _ray_args(v, "the segments", checkpoints=True)
     v.set_defaults(func=run)
 
@@ -69,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         allow_partial=args.allow_partial,
         executor=executor,
         initial_test=args.initial_test,
+        limits=Limits(max_checkpoint_bytes=args.max_model_mb << 20),
     )
     write_json(args, rep.to_dict())
     if not rep.valid:
@@ -104,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         f"{verdict}: {scope}{some}{where} ({rep.engine}, {_theta0(rep)}), "
         f"max {rep.distance} error {err}, epsilon {rep.epsilon:g}, {failed} over epsilon{res}",
     )
+    if rep.declared:
+        say(args, f"declared by the prover, not verified: {', '.join(rep.declared)}")
     return 0 if rep.accepted else 1
 
 

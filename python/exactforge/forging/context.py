@@ -53,7 +53,7 @@ def step_context(trace: Trace, spec: ModelSpec, data: Dataset, step: int) -> Ste
     if not (0 <= step and step + 1 in trace.checkpoint_steps and step in trace.checkpoint_steps):
         raise ValueError(
             f"--step: needs theta_T and theta_T+1 (a trace with --checkpoint-every 1); the trace has "
-            f"{len(trace.records)} steps and checkpoints {trace.checkpoint_steps[:8]}..."
+            f"{trace.num_records} steps and checkpoints {trace.checkpoint_steps[:8]}..."
         )
     theta = params_at(trace, spec, step)
     net = FlatInput(to_torch(spec, theta))  # data sets carry image shapes
@@ -87,8 +87,8 @@ def forge_step(
     (closest to real examples outside the batch)."""
     from . import solvers as E
 
-    if not 0 <= step < len(trace.records):
-        raise ValueError(f"--step: the trace has steps 0..{len(trace.records) - 1}")
+    if not 0 <= step < trace.num_records:
+        raise ValueError(f"--step: the trace has steps 0..{trace.num_records - 1}")
     if step not in trace.checkpoint_steps:
         raise ValueError(
             f"--step: no checkpoint theta_{step} was logged; steps with one: "

@@ -136,7 +136,7 @@ def _generate(
             "batch_size": len(batches[0]),
             "steps": len(batches),
             "initial": "given",
-            "condition": asdict(cond),
+            "extra": {"condition": asdict(cond), **meta},
             "reduction": "fixed" if cond.engine == "native" else None,
             "data": {
                 "name": stepper.data.name,
@@ -145,7 +145,6 @@ def _generate(
                 "synthetic": stepper.data.synthetic,
             },
             "environment": environment(cond.device),
-            **meta,
         }
         writer = TraceWriter(out, manifest, {"params": states[0]})
     for t, idx in enumerate(batches):

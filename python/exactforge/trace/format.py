@@ -1,4 +1,4 @@
-"""The trace format (schema version 2): file names, hashing, and the manifest's schema.
+"""The trace format (schema version 3): file names, hashing, and the manifest's schema.
 
 A trace is a directory::
 
@@ -13,6 +13,13 @@ null | {"step": t+1, "file": ..., "sha256": ...}, "final": true (last step only)
 of manifest.json's bytes, which carry theta_0's hash. A trace is *complete* when its last record
 is final (and, where the manifest declares ``steps``, is step ``steps - 1``): deleting records
 from the end, or adding some after the final one, is detected.
+
+Every manifest field is one of three kinds (``FIELDS``): *checked* (recomputed and compared,
+or checked against the verifier's model and data), *declared* (the prover's word, hashed into
+the chain but not verifiable: when it was recorded, on what machine, the name of the data, and
+the free ``extra`` object a recorder's caller fills), or unknown, which schema 3 refuses.
+Schema 2 put a caller's extra fields at the top level; such traces still verify, and their
+unknown top-level fields are reported as declared, not verified.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ from .safeio import SAFETENSORS_DTYPES, TraceError, digest, tensor_nbytes
 __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
+    "FIELDS",
+    "DATA_FIELDS",
+    "declared_fields",
     "INITIAL_KINDS",
     "canonical_json",
     "sha256_bytes",
@@ -40,7 +50,8 @@ __all__ = [
 ]
 
 SCHEMA = "exactforge.trace"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+READ_VERSIONS = (2, 3)  # 2: before unknown manifest fields were refused
 INITIAL_KINDS = ("seeded", "given")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -67,6 +78,59 @@ def record_name(step: int) -> str:
 
 def is_sha256(v: Any) -> bool:
     return isinstance(v, str) and bool(_HEX64.match(v))
+
+
+# "checked": recomputed and compared, or checked against the verifier's model and data;
+# "declared": the prover's word, bound by the chain and reported as not verified.
+FIELDS: Dict[str, str] = {
+    "schema": "checked",
+    "schema_version": "checked",
+    "engine": "checked",
+    "model": "checked",
+    "optimizer": "checked",
+    "lr": "checked",
+    "dtype": "checked",
+    "seed": "checked",
+    "initial": "checked",
+    "initial_checkpoint": "checked",
+    "tensors": "checked",
+    "steps": "checked",
+    "batch_size": "checked",
+    "checkpoint_every": "checked",
+    "reduction": "checked",
+    "reduction_plan": "checked",
+    "loss": "checked",
+    "dropout": "checked",
+    "eval_modules": "checked",
+    "input_shape": "checked",
+    "sampling": "checked",
+    "data": "checked",
+    "created": "declared",
+    "environment": "declared",
+    "extra": "declared",
+}
+DATA_FIELDS: Dict[str, str] = {
+    "fingerprint": "checked",
+    "num_examples": "checked",
+    "dim": "checked",
+    "num_classes": "checked",
+    "name": "declared",
+    "path": "declared",  # never opened: the verifier supplies its own copy of the data
+    "synthetic": "declared",
+}
+
+
+def declared_fields(man: Mapping[str, Any]) -> List[str]:
+    """The manifest's fields that no verifier can check (the prover's word), in order: the
+    declared ones, and a schema 2 trace's own top-level fields."""
+    top = [k for k in sorted(man) if FIELDS.get(k, "declared") == "declared"]
+    data = man.get("data")
+    data = data if isinstance(data, dict) else {}
+    model = man.get("model")
+    # the class name of a user's own torch model: the verifier brings its own instance, checked
+    # tensor by tensor, so the name is only the prover's label
+    label = ["model.torch_class"] if isinstance(model, dict) and "torch_class" in model else []
+    return top + [f"data.{k}" for k in sorted(data) if DATA_FIELDS.get(k) == "declared"] + label
 
 
 def _int(man: Mapping[str, Any], key: str, lo: int, hi: int, optional: bool = False) -> Optional[int]:
@@ -110,7 +174,7 @@ def _check_schema(man: Dict[str, Any]) -> None:
         shown = digest(json.dumps(man.get("schema"), sort_keys=True).encode())
         raise TraceError(f"manifest: not an exactforge trace (its 'schema' is not {SCHEMA!r}: {shown})")
     ver = man.get("schema_version")
-    if ver != SCHEMA_VERSION:
+    if type(ver) is not int or ver not in READ_VERSIONS:
         hint = (
             " (schema 1 traces do not declare their steps or tensors, so truncation cannot be detected; "
             "record the run again with this exactforge)"
@@ -118,8 +182,10 @@ def _check_schema(man: Dict[str, Any]) -> None:
             else ""
         )
         raise TraceError(
-            f"manifest: schema_version {str(ver)[:20]} is not supported; this exactforge reads {SCHEMA_VERSION}{hint}"
+            f"manifest: schema_version {str(ver)[:20]} is not supported; this exactforge reads "
+            f"{', '.join(map(str, READ_VERSIONS))}{hint}"
         )
+    _check_fields(man, ver)
     for key in (
         "engine",
         "model",
@@ -133,6 +199,24 @@ def _check_schema(man: Dict[str, Any]) -> None:
     ):
         if key not in man:
             raise TraceError(f"manifest: missing {key!r}")
+
+
+def _check_fields(man: Dict[str, Any], version: int) -> None:
+    """No field the format does not name (schema 3), and the declared ones of plain types."""
+    unknown = [k for k in man if k not in FIELDS]
+    if unknown and version >= 3:
+        raise TraceError(
+            f"manifest: unknown field {sorted(unknown)[0][:40]!r}: a verifier cannot check it (a recorder's own "
+            "fields go under 'extra')"
+        )
+    data = man.get("data")
+    if isinstance(data, dict):
+        other = [k for k in data if k not in DATA_FIELDS]
+        if other:
+            raise TraceError(f"manifest: unknown field 'data.{sorted(other)[0][:40]}'")
+    for key, kind in (("created", str), ("environment", dict), ("extra", dict)):
+        if key in man and not isinstance(man[key], kind):
+            raise TraceError(f"manifest: {key!r} must be a JSON {'string' if kind is str else 'object'}")
 
 
 def _check_training(man: Dict[str, Any], limits: Limits) -> None:
@@ -242,8 +326,8 @@ def _tensor_table(tensors: Any, limits: Limits) -> Tuple[Dict[str, Tuple[str, Tu
         total += tensor_nbytes(ent[2], ent[1])
         if total > limits.max_checkpoint_bytes:
             raise TraceError(
-                f"manifest: a checkpoint would hold more than {limits.max_checkpoint_bytes} bytes of "
-                "tensors (raise Limits.max_checkpoint_bytes to verify a model this large)"
+                f"manifest: a checkpoint would hold more than {limits.max_checkpoint_bytes} bytes of tensors, "
+                "this verifier's bound (raise --max-model-mb, or Limits.max_checkpoint_bytes, to verify a larger model)"
             )
     return table, total
 

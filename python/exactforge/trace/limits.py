@@ -5,7 +5,9 @@ A trace comes from the party being audited. Every file of it is read through
 *before* parsing it, so the verifier's memory is bounded by the model size (and the data set
 the verifier itself supplies), never by what the prover wrote. The defaults hold real
 training runs with room to spare; a verifier with a larger model raises them explicitly
-(``Limits(max_checkpoint_bytes=...)``), the way safetensors bounds its header.
+(``Limits(max_checkpoint_bytes=...)``, ``exactforge verify --max-model-mb``), the way
+safetensors bounds its header. A model larger than the verifier's bound is refused from the
+manifest's declaration, before any checkpoint is read.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Limits:
     json_int_digits: int = 24  # integers longer than this are refused (int("9"*10**6) is slow)
     max_steps: int = 100_000_000  # declared or recorded SGD steps
     max_batch: int = 1 << 20  # examples in one step (also at most the data set's size)
-    max_checkpoint_bytes: int = 4 << 30  # the tensors of one checkpoint (the model size)
+    max_checkpoint_bytes: int = 1 << 30  # the tensors of one checkpoint (the model size)
     max_tensors: int = 4096  # tensors in one checkpoint
     safetensors_header_bytes: int = 1 << 20  # a checkpoint's JSON header
     max_directory_entries: int = 100_000_010  # entries listed in records/ or checkpoints/

@@ -8,10 +8,9 @@ contiguous prefix, never a hole.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import bisect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -36,14 +35,13 @@ _RECORD_KEYS = {"step", "batch", "prev", "checkpoint", "hash"}
 @dataclass
 class Record:
     step: int
-    # dataset indices in the logged order (int64, read-only); None in Trace.records, which keeps
-    # the chain and not the batches: Trace.batch / Trace.record read them again when needed
+    # dataset indices in the logged order (int64, read-only); None in Trace.last, which keeps
+    # the chain and not the batch: Trace.iter_records / Trace.record read them again when needed
     batch: Optional[np.ndarray]
     prev: str
     checkpoint: Optional[Dict[str, Any]]
     hash: str
     final: bool = False
-    digest: bytes = b""  # SHA-256 of the record file's bytes, as the trace was opened
 
 
 def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) -> Record:
@@ -125,6 +123,14 @@ class Trace:
     """A checked trace: manifest, hash chain of records, schedule; checkpoints are read on
     demand (``load_checkpoint``), one at a time, each against the hash the chain commits to.
 
+    Records are streamed: opening a trace reads and checks every record once and keeps, per
+    checkpoint, the hash of the record that logs it (an *anchor*) and the checkpoint's entry;
+    nothing is kept per step. A record is read again when its batch is needed
+    (``iter_records``, ``record``), from the anchor before it to the anchor at or after it, and
+    refused unless it is the record the chain held when the trace was opened. Memory therefore
+    follows the number of checkpoints (each of which is a model on disk), never the number of
+    steps or the batches' sizes.
+
     ``complete`` says whether the trace holds every step it declares (its last record is
     final); ``incomplete_reason`` says why not. A verifier refuses an incomplete trace unless
     it asks for a prefix."""
@@ -132,11 +138,18 @@ class Trace:
     directory: str
     manifest: Manifest
     manifest_hash: str
-    records: List[Record] = field(default_factory=list)
     limits: Limits = DEFAULT_LIMITS
     complete: bool = False
     incomplete_reason: Optional[str] = None
     record_limit: int = 0  # the most bytes a record of this trace may hold
+    num_records: int = 0
+    # the last record read (without its batch): what a recorder appends after, what a streaming
+    # verifier looks at as each record joins the chain
+    last: Optional[Record] = None
+    # record index -> its hash, for every record that logs a checkpoint and for the last record
+    anchors: Dict[int, str] = field(default_factory=dict)
+    # checkpoint step (>= 1) -> its entry {"step", "file", "sha256"}, in order
+    entries: Dict[int, Dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def open(
@@ -150,9 +163,9 @@ class Trace:
         """Loads and checks the manifest and the whole chain; raises TraceError.
 
         ``on_manifest(trace)`` is called once the manifest is checked, ``on_record(trace)`` after
-        each record joins the chain (a distributed verifier starts on the checked prefix while
-        the rest is read). The trace is complete only when this returns: a caller must treat
-        what it saw before as provisional, to be dropped if the open fails."""
+        each record joins the chain (``trace.last``; a distributed verifier starts on the
+        checked prefix while the rest is read). The trace is complete only when this returns: a
+        caller must treat what it saw before as provisional, to be dropped if the open fails."""
         raw_obj, raw = read_json(directory, "manifest.json", limits.manifest_bytes, "manifest", limits)  # type: ignore[misc]
         _canonical(raw_obj, raw, "manifest")
         man = validate_manifest(raw_obj, limits)
@@ -160,40 +173,32 @@ class Trace:
         if on_manifest is not None:
             on_manifest(t)
         b = man.get("batch_size")
-        rec_limit = limits.record_bytes(b if b is not None else min(limits.max_batch, man["data"]["num_examples"]))
-        t.record_limit = rec_limit
+        t.record_limit = limits.record_bytes(b if b is not None else min(limits.max_batch, man["data"]["num_examples"]))
         declared = man.steps
         prev = t.manifest_hash
-        i = 0
         while True:
-            if t.records and t.records[-1].final:
-                break
-            if declared is not None and i >= declared:
+            i = t.num_records
+            if (t.last is not None and t.last.final) or (declared is not None and i >= declared):
                 break
             if i >= limits.max_steps:
                 raise TraceError(f"records: more than {limits.max_steps} steps")
-            got = read_json(directory, record_name(i), rec_limit, f"record {i}", limits, missing_ok=True)
-            if got is None:  # the first absent record ends the prefix (holes are found below)
+            rec = t._read_record(i, prev, missing_ok=True)
+            if rec is None:  # the first absent record ends the prefix (holes are found below)
                 break
-            obj, rec_raw = got
-            _canonical(obj, rec_raw, f"record {i}")
-            rec = _parse_record(obj, i, man, limits)
-            if rec.hash != record_hash(obj):
-                raise TraceError(f"record {i}: its hash does not match its content (modified)")
-            if rec.prev != prev:
-                raise TraceError(f"record {i}: does not follow the previous record (hash chain broken)")
-            if rec.checkpoint is not None and not is_entry(directory, rec.checkpoint["file"]):
-                raise TraceError(f"record {i}: checkpoint {rec.checkpoint['file']} is missing")
-            # the chain is kept, the batch is not: memory grows by a chain entry per step, not a batch
-            digest = hashlib.sha256(rec_raw).digest()
-            t.records.append(Record(rec.step, None, rec.prev, rec.checkpoint, rec.hash, rec.final, digest))
-            prev = rec.hash
-            i += 1
+            if rec.checkpoint is not None:
+                if not is_entry(directory, rec.checkpoint["file"]):
+                    raise TraceError(f"record {i}: checkpoint {rec.checkpoint['file']} is missing")
+                t.anchors[i] = rec.hash
+                t.entries[i + 1] = rec.checkpoint
+            rec.batch = None  # the chain is kept, the batch is not
+            t.last, t.num_records, prev = rec, i + 1, rec.hash
             if on_record is not None:
                 on_record(t)
+        if t.last is not None:
+            t.anchors[t.num_records - 1] = t.last.hash
         t._check_no_extra_records()
-        n = len(t.records)
-        if n and t.records[-1].final:
+        n = t.num_records
+        if n and t.last is not None and t.last.final:
             if declared is not None and n != declared:
                 raise TraceError(f"records: the final record is step {n - 1}, the manifest declares {declared} steps")
             t.complete = True
@@ -207,9 +212,26 @@ class Trace:
             raise TraceError(f"checkpoint 0: {checkpoint_name(0)} is missing")
         return t
 
+    def _read_record(self, i: int, prev: str, missing_ok: bool = False) -> Optional[Record]:
+        """Record ``i`` read and checked: canonical bytes, its fields against the manifest, its
+        hash against its content and its link to ``prev`` (the hash of record i-1)."""
+        got = read_json(
+            self.directory, record_name(i), self.record_limit, f"record {i}", self.limits, missing_ok=missing_ok
+        )
+        if got is None:
+            return None
+        obj, raw = got
+        _canonical(obj, raw, f"record {i}")
+        rec = _parse_record(obj, i, self.manifest, self.limits)
+        if rec.hash != record_hash(obj):
+            raise TraceError(f"record {i}: its hash does not match its content (modified)")
+        if rec.prev != prev:
+            raise TraceError(f"record {i}: does not follow the previous record (hash chain broken)")
+        return rec
+
     def _check_no_extra_records(self) -> None:
         """No record past the ones read: a hole, or steps appended after the final record."""
-        n = len(self.records)
+        n = self.num_records
         for name in list_names(self.directory, "records", self.limits):
             if name.startswith(".tmp-"):
                 continue  # an atomic write in progress or interrupted; never read
@@ -219,18 +241,30 @@ class Trace:
             j = int(stem)
             if j >= n and is_entry(self.directory, record_name(j)):
                 declared = self.manifest.steps
-                if (self.records and self.records[-1].final) or (declared is not None and n >= declared):
+                if (self.last is not None and self.last.final) or (declared is not None and n >= declared):
                     raise TraceError(f"records: step {j} is recorded after the last step {n - 1} (extended trace)")
                 if is_entry(self.directory, record_name(n)):
                     # written by a recorder since we looked: the prefix we read is still a prefix
                     continue
                 raise TraceError(f"records: step {j} is recorded but step {n} is missing (a record was removed)")
 
+    def truncate(self, n: int) -> None:
+        """Forgets records n.. (a resume has removed them from disk); record n-1 must be an anchor."""
+        if n and n - 1 not in self.anchors:
+            raise ValueError(f"truncate: record {n - 1} logs no checkpoint")
+        self.anchors = {i: h for i, h in self.anchors.items() if i < n}
+        self.entries = {s: e for s, e in self.entries.items() if s <= n}
+        self.num_records = n
+        self.last = self.record(n - 1) if n else None
+        if self.last is not None:
+            self.last.batch = None
+        self.complete, self.incomplete_reason = False, f"incomplete: {n} steps and no final record"
+
     # -- structure --------------------------------------------------------------------------
     @property
     def checkpoint_steps(self) -> List[int]:
         """Steps t with a logged theta_t, in order (0 first)."""
-        return [0] + [r.checkpoint["step"] for r in self.records if r.checkpoint is not None]
+        return [0, *self.entries]
 
     @property
     def num_steps(self) -> int:
@@ -245,6 +279,32 @@ class Trace:
         s = self.checkpoint_steps
         return list(zip(s[:-1], s[1:]))
 
+    def iter_records(self, start: int, stop: int) -> Iterator[Record]:
+        """Records ``start .. stop-1`` with their batches, read again in one pass from the anchor
+        before ``start`` to the anchor at or after ``stop - 1``. Each is checked as when the
+        trace was opened and linked to the one before; a record that differs from the chain the
+        trace was opened with breaks a link or an anchor, and raises TraceError before the pass
+        ends (a caller that acts on a whole pass, as a segment's recomputation does, never acts
+        on a changed record)."""
+        if not 0 <= start < stop <= self.num_records:
+            raise TraceError(f"records {start}..{stop - 1}: the trace has steps 0..{self.num_records - 1}")
+        order = sorted(self.anchors)
+        k = bisect.bisect_left(order, start)  # the first anchor at or after start
+        first = order[k - 1] + 1 if k else 0
+        prev = self.anchors[first - 1] if first else self.manifest_hash
+        i = first
+        while True:
+            rec = self._read_record(i, prev)
+            assert rec is not None  # missing_ok is off: an absent record raised
+            if i in self.anchors and rec.hash != self.anchors[i]:
+                raise TraceError(f"record {i}: changed since the trace was opened")
+            if start <= i:
+                yield rec
+            prev = rec.hash
+            i += 1
+            if i >= stop and i - 1 in self.anchors:
+                return
+
     def batch(self, step: int) -> np.ndarray:
         """The dataset indices of step ``step``, read again and checked against the chain."""
         batch = self.record(step).batch
@@ -252,27 +312,17 @@ class Trace:
         return batch
 
     def record(self, step: int) -> Record:
-        """Record ``step`` with its batch: its file read again, and refused unless its bytes
-        have the digest they had when the chain was checked (a file changed since then)."""
-        if not 0 <= step < len(self.records):
-            raise TraceError(f"record {step}: the trace has steps 0..{len(self.records) - 1}")
-        kept = self.records[step]
-        raw = read_file(self.directory, record_name(step), self.record_limit, f"record {step}")
-        assert raw is not None  # read_file returns None only when asked to tolerate a missing file
-        if hashlib.sha256(raw).digest() != kept.digest:
-            raise TraceError(f"record {step}: changed since the trace was opened")
-        # the same bytes that were checked when the trace was opened: only the batch is taken
-        batch = np.asarray(json.loads(raw)["batch"], dtype=np.int64)
-        batch.setflags(write=False)
-        return Record(kept.step, batch, kept.prev, kept.checkpoint, kept.hash, kept.final, kept.digest)
+        """Record ``step`` with its batch, read again and checked against the chain (the records
+        from the checkpoint before it to the one after it are read too)."""
+        recs = list(self.iter_records(step, step + 1))
+        return recs[0]
 
     def checkpoint_entry(self, step: int) -> Dict[str, Any]:
         if step == 0:
             return self.manifest["initial_checkpoint"]
-        if not 1 <= step <= len(self.records) or self.records[step - 1].checkpoint is None:
+        entry = self.entries.get(step)
+        if entry is None:
             raise TraceError(f"checkpoint: no theta_{step} was logged")
-        entry = self.records[step - 1].checkpoint
-        assert entry is not None  # checked above
         return entry
 
     def load_checkpoint(self, step: int) -> Dict[str, np.ndarray]:

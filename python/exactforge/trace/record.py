@@ -164,7 +164,10 @@ class TraceRecorder:
     ``dataset`` is an exactforge ``Dataset``, a pair (X, y) of arrays or tensors, or a torch
     ``TensorDataset``: its exact bytes are fingerprinted into the manifest. The manifest is
     written (and hashed) on entering the block, so everything it should say (``batch_size``,
-    ``seed``, ``extra`` fields) is given here. Checkpoints are
+    ``seed``, and ``extra``: an object of the caller's own fields, stored under the manifest's
+    ``extra`` and reported as declared, not verified) is given here. ``initial="seeded"``
+    declares theta_0 a function of ``seed`` and ``model_spec`` that the verifier recomputes
+    (default ``"given"``). Checkpoints are
     the model's ``state_dict`` (safetensors). theta_0 is taken on entering the block, and a
     final checkpoint is written on leaving it.
 
@@ -203,6 +206,7 @@ class TraceRecorder:
         input_shape: Optional[Sequence[int]] = None,
         zoo: Optional[str] = None,
         dropout_seed: Optional[int] = None,
+        initial: str = "given",
     ) -> None:
         import torch
 
@@ -258,7 +262,7 @@ class TraceRecorder:
             "lr": self._opt_spec["lr"],
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "seed": seed,
-            "initial": "given",
+            "initial": initial,
             "batch_size": batch_size,
             "steps": steps,
             "checkpoint_every": checkpoint_every,
@@ -278,8 +282,9 @@ class TraceRecorder:
                 "path": data_path,
             },
             "environment": environment(_device_of(model)),
-            **dict(extra or {}),
         }
+        if extra:
+            self.manifest["extra"] = dict(extra)  # the caller's own fields: declared, never verified
         self._writer: Optional[TraceWriter] = None
         self._since_ckpt = 0
 
@@ -429,7 +434,7 @@ def record_torch_fcn(
             steps=steps,
             model_spec=spec,
             data_path=data_path,
-            extra={"initial": "seeded"},
+            initial="seeded",
         ) as rec:
             _train(rec, model, opt, torch.nn.functional.cross_entropy, X, y, sched, steps, bar)
     finally:

@@ -20,6 +20,7 @@ import numpy as np
 from ..report.files import atomic_write
 from ..report.files import fsync_dir as _fsync_dir
 from .format import (
+    FIELDS,
     INITIAL_KINDS,
     SCHEMA,
     SCHEMA_VERSION,
@@ -74,6 +75,9 @@ class TraceWriter:
         if os.path.exists(os.path.join(directory, "manifest.json")):
             raise FileExistsError(f"out: {directory} already holds a trace; choose a new folder or resume it")
         manifest = dict(manifest)
+        unknown = sorted(k for k in manifest if k not in FIELDS)
+        if unknown:  # a reader refuses them: never written, then refused
+            raise ValueError(f"manifest: unknown field {unknown[0]!r}; a recorder's own fields go under 'extra'")
         manifest.setdefault("initial", "given")
         if manifest["initial"] not in INITIAL_KINDS:
             raise ValueError(f"initial: expected one of {INITIAL_KINDS}, got {manifest['initial']!r}")
@@ -122,16 +126,16 @@ class TraceWriter:
         last = trace.num_steps
         folder = os.path.join(directory, "records")
         if not trace.complete:
-            for rec in reversed(trace.records[last:]):
-                os.unlink(os.path.join(directory, record_name(rec.step)))
+            for i in reversed(range(last, trace.num_records)):
+                os.unlink(os.path.join(directory, record_name(i)))
                 _fsync_dir(folder)
-            trace.records = trace.records[:last]
+            trace.truncate(last)
         self = cls.__new__(cls)
         self.directory = directory
         self.manifest = dict(trace.manifest)
-        self.prev = trace.records[-1].hash if trace.records else trace.manifest_hash
+        self.prev = trace.last.hash if trace.last is not None else trace.manifest_hash
         self.next_step = last
-        self.last = trace.record(len(trace.records) - 1) if trace.records else None  # finish() needs its batch
+        self.last = trace.record(last - 1) if last else None  # finish() needs its batch
         self.finished = trace.complete
         return self, trace
 

@@ -42,6 +42,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from ..report.progress import progress_bar
 from ..trace import Trace, TraceError
+from ..trace.reader import Record
 
 __all__ = ["RAY_INSTALL", "RayExecutor", "require_ray", "chunk_segments"]
 
@@ -133,10 +134,19 @@ def _verify_task(
     return results, None
 
 
+def _slice_records(trace: Trace, segs: Sequence[Tuple[int, int]]) -> Dict[int, Record]:
+    """The records of ``segs`` with their batches, each segment read in one pass."""
+    out: Dict[int, Record] = {}
+    for s, e in segs:
+        for rec in trace.iter_records(s, e):
+            out[rec.step] = rec
+    return out
+
+
 @dataclass
 class _TraceSlice(Trace):
-    """What a task needs of a checked trace: the manifest and the records of its segments (a
-    task never gets the whole chain: a 1M-step trace's records are a gigabyte of objects), and
+    """What a task needs of a checked trace: the manifest, the checkpoint entries and the records
+    of its segments (a task never reads the whole chain), and
     the checkpoint files' bytes when they are shipped instead of read from shared storage.
     ``decode_checkpoint`` checks shipped bytes exactly as it checks a file."""
 
@@ -145,16 +155,15 @@ class _TraceSlice(Trace):
 
     @classmethod
     def of(cls, trace: Trace, segs: Sequence[Tuple[int, int]], blobs: Optional[Dict[int, Any]] = None) -> "_TraceSlice":
-        steps = {t for s, e in segs for t in range(max(0, s - 1), e)}  # record s-1 holds theta_s's entry
         return cls(
             trace.directory,
             trace.manifest,
             trace.manifest_hash,
-            records=[],
             limits=trace.limits,
             complete=trace.complete,
             incomplete_reason=trace.incomplete_reason,
-            slice_records={t: trace.record(t) for t in sorted(steps)},  # with their batches
+            entries={t: trace.entries[t] for seg in segs for t in seg if t},
+            slice_records=_slice_records(trace, segs),  # with their batches
             blobs=blobs,
         )
 
@@ -163,13 +172,11 @@ class _TraceSlice(Trace):
             raise TraceError(f"record {step}: not part of this task's segments")
         return self.slice_records[step].batch
 
-    def checkpoint_entry(self, step: int) -> Dict[str, Any]:
-        if step == 0:
-            return self.manifest["initial_checkpoint"]
-        rec = self.slice_records.get(step - 1)
-        if rec is None or rec.checkpoint is None:
-            raise TraceError(f"checkpoint: no theta_{step} in this task's segments")
-        return rec.checkpoint
+    def iter_records(self, start: int, stop: int) -> Iterator[Record]:
+        for t in range(start, stop):
+            if t not in self.slice_records:
+                raise TraceError(f"record {t}: not part of this task's segments")
+            yield self.slice_records[t]
 
     def checkpoint_bytes(self, step: int) -> Any:
         if self.blobs is None:
@@ -268,7 +275,7 @@ class _Stream:
             self.shared = (self.ray.put(data), self.ray.put(self.model), self.ray.put(self.loss_fn))
 
     def on_record(self, trace: Any) -> None:
-        rec = trace.records[-1]
+        rec = trace.last
         if self.shared is None or rec.checkpoint is None:
             return
         e = rec.checkpoint["step"]

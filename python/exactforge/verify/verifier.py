@@ -29,6 +29,7 @@ from ..models.step import NativeStep, TorchStep
 from ..reduce import check_threads
 from ..report.progress import progress_bar
 from ..trace import DEFAULT_LIMITS, Limits, Trace, TraceError
+from ..trace.format import declared_fields
 from ..trace.reader import finite
 from .distances import DISTANCES, verification_distance
 from .initial import initial_law_test
@@ -122,6 +123,8 @@ class VerificationReport:
     threads: Optional[int] = None
     total_segments: int = 0  # segments of the (verified prefix of the) trace; steps holds the recomputed ones
     checkpoints_checked: int = 0  # checkpoints whose file, hash, header and weights were checked (all, any policy)
+    # manifest fields no verifier can check (the prover's word: when, where, the data's name, 'extra')
+    declared: List[str] = field(default_factory=list)
     executor: Optional[Dict[str, Any]] = (
         None  # where the segments ran (None: here, serially); see exactforge.distributed
     )
@@ -306,9 +309,10 @@ def _native_engine(trace: Trace, data: Dataset, threads: Optional[int]):
     return load, step, initial
 
 
-def _zoo_model(entry: Dict[str, Any], data: Dataset) -> Any:
+def _zoo_model(entry: Dict[str, Any], data: Dataset, given: Any) -> Any:
     """A zoo model named by a trace, built from the verifier's own code (its weights come from
-    the checkpoints); the entry is the prover's, so every field is checked."""
+    the checkpoints) unless the verifier gives its own; the entry is the prover's, so every
+    field is checked against the verifier's data either way."""
     from ..models.zoo import ZOO, build_model
 
     name, shape, n = entry.get("zoo"), entry.get("input_shape"), entry.get("num_classes")
@@ -320,6 +324,8 @@ def _zoo_model(entry: Dict[str, Any], data: Dataset) -> Any:
         or (name == "transformer") != (data.vocab is not None)
     ):
         raise TraceError(f"manifest: model: {name} on {shape} with {n} classes does not fit {data.name}")
+    if given is not None:
+        return given
     # the vocabulary is the verifier's data set's; a prover's other table size fails the tensor check
     return build_model(name, tuple(shape), n, vocab=data.vocab, seed=0)
 
@@ -378,8 +384,17 @@ def _verifier_model(man: Any, data: Dataset, model: Any, spec: Optional[M.ModelS
     from .. import nn as xnn
     from ..models.torch_fcn import TorchFCN
 
-    if model is None and "zoo" in man["model"]:
-        model = _zoo_model(man["model"], data)
+    entry = man["model"]
+    if "kind" not in entry:  # a spec is checked field by field where it is read (ModelSpec.from_dict)
+        keys, what = (
+            ({"zoo", "input_shape", "num_classes"}, "a zoo entry holds 'zoo', 'input_shape' and 'num_classes'")
+            if "zoo" in entry
+            else ({"torch_class"}, "expected an exactforge spec, a zoo entry or {'torch_class': a name}")
+        )
+        if set(entry) != keys or not isinstance(entry.get("torch_class", ""), str):
+            raise TraceError(f"manifest: model: {what}, got {sorted(entry)[:6]}")
+    if "zoo" in entry:
+        model = _zoo_model(entry, data, model)
     if model is None:
         if spec is None:
             raise TraceError(
@@ -576,6 +591,7 @@ def _describe(report: VerificationReport, trace: Trace, allow_partial: bool) -> 
     man = trace.manifest
     report.engine, report.declared_steps, report.complete = man["engine"], trace.declared_steps, trace.complete
     report.initial, report.num_steps = man["initial"], trace.num_steps
+    report.declared = declared_fields(man)
     if not trace.complete:
         if not allow_partial:
             raise TraceError(
@@ -583,7 +599,7 @@ def _describe(report: VerificationReport, trace: Trace, allow_partial: bool) -> 
                 "the prefix up to the last checkpoint"
             )
         report.partial = True
-        report.unverified_tail = len(trace.records) - trace.num_steps
+        report.unverified_tail = trace.num_records - trace.num_steps
 
 
 def _check_theta0(
@@ -743,8 +759,9 @@ def recompute_segments(
     with _torch_threads(trace.manifest["engine"], job.threads):
         for s, e, state, logged in _states(segs, load, theta0):
             t0 = time.perf_counter()
-            for t in range(s, e):
-                idx = trace.batch(t)
+            for rec in trace.iter_records(s, e):
+                t, idx = rec.step, rec.batch
+                assert idx is not None  # iter_records reads the batches
                 if job.permute_batches is not None:
                     idx = idx[np.random.default_rng([job.permute_batches, t]).permutation(idx.size)]
                 state = step(state, idx, t)
