@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,6 +27,8 @@ from .layout import flat_of, flat_to_native, load_flat, native_to_flat
 __all__ = [
     "NativeStep",
     "TorchStep",
+    "torch_data",
+    "clip_function",
     "Stepper",
     "Condition",
     "CONDITIONS",
@@ -87,6 +89,48 @@ class NativeStep:
         )
 
 
+def torch_data(data: Any, model: Any, input_shape: Optional[Sequence[int]] = None) -> Tuple[Any, Any]:
+    """A data set as a model is fed it: inputs as a tensor of the model's dtype (token ids stay
+    int64 ids) in ``input_shape`` per example, labels as int64. The recorder checks a loop's
+    inputs against these, and the verifier feeds them."""
+    import torch
+
+    dtype = np.int64 if data.vocab is not None else str(next(model.parameters()).dtype).replace("torch.", "")
+    X = torch.from_numpy(data.X.astype(dtype))
+    if input_shape is not None:
+        X = X.reshape(len(data), *input_shape)
+    return X, torch.from_numpy(data.y)
+
+
+def clip_function(clip: Optional[Dict[str, float]], reproducible: bool) -> Callable[[List[Any]], None]:
+    """Applies the declared gradient clipping to a list of gradient tensors, in place, as
+    ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_`` do on a model's parameters; the
+    norm of a reproducible model is the order-free one (``exactforge.nn.clip_grad_norm_``)."""
+    import torch
+
+    def holders(grads: List[Any]) -> List[Any]:
+        out = []
+        for g in grads:
+            h = torch.empty_like(g)  # a tensor whose .grad is g: the clipping functions work on .grad
+            h.grad = g
+            out.append(h)
+        return out
+
+    def apply(grads: List[Any]) -> None:
+        if clip is None or not grads:
+            return
+        if "value" in clip:
+            torch.nn.utils.clip_grad_value_(holders(grads), clip["value"])
+        elif reproducible:
+            from ..nn import clip_grad_norm_
+
+            clip_grad_norm_(holders(grads), clip["norm"])
+        else:
+            torch.nn.utils.clip_grad_norm_(holders(grads), clip["norm"])
+
+    return apply
+
+
 class TorchStep:
     """One optimizer step of a torch module.
 
@@ -106,18 +150,25 @@ class TorchStep:
         dropout_seed: Optional[int] = None,
         device: str = "cpu",
         autocast: Optional[str] = None,
+        clip: Optional[Dict[str, float]] = None,
     ) -> None:
+        from ..nn import mode_of
+
         self.model, self.X, self.y, self.optimizer, self.loss = model, X, y, optimizer, loss
         self.dropout_seed, self.device, self.autocast = dropout_seed, device, autocast
         self.params = list(model.parameters())
         self.keys = set(model.state_dict())
+        self.clip = clip_function(clip, mode_of(model) is not None)
 
-    def __call__(self, state: State, idx: np.ndarray, t: int = 0) -> State:
-        """The next state dict (with the optimizer's state tensors) from ``state``."""
+    def __call__(self, state: State, idx: np.ndarray, t: int = 0, lr: Optional[float] = None) -> State:
+        """The next state dict (with the optimizer's state tensors) from ``state``; ``lr`` is the
+        step's learning rate where the trace records one (a schedule), else the optimizer's."""
         import torch
 
         self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items() if k in self.keys})
         o = O.build(self.optimizer, self.params)
+        if lr is not None:
+            o.param_groups[0]["lr"] = lr
         steps = O.load_state(o, self.optimizer, self.params, state)
         self._update(o, idx, t)
         out = {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
@@ -156,6 +207,7 @@ class TorchStep:
         loss = self.loss(out, yb)
         o.zero_grad()
         loss.backward()
+        self.clip([p.grad for p in self.params if p.grad is not None])
         o.step()
 
 

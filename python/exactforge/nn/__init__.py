@@ -5,15 +5,28 @@ order and thread count (``mode="exact"``), within float32 rounding of autograd.
     loss = exactforge.nn.cross_entropy(model(x), y)
     loss.backward()
 
-Supported: Linear, Conv2d (groups=1, zero padding, any stride and dilation), BatchNorm1d/2d in
-eval mode, ReLU, Tanh, Sigmoid, Flatten, Unflatten, Identity, MaxPool2d, AvgPool2d, and Dropout
-(training-mode masks keyed to (seed, step, layer, example): ``dropout_keys``). Anything else is
+Supported: Linear, Conv2d (groups=1, zero padding, any stride and dilation), BatchNorm1d/2d
+(training mode: batch statistics as order-free sums), LayerNorm, MultiheadAttention and the
+Transformer encoder, Embedding, ReLU, Tanh, Sigmoid, GELU, SiLU, Flatten, Unflatten, Identity, MaxPool2d, AvgPool2d, and Dropout
+(training-mode masks keyed to (seed, step, layer, example): ``dropout_keys``; attention-weight
+dropout likewise). Anything else is
 refused by ``reproducible`` with its name. CPU tensors.
 """
 
 from . import layers as _layers  # noqa: F401  (registers the layer types)
 from ._registry import MODES, UnsupportedLayerError, mode_of, register_layer, reproducible, supported_layers
-from .functional import cross_entropy, dropout, mse_loss, sigmoid, tanh
+from .functional import (
+    batch_norm_train,
+    clip_grad_norm_,
+    cross_entropy,
+    dropout,
+    gelu,
+    grad_norm,
+    mse_loss,
+    sigmoid,
+    silu,
+    tanh,
+)
 from .layers.dropout import dropout_keys, keyed_dropout, keyed_layers
 
 __all__ = [
@@ -23,6 +36,8 @@ __all__ = [
     "mse_loss",
     "sigmoid",
     "tanh",
+    "gelu",
+    "silu",
     "dropout",
     "dropout_keys",
     "keyed_dropout",
@@ -31,4 +46,7 @@ __all__ = [
     "supported_layers",
     "UnsupportedLayerError",
     "MODES",
+    "clip_grad_norm_",
+    "grad_norm",
+    "batch_norm_train",
 ]

@@ -9,7 +9,7 @@ thread count give the same bits.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -23,10 +23,13 @@ __all__ = [
     "linear",
     "conv2d",
     "batch_norm_eval",
+    "batch_norm_train",
     "cross_entropy",
     "mse_loss",
     "sigmoid",
     "tanh",
+    "gelu",
+    "silu",
     "dropout",
     "keep_mask",
     "bmm",
@@ -35,6 +38,8 @@ __all__ = [
     "embedding",
     "attention_mask",
     "multi_head_attention",
+    "grad_norm",
+    "clip_grad_norm_",
 ]
 
 
@@ -185,6 +190,83 @@ def batch_norm_eval(x, running_mean, running_var, weight, bias, eps: float, mode
     return _BatchNormEval.apply(x, running_mean, running_var, weight, bias, eps, mode)
 
 
+def _per_channel(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, *) -> (N * positions, C): a channel's terms as one column, for a batch sum."""
+    return t.transpose(0, 1).reshape(t.shape[1], -1).t()
+
+
+class _BatchNormTrain(torch.autograd.Function):
+    """Training-mode normalisation by the batch's own statistics: per channel the mean and the
+    biased variance are sums over examples and positions in the batch mode (exact: one
+    rounding of the exact sum, so any batch order and thread count give the same bits), each
+    divided by the count; the backward's two sums over the batch likewise. Elementwise steps
+    are single IEEE operations (1 / sqrt, not an approximate rsqrt), the same on every CPU."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, mode):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        M = x.numel() // x.shape[1]
+        mean = _bsum(_per_channel(x), mode) / M
+        xc = x - mean.reshape(shape)
+        var = _bsum(_per_channel(xc * xc), mode) / M
+        rstd = 1.0 / torch.sqrt(var + eps)
+        xhat = xc * rstd.reshape(shape)
+        y = xhat
+        if weight is not None:
+            y = y * weight.reshape(shape)
+        if bias is not None:
+            y = y + bias.reshape(shape)
+        ctx.save_for_backward(xhat, rstd, weight)
+        ctx.conf = (shape, M, mode)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar):
+        xhat, rstd, weight = ctx.saved_tensors
+        shape, M, mode = ctx.conf
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            g = dy if weight is None else dy * weight.reshape(shape)
+            mg = _bsum(_per_channel(g), mode) / M
+            mgx = _bsum(_per_channel(g * xhat), mode) / M
+            dx = (g - mg.reshape(shape) - xhat * mgx.reshape(shape)) * rstd.reshape(shape)
+        if weight is not None and ctx.needs_input_grad[1]:
+            dw = _bsum(_per_channel(dy * xhat), mode)
+        if ctx.needs_input_grad[2]:
+            db = _bsum(_per_channel(dy), mode)
+        return dx, dw, db, None, None
+
+
+def batch_norm_train(
+    x: torch.Tensor,
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    momentum: float,
+    eps: float,
+    mode: str = "exact",
+) -> torch.Tensor:
+    """BatchNorm normalising by the batch's statistics (order-free in ``mode="exact"``), and
+    the running statistics updated in place as torch does: ``(1 - momentum) * running +
+    momentum * batch``, the variance unbiased (times n / (n - 1)); each channel's update is
+    one float64 expression rounded once, so it does not depend on where the channel sits."""
+    if x.dim() < 2 or x.numel() == 0:
+        raise ValueError(f"x: expected (batch, channels, ...) with at least one element, got {tuple(x.shape)}")
+    M = x.numel() // x.shape[1]
+    if M < 2:
+        raise ValueError(f"x: training-mode BatchNorm needs more than one value per channel, got {tuple(x.shape)}")
+    y, mean, var = _BatchNormTrain.apply(x, weight, bias, float(eps), mode)
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            m = float(momentum)
+            unbiased = var.double() * (M / (M - 1))
+            running_mean.copy_((running_mean.double() * (1 - m) + mean.double() * m).to(running_mean.dtype))
+            running_var.copy_((running_var.double() * (1 - m) + unbiased * m).to(running_var.dtype))
+    return y
+
+
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, q, mode):
@@ -310,6 +392,93 @@ def sigmoid(x: torch.Tensor) -> torch.Tensor:
 def tanh(x: torch.Tensor) -> torch.Tensor:
     """tanh with the same bits for every element wherever it sits in the batch."""
     return _Elementwise.apply(x, "tanh")
+
+
+# GELU and SiLU the same way: each value and each derivative a float64 expression of the one
+# input (exactforge's exp; erf from its own series, below), rounded once to the input's dtype.
+
+_SQRT_2_PI = 0.7978845608028654  # sqrt(2 / pi)
+_INV_SQRT_PI = 0.5641895835477563  # 1 / sqrt(pi)
+
+
+def _erfc64(z: np.ndarray) -> np.ndarray:
+    """erfc(z) for z >= 0 to about 1e-15 relative: below 2, 1 - erf from the series with
+    positive terms erf(z) = 2/sqrt(pi) e^(-z^2) sum 2^n z^(2n+1) / (2n+1)!!; from 2 on, the
+    continued fraction e^(-z^2)/sqrt(pi) / (z + (1/2)/(z + 1/(z + (3/2)/(z + ...)))), evaluated
+    from a fixed depth. Fixed iteration counts: the same operations for every element."""
+    from .._backend.native import _core
+
+    z = np.asarray(z, dtype=np.float64)
+    small = np.minimum(z, 2.0)
+    z2 = small * small
+    term = small.copy()
+    total = small.copy()
+    for n in range(1, 60):
+        term = term * (2.0 * z2 / (2 * n + 1))
+        total = total + term
+    erf_small = 2.0 * _INV_SQRT_PI * _core.exp(-z2) * total
+    big = np.maximum(z, 2.0)
+    frac = big.copy()
+    for k in range(80, 0, -1):
+        frac = big + (k / 2.0) / frac
+    erfc_big = _core.exp(-big * big) * _INV_SQRT_PI / frac
+    return np.where(z < 2.0, 1.0 - erf_small, erfc_big)
+
+
+def _phi64(v: np.ndarray) -> np.ndarray:
+    """The standard normal CDF, accurate in both tails (erfc of |v| / sqrt 2)."""
+    tail = 0.5 * _erfc64(np.abs(v) * 0.7071067811865476)
+    return np.where(v < 0, tail, 1.0 - tail)
+
+
+def _gelu64(v: np.ndarray):
+    from .._backend.native import _core
+
+    cdf = _phi64(v)
+    pdf = _core.exp(-0.5 * v * v) * (0.5 * _INV_SQRT_PI * 1.4142135623730951)  # 1 / sqrt(2 pi)
+    return v * cdf, cdf + v * pdf
+
+
+def _gelu_tanh64(v: np.ndarray):
+    # 0.5 x (1 + tanh u) = x sigmoid(2u): no cancellation for large negative x
+    u = _SQRT_2_PI * (v + 0.044715 * v * v * v)
+    s = _sigmoid64(2.0 * u)
+    return v * s, s + v * (2.0 * s * (1.0 - s)) * _SQRT_2_PI * (1.0 + 3 * 0.044715 * v * v)
+
+
+def _silu64(v: np.ndarray):
+    s = _sigmoid64(v)
+    return v * s, s * (1.0 + v * (1.0 - s))
+
+
+_WITH_DERIVATIVE = {"gelu": _gelu64, "gelu-tanh": _gelu_tanh64, "silu": _silu64}
+
+
+class _Activation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kind):
+        y64, d64 = _WITH_DERIVATIVE[kind](_np(x))
+        dt = _npdtype(x)
+        ctx.save_for_backward(torch.from_numpy(d64.astype(dt)))
+        return torch.from_numpy(y64.astype(dt))
+
+    @staticmethod
+    def backward(ctx, dy):
+        (d,) = ctx.saved_tensors
+        return dy * d, None
+
+
+def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """GELU (``approximate="none"``: x Phi(x); ``"tanh"``: torch's tanh formula) with the same
+    bits for every element wherever it sits in the batch, within an ulp or two of torch's."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
+    return _Activation.apply(x, "gelu" if approximate == "none" else "gelu-tanh")
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU (x sigmoid(x)) with the same bits for every element wherever it sits in the batch."""
+    return _Activation.apply(x, "silu")
 
 
 # ---- dropout keyed to (seed, step, layer, example) --------------------------------------------
@@ -554,11 +723,13 @@ def multi_head_attention(
     need_weights=False,
     average_attn_weights=True,
     mode: str = "exact",
+    drop: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ):
     """nn.MultiheadAttention's computation (batch first) with reproducible pieces: projections
     as reproducible linears (their weight gradients sum over the batch in ``mode``), per-head
     scores and weighted values as fixed-order per-example products, softmax with exactforge's
-    exp."""
+    exp; ``drop``, where given, is applied to the attention weights before they weigh the values
+    (the returned weights are the ones before dropout, as torch's)."""
     B, L, E = q_in.shape
     S = k_in.shape[1]
     H = mha.num_heads
@@ -587,7 +758,7 @@ def multi_head_attention(
     if mask is not None:
         scores = scores + mask
     p = softmax(scores)
-    o = bmm(p, v).reshape(B, H, L, dh).transpose(1, 2).reshape(B, L, E)
+    o = bmm(p if drop is None else drop(p), v).reshape(B, H, L, dh).transpose(1, 2).reshape(B, L, E)
     out = linear(o, mha.out_proj.weight, mha.out_proj.bias, mode)
     weights = None
     if need_weights:
@@ -599,3 +770,35 @@ def multi_head_attention(
                 acc = acc + pw[:, h]
             weights = acc / H
     return out, weights
+
+
+def grad_norm(grads: Any) -> float:
+    """The L2 norm of the gradients ``grads`` (tensors) as one number that depends on their
+    values only: each square is exact in float64 and the squares are summed exactly
+    (``reduce.sum(mode="exact")``, in chunks of at most its term limit, the chunks in a fixed
+    order). torch's own norm sums in an order that follows the thread count."""
+    import math
+
+    parts = []
+    for g in grads:
+        sq = np.square(g.detach().cpu().numpy().astype(np.float64).ravel())
+        for lo in range(0, sq.size, R.EXACT_SUM_MAX_K):
+            parts.append(float(R.sum(sq[lo : lo + R.EXACT_SUM_MAX_K], mode="exact")))
+    return math.sqrt(math.fsum(parts))
+
+
+def clip_grad_norm_(parameters: Any, max_norm: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_`` (L2, the same coefficient ``max_norm / (norm +
+    1e-6)`` clamped to 1) with an order-free norm (:func:`grad_norm`), so a clipped step of a
+    reproducible model keeps its bits under any batch order and thread count. Returns the norm."""
+    params = [
+        p for p in (parameters if not isinstance(parameters, torch.Tensor) else [parameters]) if p.grad is not None
+    ]
+    norm = grad_norm(p.grad for p in params)
+    coef = min(1.0, float(max_norm) / (norm + 1e-6))
+    if coef < 1.0:
+        for p in params:
+            g = p.grad
+            assert g is not None  # params holds those with a gradient
+            g.mul_(torch.tensor(coef, dtype=g.dtype))
+    return norm

@@ -104,7 +104,9 @@ FIELDS: Dict[str, str] = {
     "eval_modules": "checked",
     "input_shape": "checked",
     "sampling": "checked",
+    "clip_grad": "checked",
     "data": "checked",
+    "scheduler": "declared",
     "created": "declared",
     "environment": "declared",
     "extra": "declared",
@@ -264,6 +266,17 @@ def _check_training(man: Dict[str, Any], limits: Limits) -> None:
             raise TraceError("manifest: 'dropout' must be {'seed': an integer in 0..2^63-1} or null")
     if man.get("sampling") not in (None, "without-replacement", "with-replacement"):
         raise TraceError("manifest: 'sampling' must be 'without-replacement' or 'with-replacement'")
+    clip = man.get("clip_grad")
+    if clip is not None and (
+        man["engine"] != "torch"
+        or not isinstance(clip, dict)
+        or len(clip) != 1
+        or next(iter(clip)) not in ("norm", "value")
+        or isinstance(next(iter(clip.values())), bool)
+        or not isinstance(next(iter(clip.values())), (int, float))
+        or not 0 < next(iter(clip.values())) < 1e30
+    ):
+        raise TraceError("manifest: 'clip_grad' must be {'norm': a positive number} or {'value': ...} (torch traces)")
     ev = man.get("eval_modules")
     if ev is not None and (
         not isinstance(ev, list)

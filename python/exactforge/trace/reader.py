@@ -9,6 +9,7 @@ contiguous prefix, never a hole.
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -42,14 +43,24 @@ class Record:
     checkpoint: Optional[Dict[str, Any]]
     hash: str
     final: bool = False
+    lr: Optional[float] = None  # the step's learning rate, where a schedule changed it from the manifest's
 
 
 def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) -> Record:
     keys = set(obj)
-    if not (_RECORD_KEYS <= keys <= _RECORD_KEYS | {"final"}):
+    if not (_RECORD_KEYS <= keys <= _RECORD_KEYS | {"final", "lr"}):
         raise TraceError(
-            f"record {i}: expected the fields {sorted(_RECORD_KEYS)} (and 'final'), got {sorted(keys)[:8]}"
+            f"record {i}: expected the fields {sorted(_RECORD_KEYS)} (and 'final', 'lr'), got {sorted(keys)[:8]}"
         )
+    lr = obj.get("lr")
+    if "lr" in obj and (
+        man["engine"] != "torch"
+        or isinstance(lr, bool)
+        or not isinstance(lr, float)
+        or not math.isfinite(lr)
+        or not 0 < lr <= 1e6
+    ):
+        raise TraceError(f"record {i}: 'lr' must be a positive learning rate (torch traces only)")
     if type(obj["step"]) is not int or obj["step"] != i:
         raise TraceError(f"record {i}: claims to be step {str(obj['step'])[:24]}")
     if not is_sha256(obj["hash"]) or not is_sha256(obj["prev"]):
@@ -95,7 +106,7 @@ def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) ->
             f"record {i}: {'no' if due else 'a'} checkpoint where the schedule (every {k} steps "
             f"and after the final step) {'needs one' if due else 'has none'}"
         )
-    return Record(i, arr, obj["prev"], ck, obj["hash"], final)
+    return Record(i, arr, obj["prev"], ck, obj["hash"], final, lr)
 
 
 def _canonical(obj: Any, raw: bytes, what: str) -> None:

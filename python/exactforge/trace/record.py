@@ -207,12 +207,16 @@ class TraceRecorder:
         zoo: Optional[str] = None,
         dropout_seed: Optional[int] = None,
         initial: str = "given",
+        scheduler: Any = None,
+        clip_grad_norm: Optional[float] = None,
+        clip_grad_value: Optional[float] = None,
     ) -> None:
         import torch
 
         from .. import nn as xnn
         from ..models import optim as O
         from ..nn.losses import spec_of
+        from . import watch as W
 
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every: expected a positive interval, got {checkpoint_every}")
@@ -239,6 +243,9 @@ class TraceRecorder:
         self._params = list(model.parameters())
         self._steps = 0
         loss = spec_of(loss_fn)
+        clip = W.clip_entry(clip_grad_norm, clip_grad_value)
+        if xnn.mode_of(model) is not None:
+            W.check_reproducible_loop(model, loss_fn)
         # How the loop feeds one example to the model: given, or the data set's image shape for a
         # convolutional model, else flat. The verifier reshapes the data the same way.
         if input_shape is None:
@@ -285,6 +292,12 @@ class TraceRecorder:
         }
         if extra:
             self.manifest["extra"] = dict(extra)  # the caller's own fields: declared, never verified
+        if clip is not None:
+            self.manifest["clip_grad"] = clip
+        if scheduler is not None:
+            self.manifest["scheduler"] = W.scheduler_entry(scheduler, optimizer)
+        self._loss_fn, self._dataset = loss_fn, ds
+        self._watch: Optional[W.LoopWatch] = None
         self._writer: Optional[TraceWriter] = None
         self._since_ckpt = 0
 
@@ -297,7 +310,25 @@ class TraceRecorder:
 
     def __enter__(self) -> "TraceRecorder":
         self._writer = TraceWriter(self.directory, self.manifest, self._state())
+        self._watch = self._make_watch()
+        self._watch.install()
         return self
+
+    def _make_watch(self) -> Any:
+        """The hooks that check each step of the loop against what the trace records."""
+        from ..models.step import clip_function, torch_data
+        from ..nn import mode_of
+        from ..nn.losses import replay
+        from .watch import LoopWatch
+
+        man = self.manifest
+        X, y = torch_data(self._dataset, self.model, man["input_shape"])
+        custom = self._loss_fn if man["loss"]["name"] == "custom" else None
+        loss = replay(man["loss"], man["reduction"], custom)
+        clip = clip_function(man.get("clip_grad"), mode_of(self.model) is not None)
+        return LoopWatch(
+            self.model, self.optimizer, self._opt_spec, X, y, loss, man.get("clip_grad"), clip, man["eval_modules"]
+        )
 
     def _indices(self, batch_indices: Any, what: str) -> np.ndarray:
         if self._writer is None:
@@ -338,15 +369,20 @@ class TraceRecorder:
             setattr(m, "_exactforge_keys", None)
         if begun is not None and not np.array_equal(begun, idx):
             raise ValueError("batch_indices: step() got other examples than begin() announced for this step")
+        assert self._watch is not None  # installed on entering the block
+        lr = self._watch.take(idx)  # refuses a step that the trace could not replay
         self._since_ckpt += 1
         self._steps += 1
         final = self.steps is not None and self._writer.next_step + 1 == self.steps
         ck = self._state() if (self._since_ckpt == self.checkpoint_every or final) else None
         if ck is not None:
             self._since_ckpt = 0
-        self._writer.append(idx, ck, final=final)
+        self._writer.append(idx, ck, final=final, lr=None if lr == self.manifest["lr"] else lr)
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self._watch is not None:
+            self._watch.remove()
+            self._watch = None
         w = self._writer
         if w is None or exc_type is not None or w.finished or w.last is None:
             return  # on an error the trace keeps every complete step and stays incomplete

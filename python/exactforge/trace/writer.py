@@ -59,7 +59,10 @@ def environment(device: str = "cpu") -> Dict[str, Any]:
 def encode_checkpoint(tensors: Mapping[str, np.ndarray], step: int) -> bytes:
     from safetensors.numpy import save
 
-    return save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata={"exactforge_step": str(step)})
+    # np.ascontiguousarray would turn a 0-d tensor (BatchNorm's num_batches_tracked) into shape (1,)
+    arrays = {k: np.asarray(v) for k, v in tensors.items()}
+    arrays = {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in arrays.items()}
+    return save(arrays, metadata={"exactforge_step": str(step)})
 
 
 class TraceWriter:
@@ -145,9 +148,11 @@ class TraceWriter:
         checkpoint: Optional[Mapping[str, np.ndarray]] = None,
         *,
         final: bool = False,
+        lr: Optional[float] = None,
     ) -> Record:
         """Records step ``next_step`` with its batch; ``checkpoint`` is theta after the step.
-        ``final`` marks the last step of the run (it needs a checkpoint)."""
+        ``final`` marks the last step of the run (it needs a checkpoint); ``lr`` is the step's
+        learning rate where it differs from the manifest's (a schedule)."""
         if self.finished:
             raise ValueError("append: the trace is complete (its final step is recorded)")
         if final and checkpoint is None:
@@ -158,19 +163,23 @@ class TraceWriter:
             data = encode_checkpoint(checkpoint, t + 1)
             atomic_write(os.path.join(self.directory, checkpoint_name(t + 1)), data)  # before the record
             ck = {"step": t + 1, "file": checkpoint_name(t + 1), "sha256": sha256_bytes(data)}
-        return self._write(t, [int(i) for i in batch], self.prev, ck, final)
+        return self._write(t, [int(i) for i in batch], self.prev, ck, final, lr)
 
-    def _write(self, t: int, batch: list, prev: str, ck: Optional[Dict[str, Any]], final: bool) -> Record:
+    def _write(
+        self, t: int, batch: list, prev: str, ck: Optional[Dict[str, Any]], final: bool, lr: Optional[float] = None
+    ) -> Record:
         rec: Dict[str, Any] = {"step": t, "batch": batch, "prev": prev, "checkpoint": ck}
         if final:
             rec["final"] = True
+        if lr is not None:
+            rec["lr"] = float(lr)
         rec["hash"] = record_hash(rec)
         atomic_write(os.path.join(self.directory, record_name(t)), canonical_json(rec))
         self.prev = rec["hash"]
         self.next_step = t + 1
         arr = np.asarray(batch, dtype=np.int64)
         arr.setflags(write=False)
-        self.last = Record(t, arr, prev, ck, rec["hash"], final)
+        self.last = Record(t, arr, prev, ck, rec["hash"], final, lr)
         self.finished = final
         return self.last
 
@@ -191,4 +200,4 @@ class TraceWriter:
             atomic_write(os.path.join(self.directory, checkpoint_name(last.step + 1)), data)
             ck = {"step": last.step + 1, "file": checkpoint_name(last.step + 1), "sha256": sha256_bytes(data)}
         assert last.batch is not None  # the writer's own records carry their batch
-        return self._write(last.step, [int(i) for i in last.batch], last.prev, ck, True)
+        return self._write(last.step, [int(i) for i in last.batch], last.prev, ck, True, last.lr)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..data import BUNDLED, DATASETS, Dataset, as_dataset, load_dataset
 from ..models import native as M
-from ..models.step import NativeStep, TorchStep
+from ..models.step import NativeStep, TorchStep, torch_data
 from ..reduce import check_threads
 from ..report.progress import progress_bar
 from ..trace import DEFAULT_LIMITS, Limits, Trace, TraceError
@@ -365,7 +365,7 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     def load(step: int) -> Dict[str, np.ndarray]:
         return trace.load_checkpoint(step)
 
-    step = TorchStep(model, X, y, ospec, loss_of, dropout_seed=dropout_seed)
+    step = TorchStep(model, X, y, ospec, loss_of, dropout_seed=dropout_seed, clip=man.get("clip_grad"))
 
     def initial() -> Optional[Dict[str, np.ndarray]]:
         if spec is None:
@@ -421,26 +421,15 @@ def _verifier_model(man: Any, data: Dataset, model: Any, spec: Optional[M.ModelS
 def _torch_data(man: Any, data: Dataset, model: Any) -> Tuple[Any, Any]:
     """The verifier's data as tensors of the model's dtype (token ids stay ids), in the input
     shape the trace declares."""
-    import torch
-
-    X = torch.from_numpy(
-        data.X.astype(
-            np.int64
-            if data.vocab is not None  # token ids stay ids
-            else str(next(model.parameters()).dtype).replace("torch.", "")
-        )
-    )
     shape = man.get("input_shape")
-    if shape is not None:
-        if (
-            not isinstance(shape, list)
-            or not 1 <= len(shape) <= 4
-            or any(type(v) is not int or v < 1 for v in shape)
-            or math.prod(shape) != data.dim
-        ):
-            raise TraceError(f"manifest: 'input_shape' must list the dimensions of one example ({data.dim} features)")
-        X = X.reshape(len(data), *shape)
-    return X, torch.from_numpy(data.y)
+    if shape is not None and (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= 4
+        or any(type(v) is not int or v < 1 for v in shape)
+        or math.prod(shape) != data.dim
+    ):
+        raise TraceError(f"manifest: 'input_shape' must list the dimensions of one example ({data.dim} features)")
+    return torch_data(data, model, shape)
 
 
 def _set_modes(model: Any, eval_modules: Optional[List[str]]) -> None:
@@ -764,7 +753,7 @@ def recompute_segments(
                 assert idx is not None  # iter_records reads the batches
                 if job.permute_batches is not None:
                     idx = idx[np.random.default_rng([job.permute_batches, t]).permutation(idx.size)]
-                state = step(state, idx, t)
+                state = step(state, idx, t) if rec.lr is None else step(state, idx, t, lr=rec.lr)
             err = verification_distance(_pairs(state, logged), job.distance_kind)
             res_med, res_min = resolution(logged, lr)
             on_result(StepResult(s, e, err, bool(err <= job.epsilon), time.perf_counter() - t0, res_med, res_min))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._registry import UnsupportedLayerError, register_layer
-from ..functional import multi_head_attention
+from ..functional import dropout, gelu, multi_head_attention
 
 
 @register_layer(nn.MultiheadAttention, owns_children=True)
@@ -15,9 +15,23 @@ def make_mha(module: nn.MultiheadAttention, mode: str):
     if module.bias_k is not None or module.add_zero_attn:
         raise UnsupportedLayerError("module: MultiheadAttention with add_bias_kv or add_zero_attn is not supported")
     if module.dropout > 0:
-        raise UnsupportedLayerError(
-            f"module: MultiheadAttention with dropout={module.dropout} is not supported "
-            "(its attention-weight masks are not keyed); use dropout=0"
+        # its attention-weight masks are keyed like Dropout's (dropout_keys numbers it among them)
+        setattr(module, "_exactforge_keyed", True)
+
+    def drop_weights(self, p):
+        """Dropout on the attention weights (B*H, L, S), keyed per example like nn.Dropout."""
+        if not self.training or self.dropout == 0:
+            return p
+        keys = getattr(self, "_exactforge_keys", None)
+        if keys is None:
+            raise RuntimeError(
+                "MultiheadAttention: in training mode its attention-weight dropout is keyed to the step and the "
+                "batch's examples; call exactforge.nn.dropout_keys(model, seed=..., step=..., examples=...) first"
+            )
+        seed, step, layer, examples = keys
+        B = len(examples)
+        return dropout(p.reshape(B, -1), self.dropout, seed=seed, step=step, layer=layer, examples=examples).reshape(
+            p.shape
         )
 
     def forward(
@@ -38,7 +52,17 @@ def make_mha(module: nn.MultiheadAttention, mode: str):
         if same and (key is value or (key.data_ptr() == value.data_ptr() and key.shape == value.shape)):
             key = value = query
         out, w = multi_head_attention(
-            query, key, value, self, attn_mask, key_padding_mask, is_causal, need_weights, average_attn_weights, mode
+            query,
+            key,
+            value,
+            self,
+            attn_mask,
+            key_padding_mask,
+            is_causal,
+            need_weights,
+            average_attn_weights,
+            mode,
+            drop=lambda p: drop_weights(self, p),
         )
         return (out if self.batch_first else out.transpose(0, 1)), w
 
@@ -48,9 +72,15 @@ def make_mha(module: nn.MultiheadAttention, mode: str):
 @register_layer(nn.TransformerEncoderLayer)
 def make_encoder_layer(module: nn.TransformerEncoderLayer, mode: str):
     act = module.activation
-    if not (act is F.relu or isinstance(act, nn.ReLU)):
+    approximate = getattr(act, "approximate", "none")
+
+    def activation(x):
+        return F.relu(x) if relu else gelu(x, approximate)  # relu is exact: a comparison
+
+    relu = act is F.relu or isinstance(act, nn.ReLU)
+    if not (relu or act is F.gelu or isinstance(act, nn.GELU)):
         raise UnsupportedLayerError(
-            "module: TransformerEncoderLayer: only the ReLU activation is supported "
+            "module: TransformerEncoderLayer: the ReLU and GELU activations are supported "
             f"(got {getattr(act, '__name__', type(act).__name__)})"
         )
 
@@ -69,7 +99,7 @@ def make_encoder_layer(module: nn.TransformerEncoderLayer, mode: str):
             )
 
         def ff(x):
-            return self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+            return self.dropout2(self.linear2(self.dropout(activation(self.linear1(x)))))
 
         x = src
         if self.norm_first:

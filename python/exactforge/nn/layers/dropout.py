@@ -53,6 +53,13 @@ def keyed_dropout(model: nn.Module) -> nn.Module:
             if not getattr(m, "_exactforge_keyed", False):
                 m.forward = types.MethodType(make_dropout(m, "fixed"), m)  # type: ignore[method-assign]
                 setattr(m, "_exactforge_keyed", True)
+        elif isinstance(m, nn.MultiheadAttention) and m.dropout > 0 and m.training:
+            if not getattr(m, "_exactforge_keyed", False):
+                raise ValueError(
+                    f"model: {name} (MultiheadAttention, dropout={m.dropout}) draws its attention-weight masks "
+                    "from torch's RNG, which a trace does not hold; make the model exactforge.nn.reproducible "
+                    "(its masks are keyed), set dropout=0 or call .eval() on it"
+                )
         elif isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 and m.training:
             raise ValueError(
                 f"model: {name} ({type(m).__name__}, p={m.p}) draws its masks from torch's RNG, which "

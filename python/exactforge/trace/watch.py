@@ -1,0 +1,280 @@
+"""What a recorder sees of a training loop, so that nothing it does not record changes an update.
+
+A trace records the batch of every step; the verifier replays the step from the manifest (the
+model, the optimizer, the loss) and the record. Anything else a loop does to an update (an
+augmented or normalised input, another loss, gradients edited between ``backward`` and
+``optimizer.step()``, gradients accumulated over several backward passes or from an earlier
+step, a hyperparameter changed by hand or by a scheduler, a module switched between train and
+eval mode) would make an honest trace fail verification: the prover would look like a forger.
+``LoopWatch`` hooks the model, its parameters and the optimizer and checks each step as it
+happens, refusing at that step (``ValueError``, naming what and why), so that a loop is
+either recorded faithfully or not recorded at all:
+
+* the model's input must be the data set's examples of the step, in the declared input shape
+  (bit for bit: no augmentation, normalisation or other batch);
+* the gradient the loss sends to the model's output must be the recorded loss's, recomputed
+  from that output and the step's labels (bit for bit);
+* each parameter's gradient comes from one backward pass of this step, onto zeroed gradients,
+  and reaches ``optimizer.step()`` unchanged, or changed exactly as the declared clipping does;
+* the optimizer steps once per recorded step, with the recorded hyperparameters; its learning
+  rate may change (a scheduler): the rate each step used is recorded and replayed;
+* the modules in eval mode are the ones the manifest lists.
+
+Each check costs a pass over the batch's inputs, the output's gradient or the parameters'
+gradients: small against the forward and backward pass it checks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+__all__ = ["LoopWatch", "HYPERPARAMETERS", "clip_entry", "scheduler_entry", "check_reproducible_loop"]
+
+# the optimizer hyperparameters a manifest records, besides the learning rate
+HYPERPARAMETERS = {
+    "sgd": ("momentum", "dampening", "nesterov", "weight_decay"),
+    "adam": ("betas", "eps", "weight_decay"),
+    "adamw": ("betas", "eps", "weight_decay"),
+}
+
+
+def _value(v: Any) -> Any:
+    return [float(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+
+class LoopWatch:
+    """Hooks on ``model``, its parameters and ``optimizer``; ``take(idx)`` closes a step.
+
+    ``X`` and ``y`` are the data set as the verifier feeds it (inputs in the manifest's input
+    shape and the model's dtype, labels); ``loss`` replays the recorded loss; ``clip`` is the
+    declared clipping (``{"norm": max}``, ``{"value": max}`` or None) and ``clip_fn`` applies
+    it to a list of gradient tensors as the verifier will."""
+
+    def __init__(
+        self,
+        model: Any,
+        optimizer: Any,
+        spec: Dict[str, Any],
+        X: Any,
+        y: Any,
+        loss: Callable,
+        clip: Optional[Dict[str, float]],
+        clip_fn: Callable[[List[Any]], None],
+        eval_modules: List[str],
+    ) -> None:
+        self.model, self.optimizer, self.spec = model, optimizer, spec
+        self.X, self.y, self.loss, self.clip, self.clip_fn = X, y, loss, clip, clip_fn
+        self.eval_modules = eval_modules
+        self.params = list(model.parameters())
+        self.hyper = {k: _value(optimizer.param_groups[0][k]) for k in HYPERPARAMETERS[spec["name"]]}
+        self.handles: List[Any] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.grads: Dict[int, Any] = {}  # parameter position -> its gradient from this step's backward
+        self.fired: Dict[int, int] = {}
+        self.inputs: Optional[Any] = None
+        self.output: Optional[Any] = None
+        self.output_grad: Optional[Any] = None
+        self.lr: Optional[float] = None
+        self.stepped = 0
+
+    # -- hooks ------------------------------------------------------------------------------
+    def install(self) -> None:
+        import torch
+
+        self.handles.append(self.model.register_forward_hook(self._forward))
+        for i, p in enumerate(self.params):
+            if p.requires_grad:
+                self.handles.append(p.register_hook(lambda g, i=i: self._grad(i, g)))
+        self.handles.append(self.optimizer.register_step_pre_hook(self._before_step))
+        self._torch = torch
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def _forward(self, module: Any, args: Any, output: Any) -> None:
+        if not self._torch.is_grad_enabled():
+            return  # an evaluation pass: it changes no update
+        if not args or not isinstance(args[0], self._torch.Tensor) or not isinstance(output, self._torch.Tensor):
+            raise ValueError(
+                "TraceRecorder: the model must take the batch's inputs as one tensor and return one tensor "
+                "(what the verifier feeds it and differentiates the loss against)"
+            )
+        if output.requires_grad:
+            # kept only when a loss's gradient reaches this output: a pass that is not trained on
+            # (an evaluation with gradients on) leaves the step's record alone
+            inputs, value = args[0], output.detach()  # not output itself: its hook would hold it in a cycle
+            output.register_hook(lambda g: self._output_grad(inputs, value, g))
+
+    def _output_grad(self, inputs: Any, output: Any, g: Any) -> None:
+        self.inputs, self.output, self.output_grad = inputs, output, g.detach().clone()
+
+    def _grad(self, i: int, g: Any) -> None:
+        n = self.fired.get(i, 0) + 1
+        self.fired[i] = n
+        if n > 1:
+            raise ValueError(
+                "TraceRecorder: a second backward pass before optimizer.step() (gradient accumulation over "
+                "micro-batches); the verifier replays one backward pass per step: record each optimizer step "
+                "with the whole batch in one backward pass"
+            )
+        old = self.params[i].grad
+        if old is not None and bool(old.any()):
+            raise ValueError(
+                "TraceRecorder: gradients left from an earlier step are being added to (call "
+                "optimizer.zero_grad() before each backward pass)"
+            )
+        self.grads[i] = g.detach().clone()
+
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.stepped += 1
+        if self.stepped > 1:
+            raise ValueError("TraceRecorder: optimizer.step() ran twice without rec.step() between them")
+        group = optimizer.param_groups[0]
+        for k, v in self.hyper.items():
+            if _value(group[k]) != v:
+                raise ValueError(
+                    f"TraceRecorder: the optimizer's {k} changed from {v} to {_value(group[k])} (a scheduler "
+                    "cycling momentum, such as OneCycleLR(cycle_momentum=True), or a hand edit); the trace "
+                    "records the learning rate of each step, not other hyperparameters"
+                )
+        lr = group["lr"]
+        if isinstance(lr, self._torch.Tensor):
+            raise ValueError("TraceRecorder: a tensor learning rate cannot be replayed; use a float")
+        self.lr = float(lr)
+        self._check_grads()
+
+    def _check_grads(self) -> None:
+        expected = [None if i not in self.grads else self.grads[i].clone() for i in range(len(self.params))]
+        if self.clip is not None:
+            self.clip_fn([g for g in expected if g is not None])
+        for i, p in enumerate(self.params):
+            have, want = p.grad, expected[i]
+            if want is None:
+                if have is not None and bool(have.any()):
+                    raise ValueError(
+                        f"TraceRecorder: parameter {i} has a gradient that no backward pass of this step made"
+                    )
+                continue
+            if have is None or not self._torch.equal(have, want):
+                what = "the declared clipping of them" if self.clip is not None else "them"
+                raise ValueError(
+                    f"TraceRecorder: the gradients reaching optimizer.step() are not the backward pass's, nor "
+                    f"{what} (parameter {i}): gradient clipping, noise or any edit between backward() and "
+                    "step() must be declared (clip_grad_norm= or clip_grad_value=; on a reproducible model, "
+                    "clip with exactforge.nn.clip_grad_norm_) or it cannot be replayed"
+                )
+
+    # -- closing a step ---------------------------------------------------------------------
+    def take(self, idx: np.ndarray) -> float:
+        """Checks the step just taken on the examples ``idx`` and returns its learning rate."""
+        torch = self._torch
+        try:
+            if self.stepped == 0:
+                raise ValueError("TraceRecorder: rec.step() before optimizer.step() ran for this step")
+            self._check_modes()
+            b = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+            if self.inputs is None or self.output is None:
+                raise ValueError("TraceRecorder: no forward pass of the model in training was seen for this step")
+            want = self.X[b]
+            have = self.inputs.detach().to("cpu")
+            if have.shape != want.shape and have.numel() == want.numel() and self._flattens_first():
+                have = have.reshape(want.shape)  # a model that flattens its input sees the same values
+            if have.shape != want.shape or have.dtype != want.dtype or not torch.equal(have, want):
+                raise ValueError(
+                    "TraceRecorder: the model's input is not the data set's examples of this step "
+                    f"(shape {list(have.shape)}, expected {list(want.shape)}: data augmentation, normalisation, "
+                    "another batch, or another input_shape=); the verifier feeds the recorded examples as they are"
+                )
+            self._check_loss(b)
+            assert self.lr is not None  # set by the optimizer's pre-step hook
+            return self.lr
+        finally:
+            self._reset()
+
+    def _flattens_first(self) -> bool:
+        """Whether the model's first layer flattens each example (then the shape it was fed in
+        does not matter, only the values)."""
+        torch = self._torch
+        first = next((m for m in self.model.modules() if not list(m.children())), None)
+        return isinstance(first, torch.nn.Flatten) and first.start_dim == 1 and first.end_dim == -1
+
+    def _check_modes(self) -> None:
+        now = [n for n, m in self.model.named_modules() if not m.training]
+        if now != self.eval_modules:
+            raise ValueError(
+                "TraceRecorder: the modules in eval mode are not the ones recorded when the trace began "
+                f"({now[:4]} vs {self.eval_modules[:4]}); switch back to the same modes before each step"
+            )
+
+    def _check_loss(self, b: Any) -> None:
+        torch = self._torch
+        if self.output_grad is None:
+            raise ValueError("TraceRecorder: the loss did not reach the model's output in this step's backward pass")
+        out = self.output.to("cpu").clone().requires_grad_(True)  # type: ignore[union-attr]
+        self.loss(out, self.y[b]).backward()
+        if out.grad is None or not torch.equal(out.grad, self.output_grad.to("cpu")):
+            raise ValueError(
+                "TraceRecorder: the loss's gradient at the model's output is not the recorded loss's (loss_fn= "
+                "names the loss the loop uses; on a reproducible model use exactforge.nn.cross_entropy or "
+                "mse_loss, whose gradients do not depend on the batch order)"
+            )
+
+
+def clip_entry(clip_grad_norm: Optional[float], clip_grad_value: Optional[float]) -> Optional[Dict[str, float]]:
+    """The manifest's ``clip_grad`` for a recorder's declared clipping (at most one kind)."""
+    import math
+
+    given = {k: v for k, v in (("norm", clip_grad_norm), ("value", clip_grad_value)) if v is not None}
+    if len(given) > 1:
+        raise ValueError("clip_grad_norm, clip_grad_value: declare one kind of clipping")
+    for k, v in given.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"clip_grad_{k}: expected a positive number, got {v!r}")
+    return {k: float(v) for k, v in given.items()} or None
+
+
+def _json_safe(v: Any) -> Any:
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if np.isfinite(v) else str(v)
+    if isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str)) or x is None for x in v):
+        return [_json_safe(x) for x in v]
+    return None
+
+
+def scheduler_entry(scheduler: Any, optimizer: Any) -> Dict[str, Any]:
+    """The manifest's ``scheduler``: the class and its plain settings when recording began.
+    The learning rate each step used is what the records carry and the verifier replays; this
+    entry says where the rates came from (the prover's word)."""
+    if getattr(scheduler, "optimizer", None) is not optimizer:
+        raise ValueError("scheduler: it must drive the recorded optimizer (scheduler.optimizer is not it)")
+    state = scheduler.state_dict() if callable(getattr(scheduler, "state_dict", None)) else {}
+    settings = {k: _json_safe(v) for k, v in sorted(state.items()) if not k.startswith("_")}
+    return {
+        "class": f"{type(scheduler).__module__}.{type(scheduler).__qualname__}"[:200],
+        "settings": {k: v for k, v in settings.items() if v is not None},
+    }
+
+
+def check_reproducible_loop(model: Any, loss_fn: Any) -> None:
+    """What a reproducible model cannot be recorded with, refused before anything is written:
+    torch's own losses (their gradients follow the batch order; exactforge.nn's do not)."""
+    import torch.nn as tnn
+    import torch.nn.functional as F
+
+    if (
+        loss_fn in (F.cross_entropy, F.mse_loss)
+        or isinstance(loss_fn, (tnn.CrossEntropyLoss, tnn.MSELoss))
+        or (getattr(loss_fn, "func", None) in (F.cross_entropy, F.mse_loss))
+    ):
+        raise ValueError(
+            "loss_fn: on a reproducible model the loop must use exactforge.nn.cross_entropy (label_smoothing= "
+            "as torch's) or exactforge.nn.mse_loss: torch's loss sums the batch in its own order"
+        )
