@@ -39,7 +39,7 @@ class Loop:
     clip: str  # "none" | "norm" | "value"
     declare_clip: bool
     accumulate: int
-    augment: bool
+    augment: str  # "none" | "torch" (torch's RNG) | "keyed" (exactforge.nn.KeyedAugment)
     loss: str  # "ce" | "ce-smooth" | "mse"
     zero_grad: bool
 
@@ -75,10 +75,25 @@ def build_scheduler(kind: str, opt):
         "cosine": lambda: S.CosineAnnealingLR(opt, T_max=STEPS),
         "linear": lambda: S.LinearLR(opt, start_factor=0.25, total_iters=3),
         "multistep": lambda: S.MultiStepLR(opt, milestones=[1, 3], gamma=0.3),
-        "onecycle": lambda: S.OneCycleLR(opt, max_lr=0.1, total_steps=STEPS),
+        "onecycle": lambda: S.OneCycleLR(
+            opt, max_lr=0.1, total_steps=STEPS, cycle_momentum=bool(opt.param_groups[0].get("momentum"))
+        ),
         "plateau": lambda: S.ReduceLROnPlateau(opt, patience=0, factor=0.5),
         "hand": lambda: None,
+        "warmup-cosine": lambda: S.SequentialLR(
+            opt, [S.LinearLR(opt, start_factor=0.1, total_iters=2), S.CosineAnnealingLR(opt, T_max=3)], milestones=[2]
+        ),
+        "chained": lambda: S.ChainedScheduler([S.StepLR(opt, 2, gamma=0.5), S.ExponentialLR(opt, 0.9)]),
+        "lambda": lambda: S.LambdaLR(opt, decay),
     }[kind]()
+
+
+def decay(epoch: int) -> float:
+    """A LambdaLR's function: the verifier supplies it (a trace cannot carry code)."""
+    return 1.0 / (1 + epoch)
+
+
+REPLAYABLE = ("step", "exp", "cosine", "linear", "multistep", "onecycle", "warmup-cosine", "chained", "lambda")
 
 
 def losses(kind: str, reproducible: bool):
@@ -106,15 +121,30 @@ def run(loop: Loop, out: str) -> None:
         model[1].eval()
     if loop.reproducible:
         model = xnn.reproducible(model)
-    opt = build_optimizer(loop.optimizer, model.parameters())
-    sched = build_scheduler(loop.scheduler, opt)
+    try:
+        opt = build_optimizer(loop.optimizer, model.parameters())
+        sched = build_scheduler(loop.scheduler, opt)
+    except ValueError as exc:  # not a refusal: the loop itself is malformed
+        raise RuntimeError(f"the generated loop does not build: {exc}") from exc
     loss_fn, loss_of = losses(loop.loss, loop.reproducible)
     clip_kw = {}
     if loop.clip != "none" and loop.declare_clip:
         clip_kw = {"clip_grad_norm": 0.5} if loop.clip == "norm" else {"clip_grad_value": 0.01}
     rng = np.random.default_rng(0)
+    aug = xnn.KeyedAugment(crop_padding=1, hflip=True, rot90=True, seed=5) if loop.augment == "keyed" else None
     with TraceRecorder(
-        out, model, opt, DATA, steps=STEPS, batch_size=B, loss_fn=loss_fn, scheduler=sched, seed=3, **clip_kw
+        out,
+        model,
+        opt,
+        DATA,
+        steps=STEPS,
+        batch_size=B,
+        loss_fn=loss_fn,
+        scheduler=sched,
+        seed=3,
+        input_shape=(1, 8, 8),
+        augment=aug,
+        **clip_kw,
     ) as rec:
         for t in range(STEPS):
             idx = rng.choice(len(DATA), B, replace=False)
@@ -124,8 +154,10 @@ def run(loop: Loop, out: str) -> None:
             parts = np.array_split(idx, loop.accumulate)
             for part in parts:
                 x = X[torch.from_numpy(part)]
-                if loop.augment:
+                if loop.augment == "torch":
                     x = torch.where(torch.rand(len(part), 1, 1, 1) < 0.5, x.flip(-1), x)
+                elif loop.augment == "keyed":
+                    x = rec.augment(x, part)
                 loss = loss_of(model(x), Y[torch.from_numpy(part)]) / loop.accumulate
                 loss.backward()
             if loop.clip == "norm":
@@ -134,7 +166,7 @@ def run(loop: Loop, out: str) -> None:
                 nn.utils.clip_grad_value_(model.parameters(), 0.01)
             opt.step()
             if loop.scheduler == "plateau":
-                sched.step(float(loss))
+                sched.step(float(loss.detach()))
             elif loop.scheduler == "hand":
                 opt.param_groups[0]["lr"] *= 0.7
             elif sched is not None:
@@ -156,8 +188,13 @@ def check(loop: Loop, out: str) -> str:
         assert str(exc), "a refusal must say why"
         return "refused"
     torch.manual_seed(1)
-    rep = verify_trace(out, model=fresh(loop), loss_fn=None)
+    rep = verify_trace(out, model=fresh(loop), loss_fn=None, lr_lambda=decay)
     assert rep.valid and rep.accepted and rep.max_error == 0.0, (loop, rep.reason, rep.max_error)
+    rates = rep.learning_rates
+    if loop.scheduler in REPLAYABLE:
+        assert rates["follows"] and rates["per_step"] > 0, rates
+    elif loop.scheduler in ("hand", "plateau"):
+        assert rates["follows"] is None and rates["reason"], rates
     if loop.reproducible:
         rep = verify_trace(out, model=fresh(loop), permute_batches=11, threads=1)
         assert rep.valid and rep.accepted and rep.max_error == 0.0, (loop, "permuted", rep.reason, rep.max_error)
@@ -169,11 +206,11 @@ LOOPS = st.builds(
     model=st.sampled_from(["mlp", "mlp-dropout", "cnn", "cnn-bn", "cnn-bn-eval"]),
     reproducible=st.booleans(),
     optimizer=st.sampled_from(["sgd", "momentum", "nesterov", "adam", "adamw"]),
-    scheduler=st.sampled_from(["none", "step", "exp", "cosine", "linear", "multistep", "onecycle", "plateau", "hand"]),
+    scheduler=st.sampled_from(("none", "plateau", "hand") + REPLAYABLE),
     clip=st.sampled_from(["none", "norm", "value"]),
     declare_clip=st.booleans(),
     accumulate=st.sampled_from([1, 1, 2]),
-    augment=st.sampled_from([False, False, True]),
+    augment=st.sampled_from(["none", "none", "torch", "keyed"]),
     loss=st.sampled_from(["ce", "ce-smooth", "mse"]),
     zero_grad=st.sampled_from([True, True, False]),
 )
@@ -187,39 +224,55 @@ def test_an_honest_loop_is_accepted_at_epsilon_0_or_refused_while_recording(loop
 
 # the loops researchers write most, each with the verdict it must get
 NAMED = {
-    "StepLR": (Loop("mlp", False, "momentum", "step", "none", False, 1, False, "ce", True), "accepted"),
-    "clip_grad_norm_, declared": (Loop("mlp", False, "sgd", "none", "norm", True, 1, False, "ce", True), "accepted"),
+    "StepLR": (Loop("mlp", False, "momentum", "step", "none", False, 1, "none", "ce", True), "accepted"),
+    "clip_grad_norm_, declared": (Loop("mlp", False, "sgd", "none", "norm", True, 1, "none", "ce", True), "accepted"),
     "clip_grad_norm_, undeclared": (
-        Loop("mlp", False, "sgd", "none", "norm", False, 1, False, "ce", True),
+        Loop("mlp", False, "sgd", "none", "norm", False, 1, "none", "ce", True),
         "refused",
     ),
     "Adam, cosine, clipping, label smoothing": (
-        Loop("cnn-bn", False, "adamw", "cosine", "norm", True, 1, False, "ce-smooth", True),
+        Loop("cnn-bn", False, "adamw", "cosine", "norm", True, 1, "none", "ce-smooth", True),
         "accepted",
     ),
     "reproducible, warm-up, order-free clipping": (
-        Loop("cnn", True, "adamw", "linear", "norm", True, 1, False, "ce-smooth", True),
+        Loop("cnn", True, "adamw", "linear", "norm", True, 1, "none", "ce-smooth", True),
         "accepted",
     ),
-    "ReduceLROnPlateau": (Loop("mlp", False, "sgd", "plateau", "none", False, 1, False, "ce", True), "accepted"),
-    "lr edited by hand": (Loop("mlp", False, "sgd", "hand", "none", False, 1, False, "ce", True), "accepted"),
+    "warm-up then cosine (SequentialLR)": (
+        Loop("cnn-bn", False, "adamw", "warmup-cosine", "norm", True, 1, "keyed", "ce-smooth", True),
+        "accepted",
+    ),
+    "LambdaLR, the verifier supplying the function": (
+        Loop("mlp", True, "sgd", "lambda", "none", False, 1, "none", "ce", True),
+        "accepted",
+    ),
+    "ReduceLROnPlateau": (Loop("mlp", False, "sgd", "plateau", "none", False, 1, "none", "ce", True), "accepted"),
+    "lr edited by hand": (Loop("mlp", False, "sgd", "hand", "none", False, 1, "none", "ce", True), "accepted"),
     "OneCycleLR cycling momentum": (
-        Loop("mlp", False, "momentum", "onecycle", "none", False, 1, False, "ce", True),
+        Loop("mlp", False, "momentum", "onecycle", "none", False, 1, "none", "ce", True),
         "refused",
     ),
-    "gradient accumulation": (Loop("mlp", False, "sgd", "none", "none", False, 2, False, "ce", True), "refused"),
-    "random flip": (Loop("cnn", False, "sgd", "none", "none", False, 1, True, "ce", True), "refused"),
-    "no zero_grad": (Loop("mlp", False, "sgd", "none", "none", False, 1, False, "ce", False), "refused"),
+    "gradient accumulation": (Loop("mlp", False, "sgd", "none", "none", False, 2, "none", "ce", True), "refused"),
+    "keyed crop, flip and rotation, reproducible": (
+        Loop("cnn-bn", True, "adamw", "cosine", "norm", True, 1, "keyed", "ce-smooth", True),
+        "accepted",
+    ),
+    "keyed crop, flip and rotation, torch": (
+        Loop("mlp-dropout", False, "nesterov", "none", "none", False, 1, "keyed", "ce", True),
+        "accepted",
+    ),
+    "random flip": (Loop("cnn", False, "sgd", "none", "none", False, 1, "torch", "ce", True), "refused"),
+    "no zero_grad": (Loop("mlp", False, "sgd", "none", "none", False, 1, "none", "ce", False), "refused"),
     "BatchNorm training, torch": (
-        Loop("cnn-bn", False, "sgd", "none", "none", False, 1, False, "ce", True),
+        Loop("cnn-bn", False, "sgd", "none", "none", False, 1, "none", "ce", True),
         "accepted",
     ),
     "BatchNorm eval, reproducible": (
-        Loop("cnn-bn-eval", True, "momentum", "none", "none", False, 1, False, "ce", True),
+        Loop("cnn-bn-eval", True, "momentum", "none", "none", False, 1, "none", "ce", True),
         "accepted",
     ),
     "BatchNorm training, reproducible": (
-        Loop("cnn-bn", True, "momentum", "step", "norm", True, 1, False, "ce-smooth", True),
+        Loop("cnn-bn", True, "momentum", "step", "norm", True, 1, "none", "ce-smooth", True),
         "accepted",
     ),
 }
@@ -248,3 +301,29 @@ def test_zero_dimensional_buffers_keep_their_shape(tmp_path):
     tr = Trace.open(str(tmp_path / "t"))
     assert tr.manifest.tensors["1.num_batches_tracked"] == ("I64", ())
     assert tr.load_checkpoint(tr.num_steps)["1.num_batches_tracked"].shape == ()
+
+
+def test_rates_that_the_declared_scheduler_does_not_give_are_reported(tmp_path):
+    """A scheduler stepped every other step (an epoch-wise loop) still verifies, since the
+    records carry each step's rate, but the report says the rates are not the declared
+    scheduler's once-per-step ones, from which step."""
+    torch.manual_seed(0)
+    model = build_model("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    rng = np.random.default_rng(0)
+    with TraceRecorder(str(tmp_path / "t"), model, opt, DATA, steps=STEPS, batch_size=B, scheduler=sched) as rec:
+        for t in range(STEPS):
+            idx = rng.choice(len(DATA), B, replace=False)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(X[torch.from_numpy(idx)]), Y[torch.from_numpy(idx)]).backward()
+            opt.step()
+            if t % 2 == 1:
+                sched.step()
+            rec.step(idx)
+    torch.manual_seed(1)
+    rep = verify_trace(str(tmp_path / "t"), model=build_model("mlp"))
+    assert rep.accepted and rep.max_error == 0.0
+    rates = rep.learning_rates
+    assert rates["scheduler"] == "StepLR" and rates["follows"] is False and rates["first_difference"] == 1
+    assert "declared scheduler gives" in rates["reason"]

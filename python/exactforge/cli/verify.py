@@ -53,6 +53,12 @@ def register(sub: Any) -> None:
         help="the largest model (bytes of one checkpoint's tensors, in MiB) this verifier reads: a trace "
         "declaring more is refused before any checkpoint is read",
     )
+    v.add_argument(
+        "--lr-lambda",
+        metavar="MODULE:FUNCTION",
+        help="the function of a LambdaLR or MultiplicativeLR scheduler the trace declares (the verifier's own "
+        "code; a trace cannot carry a function), to check the recorded learning rates against it",
+    )
     _ray_args(v, "the segments", checkpoints=True)
     v.set_defaults(func=run)
 
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         executor=executor,
         initial_test=args.initial_test,
         limits=Limits(max_checkpoint_bytes=args.max_model_mb << 20),
+        lr_lambda=_function(args.lr_lambda, "--lr-lambda") if args.lr_lambda else None,
     )
     write_json(args, rep.to_dict())
     if not rep.valid:
@@ -114,9 +121,32 @@ def run(args: argparse.Namespace) -> int:
         f"{verdict}: {scope}{some}{where} ({rep.engine}, {_theta0(rep)}), "
         f"max {rep.distance} error {err}, epsilon {rep.epsilon:g}, {failed} over epsilon{res}",
     )
+    if rep.learning_rates and (rep.learning_rates["per_step"] or rep.learning_rates["scheduler"]):
+        say(args, _rates(rep.learning_rates))
     if rep.declared:
         say(args, f"declared by the prover, not verified: {', '.join(rep.declared)}")
     return 0 if rep.accepted else 1
+
+
+def _rates(lr: Any) -> str:
+    text = f"learning rates: {lr['per_step']} step(s) with their own rate, replayed as recorded"
+    if lr["follows"]:
+        return text + f"; they follow the declared {lr['scheduler']}"
+    return text + f"; {lr['reason']}"
+
+
+def _function(spec: str, flag: str) -> Any:
+    """``module:function`` imported from the verifier's own environment."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise SystemExit(fail("verify", "usage", f"{flag}: cannot import {spec!r} ({exc}); expected MODULE:FUNCTION"))
+    if not callable(fn):
+        raise SystemExit(fail("verify", "usage", f"{flag}: {spec!r} is not callable"))
+    return fn
 
 
 def _theta0(rep: Any) -> str:

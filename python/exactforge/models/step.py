@@ -136,7 +136,7 @@ class TorchStep:
 
     ``optimizer`` is a manifest's optimizer entry (:func:`exactforge.models.optim.check_spec`),
     ``loss(output, y)`` the loss; ``dropout_seed`` keys exactforge.nn's dropout masks by (seed,
-    step, example); ``device`` and ``autocast`` ("bfloat16", "float16") are the studies'
+    step, example) and ``augment`` (a KeyedAugment) the inputs; ``device`` and ``autocast`` ("bfloat16", "float16") are the studies'
     conditions. The module's own parameters are overwritten by each step."""
 
     def __init__(
@@ -151,6 +151,7 @@ class TorchStep:
         device: str = "cpu",
         autocast: Optional[str] = None,
         clip: Optional[Dict[str, float]] = None,
+        augment: Any = None,
     ) -> None:
         from ..nn import mode_of
 
@@ -159,6 +160,7 @@ class TorchStep:
         self.params = list(model.parameters())
         self.keys = set(model.state_dict())
         self.clip = clip_function(clip, mode_of(model) is not None)
+        self.augment = augment  # a KeyedAugment: step t's draws for each example
 
     def __call__(self, state: State, idx: np.ndarray, t: int = 0, lr: Optional[float] = None) -> State:
         """The next state dict (with the optimizer's state tensors) from ``state``; ``lr`` is the
@@ -197,6 +199,8 @@ class TorchStep:
             dropout_keys(self.model, seed=self.dropout_seed, step=t, examples=idx)
         b = torch.from_numpy(np.array(idx, dtype=np.int64))  # a writable copy (records are read-only)
         xb, yb = self.X[b], self.y[b]
+        if self.augment is not None:
+            xb = self.augment(xb, step=t, examples=idx)
         if self.device != "cpu":
             xb, yb = xb.to(self.device), yb.to(self.device)
         if self.autocast is not None:

@@ -15,6 +15,7 @@ refused by ``reproducible`` with its name. CPU tensors.
 
 from . import layers as _layers  # noqa: F401  (registers the layer types)
 from ._registry import MODES, UnsupportedLayerError, mode_of, register_layer, reproducible, supported_layers
+from .augment import KeyedAugment
 from .functional import (
     batch_norm_train,
     clip_grad_norm_,
@@ -49,4 +50,5 @@ __all__ = [
     "clip_grad_norm_",
     "grad_norm",
     "batch_norm_train",
+    "KeyedAugment",
 ]

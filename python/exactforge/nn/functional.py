@@ -191,8 +191,10 @@ def batch_norm_eval(x, running_mean, running_var, weight, bias, eps: float, mode
 
 
 def _per_channel(t: torch.Tensor) -> torch.Tensor:
-    """(N, C, *) -> (N * positions, C): a channel's terms as one column, for a batch sum."""
-    return t.transpose(0, 1).reshape(t.shape[1], -1).t()
+    """(N, C, *) -> (N * positions, C), contiguous in one copy: a channel's terms as one
+    column, example by example and position by position (the order fixed mode sums in)."""
+    N, C = t.shape[0], t.shape[1]
+    return t.reshape(N, C, -1).transpose(1, 2).reshape(-1, C)
 
 
 class _BatchNormTrain(torch.autograd.Function):
@@ -225,16 +227,18 @@ class _BatchNormTrain(torch.autograd.Function):
     def backward(ctx, dy, _dmean, _dvar):
         xhat, rstd, weight = ctx.saved_tensors
         shape, M, mode = ctx.conf
-        dx = dw = db = None
+        # the two sums over the batch that every gradient here needs (as torch's kernel): the
+        # input gradient's means of gamma * dy and gamma * dy * xhat are gamma times them
+        sum_dy = _bsum(_per_channel(dy), mode)
+        sum_dyx = _bsum(_per_channel(dy * xhat), mode)
+        dx = None
         if ctx.needs_input_grad[0]:
-            g = dy if weight is None else dy * weight.reshape(shape)
-            mg = _bsum(_per_channel(g), mode) / M
-            mgx = _bsum(_per_channel(g * xhat), mode) / M
+            g, mg, mgx = dy, sum_dy / M, sum_dyx / M
+            if weight is not None:
+                g, mg, mgx = dy * weight.reshape(shape), mg * weight, mgx * weight
             dx = (g - mg.reshape(shape) - xhat * mgx.reshape(shape)) * rstd.reshape(shape)
-        if weight is not None and ctx.needs_input_grad[1]:
-            dw = _bsum(_per_channel(dy * xhat), mode)
-        if ctx.needs_input_grad[2]:
-            db = _bsum(_per_channel(dy), mode)
+        dw = sum_dyx if weight is not None and ctx.needs_input_grad[1] else None
+        db = sum_dy if ctx.needs_input_grad[2] else None
         return dx, dw, db, None, None
 
 

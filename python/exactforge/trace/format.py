@@ -105,8 +105,9 @@ FIELDS: Dict[str, str] = {
     "input_shape": "checked",
     "sampling": "checked",
     "clip_grad": "checked",
+    "augment": "checked",
+    "scheduler": "checked",
     "data": "checked",
-    "scheduler": "declared",
     "created": "declared",
     "environment": "declared",
     "extra": "declared",
@@ -277,6 +278,24 @@ def _check_training(man: Dict[str, Any], limits: Limits) -> None:
         or not 0 < next(iter(clip.values())) < 1e30
     ):
         raise TraceError("manifest: 'clip_grad' must be {'norm': a positive number} or {'value': ...} (torch traces)")
+    sc = man.get("scheduler")
+    if sc is not None and (
+        man["engine"] != "torch"
+        or not isinstance(sc, dict)
+        or not isinstance(sc.get("class"), str)
+        or not isinstance(sc.get("state"), dict)
+        or not set(sc) <= {"class", "state", "group", "children"}
+    ):
+        raise TraceError("manifest: 'scheduler' must be {'class': str, 'state': {...}, ...} (torch traces)")
+    if man.get("augment") is not None:
+        from ..nn.augment import KeyedAugment
+
+        try:
+            if man["engine"] != "torch":
+                raise ValueError("augment: only torch traces augment their inputs")
+            KeyedAugment.from_dict(man["augment"])
+        except ValueError as e:
+            raise TraceError(f"manifest: {e}") from None
     ev = man.get("eval_modules")
     if ev is not None and (
         not isinstance(ev, list)

@@ -210,11 +210,13 @@ class TraceRecorder:
         scheduler: Any = None,
         clip_grad_norm: Optional[float] = None,
         clip_grad_value: Optional[float] = None,
+        augment: Any = None,
     ) -> None:
         import torch
 
         from .. import nn as xnn
         from ..models import optim as O
+        from ..models.schedule import scheduler_entry
         from ..nn.losses import spec_of
         from . import watch as W
 
@@ -295,7 +297,10 @@ class TraceRecorder:
         if clip is not None:
             self.manifest["clip_grad"] = clip
         if scheduler is not None:
-            self.manifest["scheduler"] = W.scheduler_entry(scheduler, optimizer)
+            self.manifest["scheduler"] = scheduler_entry(scheduler, optimizer)
+        self._augment = _check_augment(augment, input_shape)
+        if self._augment is not None:
+            self.manifest["augment"] = self._augment.to_dict()
         self._loss_fn, self._dataset = loss_fn, ds
         self._watch: Optional[W.LoopWatch] = None
         self._writer: Optional[TraceWriter] = None
@@ -309,7 +314,7 @@ class TraceRecorder:
         return st
 
     def __enter__(self) -> "TraceRecorder":
-        self._writer = TraceWriter(self.directory, self.manifest, self._state())
+        self._writer = TraceWriter(self.directory, self.manifest, self._state(), background=True)
         self._watch = self._make_watch()
         self._watch.install()
         return self
@@ -327,10 +332,19 @@ class TraceRecorder:
         loss = replay(man["loss"], man["reduction"], custom)
         clip = clip_function(man.get("clip_grad"), mode_of(self.model) is not None)
         return LoopWatch(
-            self.model, self.optimizer, self._opt_spec, X, y, loss, man.get("clip_grad"), clip, man["eval_modules"]
+            self.model,
+            self.optimizer,
+            self._opt_spec,
+            X,
+            y,
+            loss,
+            man.get("clip_grad"),
+            clip,
+            man["eval_modules"],
+            augment=self._augment,
         )
 
-    def _indices(self, batch_indices: Any, what: str) -> np.ndarray:
+    def _indices(self, batch_indices: Any, what: str, whole: bool = True) -> np.ndarray:
         if self._writer is None:
             raise RuntimeError(f"TraceRecorder.{what}: use the recorder inside a `with` block")
         idx = np.array(batch_indices.detach().cpu() if hasattr(batch_indices, "detach") else batch_indices)
@@ -338,7 +352,7 @@ class TraceRecorder:
             raise ValueError("batch_indices: expected a non-empty 1-D sequence of dataset indices")
         if idx.min() < 0 or idx.max() >= self._num_examples:
             raise ValueError(f"batch_indices: indices must lie in 0..{self._num_examples - 1}")
-        if self.batch_size is not None and idx.size != self.batch_size:
+        if whole and self.batch_size is not None and idx.size != self.batch_size:
             raise ValueError(
                 f"batch_indices: {idx.size} examples, but batch_size={self.batch_size} was declared "
                 "(pass batch_size=None to the recorder for batches of varying size)"
@@ -358,6 +372,16 @@ class TraceRecorder:
         dropout_keys(self.model, seed=self._dropout_seed, step=self._writer.next_step, examples=idx)
         self._begun = idx
 
+    def augment(self, inputs: Any, batch_indices: Union[Sequence[int], np.ndarray, Any]) -> Any:
+        """The next step's inputs (``inputs``: the examples ``batch_indices``, in the recorded
+        input shape) augmented with the declared ``augment=`` draws of this step and these
+        examples: what the verifier feeds the model when it replays the step."""
+        idx = self._indices(batch_indices, "augment", whole=False)
+        assert self._writer is not None  # _indices refused a recorder outside its with block
+        if self._augment is None:
+            raise ValueError("augment: the recorder was given no augment= (exactforge.nn.KeyedAugment)")
+        return self._augment(inputs, step=self._writer.next_step, examples=idx)
+
     def step(self, batch_indices: Union[Sequence[int], np.ndarray, Any]) -> None:
         """Records one optimizer step taken on the examples ``batch_indices`` (in order)."""
         from ..nn import keyed_layers
@@ -370,7 +394,7 @@ class TraceRecorder:
         if begun is not None and not np.array_equal(begun, idx):
             raise ValueError("batch_indices: step() got other examples than begin() announced for this step")
         assert self._watch is not None  # installed on entering the block
-        lr = self._watch.take(idx)  # refuses a step that the trace could not replay
+        lr = self._watch.take(idx, self._writer.next_step)  # refuses a step that the trace could not replay
         self._since_ckpt += 1
         self._steps += 1
         final = self.steps is not None and self._writer.next_step + 1 == self.steps
@@ -384,10 +408,38 @@ class TraceRecorder:
             self._watch.remove()
             self._watch = None
         w = self._writer
-        if w is None or exc_type is not None or w.finished or w.last is None:
-            return  # on an error the trace keeps every complete step and stays incomplete
-        if self.steps is None:  # the run ends here: the last step becomes final
-            w.finish(self._state() if self._since_ckpt else None)
+        if w is None:
+            return
+        try:
+            if exc_type is not None or w.finished or w.last is None:
+                return  # on an error the trace keeps every complete step and stays incomplete
+            if self.steps is None:  # the run ends here: the last step becomes final
+                w.finish(self._state() if self._since_ckpt else None)
+        finally:
+            if exc_type is None:
+                w.close()  # every step committed, or the failed write raised
+            else:
+                try:
+                    w.close()
+                except Exception:  # noqa: BLE001
+                    pass  # the loop's own exception is the one to see; the trace is a valid prefix
+
+
+def _check_augment(augment: Any, input_shape: Sequence[int]) -> Any:
+    from ..nn.augment import KeyedAugment
+
+    if augment is None:
+        return None
+    if not isinstance(augment, KeyedAugment):
+        raise ValueError(
+            f"augment: expected an exactforge.nn.KeyedAugment, got {type(augment).__name__} (torchvision's random "
+            "transforms draw from torch's RNG, which a trace does not hold)"
+        )
+    if len(input_shape) != 3:
+        raise ValueError(f"augment: augmentation needs image inputs (channels, height, width), got {list(input_shape)}")
+    if augment.rot90 and input_shape[1] != input_shape[2]:
+        raise ValueError(f"augment: rot90 needs square images, got {list(input_shape[1:])}")
+    return augment
 
 
 def _device_of(model: Any) -> str:

@@ -10,8 +10,9 @@ eval mode) would make an honest trace fail verification: the prover would look l
 happens, refusing at that step (``ValueError``, naming what and why), so that a loop is
 either recorded faithfully or not recorded at all:
 
-* the model's input must be the data set's examples of the step, in the declared input shape
-  (bit for bit: no augmentation, normalisation or other batch);
+* the model's input must be the data set's examples of the step, in the declared input shape,
+  augmented by the declared keyed augmentation if any (bit for bit: no other augmentation,
+  normalisation or batch);
 * the gradient the loss sends to the model's output must be the recorded loss's, recomputed
   from that output and the step's labels (bit for bit);
 * each parameter's gradient comes from one backward pass of this step, onto zeroed gradients,
@@ -30,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["LoopWatch", "HYPERPARAMETERS", "clip_entry", "scheduler_entry", "check_reproducible_loop"]
+__all__ = ["LoopWatch", "HYPERPARAMETERS", "clip_entry", "check_reproducible_loop"]
 
 # the optimizer hyperparameters a manifest records, besides the learning rate
 HYPERPARAMETERS = {
@@ -63,10 +64,11 @@ class LoopWatch:
         clip: Optional[Dict[str, float]],
         clip_fn: Callable[[List[Any]], None],
         eval_modules: List[str],
+        augment: Any = None,
     ) -> None:
         self.model, self.optimizer, self.spec = model, optimizer, spec
         self.X, self.y, self.loss, self.clip, self.clip_fn = X, y, loss, clip, clip_fn
-        self.eval_modules = eval_modules
+        self.eval_modules, self.augment = eval_modules, augment
         self.params = list(model.parameters())
         self.hyper = {k: _value(optimizer.param_groups[0][k]) for k in HYPERPARAMETERS[spec["name"]]}
         self.handles: List[Any] = []
@@ -171,8 +173,9 @@ class LoopWatch:
                 )
 
     # -- closing a step ---------------------------------------------------------------------
-    def take(self, idx: np.ndarray) -> float:
-        """Checks the step just taken on the examples ``idx`` and returns its learning rate."""
+    def take(self, idx: np.ndarray, step: int) -> float:
+        """Checks the step ``step`` just taken on the examples ``idx`` and returns its learning
+        rate."""
         torch = self._torch
         try:
             if self.stepped == 0:
@@ -181,15 +184,17 @@ class LoopWatch:
             b = torch.from_numpy(np.asarray(idx, dtype=np.int64))
             if self.inputs is None or self.output is None:
                 raise ValueError("TraceRecorder: no forward pass of the model in training was seen for this step")
-            want = self.X[b]
+            want = self.X[b] if self.augment is None else self.augment(self.X[b], step=step, examples=idx)
             have = self.inputs.detach().to("cpu")
             if have.shape != want.shape and have.numel() == want.numel() and self._flattens_first():
                 have = have.reshape(want.shape)  # a model that flattens its input sees the same values
             if have.shape != want.shape or have.dtype != want.dtype or not torch.equal(have, want):
                 raise ValueError(
                     "TraceRecorder: the model's input is not the data set's examples of this step "
-                    f"(shape {list(have.shape)}, expected {list(want.shape)}: data augmentation, normalisation, "
-                    "another batch, or another input_shape=); the verifier feeds the recorded examples as they are"
+                    f"(shape {list(have.shape)}, expected {list(want.shape)}: random augmentation, normalisation, "
+                    "another batch, or another input_shape=); the verifier feeds the recorded examples as they are, "
+                    "or augmented by a declared augment= (exactforge.nn.KeyedAugment, applied by rec.augment): "
+                    "torchvision's random transforms draw from torch's RNG, which a trace does not hold"
                 )
             self._check_loss(b)
             assert self.lr is not None  # set by the optimizer's pre-step hook
@@ -237,30 +242,6 @@ def clip_entry(clip_grad_norm: Optional[float], clip_grad_value: Optional[float]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise ValueError(f"clip_grad_{k}: expected a positive number, got {v!r}")
     return {k: float(v) for k, v in given.items()} or None
-
-
-def _json_safe(v: Any) -> Any:
-    if v is None or isinstance(v, (bool, int, str)):
-        return v
-    if isinstance(v, float):
-        return v if np.isfinite(v) else str(v)
-    if isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str)) or x is None for x in v):
-        return [_json_safe(x) for x in v]
-    return None
-
-
-def scheduler_entry(scheduler: Any, optimizer: Any) -> Dict[str, Any]:
-    """The manifest's ``scheduler``: the class and its plain settings when recording began.
-    The learning rate each step used is what the records carry and the verifier replays; this
-    entry says where the rates came from (the prover's word)."""
-    if getattr(scheduler, "optimizer", None) is not optimizer:
-        raise ValueError("scheduler: it must drive the recorded optimizer (scheduler.optimizer is not it)")
-    state = scheduler.state_dict() if callable(getattr(scheduler, "state_dict", None)) else {}
-    settings = {k: _json_safe(v) for k, v in sorted(state.items()) if not k.startswith("_")}
-    return {
-        "class": f"{type(scheduler).__module__}.{type(scheduler).__qualname__}"[:200],
-        "settings": {k: v for k, v in settings.items() if v is not None},
-    }
 
 
 def check_reproducible_loop(model: Any, loss_fn: Any) -> None:

@@ -6,6 +6,13 @@ prefix of the run, which ``resume`` continues. ``resume`` checks the caller's ar
 the manifest before it touches anything, then removes the unfinished tail (records past the
 last checkpoint) from the last record backwards, each removal made durable before the next:
 a kill in the middle leaves a shorter valid prefix, never a hole.
+
+A recorder writes in the background (``background=True``): the files go, in the same order and
+each as atomically, through one writer thread, so a training step does not wait for the disk's
+fsyncs. What is committed is what that thread has synced: a kill loses at most the steps still
+queued (a few records, never a committed one, never the order), and the trace on disk stays a
+valid prefix. A failed write (a full disk) is raised at the next step or when the recorder
+closes, naming the file.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import queue
+import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -65,6 +74,47 @@ def encode_checkpoint(tensors: Mapping[str, np.ndarray], step: int) -> bytes:
     return save(arrays, metadata={"exactforge_step": str(step)})
 
 
+class _Committer:
+    """One thread that writes files atomically, in the order they were given."""
+
+    def __init__(self, depth: int = 8) -> None:
+        # bounded: a disk slower than training makes the loop wait instead of queueing memory
+        self._queue: "queue.Queue[Optional[Tuple[str, bytes]]]" = queue.Queue(maxsize=depth)
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="exactforge-trace-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:  # after a failure nothing later is written: no holes
+                    atomic_write(*item)
+            except BaseException as exc:  # noqa: BLE001  (handed to the writing thread)
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, path: str, data: bytes) -> None:
+        self._raise()
+        self._queue.put((path, data))
+
+    def flush(self) -> None:
+        self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+
+
 class TraceWriter:
     """Writes a trace step by step; every write is atomic. Use a recorder (exactforge.record)
     rather than this class directly.
@@ -74,7 +124,9 @@ class TraceWriter:
     ``manifest["initial"]`` says whether theta_0 is ``"seeded"`` (a pure function of the
     manifest's model and seed, which verifiers recompute) or ``"given"`` (default)."""
 
-    def __init__(self, directory: str, manifest: Dict[str, Any], initial: Mapping[str, np.ndarray]) -> None:
+    def __init__(
+        self, directory: str, manifest: Dict[str, Any], initial: Mapping[str, np.ndarray], background: bool = False
+    ) -> None:
         if os.path.exists(os.path.join(directory, "manifest.json")):
             raise FileExistsError(f"out: {directory} already holds a trace; choose a new folder or resume it")
         manifest = dict(manifest)
@@ -106,6 +158,7 @@ class TraceWriter:
         self.next_step = 0
         self.last: Optional[Record] = None
         self.finished = False
+        self._committer: Optional[_Committer] = _Committer() if background else None
 
     @classmethod
     def resume(
@@ -134,6 +187,7 @@ class TraceWriter:
                 _fsync_dir(folder)
             trace.truncate(last)
         self = cls.__new__(cls)
+        self._committer = None
         self.directory = directory
         self.manifest = dict(trace.manifest)
         self.prev = trace.last.hash if trace.last is not None else trace.manifest_hash
@@ -161,7 +215,7 @@ class TraceWriter:
         ck = None
         if checkpoint is not None:
             data = encode_checkpoint(checkpoint, t + 1)
-            atomic_write(os.path.join(self.directory, checkpoint_name(t + 1)), data)  # before the record
+            self._save(os.path.join(self.directory, checkpoint_name(t + 1)), data)  # before the record
             ck = {"step": t + 1, "file": checkpoint_name(t + 1), "sha256": sha256_bytes(data)}
         return self._write(t, [int(i) for i in batch], self.prev, ck, final, lr)
 
@@ -174,7 +228,7 @@ class TraceWriter:
         if lr is not None:
             rec["lr"] = float(lr)
         rec["hash"] = record_hash(rec)
-        atomic_write(os.path.join(self.directory, record_name(t)), canonical_json(rec))
+        self._save(os.path.join(self.directory, record_name(t)), canonical_json(rec))
         self.prev = rec["hash"]
         self.next_step = t + 1
         arr = np.asarray(batch, dtype=np.int64)
@@ -182,6 +236,23 @@ class TraceWriter:
         self.last = Record(t, arr, prev, ck, rec["hash"], final, lr)
         self.finished = final
         return self.last
+
+    def _save(self, path: str, data: bytes) -> None:
+        if self._committer is not None:
+            self._committer.put(path, data)
+        else:
+            atomic_write(path, data)
+
+    def flush(self) -> None:
+        """Waits until every file given so far is written and synced; raises a failed write."""
+        if self._committer is not None:
+            self._committer.flush()
+
+    def close(self) -> None:
+        """Flushes and stops the background writer (if any); the writer writes synchronously after."""
+        c, self._committer = self._committer, None
+        if c is not None:
+            c.close()
 
     def finish(self, checkpoint: Optional[Mapping[str, np.ndarray]] = None) -> Record:
         """Marks the last recorded step final, with ``checkpoint`` (theta after it) when that
@@ -197,7 +268,7 @@ class TraceWriter:
             if checkpoint is None:
                 raise ValueError("finish: the last step has no checkpoint; pass theta after it")
             data = encode_checkpoint(checkpoint, last.step + 1)
-            atomic_write(os.path.join(self.directory, checkpoint_name(last.step + 1)), data)
+            self._save(os.path.join(self.directory, checkpoint_name(last.step + 1)), data)
             ck = {"step": last.step + 1, "file": checkpoint_name(last.step + 1), "sha256": sha256_bytes(data)}
         assert last.batch is not None  # the writer's own records carry their batch
         return self._write(last.step, [int(i) for i in last.batch], last.prev, ck, True, last.lr)

@@ -125,6 +125,9 @@ class VerificationReport:
     checkpoints_checked: int = 0  # checkpoints whose file, hash, header and weights were checked (all, any policy)
     # manifest fields no verifier can check (the prover's word: when, where, the data's name, 'extra')
     declared: List[str] = field(default_factory=list)
+    # torch traces: the learning rates the records carry, and whether the declared scheduler
+    # replays them (see learning_rates())
+    learning_rates: Optional[Dict[str, Any]] = None
     executor: Optional[Dict[str, Any]] = (
         None  # where the segments ran (None: here, serially); see exactforge.distributed
     )
@@ -365,7 +368,8 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     def load(step: int) -> Dict[str, np.ndarray]:
         return trace.load_checkpoint(step)
 
-    step = TorchStep(model, X, y, ospec, loss_of, dropout_seed=dropout_seed, clip=man.get("clip_grad"))
+    augment = xnn.KeyedAugment.from_dict(man["augment"]) if man.get("augment") is not None else None
+    step = TorchStep(model, X, y, ospec, loss_of, dropout_seed=dropout_seed, clip=man.get("clip_grad"), augment=augment)
 
     def initial() -> Optional[Dict[str, np.ndarray]]:
         if spec is None:
@@ -469,6 +473,7 @@ def verify_trace(
     loss_fn: Any = None,
     executor: Any = None,
     initial_test: bool = False,
+    lr_lambda: Optional[Callable[[int], float]] = None,
 ) -> VerificationReport:
     """Verifies a trace. Never raises on a bad trace or argument: the report is then
     ``valid=False`` with a ``reason``.
@@ -487,6 +492,12 @@ def verify_trace(
     Kolmogorov-Smirnov test of each layer against its initialisation law
     (:mod:`exactforge.verify.initial`); a layer that fails it makes the trace rejected, with the
     reason. A theta_0 recomputed from a declared seed needs no such test (``initial_verified``).
+
+    A scheduled torch trace's records carry each step's learning rate, and the recomputation
+    uses them; ``report.learning_rates`` says whether the declared scheduler, rebuilt from its
+    recorded state and stepped once per step, gives those rates (``lr_lambda``: the function of
+    a LambdaLR or MultiplicativeLR, which the trace cannot carry). Rates no scheduler explains
+    are the prover's choice, and the report says so.
 
     ``executor`` spreads the recomputation over a cluster: an
     :class:`exactforge.verify.ray.RayExecutor` schedules the segments as Ray tasks. The
@@ -529,6 +540,7 @@ def verify_trace(
                 on_record=None if stream is None else stream.on_record,
             )
             _describe(report, trace, allow_partial)
+            report.learning_rates = learning_rates(trace, lr_lambda)
             load, step, initial = engine_for(trace, data, threads, model, loss_fn)
             _check_declarations(trace.manifest, data, step)
             theta0 = finite(load(0), 0)
@@ -589,6 +601,42 @@ def _describe(report: VerificationReport, trace: Trace, allow_partial: bool) -> 
             )
         report.partial = True
         report.unverified_tail = trace.num_records - trace.num_steps
+
+
+def learning_rates(trace: Trace, lr_lambda: Optional[Callable[[int], float]] = None) -> Optional[Dict[str, Any]]:
+    """For a torch trace: how many records carry their own learning rate, the declared
+    scheduler, and whether it replays every recorded rate (``follows``; None where nothing is
+    declared or it cannot be rebuilt, with the ``reason``)."""
+    from ..models.schedule import first_difference, replay_rates
+
+    man = trace.manifest
+    if man["engine"] != "torch":
+        return None
+    base = float(man["lr"])
+    rates = [base if r.lr is None else float(r.lr) for r in trace.iter_records(0, trace.num_records)]
+    out: Dict[str, Any] = {
+        "per_step": sum(r != base for r in rates),
+        "scheduler": None,
+        "follows": None,
+        "first_difference": None,
+        "reason": None,
+    }
+    entry = man.get("scheduler")
+    if entry is None:
+        if out["per_step"]:
+            out["reason"] = "the rates change with no scheduler declared: the prover's choice"
+        return out
+    out["scheduler"] = str(entry["class"]).rpartition(".")[2][:80]
+    try:
+        replayed = replay_rates(entry, man["optimizer"], len(rates), lr_lambda)
+    except ValueError as exc:
+        out["reason"] = str(exc)
+        return out
+    t = first_difference(rates, replayed)
+    out["follows"], out["first_difference"] = t is None, t
+    if t is not None:
+        out["reason"] = f"step {t} used lr {rates[t]!r}, the declared scheduler gives {replayed[t]!r}"
+    return out
 
 
 def _check_theta0(
