@@ -42,6 +42,8 @@ class Loop:
     augment: str  # "none" | "torch" (torch's RNG) | "keyed" (exactforge.nn.KeyedAugment)
     loss: str  # "ce" | "ce-smooth" | "mse"
     zero_grad: bool
+    groups: bool = False  # no weight decay on biases and norms, ten times the rate on the head
+    declare_accumulate: bool = True  # accumulate= given to the recorder
 
 
 def build_model(kind: str) -> nn.Module:
@@ -56,13 +58,31 @@ def build_model(kind: str) -> nn.Module:
     return nn.Sequential(*layers, nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
 
 
+def param_groups(model: nn.Module, groups: bool):
+    if not groups:
+        return model.parameters()
+    named = list(model.named_parameters())
+    head = named[-1][0].rsplit(".", 1)[0]  # the last layer
+    decay = [p for n, p in named if p.dim() > 1 and not n.startswith(head)]
+    flat = [p for n, p in named if p.dim() <= 1 and not n.startswith(head)]
+    return [
+        {"params": decay},
+        {"params": flat, "weight_decay": 0.0},
+        {"params": [p for n, p in named if n.startswith(head)], "lr": 0.1, "weight_decay": 0.0},
+    ]
+
+
 def build_optimizer(kind: str, params) -> torch.optim.Optimizer:
     return {
         "sgd": lambda: torch.optim.SGD(params, lr=0.05),
         "momentum": lambda: torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4),
         "nesterov": lambda: torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True),
-        "adam": lambda: torch.optim.Adam(params, lr=1e-2),
+        "sgd-maximize-foreach": lambda: torch.optim.SGD(params, lr=0.05, momentum=0.5, maximize=True, foreach=True),
+        "adam": lambda: torch.optim.Adam(params, lr=1e-2, weight_decay=1e-3),
+        "adam-amsgrad": lambda: torch.optim.Adam(params, lr=1e-2, amsgrad=True),
         "adamw": lambda: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.05),
+        "adamw-foreach": lambda: torch.optim.AdamW(params, lr=1e-2, foreach=True, amsgrad=True),
+        "adam-fused": lambda: torch.optim.Adam(params, lr=1e-2, fused=True),
     }[kind]()
 
 
@@ -122,7 +142,7 @@ def run(loop: Loop, out: str) -> None:
     if loop.reproducible:
         model = xnn.reproducible(model)
     try:
-        opt = build_optimizer(loop.optimizer, model.parameters())
+        opt = build_optimizer(loop.optimizer, param_groups(model, loop.groups))
         sched = build_scheduler(loop.scheduler, opt)
     except ValueError as exc:  # not a refusal: the loop itself is malformed
         raise RuntimeError(f"the generated loop does not build: {exc}") from exc
@@ -144,15 +164,20 @@ def run(loop: Loop, out: str) -> None:
         seed=3,
         input_shape=(1, 8, 8),
         augment=aug,
+        accumulate=loop.accumulate if loop.declare_accumulate else 1,
         **clip_kw,
     ) as rec:
         for t in range(STEPS):
             idx = rng.choice(len(DATA), B, replace=False)
-            rec.begin(idx)
+            micro = loop.accumulate > 1 and loop.declare_accumulate
+            if not micro:
+                rec.begin(idx)
             if loop.zero_grad:
                 opt.zero_grad()
             parts = np.array_split(idx, loop.accumulate)
             for part in parts:
+                if micro:
+                    rec.begin(part)  # each micro-batch's dropout keys
                 x = X[torch.from_numpy(part)]
                 if loop.augment == "torch":
                     x = torch.where(torch.rand(len(part), 1, 1, 1) < 0.5, x.flip(-1), x)
@@ -205,7 +230,9 @@ LOOPS = st.builds(
     Loop,
     model=st.sampled_from(["mlp", "mlp-dropout", "cnn", "cnn-bn", "cnn-bn-eval"]),
     reproducible=st.booleans(),
-    optimizer=st.sampled_from(["sgd", "momentum", "nesterov", "adam", "adamw"]),
+    optimizer=st.sampled_from(
+        ["sgd", "momentum", "nesterov", "sgd-maximize-foreach", "adam", "adam-amsgrad", "adamw", "adamw-foreach"]
+    ),
     scheduler=st.sampled_from(("none", "plateau", "hand") + REPLAYABLE),
     clip=st.sampled_from(["none", "norm", "value"]),
     declare_clip=st.booleans(),
@@ -213,6 +240,8 @@ LOOPS = st.builds(
     augment=st.sampled_from(["none", "none", "torch", "keyed"]),
     loss=st.sampled_from(["ce", "ce-smooth", "mse"]),
     zero_grad=st.sampled_from([True, True, False]),
+    groups=st.booleans(),
+    declare_accumulate=st.booleans(),
 )
 
 
@@ -246,13 +275,33 @@ NAMED = {
         Loop("mlp", True, "sgd", "lambda", "none", False, 1, "none", "ce", True),
         "accepted",
     ),
+    "parameter groups, warm-up and cosine": (
+        Loop("cnn-bn", True, "adamw", "warmup-cosine", "norm", True, 1, "keyed", "ce-smooth", True, groups=True),
+        "accepted",
+    ),
+    "amsgrad, foreach, maximize": (
+        Loop("mlp-dropout", False, "adamw-foreach", "cosine", "none", False, 1, "none", "ce", True, groups=True),
+        "accepted",
+    ),
+    "fused Adam": (Loop("mlp", False, "adam-fused", "none", "none", False, 1, "none", "ce", True), "refused"),
     "ReduceLROnPlateau": (Loop("mlp", False, "sgd", "plateau", "none", False, 1, "none", "ce", True), "accepted"),
     "lr edited by hand": (Loop("mlp", False, "sgd", "hand", "none", False, 1, "none", "ce", True), "accepted"),
     "OneCycleLR cycling momentum": (
         Loop("mlp", False, "momentum", "onecycle", "none", False, 1, "none", "ce", True),
         "refused",
     ),
-    "gradient accumulation": (Loop("mlp", False, "sgd", "none", "none", False, 2, "none", "ce", True), "refused"),
+    "gradient accumulation, declared": (
+        Loop("cnn-bn", True, "momentum", "cosine", "norm", True, 2, "keyed", "ce-smooth", True),
+        "accepted",
+    ),
+    "gradient accumulation with dropout, torch": (
+        Loop("mlp-dropout", False, "adam", "step", "value", True, 2, "none", "mse", True),
+        "accepted",
+    ),
+    "gradient accumulation, undeclared": (
+        Loop("mlp", False, "sgd", "none", "none", False, 2, "none", "ce", True, declare_accumulate=False),
+        "refused",
+    ),
     "keyed crop, flip and rotation, reproducible": (
         Loop("cnn-bn", True, "adamw", "cosine", "norm", True, 1, "keyed", "ce-smooth", True),
         "accepted",

@@ -7,9 +7,11 @@ steps taken (before the first one the state is torch's empty one). A verifier re
 from its first checkpoint's parameters *and* state, and compares both with the next checkpoint,
 so ε = 0 covers the optimizer too. Plain SGD (weight decay allowed) has no state tensors.
 
-Supported: torch.optim.SGD (momentum, dampening, nesterov, weight_decay), Adam and AdamW
-(betas, eps, weight_decay), one parameter group holding the model's parameters in order.
-Refused when recording: other optimizers, amsgrad, maximize, several groups.
+Supported: torch.optim.SGD (momentum, dampening, nesterov, weight_decay, maximize, foreach),
+Adam and AdamW (betas, eps, weight_decay, amsgrad, maximize, foreach), with any number of
+parameter groups (each its own hyperparameters: no weight decay on biases and norms, another
+rate for the head). Refused when recording: other optimizers, fused, capturable and
+differentiable, and groups that leave out a parameter of the model.
 """
 
 from __future__ import annotations
@@ -25,39 +27,68 @@ __all__ = ["spec_of", "check_spec", "build", "state_keys", "state_tensors", "loa
 _KINDS = {"SGD": "sgd", "Adam": "adam", "AdamW": "adamw"}
 
 
-def spec_of(optimizer: Any, model: Any) -> Dict[str, Any]:
+# hyperparameters of each kind that a group may set, besides lr
+GROUP_KEYS = {
+    "sgd": ("momentum", "dampening", "nesterov", "weight_decay"),
+    "adam": ("betas", "eps", "weight_decay"),
+    "adamw": ("betas", "eps", "weight_decay"),
+}
+# options recorded only where they differ from torch's default (so a plain loop's manifest stays
+# as it always was), each a boolean the verifier passes back to torch
+OPTIONS = {
+    "sgd": ("maximize", "foreach"),
+    "adam": ("maximize", "foreach", "amsgrad"),
+    "adamw": ("maximize", "foreach", "amsgrad"),
+}
+MAX_GROUPS = 64
+
+
+def _group_values(kind: str, g: Dict[str, Any]) -> Dict[str, Any]:
     import torch
 
+    if isinstance(g["lr"], torch.Tensor):
+        raise ValueError("optimizer: a tensor learning rate cannot be replayed; use a float")
+    out: Dict[str, Any] = {"lr": float(g["lr"])}
+    for k in GROUP_KEYS[kind]:
+        v = g[k]
+        out[k] = [float(b) for b in v] if k == "betas" else (bool(v) if k == "nesterov" else float(v))
+    return out
+
+
+def spec_of(optimizer: Any, model: Any) -> Dict[str, Any]:
+    """The manifest's ``optimizer``: its kind, the first group's hyperparameters at the top
+    level, ``groups`` (each group's parameters, by their position in ``model.parameters()``,
+    and hyperparameters) where there are several or they hold the parameters in another
+    order, and the options that differ from torch's defaults."""
     kind = _KINDS.get(type(optimizer).__name__) if type(optimizer).__module__.startswith("torch.optim") else None
     if kind is None:
         raise ValueError(
             f"optimizer: {type(optimizer).__name__} cannot be replayed from a trace; use torch.optim.SGD, Adam or AdamW"
         )
+    position = {id(p): i for i, p in enumerate(model.parameters())}
     groups = optimizer.param_groups
-    if len(groups) != 1 or [id(p) for p in groups[0]["params"]] != [id(p) for p in model.parameters()]:
-        raise ValueError("optimizer: replay needs one parameter group holding model.parameters() in order")
-    g = groups[0]
-    if g.get("maximize") or g.get("amsgrad") or g.get("differentiable") or g.get("capturable"):
-        raise ValueError("optimizer: maximize, amsgrad, differentiable and capturable cannot be replayed")
-    lr = g["lr"]
-    if isinstance(lr, torch.Tensor):
-        raise ValueError("optimizer: a tensor learning rate cannot be replayed; use a float")
-    if kind == "sgd":
-        return {
-            "name": "sgd",
-            "lr": float(lr),
-            "momentum": float(g["momentum"]),
-            "dampening": float(g["dampening"]),
-            "nesterov": bool(g["nesterov"]),
-            "weight_decay": float(g["weight_decay"]),
-        }
-    return {
-        "name": kind,
-        "lr": float(lr),
-        "betas": [float(b) for b in g["betas"]],
-        "eps": float(g["eps"]),
-        "weight_decay": float(g["weight_decay"]),
-    }
+    members = [[position.get(id(p), -1) for p in g["params"]] for g in groups]
+    flat = sorted(i for m in members for i in m)
+    if flat != list(range(len(position))):
+        raise ValueError(
+            "optimizer: its parameter groups must hold every parameter of the model exactly once (the verifier "
+            "rebuilds them from the model)"
+        )
+    if len(groups) > MAX_GROUPS:
+        raise ValueError(f"optimizer: at most {MAX_GROUPS} parameter groups can be replayed")
+    for g in groups:
+        if g.get("differentiable") or g.get("capturable") or g.get("fused"):
+            raise ValueError("optimizer: differentiable, capturable and fused cannot be replayed; leave them off")
+        for k in OPTIONS[kind]:
+            if bool(g.get(k)) != bool(groups[0].get(k)):
+                raise ValueError(f"optimizer: {k} differs between parameter groups; use one setting")
+    spec: Dict[str, Any] = {"name": kind, **_group_values(kind, groups[0])}
+    for k in OPTIONS[kind]:
+        if groups[0].get(k):
+            spec[k] = True
+    if len(groups) > 1 or members[0] != list(range(len(position))):
+        spec["groups"] = [{"params": m, **_group_values(kind, g)} for m, g in zip(members, groups)]
+    return spec
 
 
 def _num(spec: Dict[str, Any], key: str, lo: float, hi: float) -> None:
@@ -66,20 +97,10 @@ def _num(spec: Dict[str, Any], key: str, lo: float, hi: float) -> None:
         raise ValueError(f"'optimizer': {key} must be a number in [{lo}, {hi}]")
 
 
-def check_spec(spec: Any) -> None:
-    """For the verifier: a spec from an untrusted manifest (exact keys, bounded numbers)."""
-    if not isinstance(spec, dict) or spec.get("name") not in ("sgd", "adam", "adamw"):
-        raise ValueError("'optimizer' must name sgd, adam or adamw")
-    keys = {
-        "sgd": {"name", "lr", "momentum", "dampening", "nesterov", "weight_decay"},
-        "adam": {"name", "lr", "betas", "eps", "weight_decay"},
-        "adamw": {"name", "lr", "betas", "eps", "weight_decay"},
-    }
-    if set(spec) != keys[spec["name"]]:
-        raise ValueError(f"'optimizer': {spec['name']} takes exactly {sorted(keys[spec['name']])}")
+def _check_values(kind: str, spec: Dict[str, Any]) -> None:
     _num(spec, "lr", 1e-300, 1e6)
     _num(spec, "weight_decay", 0.0, 1e6)
-    if spec["name"] == "sgd":
+    if kind == "sgd":
         _num(spec, "momentum", 0.0, 1.0)
         _num(spec, "dampening", 0.0, 1.0)
         if not isinstance(spec["nesterov"], bool):
@@ -93,26 +114,78 @@ def check_spec(spec: Any) -> None:
         _num(spec, "eps", 0.0, 1.0)
 
 
+def check_spec(spec: Any) -> None:
+    """For the verifier: a spec from an untrusted manifest (exact keys, bounded numbers)."""
+    if not isinstance(spec, dict) or spec.get("name") not in ("sgd", "adam", "adamw"):
+        raise ValueError("'optimizer' must name sgd, adam or adamw")
+    kind = spec["name"]
+    keys = {"name", "lr", *GROUP_KEYS[kind]}
+    if not keys <= set(spec) <= keys | set(OPTIONS[kind]) | {"groups"}:
+        raise ValueError(
+            f"'optimizer': {kind} takes exactly {sorted(keys)} (and {', '.join(OPTIONS[kind])}, groups where set)"
+        )
+    _check_values(kind, spec)
+    for k in OPTIONS[kind]:
+        if k in spec and spec[k] is not True:
+            raise ValueError(f"'optimizer': {k} is written only when true")
+    if "groups" in spec:
+        groups = spec["groups"]
+        if not isinstance(groups, list) or not 1 <= len(groups) <= MAX_GROUPS:
+            raise ValueError(f"'optimizer': groups must list 1..{MAX_GROUPS} parameter groups")
+        seen: List[int] = []
+        for g in groups:
+            if not isinstance(g, dict) or set(g) != {"params", "lr", *GROUP_KEYS[kind]}:
+                raise ValueError(f"'optimizer': each group holds exactly params, lr and {', '.join(GROUP_KEYS[kind])}")
+            _check_values(kind, g)
+            ps = g["params"]
+            if not isinstance(ps, list) or not all(type(i) is int and i >= 0 for i in ps):
+                raise ValueError("'optimizer': a group's params are positions in the model's parameters")
+            seen += ps
+        if sorted(seen) != list(range(len(seen))):
+            raise ValueError("'optimizer': the groups must hold each parameter position exactly once")
+        top = {k: spec[k] for k in ("lr", *GROUP_KEYS[kind])}
+        if {k: groups[0][k] for k in top} != top:
+            raise ValueError("'optimizer': the top-level hyperparameters must be the first group's")
+
+
+def num_groups(spec: Dict[str, Any]) -> int:
+    return len(spec["groups"]) if "groups" in spec else 1
+
+
+def group_rates(spec: Dict[str, Any]) -> List[float]:
+    """Each group's learning rate as the manifest declares it."""
+    return [float(g["lr"]) for g in spec["groups"]] if "groups" in spec else [float(spec["lr"])]
+
+
 def build(spec: Dict[str, Any], params: List[Any]) -> Any:
     import torch
 
-    if spec["name"] == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=spec["lr"],
-            momentum=spec["momentum"],
-            dampening=spec["dampening"],
-            nesterov=spec["nesterov"],
-            weight_decay=spec["weight_decay"],
-        )
-    cls = torch.optim.Adam if spec["name"] == "adam" else torch.optim.AdamW
-    return cls(params, lr=spec["lr"], betas=tuple(spec["betas"]), eps=spec["eps"], weight_decay=spec["weight_decay"])
+    kind = spec["name"]
+    options = {k: bool(spec.get(k, False)) for k in OPTIONS[kind]}
+    if "groups" in spec:
+        if sorted(i for g in spec["groups"] for i in g["params"]) != list(range(len(params))):
+            raise ValueError(f"'optimizer': its groups do not hold the model's {len(params)} parameters")
+        groups: List[Dict[str, Any]] = [
+            {**_torch_values(kind, g), "params": [params[i] for i in g["params"]]} for g in spec["groups"]
+        ]
+    else:
+        groups = [{**_torch_values(kind, spec), "params": list(params)}]
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
+    return cls(groups, lr=spec["lr"], **options)
+
+
+def _torch_values(kind: str, g: Dict[str, Any]) -> Dict[str, Any]:
+    out = {k: g[k] for k in ("lr", *GROUP_KEYS[kind])}
+    if "betas" in out:
+        out["betas"] = tuple(out["betas"])
+    return out
 
 
 def state_keys(spec: Dict[str, Any]) -> List[str]:
     if spec["name"] == "sgd":
-        return ["momentum_buffer"] if spec["momentum"] else []
-    return ["step", "exp_avg", "exp_avg_sq"]
+        moving = spec["momentum"] or any(g["momentum"] for g in spec.get("groups", []))
+        return ["momentum_buffer"] if moving else []
+    return ["step", "exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if spec.get("amsgrad") else [])
 
 
 def expected_table(spec: Dict[str, Any], params: List[Any]) -> Dict[str, tuple]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -65,20 +65,27 @@ def _entry(scheduler: Any, optimizer: Any, depth: int) -> Dict[str, Any]:
         entry["children"] = [_entry(s, optimizer, depth + 1) for s in subs]
         state = {k: v for k, v in state.items() if k != "_schedulers"}
     entry["state"] = {k: _json(v) for k, v in sorted(state.items())}
-    group = optimizer.param_groups[0]
-    entry["group"] = {k: _json(group[k]) for k in _GROUP_KEYS if k in group}
+    entry["groups"] = [{k: _json(g[k]) for k in _GROUP_KEYS if k in g} for g in optimizer.param_groups]
     return entry
 
 
-def _rebuild(entry: Dict[str, Any], optimizer: Any, lr_lambda: Optional[Callable], depth: int = 0) -> Any:
+def _class_of(entry: Any) -> Any:
     import torch.optim.lr_scheduler as S
 
-    if not isinstance(entry, dict) or not isinstance(entry.get("class"), str) or depth > _MAX_DEPTH:
+    if not isinstance(entry, dict) or not isinstance(entry.get("class"), str):
         raise ValueError("scheduler: expected {'class': ..., 'state': {...}}")
     module, _, name = entry["class"].rpartition(".")
     cls = getattr(S, name, None) if module == _MODULE else None
     if not isinstance(cls, type) or not issubclass(cls, S.LRScheduler) or name == "ReduceLROnPlateau":
         raise ValueError(f"scheduler: {entry['class'][:80]} is not a step-driven torch scheduler")
+    return cls
+
+
+def _rebuild(entry: Dict[str, Any], optimizer: Any, lr_lambda: Optional[Callable], depth: int = 0) -> Any:
+    if depth > _MAX_DEPTH:
+        raise ValueError("scheduler: nested too deep")
+    cls = _class_of(entry)
+    name = cls.__name__
     state = entry.get("state")
     if not isinstance(state, dict):
         raise ValueError("scheduler: its state must be an object")
@@ -102,37 +109,44 @@ def _restore(v: Any) -> Any:
 
 def replay_rates(
     entry: Dict[str, Any], optimizer_spec: Dict[str, Any], steps: int, lr_lambda: Optional[Callable] = None
-) -> List[float]:
-    """The learning rate of steps 0..steps-1 under the declared scheduler stepped once after
-    each optimizer step. ValueError if it cannot be rebuilt (the reason says why)."""
+) -> List[Tuple[float, ...]]:
+    """The learning rate of each parameter group at steps 0..steps-1 under the declared
+    scheduler stepped once after each optimizer step. ValueError if it cannot be rebuilt (the
+    reason says why)."""
     import torch
 
     from . import optim as O
 
-    param = torch.nn.Parameter(torch.zeros(1))
-    opt = O.build(optimizer_spec, [param])
-    group = opt.param_groups[0]
-    for k, v in (entry.get("group") or {}).items():
-        if k in _GROUP_KEYS:
-            group[k] = v
+    _class_of(entry)
+    n = O.num_groups(optimizer_spec)
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(n)]
+    spec = dict(optimizer_spec)
+    if "groups" in spec:  # one stand-in parameter per group
+        spec["groups"] = [{**g, "params": [i]} for i, g in enumerate(spec["groups"])]
+    opt = O.build(spec, params)
+    saved = entry.get("groups")
     last = (entry.get("state") or {}).get("_last_lr")
-    group["lr"] = float(last[0]) if isinstance(last, list) and last else optimizer_spec["lr"]
+    if not isinstance(saved, list) or len(saved) != n or not isinstance(last, list) or len(last) != n:
+        raise ValueError(f"scheduler: its state does not describe the optimizer's {n} parameter group(s)")
     try:
+        for group, keys, lr in zip(opt.param_groups, saved, last):
+            group.update({k: v for k, v in keys.items() if k in _GROUP_KEYS})
+            group["lr"] = float(lr)
         sched = _rebuild(entry, opt, lr_lambda)
-        rates = [float(group["lr"])]
+        rates = [tuple(float(g["lr"]) for g in opt.param_groups)]
         with warnings.catch_warnings():
             # the rebuilt scheduler never saw an optimizer.step(), which torch warns about; no
             # parameter moves here, only the rates are read
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(1, steps):
                 sched.step()
-                rates.append(float(group["lr"]))
+                rates.append(tuple(float(g["lr"]) for g in opt.param_groups))
     except (TypeError, KeyError, AttributeError, IndexError, ZeroDivisionError, OverflowError, ValueError) as exc:
         raise ValueError(f"scheduler: its state does not replay ({type(exc).__name__}: {str(exc)[:80]})") from None
     return rates
 
 
-def first_difference(recorded: Sequence[float], replayed: Sequence[float]) -> Optional[int]:
+def first_difference(recorded: Sequence[Any], replayed: Sequence[Any]) -> Optional[int]:
     """The first step whose recorded rate is not the replayed one (None: all equal)."""
     for t, (a, b) in enumerate(zip(recorded, replayed)):
         if a != b:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -152,6 +152,7 @@ class TorchStep:
         autocast: Optional[str] = None,
         clip: Optional[Dict[str, float]] = None,
         augment: Any = None,
+        accumulate: int = 1,
     ) -> None:
         from ..nn import mode_of
 
@@ -161,8 +162,11 @@ class TorchStep:
         self.keys = set(model.state_dict())
         self.clip = clip_function(clip, mode_of(model) is not None)
         self.augment = augment  # a KeyedAugment: step t's draws for each example
+        self.accumulate = accumulate  # micro-batches per step: numpy.array_split of the batch, loss / accumulate
 
-    def __call__(self, state: State, idx: np.ndarray, t: int = 0, lr: Optional[float] = None) -> State:
+    def __call__(
+        self, state: State, idx: np.ndarray, t: int = 0, lr: Union[None, float, Sequence[float]] = None
+    ) -> State:
         """The next state dict (with the optimizer's state tensors) from ``state``; ``lr`` is the
         step's learning rate where the trace records one (a schedule), else the optimizer's."""
         import torch
@@ -170,7 +174,11 @@ class TorchStep:
         self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items() if k in self.keys})
         o = O.build(self.optimizer, self.params)
         if lr is not None:
-            o.param_groups[0]["lr"] = lr
+            rates = [lr] if isinstance(lr, (int, float)) else list(lr)
+            if len(rates) != len(o.param_groups):
+                raise ValueError(f"lr: {len(rates)} learning rate(s) for {len(o.param_groups)} parameter group(s)")
+            for g, r in zip(o.param_groups, rates):
+                g["lr"] = float(r)
         steps = O.load_state(o, self.optimizer, self.params, state)
         self._update(o, idx, t)
         out = {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
@@ -191,6 +199,15 @@ class TorchStep:
         return out
 
     def _update(self, o: Any, idx: np.ndarray, t: int) -> None:
+        o.zero_grad()
+        for part in np.array_split(np.asarray(idx), self.accumulate):
+            loss = self._loss(part, t)
+            (loss if self.accumulate == 1 else loss / self.accumulate).backward()
+        self.clip([p.grad for p in self.params if p.grad is not None])
+        o.step()
+
+    def _loss(self, idx: np.ndarray, t: int) -> Any:
+        """The loss of the examples ``idx`` at step t (dropout and augmentation keyed to them)."""
         import torch
 
         if self.dropout_seed is not None:  # the masks of step t, following each example (also when permuted)
@@ -208,11 +225,7 @@ class TorchStep:
                 out = self.model(xb)
         else:
             out = self.model(xb)
-        loss = self.loss(out, yb)
-        o.zero_grad()
-        loss.backward()
-        self.clip([p.grad for p in self.params if p.grad is not None])
-        o.step()
+        return self.loss(out, yb)
 
 
 # -- conditions and the flat-vector stepper of the studies and attacks -------------------------

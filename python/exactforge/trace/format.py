@@ -106,6 +106,7 @@ FIELDS: Dict[str, str] = {
     "sampling": "checked",
     "clip_grad": "checked",
     "augment": "checked",
+    "accumulate": "checked",
     "scheduler": "checked",
     "data": "checked",
     "created": "declared",
@@ -278,13 +279,18 @@ def _check_training(man: Dict[str, Any], limits: Limits) -> None:
         or not 0 < next(iter(clip.values())) < 1e30
     ):
         raise TraceError("manifest: 'clip_grad' must be {'norm': a positive number} or {'value': ...} (torch traces)")
+    acc = man.get("accumulate")
+    if acc is not None and (man["engine"] != "torch" or type(acc) is not int or not 2 <= acc <= 1024):
+        raise TraceError("manifest: 'accumulate' must be the number of micro-batches per step, 2..1024 (torch traces)")
+    if acc is not None and isinstance(man.get("batch_size"), int) and acc > man["batch_size"]:
+        raise TraceError("manifest: 'accumulate' is larger than the batch size")
     sc = man.get("scheduler")
     if sc is not None and (
         man["engine"] != "torch"
         or not isinstance(sc, dict)
         or not isinstance(sc.get("class"), str)
         or not isinstance(sc.get("state"), dict)
-        or not set(sc) <= {"class", "state", "group", "children"}
+        or not set(sc) <= {"class", "state", "groups", "children"}
     ):
         raise TraceError("manifest: 'scheduler' must be {'class': str, 'state': {...}, ...} (torch traces)")
     if man.get("augment") is not None:

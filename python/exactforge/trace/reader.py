@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -43,7 +43,14 @@ class Record:
     checkpoint: Optional[Dict[str, Any]]
     hash: str
     final: bool = False
-    lr: Optional[float] = None  # the step's learning rate, where a schedule changed it from the manifest's
+    # the step's learning rate where a schedule changed it from the manifest's: one number, or
+    # one per parameter group where the optimizer has several
+    lr: Union[None, float, Tuple[float, ...]] = None
+
+
+# at most this many parameter groups (exactforge.models.optim.MAX_GROUPS; the reader stays free
+# of the model layer, a test keeps the two equal)
+MAX_GROUPS = 64
 
 
 def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) -> Record:
@@ -53,14 +60,13 @@ def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) ->
             f"record {i}: expected the fields {sorted(_RECORD_KEYS)} (and 'final', 'lr'), got {sorted(keys)[:8]}"
         )
     lr = obj.get("lr")
-    if "lr" in obj and (
-        man["engine"] != "torch"
-        or isinstance(lr, bool)
-        or not isinstance(lr, float)
-        or not math.isfinite(lr)
-        or not 0 < lr <= 1e6
-    ):
-        raise TraceError(f"record {i}: 'lr' must be a positive learning rate (torch traces only)")
+    if "lr" in obj:
+        rates = lr if isinstance(lr, list) and 2 <= len(lr) <= MAX_GROUPS else [lr]
+        if man["engine"] != "torch" or not all(type(r) is float and math.isfinite(r) and 0 < r <= 1e6 for r in rates):
+            raise TraceError(
+                f"record {i}: 'lr' must be a positive learning rate, or one per parameter group (torch traces only)"
+            )
+        lr = tuple(rates) if isinstance(lr, list) else lr
     if type(obj["step"]) is not int or obj["step"] != i:
         raise TraceError(f"record {i}: claims to be step {str(obj['step'])[:24]}")
     if not is_sha256(obj["hash"]) or not is_sha256(obj["prev"]):

@@ -4,7 +4,7 @@ optimizer inside the user's own training loop (``TraceRecorder``)."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -211,6 +211,7 @@ class TraceRecorder:
         clip_grad_norm: Optional[float] = None,
         clip_grad_value: Optional[float] = None,
         augment: Any = None,
+        accumulate: int = 1,
     ) -> None:
         import torch
 
@@ -298,6 +299,13 @@ class TraceRecorder:
             self.manifest["clip_grad"] = clip
         if scheduler is not None:
             self.manifest["scheduler"] = scheduler_entry(scheduler, optimizer)
+        if isinstance(accumulate, bool) or not isinstance(accumulate, int) or not 1 <= accumulate <= MAX_ACCUMULATE:
+            raise ValueError(f"accumulate: expected the number of micro-batches per step, 1..{MAX_ACCUMULATE}")
+        if batch_size is not None and accumulate > batch_size:
+            raise ValueError(f"accumulate: {accumulate} micro-batches cannot split batches of {batch_size}")
+        self._accumulate = accumulate
+        if accumulate > 1:
+            self.manifest["accumulate"] = accumulate
         self._augment = _check_augment(augment, input_shape)
         if self._augment is not None:
             self.manifest["augment"] = self._augment.to_dict()
@@ -342,6 +350,7 @@ class TraceRecorder:
             clip,
             man["eval_modules"],
             augment=self._augment,
+            accumulate=self._accumulate,
         )
 
     def _indices(self, batch_indices: Any, what: str, whole: bool = True) -> np.ndarray:
@@ -364,13 +373,15 @@ class TraceRecorder:
     def begin(self, batch_indices: Union[Sequence[int], np.ndarray, Any]) -> None:
         """Announces the next step's batch (dataset indices, in the order fed to the model)
         before its forward pass: keys the model's dropout masks to this step and these
-        examples. Needed when the model has dropout in training mode; harmless otherwise."""
+        examples. Needed when the model has dropout in training mode; harmless otherwise. With
+        ``accumulate=``, announce each micro-batch before its forward pass."""
         from ..nn import dropout_keys
 
-        idx = self._indices(batch_indices, "begin")
+        micro = self._accumulate > 1  # then each micro-batch is announced before its forward pass
+        idx = self._indices(batch_indices, "begin", whole=not micro)
         assert self._writer is not None  # _indices refused a recorder outside its with block
         dropout_keys(self.model, seed=self._dropout_seed, step=self._writer.next_step, examples=idx)
-        self._begun = idx
+        self._begun = np.concatenate([self._begun, idx]) if micro and self._begun is not None else idx
 
     def augment(self, inputs: Any, batch_indices: Union[Sequence[int], np.ndarray, Any]) -> Any:
         """The next step's inputs (``inputs``: the examples ``batch_indices``, in the recorded
@@ -384,6 +395,7 @@ class TraceRecorder:
 
     def step(self, batch_indices: Union[Sequence[int], np.ndarray, Any]) -> None:
         """Records one optimizer step taken on the examples ``batch_indices`` (in order)."""
+        from ..models.optim import group_rates
         from ..nn import keyed_layers
 
         idx = self._indices(batch_indices, "step")
@@ -394,14 +406,17 @@ class TraceRecorder:
         if begun is not None and not np.array_equal(begun, idx):
             raise ValueError("batch_indices: step() got other examples than begin() announced for this step")
         assert self._watch is not None  # installed on entering the block
-        lr = self._watch.take(idx, self._writer.next_step)  # refuses a step that the trace could not replay
+        rates = self._watch.take(idx, self._writer.next_step)  # refuses a step that the trace could not replay
+        lr: Union[None, float, List[float]] = None
+        if rates != group_rates(self._opt_spec):  # a schedule (or a hand edit) changed them
+            lr = rates[0] if len(rates) == 1 else rates
         self._since_ckpt += 1
         self._steps += 1
         final = self.steps is not None and self._writer.next_step + 1 == self.steps
         ck = self._state() if (self._since_ckpt == self.checkpoint_every or final) else None
         if ck is not None:
             self._since_ckpt = 0
-        self._writer.append(idx, ck, final=final, lr=None if lr == self.manifest["lr"] else lr)
+        self._writer.append(idx, ck, final=final, lr=lr)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._watch is not None:
@@ -423,6 +438,9 @@ class TraceRecorder:
                     w.close()
                 except Exception:  # noqa: BLE001
                     pass  # the loop's own exception is the one to see; the trace is a valid prefix
+
+
+MAX_ACCUMULATE = 1024
 
 
 def _check_augment(augment: Any, input_shape: Sequence[int]) -> Any:

@@ -65,22 +65,23 @@ class LoopWatch:
         clip_fn: Callable[[List[Any]], None],
         eval_modules: List[str],
         augment: Any = None,
+        accumulate: int = 1,
     ) -> None:
         self.model, self.optimizer, self.spec = model, optimizer, spec
         self.X, self.y, self.loss, self.clip, self.clip_fn = X, y, loss, clip, clip_fn
-        self.eval_modules, self.augment = eval_modules, augment
+        self.eval_modules, self.augment, self.accumulate = eval_modules, augment, accumulate
         self.params = list(model.parameters())
-        self.hyper = {k: _value(optimizer.param_groups[0][k]) for k in HYPERPARAMETERS[spec["name"]]}
+        keys = HYPERPARAMETERS[spec["name"]]
+        self.hyper = [{k: _value(g[k]) for k in keys} for g in optimizer.param_groups]
         self.handles: List[Any] = []
         self._reset()
 
     def _reset(self) -> None:
         self.grads: Dict[int, Any] = {}  # parameter position -> its gradient from this step's backward
         self.fired: Dict[int, int] = {}
-        self.inputs: Optional[Any] = None
-        self.output: Optional[Any] = None
-        self.output_grad: Optional[Any] = None
-        self.lr: Optional[float] = None
+        # (inputs, output, the loss's gradient at the output) of each backward pass, in order
+        self.passes: List[Any] = []
+        self.lr: Optional[List[float]] = None
         self.stepped = 0
 
     # -- hooks ------------------------------------------------------------------------------
@@ -114,41 +115,45 @@ class LoopWatch:
             output.register_hook(lambda g: self._output_grad(inputs, value, g))
 
     def _output_grad(self, inputs: Any, output: Any, g: Any) -> None:
-        self.inputs, self.output, self.output_grad = inputs, output, g.detach().clone()
+        self.passes.append((inputs, output, g.detach().clone()))
 
     def _grad(self, i: int, g: Any) -> None:
         n = self.fired.get(i, 0) + 1
         self.fired[i] = n
-        if n > 1:
+        if n > self.accumulate:
             raise ValueError(
-                "TraceRecorder: a second backward pass before optimizer.step() (gradient accumulation over "
-                "micro-batches); the verifier replays one backward pass per step: record each optimizer step "
-                "with the whole batch in one backward pass"
+                f"TraceRecorder: backward pass {n} before optimizer.step(), {self.accumulate} declared (gradient "
+                "accumulation over micro-batches is replayed when declared: accumulate= the number of "
+                "micro-batches, each batch split as numpy.array_split(batch, accumulate))"
             )
         old = self.params[i].grad
-        if old is not None and bool(old.any()):
+        if n == 1 and old is not None and bool(old.any()):
             raise ValueError(
                 "TraceRecorder: gradients left from an earlier step are being added to (call "
                 "optimizer.zero_grad() before each backward pass)"
             )
-        self.grads[i] = g.detach().clone()
+        # torch adds each pass's gradient onto the one before, as here: the same bits
+        self.grads[i] = g.detach().clone() if n == 1 else self.grads[i] + g.detach()
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.stepped += 1
         if self.stepped > 1:
             raise ValueError("TraceRecorder: optimizer.step() ran twice without rec.step() between them")
-        group = optimizer.param_groups[0]
-        for k, v in self.hyper.items():
-            if _value(group[k]) != v:
-                raise ValueError(
-                    f"TraceRecorder: the optimizer's {k} changed from {v} to {_value(group[k])} (a scheduler "
-                    "cycling momentum, such as OneCycleLR(cycle_momentum=True), or a hand edit); the trace "
-                    "records the learning rate of each step, not other hyperparameters"
-                )
-        lr = group["lr"]
-        if isinstance(lr, self._torch.Tensor):
-            raise ValueError("TraceRecorder: a tensor learning rate cannot be replayed; use a float")
-        self.lr = float(lr)
+        if len(optimizer.param_groups) != len(self.hyper):
+            raise ValueError("TraceRecorder: a parameter group was added to the optimizer after recording began")
+        rates = []
+        for group, hyper in zip(optimizer.param_groups, self.hyper):
+            for k, v in hyper.items():
+                if _value(group[k]) != v:
+                    raise ValueError(
+                        f"TraceRecorder: the optimizer's {k} changed from {v} to {_value(group[k])} (a scheduler "
+                        "cycling momentum, such as OneCycleLR(cycle_momentum=True), or a hand edit); the trace "
+                        "records the learning rate of each step, not other hyperparameters"
+                    )
+            if isinstance(group["lr"], self._torch.Tensor):
+                raise ValueError("TraceRecorder: a tensor learning rate cannot be replayed; use a float")
+            rates.append(float(group["lr"]))
+        self.lr = rates
         self._check_grads()
 
     def _check_grads(self) -> None:
@@ -173,34 +178,43 @@ class LoopWatch:
                 )
 
     # -- closing a step ---------------------------------------------------------------------
-    def take(self, idx: np.ndarray, step: int) -> float:
+    def take(self, idx: np.ndarray, step: int) -> List[float]:
         """Checks the step ``step`` just taken on the examples ``idx`` and returns its learning
-        rate."""
+        rate in each parameter group."""
         torch = self._torch
         try:
             if self.stepped == 0:
                 raise ValueError("TraceRecorder: rec.step() before optimizer.step() ran for this step")
             self._check_modes()
-            b = torch.from_numpy(np.asarray(idx, dtype=np.int64))
-            if self.inputs is None or self.output is None:
-                raise ValueError("TraceRecorder: no forward pass of the model in training was seen for this step")
-            want = self.X[b] if self.augment is None else self.augment(self.X[b], step=step, examples=idx)
-            have = self.inputs.detach().to("cpu")
-            if have.shape != want.shape and have.numel() == want.numel() and self._flattens_first():
-                have = have.reshape(want.shape)  # a model that flattens its input sees the same values
-            if have.shape != want.shape or have.dtype != want.dtype or not torch.equal(have, want):
+            parts = np.array_split(np.asarray(idx, dtype=np.int64), self.accumulate)
+            if len(self.passes) != self.accumulate:
                 raise ValueError(
-                    "TraceRecorder: the model's input is not the data set's examples of this step "
-                    f"(shape {list(have.shape)}, expected {list(want.shape)}: random augmentation, normalisation, "
-                    "another batch, or another input_shape=); the verifier feeds the recorded examples as they are, "
-                    "or augmented by a declared augment= (exactforge.nn.KeyedAugment, applied by rec.augment): "
-                    "torchvision's random transforms draw from torch's RNG, which a trace does not hold"
+                    f"TraceRecorder: {len(self.passes)} backward pass(es) of the model reached the loss in this step, "
+                    f"{self.accumulate} declared (accumulate=)"
                 )
-            self._check_loss(b)
+            for part, (inputs, output, output_grad) in zip(parts, self.passes):
+                self._check_inputs(inputs, part, step)
+                self._check_loss(output, output_grad, torch.from_numpy(part))
             assert self.lr is not None  # set by the optimizer's pre-step hook
             return self.lr
         finally:
             self._reset()
+
+    def _check_inputs(self, inputs: Any, part: np.ndarray, step: int) -> None:
+        torch = self._torch
+        b = torch.from_numpy(part)
+        want = self.X[b] if self.augment is None else self.augment(self.X[b], step=step, examples=part)
+        have = inputs.detach().to("cpu")
+        if have.shape != want.shape and have.numel() == want.numel() and self._flattens_first():
+            have = have.reshape(want.shape)  # a model that flattens its input sees the same values
+        if have.shape != want.shape or have.dtype != want.dtype or not torch.equal(have, want):
+            raise ValueError(
+                "TraceRecorder: the model's input is not the data set's examples of this step "
+                f"(shape {list(have.shape)}, expected {list(want.shape)}: random augmentation, normalisation, "
+                "another batch, or another input_shape=); the verifier feeds the recorded examples as they are, "
+                "or augmented by a declared augment= (exactforge.nn.KeyedAugment, applied by rec.augment): "
+                "torchvision's random transforms draw from torch's RNG, which a trace does not hold"
+            )
 
     def _flattens_first(self) -> bool:
         """Whether the model's first layer flattens each example (then the shape it was fed in
@@ -217,17 +231,17 @@ class LoopWatch:
                 f"({now[:4]} vs {self.eval_modules[:4]}); switch back to the same modes before each step"
             )
 
-    def _check_loss(self, b: Any) -> None:
+    def _check_loss(self, output: Any, output_grad: Any, b: Any) -> None:
         torch = self._torch
-        if self.output_grad is None:
-            raise ValueError("TraceRecorder: the loss did not reach the model's output in this step's backward pass")
-        out = self.output.to("cpu").clone().requires_grad_(True)  # type: ignore[union-attr]
-        self.loss(out, self.y[b]).backward()
-        if out.grad is None or not torch.equal(out.grad, self.output_grad.to("cpu")):
+        out = output.to("cpu").clone().requires_grad_(True)
+        loss = self.loss(out, self.y[b])
+        (loss if self.accumulate == 1 else loss / self.accumulate).backward()
+        if out.grad is None or not torch.equal(out.grad, output_grad.to("cpu")):
+            scaled = f" divided by {self.accumulate} (loss / accumulate)" if self.accumulate > 1 else ""
             raise ValueError(
-                "TraceRecorder: the loss's gradient at the model's output is not the recorded loss's (loss_fn= "
-                "names the loss the loop uses; on a reproducible model use exactforge.nn.cross_entropy or "
-                "mse_loss, whose gradients do not depend on the batch order)"
+                f"TraceRecorder: the loss's gradient at the model's output is not the recorded loss's{scaled} "
+                "(loss_fn= names the loss the loop uses; on a reproducible model use exactforge.nn.cross_entropy "
+                "or mse_loss, whose gradients do not depend on the batch order)"
             )
 
 

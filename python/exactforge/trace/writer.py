@@ -202,7 +202,7 @@ class TraceWriter:
         checkpoint: Optional[Mapping[str, np.ndarray]] = None,
         *,
         final: bool = False,
-        lr: Optional[float] = None,
+        lr: Union[None, float, Sequence[float]] = None,
     ) -> Record:
         """Records step ``next_step`` with its batch; ``checkpoint`` is theta after the step.
         ``final`` marks the last step of the run (it needs a checkpoint); ``lr`` is the step's
@@ -220,13 +220,22 @@ class TraceWriter:
         return self._write(t, [int(i) for i in batch], self.prev, ck, final, lr)
 
     def _write(
-        self, t: int, batch: list, prev: str, ck: Optional[Dict[str, Any]], final: bool, lr: Optional[float] = None
+        self,
+        t: int,
+        batch: list,
+        prev: str,
+        ck: Optional[Dict[str, Any]],
+        final: bool,
+        lr: Union[None, float, Sequence[float]] = None,
     ) -> Record:
         rec: Dict[str, Any] = {"step": t, "batch": batch, "prev": prev, "checkpoint": ck}
         if final:
             rec["final"] = True
-        if lr is not None:
-            rec["lr"] = float(lr)
+        if isinstance(lr, (int, float)):
+            rec["lr"] = lr = float(lr)
+        elif lr is not None:  # one per parameter group
+            rec["lr"] = [float(r) for r in lr]
+            lr = tuple(rec["lr"])
         rec["hash"] = record_hash(rec)
         self._save(os.path.join(self.directory, record_name(t)), canonical_json(rec))
         self.prev = rec["hash"]

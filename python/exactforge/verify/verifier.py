@@ -369,7 +369,17 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
         return trace.load_checkpoint(step)
 
     augment = xnn.KeyedAugment.from_dict(man["augment"]) if man.get("augment") is not None else None
-    step = TorchStep(model, X, y, ospec, loss_of, dropout_seed=dropout_seed, clip=man.get("clip_grad"), augment=augment)
+    step = TorchStep(
+        model,
+        X,
+        y,
+        ospec,
+        loss_of,
+        dropout_seed=dropout_seed,
+        clip=man.get("clip_grad"),
+        augment=augment,
+        accumulate=man.get("accumulate") or 1,
+    )
 
     def initial() -> Optional[Dict[str, np.ndarray]]:
         if spec is None:
@@ -483,8 +493,9 @@ def verify_trace(
     recorded through exactforge.nn's reproducible layers is replayed through them: ``model`` is
     made reproducible in the trace's mode). ``loss_fn`` replays a trace recorded with a custom
     loss; the losses TraceRecorder can describe (cross-entropy with label smoothing, MSE against
-    one-hot labels) are replayed from the manifest. ``permute_batches`` (a seed) shuffles each batch's examples before recomputation (the same
-    set); ``threads`` sets the recomputation's thread count (1..MAX_THREADS). An incomplete
+    one-hot labels) are replayed from the manifest. ``permute_batches`` (a seed) shuffles each
+    batch's examples before recomputation (the same set; within each micro-batch of a trace
+    recorded with ``accumulate``); ``threads`` sets the recomputation's thread count (1..MAX_THREADS). An incomplete
     trace (fewer steps than declared, no final record) is invalid unless ``allow_partial``: then
     its prefix up to the last checkpoint is verified and the report says ``partial``.
 
@@ -607,13 +618,17 @@ def learning_rates(trace: Trace, lr_lambda: Optional[Callable[[int], float]] = N
     """For a torch trace: how many records carry their own learning rate, the declared
     scheduler, and whether it replays every recorded rate (``follows``; None where nothing is
     declared or it cannot be rebuilt, with the ``reason``)."""
+    from ..models.optim import group_rates
     from ..models.schedule import first_difference, replay_rates
 
     man = trace.manifest
     if man["engine"] != "torch":
         return None
-    base = float(man["lr"])
-    rates = [base if r.lr is None else float(r.lr) for r in trace.iter_records(0, trace.num_records)]
+    base = tuple(group_rates(man["optimizer"]))
+    rates = [
+        base if r.lr is None else (r.lr if isinstance(r.lr, tuple) else (float(r.lr),))
+        for r in trace.iter_records(0, trace.num_records)
+    ]
     out: Dict[str, Any] = {
         "per_step": sum(r != base for r in rates),
         "scheduler": None,
@@ -635,7 +650,8 @@ def learning_rates(trace: Trace, lr_lambda: Optional[Callable[[int], float]] = N
     t = first_difference(rates, replayed)
     out["follows"], out["first_difference"] = t is None, t
     if t is not None:
-        out["reason"] = f"step {t} used lr {rates[t]!r}, the declared scheduler gives {replayed[t]!r}"
+        shown = (rates[t], replayed[t]) if len(base) > 1 else (rates[t][0], replayed[t][0])
+        out["reason"] = f"step {t} used lr {shown[0]!r}, the declared scheduler gives {shown[1]!r}"
     return out
 
 
@@ -793,6 +809,7 @@ def recompute_segments(
     """Recomputes ``segs`` in order, calling ``on_result`` after each; raises on the first
     checkpoint that fails its checks (TraceError) or a model that does not fit it."""
     lr = float(trace.manifest["lr"])
+    parts = trace.manifest.get("accumulate") or 1
     with _torch_threads(trace.manifest["engine"], job.threads):
         for s, e, state, logged in _states(segs, load, theta0):
             t0 = time.perf_counter()
@@ -800,11 +817,21 @@ def recompute_segments(
                 t, idx = rec.step, rec.batch
                 assert idx is not None  # iter_records reads the batches
                 if job.permute_batches is not None:
-                    idx = idx[np.random.default_rng([job.permute_batches, t]).permutation(idx.size)]
+                    idx = permuted(idx, job.permute_batches, t, parts)
                 state = step(state, idx, t) if rec.lr is None else step(state, idx, t, lr=rec.lr)
             err = verification_distance(_pairs(state, logged), job.distance_kind)
             res_med, res_min = resolution(logged, lr)
             on_result(StepResult(s, e, err, bool(err <= job.epsilon), time.perf_counter() - t0, res_med, res_min))
+
+
+def permuted(idx: np.ndarray, seed: int, t: int, parts: int = 1) -> np.ndarray:
+    """Step t's batch shuffled with the seed. A step over micro-batches (``parts``, split as
+    numpy.array_split) is shuffled within each: which examples share a micro-batch is part of
+    the computation (BatchNorm's statistics, the rounding of each micro-batch's sum)."""
+    rng = np.random.default_rng([seed, t])
+    if parts == 1:
+        return idx[rng.permutation(idx.size)]
+    return np.concatenate([p[rng.permutation(p.size)] for p in np.array_split(idx, parts)])
 
 
 def add_result(report: VerificationReport, r: StepResult) -> None:
