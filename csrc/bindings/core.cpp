@@ -191,6 +191,28 @@ py::array sum_rows(py::array x, const std::string& mode, std::optional<py::array
   return out;
 }
 
+// Per channel of a C-contiguous (N, C, L) array, the sum over n and l (BatchNorm's statistics).
+py::array sum_channels_py(py::array x, const std::string& mode, int threads) {
+  DT dx = dtype_of(x, "x");
+  if (x.ndim() != 3 || !(x.flags() & py::array::c_style))
+    throw py::value_error("x: expected a C-contiguous (batch, channels, positions) array");
+  const int64_t N = x.shape(0), C = x.shape(1), L = x.shape(2);
+  if (N == 0 || L == 0) throw py::value_error("x: a channel has no terms");
+  const bool fixed = mode == "fixed";
+  if (!fixed && mode != "exact") throw py::value_error("mode: expected 'fixed' or 'exact'");
+  if (!fixed && N * L > kExactSumMaxK)
+    throw py::value_error("mode='exact': a channel has more than 2^22 terms");
+  py::array out = dx == DT::F32 ? py::array(py::array_t<float>(C)) : py::array(py::array_t<double>(C));
+  const void* px = x.data();
+  void* pc = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    if (dx == DT::F32) exactforge::sum_channels<float>((const float*)px, (float*)pc, N, C, L, !fixed, threads);
+    else exactforge::sum_channels<double>((const double*)px, (double*)pc, N, C, L, !fixed, threads);
+  }
+  return out;
+}
+
 // Elementwise exp/log of float32/float64 arrays (any shape): float64 evaluation, one rounding.
 template <class F>
 py::array elementwise(py::array x, F f, const char* name) {
@@ -361,6 +383,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("threads") = 0, py::arg("a_transposed") = false);
   m.def("sum_rows", &sum_rows, py::arg("x"), py::arg("mode"), py::arg("order") = py::none(),
         py::arg("threads") = 0);
+  m.def("sum_channels", &sum_channels_py, py::arg("x"), py::arg("mode"), py::arg("threads") = 0);
   m.def("exp", [](py::array x) { return elementwise(x, [](double v) { return det_exp(v); }, "x"); }, py::arg("x"));
   m.def("log", [](py::array x) { return elementwise(x, [](double v) { return det_log(v); }, "x"); }, py::arg("x"));
   m.def("im2col", &conv_im2col, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),

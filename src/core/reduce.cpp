@@ -510,7 +510,72 @@ void sum_exact_impl(const T* x, T* out, int64_t k, int64_t n, int threads) {
   }
 }
 
+// A channel's terms are N runs of L contiguous values, C * L apart: the column passes of the
+// exact sum run over them as N rows of L columns, all columns with the channel's one scale (the
+// maximum over the whole channel), and the columns' integer slice sums are added exactly. Every
+// term gets the slices it gets in sum_exact_impl, so the integers and the rounding are the same.
+template <class T>
+void sum_channels_impl(const T* x, T* out, int64_t N, int64_t C, int64_t L, bool exact, int threads) {
+  if (exact && N * L > kExactSumMaxK)
+    throw std::invalid_argument("exact sum: a channel has more than 2^22 terms");
+  constexpr int S = kSumSlices, w = kSumWidth;
+  const int nt = detail::resolve_threads(threads);
+  const bool par = N * C * L >= kParallelWork && nt > 1 && C > 1;
+  (void)par;
+  const double p2w = std::ldexp(1.0, w);
+  const int64_t stride = C * L;
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+  for (int64_t c = 0; c < C; ++c) {
+    const T* base = x + c * L;
+    if (!exact) {  // sum_fixed_impl's chain: +0, then the terms in row order n * L + l
+      T acc = T(0);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t l = 0; l < L; ++l) acc = acc + base[n * stride + l];
+      out[c] = canonicalize(acc);
+      continue;
+    }
+    std::vector<double> mx(L, 0.0), f1(L), f2(L), p0(L), p1(L);
+    std::vector<char> nf(L, 0);
+    SumFn<T>::max()(base, stride, 0, N, L, mx.data(), nf.data());
+    double m = 0.0;
+    bool special = false;
+    for (int64_t l = 0; l < L; ++l) { m = mx[l] > m ? mx[l] : m; special = special || nf[l]; }
+    const int fe = scale_exponent(m);
+    const Pow2 sc(w - fe);
+    std::fill(f1.begin(), f1.end(), sc.f1);
+    std::fill(f2.begin(), f2.end(), sc.f2);
+    static_assert(S == 2, "the passes keep two slices");
+    int64_t acc[S] = {0, 0};
+    for (int64_t t0 = 0; t0 < N; t0 += kSumChunk) {  // each column gets one term per row
+      const int64_t t1 = std::min(N, t0 + kSumChunk);
+      std::fill(p0.begin(), p0.end(), 0.0);
+      std::fill(p1.begin(), p1.end(), 0.0);
+      SumFn<T>::slices()(base, stride, t0, t1, L, f1.data(), f2.data(), p2w, p0.data(), p1.data());
+      for (int64_t l = 0; l < L; ++l) {
+        acc[0] += static_cast<int64_t>(p0[l]);
+        acc[1] += static_cast<int64_t>(p1[l]);
+      }
+    }
+    if (special) {
+      SpecialAcc sp;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t l = 0; l < L; ++l) sp.add(static_cast<double>(base[n * stride + l]));
+      if (sp.any()) { out[c] = sp.value<T>(); continue; }
+    }
+    Int192 v;
+    for (int l = 0; l < S; ++l) v.add_shifted(acc[l], (S - 1 - l) * w);
+    out[c] = round_int192<T>(v, fe - S * w);
+  }
+}
+
 }  // namespace
+
+template <class T>
+void sum_channels(const T* x, T* out, int64_t N, int64_t C, int64_t L, bool exact, int threads) {
+  sum_channels_impl<T>(x, out, N, C, L, exact, threads);
+}
+template void sum_channels<float>(const float*, float*, int64_t, int64_t, int64_t, bool, int);
+template void sum_channels<double>(const double*, double*, int64_t, int64_t, int64_t, bool, int);
 
 template <class T>
 void matmul_fixed(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,

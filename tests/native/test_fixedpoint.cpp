@@ -82,6 +82,37 @@ static void test_exact_order_independence() {
   CHECK(same_bits(out1, out2));
 }
 
+// BatchNorm's per-channel sums read (N, C, L) in place: the same bits as the column sums of
+// the transposed (N * L) x C copy, in both modes, and in exact mode under any order of the
+// examples; more than one chunk of rows (N > 2^13) is crossed.
+static void test_channel_sums() {
+  std::mt19937_64 g(11);
+  std::normal_distribution<double> d;
+  for (auto dims : {std::vector<int64_t>{9000, 3, 1}, std::vector<int64_t>{17, 5, 33}}) {
+    const int64_t N = dims[0], C = dims[1], L = dims[2];
+    std::vector<float> x(N * C * L), flat(N * L * C);
+    for (auto& v : x) v = static_cast<float>(d(g) * std::pow(10.0, static_cast<int>(g() % 9) - 4));
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t l = 0; l < L; ++l) flat[(n * L + l) * C + c] = x[(n * C + c) * L + l];
+    for (bool exact : {true, false}) {
+      std::vector<float> a(C), b(C);
+      sum_channels<float>(x.data(), a.data(), N, C, L, exact, 2);
+      if (exact) sum_exact<float>(flat.data(), b.data(), N * L, C, 1);
+      else sum_fixed<float>(flat.data(), b.data(), N * L, C, nullptr, 1);
+      CHECK(same_bits(a, b));
+    }
+    std::vector<int64_t> p(N);
+    std::iota(p.begin(), p.end(), 0);
+    std::shuffle(p.begin(), p.end(), g);
+    std::vector<float> xp(x.size()), a(C), b(C);
+    for (int64_t n = 0; n < N; ++n) std::copy_n(&x[p[n] * C * L], C * L, &xp[n * C * L]);
+    sum_channels<float>(x.data(), a.data(), N, C, L, true, 1);
+    sum_channels<float>(xp.data(), b.data(), N, C, L, true, 2);
+    CHECK(same_bits(a, b));
+  }
+}
+
 // col2im is im2col's adjoint: <im2col(x), c> = <x, col2im(c)> (checked in float64 on small
 // integers, where every sum is exact), and im2col of a lone 1 puts it where the geometry says.
 static void test_im2col_adjoint() {
@@ -251,6 +282,7 @@ int main() {
   test_vector_recombination();
   test_exact_order_independence();
   test_im2col_adjoint();
+  test_channel_sums();
   if (failures == 0) std::printf("native core tests: all passed\n");
   return failures == 0 ? 0 : 1;
 }

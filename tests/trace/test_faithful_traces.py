@@ -132,8 +132,8 @@ def test_optimizers_with_state_replay_at_epsilon_0(tmp_path, make_opt, reproduci
     "make_opt,why",
     [
         (lambda p: torch.optim.RMSprop(p, lr=1e-3), "RMSprop"),
-        (lambda p: torch.optim.Adam(p, lr=1e-3, amsgrad=True), "amsgrad"),
-        (lambda p: torch.optim.SGD([{"params": list(p)[:2]}, {"params": list(p)[2:], "lr": 0.5}], lr=0.1), "group"),
+        (lambda p: torch.optim.Adam(p, lr=1e-3, fused=True), "fused"),
+        (lambda p: torch.optim.SGD([{"params": list(p)[:2]}], lr=0.1), "every parameter of the model"),
     ],
 )
 def test_unreplayable_optimizers_are_refused_when_recording(tmp_path, make_opt, why):

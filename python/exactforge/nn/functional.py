@@ -177,12 +177,11 @@ class _BatchNormEval(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         xhat, inv, weight = ctx.saved_tensors
-        shape, C = ctx.shape, xhat.shape[1]
+        shape = ctx.shape
         g = dy if weight is None else dy * weight.reshape(shape)
         dx = g * inv.reshape(shape) if ctx.needs_input_grad[0] else None
-        flat = lambda t: t.transpose(0, 1).reshape(C, -1).t()  # (examples x positions) x C
-        dw = _bsum(flat(dy * xhat), ctx.mode) if weight is not None and ctx.needs_input_grad[3] else None
-        db = _bsum(flat(dy), ctx.mode) if ctx.needs_input_grad[4] else None
+        dw = _channel_sum(dy * xhat, ctx.mode) if weight is not None and ctx.needs_input_grad[3] else None
+        db = _channel_sum(dy, ctx.mode) if ctx.needs_input_grad[4] else None
         return dx, None, None, dw, db, None, None
 
 
@@ -190,11 +189,15 @@ def batch_norm_eval(x, running_mean, running_var, weight, bias, eps: float, mode
     return _BatchNormEval.apply(x, running_mean, running_var, weight, bias, eps, mode)
 
 
-def _per_channel(t: torch.Tensor) -> torch.Tensor:
-    """(N, C, *) -> (N * positions, C), contiguous in one copy: a channel's terms as one
-    column, example by example and position by position (the order fixed mode sums in)."""
+def _channel_sum(t: torch.Tensor, mode: str) -> torch.Tensor:
+    """(N, C, *) -> (C,): each channel's sum over examples and positions, in the batch mode
+    (fixed: example by example, position by position). The native pass reads the activations
+    where they lie; other dtypes go through a transposed copy and the same sum."""
     N, C = t.shape[0], t.shape[1]
-    return t.reshape(N, C, -1).transpose(1, 2).reshape(-1, C)
+    x = t.detach().reshape(N, C, -1)
+    if x.dtype in _NATIVE:
+        return torch.from_numpy(_core.sum_channels(x.contiguous().numpy(), mode))
+    return _bsum(x.transpose(1, 2).reshape(-1, C), mode)
 
 
 class _BatchNormTrain(torch.autograd.Function):
@@ -208,9 +211,9 @@ class _BatchNormTrain(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps, mode):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         M = x.numel() // x.shape[1]
-        mean = _bsum(_per_channel(x), mode) / M
+        mean = _channel_sum(x, mode) / M
         xc = x - mean.reshape(shape)
-        var = _bsum(_per_channel(xc * xc), mode) / M
+        var = _channel_sum(xc * xc, mode) / M
         rstd = 1.0 / torch.sqrt(var + eps)
         xhat = xc * rstd.reshape(shape)
         y = xhat
@@ -229,8 +232,8 @@ class _BatchNormTrain(torch.autograd.Function):
         shape, M, mode = ctx.conf
         # the two sums over the batch that every gradient here needs (as torch's kernel): the
         # input gradient's means of gamma * dy and gamma * dy * xhat are gamma times them
-        sum_dy = _bsum(_per_channel(dy), mode)
-        sum_dyx = _bsum(_per_channel(dy * xhat), mode)
+        sum_dy = _channel_sum(dy, mode)
+        sum_dyx = _channel_sum(dy * xhat, mode)
         dx = None
         if ctx.needs_input_grad[0]:
             g, mg, mgx = dy, sum_dy / M, sum_dyx / M

@@ -183,8 +183,21 @@ class TraceRecorder:
     (``dropout_seed``, step, layer, dataset index), so a loop whose model has dropout in training
     mode calls ``rec.begin(idx)`` before each forward pass, and the verifier recomputes the same
     masks, under any batch order on the reproducible path. Which modules were in eval mode is
-    recorded too. What a verifier cannot replay is refused here, with the reason: other
-    optimizers, amsgrad, several parameter groups, other dropout types in training mode.
+    recorded too.
+
+    The loop is watched while it runs (``exactforge.trace.watch.LoopWatch``): every input to an
+    update is either recorded or refused at the step it appears, with the reason. ``scheduler``:
+    the LR scheduler driving ``optimizer`` (its state is recorded; each step's rate goes into
+    the record where it differs from the manifest's, and the verifier checks the rates against
+    the scheduler). ``clip_grad_norm`` / ``clip_grad_value``: the clipping the loop applies
+    between ``backward()`` and ``optimizer.step()``. ``augment``: an
+    ``exactforge.nn.KeyedAugment`` the loop applies with ``rec.augment(inputs, idx)``.
+    ``accumulate``: micro-batches per step (the batch split as ``numpy.array_split``, each
+    micro-batch's loss divided by ``accumulate``). Parameter groups and the optimizer options
+    amsgrad, maximize and foreach are recorded with the optimizer. Refused: other optimizers,
+    fused ones, dropout types whose masks cannot be keyed, gradients changed or accumulated
+    without a declaration, torch's random transforms, hyperparameters other than the learning
+    rate changed mid-run.
     """
 
     def __init__(

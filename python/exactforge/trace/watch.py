@@ -157,8 +157,9 @@ class LoopWatch:
         self._check_grads()
 
     def _check_grads(self) -> None:
-        expected = [None if i not in self.grads else self.grads[i].clone() for i in range(len(self.params))]
-        if self.clip is not None:
+        expected = [self.grads.get(i) for i in range(len(self.params))]
+        if self.clip is not None:  # clipped as the verifier will, on copies
+            expected = [None if g is None else g.clone() for g in expected]
             self.clip_fn([g for g in expected if g is not None])
         for i, p in enumerate(self.params):
             have, want = p.grad, expected[i]
@@ -233,10 +234,10 @@ class LoopWatch:
 
     def _check_loss(self, output: Any, output_grad: Any, b: Any) -> None:
         torch = self._torch
-        out = output.to("cpu").clone().requires_grad_(True)
+        out = output.to("cpu").requires_grad_(True)  # output is the forward's value, detached
         loss = self.loss(out, self.y[b])
-        (loss if self.accumulate == 1 else loss / self.accumulate).backward()
-        if out.grad is None or not torch.equal(out.grad, output_grad.to("cpu")):
+        (grad,) = torch.autograd.grad(loss if self.accumulate == 1 else loss / self.accumulate, out)
+        if not torch.equal(grad, output_grad.to("cpu")):
             scaled = f" divided by {self.accumulate} (loss / accumulate)" if self.accumulate > 1 else ""
             raise ValueError(
                 f"TraceRecorder: the loss's gradient at the model's output is not the recorded loss's{scaled} "

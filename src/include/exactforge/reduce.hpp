@@ -30,6 +30,11 @@ template <class T>
 void matmul_exact(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n, int threads);
 template <class T>
 void sum_exact(const T* x, T* out, int64_t k, int64_t n, int threads);
+/// Per channel of an (N, C, L) array, the sum of its N * L terms x[n, c, l]: the same bits as
+/// sum_fixed / sum_exact over the (N * L) x C matrix whose row n * L + l holds x[n, :, l]
+/// (BatchNorm's statistics), without that transposed copy. `exact`: order-independent.
+template <class T>
+void sum_channels(const T* x, T* out, int64_t N, int64_t C, int64_t L, bool exact, int threads);
 /// The float32 exact matmul through a named kernel (0 auto, 1 float64 slices, 2 int8 digits in
 /// C++, 3 int8 digits on AMX): the same bits from every one; for tests and benchmarks.
 void matmul_exact_with(const float* a, const float* b, float* out, int64_t m, int64_t k, int64_t n,
