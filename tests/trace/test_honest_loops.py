@@ -32,7 +32,7 @@ STEPS, B = 5, 16
 
 @dataclass(frozen=True)
 class Loop:
-    model: str  # "mlp" | "mlp-dropout" | "cnn" | "cnn-bn" | "cnn-bn-eval"
+    model: str  # "mlp" | "mlp-dropout" | "mlp-gelu" | "cnn" | "cnn-bn" | "cnn-bn-eval"
     reproducible: bool
     optimizer: str  # "sgd" | "momentum" | "nesterov" | "adam" | "adamw"
     scheduler: str  # "none" | "step" | "exp" | "cosine" | "linear" | "multistep" | "onecycle" | "plateau" | "hand"
@@ -48,8 +48,8 @@ class Loop:
 
 def build_model(kind: str) -> nn.Module:
     if kind.startswith("mlp"):
-        layers = [nn.Flatten(), nn.Linear(64, 24), nn.ReLU()]
-        if kind == "mlp-dropout":
+        layers = [nn.Flatten(), nn.Linear(64, 24), nn.GELU("tanh") if kind == "mlp-gelu" else nn.ReLU()]
+        if kind in ("mlp-dropout", "mlp-gelu"):
             layers.append(nn.Dropout(0.2))
         return nn.Sequential(*layers, nn.Linear(24, 10))
     layers = [nn.Conv2d(1, 4, 3)]
@@ -228,7 +228,7 @@ def check(loop: Loop, out: str) -> str:
 
 LOOPS = st.builds(
     Loop,
-    model=st.sampled_from(["mlp", "mlp-dropout", "cnn", "cnn-bn", "cnn-bn-eval"]),
+    model=st.sampled_from(["mlp", "mlp-dropout", "mlp-gelu", "cnn", "cnn-bn", "cnn-bn-eval"]),
     reproducible=st.booleans(),
     optimizer=st.sampled_from(
         ["sgd", "momentum", "nesterov", "sgd-maximize-foreach", "adam", "adam-amsgrad", "adamw", "adamw-foreach"]
@@ -281,6 +281,10 @@ NAMED = {
     ),
     "amsgrad, foreach, maximize": (
         Loop("mlp-dropout", False, "adamw-foreach", "cosine", "none", False, 1, "none", "ce", True, groups=True),
+        "accepted",
+    ),
+    "GELU and dropout, reproducible, accumulated": (
+        Loop("mlp-gelu", True, "adam-amsgrad", "chained", "value", True, 2, "keyed", "mse", True, groups=True),
         "accepted",
     ),
     "fused Adam": (Loop("mlp", False, "adam-fused", "none", "none", False, 1, "none", "ce", True), "refused"),

@@ -124,3 +124,53 @@ def test_the_readers_group_bound_is_the_optimizers():
     from exactforge.trace.reader import MAX_GROUPS as READER
 
     assert READER == MAX_GROUPS
+
+
+def test_a_zero_dimensional_buffer_written_as_one_element_is_invalid(tmp_path):
+    """BatchNorm's num_batches_tracked is declared 0-d; a checkpoint holding it as (1,) (the
+    same value, the same bytes) is another tensor, whatever the hashes say."""
+    from safetensors.numpy import load_file, save_file
+
+    out = str(tmp_path / "bn")
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(72, 10)
+    )
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    rng = np.random.default_rng(0)
+    with TraceRecorder(out, m, opt, DATA, steps=2, batch_size=8, input_shape=(1, 8, 8)) as rec:
+        for _ in range(2):
+            idx = rng.choice(len(DATA), 8, replace=False)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(X[torch.from_numpy(idx)]), Y[torch.from_numpy(idx)]).backward()
+            opt.step()
+            rec.step(idx)
+
+    def fresh():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(72, 10)
+        )
+
+    assert verify_trace(out, model=fresh()).accepted
+    import os
+
+    for name in ("00000000", "00000002"):
+        d = H.copy(out, str(tmp_path / f"t{name}"))
+        path = os.path.join(d, "checkpoints", f"{name}.safetensors")
+        tensors = load_file(path)
+        tensors["1.num_batches_tracked"] = tensors["1.num_batches_tracked"].reshape(1)
+        save_file(tensors, path, metadata={"exactforge_step": str(int(name))})
+        H.rechain(d)
+        rep = verify_trace(d, model=fresh())
+        assert not rep.valid and "num_batches_tracked" in rep.reason, rep.reason
+    d = H.copy(out, str(tmp_path / "declared"))
+
+    def one_element(man):
+        for ent in man["tensors"]:  # [name, dtype, shape]
+            if ent[0] == "1.num_batches_tracked":
+                ent[2] = [1]
+
+    H.rechain(d, manifest_edit=one_element)
+    rep = verify_trace(d, model=fresh())
+    assert not rep.valid and "num_batches_tracked" in rep.reason, rep.reason

@@ -271,9 +271,14 @@ def select_segments(
 def _check_table(trace: Trace, expected: Dict[str, Tuple[str, Tuple[int, ...]]], what: str) -> None:
     table = trace.manifest.tensors
     if dict(table) != dict(expected):
-        got = [(k, *v) for k, v in list(table.items())[:4]]
-        want = [(k, *v) for k, v in list(expected.items())[:4]]
-        raise TraceError(f"manifest: the checkpoint tensors {got}... are not those of {what} {want}...")
+        # the first tensor that differs, by name: a shape (1,) against a 0-d one reads plainly
+        for name in list(expected) + [k for k in table if k not in expected]:
+            if table.get(name) != expected.get(name):
+                have = "absent" if name not in table else f"{table[name][0]} {list(table[name][1])}"
+                want = "absent" if name not in expected else f"{expected[name][0]} {list(expected[name][1])}"
+                raise TraceError(
+                    f"manifest: the checkpoint tensor {name[:80]!r} is {have} in the trace and {want} in {what}"
+                )
 
 
 def _model_spec(man: Dict[str, Any]) -> M.ModelSpec:
