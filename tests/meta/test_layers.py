@@ -19,6 +19,7 @@ LAYERS = [
     ("exactforge.nn",),
     ("exactforge.models",),
     ("exactforge.trace",),
+    ("exactforge.pol",),
     ("exactforge.verify",),
     ("exactforge.forging",),
     ("exactforge.invert",),

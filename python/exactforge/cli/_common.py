@@ -71,6 +71,23 @@ def write_json(args: argparse.Namespace, result: Any) -> None:
         _json.write(args.json, result)
 
 
+def import_function(spec: str, flag: str) -> Any:
+    """``MODULE:FUNCTION`` from the caller's own environment (the verifier's code, never the
+    trace's); ValueError naming the flag when it cannot be imported or called."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"{flag}: expected MODULE:FUNCTION, got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"{flag}: cannot import {spec!r} ({exc})") from None
+    if not callable(fn):
+        raise ValueError(f"{flag}: {spec!r} is not callable")
+    return fn
+
+
 def fail(command: Optional[str], kind: str, message: Any) -> int:
     """The one error line of every refusal: ``exactforge COMMAND: KIND: MESSAGE`` on stderr; exit 2."""
     print(f"exactforge{' ' + command if command else ''}: {kind}: {message}", file=sys.stderr)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..trace.limits import DEFAULT_LIMITS, Limits
-from ._common import _count, _data_args, _executor, _given_data, _ray_args, _sub, fail, say, write_json
+from ._common import _count, _data_args, _executor, _given_data, _ray_args, _sub, fail, import_function, say, write_json
 
 
 def register(sub: Any) -> None:
@@ -59,6 +59,15 @@ def register(sub: Any) -> None:
         help="the function of a LambdaLR or MultiplicativeLR scheduler the trace declares (the verifier's own "
         "code; a trace cannot carry a function), to check the recorded learning rates against it",
     )
+    v.add_argument(
+        "--pol-reference",
+        choices=("auto", "all", "topq", "off"),
+        default="auto",
+        help="also give the Proof-of-Learning reference's verdict (its four distances and thresholds, its "
+        "initialisation test): over every segment (all), or its top-Q (topq, with --pol-q); auto: every "
+        "segment, for imported proofs only",
+    )
+    v.add_argument("--pol-q", type=_count(1), default=2, help="Q of --pol-reference topq (the reference's --q)")
     _ray_args(v, "the segments", checkpoints=True)
     v.set_defaults(func=run)
 
@@ -85,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         executor=executor,
         initial_test=args.initial_test,
         limits=Limits(max_checkpoint_bytes=args.max_model_mb << 20),
-        lr_lambda=_function(args.lr_lambda, "--lr-lambda") if args.lr_lambda else None,
+        lr_lambda=import_function(args.lr_lambda, "--lr-lambda") if args.lr_lambda else None,
+        reference={"auto": None, "off": False}.get(args.pol_reference, True),
+        reference_q=args.pol_q if args.pol_reference == "topq" else None,
     )
     write_json(args, rep.to_dict())
     if not rep.valid:
@@ -123,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if rep.learning_rates and (rep.learning_rates["per_step"] or rep.learning_rates["scheduler"]):
         say(args, _rates(rep.learning_rates))
+    if rep.reference:
+        say(args, _reference_line(rep.reference))
     if rep.declared:
         say(args, f"declared by the prover, not verified: {', '.join(rep.declared)}")
     return 0 if rep.accepted else 1
@@ -135,18 +148,20 @@ def _rates(lr: Any) -> str:
     return text + f"; {lr['reason']}"
 
 
-def _function(spec: str, flag: str) -> Any:
-    """``module:function`` imported from the verifier's own environment."""
-    import importlib
-
-    module, _, name = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise SystemExit(fail("verify", "usage", f"{flag}: cannot import {spec!r} ({exc}); expected MODULE:FUNCTION"))
-    if not callable(fn):
-        raise SystemExit(fail("verify", "usage", f"{flag}: {spec!r} is not callable"))
-    return fn
+def _reference_line(ref: Any) -> str:
+    dist = ", ".join(
+        f"{m} {ref['max_distance'][m]:.3g} (<= {ref['thresholds'][m]:g}, {ref['above'][m]} over)"
+        for m in ("l1", "l2", "linf", "cos")
+    )
+    scope = f"top-{ref['q']} ({len(ref['segments'])} segments)" if ref["policy"] == "top-q" else "every segment"
+    init = ref.get("initialization")
+    init_s = (
+        f"; initialisation test {'passed' if init['passed'] else 'FAILED'} (smallest p {init['min_p_value']:.2g})"
+        if init
+        else ""
+    )
+    verdict = "ACCEPTS" if ref["accepted"] else "REJECTS"
+    return f"the Proof-of-Learning reference {verdict} ({scope}): max {dist}{init_s}; {ref['agreement']}"
 
 
 def _theta0(rep: Any) -> str:

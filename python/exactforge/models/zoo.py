@@ -1,6 +1,8 @@
 """The models of the reproduction-error studies, as ``torch.nn`` modules (the papers' zoo):
 logistic regression, FCN (one hidden ReLU layer of 100 units), LeNet-5 and VGGmini (adapted to
-the input size), and a small decoder-only Transformer classifier."""
+the input size), a small decoder-only Transformer classifier, and ResNet-20 (He et al.'s CIFAR
+ResNet, as the Proof-of-Learning reference trains it: its state_dict keys are that code's, so
+the reference's proofs load into it)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["ZOO", "build_model", "FlatInput", "LeNet5", "VGGMini", "TransformerClassifier"]
+__all__ = ["ZOO", "build_model", "FlatInput", "LeNet5", "VGGMini", "TransformerClassifier", "ResNet20"]
 
-ZOO = ("logreg", "fcn", "lenet", "vggmini", "transformer")
+ZOO = ("logreg", "fcn", "lenet", "vggmini", "transformer", "resnet20")
 
 
 def _flat_size(features: nn.Module, shape: Tuple[int, ...]) -> int:
@@ -77,6 +79,62 @@ class VGGMini(nn.Module):
         return self.classifier(self.features(x))
 
 
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm and a shortcut: the identity, or the parameter-free
+    option A where the shape changes."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        from ..nn import ShortcutA
+
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = (
+            ShortcutA(in_planes, planes, stride) if stride != 1 or in_planes != planes else nn.Sequential()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """ResNet-20 for 32x32 images: a 3x3 convolution to 16 channels, three stages of three
+    basic blocks (16, 32, 64 channels; the second and third start with stride 2), global average
+    pooling and a linear layer; 0.27M parameters on CIFAR-10. Kaiming-normal initialisation of
+    the convolutions and the linear weight, as the reference."""
+
+    init_law = "kaiming-normal"  # what the initialisation-law test checks theta_0 against
+
+    def __init__(self, shape: Tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        c, h, w = shape
+        self.conv1 = nn.Conv2d(c, 16, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        planes, layers = 16, []
+        for width, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for s in (stride, 1, 1):
+                blocks.append(BasicBlock(planes, width, s))
+                planes = width
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        size = ((h + 3) // 4, (w + 3) // 4)  # after two stride-2 stages
+        self.pool = nn.AvgPool2d(size)
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(self.pool(out).flatten(1))
+
+
 class TransformerClassifier(nn.Module):
     """A decoder-only Transformer (causal self-attention) over token ids; the class is read
     from the last position."""
@@ -136,4 +194,4 @@ def build_model(
     if len(input_shape) != 3:
         raise ValueError(f"model: {name} needs image data (digits, mnist, cifar10), got inputs of shape {input_shape}")
     c, h, w = (int(s) for s in input_shape)
-    return (LeNet5 if name == "lenet" else VGGMini)((c, h, w), num_classes)
+    return {"lenet": LeNet5, "vggmini": VGGMini, "resnet20": ResNet20}[name]((c, h, w), num_classes)

@@ -29,6 +29,7 @@ from .functional import (
     tanh,
 )
 from .layers.dropout import dropout_keys, keyed_dropout, keyed_layers
+from .layers.elementwise import ShortcutA
 
 __all__ = [
     "reproducible",
@@ -51,4 +52,5 @@ __all__ = [
     "grad_norm",
     "batch_norm_train",
     "KeyedAugment",
+    "ShortcutA",
 ]

@@ -107,11 +107,13 @@ FIELDS: Dict[str, str] = {
     "clip_grad": "checked",
     "augment": "checked",
     "accumulate": "checked",
+    "normalize": "checked",
     "scheduler": "checked",
     "data": "checked",
     "created": "declared",
     "environment": "declared",
     "extra": "declared",
+    "imported": "declared",
 }
 DATA_FIELDS: Dict[str, str] = {
     "fingerprint": "checked",
@@ -279,6 +281,17 @@ def _check_training(man: Dict[str, Any], limits: Limits) -> None:
         or not 0 < next(iter(clip.values())) < 1e30
     ):
         raise TraceError("manifest: 'clip_grad' must be {'norm': a positive number} or {'value': ...} (torch traces)")
+    norm = man.get("normalize")
+    if norm is not None and (
+        man["engine"] != "torch"
+        or not isinstance(norm, dict)
+        or set(norm) != {"mean", "std"}
+        or not all(isinstance(norm[k], list) and 1 <= len(norm[k]) <= 64 for k in norm)
+        or len(norm["mean"]) != len(norm["std"])
+        or not all(type(v) is float and abs(v) < 1e6 for v in norm["mean"])
+        or not all(type(v) is float and 1e-12 < v < 1e6 for v in norm["std"])
+    ):
+        raise TraceError("manifest: 'normalize' must be {'mean': [...], 'std': [positive ...]}, one per channel")
     acc = man.get("accumulate")
     if acc is not None and (man["engine"] != "torch" or type(acc) is not int or not 2 <= acc <= 1024):
         raise TraceError("manifest: 'accumulate' must be the number of micro-batches per step, 2..1024 (torch traces)")

@@ -97,11 +97,13 @@ def _open_parent(root: str, rel: str, what: str, missing_ok: bool = False) -> Op
     return dfd, parts[1]
 
 
-def read_file(root: str, rel: str, max_bytes: int, what: str, missing_ok: bool = False) -> Optional[bytearray]:
-    """The bytes of the regular file ``root/rel`` (a fixed trace name), at most ``max_bytes``;
-    None when it is absent and ``missing_ok``. Raises TraceError (never blocks on a FIFO, never
-    follows a link, never reads a device)."""
-    if not _NAME.match(rel):
+def read_file(
+    root: str, rel: str, max_bytes: int, what: str, missing_ok: bool = False, names: Any = None
+) -> Optional[bytearray]:
+    """The bytes of the regular file ``root/rel`` (a fixed trace name, or one ``names`` (a
+    compiled pattern) allows), at most ``max_bytes``; None when it is absent and ``missing_ok``.
+    Raises TraceError (never blocks on a FIFO, never follows a link, never reads a device)."""
+    if not (names or _NAME).match(rel):
         raise TraceError(f"{what}: {rel!r} is not a trace file name")
     opened = _open_parent(root, rel, what, missing_ok)
     if opened is None:

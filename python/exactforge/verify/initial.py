@@ -64,6 +64,9 @@ def initial_law_test(theta0: Dict[str, np.ndarray], model: Any = None, spec: Any
         return out
     from torch import nn
 
+    # a model that says so (ResNet-20: init_law = "kaiming-normal") draws its weights from
+    # N(0, 2 / fan_in), as the reference's test for CIFAR ResNets assumes
+    normal = getattr(model, "init_law", None) == "kaiming-normal"
     for mod_name, m in model.named_modules():
         if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             continue
@@ -72,7 +75,10 @@ def initial_law_test(theta0: Dict[str, np.ndarray], model: Any = None, spec: Any
             continue
         fan_in = int(np.prod(theta0[w].shape[1:]))
         bound = 1.0 / math.sqrt(fan_in)
-        out.append(_test(w, theta0[w], "uniform", bound, fan_in))
+        if normal:
+            out.append(_test(w, theta0[w], "normal", math.sqrt(2.0 / fan_in), fan_in))
+        else:
+            out.append(_test(w, theta0[w], "uniform", bound, fan_in))
         b = f"{mod_name}.bias" if mod_name else "bias"
         if b in theta0 and theta0[b].size > 1:
             out.append(_test(b, theta0[b], "uniform", bound, fan_in))

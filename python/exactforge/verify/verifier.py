@@ -34,6 +34,7 @@ from ..trace.reader import finite
 from .distances import DISTANCES, verification_distance
 from .initial import initial_law_test
 from .initial import summary as init_summary
+from .reference import reference_distances
 
 __all__ = [
     "POLICIES",
@@ -64,6 +65,9 @@ class StepResult:
     # so epsilon = 0 cannot tell such gradients apart. Median and smallest over the coordinates.
     resolution: Optional[float] = None
     resolution_min: Optional[float] = None
+    # the Proof-of-Learning reference's distances where they are asked for (imported proofs):
+    # "recomputed" (logged end vs recomputed) and "update" (logged start vs logged end)
+    reference: Optional[Dict[str, Dict[str, float]]] = None
 
 
 def resolution(theta: Dict[str, np.ndarray], lr: float) -> Tuple[float, float]:
@@ -128,6 +132,8 @@ class VerificationReport:
     # torch traces: the learning rates the records carry, and whether the declared scheduler
     # replays them (see learning_rates())
     learning_rates: Optional[Dict[str, Any]] = None
+    # the Proof-of-Learning reference's verdict beside this one (exactforge.verify.reference)
+    reference: Optional[Dict[str, Any]] = None
     executor: Optional[Dict[str, Any]] = (
         None  # where the segments ran (None: here, serially); see exactforge.distributed
     )
@@ -384,6 +390,7 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
         clip=man.get("clip_grad"),
         augment=augment,
         accumulate=man.get("accumulate") or 1,
+        normalize=_normalization(man, X),
     )
 
     def initial() -> Optional[Dict[str, np.ndarray]]:
@@ -394,6 +401,15 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
         }
 
     return load, step, initial
+
+
+def _normalization(man: Any, X: Any) -> Optional[Dict[str, List[float]]]:
+    norm = man.get("normalize")
+    if norm is not None and (X.dim() < 2 or X.shape[1] != len(norm["mean"])):
+        raise TraceError(
+            f"manifest: 'normalize' has {len(norm['mean'])} channels, the inputs have {list(X.shape[1:2])}"
+        )
+    return norm
 
 
 def _verifier_model(man: Any, data: Dataset, model: Any, spec: Optional[M.ModelSpec]) -> Any:
@@ -489,6 +505,8 @@ def verify_trace(
     executor: Any = None,
     initial_test: bool = False,
     lr_lambda: Optional[Callable[[int], float]] = None,
+    reference: Optional[bool] = None,
+    reference_q: Optional[int] = None,
 ) -> VerificationReport:
     """Verifies a trace. Never raises on a bad trace or argument: the report is then
     ``valid=False`` with a ``reason``.
@@ -514,6 +532,11 @@ def verify_trace(
     recorded state and stepped once per step, gives those rates (``lr_lambda``: the function of
     a LambdaLR or MultiplicativeLR, which the trace cannot carry). Rates no scheduler explains
     are the prover's choice, and the report says so.
+
+    ``reference``: also compute the Proof-of-Learning reference's verdict with its semantics
+    (its four distances and thresholds over every segment, or its top-Q with ``reference_q``,
+    and its initialisation test) and say where it differs from this one (None: for imported
+    proofs only).
 
     ``executor`` spreads the recomputation over a cluster: an
     :class:`exactforge.verify.ray.RayExecutor` schedules the segments as Ray tasks. The
@@ -558,6 +581,7 @@ def verify_trace(
             _describe(report, trace, allow_partial)
             report.learning_rates = learning_rates(trace, lr_lambda)
             load, step, initial = engine_for(trace, data, threads, model, loss_fn)
+            job = _with_reference(job, trace, step, reference)
             _check_declarations(trace.manifest, data, step)
             theta0 = finite(load(0), 0)
             failed_init = _check_theta0(report, trace.manifest, theta0, step, initial, initial_test)
@@ -599,6 +623,8 @@ def verify_trace(
             report.accepted, report.reason = False, failed_init
         if report.steps:
             report.resolution = float(np.median([r.resolution for r in report.steps]))
+        if job.reference_names:
+            report.reference = _reference(report, theta0, step, reference_q)
         return report
 
 
@@ -777,6 +803,7 @@ class SegmentJob:
     distance_kind: str
     epsilon: float
     threads: Optional[int]
+    reference_names: Optional[Tuple[str, ...]] = None  # parameters the reference's distances cover
 
 
 def engine_for(trace: Trace, data: Dataset, threads: Optional[int], model: Any = None, loss_fn: Any = None):
@@ -817,7 +844,7 @@ def recompute_segments(
     parts = trace.manifest.get("accumulate") or 1
     with _torch_threads(trace.manifest["engine"], job.threads):
         for s, e, state, logged in _states(segs, load, theta0):
-            t0 = time.perf_counter()
+            t0, start = time.perf_counter(), state
             for rec in trace.iter_records(s, e):
                 t, idx = rec.step, rec.batch
                 assert idx is not None  # iter_records reads the batches
@@ -826,7 +853,37 @@ def recompute_segments(
                 state = step(state, idx, t) if rec.lr is None else step(state, idx, t, lr=rec.lr)
             err = verification_distance(_pairs(state, logged), job.distance_kind)
             res_med, res_min = resolution(logged, lr)
-            on_result(StepResult(s, e, err, bool(err <= job.epsilon), time.perf_counter() - t0, res_med, res_min))
+            ref = None
+            if job.reference_names:
+                names = job.reference_names
+                ref = {
+                    "recomputed": reference_distances(logged, state, names),
+                    "update": reference_distances(start, logged, names),
+                }
+            on_result(StepResult(s, e, err, bool(err <= job.epsilon), time.perf_counter() - t0, res_med, res_min, ref))
+
+
+def _with_reference(job: SegmentJob, trace: Trace, step: Any, reference: Optional[bool]) -> SegmentJob:
+    """The job, computing the reference's distances where asked (by default for imported
+    proofs): over the torch model's parameters."""
+    import dataclasses
+
+    wanted = trace.manifest.get("imported") is not None if reference is None else bool(reference)
+    model = getattr(step, "model", None)
+    if not wanted or model is None:
+        return job
+    return dataclasses.replace(job, reference_names=tuple(n for n, _ in model.named_parameters()))
+
+
+def _reference(report: VerificationReport, theta0: Any, step: Any, q: Optional[int]) -> Optional[Dict[str, Any]]:
+    from .initial import initial_law_test
+    from .reference import reference_verdict
+
+    tests = initial_law_test(theta0, model=getattr(step, "model", None))
+    verdict = reference_verdict(
+        report.steps, exactforge_accepted=report.accepted, epsilon=report.epsilon, q=q, initial_tests=tests
+    )
+    return verdict.to_dict() if verdict is not None else None
 
 
 def permuted(idx: np.ndarray, seed: int, t: int, parts: int = 1) -> np.ndarray:

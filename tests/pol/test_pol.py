@@ -1,0 +1,194 @@
+"""Proofs of the Proof-of-Learning reference: read without running code, imported as traces,
+verified both ways."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from exactforge.data import Dataset, load_dataset
+from exactforge.models.zoo import build_model
+from exactforge.pol import ProofError, TrainingArgs, import_proof, reference_data_hash, write_reference_proof
+from exactforge.verify import verify_trace
+
+DATA = load_dataset("digits")
+ARGS = TrainingArgs(
+    lr=0.05, momentum=0.9, weight_decay=1e-4, save_freq=5, milestones=[6, 10], gamma=0.1, normalize=[[0.5], [0.5]]
+)
+
+
+@pytest.fixture(scope="module")
+def proof(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("pol") / "proof")
+    model = build_model("lenet", DATA.shape, 10, seed=0)
+    return write_reference_proof(
+        out,
+        model,
+        DATA,
+        steps=12,
+        batch_size=16,
+        save_freq=5,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=1e-4,
+        milestones=[6, 10],
+        gamma=0.1,
+        normalize=[[0.5], [0.5]],
+    )
+
+
+def test_an_imported_proof_verifies_at_epsilon_0_and_the_reference_agrees(proof, tmp_path):
+    rep = import_proof(proof, str(tmp_path / "t"), model="lenet", data=DATA, args=ARGS)
+    assert (rep.steps, rep.batch_size, rep.checkpoints) == (12, 16, 4)  # theta at 0, 5, 10, 12
+    assert rep.data_hash_checked is None and "unchecked" in rep.data_hash_note
+    v = verify_trace(str(tmp_path / "t"))
+    assert v.valid and v.accepted and v.max_error == 0.0, v.reason
+    assert v.learning_rates["follows"] and "imported" in v.declared
+    ref = v.reference
+    assert ref["accepted"] and ref["policy"] == "all" and ref["max_distance"]["l2"] == 0.0
+    assert ref["agreement"].startswith("both accept")
+    top = verify_trace(str(tmp_path / "t"), reference_q=1)
+    assert top.reference["policy"] == "top-q" and 1 <= len(top.reference["segments"]) <= 3
+
+
+def test_a_perturbed_checkpoint_is_rejected_by_exactforge_and_accepted_by_the_reference(proof, tmp_path):
+    bad = str(tmp_path / "proof")
+    shutil.copytree(proof, bad)
+    ck = torch.load(os.path.join(bad, "model_step_10"), weights_only=True)
+    with torch.no_grad():
+        for v in ck["net"].values():
+            if v.is_floating_point():
+                v.add_(1e-5)  # far below the reference's thresholds
+    torch.save(ck, os.path.join(bad, "model_step_10"))
+    import_proof(bad, str(tmp_path / "t"), model="lenet", data=DATA, args=ARGS)
+    v = verify_trace(str(tmp_path / "t"))
+    assert v.valid and not v.accepted
+    assert v.reference["accepted"] and "exactforge rejects" in v.reference["agreement"]
+
+
+def test_data_parallel_keys_are_accepted(proof, tmp_path):
+    dp = str(tmp_path / "proof")
+    shutil.copytree(proof, dp)
+    for name in os.listdir(dp):
+        if name.startswith("model_step_"):
+            ck = torch.load(os.path.join(dp, name), weights_only=True)
+            ck["net"] = {"module." + k: v for k, v in ck["net"].items()}
+            torch.save(ck, os.path.join(dp, name))
+    import_proof(dp, str(tmp_path / "t"), model="lenet", data=DATA, args=ARGS)
+    assert verify_trace(str(tmp_path / "t")).accepted
+
+
+class _Writes:
+    """Unpickling this runs open(path, 'w'): what a hostile proof would do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_whose_unpickling_would_run_code_is_refused_without_running(proof, tmp_path):
+    bad = str(tmp_path / "proof")
+    shutil.copytree(proof, bad)
+    marker = str(tmp_path / "pwned")
+    torch.save({"net": {"x": torch.zeros(1)}, "optimizer": _Writes(marker)}, os.path.join(bad, "model_step_0"))
+    with pytest.raises(ProofError, match="was not unpickled"):
+        import_proof(bad, str(tmp_path / "t"), model="lenet", data=DATA, args=ARGS)
+    assert not os.path.exists(marker) and not os.path.exists(tmp_path / "t")
+    cli = subprocess.run(
+        [sys.executable, "-m", "exactforge.cli", "import-pol", bad, "--out", str(tmp_path / "t2"), "--model", "lenet"],
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 2 and "was not unpickled" in cli.stderr and not os.path.exists(marker)
+
+
+def _edit(proof, tmp_path, fn):
+    bad = str(tmp_path / "proof")
+    shutil.copytree(proof, bad)
+    fn(bad)
+    return bad
+
+
+@pytest.mark.parametrize(
+    "name,edit,match",
+    [
+        ("pickled indices", lambda d: np.save(os.path.join(d, "indices.npy"), np.array([[object()]])), "indices.npy"),
+        ("indices of one dimension", lambda d: np.save(os.path.join(d, "indices.npy"), np.arange(5)), "indices.npy"),
+        ("indices past the data", lambda d: np.save(os.path.join(d, "indices.npy"), np.full((12, 16), 10**6)), "data"),
+        ("a bad hash", lambda d: open(os.path.join(d, "hash.txt"), "w").write("xyz"), "hash.txt"),
+        ("a missing checkpoint", lambda d: os.remove(os.path.join(d, "model_step_5")), "model_step_5"),
+        (
+            "a checkpoint linked elsewhere",
+            lambda d: (
+                os.remove(os.path.join(d, "model_step_5")),
+                os.symlink("/dev/zero", os.path.join(d, "model_step_5")),
+            ),
+            "model_step_5",
+        ),
+        (
+            "a checkpoint of another model",
+            lambda d: torch.save(
+                {"net": build_model("fcn", DATA.shape, 10).state_dict()}, os.path.join(d, "model_step_10")
+            ),
+            "model_step_10",
+        ),
+        (
+            "not a checkpoint",
+            lambda d: open(os.path.join(d, "model_step_10"), "wb").write(b"\x80\x04junk"),
+            "model_step_10",
+        ),
+    ],
+)
+def test_a_malformed_proof_is_refused_and_leaves_nothing(proof, tmp_path, name, edit, match):
+    bad = _edit(proof, tmp_path, edit)
+    with pytest.raises(ValueError, match=match):
+        import_proof(bad, str(tmp_path / "t"), model="lenet", data=DATA, args=ARGS)
+    assert not os.path.exists(tmp_path / "t")
+
+
+def test_arguments_that_are_not_the_proofs_are_refused(proof, tmp_path):
+    wrong = TrainingArgs(
+        lr=0.05, momentum=0.9, weight_decay=1e-4, save_freq=5, milestones=[7], normalize=ARGS.normalize
+    )
+    with pytest.raises(ValueError, match="milestones"):
+        import_proof(proof, str(tmp_path / "t"), model="lenet", data=DATA, args=wrong)
+    with pytest.raises(ValueError, match="batch_size"):
+        import_proof(proof, str(tmp_path / "t"), model="lenet", data=DATA, args=TrainingArgs(batch_size=8))
+
+
+def test_the_cli_imports_and_verifies(proof, tmp_path):
+    out = str(tmp_path / "t")
+    base = [sys.executable, "-m", "exactforge.cli"]
+    imp = subprocess.run(
+        base
+        + ["import-pol", proof, "--out", out, "--model", "lenet", "--normalize", "0.5,0.5", "--lr", "0.05"]
+        + ["--momentum", "0.9", "--weight-decay", "1e-4", "--save-freq", "5", "--milestones", "6,10"],
+        capture_output=True,
+        text=True,
+    )
+    assert imp.returncode == 0, imp.stderr
+    ver = subprocess.run(base + ["verify", out, "--quiet"], capture_output=True, text=True)
+    assert ver.returncode == 0 and "Proof-of-Learning reference ACCEPTS" in ver.stdout, ver.stdout + ver.stderr
+    bad = subprocess.run(
+        base + ["import-pol", proof, "--out", out + "2", "--model", "nope"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "model" in bad.stderr
+
+
+def test_the_reference_data_hash_is_the_text_of_each_image():
+    u8 = np.arange(3 * 784, dtype=np.int64).reshape(3, 784) % 256
+    data = Dataset("mnist", (u8 / 255.0).astype(np.float32), np.zeros(3, np.int64), 10, 255, (1, 28, 28))
+    m = hashlib.sha256()
+    for img in torch.from_numpy(u8.astype(np.uint8).reshape(3, 28, 28)):
+        m.update(str(img).encode("utf-8"))
+    assert reference_data_hash(data) == m.hexdigest()
+    assert reference_data_hash(DATA) is None  # digits: not a data set the reference hashes
