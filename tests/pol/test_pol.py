@@ -185,10 +185,52 @@ def test_the_cli_imports_and_verifies(proof, tmp_path):
 
 
 def test_the_reference_data_hash_is_the_text_of_each_image():
-    u8 = np.arange(3 * 784, dtype=np.int64).reshape(3, 784) % 256
-    data = Dataset("mnist", (u8 / 255.0).astype(np.float32), np.zeros(3, np.int64), 10, 255, (1, 28, 28))
+    from exactforge.pol.importer import text_hash
+
+    u8 = (np.arange(3 * 784, dtype=np.int64).reshape(3, 784) * 7 % 256).astype(np.uint8)
     m = hashlib.sha256()
-    for img in torch.from_numpy(u8.astype(np.uint8).reshape(3, 28, 28)):
+    for img in torch.from_numpy(u8.reshape(3, 28, 28)):
         m.update(str(img).encode("utf-8"))
-    assert reference_data_hash(data) == m.hexdigest()
+    assert text_hash(u8, "mnist") == m.hexdigest()
+    c = (np.arange(2 * 3072) % 256).astype(np.uint8).reshape(2, 3, 32, 32)
+    m = hashlib.sha256()
+    for img in c.transpose(0, 2, 3, 1):  # torchvision's CIFAR .data is height x width x channel
+        m.update(str(img).encode("utf-8"))
+    assert text_hash(c, "cifar10") == m.hexdigest() and "..." in str(c[0].transpose(1, 2, 0))
     assert reference_data_hash(DATA) is None  # digits: not a data set the reference hashes
+    part = Dataset("mnist", (u8 / 255.0).astype(np.float32), np.zeros(3, np.int64), 10, 255, (1, 28, 28))
+    assert reference_data_hash(part) is None  # part of the training set: the proof's hash cannot be checked
+
+
+def _cifar(tmp_path, n=24):
+    from exactforge.data import load_cifar10
+
+    rng = np.random.default_rng(0)
+    rec = np.concatenate([rng.integers(0, 10, (n, 1)), rng.integers(0, 256, (n, 3072))], axis=1).astype(np.uint8)
+    rec.tofile(str(tmp_path / "data_batch_1.bin"))
+    return load_cifar10(str(tmp_path))
+
+
+def test_a_resnet20_proof_on_cifar_format_data_imports_and_verifies(tmp_path):
+    data = _cifar(tmp_path)
+    torch.manual_seed(0)
+    norm = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]  # the reference's CIFAR-10 normalisation
+    write_reference_proof(
+        str(tmp_path / "proof"),
+        build_model("resnet20", data.shape, 10, seed=0),
+        data,
+        steps=3,
+        batch_size=8,
+        save_freq=2,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        milestones=[2],
+        normalize=norm,
+    )
+    args = TrainingArgs(lr=0.1, momentum=0.9, weight_decay=1e-4, save_freq=2, milestones=[2], normalize=norm)
+    rep = import_proof(str(tmp_path / "proof"), str(tmp_path / "t"), model="resnet20", data=data, args=args)
+    assert rep.data_hash_checked is None  # one batch file, not the training set
+    v = verify_trace(str(tmp_path / "t"), dataset=data)
+    assert v.accepted and v.max_error == 0.0, v.reason
+    assert v.reference["accepted"] and v.reference["initialization"]["passed"]

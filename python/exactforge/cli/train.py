@@ -18,10 +18,18 @@ def register(sub: Any) -> None:
     )
     t.add_argument(
         "--model",
-        choices=("logreg", "fcn", "lenet", "vggmini", "transformer"),
+        choices=("logreg", "fcn", "lenet", "vggmini", "transformer", "resnet20"),
         default="fcn",
-        help="lenet and vggmini: the papers' CNNs; transformer: a 2-layer causal Transformer on tokens "
-        "(synthetic-tokens, imdb); for these native = exactforge.nn's reproducible layers",
+        help="lenet and vggmini: the papers' CNNs; resnet20: He et al.'s CIFAR ResNet (BatchNorm in training "
+        "mode); transformer: a 2-layer causal Transformer on tokens (synthetic-tokens, imdb); for these "
+        "native = exactforge.nn's reproducible layers",
+    )
+    t.add_argument(
+        "--augment",
+        choices=("none", "crop-flip"),
+        default="none",
+        help="CNNs: crop-flip = random crops of the image padded by 4 (or a quarter of its side) and horizontal "
+        "flips, keyed to --seed, the step and the example (replayed by the verifier under any batch order)",
     )
     t.add_argument("--hidden", default="100", help="hidden layer widths of the FCN, e.g. 32,32")
     _data_args(t)
@@ -58,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     if args.init != "uniform" and args.model not in ("logreg", "fcn"):
         raise ValueError(f"--init: sets the law of exactforge's own logreg and fcn; {args.model} is a torch zoo model")
     data = load_dataset(args.dataset, args.data_path)
-    if args.model in ("lenet", "vggmini", "transformer"):
+    if args.augment != "none" and args.model not in ("lenet", "vggmini", "resnet20"):
+        raise ValueError(f"--augment: for the image models (lenet, vggmini, resnet20), not {args.model}")
+    if args.model in ("lenet", "vggmini", "transformer", "resnet20"):
         # CNNs and the Transformer: torch with exactforge.nn's reproducible layers (native) or torch's own layers
         if args.resume or args.dtype != "float32":
             raise ValueError("--resume, --dtype: supported for logreg and fcn only")
@@ -81,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             mode=mode,
             data_path=args.data_path,
             progress=not args.quiet,
+            augment=_augment(args, data),
         )
         return _trained(args, trace, data)
     args.mode = args.mode or "fixed"
@@ -105,6 +116,15 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--resume: supported for --engine native (torch traces are recorded in one run)")
         trace = record_torch_fcn(args.out, spec, data, **common)
     return _trained(args, trace, data)
+
+
+def _augment(args: argparse.Namespace, data: Any) -> Any:
+    if args.augment == "none":
+        return None
+    from ..nn import KeyedAugment
+
+    side = min(data.shape[1:]) if data.shape else 0
+    return KeyedAugment(crop_padding=max(1, min(4, side // 4)), hflip=True, seed=int(args.seed) % (2**63))
 
 
 def _parse_hidden(text: str) -> tuple:

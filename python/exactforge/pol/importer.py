@@ -25,7 +25,7 @@ from ..trace.limits import DEFAULT_LIMITS, Limits
 from ..trace.writer import TraceWriter
 from .proof import ProofError, checkpoint_steps, read_checkpoint, read_proof
 
-__all__ = ["ImportReport", "import_proof", "reference_data_hash", "TrainingArgs"]
+__all__ = ["ImportReport", "import_proof", "reference_data_hash", "text_hash", "TrainingArgs"]
 
 
 @dataclass(frozen=True)
@@ -64,15 +64,23 @@ def reference_data_hash(data: Dataset) -> Optional[str]:
     the reference hashed: SHA-256 over the text of each element of torchvision's ``.data``
     (MNIST: uint8 tensors printed by torch; CIFAR-10: uint8 height x width x channel arrays
     printed by numpy, which summarises arrays over 1,000 values: that hash covers only each
-    image's corners). None for other data sets, or subsets (MNIST-5k is 5,000 of 60,000)."""
-    if data.name not in ("mnist", "cifar10") or data.levels != 255:
+    image's corners). None for other data sets and for part of one (MNIST-5k is 5,000 of
+    60,000; fewer CIFAR-10 batches than the five)."""
+    full = {"mnist": 60000, "cifar10": 50000}
+    if data.name not in full or data.levels != 255 or len(data) != full[data.name]:
         return None
-    u8 = np.rint(np.asarray(data.X, dtype=np.float64) * 255.0).astype(np.uint8)
+    return text_hash(np.rint(np.asarray(data.X, dtype=np.float64) * 255.0).astype(np.uint8), data.name)
+
+
+def text_hash(u8: np.ndarray, kind: str) -> str:
+    """SHA-256 over the printed text of each image, as torchvision holds them: ``kind``
+    "mnist" (uint8 28x28 tensors printed by torch) or "cifar10" (uint8 32x32x3 arrays printed
+    by numpy); ``u8`` holds the images as exactforge lays them out (channels first)."""
     m = hashlib.sha256()
-    if data.name == "mnist":
+    if kind == "mnist":
         import torch
 
-        for img in torch.from_numpy(u8.reshape(-1, 28, 28)):
+        for img in torch.from_numpy(np.ascontiguousarray(u8.reshape(-1, 28, 28))):
             m.update(str(img).encode("utf-8"))
     else:
         for img in u8.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1):

@@ -490,15 +490,18 @@ def _train(
     sched: Iterator[np.ndarray],
     steps: int,
     bar: Any,
+    augment: bool = False,
 ) -> None:
-    """The plain torch loop both recorders run: one optimizer step per scheduled batch."""
+    """The plain torch loop both recorders run: one optimizer step per scheduled batch (its
+    inputs through the recorder's keyed augmentation where ``augment``)."""
     import torch
 
     for _ in range(steps):
         idx = next(sched)
         t = torch.from_numpy(idx)
         rec.begin(idx)
-        loss = loss_fn(model(X[t]), y[t])
+        xb = rec.augment(X[t], idx) if augment else X[t]
+        loss = loss_fn(model(xb), y[t])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -575,11 +578,14 @@ def record_zoo(
     mode: Optional[str] = "exact",
     data_path: Optional[str] = None,
     progress: bool = False,
+    augment: Any = None,
 ) -> Trace:
-    """A zoo model (LeNet, VGGmini, the Transformer) trained with torch and plain SGD and recorded through
-    ``TraceRecorder``; ``mode`` "exact" or "fixed" runs it through exactforge.nn's reproducible
-    layers and loss (the native engine for CNNs), None through torch's own. The manifest names
-    the zoo model, so a verifier builds it from its own code."""
+    """A zoo model (LeNet, VGGmini, the Transformer, ResNet-20) trained with torch and plain SGD
+    and recorded through ``TraceRecorder``; ``mode`` "exact" or "fixed" runs it through
+    exactforge.nn's reproducible layers and loss (the native engine for CNNs), None through
+    torch's own. ``augment``: an ``exactforge.nn.KeyedAugment`` for the inputs (random crops and
+    flips keyed to the seed, step and example). The manifest names the zoo model, so a verifier
+    builds it from its own code."""
     import torch
 
     from .. import get_num_threads, set_num_threads
@@ -622,8 +628,9 @@ def record_zoo(
             loss_fn=loss_fn,
             zoo=name,
             data_name=data.name,
+            augment=augment,
         ) as rec:
-            _train(rec, model, opt, loss_fn, X, y, sched, steps, bar)
+            _train(rec, model, opt, loss_fn, X, y, sched, steps, bar, augment=augment is not None)
     finally:
         torch.set_num_threads(prev[0])
         set_num_threads(prev[1])

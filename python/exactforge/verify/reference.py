@@ -120,7 +120,8 @@ def _agreement(
     ours: bool, theirs: bool, epsilon: float, maxd: Dict[str, float], thr: Dict[str, float], chosen: List, rows: List
 ) -> str:
     if ours == theirs:
-        margin = min(thr[m] / maxd[m] for m in METRICS if maxd[m] > 0) if any(maxd.values()) else float("inf")
+        ratios = [thr[m] / maxd[m] for m in METRICS if maxd[m] > 0]  # (its cosine can be negative)
+        margin = min(ratios) if ratios else float("inf")
         return f"both {'accept' if ours else 'reject'}" + (
             f"; the largest reference distance is 1/{margin:.3g} of its threshold" if np.isfinite(margin) else ""
         )
