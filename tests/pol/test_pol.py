@@ -234,3 +234,15 @@ def test_a_resnet20_proof_on_cifar_format_data_imports_and_verifies(tmp_path):
     v = verify_trace(str(tmp_path / "t"), dataset=data)
     assert v.accepted and v.max_error == 0.0, v.reason
     assert v.reference["accepted"] and v.reference["initialization"]["passed"]
+
+
+def test_an_imported_proof_verifies_on_ray_at_the_serial_bits(proof, tmp_path):
+    pytest.importorskip("ray")
+    from exactforge.verify.ray import RayExecutor
+
+    import_proof(proof, str(tmp_path / "t"), model="lenet", data=DATA, args=ARGS)
+    serial = verify_trace(str(tmp_path / "t"))
+    ray = verify_trace(str(tmp_path / "t"), executor=RayExecutor(address="local", num_cpus=2))
+    assert ray.valid and ray.accepted, ray.reason
+    assert [(s.step, s.error, s.reference) for s in ray.steps] == [(s.step, s.error, s.reference) for s in serial.steps]
+    assert ray.reference == serial.reference

@@ -581,7 +581,11 @@ def verify_trace(
             _describe(report, trace, allow_partial)
             report.learning_rates = learning_rates(trace, lr_lambda)
             load, step, initial = engine_for(trace, data, threads, model, loss_fn)
-            job = _with_reference(job, trace, step, reference)
+            settled = _settled_job(job, trace, step, reference, executor)
+            if settled != job and stream is not None:
+                stream.close()  # its segments went out with a job that lacked these settings
+                stream = None
+            job = settled
             _check_declarations(trace.manifest, data, step)
             theta0 = finite(load(0), 0)
             failed_init = _check_theta0(report, trace.manifest, theta0, step, initial, initial_test)
@@ -863,16 +867,22 @@ def recompute_segments(
             on_result(StepResult(s, e, err, bool(err <= job.epsilon), time.perf_counter() - t0, res_med, res_min, ref))
 
 
-def _with_reference(job: SegmentJob, trace: Trace, step: Any, reference: Optional[bool]) -> SegmentJob:
-    """The job, computing the reference's distances where asked (by default for imported
-    proofs): over the torch model's parameters."""
+def _settled_job(job: SegmentJob, trace: Trace, step: Any, reference: Optional[bool], executor: Any) -> SegmentJob:
+    """The job once the trace is known: the reference's distances where asked (by default for
+    imported proofs), over the torch model's parameters; and for a plain torch trace on an
+    executor, this process's torch thread count, since torch's own sums follow the thread count
+    and the workers would otherwise run with theirs."""
     import dataclasses
 
     wanted = trace.manifest.get("imported") is not None if reference is None else bool(reference)
     model = getattr(step, "model", None)
-    if not wanted or model is None:
-        return job
-    return dataclasses.replace(job, reference_names=tuple(n for n, _ in model.named_parameters()))
+    if wanted and model is not None:
+        job = dataclasses.replace(job, reference_names=tuple(n for n, _ in model.named_parameters()))
+    if executor is not None and job.threads is None and trace.manifest["engine"] == "torch":
+        import torch
+
+        job = dataclasses.replace(job, threads=int(torch.get_num_threads()))
+    return job
 
 
 def _reference(report: VerificationReport, theta0: Any, step: Any, q: Optional[int]) -> Optional[Dict[str, Any]]:
