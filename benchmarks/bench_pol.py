@@ -4,11 +4,20 @@ the two verdicts side by side.
 1. One SGD step of ResNet-20 (b = 128, 3 x 32 x 32 images on CIFAR-10's pixel grid): torch's
    against exactforge.nn's reproducible one. Checked first: float64 gradients equal autograd's
    to 1e-10 and a permuted batch gives the same float32 bits.
-2. Importing a 1,000-step proof with 11 checkpoints (LeNet on digits, written as the
+2. Importing a 1,000-step proof with 11 checkpoints (LeNet on MNIST-5k, written as the
    reference's train.py writes them): the time to read its files alone, and the whole import.
 3. The verdicts on the imported trace and on copies with one checkpoint moved by a small
    amount: exactforge's at epsilon = 0 and the reference's (its thresholds, every segment).
-4. With --ray: the imported trace verified on local Ray workers gives the serial report's
+4. Data-forging attacks (greedy, nearest neighbour) on a proof made as the reference's MNIST
+   loop makes them (plain SGD, a checkpoint every step, inputs normalised by 0.5, 0.5): each
+   forged batch written into a copy of the imported trace (hashes rebuilt), and how many of
+   those traces each verifier accepts.
+5. The same training recorded by exactforge (LeNet through exactforge.nn): epsilon = 0 with
+   every batch shuffled and one thread.
+6. Unlogged augmentation: ResNet-20 proofs on CIFAR-10's format, without augmentation and with
+   the reference CIFAR loop's random crops and flips (logged nowhere, so replays can only
+   approximate them): the tolerance an honest replay needs.
+7. With --ray: the imported trace verified on local Ray workers gives the serial report's
    errors and reference distances, bit for bit.
 
     python benchmarks/bench_pol.py [--repeats 10] [--ray]
@@ -110,7 +119,7 @@ def import_timing(folder: str, data: Dataset) -> str:
     )
     print("|---|---|---|---|---|---|")
     print(
-        f"| LeNet, digits, {rep.steps} steps of {rep.batch_size} | {rep.checkpoints} | {t_train:.1f} s | "
+        f"| LeNet, {data.name}, {rep.steps} steps of {rep.batch_size} | {rep.checkpoints} | {t_train:.1f} s | "
         f"{t_read:.2f} s | {t_import:.2f} s | {t_import - t_read:.2f} s |\n",
         flush=True,
     )
@@ -160,6 +169,126 @@ def _move(d: str, step: int, delta: float) -> None:
     rechain(d)
 
 
+def attacks_side_by_side(folder: str, data: Dataset, forged_steps: int) -> None:
+    from exactforge.forging.attacks import StepContext, run_attack
+
+    proof = os.path.join(folder, "mnist-style")
+    make = lambda: build_model("lenet", data.shape, 10, seed=0)  # noqa: E731
+    write_reference_proof(proof, make(), data, steps=forged_steps, batch_size=32, save_freq=1, lr=0.05,
+                          normalize=[[0.5], [0.5]])  # fmt: skip
+    trace = os.path.join(folder, "mnist-style-trace")
+    import_proof(
+        proof, trace, model="lenet", data=data, args=TrainingArgs(lr=0.05, save_freq=1, normalize=[[0.5], [0.5]])
+    )
+    from exactforge.trace import Trace
+
+    tr = Trace.open(trace)
+    model = make()
+    names = [n for n, _ in model.named_parameters()]
+    X = ((torch.from_numpy(data.X).reshape(len(data), *data.shape) - 0.5) / 0.5).numpy()  # as the verifier feeds it
+    seen = Dataset(
+        data.name + "-normalised", np.ascontiguousarray(X.reshape(len(data), -1)), data.y, 10, None, data.shape
+    )
+    print("| attack | forged traces (a quarter of one batch replaced) | approximation error (l2) | "
+          "exactforge accepts (epsilon = 0) | the reference accepts |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for method in ("greedy", "nearest"):
+        errs, ours, theirs = [], 0, 0
+        for t in range(forged_steps):
+            a, b = tr.load_checkpoint(t), tr.load_checkpoint(t + 1)
+            flat = lambda c: np.concatenate([np.asarray(c[n], np.float32).ravel() for n in names])  # noqa: E731
+            batch = tr.record(t).batch
+            ctx = StepContext(model, seen, flat(a), flat(b), batch, 0.05)
+            res = run_attack(method, ctx, batch[:8], pool=300, candidates=100, seed=t)
+            errs.append(res.approx_error)
+            d = os.path.join(folder, f"forged-{method}-{t}")
+            shutil.copytree(trace, d)
+            _forge(d, t, res.forged_indices)
+            v = verify_trace(d)
+            ours += int(v.accepted)
+            theirs += int(v.reference["accepted"])
+        print(f"| {method} | {forged_steps} | {min(errs):.3g} to {max(errs):.3g} | {ours} | {theirs} |", flush=True)
+    print()
+
+
+def _forge(d: str, step: int, batch: list) -> None:
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from hostile import rechain
+
+    def edit(i, rec):
+        if i == step:
+            rec["batch"] = [int(v) for v in batch]
+
+    rechain(d, record_edit=edit)
+
+
+def cifar_format(n: int = 512) -> Dataset:
+    """CIFAR-10's format and pixel grid (no CIFAR-10 files on this machine: random pixels)."""
+    rng = np.random.default_rng(0)
+    X = (rng.integers(0, 256, (n, 3 * 32 * 32)) / 255.0).astype(np.float32)
+    return Dataset("cifar10-format", X, rng.integers(0, 10, n).astype(np.int64), 10, 255, (3, 32, 32))
+
+
+CIFAR_NORM = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]  # the reference's CIFAR-10 normalisation
+
+
+def unlogged_augmentation(folder: str, data: Dataset) -> None:
+    from exactforge.verify.reference import augmentation_tolerance
+
+    print("| proof | exactforge at epsilon = 0 | the reference | honest replays under fresh draws: l2 | "
+          "epsilon needed | the reference's thresholds |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for crops in (False, True):
+        proof = os.path.join(folder, f"cifar-style-{crops}")
+        torch.manual_seed(0)
+        write_reference_proof(proof, build_model("resnet20", data.shape, 10, seed=0), data, steps=20,
+                              batch_size=32, save_freq=5, lr=0.1, momentum=0.9, weight_decay=1e-4,
+                              milestones=[10], normalize=CIFAR_NORM, random_crop_flip=crops)  # fmt: skip
+        trace = os.path.join(folder, f"cifar-style-trace-{crops}")
+        args = TrainingArgs(lr=0.1, momentum=0.9, weight_decay=1e-4, save_freq=5, milestones=[10], normalize=CIFAR_NORM)
+        import_proof(proof, trace, model="resnet20", data=data, args=args)
+        _augmented_row(trace, data, crops, augmentation_tolerance)
+    print()
+
+
+def _augmented_row(trace: str, data: Dataset, crops: bool, tolerance) -> None:
+    v = verify_trace(trace, dataset=data)
+    name = "ResNet-20, CIFAR-format, " + ("random crop and flip not logged" if crops else "no augmentation")
+    if not crops:
+        print(
+            f"| {name} | {'ACCEPTED' if v.accepted else 'REJECTED'} (max l2 {v.max_error:.3g}) | "
+            f"{'ACCEPTS' if v.reference['accepted'] else 'REJECTS'} | - | 0 | - |",
+            flush=True,
+        )
+        return
+    tol = tolerance(trace, dataset=data, draws=4, segments=4)
+    print(
+        f"| {name} | {'ACCEPTED' if v.accepted else 'REJECTED'} "
+        f"(max l2 {v.max_error:.3g}) | {'ACCEPTS' if v.reference['accepted'] else 'REJECTS'} | "
+        f"{tol.l2['min']:.3g} to {tol.l2['max']:.3g} | {tol.epsilon_needed:.3g} | "
+        f"{'accept' if tol.reference_accepts else 'reject'} them |",
+        flush=True,
+    )
+
+
+def native(folder: str, data: Dataset, steps: int) -> None:
+    """The same training recorded by exactforge on the reproducible path: epsilon = 0 under a
+    shuffled batch order and one thread."""
+    from exactforge.trace.record import record_zoo
+
+    out = os.path.join(folder, "native")
+    record_zoo(out, "lenet", data, lr=0.05, steps=steps, batch_size=32, checkpoint_every=10, mode="exact")
+    v = verify_trace(out, permute_batches=1, threads=1)
+    print(
+        f"The same model and data recorded by exactforge (LeNet through exactforge.nn, {steps} steps): "
+        f"{'ACCEPTED' if v.accepted else 'REJECTED'} at epsilon = 0 with every batch shuffled and one thread "
+        f"(max l2 error {v.max_error:.3g}).\n",
+        flush=True,
+    )
+
+
 def on_ray(trace: str) -> None:
     from exactforge.verify.ray import RayExecutor
 
@@ -176,6 +305,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--ray", action="store_true")
+    ap.add_argument("--forged-steps", type=int, default=8, help="steps attacked per attack")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     exactforge.set_num_threads(args.threads)
@@ -184,10 +314,13 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}\n"
     )
     resnet_step(args)
-    data = load_dataset("digits")
+    data = load_dataset("mnist-5k")
     with tempfile.TemporaryDirectory() as folder:
         trace = import_timing(folder, data)
         verdicts(folder, trace)
+        attacks_side_by_side(folder, data, args.forged_steps)
+        native(folder, data, 50)
+        unlogged_augmentation(folder, cifar_format())
         if args.ray:
             on_ray(trace)
 

@@ -246,3 +246,50 @@ def test_an_imported_proof_verifies_on_ray_at_the_serial_bits(proof, tmp_path):
     assert ray.valid and ray.accepted, ray.reason
     assert [(s.step, s.error, s.reference) for s in ray.steps] == [(s.step, s.error, s.reference) for s in serial.steps]
     assert ray.reference == serial.reference
+
+
+def test_a_proof_trained_with_unlogged_crops_is_reported_with_the_tolerance_it_needs(tmp_path):
+    from exactforge.verify.reference import augmentation_tolerance
+
+    torch.manual_seed(0)
+    write_reference_proof(
+        str(tmp_path / "proof"),
+        build_model("lenet", DATA.shape, 10, seed=0),
+        DATA,
+        steps=6,
+        batch_size=16,
+        save_freq=3,
+        lr=0.05,
+        random_crop_flip=True,
+    )
+    import_proof(
+        str(tmp_path / "proof"), str(tmp_path / "t"), model="lenet", data=DATA, args=TrainingArgs(lr=0.05, save_freq=3)
+    )
+    v = verify_trace(str(tmp_path / "t"))
+    assert v.valid and not v.accepted  # the crops were not logged: no replay reproduces them
+    tol = augmentation_tolerance(str(tmp_path / "t"), draws=3, segments=2)
+    assert tol.segments == [0, 3] and 0 < tol.l2["min"] <= tol.l2["max"] == tol.epsilon_needed
+    again = augmentation_tolerance(str(tmp_path / "t"), draws=3, segments=2)
+    assert again.l2 == tol.l2  # seeded draws: the measurement repeats
+    out = subprocess.run(
+        [sys.executable, "-m", "exactforge.cli", "verify", str(tmp_path / "t"), "--pol-augmentation", "crop-flip"]
+        + ["--pol-draws", "2", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1 and "an honest replay needs epsilon >=" in out.stdout, out.stdout + out.stderr
+
+
+def test_epsilon_auto_is_this_machines_benign_error_and_says_how_it_was_set(proof, tmp_path):
+    import_proof(proof, str(tmp_path / "t"), model="lenet", data=DATA, args=ARGS)
+    v = verify_trace(str(tmp_path / "t"), epsilon="auto")
+    assert v.accepted and v.epsilon > 0 and v.epsilon_source.startswith("auto: 10 x")
+    assert "not measured here" in v.epsilon_source
+    assert verify_trace(str(tmp_path / "t")).epsilon_source == "given"
+    rep = str(tmp_path / "rep")
+    from exactforge.cli import main
+
+    assert main(["train", "--model", "lenet", "--dataset", "digits", "--steps", "4", "--batch-size", "16"] + [
+        "--checkpoint-every", "2", "--out", rep, "--quiet"]) == 0  # fmt: skip
+    r = verify_trace(rep, epsilon="auto")
+    assert r.accepted and r.epsilon == 0.0  # the reproducible path: no benign error to allow for

@@ -9,11 +9,27 @@ from ..trace.limits import DEFAULT_LIMITS, Limits
 from ._common import _count, _data_args, _executor, _given_data, _ray_args, _sub, fail, import_function, say, write_json
 
 
+def _epsilon_type(text: str) -> Any:
+    # a bad number reaches verify_trace, which reports it (in --json too)
+    if text == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def register(sub: Any) -> None:
     v = _sub(sub, "verify", "verify an execution trace", "verify", json_what="the verification report")
     v.add_argument("trace", help="the trace folder")
     # verify checks its own numbers (verify_trace) so that a bad one still gets a report in --json
-    v.add_argument("--epsilon", type=float, default=0.0, help="largest accepted distance (>= 0)")
+    v.add_argument(
+        "--epsilon",
+        type=_epsilon_type,
+        default=0.0,
+        help="largest accepted distance (>= 0), or auto: 10 x this machine's benign reproduction error, measured "
+        "by recomputing the first segments with batches reordered and on one thread",
+    )
     v.add_argument(
         "--distance",
         choices=("l2", "l1", "linf", "cosine", "l2sq", "l2sq_dim"),
@@ -68,6 +84,14 @@ def register(sub: Any) -> None:
         "segment, for imported proofs only",
     )
     v.add_argument("--pol-q", type=_count(1), default=2, help="Q of --pol-reference topq (the reference's --q)")
+    v.add_argument(
+        "--pol-augmentation",
+        choices=("crop-flip",),
+        help="the proof was trained with augmentation it did not log (the reference's CIFAR loop: random crop "
+        "with padding 4 and horizontal flip): also replay its first segments under fresh draws and report the "
+        "tolerance an honest replay needs",
+    )
+    v.add_argument("--pol-draws", type=_count(1, 64), default=4, help="draws per segment of --pol-augmentation")
     _ray_args(v, "the segments", checkpoints=True)
     v.set_defaults(func=run)
 
@@ -98,7 +122,16 @@ def run(args: argparse.Namespace) -> int:
         reference={"auto": None, "off": False}.get(args.pol_reference, True),
         reference_q=args.pol_q if args.pol_reference == "topq" else None,
     )
-    write_json(args, rep.to_dict())
+    result = rep.to_dict()
+    tolerance = None
+    if args.pol_augmentation and rep.valid:
+        from ..verify.reference import augmentation_tolerance
+
+        tolerance = augmentation_tolerance(
+            args.trace, dataset=given, data_path=None if given else args.data_path, draws=args.pol_draws
+        )
+        result["augmentation_tolerance"] = tolerance.to_dict()
+    write_json(args, result)
     if not rep.valid:
         return fail("verify", "invalid", rep.reason)
     verdict = "ACCEPTED" if rep.accepted else "REJECTED"
@@ -132,10 +165,20 @@ def run(args: argparse.Namespace) -> int:
         f"{verdict}: {scope}{some}{where} ({rep.engine}, {_theta0(rep)}), "
         f"max {rep.distance} error {err}, epsilon {rep.epsilon:g}, {failed} over epsilon{res}",
     )
+    if rep.epsilon_source and rep.epsilon_source != "given":
+        say(args, f"epsilon {rep.epsilon:.3g}, set {rep.epsilon_source}")
     if rep.learning_rates and (rep.learning_rates["per_step"] or rep.learning_rates["scheduler"]):
         say(args, _rates(rep.learning_rates))
     if rep.reference:
         say(args, _reference_line(rep.reference))
+    if tolerance is not None:
+        say(
+            args,
+            f"unlogged {tolerance.transform}: {tolerance.draws} fresh draws on segments {tolerance.segments[:5]} land "
+            f"at l2 {tolerance.l2['min']:.3g} to {tolerance.l2['max']:.3g} from the logged checkpoints: an honest "
+            f"replay needs epsilon >= {tolerance.epsilon_needed:.3g}; the reference's thresholds "
+            f"{'accept' if tolerance.reference_accepts else 'reject'} them",
+        )
     if rep.declared:
         say(args, f"declared by the prover, not verified: {', '.join(rep.declared)}")
     return 0 if rep.accepted else 1

@@ -20,14 +20,14 @@ In a recorded loop::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
 from .functional import _splitmix, _word
 
-__all__ = ["KeyedAugment"]
+__all__ = ["KeyedAugment", "torch_crop_flip"]
 
 _FIELDS = {"crop_padding": int, "hflip": bool, "rot90": bool, "seed": int}
 MAX_PADDING = 64
@@ -109,3 +109,18 @@ class KeyedAugment:
                 img = torch.rot90(img, int(d[i, 3]), dims=(1, 2))
             out.append(img)
         return torch.stack(out).contiguous()
+
+
+def torch_crop_flip(x: torch.Tensor, generator: Optional[torch.Generator] = None, padding: int = 4) -> torch.Tensor:
+    """torchvision's RandomCrop(size, padding) then RandomHorizontalFlip, image by image, drawn
+    from torch's RNG (or ``generator``) in batch order and logged nowhere: what the reference
+    Proof-of-Learning's CIFAR loop does. For writing such proofs and measuring what replaying
+    them costs; a recorded loop uses KeyedAugment."""
+    H, W = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    out = []
+    for img in padded:
+        i, j = (int(v) for v in torch.randint(0, 2 * padding + 1, (2,), generator=generator))
+        crop = img[:, i : i + H, j : j + W]
+        out.append(crop.flip(-1) if bool(torch.rand((), generator=generator) < 0.5) else crop)
+    return torch.stack(out)

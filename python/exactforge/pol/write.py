@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..data import Dataset
+from ..nn.augment import torch_crop_flip
 
 __all__ = ["write_reference_proof"]
 
@@ -71,7 +72,7 @@ def write_reference_proof(
             save(i)
         xb = X[torch.from_numpy(indices[i])]
         if random_crop_flip:
-            xb = _crop_flip(xb)
+            xb = torch_crop_flip(xb)
         if norm is not None:  # torchvision's Normalize, after the transforms
             xb = (xb - norm[0]) / norm[1]
         opt.zero_grad()
@@ -81,17 +82,3 @@ def write_reference_proof(
             sched.step()
     save(steps)
     return out
-
-
-def _crop_flip(xb: Any) -> Any:
-    """RandomCrop(size, padding=4) then RandomHorizontalFlip, per image, from torch's RNG."""
-    import torch
-
-    H, W = xb.shape[-2:]
-    padded = torch.nn.functional.pad(xb, (4, 4, 4, 4))
-    out = []
-    for img in padded:
-        i, j = (int(v) for v in torch.randint(0, 9, (2,)))
-        crop = img[:, i : i + H, j : j + W]
-        out.append(crop.flip(-1) if bool(torch.rand(()) < 0.5) else crop)
-    return torch.stack(out)

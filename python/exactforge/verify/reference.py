@@ -22,7 +22,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["THRESHOLDS", "METRICS", "reference_distances", "ReferenceVerdict", "reference_verdict"]
+__all__ = [
+    "THRESHOLDS",
+    "METRICS",
+    "reference_distances",
+    "ReferenceVerdict",
+    "reference_verdict",
+    "AugmentationTolerance",
+    "augmentation_tolerance",
+]
 
 METRICS = ("l1", "l2", "linf", "cos")
 THRESHOLDS = {"l1": 1000.0, "l2": 10.0, "linf": 0.1, "cos": 0.001}
@@ -138,3 +146,76 @@ def _agreement(
             f"reference accepts: {why}"
         )
     return "exactforge accepts and the reference rejects: its initialisation test failed or a distance is over its threshold"
+
+
+@dataclass
+class AugmentationTolerance:
+    """How far honest replays land from the logged checkpoints when the training drew crops
+    and flips from an RNG it did not log: each segment replayed under ``draws`` draws."""
+
+    transform: str
+    draws: int
+    segments: List[int]
+    l2: Dict[str, float]  # smallest and largest exactforge l2 distance over the replays
+    reference_max: Dict[str, float]  # the reference's four distances, largest over the replays
+    reference_accepts: bool  # every replay within the reference's thresholds
+    epsilon_needed: float  # the l2 tolerance that accepts every honest replay measured here
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def augmentation_tolerance(
+    directory: str,
+    *,
+    dataset: Any = None,
+    data_path: Optional[str] = None,
+    model: Any = None,
+    draws: int = 4,
+    segments: int = 3,
+    seed: int = 0,
+) -> AugmentationTolerance:
+    """Replays the first ``segments`` segments of a torch trace ``draws`` times, each with the
+    reference CIFAR loop's RandomCrop(padding 4) and RandomHorizontalFlip drawn afresh
+    (:func:`exactforge.nn.augment.torch_crop_flip`), and measures the distances to the logged
+    checkpoints: the tolerance a verifier needs to accept an honest proof trained that way,
+    which no replay can reproduce exactly."""
+    import torch
+
+    from ..nn.augment import torch_crop_flip
+    from .distances import verification_distance
+    from .verifier import _pairs, engine_for, open_with_data
+
+    trace, data = open_with_data(directory, dataset, data_path)
+    if trace.manifest["engine"] != "torch":
+        raise ValueError("augmentation: a torch trace is needed (the proof's model replayed with torch)")
+    load, step, _ = engine_for(trace, data, None, model)
+    names = [n for n, _ in step.model.named_parameters()]
+    gen = torch.Generator()
+    step.augment = lambda x, step, examples: torch_crop_flip(x, gen)
+    segs = list(trace.segments())[: max(1, segments)]
+    l2s: List[float] = []
+    ref: Dict[str, float] = {m: 0.0 for m in METRICS}
+    for s, e in segs:
+        start, logged = load(s), load(e)
+        for d in range(draws):
+            # far from the small seeds training loops use, so a draw does not replay the original by chance
+            gen.manual_seed(((seed + 1) * 0x9E3779B97F4A7C15 + s * 1009 + d) % 2**63)
+            state = start
+            for rec in trace.iter_records(s, e):
+                state = (
+                    step(state, rec.batch, rec.step) if rec.lr is None else step(state, rec.batch, rec.step, lr=rec.lr)
+                )
+            l2s.append(float(verification_distance(_pairs(state, logged), "l2")))
+            dist = reference_distances(logged, state, names)
+            ref = {m: max(ref[m], dist[m]) for m in METRICS}
+    accepts = all(ref[m] <= THRESHOLDS[m] for m in METRICS)
+    return AugmentationTolerance(
+        "random crop (padding 4) and horizontal flip",
+        draws,
+        [s for s, _ in segs],
+        {"min": min(l2s), "max": max(l2s)},
+        ref,
+        accepts,
+        max(l2s),
+    )

@@ -15,11 +15,12 @@ that is not bundled with exactforge must be given by the verifier (``data_path=`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -111,6 +112,7 @@ class VerificationReport:
     distance: str
     policy: str
     steps: List[StepResult] = field(default_factory=list)
+    epsilon_source: Optional[str] = None  # how epsilon was set (the caller's, or auto: calibrated here)
     reason: Optional[str] = None  # why the trace or an argument is invalid (then accepted is False)
     valid: bool = True
     num_steps: int = 0  # steps covered by checkpoints
@@ -487,7 +489,7 @@ def _pairs(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> List[Tuple[np.
 def verify_trace(
     directory: str,
     *,
-    epsilon: float = 0.0,
+    epsilon: Union[float, str] = 0.0,
     distance_kind: str = "l2",
     policy: str = "all",
     q: int = 1,
@@ -510,6 +512,10 @@ def verify_trace(
 ) -> VerificationReport:
     """Verifies a trace. Never raises on a bad trace or argument: the report is then
     ``valid=False`` with a ``reason``.
+
+    ``epsilon``: the largest accepted distance, or ``"auto"``: a safety factor times this
+    machine's benign reproduction error, measured on the first segments
+    (:mod:`exactforge.verify.calibrate`); ``report.epsilon_source`` says how it was set.
 
     ``dataset`` (a Dataset or arrays (X, y)) or ``data_path`` supply the training data (see the
     trust model above); ``model`` is a fresh instance of a torch trace's architecture (a trace
@@ -545,7 +551,8 @@ def verify_trace(
     per-segment errors and verdict), with ``executor`` saying what ran where."""
     failed_init: Optional[str] = None
     with contextlib.ExitStack() as stack:
-        eps_value = float(epsilon) if isinstance(epsilon, (int, float, np.floating)) else float("nan")
+        auto = isinstance(epsilon, str) and epsilon == "auto"
+        eps_value = 0.0 if auto else float(epsilon) if isinstance(epsilon, (int, float, np.floating)) else float("nan")
         report = VerificationReport(
             False,
             float("nan"),
@@ -582,13 +589,19 @@ def verify_trace(
             report.learning_rates = learning_rates(trace, lr_lambda)
             load, step, initial = engine_for(trace, data, threads, model, loss_fn)
             settled = _settled_job(job, trace, step, reference, executor)
+            _check_declarations(trace.manifest, data, step)
+            theta0 = finite(load(0), 0)
+            failed_init = _check_theta0(report, trace.manifest, theta0, step, initial, initial_test)
+            if auto:  # after the cheap checks: calibration recomputes the first segments
+                from .calibrate import calibrate_epsilon
+
+                eps_value, report.epsilon_source = calibrate_epsilon(trace, load, step)
+                report.epsilon = eps_value
+                settled = dataclasses.replace(settled, epsilon=eps_value)
             if settled != job and stream is not None:
                 stream.close()  # its segments went out with a job that lacked these settings
                 stream = None
             job = settled
-            _check_declarations(trace.manifest, data, step)
-            theta0 = finite(load(0), 0)
-            failed_init = _check_theta0(report, trace.manifest, theta0, step, initial, initial_test)
             # topq: one streaming pass over every checkpoint for the logged update norms
             norms = _update_norms(trace, load, theta0) if policy == "topq" else None
             segs = select_segments(trace, policy, q=q, fraction=fraction, seed=seed, update_norms=norms)
@@ -637,6 +650,8 @@ def _describe(report: VerificationReport, trace: Trace, allow_partial: bool) -> 
     prefix is asked for."""
     man = trace.manifest
     report.engine, report.declared_steps, report.complete = man["engine"], trace.declared_steps, trace.complete
+    if report.epsilon_source is None:
+        report.epsilon_source = "given"
     report.initial, report.num_steps = man["initial"], trace.num_steps
     report.declared = declared_fields(man)
     if not trace.complete:
