@@ -128,10 +128,11 @@ def _agreement(
     ours: bool, theirs: bool, epsilon: float, maxd: Dict[str, float], thr: Dict[str, float], chosen: List, rows: List
 ) -> str:
     if ours == theirs:
-        ratios = [thr[m] / maxd[m] for m in METRICS if maxd[m] > 0]  # (its cosine can be negative)
-        margin = min(ratios) if ratios else float("inf")
+        # the distance nearest its threshold, as a fraction of it (its cosine can be negative)
+        m = max(METRICS, key=lambda k: maxd[k] / thr[k])
+        share = maxd[m] / thr[m]
         return f"both {'accept' if ours else 'reject'}" + (
-            f"; the largest reference distance is 1/{margin:.3g} of its threshold" if np.isfinite(margin) else ""
+            f"; the reference's {m} distance is {share:.3g} times its threshold" if share > 0 else ""
         )
     if not ours:
         failing = [r.step for r in rows if not r.passed]
