@@ -6,7 +6,9 @@ Notation of the papers (MATH.md section 4): examples are the *columns* of X (d0 
 
 * ``fcn_perturbation_basis(W1, D1)``: bases U of null(W1^T) and V of null(D1^T). Every
   P = U C V^T keeps Z1 (so every activation and error matrix) and X D1 (so every gradient):
-  the complete solution set, of dimension (d0 - rank W1)(b - rank D1) (Proposition 2, sharpened).
+  one family of exact forgeries, of dimension (d0 - rank W1)(b - rank D1) (Proposition 2,
+  sharpened), not all of them: a forgery may change the logits and still keep the gradient
+  (for logistic regression such batches can form a larger set near a batch than this family).
   It works for logistic regression too (W1 = W, D1 = the output errors).
 * ``kronecker_nullspace(W1, D1)``: the paper's reference construction, K vec(P) = 0.
 * ``forge_error_matrix``: logistic regression, error-matrix sampling (Proposition 3).
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -39,6 +41,7 @@ __all__ = [
     "forge_onehot",
     "B1Analysis",
     "b1_analysis",
+    "b1_twins",
     "ForgeryReport",
     "forgery_report",
     "DomainSearch",
@@ -63,7 +66,8 @@ def fcn_perturbation_basis(
     W1: np.ndarray, D1: np.ndarray, rtol: Optional[float] = None
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Orthonormal bases U (d0 x (d0 - rank W1)) of null(W1^T) and V (b x (b - rank D1)) of
-    null(D1^T): the exact forgeries of a batch are X + U C V^T for any C. Two SVDs."""
+    null(D1^T): X + U C V^T is an exact forgery of the batch for any C (one family of them, not
+    every exact forgery). Two SVDs."""
     W1 = np.asarray(W1, dtype=np.float64)
     D1 = np.asarray(D1, dtype=np.float64)
     if W1.ndim != 2 or D1.ndim != 2 or W1.shape[1] != D1.shape[1]:
@@ -310,14 +314,17 @@ def forge_onehot(
 class B1Analysis:
     """Batch size 1 (Proposition 1). With one example, grad W1 = x d1^T is an outer product,
     so any forgery has x' = c x; with a bias, grad b1 = d1 forces c = 1 (x' = x). Without a
-    bias, logistic regression admits the family (c x, softmax(c W^T x) - d/c) with soft labels;
-    a one-hot label vector occurs only at c = 1, which ``min_onehot_gap`` checks numerically."""
+    bias the models are positively homogeneous and admit the family (c x, softmax(c z) - d/c)
+    with soft labels; a one-hot label occurs at c = 1 and at the exact twins of
+    :func:`b1_twins` (two classes: a second scaling with the same label, and minus both with
+    the other label for logistic regression), listed in ``twins``."""
 
     statement: str
     family: str
     distinct_onehot_forgery_exists: bool
     min_onehot_gap: float  # min over the c grid, |c - 1| >= exclude, of the distance of y'(c) to a one-hot vector
     c_at_min: float
+    twins: List[Dict[str, Any]] = field(default_factory=list)  # the exact ones (b1_twins): c, label, difference
 
 
 def _dead_set_has_another_point(W1: np.ndarray, b1: Optional[np.ndarray], x: np.ndarray) -> bool:
@@ -337,6 +344,77 @@ def _dead_set_has_another_point(W1: np.ndarray, b1: Optional[np.ndarray], x: np.
             if r.status == 0 and abs(r.x[j] - x[j]) > 1e-9:
                 return True
     return False
+
+
+def _logits64(spec: M.ModelSpec, params: M.Params, x: np.ndarray) -> np.ndarray:
+    """The output logits of one example in float64 (numpy's own products: only the twins'
+    scalar equation needs them, the check below is on the native gradient)."""
+    a = np.asarray(x, np.float64).ravel()
+    for i in range(1, spec.num_layers + 1):
+        a = a @ np.asarray(params[f"W{i}"], np.float64)
+        if spec.bias:
+            a = a + np.asarray(params[f"b{i}"], np.float64)
+        if i < spec.num_layers:
+            a = np.maximum(a, 0.0)
+    return a
+
+
+def _scale_roots(z: np.ndarray, y: int) -> List[float]:
+    """The s > 0, s != 1, with s softmax(s z)_j = softmax(z)_j for every j != y: the scalings
+    of a positively homogeneous model's input that keep a b = 1 gradient with a one-hot label.
+    The ratio of two such j forces (s - 1)(z_j - z_k) = 0, so for s != 1 the other classes'
+    logits must all be equal (always true for two classes); then one scalar equation
+    h(s) = s softmax(s z)_j - softmax(z)_j = 0, whose roots besides 1 are bracketed on a
+    logarithmic grid and refined (brentq)."""
+    from scipy.optimize import brentq
+
+    others = [j for j in range(len(z)) if j != y]
+    if np.ptp(z[others]) > 1e-12 * max(1.0, float(np.max(np.abs(z)))):
+        return []
+    j = others[0]
+
+    def h(t: float) -> float:
+        w = t * z
+        e = np.exp(w - w.max())
+        p0 = np.exp(z - z.max())
+        return float(t * e[j] / e.sum() - p0[j] / p0.sum())
+
+    grid = np.exp(np.linspace(np.log(1e-6), np.log(1e6), 4001))
+    vals = [h(t) for t in grid]
+    roots = []
+    for (t0, v0), (t1, v1) in zip(zip(grid, vals), zip(grid[1:], vals[1:])):
+        if v0 == 0.0 or v0 * v1 < 0:
+            r = t0 if v0 == 0.0 else brentq(h, t0, t1, xtol=1e-300, rtol=1e-15, maxiter=400)
+            if abs(r - 1.0) > 1e-6:
+                roots.append(float(r))
+    return roots
+
+
+def b1_twins(spec: M.ModelSpec, params: M.Params, x: np.ndarray, y: int) -> List[Dict[str, Any]]:
+    """Every distinct single-example twin (x', one-hot y') with the gradient of (x, e_y).
+
+    With one example, grad W1 = x d1^T is an outer product, so x' = c x. With a bias, grad b1 =
+    d1 also fixes c = 1: no twin. Without one, the models are positively homogeneous (logistic
+    regression of degree 1 for every c, a ReLU FCN for c > 0), and the twins are the scalings c
+    that solve the logits' scalar equation (:func:`_scale_roots`): with the same label, c = s
+    for each root s != 1; with another label (logistic regression, two classes only: a negative
+    c flips the sign of every logit difference), c = -s for every root s, including s = 1, so
+    (-x, the other label) is always one. Each twin comes with the largest difference between
+    its float64 gradient and the original's."""
+    if spec.bias:
+        return []
+    x = np.asarray(x, np.float64).ravel()
+    z = _logits64(spec, params, x)
+    roots = _scale_roots(z, y)
+    cands: List[Tuple[float, int]] = [(r, y) for r in roots]
+    if spec.kind == "logreg" and spec.num_classes == 2:
+        cands += [(-r, 1 - y) for r in [1.0] + roots]
+    g = gradient(spec, params, x[None, :], np.array([y]))
+    out = []
+    for c, lab in cands:
+        gc = gradient(spec, params, (c * x)[None, :], np.array([lab]))
+        out.append({"c": c, "label": int(lab), "gradient_difference": float(np.max(np.abs(gc - g)))})
+    return out
 
 
 def b1_analysis(
@@ -393,14 +471,9 @@ def b1_analysis(
             float("inf"),
             1.0,
         )
+    twins = b1_twins(spec, params, x, y)
     if spec.kind != "logreg":
-        return B1Analysis(
-            "grad W1 = x d1^T forces x' = c x; Proposition 1 (main paper) rules out one-hot labels",
-            "x' = c x",
-            False,
-            float("nan"),
-            float("nan"),
-        )
+        return _b1_from_twins(twins, float("nan"), float("nan"))
     c_grid = np.linspace(-5, 5, 2001) if c_grid is None else np.asarray(c_grid, np.float64)
     z = x @ W
     s = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
@@ -416,12 +489,28 @@ def b1_analysis(
         gap = float(np.min(np.linalg.norm(np.eye(len(yp)) - yp, axis=1)))
         if gap < best:
             best, best_c = gap, float(c)
+    return _b1_from_twins(twins, 0.0 if twins else best, twins[0]["c"] if twins else best_c)
+
+
+def _b1_from_twins(twins: List[Dict[str, Any]], gap: float, c_at: float) -> B1Analysis:
+    """No bias: a positively homogeneous model, whose twins are the exact scalings found."""
+    if not twins:
+        return B1Analysis(
+            "no bias: x' = c x with soft labels y'(c) = softmax(c z) - d/c; here a one-hot label occurs "
+            "only at c = 1 (the other classes' logits differ, or the scalar equation has no other root)",
+            "x' = c x, c != 0",
+            False,
+            gap,
+            c_at,
+        )
+    shown = ", ".join(f"(c = {t['c']:.6g}, label {t['label']})" for t in twins)
     return B1Analysis(
-        "no bias: x' = c x with soft labels y'(c) = softmax(c W^T x) - d/c; one-hot only at c = 1",
+        f"no bias: positively homogeneous, so (c x, e_y') keeps the gradient exactly for {shown}",
         "x' = c x, c != 0",
-        bool(best < 1e-9),
-        best,
-        best_c,
+        True,
+        0.0,
+        twins[0]["c"],
+        twins,
     )
 
 

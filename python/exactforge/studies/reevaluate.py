@@ -593,7 +593,7 @@ def summary_table(report: Dict[str, Any]) -> str:
         )
     for m, e in report["exact"].items():
         if not e["distinct"]:
-            lines.append(f"| exact: {m} | - | no distinct forgery exists (empty nullspace) | - | - |")
+            lines.append(f"| exact: {m} | - | the nullspace construction gives no distinct forgery | - | - |")
             continue
         why = []
         if e["off_grid_fraction"]:
@@ -695,7 +695,10 @@ def _exact_markdown(r: Dict[str, Any]) -> List[str]:
     out = ["", "## Exact forgeries: domain violations", ""]
     for m, e in r["exact"].items():
         if not e["distinct"]:
-            out.append(f"- {m}: no distinct forgery exists (the nullspace is empty), so there is nothing to check.")
+            out.append(
+                f"- {m}: the nullspace construction gives no distinct forgery (its family is empty here; other "
+                "exact forgeries are not ruled out), so there is nothing to check."
+            )
             continue
         grid = (
             "no grid declared"
