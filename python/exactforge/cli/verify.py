@@ -171,6 +171,13 @@ def run(args: argparse.Namespace) -> int:
         say(args, _rates(rep.learning_rates))
     if rep.reference:
         say(args, _reference_line(rep.reference))
+    if rep.vacuous and not rep.vacuous["passed"]:
+        say(
+            args,
+            f"VACUOUS: {rep.vacuous['count']} of {len(rep.steps)} recomputed segment(s) change no coordinate of the "
+            f"model (first at steps {rep.vacuous['segments'][:5]}): each update is below the resolution and rounds to "
+            "nothing, so they pass any epsilon and prove no training (an infinitesimal-update spoof looks like this)",
+        )
     if tolerance is not None:
         say(
             args,

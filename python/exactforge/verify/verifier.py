@@ -69,6 +69,22 @@ class StepResult:
     # the Proof-of-Learning reference's distances where they are asked for (imported proofs):
     # "recomputed" (logged end vs recomputed) and "update" (logged start vs logged end)
     reference: Optional[Dict[str, Dict[str, float]]] = None
+    # share of the model's float coordinates that the logged segment changed: 0 is a vacuous
+    # segment (every update below the resolution, as an "infinitesimal update" spoof makes them)
+    moved: Optional[float] = None
+
+
+def moved_share(start: Dict[str, np.ndarray], end: Dict[str, np.ndarray]) -> float:
+    """The share of the model's float coordinates (optimizer state left out) that differ
+    between two checkpoints."""
+    changed = total = 0
+    for k, v in end.items():
+        a = np.asarray(v)
+        if a.dtype.kind != "f" or k.startswith("optimizer.") or k not in start:
+            continue
+        changed += int(np.count_nonzero(a != np.asarray(start[k])))
+        total += a.size
+    return changed / total if total else 1.0
 
 
 def resolution(theta: Dict[str, np.ndarray], lr: float) -> Tuple[float, float]:
@@ -136,6 +152,9 @@ class VerificationReport:
     learning_rates: Optional[Dict[str, Any]] = None
     # the Proof-of-Learning reference's verdict beside this one (exactforge.verify.reference)
     reference: Optional[Dict[str, Any]] = None
+    # segments whose logged update changes no coordinate of the model: they pass any epsilon
+    # and prove no training (an update below the resolution rounds to nothing)
+    vacuous: Optional[Dict[str, Any]] = None
     executor: Optional[Dict[str, Any]] = (
         None  # where the segments ran (None: here, serially); see exactforge.distributed
     )
@@ -642,6 +661,7 @@ def verify_trace(
             report.resolution = float(np.median([r.resolution for r in report.steps]))
         if job.reference_names:
             report.reference = _reference(report, theta0, step, reference_q)
+        report.vacuous = _vacuous(report)
         return report
 
 
@@ -879,7 +899,19 @@ def recompute_segments(
                     "recomputed": reference_distances(logged, state, names),
                     "update": reference_distances(start, logged, names),
                 }
-            on_result(StepResult(s, e, err, bool(err <= job.epsilon), time.perf_counter() - t0, res_med, res_min, ref))
+            on_result(
+                StepResult(
+                    s,
+                    e,
+                    err,
+                    bool(err <= job.epsilon),
+                    time.perf_counter() - t0,
+                    res_med,
+                    res_min,
+                    ref,
+                    moved_share(start, logged),
+                )
+            )
 
 
 def _settled_job(job: SegmentJob, trace: Trace, step: Any, reference: Optional[bool], executor: Any) -> SegmentJob:
@@ -909,6 +941,19 @@ def _reference(report: VerificationReport, theta0: Any, step: Any, q: Optional[i
         report.steps, exactforge_accepted=report.accepted, epsilon=report.epsilon, q=q, initial_tests=tests
     )
     return verdict.to_dict() if verdict is not None else None
+
+
+def _vacuous(report: VerificationReport) -> Optional[Dict[str, Any]]:
+    shares = [(r.step, r.moved) for r in report.steps if r.moved is not None]
+    if not shares:
+        return None
+    still = [s for s, m in shares if m == 0.0]
+    return {
+        "passed": not still,
+        "segments": still[:100],
+        "count": len(still),
+        "least_moved": min(m for _, m in shares),
+    }
 
 
 def permuted(idx: np.ndarray, seed: int, t: int, parts: int = 1) -> np.ndarray:
