@@ -156,6 +156,16 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     return _Conv2d.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), mode)
 
 
+def _affine(xhat: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], shape) -> torch.Tensor:
+    """BatchNorm's gamma * xhat + beta per channel: two separately rounded operations."""
+    y = xhat
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
 class _BatchNormEval(torch.autograd.Function):
     """y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta with the running
     statistics fixed (eval mode); gamma's and beta's gradients sum over examples and positions."""
@@ -165,11 +175,7 @@ class _BatchNormEval(torch.autograd.Function):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         inv = torch.rsqrt(var + eps)
         xhat = (x - mean.reshape(shape)) * inv.reshape(shape)
-        y = xhat
-        if weight is not None:
-            y = y * weight.reshape(shape)
-        if bias is not None:
-            y = y + bias.reshape(shape)
+        y = _affine(xhat, weight, bias, shape)
         ctx.save_for_backward(xhat, inv, weight)
         ctx.mode, ctx.shape = mode, shape
         return y
@@ -216,11 +222,7 @@ class _BatchNormTrain(torch.autograd.Function):
         var = _channel_sum(xc * xc, mode) / M
         rstd = 1.0 / torch.sqrt(var + eps)
         xhat = xc * rstd.reshape(shape)
-        y = xhat
-        if weight is not None:
-            y = y * weight.reshape(shape)
-        if bias is not None:
-            y = y + bias.reshape(shape)
+        y = _affine(xhat, weight, bias, shape)
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.conf = (shape, M, mode)
         ctx.mark_non_differentiable(mean, var)
