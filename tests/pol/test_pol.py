@@ -135,6 +135,13 @@ def _edit(proof, tmp_path, fn):
             "model_step_5",
         ),
         (
+            "a theta_0 of another model",
+            lambda d: torch.save(
+                {"net": build_model("fcn", DATA.shape, 10).state_dict()}, os.path.join(d, "model_step_0")
+            ),
+            "model_step_0",
+        ),
+        (
             "a checkpoint of another model",
             lambda d: torch.save(
                 {"net": build_model("fcn", DATA.shape, 10).state_dict()}, os.path.join(d, "model_step_10")

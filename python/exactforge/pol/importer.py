@@ -177,6 +177,7 @@ def import_proof(
     that do not fit it."""
     import torch
 
+    from ..models.optim import spec_of
     from ..models.schedule import replay_rates
     from ..trace.record import TraceRecorder
 
@@ -194,7 +195,8 @@ def import_proof(
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(args.milestones), args.gamma) if args.milestones else None
     steps = checkpoint_steps(proof.steps, args.save_freq)
     first = read_checkpoint(proof_dir, 0, limits)
-    net.load_state_dict(first["net"])  # theta_0 as the proof gives it (checked against the model below)
+    theta0 = _state(net, first, spec_of(opt, net), 0, "model_step_0")  # checked against the model before torch loads it
+    net.load_state_dict(first["net"])  # theta_0 as the proof gives it
     rec = TraceRecorder(
         out,
         net,
@@ -222,7 +224,6 @@ def import_proof(
     }
     spec = manifest["optimizer"]
     rates = [r[0] for r in replay_rates(manifest["scheduler"], spec, proof.steps)] if sched else None
-    theta0 = _state(net, first, spec, 0, "model_step_0")
     existed = os.path.exists(out)
     try:
         _write(TraceWriter(out, manifest, theta0), proof, steps, rates, spec, net, limits)
