@@ -46,6 +46,25 @@ def fast_half_median(fn: Callable[[], object], total: float) -> float:
     return float(np.median(sorted(out)[: max(1, len(out) // 2)]))
 
 
+def sgd_step(model, loss, x, y, lr: float = 0.01) -> None:
+    """One plain SGD step of a torch model (forward, backward, update): what the layer
+    benchmarks time on both sides."""
+    import torch
+
+    model.zero_grad()
+    loss(model(x), y).backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(p.grad, alpha=-lr)
+
+
+def grads(model, loss, x, y) -> list:
+    """The parameters' gradients of ``loss(model(x), y)``, copied."""
+    model.zero_grad()
+    loss(model(x), y).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
 def interleaved_min(fns: list, repeats: int) -> list:
     """The fastest call of each function, the calls alternating: on a shared machine a slow
     spell then hits both sides of a ratio, not one."""

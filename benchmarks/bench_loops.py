@@ -33,7 +33,7 @@ from exactforge.models.zoo import build_model
 from exactforge.trace.record import TraceRecorder
 from exactforge.verify import verify_trace
 
-from _common import cpu_name, interleaved_min
+from _common import cpu_name, grads, interleaved_min, sgd_step
 
 
 def with_batch_norm(model: nn.Module) -> nn.Module:
@@ -46,20 +46,6 @@ def with_batch_norm(model: nn.Module) -> nn.Module:
                 seq[i] = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, bias=False)
                 seq.insert(i + 1, nn.BatchNorm2d(c.out_channels))
     return model
-
-
-def sgd_step(model, loss, x, y, lr=0.01):
-    model.zero_grad()
-    loss(model(x), y).backward()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(p.grad, alpha=-lr)
-
-
-def grads(m, loss, x, y):
-    m.zero_grad()
-    loss(m(x), y).backward()
-    return [p.grad.clone() for p in m.parameters()]
 
 
 def batch_norm_step(data, args) -> None:

@@ -24,15 +24,8 @@ import exactforge.nn as xnn
 from exactforge.data import load_dataset
 from exactforge.models.zoo import build_model
 
-from _common import interleaved_min
-
-
-def step(model, loss, x, y, lr=0.01):
-    model.zero_grad()
-    loss(model(x), y).backward()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(p.grad, alpha=-lr)
+from _common import grads, interleaved_min
+from _common import sgd_step as step
 
 
 def main() -> None:
@@ -62,11 +55,6 @@ def main() -> None:
         idx = torch.randperm(len(data), generator=g)[: args.batch]
         x = torch.from_numpy(data.X[idx.numpy()]).reshape(args.batch, *data.shape)
         y = torch.from_numpy(data.y[idx.numpy()])
-
-        def grads(m, loss, x_, y_):
-            m.zero_grad()
-            loss(m(x_), y_).backward()
-            return [p.grad.clone() for p in m.parameters()]
 
         x64 = x if data.vocab else x.double()  # token ids stay ids
         g64 = grads(xnn.reproducible(copy.deepcopy(net).double()), xnn.cross_entropy, x64, y)

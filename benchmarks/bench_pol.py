@@ -34,11 +34,13 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import exactforge
 import exactforge.nn as xnn
 from exactforge.data import Dataset, load_dataset
 from exactforge.models.zoo import build_model
+from exactforge.nn.augment import normalize
 from exactforge.pol import (
     TrainingArgs,
     checkpoint_steps,
@@ -49,7 +51,7 @@ from exactforge.pol import (
 )
 from exactforge.verify import verify_trace
 
-from _common import cpu_name, interleaved_min
+from _common import cpu_name, grads, interleaved_min, sgd_step
 
 
 def resnet_step(args) -> None:
@@ -58,11 +60,6 @@ def resnet_step(args) -> None:
     x, y = torch.from_numpy(X), torch.from_numpy(rng.integers(0, 10, args.batch))
     net = build_model("resnet20", (3, 32, 32), 10, seed=0)
     rep = xnn.reproducible(copy.deepcopy(net))
-
-    def grads(m, loss, xs, ys):
-        m.zero_grad()
-        loss(m(xs), ys).backward()
-        return [p.grad.clone() for p in m.parameters()]
 
     g64 = grads(xnn.reproducible(copy.deepcopy(net).double()), xnn.cross_entropy, x.double(), y)
     t64 = grads(copy.deepcopy(net).double(), torch.nn.functional.cross_entropy, x.double(), y)
@@ -75,15 +72,9 @@ def resnet_step(args) -> None:
     if rel64 > 1e-10 or not same:
         raise SystemExit(f"resnet20: wrong gradients (float64 rel {rel64:.2g}, permutation-invariant {same})")
 
-    def step(m, loss):
-        m.zero_grad()
-        loss(m(x), y).backward()
-        with torch.no_grad():
-            for p in m.parameters():
-                p.add_(p.grad, alpha=-0.1)
-
     t_torch, t_rep = interleaved_min(
-        [lambda: step(net, torch.nn.functional.cross_entropy), lambda: step(rep, xnn.cross_entropy)], args.repeats
+        [lambda: sgd_step(net, F.cross_entropy, x, y, 0.1), lambda: sgd_step(rep, xnn.cross_entropy, x, y, 0.1)],
+        args.repeats,
     )
     print(
         "| model | batch | float64 rel. gradient diff | permuted batch: same bits | torch step | reproducible | ratio |"
@@ -185,7 +176,7 @@ def attacks_side_by_side(folder: str, data: Dataset, forged_steps: int) -> None:
     tr = Trace.open(trace)
     model = make()
     names = [n for n, _ in model.named_parameters()]
-    X = ((torch.from_numpy(data.X).reshape(len(data), *data.shape) - 0.5) / 0.5).numpy()  # as the verifier feeds it
+    X = normalize(torch.from_numpy(data.X).reshape(len(data), *data.shape), [0.5], [0.5]).numpy()  # as fed
     seen = Dataset(
         data.name + "-normalised", np.ascontiguousarray(X.reshape(len(data), -1)), data.y, 10, None, data.shape
     )

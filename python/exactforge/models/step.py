@@ -155,8 +155,6 @@ class TorchStep:
         accumulate: int = 1,
         normalize: Optional[Dict[str, List[float]]] = None,
     ) -> None:
-        import torch
-
         from ..nn import mode_of
 
         self.model, self.X, self.y, self.optimizer, self.loss = model, X, y, optimizer, loss
@@ -166,12 +164,7 @@ class TorchStep:
         self.clip = clip_function(clip, mode_of(model) is not None)
         self.augment = augment  # a KeyedAugment: step t's draws for each example
         self.accumulate = accumulate  # micro-batches per step: numpy.array_split of the batch, loss / accumulate
-        # per-channel (x - mean) / std after augmentation, as torchvision's Normalize after its transforms
-        self.normalize = None
-        if normalize is not None:
-            shape = (1, -1) + (1,) * (X.dim() - 2)
-            dt = X.dtype
-            self.normalize = tuple(torch.tensor(normalize[k], dtype=dt).reshape(shape) for k in ("mean", "std"))
+        self.normalize = normalize  # per channel, after augmentation (exactforge.nn.augment.normalize)
 
     def __call__(
         self, state: State, idx: np.ndarray, t: int = 0, lr: Union[None, float, Sequence[float]] = None
@@ -228,7 +221,9 @@ class TorchStep:
         if self.augment is not None:
             xb = self.augment(xb, step=t, examples=idx)
         if self.normalize is not None:
-            xb = (xb - self.normalize[0]) / self.normalize[1]
+            from ..nn.augment import normalize
+
+            xb = normalize(xb, self.normalize["mean"], self.normalize["std"])
         if self.device != "cpu":
             xb, yb = xb.to(self.device), yb.to(self.device)
         if self.autocast is not None:

@@ -27,7 +27,7 @@ import torch
 
 from .functional import _splitmix, _word
 
-__all__ = ["KeyedAugment", "torch_crop_flip"]
+__all__ = ["KeyedAugment", "torch_crop_flip", "normalize"]
 
 _FIELDS = {"crop_padding": int, "hflip": bool, "rot90": bool, "seed": int}
 MAX_PADDING = 64
@@ -124,3 +124,12 @@ def torch_crop_flip(x: torch.Tensor, generator: Optional[torch.Generator] = None
         crop = img[:, i : i + H, j : j + W]
         out.append(crop.flip(-1) if bool(torch.rand((), generator=generator) < 0.5) else crop)
     return torch.stack(out)
+
+
+def normalize(x: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
+    """torchvision's Normalize, as it runs after its transforms: (x - mean) / std per channel
+    (axis 1), two IEEE operations in x's dtype. The proof writer and the verifier share it, so
+    the inputs they feed are the same bits."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    m, s = (torch.tensor([float(v) for v in vs], dtype=x.dtype).reshape(shape) for vs in (mean, std))
+    return (x - m) / s

@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -118,20 +119,16 @@ def _state(model: Any, ckpt: Dict[str, Any], spec: Dict[str, Any], step: int, na
         raise ProofError(f"proof: {name} holds {extra[0]!r}, which the model does not have")
     out = {k: net[k].detach().cpu().numpy().copy() for k in want}
     params = list(model.parameters())
-    keys = O.state_keys(spec)
-    if keys:
-        per = (ckpt.get("optimizer") or {}).get("state", {})
-        out["optimizer.steps"] = np.asarray([step], np.int64)
-        for i, p in enumerate(params):
-            st = per.get(i, {})
-            for key in keys:
-                v = st.get(key)
-                arr = np.zeros(tuple(p.shape), np.float32) if v is None else np.asarray(v.detach().cpu().numpy())
-                if key == "step":
-                    arr = np.asarray([float(v) if v is not None else 0.0], np.float32)
-                elif arr.shape != tuple(p.shape):
-                    raise ProofError(f"proof: {name}: the optimizer's {key} of parameter {i} has the wrong shape")
-                out[f"optimizer.{i}.{key}"] = arr
+    per = (ckpt.get("optimizer") or {}).get("state", {})
+    for i, p in enumerate(params):
+        for key in O.state_keys(spec):
+            v = per.get(i, {}).get(key)
+            if key != "step" and v is not None and (not hasattr(v, "shape") or tuple(v.shape) != tuple(p.shape)):
+                raise ProofError(f"proof: {name}: the optimizer's {key} of parameter {i} has the wrong shape")
+    # the proof's state in the layout a recorder writes, by the recorder's own converter (which
+    # reads an optimizer's .state: parameter -> its state)
+    view = SimpleNamespace(state={p: per.get(i, {}) for i, p in enumerate(params)})
+    out.update(O.state_tensors(view, spec, params, step))
     return out
 
 

@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..data import Dataset
+from ..nn.augment import normalize as normalize_inputs
 from ..nn.augment import torch_crop_flip
 
 __all__ = ["write_reference_proof"]
@@ -51,10 +52,6 @@ def write_reference_proof(
         f.write("0" * 64)  # no torchvision data set here: a placeholder the importer reports as unchecked
     X = torch.from_numpy(data.X).reshape(n, *(data.shape or (data.dim,)))
     y = torch.from_numpy(data.y)
-    norm = None
-    if normalize is not None:
-        shape = (1, -1) + (1,) * (X.dim() - 2)
-        norm = [torch.tensor([float(v) for v in vs], dtype=X.dtype).reshape(shape) for vs in normalize]
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma) if milestones else None
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -73,8 +70,8 @@ def write_reference_proof(
         xb = X[torch.from_numpy(indices[i])]
         if random_crop_flip:
             xb = torch_crop_flip(xb)
-        if norm is not None:  # torchvision's Normalize, after the transforms
-            xb = (xb - norm[0]) / norm[1]
+        if normalize is not None:  # torchvision's Normalize, after the transforms
+            xb = normalize_inputs(xb, *normalize)
         opt.zero_grad()
         loss_fn(model(xb), y[torch.from_numpy(indices[i])]).backward()
         opt.step()

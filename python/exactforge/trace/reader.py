@@ -167,6 +167,9 @@ class Trace:
     anchors: Dict[int, str] = field(default_factory=dict)
     # checkpoint step (>= 1) -> its entry {"step", "file", "sha256"}, in order
     entries: Dict[int, Dict[str, Any]] = field(default_factory=dict)
+    # records that carry their own learning rate, counted when the chain was read (an upper
+    # bound after truncate): none means no pass over the records is needed to list rates
+    rated_records: int = 0
 
     @classmethod
     def open(
@@ -208,6 +211,7 @@ class Trace:
                 t.anchors[i] = rec.hash
                 t.entries[i + 1] = rec.checkpoint
             rec.batch = None  # the chain is kept, the batch is not
+            t.rated_records += rec.lr is not None
             t.last, t.num_records, prev = rec, i + 1, rec.hash
             if on_record is not None:
                 on_record(t)

@@ -31,14 +31,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["LoopWatch", "HYPERPARAMETERS", "clip_entry", "check_reproducible_loop"]
-
-# the optimizer hyperparameters a manifest records, besides the learning rate
-HYPERPARAMETERS = {
-    "sgd": ("momentum", "dampening", "nesterov", "weight_decay"),
-    "adam": ("betas", "eps", "weight_decay"),
-    "adamw": ("betas", "eps", "weight_decay"),
-}
+__all__ = ["LoopWatch", "clip_entry", "check_reproducible_loop"]
 
 
 def _value(v: Any) -> Any:
@@ -71,7 +64,9 @@ class LoopWatch:
         self.X, self.y, self.loss, self.clip, self.clip_fn = X, y, loss, clip, clip_fn
         self.eval_modules, self.augment, self.accumulate = eval_modules, augment, accumulate
         self.params = list(model.parameters())
-        keys = HYPERPARAMETERS[spec["name"]]
+        from ..models.optim import GROUP_KEYS  # the hyperparameters a manifest records, besides lr
+
+        keys = GROUP_KEYS[spec["name"]]
         self.hyper = [{k: _value(g[k]) for k in keys} for g in optimizer.param_groups]
         self.handles: List[Any] = []
         self._reset()

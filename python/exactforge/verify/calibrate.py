@@ -10,7 +10,8 @@ across GPUs) are not measured here, and the report says so.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Tuple
+import functools
+from typing import Any, Callable, List, Tuple
 
 import numpy as np
 
@@ -19,12 +20,10 @@ __all__ = ["calibrate_epsilon", "SAFETY"]
 SAFETY = 10.0
 
 
-def _replay(trace: Any, step: Callable, start: Dict[str, np.ndarray], s: int, e: int, order: Callable) -> Any:
-    state = start
-    for rec in trace.iter_records(s, e):
-        idx = order(rec.batch, rec.step)
-        state = step(state, idx, rec.step) if rec.lr is None else step(state, idx, rec.step, lr=rec.lr)
-    return state
+def _reordered(idx: np.ndarray, t: int, *, seed: int, parts: int) -> np.ndarray:
+    from .verifier import permuted
+
+    return permuted(idx, seed, t, parts)
 
 
 def calibrate_epsilon(
@@ -34,21 +33,22 @@ def calibrate_epsilon(
     import torch
 
     from .distances import verification_distance
-    from .verifier import _pairs, permuted
+    from .verifier import _pairs
+    from .verifier import replay_segment as replay
 
     parts = trace.manifest.get("accumulate") or 1
     segs: List[Tuple[int, int]] = list(trace.segments())[: max(1, segments)]
     worst = 0.0
     for s, e in segs:
         start = load(s)
-        base = _replay(trace, step, start, s, e, lambda idx, t: idx)
+        base = replay(trace, step, start, s, e)
         for r in range(draws):
-            other = _replay(trace, step, start, s, e, lambda idx, t, r=r: permuted(idx, 1_000 + r, t, parts))
+            other = replay(trace, step, start, s, e, functools.partial(_reordered, seed=1_000 + r, parts=parts))
             worst = max(worst, float(verification_distance(_pairs(other, base), "l2")))
         before = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            one = _replay(trace, step, start, s, e, lambda idx, t: idx)
+            one = replay(trace, step, start, s, e)
         finally:
             torch.set_num_threads(before)
         worst = max(worst, float(verification_distance(_pairs(one, base), "l2")))

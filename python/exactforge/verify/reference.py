@@ -185,7 +185,7 @@ def augmentation_tolerance(
 
     from ..nn.augment import torch_crop_flip
     from .distances import verification_distance
-    from .verifier import _pairs, engine_for, open_with_data
+    from .verifier import _pairs, engine_for, open_with_data, replay_segment
 
     trace, data = open_with_data(directory, dataset, data_path)
     if trace.manifest["engine"] != "torch":
@@ -202,11 +202,7 @@ def augmentation_tolerance(
         for d in range(draws):
             # far from the small seeds training loops use, so a draw does not replay the original by chance
             gen.manual_seed(((seed + 1) * 0x9E3779B97F4A7C15 + s * 1009 + d) % 2**63)
-            state = start
-            for rec in trace.iter_records(s, e):
-                state = (
-                    step(state, rec.batch, rec.step) if rec.lr is None else step(state, rec.batch, rec.step, lr=rec.lr)
-                )
+            state = replay_segment(trace, step, start, s, e)
             l2s.append(float(verification_distance(_pairs(state, logged), "l2")))
             dist = reference_distances(logged, state, names)
             ref = {m: max(ref[m], dist[m]) for m in METRICS}

@@ -694,6 +694,9 @@ def learning_rates(trace: Trace, lr_lambda: Optional[Callable[[int], float]] = N
     man = trace.manifest
     if man["engine"] != "torch":
         return None
+    entry = man.get("scheduler")
+    if entry is None and not trace.rated_records:  # one rate throughout: nothing to read again
+        return {"per_step": 0, "scheduler": None, "follows": None, "first_difference": None, "reason": None}
     base = tuple(group_rates(man["optimizer"]))
     rates = [
         base if r.lr is None else (r.lr if isinstance(r.lr, tuple) else (float(r.lr),))
@@ -706,7 +709,6 @@ def learning_rates(trace: Trace, lr_lambda: Optional[Callable[[int], float]] = N
         "first_difference": None,
         "reason": None,
     }
-    entry = man.get("scheduler")
     if entry is None:
         if out["per_step"]:
             out["reason"] = "the rates change with no scheduler declared: the prover's choice"
@@ -884,12 +886,9 @@ def recompute_segments(
     with _torch_threads(trace.manifest["engine"], job.threads):
         for s, e, state, logged in _states(segs, load, theta0):
             t0, start = time.perf_counter(), state
-            for rec in trace.iter_records(s, e):
-                t, idx = rec.step, rec.batch
-                assert idx is not None  # iter_records reads the batches
-                if job.permute_batches is not None:
-                    idx = permuted(idx, job.permute_batches, t, parts)
-                state = step(state, idx, t) if rec.lr is None else step(state, idx, t, lr=rec.lr)
+            seed = job.permute_batches
+            order = None if seed is None else (lambda idx, t: permuted(idx, seed, t, parts))
+            state = replay_segment(trace, step, state, s, e, order)
             err = verification_distance(_pairs(state, logged), job.distance_kind)
             res_med, res_min = resolution(logged, lr)
             ref = None
@@ -954,6 +953,25 @@ def _vacuous(report: VerificationReport) -> Optional[Dict[str, Any]]:
         "count": len(still),
         "least_moved": min(m for _, m in shares),
     }
+
+
+def replay_segment(
+    trace: Trace,
+    step: Callable,
+    state: Any,
+    s: int,
+    e: int,
+    order: Optional[Callable[[np.ndarray, int], np.ndarray]] = None,
+) -> Any:
+    """theta_e recomputed from ``state`` (theta_s) through the records s..e-1, each step with
+    its recorded learning rate where it carries one; ``order(batch, t)`` rearranges a batch."""
+    for rec in trace.iter_records(s, e):
+        idx = rec.batch
+        assert idx is not None  # iter_records reads the batches
+        if order is not None:
+            idx = order(idx, rec.step)
+        state = step(state, idx, rec.step) if rec.lr is None else step(state, idx, rec.step, lr=rec.lr)
+    return state
 
 
 def permuted(idx: np.ndarray, seed: int, t: int, parts: int = 1) -> np.ndarray:
