@@ -27,6 +27,7 @@ __all__ = [
     "load_cifar10",
     "load_npz",
     "fingerprint",
+    "in_domain",
 ]
 
 DATASETS = ("digits", "breast-cancer", "wine", "mnist-5k", "mnist", "cifar10", "adult", "imdb", "synthetic-tokens")
@@ -74,6 +75,29 @@ def fingerprint(X: np.ndarray, y: np.ndarray) -> str:
         h.update(f"{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def in_domain(
+    X: np.ndarray,
+    Y: np.ndarray,
+    levels: Optional[int],
+    num_classes: int,
+    tol: float = 1e-6,
+    domain: Optional[Tuple[float, float]] = (0.0, 1.0),
+) -> bool:
+    """Values inside the data's declared range ``domain`` (lo, hi) and on its grid
+    lo + q (hi - lo)/levels, and labels one-hot (class indices). With ``domain`` None (data
+    that declares no range) only the labels are checked."""
+    X = np.asarray(X, np.float64)
+    if domain is not None:
+        lo, hi = domain
+        u = (X - lo) / (hi - lo)  # the range as [0, 1]
+        if np.any(u < -tol) or np.any(u > 1 + tol):
+            return False
+        if levels and np.any(np.abs(u * levels - np.round(u * levels)) > tol * levels):
+            return False
+    Y = np.asarray(Y)
+    return Y.ndim == 1 and np.issubdtype(Y.dtype, np.integer) and bool(np.all((Y >= 0) & (Y < num_classes)))
 
 
 def as_dataset(data: object, name: str = "custom") -> Dataset:

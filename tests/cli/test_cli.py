@@ -46,7 +46,7 @@ def test_every_command_shares_the_conventions(capsys):
     from exactforge.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
-    reads_data = {"train", "verify", "forge", "repro", "attack", "invert", "game", "reevaluate", "import-pol"}
+    reads_data = {"train", "verify", "forge", "repro", "attack", "invert", "game", "reevaluate", "import-pol", "spoof"}
     for name, p in sub.choices.items():
         opts = {o for a in p._actions for o in a.option_strings}
         assert {"--json", "--quiet"} <= opts, name

@@ -57,10 +57,57 @@ def test_epsilon_zero_on_the_native_path_catches_exact_forgeries():
 
 def test_gradient_matching_runs_and_leaves_the_domain(native_fcn):
     ctx = native_fcn.context(0)
-    for method in ("gradmatch", "dlg"):
+    b = len(ctx.batch)
+    for method, replaced in (("gradmatch", b), ("gradmatch-subset", 1), ("dlg", b), ("idlg", 1)):
         r = run_attack(method, ctx, [int(ctx.batch[3])], steps=5)
         assert np.isfinite(r.approx_error) and r.distinct and -1 in r.forged_indices
         assert not r.in_domain  # continuous pixels are off the grid q/16
+        assert r.replaced == replaced and r.fraction == replaced / b and r.objective
+
+
+def test_gradmatch_is_algorithm_1_on_all_b_examples_unconstrained(native_fcn):
+    """The short paper's Algorithm 1: every example synthesised, the batch's labels, Adam on the
+    (unsquared) eta-scaled l2 distance, values not clamped; the objective falls."""
+    ctx = native_fcn.context(0)
+    first = run_attack("gradmatch", ctx, [int(ctx.batch[0])], steps=1, seed=3)
+    later = run_attack("gradmatch", ctx, [int(ctx.batch[0])], steps=60, seed=3)
+    assert first.forged_indices == [-1] * len(ctx.batch)
+    assert later.approx_error < first.approx_error
+    sub = run_attack("gradmatch-subset", ctx, [int(ctx.batch[0])], steps=60, seed=3)
+    assert sub.replaced == 1 and "projected" in sub.objective
+    assert "unconstrained" in later.objective and "all b" in later.objective
+
+
+def test_dlg_draws_dummy_labels_from_noise_and_idlg_keeps_the_true_ones(native_fcn):
+    from exactforge.forging.matching import synthesise
+
+    ctx = native_fcn.context(0)
+    rng = np.random.default_rng(0)
+    U = [int(ctx.batch[0])]
+    keep = np.asarray(ctx.batch[1:])
+    g = (ctx.theta.astype(np.float64) - ctx.theta_next) / ctx.lr
+    X, Y, idx = synthesise(ctx, "dlg", U, keep, g, 3, 0.5, True, rng)
+    assert Y.shape == (len(ctx.batch), DIGITS.num_classes) and np.allclose(Y.sum(axis=1), 1, atol=1e-5)
+    assert idx == [-1] * len(ctx.batch)
+    X, Y, idx = synthesise(ctx, "idlg", U, keep, g, 3, 0.5, True, rng)
+    assert Y.ndim == 1 and Y[-1] == DIGITS.y[U[0]] and idx[:-1] == keep.tolist()
+    with pytest.raises(ValueError, match="method"):
+        synthesise(ctx, "greedy", U, keep, g, 3, 0.5, True, rng)
+
+
+def test_nearest_defaults_to_cosine_of_the_raw_inputs(torch_logreg):
+    ctx = torch_logreg.context(0)
+    u = int(ctx.batch[0])
+    default = run_attack("nearest", ctx, [u])
+    cos = run_attack("nearest", ctx, [u], metric="cosine")
+    l2 = run_attack("nearest", ctx, [u], metric="l2")
+    assert default.forged_indices == cos.forged_indices and "cosine" in default.objective
+    assert "l2" in l2.objective
+    X = DIGITS.X.astype(np.float64)
+    j = default.forged_indices[-1]
+    same = [i for i in range(len(DIGITS)) if DIGITS.y[i] == DIGITS.y[u] and i not in set(ctx.batch.tolist())]
+    sims = [X[i] @ X[u] / (np.linalg.norm(X[i]) * np.linalg.norm(X[u])) for i in same]
+    assert X[j] @ X[u] / (np.linalg.norm(X[j]) * np.linalg.norm(X[u])) == pytest.approx(max(sims))
 
 
 def test_unlearning_scenario_needs_every_batch_forged():

@@ -8,13 +8,13 @@ import os
 import sys
 from typing import List, Optional
 
-from . import attack, demo, forge, game, info, invert, pol, reevaluate, repro, search, train, verify
+from . import attack, demo, forge, game, info, invert, pol, reevaluate, repro, search, spoof, train, verify
 from ._common import Parser, fail
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 #: the commands in the order ``exactforge --help`` lists them
-COMMANDS = (demo, train, verify, pol, forge, search, repro, attack, invert, game, reevaluate, info)
+COMMANDS = (demo, train, verify, pol, forge, search, repro, attack, spoof, invert, game, reevaluate, info)
 
 
 def build_parser() -> Parser:

@@ -15,7 +15,7 @@ def register(sub: Any) -> None:
         "--method",
         "--attack",
         dest="method",
-        choices=("greedy", "nearest", "gradmatch", "dlg"),
+        choices=("greedy", "nearest", "gradmatch", "gradmatch-subset", "dlg", "idlg"),
         default="greedy",
         help="the attack (--attack is the same option, as in game)",
     )
@@ -23,12 +23,14 @@ def register(sub: Any) -> None:
     a.add_argument("--fraction", type=_FRACTION, default=0.01, help="forging fraction: share of the batch replaced")
     a.add_argument("--pool", type=_count(1), default=1000, help="greedy: points sampled from D minus U (n)")
     a.add_argument("--candidates", type=_count(1), default=300, help="greedy: candidate batches (M)")
-    a.add_argument("--opt-steps", type=_count(1), default=100, help="gradmatch/dlg: optimisation steps")
+    a.add_argument(
+        "--opt-steps", type=_count(1), default=100, help="gradmatch, dlg and their variants: optimisation steps"
+    )
     a.add_argument(
         "--metric",
         choices=("l2", "cosine"),
-        default="l2",
-        help="nearest: l2 distance, or cosine similarity of the raw inputs (Zhang et al.'s)",
+        default="cosine",
+        help="nearest: cosine similarity of the raw inputs (Zhang et al.'s, the default) or l2 distance",
     )
     a.add_argument("--seed", type=_SEED, default=0, help="seed of the removed examples and of the attack")
     _data_args(a, None)
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     write_json(args, out)
     say(
         args,
-        f"{args.method} at step {args.step}: replaced {res.replaced}/{len(ctx.batch)}, approx_error {res.approx_error:.3g} "
+        f"{args.method} at step {args.step}: replaced {res.replaced}/{len(ctx.batch)} "
+        f"(forging fraction {res.fraction:.3g}; {res.objective}), approx_error {res.approx_error:.3g} "
         f"(linf {res.metrics['linf']:.3g}, l2sq {res.metrics['l2sq']:.3g}, l2sq_dim {res.metrics['l2sq_dim']:.3g}), "
         f"distinct={res.distinct}, in domain={res.in_domain}, {res.seconds:.2f} s",
     )

@@ -14,7 +14,7 @@ def register(sub: Any) -> None:
         "--attack",
         "--method",
         dest="attack",
-        choices=("greedy", "nearest", "gradmatch", "dlg", "nullspace", "error-matrix"),
+        choices=("greedy", "nearest", "gradmatch", "gradmatch-subset", "dlg", "idlg", "nullspace", "error-matrix"),
         default="greedy",
         help="the adversary's attack (--method is the same option, as in attack)",
     )
@@ -38,7 +38,9 @@ def register(sub: Any) -> None:
     )
     g.add_argument("--pool", type=_count(1), default=1000, help="greedy: points sampled from D minus U (n)")
     g.add_argument("--candidates", type=_count(1), default=300, help="greedy: candidate batches (M)")
-    g.add_argument("--opt-steps", type=_count(1), default=100, help="gradmatch/dlg: optimisation steps")
+    g.add_argument(
+        "--opt-steps", type=_count(1), default=100, help="gradmatch, dlg and their variants: optimisation steps"
+    )
     g.add_argument("--seed", type=_SEED, default=0, help="seed of the weights, the batches and the attacks")
     g.set_defaults(func=run)
 

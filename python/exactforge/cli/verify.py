@@ -92,6 +92,24 @@ def register(sub: Any) -> None:
         "tolerance an honest replay needs",
     )
     v.add_argument("--pol-draws", type=_count(1, 64), default=4, help="draws per segment of --pol-augmentation")
+    v.add_argument(
+        "--require",
+        metavar="CHECKS",
+        help="checks that reject the trace when they fail, comma-separated, or all: vacuous (updates that round "
+        "to nothing or stay within epsilon), schedule (rates the declared schedule does not give), domain "
+        "(examples off the data's range or grid), known-data (examples not in --known-data), interval "
+        "(checkpoints further apart than --max-interval); every check is reported either way",
+    )
+    v.add_argument(
+        "--known-data",
+        metavar="DATASET",
+        help="a data set the verifier holds itself (a bundled name, or npz/mnist/... with --known-data-path): "
+        "every example the recomputed batches use must be one of its examples",
+    )
+    v.add_argument("--known-data-path", metavar="PATH", help="the file or folder of --known-data")
+    v.add_argument(
+        "--max-interval", type=_count(1), metavar="K", help="the largest checkpoint interval the verifier accepts"
+    )
     _ray_args(v, "the segments", checkpoints=True)
     v.set_defaults(func=run)
 
@@ -121,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
         lr_lambda=import_function(args.lr_lambda, "--lr-lambda") if args.lr_lambda else None,
         reference={"auto": None, "off": False}.get(args.pol_reference, True),
         reference_q=args.pol_q if args.pol_reference == "topq" else None,
+        require=args.require,
+        known_data=_known(args),
+        max_interval=args.max_interval,
     )
     result = rep.to_dict()
     tolerance = None
@@ -171,13 +192,8 @@ def run(args: argparse.Namespace) -> int:
         say(args, _rates(rep.learning_rates))
     if rep.reference:
         say(args, _reference_line(rep.reference))
-    if rep.vacuous and not rep.vacuous["passed"]:
-        say(
-            args,
-            f"VACUOUS: {rep.vacuous['count']} of {len(rep.steps)} recomputed segment(s) change no coordinate of the "
-            f"model (first at steps {rep.vacuous['segments'][:5]}): each update is below the resolution and rounds to "
-            "nothing, so they pass any epsilon and prove no training (an infinitesimal-update spoof looks like this)",
-        )
+    for line in _check_lines(rep):
+        say(args, line)
     if tolerance is not None:
         say(
             args,
@@ -227,3 +243,58 @@ def _theta0(rep: Any) -> str:
             else f"; initialisation test passed ({len(rep.initial_test)} layers)"
         )
     return text
+
+
+def _known(args: argparse.Namespace) -> Any:
+    if not args.known_data:
+        if args.known_data_path:
+            raise ValueError("--known-data-path needs --known-data NAME (the data set's kind, e.g. npz)")
+        return None
+    from ..data import load_dataset
+
+    try:
+        return load_dataset(args.known_data, args.known_data_path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--known-data: {exc}") from None
+
+
+def _check_lines(rep: Any) -> list:
+    """One line per check that failed (or was required), each starting with its name."""
+    out = []
+    req = set(rep.required)
+
+    def mark(name: str, passed: bool) -> str:
+        return ("passed" if passed else "FAILED") + (" (required)" if name in req else "")
+
+    v = rep.vacuous
+    if v and (not v["passed"] or "vacuous" in req):
+        out.append(
+            f"vacuous: {mark('vacuous', v['passed'])}: {v['count']} of {len(rep.steps)} recomputed segment(s) "
+            f"prove no training (first at steps {v['segments'][:5]}): their logged update changes no coordinate, "
+            f"or the recomputed one is within epsilon (smallest {v['smallest_update']:.3g}), so any batch passes "
+            "(an infinitesimal-update spoof looks like this)"
+            if not v["passed"]
+            else f"vacuous: {mark('vacuous', True)}: every recomputed segment moves the model beyond epsilon"
+        )
+    sc = rep.schedule
+    if sc and (not sc["passed"] or "schedule" in req):
+        out.append(f"schedule: {mark('schedule', sc['passed'])}: {sc['reason']}")
+    d = rep.domain
+    if d and (not d["passed"] or "domain" in req):
+        out.append(
+            f"domain: {mark('domain', d['passed'])}: {d['outside']} of {d['examples']} example(s) used lie "
+            f"outside {d['domain']}" + (f" (first {d['first'][:5]})" if d["outside"] else "")
+        )
+    k = rep.known_data
+    if k is not None:
+        out.append(
+            f"known-data: {mark('known-data', k['passed'])}: {k['unknown']} of {k['examples']} example(s) used are "
+            f"not in {k['known']}" + (f" (first {k['first'][:5]})" if k["unknown"] else "")
+        )
+    iv = rep.interval
+    if iv and (not iv["passed"] or "interval" in req or iv["max_interval"] is not None):
+        out.append(
+            f"interval: {mark('interval', iv['passed'])}: checkpoints at most {iv['largest_gap']} step(s) apart"
+            + (f", bound {iv['max_interval']}" if iv["max_interval"] is not None else "")
+        )
+    return out

@@ -10,28 +10,50 @@ l2sq (Thudi et al.) and l2sq_dim = l2^2/dim (Kong et al.).
   (the examples of U replaced by random pool points), keep the best. Candidates are scored from
   per-example gradients computed once (torch.func vmap), never one backward pass per candidate.
 * ``nearest`` (Zhang et al.): each example of U replaced by its class-wise nearest neighbour in
-  D \\ U, by cosine similarity of the raw inputs (``metric="cosine"``, Zhang et al.'s choice) or
-  l2 distance (``metric="l2"``, the default here).
-* ``gradmatch`` (short paper, Algorithm 1): the replaced inputs are optimised with Adam
-  (alpha = 0.5, betas = (0.9, 0.999)) to match the logged update; ``dlg`` uses L-BFGS (Deep
-  Leakage from Gradients). Both optionally projected to [0, 1] after each step.
-* ``nullspace`` / ``error-matrix``: the exact solvers of exactforge.exact (all of B forged).
+  D \\ U, by cosine similarity of the raw inputs (``metric="cosine"``, the default: Zhang et al.'s
+  choice) or l2 distance (``metric="l2"``).
+* ``gradmatch`` (the short paper's Algorithm 1), ``gradmatch-subset``, ``dlg`` (Zhu et al.) and
+  ``idlg``: synthetic examples optimised to match the logged update (exactforge.forging.matching).
+* ``nullspace`` / ``error-matrix``: the exact solvers of exactforge.forging.solvers (all of B forged).
+
+Every result states its forging fraction (examples of B replaced, over b) and its objective.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..data import Dataset
+from ..data import Dataset, in_domain
 from ..verify.distances import DISTANCES, distance
+from .matching import MATCHING, OBJECTIVES, synthesise
 
-__all__ = ["ATTACKS", "AttackResult", "StepContext", "per_example_grads", "run_attack", "in_domain", "budget_for"]
+__all__ = [
+    "ATTACKS",
+    "AttackResult",
+    "StepContext",
+    "budget_for",
+    "in_domain",
+    "objective",
+    "per_example_grads",
+    "run_attack",
+]
 
-ATTACKS = ("greedy", "nearest", "gradmatch", "dlg", "nullspace", "error-matrix")
+ATTACKS = ("greedy", "nearest", "gradmatch", "gradmatch-subset", "dlg", "idlg", "nullspace", "error-matrix")
+
+
+def objective(method: str, metric: str = "cosine") -> str:
+    """What ``method`` minimises or searches by, as a report row states it."""
+    if method == "greedy":
+        return "l2 distance of the recomputed update, best of M candidate batches"
+    if method == "nearest":
+        return f"class-wise nearest neighbour in D minus U, {metric} of raw inputs"
+    if method in OBJECTIVES:
+        return OBJECTIVES[method]
+    return "exact: the same gradient in real arithmetic (all b examples perturbed)"
 
 
 @dataclass
@@ -68,6 +90,7 @@ class AttackResult:
     forged_indices: List[int] = field(default_factory=list)  # dataset indices (-1: synthesised example)
     X: Optional[np.ndarray] = None  # forged inputs (b x d), kept for synthesised examples
     Y: Optional[np.ndarray] = None
+    objective: str = ""  # what the attack minimises or searches by
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -110,29 +133,6 @@ def per_example_grads(model: Any, theta: np.ndarray, X: Any, y: Any, chunk: int 
     return np.concatenate(outs, axis=0)
 
 
-def in_domain(
-    X: np.ndarray,
-    Y: np.ndarray,
-    levels: Optional[int],
-    num_classes: int,
-    tol: float = 1e-6,
-    domain: Optional[Tuple[float, float]] = (0.0, 1.0),
-) -> bool:
-    """Values inside the data's declared range ``domain`` (lo, hi) and on its grid
-    lo + q (hi - lo)/levels, and labels one-hot (class indices). With ``domain`` None (data
-    that declares no range) only the labels are checked."""
-    X = np.asarray(X, np.float64)
-    if domain is not None:
-        lo, hi = domain
-        u = (X - lo) / (hi - lo)  # the range as [0, 1]
-        if np.any(u < -tol) or np.any(u > 1 + tol):
-            return False
-        if levels and np.any(np.abs(u * levels - np.round(u * levels)) > tol * levels):
-            return False
-    Y = np.asarray(Y)
-    return Y.ndim == 1 and np.issubdtype(Y.dtype, np.integer) and bool(np.all((Y >= 0) & (Y < num_classes)))
-
-
 def _recompute(ctx: StepContext, X: np.ndarray, Y: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """theta_t - lr grad L(B') with the verifier's engine, for a forged batch given as arrays."""
     import torch
@@ -156,7 +156,7 @@ def _recompute(ctx: StepContext, X: np.ndarray, Y: np.ndarray, keys: np.ndarray)
     return st.flat()
 
 
-def _result(ctx, method, U, X, Y, forged_idx, t0, keep_arrays=False) -> AttackResult:
+def _result(ctx, method, U, X, Y, forged_idx, t0, keep_arrays=False, metric="cosine") -> AttackResult:
     keys = np.array([i if i >= 0 else len(ctx.data) + j for j, i in enumerate(forged_idx)], dtype=np.int64)
     new = _recompute(ctx, X, Y, keys)
     metrics = {k: distance(new, ctx.theta_next, k) for k in DISTANCES}
@@ -177,10 +177,13 @@ def _result(ctx, method, U, X, Y, forged_idx, t0, keep_arrays=False) -> AttackRe
         if ctx.data.vocab is None
         else True
     )
+    # The forging fraction counts the examples of B that were replaced: a synthesising attack
+    # that rewrites all b examples has fraction 1 whatever U was.
+    replaced = b if method in ("gradmatch", "dlg") else len(U)
     return AttackResult(
         method,
-        len(U),
-        len(U) / b,
+        replaced,
+        replaced / b,
         metrics["l2"],
         metrics,
         bool(distinct),
@@ -189,6 +192,7 @@ def _result(ctx, method, U, X, Y, forged_idx, t0, keep_arrays=False) -> AttackRe
         [int(i) for i in forged_idx],
         np.asarray(X) if keep_arrays else None,
         np.asarray(Y) if keep_arrays else None,
+        objective(method, metric),
     )
 
 
@@ -196,7 +200,7 @@ def budget_for(method: str, pool: int = 1000, candidates: int = 300, steps: int 
     """The budget keywords of ``run_attack`` that ``method`` uses."""
     if method == "greedy":
         return {"pool": pool, "candidates": candidates}
-    if method in ("gradmatch", "dlg"):
+    if method in MATCHING:
         return {"steps": steps}
     return {}
 
@@ -208,14 +212,15 @@ def run_attack(
     *,
     pool: int = 1000,
     candidates: int = 300,
-    metric: str = "l2",
+    metric: str = "cosine",
     steps: int = 100,
     alpha: float = 0.5,
     project: bool = True,
     seed: int = 0,
 ) -> AttackResult:
     """Forges the batch of ``ctx`` so that the examples ``remove`` (dataset indices, in the batch)
-    are absent. Budgets: greedy ``pool`` (n) and ``candidates`` (M); gradient matching ``steps``."""
+    are absent. Budgets: greedy ``pool`` (n) and ``candidates`` (M); gradient matching ``steps``.
+    ``metric`` is nearest neighbour's: "cosine" of the raw inputs (Zhang et al.) or "l2"."""
     if method not in ATTACKS:
         raise ValueError(f"method: expected one of {ATTACKS}, got {method!r}")
     rng = np.random.default_rng(seed)
@@ -266,60 +271,11 @@ def run_attack(
             repl.append(j)
             taken.add(j)
         idx = np.concatenate([keep, np.array(repl, dtype=np.int64)])
-        return _result(ctx, method, U, ctx.data.X[idx], ctx.data.y[idx], idx.tolist(), t0)
-    if method in ("gradmatch", "dlg"):
-        return _gradmatch(ctx, method, U, keep, g_target, steps, alpha, project, rng, t0)
+        return _result(ctx, method, U, ctx.data.X[idx], ctx.data.y[idx], idx.tolist(), t0, metric=metric)
+    if method in MATCHING:
+        Xf, Yf, forged = synthesise(ctx, method, U, keep, g_target, steps, alpha, project, rng)
+        return _result(ctx, method, U, Xf, Yf, forged, t0, keep_arrays=True)
     return _exact(ctx, method, U, t0, seed)
-
-
-def _gradmatch(ctx, method, U, keep, g_target, steps, alpha, project, rng, t0) -> AttackResult:
-    import torch
-
-    X_t, y_t = _tensors(ctx)
-    st = ctx.stepper()
-    st.load(ctx.theta)
-    params = list(st.model.parameters())
-    target = torch.from_numpy(g_target.astype(np.float32))
-    start = X_t[torch.from_numpy(rng.choice(len(ctx.data), len(U)))].clone()
-    xhat = start.clone().requires_grad_(True)
-    y_u = y_t[torch.tensor(U)]
-    xk, yk = X_t[torch.from_numpy(keep)], y_t[torch.from_numpy(keep)]
-
-    def objective():
-        xb = torch.cat([xk, xhat])
-        yb = torch.cat([yk, y_u])
-        loss = torch.nn.functional.cross_entropy(st.model(xb), yb)
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        diff = torch.cat([g.reshape(-1) for g in grads]) - target
-        return diff.pow(2).sum()  # ||grad' - grad||^2, unscaled (L-BFGS's tolerances are absolute)
-
-    if method == "gradmatch":
-        opt: torch.optim.Optimizer = torch.optim.Adam([xhat], lr=alpha, betas=(0.9, 0.999), eps=1e-8)
-        for _ in range(steps):
-            opt.zero_grad()
-            obj = objective()
-            obj.backward()
-            opt.step()
-            if project:
-                with torch.no_grad():
-                    xhat.clamp_(0.0, 1.0)
-    else:
-        opt = torch.optim.LBFGS([xhat], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            obj = objective()
-            obj.backward()
-            return obj
-
-        opt.step(closure)
-        if project:
-            with torch.no_grad():
-                xhat.clamp_(0.0, 1.0)
-    Xf = np.concatenate([ctx.data.X[keep], xhat.detach().reshape(len(U), -1).numpy()])
-    Yf = np.concatenate([ctx.data.y[keep], y_u.numpy()])
-    forged = keep.tolist() + [-1] * len(U)
-    return _result(ctx, method, U, Xf, Yf, forged, t0, keep_arrays=True)
 
 
 def _exact(ctx, method, U, t0, seed) -> AttackResult:

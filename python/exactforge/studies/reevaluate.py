@@ -268,7 +268,7 @@ def _attacks(
     sampled = sorted(rng.choice(cfg.steps, min(cfg.attack_steps, cfg.steps), replace=False).tolist())
     attacks: Dict[str, Any] = {}
     v = verifiers["torch"]
-    for m in ("greedy", "nearest", "gradmatch", "dlg"):
+    for m in ("greedy", "nearest", "gradmatch", "gradmatch-subset", "dlg", "idlg"):
         res = [run_attack(m, v.context(t), [int(v.batches[t][0])], seed=cfg.seed + t, **budget) for t in sampled]
         errs = [r.approx_error for r in res]
         e = float(np.median(errs))
@@ -280,6 +280,8 @@ def _attacks(
             "in_domain": bool(all(r.in_domain for r in res)),
             "stealthy_at_epsilon": int(sum((r.approx_error <= study.epsilon) and r.in_domain for r in res)),
             "attempts": len(res),
+            "forging_fraction": float(np.median([r.fraction for r in res])),
+            "objective": res[0].objective,
         }
     return verifiers, attacks
 

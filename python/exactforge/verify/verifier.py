@@ -32,6 +32,7 @@ from ..report.progress import progress_bar
 from ..trace import DEFAULT_LIMITS, Limits, Trace, TraceError
 from ..trace.format import declared_fields
 from ..trace.reader import finite
+from .checks import data_checks, interval_check, parse_checks, schedule_check, vacuous_check
 from .distances import DISTANCES, verification_distance
 from .initial import initial_law_test
 from .initial import summary as init_summary
@@ -72,6 +73,9 @@ class StepResult:
     # share of the model's float coordinates that the logged segment changed: 0 is a vacuous
     # segment (every update below the resolution, as an "infinitesimal update" spoof makes them)
     moved: Optional[float] = None
+    # the verifier's distance between the recomputed end and the segment's start: an update no
+    # larger than epsilon proves nothing about its batch (any batch, or none, passes)
+    update: Optional[float] = None
 
 
 def moved_share(start: Dict[str, np.ndarray], end: Dict[str, np.ndarray]) -> float:
@@ -155,6 +159,13 @@ class VerificationReport:
     # segments whose logged update changes no coordinate of the model: they pass any epsilon
     # and prove no training (an update below the resolution rounds to nothing)
     vacuous: Optional[Dict[str, Any]] = None
+    # the other checks of exactforge.verify.checks, each with "passed"; ``required`` names the
+    # checks whose failure rejects the trace (the others are reported only)
+    schedule: Optional[Dict[str, Any]] = None
+    domain: Optional[Dict[str, Any]] = None
+    known_data: Optional[Dict[str, Any]] = None
+    interval: Optional[Dict[str, Any]] = None
+    required: List[str] = field(default_factory=list)
     executor: Optional[Dict[str, Any]] = (
         None  # where the segments ran (None: here, serially); see exactforge.distributed
     )
@@ -528,6 +539,9 @@ def verify_trace(
     lr_lambda: Optional[Callable[[int], float]] = None,
     reference: Optional[bool] = None,
     reference_q: Optional[int] = None,
+    require: Any = None,
+    known_data: Any = None,
+    max_interval: Optional[int] = None,
 ) -> VerificationReport:
     """Verifies a trace. Never raises on a bad trace or argument: the report is then
     ``valid=False`` with a ``reason``.
@@ -567,7 +581,12 @@ def verify_trace(
     :class:`exactforge.verify.ray.RayExecutor` schedules the segments as Ray tasks. The
     integrity checks (manifest, hash chain, theta_0, the policy's choice) stay here, in this
     process; the workers recompute and compare, and the report is the serial one (the same
-    per-segment errors and verdict), with ``executor`` saying what ran where."""
+    per-segment errors and verdict), with ``executor`` saying what ran where.
+
+    The checks of :mod:`exactforge.verify.checks` (vacuous steps, the learning-rate schedule, the
+    data's domain, the verifier's own ``known_data`` (a Dataset or arrays), the checkpoint
+    interval against ``max_interval``) are always reported; those named in ``require`` (names,
+    a comma-separated string, or "all") reject the trace when they fail."""
     failed_init: Optional[str] = None
     with contextlib.ExitStack() as stack:
         auto = isinstance(epsilon, str) and epsilon == "auto"
@@ -586,6 +605,10 @@ def verify_trace(
             threads = _check_arguments(
                 epsilon, eps_value, distance_kind, policy, q, fraction, permute_batches, threads, executor
             )
+            report.required = list(parse_checks(require))
+            known = None if known_data is None else as_dataset(known_data, "known")
+            if max_interval is not None and (isinstance(max_interval, bool) or int(max_interval) < 1):
+                raise ValueError(f"max_interval: expected a positive number of steps, got {max_interval!r}")
             job = SegmentJob(permute_batches, str(distance_kind), eps_value, threads)
             stream = None
             if executor is not None and policy == "all" and callable(getattr(executor, "stream", None)):
@@ -661,7 +684,7 @@ def verify_trace(
             report.resolution = float(np.median([r.resolution for r in report.steps]))
         if job.reference_names:
             report.reference = _reference(report, theta0, step, reference_q)
-        report.vacuous = _vacuous(report)
+        _checks(report, trace, segs, data, known, max_interval)
         return report
 
 
@@ -909,8 +932,15 @@ def recompute_segments(
                     res_min,
                     ref,
                     moved_share(start, logged),
+                    _update_distance(start, state, job.distance_kind),
                 )
             )
+
+
+def _update_distance(start: Dict[str, np.ndarray], end: Dict[str, np.ndarray], kind: str) -> float:
+    """The verifier's distance between the model's parameters at a segment's start and end."""
+    keep = [k for k in end if not k.startswith("optimizer.") and k in start]
+    return verification_distance(_pairs({k: start[k] for k in keep}, {k: end[k] for k in keep}), kind)
 
 
 def _settled_job(job: SegmentJob, trace: Trace, step: Any, reference: Optional[bool], executor: Any) -> SegmentJob:
@@ -942,17 +972,23 @@ def _reference(report: VerificationReport, theta0: Any, step: Any, q: Optional[i
     return verdict.to_dict() if verdict is not None else None
 
 
-def _vacuous(report: VerificationReport) -> Optional[Dict[str, Any]]:
-    shares = [(r.step, r.moved) for r in report.steps if r.moved is not None]
-    if not shares:
-        return None
-    still = [s for s, m in shares if m == 0.0]
-    return {
-        "passed": not still,
-        "segments": still[:100],
-        "count": len(still),
-        "least_moved": min(m for _, m in shares),
-    }
+def _checks(
+    report: VerificationReport, trace: Trace, segs: Any, data: Dataset, known: Any, max_interval: Optional[int]
+) -> None:
+    """The checks beside the distances; a required one that fails rejects the trace."""
+    report.vacuous = vacuous_check(report.steps, report.epsilon)
+    report.schedule = schedule_check(report.learning_rates, float(trace.manifest["lr"]))
+    report.domain, report.known_data = data_checks(trace, segs, data, known)
+    report.interval = interval_check(trace, max_interval)
+    if "known-data" in report.required and report.known_data is None:
+        report.valid, report.accepted = False, False
+        report.reason = "require: the known-data check needs the verifier's own data (known_data=, --known-data)"
+        return
+    for name in report.required:
+        result = getattr(report, name.replace("-", "_"))
+        if result is not None and not result["passed"]:
+            report.accepted = False
+            report.reason = report.reason or f"the required {name} check failed"
 
 
 def replay_segment(

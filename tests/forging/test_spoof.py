@@ -1,0 +1,84 @@
+"""Spoofed traces (Zhang et al.'s adversarial checkpoints, Fang et al.'s infinitesimal update, a
+reordering attempt) are real traces; the verifier's distances and checks answer each."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from exactforge.cli import main
+from exactforge.data import load_digits
+from exactforge.forging.spoof import SPOOFS, spoof
+from exactforge.verify import verify_trace
+
+DIGITS = load_digits()
+
+
+@pytest.fixture(scope="module")
+def victims(tmp_path_factory):
+    root = tmp_path_factory.mktemp("victims")
+    out = {}
+    for engine in ("native", "torch"):
+        out[engine] = str(root / engine)
+        args = ["train", "--model", "fcn", "--engine", engine, "--steps", "10", "--batch-size", "50"]
+        assert main(args + ["--out", out[engine], "--quiet"]) == 0
+    return out
+
+
+def _final(path):
+    from exactforge.trace import Trace
+
+    t = Trace.open(path)
+    return t.load_checkpoint(t.checkpoint_steps[-1])
+
+
+@pytest.mark.parametrize("engine", ["native", "torch"])
+@pytest.mark.parametrize("attack", SPOOFS)
+def test_every_spoof_is_a_trace_that_ends_at_the_victims_model(victims, tmp_path, attack, engine):
+    s = spoof(victims[engine], attack, str(tmp_path / "s"), steps=6, checkpoint_every=2, noise_steps=2)
+    end, claimed = _final(str(tmp_path / "s")), _final(victims[engine])
+    assert all(np.array_equal(end[k], claimed[k]) for k in claimed)
+    rep = verify_trace(str(tmp_path / "s"), data_path=s.data_path, known_data=DIGITS)
+    assert rep.valid and rep.num_steps == 6 and [r.step for r in rep.steps] == [0, 2, 4]
+    assert not rep.accepted  # at epsilon 0 no spoof passes
+    if attack == "adversarial":
+        assert s.synthesised == 6 * 50 and not rep.domain["passed"] and not rep.known_data["passed"]
+    else:
+        assert s.data_path is None and rep.known_data["passed"]
+    if attack == "infinitesimal":
+        assert not rep.vacuous["passed"] and rep.vacuous["count"] == 3
+        assert rep.schedule["passed"] == (engine == "native")  # torch: a rate the manifest does not declare
+    if attack == "reorder":
+        assert [r.error == 0.0 for r in rep.steps] == [True, True, False]  # honest steps, then the claim
+
+
+def test_with_enough_steps_the_reference_thresholds_accept_a_spoof_and_the_checks_do_not(victims, tmp_path):
+    """Fang et al.: many short steps put every segment within the reference's thresholds. The
+    vacuous and schedule checks reject what its distances accept; epsilon 0 rejects it outright."""
+    s = spoof(victims["torch"], "infinitesimal", str(tmp_path / "s"), steps=1000)
+    rep = verify_trace(str(tmp_path / "s"), reference=True)
+    assert rep.reference["accepted"] and not rep.accepted
+    assert not rep.vacuous["passed"] and not rep.schedule["passed"]
+    assert s.max_residual == pytest.approx(rep.max_error, rel=1e-5)
+
+
+def test_the_cli_builds_a_spoof_that_verify_reads(victims, tmp_path, capsys):
+    out = str(tmp_path / "s")
+    js = str(tmp_path / "s.json")
+    args = ["spoof", victims["native"], "--attack", "adversarial", "--out", out, "--steps", "3", "--noise-steps", "1"]
+    assert main(args + ["--json", js]) == 0
+    data = json.load(open(js))["data_path"]
+    assert f"exactforge verify {out} --dataset npz --data-path {data}" in capsys.readouterr().out
+    assert main(["verify", out, "--dataset", "npz", "--data-path", data, "--require", "domain", "--quiet"]) == 1
+    assert "domain: FAILED (required)" in capsys.readouterr().out
+    assert main(args) == 2  # the folder holds a trace now
+    assert "already holds a trace" in capsys.readouterr().err
+
+
+def test_bad_arguments_are_refused(victims, tmp_path):
+    with pytest.raises(ValueError, match="attack"):
+        spoof(victims["native"], "gradmatch", str(tmp_path / "a"))
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        spoof(victims["native"], "reorder", str(tmp_path / "b"), checkpoint_every=0)
