@@ -6,7 +6,10 @@ import json
 import math
 import os
 
+import pytest
+
 from exactforge.cli import main
+from exactforge.studies.consistency import check_report
 
 
 def _finite_numbers(obj, path="report"):
@@ -41,10 +44,21 @@ def _report_tells_the_truth(rep, md):
             assert "NO:" in line or "| yes |" in line, line
 
 
-def test_quick_reevaluation_report_has_every_section(tmp_path, capsys):
-    out = str(tmp_path / "reeval")
-    assert main(["reevaluate", "--quick", "--out", out, "--quiet"]) == 0
-    printed = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One quick re-evaluation through the CLI: (folder, what it printed)."""
+    import contextlib
+    import io
+
+    out = str(tmp_path_factory.mktemp("reeval") / "r")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["reevaluate", "--quick", "--out", out, "--quiet"]) == 0
+    return out, buf.getvalue()
+
+
+def test_quick_reevaluation_report_has_every_section(quick):
+    out, printed = quick
     assert "benign reproduction" in printed and "attack: greedy" in printed
     rep = json.load(open(os.path.join(out, "report.json")))
     for section in ("traces", "reproduction", "attacks", "exact", "game", "figures", "papers", "environment"):
@@ -63,9 +77,11 @@ def test_quick_reevaluation_report_has_every_section(tmp_path, capsys):
         "## Benign reproduction errors",
         "## The forging game",
         "## Exact forgeries: domain violations",
+        "## Spoofing: a whole trace for a model one did not train",
     ):
         assert heading in md
     _report_tells_the_truth(rep, md)
+    assert check_report(md, rep) == []
     for fig in (
         "headline.png",
         "game.png",
@@ -120,3 +136,28 @@ def test_reevaluation_on_own_standardised_data_states_its_domain(tmp_path):
     md = open(tmp_path / "r" / "report.md").read()
     assert rep["dataset"]["domain"] is None and "no declared value range" in md
     assert "None" not in md and "[0,1]" not in md and "[0, 1]" not in md
+
+
+def test_the_consistency_check_finds_a_sentence_that_disagrees_with_its_table(quick):
+    """Each kind of disagreement the report once had, made by hand, is found."""
+    import re
+
+    out, _ = quick
+    md = open(os.path.join(out, "report.md")).read()
+    rep = json.load(open(os.path.join(out, "report.json")))
+    edits = {
+        "epsilon": re.sub(r"(\| epsilon of verifier [^|]+\| )([0-9.e+-]+)", r"\g<1>9.99e-01", md, count=1),
+        "benign": re.sub(
+            r"Largest benign torch error: ([0-9.e+-]+)", "Largest benign torch error: 1.23e-05", md, count=1
+        ),
+        "resolution": re.sub(
+            r"exact forgeries below, (\d+) were", lambda m: f"exact forgeries below, {int(m[1]) + 1} were", md
+        ),
+        "caption": re.sub(r"\*game\.png: [^*]+\*", "", md),
+        "batch": md.replace("*headline.png: fcn on digits, b = 100", "*headline.png: fcn on digits, b = 1000"),
+    }
+    for what, text in edits.items():
+        assert text != md, what
+        assert check_report(text, rep), what
+    rep2 = dict(rep, figure_markers={"headline.png": []})
+    assert any("epsilon marker" in p for p in check_report(md, rep2))

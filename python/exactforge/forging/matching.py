@@ -5,12 +5,14 @@
   no constraint on the values; labels are the batch's, the inputs start from random examples of the
   same class in D minus U. Forging fraction 1.
 * ``gradmatch-subset``: exactforge's earlier variant: only the removed examples are optimised, on
-  the squared, unscaled distance, projected to [0, 1] after each Adam step.
+  the squared, unscaled distance, projected to the data's declared range after each Adam step.
 * ``dlg``: Deep Leakage from Gradients (Zhu et al. 2019): b dummy inputs and b dummy labels drawn
   from noise (labels as softmax of Gaussian logits), optimised together by L-BFGS on the squared
   gradient distance. Forging fraction 1; the labels are soft, so its batch is never in the domain.
 * ``idlg``: the removed examples only, with their labels fixed (what iDLG's label recovery gives),
-  started from random dataset examples, L-BFGS on the squared distance, projected to [0, 1].
+  started from random dataset examples, L-BFGS on the squared distance, projected to the data's range.
+
+Data that declares no range is not projected.
 
 The logged update stands for grad L(B): (theta_t - theta_{t+1}) / eta.
 """
@@ -28,9 +30,9 @@ MATCHING = ("gradmatch", "gradmatch-subset", "dlg", "idlg")
 # What each attack minimises, as its row in a report states it.
 OBJECTIVES = {
     "gradmatch": "||eta g(B') - eta g(B)||_2 by Adam, all b examples, unconstrained",
-    "gradmatch-subset": "||g(B') - g(B)||_2^2 by Adam, removed examples only, projected to [0,1]",
+    "gradmatch-subset": "||g(B') - g(B)||_2^2 by Adam, removed examples only, projected to the data's range",
     "dlg": "||g(B') - g(B)||_2^2 by L-BFGS, b dummy inputs and soft labels from noise",
-    "idlg": "||g(B') - g(B)||_2^2 by L-BFGS, removed examples, true labels, projected to [0,1]",
+    "idlg": "||g(B') - g(B)||_2^2 by L-BFGS, removed examples, true labels, projected to the data's range",
 }
 
 
@@ -56,7 +58,7 @@ def _grad_distance(model: Any, params: List[Any], target: Any) -> Callable[[Any,
     return diff
 
 
-def _adam(xhat: Any, objective: Callable[[], Any], steps: int, alpha: float, project: bool) -> None:
+def _adam(xhat: Any, objective: Callable[[], Any], steps: int, alpha: float, box: Any) -> None:
     import torch
 
     opt = torch.optim.Adam([xhat], lr=alpha, betas=(0.9, 0.999), eps=1e-8)
@@ -64,9 +66,9 @@ def _adam(xhat: Any, objective: Callable[[], Any], steps: int, alpha: float, pro
         opt.zero_grad()
         objective().backward()
         opt.step()
-        if project:
+        if box is not None:
             with torch.no_grad():
-                xhat.clamp_(0.0, 1.0)
+                xhat.clamp_(*box)
 
 
 def _lbfgs(variables: List[Any], objective: Callable[[], Any], steps: int) -> None:
@@ -113,7 +115,7 @@ def synthesise(
         labels = data.y[np.asarray(ctx.batch, np.int64)]
         xhat = X_t[torch.from_numpy(_start_like(data, rng, labels, U))].clone().requires_grad_(True)
         yb = torch.from_numpy(labels)
-        _adam(xhat, lambda: ctx.lr * diff(xhat, yb).norm(), steps, alpha, project=False)
+        _adam(xhat, lambda: ctx.lr * diff(xhat, yb).norm(), steps, alpha, None)
         return xhat.detach().reshape(b, -1).numpy(), labels, [-1] * b
     if method == "dlg":
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
@@ -130,13 +132,14 @@ def synthesise(
     def squared():
         return diff(torch.cat([xk, xhat]), torch.cat([yk, y_u])).pow(2).sum()
 
+    box = (float(data.domain[0]), float(data.domain[1])) if project and data.domain is not None else None
     if method == "gradmatch-subset":
-        _adam(xhat, squared, steps, alpha, project)
+        _adam(xhat, squared, steps, alpha, box)
     else:
         _lbfgs([xhat], squared, steps)
-        if project:
+        if box is not None:
             with torch.no_grad():
-                xhat.clamp_(0.0, 1.0)
+                xhat.clamp_(*box)
     Xf = np.concatenate([data.X[keep].reshape(len(keep), -1), xhat.detach().reshape(len(U), -1).numpy()])
     Yf = np.concatenate([data.y[keep], y_u.numpy()])
     return Xf, Yf, keep.tolist() + [-1] * len(U)

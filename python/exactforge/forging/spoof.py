@@ -283,9 +283,10 @@ class _Plan:
             y = np.concatenate([self.data.y, np.asarray(self.extra_y, np.int64)])
             path = os.path.join(out, "data.npz")
             shape = self.data.shape or (self.data.dim,)
-            lo, hi = self.data.domain or (0.0, 1.0)
+            # the public data's own domain, declared as it is (none where it has none)
+            dom = {} if self.data.domain is None else {"lo": self.data.domain[0], "hi": self.data.domain[1]}
             buf = io.BytesIO()
-            np.savez(buf, X=X.reshape(len(X), *shape), y=y, lo=lo, hi=hi, levels=self.data.levels or 0)
+            np.savez(buf, X=X.reshape(len(X), *shape), y=y, levels=self.data.levels or 0, **dom)
             atomic_write(path, buf.getvalue())  # a kill leaves no half-written data file
             written = load_npz(path)  # the manifest names the data as the verifier will read it
             man["data"] = {**man["data"], "name": "npz", "fingerprint": written.fingerprint()}

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..report.progress import progress_bar
+from .report_md import benign_torch, markdown, summary_table
 
 __all__ = ["Config", "reevaluate", "summary_table", "table4_counts", "resolution_study"]
 
@@ -47,6 +48,10 @@ class Config:
     opt_steps: int = 100  # gradient matching / DLG
     table4_max_batches: int = 200_000_000  # Table 4 cells counted completely in the report
     table4_levels: tuple = (2, 3)  # grey levels v of those cells
+    spoof_victim_steps: int = 100  # the victims' training, whose final model the spoofs claim
+    spoof_steps: int = 1000  # steps of each spoof (more steps, shorter spoofed steps)
+    spoof_intervals: tuple = (1, 10, 100)  # checkpoint intervals k of the spoofs
+    spoof_noise_steps: int = 10  # the adversarial spoof's Adam iterations per step
     seed: int = 0
 
     @classmethod
@@ -62,6 +67,10 @@ class Config:
             opt_steps=20,
             table4_max_batches=200_000,
             table4_levels=(2,),
+            spoof_victim_steps=10,
+            spoof_steps=40,
+            spoof_intervals=(1, 10),
+            spoof_noise_steps=2,
         )
         base.update(kw)
         return cls(**base)  # type: ignore[arg-type]
@@ -82,7 +91,7 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     native_ok = cfg.model in NATIVE_MODELS and data.vocab is None
     # CNNs run the reproducible path through exactforge.nn (images only)
     nn_ok = not native_ok and cfg.model in NN_MODELS and data.shape is not None and len(data.shape) == 3
-    bar = progress_bar(6, progress, "reevaluate", "part")
+    bar = progress_bar(7, progress, "reevaluate", "part")
 
     def done() -> None:
         if bar is not None:
@@ -103,7 +112,9 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     report["game"], lvn = _games(cfg, data, verifiers, study, vtable, lv, budget)  # 4. the game
     report["verifiers"] = vtable
     done()
-    report["theory"] = {  # 5. exact forging theory
+    report["spoofing"] = _spoofing(cfg, data, out)  # 5. spoofing: whole traces for a model not trained
+    done()
+    report["theory"] = {  # 6. exact forging theory
         "table4": table4_counts(cfg.table4_max_batches, seed=cfg.seed, vs=cfg.table4_levels),
         "resolution": resolution_study(lvn, min(cfg.attack_steps, len(lvn.batches)), out, cfg.seed)
         if lvn is not None
@@ -117,12 +128,55 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
     report["figures"] = sorted(f for f in os.listdir(out) if f.endswith(".png")) + [
         os.path.join("repro", f) for f in sorted(os.listdir(os.path.join(out, "repro"))) if f.endswith(".png")
     ]
+    report["captions"] = {f: _caption(f, cfg, data) for f in report["figures"]}
     from ..report import jsonio as _json
     from ..report.files import atomic_write
 
     atomic_write(os.path.join(out, "report.json"), (_json.dumps(report) + "\n").encode())
-    atomic_write(os.path.join(out, "report.md"), _markdown(report).encode())
+    atomic_write(os.path.join(out, "report.md"), markdown(report).encode())
     return report
+
+
+def _spoofing(cfg: Config, data: Any, out: str) -> Optional[Dict[str, Any]]:
+    """The spoofing study on this data (an FCN's victims; token data has none)."""
+    if data.vocab is not None:
+        return None
+    from .spoofing import spoofing_study
+
+    d = os.path.join(out, "spoofing")
+    shutil.rmtree(d, ignore_errors=True)
+    return spoofing_study(
+        d,
+        data,
+        steps=cfg.spoof_victim_steps,
+        spoof_steps=cfg.spoof_steps,
+        intervals=cfg.spoof_intervals,
+        batch=cfg.batch,
+        seed=cfg.seed,
+        noise_steps=cfg.spoof_noise_steps,
+    )
+
+
+def _caption(name: str, cfg: Config, data: Any) -> str:
+    """What a figure of the report shows, and at which batch size."""
+    where = f"{cfg.model} on {data.name}"
+    return {
+        "headline.png": f"{where}, b = {cfg.batch}: the largest benign torch error against each attack's "
+        f"approximation error (medians over {cfg.attack_steps} sampled steps) and the exact solvers'; a line marks "
+        "each verifier's epsilon, a triangle at the left end each epsilon of 0 (only exactly 0 passes).",
+        "game.png": f"{where}, b = {cfg.batch}: rounds won by the adversary in the forging game, per attack and "
+        f"verifier, {cfg.rounds} rounds each, with the domain check on and off.",
+        "exact_forgery.png": f"{data.name}, b = {cfg.batch}: the first distinct exact forgery of step 0 beside the "
+        "true batch (the solver and the model it forges for are in the figure's title).",
+        "resolution.png": f"logreg on {data.name}, b = {cfg.batch}: each exact forgery's float64 gradient "
+        "difference per coordinate against the native verifier's resolution ulp(theta)/(2 lr).",
+        "repro/batch_size_sweep.png": f"{where}: benign reproduction error per condition at b in "
+        f"{list(cfg.batch_sizes)}.",
+        "repro/condition_matrix.png": f"{where}, b = {min(cfg.batch_sizes)}: the largest error of a trace generated "
+        "under one condition and recomputed under another.",
+        "repro/errors_per_checkpoint.png": f"{where}, b = {max(cfg.batch_sizes)}: each checkpoint's reproduction "
+        "error per condition, with the calibrated epsilon.",
+    }.get(name, f"{where}, b = {cfg.batch}.")
 
 
 def _header(cfg: Config, data: Any) -> Dict[str, Any]:
@@ -535,259 +589,25 @@ def resolution_study(ver: Any, steps: int, out: str, seed: int = 0) -> Dict[str,
     }
 
 
-def _num(x: float) -> str:
-    return "0" if x == 0 else f"{x:.2e}"
-
-
-def _times(e: float, ref: float) -> str:
-    """``e`` as a multiple of the benign reproduction error ``ref``, one format everywhere."""
-    if not (ref > 0) or e != e:
-        return "n/a (no benign error to compare with)" if not (ref > 0) else "n/a"
-    if e == 0:
-        return "0x (exactly 0)"
-    r = e / ref
-    return f"{r:,.0f}x" if r >= 10 else f"{r:.2g}x" + (" (below it)" if r < 1 else "")
-
-
-def _range_text(report: Dict[str, Any]) -> str:
-    d = report["dataset"]
-    return f"[{d['domain'][0]:g}, {d['domain'][1]:g}]" if d.get("domain") else "no declared value range"
-
-
-def _domain_text(report: Dict[str, Any]) -> str:
-    d = report["dataset"]
-    return _range_text(report) + (f" on {d['levels']} levels" if d.get("domain") and d.get("levels") else "")
-
-
-def _games_of(report: Dict[str, Any], attack: str) -> str:
-    rows = [g for g in report["game"] if g["attack"] == attack]
-    if not rows:
-        return "not played"
-    return "; ".join(
-        f"{g['verifier']}{'' if g['domain_check'] else ' (no domain check)'}: {g['won']}/{g['rounds']}" for g in rows
-    )
-
-
-def summary_table(report: Dict[str, Any]) -> str:
-    """Reproduction error vs each attack's approximation error (the headline); for every attack
-    whether its forgeries are in the data's domain and which verifier it beat in the game."""
-    rp = report["reproduction"]
-    ref = rp["max_benign_torch"]
-    lines = [
-        "| what | error (l2) | vs largest benign torch error | in domain | game: rounds won against |",
-        "|---|---|---|---|---|",
-    ]
-    lines.append(f"| benign reproduction, torch ({', '.join(rp.get('calibrated_on', []))}) | {ref:.2e} | 1x | - | - |")
-    nat = [v["max_error"] for k, v in rp["conditions"].items() if k.startswith(("native", "reproducible"))]
-    if nat:
-        lines.append(
-            f"| benign reproduction, exactforge's reproducible path (permuted batches, 1 thread) | "
-            f"{max(nat):.2g} | {_times(max(nat), ref)} | - | - |"
-        )
-    for v in report.get("verifiers", []):
-        lines.append(
-            f"| epsilon of verifier {v['name']} | {_num(v['epsilon'])} | {_times(v['epsilon'], ref)} | - | - |"
-        )
-    for m, a in report["attacks"].items():
-        lines.append(
-            f"| attack: {m} (median of {a['attempts']} steps) | {a['median_error']:.2e} | "
-            f"{_times(a['median_error'], ref)} | {'yes' if a['in_domain'] else 'NO'} | {_games_of(report, m)} |"
-        )
-    for m, e in report["exact"].items():
-        if not e["distinct"]:
-            lines.append(f"| exact: {m} | - | the nullspace construction gives no distinct forgery | - | - |")
-            continue
-        why = []
-        if e["off_grid_fraction"]:
-            why.append(f"{e['off_grid_fraction']:.0%} of values off the grid")
-        if e["in_range_fraction"] is not None and e["in_range_fraction"] < 1:
-            why.append(f"{1 - e['in_range_fraction']:.0%} outside {_range_text(report)}")
-        if not e["labels_one_hot"]:
-            why.append("soft labels")
-        dom = "yes" if e["in_domain"] else "NO: " + (", ".join(why) or "outside the domain")
-        game_name = m.split(" (")[0] + " (logreg)" if "logreg" in m else m
-        lines.append(
-            f"| exact: {m} | {e['median_error']:.2e} | {_times(e['median_error'], ref)} | {dom} | "
-            f"{_games_of(report, game_name)} |"
-        )
-    return "\n".join(lines)
-
-
-def _markdown(r: Dict[str, Any]) -> str:
-    cfg, rp = r["config"], r["reproduction"]
-    out = [
-        f"# exactforge re-evaluation of data forging: {cfg['model']} on {r['dataset']['name']}"
-        + (" (SYNTHETIC data)" if r["dataset"]["synthetic"] else ""),
-        "",
-        f"Batch {cfg['batch']}, {cfg['steps']} steps, {cfg['repeats']} repeats per condition; "
-        f"run time {r['seconds']:.0f} s. Every number below was measured in this run, except the "
-        "papers' (cited as such at the end). Data domain: " + _domain_text(r) + ".",
-        "",
-        "## Summary",
-        "",
-        summary_table(r),
-        "",
-        "## Verifiers",
-        "",
-        "| verifier | engine | epsilon | how epsilon was set |",
-        "|---|---|---|---|",
-    ]
-    for v in r.get("verifiers", []):
-        out.append(f"| {v['name']} | {v['engine']} | {v['epsilon']:.3g} | {v['how']} |")
-    out += _traces_markdown(r) + _reproduction_markdown(rp)
-    out += [
-        "",
-        "## The forging game",
-        "",
-        "| attack | verifier | epsilon | domain check | rounds won |",
-        "|---|---|---|---|---|",
-    ]
-    for g in r["game"]:
-        out.append(
-            f"| {g['attack']} | {g['verifier']} | {g['epsilon']:.3g} | {'on' if g['domain_check'] else 'off'} | "
-            f"{g['won']}/{g['rounds']} |"
-        )
-    out += _exact_markdown(r)
-    out += _theory_markdown(r.get("theory") or {}, r["game"])
-    out += ["", "## Published magnitudes (cited from the papers, not measured here)", ""] + [
-        f"- {k}: {v}" for k, v in r["papers"].items()
-    ]
-    out += ["", "## Figures", ""] + [f"![{f}]({f})" for f in r.get("figures", [])]
-    return "\n".join(out) + "\n"
-
-
-def _traces_markdown(r: Dict[str, Any]) -> List[str]:
-    cfg = r["config"]
-    out = ["", "## Traces", ""]
-    if not r["traces"]:
-        out.append(
-            f"No traces recorded: {cfg['model']} on {r['dataset']['name']} has no trace path here "
-            "(logreg and fcn use the native engine, lenet and vggmini exactforge.nn on images)."
-        )
-    for eng, t in r["traces"].items():
-        out.append(
-            f"- {eng} path: verified at epsilon 0: {'accepted' if t['verified_eps0'] else 'rejected'} "
-            f"(max error {t['max_error']:.3g}); recomputed with permuted batches on 1 thread: "
-            f"{'accepted' if t['permuted_1thread_accepted_eps0'] else 'rejected'} at epsilon 0 "
-            f"(max error {t['permuted_1thread_max_error']:.3g})."
-        )
-    return out
-
-
-def _reproduction_markdown(rp: Dict[str, Any]) -> List[str]:
-    out = ["", "## Benign reproduction errors", "", "| condition | max error | exactly 0 |", "|---|---|---|"]
-    for k, v in rp["conditions"].items():
-        out.append(f"| {k} | {v['max_error']:.3g} | {v['zero_fraction']:.0%} |")
-    out += [
-        "",
-        f"The torch verifier's epsilon is {rp['epsilon']:.3g}: {rp.get('safety_factor', 10):g} x "
-        f"{rp.get('calibration_max', rp['epsilon'] / 10):.3g}, the largest error in the calibration half of "
-        f"the repeats (the table's maxima cover all repeats); the held-out half's false-reject rate is "
-        f"{rp['false_reject_rate']:.1%}. "
-        + (
-            "The reproducible path's verifier uses epsilon 0."
-            if rp["epsilon_native"] is not None
-            else "There is no reproducible path for this model and data, so no epsilon = 0 verifier."
-        ),
-    ]
-    return out
-
-
-def _exact_markdown(r: Dict[str, Any]) -> List[str]:
-    out = ["", "## Exact forgeries: domain violations", ""]
-    for m, e in r["exact"].items():
-        if not e["distinct"]:
-            out.append(
-                f"- {m}: the nullspace construction gives no distinct forgery (its family is empty here; other "
-                "exact forgeries are not ruled out), so there is nothing to check."
-            )
-            continue
-        grid = (
-            "no grid declared"
-            if e["off_grid_fraction"] is None
-            else f"{e['off_grid_fraction']:.1%} of values off the grid"
-        )
-        rng = (
-            "no declared range"
-            if e["in_range_fraction"] is None or not r["dataset"].get("domain")
-            else f"{e['in_range_fraction']:.1%} inside {_range_text(r)}"
-        )
-        out.append(
-            f"- {m}: approximation error {e['median_error']:.3g}; {grid}; {rng}; labels "
-            f"{'one-hot' if e['labels_one_hot'] else 'soft (not one-hot)'}; "
-            f"{'in' if e['in_domain'] else 'OUT of'} the domain."
-        )
-    if not r["exact"]:
-        out.append(
-            "No exact solver applies to this model and data (they need logistic regression or an FCN on "
-            "non-token data)."
-        )
-    return out
-
-
-def _theory_markdown(th: Dict[str, Any], games: Any) -> list:
-    out = ["", "## Table 4 re-answered: every batch a true batch", ""]
-    t4 = th.get("table4")
-    if t4:
-        out += [
-            f"d = 4 pixels, 3 classes, grey levels q/(v-1) for v in {sorted({c['v'] for c in t4['cells']})}; every "
-            f"cell of at most {t4['max_batches']:.3g} batches, "
-            f"counted completely and certified ({t4['seconds']:.0f} s). The paper sampled one true batch per cell "
-            "and reported none. Larger cells: " + t4["larger_cells"] + ".",
-            "",
-            "| model | bias | v | b | batches | with a distinct equal-gradient batch | of those non-trivial | "
-            "pairs by certificate |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for c in t4["cells"]:
-            cert = ", ".join(f"{n:,} {k}" for k, n in sorted(c["certificates"].items())) or "none"
-            out.append(
-                f"| {c['model']} | {'yes' if c['bias'] else 'no'} | {c['v']} | {c['b']} | {c['batches']:,} | "
-                f"{c['with_forgery']:,} ({c['with_forgery'] / c['batches']:.2%}) | {c['nontrivial']:,} | {cert} |"
-            )
-    rs = th.get("resolution")
-    out += ["", "## What epsilon = 0 can see: the native verifier's resolution", ""]
-    if not rs:
-        return out + ["Not measured: it needs the native logistic-regression verifier (image or tabular data)."]
-    res = sorted({g["resolution"] for g in games if g.get("resolution") is not None})
-    out += [
-        "On float32 checkpoints, a gradient change smaller than about ulp(theta)/(2 lr) can vanish when "
-        "theta_{t+1} is rounded, so epsilon = 0 cannot tell such gradients apart. Median resolution of the "
-        "native verifiers of this run: " + (", ".join(f"{x:.2g}" for x in res) or "n/a") + ". Exact forgeries have "
-        "equal real gradients, so their computed gradients differ by rounding alone: out-of-domain ones can "
-        "pass at epsilon = 0 (the game rows with the domain check off), and the domain check is what stops them.",
-        "",
-        "| solver | step | max gradient difference | median resolution | coordinates below it | "
-        "accepted at epsilon 0 | in domain |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for f in rs["forgeries"]:
-        out.append(
-            f"| {f['solver']} | {f['step']} | {f['max_gradient_difference']:.2g} | {f['median_resolution']:.2g} | "
-            f"{f['fraction_below_resolution']:.1%} | {'yes' if f['accepted_at_epsilon_0'] else 'no'} | "
-            f"{'yes' if f['in_domain'] else 'no'} |"
-        )
-    return out
-
-
 def _figures(r: Dict[str, Any], out: str) -> None:
     """headline.png and game.png (exact_forgery.png and resolution.png are drawn where their
     data is made)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    _headline_figure(r, out)
+    r["figure_markers"] = {"headline.png": _headline_figure(r, out)}
     _game_figure(r["game"], out)
 
 
-def _headline_figure(r: Dict[str, Any], out: str) -> None:
+def _headline_figure(r: Dict[str, Any], out: str) -> List[str]:
+    """Draws headline.png; returns the verifiers whose epsilon it marks."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
     rp = r["reproduction"]
     # headline: every error on one log axis, horizontal bars so every label reads; exact zeros
     # are a marker at the axis' left end labelled "exactly 0" (a log axis has no 0)
-    rows = [("benign reproduction, torch", rp["max_benign_torch"], "benign", True)]
+    rows = [("largest benign torch error", benign_torch(r), "benign", True)]
     nat = [v["max_error"] for k, v in rp["conditions"].items() if k.startswith(("native", "reproducible"))]
     if nat:
         rows.append(("benign reproduction, exactforge (reproducible path)", max(nat), "benign", True))
@@ -798,7 +618,7 @@ def _headline_figure(r: Dict[str, Any], out: str) -> None:
     pos = [v for _, v, _, _ in rows if v > 0]
     left = 10 ** np.floor(np.log10(min(pos + [e["epsilon"] for e in r.get("verifiers", []) if e["epsilon"] > 0]))) / 10
     colors = {"benign": "tab:green", "attack": "tab:red", "exact": "tab:purple"}
-    fig, ax = plt.subplots(figsize=(11, 0.42 * len(rows) + 1.8))
+    fig, ax = plt.subplots(figsize=(11, 0.42 * len(rows) + 3.4))
     for i, (name, v, kind, dom) in enumerate(rows):
         if v == 0:
             ax.plot([left], [i], marker="o", color=colors[kind], clip_on=False, zorder=3)
@@ -820,16 +640,31 @@ def _headline_figure(r: Dict[str, Any], out: str) -> None:
             textcoords="offset points",
             fontsize=7,
         )
-    ls = iter(["--", ":", "-.", (0, (5, 5))])
+    ls = iter(["--", ":", "-.", (0, (5, 5)), (0, (1, 3)), (0, (3, 1, 1, 1))])
+    zeros = [ver["name"] for ver in r.get("verifiers", []) if ver["epsilon"] == 0]
     for ver in r.get("verifiers", []):
         if ver["epsilon"] > 0:
             ax.axvline(
                 ver["epsilon"], color="k", ls=next(ls), lw=0.9, label=f"epsilon of {ver['name']}: {ver['epsilon']:.1e}"
             )
+    if zeros:  # a log axis has no 0: the epsilon-0 verifiers are a marker at its left end
+        ax.plot(
+            [left],
+            [-0.9],
+            marker=">",
+            color="k",
+            ms=9,
+            clip_on=False,
+            ls="none",
+            label="epsilon 0 (" + ", ".join(zeros) + "): only an error of exactly 0 passes",
+        )
+        ax.annotate(
+            "epsilon = 0: " + ", ".join(zeros), (left, -0.9), xytext=(10, -3), textcoords="offset points", fontsize=8
+        )
     ax.set_xscale("log")
     ax.set_xlim(left, max(pos) * 200)
     ax.set_yticks(range(len(rows)), [name for name, _, _, _ in rows], fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(len(rows) - 0.5, -1.3)  # room above the first bar for the epsilon-0 marker
     ax.set_xlabel("l2 distance between the recomputed and the logged checkpoint (log scale)")
     handles = [
         Patch(color="tab:green", label="benign reproduction error"),
@@ -840,18 +675,20 @@ def _headline_figure(r: Dict[str, Any], out: str) -> None:
     ax.legend(
         handles=handles + ax.get_legend_handles_labels()[0],
         fontsize=7,
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        borderaxespad=0,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.09),
+        ncol=2,
     )
     ax.set_title(
-        f"{r['config']['model']} on {r['dataset']['name']}: benign reproduction error vs forging attacks\n"
+        f"{r['config']['model']} on {r['dataset']['name']}, b = {r['config']['batch']}: benign reproduction error "
+        "vs forging attacks\n"
         f"(attacks: median over {max((a['attempts'] for a in r['attacks'].values()), default=0)} sampled steps)",
         fontsize=9,
     )
     fig.tight_layout()
     fig.savefig(os.path.join(out, "headline.png"), dpi=110)
     plt.close(fig)
+    return [v["name"] for v in r.get("verifiers", []) if v["epsilon"] > 0] + zeros
 
 
 def _game_figure(games: List[Dict[str, Any]], out: str) -> None:

@@ -65,12 +65,20 @@ def spoofing_study(
             for engine, victim in victims.items():
                 where = os.path.join(out, f"{attack}-k{k}-{engine}")
                 s = spoof(
-                    victim, attack, where, steps=spoof_steps, checkpoint_every=k, seed=seed + 1, noise_steps=noise_steps
+                    victim,
+                    attack,
+                    where,
+                    dataset=data,
+                    steps=spoof_steps,
+                    checkpoint_every=k,
+                    seed=seed + 1,
+                    noise_steps=noise_steps,
                 )
                 eps: Any = 0.0 if engine == "native" else "auto"
                 rep = verify_trace(
                     where,
                     epsilon=eps,
+                    dataset=None if s.data_path else data,
                     data_path=s.data_path,
                     known_data=data,
                     max_interval=max_interval,
