@@ -30,7 +30,9 @@ def sections(md: str) -> Dict[str, str]:
 
 def tables(text: str) -> List[List[Dict[str, str]]]:
     """The markdown tables of ``text``, each a list of rows keyed by the header's cells."""
-    found, rows, head = [], None, None
+    found: List[List[Dict[str, str]]] = []
+    rows: Optional[List[Dict[str, str]]] = None
+    head: Optional[List[str]] = None
     for line in text.splitlines() + [""]:
         if line.startswith("|"):
             cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
@@ -168,20 +170,22 @@ def _check_percentages(sec: Dict[str, str], problems: List[str]) -> None:
                 problems.append(f"Table 4: {row['with a distinct equal-gradient batch']} of {total:,} batches")
 
 
+def _sizes(text: str, pattern: str) -> set:
+    """Batch sizes written as "b = N" or as a list after ``pattern`` ("b in [..]")."""
+    out = {int(x) for x in re.findall(r"\bb = (\d+)", text)}
+    m = re.search(pattern + r" \[([\d, ]+)\]", text)
+    return out | ({int(x) for x in re.findall(r"\d+", m.group(1))} if m else set())
+
+
 def _check_figures(md: str, report: Optional[Dict[str, Any]], problems: List[str]) -> None:
-    head = sections(md).get("", "")
-    sizes = {int(x) for x in re.findall(r"\bb = (\d+)", head)}
-    sizes |= {int(x) for x in re.findall(r"\d+", (re.search(r"sweeps b in \[([\d, ]+)\]", head) or [None, ""])[1])}
+    sizes = _sizes(sections(md).get("", ""), "sweeps b in")
     figs = sections(md).get("Figures", "")
     for name in re.findall(r"!\[([^\]]+)\]", figs):
         cap = re.search(rf"\*{re.escape(name)}: ([^*]+)\*", figs)
         if not cap:
             problems.append(f"figure {name} has no caption")
             continue
-        stated = {int(x) for x in re.findall(r"\bb = (\d+)", cap.group(1))}
-        stated |= {
-            int(x) for x in re.findall(r"\d+", (re.search(r"b in \[([\d, ]+)\]", cap.group(1)) or [None, ""])[1])
-        }
+        stated = _sizes(cap.group(1), "b in")
         if not stated:
             problems.append(f"figure {name}: its caption states no batch size")
         elif not stated <= sizes:
