@@ -82,16 +82,17 @@ def headline(seed=0):
     for model, engine in (("lenet", "torch"), ("fcn", "torch"), ("fcn", "native"), ("logreg", "torch")):
         v = Verifier(model, engine, data, batch_size=100, steps=5, seed=seed)
         repro = v.calibrate(safety_factor=1.0)
-        methods = ["greedy", "nearest", "gradmatch", "dlg"] + (
+        methods = ["greedy", "nearest", "gradmatch", "gradmatch-subset", "dlg", "idlg"] + (
             ["nullspace", "error-matrix"] if model == "logreg" else []
         )
         for m in methods:
-            errs, doms = [], []
+            errs, doms, fracs = [], [], []
             for t in range(len(v.batches)):
                 ctx = v.context(t)
                 r = run_attack(m, ctx, [int(ctx.batch[0])], seed=seed + t, steps=100)
                 errs.append(r.approx_error)
                 doms.append(r.in_domain)
+                fracs.append(r.fraction)
             e = float(np.median(errs))
             rows.append(
                 {
@@ -102,11 +103,14 @@ def headline(seed=0):
                     "repro_error": repro,
                     "orders_of_magnitude": (math.log10(e / repro) if repro > 0 else float("inf")),
                     "in_domain": bool(all(doms)),
+                    "forging_fraction": float(np.median(fracs)),
+                    "objective": r.objective,
                 }
             )
             print(
-                f"{model}/{engine} {m}: attack {e:.2e} vs repro {repro:.2e} "
-                f"({rows[-1]['orders_of_magnitude']:.1f} orders)",
+                f"{model}/{engine} {m} (forging fraction {rows[-1]['forging_fraction']:.2g}; {r.objective}): "
+                f"attack {e:.2e} vs repro {repro:.2e} ({rows[-1]['orders_of_magnitude']:.1f} orders), "
+                f"in domain {'yes' if all(doms) else 'no'}",
                 flush=True,
             )
     return rows
@@ -116,14 +120,11 @@ def games(seed=0):
     out = []
     v = Verifier("logreg", "torch", load_digits(), batch_size=100, steps=5, seed=seed)
     vn = Verifier("logreg", "native", load_digits(), batch_size=100, steps=5, seed=seed)
-    for attack in ("greedy", "nearest", "dlg", "nullspace", "error-matrix"):
+    for attack in ("greedy", "nearest", "dlg", "idlg", "nullspace", "error-matrix"):
+        budget = {"steps": 100} if attack in ("dlg", "idlg") else None
         for dc in (True, False):
-            g = play_game(
-                attack, 5, "auto", verifier=v, domain_check=dc, budget={"steps": 100} if attack == "dlg" else None
-            )
-            gn = play_game(
-                attack, 5, 0.0, verifier=vn, domain_check=dc, budget={"steps": 100} if attack == "dlg" else None
-            )
+            g = play_game(attack, 5, "auto", verifier=v, domain_check=dc, budget=budget)
+            gn = play_game(attack, 5, 0.0, verifier=vn, domain_check=dc, budget=budget)
             out.append(
                 {
                     "attack": attack,

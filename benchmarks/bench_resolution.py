@@ -12,7 +12,14 @@ For each data set, model and solver, this forges S steps of a native training ru
 each step with the forged batch in the run's precision, and counts a *win* when the forged
 batch is distinct and reproduces theta_{t+1} bit for bit (epsilon = 0, no domain check).
 
-    python benchmarks/bench_resolution.py [--steps 30] [--figure-dir docs/benchmarks/figures] [--figure-only]
+    python benchmarks/bench_resolution.py [--steps 30] [--blas-kernels auto,Haswell] [--figure-only]
+
+The forger's arithmetic is NumPy's (its OpenBLAS, float64), and OpenBLAS picks its kernels for
+the CPU at hand (SkylakeX on AVX-512 CPUs, Haswell or Zen on AVX2 ones). The forged inputs'
+last bits follow that choice, and with them whether a forgery's rounding lands on the logged
+checkpoint: the win counts are a property of the forger's machine, not of the verifier. Each
+table is therefore run once per kernel of ``--blas-kernels`` (``auto``: the kernel OpenBLAS picks
+here; any other name is forced with OPENBLAS_CORETYPE in a fresh process), and names it.
 
 The figure (resolution.png, as in the report of ``exactforge reevaluate``) sets each exact
 forgery's float64 gradient difference, per coordinate, beside the resolution of that coordinate
@@ -22,6 +29,9 @@ on the native logistic-regression verifier of breast-cancer.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -61,20 +71,26 @@ def run(dataset: str, kind: str, method: str, dtype: str, steps: int, b: int, lr
     return wins, float(np.median(res))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--figure-dir", default="docs/benchmarks/figures")
-    ap.add_argument("--figure-only", action="store_true")
-    args = ap.parse_args()
-    _figure(args)
-    if args.figure_only:
-        return
+def blas_kernel() -> str:
+    """The kernel set NumPy's OpenBLAS runs here (its 'architecture'), or 'unknown'."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        for lib in threadpool_info():
+            if lib.get("internal_api") == "openblas":
+                return str(lib.get("architecture") or "unknown")
+    except ImportError:
+        pass
+    return "unknown"
+
+
+def table(args) -> None:
+    forced = os.environ.get("OPENBLAS_CORETYPE")
     print(
-        f"# exact forgeries vs the native verifier at epsilon = 0, no domain check "
-        f"({args.steps} steps each, b = {args.batch_size}, lr = {args.lr}; {time.strftime('%Y-%m-%d')})\n"
+        f"# exact forgeries vs the native verifier at epsilon = 0, no domain check ({args.steps} steps each, "
+        f"b = {args.batch_size}, lr = {args.lr}); NumPy's OpenBLAS kernels: {blas_kernel()}"
+        + (f" (forced: OPENBLAS_CORETYPE={forced})" if forced else " (picked for this CPU)")
+        + "\n"
     )
     print("| data set | model | solver | float32: wins | float32 resolution | float64: wins | float64 resolution |")
     print("|---|---|---|---|---|---|---|")
@@ -85,6 +101,35 @@ def main() -> None:
                 w, r = run(dataset, kind, method, dtype, args.steps, args.batch_size, args.lr, 0)
                 row.append(f"{w}/{args.steps} ({w / args.steps:.0%}) | {r:.2g}")
             print(f"| {dataset} | {kind} | {method} | " + " | ".join(row) + " |", flush=True)
+    print()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--figure-dir", default="docs/benchmarks/figures")
+    ap.add_argument("--figure-only", action="store_true")
+    ap.add_argument("--table-only", action="store_true", help="one table, in this process's kernels")
+    ap.add_argument("--blas-kernels", default="auto,Haswell", help="auto and OPENBLAS_CORETYPE names")
+    args = ap.parse_args()
+    if args.table_only:
+        table(args)
+        return
+    print(f"date {time.strftime('%Y-%m-%d')}\n")
+    _figure(args)
+    if args.figure_only:
+        return
+    for kernel in args.blas_kernels.split(","):
+        if kernel == "auto":
+            table(args)
+            continue
+        env = dict(os.environ, OPENBLAS_CORETYPE=kernel)
+        cmd = [sys.executable, __file__, "--table-only", "--steps", str(args.steps)]
+        cmd += ["--batch-size", str(args.batch_size), "--lr", str(args.lr)]
+        sys.stdout.flush()
+        subprocess.run(cmd, env=env, check=True)
 
 
 def _figure(args) -> None:

@@ -82,3 +82,27 @@ def test_bad_arguments_are_refused(victims, tmp_path):
         spoof(victims["native"], "gradmatch", str(tmp_path / "a"))
     with pytest.raises(ValueError, match="checkpoint_every"):
         spoof(victims["native"], "reorder", str(tmp_path / "b"), checkpoint_every=0)
+
+
+def test_the_spoofing_game_is_won_only_where_the_verifier_lets_it():
+    """A verifier with a generous tolerance and no checks accepts the infinitesimal spoof; the
+    vacuous check, or epsilon 0, rejects it."""
+    from exactforge.forging.spoof import play_spoofing
+
+    kw = dict(model="fcn", engine="native", data=DIGITS, batch_size=50, steps=5, spoof_steps=400, seed=3)
+    loose = play_spoofing("infinitesimal", 1, 1.0, require=(), **kw)
+    assert loose.win_rate == 1.0 and loose.rounds[0].failed_checks == ["vacuous"]
+    checked = play_spoofing("infinitesimal", 1, 1.0, require=("vacuous",), **kw)
+    assert checked.win_rate == 0.0 and checked.rounds[0].reasons == ["required check vacuous failed"]
+    exact = play_spoofing("infinitesimal", 1, 0.0, require=(), **kw)
+    assert exact.win_rate == 0.0 and "over epsilon 0" in exact.rounds[0].reasons[0]
+
+
+def test_the_game_command_plays_the_spoofing_game(tmp_path, capsys):
+    js = str(tmp_path / "g.json")
+    args = ["game", "--attack", "reorder", "--rounds", "1", "--model", "logreg", "--engine", "native"]
+    args += ["--epsilon", "0", "--steps", "3", "--spoof-steps", "4", "--json", js, "--quiet"]
+    assert main(args) == 0
+    g = json.load(open(js))
+    assert g["attack"] == "reorder" and g["win_rate"] == 0.0 and g["required"] == ["domain", "known-data"]
+    assert "round 0: rejected: error" in capsys.readouterr().out

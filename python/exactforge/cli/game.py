@@ -14,9 +14,22 @@ def register(sub: Any) -> None:
         "--attack",
         "--method",
         dest="attack",
-        choices=("greedy", "nearest", "gradmatch", "gradmatch-subset", "dlg", "idlg", "nullspace", "error-matrix"),
+        choices=(
+            "greedy",
+            "nearest",
+            "gradmatch",
+            "gradmatch-subset",
+            "dlg",
+            "idlg",
+            "nullspace",
+            "error-matrix",
+            "adversarial",
+            "infinitesimal",
+            "reorder",
+        ),
         default="greedy",
-        help="the adversary's attack (--method is the same option, as in attack)",
+        help="the adversary's attack (--method is the same option, as in attack); adversarial, infinitesimal and "
+        "reorder play the spoofing game: the adversary spoofs a whole trace for the verifier's trained model",
     )
     g.add_argument("--rounds", type=_count(1), default=10, help="rounds played")
     g.add_argument("--epsilon", type=_epsilon_or_auto, default="auto", help="auto (calibrated), 0, or a value")
@@ -42,14 +55,27 @@ def register(sub: Any) -> None:
         "--opt-steps", type=_count(1), default=100, help="gradmatch, dlg and their variants: optimisation steps"
     )
     g.add_argument("--seed", type=_SEED, default=0, help="seed of the weights, the batches and the attacks")
+    g.add_argument("--spoof-steps", type=_count(1), default=200, help="spoofing game: steps of each spoofed trace")
+    g.add_argument(
+        "--checkpoint-every", type=_count(1), default=1, help="spoofing game: the spoof's checkpoint interval"
+    )
+    g.add_argument(
+        "--require",
+        metavar="CHECKS",
+        help="spoofing game: verifier checks that reject (as verify --require); the domain check adds domain and "
+        "known-data",
+    )
     g.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
 
     from ..forging.game import play_game
+    from ..forging.spoof import SPOOFS
 
     eps = args.epsilon
+    if args.attack in SPOOFS:
+        return _spoofing(args)
     from ..forging.attacks import budget_for
 
     budget = budget_for(args.attack, args.pool, args.candidates, args.opt_steps)
@@ -82,4 +108,37 @@ def run(args: argparse.Namespace) -> int:
     lost = [r for r in g.rounds if not r.won]
     if lost:
         say(args, f"  e.g. round {lost[0].round}: {'; '.join(lost[0].reasons[:2])}")
+    return 0
+
+
+def _spoofing(args: argparse.Namespace) -> int:
+    from ..data import load_dataset
+    from ..forging.spoof import play_spoofing
+    from ..verify.checks import parse_checks
+
+    require = list(parse_checks(args.require)) + (["domain", "known-data"] if args.domain_check else [])
+    g = play_spoofing(
+        args.attack,
+        args.rounds,
+        args.epsilon,
+        model=args.model,
+        engine=args.engine,
+        data=load_dataset(args.dataset, args.data_path),
+        batch_size=args.batch_size,
+        steps=args.steps,
+        spoof_steps=args.spoof_steps,
+        checkpoint_every=args.checkpoint_every,
+        require=list(dict.fromkeys(require)),
+        seed=args.seed,
+    )
+    write_json(args, g.to_dict())
+    say(
+        args,
+        f"{args.attack} spoofs vs the {g.engine} verifier ({g.model}, epsilon {g.epsilon:.3g}; requiring "
+        f"{', '.join(g.required) or 'no check'}; {g.spoof_steps} steps, a checkpoint every {g.checkpoint_every}): "
+        f"win rate {g.win_rate:.0%} over {len(g.rounds)} rounds",
+    )
+    for r in g.rounds[:5]:
+        if not r.won:
+            say(args, f"  round {r.round}: rejected: {'; '.join(r.reasons) or 'not accepted'}")
     return 0

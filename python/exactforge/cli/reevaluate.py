@@ -36,6 +36,16 @@ def run(args: argparse.Namespace) -> int:
         f"{' (synthetic)' if rep['dataset']['synthetic'] else ''}, {rep['seconds']:.0f} s\n",
     )
     say(args, summary_table(rep))
+    sp = rep.get("spoofing")
+    if sp:
+        say(
+            args,
+            f"\nspoofing ({sp['spoof_steps']} steps, k in {sp['intervals']}): spoofs accepted, checks off / on: "
+            + "; ".join(
+                f"{v}: {s['accepted']}/{s['tried']} / {s['accepted_with_checks']}/{s['tried']}"
+                for v, s in sp["success"].items()
+            ),
+        )
     wins = [g for g in rep["game"] if g["win_rate"] > 0]
     say(
         args,

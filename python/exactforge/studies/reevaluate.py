@@ -51,7 +51,7 @@ class Config:
     spoof_victim_steps: int = 100  # the victims' training, whose final model the spoofs claim
     spoof_steps: int = 1000  # steps of each spoof (more steps, shorter spoofed steps)
     spoof_intervals: tuple = (1, 10, 100)  # checkpoint intervals k of the spoofs
-    spoof_noise_steps: int = 10  # the adversarial spoof's Adam iterations per step
+    spoof_noise_steps: int = 5  # the adversarial spoof's Adam iterations per step
     seed: int = 0
 
     @classmethod
