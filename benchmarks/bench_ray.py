@@ -8,7 +8,7 @@
   ``--workers`` CPUs, one task CPU each; its start-up is timed apart. Ideal = serial / workers.
 * The parts of the serial time (opening the trace: manifest and hash chain; reading and
   hashing a checkpoint; recomputing a step) give the extrapolation to a 1M-step trace on N
-  machines in RESULTS.md.
+  machines in docs/benchmarks/ray.md.
 
   python benchmarks/bench_ray.py [--steps 10000] [--workers 2] [--trace DIR] [--out benchmarks/out/ray.json]
   python benchmarks/bench_ray.py --probe --trace DIR    # Ray workers vs plain processes

@@ -13,7 +13,7 @@ from typing import Any, Optional
 # before) pay a futex wake-up of 10-50 us at every barrier, which made a 64 x 1000 x 10 product 8x
 # slower on 2 threads than on 1. A bounded spin (GOMP_SPINCOUNT, about 20-60 us) keeps the wake-ups
 # out of short barriers and still yields the core when the other thread is not coming
-# (benchmarks/RESULTS.md, "Threads on a busy machine").
+# (docs/benchmarks/threads.md).
 _SPINCOUNT = "1000"
 _set_policy = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
 if _set_policy:

@@ -530,7 +530,7 @@ def table4_counts(max_batches: int, *, seed: int = 0, vs: tuple = (2, 3)) -> Dic
         "cells": cells,
         "max_batches": max_batches,
         "seconds": time.perf_counter() - t0,
-        "larger_cells": "benchmarks/RESULTS.md (python benchmarks/bench_table4.py --all)",
+        "larger_cells": "docs/benchmarks/table4.md (python benchmarks/bench_table4.py --all)",
     }
 
 
