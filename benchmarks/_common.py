@@ -4,6 +4,7 @@ documentation site where its results are written (docs/benchmarks/PAGE.md)."""
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import re
@@ -152,3 +153,22 @@ def write_results(page: str, command: str, output: str) -> str:
     with open(path, "w") as f:
         f.write(text)
     return path
+
+
+def fma_peak(threads: int):
+    """The FMA and int8 peaks of this CPU on `threads` threads, measured by
+    benchmarks/bench_fma_peak.cpp (compiled here with -march=native): a dict with
+    avx2_f32_gflops, avx512_f32_gflops and avx512_f64_gflops (None without AVX-512) and
+    vnni_int8_gops (None without AVX-512 VNNI), or None without a compiler."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    cxx = shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        return None
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_fma_peak.cpp")
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "fma_peak")
+        subprocess.run([cxx, "-O3", "-march=native", "-fopenmp", src, "-o", exe], check=True)
+        return json.loads(subprocess.run([exe, str(threads)], check=True, capture_output=True, text=True).stdout)

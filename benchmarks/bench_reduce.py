@@ -26,7 +26,7 @@ import torch
 import exactforge
 from exactforge import reduce as R
 
-from _common import best_time
+from _common import best_time, fma_peak
 
 SHAPES = [(64, 10), (784, 10), (784, 100), (100, 10)]
 KS = [32, 100, 1000, 4096]
@@ -41,24 +41,6 @@ def practical_peak(threads: int) -> float:
     report)."""
     a = torch.rand(2048, 2048)
     return 2 * 2048**3 / best_time(lambda: a @ a, min_total=1.0) / 1e9
-
-
-def fma_peak(threads: int):
-    """The float32 FMA peak of this CPU on `threads` threads, measured by
-    benchmarks/bench_fma_peak.cpp (compiled here with -march=native): a dict with
-    avx2_f32_gflops and avx512_f32_gflops (None without AVX-512), or None without a compiler."""
-    import shutil
-    import subprocess
-    import tempfile
-
-    cxx = shutil.which("g++") or shutil.which("clang++")
-    if cxx is None:
-        return None
-    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_fma_peak.cpp")
-    with tempfile.TemporaryDirectory() as tmp:
-        exe = os.path.join(tmp, "fma_peak")
-        subprocess.run([cxx, "-O3", "-march=native", "-fopenmp", src, "-o", exe], check=True)
-        return json.loads(subprocess.run([exe, str(threads)], check=True, capture_output=True, text=True).stdout)
 
 
 def large_rows(rng, threads: int, quick: bool):

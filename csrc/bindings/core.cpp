@@ -140,7 +140,7 @@ py::array matmul(py::array a, py::array b, const std::string& mode,
 }
 
 // The float32 exact matmul through a named kernel (tests and benchmarks: every kernel must give
-// the same bits). kernel: "auto", "f64-slices", "int8-generic" or "int8-amx".
+// the same bits). kernel: "auto", "f64-slices", "int8-generic", "int8-amx" or "int8-vnni".
 py::array matmul_exact_kernel(py::array_t<float, py::array::c_style> a, py::array_t<float, py::array::c_style> b,
                               const std::string& kernel, int threads) {
   if (a.ndim() != 2 || b.ndim() != 2) throw py::value_error("a, b: expected 2-D float32 arrays");
@@ -148,9 +148,16 @@ py::array matmul_exact_kernel(py::array_t<float, py::array::c_style> a, py::arra
   if (b.shape(0) != k) throw py::value_error("a, b: inner dimensions differ");
   if (k == 0) throw py::value_error("a, b: the reduced axis is empty");
   if (k > kExactMatmulMaxK) throw py::value_error("mode='exact': the reduced axis has more than 2^20 terms");
-  int kid = kernel == "auto" ? 0 : kernel == "f64-slices" ? 1 : kernel == "int8-generic" ? 2 : kernel == "int8-amx" ? 3 : -1;
-  if (kid < 0) throw py::value_error("kernel: expected 'auto', 'f64-slices', 'int8-generic' or 'int8-amx'");
+  const int kid = kernel == "auto"           ? 0
+                  : kernel == "f64-slices"   ? 1
+                  : kernel == "int8-generic" ? 2
+                  : kernel == "int8-amx"     ? 3
+                  : kernel == "int8-vnni"    ? 4
+                                             : -1;
+  if (kid < 0) throw py::value_error("kernel: expected 'auto', 'f64-slices', 'int8-generic', 'int8-amx' or 'int8-vnni'");
   if (kid == 3 && !amx_int8_usable()) throw py::value_error("kernel='int8-amx': AMX-INT8 is not usable on this CPU/OS");
+  if (kid == 4 && !vnni_int8_usable())
+    throw py::value_error("kernel='int8-vnni': AVX-512 VNNI is not usable on this CPU or build");
   py::array_t<float> out({m, n});
   const float* pa = a.data();
   const float* pb = b.data();
@@ -396,6 +403,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("matmul_exact_kernel", &matmul_exact_kernel, py::arg("a"), py::arg("b"), py::arg("kernel"),
         py::arg("threads") = 0);
   m.def("amx_int8_usable", &amx_int8_usable);
+  m.def("vnni_int8_usable", &vnni_int8_usable);
   m.def("exact_plan", &exact_plan_py, py::arg("k"), py::arg("is_double"));
   py::class_<SearchHandle>(m, "SearchHandle")
       .def(py::init<py::array_t<int64_t, py::array::c_style | py::array::forcecast>,

@@ -70,7 +70,7 @@ def compile_options() -> Dict[str, Any]:
             "avx2": "avx2" in info.get("kernels", ""),
             "fma": "fma" in info.get("kernels", ""),
             "avx512": "avx512" in info.get("kernels", ""),
-            "cpu": {k: info.get(f"cpu_{k}") == "1" for k in ("avx2", "fma", "avx512f", "amx_int8")},
+            "cpu": {k: info.get(f"cpu_{k}") == "1" for k in ("avx2", "fma", "avx512f", "amx_int8", "avx512_vnni")},
             "baseline": {"avx2": info.get("isa_avx2") == "1", "fma": info.get("isa_fma") == "1"},
         },
         "cuda": _cuda is not None,
@@ -79,6 +79,7 @@ def compile_options() -> Dict[str, Any]:
         # "f64-slices"; both compute the same integers, so the same bits
         "exact_kernel": info.get("exact_kernel", "f64-slices"),
         "amx_built": info.get("amx_built") == "1",
+        "vnni_built": info.get("vnni_built") == "1",
         "exact_sum": {"slices": int(_core.SUM_SLICES), "bits_per_slice": int(_core.SUM_WIDTH)},
     }
     if _cuda is not None:

@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['EXACT_MATMUL_MAX_K', 'EXACT_SUM_MAX_K', 'MAX_THREADS', 'SUM_SLICES', 'SUM_WIDTH', 'SearchHandle', 'all_pairs', 'amx_int8_usable', 'build_info', 'choose', 'col2im', 'exact_plan', 'exp', 'get_num_threads', 'im2col', 'log', 'matmul', 'matmul_exact_kernel', 'mitm_table_bytes', 'pack_bits', 'set_num_threads', 'sum_channels', 'sum_rows']
+__all__: list[str] = ['EXACT_MATMUL_MAX_K', 'EXACT_SUM_MAX_K', 'MAX_THREADS', 'SUM_SLICES', 'SUM_WIDTH', 'SearchHandle', 'all_pairs', 'amx_int8_usable', 'build_info', 'choose', 'col2im', 'exact_plan', 'exp', 'get_num_threads', 'im2col', 'log', 'matmul', 'matmul_exact_kernel', 'mitm_table_bytes', 'pack_bits', 'set_num_threads', 'sum_channels', 'sum_rows', 'vnni_int8_usable']
 class SearchHandle:
     def __init__(self, grads: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], keys: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64], targets: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], target_keys: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64], b: typing.SupportsInt | typing.SupportsIndex, method: str, max_bytes: typing.SupportsInt | typing.SupportsIndex, key_tol: typing.SupportsInt | typing.SupportsIndex = 0, coord_tol: typing.SupportsInt | typing.SupportsIndex = 0, shift: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
         ...
@@ -55,3 +55,5 @@ MAX_THREADS: int = 256
 SUM_SLICES: int = 2
 SUM_WIDTH: int = 40
 __version__: str = '0.1.0'
+def vnni_int8_usable() -> bool:
+    ...

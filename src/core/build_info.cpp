@@ -57,12 +57,18 @@ std::map<std::string, std::string> build_info() {
 #else
   info["amx_built"] = "0";
 #endif
+#if defined(EXACTFORGE_HAVE_VNNI_BUILD)
+  info["vnni_built"] = "1";
+#else
+  info["vnni_built"] = "0";
+#endif
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   info["cpu_avx2"] = __builtin_cpu_supports("avx2") ? "1" : "0";
   info["cpu_fma"] = __builtin_cpu_supports("fma") ? "1" : "0";
   info["cpu_avx512f"] = __builtin_cpu_supports("avx512f") ? "1" : "0";
   info["cpu_amx_int8"] = amx_int8_usable() ? "1" : "0";
+  info["cpu_avx512_vnni"] = vnni_int8_usable() ? "1" : "0";
 #endif
   return info;
 }

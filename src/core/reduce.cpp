@@ -296,6 +296,8 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
                                                                                      : ExactKernel::F64Slices;
   if (kernel == ExactKernel::Int8Amx && !amx_int8_usable())
     throw std::invalid_argument("exact matmul: AMX-INT8 is not usable on this CPU/OS");
+  if (kernel == ExactKernel::Int8Vnni && !vnni_int8_usable())
+    throw std::invalid_argument("exact matmul: AVX-512 VNNI is not usable on this CPU or build");
   const bool int8_path = std::is_same<T, float>::value && kernel != ExactKernel::F64Slices;
   // The level accumulators. The float64 path zeroes each tile's block in its first sub-chunk
   // and rounds it in its last, while the block is in cache, so this array is neither zeroed in
@@ -339,7 +341,9 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   };
   if (int8_path) {
     // The same levels from int8 digits (intexact.hpp): same integers, same bits.
-    auto levels = kernel == ExactKernel::Int8Amx ? int_amx::exact_levels_int8 : int_generic::exact_levels_int8;
+    auto levels = kernel == ExactKernel::Int8Amx    ? int_amx::exact_levels_int8
+                  : kernel == ExactKernel::Int8Vnni ? int_vnni::exact_levels_int8
+                                                    : int_generic::exact_levels_int8;
     levels(reinterpret_cast<const float*>(a), reinterpret_cast<const float*>(b), m, k, n, w, f1.data(), f2.data(),
            g1.data(), g2.data(), acc, nt, par);
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
@@ -602,7 +606,7 @@ void sum_exact(const T* x, T* out, int64_t k, int64_t n, int threads) {
 }
 void matmul_exact_with(const float* a, const float* b, float* out, int64_t m, int64_t k, int64_t n,
                        int threads, int kernel) {
-  if (kernel < 0 || kernel > 3) throw std::invalid_argument("exact matmul: unknown kernel");
+  if (kernel < 0 || kernel > 4) throw std::invalid_argument("exact matmul: unknown kernel");
   matmul_exact_impl<float, 2>(a, b, out, m, k, n, threads, static_cast<ExactKernel>(kernel));
 }
 

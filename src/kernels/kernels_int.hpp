@@ -6,7 +6,7 @@ namespace exactforge {
 
 /// Which kernel computes the float32 exact matmul's levels. Every choice gives the same
 /// integers, so the same bits (exactforge/intexact.hpp); they differ in speed only.
-enum class ExactKernel { Auto = 0, F64Slices = 1, Int8Generic = 2, Int8Amx = 3 };
+enum class ExactKernel { Auto = 0, F64Slices = 1, Int8Generic = 2, Int8Amx = 3, Int8Vnni = 4 };
 
 /// Fills acc[(i*n + j)*2 + L] (+=) with the levels L0, L1 of the float32 exact product, from the
 /// slicing factors of matmul_exact (rows f1/f2, columns g1/g2, slice width w).
@@ -18,10 +18,14 @@ enum class ExactKernel { Auto = 0, F64Slices = 1, Int8Generic = 2, Int8Amx = 3 }
   }
 EXACTFORGE_DECLARE_INT_KERNEL(int_generic)
 EXACTFORGE_DECLARE_INT_KERNEL(int_amx)
+EXACTFORGE_DECLARE_INT_KERNEL(int_vnni)
 
 /// Whether this CPU and OS let the process use AMX-INT8 (CPUID, XCR0 tile state, and the
 /// Linux permission request that must precede the first tile instruction). Asked once.
 bool amx_int8_usable();
+/// Whether this build has the AVX-512 VNNI kernel and this CPU runs it (AVX-512 F/BW/VL/DQ and
+/// VNNI; EXACTFORGE_ISA=generic or avx2 says no). Asked once.
+bool vnni_int8_usable();
 /// The kernel Auto resolves to on this machine.
 ExactKernel exact_kernel_auto();
 const char* exact_kernel_name(ExactKernel k);

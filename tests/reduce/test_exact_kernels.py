@@ -1,10 +1,11 @@
 """The float32 exact matmul's kernels give the same bits.
 
-"f64-slices" sums the slice products in float64 tiles; "int8-generic" and "int8-amx" sum the same
+"f64-slices" sums the slice products in float64 tiles; "int8-generic", "int8-amx" and "int8-vnni" sum the same
 slices written as int8 digits with int32/int64 integer sums (exactforge/intexact.hpp). The levels
 are the same integers, so every output must be bitwise equal, for every shape, magnitude mix,
 slice width (3 or 4 digits) and thread count; and within exact mode's documented bound of an
-exact rational reference. The AMX rows run where the CPU and OS allow AMX-INT8 and skip elsewhere.
+exact rational reference. The AMX rows run where the CPU and OS allow AMX-INT8, the VNNI rows where
+the CPU has AVX-512 VNNI; both skip elsewhere.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ KERNELS = [
     "int8-generic",
     pytest.param(
         "int8-amx", marks=pytest.mark.skipif(not _core.amx_int8_usable(), reason="no AMX-INT8 on this CPU/OS")
+    ),
+    pytest.param(
+        "int8-vnni",
+        marks=pytest.mark.skipif(not _core.vnni_int8_usable(), reason="no AVX-512 VNNI on this CPU or build"),
     ),
 ]
 

@@ -36,7 +36,8 @@ void sum_exact(const T* x, T* out, int64_t k, int64_t n, int threads);
 template <class T>
 void sum_channels(const T* x, T* out, int64_t N, int64_t C, int64_t L, bool exact, int threads);
 /// The float32 exact matmul through a named kernel (0 auto, 1 float64 slices, 2 int8 digits in
-/// C++, 3 int8 digits on AMX): the same bits from every one; for tests and benchmarks.
+/// C++, 3 int8 digits on AMX, 4 int8 digits on AVX-512 VNNI): the same bits from every one; for
+/// tests and benchmarks.
 void matmul_exact_with(const float* a, const float* b, float* out, int64_t m, int64_t k, int64_t n,
                        int threads, int kernel);
 
