@@ -348,6 +348,43 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
            g1.data(), g2.data(), acc, nt, par);
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
     for (int64_t i = 0; i < m; ++i) finish(acc + i * n * S, i, 0, n, todo_all.data() + static_cast<size_t>(thread_index()) * n);
+  } else if (par && !one_pass && mb * ((nb + kGroup - 1) / kGroup) < 2 * nt && (k + KS - 1) / KS >= 4 * nt &&
+             m * n <= (int64_t(1) << 16)) {
+    // Few output tiles over a long reduced axis (a convolution's weight gradient: 25 x 6 outputs
+    // over 78,400 terms). The walk below would give each of some 300 sub-chunks two units of
+    // work and three barriers. Here each thread takes whole sub-chunks into levels of its own,
+    // and the threads' levels are added at the end. They are integers: their sum does not
+    // depend on how the sub-chunks were shared, so the bits are the walk's.
+    const int64_t nsub = (k + KS - 1) / KS, cg = S == 2 ? kt.split_cols_tiles : 1;
+    const size_t per = static_cast<size_t>(m * n * S);
+    std::vector<int64_t> parts(static_cast<size_t>(nt) * per, 0);
+    std::vector<double> apn(static_cast<size_t>(nt * MR * KS * S)), bpn(static_cast<size_t>(nt * nb * NR * KS * S));
+#pragma omp parallel num_threads(nt)
+    {
+      const size_t tid = static_cast<size_t>(thread_index());
+      int64_t* const mine = parts.data() + tid * per;
+      double* const ap = apn.data() + tid * static_cast<size_t>(MR * KS * S);
+      double* const bq = bpn.data() + tid * static_cast<size_t>(nb * NR * KS * S);
+#pragma omp for schedule(static)
+      for (int64_t sub = 0; sub < nsub; ++sub) {
+        const int64_t t0 = sub * KS, kc = std::min(KS, k - t0);
+        for (int64_t jb = 0; jb < nb; jb += cg) {
+          const int cols = static_cast<int>(std::min<int64_t>(NR * cg, n - jb * NR));
+          split_cols(b + t0 * n + jb * NR, n, cols, kc, g1.data() + jb * NR, g2.data() + jb * NR, p2w,
+                     bq + jb * NR * kc * S, NR);
+        }
+        for (int64_t ib = 0; ib < mb; ++ib) {
+          const int mrem = static_cast<int>(std::min<int64_t>(MR, m - ib * MR));
+          split_rows(a + ib * MR * k + t0, k, mrem, kc, f1.data() + ib * MR, f2.data() + ib * MR, p2w, ap, MR);
+          for (int64_t jb = 0; jb < nb; ++jb)
+            tile(ap, bq + jb * NR * kc * S, kc, mine + (ib * MR * n + jb * NR) * S, n, mrem,
+                 static_cast<int>(std::min<int64_t>(NR, n - jb * NR)));
+        }
+      }
+    }
+    for (int t = 1; t < nt; ++t)
+      for (size_t e = 0; e < per; ++e) parts[e] += parts[static_cast<size_t>(t) * per + e];
+    for (int64_t i = 0; i < m; ++i) finish(parts.data() + i * n * S, i, 0, n, todo_all.data());
   } else {
   // The reduced axis is walked in sub-chunks of at most kExactSubChunk terms. A tile's level
   // sums over any run of at most 2^chunk_bits terms are exact integers in float64, and the

@@ -66,6 +66,12 @@ CASES = [
     (m, k, n, kind)
     for kind in ("normal", "magnitudes", "cancellation", "subnormal", "special", "ties")
     for (m, k, n) in ((1, 1, 1), (17, 63, 5), (33, 100, 16), (5, 129, 40), (64, 1000, 10), (20, 2100, 33))
+] + [
+    # few outputs over a long axis: on 2 threads the sub-chunks are shared out and the threads'
+    # integer levels added at the end (a convolution's weight gradient)
+    (m, k, n, kind)
+    for kind in ("normal", "magnitudes", "cancellation", "special", "ties")
+    for (m, k, n) in ((25, 6000, 6), (3, 50000, 2))
 ]
 
 
