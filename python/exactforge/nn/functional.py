@@ -126,9 +126,13 @@ class _Conv2d(torch.autograd.Function):
                     cols2.numpy(), weight.detach().reshape(O, -1).t().contiguous().numpy(), "fixed", a_transposed=True
                 )
             )
+            # the bias is added in the pass that transposes to B x O x L: one pass, the same sums
+            y = torch.empty((B, O, L), dtype=yt.dtype)
             if bias is not None:
-                yt = yt + bias.detach()
-            return yt.reshape(B, L, O).transpose(1, 2).reshape(B, O, Ho, Wo).contiguous()
+                torch.add(yt.reshape(B, L, O).transpose(1, 2), bias.detach().reshape(1, O, 1), out=y)
+            else:
+                y.copy_(yt.reshape(B, L, O).transpose(1, 2))
+            return y.reshape(B, O, Ho, Wo)
         y = _fixed(weight.reshape(O, -1), cols2)  # O x (B*L)
         if bias is not None:
             y = y + bias.reshape(O, 1)
@@ -139,16 +143,18 @@ class _Conv2d(torch.autograd.Function):
         cols2, weight = ctx.saved_tensors
         B, H, W, L, stride, padding, dilation, mode, has_bias = ctx.conf
         O, _, kh, kw = weight.shape
-        dy2 = dy.reshape(B, O, L).transpose(0, 1).reshape(O, B * L)  # O x (B*L)
+        # (B*L) x O, made once: the weight and bias gradients read it as it is (each transposed
+        # copy of a B*L x O matrix with a handful of channels cost more than its product)
+        dyt = dy.reshape(B, O, L).transpose(1, 2).reshape(B * L, O)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dcols = _fixed(weight.reshape(O, -1).t(), dy2)  # CKK x (B*L)
+            dcols = _fixed(weight.reshape(O, -1).t(), dyt.t())  # CKK x (B*L)
             dx = _col2im(dcols, [B, weight.shape[1], H, W], ([kh, kw], list(stride), list(padding), list(dilation)))
         if ctx.needs_input_grad[1]:
             # the big operand as a: its slicing is vectorised along the reduced axis
-            dw = _batch(cols2, dy2.t(), mode).t().reshape(weight.shape)
+            dw = _batch(cols2, dyt, mode).t().reshape(weight.shape)
         if has_bias and ctx.needs_input_grad[2]:
-            db = _bsum(dy2.t(), mode)
+            db = _bsum(dyt, mode)
         return dx, dw, db, None, None, None, None
 
 
