@@ -172,3 +172,40 @@ def fma_peak(threads: int):
         exe = os.path.join(tmp, "fma_peak")
         subprocess.run([cxx, "-O3", "-march=native", "-fopenmp", src, "-o", exe], check=True)
         return json.loads(subprocess.run([exe, str(threads)], check=True, capture_output=True, text=True).stdout)
+
+
+def peaks_text(threads: int) -> str:
+    """One line naming this machine's measured peaks on ``threads`` threads (bench_fma_peak.cpp),
+    and what torch's BLAS is: the yardstick of every share of peak a page states."""
+    import torch
+
+    p = fma_peak(threads)
+    blas = "MKL" if torch.backends.mkl.is_available() else "not MKL"
+    if p is None:
+        return f"peaks: not measured (no C++ compiler); torch's BLAS: {blas}"
+    f32 = p["avx512_f32_gflops"] or p["avx2_f32_gflops"]
+    text = (
+        f"measured peaks on {threads} thread(s): float32 FMA {f32} GFLOP/s (AVX2 {p['avx2_f32_gflops']}), float64 FMA "
+        f"{p['avx512_f64_gflops']} GFLOP/s, int8 VNNI {p.get('vnni_int8_gops')} Gop/s (a multiply-add counts two); "
+        f"torch's BLAS: {blas}"
+    )
+    if blas == "MKL" and "AMD" in cpu_name() and p["avx512_f32_gflops"]:
+        # MKL may take its AVX2 code on AMD CPUs; where the two peaks differ, torch's share
+        # against the AVX-512 one understates how well it uses what it runs
+        gap = p["avx512_f32_gflops"] / p["avx2_f32_gflops"]
+        text += (
+            f" (on this AMD CPU MKL may run AVX2 code; its AVX2 and AVX-512 float32 peaks differ by {gap:.2f}x, "
+            "so shares are stated against the larger)"
+        )
+    return text
+
+
+def step_flops(model, loss_fn, x, y) -> float:
+    """Floating-point operations of one forward and backward pass of ``model`` (torch's counter,
+    a multiply-add counting two): the work both steps of a comparison do."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        loss_fn(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return float(fc.get_total_flops())

@@ -28,7 +28,7 @@ import exactforge
 from exactforge import reduce as R
 from exactforge._backend.native import _core
 
-from _common import fast_half_median, fma_peak
+from _common import fast_half_median, fma_peak, peaks_text
 
 SHAPES = [
     (64, 10, 100),
@@ -72,13 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     peaks = fma_peak(args.threads)
-    if peaks is not None:
-        print(
-            f"peaks on {args.threads} thread(s), measured (bench_fma_peak.cpp): float32 FMA "
-            f"{peaks['avx512_f32_gflops'] or peaks['avx2_f32_gflops']} GFLOP/s, float64 FMA "
-            f"{peaks['avx512_f64_gflops']} GFLOP/s, int8 VNNI {peaks.get('vnni_int8_gops')} Gop/s "
-            "(a multiply-add counts two)\n"
-        )
+    print(peaks_text(args.threads) + "\n")
     kernels = ["f64-slices"] + (["int8-amx"] if _core.amx_int8_usable() else [])
     kernels += ["int8-vnni"] if _core.vnni_int8_usable() else []
     rng = np.random.default_rng(0)

@@ -24,7 +24,7 @@ import exactforge.nn as xnn
 from exactforge.data import load_dataset
 from exactforge.models.zoo import build_model
 
-from _common import grads, interleaved_min
+from _common import fma_peak, grads, interleaved_min, peaks_text, step_flops
 from _common import sgd_step as step
 
 
@@ -41,11 +41,14 @@ def main() -> None:
         f"# exactforge.nn vs torch, one SGD step, b = {args.batch}, {args.threads} thread(s); "
         f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}\n"
     )
+    print(peaks_text(args.threads) + "\n")
+    pk = fma_peak(args.threads)
+    f32_peak = None if pk is None else (pk["avx512_f32_gflops"] or pk["avx2_f32_gflops"]) * 1e9
     print(
         "| model | data | parameters | max rel. gradient diff vs autograd, float64 / float32 | permuted batch: "
-        "same bits | torch step | reproducible step | ratio |"
+        "same bits | torch step | reproducible step | ratio | torch, reproducible: % of float32 peak |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         dataset = "synthetic-tokens" if name == "transformer" else "mnist-5k"
         data = load_dataset(dataset)
@@ -74,9 +77,15 @@ def main() -> None:
             args.repeats,
         )
         n = sum(p.numel() for p in net.parameters())
+        flops = step_flops(net, torch.nn.functional.cross_entropy, x, y)
+        share = (
+            "-"
+            if f32_peak is None
+            else f"{100 * flops / t_torch / f32_peak:.0f}%, {100 * flops / t_rep / f32_peak:.0f}%"
+        )
         print(
             f"| {name} | {dataset} | {n:,} | {rel64:.2g} / {rel:.2g} | {'yes' if same else 'NO'} | {1e3 * t_torch:.1f} ms | "
-            f"{1e3 * t_rep:.1f} ms | {t_rep / t_torch:.1f}x |",
+            f"{1e3 * t_rep:.1f} ms | {t_rep / t_torch:.1f}x | {share} |",
             flush=True,
         )
 
