@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "exactforge/batched.hpp"
 #include "exactforge/fixedpoint.hpp"
 #include "exactforge/mathfn.hpp"
 #include "exactforge/reduce.hpp"
@@ -57,6 +58,29 @@ std::vector<int64_t> checked_order(const std::optional<py::array_t<int64_t>>& or
     perm[t] = v;
   }
   return perm;
+}
+
+// (N, M, K) @ (N, K, P) per example, each output summed over k in order with every product and
+// sum rounded (batched.hpp): the bits of the torch loop it replaces.
+py::array bmm_unfused_py(py::array a, py::array b, int threads) {
+  if (a.ndim() != 3 || b.ndim() != 3) throw py::value_error("a, b: expected 3-D arrays (N x M x K and N x K x P)");
+  if (!(a.flags() & py::array::c_style) || !(b.flags() & py::array::c_style))
+    throw py::value_error("a, b: expected C-contiguous arrays");
+  DT da = dtype_of(a, "a"), db = dtype_of(b, "b");
+  if (da != db) throw py::type_error("a and b: dtypes differ");
+  const int64_t N = a.shape(0), M = a.shape(1), K = a.shape(2), P = b.shape(2);
+  if (b.shape(0) != N || b.shape(1) != K) throw py::value_error("a, b: shapes do not chain (N x M x K @ N x K x P)");
+  if (K == 0) throw py::value_error("a, b: the reduced axis is empty");
+  py::array out = da == DT::F32 ? py::array(py::array_t<float>({N, M, P})) : py::array(py::array_t<double>({N, M, P}));
+  const void* pa = a.data();
+  const void* pb = b.data();
+  void* po = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    if (da == DT::F32) bmm_unfused<float>((const float*)pa, (const float*)pb, (float*)po, N, M, K, P, threads);
+    else bmm_unfused<double>((const double*)pa, (const double*)pb, (double*)po, N, M, K, P, threads);
+  }
+  return out;
 }
 
 ConvGeometry geometry(int64_t B, int64_t C, int64_t H, int64_t W, std::vector<int64_t> k, std::vector<int64_t> s,
@@ -393,6 +417,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("sum_channels", &sum_channels_py, py::arg("x"), py::arg("mode"), py::arg("threads") = 0);
   m.def("exp", [](py::array x) { return elementwise(x, [](double v) { return det_exp(v); }, "x"); }, py::arg("x"));
   m.def("log", [](py::array x) { return elementwise(x, [](double v) { return det_log(v); }, "x"); }, py::arg("x"));
+  m.def("bmm_unfused", &bmm_unfused_py, py::arg("a"), py::arg("b"), py::arg("threads") = 0);
   m.def("im2col", &conv_im2col, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
         py::arg("dilation"), py::arg("threads") = 0);
   m.def("col2im", &conv_col2im, py::arg("cols"), py::arg("shape"), py::arg("kernel"), py::arg("stride"),

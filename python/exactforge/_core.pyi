@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['EXACT_MATMUL_MAX_K', 'EXACT_SUM_MAX_K', 'MAX_THREADS', 'SUM_SLICES', 'SUM_WIDTH', 'SearchHandle', 'all_pairs', 'amx_int8_usable', 'build_info', 'choose', 'col2im', 'exact_plan', 'exp', 'get_num_threads', 'im2col', 'log', 'matmul', 'matmul_exact_kernel', 'mitm_table_bytes', 'pack_bits', 'set_num_threads', 'sum_channels', 'sum_rows', 'vnni_int8_usable']
+__all__: list[str] = ['EXACT_MATMUL_MAX_K', 'EXACT_SUM_MAX_K', 'MAX_THREADS', 'SUM_SLICES', 'SUM_WIDTH', 'SearchHandle', 'all_pairs', 'amx_int8_usable', 'bmm_unfused', 'build_info', 'choose', 'col2im', 'exact_plan', 'exp', 'get_num_threads', 'im2col', 'log', 'matmul', 'matmul_exact_kernel', 'mitm_table_bytes', 'pack_bits', 'set_num_threads', 'sum_channels', 'sum_rows', 'vnni_int8_usable']
 class SearchHandle:
     def __init__(self, grads: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], keys: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64], targets: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], target_keys: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64], b: typing.SupportsInt | typing.SupportsIndex, method: str, max_bytes: typing.SupportsInt | typing.SupportsIndex, key_tol: typing.SupportsInt | typing.SupportsIndex = 0, coord_tol: typing.SupportsInt | typing.SupportsIndex = 0, shift: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
         ...
@@ -18,6 +18,8 @@ class SearchHandle:
 def all_pairs(keys: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], grads: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], image: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], label: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64], moduli: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64], b: typing.SupportsInt | typing.SupportsIndex, zeros: typing.SupportsInt | typing.SupportsIndex, key_tol: typing.SupportsInt | typing.SupportsIndex, coord_tol: typing.SupportsInt | typing.SupportsIndex, max_bytes: typing.SupportsInt | typing.SupportsIndex, max_numerical: typing.SupportsInt | typing.SupportsIndex, threads: typing.SupportsInt | typing.SupportsIndex = 0, keys2: typing.Annotated[numpy.typing.ArrayLike, numpy.int64] | None = None, key2_tol: typing.SupportsInt | typing.SupportsIndex = 0) -> dict:
     ...
 def amx_int8_usable() -> bool:
+    ...
+def bmm_unfused(a: numpy.ndarray, b: numpy.ndarray, threads: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.ndarray:
     ...
 def build_info() -> dict[str, str]:
     ...

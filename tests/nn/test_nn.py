@@ -510,3 +510,32 @@ def test_native_im2col_refuses_bad_geometry():
         _core.col2im(np.zeros((9, 5), np.float32), [1, 1, 4, 4], [3, 3], [1, 1], [0, 0], [1, 1])
     with pytest.raises(TypeError):
         _core.im2col(x.astype(np.int32), [3, 3], [1, 1], [0, 0], [1, 1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 5, 7, 9), (100, 20, 16, 20), (4, 33, 65, 17)])
+def test_the_native_batched_product_is_the_torch_loop_bit_for_bit(dtype, shape):
+    """The attention products' C++ loop gives the bits of the torch loop it replaced: every
+    product and every sum separately rounded, in index order, special values included."""
+    from exactforge._backend.native import _core
+
+    N, M, K, P = shape
+    rng = np.random.default_rng(K)
+    a = rng.standard_normal((N, M, K)).astype(dtype)
+    b = rng.standard_normal((N, K, P)).astype(dtype)
+    a.flat[0] = np.finfo(dtype).smallest_subnormal
+    b.flat[-1] = np.finfo(dtype).max
+    if K > 2:
+        a[0, 0, 2], b[0, 1, 0] = np.inf, np.nan
+        a[-1, -1, :] *= np.finfo(dtype).tiny
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    acc = ta[:, :, 0:1] * tb[:, 0:1, :]
+    for k in range(1, K):
+        acc = acc + ta[:, :, k : k + 1] * tb[:, k : k + 1, :]
+    u = np.uint32 if dtype == np.float32 else np.uint64
+    for threads in (1, 2):
+        assert np.array_equal(_core.bmm_unfused(a, b, threads).view(u), acc.numpy().view(u))
+    with pytest.raises(ValueError, match="shapes do not chain"):
+        _core.bmm_unfused(a, np.zeros((N, K + 1, P), dtype), 1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _core.bmm_unfused(np.zeros((2, 3, 4), dtype), np.zeros((2, 5, 4), dtype).transpose(0, 2, 1), 1)

@@ -557,6 +557,9 @@ def _rowsum(x2: torch.Tensor) -> torch.Tensor:
 
 def _bmm_loop(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(N, M, K) @ (N, K, P), each output the sum over k = 0..K-1 in that order, no FMA."""
+    if a.dtype in _NATIVE and a.dtype == b.dtype and a.device.type == "cpu" and b.device.type == "cpu":
+        # the same loop in C++ (exactforge/batched.hpp): the same separately rounded operations
+        return torch.from_numpy(_core.bmm_unfused(a.detach().contiguous().numpy(), b.detach().contiguous().numpy()))
     acc = a[:, :, 0:1] * b[:, 0:1, :]
     for k in range(1, a.shape[2]):
         acc = acc + a[:, :, k : k + 1] * b[:, k : k + 1, :]

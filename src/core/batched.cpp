@@ -1,0 +1,38 @@
+#include "exactforge/batched.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "exactforge/reduce.hpp"
+
+namespace exactforge {
+
+template <class T>
+void bmm_unfused(const T* a, const T* b, T* out, int64_t N, int64_t M, int64_t K, int64_t P, int threads) {
+  if (N < 0 || M < 0 || K < 1 || P < 0) throw std::invalid_argument("bmm: sizes must be positive (K >= 1)");
+  const int nt = std::max(1, std::min(threads > 0 ? threads : get_num_threads(), kMaxThreads));
+  (void)nt;
+  const int64_t rows = N * M;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && rows * K * P >= (int64_t(1) << 18))
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = r / M;
+    const T* ar = a + r * K;
+    const T* bn = b + n * K * P;
+    T* o = out + r * P;
+    const T a0 = ar[0];
+    for (int64_t j = 0; j < P; ++j) o[j] = a0 * bn[j];
+    for (int64_t k = 1; k < K; ++k) {
+      const T ak = ar[k];
+      const T* bk = bn + k * P;
+      for (int64_t j = 0; j < P; ++j) {
+        const T p = ak * bk[j];  // rounded, then added and rounded again
+        o[j] = o[j] + p;
+      }
+    }
+  }
+}
+
+template void bmm_unfused<float>(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int);
+template void bmm_unfused<double>(const double*, const double*, double*, int64_t, int64_t, int64_t, int64_t, int);
+
+}  // namespace exactforge

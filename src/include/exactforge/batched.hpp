@@ -1,0 +1,18 @@
+// Batched per-example products in one fixed order (python/exactforge/nn/functional.py: the
+// Transformer's attention scores and attention-times-values).
+//
+// out[n][i][j] = (((a[n][i][0] b[n][0][j]) + a[n][i][1] b[n][1][j]) + ...), every product and every
+// sum rounded to T: the bits of a loop of separate IEEE multiplies and adds, which is what torch
+// gives for `acc = acc + a[:, :, k:k+1] * b[:, k:k+1, :]`. No sum crosses the leading axis n.
+// Compiled without contraction (a fused multiply-add would round once where the loop rounds
+// twice); vector lanes run the same operations as scalars, so the bits do not depend on the ISA.
+#pragma once
+
+#include <cstdint>
+
+namespace exactforge {
+
+template <class T>
+void bmm_unfused(const T* a, const T* b, T* out, int64_t N, int64_t M, int64_t K, int64_t P, int threads);
+
+}  // namespace exactforge
