@@ -83,6 +83,23 @@ py::array bmm_unfused_py(py::array a, py::array b, int threads) {
   return out;
 }
 
+// Row sums of a C-contiguous R x D array in index order (batched.hpp).
+py::array rowsum_fixed_py(py::array x, int threads) {
+  if (x.ndim() != 2 || !(x.flags() & py::array::c_style)) throw py::value_error("x: expected a C-contiguous 2-D array");
+  DT dx = dtype_of(x, "x");
+  const int64_t R = x.shape(0), D = x.shape(1);
+  if (D == 0) throw py::value_error("x: the reduced axis is empty");
+  py::array out = dx == DT::F32 ? py::array(py::array_t<float>({R})) : py::array(py::array_t<double>({R}));
+  const void* px = x.data();
+  void* po = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    if (dx == DT::F32) rowsum_fixed<float>((const float*)px, (float*)po, R, D, threads);
+    else rowsum_fixed<double>((const double*)px, (double*)po, R, D, threads);
+  }
+  return out;
+}
+
 ConvGeometry geometry(int64_t B, int64_t C, int64_t H, int64_t W, std::vector<int64_t> k, std::vector<int64_t> s,
                       std::vector<int64_t> p, std::vector<int64_t> d) {
   if (k.size() != 2 || s.size() != 2 || p.size() != 2 || d.size() != 2)
@@ -418,6 +435,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("exp", [](py::array x) { return elementwise(x, [](double v) { return det_exp(v); }, "x"); }, py::arg("x"));
   m.def("log", [](py::array x) { return elementwise(x, [](double v) { return det_log(v); }, "x"); }, py::arg("x"));
   m.def("bmm_unfused", &bmm_unfused_py, py::arg("a"), py::arg("b"), py::arg("threads") = 0);
+  m.def("rowsum_fixed", &rowsum_fixed_py, py::arg("x"), py::arg("threads") = 0);
   m.def("im2col", &conv_im2col, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
         py::arg("dilation"), py::arg("threads") = 0);
   m.def("col2im", &conv_col2im, py::arg("cols"), py::arg("shape"), py::arg("kernel"), py::arg("stride"),

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "exactforge/fixedpoint.hpp"
 #include "exactforge/reduce.hpp"
 
 namespace exactforge {
@@ -32,6 +33,28 @@ void bmm_unfused(const T* a, const T* b, T* out, int64_t N, int64_t M, int64_t K
   }
 }
 
+template <class T>
+void rowsum_fixed(const T* x, T* out, int64_t R, int64_t D, int threads) {
+  if (R < 0 || D < 1) throw std::invalid_argument("rowsum: sizes must be positive");
+  const int nt = std::max(1, std::min(threads > 0 ? threads : get_num_threads(), kMaxThreads));
+  (void)nt;
+  // Blocks of rows side by side, so that the block's chains are independent and vectorise; each
+  // chain is still one row's terms in index order.
+  constexpr int64_t kRows = 64;
+  const int64_t nb = (R + kRows - 1) / kRows;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && R * D >= (int64_t(1) << 18) && nb > 1)
+  for (int64_t blk = 0; blk < nb; ++blk) {
+    const int64_t r0 = blk * kRows, nr = std::min(kRows, R - r0);
+    T acc[kRows];
+    for (int64_t r = 0; r < nr; ++r) acc[r] = T(0);
+    for (int64_t t = 0; t < D; ++t)
+      for (int64_t r = 0; r < nr; ++r) acc[r] = acc[r] + x[(r0 + r) * D + t];
+    for (int64_t r = 0; r < nr; ++r) out[r0 + r] = canonicalize(acc[r]);
+  }
+}
+
+template void rowsum_fixed<float>(const float*, float*, int64_t, int64_t, int);
+template void rowsum_fixed<double>(const double*, double*, int64_t, int64_t, int);
 template void bmm_unfused<float>(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int);
 template void bmm_unfused<double>(const double*, const double*, double*, int64_t, int64_t, int64_t, int64_t, int);
 

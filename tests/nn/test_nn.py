@@ -539,3 +539,25 @@ def test_the_native_batched_product_is_the_torch_loop_bit_for_bit(dtype, shape):
         _core.bmm_unfused(a, np.zeros((N, K + 1, P), dtype), 1)
     with pytest.raises(ValueError, match="C-contiguous"):
         _core.bmm_unfused(np.zeros((2, 3, 4), dtype), np.zeros((2, 5, 4), dtype).transpose(0, 2, 1), 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (65, 64), (300, 17), (5000, 64)])
+def test_native_row_sums_are_the_fixed_sum_of_the_transpose(dtype, shape):
+    """Softmax's and LayerNorm's row sums, along the rows as they lie, have the bits of the
+    fixed-mode sum over axis 0 of the transposed copy they replaced (-0, NaN, inf included)."""
+    from exactforge import reduce as R
+    from exactforge._backend.native import _core
+
+    rng = np.random.default_rng(shape[0])
+    x = (rng.standard_normal(shape) * np.exp2(rng.integers(-30, 30, shape))).astype(dtype)
+    x[0, 0] = -0.0
+    if shape[0] > 2:
+        x[1, :] = -0.0
+        x[2, -1] = np.nan
+    if shape[0] > 4:
+        x[3, 0], x[4, 0] = np.inf, -np.inf
+    u = np.uint32 if dtype == np.float32 else np.uint64
+    ref = R.sum(np.ascontiguousarray(x.T), axis=0, mode="fixed")
+    for threads in (1, 2):
+        assert np.array_equal(_core.rowsum_fixed(x, threads).view(u), ref.view(u))

@@ -15,4 +15,10 @@ namespace exactforge {
 template <class T>
 void bmm_unfused(const T* a, const T* b, T* out, int64_t N, int64_t M, int64_t K, int64_t P, int threads);
 
+/// out[r] = the sum of row r of the R x D array x in index order, from 0, NaN canonical: the bits of
+/// the fixed-mode sum over axis 0 of x's transpose, without the transposed copy (the Transformer's
+/// softmax and LayerNorm sum over the last axis).
+template <class T>
+void rowsum_fixed(const T* x, T* out, int64_t R, int64_t D, int threads);
+
 }  // namespace exactforge
