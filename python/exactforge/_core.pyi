@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['EXACT_MATMUL_MAX_K', 'EXACT_SUM_MAX_K', 'MAX_THREADS', 'SUM_SLICES', 'SUM_WIDTH', 'SearchHandle', 'all_pairs', 'amx_int8_usable', 'bmm_unfused', 'build_info', 'choose', 'col2im', 'exact_plan', 'exp', 'get_num_threads', 'im2col', 'log', 'matmul', 'matmul_exact_kernel', 'mitm_table_bytes', 'pack_bits', 'rowsum_fixed', 'set_num_threads', 'sum_channels', 'sum_rows', 'vnni_int8_usable']
+__all__: list[str] = ['EXACT_MATMUL_MAX_K', 'EXACT_SUM_MAX_K', 'MAX_THREADS', 'SUM_SLICES', 'SUM_WIDTH', 'SearchHandle', 'all_pairs', 'amx_int8_usable', 'bmm_unfused', 'build_info', 'choose', 'col2im', 'exact_plan', 'exp', 'get_num_threads', 'im2col', 'log', 'matmul', 'matmul_exact_kernel', 'mitm_table_bytes', 'pack_bits', 'rowsum_fixed', 'segment_sums', 'set_num_threads', 'sum_channels', 'sum_rows', 'vnni_int8_usable']
 class SearchHandle:
     def __init__(self, grads: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], keys: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64], targets: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], target_keys: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64], b: typing.SupportsInt | typing.SupportsIndex, method: str, max_bytes: typing.SupportsInt | typing.SupportsIndex, key_tol: typing.SupportsInt | typing.SupportsIndex = 0, coord_tol: typing.SupportsInt | typing.SupportsIndex = 0, shift: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
         ...
@@ -46,6 +46,8 @@ def mitm_table_bytes(n: typing.SupportsInt | typing.SupportsIndex, b: typing.Sup
 def pack_bits(n: typing.SupportsInt | typing.SupportsIndex, b: typing.SupportsInt | typing.SupportsIndex) -> int:
     ...
 def rowsum_fixed(x: numpy.ndarray, threads: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.ndarray:
+    ...
+def segment_sums(x: numpy.ndarray, order: numpy.ndarray, starts: numpy.ndarray, mode: str) -> numpy.ndarray:
     ...
 def set_num_threads(n: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...

@@ -561,3 +561,30 @@ def test_native_row_sums_are_the_fixed_sum_of_the_transpose(dtype, shape):
     ref = R.sum(np.ascontiguousarray(x.T), axis=0, mode="fixed")
     for threads in (1, 2):
         assert np.array_equal(_core.rowsum_fixed(x, threads).view(u), ref.view(u))
+
+
+@pytest.mark.parametrize("mode", ["fixed", "exact"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_embedding_gradient_is_one_sum_per_token_as_before(mode, dtype):
+    """All tokens' gradient rows in one native call: each the sum of its positions' rows, as one
+    reduce.sum per token gave it (a token seen once: its row as it is; padding: zero)."""
+    from exactforge import reduce as R
+
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 12, (7, 9), generator=g)
+    ids[0, 0] = 11  # seen once below
+    ids[ids == 11] = 10
+    ids[0, 0] = 11
+    weight = torch.randn(13, 5, dtype=dtype, generator=g, requires_grad=True)
+    dy = torch.randn(7, 9, 5, dtype=dtype, generator=g) * torch.exp2(torch.randint(-40, 40, (7, 9, 1))).to(dtype)
+    xnn.functional.embedding(ids, weight, padding_idx=3, mode=mode).backward(dy)
+    flat, rows = ids.reshape(-1).numpy(), dy.reshape(-1, 5)
+    for tok in range(13):
+        pos = np.flatnonzero(flat == tok)  # in the batch's order, as the stable sort keeps it
+        if tok == 3 or len(pos) == 0:
+            expect = torch.zeros(5, dtype=dtype)
+        elif len(pos) == 1:
+            expect = rows[pos[0]]
+        else:
+            expect = R.sum(rows[torch.from_numpy(pos)].contiguous(), axis=0, mode=mode)
+        assert torch.equal(weight.grad[tok], expect), tok
