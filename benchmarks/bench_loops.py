@@ -33,7 +33,7 @@ from exactforge.models.zoo import build_model
 from exactforge.trace.record import TraceRecorder
 from exactforge.verify import verify_trace
 
-from _common import cpu_name, grads, interleaved_min, sgd_step
+from _common import cpu_name, grads, interleaved_min, peaks_text, sgd_step
 
 
 def with_batch_norm(model: nn.Module) -> nn.Module:
@@ -161,6 +161,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     exactforge.set_num_threads(args.threads)
+    print(peaks_text(args.threads) + "\n")
     print(
         f"# Honest loops: BatchNorm in training mode and recording overhead; MNIST-5k, b = {args.batch}, "
         f"{args.threads} thread(s), best of {args.repeats}; {cpu_name()}, {time.strftime('%Y-%m-%d')}\n"

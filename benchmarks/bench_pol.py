@@ -51,7 +51,7 @@ from exactforge.pol import (
 )
 from exactforge.verify import verify_trace
 
-from _common import cpu_name, grads, interleaved_min, sgd_step
+from _common import cpu_name, grads, interleaved_min, peaks_text, sgd_step
 
 
 def resnet_step(args) -> None:
@@ -300,6 +300,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     exactforge.set_num_threads(args.threads)
+    print(peaks_text(args.threads) + "\n")
     print(
         f"# Proof-of-Learning proofs; {args.threads} thread(s), best of {args.repeats}; {cpu_name()}, "
         f"{time.strftime('%Y-%m-%d')}\n"
