@@ -120,12 +120,13 @@ class _Conv2d(torch.autograd.Function):
         ctx.conf = (B, H, W, L, stride, padding, dilation, mode, bias is not None)
         if cols2.dtype in _NATIVE:
             # Each output's chain over CKK is the same in either layout, so the bits are too.
-            # (B*L) x O, reading cols2 as its transpose, keeps the tile full when O is a handful
-            # of channels; O x (B*L), reading cols2 as it lies, is faster once the batch x
-            # positions axis outgrows the caches (ResNet's first stage: 33 ms against 54 ms).
+            # (B*L) x O, reading cols2 as its transpose, is the faster layout on every layer
+            # measured (LeNet, VGGmini: up to 2x) but one: 13 to 16 channels over a long batch x
+            # positions axis, where O fills one 16-row tile of the O x (B*L) layout and leaves a
+            # 12-column tile two-thirds empty in the other (ResNet's first stage: 33 ms against 54).
             w2 = weight.detach().reshape(O, -1)
             y = torch.empty((B, O, L), dtype=cols2.dtype)
-            if O < 32 and B * L < 32768:
+            if not (12 < O <= 16 and B * L >= 65536):
                 yt = torch.from_numpy(
                     _core.matmul(cols2.numpy(), w2.t().contiguous().numpy(), "fixed", a_transposed=True)
                 )
