@@ -180,6 +180,31 @@ py::array conv_im2col(py::array x, std::vector<int64_t> k, std::vector<int64_t> 
   return out;
 }
 
+// The fixed-order convolution without im2col (stride 1, dilation 1): the im2col product's bits.
+py::array conv2d_fixed_py(py::array x, py::array w, std::vector<int64_t> p, int threads) {
+  const DT dt = dtype_of(x, "x");
+  if (dtype_of(w, "w") != dt) throw py::type_error("x and w: dtypes differ");
+  if (x.ndim() != 4 || !(x.flags() & py::array::c_style))
+    throw py::value_error("x: expected a C-contiguous (batch, channels, height, width) array");
+  if (w.ndim() != 4 || !(w.flags() & py::array::c_style) || w.shape(1) != x.shape(1))
+    throw py::value_error("w: expected a C-contiguous (out channels, channels, kh, kw) array matching x's channels");
+  const ConvGeometry g = geometry(x.shape(0), x.shape(1), x.shape(2), x.shape(3), {w.shape(2), w.shape(3)}, {1, 1}, p,
+                                  {1, 1});
+  const int64_t O = w.shape(0);
+  py::array out = dt == DT::F32 ? py::array(py::array_t<float>({g.B, O, g.Ho(), g.Wo()}))
+                                : py::array(py::array_t<double>({g.B, O, g.Ho(), g.Wo()}));
+  {
+    py::gil_scoped_release nogil;
+    if (dt == DT::F32)
+      conv2d_fixed(static_cast<const float*>(x.data()), static_cast<const float*>(w.data()),
+                   static_cast<float*>(out.mutable_data()), g, O, threads);
+    else
+      conv2d_fixed(static_cast<const double*>(x.data()), static_cast<const double*>(w.data()),
+                   static_cast<double*>(out.mutable_data()), g, O, threads);
+  }
+  return out;
+}
+
 py::array conv_col2im(py::array cols, std::vector<int64_t> shape, std::vector<int64_t> k, std::vector<int64_t> s,
                       std::vector<int64_t> p, std::vector<int64_t> d, int threads) {
   const DT dt = dtype_of(cols, "cols");
@@ -490,6 +515,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("segment_sums", &segment_sums, py::arg("x"), py::arg("order"), py::arg("starts"), py::arg("mode"));
   m.def("im2col", &conv_im2col, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
         py::arg("dilation"), py::arg("threads") = 0);
+  m.def("conv2d_fixed", &conv2d_fixed_py, py::arg("x"), py::arg("w"), py::arg("padding"), py::arg("threads") = 0);
   m.def("col2im", &conv_col2im, py::arg("cols"), py::arg("shape"), py::arg("kernel"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("threads") = 0);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));

@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['EXACT_MATMUL_MAX_K', 'EXACT_SUM_MAX_K', 'MAX_THREADS', 'SUM_SLICES', 'SUM_WIDTH', 'SearchHandle', 'all_pairs', 'amx_int8_usable', 'bmm_unfused', 'build_info', 'choose', 'col2im', 'exact_plan', 'exp', 'get_num_threads', 'im2col', 'log', 'matmul', 'matmul_exact_kernel', 'mitm_table_bytes', 'pack_bits', 'rowsum_fixed', 'segment_sums', 'set_num_threads', 'sum_channels', 'sum_rows', 'vnni_int8_usable']
+__all__: list[str] = ['EXACT_MATMUL_MAX_K', 'EXACT_SUM_MAX_K', 'MAX_THREADS', 'SUM_SLICES', 'SUM_WIDTH', 'SearchHandle', 'all_pairs', 'amx_int8_usable', 'bmm_unfused', 'build_info', 'choose', 'col2im', 'conv2d_fixed', 'exact_plan', 'exp', 'get_num_threads', 'im2col', 'log', 'matmul', 'matmul_exact_kernel', 'mitm_table_bytes', 'pack_bits', 'rowsum_fixed', 'segment_sums', 'set_num_threads', 'sum_channels', 'sum_rows', 'vnni_int8_usable']
 class SearchHandle:
     def __init__(self, grads: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], keys: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64], targets: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], target_keys: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64], b: typing.SupportsInt | typing.SupportsIndex, method: str, max_bytes: typing.SupportsInt | typing.SupportsIndex, key_tol: typing.SupportsInt | typing.SupportsIndex = 0, coord_tol: typing.SupportsInt | typing.SupportsIndex = 0, shift: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
         ...
@@ -26,6 +26,8 @@ def build_info() -> dict[str, str]:
 def choose(n: typing.SupportsInt | typing.SupportsIndex, k: typing.SupportsInt | typing.SupportsIndex) -> int:
     ...
 def col2im(cols: numpy.ndarray, shape: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], kernel: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], stride: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], padding: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], dilation: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], threads: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.ndarray:
+    ...
+def conv2d_fixed(x: numpy.ndarray, w: numpy.ndarray, padding: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], threads: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.ndarray:
     ...
 def exact_plan(k: typing.SupportsInt | typing.SupportsIndex, is_double: bool) -> dict:
     ...

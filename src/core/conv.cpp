@@ -5,6 +5,8 @@
 #include <string>
 
 #include "exactforge/reduce.hpp"
+#include "kernels/kernels.hpp"
+#include <vector>
 
 namespace exactforge {
 
@@ -84,6 +86,43 @@ void col2im(const T* cols, T* x, const ConvGeometry& g, int threads) {
   }
 }
 
+template <class T>
+void conv2d_fixed(const T* x, const T* w, T* out, const ConvGeometry& g, int64_t O, int threads) {
+  if (g.sh != 1 || g.sw != 1 || g.dh != 1 || g.dw != 1)
+    throw std::invalid_argument("conv: the direct convolution takes stride 1 and dilation 1");
+  if (O < 1) throw std::invalid_argument("conv: at least one output channel");
+  const KernelTable& kt = kernels();
+  ConvF32 f32 = kt.conv_f32;
+  ConvF64 f64 = kt.conv_f64;
+  const int64_t Ho = g.Ho(), Wo = g.Wo(), Hp = g.H + 2 * g.ph, CKK = g.C * g.kh * g.kw;
+  constexpr int64_t kSlack = 16;  // a vector's lanes read past a row's end (never stored)
+  const int64_t Wp = g.W + 2 * g.pw + kSlack;
+  // The input zero-padded once, and the weights in blocks of kConvOB channels (zeros past O).
+  std::vector<T> xp(static_cast<size_t>(g.B * g.C * Hp * Wp), T(0));
+  for (int64_t bc = 0; bc < g.B * g.C; ++bc)
+    for (int64_t r = 0; r < g.H; ++r)
+      std::copy(x + (bc * g.H + r) * g.W, x + (bc * g.H + r + 1) * g.W, xp.data() + (bc * Hp + r + g.ph) * Wp + g.pw);
+  const int64_t nob = (O + kConvOB - 1) / kConvOB;
+  std::vector<T> wp(static_cast<size_t>(nob * kConvOB * CKK), T(0));
+  std::copy(w, w + O * CKK, wp.data());
+  const int nt = nthreads(threads);
+  (void)nt;
+  const int64_t units = g.B * nob;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && units > 1 && g.B * O * Ho * Wo * CKK >= (1 << 18))
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t b = u / nob, o0 = (u % nob) * kConvOB;
+    const int ob = static_cast<int>(std::min<int64_t>(kConvOB, O - o0));
+    T* dst = out + (b * O + o0) * Ho * Wo;
+    const T* src = xp.data() + b * g.C * Hp * Wp;
+    if constexpr (std::is_same<T, float>::value)
+      f32(src, g.C, Hp, Wp, wp.data() + o0 * CKK, CKK, g.kh, g.kw, Ho, Wo, dst, ob);
+    else
+      f64(src, g.C, Hp, Wp, wp.data() + o0 * CKK, CKK, g.kh, g.kw, Ho, Wo, dst, ob);
+  }
+}
+
+template void conv2d_fixed<float>(const float*, const float*, float*, const ConvGeometry&, int64_t, int);
+template void conv2d_fixed<double>(const double*, const double*, double*, const ConvGeometry&, int64_t, int);
 template void im2col<float>(const float*, float*, const ConvGeometry&, int);
 template void im2col<double>(const double*, double*, const ConvGeometry&, int);
 template void col2im<float>(const float*, float*, const ConvGeometry&, int);

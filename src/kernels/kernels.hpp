@@ -5,6 +5,8 @@
 namespace exactforge {
 
 template <class T> constexpr int kLanes = 32 / sizeof(T);  // 32-byte vectors (AVX2 width)
+/// Output channels one pass of the direct convolution carries (conv_rows_t): OB accumulators.
+constexpr int kConvOB = 8;
 
 /// Fixed-mode tile: MR = MV * lanes rows by NR columns.
 template <class T> struct TileShape;
@@ -44,6 +46,12 @@ using SumSlicesF32 = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, 
 using SumMaxF64 = void (*)(const double*, int64_t, int64_t, int64_t, int64_t, double*, char*);
 using SumSlicesF64 = void (*)(const double*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
                               double*, double*);
+/// Rows of a stride-1 convolution for up to kConvOB output channels from a zero-padded input
+/// (kernels.inc, conv_rows_t): xp, C, Hp, Wp, w (kConvOB x CKK), CKK, kh, kw, Ho, Wo, out, channels.
+using ConvF32 = void (*)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t,
+                         int64_t, float*, int);
+using ConvF64 = void (*)(const double*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, int64_t, int64_t,
+                         int64_t, double*, int);
 using RecombineF32 = void (*)(const int64_t* lv, int64_t n, int ea, const int* fb, int w, const char* skip,
                               float* out, char* todo);
 
@@ -71,6 +79,8 @@ struct KernelTable {
   SumMaxF64 sum_max_f64;
   SumSlicesF64 sum_slices_f64;
   RowMaxF32 row_max_f32;  // nullptr: the driver's 8-lane loop
+  ConvF32 conv_f32;  // the direct convolution (stride 1, dilation 1)
+  ConvF64 conv_f64;
 };
 
 /// The best table this CPU supports (AVX-512, AVX2+FMA or the baseline). Same bits either way.
@@ -92,6 +102,10 @@ const KernelTable& kernels();
   void split_cols_f64_s4(const double*, int64_t, int, int64_t, const double*, const double*,   \
                          double, double*, int);                                               \
   void pack_a_f32(const float*, int64_t, int, int64_t, float*);                               \
+  void conv_fixed_f32(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, \
+                      int64_t, float*, int);                                                  \
+  void conv_fixed_f64(const double*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, int64_t,        \
+                      int64_t, int64_t, double*, int);                                        \
   void sum_max_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, double*, char*);    \
   void sum_slices_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, const double*,   \
                            const double*, double, double*, double*);                          \
@@ -121,6 +135,8 @@ void sum_max_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, double*,
 void sum_slices_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
                          double*, double*);
 double row_max_f32(const float*, int64_t, char*);
+void conv_fixed_f32(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                    float*, int);
 }  // namespace avx512
 
 }  // namespace exactforge

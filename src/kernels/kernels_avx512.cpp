@@ -188,6 +188,12 @@ double row_max_f32(const float* x, int64_t k, char* nonfinite) {
 
 // One chain of fused multiply-adds per output, as on every level: lane ii of accumulator j is
 // output (ii, j), and the 16 lanes are the 16 rows of pack_a_f32's panel.
+// The direct convolution on 16-lane vectors (conv_rows_t): 16 outputs of a row per chain set.
+void conv_fixed_f32(const float* xp, int64_t C, int64_t Hp, int64_t Wp, const float* w, int64_t CKK, int64_t kh,
+                    int64_t kw, int64_t Ho, int64_t Wo, float* out, int ob) {
+  conv_rows_t<float, 16, kConvOB>(xp, C, Hp, Wp, w, CKK, kh, kw, Ho, Wo, out, ob);
+}
+
 void fixed_tile_f32(const float* ap, const float* bp, int64_t k, float* c, int64_t ldc, int mrem, int nrem,
                     int resume) {
   fixed_tile_t<float, 1, kFixedF32NR, 16>(ap, bp, k, c, ldc, mrem, nrem, resume);

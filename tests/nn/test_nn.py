@@ -588,3 +588,35 @@ def test_the_embedding_gradient_is_one_sum_per_token_as_before(mode, dtype):
         else:
             expect = R.sum(rows[torch.from_numpy(pos)].contiguous(), axis=0, mode=mode)
         assert torch.equal(weight.grad[tok], expect), tok
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "geo",
+    [
+        (2, 3, 8, 8, 5, 3, 1),
+        (3, 1, 28, 28, 6, 5, 0),
+        (2, 16, 17, 33, 16, 3, 1),
+        (1, 2, 5, 40, 9, 3, 2),
+        (2, 4, 7, 7, 33, 1, 0),
+    ],
+)
+def test_the_direct_convolution_has_the_im2col_products_bits(dtype, geo):
+    """The forward convolution without im2col: each output's fused chain over C*kh*kw in the
+    same order, padded positions included, so the same bits as the product it replaced (-0 in
+    the input, an infinite weight meeting padding zeros: NaN either way), on any thread count."""
+    from exactforge._backend.native import _core
+
+    B, C, H, W, O, k, p = geo
+    rng = np.random.default_rng(B * 100 + C)
+    x = rng.standard_normal((B, C, H, W)).astype(dtype)
+    w = rng.standard_normal((O, C, k, k)).astype(dtype)
+    x.flat[3] = -0.0
+    w.flat[0] = np.inf
+    cols = _core.im2col(x, [k, k], [1, 1], [p, p], [1, 1])
+    yt = _core.matmul(cols, np.ascontiguousarray(w.reshape(O, -1).T), "fixed", None, 0, True)
+    Ho, Wo = H + 2 * p - k + 1, W + 2 * p - k + 1
+    ref = np.ascontiguousarray(yt.reshape(B, Ho * Wo, O).transpose(0, 2, 1).reshape(B, O, Ho, Wo))
+    u = np.uint32 if dtype == np.float32 else np.uint64
+    for threads in (1, 2):
+        assert np.array_equal(_core.conv2d_fixed(x, w, [p, p], threads).view(u), ref.view(u))

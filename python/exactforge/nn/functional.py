@@ -112,12 +112,23 @@ class _Conv2d(torch.autograd.Function):
         B, _, H, W = x.shape
         O, _, kh, kw = weight.shape
         geo = ([kh, kw], list(stride), list(padding), list(dilation))
-        cols2 = _im2col(x.detach(), geo)  # CKK x (B*L)
         Ho = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         Wo = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         L = Ho * Wo
-        ctx.save_for_backward(cols2, weight)
+        # x, not its im2col: the weight gradient builds that in the backward, so the forward
+        # does not hold it (9 copies of the input for a 3 x 3 kernel) between the two
+        ctx.save_for_backward(x.detach(), weight)
         ctx.conf = (B, H, W, L, stride, padding, dilation, mode, bias is not None)
+        if x.dtype in _NATIVE and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1):
+            # the direct convolution (src/core/conv.cpp): each output's chain over C*kh*kw in
+            # the im2col product's order, padded positions included, so its bits, read from x
+            y = torch.from_numpy(
+                _core.conv2d_fixed(x.detach().contiguous().numpy(), weight.detach().contiguous().numpy(), list(padding))
+            )
+            if bias is not None:
+                y += bias.detach().reshape(1, O, 1, 1)
+            return y
+        cols2 = _im2col(x.detach(), geo)  # CKK x (B*L)
         if cols2.dtype in _NATIVE:
             # Each output's chain over CKK is the same in either layout, so the bits are too.
             # (B*L) x O, reading cols2 as its transpose, is the faster layout on every layer
@@ -147,7 +158,7 @@ class _Conv2d(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        cols2, weight = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         B, H, W, L, stride, padding, dilation, mode, has_bias = ctx.conf
         O, _, kh, kw = weight.shape
         # (B*L) x O, made once: the weight and bias gradients read it as it is (each transposed
@@ -158,6 +169,7 @@ class _Conv2d(torch.autograd.Function):
             dcols = _fixed(weight.reshape(O, -1).t(), dyt.t())  # CKK x (B*L)
             dx = _col2im(dcols, [B, weight.shape[1], H, W], ([kh, kw], list(stride), list(padding), list(dilation)))
         if ctx.needs_input_grad[1]:
+            cols2 = _im2col(x, ([kh, kw], list(stride), list(padding), list(dilation)))  # CKK x (B*L)
             # the big operand as a: its slicing is vectorised along the reduced axis
             dw = _batch(cols2, dyt, mode).t().reshape(weight.shape)
         if has_bias and ctx.needs_input_grad[2]:

@@ -25,6 +25,12 @@ struct ConvGeometry {
 
 template <class T>
 void im2col(const T* x, T* cols, const ConvGeometry& g, int threads);
+/// The convolution of x (B x C x H x W) with w (O x C x kh x kw) in the fixed order of the im2col
+/// product (each output's fused multiply-add chain over C*kh*kw ascending, padded positions
+/// included as zeros), without materialising im2col: out is B x O x Ho x Wo. Stride and
+/// dilation 1 only (std::invalid_argument otherwise).
+template <class T>
+void conv2d_fixed(const T* x, const T* w, T* out, const ConvGeometry& g, int64_t O, int threads);
 template <class T>
 void col2im(const T* cols, T* x, const ConvGeometry& g, int threads);
 
