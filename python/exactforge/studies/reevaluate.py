@@ -184,6 +184,7 @@ def _header(cfg: Config, data: Any) -> Dict[str, Any]:
     import torch
 
     from .. import compile_options
+    from ..report.machine import cpu_name
     from .repro import PAPERS
 
     return {
@@ -196,6 +197,8 @@ def _header(cfg: Config, data: Any) -> Dict[str, Any]:
             "levels": data.levels,
         },
         "environment": {
+            "cpu": cpu_name(),
+            "date": time.strftime("%Y-%m-%d"),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "cuda": torch.cuda.is_available(),

@@ -226,7 +226,8 @@ def markdown(r: Dict[str, Any]) -> str:
     out += ["", "## Published magnitudes (cited from the papers, not measured here)", ""] + [
         f"- {k}: {v}" for k, v in r["papers"].items()
     ]
-    out += ["", "## Figures", ""]
+    env = r.get("environment", {})
+    out += ["", "## Figures", "", f"Measured on {env.get('cpu', 'an unnamed CPU')}, {env.get('date', '')}.", ""]
     for f in r.get("figures", []):
         out += [f"![{f}]({f})", "", f"*{f}: {r.get('captions', {}).get(f, '')}*", ""]
     return "\n".join(out) + "\n"
