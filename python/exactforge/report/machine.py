@@ -13,8 +13,8 @@ def cpu_name() -> str:
     model say it (AMD's family 25 holds Zen 3 and Zen 4, family 26 is Zen 5)."""
     name = platform.processor() or platform.machine()
     try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
+        with open("/proc/cpuinfo") as fh:
+            text = fh.read()
     except OSError:
         return name
 
