@@ -620,3 +620,36 @@ def test_the_direct_convolution_has_the_im2col_products_bits(dtype, geo):
     u = np.uint32 if dtype == np.float32 else np.uint64
     for threads in (1, 2):
         assert np.array_equal(_core.conv2d_fixed(x, w, [p, p], threads).view(u), ref.view(u))
+
+
+@EXAMPLES
+@given(
+    st.integers(1, 3),
+    st.integers(1, 5),
+    st.integers(1, 12),
+    st.integers(1, 40),
+    st.integers(1, 20),
+    st.integers(1, 5),
+    st.integers(1, 5),
+    st.integers(0, 3),
+    st.integers(0, 3),
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(0, 10_000),
+)
+def test_the_direct_convolution_matches_the_im2col_product_on_any_geometry(B, C, H, W, O, kh, kw, ph, pw, dtype, seed):
+    """A generator of stride-1 geometries (rectangular kernels, any padding, widths across the
+    vector lanes): the direct convolution has the im2col product's bits on every one."""
+    from hypothesis import assume
+
+    from exactforge._backend.native import _core
+
+    assume(H + 2 * ph >= kh and W + 2 * pw >= kw)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, C, H, W)).astype(dtype)
+    w = rng.standard_normal((O, C, kh, kw)).astype(dtype)
+    cols = _core.im2col(x, [kh, kw], [1, 1], [ph, pw], [1, 1])
+    yt = _core.matmul(cols, np.ascontiguousarray(w.reshape(O, -1).T), "fixed", None, 0, True)
+    Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
+    ref = np.ascontiguousarray(yt.reshape(B, Ho * Wo, O).transpose(0, 2, 1).reshape(B, O, Ho, Wo))
+    u = np.uint32 if dtype == np.float32 else np.uint64
+    assert np.array_equal(_core.conv2d_fixed(x, w, [ph, pw]).view(u), ref.view(u))
