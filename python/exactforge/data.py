@@ -28,6 +28,7 @@ __all__ = [
     "load_npz",
     "fingerprint",
     "in_domain",
+    "values_in_domain",
 ]
 
 DATASETS = ("digits", "breast-cancer", "wine", "mnist-5k", "mnist", "cifar10", "adult", "imdb", "synthetic-tokens")
@@ -88,16 +89,26 @@ def in_domain(
     """Values inside the data's declared range ``domain`` (lo, hi) and on its grid
     lo + q (hi - lo)/levels, and labels one-hot (class indices). With ``domain`` None (data
     that declares no range) only the labels are checked."""
+    Y = np.asarray(Y)
+    labels = Y.ndim == 1 and np.issubdtype(Y.dtype, np.integer) and bool(np.all((Y >= 0) & (Y < num_classes)))
+    return labels and bool(np.all(values_in_domain(X, levels, tol, domain)))
+
+
+def values_in_domain(
+    X: np.ndarray, levels: Optional[int], tol: float = 1e-6, domain: Optional[Tuple[float, float]] = (0.0, 1.0)
+) -> np.ndarray:
+    """Per example (first axis of X): every value inside ``domain`` and on its grid, as
+    in_domain checks them (all True where no range is declared)."""
     X = np.asarray(X, np.float64)
+    rows = X.reshape(X.shape[0], int(np.prod(X.shape[1:]))) if X.ndim > 1 else X.reshape(-1, 1)
+    ok = np.ones(rows.shape[0], dtype=bool)
     if domain is not None:
         lo, hi = domain
-        u = (X - lo) / (hi - lo)  # the range as [0, 1]
-        if np.any(u < -tol) or np.any(u > 1 + tol):
-            return False
-        if levels and np.any(np.abs(u * levels - np.round(u * levels)) > tol * levels):
-            return False
-    Y = np.asarray(Y)
-    return Y.ndim == 1 and np.issubdtype(Y.dtype, np.integer) and bool(np.all((Y >= 0) & (Y < num_classes)))
+        u = (rows - lo) / (hi - lo)  # the range as [0, 1]
+        ok &= ~np.any((u < -tol) | (u > 1 + tol), axis=1)
+        if levels:
+            ok &= ~np.any(np.abs(u * levels - np.round(u * levels)) > tol * levels, axis=1)
+    return ok
 
 
 def as_dataset(data: object, name: str = "custom") -> Dataset:

@@ -33,7 +33,7 @@ import numpy as np
 from ..data import Dataset
 from ..models import native as M
 
-__all__ = ["SPOOFS", "SpoofGame", "SpoofResult", "SpoofRound", "play_spoofing", "spoof"]
+__all__ = ["SPOOFS", "SpoofGame", "SpoofResult", "SpoofRound", "play_spoofing", "spoof", "verify_spoof"]
 
 SPOOFS = ("adversarial", "infinitesimal", "reorder")
 
@@ -352,7 +352,7 @@ def play_spoofing(
 
     from ..data import load_digits
     from ..trace.record import record_native, record_torch_fcn
-    from ..verify.verifier import verify_trace
+    from ..verify.checks import failed_checks
 
     if model not in ("logreg", "fcn"):
         raise ValueError(f"model: the spoofs build exactforge logreg or fcn traces, got {model!r}")
@@ -376,19 +376,9 @@ def play_spoofing(
                 checkpoint_every=checkpoint_every,
                 seed=seed + r + 1,
             )
-            rep = verify_trace(
-                where,
-                epsilon=epsilon,
-                dataset=None if s.data_path else data,
-                data_path=s.data_path,
-                known_data=data,
-                require=require,
-                max_interval=max_interval,
-            )
-        if not rep.valid:
-            raise RuntimeError(f"spoof: round {r} built an invalid trace: {rep.reason}")
+            rep = verify_spoof(s, data, epsilon=epsilon, require=require, max_interval=max_interval)
         eps_used, required = rep.epsilon, rep.required
-        failed = [n for n in ("vacuous", "schedule", "domain", "known-data", "interval") if not _passed(rep, n)]
+        failed = failed_checks(rep)
         reasons = [f"error {rep.max_error:.3g} over epsilon {rep.epsilon:.3g}"] if rep.max_error > rep.epsilon else []
         reasons += [f"required check {n} failed" for n in failed if n in required]
         played.append(SpoofRound(r, bool(rep.accepted), reasons, float(rep.max_error), failed))
@@ -407,6 +397,19 @@ def play_spoofing(
     )
 
 
-def _passed(rep: Any, name: str) -> bool:
-    check = getattr(rep, name.replace("-", "_"))
-    return check is None or bool(check["passed"])
+def verify_spoof(result: SpoofResult, data: Dataset, **kwargs: Any) -> Any:
+    """The verifier's report on a spoofed trace: the verifier holds the public data ``data``
+    (the spoof's own data file where it synthesised examples, with ``data`` as its known data);
+    ``kwargs`` go to verify_trace. Raises RuntimeError when the spoof is not a valid trace."""
+    from ..verify.verifier import verify_trace
+
+    rep = verify_trace(
+        result.out,
+        dataset=None if result.data_path else data,
+        data_path=result.data_path,
+        known_data=data,
+        **kwargs,
+    )
+    if not rep.valid:
+        raise RuntimeError(f"spoof: the {result.attack} spoof in {result.out} is not a valid trace: {rep.reason}")
+    return rep

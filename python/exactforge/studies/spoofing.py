@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 __all__ = ["VERIFIERS", "spoofing_study"]
 
 VERIFIERS = ("native, epsilon 0", "torch, calibrated epsilon", "PoL reference thresholds")
-CHECK_KEYS = {"vacuous": "vacuous", "schedule": "schedule", "domain": "domain", "known-data": "known_data"}
 
 
 def _victims(out: str, data: Any, steps: int, batch: int, seed: int) -> Dict[str, str]:
@@ -30,11 +29,6 @@ def _victims(out: str, data: Any, steps: int, batch: int, seed: int) -> Dict[str
     record_native(paths["native"], spec, data, steps=steps, batch_size=batch, seed=seed)
     record_torch_fcn(paths["torch"], spec, data, steps=steps, batch_size=batch, seed=seed)
     return paths
-
-
-def _failed_checks(rep: Any, interval_ok: bool) -> List[str]:
-    failed = [name for name, key in CHECK_KEYS.items() if getattr(rep, key) and not getattr(rep, key)["passed"]]
-    return failed + ([] if interval_ok else ["interval"])
 
 
 def spoofing_study(
@@ -53,8 +47,8 @@ def spoofing_study(
     steps make each spoofed step shorter: Fang et al.'s lever) and verifies it; returns the rows
     (one per spoof, interval and verifier) and the success rates with the checks off and on.
     Traces go under ``out``."""
-    from ..forging.spoof import SPOOFS, spoof
-    from ..verify.verifier import verify_trace
+    from ..forging.spoof import SPOOFS, spoof, verify_spoof
+    from ..verify.checks import failed_checks
 
     victims = _victims(out, data, steps, batch, seed)
     rows: List[Dict[str, Any]] = []
@@ -75,18 +69,8 @@ def spoofing_study(
                     noise_steps=noise_steps,
                 )
                 eps: Any = 0.0 if engine == "native" else "auto"
-                rep = verify_trace(
-                    where,
-                    epsilon=eps,
-                    dataset=None if s.data_path else data,
-                    data_path=s.data_path,
-                    known_data=data,
-                    max_interval=max_interval,
-                    reference=engine == "torch",
-                )
-                if not rep.valid:
-                    raise RuntimeError(f"the {attack} spoof (k={k}, {engine}) is not a valid trace: {rep.reason}")
-                failed = _failed_checks(rep, bool(rep.interval and rep.interval["passed"]))
+                rep = verify_spoof(s, data, epsilon=eps, max_interval=max_interval, reference=engine == "torch")
+                failed = failed_checks(rep)
                 verdicts: List[Tuple[str, bool, Optional[float]]] = [
                     (VERIFIERS[0] if engine == "native" else VERIFIERS[1], rep.accepted, rep.epsilon)
                 ]

@@ -23,7 +23,15 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["CHECKS", "data_checks", "interval_check", "parse_checks", "schedule_check", "vacuous_check"]
+__all__ = [
+    "CHECKS",
+    "data_checks",
+    "failed_checks",
+    "interval_check",
+    "parse_checks",
+    "schedule_check",
+    "vacuous_check",
+]
 
 CHECKS = ("vacuous", "schedule", "domain", "known-data", "interval")
 
@@ -39,6 +47,16 @@ def parse_checks(value: Optional[Iterable[str]]) -> Tuple[str, ...]:
     if bad:
         raise ValueError(f"require: unknown check {bad[0]!r}; expected names from {CHECKS} or 'all'")
     return tuple(dict.fromkeys(names))
+
+
+def failed_checks(report: Any) -> List[str]:
+    """The checks a verification report failed, by name, in CHECKS' order (required or not)."""
+    out = []
+    for name in CHECKS:
+        result = getattr(report, name.replace("-", "_"), None)
+        if result is not None and not result["passed"]:
+            out.append(name)
+    return out
 
 
 def vacuous_check(steps: Sequence[Any], epsilon: float) -> Optional[Dict[str, Any]]:
@@ -75,7 +93,7 @@ def data_checks(
     trace: Any, segs: Sequence[Tuple[int, int]], data: Any, known: Any = None
 ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
     """(domain, known_data) over the examples the recomputed segments use."""
-    from ..data import in_domain
+    from ..data import values_in_domain
 
     used: set = set()
     for s, e in segs:
@@ -84,10 +102,10 @@ def data_checks(
                 used.update(int(i) for i in rec.batch)
     idx = np.array(sorted(used), dtype=np.int64)
     outside: List[int] = []
-    if data.vocab is None and data.domain is not None:
-        for i in idx:
-            if not in_domain(data.X[i : i + 1], data.y[i : i + 1], data.levels, data.num_classes, domain=data.domain):
-                outside.append(int(i))
+    if data.vocab is None and data.domain is not None and len(idx):
+        y = data.y[idx]
+        ok = values_in_domain(data.X[idx], data.levels, domain=data.domain) & (y >= 0) & (y < data.num_classes)
+        outside = [int(i) for i in idx[~ok]]
     lo_hi = "no declared range" if data.domain is None else f"[{data.domain[0]:g}, {data.domain[1]:g}]"
     domain = {
         "passed": not outside,

@@ -32,7 +32,7 @@ from ..report.progress import progress_bar
 from ..trace import DEFAULT_LIMITS, Limits, Trace, TraceError
 from ..trace.format import declared_fields
 from ..trace.reader import finite
-from .checks import data_checks, interval_check, parse_checks, schedule_check, vacuous_check
+from .checks import data_checks, failed_checks, interval_check, parse_checks, schedule_check, vacuous_check
 from .distances import DISTANCES, verification_distance
 from .initial import initial_law_test
 from .initial import summary as init_summary
@@ -984,9 +984,9 @@ def _checks(
         report.valid, report.accepted = False, False
         report.reason = "require: the known-data check needs the verifier's own data (known_data=, --known-data)"
         return
+    failed = failed_checks(report)
     for name in report.required:
-        result = getattr(report, name.replace("-", "_"))
-        if result is not None and not result["passed"]:
+        if name in failed:
             report.accepted = False
             report.reason = report.reason or f"the required {name} check failed"
 
