@@ -100,28 +100,8 @@ py::array rowsum_fixed_py(py::array x, int threads) {
   return out;
 }
 
-// Sums of groups of rows of x (N x D): group s is rows order[starts[s]] .. order[starts[s+1] - 1],
-// summed in that sequence by the fixed or exact sum, as one call per group on those rows gathered
-// would (the embedding's gradient: one group per token); a group of one row is that row as it is.
-template <class T>
-void segment_sums_t(const T* x, int64_t D, const int64_t* order, const int64_t* starts, int64_t S, bool fixed,
-                    T* out) {
-  std::vector<T> buf;
-  for (int64_t s = 0; s < S; ++s) {
-    const int64_t a = starts[s], len = starts[s + 1] - a;
-    T* o = out + s * D;
-    if (len == 1) {
-      std::copy(x + order[a] * D, x + order[a] * D + D, o);
-      continue;
-    }
-    buf.resize(static_cast<size_t>(len * D));
-    for (int64_t t = 0; t < len; ++t) std::copy(x + order[a + t] * D, x + order[a + t] * D + D, buf.data() + t * D);
-    if (fixed) sum_fixed<T>(buf.data(), o, len, D, nullptr, 1);
-    else sum_exact<T>(buf.data(), o, len, D, 1);
-  }
-}
-
-py::array segment_sums(py::array x, py::array_t<int64_t, py::array::c_style> order,
+// Groups of rows of x summed (batched.hpp: the embedding's gradient, one group per token).
+py::array segment_sums_py(py::array x, py::array_t<int64_t, py::array::c_style> order,
                        py::array_t<int64_t, py::array::c_style> starts, const std::string& mode) {
   if (x.ndim() != 2 || !(x.flags() & py::array::c_style)) throw py::value_error("x: expected a C-contiguous 2-D array");
   DT dx = dtype_of(x, "x");
@@ -145,8 +125,8 @@ py::array segment_sums(py::array x, py::array_t<int64_t, py::array::c_style> ord
   void* pov = out.mutable_data();
   {
     py::gil_scoped_release nogil;
-    if (dx == DT::F32) segment_sums_t<float>((const float*)pxv, D, po, ps, S, fixed, (float*)pov);
-    else segment_sums_t<double>((const double*)pxv, D, po, ps, S, fixed, (double*)pov);
+    if (dx == DT::F32) segment_sums<float>((const float*)pxv, D, po, ps, S, fixed, (float*)pov);
+    else segment_sums<double>((const double*)pxv, D, po, ps, S, fixed, (double*)pov);
   }
   return out;
 }
@@ -512,7 +492,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("log", [](py::array x) { return elementwise(x, [](double v) { return det_log(v); }, "x"); }, py::arg("x"));
   m.def("bmm_unfused", &bmm_unfused_py, py::arg("a"), py::arg("b"), py::arg("threads") = 0);
   m.def("rowsum_fixed", &rowsum_fixed_py, py::arg("x"), py::arg("threads") = 0);
-  m.def("segment_sums", &segment_sums, py::arg("x"), py::arg("order"), py::arg("starts"), py::arg("mode"));
+  m.def("segment_sums", &segment_sums_py, py::arg("x"), py::arg("order"), py::arg("starts"), py::arg("mode"));
   m.def("im2col", &conv_im2col, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
         py::arg("dilation"), py::arg("threads") = 0);
   m.def("conv2d_fixed", &conv2d_fixed_py, py::arg("x"), py::arg("w"), py::arg("padding"), py::arg("threads") = 0);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <vector>
 
 #include "exactforge/fixedpoint.hpp"
 #include "exactforge/reduce.hpp"
@@ -53,6 +54,26 @@ void rowsum_fixed(const T* x, T* out, int64_t R, int64_t D, int threads) {
   }
 }
 
+template <class T>
+void segment_sums(const T* x, int64_t D, const int64_t* order, const int64_t* starts, int64_t S, bool fixed,
+                    T* out) {
+  std::vector<T> buf;
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t a = starts[s], len = starts[s + 1] - a;
+    T* o = out + s * D;
+    if (len == 1) {
+      std::copy(x + order[a] * D, x + order[a] * D + D, o);
+      continue;
+    }
+    buf.resize(static_cast<size_t>(len * D));
+    for (int64_t t = 0; t < len; ++t) std::copy(x + order[a + t] * D, x + order[a + t] * D + D, buf.data() + t * D);
+    if (fixed) sum_fixed<T>(buf.data(), o, len, D, nullptr, 1);
+    else sum_exact<T>(buf.data(), o, len, D, 1);
+  }
+}
+
+template void segment_sums<float>(const float*, int64_t, const int64_t*, const int64_t*, int64_t, bool, float*);
+template void segment_sums<double>(const double*, int64_t, const int64_t*, const int64_t*, int64_t, bool, double*);
 template void rowsum_fixed<float>(const float*, float*, int64_t, int64_t, int);
 template void rowsum_fixed<double>(const double*, double*, int64_t, int64_t, int);
 template void bmm_unfused<float>(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int);

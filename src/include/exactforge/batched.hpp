@@ -21,4 +21,11 @@ void bmm_unfused(const T* a, const T* b, T* out, int64_t N, int64_t M, int64_t K
 template <class T>
 void rowsum_fixed(const T* x, T* out, int64_t R, int64_t D, int threads);
 
+/// Sums of groups of rows of x (N x D): group s is rows order[starts[s]] .. order[starts[s+1] - 1],
+/// summed in that sequence by the fixed or the exact sum, as one such sum per group over those
+/// rows gathered would; a group of one row is that row as it is (the embedding's gradient: one
+/// group per token). order and starts are checked by the caller.
+template <class T>
+void segment_sums(const T* x, int64_t D, const int64_t* order, const int64_t* starts, int64_t S, bool fixed, T* out);
+
 }  // namespace exactforge
