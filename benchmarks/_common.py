@@ -4,6 +4,7 @@ documentation site where its results are written (docs/benchmarks/PAGE.md)."""
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import re
@@ -130,6 +131,7 @@ def write_results(page: str, command: str, output: str) -> str:
     return path
 
 
+@functools.lru_cache(maxsize=None)  # measured once per run: one value per page, and the tool built once
 def fma_peak(threads: int):
     """The FMA and int8 peaks of this CPU on `threads` threads, measured by
     benchmarks/bench_fma_peak.cpp (compiled here with -march=native): a dict with
@@ -184,3 +186,14 @@ def step_flops(model, loss_fn, x, y) -> float:
         loss_fn(model(x), y).backward()
     model.zero_grad(set_to_none=True)
     return float(fc.get_total_flops())
+
+
+def start(threads: int) -> None:
+    """Sets torch's and exactforge's thread counts and prints the machine's peaks first."""
+    import torch
+
+    import exactforge
+
+    torch.set_num_threads(threads)
+    exactforge.set_num_threads(threads)
+    print(peaks_text(threads) + "\n")

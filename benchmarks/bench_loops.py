@@ -26,14 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-import exactforge
 import exactforge.nn as xnn
 from exactforge.data import load_dataset
 from exactforge.models.zoo import build_model
 from exactforge.trace.record import TraceRecorder
 from exactforge.verify import verify_trace
 
-from _common import cpu_name, grads, interleaved_min, peaks_text, sgd_step
+from _common import cpu_name, grads, interleaved_min, sgd_step, start
 
 
 def with_batch_norm(model: nn.Module) -> nn.Module:
@@ -159,9 +158,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=100)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    exactforge.set_num_threads(args.threads)
-    print(peaks_text(args.threads) + "\n")
+    start(args.threads)
     print(
         f"# Honest loops: BatchNorm in training mode and recording overhead; MNIST-5k, b = {args.batch}, "
         f"{args.threads} thread(s), best of {args.repeats}; {cpu_name()}, {time.strftime('%Y-%m-%d')}\n"

@@ -36,7 +36,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import exactforge
 import exactforge.nn as xnn
 from exactforge.data import Dataset, load_dataset
 from exactforge.models.zoo import build_model
@@ -51,7 +50,7 @@ from exactforge.pol import (
 )
 from exactforge.verify import verify_trace
 
-from _common import cpu_name, grads, interleaved_min, peaks_text, sgd_step
+from _common import cpu_name, grads, interleaved_min, sgd_step, start
 
 
 def resnet_step(args) -> None:
@@ -298,9 +297,7 @@ def main() -> None:
     ap.add_argument("--ray", action="store_true")
     ap.add_argument("--forged-steps", type=int, default=8, help="steps attacked per attack")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    exactforge.set_num_threads(args.threads)
-    print(peaks_text(args.threads) + "\n")
+    start(args.threads)
     print(
         f"# Proof-of-Learning proofs; {args.threads} thread(s), best of {args.repeats}; {cpu_name()}, "
         f"{time.strftime('%Y-%m-%d')}\n"

@@ -26,7 +26,7 @@ import torch
 import exactforge
 from exactforge import reduce as R
 
-from _common import best_time, fma_peak, peaks_text
+from _common import best_time, fma_peak, start
 
 SHAPES = [(64, 10), (784, 10), (784, 100), (100, 10)]
 KS = [32, 100, 1000, 4096]
@@ -132,9 +132,7 @@ def main():
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     threads = min(2, os.cpu_count() or 1)
-    torch.set_num_threads(threads)
-    exactforge.set_num_threads(threads)
-    print(peaks_text(threads) + "\n")
+    start(threads)
     shapes, ks = (SHAPES[:1], KS[:2]) if args.quick else (SHAPES, KS)
     rows = []
     for m, n in shapes:

@@ -32,7 +32,7 @@ from exactforge.models.torch_fcn import to_torch
 from exactforge.trace.record import record_native
 from exactforge.verify import verify_trace
 
-from _common import median_time, peaks_text
+from _common import median_time, start
 
 
 def torch_step_fn(spec, params, X, y, idx, lr):
@@ -69,9 +69,7 @@ def main():
     ap.add_argument("--record-steps", type=int, default=100)
     args = ap.parse_args()
     threads = min(2, os.cpu_count() or 1)
-    torch.set_num_threads(threads)
-    exactforge.set_num_threads(threads)
-    print(peaks_text(threads) + "\n")
+    start(threads)
     digits = load_digits()
     rng = np.random.default_rng(0)
     synth = Dataset(
