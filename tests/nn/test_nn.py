@@ -590,6 +590,19 @@ def test_the_embedding_gradient_is_one_sum_per_token_as_before(mode, dtype):
         assert torch.equal(weight.grad[tok], expect), tok
 
 
+def _im2col_conv(x, w, ph, pw):
+    """The stride-1 convolution the reproducible layer computed before the direct one: im2col,
+    then the fixed-order product reading it transposed, laid out as B x O x Ho x Wo."""
+    from exactforge._backend.native import _core
+
+    B, _, H, W = x.shape
+    O, _, kh, kw = w.shape
+    cols = _core.im2col(x, [kh, kw], [1, 1], [ph, pw], [1, 1])
+    yt = _core.matmul(cols, np.ascontiguousarray(w.reshape(O, -1).T), "fixed", None, 0, True)
+    Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
+    return np.ascontiguousarray(yt.reshape(B, Ho * Wo, O).transpose(0, 2, 1).reshape(B, O, Ho, Wo))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "geo",
@@ -613,10 +626,7 @@ def test_the_direct_convolution_has_the_im2col_products_bits(dtype, geo):
     w = rng.standard_normal((O, C, k, k)).astype(dtype)
     x.flat[3] = -0.0
     w.flat[0] = np.inf
-    cols = _core.im2col(x, [k, k], [1, 1], [p, p], [1, 1])
-    yt = _core.matmul(cols, np.ascontiguousarray(w.reshape(O, -1).T), "fixed", None, 0, True)
-    Ho, Wo = H + 2 * p - k + 1, W + 2 * p - k + 1
-    ref = np.ascontiguousarray(yt.reshape(B, Ho * Wo, O).transpose(0, 2, 1).reshape(B, O, Ho, Wo))
+    ref = _im2col_conv(x, w, p, p)
     u = np.uint32 if dtype == np.float32 else np.uint64
     for threads in (1, 2):
         assert np.array_equal(_core.conv2d_fixed(x, w, [p, p], threads).view(u), ref.view(u))
@@ -647,9 +657,6 @@ def test_the_direct_convolution_matches_the_im2col_product_on_any_geometry(B, C,
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((B, C, H, W)).astype(dtype)
     w = rng.standard_normal((O, C, kh, kw)).astype(dtype)
-    cols = _core.im2col(x, [kh, kw], [1, 1], [ph, pw], [1, 1])
-    yt = _core.matmul(cols, np.ascontiguousarray(w.reshape(O, -1).T), "fixed", None, 0, True)
-    Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
-    ref = np.ascontiguousarray(yt.reshape(B, Ho * Wo, O).transpose(0, 2, 1).reshape(B, O, Ho, Wo))
+    ref = _im2col_conv(x, w, ph, pw)
     u = np.uint32 if dtype == np.float32 else np.uint64
     assert np.array_equal(_core.conv2d_fixed(x, w, [ph, pw]).view(u), ref.view(u))
