@@ -109,7 +109,7 @@ def _check_summary_games(sec: Dict[str, str], games: Dict[tuple, tuple], problem
             if not m:
                 problems.append(f"summary: cannot read the game cell {part!r}")
                 continue
-            key = (attack if "logreg" not in attack else attack, m.group(1), m.group(2) is None)
+            key = (attack, m.group(1), m.group(2) is None)
             found = games.get(key)
             if found is None or found[:2] != (int(m.group(3)), int(m.group(4))):
                 problems.append(f"summary: {attack} against {m.group(1)} {part!r}, the game table has {found}")
@@ -134,8 +134,9 @@ def _check_resolution(sec: Dict[str, str], games: Dict[tuple, tuple], problems: 
         mine = [v for (a, ver, dc), v in games.items() if not dc and (v[2] == 0) == zero]
         if (int(m2.group(1)), int(m2.group(2))) != (sum(v[0] for v in mine), sum(v[1] for v in mine)):
             problems.append(f"resolution: rounds won against {label} do not add up to the game table's")
-    for ver, x in re.findall(r"(native \(\w+\)): ([0-9.e+-]+)", text.split("\n\n")[0] if text else ""):
-        if not any(k[1] == ver for k in games):
+    named = re.search(r"Median resolution: (.*?)\. ", text)
+    for ver in re.findall(r"([\w ]+ \(\w+\)): [0-9.e+-]+", named.group(1) if named else ""):
+        if not any(k[1] == ver.strip() for k in games):
             problems.append(f"resolution: {ver} is not a verifier of the game")
 
 
