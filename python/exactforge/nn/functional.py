@@ -130,21 +130,12 @@ class _Conv2d(torch.autograd.Function):
             return y
         cols2 = _im2col(x.detach(), geo)  # CKK x (B*L)
         if cols2.dtype in _NATIVE:
-            # Each output's chain over CKK is the same in either layout, so the bits are too.
-            # (B*L) x O, reading cols2 as its transpose, is the faster layout on every layer
-            # measured (LeNet, VGGmini: up to 2x) but one: 13 to 16 channels over a long batch x
-            # positions axis, where O fills one 16-row tile of the O x (B*L) layout and leaves a
-            # 12-column tile two-thirds empty in the other (ResNet's first stage: 33 ms against 54).
+            # (B*L) x O, reading cols2 as its transpose: the long axis as rows keeps the tile
+            # full when O is a handful of channels (each output's chain over CKK is the same)
             w2 = weight.detach().reshape(O, -1)
             y = torch.empty((B, O, L), dtype=cols2.dtype)
-            if not (12 < O <= 16 and B * L >= 65536):
-                yt = torch.from_numpy(
-                    _core.matmul(cols2.numpy(), w2.t().contiguous().numpy(), "fixed", a_transposed=True)
-                )
-                view = yt.reshape(B, L, O).transpose(1, 2)
-            else:
-                view = torch.from_numpy(_core.matmul(w2.contiguous().numpy(), cols2.numpy(), "fixed"))
-                view = view.reshape(O, B, L).transpose(0, 1)
+            yt = torch.from_numpy(_core.matmul(cols2.numpy(), w2.t().contiguous().numpy(), "fixed", a_transposed=True))
+            view = yt.reshape(B, L, O).transpose(1, 2)
             # the bias is added in the pass that lays the output out as B x O x L: one pass
             if bias is not None:
                 torch.add(view, bias.detach().reshape(1, O, 1), out=y)
