@@ -185,6 +185,34 @@ py::array conv2d_fixed_py(py::array x, py::array w, std::vector<int64_t> p, int 
   return out;
 }
 
+// The fixed-order input gradient of that convolution without W^T dY or col2im: their bits.
+py::array conv2d_input_grad_fixed_py(py::array dy, py::array w, std::vector<int64_t> shape, std::vector<int64_t> p,
+                                     int threads) {
+  const DT dt = dtype_of(dy, "dy");
+  if (dtype_of(w, "w") != dt) throw py::type_error("dy and w: dtypes differ");
+  if (shape.size() != 4) throw py::value_error("shape: expected the input's (batch, channels, height, width)");
+  if (w.ndim() != 4 || !(w.flags() & py::array::c_style) || w.shape(1) != shape[1])
+    throw py::value_error("w: expected a C-contiguous (out channels, channels, kh, kw) array matching shape's channels");
+  const ConvGeometry g = geometry(shape[0], shape[1], shape[2], shape[3], {w.shape(2), w.shape(3)}, {1, 1}, p, {1, 1});
+  const int64_t O = w.shape(0);
+  if (dy.ndim() != 4 || !(dy.flags() & py::array::c_style) || dy.shape(0) != g.B || dy.shape(1) != O ||
+      dy.shape(2) != g.Ho() || dy.shape(3) != g.Wo())
+    throw py::value_error("dy: expected a C-contiguous (batch, out channels, out height, out width) array of the "
+                          "convolution's output shape");
+  std::vector<py::ssize_t> dims(shape.begin(), shape.end());
+  py::array out = dt == DT::F32 ? py::array(py::array_t<float>(dims)) : py::array(py::array_t<double>(dims));
+  {
+    py::gil_scoped_release nogil;
+    if (dt == DT::F32)
+      conv2d_input_grad_fixed(static_cast<const float*>(dy.data()), static_cast<const float*>(w.data()),
+                              static_cast<float*>(out.mutable_data()), g, O, threads);
+    else
+      conv2d_input_grad_fixed(static_cast<const double*>(dy.data()), static_cast<const double*>(w.data()),
+                              static_cast<double*>(out.mutable_data()), g, O, threads);
+  }
+  return out;
+}
+
 py::array conv_col2im(py::array cols, std::vector<int64_t> shape, std::vector<int64_t> k, std::vector<int64_t> s,
                       std::vector<int64_t> p, std::vector<int64_t> d, int threads) {
   const DT dt = dtype_of(cols, "cols");
@@ -496,6 +524,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("im2col", &conv_im2col, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
         py::arg("dilation"), py::arg("threads") = 0);
   m.def("conv2d_fixed", &conv2d_fixed_py, py::arg("x"), py::arg("w"), py::arg("padding"), py::arg("threads") = 0);
+  m.def("conv2d_input_grad_fixed", &conv2d_input_grad_fixed_py, py::arg("dy"), py::arg("w"), py::arg("shape"),
+        py::arg("padding"), py::arg("threads") = 0);
   m.def("col2im", &conv_col2im, py::arg("cols"), py::arg("shape"), py::arg("kernel"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("threads") = 0);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));

@@ -1,6 +1,7 @@
 #include "exactforge/conv.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -121,6 +122,48 @@ void conv2d_fixed(const T* x, const T* w, T* out, const ConvGeometry& g, int64_t
   }
 }
 
+template <class T>
+void conv2d_input_grad_fixed(const T* dy, const T* w, T* dx, const ConvGeometry& g, int64_t O, int threads) {
+  if (g.sh != 1 || g.sw != 1 || g.dh != 1 || g.dw != 1)
+    throw std::invalid_argument("conv: the direct input gradient takes stride 1 and dilation 1");
+  if (O < 1) throw std::invalid_argument("conv: at least one output channel");
+  const int64_t KK = g.kh * g.kw, CKK = g.C * KK;
+  for (int64_t e = 0; e < O * CKK; ++e)
+    if (!(std::fabs(static_cast<double>(w[e])) <= 1.7976931348623157e308))
+      throw std::invalid_argument("conv: the direct input gradient needs finite weights");
+  const KernelTable& kt = kernels();
+  const int CB = std::is_same<T, float>::value ? kt.conv_dgrad_cb_f32 : kConvCB;
+  const int64_t Ho = g.Ho(), Wo = g.Wo();
+  constexpr int64_t kSlack = 16;  // a vector's lanes read past a row's end (never stored)
+  const int64_t PL = g.kw - 1, Wdp = PL + std::max(Wo, g.W + g.pw) + kSlack + 1;
+  // dy with zero columns around each row, so that every lane reads memory, and the weights as
+  // channel blocks of CB x kh x kw x O (the chain runs over o: contiguous), zeros past C.
+  std::vector<T> dyp(static_cast<size_t>(g.B * O * Ho * Wdp), T(0));
+  for (int64_t r = 0; r < g.B * O * Ho; ++r) std::copy(dy + r * Wo, dy + (r + 1) * Wo, dyp.data() + r * Wdp + PL);
+  const int64_t ncb = (g.C + CB - 1) / CB;
+  std::vector<T> wt(static_cast<size_t>(ncb * CB * KK * O), T(0));
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t t = 0; t < KK; ++t) wt[(c * KK + t) * O + o] = w[(o * g.C + c) * KK + t];
+  const int nt = nthreads(threads);
+  (void)nt;
+  const int64_t units = g.B * ncb;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && units > 1 && g.B * O * Ho * Wo * CKK >= (1 << 18))
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t b = u / ncb, c0 = (u % ncb) * CB;
+    const int cb = static_cast<int>(std::min<int64_t>(CB, g.C - c0));
+    T* dst = dx + (b * g.C + c0) * g.H * g.W;
+    const T* src = dyp.data() + b * O * Ho * Wdp;
+    if constexpr (std::is_same<T, float>::value)
+      kt.conv_dgrad_f32(src, O, Ho, Wdp, wt.data() + c0 * KK * O, g.kh, g.kw, g.ph, g.pw, g.H, g.W, dst, cb);
+    else
+      kt.conv_dgrad_f64(src, O, Ho, Wdp, wt.data() + c0 * KK * O, g.kh, g.kw, g.ph, g.pw, g.H, g.W, dst, cb);
+  }
+}
+
+template void conv2d_input_grad_fixed<float>(const float*, const float*, float*, const ConvGeometry&, int64_t, int);
+template void conv2d_input_grad_fixed<double>(const double*, const double*, double*, const ConvGeometry&, int64_t,
+                                              int);
 template void conv2d_fixed<float>(const float*, const float*, float*, const ConvGeometry&, int64_t, int);
 template void conv2d_fixed<double>(const double*, const double*, double*, const ConvGeometry&, int64_t, int);
 template void im2col<float>(const float*, float*, const ConvGeometry&, int);

@@ -84,7 +84,7 @@ const KernelTable& kernels() {
         NS::split_panel_f32_s2, NS::split_panel_f64_s4, NS::split_cols_f32_s2, NS::split_cols_f64_s4,  \
         NS::pack_a_f32, ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr, nullptr, \
         NS::sum_max_cols_f32, NS::sum_slices_cols_f32, NS::sum_max_cols_f64, NS::sum_slices_cols_f64,  \
-        nullptr, NS::conv_fixed_f32, NS::conv_fixed_f64                                                \
+        nullptr, NS::conv_fixed_f32, NS::conv_fixed_f64, NS::conv_dgrad_f32, NS::conv_dgrad_f64, kConvCB        \
   }
     const KernelTable generic_t = EXACTFORGE_KERNEL_TABLE(generic, "generic");
     // EXACTFORGE_ISA=generic|avx2 caps the level: a test and debug aid (the bits are the same)
@@ -114,6 +114,8 @@ const KernelTable& kernels() {
         t.sum_slices_f32 = avx512::sum_slices_cols_f32;
         t.row_max_f32 = avx512::row_max_f32;
         t.conv_f32 = avx512::conv_fixed_f32;
+        t.conv_dgrad_f32 = avx512::conv_dgrad_f32;
+        t.conv_dgrad_cb_f32 = avx512::kConvDgradCB;
         return t;
       }
 #endif

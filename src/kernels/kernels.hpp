@@ -7,6 +7,9 @@ namespace exactforge {
 template <class T> constexpr int kLanes = 32 / sizeof(T);  // 32-byte vectors (AVX2 width)
 /// Output channels one pass of the direct convolution carries (conv_rows_t): OB accumulators.
 constexpr int kConvOB = 8;
+/// Input channels one pass of the direct input gradient carries (conv_dgrad_rows_t): two vectors
+/// each (the sum and the chain), so 6 fit AVX2's 16 registers with the operands; 8 on AVX-512.
+constexpr int kConvCB = 6;
 
 /// Fixed-mode tile: MR = MV * lanes rows by NR columns.
 template <class T> struct TileShape;
@@ -52,6 +55,12 @@ using ConvF32 = void (*)(const float*, int64_t, int64_t, int64_t, const float*, 
                          int64_t, float*, int);
 using ConvF64 = void (*)(const double*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, int64_t, int64_t,
                          int64_t, double*, int);
+/// Rows of a stride-1 convolution's input gradient for up to kConvCB input channels (kernels.inc,
+/// conv_dgrad_rows_t): dyp, O, Ho, Wdp, wt (CB x kh x kw x O), kh, kw, ph, pw, H, W, dx, channels.
+using ConvDgradF32 = void (*)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
+                              int64_t, int64_t, int64_t, float*, int);
+using ConvDgradF64 = void (*)(const double*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, int64_t,
+                              int64_t, int64_t, int64_t, double*, int);
 using RecombineF32 = void (*)(const int64_t* lv, int64_t n, int ea, const int* fb, int w, const char* skip,
                               float* out, char* todo);
 
@@ -81,6 +90,9 @@ struct KernelTable {
   RowMaxF32 row_max_f32;  // nullptr: the driver's 8-lane loop
   ConvF32 conv_f32;  // the direct convolution (stride 1, dilation 1)
   ConvF64 conv_f64;
+  ConvDgradF32 conv_dgrad_f32;  // its input gradient, and the channels per pass
+  ConvDgradF64 conv_dgrad_f64;
+  int conv_dgrad_cb_f32;  // the float64 kernels carry kConvCB on every level
 };
 
 /// The best table this CPU supports (AVX-512, AVX2+FMA or the baseline). Same bits either way.
@@ -106,6 +118,10 @@ const KernelTable& kernels();
                       int64_t, float*, int);                                                  \
   void conv_fixed_f64(const double*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, int64_t,        \
                       int64_t, int64_t, double*, int);                                        \
+  void conv_dgrad_f32(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, \
+                      int64_t, int64_t, float*, int);                                         \
+  void conv_dgrad_f64(const double*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, int64_t,       \
+                      int64_t, int64_t, int64_t, double*, int);                               \
   void sum_max_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, double*, char*);    \
   void sum_slices_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, const double*,   \
                            const double*, double, double*, double*);                          \
@@ -137,6 +153,9 @@ void sum_slices_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, const
 double row_max_f32(const float*, int64_t, char*);
 void conv_fixed_f32(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
                     float*, int);
+constexpr int kConvDgradCB = 8;  // 32 registers: 8 sums, 8 chains and the operands
+void conv_dgrad_f32(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t,
+                    int64_t, int64_t, float*, int);
 }  // namespace avx512
 
 }  // namespace exactforge

@@ -194,6 +194,11 @@ void conv_fixed_f32(const float* xp, int64_t C, int64_t Hp, int64_t Wp, const fl
   conv_rows_t<float, 16, kConvOB>(xp, C, Hp, Wp, w, CKK, kh, kw, Ho, Wo, out, ob);
 }
 
+void conv_dgrad_f32(const float* dyp, int64_t O, int64_t Ho, int64_t Wdp, const float* wt, int64_t kh, int64_t kw,
+                    int64_t ph, int64_t pw, int64_t H, int64_t Wi, float* dx, int cb) {
+  conv_dgrad_rows_t<float, 16, kConvDgradCB>(dyp, O, Ho, Wdp, wt, kh, kw, ph, pw, H, Wi, dx, cb);
+}
+
 void fixed_tile_f32(const float* ap, const float* bp, int64_t k, float* c, int64_t ldc, int mrem, int nrem,
                     int resume) {
   fixed_tile_t<float, 1, kFixedF32NR, 16>(ap, bp, k, c, ldc, mrem, nrem, resume);

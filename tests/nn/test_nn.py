@@ -660,3 +660,101 @@ def test_the_direct_convolution_matches_the_im2col_product_on_any_geometry(B, C,
     ref = _im2col_conv(x, w, ph, pw)
     u = np.uint32 if dtype == np.float32 else np.uint64
     assert np.array_equal(_core.conv2d_fixed(x, w, [ph, pw]).view(u), ref.view(u))
+
+
+def _col2im_input_grad(dy, w, shape, ph, pw):
+    """The input gradient as the backward computed it before the direct kernel: the fixed-order
+    product W^T dY over the output channels, then col2im."""
+    from exactforge._backend.native import _core
+
+    B, O = dy.shape[:2]
+    dyt = np.ascontiguousarray(dy.reshape(B, O, -1).transpose(1, 0, 2).reshape(O, -1))
+    dcols = _core.matmul(np.ascontiguousarray(w.reshape(O, -1).T), dyt, "fixed")
+    return _core.col2im(dcols, list(shape), list(w.shape[2:]), [1, 1], [ph, pw], [1, 1])
+
+
+def _special_values(a, rng):
+    a.flat[0] = -0.0
+    for v in (np.inf, -np.inf, np.nan):
+        a.flat[rng.integers(a.size)] = v
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "geo",
+    [
+        (2, 3, 8, 8, 5, 3, 1),
+        (3, 1, 28, 28, 6, 5, 0),
+        (2, 16, 17, 33, 16, 3, 1),
+        (1, 13, 5, 40, 9, 3, 2),
+        (2, 4, 7, 7, 33, 1, 0),
+    ],
+)
+def test_the_direct_input_gradient_has_the_product_and_col2ims_bits(dtype, geo):
+    """The input gradient without W^T dY or col2im: each column's chain over the output
+    channels, then each pixel's terms in col2im's order, so the same bits (infinities and NaN in
+    dy included, NaN canonical as the product makes it) on any thread count."""
+    from exactforge._backend.native import _core
+
+    B, C, H, W, O, k, p = geo
+    rng = np.random.default_rng(B * 100 + C)
+    Ho, Wo = H + 2 * p - k + 1, W + 2 * p - k + 1
+    dy = rng.standard_normal((B, O, Ho, Wo)).astype(dtype)
+    w = rng.standard_normal((O, C, k, k)).astype(dtype)
+    _special_values(dy, rng)
+    ref = _col2im_input_grad(dy, w, (B, C, H, W), p, p)
+    u = np.uint32 if dtype == np.float32 else np.uint64
+    for threads in (1, 2):
+        assert np.array_equal(_core.conv2d_input_grad_fixed(dy, w, [B, C, H, W], [p, p], threads).view(u), ref.view(u))
+
+
+@EXAMPLES
+@given(
+    st.integers(1, 3),
+    st.integers(1, 13),
+    st.integers(1, 12),
+    st.integers(1, 40),
+    st.integers(1, 20),
+    st.integers(1, 5),
+    st.integers(1, 5),
+    st.integers(0, 3),
+    st.integers(0, 3),
+    st.sampled_from([np.float32, np.float64]),
+    st.booleans(),
+    st.integers(0, 10_000),
+)
+def test_the_direct_input_gradient_matches_on_any_geometry(B, C, H, W, O, kh, kw, ph, pw, dtype, special, seed):
+    """A generator of stride-1 geometries (channel counts across the kernel's channel blocks,
+    widths across the vector lanes, padding wider than the kernel): the same bits every time."""
+    from hypothesis import assume
+
+    from exactforge._backend.native import _core
+
+    assume(H + 2 * ph >= kh and W + 2 * pw >= kw)
+    rng = np.random.default_rng(seed)
+    dy = rng.standard_normal((B, O, H + 2 * ph - kh + 1, W + 2 * pw - kw + 1)).astype(dtype)
+    w = rng.standard_normal((O, C, kh, kw)).astype(dtype)
+    if special:
+        _special_values(dy, rng)
+    ref = _col2im_input_grad(dy, w, (B, C, H, W), ph, pw)
+    u = np.uint32 if dtype == np.float32 else np.uint64
+    assert np.array_equal(_core.conv2d_input_grad_fixed(dy, w, [B, C, H, W], [ph, pw]).view(u), ref.view(u))
+
+
+def test_an_infinite_weight_keeps_the_input_gradient_of_the_product_and_col2im():
+    """The direct kernel reads zeros where col2im skips a position; an infinite weight times such
+    a zero is NaN, so the kernel refuses non-finite weights and the layer's backward keeps the two
+    steps there: the gradient is the same either way."""
+    from exactforge._backend.native import _core
+
+    rng = np.random.default_rng(3)
+    dy = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w[1, 2, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="finite weights"):
+        _core.conv2d_input_grad_fixed(dy, w, [2, 3, 6, 6], [1, 1])
+    x = torch.from_numpy(rng.standard_normal((2, 3, 6, 6)).astype(np.float32)).requires_grad_()
+    y = xnn.functional.conv2d(x, torch.from_numpy(w), padding=(1, 1))
+    y.backward(torch.from_numpy(dy))
+    ref = _col2im_input_grad(dy, w, (2, 3, 6, 6), 1, 1)
+    assert np.array_equal(x.grad.numpy().view(np.uint32), ref.view(np.uint32))

@@ -157,8 +157,20 @@ class _Conv2d(torch.autograd.Function):
         dyt = dy.reshape(B, O, L).transpose(1, 2).reshape(B * L, O)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dcols = _fixed(weight.reshape(O, -1).t(), dyt.t())  # CKK x (B*L)
-            dx = _col2im(dcols, [B, weight.shape[1], H, W], ([kh, kw], list(stride), list(padding), list(dilation)))
+            shape = [B, weight.shape[1], H, W]
+            direct = tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and dy.dtype in _NATIVE
+            if direct and bool(torch.isfinite(weight).all()):
+                # directly (src/core/conv.cpp): each column's chain over the output channels, then
+                # each pixel's terms in col2im's order, so the bits of the two steps below.
+                # (An infinite weight would meet positions col2im skips: those keep the steps.)
+                dx = torch.from_numpy(
+                    _core.conv2d_input_grad_fixed(
+                        dy.detach().contiguous().numpy(), weight.detach().contiguous().numpy(), shape, list(padding)
+                    )
+                )
+            else:
+                dcols = _fixed(weight.reshape(O, -1).t(), dyt.t())  # CKK x (B*L)
+                dx = _col2im(dcols, shape, ([kh, kw], list(stride), list(padding), list(dilation)))
         if ctx.needs_input_grad[1]:
             cols2 = _im2col(x, ([kh, kw], list(stride), list(padding), list(dilation)))  # CKK x (B*L)
             # the big operand as a: its slicing is vectorised along the reduced axis

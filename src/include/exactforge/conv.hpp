@@ -31,6 +31,13 @@ void im2col(const T* x, T* cols, const ConvGeometry& g, int threads);
 /// dilation 1 only (std::invalid_argument otherwise).
 template <class T>
 void conv2d_fixed(const T* x, const T* w, T* out, const ConvGeometry& g, int64_t O, int threads);
+/// The input gradient of conv2d_fixed (dy: B x O x Ho x Wo, dx: B x C x H x W) with the bits of
+/// the product it replaces: the fixed-order W^T dY (each column's chain over the O output
+/// channels ascending) followed by col2im (each pixel's terms in torch's order), without
+/// materialising either. Stride and dilation 1, finite weights (std::invalid_argument otherwise:
+/// an infinite weight meeting a position col2im skips would give NaN here).
+template <class T>
+void conv2d_input_grad_fixed(const T* dy, const T* w, T* dx, const ConvGeometry& g, int64_t O, int threads);
 template <class T>
 void col2im(const T* cols, T* x, const ConvGeometry& g, int threads);
 
