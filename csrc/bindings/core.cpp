@@ -213,6 +213,34 @@ py::array conv2d_input_grad_fixed_py(py::array dy, py::array w, std::vector<int6
   return out;
 }
 
+// The exact-mode weight gradient im2col(x) @ dyt without materialising im2col: its bits.
+py::array conv2d_weight_grad_exact_py(py::array x, py::array dyt, std::vector<int64_t> k, std::vector<int64_t> s,
+                                      std::vector<int64_t> p, std::vector<int64_t> d, int threads) {
+  const DT dt = dtype_of(x, "x");
+  if (dtype_of(dyt, "dyt") != dt) throw py::type_error("x and dyt: dtypes differ");
+  if (x.ndim() != 4 || !(x.flags() & py::array::c_style))
+    throw py::value_error("x: expected a C-contiguous (batch, channels, height, width) array");
+  require_c2d(dyt, "dyt");
+  const ConvGeometry g = geometry(x.shape(0), x.shape(1), x.shape(2), x.shape(3), k, s, p, d);
+  const int64_t N = g.B * g.Ho() * g.Wo(), O = dyt.shape(1);
+  if (dyt.shape(0) != N)
+    throw py::value_error("dyt: expected (batch * out height * out width, out channels) rows, one per output position");
+  if (O == 0) throw py::value_error("dyt: no output channels");
+  if (N > kExactMatmulMaxK) throw py::value_error("the weight gradient's reduced axis has more than 2^20 terms");
+  const int64_t CKK = g.C * g.kh * g.kw;
+  py::array out = dt == DT::F32 ? py::array(py::array_t<float>({CKK, O})) : py::array(py::array_t<double>({CKK, O}));
+  {
+    py::gil_scoped_release nogil;
+    if (dt == DT::F32)
+      conv2d_weight_grad_exact(static_cast<const float*>(x.data()), static_cast<const float*>(dyt.data()),
+                               static_cast<float*>(out.mutable_data()), g, O, threads);
+    else
+      conv2d_weight_grad_exact(static_cast<const double*>(x.data()), static_cast<const double*>(dyt.data()),
+                               static_cast<double*>(out.mutable_data()), g, O, threads);
+  }
+  return out;
+}
+
 py::array conv_col2im(py::array cols, std::vector<int64_t> shape, std::vector<int64_t> k, std::vector<int64_t> s,
                       std::vector<int64_t> p, std::vector<int64_t> d, int threads) {
   const DT dt = dtype_of(cols, "cols");
@@ -526,6 +554,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("conv2d_fixed", &conv2d_fixed_py, py::arg("x"), py::arg("w"), py::arg("padding"), py::arg("threads") = 0);
   m.def("conv2d_input_grad_fixed", &conv2d_input_grad_fixed_py, py::arg("dy"), py::arg("w"), py::arg("shape"),
         py::arg("padding"), py::arg("threads") = 0);
+  m.def("conv2d_weight_grad_exact", &conv2d_weight_grad_exact_py, py::arg("x"), py::arg("dyt"), py::arg("kernel"),
+        py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("threads") = 0);
   m.def("col2im", &conv_col2im, py::arg("cols"), py::arg("shape"), py::arg("kernel"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("threads") = 0);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));

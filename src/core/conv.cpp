@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -164,6 +165,165 @@ void conv2d_input_grad_fixed(const T* dy, const T* w, T* dx, const ConvGeometry&
 template void conv2d_input_grad_fixed<float>(const float*, const float*, float*, const ConvGeometry&, int64_t, int);
 template void conv2d_input_grad_fixed<double>(const double*, const double*, double*, const ConvGeometry&, int64_t,
                                               int);
+namespace {
+// max |v| over v[0..n-1] for finite float32/float64 values, as the magnitudes' bit patterns
+// compared as unsigned integers (the same order for finite values: an integer max the compiler
+// vectorises, where a float max with its NaN rules would stay scalar).
+template <class T> struct MagBits;
+template <> struct MagBits<float> { using U = uint32_t; static constexpr U mask = 0x7fffffffu, exp = 0x7f800000u; };
+template <> struct MagBits<double> {
+  using U = uint64_t;
+  static constexpr U mask = 0x7fffffffffffffffull, exp = 0x7ff0000000000000ull;
+};
+template <class T> typename MagBits<T>::U max_mag_bits(const T* v, int64_t n) {
+  using U = typename MagBits<T>::U;
+  U m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    U u;
+    std::memcpy(&u, v + i, sizeof(U));
+    u &= MagBits<T>::mask;
+    m = u > m ? u : m;
+  }
+  return m;
+}
+template <class T> bool all_finite(const T* v, int64_t n) {
+  using U = typename MagBits<T>::U;
+  U bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    U u;
+    std::memcpy(&u, v + i, sizeof(U));
+    bad |= static_cast<U>((u & MagBits<T>::exp) == MagBits<T>::exp);
+  }
+  return bad == 0;
+}
+}  // namespace
+
+template <class T>
+void conv2d_weight_grad_exact(const T* x, const T* dyt, T* out, const ConvGeometry& g, int64_t O, int threads) {
+  if (O < 1) throw std::invalid_argument("conv: at least one output channel");
+  const int64_t Ho = g.Ho(), Wo = g.Wo(), L = Ho * Wo, N = g.B * L, KK = g.kh * g.kw, CKK = g.C * KK;
+  const int nt = nthreads(threads);
+  if (!all_finite(x, g.B * g.C * g.H * g.W)) {
+    // its rows need special_dot's element-by-element pass over the materialised im2col
+    std::vector<T> cols(static_cast<size_t>(CKK * N));
+    im2col(x, cols.data(), g, threads);
+    matmul_exact<T>(cols.data(), dyt, out, CKK, N, O, nt);
+    return;
+  }
+  // Each im2col row's maximum, read from x: row (c, ki, kj) holds x[b, c, h, w] at the positions
+  // its window reaches (and padding zeros, which cannot raise a maximum of magnitudes).
+  using U = typename MagBits<T>::U;
+  std::vector<U> mbits(static_cast<size_t>(CKK), 0);
+  // the output columns whose input column is inside the image, lo[kj] <= ow < hi[kj], and the
+  // input column of output column 0, off[kj]
+  std::vector<int64_t> lo(g.kw), hi(g.kw), off(g.kw);
+  for (int64_t kj = 0; kj < g.kw; ++kj) {
+    off[kj] = kj * g.dw - g.pw;
+    lo[kj] = 0, hi[kj] = Wo;
+    while (lo[kj] < hi[kj] && lo[kj] * g.sw + off[kj] < 0) ++lo[kj];
+    while (hi[kj] > lo[kj] && (hi[kj] - 1) * g.sw + off[kj] >= g.W) --hi[kj];
+  }
+  (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && g.C > 1 && CKK * N >= (1 << 18))
+  for (int64_t c = 0; c < g.C; ++c) {
+    // per input row h, each kj's window maximum: on stride 1 the windows are one input row's
+    // column ranges that differ only at the edges, so their common part is read once
+    std::vector<U> wmax(static_cast<size_t>(g.kw * g.H));
+    U* mc = mbits.data() + c * KK;
+    for (int64_t b = 0; b < g.B; ++b) {
+      const T* xc = x + (b * g.C + c) * g.H * g.W;
+      for (int64_t h = 0; h < g.H; ++h) {
+        const T* xrow = xc + h * g.W;
+        if (g.sw == 1) {
+          int64_t s0 = 0, e0 = g.W;
+          for (int64_t kj = 0; kj < g.kw; ++kj)
+            if (lo[kj] < hi[kj]) s0 = std::max(s0, lo[kj] + off[kj]), e0 = std::min(e0, hi[kj] + off[kj]);
+          const U core = s0 < e0 ? max_mag_bits(xrow + s0, e0 - s0) : 0;
+          for (int64_t kj = 0; kj < g.kw; ++kj) {
+            U m = 0;
+            const int64_t s1 = lo[kj] + off[kj], e1 = hi[kj] + off[kj];
+            if (lo[kj] < hi[kj]) {
+              if (s0 < e0 && s0 >= s1 && e0 <= e1) {
+                m = core;
+                const U l = max_mag_bits(xrow + s1, s0 - s1), r = max_mag_bits(xrow + e0, e1 - e0);
+                m = l > m ? l : m;
+                m = r > m ? r : m;
+              } else {
+                m = max_mag_bits(xrow + s1, e1 - s1);
+              }
+            }
+            wmax[static_cast<size_t>(kj * g.H + h)] = m;
+          }
+        } else {
+          for (int64_t kj = 0; kj < g.kw; ++kj) {
+            U m = 0;
+            for (int64_t ow = lo[kj]; ow < hi[kj]; ++ow) {
+              const U r = max_mag_bits(xrow + ow * g.sw + off[kj], 1);
+              m = r > m ? r : m;
+            }
+            wmax[static_cast<size_t>(kj * g.H + h)] = m;
+          }
+        }
+      }
+      for (int64_t ki = 0; ki < g.kh; ++ki)
+        for (int64_t oh = 0; oh < Ho; ++oh) {
+          const int64_t h = oh * g.sh - g.ph + ki * g.dh;
+          if (h < 0 || h >= g.H) continue;
+          for (int64_t kj = 0; kj < g.kw; ++kj) {
+            const U v = wmax[static_cast<size_t>(kj * g.H + h)];
+            U& m = mc[ki * g.kw + kj];
+            m = v > m ? v : m;
+          }
+        }
+    }
+  }
+  ImplicitRows<T> rows;
+  rows.row_max.resize(static_cast<size_t>(CKK));
+  for (int64_t r = 0; r < CKK; ++r) {
+    T v;
+    std::memcpy(&v, &mbits[static_cast<size_t>(r)], sizeof(T));
+    rows.row_max[static_cast<size_t>(r)] = static_cast<double>(v);
+  }
+  // A panel of im2col rows over terms t0 .. t0+kc-1 (t = b L + oh Wo + ow): runs of one output
+  // row at a time, each a copy of part of an input row between zeros, im2col's values.
+  rows.gather = [x, &g, Ho, Wo, L](int64_t row0, int nrows, int64_t t0, int64_t kc, T* dst) {
+    (void)Ho;
+    for (int ii = 0; ii < nrows; ++ii) {
+      const int64_t r = row0 + ii, kj = r % g.kw, ki = (r / g.kw) % g.kh, c = r / (g.kh * g.kw);
+      const int64_t off = kj * g.dw - g.pw;
+      T* d = dst + ii * kc;
+      for (int64_t t = t0; t < t0 + kc;) {
+        const int64_t b = t / L, rem = t % L, oh = rem / Wo, ow0 = rem % Wo;
+        const int64_t seg = std::min(t0 + kc - t, Wo - ow0);
+        T* o = d + (t - t0);
+        const int64_t h = oh * g.sh - g.ph + ki * g.dh;
+        if (h < 0 || h >= g.H) {
+          std::fill(o, o + seg, T(0));
+        } else {
+          const T* xrow = x + ((b * g.C + c) * g.H + h) * g.W;
+          if (g.sw == 1) {  // zeros, a copy of the row's part inside the image, zeros
+            const int64_t q0 = std::min(seg, std::max<int64_t>(0, -off - ow0));
+            const int64_t q1 = std::max(q0, std::min(seg, g.W - off - ow0));
+            std::fill(o, o + q0, T(0));
+            std::copy(xrow + ow0 + q0 + off, xrow + ow0 + q1 + off, o + q0);
+            std::fill(o + q1, o + seg, T(0));
+          } else {
+            for (int64_t q = 0; q < seg; ++q) {
+              const int64_t w = (ow0 + q) * g.sw + off;
+              o[q] = (w >= 0 && w < g.W) ? xrow[w] : T(0);
+            }
+          }
+        }
+        t += seg;
+      }
+    }
+  };
+  matmul_exact_implicit<T>(rows, dyt, out, CKK, N, O, nt);
+}
+
+template void conv2d_weight_grad_exact<float>(const float*, const float*, float*, const ConvGeometry&, int64_t, int);
+template void conv2d_weight_grad_exact<double>(const double*, const double*, double*, const ConvGeometry&, int64_t,
+                                               int);
 template void conv2d_fixed<float>(const float*, const float*, float*, const ConvGeometry&, int64_t, int);
 template void conv2d_fixed<double>(const double*, const double*, double*, const ConvGeometry&, int64_t, int);
 template void im2col<float>(const float*, float*, const ConvGeometry&, int);

@@ -230,7 +230,7 @@ double row_maxabs_finite(const T* x, int64_t k, bool& nonfinite) {
 
 template <class T, int S>
 void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
-                       int threads, ExactKernel kernel = ExactKernel::Auto) {
+                       int threads, ExactKernel kernel = ExactKernel::Auto, const ImplicitRows<T>* ia = nullptr) {
   // The tile shape is the dispatched ISA's (the AVX-512 float32 tile is 16 x 4, the others
   // 4 x 4 or 4 x 1): the panels are packed to match, and nothing else depends on it.
   const KernelTable& kt = kernels();
@@ -256,7 +256,9 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   for (int64_t i = 0; i < m; ++i) {
     bool nf = false;
     double mx;
-    if (row_max) {
+    if (ia) {
+      mx = ia->row_max[static_cast<size_t>(i)];  // its entries are finite
+    } else if (row_max) {
       char c = 0;
       mx = row_max(reinterpret_cast<const float*>(a + i * k), k, &c);
       nf = c != 0;
@@ -271,6 +273,17 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
     SumFn<T>::max()(b, n, 0, k, n, mx.data(), nf.data());
     for (int64_t j = 0; j < n; ++j) { fb[j] = scale_exponent(mx[j]); bad_col[j] = nf[j]; }
   }
+  // An implicit a is gathered a panel at a time (rows_at, below), except where a path reads
+  // whole rows of it: an output whose column of b is not finite (special_dot), and the int8
+  // kernels. There it is materialised once, as the caller would have: the same values.
+  std::vector<T> dense;
+  auto materialise = [&] {
+    dense.resize(static_cast<size_t>(m * k));
+    ia->gather(0, static_cast<int>(m), 0, k, dense.data());
+    a = dense.data();
+    ia = nullptr;
+  };
+  if (ia && std::any_of(bad_col.begin(), bad_col.end(), [](char c) { return c != 0; })) materialise();
 
   const int64_t mb = (m + MR - 1) / MR, nb = (n + NR - 1) / NR;
   const ExactTile tile = S == 2 ? kt.exact_s2 : kt.exact_s4;
@@ -299,6 +312,7 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   if (kernel == ExactKernel::Int8Vnni && !vnni_int8_usable())
     throw std::invalid_argument("exact matmul: AVX-512 VNNI is not usable on this CPU or build");
   const bool int8_path = std::is_same<T, float>::value && kernel != ExactKernel::F64Slices;
+  if (ia && int8_path) materialise();
   // The level accumulators. The float64 path zeroes each tile's block in its first sub-chunk
   // and rounds it in its last, while the block is in cache, so this array is neither zeroed in
   // one serial pass nor read back in another (on 3072 x 512 outputs those two passes over
@@ -308,6 +322,20 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   // one per call cost about 6 ns per output in page faults, more than the products at k = 128.
   constexpr int64_t kExactSubChunk = 256;
   const int64_t KS = std::min<int64_t>(std::min(K0, k), kExactSubChunk);
+  // Rows ib*MR .. of a over terms t0 .. t0+kc-1, and their row stride: where a is implicit, a
+  // panel gathered into the thread's buffer (L1-sized) instead of a slice of a materialised a.
+  const int gather_slots = ia ? std::max(nt, 1) : 0;
+  std::vector<T> gbuf(static_cast<size_t>(gather_slots) * MR * KS);
+  auto rows_at = [&](int64_t ib, int mrem, int64_t t0, int64_t kc, int64_t& ld) -> const T* {
+    if (!ia) {
+      ld = k;
+      return a + ib * MR * k + t0;
+    }
+    T* buf = gbuf.data() + static_cast<size_t>(thread_index()) * MR * KS;
+    ia->gather(ib * MR, mrem, t0, kc, buf);
+    ld = kc;
+    return buf;
+  };
   const bool one_pass = !int8_path && k <= KS;
   const size_t acc_len = one_pass ? 0 : static_cast<size_t>(m * n * S);
   std::unique_ptr<int64_t[]> acc_buf(int8_path ? new int64_t[acc_len]() : new int64_t[acc_len]);
@@ -375,7 +403,9 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
         }
         for (int64_t ib = 0; ib < mb; ++ib) {
           const int mrem = static_cast<int>(std::min<int64_t>(MR, m - ib * MR));
-          split_rows(a + ib * MR * k + t0, k, mrem, kc, f1.data() + ib * MR, f2.data() + ib * MR, p2w, ap, MR);
+          int64_t lda;
+          const T* ar = rows_at(ib, mrem, t0, kc, lda);
+          split_rows(ar, lda, mrem, kc, f1.data() + ib * MR, f2.data() + ib * MR, p2w, ap, MR);
           for (int64_t jb = 0; jb < nb; ++jb)
             tile(ap, bq + jb * NR * kc * S, kc, mine + (ib * MR * n + jb * NR) * S, n, mrem,
                  static_cast<int>(std::min<int64_t>(NR, n - jb * NR)));
@@ -434,8 +464,9 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
       for (int64_t ib = 0; ib < mb; ++ib) {
         double* ap = ap_all + ib * MR * kc * S;
         const int mrem = static_cast<int>(std::min<int64_t>(MR, m - ib * MR));
-        split_rows(a + ib * MR * k + t0, k, mrem, kc, f1.data() + ib * MR, f2.data() + ib * MR,
-                   p2w, ap, MR);  // rows from mrem on are zero
+        int64_t lda;
+        const T* ar = rows_at(ib, mrem, t0, kc, lda);
+        split_rows(ar, lda, mrem, kc, f1.data() + ib * MR, f2.data() + ib * MR, p2w, ap, MR);  // rows from mrem on are zero
       }
       }
       for (int64_t j0 = 0; j0 < nb; j0 += jbb) {
@@ -453,7 +484,9 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
           if (fuse_a) {
             ap = own_panel;
             if (panel_ib != ib) {
-              split_rows(a + ib * MR * k + t0, k, mrem, kc, f1.data() + ib * MR, f2.data() + ib * MR, p2w, ap, MR);
+              int64_t lda;
+              const T* ar = rows_at(ib, mrem, t0, kc, lda);
+              split_rows(ar, lda, mrem, kc, f1.data() + ib * MR, f2.data() + ib * MR, p2w, ap, MR);
               panel_ib = ib;
             }
           }
@@ -640,6 +673,18 @@ void matmul_exact<double>(const double* a, const double* b, double* out, int64_t
 template <class T>
 void sum_exact(const T* x, T* out, int64_t k, int64_t n, int threads) {
   sum_exact_impl<T>(x, out, k, n, threads);
+}
+template <>
+void matmul_exact_implicit<float>(const ImplicitRows<float>& a, const float* b, float* out, int64_t m, int64_t k,
+                                  int64_t n, int threads) {
+  if (static_cast<int64_t>(a.row_max.size()) != m) throw std::invalid_argument("exact matmul: one maximum per row");
+  matmul_exact_impl<float, 2>(nullptr, b, out, m, k, n, threads, ExactKernel::Auto, &a);
+}
+template <>
+void matmul_exact_implicit<double>(const ImplicitRows<double>& a, const double* b, double* out, int64_t m, int64_t k,
+                                   int64_t n, int threads) {
+  if (static_cast<int64_t>(a.row_max.size()) != m) throw std::invalid_argument("exact matmul: one maximum per row");
+  matmul_exact_impl<double, 4>(nullptr, b, out, m, k, n, threads, ExactKernel::Auto, &a);
 }
 void matmul_exact_with(const float* a, const float* b, float* out, int64_t m, int64_t k, int64_t n,
                        int threads, int kernel) {

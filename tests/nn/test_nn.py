@@ -758,3 +758,47 @@ def test_an_infinite_weight_keeps_the_input_gradient_of_the_product_and_col2im()
     y.backward(torch.from_numpy(dy))
     ref = _col2im_input_grad(dy, w, (2, 3, 6, 6), 1, 1)
     assert np.array_equal(x.grad.numpy().view(np.uint32), ref.view(np.uint32))
+
+
+@EXAMPLES
+@given(
+    st.integers(1, 3),
+    st.integers(1, 6),
+    st.integers(1, 12),
+    st.integers(1, 30),
+    st.integers(1, 20),
+    st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    st.sampled_from([np.float32, np.float64]),
+    st.sampled_from(["plain", "wide range", "non-finite x", "non-finite dy"]),
+    st.integers(0, 10_000),
+)
+def test_the_implicit_weight_gradient_has_the_im2col_products_bits(B, C, H, W, O, k, s, p, d, dtype, kind, seed):
+    """The exact weight gradient gathers im2col a panel at a time and reads its row maxima from x:
+    the bits of the exact product over the materialised im2col, on every geometry (strides,
+    dilations, padding), on inputs spanning 2^-29 .. 2^29 (so rows get different scales), and
+    where x or dy holds infinities or NaN (then im2col is materialised, as the product needs)."""
+    from hypothesis import assume
+
+    from exactforge._backend.native import _core
+
+    assume(H + 2 * p[0] >= d[0] * (k[0] - 1) + 1 and W + 2 * p[1] >= d[1] * (k[1] - 1) + 1)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, C, H, W))
+    if kind == "wide range":
+        x *= np.exp2(rng.integers(-29, 30, x.shape))
+    x = x.astype(dtype)
+    geo = (list(k), list(s), list(p), list(d))
+    cols = _core.im2col(x, *geo)
+    dyt = rng.standard_normal((cols.shape[1], O)).astype(dtype)
+    if kind == "non-finite x":
+        _special_values(x, rng)
+        cols = _core.im2col(x, *geo)
+    if kind == "non-finite dy":
+        _special_values(dyt, rng)
+    ref = _core.matmul(cols, dyt, "exact")
+    u = np.uint32 if dtype == np.float32 else np.uint64
+    for threads in (1, 2):
+        assert np.array_equal(_core.conv2d_weight_grad_exact(x, dyt, *geo, threads).view(u), ref.view(u))

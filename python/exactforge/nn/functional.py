@@ -172,9 +172,19 @@ class _Conv2d(torch.autograd.Function):
                 dcols = _fixed(weight.reshape(O, -1).t(), dyt.t())  # CKK x (B*L)
                 dx = _col2im(dcols, shape, ([kh, kw], list(stride), list(padding), list(dilation)))
         if ctx.needs_input_grad[1]:
-            cols2 = _im2col(x, ([kh, kw], list(stride), list(padding), list(dilation)))  # CKK x (B*L)
-            # the big operand as a: its slicing is vectorised along the reduced axis
-            dw = _batch(cols2, dyt, mode).t().reshape(weight.shape)
+            geo = ([kh, kw], list(stride), list(padding), list(dilation))
+            if mode == "exact" and x.dtype in _NATIVE:
+                # im2col(x) @ dyt with im2col gathered a panel at a time as the product slices it
+                # (src/core/conv.cpp): the bits of the product below, without the kh x kw copies
+                # of x that im2col is
+                dw = torch.from_numpy(
+                    _core.conv2d_weight_grad_exact(x.contiguous().numpy(), dyt.contiguous().numpy(), *geo)
+                )
+            else:
+                cols2 = _im2col(x, geo)  # CKK x (B*L)
+                # the big operand as a: its slicing is vectorised along the reduced axis
+                dw = _batch(cols2, dyt, mode)
+            dw = dw.t().reshape(weight.shape)
         if has_bias and ctx.needs_input_grad[2]:
             db = _bsum(dyt, mode)
         return dx, dw, db, None, None, None, None

@@ -38,6 +38,12 @@ void conv2d_fixed(const T* x, const T* w, T* out, const ConvGeometry& g, int64_t
 /// an infinite weight meeting a position col2im skips would give NaN here).
 template <class T>
 void conv2d_input_grad_fixed(const T* dy, const T* w, T* dx, const ConvGeometry& g, int64_t O, int threads);
+/// The weight gradient in the exact mode, im2col(x) @ dyt (CKK x O; dyt is (B*Ho*Wo) x O, row
+/// b*Ho*Wo + oh*Wo + ow), with the bits of matmul_exact over the materialised im2col, which it
+/// only materialises where x has a non-finite value: otherwise each panel of it is gathered from
+/// x as the product slices it, and its row maxima are read from x.
+template <class T>
+void conv2d_weight_grad_exact(const T* x, const T* dyt, T* out, const ConvGeometry& g, int64_t O, int threads);
 template <class T>
 void col2im(const T* cols, T* x, const ConvGeometry& g, int threads);
 

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <vector>
 #include <string>
 #include <map>
 
@@ -35,6 +37,19 @@ void sum_exact(const T* x, T* out, int64_t k, int64_t n, int threads);
 /// (BatchNorm's statistics), without that transposed copy. `exact`: order-independent.
 template <class T>
 void sum_channels(const T* x, T* out, int64_t N, int64_t C, int64_t L, bool exact, int threads);
+/// The exact matmul's a (m x k) given by a gather instead of an array (an implicit matrix: a
+/// convolution's im2col, which would be kh x kw copies of its input). row_max[i] is max |a[i, t]|
+/// over row i, every entry finite; gather(row0, rows, t0, kc, dst) writes a[row0 + ii][t0 + t] to
+/// dst[ii * kc + t] for ii < rows, t < kc, and must not throw (it runs in parallel regions).
+template <class T>
+struct ImplicitRows {
+  std::vector<double> row_max;
+  std::function<void(int64_t, int, int64_t, int64_t, T*)> gather;
+};
+/// matmul_exact over the matrix `a` describes, with the bits of matmul_exact over it materialised:
+/// the scales come from the same row maxima and every panel is sliced from the same values.
+template <class T>
+void matmul_exact_implicit(const ImplicitRows<T>& a, const T* b, T* out, int64_t m, int64_t k, int64_t n, int threads);
 /// The float32 exact matmul through a named kernel (0 auto, 1 float64 slices, 2 int8 digits in
 /// C++, 3 int8 digits on AMX, 4 int8 digits on AVX-512 VNNI): the same bits from every one; for
 /// tests and benchmarks.
