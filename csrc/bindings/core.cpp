@@ -19,6 +19,7 @@
 #include "exactforge/search.hpp"
 #include "exactforge/collide.hpp"
 #include "exactforge/conv.hpp"
+#include "exactforge/norm.hpp"
 
 #include <memory>
 
@@ -352,6 +353,130 @@ py::array sum_rows(py::array x, const std::string& mode, std::optional<py::array
 }
 
 // Per channel of a C-contiguous (N, C, L) array, the sum over n and l (BatchNorm's statistics).
+// BatchNorm's fused passes: (N, C, L) activations and per-channel vectors of one dtype.
+namespace {
+void require_ncl(const py::array& x, const char* name) {
+  if (x.ndim() != 3 || !(x.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": expected a C-contiguous (batch, channels, positions) array");
+  if (x.shape(0) == 0 || x.shape(2) == 0) throw py::value_error(std::string(name) + ": a channel has no terms");
+}
+void require_same(const py::array& x, const py::array& y, const char* name) {
+  if (dtype_of(y, name) != dtype_of(x, "x")) throw py::type_error(std::string(name) + ": dtype differs from x's");
+  if (y.ndim() != x.ndim() || !(y.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array shaped like x");
+  for (py::ssize_t d = 0; d < x.ndim(); ++d)
+    if (y.shape(d) != x.shape(d)) throw py::value_error(std::string(name) + ": shape differs from x's");
+}
+const void* channel_vector(const py::array& x, const std::optional<py::array>& v, const char* name) {
+  if (!v) return nullptr;
+  if (dtype_of(*v, name) != dtype_of(x, "x")) throw py::type_error(std::string(name) + ": dtype differs from x's");
+  if (v->ndim() != 1 || v->shape(0) != x.shape(1) || !(v->flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": expected one value per channel");
+  return v->data();
+}
+bool exact_mode(const std::string& mode, int64_t terms) {
+  const bool fixed = mode == "fixed";
+  if (!fixed && mode != "exact") throw py::value_error("mode: expected 'fixed' or 'exact'");
+  if (!fixed && terms > kExactSumMaxK) throw py::value_error("mode='exact': a channel has more than 2^22 terms");
+  return !fixed;
+}
+py::array like_channels(const py::array& x) {
+  return dtype_of(x, "x") == DT::F32 ? py::array(py::array_t<float>(x.shape(1)))
+                                     : py::array(py::array_t<double>(x.shape(1)));
+}
+py::array like(const py::array& x) {
+  std::vector<py::ssize_t> dims(x.shape(), x.shape() + x.ndim());
+  return dtype_of(x, "x") == DT::F32 ? py::array(py::array_t<float>(dims)) : py::array(py::array_t<double>(dims));
+}
+}  // namespace
+
+py::array sum_centered_squares_py(py::array x, py::array mean, const std::string& mode, int threads) {
+  require_ncl(x, "x");
+  const void* pm = channel_vector(x, mean, "mean");
+  const int64_t N = x.shape(0), C = x.shape(1), L = x.shape(2);
+  const bool exact = exact_mode(mode, N * L);
+  py::array out = like_channels(x);
+  const bool f32 = dtype_of(x, "x") == DT::F32;
+  {
+    py::gil_scoped_release nogil;
+    if (f32)
+      sum_centered_squares<float>((const float*)x.data(), (const float*)pm, (float*)out.mutable_data(), N, C, L, exact,
+                                  threads);
+    else
+      sum_centered_squares<double>((const double*)x.data(), (const double*)pm, (double*)out.mutable_data(), N, C, L,
+                                   exact, threads);
+  }
+  return out;
+}
+
+py::array sum_channel_products_py(py::array a, py::array b, const std::string& mode, int threads) {
+  require_ncl(a, "a");
+  require_same(a, b, "b");
+  const int64_t N = a.shape(0), C = a.shape(1), L = a.shape(2);
+  const bool exact = exact_mode(mode, N * L);
+  py::array out = like_channels(a);
+  const bool f32 = dtype_of(a, "a") == DT::F32;
+  {
+    py::gil_scoped_release nogil;
+    if (f32)
+      sum_channel_products<float>((const float*)a.data(), (const float*)b.data(), (float*)out.mutable_data(), N, C, L,
+                                  exact, threads);
+    else
+      sum_channel_products<double>((const double*)a.data(), (const double*)b.data(), (double*)out.mutable_data(), N,
+                                   C, L, exact, threads);
+  }
+  return out;
+}
+
+py::tuple batch_norm_normalize_py(py::array x, py::array mean, py::array rstd, std::optional<py::array> weight,
+                                  std::optional<py::array> bias, int threads) {
+  require_ncl(x, "x");
+  const void* pm = channel_vector(x, mean, "mean");
+  const void* pr = channel_vector(x, rstd, "rstd");
+  const void* pw = channel_vector(x, weight, "weight");
+  const void* pb = channel_vector(x, bias, "bias");
+  const int64_t N = x.shape(0), C = x.shape(1), L = x.shape(2);
+  py::array xhat = like(x), y = like(x);
+  const bool f32 = dtype_of(x, "x") == DT::F32;
+  {
+    py::gil_scoped_release nogil;
+    if (f32)
+      batch_norm_normalize<float>((const float*)x.data(), (const float*)pm, (const float*)pr, (const float*)pw,
+                                  (const float*)pb, (float*)xhat.mutable_data(), (float*)y.mutable_data(), N, C, L,
+                                  threads);
+    else
+      batch_norm_normalize<double>((const double*)x.data(), (const double*)pm, (const double*)pr, (const double*)pw,
+                                   (const double*)pb, (double*)xhat.mutable_data(), (double*)y.mutable_data(), N, C,
+                                   L, threads);
+  }
+  return py::make_tuple(xhat, y);
+}
+
+py::array batch_norm_input_grad_py(py::array dy, py::array xhat, std::optional<py::array> weight, py::array mg,
+                                   py::array mgx, py::array rstd, int threads) {
+  require_ncl(dy, "dy");
+  require_same(dy, xhat, "xhat");
+  const void* pw = channel_vector(dy, weight, "weight");
+  const void* pg = channel_vector(dy, mg, "mg");
+  const void* px = channel_vector(dy, mgx, "mgx");
+  const void* pr = channel_vector(dy, rstd, "rstd");
+  const int64_t N = dy.shape(0), C = dy.shape(1), L = dy.shape(2);
+  py::array dx = like(dy);
+  const bool f32 = dtype_of(dy, "dy") == DT::F32;
+  {
+    py::gil_scoped_release nogil;
+    if (f32)
+      batch_norm_input_grad<float>((const float*)dy.data(), (const float*)xhat.data(), (const float*)pw,
+                                   (const float*)pg, (const float*)px, (const float*)pr, (float*)dx.mutable_data(), N,
+                                   C, L, threads);
+    else
+      batch_norm_input_grad<double>((const double*)dy.data(), (const double*)xhat.data(), (const double*)pw,
+                                    (const double*)pg, (const double*)px, (const double*)pr,
+                                    (double*)dx.mutable_data(), N, C, L, threads);
+  }
+  return dx;
+}
+
 py::array sum_channels_py(py::array x, const std::string& mode, int threads) {
   DT dx = dtype_of(x, "x");
   if (x.ndim() != 3 || !(x.flags() & py::array::c_style))
@@ -544,6 +669,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("sum_rows", &sum_rows, py::arg("x"), py::arg("mode"), py::arg("order") = py::none(),
         py::arg("threads") = 0);
   m.def("sum_channels", &sum_channels_py, py::arg("x"), py::arg("mode"), py::arg("threads") = 0);
+  m.def("sum_centered_squares", &sum_centered_squares_py, py::arg("x"), py::arg("mean"), py::arg("mode"),
+        py::arg("threads") = 0);
+  m.def("sum_channel_products", &sum_channel_products_py, py::arg("a"), py::arg("b"), py::arg("mode"),
+        py::arg("threads") = 0);
+  m.def("batch_norm_normalize", &batch_norm_normalize_py, py::arg("x"), py::arg("mean"), py::arg("rstd"),
+        py::arg("weight"), py::arg("bias"), py::arg("threads") = 0);
+  m.def("batch_norm_input_grad", &batch_norm_input_grad_py, py::arg("dy"), py::arg("xhat"), py::arg("weight"),
+        py::arg("mg"), py::arg("mgx"), py::arg("rstd"), py::arg("threads") = 0);
   m.def("exp", [](py::array x) { return elementwise(x, [](double v) { return det_exp(v); }, "x"); }, py::arg("x"));
   m.def("log", [](py::array x) { return elementwise(x, [](double v) { return det_log(v); }, "x"); }, py::arg("x"));
   m.def("bmm_unfused", &bmm_unfused_py, py::arg("a"), py::arg("b"), py::arg("threads") = 0);

@@ -642,12 +642,109 @@ void sum_channels_impl(const T* x, T* out, int64_t N, int64_t C, int64_t L, bool
   }
 }
 
+// sum_channels over terms computed from the arrays instead of read from one: term(c, n, row)
+// writes the L terms of example n, channel c. Chunks of rows are computed into a small buffer
+// and go through the same passes (the maximum first, then the slices with the channel's one
+// scale), so every term gets the slices it would get in sum_channels over the materialised
+// terms: the same integers, the same rounding (and in the fixed mode the same chain).
+template <class T, class Term>
+void sum_channels_terms_impl(T* out, int64_t N, int64_t C, int64_t L, bool exact, int threads, const Term& term) {
+  if (exact && N * L > kExactSumMaxK)
+    throw std::invalid_argument("exact sum: a channel has more than 2^22 terms");
+  constexpr int S = kSumSlices, w = kSumWidth;
+  const int nt = detail::resolve_threads(threads);
+  const bool par = N * C * L >= kParallelWork && nt > 1 && C > 1;
+  (void)par;
+  const double p2w = std::ldexp(1.0, w);
+  // rows per chunk: a few thousand terms (in L1/L2), and never more than the exact chunk
+  const int64_t R = std::max<int64_t>(1, std::min<int64_t>(kSumChunk, 4096 / std::max<int64_t>(L, 1)));
+  std::vector<T> bufs(static_cast<size_t>(std::max(nt, 1) * R * L));
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+  for (int64_t c = 0; c < C; ++c) {
+    T* buf = bufs.data() + static_cast<size_t>(thread_index()) * R * L;
+    auto fill = [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) term(c, n, buf + (n - n0) * L);
+    };
+    if (!exact) {  // sum_fixed_impl's chain: +0, then the terms in row order n * L + l
+      T acc = T(0);
+      for (int64_t n0 = 0; n0 < N; n0 += R) {
+        const int64_t n1 = std::min(N, n0 + R);
+        fill(n0, n1);
+        for (int64_t e = 0; e < (n1 - n0) * L; ++e) acc = acc + buf[e];
+      }
+      out[c] = canonicalize(acc);
+      continue;
+    }
+    std::vector<double> mx(L, 0.0), f1(L), f2(L), p0(L), p1(L);
+    std::vector<char> nf(L, 0);
+    for (int64_t n0 = 0; n0 < N; n0 += R) {
+      const int64_t n1 = std::min(N, n0 + R);
+      fill(n0, n1);
+      SumFn<T>::max()(buf, L, 0, n1 - n0, L, mx.data(), nf.data());
+    }
+    double m = 0.0;
+    bool special = false;
+    for (int64_t l = 0; l < L; ++l) { m = mx[l] > m ? mx[l] : m; special = special || nf[l]; }
+    const int fe = scale_exponent(m);
+    const Pow2 sc(w - fe);
+    std::fill(f1.begin(), f1.end(), sc.f1);
+    std::fill(f2.begin(), f2.end(), sc.f2);
+    static_assert(S == 2, "the passes keep two slices");
+    int64_t acc[S] = {0, 0};
+    SpecialAcc sp;
+    for (int64_t n0 = 0; n0 < N; n0 += R) {
+      const int64_t n1 = std::min(N, n0 + R);
+      fill(n0, n1);
+      std::fill(p0.begin(), p0.end(), 0.0);
+      std::fill(p1.begin(), p1.end(), 0.0);
+      SumFn<T>::slices()(buf, L, 0, n1 - n0, L, f1.data(), f2.data(), p2w, p0.data(), p1.data());
+      for (int64_t l = 0; l < L; ++l) {
+        acc[0] += static_cast<int64_t>(p0[l]);
+        acc[1] += static_cast<int64_t>(p1[l]);
+      }
+      if (special)
+        for (int64_t e = 0; e < (n1 - n0) * L; ++e) sp.add(static_cast<double>(buf[e]));
+    }
+    if (special && sp.any()) { out[c] = sp.value<T>(); continue; }
+    Int192 v;
+    for (int l = 0; l < S; ++l) v.add_shifted(acc[l], (S - 1 - l) * w);
+    out[c] = round_int192<T>(v, fe - S * w);
+  }
+}
+
 }  // namespace
 
 template <class T>
 void sum_channels(const T* x, T* out, int64_t N, int64_t C, int64_t L, bool exact, int threads) {
   sum_channels_impl<T>(x, out, N, C, L, exact, threads);
 }
+template <class T>
+void sum_centered_squares(const T* x, const T* mean, T* out, int64_t N, int64_t C, int64_t L, bool exact,
+                          int threads) {
+  sum_channels_terms_impl<T>(out, N, C, L, exact, threads, [&](int64_t c, int64_t n, T* row) {
+    const T* xr = x + (n * C + c) * L;
+    const T mu = mean[c];
+    for (int64_t l = 0; l < L; ++l) {
+      const T d = xr[l] - mu;  // rounded, as the materialised x - mean was; then squared
+      row[l] = d * d;
+    }
+  });
+}
+template <class T>
+void sum_channel_products(const T* a, const T* b, T* out, int64_t N, int64_t C, int64_t L, bool exact,
+                          int threads) {
+  sum_channels_terms_impl<T>(out, N, C, L, exact, threads, [&](int64_t c, int64_t n, T* row) {
+    const T* ar = a + (n * C + c) * L;
+    const T* br = b + (n * C + c) * L;
+    for (int64_t l = 0; l < L; ++l) row[l] = ar[l] * br[l];
+  });
+}
+template void sum_centered_squares<float>(const float*, const float*, float*, int64_t, int64_t, int64_t, bool, int);
+template void sum_centered_squares<double>(const double*, const double*, double*, int64_t, int64_t, int64_t, bool,
+                                           int);
+template void sum_channel_products<float>(const float*, const float*, float*, int64_t, int64_t, int64_t, bool, int);
+template void sum_channel_products<double>(const double*, const double*, double*, int64_t, int64_t, int64_t, bool,
+                                           int);
 template void sum_channels<float>(const float*, float*, int64_t, int64_t, int64_t, bool, int);
 template void sum_channels<double>(const double*, double*, int64_t, int64_t, int64_t, bool, int);
 

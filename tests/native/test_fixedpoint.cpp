@@ -198,6 +198,36 @@ static void test_implicit_weight_gradient() {
     }
 }
 
+// BatchNorm's fused channel sums have the bits of sum_channels over the materialised terms,
+// (x - mean)^2 and a * b, in both modes, with an infinity in one channel.
+static void test_fused_channel_sums() {
+  std::mt19937 rng(13);
+  std::normal_distribution<float> nd;
+  const int64_t N = 37, C = 3, L = 129;
+  std::vector<float> x(N * C * L), y(N * C * L), mean = {0.25f, -1.5f, 3.0f}, sq(N * C * L), pr(N * C * L);
+  for (auto& v : x) v = nd(rng) * 1000.0f;
+  for (auto& v : y) v = nd(rng);
+  x[5 * C * L + 2 * L + 7] = std::numeric_limits<float>::infinity();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t e = (n * C + c) * L + l;
+        const float d = x[e] - mean[c];
+        sq[e] = d * d;
+        pr[e] = x[e] * y[e];
+      }
+  for (bool exact : {true, false})
+    for (int threads : {1, 2}) {
+      std::vector<float> a(C), b(C);
+      sum_channels<float>(sq.data(), a.data(), N, C, L, exact, 1);
+      sum_centered_squares<float>(x.data(), mean.data(), b.data(), N, C, L, exact, threads);
+      CHECK(same_bits(a, b));
+      sum_channels<float>(pr.data(), a.data(), N, C, L, exact, 1);
+      sum_channel_products<float>(x.data(), y.data(), b.data(), N, C, L, exact, threads);
+      CHECK(same_bits(a, b));
+    }
+}
+
 // round_two_levels is round_int192 for two levels wherever it answers: random levels, and
 // levels built so that the value sits on, just above or just below a rounding tie of T.
 template <class T> static void test_round_two_levels() {
@@ -340,6 +370,7 @@ int main() {
   test_im2col_adjoint();
   test_direct_input_gradient();
   test_implicit_weight_gradient();
+  test_fused_channel_sums();
   test_channel_sums();
   if (failures == 0) std::printf("native core tests: all passed\n");
   return failures == 0 ? 0 : 1;

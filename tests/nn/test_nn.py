@@ -802,3 +802,59 @@ def test_the_implicit_weight_gradient_has_the_im2col_products_bits(B, C, H, W, O
     u = np.uint32 if dtype == np.float32 else np.uint64
     for threads in (1, 2):
         assert np.array_equal(_core.conv2d_weight_grad_exact(x, dyt, *geo, threads).view(u), ref.view(u))
+
+
+@EXAMPLES
+@given(
+    st.integers(2, 6),
+    st.integers(1, 5),
+    st.sampled_from([(), (7,), (3, 5), (1, 1)]),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(["exact", "fixed"]),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.sampled_from(["plain", "wide range", "non-finite x", "non-finite dy", "non-finite weight"]),
+    st.integers(0, 10_000),
+)
+def test_fused_batch_norm_has_the_tensor_expressions_bits(N, C, spatial, affine_w, affine_b, mode, dtype, kind, seed):
+    """Training-mode BatchNorm's fused passes (the variance's terms and dy * xhat summed chunk by
+    chunk, normalisation and input gradient one pass each) against the same layer with the
+    fusion off: output, running statistics and every gradient bit for bit, with or without the
+    affine parameters, in both modes, on values spanning 2^-40 .. 2^40 and with infinities or NaN
+    in x, dy or the weight (NaN payloads included: those keep the unfused expressions)."""
+    from unittest import mock
+
+    import exactforge.nn.functional as xf
+
+    rng = np.random.default_rng(seed)
+    shape = (N, C) + spatial
+    xv = rng.standard_normal(shape)
+    if kind == "wide range":
+        xv *= np.exp2(rng.integers(-40, 41, shape))
+    special = [np.inf, -np.inf, np.nan][seed % 3]
+    if kind == "non-finite x":
+        xv.flat[rng.integers(xv.size)] = special
+    dyv = rng.standard_normal(shape)
+    if kind == "non-finite dy":
+        dyv.flat[rng.integers(dyv.size)] = special
+    wv = rng.standard_normal(C)
+    if kind == "non-finite weight":
+        wv[rng.integers(C)] = special
+    w = torch.from_numpy(wv).to(dtype) if affine_w else None
+    b = torch.from_numpy(rng.standard_normal(C)).to(dtype) if affine_b else None
+
+    def run(fused):
+        x = torch.from_numpy(xv).to(dtype).requires_grad_()
+        params = [p.clone().requires_grad_() if p is not None else None for p in (w, b)]
+        rm, rv = torch.zeros(C, dtype=dtype), torch.ones(C, dtype=dtype)
+        with mock.patch.object(xf, "_fused_norm", xf._fused_norm if fused else lambda *a: False):
+            y = xf.batch_norm_train(x, rm, rv, params[0], params[1], 0.1, 1e-5, mode)
+            y.backward(torch.from_numpy(dyv).to(dtype))
+        grads = [x.grad] + [p.grad for p in params if p is not None]
+        return [y.detach(), rm, rv] + grads
+
+    def bits(t):
+        return t.numpy().view(np.uint32 if dtype == torch.float32 else np.uint64)
+
+    for got, ref in zip(run(True), run(False)):
+        assert np.array_equal(bits(got), bits(ref))

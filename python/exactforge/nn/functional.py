@@ -249,40 +249,86 @@ class _BatchNormTrain(torch.autograd.Function):
     biased variance are sums over examples and positions in the batch mode (exact: one
     rounding of the exact sum, so any batch order and thread count give the same bits), each
     divided by the count; the backward's two sums over the batch likewise. Elementwise steps
-    are single IEEE operations (1 / sqrt, not an approximate rsqrt), the same on every CPU."""
+    are single IEEE operations (1 / sqrt, not an approximate rsqrt), the same on every CPU.
+
+    For float32/float64 the passes over the activations are fused (src/core/norm.cpp and the
+    channel sums of src/core/reduce.cpp): the variance's terms (x - mean)^2 and the backward's
+    dy * xhat are summed chunk by chunk instead of materialised, and the normalisation and the
+    input gradient are one pass each, every operation the one the tensor expressions below
+    perform, in their order: the same bits."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, mode):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         M = x.numel() // x.shape[1]
         mean = _channel_sum(x, mode) / M
-        xc = x - mean.reshape(shape)
-        var = _channel_sum(xc * xc, mode) / M
-        rstd = 1.0 / torch.sqrt(var + eps)
-        xhat = xc * rstd.reshape(shape)
-        y = _affine(xhat, weight, bias, shape)
+        # fused only where no NaN can enter an operation with another NaN (x and the affine
+        # parameters finite): there x86 keeps the first operand's NaN, and the order of operands
+        # inside torch's broadcasting kernels is not one this code can promise to repeat
+        fused = _fused_norm(x, weight, bias) and bool(torch.isfinite(mean).all())
+        if fused:
+            x3 = _ncl(x)
+            var = torch.from_numpy(_core.sum_centered_squares(x3, mean.numpy(), mode)) / M
+            rstd = 1.0 / torch.sqrt(var + eps)
+            xh, yn = _core.batch_norm_normalize(x3, mean.numpy(), rstd.numpy(), _vec(weight), _vec(bias))
+            xhat, y = torch.from_numpy(xh).reshape(x.shape), torch.from_numpy(yn).reshape(x.shape)
+        else:
+            xc = x - mean.reshape(shape)
+            var = _channel_sum(xc * xc, mode) / M
+            rstd = 1.0 / torch.sqrt(var + eps)
+            xhat = xc * rstd.reshape(shape)
+            y = _affine(xhat, weight, bias, shape)
         ctx.save_for_backward(xhat, rstd, weight)
-        ctx.conf = (shape, M, mode)
+        ctx.conf = (shape, M, mode, fused)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar):
         xhat, rstd, weight = ctx.saved_tensors
-        shape, M, mode = ctx.conf
+        shape, M, mode, fused = ctx.conf
+        fused = fused and dy.dtype == xhat.dtype
         # the two sums over the batch that every gradient here needs (as torch's kernel): the
         # input gradient's means of gamma * dy and gamma * dy * xhat are gamma times them
         sum_dy = _channel_sum(dy, mode)
-        sum_dyx = _channel_sum(dy * xhat, mode)
+        if fused:
+            dy3, xh3 = _ncl(dy), _ncl(xhat)
+            sum_dyx = torch.from_numpy(_core.sum_channel_products(dy3, xh3, mode))
+        else:
+            sum_dyx = _channel_sum(dy * xhat, mode)
         dx = None
         if ctx.needs_input_grad[0]:
             g, mg, mgx = dy, sum_dy / M, sum_dyx / M
             if weight is not None:
-                g, mg, mgx = dy * weight.reshape(shape), mg * weight, mgx * weight
-            dx = (g - mg.reshape(shape) - xhat * mgx.reshape(shape)) * rstd.reshape(shape)
+                mg, mgx = mg * weight, mgx * weight
+            if fused and bool(torch.isfinite(sum_dy).all() and torch.isfinite(sum_dyx).all()):
+                # finite sums: dy and dy * xhat are finite, so (as in the forward) no NaN meets a NaN
+                dxn = _core.batch_norm_input_grad(dy3, xh3, _vec(weight), mg.numpy(), mgx.numpy(), rstd.numpy())
+                dx = torch.from_numpy(dxn).reshape(dy.shape)
+            else:
+                if weight is not None:
+                    g = dy * weight.reshape(shape)
+                dx = (g - mg.reshape(shape) - xhat * mgx.reshape(shape)) * rstd.reshape(shape)
         dw = sum_dyx if weight is not None and ctx.needs_input_grad[1] else None
         db = sum_dy if ctx.needs_input_grad[2] else None
         return dx, dw, db, None, None
+
+
+def _ncl(t: torch.Tensor) -> np.ndarray:
+    """(N, C, *) as a C-contiguous (N, C, L) array: the layout the fused passes read."""
+    return t.detach().contiguous().reshape(t.shape[0], t.shape[1], -1).numpy()
+
+
+def _vec(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    return None if t is None else t.detach().contiguous().numpy()
+
+
+def _fused_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> bool:
+    """Whether the fused passes apply: a native dtype shared by x and the affine parameters (the
+    tensor expressions would promote mixed dtypes; those keep them), the parameters finite."""
+    return x.dtype in _NATIVE and all(
+        p is None or (p.dtype == x.dtype and bool(torch.isfinite(p).all())) for p in (weight, bias)
+    )
 
 
 def batch_norm_train(

@@ -37,6 +37,14 @@ void sum_exact(const T* x, T* out, int64_t k, int64_t n, int threads);
 /// (BatchNorm's statistics), without that transposed copy. `exact`: order-independent.
 template <class T>
 void sum_channels(const T* x, T* out, int64_t N, int64_t C, int64_t L, bool exact, int threads);
+/// sum_channels of (x - mean[c])^2 and of a * b (each operation rounded, as on materialised
+/// arrays: BatchNorm's variance and its backward's sum of dy * xhat), computed chunk by chunk
+/// instead of materialised: the same bits as sum_channels over the materialised terms.
+template <class T>
+void sum_centered_squares(const T* x, const T* mean, T* out, int64_t N, int64_t C, int64_t L, bool exact,
+                          int threads);
+template <class T>
+void sum_channel_products(const T* a, const T* b, T* out, int64_t N, int64_t C, int64_t L, bool exact, int threads);
 /// The exact matmul's a (m x k) given by a gather instead of an array (an implicit matrix: a
 /// convolution's im2col, which would be kh x kw copies of its input). row_max[i] is max |a[i, t]|
 /// over row i, every entry finite; gather(row0, rows, t0, kc, dst) writes a[row0 + ii][t0 + t] to
