@@ -68,14 +68,27 @@ def grads(model, loss, x, y) -> list:
     return [p.grad.clone() for p in model.parameters()]
 
 
-def interleaved_min(fns: list, repeats: int) -> list:
-    """The fastest call of each function, the calls alternating: on a shared machine a slow
+def interleaved(fns: list, repeats: int) -> list:
+    """Every call's time for each function, the calls alternating: on a shared machine a slow
     spell then hits both sides of a ratio, not one."""
     out: list = [[] for _ in fns]
     for _ in range(repeats):
         for i, fn in enumerate(fns):
             out[i].append(timed(fn))
-    return [min(o) for o in out]
+    return out
+
+
+def interleaved_min(fns: list, repeats: int) -> list:
+    """The fastest call of each function, the calls alternating (see interleaved)."""
+    return [min(o) for o in interleaved(fns, repeats)]
+
+
+def ratio_spread(base: list, other: list) -> str:
+    """The spread of a ratio measured pair by pair: other[i] / base[i] for the i-th alternation,
+    as its quartiles "p25-p75" (a pair shares the machine's state, so its ratio is steadier than
+    either time)."""
+    r = np.asarray(other, dtype=float) / np.asarray(base, dtype=float)
+    return f"{np.percentile(r, 25):.2f}-{np.percentile(r, 75):.2f}x"
 
 
 def best_time(fn: Callable[[], object], min_total: float = 0.25, repeats: int = 5) -> float:

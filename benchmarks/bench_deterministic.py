@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
+
+from exactforge.report.machine import cpu_name
 
 CASES = [("FCN 784-100-10", 784, (100,), 100), ("FCN 784-1000-1000-10", 784, (1000, 1000), 256)]
 
@@ -96,7 +97,7 @@ def main() -> None:
     ]
     print(
         f"# Deterministic vs default kernels: one SGD step, 2 threads, median of {args.repeats}; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}\n"
+        f"{cpu_name()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}\n"
     )
     print("| case | path | step (ms) | vs torch default | permuted batch: max l2 | 1 vs 2 threads: l2 |")
     print("|---|---|---|---|---|---|")

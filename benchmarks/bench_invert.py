@@ -18,7 +18,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import time
 
 import numpy as np
@@ -26,6 +25,7 @@ import numpy as np
 from exactforge.data import load_digits
 from exactforge.invert import match, tensor_reconstruct
 from exactforge.invert.tensor import _sigma
+from exactforge.report.machine import cpu_name
 
 
 def error(d: int, b: int, m: int, act: str, seed: int) -> float:
@@ -96,7 +96,7 @@ def main() -> None:
         print(f"digits b=4 d=64 m=300000: |cos| {np.round(runs[-1]['cos'], 3)} in {dt:.2f} s")
     res = {
         "date": _dt.date.today().isoformat(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),
         "cpus": os.cpu_count(),
         "d": d,
         "b": b,

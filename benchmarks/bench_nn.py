@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import time
 
 import torch
@@ -24,7 +23,7 @@ import exactforge.nn as xnn
 from exactforge.data import load_dataset
 from exactforge.models.zoo import build_model
 
-from _common import fma_peak, grads, interleaved_min, peaks_text, step_flops
+from _common import cpu_name, fma_peak, grads, interleaved, peaks_text, ratio_spread, step_flops
 from _common import sgd_step as step
 
 
@@ -39,16 +38,17 @@ def main() -> None:
     exactforge.set_num_threads(args.threads)
     print(
         f"# exactforge.nn vs torch, one SGD step, b = {args.batch}, {args.threads} thread(s); "
-        f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}\n"
+        f"{cpu_name()}, {time.strftime('%Y-%m-%d')}\n"
     )
     print(peaks_text(args.threads) + "\n")
     pk = fma_peak(args.threads)
     f32_peak = None if pk is None else (pk["avx512_f32_gflops"] or pk["avx2_f32_gflops"]) * 1e9
     print(
         "| model | data | parameters | max rel. gradient diff vs autograd, float64 / float32 | permuted batch: "
-        "same bits | torch step | reproducible step | ratio | torch, reproducible: % of float32 peak |"
+        "same bits | torch step | reproducible step | ratio (best of each) | ratio pair by pair, p25-p75 | "
+        "torch, reproducible: % of float32 peak |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         dataset = "synthetic-tokens" if name == "transformer" else "mnist-5k"
         data = load_dataset(dataset)
@@ -72,10 +72,11 @@ def main() -> None:
             raise SystemExit(
                 f"{name}: wrong gradients (float64 rel {rel64:.2g}, permutation-invariant {same}); not timing"
             )
-        t_torch, t_rep = interleaved_min(
+        times = interleaved(
             [lambda: step(net, torch.nn.functional.cross_entropy, x, y), lambda: step(rep, xnn.cross_entropy, x, y)],
             args.repeats,
         )
+        t_torch, t_rep = min(times[0]), min(times[1])
         n = sum(p.numel() for p in net.parameters())
         flops = step_flops(net, torch.nn.functional.cross_entropy, x, y)
         share = (
@@ -85,7 +86,7 @@ def main() -> None:
         )
         print(
             f"| {name} | {dataset} | {n:,} | {rel64:.2g} / {rel:.2g} | {'yes' if same else 'NO'} | {1e3 * t_torch:.1f} ms | "
-            f"{1e3 * t_rep:.1f} ms | {t_rep / t_torch:.1f}x | {share} |",
+            f"{1e3 * t_rep:.1f} ms | {t_rep / t_torch:.1f}x | {ratio_spread(*times)} | {share} |",
             flush=True,
         )
 

@@ -20,7 +20,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -29,6 +28,7 @@ import numpy as np
 
 from exactforge.data import load_dataset
 from exactforge.models import native as M
+from exactforge.report.machine import cpu_name
 from exactforge.trace import Trace
 from exactforge.trace.record import record_native
 from exactforge.verify import verify_trace
@@ -195,7 +195,7 @@ def main() -> None:
             r["overhead_per_segment_ms"] = 1e3 * (r["seconds"] - ideal) / segs
         res = {
             "date": _dt.date.today().isoformat(),
-            "machine": platform.processor() or platform.machine(),
+            "machine": cpu_name(),
             "cpus": os.cpu_count(),
             "ray_version": ray.__version__,
             "steps": args.steps,

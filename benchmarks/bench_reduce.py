@@ -26,7 +26,7 @@ import torch
 import exactforge
 from exactforge import reduce as R
 
-from _common import best_time, fma_peak, start
+from _common import best_time, cpu_name, fma_peak, start
 
 SHAPES = [(64, 10), (784, 10), (784, 100), (100, 10)]
 KS = [32, 100, 1000, 4096]
@@ -170,7 +170,7 @@ def main():
         "date": _dt.date.today().isoformat(),
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": cpu_name(),
             "cpus": os.cpu_count(),
             "threads": threads,
         },

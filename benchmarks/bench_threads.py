@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+
+from exactforge.report.machine import cpu_name
 
 
 def verify(trace: str, threads: int, policy: str) -> float:
@@ -63,7 +64,7 @@ def main() -> None:
     )
     print(
         f"# verify 30 steps of FCN 784-1000-10 (b = 500, fixed mode), best of {args.repeats}, in-process time; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}\n"
+        f"{cpu_name()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}\n"
     )
     print("| machine | waiting | 1 thread | 2 threads | 2 vs 1 |")
     print("|---|---|---|---|---|")
