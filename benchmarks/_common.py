@@ -127,9 +127,12 @@ def write_results(page: str, command: str, output: str) -> str:
     the date, and what the benchmark printed. The block lies between two markers, so the
     page's own text around it stays; a page without them gets the block at its end."""
     m = machine()
+    # every page states the limits its times are measured against, measured in the same run
+    # (the benchmarks that compute shares of peak print the same line for their thread count)
     block = (
         f"<!-- results -->\n## Latest run\n\n`{command}` on {m['cpu']}; {m['cores']} cores; "
-        f"kernels {m['isa']}; exact kernel {m['exact_kernel']}; {m['date']}:\n\n"
+        f"kernels {m['isa']}; exact kernel {m['exact_kernel']}; {m['date']}; "
+        f"{peaks_text(int(m['cores'] or 1))}:\n\n"
         f"```text\n{output.rstrip()}\n```\n<!-- /results -->\n"
     )
     path = os.path.join(PAGES, f"{page}.md")

@@ -162,7 +162,8 @@ py::array conv_im2col(py::array x, std::vector<int64_t> k, std::vector<int64_t> 
 }
 
 // The fixed-order convolution without im2col (stride 1, dilation 1): the im2col product's bits.
-py::array conv2d_fixed_py(py::array x, py::array w, std::vector<int64_t> p, int threads) {
+py::array conv2d_fixed_py(py::array x, py::array w, std::vector<int64_t> p, int threads,
+                          std::optional<py::array> bias) {
   const DT dt = dtype_of(x, "x");
   if (dtype_of(w, "w") != dt) throw py::type_error("x and w: dtypes differ");
   if (x.ndim() != 4 || !(x.flags() & py::array::c_style))
@@ -172,16 +173,20 @@ py::array conv2d_fixed_py(py::array x, py::array w, std::vector<int64_t> p, int 
   const ConvGeometry g = geometry(x.shape(0), x.shape(1), x.shape(2), x.shape(3), {w.shape(2), w.shape(3)}, {1, 1}, p,
                                   {1, 1});
   const int64_t O = w.shape(0);
+  if (bias && (dtype_of(*bias, "bias") != dt || bias->ndim() != 1 || bias->shape(0) != O ||
+               !(bias->flags() & py::array::c_style)))
+    throw py::value_error("bias: expected one value per output channel, of x's dtype");
+  const void* pb = bias ? bias->data() : nullptr;
   py::array out = dt == DT::F32 ? py::array(py::array_t<float>({g.B, O, g.Ho(), g.Wo()}))
                                 : py::array(py::array_t<double>({g.B, O, g.Ho(), g.Wo()}));
   {
     py::gil_scoped_release nogil;
     if (dt == DT::F32)
       conv2d_fixed(static_cast<const float*>(x.data()), static_cast<const float*>(w.data()),
-                   static_cast<float*>(out.mutable_data()), g, O, threads);
+                   static_cast<float*>(out.mutable_data()), g, O, threads, static_cast<const float*>(pb));
     else
       conv2d_fixed(static_cast<const double*>(x.data()), static_cast<const double*>(w.data()),
-                   static_cast<double*>(out.mutable_data()), g, O, threads);
+                   static_cast<double*>(out.mutable_data()), g, O, threads, static_cast<const double*>(pb));
   }
   return out;
 }
@@ -684,7 +689,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("segment_sums", &segment_sums_py, py::arg("x"), py::arg("order"), py::arg("starts"), py::arg("mode"));
   m.def("im2col", &conv_im2col, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
         py::arg("dilation"), py::arg("threads") = 0);
-  m.def("conv2d_fixed", &conv2d_fixed_py, py::arg("x"), py::arg("w"), py::arg("padding"), py::arg("threads") = 0);
+  m.def("conv2d_fixed", &conv2d_fixed_py, py::arg("x"), py::arg("w"), py::arg("padding"), py::arg("threads") = 0,
+        py::arg("bias") = py::none());
   m.def("conv2d_input_grad_fixed", &conv2d_input_grad_fixed_py, py::arg("dy"), py::arg("w"), py::arg("shape"),
         py::arg("padding"), py::arg("threads") = 0);
   m.def("conv2d_weight_grad_exact", &conv2d_weight_grad_exact_py, py::arg("x"), py::arg("dyt"), py::arg("kernel"),

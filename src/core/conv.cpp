@@ -89,7 +89,7 @@ void col2im(const T* cols, T* x, const ConvGeometry& g, int threads) {
 }
 
 template <class T>
-void conv2d_fixed(const T* x, const T* w, T* out, const ConvGeometry& g, int64_t O, int threads) {
+void conv2d_fixed(const T* x, const T* w, T* out, const ConvGeometry& g, int64_t O, int threads, const T* bias) {
   if (g.sh != 1 || g.sw != 1 || g.dh != 1 || g.dw != 1)
     throw std::invalid_argument("conv: the direct convolution takes stride 1 and dilation 1");
   if (O < 1) throw std::invalid_argument("conv: at least one output channel");
@@ -117,9 +117,9 @@ void conv2d_fixed(const T* x, const T* w, T* out, const ConvGeometry& g, int64_t
     T* dst = out + (b * O + o0) * Ho * Wo;
     const T* src = xp.data() + b * g.C * Hp * Wp;
     if constexpr (std::is_same<T, float>::value)
-      f32(src, g.C, Hp, Wp, wp.data() + o0 * CKK, CKK, g.kh, g.kw, Ho, Wo, dst, ob);
+      f32(src, g.C, Hp, Wp, wp.data() + o0 * CKK, CKK, g.kh, g.kw, Ho, Wo, dst, ob, bias ? bias + o0 : nullptr);
     else
-      f64(src, g.C, Hp, Wp, wp.data() + o0 * CKK, CKK, g.kh, g.kw, Ho, Wo, dst, ob);
+      f64(src, g.C, Hp, Wp, wp.data() + o0 * CKK, CKK, g.kh, g.kw, Ho, Wo, dst, ob, bias ? bias + o0 : nullptr);
   }
 }
 
@@ -324,8 +324,9 @@ void conv2d_weight_grad_exact(const T* x, const T* dyt, T* out, const ConvGeomet
 template void conv2d_weight_grad_exact<float>(const float*, const float*, float*, const ConvGeometry&, int64_t, int);
 template void conv2d_weight_grad_exact<double>(const double*, const double*, double*, const ConvGeometry&, int64_t,
                                                int);
-template void conv2d_fixed<float>(const float*, const float*, float*, const ConvGeometry&, int64_t, int);
-template void conv2d_fixed<double>(const double*, const double*, double*, const ConvGeometry&, int64_t, int);
+template void conv2d_fixed<float>(const float*, const float*, float*, const ConvGeometry&, int64_t, int, const float*);
+template void conv2d_fixed<double>(const double*, const double*, double*, const ConvGeometry&, int64_t, int,
+                                   const double*);
 template void im2col<float>(const float*, float*, const ConvGeometry&, int);
 template void im2col<double>(const double*, double*, const ConvGeometry&, int);
 template void col2im<float>(const float*, float*, const ConvGeometry&, int);

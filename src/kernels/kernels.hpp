@@ -50,11 +50,12 @@ using SumMaxF64 = void (*)(const double*, int64_t, int64_t, int64_t, int64_t, do
 using SumSlicesF64 = void (*)(const double*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
                               double*, double*);
 /// Rows of a stride-1 convolution for up to kConvOB output channels from a zero-padded input
-/// (kernels.inc, conv_rows_t): xp, C, Hp, Wp, w (kConvOB x CKK), CKK, kh, kw, Ho, Wo, out, channels.
+/// (kernels.inc, conv_rows_t): xp, C, Hp, Wp, w (kConvOB x CKK), CKK, kh, kw, Ho, Wo, out, channels,
+/// bias (nullptr, or one value per channel added to each rounded output).
 using ConvF32 = void (*)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t,
-                         int64_t, float*, int);
+                         int64_t, float*, int, const float*);
 using ConvF64 = void (*)(const double*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, int64_t, int64_t,
-                         int64_t, double*, int);
+                         int64_t, double*, int, const double*);
 /// Rows of a stride-1 convolution's input gradient for up to kConvCB input channels (kernels.inc,
 /// conv_dgrad_rows_t): dyp, O, Ho, Wdp, wt (CB x kh x kw x O), kh, kw, ph, pw, H, W, dx, channels.
 using ConvDgradF32 = void (*)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
@@ -115,9 +116,9 @@ const KernelTable& kernels();
                          double, double*, int);                                               \
   void pack_a_f32(const float*, int64_t, int, int64_t, float*);                               \
   void conv_fixed_f32(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, \
-                      int64_t, float*, int);                                                  \
+                      int64_t, float*, int, const float*);                                    \
   void conv_fixed_f64(const double*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, int64_t,        \
-                      int64_t, int64_t, double*, int);                                        \
+                      int64_t, int64_t, double*, int, const double*);                         \
   void conv_dgrad_f32(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, \
                       int64_t, int64_t, float*, int);                                         \
   void conv_dgrad_f64(const double*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, int64_t,       \
@@ -152,7 +153,7 @@ void sum_slices_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, const
                          double*, double*);
 double row_max_f32(const float*, int64_t, char*);
 void conv_fixed_f32(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                    float*, int);
+                    float*, int, const float*);
 constexpr int kConvDgradCB = 8;  // 32 registers: 8 sums, 8 chains and the operands
 void conv_dgrad_f32(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t,
                     int64_t, int64_t, float*, int);

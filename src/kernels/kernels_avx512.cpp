@@ -190,8 +190,8 @@ double row_max_f32(const float* x, int64_t k, char* nonfinite) {
 // output (ii, j), and the 16 lanes are the 16 rows of pack_a_f32's panel.
 // The direct convolution on 16-lane vectors (conv_rows_t): 16 outputs of a row per chain set.
 void conv_fixed_f32(const float* xp, int64_t C, int64_t Hp, int64_t Wp, const float* w, int64_t CKK, int64_t kh,
-                    int64_t kw, int64_t Ho, int64_t Wo, float* out, int ob) {
-  conv_rows_t<float, 16, kConvOB>(xp, C, Hp, Wp, w, CKK, kh, kw, Ho, Wo, out, ob);
+                    int64_t kw, int64_t Ho, int64_t Wo, float* out, int ob, const float* bias) {
+  conv_rows_t<float, 16, kConvOB>(xp, C, Hp, Wp, w, CKK, kh, kw, Ho, Wo, out, ob, bias);
 }
 
 void conv_dgrad_f32(const float* dyp, int64_t O, int64_t Ho, int64_t Wdp, const float* wt, int64_t kh, int64_t kw,

@@ -617,7 +617,8 @@ def _im2col_conv(x, w, ph, pw):
 def test_the_direct_convolution_has_the_im2col_products_bits(dtype, geo):
     """The forward convolution without im2col: each output's fused chain over C*kh*kw in the
     same order, padded positions included, so the same bits as the product it replaced (-0 in
-    the input, an infinite weight meeting padding zeros: NaN either way), on any thread count."""
+    the input, an infinite weight meeting padding zeros: NaN either way), on any thread count; a
+    finite bias added as each output is stored gives the bits of adding it afterwards."""
     from exactforge._backend.native import _core
 
     B, C, H, W, O, k, p = geo
@@ -628,8 +629,12 @@ def test_the_direct_convolution_has_the_im2col_products_bits(dtype, geo):
     w.flat[0] = np.inf
     ref = _im2col_conv(x, w, p, p)
     u = np.uint32 if dtype == np.float32 else np.uint64
+    bias = rng.standard_normal(O).astype(dtype)
+    with_bias = ref + bias.reshape(1, O, 1, 1)  # the layer's separate addition
     for threads in (1, 2):
         assert np.array_equal(_core.conv2d_fixed(x, w, [p, p], threads).view(u), ref.view(u))
+        # the bias added as each output is stored: the same one rounding
+        assert np.array_equal(_core.conv2d_fixed(x, w, [p, p], threads, bias=bias).view(u), with_bias.view(u))
 
 
 @EXAMPLES

@@ -121,11 +121,19 @@ class _Conv2d(torch.autograd.Function):
         ctx.conf = (B, H, W, L, stride, padding, dilation, mode, bias is not None)
         if x.dtype in _NATIVE and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1):
             # the direct convolution (src/core/conv.cpp): each output's chain over C*kh*kw in
-            # the im2col product's order, padded positions included, so its bits, read from x
+            # the im2col product's order, padded positions included, so its bits, read from x.
+            # A finite bias of x's dtype is added as each output is stored (the same one
+            # addition); others keep the separate one, whose NaN and promotion rules are torch's.
+            fuse = bias is not None and bias.dtype == x.dtype and bool(torch.isfinite(bias).all())
             y = torch.from_numpy(
-                _core.conv2d_fixed(x.detach().contiguous().numpy(), weight.detach().contiguous().numpy(), list(padding))
+                _core.conv2d_fixed(
+                    x.detach().contiguous().numpy(),
+                    weight.detach().contiguous().numpy(),
+                    list(padding),
+                    bias=bias.detach().contiguous().numpy() if fuse else None,
+                )
             )
-            if bias is not None:
+            if bias is not None and not fuse:
                 y += bias.detach().reshape(1, O, 1, 1)
             return y
         cols2 = _im2col(x.detach(), geo)  # CKK x (B*L)

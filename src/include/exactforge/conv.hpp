@@ -28,9 +28,11 @@ void im2col(const T* x, T* cols, const ConvGeometry& g, int threads);
 /// The convolution of x (B x C x H x W) with w (O x C x kh x kw) in the fixed order of the im2col
 /// product (each output's fused multiply-add chain over C*kh*kw ascending, padded positions
 /// included as zeros), without materialising im2col: out is B x O x Ho x Wo. Stride and
-/// dilation 1 only (std::invalid_argument otherwise).
+/// dilation 1 only (std::invalid_argument otherwise). bias (nullptr or O values): added to each
+/// rounded output, one more rounding, as a separate addition of a finite bias.
 template <class T>
-void conv2d_fixed(const T* x, const T* w, T* out, const ConvGeometry& g, int64_t O, int threads);
+void conv2d_fixed(const T* x, const T* w, T* out, const ConvGeometry& g, int64_t O, int threads,
+                  const T* bias = nullptr);
 /// The input gradient of conv2d_fixed (dy: B x O x Ho x Wo, dx: B x C x H x W) with the bits of
 /// the product it replaces: the fixed-order W^T dY (each column's chain over the O output
 /// channels ascending) followed by col2im (each pixel's terms in torch's order), without
