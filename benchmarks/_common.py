@@ -213,3 +213,27 @@ def start(threads: int) -> None:
     torch.set_num_threads(threads)
     exactforge.set_num_threads(threads)
     print(peaks_text(threads) + "\n")
+
+
+def weight_grad_macs(net, x) -> int:
+    """Multiply-adds of the weight gradients of net's Conv2d and Linear layers for input x: the
+    reductions over the batch that the exact mode computes on float64 slices (a Conv2d's is
+    C/groups x kh x kw x O per output position of every example, a Linear's in x out per row)."""
+    import torch
+
+    total = 0
+
+    def hook(mod, inp, out):
+        nonlocal total
+        if isinstance(mod, torch.nn.Conv2d):
+            kh, kw = mod.kernel_size
+            total += (mod.in_channels // mod.groups) * kh * kw * out.numel()
+        else:
+            total += mod.in_features * out.numel()
+
+    hs = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        net(x)
+    for h in hs:
+        h.remove()
+    return total

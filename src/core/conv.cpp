@@ -186,6 +186,24 @@ template <class T> typename MagBits<T>::U max_mag_bits(const T* v, int64_t n) {
   }
   return m;
 }
+// One run of an im2col row: o[q] = xrow[(ow0 + q) sw + off] where that column is inside the
+// image (0 <= . < W), else 0, for q < seg.
+template <class T>
+inline void gather_run(const T* xrow, T* o, int64_t seg, int64_t ow0, int64_t off, int64_t sw, int64_t W) {
+  if (sw == 1) {  // zeros, a copy of the row's part inside the image, zeros
+    const int64_t q0 = std::min(seg, std::max<int64_t>(0, -off - ow0));
+    const int64_t q1 = std::max(q0, std::min(seg, W - off - ow0));
+    const T* src = xrow + ow0 + off;
+    for (int64_t q = 0; q < q0; ++q) o[q] = T(0);
+    for (int64_t q = q0; q < q1; ++q) o[q] = src[q];
+    for (int64_t q = q1; q < seg; ++q) o[q] = T(0);
+    return;
+  }
+  for (int64_t q = 0; q < seg; ++q) {
+    const int64_t w = (ow0 + q) * sw + off;
+    o[q] = (w >= 0 && w < W) ? xrow[w] : T(0);
+  }
+}
 template <class T> bool all_finite(const T* v, int64_t n) {
   using U = typename MagBits<T>::U;
   U bad = 0;
@@ -285,34 +303,34 @@ void conv2d_weight_grad_exact(const T* x, const T* dyt, T* out, const ConvGeomet
     rows.row_max[static_cast<size_t>(r)] = static_cast<double>(v);
   }
   // A panel of im2col rows over terms t0 .. t0+kc-1 (t = b L + oh Wo + ow): runs of one output
-  // row at a time, each a copy of part of an input row between zeros, im2col's values.
-  rows.gather = [x, &g, Ho, Wo, L](int64_t row0, int nrows, int64_t t0, int64_t kc, T* dst) {
-    (void)Ho;
-    for (int ii = 0; ii < nrows; ++ii) {
-      const int64_t r = row0 + ii, kj = r % g.kw, ki = (r / g.kw) % g.kh, c = r / (g.kh * g.kw);
-      const int64_t off = kj * g.dw - g.pw;
-      T* d = dst + ii * kc;
-      for (int64_t t = t0; t < t0 + kc;) {
-        const int64_t b = t / L, rem = t % L, oh = rem / Wo, ow0 = rem % Wo;
-        const int64_t seg = std::min(t0 + kc - t, Wo - ow0);
-        T* o = d + (t - t0);
-        const int64_t h = oh * g.sh - g.ph + ki * g.dh;
-        if (h < 0 || h >= g.H) {
-          std::fill(o, o + seg, T(0));
-        } else {
-          const T* xrow = x + ((b * g.C + c) * g.H + h) * g.W;
-          if (g.sw == 1) {  // zeros, a copy of the row's part inside the image, zeros
-            const int64_t q0 = std::min(seg, std::max<int64_t>(0, -off - ow0));
-            const int64_t q1 = std::max(q0, std::min(seg, g.W - off - ow0));
-            std::fill(o, o + q0, T(0));
-            std::copy(xrow + ow0 + q0 + off, xrow + ow0 + q1 + off, o + q0);
-            std::fill(o + q1, o + seg, T(0));
-          } else {
-            for (int64_t q = 0; q < seg; ++q) {
-              const int64_t w = (ow0 + q) * g.sw + off;
-              o[q] = (w >= 0 && w < g.W) ? xrow[w] : T(0);
-            }
+  // row at a time, each a copy of part of an input row between zeros, im2col's values. The runs
+  // are found once per panel and shared by its rows (on LeNet's second layer, 8-term runs, the
+  // division per run and row cost more than the copies).
+  rows.gather = [x, &g, Wo, L](int64_t row0, int nrows, int64_t t0, int64_t kc, T* dst) {
+    // per row of the panel: its channel's plane offset, input-row shift and input-column shift
+    constexpr int kMaxRows = 64;
+    int64_t plane[kMaxRows], dh[kMaxRows], off[kMaxRows];
+    for (int base = 0; base < nrows; base += kMaxRows) {
+      const int nr = std::min(kMaxRows, nrows - base);
+      for (int ii = 0; ii < nr; ++ii) {
+        const int64_t r = row0 + base + ii, kj = r % g.kw, ki = (r / g.kw) % g.kh, c = r / (g.kh * g.kw);
+        plane[ii] = c * g.H * g.W;
+        dh[ii] = ki * g.dh - g.ph;
+        off[ii] = kj * g.dw - g.pw;
+      }
+      int64_t t = t0;
+      while (t < t0 + kc) {
+        const int64_t b = t / L, rem = t - b * L, oh = rem / Wo, ow0 = rem - oh * Wo;
+        const int64_t seg = std::min(t0 + kc - t, Wo - ow0), at = t - t0;
+        const T* xb = x + b * g.C * g.H * g.W;
+        for (int ii = 0; ii < nr; ++ii) {
+          T* o = dst + (base + ii) * kc + at;
+          const int64_t h = oh * g.sh + dh[ii];
+          if (h < 0 || h >= g.H) {
+            for (int64_t q = 0; q < seg; ++q) o[q] = T(0);
+            continue;
           }
+          gather_run(xb + plane[ii] + h * g.W, o, seg, ow0, off[ii], g.sw, g.W);
         }
         t += seg;
       }
