@@ -25,7 +25,6 @@ MOVED = {
     "exactforge.optim": "exactforge.models.optim",
     "exactforge.record": "exactforge.trace.record",
     "exactforge.distances": "exactforge.verify.distances",
-    "exactforge.distributed": "exactforge.verify.ray",
     "exactforge.exact": "exactforge.forging.solvers",
     "exactforge.search": "exactforge.forging.search",
     "exactforge.certify": "exactforge.forging.certify",

@@ -8,6 +8,7 @@
 
 #include "exactforge/reduce.hpp"
 #include "kernels/kernels.hpp"
+#include "core/aligned.hpp"
 #include <vector>
 
 namespace exactforge {
@@ -100,12 +101,12 @@ void conv2d_fixed(const T* x, const T* w, T* out, const ConvGeometry& g, int64_t
   constexpr int64_t kSlack = 16;  // a vector's lanes read past a row's end (never stored)
   const int64_t Wp = g.W + 2 * g.pw + kSlack;
   // The input zero-padded once, and the weights in blocks of kConvOB channels (zeros past O).
-  std::vector<T> xp(static_cast<size_t>(g.B * g.C * Hp * Wp), T(0));
+  avector<T> xp(static_cast<size_t>(g.B * g.C * Hp * Wp), T(0));
   for (int64_t bc = 0; bc < g.B * g.C; ++bc)
     for (int64_t r = 0; r < g.H; ++r)
       std::copy(x + (bc * g.H + r) * g.W, x + (bc * g.H + r + 1) * g.W, xp.data() + (bc * Hp + r + g.ph) * Wp + g.pw);
   const int64_t nob = (O + kConvOB - 1) / kConvOB;
-  std::vector<T> wp(static_cast<size_t>(nob * kConvOB * CKK), T(0));
+  avector<T> wp(static_cast<size_t>(nob * kConvOB * CKK), T(0));
   std::copy(w, w + O * CKK, wp.data());
   const int nt = nthreads(threads);
   (void)nt;
@@ -139,10 +140,10 @@ void conv2d_input_grad_fixed(const T* dy, const T* w, T* dx, const ConvGeometry&
   const int64_t PL = g.kw - 1, Wdp = PL + std::max(Wo, g.W + g.pw) + kSlack + 1;
   // dy with zero columns around each row, so that every lane reads memory, and the weights as
   // channel blocks of CB x kh x kw x O (the chain runs over o: contiguous), zeros past C.
-  std::vector<T> dyp(static_cast<size_t>(g.B * O * Ho * Wdp), T(0));
+  avector<T> dyp(static_cast<size_t>(g.B * O * Ho * Wdp), T(0));
   for (int64_t r = 0; r < g.B * O * Ho; ++r) std::copy(dy + r * Wo, dy + (r + 1) * Wo, dyp.data() + r * Wdp + PL);
   const int64_t ncb = (g.C + CB - 1) / CB;
-  std::vector<T> wt(static_cast<size_t>(ncb * CB * KK * O), T(0));
+  avector<T> wt(static_cast<size_t>(ncb * CB * KK * O), T(0));
   for (int64_t o = 0; o < O; ++o)
     for (int64_t c = 0; c < g.C; ++c)
       for (int64_t t = 0; t < KK; ++t) wt[(c * KK + t) * O + o] = w[(o * g.C + c) * KK + t];

@@ -8,6 +8,7 @@
 #include "exactforge/reduce.hpp"
 #include "exactforge/fixedpoint.hpp"
 #include "core/threads.hpp"
+#include "core/aligned.hpp"
 #include "kernels/kernels.hpp"
 #include "kernels/kernels_int.hpp"
 
@@ -49,17 +50,17 @@ inline int thread_index() {
 // are written (the slicing writes every lane, padding included). Buffers above kScratchKeep
 // bytes are released after the call instead of kept.
 struct Scratch {
-  std::vector<double> a, b;
+  avector<double> a, b;
 };
 constexpr size_t kScratchKeep = size_t(64) << 20;
 Scratch& scratch() {
   static thread_local Scratch s;
   return s;
 }
-void grow(std::vector<double>& v, size_t n) {
+void grow(avector<double>& v, size_t n) {
   if (v.size() < n) { v.clear(); v.shrink_to_fit(); v.resize(n); }  // resize may throw: outside any region
 }
-void trim(std::vector<double>& v) {
+void trim(avector<double>& v) {
   if (v.size() * sizeof(double) > kScratchKeep) { v.clear(); v.shrink_to_fit(); }
 }
 
@@ -115,11 +116,11 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   constexpr int64_t kFixedK = 512, kFixedBlockCols = 128;
   const int64_t KC = std::max<int64_t>(1, std::min(k, kFixedK));
   const int64_t jbb = std::min<int64_t>(std::max<int64_t>(1, kFixedBlockCols / NR), nb);
-  std::vector<T> bp(static_cast<size_t>(jbb * NR * KC));
+  avector<T> bp(static_cast<size_t>(jbb * NR * KC));
   const int nt = detail::resolve_threads(threads);
   const bool par = m * n * k >= kParallelWork && nt > 1;
   (void)par;
-  std::vector<T> ap_all(static_cast<size_t>(nt) * P::MR * KC);
+  avector<T> ap_all(static_cast<size_t>(nt) * P::MR * KC);
 #pragma omp parallel num_threads(nt) if (par)
   {
     T* ap = ap_all.data() + static_cast<size_t>(thread_index()) * P::MR * KC;
@@ -230,7 +231,8 @@ double row_maxabs_finite(const T* x, int64_t k, bool& nonfinite) {
 
 template <class T, int S>
 void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
-                       int threads, ExactKernel kernel = ExactKernel::Auto, const ImplicitRows<T>* ia = nullptr) {
+                       int threads, ExactKernel kernel = ExactKernel::Auto, const ImplicitRows<T>* ia = nullptr,
+                       const ExactShare* share = nullptr) {
   // The tile shape is the dispatched ISA's (the AVX-512 float32 tile is 16 x 4, the others
   // 4 x 4 or 4 x 1): the panels are packed to match, and nothing else depends on it.
   const KernelTable& kt = kernels();
@@ -238,7 +240,9 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   const int NR = S == 2 ? kt.exact_s2_nr : ExactShape<S>::NR;
   if (k > kExactMatmulMaxK)
     throw std::invalid_argument("exact matmul: reduced axis longer than 2^20 terms");
-  const ExactPlan plan = exact_plan(k, std::is_same<T, double>::value);
+  // A shared reduction slices with the whole reduction's plan and scales (ExactShare).
+  const ExactPlan plan = exact_plan(share ? share->k_total : k, std::is_same<T, double>::value);
+  if (share && share->k_total < k) throw std::invalid_argument("exact matmul: k_total is below this part's terms");
   const int w = plan.width;
   const int64_t K0 = int64_t(1) << plan.chunk_bits;
   const int nt = detail::resolve_threads(threads);
@@ -256,7 +260,9 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   for (int64_t i = 0; i < m; ++i) {
     bool nf = false;
     double mx;
-    if (ia) {
+    if (share) {
+      mx = share->row_max[i];  // non-finite terms are the caller's (exact_special_flags)
+    } else if (ia) {
       mx = ia->row_max[static_cast<size_t>(i)];  // its entries are finite
     } else if (row_max) {
       char c = 0;
@@ -270,7 +276,10 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   {
     std::vector<double> mx(n, 0.0);
     std::vector<char> nf(n, 0);
-    SumFn<T>::max()(b, n, 0, k, n, mx.data(), nf.data());
+    if (share)
+      std::copy(share->col_max, share->col_max + n, mx.begin());
+    else
+      SumFn<T>::max()(b, n, 0, k, n, mx.data(), nf.data());
     for (int64_t j = 0; j < n; ++j) { fb[j] = scale_exponent(mx[j]); bad_col[j] = nf[j]; }
   }
   // An implicit a is gathered a panel at a time (rows_at, below), except where a path reads
@@ -325,7 +334,7 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   // Rows ib*MR .. of a over terms t0 .. t0+kc-1, and their row stride: where a is implicit, a
   // panel gathered into the thread's buffer (L1-sized) instead of a slice of a materialised a.
   const int gather_slots = ia ? std::max(nt, 1) : 0;
-  std::vector<T> gbuf(static_cast<size_t>(gather_slots) * MR * KS);
+  avector<T> gbuf(static_cast<size_t>(gather_slots) * MR * KS);
   auto rows_at = [&](int64_t ib, int mrem, int64_t t0, int64_t kc, int64_t& ld) -> const T* {
     if (!ia) {
       ld = k;
@@ -336,10 +345,12 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
     ld = kc;
     return buf;
   };
-  const bool one_pass = !int8_path && k <= KS;
-  const size_t acc_len = one_pass ? 0 : static_cast<size_t>(m * n * S);
+  // A shared reduction keeps its levels: they accumulate in the caller's array, never rounded here.
+  const bool one_pass = !int8_path && k <= KS && !share;
+  const size_t acc_len = one_pass || share ? 0 : static_cast<size_t>(m * n * S);
   std::unique_ptr<int64_t[]> acc_buf(int8_path ? new int64_t[acc_len]() : new int64_t[acc_len]);
-  int64_t* const acc = acc_buf.get();
+  if (share && int8_path) std::fill(share->levels, share->levels + m * n * S, int64_t(0));
+  int64_t* const acc = share ? share->levels : acc_buf.get();
   constexpr int64_t kGroup = 8;  // column tiles per unit of the tile loop (below)
   std::vector<int64_t> blk_all(one_pass ? static_cast<size_t>(nt) * MR * kGroup * NR * S : 0);
 
@@ -374,8 +385,11 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
                                                     : int_generic::exact_levels_int8;
     levels(reinterpret_cast<const float*>(a), reinterpret_cast<const float*>(b), m, k, n, w, f1.data(), f2.data(),
            g1.data(), g2.data(), acc, nt, par);
+    if (!share) {
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
-    for (int64_t i = 0; i < m; ++i) finish(acc + i * n * S, i, 0, n, todo_all.data() + static_cast<size_t>(thread_index()) * n);
+      for (int64_t i = 0; i < m; ++i)
+        finish(acc + i * n * S, i, 0, n, todo_all.data() + static_cast<size_t>(thread_index()) * n);
+    }
   } else if (par && !one_pass && mb * ((nb + kGroup - 1) / kGroup) < 2 * nt && (k + KS - 1) / KS >= 4 * nt &&
              m * n <= (int64_t(1) << 16)) {
     // Few output tiles over a long reduced axis (a convolution's weight gradient: 25 x 6 outputs
@@ -386,7 +400,7 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
     const int64_t nsub = (k + KS - 1) / KS, cg = S == 2 ? kt.split_cols_tiles : 1;
     const size_t per = static_cast<size_t>(m * n * S);
     std::vector<int64_t> parts(static_cast<size_t>(nt) * per, 0);
-    std::vector<double> apn(static_cast<size_t>(nt * MR * KS * S)), bpn(static_cast<size_t>(nt * nb * NR * KS * S));
+    avector<double> apn(static_cast<size_t>(nt * MR * KS * S)), bpn(static_cast<size_t>(nt * nb * NR * KS * S));
 #pragma omp parallel num_threads(nt)
     {
       const size_t tid = static_cast<size_t>(thread_index());
@@ -414,7 +428,10 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
     }
     for (int t = 1; t < nt; ++t)
       for (size_t e = 0; e < per; ++e) parts[e] += parts[static_cast<size_t>(t) * per + e];
-    for (int64_t i = 0; i < m; ++i) finish(parts.data() + i * n * S, i, 0, n, todo_all.data());
+    if (share)
+      std::copy(parts.begin(), parts.begin() + static_cast<std::ptrdiff_t>(per), share->levels);
+    else
+      for (int64_t i = 0; i < m; ++i) finish(parts.data() + i * n * S, i, 0, n, todo_all.data());
   } else {
   // The reduced axis is walked in sub-chunks of at most kExactSubChunk terms. A tile's level
   // sums over any run of at most 2^chunk_bits terms are exact integers in float64, and the
@@ -518,7 +535,7 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
               for (int ii = 0; ii < mrem; ++ii) std::memset(blk + ii * ld * S, 0, sizeof(int64_t) * nrem * S);
             tile(ap, bp + jb * NR * kc * S, kc, blk, ld, mrem, nrem);
           }
-          if (t0 + kc >= k) {  // the unit's last sub-chunk: round its outputs now
+          if (t0 + kc >= k && !share) {  // the unit's last sub-chunk: round its outputs now
             char* todo = todo_all.data() + static_cast<size_t>(thread_index()) * std::max<int64_t>(n, 1);
             const int64_t ncols = std::min(n, jb1 * NR) - jb0 * NR;
             for (int ii = 0; ii < mrem; ++ii) finish(unit + ii * ld * S, ib * MR + ii, jb0 * NR, ncols, todo);
@@ -533,7 +550,8 @@ void matmul_exact_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
 }
 
 template <class T>
-void sum_exact_impl(const T* x, T* out, int64_t k, int64_t n, int threads) {
+void sum_exact_impl(const T* x, T* out, int64_t k, int64_t n, int threads, const double* col_max = nullptr,
+                    int64_t* levels = nullptr) {
   if (k > kExactSumMaxK)
     throw std::invalid_argument("exact sum: reduced axis longer than 2^22 terms");
   constexpr int S = kSumSlices, w = kSumWidth;
@@ -552,8 +570,8 @@ void sum_exact_impl(const T* x, T* out, int64_t k, int64_t n, int threads) {
     double mx[block], f1[block], f2[block];
     char nf[block];
     int fe[block];
-    for (int64_t j = 0; j < nc; ++j) { mx[j] = 0; nf[j] = 0; }
-    SumFn<T>::max()(x + j0, n, 0, k, nc, mx, nf);
+    for (int64_t j = 0; j < nc; ++j) { mx[j] = col_max ? col_max[j0 + j] : 0; nf[j] = 0; }
+    if (!col_max) SumFn<T>::max()(x + j0, n, 0, k, nc, mx, nf);  // else the whole reduction's
     for (int64_t j = 0; j < nc; ++j) {
       fe[j] = scale_exponent(mx[j]);
       const Pow2 sc(w - fe[j]);
@@ -570,6 +588,11 @@ void sum_exact_impl(const T* x, T* out, int64_t k, int64_t n, int threads) {
         acc[j][0] += static_cast<int64_t>(p0[j]);
         acc[j][1] += static_cast<int64_t>(p1[j]);
       }
+    }
+    if (levels) {  // a shared reduction: its levels, for the caller to add up and round
+      for (int64_t j = 0; j < nc; ++j)
+        for (int l = 0; l < S; ++l) levels[(j0 + j) * S + l] = acc[j][l];
+      continue;
     }
     for (int64_t j = 0; j < nc; ++j) {
       if (nf[j]) {
@@ -658,7 +681,7 @@ void sum_channels_terms_impl(T* out, int64_t N, int64_t C, int64_t L, bool exact
   const double p2w = std::ldexp(1.0, w);
   // rows per chunk: a few thousand terms (in L1/L2), and never more than the exact chunk
   const int64_t R = std::max<int64_t>(1, std::min<int64_t>(kSumChunk, 4096 / std::max<int64_t>(L, 1)));
-  std::vector<T> bufs(static_cast<size_t>(std::max(nt, 1) * R * L));
+  avector<T> bufs(static_cast<size_t>(std::max(nt, 1) * R * L));
 #pragma omp parallel for num_threads(nt) schedule(static) if (par)
   for (int64_t c = 0; c < C; ++c) {
     T* buf = bufs.data() + static_cast<size_t>(thread_index()) * R * L;
@@ -718,6 +741,135 @@ template <class T>
 void sum_channels(const T* x, T* out, int64_t N, int64_t C, int64_t L, bool exact, int threads) {
   sum_channels_impl<T>(x, out, N, C, L, exact, threads);
 }
+// ---- Reductions shared among processes (data-parallel training): see reduce.hpp ----
+
+template <class T>
+bool exact_maxima(const T* a, const T* b, int64_t m, int64_t k, int64_t n, double* row_max, double* col_max) {
+  bool bad = false;
+  for (int64_t i = 0; i < m; ++i) {
+    bool nf = false;
+    row_max[i] = row_maxabs_finite(a + i * k, k, nf);
+    bad = bad || nf;
+  }
+  std::vector<char> nf(static_cast<size_t>(n), 0);
+  std::fill(col_max, col_max + n, 0.0);
+  if (k > 0) SumFn<T>::max()(b, n, 0, k, n, col_max, nf.data());
+  for (int64_t j = 0; j < n; ++j) bad = bad || nf[static_cast<size_t>(j)];
+  return bad;
+}
+
+template <class T>
+void exact_special_flags(const T* a, const T* b, int64_t m, int64_t k, int64_t n, uint8_t* flags) {
+  std::fill(flags, flags + m * n, uint8_t(0));
+  std::vector<char> row_bad(static_cast<size_t>(m), 0), col_bad(static_cast<size_t>(n), 0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t t = 0; t < k; ++t) row_bad[i] |= !is_finite_d(static_cast<double>(a[i * k + t]));
+  for (int64_t t = 0; t < k; ++t)
+    for (int64_t j = 0; j < n; ++j) col_bad[j] |= !is_finite_d(static_cast<double>(b[t * n + j]));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      if (!row_bad[i] && !col_bad[j]) continue;
+      SpecialAcc sp;
+      for (int64_t t = 0; t < k; ++t) {
+        const double x = a[i * k + t], y = b[t * n + j];
+        if (!is_finite_d(x) || !is_finite_d(y)) sp.add(x * y);
+      }
+      flags[i * n + j] = static_cast<uint8_t>((sp.nan ? 1 : 0) | (sp.pos ? 2 : 0) | (sp.neg ? 4 : 0));
+    }
+}
+
+namespace {
+template <class T> T special_value(uint8_t f) {
+  SpecialAcc sp;
+  sp.nan = (f & 1) != 0;
+  sp.pos = (f & 2) != 0;
+  sp.neg = (f & 4) != 0;
+  return sp.value<T>();
+}
+}  // namespace
+
+template <class T>
+void matmul_exact_levels(const T* a, const T* b, int64_t m, int64_t k, int64_t n, const ExactShare& share,
+                         int threads) {
+  if (k < 1) {  // a process with no terms holds zero levels
+    std::fill(share.levels, share.levels + m * n * (std::is_same<T, float>::value ? 2 : 4), int64_t(0));
+    return;
+  }
+  if (share.k_total > kExactMatmulMaxK)
+    throw std::invalid_argument("exact matmul: reduced axis longer than 2^20 terms");
+  matmul_exact_impl<T, std::is_same<T, float>::value ? 2 : 4>(a, b, nullptr, m, k, n, threads, ExactKernel::Auto,
+                                                              nullptr, &share);
+}
+
+template <class T>
+void round_exact_levels(const int64_t* levels, int64_t m, int64_t n, int64_t k_total, const double* row_max,
+                        const double* col_max, const uint8_t* flags, T* out) {
+  constexpr int S = std::is_same<T, float>::value ? 2 : 4;
+  const int w = exact_plan(k_total, std::is_same<T, double>::value).width;
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      T* o = out + i * n + j;
+      if (flags && flags[i * n + j]) { *o = special_value<T>(flags[i * n + j]); continue; }
+      const int64_t* lv = levels + (i * n + j) * S;
+      const int e2 = scale_exponent(row_max[i]) + scale_exponent(col_max[j]) - (S + 1) * w;
+      if (S == 2 && round_two_levels<T>(lv[0], lv[1], w, e2, o)) continue;
+      Int192 v;
+      for (int L = 0; L < S; ++L) v.add_shifted(lv[L], (S - 1 - L) * w);
+      *o = round_int192<T>(v, e2);
+    }
+}
+
+template <class T>
+bool sum_maxima(const T* x, int64_t k, int64_t n, double* col_max) {
+  std::vector<char> nf(static_cast<size_t>(n), 0);
+  std::fill(col_max, col_max + n, 0.0);
+  if (k > 0) SumFn<T>::max()(x, n, 0, k, n, col_max, nf.data());
+  return std::any_of(nf.begin(), nf.end(), [](char c) { return c != 0; });
+}
+
+template <class T>
+void sum_special_flags(const T* x, int64_t k, int64_t n, uint8_t* flags) {
+  for (int64_t j = 0; j < n; ++j) {
+    SpecialAcc sp;
+    for (int64_t t = 0; t < k; ++t) sp.add(static_cast<double>(x[t * n + j]));
+    flags[j] = static_cast<uint8_t>((sp.nan ? 1 : 0) | (sp.pos ? 2 : 0) | (sp.neg ? 4 : 0));
+  }
+}
+
+template <class T>
+void sum_exact_levels(const T* x, int64_t k, int64_t n, const double* col_max, int64_t* levels, int threads) {
+  if (k < 1) {
+    std::fill(levels, levels + n * kSumSlices, int64_t(0));
+    return;
+  }
+  sum_exact_impl<T>(x, nullptr, k, n, threads, col_max, levels);
+}
+
+template <class T>
+void round_sum_levels(const int64_t* levels, int64_t n, const double* col_max, const uint8_t* flags, T* out) {
+  constexpr int S = kSumSlices, w = kSumWidth;
+  for (int64_t j = 0; j < n; ++j) {
+    if (flags && flags[j]) { out[j] = special_value<T>(flags[j]); continue; }
+    Int192 v;
+    for (int l = 0; l < S; ++l) v.add_shifted(levels[j * S + l], (S - 1 - l) * w);
+    out[j] = round_int192<T>(v, scale_exponent(col_max[j]) - S * w);
+  }
+}
+
+#define EXACTFORGE_SHARED(T)                                                                                        \
+  template bool exact_maxima<T>(const T*, const T*, int64_t, int64_t, int64_t, double*, double*);                  \
+  template void exact_special_flags<T>(const T*, const T*, int64_t, int64_t, int64_t, uint8_t*);                   \
+  template void matmul_exact_levels<T>(const T*, const T*, int64_t, int64_t, int64_t, const ExactShare&, int);    \
+  template void round_exact_levels<T>(const int64_t*, int64_t, int64_t, int64_t, const double*, const double*,     \
+                                      const uint8_t*, T*);                                                         \
+  template bool sum_maxima<T>(const T*, int64_t, int64_t, double*);                                                \
+  template void sum_special_flags<T>(const T*, int64_t, int64_t, uint8_t*);                                        \
+  template void sum_exact_levels<T>(const T*, int64_t, int64_t, const double*, int64_t*, int);                     \
+  template void round_sum_levels<T>(const int64_t*, int64_t, const double*, const uint8_t*, T*);
+EXACTFORGE_SHARED(float)
+EXACTFORGE_SHARED(double)
+#undef EXACTFORGE_SHARED
+
 template <class T>
 void sum_centered_squares(const T* x, const T* mean, T* out, int64_t N, int64_t C, int64_t L, bool exact,
                           int threads) {

@@ -16,6 +16,7 @@ LAYERS = [
     ("exactforge.mathfn", "exactforge.data"),
     ("exactforge",),  # the package root: compile_options, thread counts
     ("exactforge.report",),
+    ("exactforge.distributed",),
     ("exactforge.nn",),
     ("exactforge.models",),
     ("exactforge.trace",),

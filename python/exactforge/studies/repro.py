@@ -111,7 +111,7 @@ class StudyReport:
     seconds: float
     papers: Dict[str, str] = field(default_factory=lambda: dict(PAPERS))
     environment: Dict[str, Any] = field(default_factory=dict)
-    executor: Optional[Dict[str, Any]] = None  # where the recomputations ran (None: here); exactforge.distributed
+    executor: Optional[Dict[str, Any]] = None  # where the recomputations ran (None: here); exactforge.verify.ray
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

@@ -167,7 +167,7 @@ class VerificationReport:
     interval: Optional[Dict[str, Any]] = None
     required: List[str] = field(default_factory=list)
     executor: Optional[Dict[str, Any]] = (
-        None  # where the segments ran (None: here, serially); see exactforge.distributed
+        None  # where the segments ran (None: here, serially); see exactforge.verify.ray
     )
 
     def to_dict(self) -> Dict[str, Any]:

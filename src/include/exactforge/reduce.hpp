@@ -58,6 +58,41 @@ struct ImplicitRows {
 /// the scales come from the same row maxima and every panel is sliced from the same values.
 template <class T>
 void matmul_exact_implicit(const ImplicitRows<T>& a, const T* b, T* out, int64_t m, int64_t k, int64_t n, int threads);
+/// A reduction whose terms are spread over processes (data-parallel training). Integer level
+/// sums do not depend on how the terms are split, provided every part slices with the same
+/// scales: so each process finds the maxima of its part (exact_maxima), the processes take the
+/// maximum of those (an all-reduce), each computes the levels of its part with them
+/// (matmul_exact_levels), the levels are added up (an all-reduce of int64), and
+/// round_exact_levels rounds the sum once: the bits of matmul_exact over all the terms, on one
+/// process. Non-finite terms are left out of the levels; exact_special_flags gives, per output,
+/// what its non-finite products were (bit 0 NaN, 1 +Inf, 2 -Inf), combined by OR across
+/// processes; a non-zero flag decides the output as matmul_exact's special case does.
+struct ExactShare {
+  int64_t k_total;        // terms of the whole reduction, over every process (fixes the slicing plan)
+  const double* row_max;  // m maxima of |a[i, t]| over the whole reduction's finite terms
+  const double* col_max;  // n maxima of |b[t, j]|
+  int64_t* levels;        // out: m x n x S (S = 2 for float32, 4 for float64), this part's level sums
+};
+/// Maxima of |a|'s rows and |b|'s columns over finite entries; true if any entry is not finite.
+template <class T>
+bool exact_maxima(const T* a, const T* b, int64_t m, int64_t k, int64_t n, double* row_max, double* col_max);
+template <class T>
+void exact_special_flags(const T* a, const T* b, int64_t m, int64_t k, int64_t n, uint8_t* flags);
+template <class T>
+void matmul_exact_levels(const T* a, const T* b, int64_t m, int64_t k, int64_t n, const ExactShare& share,
+                         int threads);
+template <class T>
+void round_exact_levels(const int64_t* levels, int64_t m, int64_t n, int64_t k_total, const double* row_max,
+                        const double* col_max, const uint8_t* flags, T* out);
+/// The same for sum_exact over the k rows of x (k x n): column maxima, levels (n x 2), rounding.
+template <class T>
+bool sum_maxima(const T* x, int64_t k, int64_t n, double* col_max);
+template <class T>
+void sum_special_flags(const T* x, int64_t k, int64_t n, uint8_t* flags);
+template <class T>
+void sum_exact_levels(const T* x, int64_t k, int64_t n, const double* col_max, int64_t* levels, int threads);
+template <class T>
+void round_sum_levels(const int64_t* levels, int64_t n, const double* col_max, const uint8_t* flags, T* out);
 /// The float32 exact matmul through a named kernel (0 auto, 1 float64 slices, 2 int8 digits in
 /// C++, 3 int8 digits on AMX, 4 int8 digits on AVX-512 VNNI): the same bits from every one; for
 /// tests and benchmarks.

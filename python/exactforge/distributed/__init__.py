@@ -1,0 +1,10 @@
+"""Data-parallel reductions with the bits of one process: a batch split among processes is
+reduced as exact integer levels with scales agreed by all of them, the levels are added by an
+all-reduce (integer sums do not depend on the split or on the order the processes add them), and
+the sum is rounded once (``exact_matmul``, ``exact_sum``)."""
+
+from __future__ import annotations
+
+from .allreduce import ReductionBytes, exact_matmul, exact_sum
+
+__all__ = ["exact_matmul", "exact_sum", "ReductionBytes"]
