@@ -237,3 +237,20 @@ def weight_grad_macs(net, x) -> int:
     for h in hs:
         h.remove()
     return total
+
+
+def in_processes(n: int, argv: list) -> list:
+    """Runs ``python ARGV`` in n fresh processes, one after another, and returns what each printed
+    last as JSON: a measurement taken in several processes, since some effects (where the heap
+    puts a buffer, how two OpenMP runtimes' waiting threads meet) are settled once per process."""
+    import json
+    import subprocess
+    import sys
+
+    out = []
+    for _ in range(n):
+        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"a measuring process failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return out
