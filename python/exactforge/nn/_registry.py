@@ -10,7 +10,7 @@ instance.
 from __future__ import annotations
 
 import types
-from typing import Callable, Dict, List, Optional, Type
+from typing import Any, Callable, Dict, List, Optional, Type
 
 from torch import nn
 
@@ -54,7 +54,7 @@ def _lookup(module: nn.Module):
     return None
 
 
-def reproducible(module: nn.Module, mode: str = "exact") -> nn.Module:
+def reproducible(module: nn.Module, mode: Any = "exact") -> nn.Module:
     """The same module, with every supported layer running through exactforge's reproducible
     kernels in forward and backward; returns ``module``.
 
@@ -62,15 +62,22 @@ def reproducible(module: nn.Module, mode: str = "exact") -> nn.Module:
     a layer sums over examples) is order-independent, so gradients are bitwise the same for any
     batch order and thread count. Products along the feature axes of one example run in a fixed
     order. ``mode="fixed"``: batch reductions in the batch's own order (thread-invariant, not
-    batch-order-invariant).
+    batch-order-invariant). ``mode=exactforge.distributed.SharedBatch(group)``: the exact mode
+    over a global batch split among the processes of a torch.distributed group (each process
+    runs the model on its examples and gets the one-process gradients bit for bit).
 
     A submodule of a type without a reproducible implementation raises UnsupportedLayerError
     naming it (its path in the model and its type); containers (Sequential, ModuleList,
     ModuleDict) and modules whose only job is to call their children are walked into. A custom
     module's own forward code runs as written: the guarantee covers the layers, so keep
     arithmetic that mixes examples out of custom forwards."""
-    if mode not in MODES:
-        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if isinstance(mode, str):
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    elif not all(callable(getattr(mode, f, None)) for f in ("matmul", "sum", "rows")):
+        raise TypeError(
+            f"mode: expected one of {MODES} or a shared batch (exactforge.distributed.SharedBatch), got {mode!r}"
+        )
     if not isinstance(module, nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
     for name, t in list(module.named_parameters()) + list(module.named_buffers()):
@@ -110,9 +117,14 @@ def reproducible(module: nn.Module, mode: str = "exact") -> nn.Module:
 
 
 def mode_of(module: nn.Module) -> Optional[str]:
-    """The mode ``reproducible`` gave the module's layers, or None if it was not made
-    reproducible; ValueError if its layers were made reproducible with different modes."""
-    modes = {getattr(m, "_exactforge_mode", None) for m in module.modules()} - {None}
+    """The mode ``reproducible`` gave the module's layers (a shared batch's: "exact"), or None if
+    it was not made reproducible; ValueError if its layers were made reproducible with different
+    modes."""
+    # a shared batch reports the mode whose bits it gives ("exact")
+    modes = {
+        getattr(getattr(m, "_exactforge_mode", None), "name", getattr(m, "_exactforge_mode", None))
+        for m in module.modules()
+    } - {None}
     if len(modes) > 1:
         raise ValueError(
             f"model: its layers were made reproducible with different modes {sorted(map(str, modes))}; use one"

@@ -47,12 +47,23 @@ def _fixed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return R.matmul(a.contiguous(), b.contiguous(), mode="fixed")
 
 
-def _batch(a: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
+def _batch(a: torch.Tensor, b: torch.Tensor, mode: Any) -> torch.Tensor:
+    """A reduction over examples: "exact" or "fixed", or a mode object whose examples are
+    split among processes (exactforge.distributed.SharedBatch: its own exact product)."""
+    if not isinstance(mode, str):
+        return mode.matmul(a.contiguous(), b.contiguous())
     return R.matmul(a.contiguous(), b.contiguous(), mode=mode)
 
 
-def _bsum(x: torch.Tensor, mode: str) -> torch.Tensor:
+def _bsum(x: torch.Tensor, mode: Any) -> torch.Tensor:
+    if not isinstance(mode, str):
+        return mode.sum(x.contiguous())
     return R.sum(x.contiguous(), axis=0, mode=mode)
+
+
+def _count(k: int, mode: Any) -> int:
+    """How many terms a batch reduction of k local terms has: k, or their sum over processes."""
+    return k if isinstance(mode, str) else mode.rows(k)
 
 
 class _Linear(torch.autograd.Function):
@@ -181,7 +192,7 @@ class _Conv2d(torch.autograd.Function):
                 dx = _col2im(dcols, shape, ([kh, kw], list(stride), list(padding), list(dilation)))
         if ctx.needs_input_grad[1]:
             geo = ([kh, kw], list(stride), list(padding), list(dilation))
-            if mode == "exact" and x.dtype in _NATIVE:
+            if isinstance(mode, str) and mode == "exact" and x.dtype in _NATIVE:
                 # im2col(x) @ dyt with im2col gathered a panel at a time as the product slices it
                 # (src/core/conv.cpp): the bits of the product below, without the kh x kw copies
                 # of x that im2col is
@@ -247,7 +258,7 @@ def _channel_sum(t: torch.Tensor, mode: str) -> torch.Tensor:
     where they lie; other dtypes go through a transposed copy and the same sum."""
     N, C = t.shape[0], t.shape[1]
     x = t.detach().reshape(N, C, -1)
-    if x.dtype in _NATIVE:
+    if x.dtype in _NATIVE and isinstance(mode, str):
         return torch.from_numpy(_core.sum_channels(x.contiguous().numpy(), mode))
     return _bsum(x.transpose(1, 2).reshape(-1, C), mode)
 
@@ -268,12 +279,12 @@ class _BatchNormTrain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps, mode):
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        M = x.numel() // x.shape[1]
+        M = _count(x.numel() // x.shape[1], mode)
         mean = _channel_sum(x, mode) / M
         # fused only where no NaN can enter an operation with another NaN (x and the affine
         # parameters finite): there x86 keeps the first operand's NaN, and the order of operands
         # inside torch's broadcasting kernels is not one this code can promise to repeat
-        fused = _fused_norm(x, weight, bias) and bool(torch.isfinite(mean).all())
+        fused = isinstance(mode, str) and _fused_norm(x, weight, bias) and bool(torch.isfinite(mean).all())
         if fused:
             x3 = _ncl(x)
             var = torch.from_numpy(_core.sum_centered_squares(x3, mean.numpy(), mode)) / M
@@ -355,7 +366,7 @@ def batch_norm_train(
     one float64 expression rounded once, so it does not depend on where the channel sits."""
     if x.dim() < 2 or x.numel() == 0:
         raise ValueError(f"x: expected (batch, channels, ...) with at least one element, got {tuple(x.shape)}")
-    M = x.numel() // x.shape[1]
+    M = _count(x.numel() // x.shape[1], mode)
     if M < 2:
         raise ValueError(f"x: training-mode BatchNorm needs more than one value per channel, got {tuple(x.shape)}")
     y, mean, var = _BatchNormTrain.apply(x, weight, bias, float(eps), mode)
@@ -374,9 +385,10 @@ class _CrossEntropy(torch.autograd.Function):
         z = logits.detach().cpu().numpy()
         qn = q.detach().cpu().numpy()
         losses, p = mathfn.softmax_xent(z, qn, mode="fixed")  # per example; classes in a fixed order
-        n = np.asarray(z.dtype.type(len(z)))
+        n = np.asarray(z.dtype.type(_count(len(z), mode)))  # the whole batch's size
         ctx.save_for_backward(torch.from_numpy(mathfn.output_errors(p, qn, mode="fixed") / n))
-        return torch.from_numpy(np.asarray(R.sum(losses.reshape(-1, 1), axis=0, mode=mode)[0] / n))
+        total = _bsum(torch.from_numpy(np.ascontiguousarray(losses.reshape(-1, 1))), mode).numpy()
+        return torch.from_numpy(np.asarray(total[0] / n))
 
     @staticmethod
     def backward(ctx, g):
@@ -410,11 +422,12 @@ class _MSE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, t, mode):
         d = (x - t).reshape(len(x), -1)
-        n = d.numel()
+        n = _count(d.numel(), mode)  # the whole batch's terms
         ctx.save_for_backward(d)
         ctx.n, ctx.shape = n, x.shape
         per = d * d
-        return R.sum(R.sum(per.t().contiguous(), axis=0, mode="fixed").reshape(-1, 1), axis=0, mode=mode)[0] / n
+        rows = R.sum(per.t().contiguous(), axis=0, mode="fixed").reshape(-1, 1)
+        return _bsum(torch.as_tensor(rows), mode)[0] / n
 
     @staticmethod
     def backward(ctx, g):
@@ -791,6 +804,13 @@ def embedding(
 ) -> torch.Tensor:
     if ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"ids: expected integer token ids, got {ids.dtype}")
+    if not isinstance(mode, str):
+        # its gradient sums each token's rows, and which tokens a process holds differs: the
+        # shared form needs the union of the processes' tokens first, which is not built
+        raise ValueError(
+            f"mode: Embedding has no reduction shared among processes yet ({mode!r}); "
+            "train it with mode='exact' on one process"
+        )
     return _Embedding.apply(ids.long(), weight, -1 if padding_idx is None else int(padding_idx), mode)
 
 
