@@ -61,7 +61,7 @@ def check_spec(spec: Any) -> None:
             raise ValueError("'loss': label_smoothing must be a number in [0, 1]")
 
 
-def replay(spec: Optional[Dict[str, Any]], reduction: Optional[str], loss_fn: Optional[Callable] = None) -> Callable:
+def replay(spec: Optional[Dict[str, Any]], reduction: Any, loss_fn: Optional[Callable] = None) -> Callable:
     """loss(output, y) for the verifier, y being the class indices of the batch."""
     import torch.nn.functional as F
 
@@ -70,8 +70,11 @@ def replay(spec: Optional[Dict[str, Any]], reduction: Optional[str], loss_fn: Op
     spec = spec or {"name": "cross_entropy", "label_smoothing": 0.0}
     if loss_fn is not None:
         return loss_fn
-    rep = reduction in ("exact", "fixed")
-    mode = str(reduction)
+    # a shared batch (exactforge.distributed.SharedBatch) replays the exact loss over the
+    # processes' whole batch, as the loop computed it
+    shared = reduction is not None and not isinstance(reduction, str)
+    rep = shared or reduction in ("exact", "fixed")
+    mode: Any = reduction if shared else str(reduction)
     if spec["name"] == "cross_entropy":
         s = float(spec["label_smoothing"])
         if rep:

@@ -260,6 +260,15 @@ class TraceRecorder:
         self._steps = 0
         loss = spec_of(loss_fn)
         clip = W.clip_entry(clip_grad_norm, clip_grad_value)
+        # A model whose batch is split among processes (exactforge.distributed.SharedBatch):
+        # every process runs a recorder, each step's global batch is gathered, and rank 0 writes.
+        self._shared = _shared_batch(model)
+        self._rank = 0
+        if self._shared is not None:
+            import torch.distributed as dist
+
+            self._rank = dist.get_rank(self._shared.group)
+            self._world = dist.get_world_size(self._shared.group)
         if xnn.mode_of(model) is not None:
             W.check_reproducible_loop(model, loss_fn)
         # How the loop feeds one example to the model: given, or the data set's image shape for a
@@ -306,6 +315,8 @@ class TraceRecorder:
             },
             "environment": environment(_device_of(model)),
         }
+        if self._shared is not None:  # declared: the bits do not depend on it
+            self.manifest["environment"]["world_size"] = self._world
         if extra:
             self.manifest["extra"] = dict(extra)  # the caller's own fields: declared, never verified
         if clip is not None:
@@ -324,7 +335,7 @@ class TraceRecorder:
             self.manifest["augment"] = self._augment.to_dict()
         self._loss_fn, self._dataset = loss_fn, ds
         self._watch: Optional[W.LoopWatch] = None
-        self._writer: Optional[TraceWriter] = None
+        self._writer: Optional[Union[TraceWriter, _Follower]] = None
         self._since_ckpt = 0
 
     def _state(self) -> Dict[str, np.ndarray]:
@@ -335,7 +346,10 @@ class TraceRecorder:
         return st
 
     def __enter__(self) -> "TraceRecorder":
-        self._writer = TraceWriter(self.directory, self.manifest, self._state(), background=True)
+        if self._rank != 0:  # another process of a shared batch: rank 0 writes the trace
+            self._writer = _Follower(self.steps)
+        else:
+            self._writer = TraceWriter(self.directory, self.manifest, self._state(), background=True)
         self._watch = self._make_watch()
         self._watch.install()
         return self
@@ -350,7 +364,8 @@ class TraceRecorder:
         man = self.manifest
         X, y = torch_data(self._dataset, self.model, man["input_shape"])
         custom = self._loss_fn if man["loss"]["name"] == "custom" else None
-        loss = replay(man["loss"], man["reduction"], custom)
+        # a shared batch's loop computed the loss over every process's examples: so does the check
+        loss = replay(man["loss"], self._shared if self._shared is not None else man["reduction"], custom)
         clip = clip_function(man.get("clip_grad"), mode_of(self.model) is not None)
         return LoopWatch(
             self.model,
@@ -374,7 +389,7 @@ class TraceRecorder:
             raise ValueError("batch_indices: expected a non-empty 1-D sequence of dataset indices")
         if idx.min() < 0 or idx.max() >= self._num_examples:
             raise ValueError(f"batch_indices: indices must lie in 0..{self._num_examples - 1}")
-        if whole and self.batch_size is not None and idx.size != self.batch_size:
+        if whole and self._shared is None and self.batch_size is not None and idx.size != self.batch_size:
             raise ValueError(
                 f"batch_indices: {idx.size} examples, but batch_size={self.batch_size} was declared "
                 "(pass batch_size=None to the recorder for batches of varying size)"
@@ -413,23 +428,42 @@ class TraceRecorder:
 
         idx = self._indices(batch_indices, "step")
         assert self._writer is not None  # _indices refused a recorder outside its with block
+        mine = idx  # this process's examples (all of them on one process)
+        if self._shared is not None:
+            idx = self._global_batch(idx)
         begun, self._begun = self._begun, None
         for m in keyed_layers(self.model):  # the next forward pass needs the next step's keys
             setattr(m, "_exactforge_keys", None)
-        if begun is not None and not np.array_equal(begun, idx):
+        if begun is not None and not np.array_equal(begun, mine):
             raise ValueError("batch_indices: step() got other examples than begin() announced for this step")
         assert self._watch is not None  # installed on entering the block
-        rates = self._watch.take(idx, self._writer.next_step)  # refuses a step that the trace could not replay
+        rates = self._watch.take(mine, self._writer.next_step)  # refuses a step that the trace could not replay
         lr: Union[None, float, List[float]] = None
         if rates != group_rates(self._opt_spec):  # a schedule (or a hand edit) changed them
             lr = rates[0] if len(rates) == 1 else rates
         self._since_ckpt += 1
         self._steps += 1
         final = self.steps is not None and self._writer.next_step + 1 == self.steps
-        ck = self._state() if (self._since_ckpt == self.checkpoint_every or final) else None
-        if ck is not None:
+        due = self._since_ckpt == self.checkpoint_every or final
+        ck = self._state() if due and self._rank == 0 else None
+        if due:
             self._since_ckpt = 0
         self._writer.append(idx, ck, final=final, lr=lr)
+
+    def _global_batch(self, idx: np.ndarray) -> np.ndarray:
+        """The step's whole batch: every process's examples, in rank order (a collective)."""
+        import torch.distributed as dist
+
+        assert self._shared is not None
+        parts: List[Any] = [None] * self._world
+        dist.all_gather_object(parts, [int(i) for i in idx], group=self._shared.group)
+        whole = np.asarray([i for p in parts for i in p], dtype=np.int64)
+        if self.batch_size is not None and whole.size != self.batch_size:
+            raise ValueError(
+                f"batch_indices: the processes' examples make a batch of {whole.size}, but batch_size="
+                f"{self.batch_size} was declared"
+            )
+        return whole
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._watch is not None:
@@ -442,7 +476,7 @@ class TraceRecorder:
             if exc_type is not None or w.finished or w.last is None:
                 return  # on an error the trace keeps every complete step and stays incomplete
             if self.steps is None:  # the run ends here: the last step becomes final
-                w.finish(self._state() if self._since_ckpt else None)
+                w.finish(self._state() if self._since_ckpt and self._rank == 0 else None)
         finally:
             if exc_type is None:
                 w.close()  # every step committed, or the failed write raised
@@ -454,6 +488,38 @@ class TraceRecorder:
 
 
 MAX_ACCUMULATE = 1024
+
+
+def _shared_batch(model: Any) -> Any:
+    """The shared batch (exactforge.distributed.SharedBatch) the model's layers reduce over, or
+    None for a model on one process."""
+    for m in model.modules():
+        mode = getattr(m, "_exactforge_mode", None)
+        if mode is not None and not isinstance(mode, str):
+            return mode
+    return None
+
+
+class _Follower:
+    """The writer of a process other than rank 0 in a shared batch: it writes nothing and keeps
+    the step count, so the processes agree on each step's number (dropout keys, the last step)."""
+
+    def __init__(self, steps: Optional[int]) -> None:
+        self.steps = steps
+        self.next_step = 0
+        self.finished = False
+        self.last: Optional[int] = None
+
+    def append(self, idx: Any, checkpoint: Any, *, final: bool = False, lr: Any = None) -> None:
+        self.last = self.next_step
+        self.next_step += 1
+        self.finished = final
+
+    def finish(self, checkpoint: Any = None) -> None:
+        self.finished = True
+
+    def close(self) -> None:
+        pass
 
 
 def _check_augment(augment: Any, input_shape: Sequence[int]) -> Any:

@@ -1,0 +1,77 @@
+"""A trace recorded by several processes (each holding part of every batch, under
+DistributedDataParallel with exact_allreduce_hook) records the global batches and the world size,
+and verifies at epsilon = 0 on one process."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import exactforge.nn as xnn
+
+BATCH, STEPS = 30, 4
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 10))
+
+
+def _batches(n):
+    rng = np.random.default_rng(3)
+    return [rng.choice(n, BATCH, replace=False) for _ in range(STEPS)]
+
+
+def _worker(rank, world, init, out):
+    from torch.nn.parallel import DistributedDataParallel
+
+    from exactforge.data import load_digits
+    from exactforge.distributed import SharedBatch, exact_allreduce_hook
+    from exactforge.trace.record import TraceRecorder
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        data = load_digits()
+        X, y = torch.from_numpy(data.X), torch.from_numpy(data.y)
+        shared = SharedBatch()
+        module = xnn.reproducible(_net(), mode=shared)
+        model = DistributedDataParallel(module)
+        model.register_comm_hook(shared, exact_allreduce_hook)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        cuts = np.linspace(0, BATCH, world + 1).astype(int)
+        with TraceRecorder(
+            out, module, opt, data, batch_size=BATCH, steps=STEPS, loss_fn=xnn.cross_entropy, checkpoint_every=2
+        ) as rec:
+            for idx in _batches(len(data)):
+                mine = idx[cuts[rank] : cuts[rank + 1]]
+                loss = xnn.cross_entropy(model(X[mine]), y[mine], mode=shared)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                rec.step(mine)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_trace_recorded_by_several_processes_verifies_on_one(world, tmp_path):
+    from exactforge.trace import Trace
+    from exactforge.verify import verify_trace
+
+    out = str(tmp_path / "trace")
+    mp.spawn(_worker, args=(world, f"file://{tmp_path / 'store'}", out), nprocs=world, join=True)
+    trace = Trace.open(out)
+    man = json.loads(open(os.path.join(out, "manifest.json")).read())
+    assert man["environment"]["world_size"] == world
+    want = _batches(1797)
+    for t in range(STEPS):
+        assert np.array_equal(np.asarray(trace.record(t).batch), want[t])  # the global batch
+    report = verify_trace(out, model=xnn.reproducible(_net()), epsilon=0.0)
+    assert report.accepted and report.max_error == 0.0
