@@ -4,6 +4,7 @@ and verifies at epsilon = 0 on one process."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 
@@ -56,6 +57,10 @@ def _worker(rank, world, init, out):
                 loss.backward()
                 opt.step()
                 rec.step(mine)
+        # DDP's reducer outliving the process group aborts the process at exit
+        dist.barrier()
+        del model, module, opt
+        gc.collect()
     finally:
         dist.destroy_process_group()
 

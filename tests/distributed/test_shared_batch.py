@@ -6,6 +6,7 @@ training mode (its statistics and running averages), ReLU, pooling, Linear and L
 from __future__ import annotations
 
 import copy
+import gc
 import os
 
 import numpy as np
@@ -71,6 +72,11 @@ def _worker(rank, world, init, out, ddp=False):
         res = {"loss": loss.numpy(), "rm": bn.running_mean.numpy(), "rv": bn.running_var.numpy()}
         res.update({f"g_{k}": v.numpy() for k, v in grads.items()})
         np.savez(os.path.join(out, f"rank{rank}.npz"), **res)
+        # DDP's reducer outliving the process group aborts the process at exit: finish together,
+        # drop the wrapper, then destroy the group
+        dist.barrier()
+        del net, model
+        gc.collect()
     finally:
         dist.destroy_process_group()
 

@@ -17,6 +17,7 @@ what one process's special case gives.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -36,15 +37,22 @@ _SUM_MAX_K = 1 << 22
 
 @dataclass
 class ReductionBytes:
-    """Bytes one process contributes to the collectives of one reduction: the maxima, the
-    length of its part, the integer levels, and the non-finite reports (only when there are
-    non-finite terms); ``float32_bytes`` is what an all-reduce of the float result would send."""
+    """Bytes one process contributes to the collectives of reductions: the maxima, the length of
+    its part, the integer levels, and the non-finite reports (only when there are non-finite
+    terms); ``float32_bytes`` is what an all-reduce of the float results would send, and
+    ``seconds`` the time spent in the collectives. ``add`` accumulates another's counts."""
 
     maxima: int = 0
     lengths: int = 0
     levels: int = 0
     special: int = 0
     float32_bytes: int = 0
+    seconds: float = 0.0
+    calls: int = 0
+
+    def add(self, other: "ReductionBytes") -> None:
+        for f in ("maxima", "lengths", "levels", "special", "float32_bytes", "seconds", "calls"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
 
     @property
     def total(self) -> int:
@@ -58,6 +66,8 @@ class ReductionBytes:
             "special": self.special,
             "total": self.total,
             "float32_bytes": self.float32_bytes,
+            "seconds": self.seconds,
+            "calls": self.calls,
         }
 
 
@@ -69,13 +79,19 @@ def _numpy(t: Any, name: str) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def _agree(maxima: np.ndarray, bad: bool, k: int, group: Optional[Any], limit: int) -> tuple:
+def _all_reduce(t: torch.Tensor, op: Any, group: Optional[Any], clock: list) -> None:
+    t0 = time.perf_counter()
+    dist.all_reduce(t, op=op, group=group)
+    clock[0] += time.perf_counter() - t0
+
+
+def _agree(maxima: np.ndarray, bad: bool, k: int, group: Optional[Any], limit: int, clock: list) -> tuple:
     """The maxima over every process (and whether any process has a non-finite term), and the
     whole axis' length: two small all-reduces."""
     head = torch.from_numpy(np.concatenate([maxima, [1.0 if bad else 0.0]]))
-    dist.all_reduce(head, op=dist.ReduceOp.MAX, group=group)
+    _all_reduce(head, dist.ReduceOp.MAX, group, clock)
     kt = torch.tensor([k], dtype=torch.int64)
-    dist.all_reduce(kt, op=dist.ReduceOp.SUM, group=group)
+    _all_reduce(kt, dist.ReduceOp.SUM, group, clock)
     k_total = int(kt.item())
     if k_total < 1:
         raise ValueError("the reduced axis is empty on every process")
@@ -84,10 +100,10 @@ def _agree(maxima: np.ndarray, bad: bool, k: int, group: Optional[Any], limit: i
     return head[:-1].numpy(), bool(head[-1].item() > 0), k_total
 
 
-def _or_flags(flags: np.ndarray, group: Optional[Any]) -> np.ndarray:
+def _or_flags(flags: np.ndarray, group: Optional[Any], clock: list) -> np.ndarray:
     """Bitwise OR of every process's NaN/+Inf/-Inf reports, as the maximum of each bit."""
     planes = torch.from_numpy(np.stack([(flags >> b) & 1 for b in range(3)]).astype(np.uint8))
-    dist.all_reduce(planes, op=dist.ReduceOp.MAX, group=group)
+    _all_reduce(planes, dist.ReduceOp.MAX, group, clock)
     p = planes.numpy()
     return (p[0] | (p[1] << 1) | (p[2] << 2)).astype(np.uint8)
 
@@ -106,18 +122,18 @@ def exact_matmul(
             f"a, b: expected m x k and k x n of one dtype, got {an.shape} {an.dtype} and {bn.shape} {bn.dtype}"
         )
     m, k, n = an.shape[0], an.shape[1], bn.shape[1]
+    clock = [0.0]
     rm, cm, bad = _core.exact_maxima(an, bn)
-    maxima, any_bad, k_total = _agree(np.concatenate([rm, cm]), bad, k, group, _MATMUL_MAX_K)
+    maxima, any_bad, k_total = _agree(np.concatenate([rm, cm]), bad, k, group, _MATMUL_MAX_K, clock)
     rm, cm = np.ascontiguousarray(maxima[:m]), np.ascontiguousarray(maxima[m:])
     levels = torch.from_numpy(_core.matmul_exact_levels(an, bn, k_total, rm, cm))
-    dist.all_reduce(levels, op=dist.ReduceOp.SUM, group=group)
-    flags = _or_flags(_core.exact_special_flags(an, bn), group) if any_bad else None
+    _all_reduce(levels, dist.ReduceOp.SUM, group, clock)
+    flags = _or_flags(_core.exact_special_flags(an, bn), group, clock) if any_bad else None
     out = _core.round_exact_levels(levels.numpy(), k_total, rm, cm, flags, str(an.dtype))
     if stats is not None:
-        stats.maxima, stats.lengths = 8 * (m + n + 1), 8
-        stats.levels = levels.numel() * 8
-        stats.special = 3 * m * n if any_bad else 0
-        stats.float32_bytes = 4 * m * n
+        stats.add(
+            ReductionBytes(8 * (m + n + 1), 8, levels.numel() * 8, 3 * m * n if any_bad else 0, 4 * m * n, clock[0], 1)
+        )
     return torch.from_numpy(out)
 
 
@@ -128,16 +144,14 @@ def exact_sum(x: torch.Tensor, group: Optional[Any] = None, *, stats: Optional[R
     if xn.ndim != 2:
         raise ValueError(f"x: expected a 2-D (rows, columns) tensor, got shape {xn.shape}")
     k, n = xn.shape
+    clock = [0.0]
     cm, bad = _core.sum_maxima(xn)
-    cm, any_bad, k_total = _agree(cm, bad, k, group, _SUM_MAX_K)
+    cm, any_bad, k_total = _agree(cm, bad, k, group, _SUM_MAX_K, clock)
     cm = np.ascontiguousarray(cm)
     levels = torch.from_numpy(_core.sum_exact_levels(xn, k_total, cm))
-    dist.all_reduce(levels, op=dist.ReduceOp.SUM, group=group)
-    flags = _or_flags(_core.sum_special_flags(xn), group) if any_bad else None
+    _all_reduce(levels, dist.ReduceOp.SUM, group, clock)
+    flags = _or_flags(_core.sum_special_flags(xn), group, clock) if any_bad else None
     out = _core.round_sum_levels(levels.numpy(), cm, flags, str(xn.dtype))
     if stats is not None:
-        stats.maxima, stats.lengths = 8 * (n + 1), 8
-        stats.levels = levels.numel() * 8
-        stats.special = 3 * n if any_bad else 0
-        stats.float32_bytes = 4 * n
+        stats.add(ReductionBytes(8 * (n + 1), 8, levels.numel() * 8, 3 * n if any_bad else 0, 4 * n, clock[0], 1))
     return torch.from_numpy(out)

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from .allreduce import exact_matmul, exact_sum
+from .allreduce import ReductionBytes, exact_matmul, exact_sum
 
 __all__ = ["SharedBatch"]
 
@@ -24,11 +24,15 @@ class SharedBatch:
     process's own and is per example anyway. Every process must run the same layers in the same
     order (the reductions are collectives), as data-parallel training does.
 
-    ``name`` is ``"exact"``: what a trace records, since the bits are the exact mode's."""
+    ``name`` is ``"exact"``: what a trace records, since the bits are the exact mode's.
+    ``traffic`` accumulates the bytes this process sent and its time in the collectives (of the
+    weight-sized reductions: the gradients, the statistics), for measuring; ``rows`` is not
+    counted (one integer)."""
 
     name = "exact"
 
     def __init__(self, group: Optional[Any] = None) -> None:
+        self.traffic = ReductionBytes()
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(
                 "SharedBatch: torch.distributed has no process group; call "
@@ -38,11 +42,11 @@ class SharedBatch:
 
     def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``a @ b`` over every process's part of the shared axis (a: m x k_p, b: k_p x n)."""
-        return exact_matmul(a, b, self.group)
+        return exact_matmul(a, b, self.group, stats=self.traffic)
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         """The sum over axis 0 of ``x`` and every other process's rows."""
-        return exact_sum(x, self.group)
+        return exact_sum(x, self.group, stats=self.traffic)
 
     def rows(self, k: int) -> int:
         """k summed over the processes: the global count of examples (or terms)."""

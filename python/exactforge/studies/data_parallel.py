@@ -9,6 +9,7 @@ the same training done by one process on the whole batches."""
 from __future__ import annotations
 
 import copy
+import gc
 
 import torch
 import torch.distributed as dist
@@ -50,14 +51,20 @@ def main() -> None:
     model.register_comm_hook(shared, exact_allreduce_hook)
     train(model, batches, X, y, shared, part)
 
+    same = True
     if rank == 0:
         alone = xnn.reproducible(copy.deepcopy(net()))
         train(alone, batches, X, y, "exact")
         same = all(torch.equal(a, b) for a, b in zip(model.module.state_dict().values(), alone.state_dict().values()))
         print(f"{world} processes and one process: {'the same bits' if same else 'DIFFERENT'}")
-        if not same:
-            raise SystemExit(1)
+    # every process finishes, and DDP's reducer goes before the process group it uses: a reducer
+    # that outlives the group aborts its process at exit
+    dist.barrier()
+    del model
+    gc.collect()
     dist.destroy_process_group()
+    if rank == 0 and not same:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""Data-parallel LeNet steps on 1, 2 and 3 Gloo processes (MNIST-5k, global batch 100 split
+evenly): torch's DistributedDataParallel against the reproducible model with SharedBatch and
+exact_allreduce_hook.
+
+Checked first, in every process count: the reproducible gradients equal one process's on the whole
+batch, bit for bit. Then per step: the bytes each process sends (torch: its float32 gradient in
+DDP's all-reduce; exactforge: the integer levels, maxima and lengths of every shared reduction) and
+the time in collectives (torch: an all-reduce of the float32 gradient, as DDP's one bucket sends
+it; exactforge: every collective of the step), and the whole step's time. Best of --repeats, the
+two steps alternating; processes use 2 // world threads each (2 cores).
+
+    python benchmarks/bench_distributed.py [--repeats 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+GLOBAL_BATCH = 100
+
+
+def _worker(rank: int, world: int, init: str, out: str, repeats: int) -> None:
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel
+
+    import exactforge
+    import exactforge.nn as xnn
+    from exactforge.data import load_dataset
+    from exactforge.distributed import SharedBatch, exact_allreduce_hook
+    from exactforge.models.zoo import build_model
+
+    threads = max(1, 2 // world)
+    torch.set_num_threads(threads)
+    exactforge.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    data = load_dataset("mnist-5k")
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:GLOBAL_BATCH].numpy()
+    X = torch.from_numpy(data.X[idx]).reshape(GLOBAL_BATCH, *data.shape)
+    y = torch.from_numpy(data.y[idx])
+    lo, hi = rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world
+    net = build_model("lenet", data.shape, data.num_classes, seed=0)
+
+    shared = SharedBatch()
+    rep = DistributedDataParallel(xnn.reproducible(copy.deepcopy(net), mode=shared))
+    rep.register_comm_hook(shared, exact_allreduce_hook)
+    plain = DistributedDataParallel(copy.deepcopy(net))
+
+    def step(model, loss_fn) -> None:
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(X[lo:hi]), y[lo:hi]).backward()
+
+    # the bits: this process's gradient against one process's on the whole batch (rank 0 checks)
+    step(rep, lambda o, t: xnn.cross_entropy(o, t, mode=shared))
+    grads = [p.grad.clone() for p in rep.parameters()]
+    same = True
+    if rank == 0:
+        alone = xnn.reproducible(copy.deepcopy(net))
+        xnn.cross_entropy(alone(X), y).backward()
+        same = all(torch.equal(a, p.grad) for a, p in zip(grads, alone.parameters()))
+
+    t_plain, t_rep, comm_rep = [], [], []
+    for _ in range(repeats):
+        dist.barrier()
+        t0 = time.perf_counter()
+        step(plain, F.cross_entropy)
+        t_plain.append(time.perf_counter() - t0)
+        dist.barrier()
+        before = shared.traffic.seconds
+        t0 = time.perf_counter()
+        step(rep, lambda o, t: xnn.cross_entropy(o, t, mode=shared))
+        t_rep.append(time.perf_counter() - t0)
+        comm_rep.append(shared.traffic.seconds - before)
+    calls = shared.traffic.calls // (repeats + 1)
+    per_step = {k: v // (repeats + 1) for k, v in shared.traffic.to_json().items() if k not in ("seconds", "calls")}
+    n_params = sum(p.numel() for p in net.parameters())
+    flat = torch.zeros(n_params, dtype=torch.float32)
+    comm_plain = []
+    for _ in range(repeats):
+        dist.barrier()
+        t0 = time.perf_counter()
+        dist.all_reduce(flat)
+        comm_plain.append(time.perf_counter() - t0)
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(
+                {
+                    "world": world,
+                    "threads": threads,
+                    "same_bits": bool(same),
+                    "torch_step": min(t_plain),
+                    "exact_step": min(t_rep),
+                    "torch_bytes": 4 * n_params,
+                    "exact_bytes": per_step["total"],
+                    "exact_levels_bytes": per_step["levels"],
+                    "exact_reductions": calls,
+                    "torch_comm": min(comm_plain),
+                    "exact_comm": min(comm_rep),
+                },
+                f,
+            )
+    # DDP's reducers go before the process group they use (one that outlives it aborts at exit)
+    dist.barrier()
+    del rep, plain
+    gc.collect()
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    from exactforge.report.machine import cpu_name
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=10)
+    args = ap.parse_args()
+    print(
+        f"# LeNet on MNIST-5k, global batch {GLOBAL_BATCH} split among Gloo processes; best of {args.repeats}; "
+        f"{cpu_name()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n"
+    )
+    print(
+        "| processes | threads each | same bits as one process | torch DDP step | reproducible step | step ratio | "
+        "bytes sent per step: torch, exactforge | bytes ratio | exact reductions per step | "
+        "time in collectives: torch, exactforge | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for world in (1, 2, 3):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "result.json")
+            mp.spawn(_worker, args=(world, f"file://{tmp}/store", out, args.repeats), nprocs=world, join=True)
+            with open(out) as f:
+                r = json.load(f)
+        if not r["same_bits"]:
+            raise SystemExit(f"{world} processes: the gradients differ from one process's; not reporting times")
+        print(
+            f"| {world} | {r['threads']} | yes | {1e3 * r['torch_step']:.1f} ms | {1e3 * r['exact_step']:.1f} ms | "
+            f"{r['exact_step'] / r['torch_step']:.2f}x | {r['torch_bytes']:,}, {r['exact_bytes']:,} | "
+            f"{r['exact_bytes'] / r['torch_bytes']:.2f}x | {r['exact_reductions']} | "
+            f"{1e3 * r['torch_comm']:.2f} ms, {1e3 * r['exact_comm']:.2f} ms | {r['exact_comm'] / r['torch_comm']:.1f}x |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
