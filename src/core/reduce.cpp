@@ -607,6 +607,19 @@ void sum_exact_impl(const T* x, T* out, int64_t k, int64_t n, int threads, const
   }
 }
 
+// One channel's scale from its columns' maxima: every column gets the channel's one scale (the
+// factors f1, f2 of 2^(w - fe)); `special` says whether a column held an Inf or NaN.
+int channel_scale(const std::vector<double>& mx, const std::vector<char>& nf, std::vector<double>& f1,
+                  std::vector<double>& f2, bool& special) {
+  double m = 0.0;
+  for (size_t l = 0; l < mx.size(); ++l) { m = mx[l] > m ? mx[l] : m; special = special || nf[l]; }
+  const int fe = scale_exponent(m);
+  const Pow2 sc(kSumWidth - fe);
+  std::fill(f1.begin(), f1.end(), sc.f1);
+  std::fill(f2.begin(), f2.end(), sc.f2);
+  return fe;
+}
+
 // A channel's terms are N runs of L contiguous values, C * L apart: the column passes of the
 // exact sum run over them as N rows of L columns, all columns with the channel's one scale (the
 // maximum over the whole channel), and the columns' integer slice sums are added exactly. Every
@@ -634,13 +647,8 @@ void sum_channels_impl(const T* x, T* out, int64_t N, int64_t C, int64_t L, bool
     std::vector<double> mx(L, 0.0), f1(L), f2(L), p0(L), p1(L);
     std::vector<char> nf(L, 0);
     SumFn<T>::max()(base, stride, 0, N, L, mx.data(), nf.data());
-    double m = 0.0;
     bool special = false;
-    for (int64_t l = 0; l < L; ++l) { m = mx[l] > m ? mx[l] : m; special = special || nf[l]; }
-    const int fe = scale_exponent(m);
-    const Pow2 sc(w - fe);
-    std::fill(f1.begin(), f1.end(), sc.f1);
-    std::fill(f2.begin(), f2.end(), sc.f2);
+    const int fe = channel_scale(mx, nf, f1, f2, special);
     static_assert(S == 2, "the passes keep two slices");
     int64_t acc[S] = {0, 0};
     for (int64_t t0 = 0; t0 < N; t0 += kSumChunk) {  // each column gets one term per row
@@ -705,13 +713,8 @@ void sum_channels_terms_impl(T* out, int64_t N, int64_t C, int64_t L, bool exact
       fill(n0, n1);
       SumFn<T>::max()(buf, L, 0, n1 - n0, L, mx.data(), nf.data());
     }
-    double m = 0.0;
     bool special = false;
-    for (int64_t l = 0; l < L; ++l) { m = mx[l] > m ? mx[l] : m; special = special || nf[l]; }
-    const int fe = scale_exponent(m);
-    const Pow2 sc(w - fe);
-    std::fill(f1.begin(), f1.end(), sc.f1);
-    std::fill(f2.begin(), f2.end(), sc.f2);
+    const int fe = channel_scale(mx, nf, f1, f2, special);
     static_assert(S == 2, "the passes keep two slices");
     int64_t acc[S] = {0, 0};
     SpecialAcc sp;

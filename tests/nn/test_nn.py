@@ -603,17 +603,20 @@ def _im2col_conv(x, w, ph, pw):
     return np.ascontiguousarray(yt.reshape(B, Ho * Wo, O).transpose(0, 2, 1).reshape(B, O, Ho, Wo))
 
 
+#: stride-1 geometries (B, C, H, W, O, k, padding): channels across the kernels' channel blocks,
+#: widths across the vector lanes, a 1x1 kernel with more output channels than a block
+STRIDE1_GEOMETRIES = [
+    (2, 3, 8, 8, 5, 3, 1),
+    (3, 1, 28, 28, 6, 5, 0),
+    (2, 16, 17, 33, 16, 3, 1),
+    (1, 2, 5, 40, 9, 3, 2),
+    (1, 13, 5, 40, 9, 3, 2),
+    (2, 4, 7, 7, 33, 1, 0),
+]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(
-    "geo",
-    [
-        (2, 3, 8, 8, 5, 3, 1),
-        (3, 1, 28, 28, 6, 5, 0),
-        (2, 16, 17, 33, 16, 3, 1),
-        (1, 2, 5, 40, 9, 3, 2),
-        (2, 4, 7, 7, 33, 1, 0),
-    ],
-)
+@pytest.mark.parametrize("geo", STRIDE1_GEOMETRIES)
 def test_the_direct_convolution_has_the_im2col_products_bits(dtype, geo):
     """The forward convolution without im2col: each output's fused chain over C*kh*kw in the
     same order, padded positions included, so the same bits as the product it replaced (-0 in
@@ -685,16 +688,7 @@ def _special_values(a, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(
-    "geo",
-    [
-        (2, 3, 8, 8, 5, 3, 1),
-        (3, 1, 28, 28, 6, 5, 0),
-        (2, 16, 17, 33, 16, 3, 1),
-        (1, 13, 5, 40, 9, 3, 2),
-        (2, 4, 7, 7, 33, 1, 0),
-    ],
-)
+@pytest.mark.parametrize("geo", STRIDE1_GEOMETRIES)
 def test_the_direct_input_gradient_has_the_product_and_col2ims_bits(dtype, geo):
     """The input gradient without W^T dY or col2im: each column's chain over the output
     channels, then each pixel's terms in col2im's order, so the same bits (infinities and NaN in
