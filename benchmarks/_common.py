@@ -254,3 +254,28 @@ def in_processes(n: int, argv: list) -> list:
             raise SystemExit(f"a measuring process failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
         out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return out
+
+
+def across_processes(runs: list) -> dict:
+    """The torch-against-reproducible timings of several processes (each a dict with the lists
+    "torch" and "reproducible" of its alternating calls): the median of the processes' best
+    times, the median of their best-of ratios with its range, and the pair-by-pair spread of all
+    calls together, as a table cell each."""
+    ratios = [min(r["reproducible"]) / min(r["torch"]) for r in runs]
+    pairs = (sum((r["torch"] for r in runs), []), sum((r["reproducible"] for r in runs), []))
+    return {
+        "torch": float(np.median([min(r["torch"]) for r in runs])),
+        "reproducible": float(np.median([min(r["reproducible"]) for r in runs])),
+        "ratio": f"{np.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}x)",
+        "spread": ratio_spread(*pairs),
+    }
+
+
+def weight_grad_floor(threads: int, macs: int, t_torch: float) -> str:
+    """A floor, not a measurement: the time the exact mode's weight gradients (``macs``
+    multiply-adds, three float64 FMAs each: the float32 slices' level products) take at the
+    measured float64 peak (two flops an FMA), as a multiple of torch's step; "-" unmeasured."""
+    pk = fma_peak(threads)
+    if pk is None or not pk["avx512_f64_gflops"]:
+        return "-"
+    return f"{6 * macs / (pk['avx512_f64_gflops'] * 1e9) / t_torch:.2f}x"

@@ -22,7 +22,6 @@ import copy
 import json
 import time
 
-import numpy as np
 import torch
 
 import exactforge
@@ -31,14 +30,15 @@ from exactforge.data import load_dataset
 from exactforge.models.zoo import build_model
 
 from _common import (
+    across_processes,
     cpu_name,
     fma_peak,
     grads,
     in_processes,
     interleaved,
     peaks_text,
-    ratio_spread,
     step_flops,
+    weight_grad_floor,
     weight_grad_macs,
 )
 from _common import sgd_step as step
@@ -114,29 +114,18 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         runs = in_processes(args.processes, [__file__, *child_argv(args), "--child", name])
-        r = runs[0]
-        t_torch = float(np.median([min(run["torch"]) for run in runs]))
-        t_rep = float(np.median([min(run["reproducible"]) for run in runs]))
-        ratios = [min(run["reproducible"]) / min(run["torch"]) for run in runs]
-        pairs = (sum((run["torch"] for run in runs), []), sum((run["reproducible"] for run in runs), []))
+        r, t = runs[0], across_processes(runs)
+        t_torch, t_rep = t["torch"], t["reproducible"]
         share = (
             "-"
             if f32_peak is None
             else f"{100 * r['flops'] / t_torch / f32_peak:.0f}%, {100 * r['flops'] / t_rep / f32_peak:.0f}%"
         )
-        # the floor of the exact mode's batch reductions: three float64 FMAs per multiply-add
-        # (the float32 slices' level products), at the measured float64 peak (two flops each)
-        floor = (
-            "-"
-            if pk is None or not pk["avx512_f64_gflops"]
-            else f"{6 * r['weight_grad_macs'] / (pk['avx512_f64_gflops'] * 1e9) / t_torch:.2f}x"
-        )
         same = all(run["same"] for run in runs)
         print(
             f"| {name} | {r['dataset']} | {r['parameters']:,} | {r['rel64']:.2g} / {r['rel']:.2g} | "
             f"{'yes' if same else 'NO'} | {1e3 * t_torch:.1f} ms | {1e3 * t_rep:.1f} ms | "
-            f"{np.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}x) | {ratio_spread(*pairs)} | {share} | "
-            f"{floor} |",
+            f"{t['ratio']} | {t['spread']} | {share} | {weight_grad_floor(args.threads, r['weight_grad_macs'], t_torch)} |",
             flush=True,
         )
 

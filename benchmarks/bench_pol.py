@@ -53,14 +53,14 @@ from exactforge.pol import (
 from exactforge.verify import verify_trace
 
 from _common import (
+    across_processes,
     cpu_name,
-    fma_peak,
     grads,
     in_processes,
     interleaved,
-    ratio_spread,
     sgd_step,
     start,
+    weight_grad_floor,
     weight_grad_macs,
 )
 
@@ -105,27 +105,18 @@ def resnet_step(args) -> None:
             "--child-resnet",
         ],
     )
-    t_torch = float(np.median([min(r["torch"]) for r in runs]))
-    t_rep = float(np.median([min(r["reproducible"]) for r in runs]))
-    ratios = [min(r["reproducible"]) / min(r["torch"]) for r in runs]
-    pairs = (sum((r["torch"] for r in runs), []), sum((r["reproducible"] for r in runs), []))
+    t = across_processes(runs)
     print(
         "| model | batch | float64 rel. gradient diff | permuted batch: same bits | torch step | reproducible | "
         "ratio, median of processes (their range) | ratio pair by pair, p25-p75 | "
         "exact weight gradients at the float64 peak, x torch's step |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    pk = fma_peak(args.threads)
-    # a floor, not a measurement: three float64 FMAs per multiply-add at the measured peak
-    floor = (
-        "-"
-        if pk is None or not pk["avx512_f64_gflops"]
-        else f"{6 * runs[0]['weight_grad_macs'] / (pk['avx512_f64_gflops'] * 1e9) / t_torch:.2f}x"
-    )
+    floor = weight_grad_floor(args.threads, runs[0]["weight_grad_macs"], t["torch"])
     print(
-        f"| ResNet-20 (269,722 parameters) | {args.batch} | {runs[0]['rel64']:.2g} | yes | {1e3 * t_torch:.0f} ms | "
-        f"{1e3 * t_rep:.0f} ms | {np.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}x) | "
-        f"{ratio_spread(*pairs)} | {floor} |  \n({args.processes} fresh processes, best of {args.repeats} in each)\n",
+        f"| ResNet-20 (269,722 parameters) | {args.batch} | {runs[0]['rel64']:.2g} | yes | "
+        f"{1e3 * t['torch']:.0f} ms | {1e3 * t['reproducible']:.0f} ms | {t['ratio']} | {t['spread']} | {floor} |  "
+        f"\n({args.processes} fresh processes, best of {args.repeats} in each)\n",
         flush=True,
     )
 
