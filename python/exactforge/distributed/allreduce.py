@@ -26,14 +26,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .. import reduce as R
 from .._backend.native import _core
 
 __all__ = ["exact_matmul", "exact_sum", "ReductionBytes"]
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
-#: the exact product's and the exact sum's longest reduced axis (reduce.hpp)
-_MATMUL_MAX_K = 1 << 20
-_SUM_MAX_K = 1 << 22
 
 
 @dataclass
@@ -80,9 +78,10 @@ def _numpy(t: Any, name: str) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def _all_reduce(t: torch.Tensor, op: Any, group: Optional[Any], clock: list) -> None:
+def _timed(clock: list, collective: Any, *args: Any, **kwargs: Any) -> None:
+    """Runs one collective, adding its time to clock[0]."""
     t0 = time.perf_counter()
-    dist.all_reduce(t, op=op, group=group)
+    collective(*args, **kwargs)
     clock[0] += time.perf_counter() - t0
 
 
@@ -93,9 +92,7 @@ def _agree(maxima: np.ndarray, bad: bool, k: int, group: Optional[Any], limit: i
     pass cost their waiting more than their bytes). Lengths up to 2^22 are exact in float64."""
     mine = torch.from_numpy(np.concatenate([maxima, [1.0 if bad else 0.0, float(k)]]))
     parts = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
-    t0 = time.perf_counter()
-    dist.all_gather(parts, mine, group=group)
-    clock[0] += time.perf_counter() - t0
+    _timed(clock, dist.all_gather, parts, mine, group=group)
     every = torch.stack(parts)
     head = every[:, :-1].max(dim=0).values
     k_total = int(every[:, -1].sum().item())
@@ -109,7 +106,7 @@ def _agree(maxima: np.ndarray, bad: bool, k: int, group: Optional[Any], limit: i
 def _or_flags(flags: np.ndarray, group: Optional[Any], clock: list) -> np.ndarray:
     """Bitwise OR of every process's NaN/+Inf/-Inf reports, as the maximum of each bit."""
     planes = torch.from_numpy(np.stack([(flags >> b) & 1 for b in range(3)]).astype(np.uint8))
-    _all_reduce(planes, dist.ReduceOp.MAX, group, clock)
+    _timed(clock, dist.all_reduce, planes, op=dist.ReduceOp.MAX, group=group)
     p = planes.numpy()
     return (p[0] | (p[1] << 1) | (p[2] << 2)).astype(np.uint8)
 
@@ -130,10 +127,10 @@ def exact_matmul(
     m, k, n = an.shape[0], an.shape[1], bn.shape[1]
     clock = [0.0]
     rm, cm, bad = _core.exact_maxima(an, bn)
-    maxima, any_bad, k_total = _agree(np.concatenate([rm, cm]), bad, k, group, _MATMUL_MAX_K, clock)
+    maxima, any_bad, k_total = _agree(np.concatenate([rm, cm]), bad, k, group, R.EXACT_MATMUL_MAX_K, clock)
     rm, cm = np.ascontiguousarray(maxima[:m]), np.ascontiguousarray(maxima[m:])
     levels = torch.from_numpy(_core.matmul_exact_levels(an, bn, k_total, rm, cm))
-    _all_reduce(levels, dist.ReduceOp.SUM, group, clock)
+    _timed(clock, dist.all_reduce, levels, op=dist.ReduceOp.SUM, group=group)
     flags = _or_flags(_core.exact_special_flags(an, bn), group, clock) if any_bad else None
     out = _core.round_exact_levels(levels.numpy(), k_total, rm, cm, flags, str(an.dtype))
     if stats is not None:
@@ -152,10 +149,10 @@ def exact_sum(x: torch.Tensor, group: Optional[Any] = None, *, stats: Optional[R
     k, n = xn.shape
     clock = [0.0]
     cm, bad = _core.sum_maxima(xn)
-    cm, any_bad, k_total = _agree(cm, bad, k, group, _SUM_MAX_K, clock)
+    cm, any_bad, k_total = _agree(cm, bad, k, group, R.EXACT_SUM_MAX_K, clock)
     cm = np.ascontiguousarray(cm)
     levels = torch.from_numpy(_core.sum_exact_levels(xn, k_total, cm))
-    _all_reduce(levels, dist.ReduceOp.SUM, group, clock)
+    _timed(clock, dist.all_reduce, levels, op=dist.ReduceOp.SUM, group=group)
     flags = _or_flags(_core.sum_special_flags(xn), group, clock) if any_bad else None
     out = _core.round_sum_levels(levels.numpy(), cm, flags, str(xn.dtype))
     if stats is not None:

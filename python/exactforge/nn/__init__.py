@@ -14,7 +14,15 @@ refused by ``reproducible`` with its name. CPU tensors.
 """
 
 from . import layers as _layers  # noqa: F401  (registers the layer types)
-from ._registry import MODES, UnsupportedLayerError, mode_of, register_layer, reproducible, supported_layers
+from ._registry import (
+    MODES,
+    UnsupportedLayerError,
+    mode_of,
+    register_layer,
+    reproducible,
+    shared_batch_of,
+    supported_layers,
+)
 from .augment import KeyedAugment
 from .functional import (
     batch_norm_train,
@@ -48,6 +56,7 @@ __all__ = [
     "supported_layers",
     "UnsupportedLayerError",
     "MODES",
+    "shared_batch_of",
     "clip_grad_norm_",
     "grad_norm",
     "batch_norm_train",

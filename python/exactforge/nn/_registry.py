@@ -14,7 +14,15 @@ from typing import Any, Callable, Dict, List, Optional, Type
 
 from torch import nn
 
-__all__ = ["MODES", "UnsupportedLayerError", "register_layer", "supported_layers", "reproducible", "mode_of"]
+__all__ = [
+    "MODES",
+    "UnsupportedLayerError",
+    "register_layer",
+    "supported_layers",
+    "reproducible",
+    "mode_of",
+    "shared_batch_of",
+]
 
 MODES = ("exact", "fixed")
 
@@ -116,17 +124,25 @@ def reproducible(module: nn.Module, mode: Any = "exact") -> nn.Module:
     return module
 
 
+def _layer_modes(module: nn.Module) -> List[Any]:
+    """The modes ``reproducible`` gave the module's layers, one per layer."""
+    return [m._exactforge_mode for m in module.modules() if getattr(m, "_exactforge_mode", None) is not None]
+
+
 def mode_of(module: nn.Module) -> Optional[str]:
     """The mode ``reproducible`` gave the module's layers (a shared batch's: "exact"), or None if
     it was not made reproducible; ValueError if its layers were made reproducible with different
     modes."""
     # a shared batch reports the mode whose bits it gives ("exact")
-    modes = {
-        getattr(getattr(m, "_exactforge_mode", None), "name", getattr(m, "_exactforge_mode", None))
-        for m in module.modules()
-    } - {None}
+    modes = {getattr(mode, "name", mode) for mode in _layer_modes(module)}
     if len(modes) > 1:
         raise ValueError(
             f"model: its layers were made reproducible with different modes {sorted(map(str, modes))}; use one"
         )
     return str(modes.pop()) if modes else None
+
+
+def shared_batch_of(module: nn.Module) -> Any:
+    """The shared batch (exactforge.distributed.SharedBatch) the module's layers reduce over, or
+    None for layers on one process."""
+    return next((mode for mode in _layer_modes(module) if not isinstance(mode, str)), None)

@@ -262,7 +262,7 @@ class TraceRecorder:
         clip = W.clip_entry(clip_grad_norm, clip_grad_value)
         # A model whose batch is split among processes (exactforge.distributed.SharedBatch):
         # every process runs a recorder, each step's global batch is gathered, and rank 0 writes.
-        self._shared = _shared_batch(model)
+        self._shared = xnn.shared_batch_of(model)
         self._rank = 0
         if self._shared is not None:
             import torch.distributed as dist
@@ -488,16 +488,6 @@ class TraceRecorder:
 
 
 MAX_ACCUMULATE = 1024
-
-
-def _shared_batch(model: Any) -> Any:
-    """The shared batch (exactforge.distributed.SharedBatch) the model's layers reduce over, or
-    None for a model on one process."""
-    for m in model.modules():
-        mode = getattr(m, "_exactforge_mode", None)
-        if mode is not None and not isinstance(mode, str):
-            return mode
-    return None
 
 
 class _Follower:
