@@ -2,14 +2,14 @@
 
 #include <algorithm>
 
-#include "exactforge/reduce.hpp"
+#include "core/threads.hpp"
 
 namespace exactforge {
 
 namespace {
+// The core's rule for a call's threads (detail::resolve_threads), one thread for small passes.
 int norm_threads(int threads, int64_t work) {
-  const int nt = threads > 0 ? threads : get_num_threads();
-  return work >= (int64_t(1) << 16) ? std::max(1, std::min(nt, kMaxThreads)) : 1;
+  return work >= (int64_t(1) << 16) ? detail::resolve_threads(threads) : 1;
 }
 }  // namespace
 
