@@ -821,6 +821,53 @@ py::dict all_pairs(py::array_t<int64_t, py::array::c_style | py::array::forcecas
   d["seconds"] = py::make_tuple(f.seconds[0], f.seconds[1], f.seconds[2], f.seconds[3]);
   return d;
 }
+LevelPacking packing_of(const std::string& kind, int64_t k_total, const std::string& dtype, int world) {
+  if (kind != "matmul" && kind != "sum") throw py::value_error("kind: expected 'matmul' or 'sum', got '" + kind + "'");
+  if (dtype != "float32" && dtype != "float64")
+    throw py::value_error("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
+  if (world < 1) throw py::value_error("world: expected the number of processes, at least 1");
+  checked_k_total(k_total, 1, kind == "sum" ? kExactSumMaxK : kExactMatmulMaxK);
+  return level_packing(kind == "sum", k_total, dtype == "float64", world);
+}
+
+py::dict level_packing_py(const std::string& kind, int64_t k_total, const std::string& dtype, int world) {
+  const LevelPacking p = packing_of(kind, k_total, dtype, world);
+  py::dict d;
+  d["slices"] = p.slices;
+  d["width"] = p.width;
+  d["value_bits"] = p.value_bits;
+  d["field_bits"] = p.field_bits;
+  d["words"] = p.words;
+  return d;
+}
+
+py::array pack_levels_py(py::array_t<int64_t, py::array::c_style | py::array::forcecast> levels,
+                         const std::string& kind, int64_t k_total, const std::string& dtype, int world) {
+  const LevelPacking p = packing_of(kind, k_total, dtype, world);
+  if (levels.ndim() < 1 || levels.shape(levels.ndim() - 1) != p.slices)
+    throw py::value_error("levels: expected a last axis of " + std::to_string(p.slices) + " levels");
+  const int64_t count = levels.size() / p.slices;
+  py::array_t<int32_t> words({count, static_cast<int64_t>(p.words)});
+  {
+    py::gil_scoped_release nogil;
+    pack_levels(levels.data(), count, p, words.mutable_data());
+  }
+  return words;
+}
+
+py::array unpack_levels_py(py::array_t<int32_t, py::array::c_style | py::array::forcecast> words,
+                           const std::string& kind, int64_t k_total, const std::string& dtype, int world) {
+  const LevelPacking p = packing_of(kind, k_total, dtype, world);
+  if (words.ndim() != 2 || words.shape(1) != p.words)
+    throw py::value_error("words: expected (outputs, " + std::to_string(p.words) + ")");
+  const int64_t count = words.shape(0);
+  py::array_t<int64_t> levels({count, static_cast<int64_t>(p.slices)});
+  {
+    py::gil_scoped_release nogil;
+    unpack_levels(words.data(), count, p, levels.mutable_data());
+  }
+  return levels;
+}
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -842,6 +889,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("threads") = 0);
   m.def("round_sum_levels", &round_sum_levels_py, py::arg("levels"), py::arg("col_max"), py::arg("flags"),
         py::arg("dtype"));
+  m.def("level_packing", &level_packing_py, py::arg("kind"), py::arg("k_total"), py::arg("dtype"), py::arg("world"));
+  m.def("pack_levels", &pack_levels_py, py::arg("levels"), py::arg("kind"), py::arg("k_total"), py::arg("dtype"),
+        py::arg("world"));
+  m.def("unpack_levels", &unpack_levels_py, py::arg("words"), py::arg("kind"), py::arg("k_total"), py::arg("dtype"),
+        py::arg("world"));
   m.def("sum_centered_squares", &sum_centered_squares_py, py::arg("x"), py::arg("mean"), py::arg("mode"),
         py::arg("threads") = 0);
   m.def("sum_channel_products", &sum_channel_products_py, py::arg("a"), py::arg("b"), py::arg("mode"),

@@ -77,3 +77,23 @@ def test_a_split_reduction_has_one_processs_bits(world, tmp_path):
             got = np.load(tmp_path / f"rank{rank}.npz")
             assert np.array_equal(got[f"p{i}"].view(u), ref_p.view(u)), (i, rank)
             assert np.array_equal(got[f"s{i}"].view(u), ref_s.view(u)), (i, rank)
+
+
+def test_packed_levels_are_checked():
+    """Levels outside the reduction's bound, a wrong kind, dtype or world, and summed fields that
+    no packing makes are refused with the argument's name, never wrapped."""
+    p = _core.level_packing("matmul", 100, "float32", 2)
+    assert (p["slices"], p["words"]) == (2, 3)  # 12 bytes where two int64 levels took 16
+    far = np.array([[1 << 62, 0]], dtype=np.int64)
+    with pytest.raises(ValueError, match="bound"):
+        _core.pack_levels(far, "matmul", 100, "float32", 2)
+    with pytest.raises(ValueError, match="kind"):
+        _core.pack_levels(far, "product", 100, "float32", 2)
+    with pytest.raises(ValueError, match="dtype"):
+        _core.level_packing("sum", 100, "float16", 2)
+    with pytest.raises(ValueError, match="world"):
+        _core.level_packing("sum", 100, "float32", 0)
+    with pytest.raises(ValueError, match="levels"):
+        _core.pack_levels(np.zeros((3, 4), dtype=np.int64), "matmul", 100, "float32", 2)
+    with pytest.raises(ValueError, match="negative"):
+        _core.unpack_levels(np.array([[-1, 0, 0]], dtype=np.int32), "matmul", 100, "float32", 2)

@@ -360,6 +360,50 @@ static void test_vector_recombination() {
   CHECK(answered > lanes / 3);
 }
 
+// A split reduction's levels packed into int32 fields, summed field by field over the parts
+// (what the all-reduce does) and unpacked, round to matmul_exact's bits over the whole: for
+// float32 and float64, several world sizes and splits, and values from 2^-60 to 2^60.
+template <class T> static void test_packed_levels() {
+  std::mt19937_64 rng(31);
+  std::normal_distribution<double> nd;
+  std::uniform_int_distribution<int> ex(-60, 60);
+  const bool dbl = std::is_same<T, double>::value;
+  for (int world : {1, 2, 3, 7}) {
+    const int64_t m = 3, n = 4, k = 40 + world;
+    std::vector<T> a(m * k), b(k * n), want(m * n), got(m * n);
+    for (auto& v : a) v = static_cast<T>(std::ldexp(nd(rng), ex(rng)));
+    for (auto& v : b) v = static_cast<T>(nd(rng));
+    matmul_exact<T>(a.data(), b.data(), want.data(), m, k, n, 1);
+    std::vector<double> rm(m), cm(n);
+    exact_maxima<T>(a.data(), b.data(), m, k, n, rm.data(), cm.data());
+    const LevelPacking p = level_packing(false, k, dbl, world);
+    std::vector<int32_t> sum(m * n * p.words, 0), words(m * n * p.words);
+    std::vector<int64_t> lv(m * n * p.slices);
+    for (int r = 0; r < world; ++r) {  // part r: terms t with t % world == r, as its own a and b
+      std::vector<T> ar, br;
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t t = r; t < k; t += world) ar.push_back(a[i * k + t]);
+      for (int64_t t = r; t < k; t += world) br.insert(br.end(), b.begin() + t * n, b.begin() + (t + 1) * n);
+      const int64_t kp = static_cast<int64_t>(br.size()) / n;
+      const ExactShare share{k, rm.data(), cm.data(), lv.data()};
+      matmul_exact_levels<T>(ar.data(), br.data(), m, kp, n, share, 1);
+      pack_levels(lv.data(), m * n, p, words.data());
+      for (size_t i = 0; i < sum.size(); ++i) sum[i] += words[i];
+    }
+    unpack_levels(sum.data(), m * n, p, lv.data());
+    round_exact_levels<T>(lv.data(), m, n, k, rm.data(), cm.data(), nullptr, got.data());
+    CHECK(same_bits(want, got));
+  }
+  // levels beyond the bound are refused, not wrapped
+  const LevelPacking p = level_packing(false, 8, dbl, 2);
+  std::vector<int64_t> lv(p.slices, 0);
+  lv[0] = int64_t(1) << 62;
+  std::vector<int32_t> w(p.words);
+  bool threw = false;
+  try { pack_levels(lv.data(), 1, p, w.data()); } catch (const std::invalid_argument&) { threw = true; }
+  CHECK(threw);
+}
+
 int main() {
   test_int8_digits_and_kernels();
   test_round_int192();
@@ -372,6 +416,8 @@ int main() {
   test_implicit_weight_gradient();
   test_fused_channel_sums();
   test_channel_sums();
+  test_packed_levels<float>();
+  test_packed_levels<double>();
   if (failures == 0) std::printf("native core tests: all passed\n");
   return failures == 0 ? 0 : 1;
 }

@@ -4,23 +4,31 @@
 
 Why this works: the exact mode slices every term into integers with a power-of-two scale taken
 from the maxima over the reduced axis, sums the slices' products as integers, and rounds once.
-Each process holds part of the axis. If every process slices with the maxima over *all* parts
-(the maximum of every process's maxima first, from one all-gather), its integer level sums are
-those of its terms in the one-process computation, and integer sums add up the same in any
-grouping: an all-reduce of the levels gives
-the one-process levels, for any world size and any split. What travels is the scale and the
-integers, never a rounded partial sum.
+Each process holds part of the axis. If every process slices with the maxima over *all* parts,
+its integer level sums are those of its terms in the one-process computation, and integer sums
+add up the same in any grouping: an all-reduce of the levels gives the one-process levels, for
+any world size and any split. What travels is the scale and the integers, never a rounded
+partial sum.
 
+What travels, per reduction: the scales as exponents (two bytes a row or column: only the
+maximum's power of two decides the slicing), this part's length and whether it has a
+non-finite term, gathered in one all-gather for every reduction of a batch; then each output's
+levels as the one integer they stand for, in int32 fields with room for the sum
+(``_core.pack_levels``: three fields where two int64 levels took four), added in one all-reduce.
 Non-finite terms are left out of the levels; where a row or column has one, each process reports
 what its non-finite products were (NaN, +Inf, -Inf), the reports are combined, and the output is
 what one process's special case gives.
+
+``reduce_all`` reduces a list of reductions with those two collectives in all (three with a
+non-finite term): the cost of a collective inside a backward pass is mostly the wait for the
+other processes, so a step's weight gradients go together.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,17 +37,20 @@ import torch.distributed as dist
 from .. import reduce as R
 from .._backend.native import _core
 
-__all__ = ["exact_matmul", "exact_sum", "ReductionBytes"]
+__all__ = ["exact_matmul", "exact_sum", "ReductionBytes", "Reduction", "reduce_all"]
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_NO_MAXIMUM = np.int16(-32768)  # the exponent of a zero maximum: below every finite one
 
 
 @dataclass
 class ReductionBytes:
-    """Bytes one process contributes to the collectives of reductions: the maxima, the length of
-    its part, the integer levels, and the non-finite reports (only when there are non-finite
-    terms); ``float32_bytes`` is what an all-reduce of the float results would send, and
-    ``seconds`` the time spent in the collectives. ``add`` accumulates another's counts."""
+    """Bytes one process contributes to the collectives of reductions: the scales' exponents,
+    the length of its part and its non-finite flag, the packed integer levels, and the
+    non-finite reports (only when there are non-finite terms); ``float32_bytes`` is what an
+    all-reduce of the float results would send, ``seconds`` the time spent in the collectives,
+    ``calls`` the reductions and ``collectives`` the collectives they took. ``add`` accumulates
+    another's counts."""
 
     maxima: int = 0
     lengths: int = 0
@@ -48,9 +59,12 @@ class ReductionBytes:
     float32_bytes: int = 0
     seconds: float = 0.0
     calls: int = 0
+    collectives: int = 0
+
+    _FIELDS = ("maxima", "lengths", "levels", "special", "float32_bytes", "seconds", "calls", "collectives")
 
     def add(self, other: "ReductionBytes") -> None:
-        for f in ("maxima", "lengths", "levels", "special", "float32_bytes", "seconds", "calls"):
+        for f in self._FIELDS:
             setattr(self, f, getattr(self, f) + getattr(other, f))
 
     @property
@@ -58,16 +72,9 @@ class ReductionBytes:
         return self.maxima + self.lengths + self.levels + self.special
 
     def to_json(self) -> dict:
-        return {
-            "maxima": self.maxima,
-            "lengths": self.lengths,
-            "levels": self.levels,
-            "special": self.special,
-            "total": self.total,
-            "float32_bytes": self.float32_bytes,
-            "seconds": self.seconds,
-            "calls": self.calls,
-        }
+        out = {f: getattr(self, f) for f in self._FIELDS}
+        out["total"] = self.total
+        return out
 
 
 def _numpy(t: Any, name: str) -> np.ndarray:
@@ -78,35 +85,150 @@ def _numpy(t: Any, name: str) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def _timed(clock: list, collective: Any, *args: Any, **kwargs: Any) -> None:
-    """Runs one collective, adding its time to clock[0]."""
+class Reduction:
+    """One reduction of this process's part: ``a @ b`` over a's columns and b's rows
+    (``kind="matmul"``) or the sum of ``a``'s rows (``kind="sum"``, ``b`` None)."""
+
+    def __init__(self, kind: str, a: np.ndarray, b: Optional[np.ndarray] = None) -> None:
+        self.kind, self.a, self.b = kind, a, b
+        if kind == "matmul":
+            assert b is not None
+            if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or a.dtype != b.dtype:
+                raise ValueError(
+                    f"a, b: expected m x k and k x n of one dtype, got {a.shape} {a.dtype} and {b.shape} {b.dtype}"
+                )
+            self.shape: tuple = (a.shape[0], b.shape[1])
+            self.k = a.shape[1]
+            self.limit = R.EXACT_MATMUL_MAX_K
+        elif kind == "sum":
+            if a.ndim != 2:
+                raise ValueError(f"x: expected a 2-D (rows, columns) tensor, got shape {a.shape}")
+            self.shape = (a.shape[1],)
+            self.k = a.shape[0]
+            self.limit = R.EXACT_SUM_MAX_K
+        else:
+            raise ValueError(f"kind: expected 'matmul' or 'sum', got {kind!r}")
+        self.dtype = str(a.dtype)
+        self.outputs = int(np.prod(self.shape))
+
+    def maxima(self) -> tuple:
+        """This part's maxima (rows of a then columns of b, or columns of x) and whether a term
+        is not finite."""
+        if self.b is not None:
+            rm, cm, bad = _core.exact_maxima(self.a, self.b)
+            return np.concatenate([rm, cm]), bool(bad)
+        cm, bad = _core.sum_maxima(self.a)
+        return cm, bool(bad)
+
+    def levels(self, k_total: int, maxima: np.ndarray) -> np.ndarray:
+        if self.b is not None:
+            m = self.shape[0]
+            rm, cm = np.ascontiguousarray(maxima[:m]), np.ascontiguousarray(maxima[m:])
+            return _core.matmul_exact_levels(self.a, self.b, k_total, rm, cm)
+        return _core.sum_exact_levels(self.a, k_total, np.ascontiguousarray(maxima))
+
+    def special_flags(self) -> np.ndarray:
+        if self.b is not None:
+            return _core.exact_special_flags(self.a, self.b).reshape(-1)
+        return _core.sum_special_flags(self.a)
+
+    def round(self, levels: np.ndarray, k_total: int, maxima: np.ndarray, flags: Optional[np.ndarray]) -> np.ndarray:
+        if self.kind == "matmul":
+            m, n = self.shape
+            rm, cm = np.ascontiguousarray(maxima[:m]), np.ascontiguousarray(maxima[m:])
+            f = None if flags is None else flags.reshape(m, n)
+            return _core.round_exact_levels(levels.reshape(m, n, -1), k_total, rm, cm, f, self.dtype)
+        return _core.round_sum_levels(levels, np.ascontiguousarray(maxima), flags, self.dtype)
+
+
+def _exponents(maxima: np.ndarray) -> np.ndarray:
+    """Each maximum's power of two (maximum < 2^e): all the slicing reads of it. The exponents'
+    maximum over the processes is the exponent of the maxima's maximum."""
+    e = np.frexp(maxima)[1].astype(np.int16)
+    e[maxima == 0] = _NO_MAXIMUM
+    return e
+
+
+def _maxima_of(e: np.ndarray) -> np.ndarray:
+    """A maximum with exponent e (2^(e-1)): it gives the slicing that any maximum in
+    [2^(e-1), 2^e) gives."""
+    out = np.ldexp(0.5, e.astype(np.int64))
+    out[e == _NO_MAXIMUM] = 0.0
+    return out
+
+
+def _timed(stats: ReductionBytes, collective: Any, *args: Any, **kwargs: Any) -> None:
     t0 = time.perf_counter()
     collective(*args, **kwargs)
-    clock[0] += time.perf_counter() - t0
+    stats.seconds += time.perf_counter() - t0
+    stats.collectives += 1
 
 
-def _agree(maxima: np.ndarray, bad: bool, k: int, group: Optional[Any], limit: int, clock: list) -> tuple:
-    """The maxima over every process (and whether any process has a non-finite term), and the
-    whole axis' length, from one all-gather of every process's (maxima, flag, length): one point
-    where the processes wait for each other instead of two (the collectives inside a backward
-    pass cost their waiting more than their bytes). Lengths up to 2^22 are exact in float64."""
-    mine = torch.from_numpy(np.concatenate([maxima, [1.0 if bad else 0.0, float(k)]]))
-    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
-    _timed(clock, dist.all_gather, parts, mine, group=group)
-    every = torch.stack(parts)
-    head = every[:, :-1].max(dim=0).values
-    k_total = int(every[:, -1].sum().item())
-    if k_total < 1:
-        raise ValueError("the reduced axis is empty on every process")
-    if k_total > limit:
-        raise ValueError(f"the reduced axis has {k_total} terms over all processes, more than {limit}")
-    return head[:-1].numpy(), bool(head[-1].item() > 0), k_total
+def reduce_all(
+    reductions: Sequence[Reduction], group: Optional[Any] = None, *, stats: Optional[ReductionBytes] = None
+) -> list:
+    """Every reduction over every process's parts, with one process's bits: the same list of
+    reductions (kinds, output shapes, dtypes) on every process of ``group``, each with this
+    process's part (any length, 0 included). Two collectives for the whole list (three where a
+    term is not finite). Returns the results as NumPy arrays, in order."""
+    st = ReductionBytes()
+    if not reductions:
+        return []
+    world = dist.get_world_size(group)
+    local = [r.maxima() for r in reductions]
+    exps = [_exponents(mx) for mx, _ in local]
+    head = np.array([[r.k, int(bad)] for r, (_, bad) in zip(reductions, local)], dtype=np.int64)
+    mine = np.concatenate([head.reshape(-1).view(np.uint8), *[e.view(np.uint8) for e in exps]])
+    parts = [torch.empty(mine.size, dtype=torch.uint8) for _ in range(world)]
+    _timed(st, dist.all_gather, parts, torch.from_numpy(mine), group=group)
+    hb = head.nbytes
+    heads = np.stack([p.numpy()[:hb].view(np.int64).reshape(-1, 2) for p in parts])
+    every = np.stack([p.numpy()[hb:].view(np.int16) for p in parts]).max(axis=0)
+    k_totals, any_bad = heads[:, :, 0].sum(axis=0), heads[:, :, 1].max(axis=0) > 0
+    agreed, off = [], 0
+    for r, e, k_total in zip(reductions, exps, k_totals):
+        if k_total < 1:
+            raise ValueError("the reduced axis is empty on every process")
+        if k_total > r.limit:
+            raise ValueError(f"the reduced axis has {k_total} terms over all processes, more than {r.limit}")
+        agreed.append(_maxima_of(every[off : off + e.size]))
+        off += e.size
+    packed = [
+        _core.pack_levels(r.levels(int(k), mx), r.kind, int(k), r.dtype, world)
+        for r, k, mx in zip(reductions, k_totals, agreed)
+    ]
+    words = torch.from_numpy(np.concatenate([p.reshape(-1) for p in packed]))
+    _timed(st, dist.all_reduce, words, op=dist.ReduceOp.SUM, group=group)
+    flags: list = [None] * len(reductions)
+    bad_ix = [i for i, b in enumerate(any_bad) if b]
+    if bad_ix:
+        reports = _or_flags(np.concatenate([reductions[i].special_flags() for i in bad_ix]), group, st)
+        off = 0
+        for i in bad_ix:
+            flags[i] = reports[off : off + reductions[i].outputs]
+            off += reductions[i].outputs
+        st.special += 3 * off
+    out, off = [], 0
+    summed = words.numpy()
+    for r, k, mx, p, f in zip(reductions, k_totals, agreed, packed, flags):
+        mine_words = summed[off : off + p.size].reshape(p.shape)
+        off += p.size
+        levels = _core.unpack_levels(mine_words, r.kind, int(k), r.dtype, world)
+        out.append(r.round(levels, int(k), mx, f).reshape(r.shape))
+    st.maxima += sum(e.nbytes for e in exps)
+    st.lengths += hb
+    st.levels += words.numel() * 4
+    st.float32_bytes += 4 * sum(r.outputs for r in reductions)
+    st.calls += len(reductions)
+    if stats is not None:
+        stats.add(st)
+    return out
 
 
-def _or_flags(flags: np.ndarray, group: Optional[Any], clock: list) -> np.ndarray:
+def _or_flags(flags: np.ndarray, group: Optional[Any], stats: ReductionBytes) -> np.ndarray:
     """Bitwise OR of every process's NaN/+Inf/-Inf reports, as the maximum of each bit."""
     planes = torch.from_numpy(np.stack([(flags >> b) & 1 for b in range(3)]).astype(np.uint8))
-    _timed(clock, dist.all_reduce, planes, op=dist.ReduceOp.MAX, group=group)
+    _timed(stats, dist.all_reduce, planes, op=dist.ReduceOp.MAX, group=group)
     p = planes.numpy()
     return (p[0] | (p[1] << 1) | (p[2] << 2)).astype(np.uint8)
 
@@ -119,42 +241,12 @@ def exact_matmul(
     bits ``reduce.matmul(A, B, mode="exact")`` gives on one process for the whole axis, in any
     order of the parts. Every process of ``group`` must call it with the same m, n and dtype.
     ``stats``, if given, is filled with the bytes this process sent."""
-    an, bn = _numpy(a, "a"), _numpy(b, "b")
-    if an.ndim != 2 or bn.ndim != 2 or an.shape[1] != bn.shape[0] or an.dtype != bn.dtype:
-        raise ValueError(
-            f"a, b: expected m x k and k x n of one dtype, got {an.shape} {an.dtype} and {bn.shape} {bn.dtype}"
-        )
-    m, k, n = an.shape[0], an.shape[1], bn.shape[1]
-    clock = [0.0]
-    rm, cm, bad = _core.exact_maxima(an, bn)
-    maxima, any_bad, k_total = _agree(np.concatenate([rm, cm]), bad, k, group, R.EXACT_MATMUL_MAX_K, clock)
-    rm, cm = np.ascontiguousarray(maxima[:m]), np.ascontiguousarray(maxima[m:])
-    levels = torch.from_numpy(_core.matmul_exact_levels(an, bn, k_total, rm, cm))
-    _timed(clock, dist.all_reduce, levels, op=dist.ReduceOp.SUM, group=group)
-    flags = _or_flags(_core.exact_special_flags(an, bn), group, clock) if any_bad else None
-    out = _core.round_exact_levels(levels.numpy(), k_total, rm, cm, flags, str(an.dtype))
-    if stats is not None:
-        stats.add(
-            ReductionBytes(8 * (m + n + 1), 8, levels.numel() * 8, 3 * m * n if any_bad else 0, 4 * m * n, clock[0], 1)
-        )
+    (out,) = reduce_all([Reduction("matmul", _numpy(a, "a"), _numpy(b, "b"))], group, stats=stats)
     return torch.from_numpy(out)
 
 
 def exact_sum(x: torch.Tensor, group: Optional[Any] = None, *, stats: Optional[ReductionBytes] = None) -> torch.Tensor:
     """The sum over axis 0 of ``x`` (k_p x n on this process) and every other process's rows:
     the bits of ``reduce.sum(X, axis=0, mode="exact")`` on one process over all the rows."""
-    xn = _numpy(x, "x")
-    if xn.ndim != 2:
-        raise ValueError(f"x: expected a 2-D (rows, columns) tensor, got shape {xn.shape}")
-    k, n = xn.shape
-    clock = [0.0]
-    cm, bad = _core.sum_maxima(xn)
-    cm, any_bad, k_total = _agree(cm, bad, k, group, R.EXACT_SUM_MAX_K, clock)
-    cm = np.ascontiguousarray(cm)
-    levels = torch.from_numpy(_core.sum_exact_levels(xn, k_total, cm))
-    _timed(clock, dist.all_reduce, levels, op=dist.ReduceOp.SUM, group=group)
-    flags = _or_flags(_core.sum_special_flags(xn), group, clock) if any_bad else None
-    out = _core.round_sum_levels(levels.numpy(), cm, flags, str(xn.dtype))
-    if stats is not None:
-        stats.add(ReductionBytes(8 * (n + 1), 8, levels.numel() * 8, 3 * n if any_bad else 0, 4 * n, clock[0], 1))
+    (out,) = reduce_all([Reduction("sum", _numpy(x, "x"))], group, stats=stats)
     return torch.from_numpy(out)

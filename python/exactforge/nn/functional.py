@@ -47,18 +47,30 @@ def _fixed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return R.matmul(a.contiguous(), b.contiguous(), mode="fixed")
 
 
-def _batch(a: torch.Tensor, b: torch.Tensor, mode: Any) -> torch.Tensor:
+def _batch(a, b: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None, finish=None) -> torch.Tensor:
     """A reduction over examples: "exact" or "fixed", or a mode object whose examples are
-    split among processes (exactforge.distributed.SharedBatch: its own exact product)."""
+    split among processes (exactforge.distributed.SharedBatch: its own exact product). ``a`` may
+    be a function that makes it (a convolution's im2col), for a reduction that waits.
+    ``grad_of`` names the parameter the product is the gradient of, and ``finish`` maps the
+    product to its shape: a shared mode may then reduce it when the backward pass ends."""
     if not isinstance(mode, str):
-        return mode.matmul(a.contiguous(), b.contiguous())
-    return R.matmul(a.contiguous(), b.contiguous(), mode=mode)
+        return mode.matmul(a, b, grad_of=grad_of, finish=finish)
+    if not isinstance(a, torch.Tensor):
+        a = a()
+    out = R.matmul(a.contiguous(), b.contiguous(), mode=mode)
+    return finish(out) if finish is not None else out
 
 
-def _bsum(x: torch.Tensor, mode: Any) -> torch.Tensor:
+def _bsum(x: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None) -> torch.Tensor:
     if not isinstance(mode, str):
-        return mode.sum(x.contiguous())
+        return mode.sum(x.contiguous(), grad_of=grad_of)
     return R.sum(x.contiguous(), axis=0, mode=mode)
+
+
+def _shared_param(t: Optional[torch.Tensor], mode: Any) -> Optional[torch.Tensor]:
+    """The tensor a shared mode's reduction names as the one its gradient is of (kept only there:
+    the string modes never defer)."""
+    return None if isinstance(mode, str) else t
 
 
 def _count(k: int, mode: Any) -> int:
@@ -75,6 +87,7 @@ class _Linear(torch.autograd.Function):
             y = y + bias
         ctx.save_for_backward(x2, weight)
         ctx.mode, ctx.shape, ctx.has_bias = mode, x.shape, bias is not None
+        ctx.bias = _shared_param(bias, mode)
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -82,8 +95,8 @@ class _Linear(torch.autograd.Function):
         x2, weight = ctx.saved_tensors
         dy2 = dy.reshape(-1, weight.shape[0])
         dx = _fixed(dy2, weight).reshape(ctx.shape) if ctx.needs_input_grad[0] else None
-        dw = _batch(dy2.t(), x2, ctx.mode) if ctx.needs_input_grad[1] else None
-        db = _bsum(dy2, ctx.mode) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        dw = _batch(dy2.t(), x2, ctx.mode, grad_of=weight) if ctx.needs_input_grad[1] else None
+        db = _bsum(dy2, ctx.mode, grad_of=ctx.bias) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db, None
 
 
@@ -130,6 +143,7 @@ class _Conv2d(torch.autograd.Function):
         # does not hold it (9 copies of the input for a 3 x 3 kernel) between the two
         ctx.save_for_backward(x.detach(), weight)
         ctx.conf = (B, H, W, L, stride, padding, dilation, mode, bias is not None)
+        ctx.bias = _shared_param(bias, mode)
         if x.dtype in _NATIVE and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1):
             # the direct convolution (src/core/conv.cpp): each output's chain over C*kh*kw in
             # the im2col product's order, padded positions included, so its bits, read from x.
@@ -199,13 +213,15 @@ class _Conv2d(torch.autograd.Function):
                 dw = torch.from_numpy(
                     _core.conv2d_weight_grad_exact(x.contiguous().numpy(), dyt.contiguous().numpy(), *geo)
                 )
+                dw = dw.t().reshape(weight.shape)
             else:
-                cols2 = _im2col(x, geo)  # CKK x (B*L)
-                # the big operand as a: its slicing is vectorised along the reduced axis
-                dw = _batch(cols2, dyt, mode)
-            dw = dw.t().reshape(weight.shape)
+                # im2col(x) (CKK x (B*L)): the big operand as a, whose slicing is vectorised along
+                # the reduced axis; made when the product is (a shared one may wait)
+                dw = _batch(
+                    lambda: _im2col(x, geo), dyt, mode, grad_of=weight, finish=lambda t: t.t().reshape(weight.shape)
+                )
         if has_bias and ctx.needs_input_grad[2]:
-            db = _bsum(dyt, mode)
+            db = _bsum(dyt, mode, grad_of=ctx.bias)
         return dx, dw, db, None, None, None, None
 
 
@@ -235,6 +251,7 @@ class _BatchNormEval(torch.autograd.Function):
         y = _affine(xhat, weight, bias, shape)
         ctx.save_for_backward(xhat, inv, weight)
         ctx.mode, ctx.shape = mode, shape
+        ctx.bias = _shared_param(bias, mode)
         return y
 
     @staticmethod
@@ -243,8 +260,8 @@ class _BatchNormEval(torch.autograd.Function):
         shape = ctx.shape
         g = dy if weight is None else dy * weight.reshape(shape)
         dx = g * inv.reshape(shape) if ctx.needs_input_grad[0] else None
-        dw = _channel_sum(dy * xhat, ctx.mode) if weight is not None and ctx.needs_input_grad[3] else None
-        db = _channel_sum(dy, ctx.mode) if ctx.needs_input_grad[4] else None
+        dw = _channel_sum(dy * xhat, ctx.mode, weight) if weight is not None and ctx.needs_input_grad[3] else None
+        db = _channel_sum(dy, ctx.mode, ctx.bias) if ctx.needs_input_grad[4] else None
         return dx, None, None, dw, db, None, None
 
 
@@ -252,7 +269,7 @@ def batch_norm_eval(x, running_mean, running_var, weight, bias, eps: float, mode
     return _BatchNormEval.apply(x, running_mean, running_var, weight, bias, eps, mode)
 
 
-def _channel_sum(t: torch.Tensor, mode: str) -> torch.Tensor:
+def _channel_sum(t: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(N, C, *) -> (C,): each channel's sum over examples and positions, in the batch mode
     (fixed: example by example, position by position). The native pass reads the activations
     where they lie; other dtypes go through a transposed copy and the same sum."""
@@ -260,7 +277,7 @@ def _channel_sum(t: torch.Tensor, mode: str) -> torch.Tensor:
     x = t.detach().reshape(N, C, -1)
     if x.dtype in _NATIVE and isinstance(mode, str):
         return torch.from_numpy(_core.sum_channels(x.contiguous().numpy(), mode))
-    return _bsum(x.transpose(1, 2).reshape(-1, C), mode)
+    return _bsum(x.transpose(1, 2).reshape(-1, C), mode, grad_of)
 
 
 class _BatchNormTrain(torch.autograd.Function):
@@ -730,6 +747,7 @@ class _LayerNorm(torch.autograd.Function):
             y = y + bias.reshape(1, D)
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.conf = (x.shape, D, mode, bias is not None)
+        ctx.bias = _shared_param(bias, mode)
         return y.reshape(x.shape)
 
     @staticmethod
@@ -744,9 +762,9 @@ class _LayerNorm(torch.autograd.Function):
             mgx = (_rowsum(g * xhat) / D).reshape(-1, 1)
             dx = (rstd * (g - mg - xhat * mgx)).reshape(shape)
         if weight is not None and ctx.needs_input_grad[1]:
-            dw = _bsum(dy2 * xhat, mode)
+            dw = _bsum(dy2 * xhat, mode, grad_of=weight)
         if has_bias and ctx.needs_input_grad[2]:
-            db = _bsum(dy2, mode)
+            db = _bsum(dy2, mode, grad_of=ctx.bias)
         return dx, dw, db, None, None, None
 
 

@@ -379,6 +379,7 @@ class TraceRecorder:
             man["eval_modules"],
             augment=self._augment,
             accumulate=self._accumulate,
+            shared=self._shared,
         )
 
     def _indices(self, batch_indices: Any, what: str, whole: bool = True) -> np.ndarray:

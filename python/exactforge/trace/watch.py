@@ -59,10 +59,14 @@ class LoopWatch:
         eval_modules: List[str],
         augment: Any = None,
         accumulate: int = 1,
+        shared: Any = None,
     ) -> None:
         self.model, self.optimizer, self.spec = model, optimizer, spec
         self.X, self.y, self.loss, self.clip, self.clip_fn = X, y, loss, clip, clip_fn
         self.eval_modules, self.augment, self.accumulate = eval_modules, augment, accumulate
+        # a shared batch's reductions that wait for the end of the backward pass: the parameters'
+        # hooks see the -0.0 a layer leaves, and the reduced gradient is added after them
+        self.shared = shared
         self.params = list(model.parameters())
         from ..models.optim import GROUP_KEYS  # the hyperparameters a manifest records, besides lr
 
@@ -88,6 +92,8 @@ class LoopWatch:
             if p.requires_grad:
                 self.handles.append(p.register_hook(lambda g, i=i: self._grad(i, g)))
         self.handles.append(self.optimizer.register_step_pre_hook(self._before_step))
+        if self.shared is not None:
+            self.handles.append(self.shared.watch_gradients(self._reduced))
         self._torch = torch
 
     def remove(self) -> None:
@@ -129,6 +135,13 @@ class LoopWatch:
             )
         # torch adds each pass's gradient onto the one before, as here: the same bits
         self.grads[i] = g.detach().clone() if n == 1 else self.grads[i] + g.detach()
+
+    def _reduced(self, param: Any, g: Any) -> None:
+        for i, p in enumerate(self.params):
+            if p is param and i in self.grads:
+                # what param.grad gets: the pass's gradient (-0.0 where the reduction waited) plus it
+                self.grads[i] = self.grads[i] + g.reshape(self.grads[i].shape)
+                return
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.stepped += 1

@@ -93,6 +93,28 @@ template <class T>
 void sum_exact_levels(const T* x, int64_t k, int64_t n, const double* col_max, int64_t* levels, int threads);
 template <class T>
 void round_sum_levels(const int64_t* levels, int64_t n, const double* col_max, const uint8_t* flags, T* out);
+/// A shared reduction's levels in fewer bytes for their all-reduce. Each output's S levels
+/// stand for one integer V = sum_L lv[L] 2^((S-1-L) w), and only V decides the rounding; with
+/// |V| < 2^value_bits, V travels as `words` int32 fields: the low ones unsigned, `field_bits`
+/// wide, the top one signed. An all-reduce (sum) over at most `world` processes cannot carry
+/// out of a field (field_bits = 31 - ceil(log2 world) leaves the room), so the summed fields
+/// still give the summed V: 3 words (12 bytes) where two int64 levels took 16.
+struct LevelPacking {
+  int slices;      // S
+  int width;       // w
+  int value_bits;  // |V| < 2^value_bits, for every process's part and for the whole
+  int field_bits;
+  int words;
+};
+/// The packing of matmul_exact_levels (`sum` false) or sum_exact_levels (`sum` true) over
+/// k_total terms of float32 (`is_double` false) or float64, for `world` processes.
+LevelPacking level_packing(bool sum, int64_t k_total, bool is_double, int world);
+/// count outputs' levels (count x S) -> count x words int32; throws std::invalid_argument where
+/// a V is outside the bound (levels of another reduction).
+void pack_levels(const int64_t* levels, int64_t count, const LevelPacking& p, int32_t* words);
+/// The summed fields back to levels with the summed V (lv[S-1] .. lv[1] in [0, 2^w)), for
+/// round_exact_levels / round_sum_levels.
+void unpack_levels(const int32_t* words, int64_t count, const LevelPacking& p, int64_t* levels);
 /// The float32 exact matmul through a named kernel (0 auto, 1 float64 slices, 2 int8 digits in
 /// C++, 3 int8 digits on AMX, 4 int8 digits on AVX-512 VNNI): the same bits from every one; for
 /// tests and benchmarks.
