@@ -4,10 +4,14 @@ exact_allreduce_hook.
 
 Checked first, in every process count: the reproducible gradients equal one process's on the whole
 batch, bit for bit. Then per step: the bytes each process sends (torch: its float32 gradient in
-DDP's all-reduce; exactforge: the integer levels, maxima and lengths of every shared reduction) and
-the time in collectives (torch: an all-reduce of the float32 gradient, as DDP's one bucket sends
-it; exactforge: every collective of the step), and the whole step's time. Best of --repeats, the
-two steps alternating; processes use 2 // world threads each (2 cores).
+DDP's all-reduce; exactforge: the packed integer levels, the scales' exponents and the lengths of
+every shared reduction) and the time the step spends in collectives, measured the same way for
+both: each collective's call to its return (torch: DDP's all-reduce of its bucket, made by a
+comm hook that times the default all-reduce; exactforge: every collective of the step, the
+loss's values and count in the forward pass included; also with ``SharedBatch(overlap=True)``,
+whose collectives run during the backward pass and whose time is the calls and the waits), and
+the whole step's time. Best of --repeats, the steps alternating; processes use 2 // world threads
+each (2 cores).
 
     python benchmarks/bench_distributed.py [--repeats 10]
 """
@@ -56,43 +60,59 @@ def _worker(rank: int, world: int, init: str, out: str, repeats: int) -> None:
     shared = SharedBatch()
     rep = DistributedDataParallel(xnn.reproducible(copy.deepcopy(net), mode=shared))
     rep.register_comm_hook(shared, exact_allreduce_hook)
+    # the same with each layer's collectives launched during the backward pass
+    lapped = SharedBatch(overlap=True)
+    rep_lapped = DistributedDataParallel(xnn.reproducible(copy.deepcopy(net), mode=lapped))
+    rep_lapped.register_comm_hook(lapped, exact_allreduce_hook)
     plain = DistributedDataParallel(copy.deepcopy(net))
+    torch_clock = [0.0]
+
+    def timed_allreduce(clock: list, bucket):
+        # DDP's default: the bucket summed over the processes and divided by their number
+        buf = bucket.buffer()
+        t0 = time.perf_counter()
+        dist.all_reduce(buf)
+        clock[0] += time.perf_counter() - t0
+        fut = torch.futures.Future()
+        fut.set_result(buf.div_(world))
+        return fut
+
+    plain.register_comm_hook(torch_clock, timed_allreduce)
 
     def step(model, loss_fn) -> None:
         model.zero_grad(set_to_none=True)
         loss_fn(model(X[lo:hi]), y[lo:hi]).backward()
 
-    # the bits: this process's gradient against one process's on the whole batch (rank 0 checks)
+    # the bits: this process's gradients against one process's on the whole batch (rank 0 checks)
     step(rep, lambda o, t: xnn.cross_entropy(o, t, mode=shared))
-    grads = [p.grad.clone() for p in rep.parameters()]
+    step(rep_lapped, lambda o, t: xnn.cross_entropy(o, t, mode=lapped))
+    grads = [p.grad.clone() for p in rep.parameters()] + [p.grad.clone() for p in rep_lapped.parameters()]
     same = True
     if rank == 0:
         alone = xnn.reproducible(copy.deepcopy(net))
         xnn.cross_entropy(alone(X), y).backward()
-        same = all(torch.equal(a, p.grad) for a, p in zip(grads, alone.parameters()))
+        same = all(torch.equal(a, p.grad) for a, p in zip(grads, 2 * list(alone.parameters())))
 
-    t_plain, t_rep, comm_rep = [], [], []
+    t_plain, t_rep, comm_plain, comm_rep, comm_lapped = [], [], [], [], []
     for _ in range(repeats):
         dist.barrier()
+        before = torch_clock[0]
         t0 = time.perf_counter()
         step(plain, F.cross_entropy)
         t_plain.append(time.perf_counter() - t0)
+        comm_plain.append(torch_clock[0] - before)
         dist.barrier()
         before = shared.traffic.seconds
         t0 = time.perf_counter()
         step(rep, lambda o, t: xnn.cross_entropy(o, t, mode=shared))
         t_rep.append(time.perf_counter() - t0)
         comm_rep.append(shared.traffic.seconds - before)
-    calls = shared.traffic.calls // (repeats + 1)
-    per_step = {k: v // (repeats + 1) for k, v in shared.traffic.to_json().items() if k not in ("seconds", "calls")}
-    n_params = sum(p.numel() for p in net.parameters())
-    flat = torch.zeros(n_params, dtype=torch.float32)
-    comm_plain = []
-    for _ in range(repeats):
         dist.barrier()
-        t0 = time.perf_counter()
-        dist.all_reduce(flat)
-        comm_plain.append(time.perf_counter() - t0)
+        before = lapped.traffic.seconds
+        step(rep_lapped, lambda o, t: xnn.cross_entropy(o, t, mode=lapped))
+        comm_lapped.append(lapped.traffic.seconds - before)
+    per_step = {k: v // (repeats + 1) for k, v in shared.traffic.to_json().items() if k != "seconds"}
+    n_params = sum(p.numel() for p in net.parameters())
     if rank == 0:
         with open(out, "w") as f:
             json.dump(
@@ -105,15 +125,17 @@ def _worker(rank: int, world: int, init: str, out: str, repeats: int) -> None:
                     "torch_bytes": 4 * n_params,
                     "exact_bytes": per_step["total"],
                     "exact_levels_bytes": per_step["levels"],
-                    "exact_reductions": calls,
+                    "exact_reductions": per_step["calls"],
+                    "exact_collectives": per_step["collectives"],
                     "torch_comm": min(comm_plain),
                     "exact_comm": min(comm_rep),
+                    "overlap_comm": min(comm_lapped),
                 },
                 f,
             )
     # DDP's reducers go before the process group they use (one that outlives it aborts at exit)
     dist.barrier()
-    del rep, plain
+    del rep, rep_lapped, plain
     gc.collect()
     dist.destroy_process_group()
 
@@ -130,10 +152,10 @@ def main() -> None:
     )
     print(
         "| processes | threads each | same bits as one process | torch DDP step | reproducible step | step ratio | "
-        "bytes sent per step: torch, exactforge | bytes ratio | exact reductions per step | "
-        "time in collectives: torch, exactforge | ratio |"
+        "bytes sent per step: torch, exactforge | bytes ratio | exact reductions, collectives per step | "
+        "time in collectives: torch, exactforge | ratio | exactforge with overlap=True | ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for world in (1, 2, 3):
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "result.json")
@@ -145,8 +167,9 @@ def main() -> None:
         print(
             f"| {world} | {r['threads']} | yes | {1e3 * r['torch_step']:.1f} ms | {1e3 * r['exact_step']:.1f} ms | "
             f"{r['exact_step'] / r['torch_step']:.2f}x | {r['torch_bytes']:,}, {r['exact_bytes']:,} | "
-            f"{r['exact_bytes'] / r['torch_bytes']:.2f}x | {r['exact_reductions']} | "
-            f"{1e3 * r['torch_comm']:.2f} ms, {1e3 * r['exact_comm']:.2f} ms | {r['exact_comm'] / r['torch_comm']:.1f}x |",
+            f"{r['exact_bytes'] / r['torch_bytes']:.2f}x | {r['exact_reductions']}, {r['exact_collectives']} | "
+            f"{1e3 * r['torch_comm']:.2f} ms, {1e3 * r['exact_comm']:.2f} ms | {r['exact_comm'] / r['torch_comm']:.1f}x | "
+            f"{1e3 * r['overlap_comm']:.2f} ms | {r['overlap_comm'] / r['torch_comm']:.1f}x |",
             flush=True,
         )
 

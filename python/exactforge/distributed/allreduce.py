@@ -37,7 +37,7 @@ import torch.distributed as dist
 from .. import reduce as R
 from .._backend.native import _core
 
-__all__ = ["exact_matmul", "exact_sum", "ReductionBytes", "Reduction", "reduce_all"]
+__all__ = ["exact_matmul", "exact_sum", "ReductionBytes", "Reduction", "Agreement", "LevelSum", "reduce_all"]
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _NO_MAXIMUM = np.int16(-32768)  # the exponent of a zero maximum: below every finite one
@@ -157,11 +157,107 @@ def _maxima_of(e: np.ndarray) -> np.ndarray:
     return out
 
 
-def _timed(stats: ReductionBytes, collective: Any, *args: Any, **kwargs: Any) -> None:
+def _timed(stats: ReductionBytes, collective: Any, *args: Any, **kwargs: Any) -> Any:
+    """Runs (or launches, with async_op=True) one collective, adding its time to stats."""
     t0 = time.perf_counter()
-    collective(*args, **kwargs)
+    work = collective(*args, **kwargs)
     stats.seconds += time.perf_counter() - t0
     stats.collectives += 1
+    return work
+
+
+def _waited(stats: ReductionBytes, work: Any) -> None:
+    t0 = time.perf_counter()
+    work.wait()
+    stats.seconds += time.perf_counter() - t0
+
+
+class Agreement:
+    """The first collective of a batch of reductions, launched at once: every process's part
+    lengths, non-finite flags and scale exponents, in one all-gather. ``wait()`` gives the whole
+    reductions' lengths, flags and maxima."""
+
+    def __init__(self, reductions: Sequence[Reduction], group: Optional[Any], stats: ReductionBytes) -> None:
+        self.reductions, self.group, self.stats = list(reductions), group, stats
+        self.world = dist.get_world_size(group)
+        local = [r.maxima() for r in self.reductions]
+        self.exps = [_exponents(mx) for mx, _ in local]
+        head = np.array([[r.k, int(bad)] for r, (_, bad) in zip(self.reductions, local)], dtype=np.int64)
+        self.head_bytes = head.nbytes
+        mine = np.concatenate([head.reshape(-1).view(np.uint8), *[e.view(np.uint8) for e in self.exps]])
+        self.parts = [torch.empty(mine.size, dtype=torch.uint8) for _ in range(self.world)]
+        self.work = _timed(stats, dist.all_gather, self.parts, torch.from_numpy(mine), group=group, async_op=True)
+        stats.maxima += sum(e.nbytes for e in self.exps)
+        stats.lengths += self.head_bytes
+
+    def wait(self) -> tuple:
+        _waited(self.stats, self.work)
+        hb = self.head_bytes
+        heads = np.stack([p.numpy()[:hb].view(np.int64).reshape(-1, 2) for p in self.parts])
+        every = np.stack([p.numpy()[hb:].view(np.int16) for p in self.parts]).max(axis=0)
+        k_totals, any_bad = heads[:, :, 0].sum(axis=0), heads[:, :, 1].max(axis=0) > 0
+        agreed, off = [], 0
+        for r, e, k_total in zip(self.reductions, self.exps, k_totals):
+            if k_total < 1:
+                raise ValueError("the reduced axis is empty on every process")
+            if k_total > r.limit:
+                raise ValueError(f"the reduced axis has {k_total} terms over all processes, more than {r.limit}")
+            agreed.append(_maxima_of(every[off : off + e.size]))
+            off += e.size
+        return [int(k) for k in k_totals], [bool(b) for b in any_bad], agreed
+
+
+class LevelSum:
+    """The second collective, launched at once: each reduction's levels with the agreed scales,
+    packed, all-reduced together (the reductions of one or more agreements, in order). ``wait()``
+    rounds them: the results, in order."""
+
+    def __init__(self, agreements: Sequence[Agreement]) -> None:
+        first = agreements[0]
+        self.group, self.stats, self.world = first.group, first.stats, first.world
+        self.reductions: list = []
+        self.k_totals: list = []
+        self.any_bad: list = []
+        self.agreed: list = []
+        for agreement in agreements:
+            k_totals, any_bad, agreed = agreement.wait()
+            self.reductions += agreement.reductions
+            self.k_totals += k_totals
+            self.any_bad += any_bad
+            self.agreed += agreed
+        self.packed = [
+            _core.pack_levels(r.levels(k, mx), r.kind, k, r.dtype, self.world)
+            for r, k, mx in zip(self.reductions, self.k_totals, self.agreed)
+        ]
+        self.words = torch.from_numpy(np.concatenate([p.reshape(-1) for p in self.packed]))
+        self.work = _timed(
+            self.stats, dist.all_reduce, self.words, op=dist.ReduceOp.SUM, group=self.group, async_op=True
+        )
+        self.stats.levels += self.words.numel() * 4
+        self.stats.float32_bytes += 4 * sum(r.outputs for r in self.reductions)
+        self.stats.calls += len(self.reductions)
+
+    def wait(self) -> list:
+        _waited(self.stats, self.work)
+        flags: list = [None] * len(self.reductions)
+        bad_ix = [i for i, b in enumerate(self.any_bad) if b]
+        if bad_ix:
+            reports = _or_flags(
+                np.concatenate([self.reductions[i].special_flags() for i in bad_ix]), self.group, self.stats
+            )
+            off = 0
+            for i in bad_ix:
+                flags[i] = reports[off : off + self.reductions[i].outputs]
+                off += self.reductions[i].outputs
+            self.stats.special += 3 * off
+        out, off = [], 0
+        summed = self.words.numpy()
+        for r, k, mx, p, f in zip(self.reductions, self.k_totals, self.agreed, self.packed, flags):
+            mine = summed[off : off + p.size].reshape(p.shape)
+            off += p.size
+            levels = _core.unpack_levels(mine, r.kind, k, r.dtype, self.world)
+            out.append(r.round(levels, k, mx, f).reshape(r.shape))
+        return out
 
 
 def reduce_all(
@@ -171,55 +267,10 @@ def reduce_all(
     reductions (kinds, output shapes, dtypes) on every process of ``group``, each with this
     process's part (any length, 0 included). Two collectives for the whole list (three where a
     term is not finite). Returns the results as NumPy arrays, in order."""
-    st = ReductionBytes()
     if not reductions:
         return []
-    world = dist.get_world_size(group)
-    local = [r.maxima() for r in reductions]
-    exps = [_exponents(mx) for mx, _ in local]
-    head = np.array([[r.k, int(bad)] for r, (_, bad) in zip(reductions, local)], dtype=np.int64)
-    mine = np.concatenate([head.reshape(-1).view(np.uint8), *[e.view(np.uint8) for e in exps]])
-    parts = [torch.empty(mine.size, dtype=torch.uint8) for _ in range(world)]
-    _timed(st, dist.all_gather, parts, torch.from_numpy(mine), group=group)
-    hb = head.nbytes
-    heads = np.stack([p.numpy()[:hb].view(np.int64).reshape(-1, 2) for p in parts])
-    every = np.stack([p.numpy()[hb:].view(np.int16) for p in parts]).max(axis=0)
-    k_totals, any_bad = heads[:, :, 0].sum(axis=0), heads[:, :, 1].max(axis=0) > 0
-    agreed, off = [], 0
-    for r, e, k_total in zip(reductions, exps, k_totals):
-        if k_total < 1:
-            raise ValueError("the reduced axis is empty on every process")
-        if k_total > r.limit:
-            raise ValueError(f"the reduced axis has {k_total} terms over all processes, more than {r.limit}")
-        agreed.append(_maxima_of(every[off : off + e.size]))
-        off += e.size
-    packed = [
-        _core.pack_levels(r.levels(int(k), mx), r.kind, int(k), r.dtype, world)
-        for r, k, mx in zip(reductions, k_totals, agreed)
-    ]
-    words = torch.from_numpy(np.concatenate([p.reshape(-1) for p in packed]))
-    _timed(st, dist.all_reduce, words, op=dist.ReduceOp.SUM, group=group)
-    flags: list = [None] * len(reductions)
-    bad_ix = [i for i, b in enumerate(any_bad) if b]
-    if bad_ix:
-        reports = _or_flags(np.concatenate([reductions[i].special_flags() for i in bad_ix]), group, st)
-        off = 0
-        for i in bad_ix:
-            flags[i] = reports[off : off + reductions[i].outputs]
-            off += reductions[i].outputs
-        st.special += 3 * off
-    out, off = [], 0
-    summed = words.numpy()
-    for r, k, mx, p, f in zip(reductions, k_totals, agreed, packed, flags):
-        mine_words = summed[off : off + p.size].reshape(p.shape)
-        off += p.size
-        levels = _core.unpack_levels(mine_words, r.kind, int(k), r.dtype, world)
-        out.append(r.round(levels, int(k), mx, f).reshape(r.shape))
-    st.maxima += sum(e.nbytes for e in exps)
-    st.lengths += hb
-    st.levels += words.numel() * 4
-    st.float32_bytes += 4 * sum(r.outputs for r in reductions)
-    st.calls += len(reductions)
+    st = ReductionBytes()
+    out = LevelSum([Agreement(reductions, group, st)]).wait()
     if stats is not None:
         stats.add(st)
     return out

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, List, Optional, Union
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.hooks import RemovableHandle
 
-from .allreduce import Reduction, ReductionBytes, _numpy, exact_matmul, exact_sum, reduce_all
+from .. import reduce as R
+from .allreduce import (
+    Agreement,
+    LevelSum,
+    Reduction,
+    ReductionBytes,
+    _numpy,
+    _timed,
+    exact_matmul,
+    exact_sum,
+    reduce_all,
+)
 
 __all__ = ["SharedBatch"]
 
@@ -23,9 +33,22 @@ class _Deferred:
     DDP bucket that holds the parameter)."""
 
     param: torch.Tensor
-    reduction: Callable[[], Reduction]  # made when reduced: its operands may be made then too
+    reduction: Reduction
     finish: Optional[Callable[[torch.Tensor], torch.Tensor]]
-    backward: int  # the backward pass (autograd's graph task) that asked for it
+
+
+@dataclass
+class _Layer:
+    """The reductions one layer's backward deferred (an autograd node), with the collectives
+    that reduce them once launched (shared by every layer they reduce: at the end, every layer
+    waiting goes in one agreement and one level sum; with overlap, a layer's agreement goes when
+    the next layer defers and its levels one layer later)."""
+
+    node: Any
+    task: int  # the backward pass (autograd's graph task)
+    entries: List[_Deferred] = field(default_factory=list)
+    agreement: Optional[Agreement] = None
+    levels: Optional[LevelSum] = None
 
 
 def _made(a: Any) -> torch.Tensor:
@@ -55,22 +78,28 @@ class SharedBatch:
     process's own and is per example anyway. Every process must run the same layers in the same
     order (the reductions are collectives), as data-parallel training does.
 
-    The parameters' gradients are not needed until the backward pass ends, so they wait for it
-    (``defer_gradients=True``): each layer leaves an additive identity (-0.0) where its
-    gradient goes, and the gradients are reduced together, in two collectives, and added into
-    ``param.grad`` as the backward pass ends, or earlier by ``exact_allreduce_hook`` for the
-    parameters of each DistributedDataParallel bucket. Each collective is a point where every
-    process waits for the slowest, so one per step instead of two per layer is most of the
-    communication time saved. ``torch.autograd.grad`` (which does not write ``param.grad``)
-    needs ``defer_gradients=False``: every reduction at once, as the layer asks for it.
+    The parameters' gradients are not needed until the backward pass ends, so they do not hold
+    it up (``defer_gradients=True``): each layer leaves an additive identity (-0.0) where its
+    gradient goes, and the reductions wait. At the end of the backward pass (or in
+    ``exact_allreduce_hook``, for each DistributedDataParallel bucket) they are done together,
+    in two collectives for all of them, and added into ``param.grad``. A collective the
+    backward pass stops at costs the wait for the slowest process as well as its own time: two
+    per layer cost a 2-process LeNet step 25 ms where two in all cost under 3 ms
+    (``benchmarks/bench_distributed.py``). ``torch.autograd.grad`` (which does not write
+    ``param.grad``) needs ``defer_gradients=False``: every reduction at once, as the layer asks.
+
+    ``overlap=True`` launches each layer's collectives while the backward pass goes on instead
+    (the scales when the next layer's gradients are asked for, the levels one layer later),
+    waiting for them at the end: for machines whose cores can run Gloo's threads beside the
+    computation. On 2 cores shared by 2 processes it was slower (the benchmark reports both).
 
     ``name`` is ``"exact"``: what a trace records, since the bits are the exact mode's.
-    ``traffic`` accumulates the bytes this process sent and its time in the collectives, for
-    measuring."""
+    ``traffic`` accumulates the bytes this process sent and its time in the collectives (calls,
+    and waits for those launched in the background), for measuring."""
 
     name = "exact"
 
-    def __init__(self, group: Optional[Any] = None, *, defer_gradients: bool = True) -> None:
+    def __init__(self, group: Optional[Any] = None, *, defer_gradients: bool = True, overlap: bool = False) -> None:
         self.traffic = ReductionBytes()
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(
@@ -79,9 +108,12 @@ class SharedBatch:
             )
         self.group = group
         self.defer_gradients = bool(defer_gradients)
-        self._pending: list = []
+        self.overlap = bool(overlap)
+        self._layers: List[_Layer] = []  # deferred, in the order their layers asked
+        self._reduced: list = []  # (task, param, gradient) reduced, not yet handed over
+        self._awaited: set = set()  # backward passes whose end will hand the gradients over
         self._listeners: OrderedDict = OrderedDict()  # weakly referable, for RemovableHandle
-        self._awaited: set = set()  # backward passes (autograd's graph tasks) whose end will reduce
+        self._capacity: dict = {}  # the most rows a process has gathered, per kind of gather
 
     # --- reductions a layer needs now -------------------------------------------------------
     def matmul(
@@ -95,15 +127,13 @@ class SharedBatch:
         """``a @ b`` over every process's part of the shared axis (a: m x k_p, b: k_p x n).
         With ``grad_of`` (the parameter the product is the gradient of; ``finish`` maps the
         product to its shape), the reduction may wait for the end of the backward pass: see
-        the class; ``a`` may then be a function that makes it, called when it is reduced)."""
+        the class. ``a`` may be a function that makes it."""
         param = self._deferrable(grad_of)
         if param is None:
             out = exact_matmul(_made(a), b, self.group, stats=self.traffic)
             return finish(out) if finish is not None else out
         assert grad_of is not None
-        return self._defer(
-            param, grad_of, lambda: Reduction("matmul", _numpy(_made(a), "a"), _numpy(b, "b")), finish, b.dtype
-        )
+        return self._defer(param, grad_of, Reduction("matmul", _numpy(_made(a), "a"), _numpy(b, "b")), finish)
 
     def sum(self, x: torch.Tensor, *, grad_of: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The sum over axis 0 of ``x`` and every other process's rows (``grad_of``: as in
@@ -112,17 +142,78 @@ class SharedBatch:
         if param is None:
             return exact_sum(x, self.group, stats=self.traffic)
         assert grad_of is not None
-        return self._defer(param, grad_of, lambda: Reduction("sum", _numpy(x, "x")), None, x.dtype)
+        return self._defer(param, grad_of, Reduction("sum", _numpy(x, "x")), None)
 
     def rows(self, k: int) -> int:
         """k summed over the processes: the global count of examples (or terms)."""
         t = torch.tensor([int(k)], dtype=torch.int64)
-        t0 = time.perf_counter()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
-        self.traffic.seconds += time.perf_counter() - t0
-        self.traffic.collectives += 1
+        _timed(self.traffic, dist.all_reduce, t, op=dist.ReduceOp.SUM, group=self.group)
         self.traffic.lengths += 8
         return int(t.item())
+
+    def total(self, x: torch.Tensor) -> tuple:
+        """The exact sum over axis 0 of ``x`` and every other process's rows, and how many rows
+        that is: for a loss's few per-example values, whose rows are gathered (one collective,
+        where a reduction takes two and the count a third) and summed here, in the exact mode,
+        whose sum does not depend on the order. Returns (sum, rows)."""
+        xn = _numpy(x, "x")
+        if xn.ndim != 2:
+            raise ValueError(f"x: expected a 2-D (rows, columns) tensor, got shape {xn.shape}")
+        every = np.concatenate(self._gather("loss", xn))
+        if len(every) < 1:
+            raise ValueError("the reduced axis is empty on every process")
+        return torch.from_numpy(np.asarray(R.sum(every, axis=0, mode="exact"))), len(every)
+
+    def token_sums(self, rows: torch.Tensor, tokens: np.ndarray, vocab: int) -> torch.Tensor:
+        """An embedding table's gradient: for each token, the exact sum of the rows (k x D) of
+        every position, on every process, that holds it (``tokens``: k ids below ``vocab``); zero
+        for a token no process holds. Which tokens a process holds differs, so their union is
+        gathered first; then one reduction per token (a process without it adds no rows), all in
+        one agreement and one level sum: the bits of one process's per-token exact sums."""
+        rn = _numpy(rows, "rows")
+        ids = np.asarray(tokens, dtype=np.int64)
+        if rn.ndim != 2 or ids.shape != (rn.shape[0],):
+            raise ValueError(f"rows, tokens: expected k x D rows and k ids, got {rn.shape} and {ids.shape}")
+        mine = np.unique(ids)
+        union = np.unique(np.concatenate(self._gather("tokens", mine.reshape(-1, 1)))).astype(np.int64)
+        if len(union) and (union[0] < 0 or union[-1] >= vocab):
+            raise ValueError(f"tokens: expected ids in [0, {vocab}), got {union[0]}..{union[-1]}")
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        lo = np.searchsorted(sorted_ids, union, side="left")
+        hi = np.searchsorted(sorted_ids, union, side="right")
+        parts = [Reduction("sum", np.ascontiguousarray(rn[order[a:b]])) for a, b in zip(lo, hi)]
+        out = torch.zeros((vocab, rn.shape[1]), dtype=rows.dtype)
+        if parts:
+            sums = reduce_all(parts, self.group, stats=self.traffic)
+            out[torch.from_numpy(union)] = torch.from_numpy(np.stack(sums))
+        return out
+
+    def _gather(self, key: str, xn: np.ndarray) -> list:
+        """Every process's rows of a small k x n array (k may differ), in rank order: one
+        all-gather of each process's count and its first rows up to a capacity; a process with
+        more sends them in a second, and the capacity (per ``key``) grows for the next call."""
+        k, n = xn.shape
+        world = dist.get_world_size(self.group)
+        cap = self._capacity.get(key, 0)
+        first = np.zeros(8 + cap * n * xn.itemsize, dtype=np.uint8)
+        first[:8] = np.array([k], dtype=np.int64).view(np.uint8)
+        mine = np.ascontiguousarray(xn[:cap]).view(np.uint8).reshape(-1)
+        first[8 : 8 + mine.size] = mine
+        parts = [torch.empty(first.size, dtype=torch.uint8) for _ in range(world)]
+        _timed(self.traffic, dist.all_gather, parts, torch.from_numpy(first), group=self.group)
+        self.traffic.lengths += 8
+        self.traffic.levels += first.size - 8
+        counts = [int(p.numpy()[:8].view(np.int64)[0]) for p in parts]
+        if max(counts) <= cap:
+            return [p.numpy()[8:].view(xn.dtype).reshape(cap, n)[:c] for p, c in zip(parts, counts)]
+        cap = self._capacity[key] = max(counts)
+        full = np.zeros(cap * n * xn.itemsize, dtype=np.uint8)
+        full[: xn.nbytes] = np.ascontiguousarray(xn).view(np.uint8).reshape(-1)
+        parts = [torch.empty(full.size, dtype=torch.uint8) for _ in range(world)]
+        _timed(self.traffic, dist.all_gather, parts, torch.from_numpy(full), group=self.group)
+        self.traffic.levels += full.size
+        return [p.numpy().view(xn.dtype).reshape(cap, n)[:c] for p, c in zip(parts, counts)]
 
     # --- gradients that wait for the end of the backward pass ------------------------------
     def _deferrable(self, grad_of: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -131,29 +222,90 @@ class SharedBatch:
         return _leaf_of(grad_of)
 
     def _defer(
-        self,
-        param: torch.Tensor,
-        grad_of: torch.Tensor,
-        reduction: Callable[[], Reduction],
-        finish: Optional[Callable],
-        dtype: torch.dtype,
+        self, param: torch.Tensor, grad_of: torch.Tensor, reduction: Reduction, finish: Optional[Callable]
     ) -> torch.Tensor:
         task = torch._C._current_graph_task_id()
         if task not in self._awaited:
-            # reduce as this backward pass ends, when every layer has asked for its gradient
+            # hand the gradients over as this backward pass ends, when every layer has asked
             torch.autograd.Variable._execution_engine.queue_callback(lambda: self._end_of_backward(task))
             self._awaited.add(task)
-        self._pending.append(_Deferred(param, reduction, finish, task))
+        node = torch._C._current_autograd_node()
+        last = self._layers[-1] if self._layers else None
+        if last is None or last.node is not node or last.task != task:
+            if self.overlap:
+                # A new layer: the last one's scales go now, and the levels of the ones before
+                # it (whose scales went a layer ago, while this layer's backward computed).
+                self._launch(levels_up_to=len(self._layers) - 1)
+            last = _Layer(node, task)
+            self._layers.append(last)
+        last.entries.append(_Deferred(param, reduction, finish))
         # -0.0 + g == g for every g (+0.0, -0.0 and NaN payloads included): the placeholder
         # leaves whatever param.grad holds as it was, for the reduced gradient to be added to
-        return torch.full(grad_of.shape, -0.0, dtype=dtype)
+        return torch.full(grad_of.shape, -0.0, dtype=torch.float64 if reduction.dtype == "float64" else torch.float32)
+
+    def _launch(self, levels_up_to: int) -> None:
+        """Launches the agreement of the layers that have none (together), and the levels of
+        those of the first ``levels_up_to`` layers that have none (together). The same calls in
+        the same order on every process: they are collectives."""
+        fresh = [layer for layer in self._layers if layer.agreement is None]
+        if fresh:
+            agreement = Agreement([d.reduction for layer in fresh for d in layer.entries], self.group, self.traffic)
+            for layer in fresh:
+                layer.agreement = agreement
+        # the agreements of those layers, in order, each once; every layer of them gets the levels
+        agreements = list(
+            dict.fromkeys(layer.agreement for layer in self._layers[:levels_up_to] if layer.levels is None)
+        )
+        if agreements:
+            levels = LevelSum([a for a in agreements if a is not None])
+            for layer in self._layers:
+                if layer.agreement in agreements:
+                    layer.levels = levels
+
+    def _reduce_waiting(self) -> None:
+        """Every layer waiting: its collectives finished and its gradients ready to hand over,
+        a parameter's several gradients of one backward pass added first, in the order the layers
+        produced them (as autograd adds a tied parameter's gradients before accumulating them)."""
+        self._launch(levels_up_to=len(self._layers))
+        layers, self._layers = self._layers, []
+        results: dict = {}
+        entries = [(layer.task, d) for layer in layers for d in layer.entries]
+        outs: list = []
+        for layer in layers:
+            assert layer.levels is not None
+            if id(layer.levels) not in results:
+                results[id(layer.levels)] = layer.levels.wait()
+                outs += results[id(layer.levels)]
+        for (task, d), r in zip(entries, outs):
+            g = torch.from_numpy(np.asarray(r))
+            if d.finish is not None:
+                g = d.finish(g)
+            for i, (t, p, h) in enumerate(self._reduced):
+                if t == task and p is d.param:
+                    self._reduced[i] = (t, p, h + g)
+                    break
+            else:
+                self._reduced.append((task, d.param, g))
+
+    def _hand_over(self, task: int, params: Optional[Iterable[torch.Tensor]]) -> list:
+        self._reduce_waiting()
+        ids = None if params is None else {id(p) for p in params}
+        out, keep = [], []
+        for t, p, g in self._reduced:
+            if t == task and (ids is None or id(p) in ids):
+                out.append((p, g))
+            else:
+                keep.append((t, p, g))
+        self._reduced = keep
+        for p, g in out:
+            for fn in list(self._listeners.values()):
+                fn(p, g)
+        return out
 
     def _end_of_backward(self, task: int) -> None:
-        # (a pass that raised never gets here: what it left waiting is never reduced or used)
+        # (a pass that raised never gets here: what it left waiting is never handed over)
         self._awaited.discard(task)
-        pending = [d for d in self._pending if d.backward == task]
-        self._pending = [d for d in self._pending if d.backward != task]
-        for param, grad in self._reduce(pending):
+        for param, grad in self._hand_over(task, None):
             if param.grad is None:
                 raise RuntimeError(
                     "SharedBatch: a parameter's gradient was not accumulated into param.grad (was the "
@@ -170,38 +322,12 @@ class SharedBatch:
         return handle
 
     def take_gradients(self, params: Iterable[torch.Tensor]) -> list:
-        """The reduced gradients of those of ``params`` whose reductions are waiting, as
-        (parameter, gradient to add to what its gradient holds) pairs: what a DDP bucket's hook
-        calls. They no longer wait for the end of the backward pass."""
-        ids, task = {id(p) for p in params}, torch._C._current_graph_task_id()
-        mine = [d for d in self._pending if id(d.param) in ids and d.backward == task]
-        self._pending = [d for d in self._pending if not (id(d.param) in ids and d.backward == task)]
-        return self._reduce(mine)
-
-    def _reduce(self, pending: list) -> list:
-        """Reduces the deferred reductions together; a parameter's several gradients of one
-        backward pass are added first, in the order the layers produced them (as autograd adds a
-        tied parameter's gradients before accumulating them)."""
-        if not pending:
-            return []
-        results = reduce_all([d.reduction() for d in pending], self.group, stats=self.traffic)
-        groups: dict = {}
-        order: list = []
-        for d, r in zip(pending, results):
-            g = torch.from_numpy(np.asarray(r))
-            if d.finish is not None:
-                g = d.finish(g)
-            key = (d.backward, id(d.param))
-            if key in groups:
-                groups[key] = (d.param, groups[key][1] + g)
-            else:
-                groups[key] = (d.param, g)
-                order.append(key)
-        out = [groups[k] for k in order]
-        for param, g in out:
-            for fn in list(self._listeners.values()):
-                fn(param, g)
-        return out
+        """The reduced gradients of those of ``params`` whose reductions waited in this backward
+        pass, as (parameter, gradient to add to what its gradient holds) pairs: what a DDP
+        bucket's hook calls. Every reduction waiting is finished here (its collectives are in
+        flight already); the other parameters' gradients are handed over by their own bucket or
+        at the end of the backward pass."""
+        return self._hand_over(torch._C._current_graph_task_id(), params)
 
     def __repr__(self) -> str:
         return f"SharedBatch(world_size={dist.get_world_size(self.group)}, defer_gradients={self.defer_gradients})"

@@ -67,6 +67,14 @@ def _bsum(x: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None) ->
     return R.sum(x.contiguous(), axis=0, mode=mode)
 
 
+def _total(x: torch.Tensor, mode: Any) -> tuple:
+    """A loss's sum over the batch of its per-example values (k x 1) and the batch's size: over
+    every process's examples for a shared mode (one collective for both)."""
+    if not isinstance(mode, str):
+        return mode.total(x.contiguous())
+    return R.sum(x.contiguous(), axis=0, mode=mode), len(x)
+
+
 def _shared_param(t: Optional[torch.Tensor], mode: Any) -> Optional[torch.Tensor]:
     """The tensor a shared mode's reduction names as the one its gradient is of (kept only there:
     the string modes never defer)."""
@@ -402,10 +410,10 @@ class _CrossEntropy(torch.autograd.Function):
         z = logits.detach().cpu().numpy()
         qn = q.detach().cpu().numpy()
         losses, p = mathfn.softmax_xent(z, qn, mode="fixed")  # per example; classes in a fixed order
-        n = np.asarray(z.dtype.type(_count(len(z), mode)))  # the whole batch's size
+        total, count = _total(torch.from_numpy(np.ascontiguousarray(losses.reshape(-1, 1))), mode)
+        n = np.asarray(z.dtype.type(count))  # the whole batch's size
         ctx.save_for_backward(torch.from_numpy(mathfn.output_errors(p, qn, mode="fixed") / n))
-        total = _bsum(torch.from_numpy(np.ascontiguousarray(losses.reshape(-1, 1))), mode).numpy()
-        return torch.from_numpy(np.asarray(total[0] / n))
+        return torch.from_numpy(np.asarray(total.numpy()[0] / n))
 
     @staticmethod
     def backward(ctx, g):
@@ -439,12 +447,13 @@ class _MSE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, t, mode):
         d = (x - t).reshape(len(x), -1)
-        n = _count(d.numel(), mode)  # the whole batch's terms
-        ctx.save_for_backward(d)
-        ctx.n, ctx.shape = n, x.shape
         per = d * d
         rows = R.sum(per.t().contiguous(), axis=0, mode="fixed").reshape(-1, 1)
-        return _bsum(torch.as_tensor(rows), mode)[0] / n
+        total, examples = _total(torch.as_tensor(rows), mode)
+        n = examples * d.shape[1]  # the whole batch's terms
+        ctx.save_for_backward(d)
+        ctx.n, ctx.shape = n, x.shape
+        return total[0] / n
 
     @staticmethod
     def backward(ctx, g):
@@ -796,6 +805,9 @@ class _Embedding(torch.autograd.Function):
         shape, padding_idx, mode = ctx.conf
         flat = ids.reshape(-1).numpy()
         dy2 = dy.reshape(-1, shape[1]).contiguous()
+        if not isinstance(mode, str):  # a shared batch: each token's rows over every process
+            keep = flat != padding_idx
+            return None, mode.token_sums(dy2[torch.from_numpy(keep)], flat[keep], shape[0]), None, None
         dw = torch.zeros(shape, dtype=dy.dtype)
         order = np.argsort(flat, kind="stable")  # stable: fixed mode keeps the batch's order per token
         toks = flat[order]
@@ -822,13 +834,6 @@ def embedding(
 ) -> torch.Tensor:
     if ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"ids: expected integer token ids, got {ids.dtype}")
-    if not isinstance(mode, str):
-        # its gradient sums each token's rows, and which tokens a process holds differs: the
-        # shared form needs the union of the processes' tokens first, which is not built
-        raise ValueError(
-            f"mode: Embedding has no reduction shared among processes yet ({mode!r}); "
-            "train it with mode='exact' on one process"
-        )
     return _Embedding.apply(ids.long(), weight, -1 if padding_idx is None else int(padding_idx), mode)
 
 
