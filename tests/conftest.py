@@ -101,3 +101,29 @@ def write_mnist(folder, n=40, seed=0, gz=False):
     with op(os.path.join(folder, "train-labels-idx1-ubyte" + sfx), "wb") as f:
         f.write(struct.pack(">BBBBI", 0, 0, 8, 1, n) + labels.tobytes())
     return imgs, labels
+
+
+def in_process_group(rank: int, world: int, init: str, body, *args) -> None:
+    """For ``mp.spawn``: runs ``body(rank, world, *args)`` in a Gloo process group of ``world``
+    processes, then ends the group the one safe way. Every process finishes; body's objects
+    (DDP's reducers among them) are collected; only then is the group destroyed, because a
+    reducer that outlives its group aborts its process at exit."""
+    import gc
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        body(rank, world, *args)
+        dist.barrier()
+        gc.collect()
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_group(world: int, tmp_path, body, *args) -> None:
+    """``body(rank, world, *args)`` on ``world`` processes in one Gloo group (its store in
+    tmp_path); a process that raises fails the call."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(in_process_group, args=(world, f"file://{tmp_path / 'store'}", body, *args), nprocs=world, join=True)

@@ -9,10 +9,10 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from exactforge._backend.native import _core
+
+from conftest import spawn_group
 
 CASES = [
     # (m, k, n, dtype, special, seed)
@@ -44,30 +44,25 @@ def _cuts(k, world, seed):
     return [0, *cuts.tolist(), k]
 
 
-def _worker(rank, world, init, out):
+def _worker(rank, world, out):
     from exactforge.distributed import ReductionBytes, exact_matmul, exact_sum
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        results = {}
-        for i, (m, k, n, dtype, special, seed) in enumerate(CASES):
-            a, b = _case(m, k, n, dtype, special, seed)
-            cuts = _cuts(k, world, seed)
-            lo, hi = cuts[rank], cuts[rank + 1]
-            stats = ReductionBytes()
-            p = exact_matmul(torch.from_numpy(a[:, lo:hi].copy()), torch.from_numpy(b[lo:hi].copy()), stats=stats)
-            s = exact_sum(torch.from_numpy(b[lo:hi].copy()))
-            results[f"p{i}"], results[f"s{i}"] = p.numpy(), s.numpy()
-            results[f"bytes{i}"] = np.array([stats.total, stats.float32_bytes])
-        np.savez(os.path.join(out, f"rank{rank}.npz"), **results)
-    finally:
-        dist.destroy_process_group()
+    results = {}
+    for i, (m, k, n, dtype, special, seed) in enumerate(CASES):
+        a, b = _case(m, k, n, dtype, special, seed)
+        cuts = _cuts(k, world, seed)
+        lo, hi = cuts[rank], cuts[rank + 1]
+        stats = ReductionBytes()
+        p = exact_matmul(torch.from_numpy(a[:, lo:hi].copy()), torch.from_numpy(b[lo:hi].copy()), stats=stats)
+        s = exact_sum(torch.from_numpy(b[lo:hi].copy()))
+        results[f"p{i}"], results[f"s{i}"] = p.numpy(), s.numpy()
+        results[f"bytes{i}"] = np.array([stats.total, stats.float32_bytes])
+    np.savez(os.path.join(out, f"rank{rank}.npz"), **results)
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_a_split_reduction_has_one_processs_bits(world, tmp_path):
-    init = f"file://{tmp_path / 'store'}"
-    mp.spawn(_worker, args=(world, init, str(tmp_path)), nprocs=world, join=True)
+    spawn_group(world, tmp_path, _worker, str(tmp_path))
     for i, (m, k, n, dtype, special, seed) in enumerate(CASES):
         a, b = _case(m, k, n, dtype, special, seed)
         ref_p = _core.matmul(a, b, "exact")

@@ -5,17 +5,16 @@ DistributedDataParallel or not. The deferred reductions take two collectives in 
 
 from __future__ import annotations
 
-import gc
 import os
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import exactforge.nn as xnn
+
+from conftest import spawn_group
 
 BATCH = 9
 
@@ -54,32 +53,25 @@ def _train(net, model, x, y, mode, parts):
     return {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
 
 
-def _worker(rank, world, init, out, ddp, defer):
+def _worker(rank, world, out, ddp, defer):
     from torch.nn.parallel import DistributedDataParallel
 
     from exactforge.distributed import SharedBatch, exact_allreduce_hook
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        x, y = _data()
-        cuts = np.linspace(0, BATCH, world + 1).astype(int)
-        shared = SharedBatch(defer_gradients=bool(defer), overlap=defer == "overlap")
-        model = xnn.reproducible(_Tied(), mode=shared)
-        net = model
-        if ddp:
-            # "buckets": a bucket per parameter or two, each reduced by the hook when it is ready
-            caps = {"bucket_cap_mb": 1e-4, "static_graph": True} if ddp == "buckets" else {}
-            net = DistributedDataParallel(model, **caps)
-            net.register_comm_hook(shared, exact_allreduce_hook)
-        before = shared.traffic.collectives
-        grads = _train(net, model, x, y, shared, slice(cuts[rank], cuts[rank + 1]))
-        grads["collectives"] = np.array(shared.traffic.collectives - before)
-        np.savez(os.path.join(out, f"rank{rank}.npz"), **grads)
-        dist.barrier()
-        del net, model
-        gc.collect()
-    finally:
-        dist.destroy_process_group()
+    x, y = _data()
+    cuts = np.linspace(0, BATCH, world + 1).astype(int)
+    shared = SharedBatch(defer_gradients=bool(defer), overlap=defer == "overlap")
+    model = xnn.reproducible(_Tied(), mode=shared)
+    net = model
+    if ddp:
+        # "buckets": a bucket per parameter or two, each reduced by the hook when it is ready
+        caps = {"bucket_cap_mb": 1e-4, "static_graph": True} if ddp == "buckets" else {}
+        net = DistributedDataParallel(model, **caps)
+        net.register_comm_hook(shared, exact_allreduce_hook)
+    before = shared.traffic.collectives
+    grads = _train(net, model, x, y, shared, slice(cuts[rank], cuts[rank + 1]))
+    grads["collectives"] = np.array(shared.traffic.collectives - before)
+    np.savez(os.path.join(out, f"rank{rank}.npz"), **grads)
 
 
 @pytest.mark.parametrize(
@@ -87,7 +79,7 @@ def _worker(rank, world, init, out, ddp, defer):
     [(2, False, True), (2, True, True), (2, "buckets", True), (2, False, False), (3, True, True), (2, True, "overlap")],
 )
 def test_deferred_gradients_are_one_processs(world, ddp, defer, tmp_path):
-    mp.spawn(_worker, args=(world, f"file://{tmp_path / 'store'}", str(tmp_path), ddp, defer), nprocs=world, join=True)
+    spawn_group(world, tmp_path, _worker, str(tmp_path), ddp, defer)
     x, y = _data()
     model = xnn.reproducible(_Tied())
     ref = _train(model, model, x, y, "exact", slice(None))
@@ -104,24 +96,20 @@ def test_deferred_gradients_are_one_processs(world, ddp, defer, tmp_path):
             assert int(got["collectives"]) == 3 + 2 * per_pass, defer
 
 
-def _grad_worker(rank, world, init, out):
+def _grad_worker(rank, world, out):
     from exactforge.distributed import SharedBatch
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    x, y = _data()
+    shared = SharedBatch()
+    model = xnn.reproducible(_Tied(), mode=shared)
+    loss = xnn.cross_entropy(model(x[0]), y[0], mode=shared)
     try:
-        x, y = _data()
-        shared = SharedBatch()
-        model = xnn.reproducible(_Tied(), mode=shared)
-        loss = xnn.cross_entropy(model(x[0]), y[0], mode=shared)
-        try:
-            torch.autograd.grad(loss, list(model.parameters()))
-        except RuntimeError as e:
-            with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
-                f.write(str(e))
-    finally:
-        dist.destroy_process_group()
+        torch.autograd.grad(loss, list(model.parameters()))
+    except RuntimeError as e:
+        with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
+            f.write(str(e))
 
 
 def test_autograd_grad_is_refused_where_gradients_wait(tmp_path):
-    mp.spawn(_grad_worker, args=(1, f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=1, join=True)
+    spawn_group(1, tmp_path, _grad_worker, str(tmp_path))
     assert "defer_gradients=False" in (tmp_path / "rank0.txt").read_text()

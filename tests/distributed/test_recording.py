@@ -4,18 +4,17 @@ and verifies at epsilon = 0 on one process."""
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import exactforge.nn as xnn
+
+from conftest import spawn_group
 
 BATCH, STEPS = 30, 4
 
@@ -30,39 +29,31 @@ def _batches(n):
     return [rng.choice(n, BATCH, replace=False) for _ in range(STEPS)]
 
 
-def _worker(rank, world, init, out):
+def _worker(rank, world, out):
     from torch.nn.parallel import DistributedDataParallel
 
     from exactforge.data import load_digits
     from exactforge.distributed import SharedBatch, exact_allreduce_hook
     from exactforge.trace.record import TraceRecorder
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        data = load_digits()
-        X, y = torch.from_numpy(data.X), torch.from_numpy(data.y)
-        shared = SharedBatch()
-        module = xnn.reproducible(_net(), mode=shared)
-        model = DistributedDataParallel(module)
-        model.register_comm_hook(shared, exact_allreduce_hook)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        cuts = np.linspace(0, BATCH, world + 1).astype(int)
-        with TraceRecorder(
-            out, module, opt, data, batch_size=BATCH, steps=STEPS, loss_fn=xnn.cross_entropy, checkpoint_every=2
-        ) as rec:
-            for idx in _batches(len(data)):
-                mine = idx[cuts[rank] : cuts[rank + 1]]
-                loss = xnn.cross_entropy(model(X[mine]), y[mine], mode=shared)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                rec.step(mine)
-        # DDP's reducer outliving the process group aborts the process at exit
-        dist.barrier()
-        del model, module, opt
-        gc.collect()
-    finally:
-        dist.destroy_process_group()
+    data = load_digits()
+    X, y = torch.from_numpy(data.X), torch.from_numpy(data.y)
+    shared = SharedBatch()
+    module = xnn.reproducible(_net(), mode=shared)
+    model = DistributedDataParallel(module)
+    model.register_comm_hook(shared, exact_allreduce_hook)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    cuts = np.linspace(0, BATCH, world + 1).astype(int)
+    with TraceRecorder(
+        out, module, opt, data, batch_size=BATCH, steps=STEPS, loss_fn=xnn.cross_entropy, checkpoint_every=2
+    ) as rec:
+        for idx in _batches(len(data)):
+            mine = idx[cuts[rank] : cuts[rank + 1]]
+            loss = xnn.cross_entropy(model(X[mine]), y[mine], mode=shared)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rec.step(mine)
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -71,7 +62,7 @@ def test_a_trace_recorded_by_several_processes_verifies_on_one(world, tmp_path):
     from exactforge.verify import verify_trace
 
     out = str(tmp_path / "trace")
-    mp.spawn(_worker, args=(world, f"file://{tmp_path / 'store'}", out), nprocs=world, join=True)
+    spawn_group(world, tmp_path, _worker, out)
     trace = Trace.open(out)
     man = json.loads(open(os.path.join(out, "manifest.json")).read())
     assert man["environment"]["world_size"] == world

@@ -6,17 +6,16 @@ training mode (its statistics and running averages), ReLU, pooling, Linear and L
 from __future__ import annotations
 
 import copy
-import gc
 import os
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import exactforge.nn as xnn
+
+from conftest import spawn_group
 
 GLOBAL_BATCH = 11
 
@@ -48,43 +47,34 @@ def _step(model, x, y, mode):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def _worker(rank, world, init, out, ddp=False):
+def _worker(rank, world, out, ddp=False):
     from torch.nn.parallel import DistributedDataParallel
 
     from exactforge.distributed import SharedBatch, exact_allreduce_hook
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        x, y = _data()
-        cuts = [0, 2, 7, GLOBAL_BATCH][:world] + [GLOBAL_BATCH] if world > 1 else [0, GLOBAL_BATCH]
-        cuts = sorted(set(cuts))[: world + 1]
-        lo, hi = cuts[rank], cuts[rank + 1]
-        shared = SharedBatch()
-        model = xnn.reproducible(_model(), mode=shared)
-        assert xnn.mode_of(model) == "exact"
-        net = model
-        if ddp:
-            net = DistributedDataParallel(model)
-            net.register_comm_hook(shared, exact_allreduce_hook)
-        loss, grads = _step(net, x[lo:hi], y[lo:hi], shared)
-        grads = {k.removeprefix("module."): v for k, v in grads.items()}
-        bn = model[1]
-        res = {"loss": loss.numpy(), "rm": bn.running_mean.numpy(), "rv": bn.running_var.numpy()}
-        res.update({f"g_{k}": v.numpy() for k, v in grads.items()})
-        np.savez(os.path.join(out, f"rank{rank}.npz"), **res)
-        # DDP's reducer outliving the process group aborts the process at exit: finish together,
-        # drop the wrapper, then destroy the group
-        dist.barrier()
-        del net, model
-        gc.collect()
-    finally:
-        dist.destroy_process_group()
+    x, y = _data()
+    cuts = [0, 2, 7, GLOBAL_BATCH][:world] + [GLOBAL_BATCH] if world > 1 else [0, GLOBAL_BATCH]
+    cuts = sorted(set(cuts))[: world + 1]
+    lo, hi = cuts[rank], cuts[rank + 1]
+    shared = SharedBatch()
+    model = xnn.reproducible(_model(), mode=shared)
+    assert xnn.mode_of(model) == "exact"
+    net = model
+    if ddp:
+        net = DistributedDataParallel(model)
+        net.register_comm_hook(shared, exact_allreduce_hook)
+    loss, grads = _step(net, x[lo:hi], y[lo:hi], shared)
+    grads = {k.removeprefix("module."): v for k, v in grads.items()}
+    bn = model[1]
+    res = {"loss": loss.numpy(), "rm": bn.running_mean.numpy(), "rv": bn.running_var.numpy()}
+    res.update({f"g_{k}": v.numpy() for k, v in grads.items()})
+    np.savez(os.path.join(out, f"rank{rank}.npz"), **res)
 
 
 @pytest.mark.parametrize("world, ddp", [(1, False), (2, False), (3, False), (2, True), (3, True)])
 def test_a_shared_batch_gives_one_processs_gradients(world, ddp, tmp_path):
     """Directly, and through DistributedDataParallel with exact_allreduce_hook."""
-    mp.spawn(_worker, args=(world, f"file://{tmp_path / 'store'}", str(tmp_path), ddp), nprocs=world, join=True)
+    spawn_group(world, tmp_path, _worker, str(tmp_path), ddp)
     x, y = _data()
     model = xnn.reproducible(copy.deepcopy(_model()))
     loss, grads = _step(model, x, y, "exact")

@@ -4,17 +4,16 @@ padding token) with one process's bits, for 1, 2 and 3 processes, under DDP or n
 
 from __future__ import annotations
 
-import gc
 import os
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import exactforge.nn as xnn
+
+from conftest import spawn_group
 
 BATCH, LENGTH, VOCAB = 7, 5, 17
 
@@ -45,33 +44,26 @@ def _grads(net, model, ids, y, mode):
     return {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
 
 
-def _worker(rank, world, init, out, ddp):
+def _worker(rank, world, out, ddp):
     from torch.nn.parallel import DistributedDataParallel
 
     from exactforge.distributed import SharedBatch, exact_allreduce_hook
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        ids, y = _data()
-        cuts = np.linspace(0, BATCH, world + 1).astype(int)
-        shared = SharedBatch()
-        model = xnn.reproducible(_Tokens(), mode=shared)
-        net = model
-        if ddp:
-            net = DistributedDataParallel(model)
-            net.register_comm_hook(shared, exact_allreduce_hook)
-        part = slice(cuts[rank], cuts[rank + 1])
-        np.savez(os.path.join(out, f"rank{rank}.npz"), **_grads(net, model, ids[part], y[part], shared))
-        dist.barrier()
-        del net, model
-        gc.collect()
-    finally:
-        dist.destroy_process_group()
+    ids, y = _data()
+    cuts = np.linspace(0, BATCH, world + 1).astype(int)
+    shared = SharedBatch()
+    model = xnn.reproducible(_Tokens(), mode=shared)
+    net = model
+    if ddp:
+        net = DistributedDataParallel(model)
+        net.register_comm_hook(shared, exact_allreduce_hook)
+    part = slice(cuts[rank], cuts[rank + 1])
+    np.savez(os.path.join(out, f"rank{rank}.npz"), **_grads(net, model, ids[part], y[part], shared))
 
 
 @pytest.mark.parametrize("world, ddp", [(1, False), (2, False), (3, True)])
 def test_an_embedding_gradient_over_processes_is_one_processs(world, ddp, tmp_path):
-    mp.spawn(_worker, args=(world, f"file://{tmp_path / 'store'}", str(tmp_path), ddp), nprocs=world, join=True)
+    spawn_group(world, tmp_path, _worker, str(tmp_path), ddp)
     ids, y = _data()
     model = xnn.reproducible(_Tokens())
     ref = _grads(model, model, ids, y, "exact")
