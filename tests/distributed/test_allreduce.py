@@ -45,9 +45,9 @@ def _cuts(k, world, seed):
 
 
 def _worker(rank, world, out):
-    from exactforge.distributed import ReductionBytes, exact_matmul, exact_sum
+    from exactforge.distributed import Reduction, ReductionBytes, exact_matmul, exact_sum, reduce_all
 
-    results = {}
+    results, together = {}, []
     for i, (m, k, n, dtype, special, seed) in enumerate(CASES):
         a, b = _case(m, k, n, dtype, special, seed)
         cuts = _cuts(k, world, seed)
@@ -57,6 +57,10 @@ def _worker(rank, world, out):
         s = exact_sum(torch.from_numpy(b[lo:hi].copy()))
         results[f"p{i}"], results[f"s{i}"] = p.numpy(), s.numpy()
         results[f"bytes{i}"] = np.array([stats.total, stats.float32_bytes])
+        together += [Reduction("matmul", a[:, lo:hi], b[lo:hi]), Reduction("sum", b[lo:hi])]
+    # every case at once: two collectives (three with the non-finite reports) for all of them
+    for i, r in enumerate(reduce_all(together)):
+        results[f"{'ps'[i % 2]}{i // 2}_together"] = r
     np.savez(os.path.join(out, f"rank{rank}.npz"), **results)
 
 
@@ -72,6 +76,8 @@ def test_a_split_reduction_has_one_processs_bits(world, tmp_path):
             got = np.load(tmp_path / f"rank{rank}.npz")
             assert np.array_equal(got[f"p{i}"].view(u), ref_p.view(u)), (i, rank)
             assert np.array_equal(got[f"s{i}"].view(u), ref_s.view(u)), (i, rank)
+            assert np.array_equal(got[f"p{i}_together"].view(u), ref_p.view(u)), (i, rank)
+            assert np.array_equal(got[f"s{i}_together"].view(u), ref_s.view(u)), (i, rank)
 
 
 def test_packed_levels_are_checked():

@@ -46,8 +46,9 @@ _NO_MAXIMUM = np.int16(-32768)  # the exponent of a zero maximum: below every fi
 @dataclass
 class ReductionBytes:
     """Bytes one process contributes to the collectives of reductions: the scales' exponents,
-    the length of its part and its non-finite flag, the packed integer levels, and the
-    non-finite reports (only when there are non-finite terms); ``float32_bytes`` is what an
+    the length of its part and its non-finite flag, the packed integer levels, the non-finite
+    reports (only when there are non-finite terms), and the rows gathered as they are (a loss's
+    per-example values, an embedding's token ids); ``float32_bytes`` is what an
     all-reduce of the float results would send, ``seconds`` the time spent in the collectives,
     ``calls`` the reductions and ``collectives`` the collectives they took. ``add`` accumulates
     another's counts."""
@@ -56,12 +57,13 @@ class ReductionBytes:
     lengths: int = 0
     levels: int = 0
     special: int = 0
+    gathered: int = 0
     float32_bytes: int = 0
     seconds: float = 0.0
     calls: int = 0
     collectives: int = 0
 
-    _FIELDS = ("maxima", "lengths", "levels", "special", "float32_bytes", "seconds", "calls", "collectives")
+    _FIELDS = ("maxima", "lengths", "levels", "special", "gathered", "float32_bytes", "seconds", "calls", "collectives")
 
     def add(self, other: "ReductionBytes") -> None:
         for f in self._FIELDS:
@@ -69,7 +71,7 @@ class ReductionBytes:
 
     @property
     def total(self) -> int:
-        return self.maxima + self.lengths + self.levels + self.special
+        return self.maxima + self.lengths + self.levels + self.special + self.gathered
 
     def to_json(self) -> dict:
         out = {f: getattr(self, f) for f in self._FIELDS}
@@ -86,10 +88,17 @@ def _numpy(t: Any, name: str) -> np.ndarray:
 
 
 class Reduction:
-    """One reduction of this process's part: ``a @ b`` over a's columns and b's rows
-    (``kind="matmul"``) or the sum of ``a``'s rows (``kind="sum"``, ``b`` None)."""
+    """One reduction of this process's part, for ``reduce_all``: ``a @ b`` over a's columns and
+    b's rows (``kind="matmul"``) or the sum of ``a``'s rows (``kind="sum"``, ``b`` None); NumPy
+    arrays or CPU tensors, float32 or float64."""
 
-    def __init__(self, kind: str, a: np.ndarray, b: Optional[np.ndarray] = None) -> None:
+    def __init__(self, kind: str, a: Any, b: Any = None) -> None:
+        if isinstance(a, torch.Tensor):
+            a = _numpy(a, "a")
+        if isinstance(b, torch.Tensor):
+            b = _numpy(b, "b")
+        a = np.ascontiguousarray(a)
+        b = None if b is None else np.ascontiguousarray(b)
         self.kind, self.a, self.b = kind, a, b
         if kind == "matmul":
             assert b is not None

@@ -203,7 +203,7 @@ class SharedBatch:
         parts = [torch.empty(first.size, dtype=torch.uint8) for _ in range(world)]
         _timed(self.traffic, dist.all_gather, parts, torch.from_numpy(first), group=self.group)
         self.traffic.lengths += 8
-        self.traffic.levels += first.size - 8
+        self.traffic.gathered += first.size - 8
         counts = [int(p.numpy()[:8].view(np.int64)[0]) for p in parts]
         if max(counts) <= cap:
             return [p.numpy()[8:].view(xn.dtype).reshape(cap, n)[:c] for p, c in zip(parts, counts)]
@@ -212,7 +212,7 @@ class SharedBatch:
         full[: xn.nbytes] = np.ascontiguousarray(xn).view(np.uint8).reshape(-1)
         parts = [torch.empty(full.size, dtype=torch.uint8) for _ in range(world)]
         _timed(self.traffic, dist.all_gather, parts, torch.from_numpy(full), group=self.group)
-        self.traffic.levels += full.size
+        self.traffic.gathered += full.size
         return [p.numpy().view(xn.dtype).reshape(cap, n)[:c] for p, c in zip(parts, counts)]
 
     # --- gradients that wait for the end of the backward pass ------------------------------
