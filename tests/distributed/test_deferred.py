@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 import exactforge.nn as xnn
@@ -60,7 +61,9 @@ def _worker(rank, world, out, ddp, defer):
 
     x, y = _data()
     cuts = np.linspace(0, BATCH, world + 1).astype(int)
-    shared = SharedBatch(defer_gradients=bool(defer), overlap=defer == "overlap")
+    # a group of its own, as a loop whose default group is NCCL's gives it (here DDP's is the default)
+    group = dist.new_group(backend="gloo") if ddp is True else None
+    shared = SharedBatch(group, defer_gradients=bool(defer), overlap=defer == "overlap")
     model = xnn.reproducible(_Tied(), mode=shared)
     net = model
     if ddp:
@@ -108,6 +111,24 @@ def _grad_worker(rank, world, out):
     except RuntimeError as e:
         with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
             f.write(str(e))
+
+
+def _nccl_worker(rank, world, out):
+    from unittest import mock
+
+    from exactforge.distributed import SharedBatch
+
+    with mock.patch.object(dist, "get_backend", return_value="nccl"):
+        try:
+            SharedBatch()
+        except ValueError as e:
+            with open(os.path.join(out, "nccl.txt"), "w") as f:
+                f.write(str(e))
+
+
+def test_an_nccl_group_is_refused_with_the_fix(tmp_path):
+    spawn_group(1, tmp_path, _nccl_worker, str(tmp_path))
+    assert "new_group(backend='gloo')" in (tmp_path / "nccl.txt").read_text()
 
 
 def test_autograd_grad_is_refused_where_gradients_wait(tmp_path):

@@ -106,6 +106,13 @@ class SharedBatch:
                 "SharedBatch: torch.distributed has no process group; call "
                 "torch.distributed.init_process_group (e.g. backend='gloo') first"
             )
+        backend = str(dist.get_backend(group)).lower()
+        if "nccl" in backend and "gloo" not in backend and "mpi" not in backend:
+            raise ValueError(
+                f"group: its backend is {backend!r}, which carries CUDA tensors only, and the exact reductions "
+                "are collectives on CPU arrays; pass a Gloo group of the same processes: "
+                "SharedBatch(torch.distributed.new_group(backend='gloo'))"
+            )
         self.group = group
         self.defer_gradients = bool(defer_gradients)
         self.overlap = bool(overlap)
