@@ -56,7 +56,9 @@ def _worker(rank, world, out, ddp=False):
     cuts = [0, 2, 7, GLOBAL_BATCH][:world] + [GLOBAL_BATCH] if world > 1 else [0, GLOBAL_BATCH]
     cuts = sorted(set(cuts))[: world + 1]
     lo, hi = cuts[rank], cuts[rank + 1]
-    shared = SharedBatch()
+    # "overlap": the gradients' collectives launched during the backward pass, between
+    # BatchNorm's, which its backward waits for
+    shared = SharedBatch(overlap=ddp == "overlap")
     model = xnn.reproducible(_model(), mode=shared)
     assert xnn.mode_of(model) == "exact"
     net = model
@@ -71,7 +73,7 @@ def _worker(rank, world, out, ddp=False):
     np.savez(os.path.join(out, f"rank{rank}.npz"), **res)
 
 
-@pytest.mark.parametrize("world, ddp", [(1, False), (2, False), (3, False), (2, True), (3, True)])
+@pytest.mark.parametrize("world, ddp", [(1, False), (2, False), (3, False), (2, True), (3, True), (3, "overlap")])
 def test_a_shared_batch_gives_one_processs_gradients(world, ddp, tmp_path):
     """Directly, and through DistributedDataParallel with exact_allreduce_hook."""
     spawn_group(world, tmp_path, _worker, str(tmp_path), ddp)

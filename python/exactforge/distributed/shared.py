@@ -83,10 +83,12 @@ class SharedBatch:
     gradient goes, and the reductions wait. At the end of the backward pass (or in
     ``exact_allreduce_hook``, for each DistributedDataParallel bucket) they are done together,
     in two collectives for all of them, and added into ``param.grad``. A collective the
-    backward pass stops at costs the wait for the slowest process as well as its own time: two
-    per layer cost a 2-process LeNet step 25 ms where two in all cost under 3 ms
-    (``benchmarks/bench_distributed.py``). ``torch.autograd.grad`` (which does not write
-    ``param.grad``) needs ``defer_gradients=False``: every reduction at once, as the layer asks.
+    backward pass stops at costs the wait for the slowest process as well as its own time, and
+    two per layer were most of a 2-process LeNet step (``docs/benchmarks/distributed.md``).
+    ``torch.autograd.grad`` (which does not write ``param.grad``) needs
+    ``defer_gradients=False``: every reduction at once, as the layer asks for it. Where the
+    default group is NCCL's, pass a Gloo group of the same processes: the reductions are
+    collectives on CPU arrays.
 
     ``overlap=True`` launches each layer's collectives while the backward pass goes on instead
     (the scales when the next layer's gradients are asked for, the levels one layer later),
