@@ -119,7 +119,8 @@ class SharedBatch:
         self.defer_gradients = bool(defer_gradients)
         self.overlap = bool(overlap)
         self._layers: List[_Layer] = []  # deferred, in the order their layers asked
-        self._reduced: list = []  # (task, param, gradient) reduced, not yet handed over
+        # reduced, not yet handed over: (backward pass, id(param)) -> (param, gradient)
+        self._reduced: dict = {}
         self._awaited: set = set()  # backward passes whose end will hand the gradients over
         self._listeners: OrderedDict = OrderedDict()  # weakly referable, for RemovableHandle
         self._capacity: dict = {}  # the most rows a process has gathered, per kind of gather
@@ -142,7 +143,7 @@ class SharedBatch:
             out = exact_matmul(_made(a), b, self.group, stats=self.traffic)
             return finish(out) if finish is not None else out
         assert grad_of is not None
-        return self._defer(param, grad_of, Reduction("matmul", _numpy(_made(a), "a"), _numpy(b, "b")), finish)
+        return self._defer(param, grad_of, Reduction("matmul", _made(a), b), finish)
 
     def sum(self, x: torch.Tensor, *, grad_of: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The sum over axis 0 of ``x`` and every other process's rows (``grad_of``: as in
@@ -151,7 +152,7 @@ class SharedBatch:
         if param is None:
             return exact_sum(x, self.group, stats=self.traffic)
         assert grad_of is not None
-        return self._defer(param, grad_of, Reduction("sum", _numpy(x, "x")), None)
+        return self._defer(param, grad_of, Reduction("sum", x), None)
 
     def rows(self, k: int) -> int:
         """k summed over the processes: the global count of examples (or terms)."""
@@ -168,7 +169,7 @@ class SharedBatch:
         xn = _numpy(x, "x")
         if xn.ndim != 2:
             raise ValueError(f"x: expected a 2-D (rows, columns) tensor, got shape {xn.shape}")
-        every = np.concatenate(self._gather("loss", xn))
+        every = np.concatenate(self.gather(xn, "loss"))
         if len(every) < 1:
             raise ValueError("the reduced axis is empty on every process")
         return torch.from_numpy(np.asarray(R.sum(every, axis=0, mode="exact"))), len(every)
@@ -184,7 +185,7 @@ class SharedBatch:
         if rn.ndim != 2 or ids.shape != (rn.shape[0],):
             raise ValueError(f"rows, tokens: expected k x D rows and k ids, got {rn.shape} and {ids.shape}")
         mine = np.unique(ids)
-        union = np.unique(np.concatenate(self._gather("tokens", mine.reshape(-1, 1)))).astype(np.int64)
+        union = np.unique(np.concatenate(self.gather(mine.reshape(-1, 1), "tokens"))).astype(np.int64)
         if len(union) and (union[0] < 0 or union[-1] >= vocab):
             raise ValueError(f"tokens: expected ids in [0, {vocab}), got {union[0]}..{union[-1]}")
         order = np.argsort(ids, kind="stable")
@@ -198,10 +199,11 @@ class SharedBatch:
             out[torch.from_numpy(union)] = torch.from_numpy(np.stack(sums))
         return out
 
-    def _gather(self, key: str, xn: np.ndarray) -> list:
-        """Every process's rows of a small k x n array (k may differ), in rank order: one
-        all-gather of each process's count and its first rows up to a capacity; a process with
-        more sends them in a second, and the capacity (per ``key``) grows for the next call."""
+    def gather(self, xn: np.ndarray, key: str) -> list:
+        """Every process's rows of a small k x n array (k may differ, n and the dtype may not),
+        in rank order: one all-gather of each process's count and its first rows up to a
+        capacity; a process with more sends them in a second, and the capacity (per ``key``, a
+        name for the kind of data) grows for the next call."""
         k, n = xn.shape
         world = dist.get_world_size(self.group)
         cap = self._capacity.get(key, 0)
@@ -277,35 +279,23 @@ class SharedBatch:
         produced them (as autograd adds a tied parameter's gradients before accumulating them)."""
         self._launch(levels_up_to=len(self._layers))
         layers, self._layers = self._layers, []
-        results: dict = {}
         entries = [(layer.task, d) for layer in layers for d in layer.entries]
         outs: list = []
-        for layer in layers:
-            assert layer.levels is not None
-            if id(layer.levels) not in results:
-                results[id(layer.levels)] = layer.levels.wait()
-                outs += results[id(layer.levels)]
+        for levels in dict.fromkeys(layer.levels for layer in layers):  # each level sum once, in order
+            assert levels is not None
+            outs += levels.wait()
         for (task, d), r in zip(entries, outs):
             g = torch.from_numpy(np.asarray(r))
             if d.finish is not None:
                 g = d.finish(g)
-            for i, (t, p, h) in enumerate(self._reduced):
-                if t == task and p is d.param:
-                    self._reduced[i] = (t, p, h + g)
-                    break
-            else:
-                self._reduced.append((task, d.param, g))
+            key = (task, id(d.param))
+            self._reduced[key] = (d.param, self._reduced[key][1] + g) if key in self._reduced else (d.param, g)
 
     def _hand_over(self, task: int, params: Optional[Iterable[torch.Tensor]]) -> list:
         self._reduce_waiting()
         ids = None if params is None else {id(p) for p in params}
-        out, keep = [], []
-        for t, p, g in self._reduced:
-            if t == task and (ids is None or id(p) in ids):
-                out.append((p, g))
-            else:
-                keep.append((t, p, g))
-        self._reduced = keep
+        mine = [key for key in self._reduced if key[0] == task and (ids is None or key[1] in ids)]
+        out = [self._reduced.pop(key) for key in mine]
         for p, g in out:
             for fn in list(self._listeners.values()):
                 fn(p, g)

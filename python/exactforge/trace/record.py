@@ -453,12 +453,8 @@ class TraceRecorder:
 
     def _global_batch(self, idx: np.ndarray) -> np.ndarray:
         """The step's whole batch: every process's examples, in rank order (a collective)."""
-        import torch.distributed as dist
-
         assert self._shared is not None
-        parts: List[Any] = [None] * self._world
-        dist.all_gather_object(parts, [int(i) for i in idx], group=self._shared.group)
-        whole = np.asarray([i for p in parts for i in p], dtype=np.int64)
+        whole = np.concatenate(self._shared.gather(idx.astype(np.int64).reshape(-1, 1), "batch")).reshape(-1)
         if self.batch_size is not None and whole.size != self.batch_size:
             raise ValueError(
                 f"batch_indices: the processes' examples make a batch of {whole.size}, but batch_size="
