@@ -72,7 +72,7 @@ def _total(x: torch.Tensor, mode: Any) -> tuple:
     every process's examples for a shared mode (one collective for both)."""
     if not isinstance(mode, str):
         return mode.total(x.contiguous())
-    return R.sum(x.contiguous(), axis=0, mode=mode), len(x)
+    return _bsum(x, mode), len(x)
 
 
 def _shared_param(t: Optional[torch.Tensor], mode: Any) -> Optional[torch.Tensor]:
