@@ -26,6 +26,10 @@
 namespace py = pybind11;
 using namespace exactforge;
 
+namespace exactforge {
+void register_optim(py::module_& m);  // optim.cpp
+}
+
 namespace {
 
 enum class DT { F32, F64 };
@@ -871,6 +875,7 @@ py::array unpack_levels_py(py::array_t<int32_t, py::array::c_style | py::array::
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
+  register_optim(m);
   m.doc() = "exactforge native CPU core (private; use exactforge.reduce)";
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("mode"), py::arg("order") = py::none(),
         py::arg("threads") = 0, py::arg("a_transposed") = false);

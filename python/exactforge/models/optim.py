@@ -8,7 +8,8 @@ from its first checkpoint's parameters *and* state, and compares both with the n
 so ε = 0 covers the optimizer too. Plain SGD (weight decay allowed) has no state tensors.
 
 Supported: torch.optim.SGD (momentum, dampening, nesterov, weight_decay, maximize, foreach),
-Adam and AdamW (betas, eps, weight_decay, amsgrad, maximize, foreach), with any number of
+Adam and AdamW (betas, eps, weight_decay, amsgrad, maximize, foreach), RMSprop (alpha, eps,
+weight_decay, momentum, centered, maximize, foreach), with any number of
 parameter groups (each its own hyperparameters: no weight decay on biases and norms, another
 rate for the head). Refused when recording: other optimizers, fused, capturable and
 differentiable, and groups that leave out a parameter of the model.
@@ -24,7 +25,8 @@ import numpy as np
 
 __all__ = ["spec_of", "check_spec", "build", "state_keys", "state_tensors", "load_state", "expected_table"]
 
-_KINDS = {"SGD": "sgd", "Adam": "adam", "AdamW": "adamw"}
+_KINDS = {"SGD": "sgd", "Adam": "adam", "AdamW": "adamw", "RMSprop": "rmsprop"}
+_BOOLEAN = ("nesterov", "centered")
 
 
 # hyperparameters of each kind that a group may set, besides lr
@@ -32,6 +34,7 @@ GROUP_KEYS = {
     "sgd": ("momentum", "dampening", "nesterov", "weight_decay"),
     "adam": ("betas", "eps", "weight_decay"),
     "adamw": ("betas", "eps", "weight_decay"),
+    "rmsprop": ("alpha", "eps", "weight_decay", "momentum", "centered"),
 }
 # options recorded only where they differ from torch's default (so a plain loop's manifest stays
 # as it always was), each a boolean the verifier passes back to torch
@@ -39,6 +42,7 @@ OPTIONS = {
     "sgd": ("maximize", "foreach"),
     "adam": ("maximize", "foreach", "amsgrad"),
     "adamw": ("maximize", "foreach", "amsgrad"),
+    "rmsprop": ("maximize", "foreach"),
 }
 MAX_GROUPS = 64
 
@@ -51,7 +55,7 @@ def _group_values(kind: str, g: Dict[str, Any]) -> Dict[str, Any]:
     out: Dict[str, Any] = {"lr": float(g["lr"])}
     for k in GROUP_KEYS[kind]:
         v = g[k]
-        out[k] = [float(b) for b in v] if k == "betas" else (bool(v) if k == "nesterov" else float(v))
+        out[k] = [float(b) for b in v] if k == "betas" else (bool(v) if k in _BOOLEAN else float(v))
     return out
 
 
@@ -63,7 +67,8 @@ def spec_of(optimizer: Any, model: Any) -> Dict[str, Any]:
     kind = _KINDS.get(type(optimizer).__name__) if type(optimizer).__module__.startswith("torch.optim") else None
     if kind is None:
         raise ValueError(
-            f"optimizer: {type(optimizer).__name__} cannot be replayed from a trace; use torch.optim.SGD, Adam or AdamW"
+            f"optimizer: {type(optimizer).__name__} cannot be replayed from a trace; use torch.optim.SGD, Adam, AdamW "
+            "or RMSprop"
         )
     position = {id(p): i for i, p in enumerate(model.parameters())}
     groups = optimizer.param_groups
@@ -105,6 +110,12 @@ def _check_values(kind: str, spec: Dict[str, Any]) -> None:
         _num(spec, "dampening", 0.0, 1.0)
         if not isinstance(spec["nesterov"], bool):
             raise ValueError("'optimizer': nesterov must be true or false")
+    elif kind == "rmsprop":
+        _num(spec, "alpha", 0.0, 1.0)
+        _num(spec, "eps", 0.0, 1.0)
+        _num(spec, "momentum", 0.0, 1.0)
+        if not isinstance(spec["centered"], bool):
+            raise ValueError("'optimizer': centered must be true or false")
     else:
         b = spec["betas"]
         if not isinstance(b, list) or len(b) != 2:
@@ -116,8 +127,8 @@ def _check_values(kind: str, spec: Dict[str, Any]) -> None:
 
 def check_spec(spec: Any) -> None:
     """For the verifier: a spec from an untrusted manifest (exact keys, bounded numbers)."""
-    if not isinstance(spec, dict) or spec.get("name") not in ("sgd", "adam", "adamw"):
-        raise ValueError("'optimizer' must name sgd, adam or adamw")
+    if not isinstance(spec, dict) or spec.get("name") not in GROUP_KEYS:
+        raise ValueError("'optimizer' must name sgd, adam, adamw or rmsprop")
     kind = spec["name"]
     keys = {"name", "lr", *GROUP_KEYS[kind]}
     if not keys <= set(spec) <= keys | set(OPTIONS[kind]) | {"groups"}:
@@ -170,7 +181,9 @@ def build(spec: Dict[str, Any], params: List[Any]) -> Any:
         ]
     else:
         groups = [{**_torch_values(kind, spec), "params": list(params)}]
-    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}[
+        kind
+    ]
     return cls(groups, lr=spec["lr"], **options)
 
 
@@ -182,9 +195,12 @@ def _torch_values(kind: str, g: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def state_keys(spec: Dict[str, Any]) -> List[str]:
+    moving = spec.get("momentum") or any(g.get("momentum") for g in spec.get("groups", []))
     if spec["name"] == "sgd":
-        moving = spec["momentum"] or any(g["momentum"] for g in spec.get("groups", []))
         return ["momentum_buffer"] if moving else []
+    if spec["name"] == "rmsprop":
+        centered = spec["centered"] or any(g["centered"] for g in spec.get("groups", []))
+        return ["step", "square_avg"] + (["momentum_buffer"] if moving else []) + (["grad_avg"] if centered else [])
     return ["step", "exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if spec.get("amsgrad") else [])
 
 

@@ -154,6 +154,7 @@ class TorchStep:
         augment: Any = None,
         accumulate: int = 1,
         normalize: Optional[Dict[str, List[float]]] = None,
+        arithmetic: str = "torch",
     ) -> None:
         from ..nn import mode_of
 
@@ -165,6 +166,9 @@ class TorchStep:
         self.augment = augment  # a KeyedAugment: step t's draws for each example
         self.accumulate = accumulate  # micro-batches per step: numpy.array_split of the batch, loss / accumulate
         self.normalize = normalize  # per channel, after augmentation (exactforge.nn.augment.normalize)
+        # "portable-1": the optimizer steps through exactforge.nn.update (the same bits on every
+        # CPU); "torch": through torch's own kernels, as traces recorded before it
+        self.arithmetic = arithmetic
 
     def __call__(
         self, state: State, idx: np.ndarray, t: int = 0, lr: Union[None, float, Sequence[float]] = None
@@ -206,7 +210,12 @@ class TorchStep:
             loss = self._loss(part, t)
             (loss if self.accumulate == 1 else loss / self.accumulate).backward()
         self.clip([p.grad for p in self.params if p.grad is not None])
-        o.step()
+        if self.arithmetic == "torch":
+            o.step()
+        else:
+            from ..nn.update import portable_step
+
+            portable_step(o)
 
     def _loss(self, idx: np.ndarray, t: int) -> Any:
         """The loss of the examples ``idx`` at step t (dropout and augmentation keyed to them)."""
@@ -345,7 +354,9 @@ class Stepper:
 
         if self._nn_model is None:
             self._nn_model = xnn.reproducible(copy.deepcopy(self.model).cpu())
-        engine = TorchStep(self._nn_model, self.X, self.y, sgd_spec(self.lr), xnn.cross_entropy)
+        engine = TorchStep(
+            self._nn_model, self.X, self.y, sgd_spec(self.lr), xnn.cross_entropy, arithmetic=xnn.ARITHMETIC
+        )
         before = get_num_threads()
         try:
             if cond.threads:

@@ -11,12 +11,17 @@ Transformer encoder, Embedding, ReLU, Tanh, Sigmoid, GELU, SiLU, Flatten, Unflat
 (training-mode masks keyed to (seed, step, layer, example): ``dropout_keys``; attention-weight
 dropout likewise). Anything else is
 refused by ``reproducible`` with its name. CPU tensors.
+
+The optimizer of a reproducible model steps through ``reproducible_optimizer(optimizer)``:
+torch's SGD, Adam, AdamW and RMSprop with one written-down rounding per operation, the same
+bits on every CPU (``exactforge.nn.update``); ``TraceRecorder`` installs it for you.
 """
 
 from . import layers as _layers  # noqa: F401  (registers the layer types)
 from ._registry import (
     MODES,
     UnsupportedLayerError,
+    arithmetic_of,
     mode_of,
     register_layer,
     reproducible,
@@ -38,10 +43,15 @@ from .functional import (
 )
 from .layers.dropout import dropout_keys, keyed_dropout, keyed_layers
 from .layers.elementwise import ShortcutA
+from .update import ARITHMETIC, portable_step, reproducible_optimizer
 
 __all__ = [
     "reproducible",
     "mode_of",
+    "arithmetic_of",
+    "ARITHMETIC",
+    "portable_step",
+    "reproducible_optimizer",
     "cross_entropy",
     "mse_loss",
     "sigmoid",

@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, List, Optional, Type
 
 from torch import nn
 
+from .update import ARITHMETIC, ARITHMETICS
+
 __all__ = [
     "MODES",
     "UnsupportedLayerError",
@@ -21,6 +23,7 @@ __all__ = [
     "supported_layers",
     "reproducible",
     "mode_of",
+    "arithmetic_of",
     "shared_batch_of",
 ]
 
@@ -62,7 +65,7 @@ def _lookup(module: nn.Module):
     return None
 
 
-def reproducible(module: nn.Module, mode: Any = "exact") -> nn.Module:
+def reproducible(module: nn.Module, mode: Any = "exact", arithmetic: str = ARITHMETIC) -> nn.Module:
     """The same module, with every supported layer running through exactforge's reproducible
     kernels in forward and backward; returns ``module``.
 
@@ -78,7 +81,15 @@ def reproducible(module: nn.Module, mode: Any = "exact") -> nn.Module:
     naming it (its path in the model and its type); containers (Sequential, ModuleList,
     ModuleDict) and modules whose only job is to call their children are walked into. A custom
     module's own forward code runs as written: the guarantee covers the layers, so keep
-    arithmetic that mixes examples out of custom forwards."""
+    arithmetic that mixes examples out of custom forwards.
+
+    ``arithmetic``: how the elementwise steps that torch would run through MKL or its ISA build
+    are rounded: ``"portable-1"`` (default: correctly rounded square roots, the same bits on
+    every CPU) or ``"torch"`` (torch's own, as traces recorded before exactforge named an
+    arithmetic; machine-bound). A recorder names it in the trace, and its optimizer steps
+    through the same arithmetic (``exactforge.nn.reproducible_optimizer``)."""
+    if arithmetic not in ARITHMETICS:
+        raise ValueError(f"arithmetic: expected one of {ARITHMETICS}, got {arithmetic!r}")
     if isinstance(mode, str):
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -119,6 +130,7 @@ def reproducible(module: nn.Module, mode: Any = "exact") -> nn.Module:
     for m, make in plan:
         m.forward = types.MethodType(make(m, mode), m)  # type: ignore[method-assign]
         setattr(m, "_exactforge_mode", mode)
+        setattr(m, "_exactforge_arithmetic", arithmetic)
         if isinstance(m, nn.Dropout):
             setattr(m, "_exactforge_keyed", True)
     return module
@@ -140,6 +152,15 @@ def mode_of(module: nn.Module) -> Optional[str]:
             f"model: its layers were made reproducible with different modes {sorted(map(str, modes))}; use one"
         )
     return str(modes.pop()) if modes else None
+
+
+def arithmetic_of(module: nn.Module) -> Optional[str]:
+    """The arithmetic ``reproducible`` gave the module's layers, or None if it was not made
+    reproducible; ValueError if its layers were given different ones."""
+    found = {m._exactforge_arithmetic for m in module.modules() if getattr(m, "_exactforge_mode", None) is not None}
+    if len(found) > 1:
+        raise ValueError(f"model: its layers were made reproducible with different arithmetics {sorted(found)}; use one")
+    return found.pop() if found else None
 
 
 def shared_batch_of(module: nn.Module) -> Any:

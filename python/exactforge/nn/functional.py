@@ -115,6 +115,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 _NATIVE = (torch.float32, torch.float64)
 
 
+def _rsqrt(v: torch.Tensor, arithmetic: str) -> torch.Tensor:
+    """1 / sqrt(v) for a normalisation: the correctly rounded root then IEEE division (the
+    portable arithmetic, the same on every CPU), or torch's root, which is MKL's and follows the
+    CPU vendor, for traces recorded with torch's arithmetic (``arithmetic="torch"``)."""
+    if arithmetic == "torch" or v.dtype not in _NATIVE:
+        return 1.0 / torch.sqrt(v)
+    return 1.0 / torch.from_numpy(_core.sqrt_rn(v.detach().contiguous().numpy())).reshape(v.shape)
+
+
 def _im2col(x: torch.Tensor, geo) -> torch.Tensor:
     if x.dtype in _NATIVE:
         return torch.from_numpy(_core.im2col(x.contiguous().numpy(), *geo))
@@ -252,9 +261,9 @@ class _BatchNormEval(torch.autograd.Function):
     statistics fixed (eval mode); gamma's and beta's gradients sum over examples and positions."""
 
     @staticmethod
-    def forward(ctx, x, mean, var, weight, bias, eps, mode):
+    def forward(ctx, x, mean, var, weight, bias, eps, mode, arithmetic):
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        inv = torch.rsqrt(var + eps)
+        inv = torch.rsqrt(var + eps) if arithmetic == "torch" else _rsqrt(var + eps, arithmetic)
         xhat = (x - mean.reshape(shape)) * inv.reshape(shape)
         y = _affine(xhat, weight, bias, shape)
         ctx.save_for_backward(xhat, inv, weight)
@@ -270,11 +279,13 @@ class _BatchNormEval(torch.autograd.Function):
         dx = g * inv.reshape(shape) if ctx.needs_input_grad[0] else None
         dw = _channel_sum(dy * xhat, ctx.mode, weight) if weight is not None and ctx.needs_input_grad[3] else None
         db = _channel_sum(dy, ctx.mode, ctx.bias) if ctx.needs_input_grad[4] else None
-        return dx, None, None, dw, db, None, None
+        return dx, None, None, dw, db, None, None, None
 
 
-def batch_norm_eval(x, running_mean, running_var, weight, bias, eps: float, mode: str = "exact"):
-    return _BatchNormEval.apply(x, running_mean, running_var, weight, bias, eps, mode)
+def batch_norm_eval(
+    x, running_mean, running_var, weight, bias, eps: float, mode: str = "exact", arithmetic: str = "portable-1"
+):
+    return _BatchNormEval.apply(x, running_mean, running_var, weight, bias, eps, mode, arithmetic)
 
 
 def _channel_sum(t: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -302,7 +313,7 @@ class _BatchNormTrain(torch.autograd.Function):
     perform, in their order: the same bits."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, mode):
+    def forward(ctx, x, weight, bias, eps, mode, arithmetic):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         M = _count(x.numel() // x.shape[1], mode)
         mean = _channel_sum(x, mode) / M
@@ -313,13 +324,13 @@ class _BatchNormTrain(torch.autograd.Function):
         if fused:
             x3 = _ncl(x)
             var = torch.from_numpy(_core.sum_centered_squares(x3, mean.numpy(), mode)) / M
-            rstd = 1.0 / torch.sqrt(var + eps)
+            rstd = _rsqrt(var + eps, arithmetic)
             xh, yn = _core.batch_norm_normalize(x3, mean.numpy(), rstd.numpy(), _vec(weight), _vec(bias))
             xhat, y = torch.from_numpy(xh).reshape(x.shape), torch.from_numpy(yn).reshape(x.shape)
         else:
             xc = x - mean.reshape(shape)
             var = _channel_sum(xc * xc, mode) / M
-            rstd = 1.0 / torch.sqrt(var + eps)
+            rstd = _rsqrt(var + eps, arithmetic)
             xhat = xc * rstd.reshape(shape)
             y = _affine(xhat, weight, bias, shape)
         ctx.save_for_backward(xhat, rstd, weight)
@@ -355,7 +366,7 @@ class _BatchNormTrain(torch.autograd.Function):
                 dx = (g - mg.reshape(shape) - xhat * mgx.reshape(shape)) * rstd.reshape(shape)
         dw = sum_dyx if weight is not None and ctx.needs_input_grad[1] else None
         db = sum_dy if ctx.needs_input_grad[2] else None
-        return dx, dw, db, None, None
+        return dx, dw, db, None, None, None
 
 
 def _ncl(t: torch.Tensor) -> np.ndarray:
@@ -384,6 +395,7 @@ def batch_norm_train(
     momentum: float,
     eps: float,
     mode: str = "exact",
+    arithmetic: str = "portable-1",
 ) -> torch.Tensor:
     """BatchNorm normalising by the batch's statistics (order-free in ``mode="exact"``), and
     the running statistics updated in place as torch does: ``(1 - momentum) * running +
@@ -394,7 +406,7 @@ def batch_norm_train(
     M = _count(x.numel() // x.shape[1], mode)
     if M < 2:
         raise ValueError(f"x: training-mode BatchNorm needs more than one value per channel, got {tuple(x.shape)}")
-    y, mean, var = _BatchNormTrain.apply(x, weight, bias, float(eps), mode)
+    y, mean, var = _BatchNormTrain.apply(x, weight, bias, float(eps), mode, arithmetic)
     if running_mean is not None and running_var is not None:
         with torch.no_grad():
             m = float(momentum)
@@ -742,12 +754,12 @@ def softmax(s: torch.Tensor) -> torch.Tensor:
 
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, D, eps, mode):
+    def forward(ctx, x, weight, bias, D, eps, mode, arithmetic):
         x2 = x.reshape(-1, D)
         mean = (_rowsum(x2) / D).reshape(-1, 1)
         xc = x2 - mean
         var = (_rowsum(xc * xc) / D).reshape(-1, 1)
-        rstd = 1.0 / torch.sqrt(var + eps)
+        rstd = _rsqrt(var + eps, arithmetic)
         xhat = xc * rstd
         y = xhat
         if weight is not None:
@@ -774,18 +786,24 @@ class _LayerNorm(torch.autograd.Function):
             dw = _bsum(dy2 * xhat, mode, grad_of=weight)
         if has_bias and ctx.needs_input_grad[2]:
             db = _bsum(dy2, mode, grad_of=ctx.bias)
-        return dx, dw, db, None, None, None
+        return dx, dw, db, None, None, None, None
 
 
 def layer_norm(
-    x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5, mode: str = "exact"
+    x: torch.Tensor,
+    normalized_shape,
+    weight=None,
+    bias=None,
+    eps: float = 1e-5,
+    mode: str = "exact",
+    arithmetic: str = "portable-1",
 ) -> torch.Tensor:
     """LayerNorm over the trailing ``normalized_shape`` axes: statistics per example and
     position in a fixed order; gamma's and beta's gradients summed over the batch in ``mode``."""
     D = int(np.prod(normalized_shape))
     w = weight.reshape(-1) if weight is not None else None
     b = bias.reshape(-1) if bias is not None else None
-    out = _LayerNorm.apply(x, w, b, D, float(eps), mode)
+    out = _LayerNorm.apply(x, w, b, D, float(eps), mode, arithmetic)
     return out
 
 

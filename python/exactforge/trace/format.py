@@ -109,6 +109,7 @@ FIELDS: Dict[str, str] = {
     "accumulate": "checked",
     "normalize": "checked",
     "scheduler": "checked",
+    "arithmetic": "checked",
     "data": "checked",
     "created": "declared",
     "environment": "declared",
@@ -292,6 +293,13 @@ def _check_training(man: Dict[str, Any], limits: Limits) -> None:
         or not all(type(v) is float and 1e-12 < v < 1e6 for v in norm["std"])
     ):
         raise TraceError("manifest: 'normalize' must be {'mean': [...], 'std': [positive ...]}, one per channel")
+    if "arithmetic" in man:
+        from ..nn.update import ARITHMETICS
+
+        if man["engine"] != "torch" or man["arithmetic"] not in ARITHMETICS or man.get("reduction") is None:
+            raise TraceError(
+                f"manifest: 'arithmetic' must be one of {list(ARITHMETICS)} (torch traces of a reproducible model)"
+            )
     acc = man.get("accumulate")
     if acc is not None and (man["engine"] != "torch" or type(acc) is not int or not 2 <= acc <= 1024):
         raise TraceError("manifest: 'accumulate' must be the number of micro-batches per step, 2..1024 (torch traces)")

@@ -317,6 +317,12 @@ class TraceRecorder:
         }
         if self._shared is not None:  # declared: the bits do not depend on it
             self.manifest["environment"]["world_size"] = self._world
+        # a reproducible model's optimizer steps through the arithmetic its layers were given:
+        # exactforge's portable one (the same bits on every CPU) unless the user chose torch's
+        self._arithmetic = xnn.arithmetic_of(model)
+        if self._arithmetic is not None:
+            self.manifest["arithmetic"] = self._arithmetic
+        self._portable: Any = None
         if extra:
             self.manifest["extra"] = dict(extra)  # the caller's own fields: declared, never verified
         if clip is not None:
@@ -352,6 +358,14 @@ class TraceRecorder:
             self._writer = TraceWriter(self.directory, self.manifest, self._state(), background=True)
         self._watch = self._make_watch()
         self._watch.install()
+        if self._arithmetic not in (None, "torch"):
+            from ..nn.update import reproducible_optimizer
+
+            # after the watch's hooks, which check the gradients torch's step would see
+            mine = getattr(self.optimizer, "_exactforge_portable", None)
+            if mine is not None:
+                mine.remove()
+            self._portable = (reproducible_optimizer(self.optimizer), mine is not None)
         return self
 
     def _make_watch(self) -> Any:
@@ -466,6 +480,14 @@ class TraceRecorder:
         if self._watch is not None:
             self._watch.remove()
             self._watch = None
+        if self._portable is not None:
+            handle, the_users = self._portable
+            handle.remove()
+            if the_users:  # the loop had installed it itself: it stays
+                from ..nn.update import reproducible_optimizer
+
+                reproducible_optimizer(self.optimizer)
+            self._portable = None
         w = self._writer
         if w is None:
             return

@@ -423,6 +423,7 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
         augment=augment,
         accumulate=man.get("accumulate") or 1,
         normalize=_normalization(man, X),
+        arithmetic=man.get("arithmetic", "torch") if reduction is not None else "torch",
     )
 
     def initial() -> Optional[Dict[str, np.ndarray]]:
@@ -477,9 +478,11 @@ def _verifier_model(man: Any, data: Dataset, model: Any, spec: Optional[M.ModelS
             raise TraceError(str(e)) from None
         if mode is not None and mode != reduction:
             raise TraceError(f"model: made reproducible with mode {mode!r}, the trace was recorded with {reduction!r}")
-        if mode is None:
+        # a trace without the name was recorded before exactforge named one: torch's arithmetic
+        arithmetic = man.get("arithmetic", "torch")
+        if mode is None or xnn.arithmetic_of(model) != arithmetic:
             try:
-                model = xnn.reproducible(model, mode=reduction)
+                model = xnn.reproducible(model, mode=reduction, arithmetic=arithmetic)
             except xnn.UnsupportedLayerError as e:
                 raise TraceError(str(e)) from None
     return model

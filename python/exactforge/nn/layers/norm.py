@@ -13,7 +13,9 @@ def make_batch_norm(module: nn.modules.batchnorm._BatchNorm, mode: str):
         # torch's rule: the batch's own statistics in training mode, and in eval mode too when
         # the layer keeps no running statistics
         if not self.training and self.running_mean is not None:
-            return batch_norm_eval(x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, mode)
+            return batch_norm_eval(
+                x, self.running_mean, self.running_var, self.weight, self.bias, self.eps, mode, self._exactforge_arithmetic
+            )
         momentum = self.momentum
         if self.training and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
@@ -29,6 +31,7 @@ def make_batch_norm(module: nn.modules.batchnorm._BatchNorm, mode: str):
             0.0 if momentum is None else momentum,
             self.eps,
             mode,
+            self._exactforge_arithmetic,
         )
 
     return forward
@@ -37,6 +40,8 @@ def make_batch_norm(module: nn.modules.batchnorm._BatchNorm, mode: str):
 @register_layer(nn.LayerNorm)
 def make_layer_norm(module: nn.LayerNorm, mode: str):
     def forward(self, x):
-        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, mode)
+        return layer_norm(
+            x, self.normalized_shape, self.weight, self.bias, self.eps, mode, self._exactforge_arithmetic
+        )
 
     return forward
