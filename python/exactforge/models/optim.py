@@ -181,9 +181,12 @@ def build(spec: Dict[str, Any], params: List[Any]) -> Any:
         ]
     else:
         groups = [{**_torch_values(kind, spec), "params": list(params)}]
-    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}[
-        kind
-    ]
+    cls = {
+        "sgd": torch.optim.SGD,
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "rmsprop": torch.optim.RMSprop,
+    }[kind]
     return cls(groups, lr=spec["lr"], **options)
 
 

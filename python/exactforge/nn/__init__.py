@@ -7,7 +7,8 @@ order and thread count (``mode="exact"``), within float32 rounding of autograd.
 
 Supported: Linear, Conv2d (groups=1, zero padding, any stride and dilation), BatchNorm1d/2d
 (training mode: batch statistics as order-free sums), LayerNorm, MultiheadAttention and the
-Transformer encoder, Embedding, ReLU, Tanh, Sigmoid, GELU, SiLU, Flatten, Unflatten, Identity, MaxPool2d, AvgPool2d, and Dropout
+Transformer encoder, Embedding, ReLU, Tanh, Sigmoid, GELU, SiLU, Flatten, Unflatten, Identity, MaxPool2d, AvgPool2d,
+AdaptiveAvgPool2d (``layers.pool``: a fixed summation order per bin), and Dropout
 (training-mode masks keyed to (seed, step, layer, example): ``dropout_keys``; attention-weight
 dropout likewise). Anything else is
 refused by ``reproducible`` with its name. CPU tensors.

@@ -136,6 +136,14 @@ def reproducible(module: nn.Module, mode: Any = "exact", arithmetic: str = ARITH
     return module
 
 
+def owned(out: Any) -> Any:
+    """A layer's output that in-place operations may modify (``nn.ReLU(inplace=True)``,
+    ``out += identity`` in torchvision's ResNets): a tensor a custom autograd Function returned
+    as a view of one it made inside is refused by autograd when modified in place, so such a
+    view is copied (same values; the copy's gradient passes through unchanged)."""
+    return out.clone() if getattr(out, "_base", None) is not None else out
+
+
 def _layer_modes(module: nn.Module) -> List[Any]:
     """The modes ``reproducible`` gave the module's layers, one per layer."""
     return [m._exactforge_mode for m in module.modules() if getattr(m, "_exactforge_mode", None) is not None]
@@ -157,9 +165,15 @@ def mode_of(module: nn.Module) -> Optional[str]:
 def arithmetic_of(module: nn.Module) -> Optional[str]:
     """The arithmetic ``reproducible`` gave the module's layers, or None if it was not made
     reproducible; ValueError if its layers were given different ones."""
-    found = {m._exactforge_arithmetic for m in module.modules() if getattr(m, "_exactforge_mode", None) is not None}
+    found = {
+        str(getattr(m, "_exactforge_arithmetic"))
+        for m in module.modules()
+        if getattr(m, "_exactforge_mode", None) is not None
+    }
     if len(found) > 1:
-        raise ValueError(f"model: its layers were made reproducible with different arithmetics {sorted(found)}; use one")
+        raise ValueError(
+            f"model: its layers were made reproducible with different arithmetics {sorted(found)}; use one"
+        )
     return found.pop() if found else None
 
 

@@ -93,7 +93,9 @@ def _kind(optimizer: Any) -> str:
 
 def _array(t: torch.Tensor, what: str) -> Any:
     if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"{what}: the portable update runs on CPU float32/float64 tensors, got {t.dtype} on {t.device}")
+        raise ValueError(
+            f"{what}: the portable update runs on CPU float32/float64 tensors, got {t.dtype} on {t.device}"
+        )
     if t.is_sparse:
         raise ValueError(f"{what}: sparse gradients have no portable update")
     return t.detach().numpy()

@@ -36,6 +36,7 @@ from .checks import data_checks, failed_checks, interval_check, parse_checks, sc
 from .distances import DISTANCES, verification_distance
 from .initial import initial_law_test
 from .initial import summary as init_summary
+from .machines import compare_machines, machine_bound, machine_note
 from .reference import reference_distances
 
 __all__ = [
@@ -169,6 +170,10 @@ class VerificationReport:
     executor: Optional[Dict[str, Any]] = (
         None  # where the segments ran (None: here, serially); see exactforge.verify.ray
     )
+    # the trace's declared machine beside this one (exactforge.verify.machines): "bound" (its bits
+    # depend on the CPU: torch's kernels), "differences" ({"fact", "trace", "here"}) and the facts
+    # the trace does not record ("unrecorded"); set once the segments are recomputed
+    machines: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -681,6 +686,7 @@ def verify_trace(
                 report.valid, report.accepted, report.reason = False, False, str(exc)
                 return report
         report.accepted = all(r.passed for r in report.steps)
+        _explain(report, trace.manifest)
         if initial_test and failed_init is not None:
             report.accepted, report.reason = False, failed_init
         if report.steps:
@@ -689,6 +695,28 @@ def verify_trace(
             report.reference = _reference(report, theta0, step, reference_q)
         _checks(report, trace, segs, data, known, max_interval)
         return report
+
+
+def _explain(report: VerificationReport, man: Any) -> None:
+    """The machines' comparison in the report, and a rejection's reason: the first segment
+    over epsilon, its distance against epsilon, and for a trace bound to its machine's
+    arithmetic, where the recording machine differs from this one (machine_note)."""
+    bound = machine_bound(man)
+    comparison = compare_machines(man.get("environment"))
+    report.machines = {"bound": bound, **comparison}
+    failed = [r for r in report.steps if not r.passed]
+    if report.accepted or not failed or report.reason is not None:
+        return
+    first = failed[0]
+    others = f" ({len(failed)} of {len(report.steps)} recomputed segments are over epsilon)" if len(failed) > 1 else ""
+    report.reason = (
+        f"step {first.step}: the segment {first.step}..{first.end_step} recomputed lands at {report.distance} "
+        f"distance {first.error:.6g} from the logged checkpoint {first.end_step}, over epsilon {report.epsilon:.6g}"
+        f"{others}"
+    )
+    note = machine_note(man, comparison)
+    if note is not None:
+        report.reason += f"; {note}"
 
 
 def _describe(report: VerificationReport, trace: Trace, allow_partial: bool) -> None:

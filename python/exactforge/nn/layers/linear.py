@@ -1,12 +1,12 @@
 from torch import nn
 
-from .._registry import register_layer
+from .._registry import owned, register_layer
 from ..functional import linear
 
 
 @register_layer(nn.Linear)
 def make_linear(module: nn.Linear, mode: str):
     def forward(self, x):
-        return linear(x, self.weight, self.bias, mode)
+        return owned(linear(x, self.weight, self.bias, mode))
 
     return forward
