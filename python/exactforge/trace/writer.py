@@ -21,6 +21,7 @@ import datetime as _dt
 import os
 import platform
 import queue
+import re
 import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -45,8 +46,18 @@ from .reader import Record, Trace
 __all__ = ["TraceWriter", "atomic_write", "environment", "encode_checkpoint"]
 
 
+# The environment variables that change a computation's bits on one machine: torch's kernel ISA
+# (ATen dispatches on it), MKL's code path (chosen by CPU vendor unless pinned) and exactforge's
+# own kernels. Recorded where they are set, so a trace says which emulation produced it.
+EMULATION_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "EXACTFORGE_ISA")
+
+
 def environment(device: str = "cpu") -> Dict[str, Any]:
-    """Where a trace was produced: device, library versions, exactforge's compile options."""
+    """Where a trace was produced: device, library versions, exactforge's compile options, and
+    the machine facts a plain-torch trace's bits depend on (the CPU, torch's kernel ISA, its
+    BLAS, and the environment variables set to emulate another machine). The prover's word
+    (``declared``); a verifier names where its own differ when it rejects such a trace
+    (exactforge.verify.machines). Cheap, and never raises."""
     from .. import compile_options
 
     env: Dict[str, Any] = {
@@ -62,7 +73,60 @@ def environment(device: str = "cpu") -> Dict[str, Any]:
         env["torch"] = torch.__version__
     except ImportError:  # pragma: no cover
         env["torch"] = None
+    env["cpu"] = _cpu()
+    env["torch_cpu_capability"] = _torch_cpu_capability()
+    env["blas"] = _blas()
+    env["emulation"] = {k: os.environ[k] for k in EMULATION_VARIABLES if k in os.environ}
     return env
+
+
+def _cpu() -> Dict[str, str]:
+    """The CPU's vendor (``vendor_id`` of /proc/cpuinfo, else the platform's processor) and model."""
+    from ..report.machine import cpu_name
+
+    vendor = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("vendor_id"):
+                    vendor = line.partition(":")[2].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        model = cpu_name()
+    except Exception:  # noqa: BLE001  (a description, never a reason to fail a recording)
+        model = platform.machine()
+    return {"vendor": vendor or platform.processor() or platform.machine(), "model": model}
+
+
+def _torch_cpu_capability() -> Optional[str]:
+    """The ISA torch's CPU kernels dispatch to (``DEFAULT``, ``AVX2``, ``AVX512``, ...)."""
+    try:
+        import torch
+
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # noqa: BLE001  (no torch, or a torch without the query)
+        return None
+
+
+def _blas() -> Optional[Dict[str, Optional[str]]]:
+    """torch's BLAS, read from its build configuration: ``{"name": "mkl", "version": ...}``
+    (MKL picks its code path by CPU vendor), ``{"name": "openblas", ...}``, and so on."""
+    try:
+        import torch
+
+        config = str(torch.__config__.show())
+    except Exception:  # noqa: BLE001
+        return None
+    info = re.search(r"BLAS_INFO=([^,\s]+)", config)
+    name = info.group(1).lower() if info else None
+    lapack = re.search(r"LAPACK_INFO=([^,\s]+)", config)
+    version = None
+    mkl = re.search(r"Math Kernel Library Version ([0-9.]+)", config)
+    if mkl and (name is None or "mkl" in name):
+        name, version = name or "mkl", mkl.group(1)
+    return {"name": name, "version": version, "lapack": lapack.group(1).lower() if lapack else None}
 
 
 def encode_checkpoint(tensors: Mapping[str, np.ndarray], step: int) -> bytes:

@@ -1,0 +1,181 @@
+"""A rejection always says why: the first segment over epsilon and its distance; and for a trace
+of torch's own kernels, whose bits depend on the CPU, where the recording machine (as the trace
+declares it) differs from the verifier's, with what to do instead."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from exactforge.data import load_digits
+from exactforge.models import native as M
+from exactforge.trace import Trace, encode_checkpoint, environment
+from exactforge.trace.record import record_native, record_torch_fcn
+from exactforge.verify import verify_trace
+from exactforge.verify.machines import ADVICE, compare_machines, machine_bound, machine_note
+
+from hostile import rechain
+
+DIGITS = load_digits()
+SPEC = M.ModelSpec("fcn", 64, 10, (8,))
+
+
+@pytest.fixture(scope="module")
+def native_trace(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("machines") / "native")
+    record_native(d, SPEC, DIGITS, steps=3, batch_size=12, lr=0.05, checkpoint_every=1)
+    return d
+
+
+@pytest.fixture(scope="module")
+def torch_trace(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("machines") / "torch")
+    record_torch_fcn(d, SPEC, DIGITS, steps=3, batch_size=12, lr=0.05, checkpoint_every=1)
+    return d
+
+
+def _copy(src, tmp_path, name="t"):
+    dst = str(tmp_path / name)
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _tamper(d, step):
+    """Moves one weight of checkpoint ``step`` and rebuilds every hash: a valid trace whose
+    segment ending there is farther than epsilon 0 from its recomputation."""
+    tensors = {k: np.array(v) for k, v in Trace.open(d).load_checkpoint(step).items()}
+    first = next(k for k, v in tensors.items() if v.dtype.kind == "f")
+    tensors[first].flat[0] += np.asarray(1e-3, dtype=tensors[first].dtype)
+    with open(os.path.join(d, "checkpoints", f"{step:08d}.safetensors"), "wb") as f:
+        f.write(encode_checkpoint(tensors, step))
+    rechain(d)
+
+
+def test_environment_records_the_machine_facts_bits_depend_on(monkeypatch):
+    for var in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "EXACTFORGE_ISA"):
+        monkeypatch.delenv(var, raising=False)
+    env = environment()
+    assert {"device", "python", "numpy", "platform", "exactforge", "torch"} <= set(env)  # the keys before
+    assert isinstance(env["cpu"], dict) and set(env["cpu"]) == {"vendor", "model"}
+    assert all(isinstance(v, str) and v for v in env["cpu"].values())
+    assert isinstance(env["torch_cpu_capability"], str) and env["torch_cpu_capability"]
+    blas = env["blas"]
+    assert isinstance(blas, dict) and isinstance(blas["name"], str) and blas["name"]
+    assert blas["version"] is None or isinstance(blas["version"], str)
+    assert env["emulation"] == {}
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    assert environment()["emulation"] == {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default"}
+    json.dumps(environment())  # a manifest field: JSON
+
+
+def test_an_accepted_trace_has_no_reason(native_trace, torch_trace):
+    for d, bound in ((native_trace, False), (torch_trace, True)):
+        rep = verify_trace(d)
+        assert rep.valid and rep.accepted and rep.reason is None, rep.reason
+        assert rep.machines == {"bound": bound, "differences": [], "unrecorded": []}
+        assert json.loads(rep.to_json())["machines"] == rep.machines
+
+
+def test_a_rejection_names_the_first_failing_step(native_trace, tmp_path):
+    d = _copy(native_trace, tmp_path)
+    _tamper(d, 2)
+    rep = verify_trace(d, epsilon=0)
+    assert rep.valid and not rep.accepted
+    assert [s.step for s in rep.steps if not s.passed] == [1, 2]  # the segments into and out of checkpoint 2
+    assert rep.reason and rep.reason.startswith("step 1: the segment 1..2 ")
+    assert f"distance {rep.steps[1].error:.6g}" in rep.reason and "over epsilon 0" in rep.reason
+    assert "2 of 3 recomputed segments" in rep.reason
+    # the native engine's arithmetic is exactforge's own: the machine is not the explanation
+    assert ADVICE not in rep.reason and rep.machines["bound"] is False
+
+
+def test_a_plain_torch_rejection_names_the_machines_and_what_to_do(torch_trace, tmp_path):
+    d = _copy(torch_trace, tmp_path)
+    here = environment()
+    other_cap = "AVX512" if here["torch_cpu_capability"] != "AVX512" else "AVX2"
+
+    def elsewhere(man):
+        man["environment"]["torch_cpu_capability"] = other_cap
+        man["environment"]["cpu"] = {"vendor": "SomeOtherVendor", "model": "Another CPU (family 6, model 143)"}
+        man["environment"]["emulation"] = {"MKL_CBWR": "COMPATIBLE"}
+
+    rechain(d, elsewhere)
+    assert verify_trace(d).accepted  # what a trace declares is not checked: it only explains
+    _tamper(d, 1)
+    rep = verify_trace(d, epsilon=0)
+    assert rep.valid and not rep.accepted and rep.reason.startswith("step 0: the segment 0..1 ")
+    r = rep.reason
+    assert f"torch_cpu_capability: {other_cap} in the trace, {here['torch_cpu_capability']} here" in r
+    assert f"cpu vendor: SomeOtherVendor in the trace, {here['cpu']['vendor']} here" in r
+    assert f"cpu model: Another CPU (family 6, model 143) in the trace, {here['cpu']['model']} here" in r
+    if "MKL_CBWR" not in os.environ:
+        assert "MKL_CBWR (emulation): COMPATIBLE in the trace, unset here" in r
+    assert ADVICE in r and "exactforge.nn.reproducible" in r and "--epsilon auto" in r
+    facts = {x["fact"] for x in rep.machines["differences"]}
+    assert {"cpu vendor", "cpu model", "torch_cpu_capability"} <= facts and rep.machines["bound"]
+    # the same rejection through permuted batches, which change torch's bits, not the verdict's why
+    rep = verify_trace(d, epsilon=0, permute_batches=3)
+    assert not rep.accepted and ADVICE in rep.reason and other_cap in rep.reason
+
+
+def test_an_older_trace_that_does_not_record_the_facts_says_so(torch_trace, tmp_path):
+    d = _copy(torch_trace, tmp_path)
+
+    def old(man):
+        for key in ("cpu", "torch_cpu_capability", "blas", "emulation"):
+            del man["environment"][key]
+
+    rechain(d, old)
+    _tamper(d, 2)
+    rep = verify_trace(d, epsilon=0)
+    assert not rep.accepted and rep.machines["unrecorded"] == [
+        "cpu vendor",
+        "cpu model",
+        "torch_cpu_capability",
+        "blas",
+        "emulation",
+    ]
+    assert "does not record cpu vendor, cpu model, torch_cpu_capability, blas, emulation" in rep.reason
+    assert ADVICE in rep.reason
+
+
+def test_which_traces_are_bound_to_their_machine():
+    assert machine_bound({"engine": "torch", "reduction": None})
+    assert machine_bound({"engine": "torch", "reduction": "fixed"})  # before the arithmetic was named
+    assert machine_bound({"engine": "torch", "reduction": "fixed", "arithmetic": "torch"})
+    assert not machine_bound({"engine": "torch", "reduction": "fixed", "arithmetic": "portable-1"})
+    assert not machine_bound({"engine": "native", "reduction": "fixed"})
+    here = environment()
+    man = {"engine": "torch", "reduction": "exact", "arithmetic": "portable-1", "environment": {"cpu": {}}}
+    assert machine_note(man, compare_machines(man["environment"], here)) is None
+    man = {"engine": "torch", "reduction": None, "environment": dict(here)}
+    assert machine_note(man, compare_machines(man["environment"], here)) is None  # the same machine
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        None,
+        "a string",
+        [],
+        {"cpu": "x" * 10_000},
+        {"cpu": {"vendor": [1, 2]}},
+        {"emulation": "avx"},
+        {"emulation": {str(i): i for i in range(1000)}},
+        {"exactforge": {"isa": 3}},
+        {"blas": {"name": None}},
+    ],
+)
+def test_a_hostile_declaration_is_described_never_trusted(declared):
+    here = environment()
+    cmp = compare_machines(declared, here)
+    assert set(cmp) == {"differences", "unrecorded"} and len(cmp["differences"]) <= 16
+    assert all(len(x["trace"]) <= 80 and len(x["here"]) <= 80 for x in cmp["differences"])
+    json.dumps(cmp)
+    note = machine_note({"engine": "torch", "reduction": None, "environment": declared}, cmp)
+    assert note is None or ADVICE in note
