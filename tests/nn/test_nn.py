@@ -857,3 +857,69 @@ def test_fused_batch_norm_has_the_tensor_expressions_bits(N, C, spatial, affine_
 
     for got, ref in zip(run(True), run(False)):
         assert np.array_equal(bits(got), bits(ref))
+
+
+@EXAMPLES
+@given(
+    st.integers(1, 5),
+    st.integers(1, 4),
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.sampled_from([(1, 1), (2, 2), (3, 5), (7, 7), (2, None), 3]),
+    st.integers(0, 10_000),
+)
+def test_adaptive_avg_pool2d_matches_torch_and_ignores_batch_order_and_threads(batch, channels, H, W, size, seed):
+    """torch's bins (overlapping where the output does not divide the input), each summed in
+    row-major order and divided once: torch's output within float32 rounding, and gradients
+    bitwise the same for a permuted batch and on one thread."""
+    torch.manual_seed(seed)
+    pool = nn.AdaptiveAvgPool2d(size)
+    m = xnn.reproducible(nn.Sequential(nn.Conv2d(channels, 2, 1), pool, nn.Flatten(), nn.Linear(1, 1)))
+    x = torch.randn(batch, channels, H, W)
+    ref = nn.functional.adaptive_avg_pool2d(x, size)
+    out = xnn.reproducible(nn.AdaptiveAvgPool2d(size))(x)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, rtol=4e-7, atol=1e-7)
+    xg, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    w = torch.randn(ref.shape)
+    (g,) = torch.autograd.grad((xnn.reproducible(nn.AdaptiveAvgPool2d(size))(xg) * w).sum(), xg)
+    (gr,) = torch.autograd.grad((nn.functional.adaptive_avg_pool2d(xr, size) * w).sum(), xr)
+    assert torch.allclose(g, gr, rtol=1e-6, atol=1e-7)
+    m[3] = xnn.reproducible(nn.Linear(2 * ref.shape[-2] * ref.shape[-1], 3))
+    invariant(m, [x], torch.randn(batch, 3), seed)
+    # an example's input gradient does not depend on where it sits in the batch
+    moved_pool = xnn.reproducible(nn.AdaptiveAvgPool2d(size))
+    perm = torch.randperm(batch, generator=torch.Generator().manual_seed(seed))
+    xp = x[perm].clone().requires_grad_(True)
+    (gp,) = torch.autograd.grad((moved_pool(xp) * w[perm]).sum(), xp)
+    assert torch.equal(gp, g[perm])
+
+
+def test_adaptive_avg_pool2d_refuses_bad_sizes():
+    with pytest.raises(ValueError, match="3-D or 4-D"):
+        xnn.reproducible(nn.AdaptiveAvgPool2d(1))(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="output_size"):
+        xnn.reproducible(nn.AdaptiveAvgPool2d((1, 2, 3)))(torch.randn(1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_layer_outputs_can_be_modified_in_place(train):
+    """torchvision's ResNets apply ReLU(inplace=True) to BatchNorm's output and add the
+    shortcut in place: the reproducible layers' outputs allow it, with autograd's gradients."""
+    torch.manual_seed(0)
+    for make, x in (
+        (lambda: nn.BatchNorm2d(3), torch.randn(4, 3, 5, 5)),
+        (lambda: nn.Linear(3, 3), torch.randn(2, 4, 3)),
+        (lambda: nn.LayerNorm(3), torch.randn(4, 3)),
+    ):
+        m, ref = twins(make)
+        m.train(train), ref.train(train)
+        outs = []
+        for layer in (m, ref):
+            xi = x.clone().requires_grad_(True)
+            y = layer(xi)
+            y += 1.0
+            nn.ReLU(inplace=True)(y).sum().backward()
+            outs.append((y.detach(), xi.grad))
+        assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5)
+        assert torch.allclose(outs[0][1], outs[1][1], atol=1e-5)

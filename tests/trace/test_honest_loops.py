@@ -380,3 +380,82 @@ def test_rates_that_the_declared_scheduler_does_not_give_are_reported(tmp_path):
     rates = rep.learning_rates
     assert rates["scheduler"] == "StepLR" and rates["follows"] is False and rates["first_difference"] == 1
     assert "declared scheduler gives" in rates["reason"]
+
+
+class _Block(nn.Module):
+    """torchvision's BasicBlock: conv-BN-ReLU, conv-BN, plus the input (through a strided 1x1
+    convolution and BN where the shape changes), ReLU; in-place ReLUs and addition as there."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class SmallResNet(nn.Module):
+    """ResNet-18's layout (stem conv-BN-ReLU-maxpool, BasicBlocks, AdaptiveAvgPool2d((1, 1)),
+    flatten, Linear), narrow and shallow enough for a test."""
+
+    def __init__(self, width: int = 4, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(_Block(width, width, 1))
+        self.layer2 = nn.Sequential(_Block(width, 2 * width, 2))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _record_resnet(make, out: str, n: int = 12, batch: int = 4, steps: int = 2) -> None:
+    """``steps`` SGD steps of a reproducible ``make()`` on tiny CIFAR-like data (3x32x32),
+    recorded, then verified at epsilon 0 (and under a permuted batch on one thread)."""
+    rng = np.random.default_rng(0)
+    Xc = torch.from_numpy(rng.random((n, 3, 32, 32), dtype=np.float32))
+    yc = torch.from_numpy(rng.integers(0, 10, n))
+    torch.manual_seed(0)
+    model = xnn.reproducible(make())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    with TraceRecorder(
+        out, model, opt, (Xc, yc), steps=steps, batch_size=batch, loss_fn=xnn.cross_entropy, seed=0
+    ) as rec:
+        for t in range(steps):
+            idx = rng.choice(n, batch, replace=False)
+            opt.zero_grad()
+            xnn.cross_entropy(model(Xc[torch.from_numpy(idx)]), yc[torch.from_numpy(idx)]).backward()
+            opt.step()
+            rec.step(idx)
+    for kw in ({}, {"permute_batches": 3, "threads": 1}):
+        torch.manual_seed(1)
+        rep = verify_trace(out, model=make(), dataset=(Xc, yc), **kw)
+        assert rep.valid and rep.accepted and rep.max_error == 0.0, (kw, rep.reason, rep.max_error)
+
+
+def test_a_resnet18_style_model_ending_in_adaptive_pooling_verifies_at_epsilon_0(tmp_path):
+    _record_resnet(SmallResNet, str(tmp_path / "t"))
+
+
+def test_torchvisions_resnet18_verifies_at_epsilon_0(tmp_path):
+    tv = pytest.importorskip("torchvision")
+    _record_resnet(lambda: tv.models.resnet18(num_classes=10), str(tmp_path / "t"), n=4, batch=2)
