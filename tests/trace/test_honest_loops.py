@@ -459,3 +459,43 @@ def test_a_resnet18_style_model_ending_in_adaptive_pooling_verifies_at_epsilon_0
 def test_torchvisions_resnet18_verifies_at_epsilon_0(tmp_path):
     tv = pytest.importorskip("torchvision")
     _record_resnet(lambda: tv.models.resnet18(num_classes=10), str(tmp_path / "t"), n=4, batch=2)
+
+
+@pytest.mark.parametrize("reproducible", [True, False])
+def test_a_forward_pass_under_autocast_is_refused_while_recording(reproducible, tmp_path):
+    """Mixed precision rounds the layers in bfloat16, which the verifier (replaying in the
+    model's float32) would not reproduce: refused at the step, not recorded and then rejected."""
+    torch.manual_seed(0)
+    model = build_model("mlp")
+    if reproducible:
+        model = xnn.reproducible(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = xnn.cross_entropy if reproducible else nn.functional.cross_entropy
+    idx = np.arange(B)
+    with TraceRecorder(str(tmp_path / "t"), model, opt, DATA, steps=STEPS, batch_size=B, loss_fn=loss_fn) as rec:
+        with pytest.raises(ValueError, match=r"torch.autocast \(cpu, bfloat16\).*model's own dtype"):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model(X[torch.from_numpy(idx)])
+        # autocast switched off inside the region, and evaluation passes, are not refused
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.autocast("cpu", enabled=False):
+            out = model(X[torch.from_numpy(idx)])
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(X[torch.from_numpy(idx)])
+        opt.zero_grad()
+        loss_fn(out, Y[torch.from_numpy(idx)]).backward()
+        opt.step()
+        rec.step(idx)
+
+
+def test_an_undeclared_gradient_edit_is_refused_in_a_plain_sentence(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    idx = np.arange(B)
+    with TraceRecorder(str(tmp_path / "t"), model, opt, DATA, steps=STEPS, batch_size=B):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(X[torch.from_numpy(idx)]), Y[torch.from_numpy(idx)]).backward()
+        nn.utils.clip_grad_value_(model.parameters(), 1e-4)
+        with pytest.raises(ValueError, match="parameter 0's gradient at optimizer.step\\(\\) differs from the one"):
+            opt.step()
+

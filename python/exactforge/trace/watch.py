@@ -19,7 +19,9 @@ either recorded faithfully or not recorded at all:
   and reaches ``optimizer.step()`` unchanged, or changed exactly as the declared clipping does;
 * the optimizer steps once per recorded step, with the recorded hyperparameters; its learning
   rate may change (a scheduler): the rate each step used is recorded and replayed;
-* the modules in eval mode are the ones the manifest lists.
+* the modules in eval mode are the ones the manifest lists;
+* no training forward pass runs under ``torch.autocast`` (mixed precision rounds in another
+  dtype; the verifier replays in the model's).
 
 Each check costs a pass over the batch's inputs, the output's gradient or the parameters'
 gradients: small against the forward and backward pass it checks.
@@ -104,6 +106,14 @@ class LoopWatch:
     def _forward(self, module: Any, args: Any, output: Any) -> None:
         if not self._torch.is_grad_enabled():
             return  # an evaluation pass: it changes no update
+        cast = _autocast(self._torch)
+        if cast is not None:
+            raise ValueError(
+                f"TraceRecorder: the model's forward pass ran under torch.autocast ({cast}): mixed precision "
+                "rounds the layers' arithmetic in another dtype, so the update's bits are not the ones the "
+                "verifier replays in the model's own dtype; train without autocast (or convert the model to "
+                "the dtype, e.g. model.to(torch.bfloat16), which the trace records)"
+            )
         if not args or not isinstance(args[0], self._torch.Tensor) or not isinstance(output, self._torch.Tensor):
             raise ValueError(
                 "TraceRecorder: the model must take the batch's inputs as one tensor and return one tensor "
@@ -178,10 +188,10 @@ class LoopWatch:
                     )
                 continue
             if have is None or not self._torch.equal(have, want):
-                what = "the declared clipping of them" if self.clip is not None else "them"
+                what = ", clipped as declared" if self.clip is not None else ""
                 raise ValueError(
-                    f"TraceRecorder: the gradients reaching optimizer.step() are not the backward pass's, nor "
-                    f"{what} (parameter {i}): gradient clipping, noise or any edit between backward() and "
+                    f"TraceRecorder: parameter {i}'s gradient at optimizer.step() differs from the one this step's "
+                    f"backward pass computed{what}: gradient clipping, noise or any edit between backward() and "
                     "step() must be declared (clip_grad_norm= or clip_grad_value=; on a reproducible model, "
                     "clip with exactforge.nn.clip_grad_norm_) or it cannot be replayed"
                 )
@@ -252,6 +262,20 @@ class LoopWatch:
                 "(loss_fn= names the loss the loop uses; on a reproducible model use exactforge.nn.cross_entropy "
                 "or mse_loss, whose gradients do not depend on the batch order)"
             )
+
+
+def _autocast(torch: Any) -> Optional[str]:
+    """The device type and dtype of an enabled ``torch.autocast`` region, or None."""
+    for device in ("cpu", "cuda", "xpu", "mps", "hpu"):
+        try:
+            on = torch.is_autocast_enabled(device)
+        except (TypeError, RuntimeError):  # a torch without the device argument, or an unknown device
+            on = torch.is_autocast_enabled() if device == "cuda" else False
+        if on:
+            get = getattr(torch, "get_autocast_dtype", None)
+            dtype = get(device) if get is not None else None
+            return f"{device}{', ' + str(dtype).replace('torch.', '') if dtype is not None else ''}"
+    return None
 
 
 def clip_entry(clip_grad_norm: Optional[float], clip_grad_value: Optional[float]) -> Optional[Dict[str, float]]:
