@@ -499,3 +499,29 @@ def test_an_undeclared_gradient_edit_is_refused_in_a_plain_sentence(tmp_path):
         with pytest.raises(ValueError, match="parameter 0's gradient at optimizer.step\\(\\) differs from the one"):
             opt.step()
 
+
+def test_a_compiled_module_is_refused_with_the_fix_and_the_fix_verifies_at_epsilon_0(tmp_path):
+    """torch.compile's wrapper names every tensor '_orig_mod.*': refused before anything is
+    written, naming model._orig_mod; recording that while the loop calls the compiled module
+    (dynamo's eager backend: tracing without code generation) verifies at epsilon 0."""
+    torch.manual_seed(0)
+    model = xnn.reproducible(build_model("mlp"))
+    compiled = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"torch.compile'd module.*model\._orig_mod"):
+        TraceRecorder(str(tmp_path / "t"), compiled, opt, DATA, loss_fn=xnn.cross_entropy)
+    assert not (tmp_path / "t").exists()
+    rng = np.random.default_rng(0)
+    steps = 2
+    with TraceRecorder(
+        str(tmp_path / "t"), compiled._orig_mod, opt, DATA, steps=steps, batch_size=B, loss_fn=xnn.cross_entropy
+    ) as rec:
+        for _ in range(steps):
+            idx = rng.choice(len(DATA), B, replace=False)
+            opt.zero_grad()
+            xnn.cross_entropy(compiled(X[torch.from_numpy(idx)]), Y[torch.from_numpy(idx)]).backward()
+            opt.step()
+            rec.step(idx)
+    torch.manual_seed(1)
+    rep = verify_trace(str(tmp_path / "t"), model=build_model("mlp"))
+    assert rep.valid and rep.accepted and rep.max_error == 0.0, (rep.reason, rep.max_error)

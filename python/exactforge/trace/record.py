@@ -197,7 +197,8 @@ class TraceRecorder:
     amsgrad, maximize and foreach are recorded with the optimizer. Refused: other optimizers,
     fused ones, dropout types whose masks cannot be keyed, gradients changed or accumulated
     without a declaration, torch's random transforms, hyperparameters other than the learning
-    rate changed mid-run.
+    rate changed mid-run, forward passes under ``torch.autocast``, and a ``torch.compile``'d module
+    (pass its ``_orig_mod``, the module it compiles, to the recorder).
     """
 
     def __init__(
@@ -236,6 +237,16 @@ class TraceRecorder:
 
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every: expected a positive interval, got {checkpoint_every}")
+        if isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            # torch.compile's wrapper: its state_dict names every tensor "_orig_mod.<name>", which
+            # no verifier's instance of the architecture has, and its type is not the model's
+            raise ValueError(
+                f"model: a torch.compile'd module ({type(model).__name__}) cannot be recorded: its state_dict "
+                "keys carry the prefix '_orig_mod.' and its class is the compiler's, so the trace would not "
+                "load into the model the verifier builds; pass the uncompiled module to the recorder, "
+                "TraceRecorder(out, model._orig_mod, ...) (the loop may keep calling the compiled one: they "
+                "share parameters, and the trace records the original names)"
+            )
         for name_, v in (("batch_size", batch_size), ("steps", steps)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name_}: expected a positive integer or None, got {v!r}")
