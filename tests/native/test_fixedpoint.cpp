@@ -13,6 +13,7 @@
 #include "exactforge/conv.hpp"
 #include "exactforge/fixedpoint.hpp"
 #include "exactforge/intexact.hpp"
+#include "exactforge/optim.hpp"
 #include "exactforge/reduce.hpp"
 #include "kernels/kernels.hpp"
 
@@ -404,7 +405,59 @@ template <class T> static void test_packed_levels() {
   CHECK(threw);
 }
 
+// The optimizer updates are element by element: the bits of an element do not depend on the
+// array's length or the element's position (a vector body or its tail), and SGD's step is one
+// fused multiply-add (it differs from two roundings on the values below).
+template <class T>
+static void test_optim_updates() {
+  std::mt19937_64 rng(7);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  const int n = 37;
+  std::vector<T> p(n), g(n), m(n), v(n), x(n), b(n);
+  for (int i = 0; i < n; ++i) {
+    p[i] = T(nd(rng));
+    g[i] = T(nd(rng) * 1e-2);
+    m[i] = T(nd(rng) * 1e-2);
+    v[i] = T(std::fabs(nd(rng)) * 1e-4);
+    x[i] = T(std::fabs(nd(rng)) * 1e-4);
+    b[i] = T(nd(rng));
+  }
+  const AdamScalars<T> a{T(0.1), T(0.999), T(0.001), T(0.05), T(1e-8), T(-0.01), T(0.01), T(1), false, false};
+  const SgdScalars<T> s{T(-0.1), T(1e-4), T(0.9), T(1), true, false, false};
+  const RmspropScalars<T> r{T(-0.01), T(0.99), T(0.01), T(1e-8), T(0), T(0.9), true, false};
+  auto whole = [&](int kind) {
+    std::vector<T> P = p, M = m, V = v, X = x, B = b;
+    if (kind == 0) adam_update(P.data(), g.data(), M.data(), V.data(), X.data(), n, a);
+    if (kind == 1) sgd_update(P.data(), g.data(), B.data(), n, s);
+    if (kind == 2) rmsprop_update(P.data(), g.data(), V.data(), M.data(), B.data(), n, r);
+    return std::vector<std::vector<T>>{P, M, V, X, B};
+  };
+  auto one_by_one = [&](int kind) {
+    std::vector<T> P = p, M = m, V = v, X = x, B = b;
+    for (int i = 0; i < n; ++i) {
+      if (kind == 0) adam_update(&P[i], &g[i], &M[i], &V[i], &X[i], 1, a);
+      if (kind == 1) sgd_update(&P[i], &g[i], &B[i], 1, s);
+      if (kind == 2) rmsprop_update(&P[i], &g[i], &V[i], &M[i], &B[i], 1, r);
+    }
+    return std::vector<std::vector<T>>{P, M, V, X, B};
+  };
+  for (int kind = 0; kind < 3; ++kind) {
+    auto w = whole(kind), o = one_by_one(kind);
+    for (size_t j = 0; j < w.size(); ++j) CHECK(same_bits(w[j], o[j]));
+  }
+  // p + lr * g with p = 1, g = 1 + 2^-(digits-1), lr = 1 - 2^-digits: one rounding and two differ
+  const int d = std::numeric_limits<T>::digits;
+  T p1 = T(1), g1 = T(1) + std::ldexp(T(1), -(d - 1));
+  const SgdScalars<T> plain{-(T(1) - std::ldexp(T(1), -d)), T(0), T(0), T(1), false, false, false};
+  T q = p1;
+  sgd_update(&q, &g1, static_cast<T*>(nullptr), 1, plain);
+  CHECK(q == std::fma(g1, plain.neg_lr, p1));
+  CHECK(q != p1 + g1 * plain.neg_lr);
+}
+
 int main() {
+  test_optim_updates<float>();
+  test_optim_updates<double>();
   test_int8_digits_and_kernels();
   test_round_int192();
   test_round_two_levels<float>();
