@@ -107,3 +107,67 @@ def test_search_table_prints_cells_as_they_finish(tmp_path, monkeypatch, capsys)
     out = capsys.readouterr().out
     assert "[1/2, " in out and "min left" in out and "[2/2, " in out
     assert seen[:2] == [False, True] and json.load(open(js))["complete"] is True
+
+
+def _recorded_torch_trace(out: str) -> None:
+    """Two steps of a plain torch MLP on the bundled digits, recorded: a trace whose model only
+    the verifier's own code can build."""
+    import torch
+
+    from exactforge.data import load_dataset
+    from exactforge.trace.record import TraceRecorder
+
+    data = load_dataset("digits")
+    X, y = torch.from_numpy(data.X), torch.from_numpy(data.y)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 12), torch.nn.ReLU(), torch.nn.Linear(12, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with TraceRecorder(out, model, opt, data, steps=2, batch_size=8) as rec:
+        for t in range(2):
+            idx = np.arange(8 * t, 8 * t + 8)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
+            opt.step()
+            rec.step(idx)
+
+
+FACTORY = """
+import torch
+
+
+def make():
+    return torch.nn.Sequential(torch.nn.Linear(64, 12), torch.nn.ReLU(), torch.nn.Linear(12, 10))
+
+
+def not_a_model():
+    return 3
+
+
+def broken():
+    raise RuntimeError("no weights here")
+"""
+
+
+def test_verify_builds_the_model_with_model_factory(tmp_path, capsys, monkeypatch):
+    trace = str(tmp_path / "t")
+    _recorded_torch_trace(trace)
+    (tmp_path / "factories.py").write_text(FACTORY)
+    js = tmp_path / "r.json"
+    assert main(["verify", trace, "--model-factory", f"{tmp_path / 'factories.py'}:make", "--json", str(js)]) == 0
+    assert "ACCEPTED" in capsys.readouterr().out
+    assert json.loads(js.read_text())["max_error"] == 0.0
+    monkeypatch.syspath_prepend(str(tmp_path))  # the module form: MODULE:FUNCTION
+    assert main(["verify", trace, "--model-factory", "factories:make", "--quiet"]) == 0
+    capsys.readouterr()
+    for bad in (
+        "factories",
+        "factories:missing",
+        "no_such_module_here:make",
+        f"{tmp_path / 'nofile.py'}:make",
+        "factories:not_a_model",
+        "factories:broken",
+    ):
+        assert main(["verify", trace, "--model-factory", bad, "--quiet"]) == 2, bad
+        err = capsys.readouterr().err
+        assert "--model-factory" in err and err.startswith("exactforge verify:"), (bad, err)
+        assert "no weights here" in err if bad.endswith("broken") else "MODULE:FUNCTION" in err, (bad, err)

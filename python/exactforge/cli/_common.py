@@ -72,16 +72,31 @@ def write_json(args: argparse.Namespace, result: Any) -> None:
 
 
 def import_function(spec: str, flag: str) -> Any:
-    """``MODULE:FUNCTION`` from the caller's own environment (the verifier's code, never the
-    trace's); ValueError naming the flag when it cannot be imported or called."""
+    """``MODULE:FUNCTION`` or ``path/to/file.py:FUNCTION`` from the caller's own environment (the
+    verifier's code, never the trace's); ValueError naming the flag when it cannot be imported
+    or called."""
     import importlib
+    import importlib.util
+    import os
 
-    module, _, name = spec.partition(":")
+    module, _, name = spec.rpartition(":")
     if not module or not name:
-        raise ValueError(f"{flag}: expected MODULE:FUNCTION, got {spec!r}")
+        raise ValueError(f"{flag}: expected MODULE:FUNCTION or path/to/file.py:FUNCTION, got {spec!r}")
     try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as exc:
+        if module.endswith(".py") or "/" in module or os.sep in module:
+            if not os.path.isfile(module):
+                raise ImportError(f"no file {module}")
+            unique = "_exactforge_user_" + os.path.splitext(os.path.basename(module))[0]
+            found = importlib.util.spec_from_file_location(unique, module)
+            if found is None or found.loader is None:
+                raise ImportError(f"{module} is not a Python file")
+            loaded = importlib.util.module_from_spec(found)
+            sys.modules[unique] = loaded  # so that the classes it defines resolve (pickling, dataclasses)
+            found.loader.exec_module(loaded)
+        else:
+            loaded = importlib.import_module(module)
+        fn = getattr(loaded, name)
+    except (ImportError, AttributeError, ValueError, SyntaxError) as exc:
         raise ValueError(f"{flag}: cannot import {spec!r} ({exc})") from None
     if not callable(fn):
         raise ValueError(f"{flag}: {spec!r} is not callable")

@@ -35,7 +35,9 @@ def register(sub: Any) -> None:
     m = p.add_mutually_exclusive_group(required=True)
     m.add_argument("--model", help="the architecture: a zoo name (resnet20, lenet, vggmini, ...)")
     m.add_argument(
-        "--model-factory", metavar="MODULE:FUNCTION", help="the verifier's own function returning a fresh model"
+        "--model-factory",
+        metavar="MODULE:FUNCTION",
+        help="the verifier's own function (MODULE:FUNCTION or path/to/file.py:FUNCTION) returning a fresh model",
     )
     _data_args(p, "digits", "the verifier's copy of the training data")
     p.add_argument(

@@ -76,6 +76,13 @@ def register(sub: Any) -> None:
         "code; a trace cannot carry a function), to check the recorded learning rates against it",
     )
     v.add_argument(
+        "--model-factory",
+        metavar="MODULE:FUNCTION",
+        help="a function of the verifier's own code (a module, or path/to/file.py:function) that returns a fresh "
+        "instance of a torch trace's model (its class, untrained): the verifier replays the trace through it; "
+        "not needed for exactforge's own and zoo models, which the verifier builds itself",
+    )
+    v.add_argument(
         "--pol-reference",
         choices=("auto", "all", "topq", "off"),
         default="auto",
@@ -118,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from ..verify.verifier import verify_trace
 
     given = _given_data(args)
+    model = _model(args.model_factory) if args.model_factory else None
     executor = _executor(args)
     rep = verify_trace(
         args.trace,
@@ -142,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         require=args.require,
         known_data=_known(args),
         max_interval=args.max_interval,
+        model=model,
     )
     result = rep.to_dict()
     tolerance = None
@@ -205,6 +214,32 @@ def run(args: argparse.Namespace) -> int:
     if rep.declared:
         say(args, f"declared by the prover, not verified: {', '.join(rep.declared)}")
     return 0 if rep.accepted else 1
+
+
+_FACTORY_FIX = (
+    "give MODULE:FUNCTION (an importable module) or path/to/file.py:FUNCTION, a function taking no arguments "
+    "that returns a fresh torch.nn.Module of the trace's architecture"
+)
+
+
+def _model(spec: str) -> Any:
+    """The model ``--model-factory MODULE:FUNCTION`` (or ``path/to/file.py:FUNCTION``) builds:
+    the verifier's own code, called with no arguments; ValueError naming the flag and the fix."""
+    import torch
+
+    try:
+        fn = import_function(spec, "--model-factory")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; {_FACTORY_FIX}") from None
+    try:
+        model = fn()
+    except Exception as exc:  # noqa: BLE001 - the user's code: its failure is reported with the flag
+        raise ValueError(f"--model-factory: {spec}() raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(
+            f"--model-factory: {spec}() returned {type(model).__name__}, not a torch.nn.Module; {_FACTORY_FIX}"
+        )
+    return model
 
 
 def _rates(lr: Any) -> str:
