@@ -290,3 +290,33 @@ def test_verify_reports_the_resolution_of_epsilon_zero(native_trace):
     x = np.float32(w[j])
     g_change = np.float32(0.25 * np.spacing(np.abs(x)) / 0.05)
     assert np.float32(x - np.float32(0.05) * g_change) == x
+
+
+def test_train_names_the_engine_that_ran_and_a_resnet20_trace_verifies_at_epsilon_0(tmp_path, capsys):
+    """--engine native on ResNet-20 runs torch with exactforge.nn's reproducible layers (the
+    native engine trains logreg and fcn): the summary and the JSON say so, and the trace
+    verifies at epsilon 0 from its seed."""
+    rng = np.random.default_rng(0)
+    n = 10  # every class once: the manifest counts the classes the labels hold
+    labels = np.arange(n).reshape(n, 1)
+    rows = np.concatenate([labels, rng.integers(0, 256, (n, 3072))], axis=1).astype(np.uint8)
+    rows.tofile(str(tmp_path / "data_batch_1.bin"))
+    out, js = str(tmp_path / "t"), tmp_path / "train.json"
+    args = ["--dataset", "cifar10", "--data-path", str(tmp_path)]
+    assert (
+        main(
+            ["train", "--engine", "native", "--model", "resnet20", "--steps", "2", "--batch-size", "4"]
+            + args
+            + ["--out", out, "--json", str(js)]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "engine: torch with exactforge.nn's reproducible layers (exact mode) (--engine native)" in text
+    summary = json.loads(js.read_text())
+    assert (summary["engine"], summary["engine_requested"], summary["layers"]) == ("torch", "native", "exactforge.nn")
+    assert main(["verify", out, "--epsilon", "0", "--quiet"] + args) == 0
+    assert main(["verify", out, "--epsilon", "0", "--permute-batches", "3", "--threads", "1", "--quiet"] + args) == 0
+    fcn = str(tmp_path / "f")
+    assert main(["train", "--model", "logreg", "--steps", "2", "--out", fcn, "--json", str(js), "--quiet"]) == 0
+    assert json.loads(js.read_text())["engine"] == "native" and "engine: native" in capsys.readouterr().out

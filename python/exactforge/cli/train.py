@@ -137,17 +137,33 @@ def _parse_hidden(text: str) -> tuple:
     return hidden
 
 
+def _engine_ran(trace: Any) -> Any:
+    """(engine, layers, words): which engine recorded the trace, as its manifest says. --engine
+    native on a zoo model runs torch with exactforge.nn's reproducible layers (the native engine
+    trains logreg and fcn only)."""
+    man = trace.manifest
+    engine = man.get("engine")
+    if engine == "native":
+        return "native", None, "native"
+    if man.get("model", {}).get("zoo") is not None and man.get("reduction") is not None:
+        return engine, "exactforge.nn", f"torch with exactforge.nn's reproducible layers ({man.get('reduction')} mode)"
+    return engine, "torch", "torch"
+
+
 def _trained(args: argparse.Namespace, trace, data) -> int:
+    engine, layers, words = _engine_ran(trace)
     say(
         args,
-        f"recorded {trace.num_records} steps ({len(trace.checkpoint_steps)} checkpoints) of {args.engine} "
-        f"{args.model} on {data.name} in {args.out}",
+        f"recorded {trace.num_records} steps ({len(trace.checkpoint_steps)} checkpoints) of {args.model} on "
+        f"{data.name} in {args.out}; engine: {words}" + (f" (--engine {args.engine})" if args.engine != engine else ""),
     )
     write_json(
         args,
         {
             "trace": args.out,
-            "engine": args.engine,
+            "engine": engine,
+            "engine_requested": args.engine,
+            "layers": layers,
             "model": args.model,
             "dataset": data.name,
             "steps": trace.num_records,
