@@ -179,3 +179,23 @@ def test_a_hostile_declaration_is_described_never_trusted(declared):
     json.dumps(cmp)
     note = machine_note({"engine": "torch", "reduction": None, "environment": declared}, cmp)
     assert note is None or ADVICE in note
+
+
+def test_an_intel_verifier_is_told_to_replay_under_mkls_compatible_branch(monkeypatch):
+    """MKL gives every AMD CPU its COMPATIBLE branch; an Intel verifier (another branch) of a
+    trace of torch's arithmetic that was recorded there, or that does not say, is told how to
+    replay it exactly."""
+    import exactforge.trace.writer as W
+
+    monkeypatch.setattr(W, "mkl_branch", lambda: "AVX512")
+    man = {"engine": "torch", "reduction": "exact", "environment": {}}
+    here = {"mkl_branch": "AVX512", "cpu": {"vendor": "GenuineIntel", "model": "Xeon"}}
+    amd = {"mkl_branch": "COMPATIBLE", "cpu": {"vendor": "AuthenticAMD", "model": "EPYC"}}
+    for trace_env in (amd, {}):
+        note = machine_note({**man, "environment": trace_env}, compare_machines(trace_env, here))
+        assert note is not None and "MKL_CBWR=COMPATIBLE" in note, note
+    # a trace recorded on the same branch, or a portable one, gets no such advice
+    same = {"mkl_branch": "AVX512", "cpu": {"vendor": "AuthenticAMD", "model": "EPYC"}}
+    note = machine_note({**man, "environment": same}, compare_machines(same, here))
+    assert note is not None and "MKL_CBWR" not in note
+    assert machine_note({**man, "arithmetic": "portable-1"}, compare_machines(amd, here)) is None

@@ -76,6 +76,7 @@ def environment(device: str = "cpu") -> Dict[str, Any]:
     env["cpu"] = _cpu()
     env["torch_cpu_capability"] = _torch_cpu_capability()
     env["blas"] = _blas()
+    env["mkl_branch"] = mkl_branch()
     env["emulation"] = {k: os.environ[k] for k in EMULATION_VARIABLES if k in os.environ}
     return env
 
@@ -127,6 +128,43 @@ def _blas() -> Optional[Dict[str, Optional[str]]]:
     if mkl and (name is None or "mkl" in name):
         name, version = name or "mkl", mkl.group(1)
     return {"name": name, "version": version, "lapack": lapack.group(1).lower() if lapack else None}
+
+
+# MKL's conditional-numerical-reproducibility branches (mkl_cbwr.h), by number
+_MKL_BRANCHES = {
+    2: "COMPATIBLE",
+    3: "SSE2",
+    6: "SSSE3",
+    7: "SSE4_1",
+    8: "SSE4_2",
+    9: "AVX",
+    10: "AVX2",
+    11: "AVX512_MIC",
+    12: "AVX512",
+    13: "AVX512_MIC_E1",
+    14: "AVX512_E1",
+}
+
+
+def mkl_branch() -> Optional[str]:
+    """The code path torch's MKL runs here (``MKL_CBWR``'s names): the one MKL chose for this
+    CPU, or the one ``MKL_CBWR`` pinned. MKL gives every non-Intel CPU its ``COMPATIBLE``
+    branch, whose bits are the same on any x86 CPU, so an Intel machine replays an AMD
+    machine's MKL results under ``MKL_CBWR=COMPATIBLE``. None without torch's MKL."""
+    try:
+        import ctypes
+
+        import torch
+
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        get, auto = lib.mkl_serv_cbwr_get, lib.mkl_serv_cbwr_get_auto_branch
+        get.restype = auto.restype = ctypes.c_int
+        branch = get(ctypes.c_int(1))  # MKL_CBWR_BRANCH; 1 (MKL_CBWR_AUTO) when nothing is pinned
+        if branch == 1:
+            branch = auto()
+        return _MKL_BRANCHES.get(int(branch), str(branch))
+    except Exception:  # noqa: BLE001  (another BLAS, another platform: nothing to say)
+        return None
 
 
 def encode_checkpoint(tensors: Mapping[str, np.ndarray], step: int) -> bytes:

@@ -32,6 +32,7 @@ FACTS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("cpu model", ("cpu", "model")),
     ("torch_cpu_capability", ("torch_cpu_capability",)),
     ("blas", ("blas",)),
+    ("mkl branch", ("mkl_branch",)),
     ("emulation", ("emulation",)),
     ("exactforge isa kernels", ("exactforge", "isa", "kernels")),
 )
@@ -132,4 +133,21 @@ def machine_note(manifest: Mapping[str, Any], comparison: Optional[Mapping[str, 
         parts.append(
             f"{lead} {', '.join(missing)}" + ("" if diffs else ", so whether its machine differs cannot be told")
         )
-    return "; ".join(parts) + f". To verify across machines, {ADVICE}"
+    return "; ".join(parts) + f". To verify across machines, {ADVICE}{_mkl_rerun(diffs, missing)}"
+
+
+def _mkl_rerun(diffs: List[Dict[str, str]], missing: List[str]) -> str:
+    """MKL gives every non-Intel CPU its COMPATIBLE branch, the same bits on any x86 CPU: an
+    Intel verifier replays an AMD prover's MKL results exactly once it runs that branch too
+    (the variable must be set before the process first calls MKL)."""
+    said = any(d["fact"] == "mkl branch" and d["trace"] == "COMPATIBLE" for d in diffs)
+    if not said and "mkl branch" in missing:
+        from ..trace.writer import mkl_branch
+
+        said = mkl_branch() not in (None, "COMPATIBLE")
+    if not said:
+        return ""
+    return (
+        "; or replay with the MKL branch every AMD CPU runs: start the verifier with MKL_CBWR=COMPATIBLE set "
+        "(where the trace was recorded on an AMD CPU, its torch arithmetic replays exactly)"
+    )
