@@ -195,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
         f"{verdict}: {scope}{some}{where} ({rep.engine}, {_theta0(rep)}), "
         f"max {rep.distance} error {err}, epsilon {rep.epsilon:g}, {failed} over epsilon{res}",
     )
+    if not rep.accepted and rep.reason:  # why, and across machines what to do
+        say(args, f"reason: {rep.reason}")
     if rep.epsilon_source and rep.epsilon_source != "given":
         say(args, f"epsilon {rep.epsilon:.3g}, set {rep.epsilon_source}")
     if rep.learning_rates and (rep.learning_rates["per_step"] or rep.learning_rates["scheduler"]):
