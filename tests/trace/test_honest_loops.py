@@ -83,6 +83,7 @@ def build_optimizer(kind: str, params) -> torch.optim.Optimizer:
         "adamw": lambda: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.05),
         "adamw-foreach": lambda: torch.optim.AdamW(params, lr=1e-2, foreach=True, amsgrad=True),
         "adam-fused": lambda: torch.optim.Adam(params, lr=1e-2, fused=True),
+        "rmsprop": lambda: torch.optim.RMSprop(params, lr=1e-2, momentum=0.5, centered=True, weight_decay=1e-3),
     }[kind]()
 
 
@@ -231,7 +232,17 @@ LOOPS = st.builds(
     model=st.sampled_from(["mlp", "mlp-dropout", "mlp-gelu", "cnn", "cnn-bn", "cnn-bn-eval"]),
     reproducible=st.booleans(),
     optimizer=st.sampled_from(
-        ["sgd", "momentum", "nesterov", "sgd-maximize-foreach", "adam", "adam-amsgrad", "adamw", "adamw-foreach"]
+        [
+            "sgd",
+            "momentum",
+            "nesterov",
+            "sgd-maximize-foreach",
+            "adam",
+            "adam-amsgrad",
+            "adamw",
+            "adamw-foreach",
+            "rmsprop",
+        ]
     ),
     scheduler=st.sampled_from(("none", "plateau", "hand") + REPLAYABLE),
     clip=st.sampled_from(["none", "norm", "value"]),
@@ -287,6 +298,11 @@ NAMED = {
         Loop("mlp-gelu", True, "adam-amsgrad", "chained", "value", True, 2, "keyed", "mse", True, groups=True),
         "accepted",
     ),
+    "RMSprop, centered with momentum, BatchNorm, reproducible": (
+        Loop("cnn-bn", True, "rmsprop", "multistep", "norm", True, 1, "none", "ce", True, groups=True),
+        "accepted",
+    ),
+    "RMSprop, torch": (Loop("mlp-dropout", False, "rmsprop", "exp", "none", False, 1, "none", "ce", True), "accepted"),
     "fused Adam": (Loop("mlp", False, "adam-fused", "none", "none", False, 1, "none", "ce", True), "refused"),
     "ReduceLROnPlateau": (Loop("mlp", False, "sgd", "plateau", "none", False, 1, "none", "ce", True), "accepted"),
     "lr edited by hand": (Loop("mlp", False, "sgd", "hand", "none", False, 1, "none", "ce", True), "accepted"),
