@@ -197,6 +197,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if not rep.accepted and rep.reason:  # why, and across machines what to do
         say(args, f"reason: {rep.reason}")
+    elif rep.machines and rep.machines.get("bound"):
+        say(
+            args,
+            "machine-bound: this trace computes with torch's own kernels, so epsilon 0 holds on a machine like the "
+            "recording one (a reproducible model's portable arithmetic holds on every CPU)",
+        )
     if rep.epsilon_source and rep.epsilon_source != "given":
         say(args, f"epsilon {rep.epsilon:.3g}, set {rep.epsilon_source}")
     if rep.learning_rates and (rep.learning_rates["per_step"] or rep.learning_rates["scheduler"]):
