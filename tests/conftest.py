@@ -103,6 +103,42 @@ def write_mnist(folder, n=40, seed=0, gz=False):
     return imgs, labels
 
 
+_VERIFY_ELSEWHERE = """
+import importlib.util, json, sys
+from exactforge.verify import verify_trace
+spec = importlib.util.spec_from_file_location("maker", sys.argv[1])
+maker = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(maker)
+out = {}
+for arg in sys.argv[2:]:
+    trace, factory = arg.split("=")
+    model = getattr(maker, factory)() if factory else None
+    rep = verify_trace(trace, model=model, epsilon=0.0, permute_batches=7, threads=1)
+    out[trace] = [rep.accepted, rep.max_error, rep.reason]
+print(json.dumps(out))
+"""
+
+
+def verify_elsewhere(env: dict, maker: str, traces: list) -> dict:
+    """Verifies ``traces`` ((path, name of a model factory in the file ``maker``, or "") pairs)
+    at epsilon 0, shuffled, on one thread, in a fresh process whose environment adds ``env``:
+    another machine, emulated (torch's ISA build and MKL's branch are chosen when a process
+    starts). Returns {path: (accepted, max_error, reason)}."""
+    import json
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-c", _VERIFY_ELSEWHERE, maker, *(f"{t}={f}" for t, f in traces)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def in_process_group(rank: int, world: int, init: str, body, *args) -> None:
     """For ``mp.spawn``: runs ``body(rank, world, *args)`` in a Gloo process group of ``world``
     processes, then ends the group the one safe way. Every process finishes; body's objects

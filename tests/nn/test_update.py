@@ -16,23 +16,12 @@ from hypothesis import strategies as st
 from exactforge import _core
 from exactforge.nn.update import portable_step, pow_rn, reproducible_optimizer
 
-
-def _round(fr: Fraction, dtype) -> np.floating:
-    """The exact value ``fr`` rounded to the nearest ``dtype`` (ties to even)."""
-    if dtype == np.float64:
-        return np.float64(float(fr))  # CPython rounds int / int correctly
-    x = np.float32(float(fr))
-    best = x
-    for c in (np.nextafter(x, np.float32(-np.inf)), np.nextafter(x, np.float32(np.inf))):
-        d, db = abs(Fraction(float(c)) - fr), abs(Fraction(float(best)) - fr)
-        if d < db or (d == db and int(c.view(np.int32)) % 2 == 0):
-            best = c
-    return best
+from conftest import round_fraction
 
 
 def fma(a, b, c):
     t = type(a)
-    return _round(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)), t)
+    return t(round_fraction(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)), t))
 
 
 def lerp(a, b, w):

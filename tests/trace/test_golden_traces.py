@@ -11,12 +11,12 @@ import glob
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from exactforge.verify import verify_trace
+
+from conftest import verify_elsewhere
 
 HERE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "golden")
 TRACES = sorted(
@@ -58,20 +58,6 @@ def test_golden_trace_verifies_at_epsilon_0(name, tmp_path):
     assert rep.learning_rates["follows"], rep.learning_rates
 
 
-_EMULATED = """
-import importlib.util, json, sys
-from exactforge.verify import verify_trace
-spec = importlib.util.spec_from_file_location("m", sys.argv[1]); mk = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mk)
-out = {}
-for t in sys.argv[2:]:
-    make = mk.factory(t.rstrip("/").split("/")[-1])
-    rep = verify_trace(t, model=make() if make else None, epsilon=0.0)
-    out[t] = [rep.accepted, rep.max_error, rep.reason]
-print(json.dumps(out))
-"""
-
-
 def test_this_machines_traces_verify_on_an_emulated_other_machine(tmp_path):
     """Recorded here natively (the golden loops, recorded afresh), verified in a process that
     runs torch's scalar ATen build and exactforge's generic kernels."""
@@ -81,15 +67,7 @@ def test_this_machines_traces_verify_on_an_emulated_other_machine(tmp_path):
         out = str(tmp_path / loop)
         mk.record(loop, out)
         outs.append(out)
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "EXACTFORGE_ISA": "generic"}
-    res = subprocess.run(
-        [sys.executable, "-c", _EMULATED, os.path.join(HERE, "make.py"), *outs],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    verdicts = json.loads(res.stdout.strip().splitlines()[-1])
-    for t, (accepted, error, reason) in verdicts.items():
+    emulated = {"ATEN_CPU_CAPABILITY": "default", "EXACTFORGE_ISA": "generic"}
+    factories = [(out, getattr(mk.factory(os.path.basename(out)), "__name__", "")) for out in outs]
+    for t, (accepted, error, reason) in verify_elsewhere(emulated, os.path.join(HERE, "make.py"), factories).items():
         assert accepted and error == 0.0, (t, error, reason)

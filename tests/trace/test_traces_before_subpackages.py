@@ -11,16 +11,15 @@ verifier without it is told so in the rejection's reason."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from exactforge.trace.writer import mkl_branch
 from exactforge.verify import verify_trace
+
+from conftest import verify_elsewhere
 
 HERE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "traces_before_subpackages")
 
@@ -68,40 +67,19 @@ def test_old_trace_verifies(name, tmp_path):
 # traces whose torch arithmetic went through MKL (Adam's square root)
 MKL_BOUND = ("cnn_adam_dropout",)
 
-_UNDER_COMPATIBLE = """
-import importlib.util, json, sys
-from exactforge.trace.writer import mkl_branch
-from exactforge.verify import verify_trace
-spec = importlib.util.spec_from_file_location("m", sys.argv[1]); mk = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mk)
-out = {}
-for arg in sys.argv[2:]:
-    trace, factory = arg.split("=")
-    rep = verify_trace(trace, model=getattr(mk, factory)() if factory else None, epsilon=0.0, permute_batches=7, threads=1)
-    out[trace] = [rep.accepted, rep.max_error, rep.reason]
-print(json.dumps(out))
-"""
-
 
 def test_old_reproducible_traces_verify_under_mkls_compatible_branch(tmp_path):
     """In a process started with MKL_CBWR=COMPATIBLE (the branch MKL gives every AMD CPU, the
     same bits on any x86 CPU), every reproducible old trace verifies at epsilon 0: on an Intel
     CPU too, where MKL's own branch gives the Adam trace's square roots other bits."""
-    args = []
+    traces = []
     for name, (factory, reproducible) in sorted(TRACES.items()):
         if reproducible:
             trace = str(tmp_path / name)
             shutil.copytree(os.path.join(HERE, name), trace)
-            args.append(f"{trace}={factory or ''}")
-    res = subprocess.run(
-        [sys.executable, "-c", _UNDER_COMPATIBLE, os.path.join(HERE, "make.py"), *args],
-        env={**os.environ, "MKL_CBWR": "COMPATIBLE"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    for trace, (accepted, error, reason) in json.loads(res.stdout.strip().splitlines()[-1]).items():
+            traces.append((trace, factory or ""))
+    verdicts = verify_elsewhere({"MKL_CBWR": "COMPATIBLE"}, os.path.join(HERE, "make.py"), traces)
+    for trace, (accepted, error, reason) in verdicts.items():
         assert accepted and error == 0.0, (trace, error, reason)
 
 
