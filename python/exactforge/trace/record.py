@@ -177,8 +177,12 @@ class TraceRecorder:
     verifier passes it as ``loss_fn``. A model made reproducible (``exactforge.nn.reproducible``)
     is recorded as such and replayed through the same layers, under any batch order.
 
+    A reproducible model's optimizer steps through exactforge's portable update while the block
+    runs (``exactforge.nn.reproducible_optimizer``; the manifest's ``arithmetic``), so the trace
+    verifies at epsilon 0 on every CPU, not only on one like the recording machine.
+
     The optimizer's state goes into every checkpoint (``exactforge.optim``: SGD with momentum,
-    weight decay, nesterov; Adam; AdamW), so the verifier replays it too. Dropout: every
+    weight decay, nesterov; Adam; AdamW; RMSprop), so the verifier replays it too. Dropout: every
     nn.Dropout of the model is keyed (``exactforge.nn.keyed_dropout``): its masks are a hash of
     (``dropout_seed``, step, layer, dataset index), so a loop whose model has dropout in training
     mode calls ``rec.begin(idx)`` before each forward pass, and the verifier recomputes the same
