@@ -136,3 +136,16 @@ def test_mathfn_accepts_torch_and_matches_numpy_bits():
     assert mathfn.log(torch.from_numpy(x[x > 0])).numpy().tobytes() == mathfn.log(x[x > 0]).tobytes()
     with pytest.raises(TypeError, match="x:"):
         mathfn.exp([1.0, 2.0])
+
+
+def test_a_schedule_follows_to_the_last_places_of_a_c_librarys_cos():
+    """A scheduler's rate computed with another machine's cos or pow may differ in its last
+    place: still the declared schedule; a rate changed beyond that is not."""
+    import math
+
+    from exactforge.models.schedule import first_difference
+
+    rates = [(0.1, 0.2), (0.05, math.cos(0.3))]
+    assert first_difference(rates, [(0.1, 0.2), (0.05, math.nextafter(math.cos(0.3), 1.0))]) is None
+    assert first_difference(rates, [(0.1, 0.2), (0.05, math.cos(0.3) * (1 + 1e-9))]) == 1
+    assert first_difference(rates, [(0.1,), (0.05, math.cos(0.3))]) == 0
