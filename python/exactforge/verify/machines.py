@@ -22,7 +22,7 @@ __all__ = ["ADVICE", "FACTS", "machine_bound", "compare_machines", "machine_note
 
 ADVICE = (
     "record with a reproducible model (exactforge.nn.reproducible), whose portable arithmetic gives the same "
-    "bits on every CPU, or verify with an epsilon calibrated across machines (exactforge calibrate / --epsilon auto)"
+    "bits on every CPU, or verify with an epsilon calibrated across machines (--epsilon auto; exactforge.verify.calibrate)"
 )
 
 # The machine facts a torch-arithmetic trace's bits depend on, as environment() records them:
