@@ -131,7 +131,7 @@ def test_optimizers_with_state_replay_at_epsilon_0(tmp_path, make_opt, reproduci
 @pytest.mark.parametrize(
     "make_opt,why",
     [
-        (lambda p: torch.optim.RMSprop(p, lr=1e-3), "RMSprop"),
+        (lambda p: torch.optim.Adagrad(p, lr=1e-3), "Adagrad"),
         (lambda p: torch.optim.Adam(p, lr=1e-3, fused=True), "fused"),
         (lambda p: torch.optim.SGD([{"params": list(p)[:2]}], lr=0.1), "every parameter of the model"),
     ],
