@@ -40,6 +40,17 @@ Buffers check(const std::vector<std::pair<const char*, const py::array*>>& array
       throw py::value_error(std::string(name) + ": expected the parameter's dtype and number of elements");
     }
   }
+  // the loops assume no two arrays overlap (they are restrict-qualified, and vectorised so)
+  for (size_t i = 0; i < arrays.size(); ++i) {
+    for (size_t j = i + 1; j < arrays.size(); ++j) {
+      const py::array *a = arrays[i].second, *c = arrays[j].second;
+      if (a == nullptr || c == nullptr || a->nbytes() == 0 || c->nbytes() == 0) continue;
+      const char *a0 = static_cast<const char*>(a->data()), *c0 = static_cast<const char*>(c->data());
+      if (a0 < c0 + c->nbytes() && c0 < a0 + a->nbytes())
+        throw py::value_error(std::string(arrays[i].first) + ", " + arrays[j].first +
+                              ": expected separate arrays (they share memory)");
+    }
+  }
   return b;
 }
 

@@ -184,6 +184,8 @@ def test_native_update_refuses_mismatched_arrays():
         _core.sgd_update(p, np.zeros(4, np.float32), None, -0.1, 0.0, 0.9, 1.0, False, False, False)
     with pytest.raises(TypeError, match="float32 or float64"):
         _core.sgd_update(p.astype(np.float16), np.zeros(4, np.float16), None, -0.1, 0.0, 0.0, 1.0, False, False, False)
+    with pytest.raises(ValueError, match="share memory"):
+        _core.sgd_update(p, p, None, -0.1, 0.0, 0.0, 1.0, False, False, False)
     ro = np.zeros(4, np.float32)
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="writable"):

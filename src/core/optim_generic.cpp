@@ -1,0 +1,3 @@
+// The optimizer loops for the baseline ISA (optim.inc).
+#define EXACTFORGE_OPTIM_NS optim_generic
+#include "optim.inc"
