@@ -121,10 +121,13 @@ def _zeros(p: torch.Tensor) -> torch.Tensor:
 
 def _step_tensor(state: Dict[str, Any]) -> int:
     """Counts the step in torch's own ``step`` tensor (float32, as torch keeps it) and returns it."""
-    if "step" not in state:
+    if state.get("step") is None:
         state["step"] = torch.tensor(0.0, dtype=torch.float32)
-    state["step"] += 1
-    return int(state["step"].item())
+    if isinstance(state["step"], torch.Tensor):
+        state["step"] += 1
+    else:  # a state saved by an older torch keeps a number
+        state["step"] = float(state["step"]) + 1
+    return int(float(state["step"]))
 
 
 def portable_step(optimizer: Any) -> None:
