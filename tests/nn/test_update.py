@@ -262,3 +262,37 @@ def test_a_non_contiguous_parameter_is_updated_in_place():
     portable_step(opt)
     assert torch.equal(w.detach(), torch.full((6, 4), -0.5))
     assert torch.equal(opt.state[w]["momentum_buffer"], torch.ones(6, 4))
+
+
+@pytest.mark.parametrize("installed_by_the_loop", [False, True])
+def test_a_recorder_keeps_the_loops_own_portable_update(tmp_path, installed_by_the_loop):
+    """The recorder steps the optimizer through the portable update inside its block; a handle
+    the loop installed itself stays the loop's after the block, else torch's update returns."""
+    import exactforge.nn as xnn
+    from exactforge.data import load_digits
+    from exactforge.trace.record import TraceRecorder
+    from exactforge.verify import verify_trace
+
+    data = load_digits()
+    X, y = torch.from_numpy(data.X), torch.from_numpy(data.y)
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+
+    model = xnn.reproducible(net())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    mine = xnn.reproducible_optimizer(opt) if installed_by_the_loop else None
+    out = str(tmp_path / "t")
+    rng = np.random.default_rng(0)
+    with TraceRecorder(out, model, opt, data, steps=3, batch_size=16, loss_fn=xnn.cross_entropy) as rec:
+        for _ in range(3):
+            idx = rng.choice(len(data), 16, replace=False)
+            loss = xnn.cross_entropy(model(X[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rec.step(idx)
+    assert getattr(opt, "_exactforge_portable", None) is mine
+    rep = verify_trace(out, model=net(), epsilon=0.0)
+    assert rep.accepted and rep.max_error == 0.0 and rep.arithmetic == "portable-1", rep.reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any, Optional
 
@@ -25,13 +26,18 @@ finally:
         del os.environ["GOMP_SPINCOUNT"]
 
 _cuda: Optional[Any]
-try:  # built only when nvcc worked at install time
-    from .. import _cuda  # type: ignore[attr-defined,no-redef]
-except ImportError as exc:  # pragma: no cover - depends on the build
+_cuda_import_error: Optional[str] = None
+if importlib.util.find_spec("exactforge._cuda") is None:  # built only when nvcc worked at install time
     _cuda = None
-    _cuda_import_error: Optional[str] = str(exc)
-else:
-    _cuda_import_error = None
+    _cuda_import_error = (
+        "built without CUDA (no exactforge._cuda module: the install found no working nvcc, or EXACTFORGE_CUDA=OFF)"
+    )
+else:  # pragma: no cover - depends on the build
+    try:
+        from .. import _cuda  # type: ignore[attr-defined,no-redef]
+    except ImportError as exc:  # built, but its CUDA runtime or driver does not load
+        _cuda = None
+        _cuda_import_error = str(exc)
 
 __all__ = ["_core", "_cuda", "_cuda_import_error", "require_cuda"]
 

@@ -190,14 +190,15 @@ def run(args: argparse.Namespace) -> int:
         if len(rep.steps) < rep.total_segments
         else f"{len(rep.steps)} segment(s) recomputed"
     )
+    arith = f", {rep.arithmetic} arithmetic" if rep.arithmetic else ""
     say(
         args,
-        f"{verdict}: {scope}{some}{where} ({rep.engine}, {_theta0(rep)}), "
+        f"{verdict}: {scope}{some}{where} ({rep.engine}{arith}, {_theta0(rep)}), "
         f"max {rep.distance} error {err}, epsilon {rep.epsilon:g}, {failed} over epsilon{res}",
     )
     if not rep.accepted and rep.reason:  # why, and across machines what to do
         say(args, f"reason: {rep.reason}")
-    elif rep.machines and rep.machines.get("bound"):
+    elif rep.machines and rep.machines.get("bound") and rep.epsilon == 0:
         say(
             args,
             "machine-bound: this trace computes with torch's own kernels, so epsilon 0 holds on a machine like the "

@@ -228,9 +228,17 @@ class PortableOptimizer:
         _kind(optimizer)
         self.optimizer = optimizer
         self._hidden: Optional[List[Any]] = None
+        self._handles: List[Any] = []
+        self.reinstall()
+
+    def reinstall(self) -> None:
+        """Registers the hooks again, after every hook the optimizer has now (a recorder's
+        checks of the gradients torch's step would see must run first)."""
+        for h in self._handles:
+            h.remove()
         self._handles = [
-            optimizer.register_step_pre_hook(self._before),
-            optimizer.register_step_post_hook(self._after),
+            self.optimizer.register_step_pre_hook(self._before),
+            self.optimizer.register_step_post_hook(self._after),
         ]
 
     def _before(self, optimizer: Any, args: Any, kwargs: Any) -> None:

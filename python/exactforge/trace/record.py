@@ -179,7 +179,9 @@ class TraceRecorder:
 
     A reproducible model's optimizer steps through exactforge's portable update while the block
     runs (``exactforge.nn.reproducible_optimizer``; the manifest's ``arithmetic``), so the trace
-    verifies at epsilon 0 on every CPU, not only on one like the recording machine.
+    verifies at epsilon 0 on every CPU, not only on one like the recording machine. After the
+    block the optimizer steps through torch's kernels again, unless the loop installed the
+    portable update itself (then it stays).
 
     The optimizer's state goes into every checkpoint (``exactforge.optim``: SGD with momentum,
     weight decay, nesterov; Adam; AdamW; RMSprop), so the verifier replays it too. Dropout: every
@@ -376,11 +378,12 @@ class TraceRecorder:
         if self._arithmetic not in (None, "torch"):
             from ..nn.update import reproducible_optimizer
 
-            # after the watch's hooks, which check the gradients torch's step would see
-            mine = getattr(self.optimizer, "_exactforge_portable", None)
-            if mine is not None:
-                mine.remove()
-            self._portable = (reproducible_optimizer(self.optimizer), mine is not None)
+            # its hooks run after the watch's, which check the gradients torch's step would see
+            installed = getattr(self.optimizer, "_exactforge_portable", None)
+            if installed is not None:  # the loop's own: it stays after the block
+                installed.reinstall()
+            else:  # the recorder's: removed after the block, torch's update again
+                self._portable = reproducible_optimizer(self.optimizer)
         return self
 
     def _make_watch(self) -> Any:
@@ -496,12 +499,7 @@ class TraceRecorder:
             self._watch.remove()
             self._watch = None
         if self._portable is not None:
-            handle, the_users = self._portable
-            handle.remove()
-            if the_users:  # the loop had installed it itself: it stays
-                from ..nn.update import reproducible_optimizer
-
-                reproducible_optimizer(self.optimizer)
+            self._portable.remove()
             self._portable = None
         w = self._writer
         if w is None:

@@ -22,7 +22,9 @@ __all__ = ["ADVICE", "FACTS", "machine_bound", "compare_machines", "machine_note
 
 ADVICE = (
     "record with a reproducible model (exactforge.nn.reproducible), whose portable arithmetic gives the same "
-    "bits on every CPU, or verify with an epsilon calibrated across machines (--epsilon auto; exactforge.verify.calibrate)"
+    "bits on every CPU, or verify with an epsilon above the reproduction error between two such machines "
+    "(measure it by replaying, on this machine, a trace recorded on one like the prover's; --epsilon auto "
+    "measures only this machine's own batch-order and thread errors)"
 )
 
 # The machine facts a torch-arithmetic trace's bits depend on, as environment() records them:

@@ -174,6 +174,9 @@ class VerificationReport:
     # depend on the CPU: torch's kernels), "differences" ({"fact", "trace", "here"}) and the facts
     # the trace does not record ("unrecorded"); set once the segments are recomputed
     machines: Optional[Dict[str, Any]] = None
+    # a torch trace's arithmetic: "portable-1" (the same bits on every CPU) or "torch" (its
+    # kernels', bound to the machine; also traces from before the field); None for the native engine
+    arithmetic: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -702,6 +705,8 @@ def _explain(report: VerificationReport, man: Any) -> None:
     over epsilon, its distance against epsilon, and for a trace bound to its machine's
     arithmetic, where the recording machine differs from this one (machine_note)."""
     bound = machine_bound(man)
+    if man.get("engine") == "torch":
+        report.arithmetic = str(man.get("arithmetic", "torch")) if man.get("reduction") is not None else "torch"
     comparison = compare_machines(man.get("environment"))
     report.machines = {"bound": bound, **comparison}
     failed = [r for r in report.steps if not r.passed]
