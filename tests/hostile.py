@@ -119,6 +119,19 @@ def nan_checkpoint(d: str, path: str) -> None:
     rechain(d)
 
 
+def move_weight(d: str, step: int) -> None:
+    """Moves one weight of checkpoint ``step`` by 1e-3 and rebuilds every hash: a valid trace
+    whose segment ending there is farther than epsilon 0 from its recomputation."""
+    from exactforge.trace import Trace, encode_checkpoint
+
+    tensors = {k: np.array(v) for k, v in Trace.open(d).load_checkpoint(step).items()}
+    first = next(k for k, v in tensors.items() if v.dtype.kind == "f")
+    tensors[first].flat[0] += np.asarray(1e-3, dtype=tensors[first].dtype)
+    with open(os.path.join(d, "checkpoints", f"{step:08d}.safetensors"), "wb") as f:
+        f.write(encode_checkpoint(tensors, step))
+    rechain(d)
+
+
 @contextmanager
 def deadline(seconds: int):
     """Fails (TimeoutError) instead of hanging when the block runs longer than ``seconds``."""

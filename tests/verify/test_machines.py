@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
-import numpy as np
 import pytest
 
 from exactforge.data import load_digits
 from exactforge.models import native as M
-from exactforge.trace import Trace, encode_checkpoint, environment
+from exactforge.trace import environment
 from exactforge.trace.record import record_native, record_torch_fcn
 from exactforge.verify import verify_trace
 from exactforge.verify.machines import ADVICE, compare_machines, machine_bound, machine_note
 
-from hostile import rechain
+from hostile import copy, move_weight, rechain
 
 DIGITS = load_digits()
 SPEC = M.ModelSpec("fcn", 64, 10, (8,))
@@ -36,23 +34,6 @@ def torch_trace(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("machines") / "torch")
     record_torch_fcn(d, SPEC, DIGITS, steps=3, batch_size=12, lr=0.05, checkpoint_every=1)
     return d
-
-
-def _copy(src, tmp_path, name="t"):
-    dst = str(tmp_path / name)
-    shutil.copytree(src, dst)
-    return dst
-
-
-def _tamper(d, step):
-    """Moves one weight of checkpoint ``step`` and rebuilds every hash: a valid trace whose
-    segment ending there is farther than epsilon 0 from its recomputation."""
-    tensors = {k: np.array(v) for k, v in Trace.open(d).load_checkpoint(step).items()}
-    first = next(k for k, v in tensors.items() if v.dtype.kind == "f")
-    tensors[first].flat[0] += np.asarray(1e-3, dtype=tensors[first].dtype)
-    with open(os.path.join(d, "checkpoints", f"{step:08d}.safetensors"), "wb") as f:
-        f.write(encode_checkpoint(tensors, step))
-    rechain(d)
 
 
 def test_environment_records_the_machine_facts_bits_depend_on(monkeypatch):
@@ -82,8 +63,8 @@ def test_an_accepted_trace_has_no_reason(native_trace, torch_trace):
 
 
 def test_a_rejection_names_the_first_failing_step(native_trace, tmp_path):
-    d = _copy(native_trace, tmp_path)
-    _tamper(d, 2)
+    d = copy(native_trace, str(tmp_path / "t"))
+    move_weight(d, 2)
     rep = verify_trace(d, epsilon=0)
     assert rep.valid and not rep.accepted
     assert [s.step for s in rep.steps if not s.passed] == [1, 2]  # the segments into and out of checkpoint 2
@@ -95,7 +76,7 @@ def test_a_rejection_names_the_first_failing_step(native_trace, tmp_path):
 
 
 def test_a_plain_torch_rejection_names_the_machines_and_what_to_do(torch_trace, tmp_path):
-    d = _copy(torch_trace, tmp_path)
+    d = copy(torch_trace, str(tmp_path / "t"))
     here = environment()
     other_cap = "AVX512" if here["torch_cpu_capability"] != "AVX512" else "AVX2"
 
@@ -106,7 +87,7 @@ def test_a_plain_torch_rejection_names_the_machines_and_what_to_do(torch_trace, 
 
     rechain(d, elsewhere)
     assert verify_trace(d).accepted  # what a trace declares is not checked: it only explains
-    _tamper(d, 1)
+    move_weight(d, 1)
     rep = verify_trace(d, epsilon=0)
     assert rep.valid and not rep.accepted and rep.reason.startswith("step 0: the segment 0..1 ")
     r = rep.reason
@@ -124,14 +105,14 @@ def test_a_plain_torch_rejection_names_the_machines_and_what_to_do(torch_trace, 
 
 
 def test_an_older_trace_that_does_not_record_the_facts_says_so(torch_trace, tmp_path):
-    d = _copy(torch_trace, tmp_path)
+    d = copy(torch_trace, str(tmp_path / "t"))
 
     def old(man):
         for key in ("cpu", "torch_cpu_capability", "blas", "emulation"):
             del man["environment"][key]
 
     rechain(d, old)
-    _tamper(d, 2)
+    move_weight(d, 2)
     rep = verify_trace(d, epsilon=0)
     assert not rep.accepted and rep.machines["unrecorded"] == [
         "cpu vendor",
