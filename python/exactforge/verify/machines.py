@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-__all__ = ["ADVICE", "FACTS", "machine_bound", "compare_machines", "machine_note"]
+__all__ = ["ADVICE", "FACTS", "trace_arithmetic", "machine_bound", "compare_machines", "machine_note"]
 
 ADVICE = (
     "record with a reproducible model (exactforge.nn.reproducible), whose portable arithmetic gives the same "
@@ -42,13 +42,18 @@ FACTS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
 _MISSING = object()
 
 
-def machine_bound(manifest: Mapping[str, Any]) -> bool:
-    """Whether the trace's bits depend on the machine: a torch trace computed by torch's own
-    kernels (a plain torch model, ``reduction`` None, or a reproducible one whose arithmetic
-    is ``"torch"`` or unnamed, as traces from before the name were)."""
+def trace_arithmetic(manifest: Mapping[str, Any]) -> Optional[str]:
+    """How a torch trace's steps round: ``"portable-1"`` (exactforge's, the same bits on every
+    CPU) or ``"torch"`` (torch's own kernels: a plain torch model, or a reproducible one recorded
+    so or before the name existed); None for the native engine."""
     if manifest.get("engine") != "torch":
-        return False
-    return manifest.get("reduction") is None or manifest.get("arithmetic", "torch") == "torch"
+        return None
+    return "torch" if manifest.get("reduction") is None else str(manifest.get("arithmetic", "torch"))
+
+
+def machine_bound(manifest: Mapping[str, Any]) -> bool:
+    """Whether the trace's bits depend on the machine: computed by torch's own kernels."""
+    return trace_arithmetic(manifest) == "torch"
 
 
 def _get(env: Any, path: Tuple[str, ...]) -> Any:

@@ -36,7 +36,7 @@ from .checks import data_checks, failed_checks, interval_check, parse_checks, sc
 from .distances import DISTANCES, verification_distance
 from .initial import initial_law_test
 from .initial import summary as init_summary
-from .machines import compare_machines, machine_bound, machine_note
+from .machines import compare_machines, machine_bound, machine_note, trace_arithmetic
 from .reference import reference_distances
 
 __all__ = [
@@ -431,7 +431,7 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
         augment=augment,
         accumulate=man.get("accumulate") or 1,
         normalize=_normalization(man, X),
-        arithmetic=man.get("arithmetic", "torch") if reduction is not None else "torch",
+        arithmetic=trace_arithmetic(man) or "torch",
     )
 
     def initial() -> Optional[Dict[str, np.ndarray]]:
@@ -705,8 +705,7 @@ def _explain(report: VerificationReport, man: Any) -> None:
     over epsilon, its distance against epsilon, and for a trace bound to its machine's
     arithmetic, where the recording machine differs from this one (machine_note)."""
     bound = machine_bound(man)
-    if man.get("engine") == "torch":
-        report.arithmetic = str(man.get("arithmetic", "torch")) if man.get("reduction") is not None else "torch"
+    report.arithmetic = trace_arithmetic(man)
     comparison = compare_machines(man.get("environment"))
     report.machines = {"bound": bound, **comparison}
     failed = [r for r in report.steps if not r.passed]
