@@ -28,6 +28,7 @@ using namespace exactforge;
 
 namespace exactforge {
 void register_optim(py::module_& m);  // optim.cpp
+void register_gf2(py::module_& m);    // gf2.cpp
 }
 
 namespace {
@@ -876,6 +877,7 @@ py::array unpack_levels_py(py::array_t<int32_t, py::array::c_style | py::array::
 
 PYBIND11_MODULE(_core, m) {
   register_optim(m);
+  register_gf2(m);
   m.doc() = "exactforge native CPU core (private; use exactforge.reduce)";
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("mode"), py::arg("order") = py::none(),
         py::arg("threads") = 0, py::arg("a_transposed") = false);

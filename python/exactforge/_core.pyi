@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['EXACT_MATMUL_MAX_K', 'EXACT_SUM_MAX_K', 'MAX_THREADS', 'SUM_SLICES', 'SUM_WIDTH', 'SearchHandle', 'adam_update', 'all_pairs', 'amx_int8_usable', 'batch_norm_input_grad', 'batch_norm_normalize', 'bmm_unfused', 'build_info', 'choose', 'col2im', 'conv2d_fixed', 'conv2d_input_grad_fixed', 'conv2d_weight_grad_exact', 'exact_maxima', 'exact_plan', 'exact_special_flags', 'exp', 'get_num_threads', 'im2col', 'level_packing', 'log', 'matmul', 'matmul_exact_kernel', 'matmul_exact_levels', 'mitm_table_bytes', 'pack_bits', 'pack_levels', 'rmsprop_update', 'round_exact_levels', 'round_sum_levels', 'rowsum_fixed', 'segment_sums', 'set_num_threads', 'sgd_update', 'sqrt_rn', 'sum_centered_squares', 'sum_channel_products', 'sum_channels', 'sum_exact_levels', 'sum_maxima', 'sum_rows', 'sum_special_flags', 'unpack_levels', 'vnni_int8_usable']
+__all__: list[str] = ['EXACT_MATMUL_MAX_K', 'EXACT_SUM_MAX_K', 'MAX_THREADS', 'SUM_SLICES', 'SUM_WIDTH', 'SearchHandle', 'adam_update', 'all_pairs', 'amx_int8_usable', 'batch_norm_input_grad', 'batch_norm_normalize', 'bmm_unfused', 'build_info', 'choose', 'col2im', 'conv2d_fixed', 'conv2d_input_grad_fixed', 'conv2d_weight_grad_exact', 'exact_maxima', 'exact_plan', 'exact_special_flags', 'exp', 'get_num_threads', 'gf2_solve', 'im2col', 'level_packing', 'log', 'matmul', 'matmul_exact_kernel', 'matmul_exact_levels', 'mitm_table_bytes', 'pack_bits', 'pack_levels', 'rmsprop_update', 'round_exact_levels', 'round_sum_levels', 'rowsum_fixed', 'segment_sums', 'set_num_threads', 'sgd_update', 'sqrt_rn', 'sum_centered_squares', 'sum_channel_products', 'sum_channels', 'sum_exact_levels', 'sum_maxima', 'sum_rows', 'sum_special_flags', 'unpack_levels', 'vnni_int8_usable']
 class SearchHandle:
     def __init__(self, grads: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], keys: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64], targets: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], target_keys: typing.Annotated[numpy.typing.ArrayLike, numpy.uint64], b: typing.SupportsInt | typing.SupportsIndex, method: str, max_bytes: typing.SupportsInt | typing.SupportsIndex, key_tol: typing.SupportsInt | typing.SupportsIndex = 0, coord_tol: typing.SupportsInt | typing.SupportsIndex = 0, shift: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
         ...
@@ -49,6 +49,10 @@ def exp(x: numpy.ndarray) -> numpy.ndarray:
     ...
 def get_num_threads() -> int:
     ...
+def gf2_solve(rows: numpy.ndarray, ncols: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.uint8], int, int, numpy.typing.NDArray[numpy.int32]]:
+    """
+    Solves A x = b over GF(2). rows: (R, W) uint64, bit c of a row (word c // 64, bit c % 64) is A[r, c] for c < ncols and bit ncols is b[r]. Returns (x, rank, inconsistent, pivots): x has the free variables 0; inconsistent counts rows that reduce to 0 = 1.
+    """
 def im2col(x: numpy.ndarray, kernel: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], stride: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], padding: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], dilation: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], threads: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.ndarray:
     ...
 def level_packing(kind: str, k_total: typing.SupportsInt | typing.SupportsIndex, dtype: str, world: typing.SupportsInt | typing.SupportsIndex) -> dict:

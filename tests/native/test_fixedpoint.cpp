@@ -12,6 +12,7 @@
 
 #include "exactforge/conv.hpp"
 #include "exactforge/fixedpoint.hpp"
+#include "exactforge/gf2.hpp"
 #include "exactforge/intexact.hpp"
 #include "exactforge/optim.hpp"
 #include "exactforge/reduce.hpp"
@@ -455,7 +456,42 @@ static void test_optim_updates() {
   CHECK(q != p1 + g1 * plain.neg_lr);
 }
 
+// A random system with a planted solution and redundant rows: the solver must find a solution
+// that satisfies every equation, a rank no larger than the unknowns, and no contradiction; a
+// flipped right-hand side of a dependent row must be counted as one.
+static void test_gf2_solve() {
+  std::mt19937_64 rng(11);
+  const int64_t n = 150, R = 400, W = n / 64 + 1;
+  std::vector<uint8_t> planted(n);
+  for (auto& b : planted) b = uint8_t(rng() & 1);
+  std::vector<uint64_t> rows(size_t(R * W), 0);
+  for (int64_t r = 0; r < R; ++r) {
+    int rhs = 0;
+    for (int64_t c = 0; c < n; ++c) {
+      if (rng() % 3 == 0) {
+        rows[size_t(r * W + c / 64)] |= uint64_t(1) << (c % 64);
+        rhs ^= planted[size_t(c)];
+      }
+    }
+    if (rhs) rows[size_t(r * W + n / 64)] |= uint64_t(1) << (n % 64);
+  }
+  std::vector<uint64_t> a = rows;
+  std::vector<uint8_t> x(n);
+  Gf2Result res = gf2_solve(a.data(), R, W, n, x.data());
+  CHECK(res.inconsistent == 0);
+  CHECK(res.rank == n);  // 400 random rows of density 1/3 have full column rank
+  CHECK(x == planted);
+  // a contradiction: a copy of row 0 with the other right-hand side
+  std::vector<uint64_t> b = rows;
+  b.resize(size_t((R + 1) * W));
+  for (int64_t k = 0; k < W; ++k) b[size_t(R * W + k)] = rows[size_t(k)];
+  b[size_t(R * W + n / 64)] ^= uint64_t(1) << (n % 64);
+  res = gf2_solve(b.data(), R + 1, W, n, x.data());
+  CHECK(res.inconsistent == 1);
+}
+
 int main() {
+  test_gf2_solve();
   test_optim_updates<float>();
   test_optim_updates<double>();
   test_int8_digits_and_kernels();
