@@ -29,7 +29,7 @@ from ._registry import (
     shared_batch_of,
     supported_layers,
 )
-from .augment import KeyedAugment
+from .augment import KeyedAugment, StreamAugment, augment_from_dict
 from .functional import (
     batch_norm_train,
     clip_grad_norm_,
@@ -72,5 +72,7 @@ __all__ = [
     "grad_norm",
     "batch_norm_train",
     "KeyedAugment",
+    "StreamAugment",
+    "augment_from_dict",
     "ShortcutA",
 ]
