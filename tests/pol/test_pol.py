@@ -4,6 +4,7 @@ verified both ways."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -54,8 +55,21 @@ def test_an_imported_proof_verifies_at_epsilon_0_and_the_reference_agrees(proof,
     ref = v.reference
     assert ref["accepted"] and ref["policy"] == "all" and ref["max_distance"]["l2"] == 0.0
     assert ref["agreement"].startswith("both accept")
+    assert ref["thresholds"]["cos"] == 0.01 and ref["thresholds_commit"] == "c286c7c"
     top = verify_trace(str(tmp_path / "t"), reference_q=1)
-    assert top.reference["policy"] == "top-q" and 1 <= len(top.reference["segments"]) <= 3
+    t = top.reference
+    assert t["policy"] == "top-q" and set(t["segments"]) <= {0, 5} and t["segments"]
+    # 12 steps of 16 over 1,797 examples: one epoch of 12 / 5 = 2.4 checkpoints, which the
+    # reference rounds to 2: the last segment (10..12) is in no epoch, so never recomputed
+    assert t["epochs"] == 1 and t["epochs_source"].startswith("inferred")
+    assert t["per_epoch"] == [{"epoch": 1, "steps": [0, 10], "segments": 2, "chosen": t["segments"]}]
+    assert any("never recomputes them" in n for n in t["notes"])
+    two = verify_trace(str(tmp_path / "t"), reference_q=1, reference_epochs=2, reference_thresholds="51909cc")
+    t = two.reference
+    assert t["segments"] == [0, 5] and [e["steps"] for e in t["per_epoch"]] == [[0, 5], [5, 10]]
+    assert t["epochs_source"] == "given" and t["thresholds"]["cos"] == 0.001 and t["thresholds_commit"] == "51909cc"
+    bad = verify_trace(str(tmp_path / "t"), reference_thresholds="1,2,3")
+    assert not bad.valid and "reference_thresholds" in bad.reason
 
 
 def test_a_perturbed_checkpoint_is_rejected_by_exactforge_and_accepted_by_the_reference(proof, tmp_path):
@@ -185,6 +199,15 @@ def test_the_cli_imports_and_verifies(proof, tmp_path):
     assert imp.returncode == 0, imp.stderr
     ver = subprocess.run(base + ["verify", out, "--quiet"], capture_output=True, text=True)
     assert ver.returncode == 0 and "Proof-of-Learning reference ACCEPTS" in ver.stdout, ver.stdout + ver.stderr
+    top = [out, "--quiet", "--pol-reference", "topq", "--pol-q", "1", "--pol-epochs", "2"]
+    report = str(tmp_path / "report.json")
+    ver = subprocess.run(
+        base + ["verify", *top, "--pol-thresholds", "51909cc", "--json", report], capture_output=True, text=True
+    )
+    assert ver.returncode == 0, ver.stdout + ver.stderr
+    with open(report) as f:
+        ref = json.load(f)["reference"]
+    assert ref["thresholds_commit"] == "51909cc" and ref["epochs"] == 2 and ref["segments"] == [0, 5]
     bad = subprocess.run(
         base + ["import-pol", proof, "--out", out + "2", "--model", "nope"], capture_output=True, text=True
     )

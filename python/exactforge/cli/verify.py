@@ -19,6 +19,16 @@ def _epsilon_type(text: str) -> Any:
         return text
 
 
+def _thresholds_type(text: str) -> Any:
+    from ..verify.reference import parse_thresholds
+
+    try:
+        parse_thresholds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def register(sub: Any) -> None:
     v = _sub(sub, "verify", "verify an execution trace", "verify", json_what="the verification report")
     v.add_argument("trace", help="the trace folder")
@@ -90,7 +100,23 @@ def register(sub: Any) -> None:
         "initialisation test): over every segment (all), or its top-Q (topq, with --pol-q); auto: every "
         "segment, for imported proofs only",
     )
-    v.add_argument("--pol-q", type=_count(1), default=2, help="Q of --pol-reference topq (the reference's --q)")
+    v.add_argument(
+        "--pol-q", type=_count(1), default=2, help="Q per epoch of --pol-reference topq (the reference's --q)"
+    )
+    v.add_argument(
+        "--pol-epochs",
+        type=_count(1),
+        metavar="N",
+        help="the proof's epochs, over which --pol-reference topq picks its Q segments per epoch (the reference's "
+        "--epochs); default: the steps times the batch size over the data set's size, rounded up",
+    )
+    v.add_argument(
+        "--pol-thresholds",
+        type=_thresholds_type,
+        metavar="L1,L2,LINF,COS",
+        help="the reference's thresholds (its --delta): four numbers, or a named set: current (its code today, "
+        "commit c286c7c: 1000,10,0.1,0.01) or 51909cc (its first upload: cosine 0.001); default current",
+    )
     v.add_argument(
         "--pol-augmentation",
         choices=("crop-flip",),
@@ -147,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
         lr_lambda=import_function(args.lr_lambda, "--lr-lambda") if args.lr_lambda else None,
         reference={"auto": None, "off": False}.get(args.pol_reference, True),
         reference_q=args.pol_q if args.pol_reference == "topq" else None,
+        reference_thresholds=args.pol_thresholds,
+        reference_epochs=args.pol_epochs,
         require=args.require,
         known_data=_known(args),
         max_interval=args.max_interval,
@@ -158,7 +186,11 @@ def run(args: argparse.Namespace) -> int:
         from ..verify.reference import augmentation_tolerance
 
         tolerance = augmentation_tolerance(
-            args.trace, dataset=given, data_path=None if given else args.data_path, draws=args.pol_draws
+            args.trace,
+            dataset=given,
+            data_path=None if given else args.data_path,
+            draws=args.pol_draws,
+            thresholds=args.pol_thresholds,
         )
         result["augmentation_tolerance"] = tolerance.to_dict()
     write_json(args, result)
@@ -210,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
         say(args, _rates(rep.learning_rates))
     if rep.reference:
         say(args, _reference_line(rep.reference))
+        for note in rep.reference.get("notes") or []:
+            say(args, f"the reference's top-Q: {note}")
     for line in _check_lines(rep):
         say(args, line)
     if tolerance is not None:
@@ -263,7 +297,13 @@ def _reference_line(ref: Any) -> str:
         f"{m} {ref['max_distance'][m]:.3g} (<= {ref['thresholds'][m]:g}, {ref['above'][m]} over)"
         for m in ("l1", "l2", "linf", "cos")
     )
-    scope = f"top-{ref['q']} ({len(ref['segments'])} segments)" if ref["policy"] == "top-q" else "every segment"
+    scope = (
+        f"top-{ref['q']} per epoch over {ref['epochs']} epoch(s), {len(ref['segments'])} segments"
+        if ref["policy"] == "top-q"
+        else "every segment"
+    )
+    commit = ref.get("thresholds_commit")
+    scope += f"; thresholds of its commit {commit}" if commit else "; the thresholds given"
     init = ref.get("initialization")
     init_s = (
         f"; initialisation test {'passed' if init['passed'] else 'FAILED'} (smallest p {init['min_p_value']:.2g})"

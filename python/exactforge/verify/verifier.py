@@ -550,6 +550,8 @@ def verify_trace(
     lr_lambda: Optional[Callable[[int], float]] = None,
     reference: Optional[bool] = None,
     reference_q: Optional[int] = None,
+    reference_thresholds: Any = None,
+    reference_epochs: Optional[int] = None,
     require: Any = None,
     known_data: Any = None,
     max_interval: Optional[int] = None,
@@ -586,7 +588,10 @@ def verify_trace(
     ``reference``: also compute the Proof-of-Learning reference's verdict with its semantics
     (its four distances and thresholds over every segment, or its top-Q with ``reference_q``,
     and its initialisation test) and say where it differs from this one (None: for imported
-    proofs only).
+    proofs only). ``reference_thresholds``: its thresholds (None: those of its current code; a
+    named set such as "51909cc", or four numbers: :func:`exactforge.verify.reference.parse_thresholds`);
+    ``reference_epochs``: the proof's epochs, over which its top-Q picks per epoch (None:
+    inferred from the steps, batch size and data set size).
 
     ``executor`` spreads the recomputation over a cluster: an
     :class:`exactforge.verify.ray.RayExecutor` schedules the segments as Ray tasks. The
@@ -617,6 +622,7 @@ def verify_trace(
                 epsilon, eps_value, distance_kind, policy, q, fraction, permute_batches, threads, executor
             )
             report.required = list(parse_checks(require))
+            ref_settings = _reference_settings(reference_thresholds, reference_epochs)
             known = None if known_data is None else as_dataset(known_data, "known")
             if max_interval is not None and (isinstance(max_interval, bool) or int(max_interval) < 1):
                 raise ValueError(f"max_interval: expected a positive number of steps, got {max_interval!r}")
@@ -695,7 +701,7 @@ def verify_trace(
         if report.steps:
             report.resolution = float(np.median([r.resolution for r in report.steps]))
         if job.reference_names:
-            report.reference = _reference(report, theta0, step, reference_q)
+            report.reference = _reference(report, theta0, step, reference_q, trace, ref_settings)
         _checks(report, trace, segs, data, known, max_interval)
         return report
 
@@ -996,13 +1002,50 @@ def _settled_job(job: SegmentJob, trace: Trace, step: Any, reference: Optional[b
     return job
 
 
-def _reference(report: VerificationReport, theta0: Any, step: Any, q: Optional[int]) -> Optional[Dict[str, Any]]:
-    from .initial import initial_law_test
-    from .reference import reference_verdict
+def _reference_settings(thresholds: Any, epochs: Optional[int]) -> Tuple[Any, Optional[int]]:
+    """The reference's arguments, checked before any segment is recomputed."""
+    from .reference import parse_thresholds
 
+    try:
+        parse_thresholds(thresholds)
+    except ValueError as exc:
+        raise ValueError(f"reference_thresholds: {exc}") from None
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1):
+        raise ValueError(f"reference_epochs: expected a positive number of epochs, got {epochs!r}")
+    return thresholds, None if epochs is None else int(epochs)
+
+
+def _reference(
+    report: VerificationReport,
+    theta0: Any,
+    step: Any,
+    q: Optional[int],
+    trace: Trace,
+    settings: Tuple[Any, Optional[int]],
+) -> Optional[Dict[str, Any]]:
+    from .initial import initial_law_test
+    from .reference import infer_epochs, reference_verdict
+
+    thresholds, epochs = settings
+    source = "given"
+    if epochs is None and q is not None:
+        man = trace.manifest
+        b, n = man.get("batch_size"), int(man["data"]["num_examples"])
+        if b and trace.num_steps:
+            epochs = infer_epochs(trace.num_steps, int(b), n)
+            source = f"inferred: {trace.num_steps} steps x {b} per batch / {n} examples, rounded up"
     tests = initial_law_test(theta0, model=getattr(step, "model", None))
     verdict = reference_verdict(
-        report.steps, exactforge_accepted=report.accepted, epsilon=report.epsilon, q=q, initial_tests=tests
+        report.steps,
+        exactforge_accepted=report.accepted,
+        epsilon=report.epsilon,
+        q=q,
+        initial_tests=tests,
+        thresholds=thresholds,
+        epochs=epochs,
+        epochs_source=source if epochs is not None else None,
+        num_steps=trace.num_steps,
+        save_freq=int(trace.manifest["checkpoint_every"]),
     )
     return verdict.to_dict() if verdict is not None else None
 
