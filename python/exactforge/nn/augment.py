@@ -112,17 +112,20 @@ class KeyedAugment:
 
 
 def torch_crop_flip(x: torch.Tensor, generator: Optional[torch.Generator] = None, padding: int = 4) -> torch.Tensor:
-    """torchvision's RandomCrop(size, padding) then RandomHorizontalFlip, image by image, drawn
-    from torch's RNG (or ``generator``) in batch order and logged nowhere: what the reference
-    Proof-of-Learning's CIFAR loop does. For writing such proofs and measuring what replaying
-    them costs; a recorded loop uses KeyedAugment."""
+    """torchvision's RandomHorizontalFlip then RandomCrop(size, padding), image by image, drawn
+    from torch's RNG (or ``generator``) in batch order as torchvision draws them (the flip's
+    ``rand(1) < 0.5``, then the crop's row and column by ``randint``) and logged nowhere: what
+    the reference Proof-of-Learning's CIFAR-10 loop does. For writing such proofs and measuring
+    what replaying them without their draws costs; a recorded loop uses KeyedAugment."""
     H, W = x.shape[-2:]
-    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
     out = []
-    for img in padded:
-        i, j = (int(v) for v in torch.randint(0, 2 * padding + 1, (2,), generator=generator))
-        crop = img[:, i : i + H, j : j + W]
-        out.append(crop.flip(-1) if bool(torch.rand((), generator=generator) < 0.5) else crop)
+    for img in x:
+        if bool(torch.rand(1, generator=generator) < 0.5):
+            img = img.flip(-1)
+        i = int(torch.randint(0, 2 * padding + 1, size=(1,), generator=generator).item())
+        j = int(torch.randint(0, 2 * padding + 1, size=(1,), generator=generator).item())
+        padded = torch.nn.functional.pad(img, (padding, padding, padding, padding))
+        out.append(padded[:, i : i + H, j : j + W])
     return torch.stack(out)
 
 

@@ -7,7 +7,7 @@ report = import_proof("proof/CIFAR10_test", "trace", model="resnet20", data=cifa
 
 from .importer import ImportReport, TrainingArgs, import_proof, reference_data_hash
 from .proof import Proof, ProofError, checkpoint_steps, read_checkpoint, read_proof
-from .write import write_reference_proof
+from .write import write_cifar10_folder, write_reference_proof
 
 __all__ = [
     "import_proof",
@@ -20,4 +20,5 @@ __all__ = [
     "Proof",
     "ProofError",
     "write_reference_proof",
+    "write_cifar10_folder",
 ]

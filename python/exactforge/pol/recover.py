@@ -34,7 +34,7 @@ import numpy as np
 
 from ..nn import mt19937 as mt
 
-__all__ = ["StreamRecovery", "recover_stream", "normal_draws", "kaiming_std"]
+__all__ = ["StreamRecovery", "recover_stream", "reference_augmentation", "normal_draws", "kaiming_std", "AUGMENTATIONS"]
 
 # (units of 2^-24 around each inverted uniform, consecutive outputs used): the first fits the
 # vectorised float path of AVX2 and AVX-512 builds (measured error at most ~2.1 units); the
@@ -290,3 +290,46 @@ def _reproduces(w: np.ndarray, std: float, pairs: List[Tuple[int, int, int, int]
     want = np.concatenate([r * np.cos(a), r * np.sin(a)]) * std
     have = np.concatenate([w[p[:, 0]], w[p[:, 1]]]).astype(np.float64)
     return bool(np.all(np.abs(want - have) <= 1e-5 * std * np.maximum(1.0, np.abs(want / std))))
+
+
+# The reference's training transforms per data set (utils.load_dataset): (names in Compose
+# order, crop padding). CIFAR-100 adds RandomRotation(15), whose PIL resampling exactforge does
+# not replay: its draws are recovered but the proof falls back to the calibrated path.
+AUGMENTATIONS: Dict[str, Tuple[Tuple[str, ...], int]] = {
+    "cifar10": (("hflip", "crop"), 4),
+    "cifar100": (("crop", "hflip", "rotate15"), 4),
+}
+
+
+def reference_augmentation(
+    theta0: Dict[str, np.ndarray], names: Sequence[str], *, dataset: str, batch_size: int, workers: int = 0
+) -> Tuple[Optional[Dict[str, Any]], StreamRecovery, str]:
+    """The manifest ``augment`` entry that replays a reference proof's augmentation (None where
+    the data set has none or it cannot be replayed), the recovery, and a sentence for the
+    report."""
+    from ..nn.augment import STREAM_TRANSFORMS, StreamAugment
+
+    if dataset not in AUGMENTATIONS:
+        return None, StreamRecovery(False, "no augmentation"), f"none (the reference does not augment {dataset})"
+    transforms, padding = AUGMENTATIONS[dataset]
+    rec = recover_stream(theta0, names)
+    if not rec.recovered or rec.words is None:
+        return None, rec, f"NOT recovered: {rec.reason}"
+    if not set(transforms) <= set(STREAM_TRANSFORMS):
+        return (
+            None,
+            rec,
+            (
+                f"stream recovered, but {', '.join(t for t in transforms if t not in STREAM_TRANSFORMS)} is not "
+                "replayed bit for bit"
+            ),
+        )
+    words = mt.generate(rec.words, rec.end + mt.N)[rec.end :]  # where the DataLoader draws its base seed
+    aug = StreamAugment(
+        "".join(f"{int(v):08x}" for v in words),
+        batch_size=batch_size,
+        transforms=transforms,
+        padding=padding,
+        workers=workers,
+    )
+    return aug.to_dict(), rec, f"recovered from theta_0 ({rec.reason}; {rec.seconds:.1f} s)"
