@@ -59,7 +59,12 @@ def register(sub: Any) -> None:
         "--permute-batches", type=int, metavar="SEED", help="recompute with each batch's examples shuffled (same set)"
     )
     v.add_argument("--threads", type=int, help="thread count of the recomputation (1..256)")
-    _data_args(v, None, "the verifier's copy of the training data (a trace's own data path is never opened)")
+    _data_args(
+        v,
+        None,
+        "the verifier's copy of the training data (a trace's own data path is opened only for an imported proof "
+        "given neither --dataset nor --data-path: the path of its import, which the output names)",
+    )
     v.add_argument(
         "--allow-partial",
         action="store_true",
@@ -150,7 +155,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..verify.verifier import verify_trace
 
-    given = _given_data(args)
+    given = _imported_data(args)
     model = _model(args.model_factory) if args.model_factory else None
     executor = _executor(args)
     rep = verify_trace(
@@ -327,6 +332,57 @@ def _theta0(rep: Any) -> str:
             else f"; initialisation test passed ({len(rep.initial_test)} layers)"
         )
     return text
+
+
+def _imported_data(args: argparse.Namespace) -> Any:
+    """The verifier's data: --dataset's as always and, for an imported proof, --data-path's or,
+    given neither, the data at the path of the import the manifest names (said before it is
+    read: the path is the prover's word); an imported proof's data is refused naming the flag
+    unless its fingerprint is the import's. None: the verifier resolves the trace's data."""
+    import os
+
+    from ..data import BUNDLED, load_dataset
+    from ..trace.format import validate_manifest
+    from ..trace.safeio import TraceError, read_json
+
+    try:
+        got = read_json(args.trace, "manifest.json", DEFAULT_LIMITS.manifest_bytes, "manifest")
+        man = validate_manifest(got[0]) if got else None
+    except (TraceError, ValueError, OSError):
+        man = None  # the verifier reports what is wrong with the trace
+    if man is None or not isinstance(man.get("imported"), dict):
+        return _given_data(args)
+    name, stored = man["data"]["name"], man["imported"].get("data_path")
+    flag = "--data-path" if args.data_path or args.dataset is None else "--dataset"
+    if args.dataset is not None:
+        data = _given_data(args)
+    else:
+        path = args.data_path or (stored if name not in BUNDLED else None)
+        if path is None:
+            return None
+        if not args.data_path:
+            if not (os.path.isdir(path) or os.path.isfile(path)):  # never a FIFO or device a trace points at
+                raise ValueError(
+                    f"--data-path: the trace was imported with {name} from {path}, which is no folder or file here; "
+                    "give the data with --data-path"
+                )
+            say(
+                args,
+                f"data: reading {name} from {path}, the path the trace was imported with (--data-path reads another)",
+            )
+        try:
+            data = load_dataset(name, path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--data-path: cannot read {name} from {path} ({exc})") from None
+    if data.fingerprint() != man["data"]["fingerprint"]:
+        where = f" in {args.data_path or stored}" if flag == "--data-path" else ""
+        raise ValueError(
+            f"{flag}: the {data.name} data{where} is not the data the proof was imported with (fingerprint "
+            f"{data.fingerprint()[:16]}..., the trace's "
+            f"{man['data']['fingerprint'][:16]}...; imported from {stored or 'a path it does not name'}); give the "
+            "same training data"
+        )
+    return data
 
 
 def _known(args: argparse.Namespace) -> Any:

@@ -1,13 +1,16 @@
 """A Proof-of-Learning reference proof, imported as an exactforge execution trace.
 
-The proof does not say how it was trained: the reference's training arguments (model, data
-and its normalisation, learning rate, batch size, checkpoint interval, optimizer, MultiStepLR
-milestones) are the verifier's, as in the reference's own ``verify.py``. The import reads every
-checkpoint without running code (:mod:`exactforge.pol.proof`), checks each against the model,
-and writes a torch trace whose manifest says where it came from: its hash chain starts at the
-import (it proves the trace is the proof as imported, nothing about the proof's own history),
-theta_0 is "given", and the proof's ``hash.txt`` is kept and checked where the verifier holds
-the same data in the same form (:func:`reference_data_hash`).
+The proof says much of how it was trained: its checkpoint names give the save frequency, its
+checkpoints' optimizer and scheduler states the learning rate, momentum, weight decay and
+MultiStepLR milestones (:mod:`exactforge.pol.hyper`); the verifier gives the rest (model, data,
+the input normalisation, which the reference fixes per data set: presets), as in the
+reference's own ``verify.py``, and an argument that contradicts the proof is refused. The
+import reads every checkpoint without running code (:mod:`exactforge.pol.proof`), checks each
+against the model and the schedule, and writes a torch trace whose manifest says where it came
+from: its hash chain starts at the import (it proves the trace is the proof as imported,
+nothing about the proof's own history), theta_0 is "given", the data it was imported with is
+named (data set, path, fingerprint), and the proof's ``hash.txt`` is kept and checked where the
+verifier holds the same data in the same form (:func:`reference_data_hash`).
 """
 
 from __future__ import annotations
@@ -17,32 +20,17 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import numpy as np
 
 from ..data import Dataset
 from ..trace.limits import DEFAULT_LIMITS, Limits
 from ..trace.writer import TraceWriter
-from .proof import ProofError, checkpoint_steps, read_checkpoint, read_proof
+from .hyper import TrainingArgs, build_optimizer, check_checkpoint, normalization, preset_notes, resolve, stored
+from .proof import ProofError, checkpoint_files, checkpoint_steps, read_checkpoint, read_proof, save_frequency
 
 __all__ = ["ImportReport", "import_proof", "reference_data_hash", "text_hash", "TrainingArgs"]
-
-
-@dataclass(frozen=True)
-class TrainingArgs:
-    """The reference's training arguments, as its ``train.py`` takes them: SGD (momentum and
-    weight decay for CIFAR; plain for MNIST) or Adam, MultiStepLR over steps, cross-entropy."""
-
-    lr: float = 0.01
-    batch_size: Optional[int] = None  # None: the proof's
-    save_freq: int = 100
-    optimizer: str = "sgd"  # "sgd" | "adam"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    milestones: Sequence[int] = ()  # MultiStepLR milestones, in steps
-    gamma: float = 0.1
-    normalize: Optional[Sequence[Sequence[float]]] = None  # (mean per channel, std per channel)
 
 
 @dataclass
@@ -55,6 +43,13 @@ class ImportReport:
     data_hash_checked: Optional[bool]  # None: the verifier's data is not in the form the hash covers
     data_hash_note: str
     notes: List[str] = field(default_factory=list)
+    save_freq: int = 0
+    unused_checkpoints: List[str] = field(default_factory=list)  # model_step_* files the trace does not hold
+    training: Dict[str, Any] = field(default_factory=dict)  # the arguments the trace replays
+    sources: Dict[str, str] = field(default_factory=dict)  # where each came from: the proof, an argument, ...
+    normalize: Optional[Dict[str, List[float]]] = None
+    normalize_source: str = ""
+    data_path: Optional[str] = None  # stored in the manifest: where verify reads the data by default
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -89,16 +84,6 @@ def text_hash(u8: np.ndarray, kind: str) -> str:
     return m.hexdigest()
 
 
-def _optimizer(args: TrainingArgs, model: Any) -> Any:
-    import torch
-
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    if args.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    raise ValueError(f"optimizer: expected 'sgd' or 'adam', got {args.optimizer!r}")
-
-
 def _state(model: Any, ckpt: Dict[str, Any], spec: Dict[str, Any], step: int, name: str) -> Dict[str, np.ndarray]:
     """The exactforge checkpoint of a reference checkpoint: the state dict (checked against
     the model's names, dtypes and shapes) and the optimizer's state tensors."""
@@ -117,7 +102,9 @@ def _state(model: Any, ckpt: Dict[str, Any], spec: Dict[str, Any], step: int, na
     extra = sorted(set(net) - set(want))
     if extra:
         raise ProofError(f"proof: {name} holds {extra[0]!r}, which the model does not have")
-    out = {k: net[k].detach().cpu().numpy().copy() for k in want}
+    # views of the checkpoint's tensors, which stay alive until it is written: a copy would
+    # hold a large model twice
+    out = {k: net[k].detach().cpu().numpy() for k in want}
     params = list(model.parameters())
     per = (ckpt.get("optimizer") or {}).get("state", {})
     for i, p in enumerate(params):
@@ -139,21 +126,20 @@ def _model(model: Union[str, Callable[[], Any]], data: Dataset) -> Any:
         if model not in ZOO:
             raise ValueError(f"model: expected one of {ZOO} or a factory, got {model!r}")
         return build_model(model, tuple(data.shape or (data.dim,)), data.num_classes, vocab=data.vocab)
+    import torch
+
     if not callable(model):
         raise TypeError("model: expected a zoo name or a function returning a fresh torch module")
-    return model()
-
-
-def _normalize_entry(args: TrainingArgs, data: Dataset) -> Optional[Dict[str, List[float]]]:
-    if args.normalize is None:
-        return None
-    mean, std = ([float(v) for v in vs] for vs in args.normalize)
-    channels = (data.shape or (1,))[0]
-    if len(mean) == 1 and channels > 1:
-        mean, std = mean * channels, std * channels
-    if len(mean) != channels or len(std) != channels or min(std) <= 0:
-        raise ValueError(f"normalize: expected {channels} means and {channels} positive deviations")
-    return {"mean": mean, "std": std}
+    try:
+        net = model()
+    except Exception as exc:  # noqa: BLE001 - the verifier's own code: its failure is reported as the argument's
+        raise ValueError(f"model: the factory raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(net, torch.nn.Module):
+        raise ValueError(
+            f"model: the factory returned {type(net).__name__}, not a torch.nn.Module; give a function taking no "
+            "arguments that returns a fresh model of the proof's architecture"
+        )
+    return net
 
 
 def import_proof(
@@ -164,34 +150,34 @@ def import_proof(
     data: Dataset,
     args: TrainingArgs = TrainingArgs(),
     limits: Limits = DEFAULT_LIMITS,
+    data_path: Optional[str] = None,
 ) -> ImportReport:
-    """Writes the trace of the reference proof ``proof_dir`` into ``out`` (a new folder).
+    """Writes the trace of the reference proof ``proof_dir`` into ``out`` (a new or empty folder).
 
     ``model``: a zoo name (``resnet20``, ``lenet``, ...) or a function returning a fresh model
     of the proof's architecture; ``data``: the verifier's copy of the training set (as
-    exactforge loads it, pixels in [0, 1]); ``args``: the reference's training arguments.
-    Raises ProofError (a TraceError) for a malformed or hostile proof, ValueError for arguments
-    that do not fit it."""
+    exactforge loads it, pixels in [0, 1]); ``args``: the reference's training arguments, each
+    read from the proof where left out; ``data_path``: where ``data`` was read from, stored in
+    the manifest so that ``exactforge verify`` can read it again. Raises ProofError (a
+    TraceError) for a malformed or hostile proof, ValueError for arguments that do not fit it."""
     import torch
 
     from ..models.optim import spec_of
-    from ..models.schedule import replay_rates
     from ..trace.record import TraceRecorder
 
-    proof = read_proof(proof_dir, limits)
-    if args.batch_size is not None and args.batch_size != proof.batch_size:
-        raise ValueError(f"batch_size: {args.batch_size}, but the proof's batches hold {proof.batch_size}")
-    if int(proof.indices.max()) >= len(data):
-        raise ValueError(
-            f"data: the proof's indices reach {int(proof.indices.max())}, the data set has {len(data)} examples"
-        )
-    if args.save_freq < 1:
-        raise ValueError("save_freq: expected a positive checkpoint interval")
-    net = _model(model, data)
-    opt = _optimizer(args, net)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(args.milestones), args.gamma) if args.milestones else None
-    steps = checkpoint_steps(proof.steps, args.save_freq)
+    existed = _check_out(out)
+    proof, save_freq, odd = _read(proof_dir, data, args, limits)
     first = read_checkpoint(proof_dir, 0, limits)
+    values, sources = resolve(args, stored(first, "model_step_0"))
+    sources["save_freq"] = "argument" if args.save_freq is not None else "proof (the checkpoint names)"
+    norm, norm_source = normalization(args, data)
+    net = _model(model, data)
+    opt = build_optimizer(values, net)
+    sched = (
+        torch.optim.lr_scheduler.MultiStepLR(opt, values["milestones"], values["gamma"])
+        if values["milestones"]
+        else None
+    )
     theta0 = _state(net, first, spec_of(opt, net), 0, "model_step_0")  # checked against the model before torch loads it
     net.load_state_dict(first["net"])  # theta_0 as the proof gives it
     rec = TraceRecorder(
@@ -199,7 +185,7 @@ def import_proof(
         net,
         opt,
         data,
-        checkpoint_every=args.save_freq,
+        checkpoint_every=save_freq,
         batch_size=proof.batch_size,
         steps=proof.steps,
         loss_fn=torch.nn.CrossEntropyLoss(),
@@ -208,57 +194,121 @@ def import_proof(
         data_name=data.name,
     )
     manifest = dict(rec.manifest)
-    norm = _normalize_entry(args, data)
     if norm is not None:
         manifest["normalize"] = norm
+    manifest["imported"] = _imported(proof, data, data_path, manifest["data"]["fingerprint"])
+    checked = manifest["imported"]["data_hash_checked"]
+    rates = _rates(manifest, proof.steps)
+    check_checkpoint(stored(first, "model_step_0"), values, sources, rates, 0, "model_step_0")
+    steps = checkpoint_steps(proof.steps, save_freq)
+    try:
+        _write(TraceWriter(out, manifest, theta0), proof, set(steps), rates, (values, sources), net, limits)
+    except BaseException:
+        _clear(out, existed)
+        raise
+    return ImportReport(
+        out,
+        proof.steps,
+        proof.batch_size,
+        len(steps),
+        proof.data_hash,
+        checked,
+        _hash_note(checked),
+        notes=preset_notes(values, data),
+        save_freq=save_freq,
+        unused_checkpoints=odd,
+        training={**values, "save_freq": save_freq, "batch_size": proof.batch_size},
+        sources=sources,
+        normalize=norm,
+        normalize_source=norm_source,
+        data_path=manifest["imported"]["data_path"],
+    )
+
+
+def _read(proof_dir: str, data: Dataset, args: TrainingArgs, limits: Limits) -> Tuple[Any, int, List[str]]:
+    """The proof's indices and hash (checked against the arguments and the data), its save
+    frequency and the model_step_* names it holds that the trace will not read."""
+    proof = read_proof(proof_dir, limits)
+    if args.batch_size is not None and args.batch_size != proof.batch_size:
+        raise ValueError(f"batch_size: {args.batch_size}, but the proof's batches hold {proof.batch_size}")
+    if int(proof.indices.max()) >= len(data):
+        raise ValueError(
+            f"data: the proof's indices reach {int(proof.indices.max())}, the data set has {len(data)} examples"
+        )
+    found, odd = checkpoint_files(proof_dir, limits)
+    return proof, save_frequency(found, proof.steps, args.save_freq), odd
+
+
+def _imported(proof: Any, data: Dataset, data_path: Optional[str], fingerprint: str) -> Dict[str, Any]:
+    """The manifest's ``imported``: the proof's name and hash (checked where it can be), and the
+    data of the import, which ``exactforge verify`` reads again from its path by default."""
     expected = reference_data_hash(data)
     checked = None if expected is None or proof.data_hash is None else expected == proof.data_hash
-    manifest["imported"] = {
+    path = os.path.abspath(data_path) if data_path else None
+    return {
         "format": "proof-of-learning",
-        "proof": os.path.basename(os.path.abspath(proof_dir))[:200],
+        "proof": os.path.basename(os.path.abspath(proof.directory))[:200],
         "data_hash": proof.data_hash,
         "data_hash_checked": checked,
+        "dataset": data.name,
+        "data_path": path if path and len(path) < 4096 else None,  # longer: no path the system can open
+        "data_fingerprint": fingerprint,
     }
-    spec = manifest["optimizer"]
-    rates = [r[0] for r in replay_rates(manifest["scheduler"], spec, proof.steps)] if sched else None
-    existed = os.path.exists(out)
-    try:
-        _write(TraceWriter(out, manifest, theta0), proof, steps, rates, spec, net, limits)
-    except BaseException:
-        if not existed:  # a refused import leaves nothing behind (TraceWriter refuses an existing trace)
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    note = (
-        "checked: equal"
-        if checked
-        else "checked: DIFFERENT data"
-        if checked is False
-        else "unchecked: the verifier's data is not the full MNIST or CIFAR-10 training set the hash covers"
-    )
-    return ImportReport(out, proof.steps, proof.batch_size, len(steps), proof.data_hash, checked, note)
+
+
+def _hash_note(checked: Optional[bool]) -> str:
+    if checked is None:
+        return "unchecked: the verifier's data is not the full MNIST or CIFAR-10 training set the hash covers"
+    return "checked: equal" if checked else "checked: DIFFERENT data"
+
+
+def _check_out(out: str) -> bool:
+    """Whether ``out`` exists (an empty folder, which the import may fill); ValueError for
+    anything else that exists: an import never writes among files it did not make."""
+    if not os.path.lexists(out):
+        return False
+    if not os.path.isdir(out):
+        raise ValueError(f"out: {out} exists and is not a folder; give a new folder or an empty one")
+    if os.listdir(out):
+        raise ValueError(f"out: {out} is not empty; give a new folder or an empty one")
+    return True
+
+
+def _clear(out: str, existed: bool) -> None:
+    """A refused import leaves nothing behind: the folder it made, or the files it wrote in the
+    empty folder it was given."""
+    if not existed:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for name in os.listdir(out):
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+
+
+def _rates(manifest: Dict[str, Any], steps: int) -> List[float]:
+    """The rate of steps 0..``steps`` (one more than the proof trains: the last checkpoint
+    holds the rate of the step after it) under the trace's schedule."""
+    from ..models.schedule import replay_rates
+
+    if manifest.get("scheduler") is None:
+        return [float(manifest["optimizer"]["lr"])] * (steps + 1)
+    return [r[0] for r in replay_rates(manifest["scheduler"], manifest["optimizer"], steps + 1)]
 
 
 def _write(
-    writer: Any, proof: Any, steps: List[int], rates: Any, spec: Dict[str, Any], net: Any, limits: Limits
+    writer: Any, proof: Any, steps: Set[int], rates: List[float], training: Any, net: Any, limits: Limits
 ) -> None:
+    values, sources = training
+    spec = writer.manifest["optimizer"]
     for t in range(proof.steps):
         ck = None
         if t + 1 in steps:
+            name = f"model_step_{t + 1}"
             ckpt = read_checkpoint(proof.directory, t + 1, limits)
-            _check_rate(ckpt, rates, t + 1, proof.steps)
-            ck = _state(net, ckpt, spec, t + 1, f"model_step_{t + 1}")
-        lr = None if rates is None or rates[t] == spec["lr"] else rates[t]
+            check_checkpoint(stored(ckpt, name), values, sources, rates, t + 1, name)
+            ck = _state(net, ckpt, spec, t + 1, name)
+        lr = None if rates[t] == spec["lr"] else rates[t]
         writer.append(proof.indices[t], ck, final=t + 1 == proof.steps, lr=lr)
-
-
-def _check_rate(ckpt: Dict[str, Any], rates: Optional[List[float]], step: int, last: int) -> None:
-    """The learning rate a checkpoint's optimizer holds is the one of the next step: the
-    arguments' schedule must give it (else they are not the proof's)."""
-    groups = (ckpt.get("optimizer") or {}).get("param_groups") or []
-    if not groups or rates is None or step >= last or "lr" not in groups[0]:
-        return
-    if float(groups[0]["lr"]) != rates[step]:
-        raise ValueError(
-            f"milestones: the proof's optimizer holds lr {groups[0]['lr']!r} at step {step}, the arguments give "
-            f"{rates[step]!r} (check lr, milestones and gamma)"
-        )

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -169,6 +170,7 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
     _check_schema(man)
     _check_training(man, limits)
     _check_origin(man)
+    _check_imported(man)
     out = Manifest(man)
     out.tensors, out.checkpoint_bytes = _tensor_table(man["tensors"], limits)
     return out
@@ -358,6 +360,40 @@ def _check_origin(man: Dict[str, Any]) -> None:
         raise TraceError(
             f"manifest: 'initial_checkpoint' must be {{'step': 0, 'file': '{checkpoint_name(0)}', 'sha256': ...}}"
         )
+
+
+IMPORTED_FIELDS = ("format", "proof", "data_hash", "data_hash_checked", "dataset", "data_path", "data_fingerprint")
+
+
+def _check_imported(man: Dict[str, Any]) -> None:
+    """An imported proof's provenance: short strings, digests and the data path of the import.
+    The path is the prover's word: a verifier opens it only where its user lets it (``exactforge
+    verify`` without --dataset/--data-path, which says so), and the data read there must have the
+    trace's fingerprint."""
+    imp = man.get("imported")
+    if imp is None:
+        return
+    if not isinstance(imp, dict) or not set(imp) <= set(IMPORTED_FIELDS):
+        raise TraceError(f"manifest: 'imported' must be an object of {', '.join(IMPORTED_FIELDS)}")
+
+    def text(key: str, most: int) -> bool:
+        v = imp.get(key)
+        return v is None or (isinstance(v, str) and 0 < len(v) <= most and "\x00" not in v)
+
+    if not (text("format", 64) and text("proof", 200) and text("dataset", 64) and text("data_path", 4095)):
+        raise TraceError(
+            "manifest: 'imported' holds format, proof and dataset (names of at most 64, 200 and 64 characters) "
+            "and data_path (a path under 4096 characters)"
+        )
+    if imp.get("data_path") is not None and not os.path.isabs(imp["data_path"]):
+        raise TraceError("manifest: 'imported.data_path' must be an absolute path")
+    for key in ("data_hash", "data_fingerprint"):
+        if imp.get(key) is not None and not is_sha256(imp[key]):
+            raise TraceError(f"manifest: 'imported.{key}' must be a SHA-256 hex digest")
+    if imp.get("data_hash_checked") not in (None, True, False):
+        raise TraceError("manifest: 'imported.data_hash_checked' must be true, false or null")
+    if imp.get("data_fingerprint") not in (None, man["data"]["fingerprint"]):
+        raise TraceError("manifest: 'imported.data_fingerprint' is not the trace's data fingerprint")
 
 
 def _tensor_table(tensors: Any, limits: Limits) -> Tuple[Dict[str, Tuple[str, Tuple[int, ...]]], int]:
