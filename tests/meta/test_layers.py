@@ -13,6 +13,7 @@ LAYERS = [
     ("exactforge._core", "exactforge._cuda"),  # the compiled modules
     ("exactforge._backend", "exactforge._compat"),
     ("exactforge.reduce",),
+    ("exactforge.data_torchvision",),  # the file readers data.py calls
     ("exactforge.mathfn", "exactforge.data"),
     ("exactforge",),  # the package root: compile_options, thread counts
     ("exactforge.report",),

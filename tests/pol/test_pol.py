@@ -229,7 +229,7 @@ def test_the_reference_data_hash_is_the_text_of_each_image():
     assert text_hash(c, "cifar10") == m.hexdigest() and "..." in str(c[0].transpose(1, 2, 0))
     assert reference_data_hash(DATA) is None  # digits: not a data set the reference hashes
     part = Dataset("mnist", (u8 / 255.0).astype(np.float32), np.zeros(3, np.int64), 10, 255, (1, 28, 28))
-    assert reference_data_hash(part) is None  # part of the training set: the proof's hash cannot be checked
+    assert reference_data_hash(part) == text_hash(u8, "mnist")  # any number of images: the hash of those loaded
 
 
 def _cifar(tmp_path, n=24):
@@ -260,7 +260,8 @@ def test_a_resnet20_proof_on_cifar_format_data_imports_and_verifies(tmp_path):
     )
     args = TrainingArgs(lr=0.1, momentum=0.9, weight_decay=1e-4, save_freq=2, milestones=[2], normalize=norm)
     rep = import_proof(str(tmp_path / "proof"), str(tmp_path / "t"), model="resnet20", data=data, args=args)
-    assert rep.data_hash_checked is None  # one batch file, not the training set
+    # one batch file is hashed as the reference hashes a folder holding it, against whatever hash.txt the writer left
+    assert rep.data_hash_checked is (rep.data_hash == reference_data_hash(data))
     v = verify_trace(str(tmp_path / "t"), dataset=data)
     assert v.accepted and v.max_error == 0.0, v.reason
     assert v.reference["accepted"] and v.reference["initialization"]["passed"]

@@ -175,7 +175,10 @@ def _data_args(p: argparse.ArgumentParser, default: Optional[str] = "digits", wh
         + "; npz: your own arrays X, y in --data-path FILE.npz (optional lo, hi, levels: the domain)",
     )
     p.add_argument(
-        "--data-path", help="local files of mnist, cifar10, adult or imdb (a folder), or the .npz file of --dataset npz"
+        "--data-path",
+        help="local files of mnist, cifar10, cifar100, adult or imdb (a folder; for mnist and cifar also "
+        "torchvision's root, e.g. ./data, holding MNIST/raw, cifar-10-batches-py or cifar-100-python), "
+        "or the .npz file of --dataset npz",
     )
 
 

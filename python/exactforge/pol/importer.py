@@ -56,31 +56,35 @@ class ImportReport:
 
 
 def reference_data_hash(data: Dataset) -> Optional[str]:
-    """The reference's ``hash.txt`` of a training set, where exactforge holds it in the form
-    the reference hashed: SHA-256 over the text of each element of torchvision's ``.data``
-    (MNIST: uint8 tensors printed by torch; CIFAR-10: uint8 height x width x channel arrays
-    printed by numpy, which summarises arrays over 1,000 values: that hash covers only each
-    image's corners). None for other data sets and for part of one (MNIST-5k is 5,000 of
-    60,000; fewer CIFAR-10 batches than the five)."""
-    full = {"mnist": 60000, "cifar10": 50000}
-    if data.name not in full or data.levels != 255 or len(data) != full[data.name]:
+    """The reference's ``hash.txt`` of a training set: SHA-256 over the text of each element of
+    torchvision's ``trainset.data``, in order (MNIST: uint8 28x28 tensors printed by torch;
+    CIFAR-10 and CIFAR-100: uint8 height x width x channel arrays printed by numpy, which
+    summarises arrays over 1,000 values: that hash covers only each image's corners). It is
+    computed for whatever training set the verifier loaded, whole or a subset (a folder holding
+    only data_batch_1): the hash covers exactly those elements, so it matches a proof trained
+    on the same files; ``.data`` is rebuilt exactly from pixels on the grid q/255. None for
+    other data sets (digits; MNIST-5k, which torchvision does not load)."""
+    shapes = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+    if data.name not in shapes or data.levels != 255 or tuple(data.shape or ()) != shapes[data.name]:
         return None
     return text_hash(np.rint(np.asarray(data.X, dtype=np.float64) * 255.0).astype(np.uint8), data.name)
 
 
 def text_hash(u8: np.ndarray, kind: str) -> str:
     """SHA-256 over the printed text of each image, as torchvision holds them: ``kind``
-    "mnist" (uint8 28x28 tensors printed by torch) or "cifar10" (uint8 32x32x3 arrays printed
-    by numpy); ``u8`` holds the images as exactforge lays them out (channels first)."""
+    "mnist" (uint8 28x28 tensors printed by torch), "cifar10" or "cifar100" (uint8 32x32x3
+    arrays printed by numpy); ``u8`` holds the images as exactforge lays them out (channels first)."""
     m = hashlib.sha256()
     if kind == "mnist":
         import torch
 
         for img in torch.from_numpy(np.ascontiguousarray(u8.reshape(-1, 28, 28))):
             m.update(str(img).encode("utf-8"))
-    else:
+    elif kind in ("cifar10", "cifar100"):
         for img in u8.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1):
             m.update(str(img).encode("utf-8"))
+    else:
+        raise ValueError(f"kind: expected 'mnist', 'cifar10' or 'cifar100', got {kind!r}")
     return m.hexdigest()
 
 
