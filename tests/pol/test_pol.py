@@ -257,6 +257,7 @@ def test_a_resnet20_proof_on_cifar_format_data_imports_and_verifies(tmp_path):
         weight_decay=1e-4,
         milestones=[2],
         normalize=norm,
+        random_crop_flip=True,  # as the reference's CIFAR-10 loop: recovered from theta_0 at import
     )
     args = TrainingArgs(lr=0.1, momentum=0.9, weight_decay=1e-4, save_freq=2, milestones=[2], normalize=norm)
     rep = import_proof(str(tmp_path / "proof"), str(tmp_path / "t"), model="resnet20", data=data, args=args)

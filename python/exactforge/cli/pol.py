@@ -67,12 +67,22 @@ def register(sub: Any) -> None:
         "--milestones", type=_ints, metavar="STEPS", help=f"MultiStepLR milestones, in steps ({_FROM_PROOF})"
     )
     p.add_argument("--gamma", type=_POSITIVE, help=f"MultiStepLR's factor ({_FROM_PROOF})")
+    p.add_argument(
+        "--augmentation",
+        choices=("cifar10", "cifar100", "none"),
+        help="the unlogged training transforms of the reference's train.py for that data set (cifar10: flip, then "
+        "crop with padding 4), recovered from theta_0 so that verify replays them exactly; default: the --preset's, "
+        "else the --dataset's",
+    )
+    p.add_argument(
+        "--workers", type=_count(0, 1024), default=0, help="the prover's DataLoader num_workers (the reference's: 0)"
+    )
     p.set_defaults(func=run)
 
 
 # the import names its arguments as TrainingArgs does: the CLI names the flag
 _FLAG = re.compile(
-    r"^(lr|batch_size|save_freq|optimizer|momentum|weight_decay|milestones|gamma|normalize|preset|out|model): "
+    r"^(lr|batch_size|save_freq|optimizer|momentum|weight_decay|milestones|gamma|normalize|preset|augmentation|workers|out|model): "
 )
 
 
@@ -99,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         gamma=args.gamma,
         normalize=norm,
         preset=args.preset,
+        augmentation=args.augmentation,
+        workers=args.workers,
     )
     try:
         rep = import_proof(args.proof, args.out, model=model, data=data, args=targs, data_path=args.data_path)
@@ -154,6 +166,7 @@ def _summary(rep: Any) -> List[str]:
         + (f"mean {[round(v, 6) for v in norm['mean']]}, std {[round(v, 6) for v in norm['std']]}, " if norm else "")
         + rep.normalize_source,
     ]
+    lines.append(f"augmentation: {rep.augmentation}")
     if rep.data_path:
         lines.append(f"data path stored in the trace: {rep.data_path} (verify reads it there by default)")
     if rep.unused_checkpoints:

@@ -197,6 +197,10 @@ def run(args: argparse.Namespace) -> int:
             draws=args.pol_draws,
             thresholds=args.pol_thresholds,
         )
+        if rep.augmentation and rep.augmentation.startswith("fresh draws") and rep.steps:
+            # this verification replayed under fresh draws too: the epsilon advised must accept
+            # its own replay, so that verify --epsilon at the advice accepts the honest proof
+            tolerance.epsilon_needed = max(tolerance.epsilon_needed, max(s.error for s in rep.steps))
         result["augmentation_tolerance"] = tolerance.to_dict()
     write_json(args, result)
     if not rep.valid:
@@ -241,6 +245,14 @@ def run(args: argparse.Namespace) -> int:
             "machine-bound: this trace computes with torch's own kernels, so epsilon 0 holds on a machine like the "
             "recording one (a reproducible model's portable arithmetic holds on every CPU)",
         )
+    if rep.augmentation:
+        say(args, f"augmentation: {rep.augmentation}")
+        if not rep.accepted and rep.valid and rep.augmentation.startswith("recovered"):
+            say(
+                args,
+                "a proof trained without the reference's transforms was replayed with them: import it again with "
+                "--augmentation none",
+            )
     if rep.epsilon_source and rep.epsilon_source != "given":
         say(args, f"epsilon {rep.epsilon:.3g}, set {rep.epsilon_source}")
     if rep.learning_rates and (rep.learning_rates["per_step"] or rep.learning_rates["scheduler"]):

@@ -80,6 +80,8 @@ class TrainingArgs:
     gamma: Optional[float] = None
     normalize: Optional[Sequence[Sequence[float]]] = None  # (mean per channel, std per channel)
     preset: Optional[str] = None
+    augmentation: Optional[str] = None  # "none", or the data set whose train.py transforms ran; None: the preset's
+    workers: int = 0  # the DataLoader's num_workers (the reference's: 0)
 
 
 def _shown(v: Any) -> str:

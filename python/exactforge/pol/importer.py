@@ -50,6 +50,8 @@ class ImportReport:
     normalize: Optional[Dict[str, List[float]]] = None
     normalize_source: str = ""
     data_path: Optional[str] = None  # stored in the manifest: where verify reads the data by default
+    augmentation: str = ""  # the unlogged augmentation: none, recovered from theta_0, or not (and why)
+    recovery: Optional[Dict[str, Any]] = None  # how the generator was recovered (StreamRecovery, words left out)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -201,6 +203,7 @@ def import_proof(
     if norm is not None:
         manifest["normalize"] = norm
     manifest["imported"] = _imported(proof, data, data_path, manifest["data"]["fingerprint"])
+    aug_note, recovery = _augmentation(manifest, args, data, net, theta0, proof.batch_size)
     checked = manifest["imported"]["data_hash_checked"]
     rates = _rates(manifest, proof.steps)
     check_checkpoint(stored(first, "model_step_0"), values, sources, rates, 0, "model_step_0")
@@ -226,6 +229,8 @@ def import_proof(
         normalize=norm,
         normalize_source=norm_source,
         data_path=manifest["imported"]["data_path"],
+        augmentation=aug_note,
+        recovery=recovery,
     )
 
 
@@ -260,9 +265,46 @@ def _imported(proof: Any, data: Dataset, data_path: Optional[str], fingerprint: 
     }
 
 
+def _augmentation(
+    manifest: Dict[str, Any], args: TrainingArgs, data: Dataset, net: Any, theta0: Dict[str, Any], batch_size: int
+) -> Tuple[str, Optional[Dict[str, Any]]]:
+    """The reference's unlogged augmentation, recovered from theta_0 where it can be: the
+    manifest's ``augment`` replays it bit for bit; otherwise ``imported.augmentation`` says it
+    ran unrecovered, and verify replays under fresh draws of the same transforms (the policy
+    ``--pol-augmentation`` measures its tolerance under)."""
+    from .recover import AUGMENTATIONS, reference_augmentation
+
+    kind = args.augmentation
+    if kind is None:
+        kind = args.preset if args.preset is not None else data.name
+    if kind == "none" or kind not in AUGMENTATIONS:
+        if args.augmentation not in (None, "none"):
+            raise ValueError(f"augmentation: expected one of {sorted(AUGMENTATIONS) + ['none']}, got {kind!r}")
+        return "none", None
+    if type(args.workers) is not int or not 0 <= args.workers <= 1024:
+        raise ValueError(f"workers: expected the DataLoader's num_workers, 0..1024, got {args.workers!r}")
+    names = list(net.state_dict())
+    entry, rec, note = reference_augmentation(
+        {k: theta0[k] for k in names}, names, dataset=kind, batch_size=batch_size, workers=args.workers
+    )
+    transforms, padding = AUGMENTATIONS[kind]
+    if entry is not None:
+        manifest["augment"] = entry
+    manifest["imported"]["augmentation"] = {
+        "transforms": list(transforms),
+        "padding": padding,
+        "workers": args.workers,
+        "recovered": entry is not None,
+        "note": note[:400],
+    }
+    info = rec.to_dict()
+    info.pop("words", None)
+    return f"{kind}'s {' + '.join(transforms)}: {note}", info
+
+
 def _hash_note(checked: Optional[bool]) -> str:
     if checked is None:
-        return "unchecked: the verifier's data is not the full MNIST or CIFAR-10 training set the hash covers"
+        return "unchecked: the verifier's data was not read from the MNIST, CIFAR-10 or CIFAR-100 files the hash covers"
     return "checked: equal" if checked else "checked: DIFFERENT data"
 
 

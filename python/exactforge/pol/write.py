@@ -53,8 +53,12 @@ def write_reference_proof(
     seq = np.concatenate([rng.permutation(n) for _ in range(epochs)])[: steps * batch_size]
     indices = seq.reshape(steps, batch_size).astype(np.int64)
     np.save(os.path.join(out, "indices.npy"), indices)
+    from .importer import reference_data_hash
+
     with open(os.path.join(out, "hash.txt"), "w") as f:
-        f.write("0" * 64)  # no torchvision data set here: a placeholder the importer reports as unchecked
+        # the reference's text hash where the data came from torchvision's files; a placeholder,
+        # which the importer reports as unchecked, for data in other forms
+        f.write(reference_data_hash(data) or "0" * 64)
     X = torch.from_numpy(data.X).reshape(n, *(data.shape or (data.dim,)))
     y = torch.from_numpy(data.y)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)

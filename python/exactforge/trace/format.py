@@ -317,12 +317,12 @@ def _check_training(man: Dict[str, Any], limits: Limits) -> None:
     ):
         raise TraceError("manifest: 'scheduler' must be {'class': str, 'state': {...}, ...} (torch traces)")
     if man.get("augment") is not None:
-        from ..nn.augment import KeyedAugment
+        from ..nn.augment import augment_from_dict
 
         try:
             if man["engine"] != "torch":
                 raise ValueError("augment: only torch traces augment their inputs")
-            KeyedAugment.from_dict(man["augment"])
+            augment_from_dict(man["augment"])
         except ValueError as e:
             raise TraceError(f"manifest: {e}") from None
     ev = man.get("eval_modules")
@@ -362,7 +362,17 @@ def _check_origin(man: Dict[str, Any]) -> None:
         )
 
 
-IMPORTED_FIELDS = ("format", "proof", "data_hash", "data_hash_checked", "dataset", "data_path", "data_fingerprint")
+IMPORTED_FIELDS = (
+    "format",
+    "proof",
+    "data_hash",
+    "data_hash_checked",
+    "dataset",
+    "data_path",
+    "data_fingerprint",
+    "augmentation",
+)
+_IMPORTED_AUGMENTATION = {"transforms": list, "padding": int, "workers": int, "recovered": bool, "note": str}
 
 
 def _check_imported(man: Dict[str, Any]) -> None:
@@ -394,6 +404,22 @@ def _check_imported(man: Dict[str, Any]) -> None:
         raise TraceError("manifest: 'imported.data_hash_checked' must be true, false or null")
     if imp.get("data_fingerprint") not in (None, man["data"]["fingerprint"]):
         raise TraceError("manifest: 'imported.data_fingerprint' is not the trace's data fingerprint")
+    aug = imp.get("augmentation")
+    if aug is not None and (
+        not isinstance(aug, dict)
+        or set(aug) != set(_IMPORTED_AUGMENTATION)
+        or not all(type(aug[k]) is t for k, t in _IMPORTED_AUGMENTATION.items())
+        or len(aug["note"]) > 400
+        or not 0 <= aug["padding"] <= 64
+        or not 0 <= aug["workers"] <= 1024
+        or not 0 < len(aug["transforms"]) <= 8
+        or not all(isinstance(t, str) and len(t) <= 32 for t in aug["transforms"])
+        or aug["recovered"] != (man.get("augment") is not None)
+    ):
+        raise TraceError(
+            "manifest: 'imported.augmentation' must be {transforms, padding, workers, recovered, note}, recovered "
+            "exactly when the trace replays an augment"
+        )
 
 
 def _tensor_table(tensors: Any, limits: Limits) -> Tuple[Dict[str, Tuple[str, Tuple[int, ...]]], int]:

@@ -32,6 +32,7 @@ from ..report.progress import progress_bar
 from ..trace import DEFAULT_LIMITS, Limits, Trace, TraceError
 from ..trace.format import declared_fields
 from ..trace.reader import finite
+from .augmentation import augmentation_note, fresh_augmentation
 from .checks import data_checks, failed_checks, interval_check, parse_checks, schedule_check, vacuous_check
 from .distances import DISTANCES, verification_distance
 from .initial import initial_law_test
@@ -177,6 +178,10 @@ class VerificationReport:
     # a torch trace's arithmetic: "portable-1" (the same bits on every CPU) or "torch" (its
     # kernels', bound to the machine; also traces from before the field); None for the native engine
     arithmetic: Optional[str] = None
+    # how the inputs were augmented in the replay: "keyed" (KeyedAugment), "recovered" (an
+    # imported proof's draws from its recovered stream), "fresh draws" (an imported proof whose
+    # stream was not recovered: the tolerance it needs is --pol-augmentation's), or None
+    augmentation: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -419,7 +424,9 @@ def _torch_engine(trace: Trace, data: Dataset, model: Any, loss_fn: Any = None):
     def load(step: int) -> Dict[str, np.ndarray]:
         return trace.load_checkpoint(step)
 
-    augment = xnn.KeyedAugment.from_dict(man["augment"]) if man.get("augment") is not None else None
+    augment = xnn.augment_from_dict(man["augment"], trace.batch) if man.get("augment") is not None else None
+    if augment is None:
+        augment = fresh_augmentation(man)
     step = TorchStep(
         model,
         X,
@@ -712,6 +719,7 @@ def _explain(report: VerificationReport, man: Any) -> None:
     arithmetic, where the recording machine differs from this one (machine_note)."""
     bound = machine_bound(man)
     report.arithmetic = trace_arithmetic(man)
+    report.augmentation = augmentation_note(man)
     comparison = compare_machines(man.get("environment"))
     report.machines = {"bound": bound, **comparison}
     failed = [r for r in report.steps if not r.passed]
