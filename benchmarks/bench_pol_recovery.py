@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from exactforge.data import load_dataset  # noqa: E402
-from exactforge.models.zoo import build_model  # noqa: E402
+from exactforge.models.zoo import ResNet20  # noqa: E402
 from exactforge.nn import StreamAugment  # noqa: E402
 from exactforge.nn import mt19937 as mt  # noqa: E402
 from exactforge.pol import import_proof, write_cifar10_folder  # noqa: E402
@@ -42,8 +42,8 @@ def recovery_rows(repeats: int, seeds: int) -> None:
     ck = torch.load(os.path.join(FIXTURE, "proof", "model_step_0"), weights_only=True)
     cases = [("fixture: the reference's train.py", {k: v.numpy() for k, v in ck["net"].items()}, None)]
     for s in range(seeds):
-        torch.seed()  # an unseeded process: a random 64-bit seed
-        net = build_model("resnet20", (3, 32, 32), 10)
+        torch.seed()  # an unseeded process: a random 64-bit seed (build_model would seed it)
+        net = ResNet20((3, 32, 32), 10)
         base = torch.empty((), dtype=torch.int64).random_().item()
         cases.append((f"fresh process {s + 1}", {k: v.detach().numpy() for k, v in net.state_dict().items()}, base))
     for name, state, base in cases:
