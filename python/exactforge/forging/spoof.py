@@ -4,28 +4,38 @@ not train. Given a trace's final model theta_T and public data, each attack writ
 ``exactforge verify`` reads:
 
 * ``adversarial`` (Zhang et al., S&P 2022): dummy checkpoints on the line from theta_0 to theta_T;
-  within each checkpoint interval every step's batch is public examples plus noise optimised
-  (Adam on ||eta g(x + delta) - (theta - W_next) / remaining||_2) so that the recomputed steps
-  land near the next dummy checkpoint. The noisy examples are written to ``data.npz``.
-* ``infinitesimal`` (Fang et al., EuroS&P 2023): the same dummy checkpoints with a learning rate
-  so small that every step's update is negligible (here: below float32's resolution, so it rounds
-  to nothing); each segment's error is then the distance between consecutive dummy checkpoints.
-  A torch trace declares the ordinary rate and records the small one per step (a schedule the
-  manifest does not declare); a native trace, which has no per-step rates, declares it.
+  within each checkpoint interval every step's batch is public examples B plus noise R optimised
+  by Adam on Zhang et al.'s objective ``||W_next - (W - eta g(B + R; W))||_2 + lambda ||R||_2``
+  (W_next: the step's share of the way to the next dummy checkpoint; lambda: ``noise_weight``),
+  so that the recomputed steps land near the next dummy checkpoint. The noisy examples are
+  written to ``data.npz``.
+* ``infinitesimal`` (Fang et al., EuroS&P 2023): the same dummy checkpoints and unchanged public
+  batches, with a learning rate chosen from the verifier's thresholds: the largest rate whose
+  update cannot carry any segment's recomputed end outside the thresholds around the next dummy
+  checkpoint (the Proof-of-Learning reference's l1, l2, linf and cosine thresholds,
+  ``pol_thresholds``). Where the dummy checkpoints alone are farther apart than a threshold, no
+  rate can do that; the rate then falls back to ``lr_scale`` times the victim's, whose update
+  rounds to nothing, and the result says how many steps would have been needed. A torch trace
+  declares the ordinary rate and records the chosen one per step (a schedule the manifest does
+  not declare); a native trace, which has no per-step rates, declares it.
 * ``reorder``: honest SGD from theta_0 on public data whose batch order is chosen greedily to
   approach theta_T (the best of ``candidates`` batches per step), then theta_T claimed as the last
   checkpoint. Every segment but the last reproduces exactly.
 
-The spoof's ``max_residual`` is the spoofer's own estimate of the largest segment error (l2); the
-verifier's verdict is what counts.
+Every spoof reports its segments as the verifier recomputes them: the recomputed end's l2 distance
+to the logged checkpoint (``error``), the distance a zero update would leave (``zero_update_error``:
+the gap between consecutive checkpoints, which an attack whose update does nothing still "achieves")
+and the norm of the noise added to the segment's examples (``noise_l2``). The spoof's
+``max_residual`` is the largest ``error``; the verifier's verdict is what counts.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -33,9 +43,23 @@ import numpy as np
 from ..data import Dataset
 from ..models import native as M
 
-__all__ = ["SPOOFS", "SpoofGame", "SpoofResult", "SpoofRound", "play_spoofing", "spoof", "verify_spoof"]
+__all__ = [
+    "NOISE_WEIGHT",
+    "SPOOFS",
+    "SpoofGame",
+    "SpoofResult",
+    "SpoofRound",
+    "play_spoofing",
+    "spoof",
+    "verify_spoof",
+]
 
 SPOOFS = ("adversarial", "infinitesimal", "reorder")
+
+# lambda of Zhang et al.'s objective: the data-forging short paper (section 2, "Attack based on
+# 'adversarial' optimisation") writes it as the plain sum of the two norms, and Zhang et al.'s
+# released attack I weighs its noise term (squared there, as is its distance) by 1 too
+NOISE_WEIGHT = 1.0
 
 # Manifest fields the writer sets itself, or that describe the victim's run rather than the spoof's.
 _WRITER_FIELDS = ("schema", "schema_version", "tensors", "initial_checkpoint", "created", "environment")
@@ -49,12 +73,26 @@ class SpoofResult:
     steps: int
     checkpoint_every: int
     lr: float  # the learning rate the manifest declares
-    step_lr: float  # the rate the steps use (the infinitesimal spoof's is tiny)
+    step_lr: float  # the rate the steps use (the infinitesimal spoof's is chosen from the thresholds)
     synthesised: int  # examples appended to the public data (data.npz), 0 where none
     data_path: Optional[str]  # the data file the verifier needs (--dataset npz --data-path), if any
-    max_residual: float  # the spoofer's estimate of the largest segment error (l2)
+    max_residual: float  # the largest segment error (l2), recomputed as the verifier does
     final_distance: float  # l2 from theta_0 to theta_T: how far the spoof had to travel
     seconds: float
+    # per segment: error, zero_update_error, noise_l2 (and its first and last step)
+    segments: List[Dict[str, Any]] = field(default_factory=list)
+    max_zero_update_error: float = 0.0  # the largest gap between consecutive checkpoints (l2)
+    noise_weight: Optional[float] = None  # adversarial: lambda of the noise term
+    noise_l2: float = 0.0  # the largest segment noise norm ||R||_2 (0 where the data is not changed)
+    # synthesised examples outside the public data's declared range or grid (None: none
+    # synthesised, or the data declares no range)
+    outside_domain: Optional[int] = None
+    domain: Optional[str] = None  # that range and grid, as the verifier's domain check words it
+    # infinitesimal: the thresholds targeted, whether every recomputed segment lands within
+    # them (the reference's distances to the next checkpoint), and how the rate was chosen
+    pol_thresholds: Optional[Dict[str, float]] = None
+    within_thresholds: Optional[bool] = None
+    rate_rule: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -108,9 +146,17 @@ def _line(spec: M.ModelSpec, theta0: M.Params, thetaT: M.Params, points: List[in
 
 
 def _adversarial_batch(
-    spec: M.ModelSpec, params: M.Params, X: np.ndarray, y: np.ndarray, want: np.ndarray, lr: float, iters: int
+    spec: M.ModelSpec,
+    params: M.Params,
+    X: np.ndarray,
+    y: np.ndarray,
+    want: np.ndarray,
+    lr: float,
+    iters: int,
+    weight: float,
 ) -> np.ndarray:
-    """X + delta, with delta optimised so that one SGD step moves the flat parameters by ``want``."""
+    """X + R, with the noise R optimised so that one SGD step moves the flat parameters by
+    ``want`` while ``weight * ||R||_2`` keeps it small (Zhang et al.'s objective)."""
     import torch
 
     from ..models.torch_fcn import to_torch
@@ -118,17 +164,20 @@ def _adversarial_batch(
     model = to_torch(spec, params)
     ps = list(model.parameters())
     target = torch.from_numpy(-want.astype(np.float32))  # theta' = theta - lr g: lr g = -want
-    xs = torch.from_numpy(X.astype(np.float32)).clone().requires_grad_(True)
+    x0 = torch.from_numpy(X.astype(np.float32))
+    noise = torch.zeros_like(x0, requires_grad=True)  # the norm's gradient at 0 is taken as 0
     yt = torch.from_numpy(y)
-    opt = torch.optim.Adam([xs], lr=0.01)
+    opt = torch.optim.Adam([noise], lr=0.01)
     for _ in range(iters):
-        loss = torch.nn.functional.cross_entropy(model(xs), yt)
+        loss = torch.nn.functional.cross_entropy(model(x0 + noise), yt)
         g = torch.autograd.grad(loss, ps, create_graph=True)
         obj = (lr * torch.cat([t.reshape(-1) for t in g]) - target).norm()
+        if weight:
+            obj = obj + weight * torch.linalg.vector_norm(noise)
         opt.zero_grad()
         obj.backward()
         opt.step()
-    return xs.detach().numpy()
+    return (x0 + noise).detach().numpy()
 
 
 def spoof(
@@ -144,12 +193,19 @@ def spoof(
     noise_steps: int = 30,
     candidates: int = 8,
     lr_scale: float = 1e-10,
+    noise_weight: float = NOISE_WEIGHT,
+    pol_thresholds: Any = None,
 ) -> SpoofResult:
     """Writes a spoofed trace into ``out`` that ends at the final model of ``trace`` (an exactforge
     logreg or fcn trace). ``steps`` (default: the victim's) SGD steps with a checkpoint every
     ``checkpoint_every``; theta_0 is the model's initialisation with ``seed``, declared seeded.
-    ``noise_steps``: the adversarial spoof's Adam iterations per step; ``candidates``: batches the
-    reorder spoof tries per step; ``lr_scale``: the infinitesimal spoof's rate over the victim's."""
+    ``noise_steps``: the adversarial spoof's Adam iterations per step; ``noise_weight``: lambda
+    of its noise term (Zhang et al.'s 1 by default, 0 drops the term); ``candidates``: batches
+    the reorder spoof tries per step; ``pol_thresholds``: the thresholds the infinitesimal
+    spoof's rate is chosen from (anything exactforge.verify.reference.parse_thresholds takes;
+    None: the reference's current ones, 1000, 10, 0.1, 0.01); ``lr_scale``: its rate over the
+    victim's where no rate keeps every segment within them."""
+    from ..verify.reference import parse_thresholds
     from .context import open_exactforge_trace, params_at
 
     if attack not in SPOOFS:
@@ -158,6 +214,9 @@ def spoof(
         raise ValueError(f"checkpoint_every: expected a positive interval, got {checkpoint_every!r}")
     if not 0 < lr_scale < 1:
         raise ValueError(f"lr_scale: expected a factor in (0, 1), got {lr_scale!r}")
+    if isinstance(noise_weight, bool) or not (isinstance(noise_weight, (int, float)) and 0 <= noise_weight < math.inf):
+        raise ValueError(f"noise_weight: expected a finite number >= 0, got {noise_weight!r}")
+    thresholds = parse_thresholds(pol_thresholds)[0]
     if os.path.exists(os.path.join(out, "manifest.json")):
         raise FileExistsError(f"out: {out} already holds a trace; choose a new folder")
     t0 = time.perf_counter()
@@ -171,12 +230,14 @@ def spoof(
     theta0 = M.init_params(spec, seed)
     points = sorted({*range(k, n + 1, k), n})
     plan = _Plan(spec, man, data, n, k, points, seed)
+    extra: Dict[str, Any] = {}
     if attack == "infinitesimal":
-        entries, resid, step_lr = plan.infinitesimal(theta0, thetaT, lr_scale)
+        entries, segments, step_lr, extra = plan.infinitesimal(theta0, thetaT, lr_scale, thresholds)
     elif attack == "reorder":
-        entries, resid, step_lr = plan.reorder(theta0, thetaT, candidates)
+        entries, segments, step_lr = plan.reorder(theta0, thetaT, candidates)
     else:
-        entries, resid, step_lr = plan.adversarial(theta0, thetaT, noise_steps)
+        entries, segments, step_lr = plan.adversarial(theta0, thetaT, noise_steps, float(noise_weight))
+        extra = {"noise_weight": float(noise_weight), **plan.domain_report()}
     written = plan.write(out, theta0, entries, attack, step_lr)
     return SpoofResult(
         attack,
@@ -188,13 +249,21 @@ def spoof(
         float(step_lr),
         len(plan.extra_X),
         written,
-        float(resid),
+        max(s["error"] for s in segments),
         _dist(spec, theta0, thetaT),
         time.perf_counter() - t0,
+        segments=segments,
+        max_zero_update_error=max(s["zero_update_error"] for s in segments),
+        noise_l2=max(s["noise_l2"] for s in segments),
+        **extra,
     )
 
 
 Entry = Tuple[np.ndarray, Optional[M.Params], Optional[float]]  # batch, checkpoint after it, the step's own rate
+
+
+def _segment(start: int, end: int, error: float, zero: float, noise: float = 0.0) -> Dict[str, Any]:
+    return {"step": start, "end_step": end, "error": error, "zero_update_error": zero, "noise_l2": noise}
 
 
 class _Plan:
@@ -214,25 +283,111 @@ class _Plan:
         self.extra_X: List[np.ndarray] = []
         self.extra_y: List[int] = []
 
-    def infinitesimal(self, theta0, thetaT, scale) -> Tuple[List[Entry], float, float]:
-        tiny = self.lr * scale
+    def _spans(self) -> List[Tuple[int, int]]:
+        return list(zip([0] + self.points[:-1], self.points))
+
+    def _ref(self, logged: M.Params, other: M.Params) -> Dict[str, float]:
+        """The reference's four distances of ``other`` to the logged checkpoint, over the
+        parameters in the trace's own layout (the reference's argument order)."""
+        from ..verify.reference import reference_distances
+
+        a = _checkpoint(self.spec, self.man["engine"], logged)
+        return reference_distances(a, _checkpoint(self.spec, self.man["engine"], other), list(a))
+
+    def _replay(self, start: M.Params, batches: List[np.ndarray], lr: float) -> M.Params:
+        theta = start
+        for idx in batches:
+            theta = self.step(theta, self.X[idx], self.data.y[idx], lr, idx)
+        return theta
+
+    def infinitesimal(self, theta0, thetaT, scale, thr) -> Tuple[List[Entry], List[Dict[str, Any]], float, Dict]:
         ws = _line(self.spec, theta0, thetaT, self.points, self.n)
+        starts = [theta0] + ws[:-1]
+        spans = self._spans()
+        batches = [[next(self.batches) for _ in range(s, e)] for s, e in spans]
+        spacing = [self._ref(w, s) for w, s in zip(ws, starts)]  # a zero update's distances
+        rate, rule, ok, ends = self._threshold_rate(spans, starts, ws, batches, spacing, thr)
+        if rate is None:
+            rate = self.lr * scale
+            ends = [self._replay(start, bs, rate) for start, bs in zip(starts, batches)]
         per_step = self.man["engine"] == "torch"  # torch records carry a rate; native ones cannot
         if not per_step:
-            self.declared_lr = tiny
+            self.declared_lr = rate
         entries: List[Entry] = []
-        resid, prev, c = 0.0, theta0, 0
-        for t in range(self.n):
-            idx = next(self.batches)
-            ck = ws[c] if t + 1 == self.points[c] else None
-            entries.append((idx, ck, tiny if per_step else None))
-            if ck is not None:
-                resid, prev, c = max(resid, _dist(self.spec, prev, ck)), ck, c + 1
-        return entries, resid, tiny
+        segments = []
+        for (s, e), start, w, bs, end in zip(spans, starts, ws, batches, ends):
+            entries.extend((idx, w if s + j + 1 == e else None, rate if per_step else None) for j, idx in enumerate(bs))
+            segments.append(_segment(s, e, _dist(self.spec, end, w), _dist(self.spec, start, w)))
+        extra = {"pol_thresholds": dict(thr), "within_thresholds": ok, "rate_rule": rule}
+        return entries, segments, rate, extra
 
-    def reorder(self, theta0, thetaT, candidates) -> Tuple[List[Entry], float, float]:
+    def _threshold_rate(self, spans, starts, ws, batches, spacing, thr) -> Tuple[Optional[float], str, bool, List]:
+        """Fang et al.'s rate: small enough that every segment's recomputed end stays within the
+        thresholds around the next dummy checkpoint, whatever the update's direction. By the
+        triangle inequality a segment of updates u_j lands within a norm's threshold t when
+        spacing + rate * sum ||g_j|| <= t; the reference's cosine, 1 - <L, R> / |L|^2, moves by at
+        most |update|_2 / |L|_2. The largest such rate is then confirmed by replaying every
+        segment as the verifier does, halved until it holds (the gradients change along the
+        segment). (rate, how it was chosen, whether it holds, the replayed ends); no rate where
+        the spacing alone is over a threshold: no rate helps there."""
+        over = [(spacing[i][m] / thr[m] if thr[m] > 0 else math.inf, m, i) for i in range(len(ws)) for m in thr]
+        over = [o for o in over if spacing[o[2]][o[1]] > thr[o[1]]]
+        if over:
+            ratio, m, i = max(over)
+            need = (
+                "" if not math.isfinite(ratio) else f"; about {math.ceil(self.n * ratio)} steps would bring them within"
+            )
+            return (
+                None,
+                f"no rate keeps every segment within the thresholds: the dummy checkpoints {spans[i][0]} "
+                f"and {spans[i][1]} are {spacing[i][m]:.4g} apart in {m}, over its {thr[m]:g}{need}; the rate "
+                "falls back to one whose update rounds to nothing",
+                False,
+                [],
+            )
+        rate = math.inf
+        for start, w, bs, sp in zip(starts, ws, batches, spacing):
+            grads = [
+                M.flatten(self.spec, start)
+                - M.flatten(self.spec, self.step(start, self.X[idx], self.data.y[idx], 1.0, idx))
+                for idx in bs
+            ]
+            size = {
+                "l1": sum(float(np.abs(g).sum()) for g in grads),
+                "l2": sum(float(np.linalg.norm(g)) for g in grads),
+                "linf": sum(float(np.abs(g).max()) for g in grads),
+            }
+            size["cos"] = size["l2"] / max(float(np.linalg.norm(M.flatten(self.spec, w))), 1e-300)
+            for m, t in thr.items():
+                if size[m] > 0:
+                    rate = min(rate, (t - sp[m]) / size[m])
+        if not math.isfinite(rate):  # no batch has a gradient: any rate leaves the model where it is
+            rate = self.lr
+        for _ in range(64):
+            if not rate > 0:  # a spacing exactly at a threshold leaves no room
+                break
+            ends = [self._replay(s, bs, rate) for s, bs in zip(starts, batches)]
+            if all(all(d[m] <= thr[m] for m in thr) for d in (self._ref(w, e) for w, e in zip(ws, ends))):
+                return (
+                    rate,
+                    "the largest rate whose update keeps every segment's recomputed end within the thresholds "
+                    "around the next dummy checkpoint",
+                    True,
+                    ends,
+                )
+            rate /= 2
+        return (
+            None,
+            "no positive rate kept every replayed segment within the thresholds; the rate falls back to one "
+            "whose update rounds to nothing",
+            False,
+            [],
+        )
+
+    def reorder(self, theta0, thetaT, candidates) -> Tuple[List[Entry], List[Dict[str, Any]], float]:
         entries: List[Entry] = []
-        theta = theta0
+        segments = []
+        theta, last_ck, last_step = theta0, theta0, 0
         for t in range(self.n):
             best = None
             for _ in range(max(1, candidates)):
@@ -244,18 +399,26 @@ class _Plan:
             assert best is not None
             theta = best[2]
             last = t + 1 == self.n
-            entries.append((best[1], thetaT if last else theta if t + 1 in self.points else None, None))
-        return entries, _dist(self.spec, theta, thetaT), self.lr
+            ck = thetaT if last else theta if t + 1 in self.points else None
+            entries.append((best[1], ck, None))
+            if ck is not None:  # honest steps land exactly on their checkpoint; the claim does not
+                segments.append(_segment(last_step, t + 1, _dist(self.spec, theta, ck), _dist(self.spec, last_ck, ck)))
+                last_ck, last_step = ck, t + 1
+        return entries, segments, self.lr
 
-    def adversarial(self, theta0, thetaT, iters) -> Tuple[List[Entry], float, float]:
+    def adversarial(self, theta0, thetaT, iters, weight) -> Tuple[List[Entry], List[Dict[str, Any]], float]:
         ws = _line(self.spec, theta0, thetaT, self.points, self.n)
         entries: List[Entry] = []
-        theta, resid, c, n0 = theta0, 0.0, 0, len(self.data)
+        segments = []
+        theta, c, n0 = theta0, 0, len(self.data)
+        start, noise2 = 0, 0.0
         for t in range(self.n):
             idx = next(self.batches)
             left = self.points[c] - t  # steps until the next dummy checkpoint
             want = (M.flatten(self.spec, ws[c]).astype(np.float64) - M.flatten(self.spec, theta)) / left
-            Xs = _adversarial_batch(self.spec, theta, self.X[idx], self.data.y[idx], want, self.lr, iters)
+            Xs = _adversarial_batch(self.spec, theta, self.X[idx], self.data.y[idx], want, self.lr, iters, weight)
+            Xs = Xs.astype(self.X.dtype)  # as data.npz stores them and the verifier reads them
+            noise2 += float(np.sum((Xs.astype(np.float64) - self.X[idx].astype(np.float64)) ** 2))
             new = np.arange(n0 + len(self.extra_X), n0 + len(self.extra_X) + len(idx), dtype=np.int64)
             self.extra_X.extend(Xs)
             self.extra_y.extend(int(v) for v in self.data.y[idx])
@@ -263,8 +426,23 @@ class _Plan:
             ck = ws[c] if t + 1 == self.points[c] else None
             entries.append((new, ck, None))
             if ck is not None:  # the verifier restarts each segment from the logged checkpoint
-                resid, theta, c = max(resid, _dist(self.spec, theta, ck)), ck, c + 1
-        return entries, resid, self.lr
+                prev = theta0 if c == 0 else ws[c - 1]
+                segments.append(
+                    _segment(start, t + 1, _dist(self.spec, theta, ck), _dist(self.spec, prev, ck), math.sqrt(noise2))
+                )
+                theta, c, start, noise2 = ck, c + 1, t + 1, 0.0
+        return entries, segments, self.lr
+
+    def domain_report(self) -> Dict[str, Any]:
+        """How many synthesised examples leave the public data's declared range or grid."""
+        from ..data import values_in_domain
+
+        dom = self.data.domain
+        if dom is None or not self.extra_X:
+            return {"outside_domain": None, "domain": None if dom is not None else "no declared range"}
+        ok = values_in_domain(np.asarray(self.extra_X), self.data.levels, domain=dom)
+        grid = f", {self.data.levels} levels" if self.data.levels else ""
+        return {"outside_domain": int(np.count_nonzero(~ok)), "domain": f"[{dom[0]:g}, {dom[1]:g}]{grid}"}
 
     def write(self, out: str, theta0, entries: List[Entry], attack: str, step_lr: float) -> Optional[str]:
         from ..data import load_npz
