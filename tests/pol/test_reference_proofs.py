@@ -110,3 +110,30 @@ def test_an_unrecoverable_proof_falls_back_to_fresh_draws_consistently(data_fold
     assert advised > 0
     again = subprocess.run(cmd + ["--epsilon", repr(advised)])
     assert again.returncode == 0  # the replay the advice was measured for accepts at the advice
+
+
+def test_a_tampered_theta0_is_not_recovered(data_folder, tmp_path):
+    """A weight of theta_0 moved: the stream reproduces only part of theta_0's draws, so it cannot
+    place the augmentation; the import says so and falls back instead of replaying wrong draws."""
+    proof = tmp_path / "proof"
+    shutil.copytree(FIXTURE / "proof", proof)
+    ck = torch.load(proof / "model_step_0", weights_only=True)
+    ck["net"]["layer3.2.conv2.weight"][0, 0, 0, 0] += 1e-3
+    torch.save(ck, proof / "model_step_0")
+    data = load_dataset("cifar10", str(data_folder))
+    rep = import_proof(str(proof), str(tmp_path / "trace"), model="resnet20", data=data)
+    assert "NOT recovered" in rep.augmentation and "18 of theta_0's 20" in rep.augmentation, rep.augmentation
+    v = verify_trace(rep.trace, dataset=data)
+    assert v.valid and not v.accepted and v.augmentation.startswith("fresh draws")
+
+
+def test_the_reference_verdict_includes_its_hash_check(imported, tmp_path):
+    other = tmp_path / "other"
+    write_cifar10_folder(str(other), n=EXPECTED["data"]["n"], seed=EXPECTED["data"]["seed"] + 1)
+    data = load_dataset("cifar10", str(other))
+    rep = import_proof(str(FIXTURE / "proof"), str(tmp_path / "trace"), model="resnet20", data=data)
+    assert rep.data_hash_checked is False and "DIFFERENT" in rep.data_hash_note
+    v = verify_trace(rep.trace, dataset=data)
+    assert v.reference["hash"] == "invalid" and not v.reference["accepted"]  # its verify_hash: "Hash doesn't match"
+    honest, honest_data = imported
+    assert verify_trace(honest.trace, dataset=honest_data).reference["hash"] == "valid"

@@ -305,7 +305,12 @@ def _augmentation(
 def _hash_note(checked: Optional[bool]) -> str:
     if checked is None:
         return "unchecked: the verifier's data was not read from the MNIST, CIFAR-10 or CIFAR-100 files the hash covers"
-    return "checked: equal" if checked else "checked: DIFFERENT data"
+    return (
+        "checked: equal"
+        if checked
+        else "checked: DIFFERENT data: hash.txt is not the text hash of this data, so the replay uses other data "
+        "than the proof's (the reference's verify.py calls the proof invalid)"
+    )
 
 
 def _check_out(out: str) -> bool:

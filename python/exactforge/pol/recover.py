@@ -149,8 +149,8 @@ def recover_stream(state: Dict[str, np.ndarray], names: Sequence[str]) -> Stream
     rec = StreamRecovery(False, "")
     for tol, window in ATTEMPTS:
         rec = _attempt(state, cands, tol, window)
-        if rec.recovered:
-            break
+        if rec.recovered or rec.reason.startswith("the solved stream reproduces"):
+            break  # solved: a wider tolerance would find the same stream
     rec.seconds = round(time.perf_counter() - t0, 3)
     return rec
 
@@ -271,8 +271,14 @@ def _extend(
             break
         rec.tensors.append(name)
         start += used
-    if not rec.tensors:
-        rec.reason = "the solved stream does not reproduce theta_0's first normal-drawn weight"
+    if len(rec.tensors) < len(cands):
+        # the DataLoader draws after the last normal draw: a stream that stops matching part-way
+        # (a tampered theta_0, another init for some layers) cannot place the augmentation
+        rec.reason = (
+            f"the solved stream reproduces {len(rec.tensors)} of theta_0's {len(cands)} normal-drawn weights "
+            f"(not {cands[len(rec.tensors)][0]}): theta_0 is not one unseeded stream's draws"
+        )
+        rec.tensors = []
         return
     rec.recovered, rec.words, rec.end = True, words, start
     rec.reason = (

@@ -1055,7 +1055,20 @@ def _reference(
         num_steps=trace.num_steps,
         save_freq=int(trace.manifest["checkpoint_every"]),
     )
-    return verdict.to_dict() if verdict is not None else None
+    if verdict is None:
+        return None
+    out = verdict.to_dict()
+    # the reference's verify_hash: an imported proof's hash.txt against the text hash of the data
+    # it was imported with (the data verify reads has that import's fingerprint)
+    checked = (trace.manifest.get("imported") or {}).get("data_hash_checked")
+    out["hash"] = "valid" if checked is True else "invalid" if checked is False else "unchecked"
+    if checked is False:
+        out["accepted"] = False
+        out["notes"] = list(out.get("notes") or []) + [
+            "its verify_hash fails: the proof's hash.txt is not the text hash of this data (\"Hash doesn't match. "
+            'The proof is invalid")'
+        ]
+    return out
 
 
 def _checks(
