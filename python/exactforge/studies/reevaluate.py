@@ -49,8 +49,16 @@ class Config:
     table4_max_batches: int = 200_000_000  # Table 4 cells counted completely in the report
     table4_levels: tuple = (2, 3)  # grey levels v of those cells
     spoof_victim_steps: int = 100  # the victims' training, whose final model the spoofs claim
-    spoof_steps: int = 1000  # steps of each spoof (more steps, shorter spoofed steps)
-    spoof_intervals: tuple = (1, 10, 100)  # checkpoint intervals k of the spoofs
+    # the spoofing sweeps (a spoof has k x checkpoints steps; its dummy spacing is the distance
+    # to travel over its checkpoints): k with the checkpoints held, the checkpoints with k held,
+    # the interval check's bound with the spoof of the largest k held
+    spoof_checkpoints: int = 200  # checkpoints held while k varies
+    spoof_intervals: tuple = (1, 2, 4)  # checkpoint intervals k of that sweep
+    spoof_interval: int = 1  # k held while the number of checkpoints (the spacing) varies
+    spoof_checkpoint_counts: tuple = (10, 50, 200, 1000)  # checkpoints of that sweep
+    spoof_max_interval: int = 10  # the interval check's bound in the first two sweeps
+    spoof_max_intervals: tuple = (1, 2, 4, 10)  # bounds of the third sweep
+    spoof_q: int = 2  # the reference's top-Q: segments per epoch (its default)
     spoof_noise_steps: int = 5  # the adversarial spoof's Adam iterations per step
     seed: int = 0
 
@@ -68,8 +76,10 @@ class Config:
             table4_max_batches=200_000,
             table4_levels=(2,),
             spoof_victim_steps=10,
-            spoof_steps=40,
-            spoof_intervals=(1, 10),
+            spoof_checkpoints=5,
+            spoof_intervals=(1, 2),
+            spoof_checkpoint_counts=(2, 5, 20),
+            spoof_max_intervals=(1, 2),
             spoof_noise_steps=2,
         )
         base.update(kw)
@@ -138,23 +148,41 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
 
 
 def _spoofing(cfg: Config, data: Any, out: str) -> Optional[Dict[str, Any]]:
-    """The spoofing study on this data (an FCN's victims; token data has none)."""
+    """The spoofing study on this data (an FCN's victims; token data has none), with its figure
+    (spoofing/spoofing.png, captioned in the study: the report's figure list covers the top
+    folder and repro/ only)."""
     if data.vocab is not None:
         return None
+    from ..report.figures import plot_spoofing
     from .spoofing import spoofing_study
 
     d = os.path.join(out, "spoofing")
     shutil.rmtree(d, ignore_errors=True)
-    return spoofing_study(
+    sp = spoofing_study(
         d,
         data,
         steps=cfg.spoof_victim_steps,
-        spoof_steps=cfg.spoof_steps,
-        intervals=cfg.spoof_intervals,
         batch=cfg.batch,
         seed=cfg.seed,
         noise_steps=cfg.spoof_noise_steps,
+        checkpoints=cfg.spoof_checkpoints,
+        intervals=cfg.spoof_intervals,
+        interval=cfg.spoof_interval,
+        checkpoint_counts=cfg.spoof_checkpoint_counts,
+        max_interval=cfg.spoof_max_interval,
+        max_intervals=cfg.spoof_max_intervals,
+        q=cfg.spoof_q,
     )
+    where = f"FCN victims (100 hidden units, {cfg.spoof_victim_steps} steps) on {data.name}, b = {cfg.batch}"
+    plot_spoofing(sp, os.path.join(d, "spoofing.png"), f"{where}: which verifier accepts each spoof")
+    sp["figure"] = {
+        "path": "spoofing/spoofing.png",
+        "caption": f"{where}: each spoof's verdict per verifier (marker) and attack (colour), filled where the "
+        "verifier accepted it with its checks off, ringed where it also passed every check; (a) against the "
+        "checkpoint interval k with the number of checkpoints held, (b) against the measured dummy spacing with "
+        "k held, (c) against the interval check's bound with one spoof held.",
+    }
+    return sp
 
 
 def _caption(name: str, cfg: Config, data: Any) -> str:

@@ -66,16 +66,159 @@ def _resolution_prose(rs: Dict[str, Any], games: List[Dict[str, Any]]) -> str:
     return text
 
 
+_SWEEP_X = {"k": ("k", "k"), "spacing": ("spacing", "a spacing of"), "max_interval": ("max_interval", "max_interval")}
+
+
+def _fmt_x(sweep: str, x: Any) -> str:
+    return f"{x:.3g}" if sweep == "spacing" else f"{x}"
+
+
+def _where_accepted(sweep: str, pts: List[Any]) -> str:
+    """Where along a sweep a verifier accepted a spoof (``pts``: (x, accepted), sorted), said as a
+    break point where acceptances and rejections do not interleave."""
+    key, word = _SWEEP_X[sweep]
+    acc = [x for x, a in pts if a]
+    rej = [x for x, a in pts if not a]
+    if not rej:
+        return f"at every {key} of the sweep"
+    if max(acc) < min(rej):
+        return f"up to {word} {_fmt_x(sweep, max(acc))} and rejected it from {_fmt_x(sweep, min(rej))}"
+    if min(acc) > max(rej):
+        return f"from {word} {_fmt_x(sweep, min(acc))} and rejected it up to {_fmt_x(sweep, max(rej))}"
+    return f"at {key} in {_fmt_list(sweep, acc)} and rejected it at {_fmt_list(sweep, rej)}"
+
+
+def _fmt_list(sweep: str, xs: List[Any]) -> str:
+    return "[" + ", ".join(_fmt_x(sweep, x) for x in xs) + "]"
+
+
+def _checks_on(rows: List[Dict[str, Any]], attacks: List[str], sweep: str) -> str:
+    """What the checks did to one sweep's spoofs: those accepted with every check on, else the
+    checks that failed on the spoofs accepted with the checks off."""
+    on = [r for r in rows if r["accepted_with_checks"]]
+    if on:
+        return (
+            "With the checks on, accepted: "
+            + "; ".join(
+                f"{r['attack']} by {r['verifier']} at {_SWEEP_X[sweep][1]} {_fmt_x(sweep, r[sweep])}" for r in on
+            )
+            + "."
+        )
+    failing = []
+    for a in attacks:
+        checks = list(dict.fromkeys(c for r in rows if r["attack"] == a and r["accepted"] for c in r["failed_checks"]))
+        if checks:
+            failing.append(f"{a} fails {', '.join(checks)}")
+    text = "With the checks on, no verifier accepted a spoof of this sweep"
+    return text + (": where one was accepted with them off, " + "; ".join(failing) + "." if failing else ".")
+
+
+def _spoofing_prose(sp: Dict[str, Any]) -> List[str]:
+    """Per sweep and attack, which verifier accepted the spoof where: every word from the rows."""
+    rows, order = sp["rows"], list(sp["verifiers"])
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    sw = sp["sweeps"]
+    heads = {
+        "k": f"(a) Checkpoint interval k in {sw['k']['values']}, {sw['k']['held']['checkpoints']} checkpoints held",
+        "spacing": f"(b) Dummy spacing: checkpoints in {sw['spacing']['checkpoints']}, k = {sw['spacing']['held']['k']} "
+        "held",
+    }
+    out: List[str] = []
+    for sweep, head in heads.items():
+        mine = [r for r in rows if r["sweep"] == sweep]
+        if not mine:
+            continue
+        gaps = [r["spacing"] for r in mine]
+        out += ["", f"{head} (measured spacing {min(gaps):.3g} to {max(gaps):.3g}), checks off:", ""]
+        for a in attacks:
+            where: Dict[str, List[str]] = {}  # verifiers that agree along the sweep share one clause
+            for v in order:
+                pts = sorted(
+                    (r[_SWEEP_X[sweep][0]], r["accepted"]) for r in mine if (r["attack"], r["verifier"]) == (a, v)
+                )
+                if any(acc for _, acc in pts):
+                    where.setdefault(_where_accepted(sweep, pts), []).append(v)
+            said = [f"{' and '.join(vs)} accepted it {w}" for w, vs in where.items()]
+            named = sum(len(vs) for vs in where.values())
+            tried = len({r["verifier"] for r in mine if r["attack"] == a})
+            if not said:
+                out.append(f"- {a}: none of the {tried} verifiers accepted it.")
+            else:
+                rest = tried - named
+                out.append(
+                    f"- {a}: " + "; ".join(said) + (f"; the other {rest} rejected it everywhere." if rest else ".")
+                )
+        out += ["", _checks_on(mine, attacks, sweep)]
+    held = sw["max_interval"]["held"]
+    mine = [r for r in rows if r["sweep"] == "max_interval"]
+    if mine:
+        out += [
+            "",
+            f"(c) The interval check's bound max_interval in {sw['max_interval']['values']}, the spoofs of k = "
+            f"{held['k']} ({held['spoof_steps']} steps) held, checks on:",
+            "",
+        ]
+        for a in attacks:
+            ra = [r for r in mine if r["attack"] == a]
+            fails_at = sorted({r["max_interval"] for r in ra if "interval" in r["failed_checks"]})
+            other: Dict[str, List[str]] = {}
+            for r in ra:  # the other checks read the spoof's report, which the bound does not change
+                other.setdefault(r["engine"], [c for c in r["failed_checks"] if c != "interval"])
+            passed: Dict[str, List[int]] = {}
+            for r in ra:
+                if r["accepted_with_checks"]:
+                    passed.setdefault(r["verifier"], []).append(r["max_interval"])
+            text = (
+                f"- {a}: the interval check fails at max_interval in {fails_at}"
+                if fails_at
+                else (f"- {a}: the interval check passes at every bound")
+            )
+            text += "".join(
+                f"; on the {e} spoof "
+                + (f"{', '.join(cs)} fail{'s' if len(cs) == 1 else ''}" if cs else "no other fails")
+                for e, cs in other.items()
+            )
+            text += (
+                "; accepted with every check on by "
+                + "; ".join(f"{v} at max_interval in {sorted(b)}" for v, b in passed.items())
+                + "."
+                if passed
+                else "; no verifier accepted it with every check on."
+            )
+            out.append(text)
+    return out
+
+
 def _spoofing_markdown(sp: Any) -> List[str]:
-    """The spoofing study: each spoof against each verifier, with the checks off and on."""
+    """The spoofing study: each spoof against each verifier, with the checks off and on, in three
+    sweeps that each vary one variable."""
     out = ["", "## Spoofing: a whole trace for a model one did not train", ""]
     if not sp:
         return out + ["Not measured: the spoofs build FCN traces, which token data has none of."]
+    sw = sp["sweeps"]
+    held = sw["max_interval"]["held"]
     out += [
-        f"Victims: an FCN trained {sp['steps']} steps (b = {sp['batch']}) on the native path and on torch. Each spoof "
-        f"starts from a fresh theta_0 and ends at the victim's final model in {sp['spoof_steps']} steps, with a "
-        f"checkpoint every k in {sp['intervals']} steps. Checks on: vacuous steps, the learning-rate schedule, the "
-        f"data's domain, the verifier's own copy of the data, and an interval of at most {sp['max_interval']} steps.",
+        f"Victims: an FCN (100 hidden units) trained {sp['steps']} steps (b = {sp['batch']}) on the native path and on "
+        "torch. Each spoof starts from a fresh theta_0 and ends at the victim's final model in k x checkpoints steps, "
+        "with a checkpoint every k steps. Its dummy spacing, the mean l2 distance between consecutive logged "
+        "checkpoints (measured from its trace), is the error a segment whose update does nothing still reaches; it "
+        "follows the number of checkpoints, not k. Each sweep varies one variable with the others held: (a) k in "
+        f"{sw['k']['values']} with {sw['k']['held']['checkpoints']} checkpoints; (b) the checkpoints in "
+        f"{sw['spacing']['checkpoints']} with k = {sw['spacing']['held']['k']}; (c) the interval check's bound in "
+        f"{sw['max_interval']['values']} with the spoofs of k = {held['k']} and {held['checkpoints']} checkpoints. "
+        "Each spoof is verified once: the reference's verdicts at both threshold sets and both policies are "
+        "computed from that report's per-segment distances. Checks on: vacuous steps, the learning-rate schedule, "
+        f"the data's domain, the verifier's own copy of the data, and an interval of at most {sp['max_interval']} "
+        "steps (in (c), the sweep's bound).",
+        "",
+        "Verifiers:",
+        "",
+    ]
+    out += [f"- {v}: {how}." for v, how in sp["verifiers"].items()]
+    out += _spoofing_prose(sp)
+    out += [
+        "",
+        "Every distinct spoof of sweeps (a) and (b):",
         "",
         "| verifier | spoofs accepted, checks off | spoofs accepted, checks on |",
         "|---|---|---|",
@@ -84,16 +227,46 @@ def _spoofing_markdown(sp: Any) -> List[str]:
         out.append(f"| {v} | {s['accepted']}/{s['tried']} | {s['accepted_with_checks']}/{s['tried']} |")
     out += [
         "",
-        "| spoof | k | verifier | largest segment error (l2) | accepted, checks off | checks that fail | "
-        "accepted, checks on |",
-        "|---|---|---|---|---|---|---|",
+        "| spoof | k | steps | checkpoints | dummy spacing (l2) | verifier | largest segment error (l2) | "
+        "accepted, checks off | checks that fail | accepted, checks on | sweep |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    from .spoofing import distinct_rows
+
+    sweeps_of: Dict[tuple, List[str]] = {}
     for row in sp["rows"]:
+        key = (row["attack"], row["engine"], row["k"], row["spoof_steps"], row["verifier"])
+        if row["sweep"] != "max_interval":
+            sweeps_of.setdefault(key, []).append({"k": "a", "spacing": "b"}[row["sweep"]])
+    for row in distinct_rows(sp):
+        key = (row["attack"], row["engine"], row["k"], row["spoof_steps"], row["verifier"])
         out.append(
-            f"| {row['attack']} | {row['k']} | {row['verifier']} | {row['max_error']:.3g} | "
-            f"{'yes' if row['accepted'] else 'no'} | {', '.join(row['failed_checks']) or 'none'} | "
-            f"{'yes' if row['accepted_with_checks'] else 'no'} |"
+            f"| {row['attack']} | {row['k']} | {row['spoof_steps']} | {row['checkpoints']} | {row['spacing']:.3g} | "
+            f"{row['verifier']} | {row['max_error']:.3g} | {'yes' if row['accepted'] else 'no'} | "
+            f"{', '.join(row['failed_checks']) or 'none'} | {'yes' if row['accepted_with_checks'] else 'no'} | "
+            f"{', '.join(sweeps_of[key])} |"
         )
+    out += [
+        "",
+        f"Sweep (c), the spoofs of k = {held['k']} ({held['spoof_steps']} steps) judged at each bound (the verdicts "
+        "with the checks off do not depend on it):",
+        "",
+        "| spoof | engine | max_interval | checks that fail | accepted, checks off, by | accepted, checks on, by |",
+        "|---|---|---|---|---|---|",
+    ]
+    cells: Dict[tuple, List[Dict[str, Any]]] = {}
+    for row in sp["rows"]:
+        if row["sweep"] == "max_interval":
+            cells.setdefault((row["attack"], row["engine"], row["max_interval"]), []).append(row)
+    for (attack, engine, bound), mine in cells.items():
+        off = "; ".join(r["verifier"] for r in mine if r["accepted"]) or "none"
+        on = "; ".join(r["verifier"] for r in mine if r["accepted_with_checks"]) or "none"
+        out.append(
+            f"| {attack} | {engine} | {bound} | {', '.join(mine[0]['failed_checks']) or 'none'} | {off} | {on} |"
+        )
+    fig = sp.get("figure")
+    if fig:
+        out += ["", f"![{fig['path']}]({fig['path']})", "", f"*{fig['path']}: {fig['caption']}*"]
     return out
 
 
