@@ -14,7 +14,7 @@ Notation of the papers (MATH.md section 4): examples are the *columns* of X (d0 
 * ``forge_error_matrix``: logistic regression, error-matrix sampling (Proposition 3).
 * ``forge_onehot``: logistic regression with the labels fixed to one-hot vectors; a nonlinear
   least-squares solve for the inputs (not exact in general: its residual is reported).
-* ``b1_analysis``: batch size 1 (Proposition 1).
+* ``b1_analysis``, ``b1_twins``: batch size 1 (Proposition 1), in :mod:`.twins`, re-exported.
 * ``forgery_report``: distinctness, domain, approximation error against reproduction error.
 * ``search_in_domain``: box-constrained LP and on-grid MILP (HiGHS) for small instances.
 """
@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from ..models import native as M
+from .twins import B1Analysis, b1_analysis, b1_twins, b1_underflow_pairs
 
 __all__ = [
     "fcn_perturbation_basis",
@@ -42,6 +43,7 @@ __all__ = [
     "B1Analysis",
     "b1_analysis",
     "b1_twins",
+    "b1_underflow_pairs",
     "ForgeryReport",
     "forgery_report",
     "DomainSearch",
@@ -304,213 +306,6 @@ def forge_onehot(
         lab.copy(),
         "onehot-lsq",
         {"residual_l2": float(np.linalg.norm(sol.fun)), "nfev": int(sol.nfev)},
-    )
-
-
-# -- b = 1 ----------------------------------------------------------------------------------
-
-
-@dataclass
-class B1Analysis:
-    """Batch size 1 (Proposition 1). With one example, grad W1 = x d1^T is an outer product,
-    so any forgery has x' = c x; with a bias, grad b1 = d1 forces c = 1 (x' = x). Without a
-    bias the models are positively homogeneous and admit the family (c x, softmax(c z) - d/c)
-    with soft labels; a one-hot label occurs at c = 1 and at the exact twins of
-    :func:`b1_twins` (two classes: a second scaling with the same label, and minus both with
-    the other label for logistic regression), listed in ``twins``."""
-
-    statement: str
-    family: str
-    distinct_onehot_forgery_exists: bool
-    min_onehot_gap: float  # min over the c grid, |c - 1| >= exclude, of the distance of y'(c) to a one-hot vector
-    c_at_min: float
-    twins: List[Dict[str, Any]] = field(default_factory=list)  # the exact ones (b1_twins): c, label, difference
-
-
-def _dead_set_has_another_point(W1: np.ndarray, b1: Optional[np.ndarray], x: np.ndarray) -> bool:
-    """Whether some x' != x also leaves every ReLU dead (W1^T x' + b1 <= 0): an LP in a box around
-    x, maximising and minimising each coordinate (linprog is exact enough for a yes/no here:
-    a strictly dead x has a whole neighbourhood, a boundary one is decided by the optimum)."""
-    from scipy.optimize import linprog
-
-    d0 = W1.shape[0]
-    A, rhs = W1.T, -(b1 if b1 is not None else np.zeros(W1.shape[1]))
-    bounds = [(xi - 1.0, xi + 1.0) for xi in x]
-    for j in range(d0):
-        for sign in (1.0, -1.0):
-            c = np.zeros(d0)
-            c[j] = -sign
-            r = linprog(c, A_ub=A, b_ub=rhs, bounds=bounds, method="highs")
-            if r.status == 0 and abs(r.x[j] - x[j]) > 1e-9:
-                return True
-    return False
-
-
-def _logits64(spec: M.ModelSpec, params: M.Params, x: np.ndarray) -> np.ndarray:
-    """The output logits of one example in float64 (numpy's own products: only the twins'
-    scalar equation needs them, the check below is on the native gradient)."""
-    a = np.asarray(x, np.float64).ravel()
-    for i in range(1, spec.num_layers + 1):
-        a = a @ np.asarray(params[f"W{i}"], np.float64)
-        if spec.bias:
-            a = a + np.asarray(params[f"b{i}"], np.float64)
-        if i < spec.num_layers:
-            a = np.maximum(a, 0.0)
-    return a
-
-
-def _scale_roots(z: np.ndarray, y: int) -> List[float]:
-    """The s > 0, s != 1, with s softmax(s z)_j = softmax(z)_j for every j != y: the scalings
-    of a positively homogeneous model's input that keep a b = 1 gradient with a one-hot label.
-    The ratio of two such j forces (s - 1)(z_j - z_k) = 0, so for s != 1 the other classes'
-    logits must all be equal (always true for two classes); then one scalar equation
-    h(s) = s softmax(s z)_j - softmax(z)_j = 0, whose roots besides 1 are bracketed on a
-    logarithmic grid and refined (brentq)."""
-    from scipy.optimize import brentq
-
-    others = [j for j in range(len(z)) if j != y]
-    if np.ptp(z[others]) > 1e-12 * max(1.0, float(np.max(np.abs(z)))):
-        return []
-    j = others[0]
-
-    def h(t: float) -> float:
-        w = t * z
-        e = np.exp(w - w.max())
-        p0 = np.exp(z - z.max())
-        return float(t * e[j] / e.sum() - p0[j] / p0.sum())
-
-    grid = np.exp(np.linspace(np.log(1e-6), np.log(1e6), 4001))
-    vals = [h(t) for t in grid]
-    roots = []
-    for (t0, v0), (t1, v1) in zip(zip(grid, vals), zip(grid[1:], vals[1:])):
-        if v0 == 0.0 or v0 * v1 < 0:
-            r = t0 if v0 == 0.0 else brentq(h, t0, t1, xtol=1e-300, rtol=1e-15, maxiter=400)
-            if abs(r - 1.0) > 1e-6:
-                roots.append(float(r))
-    return roots
-
-
-def b1_twins(spec: M.ModelSpec, params: M.Params, x: np.ndarray, y: int) -> List[Dict[str, Any]]:
-    """Every distinct single-example twin (x', one-hot y') with the gradient of (x, e_y).
-
-    With one example, grad W1 = x d1^T is an outer product, so x' = c x. With a bias, grad b1 =
-    d1 also fixes c = 1: no twin. Without one, the models are positively homogeneous (logistic
-    regression of degree 1 for every c, a ReLU FCN for c > 0), and the twins are the scalings c
-    that solve the logits' scalar equation (:func:`_scale_roots`): with the same label, c = s
-    for each root s != 1; with another label (logistic regression, two classes only: a negative
-    c flips the sign of every logit difference), c = -s for every root s, including s = 1, so
-    (-x, the other label) is always one. Each twin comes with the largest difference between
-    its float64 gradient and the original's."""
-    if spec.bias:
-        return []
-    x = np.asarray(x, np.float64).ravel()
-    z = _logits64(spec, params, x)
-    roots = _scale_roots(z, y)
-    cands: List[Tuple[float, int]] = [(r, y) for r in roots]
-    if spec.kind == "logreg" and spec.num_classes == 2:
-        cands += [(-r, 1 - y) for r in [1.0] + roots]
-    g = gradient(spec, params, x[None, :], np.array([y]))
-    out = []
-    for c, lab in cands:
-        gc = gradient(spec, params, (c * x)[None, :], np.array([lab]))
-        out.append({"c": c, "label": int(lab), "gradient_difference": float(np.max(np.abs(gc - g)))})
-    return out
-
-
-def b1_analysis(
-    spec: M.ModelSpec,
-    params: M.Params,
-    x: np.ndarray,
-    y: int,
-    c_grid: Optional[np.ndarray] = None,
-    exclude: float = 0.05,
-) -> B1Analysis:
-    """Proposition 1 for one example, including the degenerate cases where an example has no
-    or little influence: x = 0 without a bias (its gradient is 0 for every label), and an FCN
-    input that leaves every ReLU dead (the gradient then no longer depends on x)."""
-    x = np.asarray(x, np.float64).reshape(1, -1)
-    W = np.asarray(params["W1"], np.float64)
-    if spec.kind == "logreg" and not spec.bias and not np.any(x):
-        return B1Analysis(
-            "x = 0 without a bias: the gradient x (p - e_y)^T is 0 for every label, so (0, y') "
-            "with y' != y is a distinct forgery (a trivial one)",
-            "(0, any label)",
-            True,
-            0.0,
-            float("nan"),
-        )
-    if spec.kind == "fcn":
-        b1 = np.asarray(params["b1"], np.float64) if spec.bias else None
-        z1 = x.ravel() @ W + (b1 if b1 is not None else 0.0)
-        if np.all(z1 <= 0):
-            if not spec.bias:
-                return B1Analysis(
-                    "every ReLU is dead and there is no bias: the gradient is 0 for every label, so "
-                    "(x, y') with y' != y is a distinct forgery, and so is any other input that "
-                    "leaves every ReLU dead",
-                    "(x' with W1^T x' <= 0, any label)",
-                    True,
-                    0.0,
-                    float("nan"),
-                )
-            other = bool(np.all(z1 < 0)) or _dead_set_has_another_point(W, b1, x.ravel())
-            return B1Analysis(
-                "every ReLU is dead: the gradient is (0, 0, 0, softmax(b_2) - e_y), the same for every "
-                "input that leaves every ReLU dead, with the same label"
-                + ("" if other else "; here no other input does"),
-                "(x' with W1^T x' + b1 <= 0, y)",
-                other,
-                0.0 if other else float("inf"),
-                float("nan"),
-            )
-    if spec.bias:
-        return B1Analysis(
-            "grad b1 = d1 and grad W1 = x d1^T force x' = x: no distinct forgery, one-hot or not",
-            "x' = x only",
-            False,
-            float("inf"),
-            1.0,
-        )
-    twins = b1_twins(spec, params, x, y)
-    if spec.kind != "logreg":
-        return _b1_from_twins(twins, float("nan"), float("nan"))
-    c_grid = np.linspace(-5, 5, 2001) if c_grid is None else np.asarray(c_grid, np.float64)
-    z = x @ W
-    s = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-    d = s.ravel().copy()
-    d[y] -= 1.0
-    best, best_c = float("inf"), float("nan")
-    for c in c_grid:
-        if c == 0 or abs(c - 1) < exclude:  # y'(c) -> y as c -> 1: only other roots count
-            continue
-        zc = c * z
-        sc = np.exp(zc - zc.max()) / np.exp(zc - zc.max()).sum()
-        yp = sc.ravel() - d / c
-        gap = float(np.min(np.linalg.norm(np.eye(len(yp)) - yp, axis=1)))
-        if gap < best:
-            best, best_c = gap, float(c)
-    return _b1_from_twins(twins, 0.0 if twins else best, twins[0]["c"] if twins else best_c)
-
-
-def _b1_from_twins(twins: List[Dict[str, Any]], gap: float, c_at: float) -> B1Analysis:
-    """No bias: a positively homogeneous model, whose twins are the exact scalings found."""
-    if not twins:
-        return B1Analysis(
-            "no bias: x' = c x with soft labels y'(c) = softmax(c z) - d/c; here a one-hot label occurs "
-            "only at c = 1 (the other classes' logits differ, or the scalar equation has no other root)",
-            "x' = c x, c != 0",
-            False,
-            gap,
-            c_at,
-        )
-    shown = ", ".join(f"(c = {t['c']:.6g}, label {t['label']})" for t in twins)
-    return B1Analysis(
-        f"no bias: positively homogeneous, so (c x, e_y') keeps the gradient exactly for {shown}",
-        "x' = c x, c != 0",
-        True,
-        0.0,
-        twins[0]["c"],
-        twins,
     )
 
 
