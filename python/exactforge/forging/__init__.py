@@ -1,7 +1,7 @@
 """Data forging: finding a different batch with (nearly) the same update.
 
 - ``solvers``: exact forgeries (nullspace of the per-example gradients, error matrices,
-  one-hot forgeries, the b = 1 analysis);
+  one-hot forgeries); ``twins``: the b = 1 analysis, each twin proved in exact arithmetic;
 - ``search`` and ``certify``: the exhaustive in-domain search of Table 4 and its exact
   certification;
 - ``attacks``: the published approximate attacks; ``game``: the forging game between a prover
