@@ -21,14 +21,13 @@ import io
 import math
 import os
 import re
-import stat
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..trace.limits import DEFAULT_LIMITS, Limits
-from ..trace.safeio import TraceError, read_file
+from ..trace.safeio import TraceError, open_checked, read_file
 
 __all__ = [
     "Proof",
@@ -44,10 +43,6 @@ _NAMES = re.compile(r"^(indices\.npy|hash\.txt|model_step_[0-9]{1,9})$")
 _STEP_NAME = re.compile(r"^model_step_(0|[1-9][0-9]{0,8})$")  # as the reference writes them: no leading zeros
 _MAX_INDICES = 1 << 28  # bytes of indices.npy (32M int64 indices)
 _MAX_INDEX = 1 << 62  # beyond any data set; keeps every index an int64 without wrapping
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 class ProofError(TraceError):
@@ -257,42 +252,19 @@ class _Stream(io.RawIOBase):
 
 
 def _open(directory: str, name: str, max_bytes: int) -> _Stream:
-    """``directory/name`` as the trace reader opens a file: not a link (``O_NOFOLLOW``, relative
-    to the folder's descriptor), not a FIFO, device or folder (checked before it is opened), one
-    name only, at most ``max_bytes``."""
-    try:
-        dfd = os.open(directory, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
-    except OSError as exc:
-        raise ProofError(f"proof: cannot open the folder {directory} ({exc.strerror})") from None
-    try:
-        try:
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        except FileNotFoundError:
-            raise ProofError(f"proof: {name} is missing") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise ProofError(f"proof: {name} is a link, device, FIFO or folder; a proof holds regular files only")
-        if st.st_size > max_bytes:
-            raise ProofError(f"proof: {name} has {st.st_size} bytes, more than the {max_bytes} it may hold")
-        try:
-            fd = os.open(name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC, dir_fd=dfd)
-        except OSError as exc:
-            raise ProofError(f"proof: cannot open {name} ({exc.strerror})") from None
-    finally:
-        os.close(dfd)
-    fst = os.fstat(fd)
-    problem = (
-        "was replaced while being opened"
-        if not stat.S_ISREG(fst.st_mode) or (fst.st_ino, fst.st_dev) != (st.st_ino, st.st_dev)
-        else f"has {fst.st_nlink} hard links (another name of it may lie outside the proof)"
-        if fst.st_nlink != 1
-        else f"grew past the {max_bytes} bytes it may hold"
-        if fst.st_size > max_bytes
-        else None
+    """``directory/name`` opened as the trace reader opens a file (safeio.open_checked: no link,
+    FIFO, device or folder, one name only, at most ``max_bytes``), as a stream torch can read."""
+    opened = open_checked(
+        directory,
+        name,
+        max_bytes,
+        "proof",
+        names=_NAMES,
+        error=ProofError,
+        irregular="a link, device, FIFO or folder; a proof holds regular files only",
     )
-    if problem:
-        os.close(fd)
-        raise ProofError(f"proof: {name} {problem}")
-    return _Stream(fd, fst.st_size)
+    assert opened is not None  # missing_ok is False
+    return _Stream(*opened)
 
 
 def _checked(obj: Any, name: str) -> Dict[str, Any]:

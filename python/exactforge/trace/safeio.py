@@ -97,14 +97,24 @@ def _open_parent(root: str, rel: str, what: str, missing_ok: bool = False) -> Op
     return dfd, parts[1]
 
 
-def read_file(
-    root: str, rel: str, max_bytes: int, what: str, missing_ok: bool = False, names: Any = None
-) -> Optional[bytearray]:
-    """The bytes of the regular file ``root/rel`` (a fixed trace name, or one ``names`` (a
-    compiled pattern) allows), at most ``max_bytes``; None when it is absent and ``missing_ok``.
-    Raises TraceError (never blocks on a FIFO, never follows a link, never reads a device)."""
+def open_checked(
+    root: str,
+    rel: str,
+    max_bytes: int,
+    what: str,
+    missing_ok: bool = False,
+    names: Any = None,
+    error: type = TraceError,
+    irregular: Optional[str] = None,
+) -> Optional[Tuple[int, int]]:
+    """Opens the regular file ``root/rel`` (a fixed trace name, or one ``names`` (a compiled
+    pattern) allows) as the trace reader does: not a link, FIFO, device or folder (checked before
+    it is opened, and again on the descriptor, so one swapped in between is refused), one name
+    only, at most ``max_bytes``. Returns (descriptor, size), the caller closing it; None when it
+    is absent and ``missing_ok``. Raises ``error`` (a TraceError); ``irregular`` words the refusal
+    of a file that is not regular (default: what it is, and that a trace holds regular files)."""
     if not (names or _NAME).match(rel):
-        raise TraceError(f"{what}: {rel!r} is not a trace file name")
+        raise error(f"{what}: {rel!r} is not a trace file name")
     opened = _open_parent(root, rel, what, missing_ok)
     if opened is None:
         return None
@@ -115,27 +125,47 @@ def read_file(
         except FileNotFoundError:
             if missing_ok:
                 return None
-            raise TraceError(f"{what}: {rel} is missing") from None
+            raise error(f"{what}: {rel} is missing") from None
         if not stat.S_ISREG(st.st_mode):
-            raise TraceError(f"{what}: {rel} is {_kind(st.st_mode)}; a trace holds regular files only")
+            said = irregular or f"{_kind(st.st_mode)}; a trace holds regular files only"
+            raise error(f"{what}: {rel} is {said}")
         if st.st_size > max_bytes:
-            raise TraceError(f"{what}: {rel} has {st.st_size} bytes, more than the {max_bytes} it may hold")
+            raise error(f"{what}: {rel} has {st.st_size} bytes, more than the {max_bytes} it may hold")
         try:
             fd = os.open(name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC, dir_fd=dfd)
         except OSError as exc:
             reason = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
-            raise TraceError(f"{what}: cannot open {rel} ({reason})") from None
+            raise error(f"{what}: cannot open {rel} ({reason})") from None
     finally:
         os.close(dfd)
     try:
         fst = os.fstat(fd)
         if not stat.S_ISREG(fst.st_mode) or (fst.st_ino, fst.st_dev) != (st.st_ino, st.st_dev):
-            raise TraceError(f"{what}: {rel} was replaced while being opened")
+            raise error(f"{what}: {rel} was replaced while being opened")
         if fst.st_nlink != 1:
             # another name of the same file may lie outside the trace (a secret the verifier can
             # read): a trace's files have one name, and its writer never links them
-            raise TraceError(f"{what}: {rel} has {fst.st_nlink} hard links; a trace's files have exactly one")
-        buf = bytearray(min(fst.st_size, max_bytes) + 1)
+            raise error(f"{what}: {rel} has {fst.st_nlink} hard links; a trace's files have exactly one")
+        if fst.st_size > max_bytes:
+            raise error(f"{what}: {rel} grew past the {max_bytes} bytes it may hold while being opened")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, int(fst.st_size)
+
+
+def read_file(
+    root: str, rel: str, max_bytes: int, what: str, missing_ok: bool = False, names: Any = None
+) -> Optional[bytearray]:
+    """The bytes of the regular file ``root/rel`` (opened by :func:`open_checked`), at most
+    ``max_bytes``; None when it is absent and ``missing_ok``. Raises TraceError (never blocks on
+    a FIFO, never follows a link, never reads a device)."""
+    opened = open_checked(root, rel, max_bytes, what, missing_ok, names)
+    if opened is None:
+        return None
+    fd, size = opened
+    try:
+        buf = bytearray(min(size, max_bytes) + 1)
         view = memoryview(buf)
         got = 0
         while got < len(buf):
