@@ -11,6 +11,18 @@ from typing import Any, NoReturn, Optional
 from ..report import jsonio as _json
 
 
+def _thresholds_type(text: str) -> Any:
+    """--pol-thresholds: a named set of the reference's thresholds or four numbers, checked by
+    the parser (exit 2 naming the flag); the text is passed on as given."""
+    from ..verify.reference import parse_thresholds
+
+    try:
+        parse_thresholds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _count(lo: int = 1, hi: Optional[int] = None):
     def parse(text: str) -> int:
         try:

@@ -5,17 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import _SEED, _count, _data_args, _given_data, _real, _sub, say, write_json
-
-
-def _thresholds_type(text: str) -> Any:
-    from ..verify.reference import parse_thresholds
-
-    try:
-        parse_thresholds(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+from ._common import _SEED, _count, _data_args, _given_data, _real, _sub, _thresholds_type, say, write_json
 
 
 def register(sub: Any) -> None:

@@ -6,7 +6,19 @@ import argparse
 from typing import Any
 
 from ..trace.limits import DEFAULT_LIMITS, Limits
-from ._common import _count, _data_args, _executor, _given_data, _ray_args, _sub, fail, import_function, say, write_json
+from ._common import (
+    _count,
+    _data_args,
+    _executor,
+    _given_data,
+    _ray_args,
+    _sub,
+    _thresholds_type,
+    fail,
+    import_function,
+    say,
+    write_json,
+)
 
 
 def _epsilon_type(text: str) -> Any:
@@ -17,16 +29,6 @@ def _epsilon_type(text: str) -> Any:
         return float(text)
     except ValueError:
         return text
-
-
-def _thresholds_type(text: str) -> Any:
-    from ..verify.reference import parse_thresholds
-
-    try:
-        parse_thresholds(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def register(sub: Any) -> None:
