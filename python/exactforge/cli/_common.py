@@ -23,6 +23,25 @@ def _thresholds_type(text: str) -> Any:
     return text
 
 
+def factory_model(spec: str, fix: str) -> Any:
+    """The model ``--model-factory MODULE:FUNCTION`` (or ``path/to/file.py:FUNCTION``) builds:
+    the verifier's own code, called with no arguments once; ValueError naming the flag, ending
+    with ``fix`` where what it names or returns is not a model."""
+    import torch
+
+    try:
+        fn = import_function(spec, "--model-factory")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; {fix}") from None
+    try:
+        model = fn()
+    except Exception as exc:  # noqa: BLE001 - the user's code: its failure is reported with the flag
+        raise ValueError(f"--model-factory: {spec}() raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"--model-factory: {spec}() returned {type(model).__name__}, not a torch.nn.Module; {fix}")
+    return model
+
+
 def _count(lo: int = 1, hi: Optional[int] = None):
     def parse(text: str) -> int:
         try:

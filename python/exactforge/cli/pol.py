@@ -6,7 +6,7 @@ import argparse
 import re
 from typing import Any, List
 
-from ._common import _POSITIVE, _count, _data_args, _real, _sub, import_function, say, write_json
+from ._common import _POSITIVE, _count, _data_args, _real, _sub, factory_model, say, write_json
 
 
 def _floats(text: str) -> List[float]:
@@ -130,18 +130,9 @@ def run(args: argparse.Namespace) -> int:
 def _factory(spec: str) -> Any:
     """The verifier's model factory, called once here so that what it returns is checked
     before the proof is read: the import takes the model it built."""
-    import torch
-
-    fn = import_function(spec, "--model-factory")
-    try:
-        net = fn()
-    except Exception as exc:  # noqa: BLE001 - the user's code: its failure is reported with the flag
-        raise ValueError(f"--model-factory: {spec}() raised {type(exc).__name__}: {exc}") from None
-    if not isinstance(net, torch.nn.Module):
-        raise ValueError(
-            f"--model-factory: {spec}() returned {type(net).__name__}, not a torch.nn.Module; give a function taking "
-            "no arguments that returns a fresh model of the proof's architecture"
-        )
+    net = factory_model(
+        spec, "give a function taking no arguments that returns a fresh model of the proof's architecture"
+    )
     return lambda: net
 
 

@@ -14,6 +14,7 @@ from ._common import (
     _ray_args,
     _sub,
     _thresholds_type,
+    factory_model,
     fail,
     import_function,
     say,
@@ -289,23 +290,7 @@ _FACTORY_FIX = (
 
 
 def _model(spec: str) -> Any:
-    """The model ``--model-factory MODULE:FUNCTION`` (or ``path/to/file.py:FUNCTION``) builds:
-    the verifier's own code, called with no arguments; ValueError naming the flag and the fix."""
-    import torch
-
-    try:
-        fn = import_function(spec, "--model-factory")
-    except ValueError as exc:
-        raise ValueError(f"{exc}; {_FACTORY_FIX}") from None
-    try:
-        model = fn()
-    except Exception as exc:  # noqa: BLE001 - the user's code: its failure is reported with the flag
-        raise ValueError(f"--model-factory: {spec}() raised {type(exc).__name__}: {exc}") from None
-    if not isinstance(model, torch.nn.Module):
-        raise ValueError(
-            f"--model-factory: {spec}() returned {type(model).__name__}, not a torch.nn.Module; {_FACTORY_FIX}"
-        )
-    return model
+    return factory_model(spec, _FACTORY_FIX)
 
 
 def _rates(lr: Any) -> str:
