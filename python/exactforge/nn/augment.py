@@ -124,9 +124,15 @@ def torch_crop_flip(x: torch.Tensor, generator: Optional[torch.Generator] = None
             img = img.flip(-1)
         i = int(torch.randint(0, 2 * padding + 1, size=(1,), generator=generator).item())
         j = int(torch.randint(0, 2 * padding + 1, size=(1,), generator=generator).item())
-        padded = torch.nn.functional.pad(img, (padding, padding, padding, padding))
-        out.append(padded[:, i : i + H, j : j + W])
+        out.append(_padded_crop(img, i, j, padding, H, W))
     return torch.stack(out)
+
+
+def _padded_crop(img: torch.Tensor, i: int, j: int, padding: int, H: int, W: int) -> torch.Tensor:
+    """torchvision's RandomCrop(size, padding) at row i, column j: the image padded with zeros
+    on every side, then an H x W window (copies only: the same bits on every machine)."""
+    padded = torch.nn.functional.pad(img, (padding, padding, padding, padding)) if padding else img
+    return padded[:, i : i + H, j : j + W]
 
 
 def normalize(x: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
@@ -289,8 +295,7 @@ class StreamAugment:
                 if name == "hflip" and d[i, 0]:
                     img = img.flip(-1)
                 elif name == "crop":
-                    padded = torch.nn.functional.pad(img, (p, p, p, p)) if p else img
-                    img = padded[:, d[i, 1] : d[i, 1] + H, d[i, 2] : d[i, 2] + W]
+                    img = _padded_crop(img, int(d[i, 1]), int(d[i, 2]), p, H, W)
             out.append(img)
         return torch.stack(out).contiguous()
 

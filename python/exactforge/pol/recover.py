@@ -91,7 +91,12 @@ def _layout(n: int) -> Tuple[List[Tuple[int, int, int, int]], int]:
     if n % 16:
         for j in range(8):
             pairs.append((n - 16 + j, n - 8 + j, n + j, n + j + 8))
-    return pairs, n + (16 if n % 16 else 0)
+    return pairs, _consumed(n)
+
+
+def _consumed(n: int) -> int:
+    """Outputs normal_ takes for n >= 16 elements: n, and 16 more when it redraws the tail."""
+    return n + (16 if n % 16 else 0)
 
 
 def _invert(
@@ -259,7 +264,7 @@ def _extend(
 ) -> None:
     """Accepts the solve if it reproduces every observed draw, then follows theta_0's normal
     draws tensor by tensor while the stream reproduces them."""
-    total = sum(_layout(state[n].size)[1] for n, _ in cands)
+    total = sum(_consumed(state[n].size) for n, _ in cands)
     u = (mt.temper(mt.generate(words, total)) & np.uint32(0xFFFFFF)).astype(np.int64)
     if np.abs(u[pos] - est).max(initial=0) > tol:
         rec.reason = "the solved stream does not reproduce theta_0's draws"
