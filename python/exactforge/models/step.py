@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from .._backend.threads import threads as torch_threads
 from . import native as M
 from . import optim as O
 from .layout import flat_of, flat_to_native, load_flat, native_to_flat
@@ -291,19 +292,15 @@ def applied(cond: Condition) -> Iterator[None]:
     """Sets torch's global switches for a condition and restores them afterwards."""
     import torch
 
-    prev_threads = torch.get_num_threads()
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_bench = torch.backends.cudnn.benchmark
     try:
-        if cond.threads:
-            torch.set_num_threads(cond.threads)
         torch.use_deterministic_algorithms(cond.deterministic, warn_only=True)
         if cond.cudnn_benchmark is not None:
             torch.backends.cudnn.benchmark = cond.cudnn_benchmark
-        yield
+        with torch_threads(cond.threads):
+            yield
     finally:
-        if torch.get_num_threads() != prev_threads:
-            torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
         torch.backends.cudnn.benchmark = prev_bench
 
@@ -349,7 +346,6 @@ class Stepper:
         cross-entropy: the same bits for any batch order and thread count."""
         import copy
 
-        from .. import get_num_threads, set_num_threads
         from .. import nn as xnn
 
         if self._nn_model is None:
@@ -357,13 +353,8 @@ class Stepper:
         engine = TorchStep(
             self._nn_model, self.X, self.y, sgd_spec(self.lr), xnn.cross_entropy, arithmetic=xnn.ARITHMETIC
         )
-        before = get_num_threads()
-        try:
-            if cond.threads:
-                set_num_threads(cond.threads)
+        with torch_threads(cond.threads, torch=False, native=True):
             return engine.flat(flat, idx)
-        finally:
-            set_num_threads(before)
 
     def _torch_step(self, flat: np.ndarray, idx: np.ndarray, cond: Condition) -> np.ndarray:
         import torch

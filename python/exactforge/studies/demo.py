@@ -15,6 +15,7 @@ from typing import Dict, List
 import numpy as np
 
 from .. import compile_options
+from .._backend.threads import threads as torch_threads
 from ..data import load_digits
 from ..models import native as M
 from ..models.native import Params
@@ -53,9 +54,7 @@ def torch_step(params: Params, X: np.ndarray, y: np.ndarray, idx: np.ndarray, lr
 
     from ..models.torch_fcn import from_torch, to_torch
 
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         model = to_torch(SPEC, params)
         loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(X[idx])), torch.from_numpy(y[idx]))
         loss.backward()
@@ -63,8 +62,6 @@ def torch_step(params: Params, X: np.ndarray, y: np.ndarray, idx: np.ndarray, lr
             for p in model.parameters():
                 p -= lr * p.grad  # type: ignore[operator,misc]
         return from_torch(SPEC, model)
-    finally:
-        torch.set_num_threads(prev)
 
 
 def run_demo(

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .._backend.threads import threads as torch_threads
 from ..data import Dataset, load_dataset
 from ..models.step import CONDITIONS, NATIVE_MODELS, NN_MODELS, Condition, Stepper, applied  # noqa: F401
 from ..report.progress import progress_bar
@@ -181,17 +182,12 @@ def _study_cell(
 ) -> np.ndarray:
     """A study cell on a Ray worker: the model is rebuilt from the verifier's code (its weights
     are the logged states) and runs with the driver's torch thread count."""
-    import torch
 
     from ..models.zoo import build_model
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         net = build_model(model, data.shape or (data.dim,), data.num_classes, vocab=data.vocab, seed=seed)
         return _cell_errors(Stepper(model, net, data, lr), states, batches, CONDITIONS[cond], seed, b, r)
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_study(

@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .._backend.threads import threads as torch_threads
 from ..data import Dataset, as_dataset, fingerprint
 from ..models import native as M
 from ..models.step import NativeStep
@@ -623,10 +624,7 @@ def record_torch_fcn(
 
     _check_steps(steps, checkpoint_every)
     threads = check_threads(threads)
-    prev_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         model = to_torch(spec, M.init_params(spec, seed))
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         X = torch.from_numpy(data.X.astype(spec.dtype))
@@ -647,8 +645,6 @@ def record_torch_fcn(
             initial="seeded",
         ) as rec:
             _train(rec, model, opt, torch.nn.functional.cross_entropy, X, y, sched, steps, bar)
-    finally:
-        torch.set_num_threads(prev_threads)
     return Trace.open(out)
 
 
@@ -676,7 +672,6 @@ def record_zoo(
     builds it from its own code."""
     import torch
 
-    from .. import get_num_threads, set_num_threads
     from .. import nn as xnn
     from ..models.zoo import build_model
     from ..reduce import check_threads
@@ -687,11 +682,7 @@ def record_zoo(
         raise ValueError(f"dataset: the transformer reads tokens (synthetic-tokens, imdb), not {data.name}")
     if name != "transformer" and (data.shape is None or len(data.shape) != 3):
         raise ValueError(f"dataset: {name} needs images, not {data.name}")
-    prev = torch.get_num_threads(), get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-        set_num_threads(threads)
-    try:
+    with torch_threads(threads, native=True):
         assert data.shape is not None  # images or token sequences, checked above
         model = build_model(name, data.shape, data.num_classes, vocab=data.vocab, seed=seed)
         if mode is not None:
@@ -719,7 +710,4 @@ def record_zoo(
             augment=augment,
         ) as rec:
             _train(rec, model, opt, loss_fn, X, y, sched, steps, bar, augment=augment is not None)
-    finally:
-        torch.set_num_threads(prev[0])
-        set_num_threads(prev[1])
     return Trace.open(out)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
+from .._backend.threads import threads as torch_threads
 from ..data import BUNDLED, DATASETS, Dataset, as_dataset, load_dataset
 from ..models import native as M
 from ..models.step import NativeStep, TorchStep, torch_data
@@ -927,21 +928,6 @@ def engine_for(trace: Trace, data: Dataset, threads: Optional[int], model: Any =
     return _torch_engine(trace, data, model, loss_fn)
 
 
-@contextlib.contextmanager
-def _torch_threads(engine: str, threads: Optional[int]) -> Iterator[None]:
-    if not threads or engine != "torch":
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)  # once around the whole run: setting it rebuilds the pool
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def recompute_segments(
     trace: Trace,
     segs: List[Tuple[int, int]],
@@ -955,7 +941,7 @@ def recompute_segments(
     checkpoint that fails its checks (TraceError) or a model that does not fit it."""
     lr = float(trace.manifest["lr"])
     parts = trace.manifest.get("accumulate") or 1
-    with _torch_threads(trace.manifest["engine"], job.threads):
+    with torch_threads(job.threads if trace.manifest["engine"] == "torch" else None):
         for s, e, state, logged in _states(segs, load, theta0):
             t0, start = time.perf_counter(), state
             seed = job.permute_batches
