@@ -57,17 +57,6 @@ PYBIND11_MODULE(_cuda, m) {
           check(err);
         }, py::arg("dtype"), py::arg("mode"), py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"),
         py::arg("k"), py::arg("n"), py::arg("order") = py::none(), py::arg("stream") = 0);
-  m.def("matmul_exact_int8", [](uintptr_t a, uintptr_t b, uintptr_t out, int64_t mm, int64_t k, int64_t n,
-                                uintptr_t stream) {
-          if (k <= 0 || mm < 0 || n < 0) throw py::value_error("shape: k must be positive");
-          if (k > kExactMatmulMaxK) throw py::value_error("mode='exact': more than 2^20 terms");
-          std::string err;
-          {
-            py::gil_scoped_release nogil;
-            err = cuda::matmul_exact_int8((const float*)a, (const float*)b, (float*)out, mm, k, n, (void*)stream);
-          }
-          check(err);
-        }, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("k"), py::arg("n"), py::arg("stream") = 0);
   m.def("sum_rows", [](const std::string& dtype, const std::string& mode, uintptr_t x, uintptr_t out,
                        int64_t k, int64_t n, std::optional<std::vector<int64_t>> order, uintptr_t stream) {
           bool dbl = is_double_of(dtype);

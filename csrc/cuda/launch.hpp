@@ -10,10 +10,6 @@ namespace cuda {
 
 std::string matmul(bool is_double, bool fixed, const void* a, const void* b, void* out, int64_t m,
                    int64_t k, int64_t n, const int64_t* order_host, void* stream);
-/// The float32 exact matmul from int8 digits and __dp4a: the same bits as matmul(exact) and as
-/// every CPU kernel (exactforge/intexact.hpp).
-std::string matmul_exact_int8(const float* a, const float* b, float* out, int64_t m, int64_t k, int64_t n,
-                              void* stream);
 std::string sum_rows(bool is_double, bool fixed, const void* x, void* out, int64_t k, int64_t n,
                      const int64_t* order_host, void* stream);
 /// op 0: exp, op 1: log (exactforge's own, mathfn.hpp), elementwise over n values.

@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "exactforge/fixedpoint.hpp"
-#include "exactforge/intexact.hpp"
 #include "exactforge/mathfn.hpp"
 #include "launch.hpp"
 
@@ -147,66 +146,6 @@ __global__ void matmul_exact_kernel(const double* __restrict__ as, const double*
   out[i * n + j] = round_int192<T>(v, ea[i] + fb[j] - (S + 1) * w);
 }
 
-/// @brief int8 digits of the float32 exact matmul's slices (exactforge/intexact.hpp, the CPU's
-/// int_slices and int8_split): digit (l, p) of a[i, t] is byte t % 4 of
-/// ad[((l*nd + p)*m + i)*k4 + t/4]; of b[t, j], byte t % 4 of bd[((l*nd + q)*n + j)*k4 + t/4].
-/// The buffers are zeroed first, so padding terms are zero digits.
-__global__ void split_int8_kernel(const float* __restrict__ x, int8_t* out, int64_t rows, int64_t cols,
-                                  const int* scale_e, bool by_row, int nd, int w, int64_t k4) {
-  int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (idx >= rows * cols) return;
-  const int64_t r = idx / cols, c = idx % cols;
-  // a (by_row): rows are outputs i, cols are terms t; b: rows are terms t, cols are outputs j
-  const int64_t o = by_row ? r : c, t = by_row ? c : r, nout = by_row ? rows : cols;
-  const Pow2 sc(w - scale_e[o]);
-  int32_t s[2];
-  int_slices(static_cast<double>(x[idx]), sc.f1, sc.f2, ldexp(1.0, w), &s[0], &s[1]);
-  for (int l = 0; l < 2; ++l)
-    int8_split(s[l], nd, out + ((int64_t(l) * nd * nout + o) * k4 + t / 4) * 4 + t % 4, nout * k4 * 4);
-}
-
-/// @brief The float32 exact matmul from int8 digits with __dp4a (exact int8 dot products into
-/// int32), one thread per output; int32 sums over kIntSubChunk terms, then int64, as on the CPU:
-/// the same integers L0, L1, so the same bits as every other kernel. Then the shared rounding.
-template <int ND>
-__global__ void matmul_exact_int8_kernel(const int32_t* __restrict__ ad, const int32_t* __restrict__ bd,
-                                         const int* ea, const int* fb, const int* bad_row, const int* bad_col,
-                                         const float* __restrict__ a, const float* __restrict__ b, float* out,
-                                         int64_t m, int64_t k, int64_t n, int w, int64_t k4) {
-  const int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  const int64_t i = blockIdx.y * (int64_t)blockDim.y + threadIdx.y;
-  if (i >= m || j >= n) return;
-  int64_t acc0 = 0, acc1 = 0;
-  for (int64_t g0 = 0; g0 < k4; g0 += kIntSubChunk / 4) {
-    const int64_t g1 = g0 + kIntSubChunk / 4 < k4 ? g0 + kIntSubChunk / 4 : k4;
-    int32_t c0[ND][ND] = {}, c1[ND][ND] = {};
-    for (int64_t g = g0; g < g1; ++g) {
-      int32_t a1[ND], a2[ND], b1[ND], b2[ND];
-      for (int p = 0; p < ND; ++p) {
-        a1[p] = ad[(int64_t(p) * m + i) * k4 + g];
-        a2[p] = ad[(int64_t(ND + p) * m + i) * k4 + g];
-        b1[p] = bd[(int64_t(p) * n + j) * k4 + g];
-        b2[p] = bd[(int64_t(ND + p) * n + j) * k4 + g];
-      }
-      for (int p = 0; p < ND; ++p)
-        for (int q = 0; q < ND; ++q) {
-          c0[p][q] = __dp4a(a1[p], b1[q], c0[p][q]);
-          c1[p][q] = __dp4a(a2[p], b1[q], __dp4a(a1[p], b2[q], c1[p][q]));
-        }
-    }
-    for (int p = 0; p < ND; ++p)
-      for (int q = 0; q < ND; ++q) {
-        acc0 += int64_t(c0[p][q]) * (int64_t(1) << (8 * (p + q)));
-        acc1 += int64_t(c1[p][q]) * (int64_t(1) << (8 * (p + q)));
-      }
-  }
-  if ((bad_row[i] || bad_col[j]) && special_dot(a, b, i, j, k, n, out + i * n + j)) return;
-  Int192 v;
-  v.add_shifted(acc0, w);
-  v.add_shifted(acc1, 0);
-  out[i * n + j] = round_int192<float>(v, ea[i] + fb[j] - 3 * w);
-}
-
 /// @brief Exact column sums, one thread per column (same slicing and chunks as the CPU).
 template <class T>
 __global__ void sum_exact_kernel(const T* __restrict__ x, T* out, int64_t k, int64_t n) {
@@ -324,32 +263,6 @@ std::string matmul(bool is_double, bool fixed, const void* a, const void* b, voi
   if (is_double)
     return matmul_t<double>(fixed, (const double*)a, (const double*)b, (double*)out, m, k, n, order_host, st);
   return matmul_t<float>(fixed, (const float*)a, (const float*)b, (float*)out, m, k, n, order_host, st);
-}
-
-std::string matmul_exact_int8(const float* a, const float* b, float* out, int64_t m, int64_t k, int64_t n,
-                              void* stream) {
-  if (m == 0 || n == 0) return std::string();
-  auto st = static_cast<cudaStream_t>(stream);
-  const ExactPlan plan = exact_plan(k, false);
-  const int nd = int8_digits(plan.width);
-  const int64_t k4 = (k + 3) / 4;
-  DevBuf ea(m * sizeof(int)), fb(n * sizeof(int)), br(m * sizeof(int)), bc(n * sizeof(int));
-  DevBuf ad(size_t(2 * nd) * m * k4 * 4), bd(size_t(2 * nd) * n * k4 * 4);
-  if (std::string e = alloc_error(); !e.empty()) return e;
-  cudaMemsetAsync(ad.p, 0, size_t(2 * nd) * m * k4 * 4, st);
-  cudaMemsetAsync(bd.p, 0, size_t(2 * nd) * n * k4 * 4, st);
-  row_scale_kernel<float><<<(unsigned)m, 256, 0, st>>>(a, m, k, ea.as<int>(), br.as<int>());
-  col_scale_kernel<float><<<(unsigned)((n + 255) / 256), 256, 0, st>>>(b, k, n, fb.as<int>(), bc.as<int>());
-  split_int8_kernel<<<(unsigned)((m * k + 255) / 256), 256, 0, st>>>(a, ad.as<int8_t>(), m, k, ea.as<int>(), true, nd, plan.width, k4);
-  split_int8_kernel<<<(unsigned)((k * n + 255) / 256), 256, 0, st>>>(b, bd.as<int8_t>(), k, n, fb.as<int>(), false, nd, plan.width, k4);
-  dim3 blk(16, 16), grd((unsigned)((n + 15) / 16), (unsigned)((m + 15) / 16));
-  if (nd == 3)
-    matmul_exact_int8_kernel<3><<<grd, blk, 0, st>>>(ad.as<int32_t>(), bd.as<int32_t>(), ea.as<int>(), fb.as<int>(),
-                                                     br.as<int>(), bc.as<int>(), a, b, out, m, k, n, plan.width, k4);
-  else
-    matmul_exact_int8_kernel<4><<<grd, blk, 0, st>>>(ad.as<int32_t>(), bd.as<int32_t>(), ea.as<int>(), fb.as<int>(),
-                                                     br.as<int>(), bc.as<int>(), a, b, out, m, k, n, plan.width, k4);
-  return finish(st);
 }
 
 std::string sum_rows(bool is_double, bool fixed, const void* x, void* out, int64_t k, int64_t n,

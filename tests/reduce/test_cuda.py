@@ -99,23 +99,3 @@ def test_cuda_exp_log_bits_equal_cpu(fw, dtype, rng):
     y = np.abs(rng.standard_normal(10_000)).astype(dtype) * dtype(1e3)
     assert bits(_to_host(mathfn.exp(_to_device(x, fw)), fw)) == bits(mathfn.exp(x))
     assert bits(_to_host(mathfn.log(_to_device(y, fw)), fw)) == bits(mathfn.log(y))
-
-
-@pytest.mark.parametrize("m,k,n", SHAPES + [(33, 129, 17), (40, 2100, 9)])
-def test_int8_dp4a_kernel_gives_the_cpu_bits(m, k, n):
-    """The dp4a twin of the int8-digit exact kernel: the same integers as every CPU
-    kernel, so the CPU's bits (exactforge/intexact.hpp)."""
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("the dp4a kernel is driven through torch CUDA tensors here")
-    from exactforge._backend.native import _cuda
-
-    rng = np.random.default_rng(m + k + n)
-    a = (rng.standard_normal((m, k)) * np.exp2(rng.integers(-20, 20, (m, k)))).astype(np.float32)
-    b = rng.standard_normal((k, n)).astype(np.float32)
-    ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
-    out = torch.empty((m, n), dtype=torch.float32, device="cuda")
-    _cuda.matmul_exact_int8(
-        ta.data_ptr(), tb.data_ptr(), out.data_ptr(), m, k, n, torch.cuda.current_stream().cuda_stream
-    )
-    assert np.array_equal(bits(out.cpu().numpy()), bits(R.matmul(a, b, mode="exact")))

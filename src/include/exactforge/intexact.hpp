@@ -1,5 +1,5 @@
 // The integer (int8-digit) formulation of the float32 exact matmul, shared by every kernel that
-// computes it (the portable C++ one, the AMX one, a CUDA dp4a/IMMA one).
+// computes it (the portable C++ one, the AMX one, the AVX-512 VNNI one).
 //
 // Why the bits equal the float64-slice kernel's: that kernel computes, per output, the two
 // exact integers L0 = sum_t A1 B1 and L1 = sum_t (A1 B2 + A2 B1), where A1, A2 (B1, B2) are the
