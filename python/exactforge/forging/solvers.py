@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from ..models import layout
 from ..models import native as M
 from .twins import B1Analysis, b1_analysis, b1_twins, b1_underflow_pairs
 
@@ -207,7 +208,7 @@ def gradient(spec: M.ModelSpec, params: M.Params, X: np.ndarray, Y: np.ndarray, 
     p = {k: np.asarray(v, dtype) for k, v in params.items()}
     Yc = np.asarray(Y) if np.asarray(Y).ndim == 1 else np.asarray(Y, dtype)
     _, g = M.loss_and_grad(s, M.check_params(s, p), np.asarray(X, dtype), Yc, np.arange(len(X)))
-    return M.flatten(s, g)
+    return layout.flatten(s, g)
 
 
 def forge_error_matrix(
@@ -298,7 +299,7 @@ def forge_onehot(
 
     def resid(xf: np.ndarray) -> np.ndarray:
         _, g = M.loss_and_grad(spec64, p64, xf.reshape(Xr.shape), lab, np.arange(len(Xr)))
-        return M.flatten(spec64, g) - g0
+        return layout.flatten(spec64, g) - g0
 
     sol = least_squares(resid, x0, method="trf", max_nfev=max_nfev, xtol=1e-15, ftol=1e-15, gtol=1e-15)
     return ForgedBatch(

@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..data import Dataset
+from ..models import layout
 from ..models import native as M
 
 __all__ = [
@@ -135,13 +136,15 @@ def _stepper(spec: M.ModelSpec, man: Dict[str, Any]) -> Callable[..., M.Params]:
 
 
 def _dist(spec: M.ModelSpec, a: M.Params, b: M.Params) -> float:
-    return float(np.linalg.norm(M.flatten(spec, a).astype(np.float64) - M.flatten(spec, b).astype(np.float64)))
+    return float(
+        np.linalg.norm(layout.flatten(spec, a).astype(np.float64) - layout.flatten(spec, b).astype(np.float64))
+    )
 
 
 def _line(spec: M.ModelSpec, theta0: M.Params, thetaT: M.Params, points: List[int], total: int) -> List[M.Params]:
     """Dummy checkpoints at ``points`` (steps) on the line from theta_0 to theta_T, float32; the last is theta_T."""
-    a, b = M.flatten(spec, theta0).astype(np.float64), M.flatten(spec, thetaT).astype(np.float64)
-    out = [M.unflatten(spec, (a + (b - a) * (p / total)).astype(np.float32)) for p in points[:-1]]
+    a, b = layout.flatten(spec, theta0).astype(np.float64), layout.flatten(spec, thetaT).astype(np.float64)
+    out = [layout.unflatten(spec, (a + (b - a) * (p / total)).astype(np.float32)) for p in points[:-1]]
     return out + [thetaT]
 
 
@@ -348,8 +351,8 @@ class _Plan:
         rate = math.inf
         for start, w, bs, sp in zip(starts, ws, batches, spacing):
             grads = [
-                M.flatten(self.spec, start)
-                - M.flatten(self.spec, self.step(start, self.X[idx], self.data.y[idx], 1.0, idx))
+                layout.flatten(self.spec, start)
+                - layout.flatten(self.spec, self.step(start, self.X[idx], self.data.y[idx], 1.0, idx))
                 for idx in bs
             ]
             size = {
@@ -357,7 +360,7 @@ class _Plan:
                 "l2": sum(float(np.linalg.norm(g)) for g in grads),
                 "linf": sum(float(np.abs(g).max()) for g in grads),
             }
-            size["cos"] = size["l2"] / max(float(np.linalg.norm(M.flatten(self.spec, w))), 1e-300)
+            size["cos"] = size["l2"] / max(float(np.linalg.norm(layout.flatten(self.spec, w))), 1e-300)
             for m, t in thr.items():
                 if size[m] > 0:
                     rate = min(rate, (t - sp[m]) / size[m])
@@ -415,7 +418,7 @@ class _Plan:
         for t in range(self.n):
             idx = next(self.batches)
             left = self.points[c] - t  # steps until the next dummy checkpoint
-            want = (M.flatten(self.spec, ws[c]).astype(np.float64) - M.flatten(self.spec, theta)) / left
+            want = (layout.flatten(self.spec, ws[c]).astype(np.float64) - layout.flatten(self.spec, theta)) / left
             Xs = _adversarial_batch(self.spec, theta, self.X[idx], self.data.y[idx], want, self.lr, iters, weight)
             Xs = Xs.astype(self.X.dtype)  # as data.npz stores them and the verifier reads them
             noise2 += float(np.sum((Xs.astype(np.float64) - self.X[idx].astype(np.float64)) ** 2))

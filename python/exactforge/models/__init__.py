@@ -9,12 +9,12 @@
   module and the flat vector of the attacks; ``step``: the one step engine (forward, loss,
   gradient, update; native or torch) used by recording, verification, studies and attacks."""
 
+from .layout import flatten, unflatten  # noqa: F401
 from .native import (  # noqa: F401
     ModelSpec,
     Params,
     PerExample,
     check_params,
-    flatten,
     forward,
     init_params,
     loss_and_grad,
@@ -22,9 +22,10 @@ from .native import (  # noqa: F401
     per_example,
     sgd_step,
     softmax_xent,
-    unflatten,
 )
-from .native import __all__ as __all__  # noqa: F401
+from .native import __all__ as _native_all
+
+__all__ = [*_native_all, "flatten", "unflatten"]
 
 
 def __getattr__(name: str) -> object:

@@ -31,8 +31,6 @@ __all__ = [
     "sgd_step",
     "per_example",
     "PerExample",
-    "flatten",
-    "unflatten",
     "softmax_xent",
     "output_errors",
     "check_params",
@@ -152,21 +150,6 @@ def init_params(spec: ModelSpec, seed: int = 0) -> Params:
             out[name] = rng.normal(0.0, bound, shape).astype(spec.dtype)
         else:
             out[name] = rng.uniform(-bound, bound, shape).astype(spec.dtype)
-    return out
-
-
-def flatten(spec: ModelSpec, params: Params) -> np.ndarray:
-    """All parameters concatenated in the spec's order, as float64 (for distances)."""
-    return np.concatenate([np.asarray(params[k], dtype=np.float64).ravel() for k in spec.shapes()])
-
-
-def unflatten(spec: ModelSpec, flat: np.ndarray) -> Params:
-    out: Params = OrderedDict()
-    pos = 0
-    for k, shape in spec.shapes().items():
-        n = int(np.prod(shape))
-        out[k] = np.asarray(flat[pos : pos + n], dtype=spec.dtype).reshape(shape)
-        pos += n
     return out
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from .. import compile_options
 from .._backend.threads import threads as torch_threads
 from ..data import load_digits
+from ..models import layout
 from ..models import native as M
 from ..models.native import Params
 
@@ -91,9 +92,9 @@ def run_demo(
     result = DemoResult("FCN 64-100-10", data.name, batch_size, lr, permutations)
     ident = np.arange(batch_size)
     for name, step in paths.items():
-        ref = M.flatten(SPEC, step(ident, 1))
-        perm_d = [float(np.linalg.norm(M.flatten(SPEC, step(o, 1)) - ref)) for o in perms]
-        two = M.flatten(SPEC, step(ident, 2))
+        ref = layout.flatten(SPEC, step(ident, 1))
+        perm_d = [float(np.linalg.norm(layout.flatten(SPEC, step(o, 1)) - ref)) for o in perms]
+        two = layout.flatten(SPEC, step(ident, 2))
         thr_d = float(np.linalg.norm(two - ref))
         result.rows.append(DemoRow(name, max(perm_d), thr_d, all(d == 0.0 for d in perm_d) and thr_d == 0.0))
         if progress:
