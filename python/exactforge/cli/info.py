@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from ..report import jsonio
 from ._common import _sub, say, write_json
 
 
@@ -23,6 +23,6 @@ def run(args: argparse.Namespace) -> int:
     from .. import compile_options
 
     opts = compile_options()
-    say(args, json.dumps(opts, indent=2))
+    say(args, jsonio.dumps(opts, indent=2))
     write_json(args, opts)
     return 0
