@@ -26,7 +26,7 @@ built, with the same bits as on the CPU.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -169,25 +169,7 @@ def matmul(
     da, db = check_dtype(a, "a"), check_dtype(b, "b")
     if da != db:
         raise TypeError(f"a, b: dtypes differ ({da} vs {db}); cast one, e.g. b.astype(a.dtype)")
-    sa, sb = shape_of(a), shape_of(b)
-    if len(sa) != 2 or len(sb) != 2:
-        raise ValueError(
-            f"a, b: expected 2-D arrays (m x k and k x n), got shapes {sa} and {sb}; "
-            "reshape them, or use exactforge.reduce.sum for one array"
-        )
-    if sa[1] != sb[0]:
-        raise ValueError(
-            f"a, b: the reduced axes differ: a is {sa[0]}x{sa[1]}, b is {sb[0]}x{sb[1]} "
-            "(a's columns must match b's rows)"
-        )
-    k = sa[1]
-    if k == 0:
-        raise ValueError("a, b: the reduced axis is empty (k = 0); there is nothing to reduce")
-    if mode == "exact" and k > EXACT_MATMUL_MAX_K:
-        raise ValueError(
-            f"a, b: mode='exact' reduces at most {EXACT_MATMUL_MAX_K} terms, got k = {k}; "
-            "split the reduction or use mode='fixed'"
-        )
+    k = _matmul_terms(shape_of(a), shape_of(b), mode)
     order = None
     if mode == "fixed" and keys is not None:
         ha: Dict[str, Any] = {}
@@ -206,6 +188,29 @@ def matmul(
     cdt = compute_dtype(da)
     out = _core.matmul(to_numpy(a, ka, cdt), to_numpy(b, kb, cdt), mode, order, nt)
     return from_numpy(out, ka, da)
+
+
+def _matmul_terms(sa: Tuple[int, ...], sb: Tuple[int, ...], mode: str) -> int:
+    """k, the terms of the reduced axis of an m x k by k x n product, once the shapes are checked."""
+    if len(sa) != 2 or len(sb) != 2:
+        raise ValueError(
+            f"a, b: expected 2-D arrays (m x k and k x n), got shapes {sa} and {sb}; "
+            "reshape them, or use exactforge.reduce.sum for one array"
+        )
+    if sa[1] != sb[0]:
+        raise ValueError(
+            f"a, b: the reduced axes differ: a is {sa[0]}x{sa[1]}, b is {sb[0]}x{sb[1]} "
+            "(a's columns must match b's rows)"
+        )
+    k = sa[1]
+    if k == 0:
+        raise ValueError("a, b: the reduced axis is empty (k = 0); there is nothing to reduce")
+    if mode == "exact" and k > EXACT_MATMUL_MAX_K:
+        raise ValueError(
+            f"a, b: mode='exact' reduces at most {EXACT_MATMUL_MAX_K} terms, got k = {k}; "
+            "split the reduction or use mode='fixed'"
+        )
+    return k
 
 
 def sum(
