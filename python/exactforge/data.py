@@ -12,7 +12,7 @@ import hashlib
 import io
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 import numpy as np
 
@@ -150,24 +150,39 @@ def as_dataset(data: object, name: str = "custom") -> Dataset:
 _NPZ_KEYS = {"X", "y", "lo", "hi", "levels", "vocab"}
 
 
+def _read_npz(path: str) -> Tuple[Set[str], Dict[str, np.ndarray]]:
+    """The names in the .npz archive ``path`` and its arrays of those names load_npz reads. Only
+    a regular file is opened (open_regular: a FIFO or device given as the path is refused, never
+    waited on); read with allow_pickle=False."""
+    import zipfile
+
+    from .data_torchvision import open_regular
+
+    if not path:
+        raise ValueError("dataset: npz is read from a file; pass it with --data-path FILE.npz")
+    try:
+        f = open_regular(path, "data-path")
+    except FileNotFoundError:
+        raise ValueError(f"data-path: {path} not found; give the path of an .npz file") from None
+    with f:
+        try:
+            z = np.load(f, allow_pickle=False)
+            if not hasattr(z, "files"):
+                raise ValueError("a single array, not an archive of named arrays")
+            with z:
+                keys = set(z.files)
+                return keys, {k: z[k] for k in keys if k in _NPZ_KEYS}
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f"data-path: {path} is not a readable .npz file of plain arrays ({e})") from None
+
+
 def load_npz(path: str) -> Dataset:
     """Your own data: an .npz file with arrays ``X`` (one example per row; images as (n, C, H, W)
     or (n, H, W)) and ``y`` (class indices), and optionally its domain: scalars ``lo``, ``hi``
     (the value range) and ``levels`` (values on the grid lo + q (hi - lo)/levels; 0 for none),
     or ``vocab`` for integer token ids. Defaults: images [0, 1] with 255 levels; other data no
     range and no grid. Read with allow_pickle=False: nothing in the file is executed."""
-    if not path:
-        raise ValueError("dataset: npz is read from a file; pass it with --data-path FILE.npz")
-    import zipfile
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise ValueError("a single array, not an archive of named arrays")
-            keys = set(z.files)
-            arrays = {k: z[k] for k in keys if k in _NPZ_KEYS}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"data-path: {path} is not a readable .npz file of plain arrays ({e})") from None
+    keys, arrays = _read_npz(path)
     if not {"X", "y"} <= keys or keys - _NPZ_KEYS:
         raise ValueError(
             f"data-path: {path} must hold arrays X and y (and optionally lo, hi, levels, vocab); "
@@ -387,10 +402,12 @@ def load_adult(path: str) -> Dataset:
     function of the file); rows with missing values ('?') are dropped."""
     import csv
 
+    from .data_torchvision import open_regular
+
     if os.path.isdir(path):
         path = os.path.join(path, "adult.data")
     rows = []
-    with open(path, newline="") as f:
+    with io.TextIOWrapper(open_regular(path, "data_path"), newline="") as f:
         for rec in csv.reader(f):
             rec = [c.strip() for c in rec]
             if len(rec) < 15 or "?" in rec or not rec[0] or rec[0].startswith("|"):
@@ -422,6 +439,8 @@ def load_imdb(path: str, vocab: int = 2000, seq_len: int = 64, limit: Optional[i
     cut or left-padded to ``seq_len`` tokens, ``limit`` reviews per class (sorted file names)."""
     import re
 
+    from .data_torchvision import open_regular
+
     docs, labels = [], []
     for lab, sub in ((0, "neg"), (1, "pos")):
         folder = os.path.join(path, "train", sub)
@@ -429,7 +448,9 @@ def load_imdb(path: str, vocab: int = 2000, seq_len: int = 64, limit: Optional[i
             raise FileNotFoundError(f"data_path: {folder} not found (expected an aclImdb folder)")
         names = sorted(n for n in os.listdir(folder) if n.endswith(".txt"))[:limit]
         for n in names:
-            with open(os.path.join(folder, n), encoding="utf-8", errors="replace") as f:
+            with io.TextIOWrapper(
+                open_regular(os.path.join(folder, n), "data_path"), encoding="utf-8", errors="replace"
+            ) as f:
                 docs.append(re.findall(r"[a-z0-9']+", f.read().lower()))
             labels.append(lab)
     from collections import Counter

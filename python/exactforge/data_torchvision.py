@@ -30,11 +30,11 @@ import pickletools
 import re
 import stat
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["MAX_FILE_BYTES", "read_regular", "load_cifar", "load_mnist_idx", "read_cifar_pickle"]
+__all__ = ["MAX_FILE_BYTES", "open_regular", "read_regular", "load_cifar", "load_mnist_idx", "read_cifar_pickle"]
 
 # The largest real file is CIFAR-100's train (50,000 x 3072 pixels, about 155 MB).
 MAX_FILE_BYTES = 256 << 20
@@ -61,46 +61,60 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_regular(path: str, max_bytes: Optional[int] = None) -> bytes:
-    """The bytes of the regular file ``path`` (a link to one is followed), at most ``max_bytes``
-    (default MAX_FILE_BYTES).
-    A FIFO, socket or device is refused before it is opened, and again by the opened
-    descriptor's fstat, so one swapped in between is refused too (O_NONBLOCK: never waits)."""
-    if max_bytes is None:
-        max_bytes = MAX_FILE_BYTES
+def open_regular(path: str, argument: str = "data_path", max_bytes: Optional[int] = None) -> BinaryIO:
+    """The regular file ``path`` (a link to one is followed) opened for binary reading; with
+    ``max_bytes``, one of at most that many bytes. A FIFO, socket, device or directory is refused
+    before it is opened (opening a FIFO would wait for a writer, reading a device may never end),
+    and again by the opened descriptor's fstat, so one swapped in between is refused too
+    (O_NONBLOCK: never waits). Refusals are ValueErrors starting with ``argument``."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"data_path: {path} not found") from None
+        raise FileNotFoundError(f"{argument}: {path} not found") from None
     except OSError as exc:
-        raise ValueError(f"data_path: cannot open {path} ({exc.strerror})") from None
+        raise ValueError(f"{argument}: cannot open {path} ({exc.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"data_path: {path} is {_kind(st.st_mode)}; data files must be regular files")
-    if st.st_size > max_bytes:
-        raise ValueError(f"data_path: {path} has {st.st_size} bytes, more than the {max_bytes} a data file may have")
+        raise ValueError(
+            f"{argument}: {path} is {_kind(st.st_mode)}; data files must be regular files: give the path of the file itself"
+        )
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise ValueError(f"{argument}: {path} has {st.st_size} bytes, more than the {max_bytes} a data file may have")
     try:
         fd = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC)
     except OSError as exc:
-        raise ValueError(f"data_path: cannot open {path} ({exc.strerror})") from None
+        raise ValueError(f"{argument}: cannot open {path} ({exc.strerror})") from None
     try:
         fst = os.fstat(fd)
         if not stat.S_ISREG(fst.st_mode) or (fst.st_ino, fst.st_dev) != (st.st_ino, st.st_dev):
-            raise ValueError(f"data_path: {path} was replaced while being opened")
-        chunks: List[bytes] = []
-        got = 0
-        while got <= max_bytes:
-            b = os.read(fd, min(1 << 24, max_bytes + 1 - got))
-            if not b:
-                break
-            chunks.append(b)
-            got += len(b)
-        if got > max_bytes:
-            raise ValueError(f"data_path: {path} grew past {max_bytes} bytes while being read")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise ValueError(f"data_path: cannot read {path} ({exc.strerror})") from None
-    finally:
+            raise ValueError(f"{argument}: {path} was replaced while being opened")
+        if _NONBLOCK:
+            os.set_blocking(fd, True)  # a regular file never blocks; buffered readers want plain reads
+        return os.fdopen(fd, "rb")
+    except BaseException:
         os.close(fd)
+        raise
+
+
+def read_regular(path: str, max_bytes: Optional[int] = None) -> bytes:
+    """The bytes of the regular file ``path`` (open_regular's checks), at most ``max_bytes``
+    (default MAX_FILE_BYTES)."""
+    if max_bytes is None:
+        max_bytes = MAX_FILE_BYTES
+    with open_regular(path, "data_path", max_bytes) as f:
+        try:
+            chunks: List[bytes] = []
+            got = 0
+            while got <= max_bytes:
+                b = f.read(min(1 << 24, max_bytes + 1 - got))
+                if not b:
+                    break
+                chunks.append(b)
+                got += len(b)
+        except OSError as exc:
+            raise ValueError(f"data_path: cannot read {path} ({exc.strerror})") from None
+    if got > max_bytes:
+        raise ValueError(f"data_path: {path} grew past {max_bytes} bytes while being read")
+    return b"".join(chunks)
 
 
 def _read_maybe_gz(path: str) -> bytes:
