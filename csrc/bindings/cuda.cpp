@@ -1,6 +1,8 @@
 // pybind11 bindings of the CUDA kernels: the private module exactforge._cuda, built only
 // when nvcc works. Arrays arrive as raw device pointers; python/exactforge/_device.py checks
 // dtype, shape and contiguity from __cuda_array_interface__ or torch before calling here.
+#include "common.hpp"
+
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -12,7 +14,6 @@
 #include "exactforge/fixedpoint.hpp"
 #include "cuda/launch.hpp"
 
-namespace py = pybind11;
 using namespace exactforge;
 
 namespace {
@@ -46,13 +47,14 @@ PYBIND11_MODULE(_cuda, m) {
                      uintptr_t out, int64_t mm, int64_t k, int64_t n,
                      std::optional<std::vector<int64_t>> order, uintptr_t stream) {
           bool dbl = is_double_of(dtype);
+          const bool fixed = bindings::fixed_mode(mode);
           if (k <= 0 || mm < 0 || n < 0) throw py::value_error("shape: k must be positive");
-          if (mode == "exact" && k > kExactMatmulMaxK) throw py::value_error("mode='exact': more than 2^20 terms");
+          if (!fixed && k > kExactMatmulMaxK) throw py::value_error("mode='exact': more than 2^20 terms");
           const int64_t* po = checked_order(order, k);
           std::string err;
           {
             py::gil_scoped_release nogil;
-            err = cuda::matmul(dbl, mode == "fixed", (const void*)a, (const void*)b, (void*)out, mm, k, n, po, (void*)stream);
+            err = cuda::matmul(dbl, fixed, (const void*)a, (const void*)b, (void*)out, mm, k, n, po, (void*)stream);
           }
           check(err);
         }, py::arg("dtype"), py::arg("mode"), py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"),
@@ -60,13 +62,14 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("sum_rows", [](const std::string& dtype, const std::string& mode, uintptr_t x, uintptr_t out,
                        int64_t k, int64_t n, std::optional<std::vector<int64_t>> order, uintptr_t stream) {
           bool dbl = is_double_of(dtype);
+          const bool fixed = bindings::fixed_mode(mode);
           if (k <= 0 || n < 0) throw py::value_error("shape: k must be positive");
-          if (mode == "exact" && k > kExactSumMaxK) throw py::value_error("mode='exact': more than 2^22 terms");
+          if (!fixed && k > kExactSumMaxK) throw py::value_error("mode='exact': more than 2^22 terms");
           const int64_t* po = checked_order(order, k);
           std::string err;
           {
             py::gil_scoped_release nogil;
-            err = cuda::sum_rows(dbl, mode == "fixed", (const void*)x, (void*)out, k, n, po, (void*)stream);
+            err = cuda::sum_rows(dbl, fixed, (const void*)x, (void*)out, k, n, po, (void*)stream);
           }
           check(err);
         }, py::arg("dtype"), py::arg("mode"), py::arg("x"), py::arg("out"), py::arg("k"), py::arg("n"),

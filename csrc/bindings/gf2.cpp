@@ -1,5 +1,7 @@
 // Binding of the GF(2) solver (src/include/exactforge/gf2.hpp). The caller's matrix is copied:
 // the elimination works in place and a Python caller keeps its equations.
+#include "common.hpp"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -7,8 +9,6 @@
 #include <tuple>
 
 #include "exactforge/gf2.hpp"
-
-namespace py = pybind11;
 
 namespace exactforge {
 namespace {
@@ -39,7 +39,7 @@ std::tuple<py::array_t<uint8_t>, int64_t, int64_t, py::array_t<int32_t>> gf2_sol
 
 }  // namespace
 
-void register_gf2(py::module_& m) {
+void bindings::bind_gf2(py::module_& m) {
   m.def("gf2_solve", &gf2_solve_py, py::arg("rows"), py::arg("ncols"),
         "Solves A x = b over GF(2). rows: (R, W) uint64, bit c of a row (word c // 64, bit c % 64) is A[r, c] for "
         "c < ncols and bit ncols is b[r]. Returns (x, rank, inconsistent, pivots): x has the free variables 0; "

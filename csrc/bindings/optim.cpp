@@ -1,5 +1,7 @@
 // Bindings of the portable optimizer updates (src/include/exactforge/optim.hpp): each works in
 // place on the arrays of one parameter, which are views of the torch tensors (no copy).
+#include "common.hpp"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -9,8 +11,6 @@
 #include <vector>
 
 #include "exactforge/optim.hpp"
-
-namespace py = pybind11;
 
 namespace exactforge {
 namespace {
@@ -137,7 +137,7 @@ py::array sqrt_py(py::array x) {
 
 }  // namespace
 
-void register_optim(py::module_& m) {
+void bindings::bind_optim(py::module_& m) {
   m.def("sgd_update", &sgd_py, py::arg("p"), py::arg("grad"), py::arg("buf"), py::arg("neg_lr"),
         py::arg("weight_decay"), py::arg("momentum"), py::arg("one_minus_dampening"), py::arg("nesterov"),
         py::arg("maximize"), py::arg("first"));

@@ -65,28 +65,63 @@ ExactKernel exact_kernel_auto() {
   return ExactKernel::F64Slices;
 }
 const char* exact_kernel_name(ExactKernel k) {
-  switch (k) {
-    case ExactKernel::F64Slices: return "f64-slices";
-    case ExactKernel::Int8Generic: return "int8-generic";
-    case ExactKernel::Int8Amx: return "int8-amx";
-    case ExactKernel::Int8Vnni: return "int8-vnni";
-    default: return "auto";
-  }
+  for (const ExactKernelName& e : kExactKernelNames)
+    if (e.kernel == k) return e.name;
+  return "auto";
 }
+bool exact_kernel_of_name(const char* name, ExactKernel* k) {
+  for (const ExactKernelName& e : kExactKernelNames)
+    if (std::string(name) == e.name) {
+      *k = e.kernel;
+      return true;
+    }
+  return false;
+}
+
+namespace {
+// The levels built from kernels.inc (generic, avx2) share one layout: 4 x 4 exact tiles,
+// 16 x 4 fixed tiles, one column tile per slicing call, the driver's rounding and maxima.
+// Every field is assigned by its name: several kernels share a signature, so a table filled by
+// position would still compile after a reordered field, with two kernels silently swapped.
+#define EXACTFORGE_KERNEL_TABLE(NS)                      \
+  KernelTable NS##_table(const char* isa) {              \
+    KernelTable t{};                                     \
+    t.isa = isa;                                         \
+    t.fixed_f32 = NS::fixed_tile_f32;                    \
+    t.fixed_f64 = NS::fixed_tile_f64;                    \
+    t.exact_s2 = NS::exact_tile_s2;                      \
+    t.exact_s4 = NS::exact_tile_s4;                      \
+    t.split_f32 = NS::split_panel_f32_s2;                \
+    t.split_f64 = NS::split_panel_f64_s4;                \
+    t.split_cols_f32 = NS::split_cols_f32_s2;            \
+    t.split_cols_f64 = NS::split_cols_f64_s4;            \
+    t.pack_a_f32 = NS::pack_a_f32;                       \
+    t.exact_s2_mr = ExactShape<2>::MR;                   \
+    t.exact_s2_nr = ExactShape<2>::NR;                   \
+    t.fixed_f32_nr = TileShape<float>::NR;               \
+    t.split_cols_tiles = 1;                              \
+    t.recombine_f32 = nullptr;                           \
+    t.exact_s2_round = nullptr;                          \
+    t.sum_max_f32 = NS::sum_max_cols_f32;                \
+    t.sum_slices_f32 = NS::sum_slices_cols_f32;          \
+    t.sum_max_f64 = NS::sum_max_cols_f64;                \
+    t.sum_slices_f64 = NS::sum_slices_cols_f64;          \
+    t.row_max_f32 = nullptr;                             \
+    t.conv_f32 = NS::conv_fixed_f32;                     \
+    t.conv_f64 = NS::conv_fixed_f64;                     \
+    t.conv_dgrad_f32 = NS::conv_dgrad_f32;               \
+    t.conv_dgrad_f64 = NS::conv_dgrad_f64;               \
+    t.conv_dgrad_cb_f32 = kConvCB;                       \
+    return t;                                            \
+  }
+EXACTFORGE_KERNEL_TABLE(generic)
+EXACTFORGE_KERNEL_TABLE(avx2)
+#undef EXACTFORGE_KERNEL_TABLE
+}  // namespace
 
 const KernelTable& kernels() {
   static const KernelTable table = [] {
-    // The levels built from kernels.inc (generic, avx2) share one layout: 4 x 4 exact tiles,
-    // 16 x 4 fixed tiles, one column tile per slicing call, the driver's rounding and maxima.
-#define EXACTFORGE_KERNEL_TABLE(NS, NAME)                                                              \
-  KernelTable {                                                                                        \
-    NAME, NS::fixed_tile_f32, NS::fixed_tile_f64, NS::exact_tile_s2, NS::exact_tile_s4,                \
-        NS::split_panel_f32_s2, NS::split_panel_f64_s4, NS::split_cols_f32_s2, NS::split_cols_f64_s4,  \
-        NS::pack_a_f32, ExactShape<2>::MR, ExactShape<2>::NR, TileShape<float>::NR, 1, nullptr, nullptr, \
-        NS::sum_max_cols_f32, NS::sum_slices_cols_f32, NS::sum_max_cols_f64, NS::sum_slices_cols_f64,  \
-        nullptr, NS::conv_fixed_f32, NS::conv_fixed_f64, NS::conv_dgrad_f32, NS::conv_dgrad_f64, kConvCB        \
-  }
-    const KernelTable generic_t = EXACTFORGE_KERNEL_TABLE(generic, "generic");
+    const KernelTable generic_t = generic_table("generic");
     // EXACTFORGE_ISA=generic|avx2 caps the level: a test and debug aid (the bits are the same)
     const char* force = std::getenv("EXACTFORGE_ISA");
     const std::string cap = force ? force : "";
@@ -94,7 +129,7 @@ const KernelTable& kernels() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      const KernelTable avx2_t = EXACTFORGE_KERNEL_TABLE(avx2, "avx2+fma");
+      const KernelTable avx2_t = avx2_table("avx2+fma");
 #if defined(EXACTFORGE_HAVE_AVX512_BUILD)
       if (cap != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
@@ -123,7 +158,6 @@ const KernelTable& kernels() {
     }
 #endif
     return generic_t;
-#undef EXACTFORGE_KERNEL_TABLE
   }();
   return table;
 }

@@ -28,6 +28,20 @@ bool amx_int8_usable();
 bool vnni_int8_usable();
 /// The kernel Auto resolves to on this machine.
 ExactKernel exact_kernel_auto();
+
+/// Every kernel's name, the one map between ExactKernel and the names of build_info's
+/// "exact_kernel" and of _core.matmul_exact_kernel's argument.
+struct ExactKernelName {
+  ExactKernel kernel;
+  const char* name;
+};
+constexpr ExactKernelName kExactKernelNames[] = {{ExactKernel::Auto, "auto"},
+                                                 {ExactKernel::F64Slices, "f64-slices"},
+                                                 {ExactKernel::Int8Generic, "int8-generic"},
+                                                 {ExactKernel::Int8Amx, "int8-amx"},
+                                                 {ExactKernel::Int8Vnni, "int8-vnni"}};
 const char* exact_kernel_name(ExactKernel k);
+/// The kernel called `name` into *k; false (and *k untouched) for a name not in the table.
+bool exact_kernel_of_name(const char* name, ExactKernel* k);
 
 }  // namespace exactforge
