@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import math
 import os
 
@@ -24,6 +23,7 @@ import torch
 from exactforge.data import load_digits
 from exactforge.forging.attacks import per_example_grads, run_attack
 from exactforge.forging.game import Verifier, play_game
+from exactforge.report import jsonio
 
 from _common import timed
 
@@ -157,8 +157,7 @@ def main():
     res["headline"] = headline()
     res["games"] = games()
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=1)
+    jsonio.write(args.out, res)
 
 
 if __name__ == "__main__":

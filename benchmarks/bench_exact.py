@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import shutil
@@ -27,6 +26,7 @@ import numpy as np
 from exactforge.data import load_digits
 from exactforge.forging import solvers as E
 from exactforge.models import native as M
+from exactforge.report import jsonio
 from exactforge.trace import Trace
 from exactforge.trace.record import record_native
 
@@ -183,8 +183,7 @@ def main():
                 print(f"{kind_model} d0={d0} b={b} {kind}: {r.status} in {r.seconds:.2f} s", flush=True)
     res["in_domain"] = sweep
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as fjs:
-        json.dump(res, fjs, indent=2)
+    jsonio.write(args.out, res)
 
 
 if __name__ == "__main__":

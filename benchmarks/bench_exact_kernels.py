@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import platform
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 import exactforge
 from exactforge import reduce as R
 from exactforge._backend.native import _core
+from exactforge.report import jsonio
 
 from _common import fast_half_median, fma_peak, peaks_text
 
@@ -111,8 +111,7 @@ def main() -> None:
         "exactforge": exactforge.compile_options(),
     }
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
+        jsonio.write(args.json, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 
 from exactforge.data import load_digits  # noqa: E402
 from exactforge.models import native as M  # noqa: E402
+from exactforge.report import jsonio  # noqa: E402
 from exactforge.trace import Trace, encode_checkpoint, record_hash  # noqa: E402
 from exactforge.trace.record import record_native  # noqa: E402
 
@@ -401,8 +402,7 @@ def main() -> None:
         }
     )
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=1, default=str)
+    jsonio.write(args.json, results)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import time
 
@@ -25,6 +24,7 @@ import numpy as np
 from exactforge.data import load_digits
 from exactforge.invert import match, tensor_reconstruct
 from exactforge.invert.tensor import _sigma
+from exactforge.report import jsonio
 from exactforge.report.machine import cpu_name
 
 
@@ -105,8 +105,7 @@ def main() -> None:
         "digits": runs,
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=1)
+    jsonio.write(args.out, res)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -28,6 +28,7 @@ import numpy as np
 
 from exactforge.data import load_dataset
 from exactforge.models import native as M
+from exactforge.report import jsonio
 from exactforge.report.machine import cpu_name
 from exactforge.trace import Trace
 from exactforge.trace.record import record_native
@@ -217,8 +218,7 @@ def main() -> None:
             },
         }
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+        jsonio.write(args.out, res)
         print(json.dumps(res, indent=1))
         p = res["parts"]
         print(f"\nserial {t_serial:.2f} s, ideal on {args.workers} workers {ideal:.2f} s, Ray start-up {t_start:.2f} s")

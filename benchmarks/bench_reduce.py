@@ -25,6 +25,7 @@ import torch
 
 import exactforge
 from exactforge import reduce as R
+from exactforge.report import jsonio
 
 from _common import best_time, cpu_name, fma_peak, start
 
@@ -179,8 +180,7 @@ def main():
         "rows": rows,
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    jsonio.write(args.out, result)
     print()
     print("| shape (m x n) | k | torch f32 (us) | fixed / torch | exact / torch | repro err torch | fixed | exact |")
     print("|---|---|---|---|---|---|---|---|")

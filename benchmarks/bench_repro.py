@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import time
 
+from exactforge.report import jsonio
 from exactforge.studies.repro import run_study
 
 
@@ -58,8 +58,7 @@ def main():
     summary["seconds"] = time.perf_counter() - t0
     print(f"full study: {summary['seconds']:.0f} s")
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    jsonio.write(os.path.join(args.out, "summary.json"), summary)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import time
 
 from exactforge.forging.search import format_table, run_search, run_table
+from exactforge.report import jsonio
 
 
 def best(method, v, b, repeats):
@@ -55,8 +55,7 @@ def main():
             flush=True,
         )
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=1)
+    jsonio.write(args.out, res)
 
 
 if __name__ == "__main__":

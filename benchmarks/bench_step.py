@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import shutil
@@ -29,6 +28,7 @@ import exactforge
 from exactforge.data import Dataset, load_digits
 from exactforge.models import native as M
 from exactforge.models.torch_fcn import to_torch
+from exactforge.report import jsonio
 from exactforge.trace.record import record_native
 from exactforge.verify import verify_trace
 
@@ -151,8 +151,7 @@ def main():
         "record_verify": rv,
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=2)
+    jsonio.write(args.out, res)
     print(
         "\n| case | b | torch step (ms) | native fixed (ms) | ratio | native exact (ms) | ratio | "
         "exact, plan 1 (ms) | ratio |"

@@ -17,11 +17,11 @@ b <= 5), to ``*_all.json`` and a figure ``*_all.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 from exactforge.forging.search import run_search
+from exactforge.report import jsonio
 
 # The paper's Table 4: cells it searched (and found nothing) and cells marked '?'.
 PAPER_SEARCHED = (
@@ -108,8 +108,7 @@ def main() -> None:
                         )
                     print(f"| {v} | " + " | ".join(out) + " |")
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"cells": cells, "seconds": total, "true_batches": args.true_batches}, f, indent=1)
+    jsonio.write(args.json, {"cells": cells, "seconds": total, "true_batches": args.true_batches})
     _figure(cells, vs, bs, args.figure, args.true_batches)
     if args.all:
         _complete(args)
@@ -177,8 +176,7 @@ def _complete(args) -> None:
                 for x in line:
                     print(f"  * {x}")
     path = args.json.replace(".json", "_all.json")
-    with open(path, "w") as f:
-        json.dump({"cells": cells, "seconds": total}, f, indent=1)
+    jsonio.write(path, {"cells": cells, "seconds": total})
     _figure_all(cells, args.figure.replace(".png", "_all.png"))
 
 
