@@ -27,10 +27,10 @@ finally:
 
 _cuda: Optional[Any]
 _cuda_import_error: Optional[str] = None
-if importlib.util.find_spec("exactforge._cuda") is None:  # built only when nvcc worked at install time
+if importlib.util.find_spec("exactforge._cuda") is None:  # built only with EXACTFORGE_CUDA=ON at install time
     _cuda = None
     _cuda_import_error = (
-        "built without CUDA (no exactforge._cuda module: the install found no working nvcc, or EXACTFORGE_CUDA=OFF)"
+        "built without CUDA (no exactforge._cuda module: it is built only with EXACTFORGE_CUDA=ON at install time)"
     )
 else:  # pragma: no cover - depends on the build
     try:
@@ -48,7 +48,7 @@ def require_cuda(argument: str) -> Any:
         raise RuntimeError(
             f"{argument}: a CUDA array was given but exactforge was built without CUDA "
             "(exactforge.compile_options()['cuda'] is False). Move it to the CPU "
-            "(tensor.cpu() / cupy.asnumpy(array)) or reinstall with nvcc on PATH; set "
-            "EXACTFORGE_CUDA=ON at install time to make a missing nvcc a build error."
+            "(tensor.cpu() / cupy.asnumpy(array)) or reinstall with the CUDA module: "
+            "EXACTFORGE_CUDA=ON pip install . (needs nvcc and the CUDA toolkit)."
         )
     return _cuda
