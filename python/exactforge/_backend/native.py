@@ -9,12 +9,10 @@ from typing import Any, Optional
 # How exactforge's OpenMP threads wait, set for the moment libgomp is loaded (with _core) and
 # then restored, so torch's own OpenMP runtime, loaded apart, keeps whatever the user chose; a
 # user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins. Threads that spin without bound steal the other
-# core on a busy machine (a verify took 1.8x as long with 2 threads as with 1 while another
-# process kept one core busy); threads that sleep at once (OMP_WAIT_POLICY=PASSIVE, the choice
-# before) pay a futex wake-up of 10-50 us at every barrier, which made a 64 x 1000 x 10 product 8x
-# slower on 2 threads than on 1. A bounded spin (GOMP_SPINCOUNT, about 20-60 us) keeps the wake-ups
-# out of short barriers and still yields the core when the other thread is not coming
-# (docs/benchmarks/threads.md).
+# core on a busy machine; threads that sleep at once (OMP_WAIT_POLICY=PASSIVE) pay a futex
+# wake-up at every barrier, which costs small products more than their arithmetic. A bounded spin
+# (GOMP_SPINCOUNT) keeps the wake-ups out of short barriers and still yields the core when the
+# other thread is not coming (the measurements: docs/benchmarks/threads.md).
 _SPINCOUNT = "1000"
 _set_policy = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
 if _set_policy:
