@@ -82,6 +82,7 @@ def test_commands_parse():
         parser.parse_args(words[1:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_shell_examples_run(page, tmp_path, monkeypatch):
     """Every example of a page runs as written, in order, in one folder (later ones use

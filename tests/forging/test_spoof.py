@@ -54,6 +54,7 @@ def test_every_spoof_is_a_trace_that_ends_at_the_victims_model(victims, tmp_path
         assert [r.error == 0.0 for r in rep.steps] == [True, True, False]  # honest steps, then the claim
 
 
+@pytest.mark.slow
 def test_with_enough_steps_the_reference_thresholds_accept_a_spoof_and_the_checks_do_not(victims, tmp_path):
     """Fang et al.: many short steps put every segment within the reference's thresholds, and the
     rate is chosen to keep them there. The schedule check rejects what its distances accept,
@@ -133,6 +134,7 @@ def test_spoof_refuses_counts_before_it_opens_the_victim(kwargs, match, tmp_path
         spoof(str(tmp_path / "no-victim"), "infinitesimal", str(tmp_path / "s"), **kwargs)
 
 
+@pytest.mark.slow
 def test_the_spoofing_game_is_won_only_where_the_verifier_lets_it():
     """A verifier with a generous tolerance and no checks accepts the infinitesimal spoof; the
     vacuous check, or epsilon 0, rejects it."""

@@ -20,6 +20,7 @@ def _problem(d, b, m, act, seed):
     return X, W, _sigma(act, W @ X.T) @ c
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
 def test_random_unit_inputs_are_recovered(act):
     X, W, g = _problem(10, 3, 200_000, act, seed=1)
@@ -29,6 +30,7 @@ def test_random_unit_inputs_are_recovered(act):
     assert cos.min() >= 0.9, cos
 
 
+@pytest.mark.slow
 def test_scale_is_recovered_where_it_is_identifiable():
     X, W, g = _problem(10, 3, 200_000, "tanh", seed=2)
     X = X * np.array([[0.6], [1.0], [1.5]])
