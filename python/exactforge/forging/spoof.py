@@ -181,29 +181,6 @@ def _adversarial_batch(
     return (x0 + noise).detach().numpy()
 
 
-def _check_counts(steps: Any, checkpoint_every: Any, from_victim: bool = False) -> None:
-    """Refuses step counts a trace cannot hold before anything is sized by them (the spoof's
-    plan holds one entry per step): each within the trace format's limit on steps, and the
-    checkpoint interval at most the number of steps, or the spoof's only checkpoint would be
-    its last step, an interval no manifest can declare."""
-    top = DEFAULT_LIMITS.max_steps
-    for name, value in (("steps", steps), ("checkpoint_every", checkpoint_every)):
-        if value is None:
-            continue
-        ok = not isinstance(value, bool) and isinstance(value, (int, np.integer)) and 1 <= value <= top
-        if not ok:
-            raise ValueError(
-                f"{name}: expected an integer in 1..{top} (a trace holds at most {top} steps: "
-                f"trace.limits.Limits.max_steps), got {value!r}"
-            )
-    if steps is not None and checkpoint_every > steps:
-        raise ValueError(
-            f"checkpoint_every: expected at most the spoof's {steps} steps"
-            + (" (the victim's, as no steps were given)" if from_victim else "")
-            + f", got {checkpoint_every}; choose a smaller interval or more steps"
-        )
-
-
 def spoof(
     trace: str,
     attack: str,
@@ -234,7 +211,10 @@ def spoof(
 
     if attack not in SPOOFS:
         raise ValueError(f"attack: expected one of {SPOOFS}, got {attack!r}")
-    _check_counts(steps, checkpoint_every)
+    top = DEFAULT_LIMITS.max_steps  # a trace's most steps: refused before the spoof's plan is sized by them
+    for name, v in (("steps", steps), ("checkpoint_every", checkpoint_every)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= top):
+            raise ValueError(f"{name}: expected an integer in 1..{top} (trace.limits.Limits.max_steps), got {v!r}")
     if not 0 < lr_scale < 1:
         raise ValueError(f"lr_scale: expected a factor in (0, 1), got {lr_scale!r}")
     if isinstance(noise_weight, bool) or not (isinstance(noise_weight, (int, float)) and 0 <= noise_weight < math.inf):
@@ -246,7 +226,8 @@ def spoof(
     victim, spec, data = open_exactforge_trace(trace, dataset, data_path)
     man = dict(victim.manifest)
     n = int(steps or victim.declared_steps or victim.num_steps)
-    _check_counts(n, checkpoint_every, from_victim=steps is None)
+    if checkpoint_every > n:  # its only checkpoint would be the last step: no manifest declares that interval
+        raise ValueError(f"checkpoint_every: expected at most the spoof's {n} steps, got {checkpoint_every}")
     k = int(checkpoint_every)
     thetaT = params_at(victim, spec, victim.checkpoint_steps[-1])
     theta0 = M.init_params(spec, seed)
