@@ -132,6 +132,7 @@ def test_bad_input_names_the_argument_and_the_fix(call, exc, words, rng):
         assert w in str(info.value)
 
 
+@pytest.mark.slow
 def test_exact_refuses_more_terms_than_its_accumulators_hold():
     a = np.zeros((1, R.EXACT_MATMUL_MAX_K + 1), np.float32)
     b = np.zeros((R.EXACT_MATMUL_MAX_K + 1, 1), np.float32)

@@ -34,6 +34,7 @@ def _final(path):
     return t.load_checkpoint(t.checkpoint_steps[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["native", "torch"])
 @pytest.mark.parametrize("attack", SPOOFS)
 def test_every_spoof_is_a_trace_that_ends_at_the_victims_model(victims, tmp_path, attack, engine):
