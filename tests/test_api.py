@@ -24,6 +24,31 @@ def test_compile_options_reports_the_build():
     json.dumps(opts)
 
 
+def test_the_package_root_binds_only_its_api():
+    """What ``dir(exactforge)`` shows besides ``__all__`` and the subpackages is private: no typing
+    helpers (Any, Dict), no ``annotations`` feature, no alias machinery for old import paths."""
+    import subprocess
+    import sys
+    import types
+    import typing
+
+    extra = []
+    for name in dir(exactforge):
+        value = getattr(exactforge, name)
+        if name in exactforge.__all__ or (name.startswith("__") and name.endswith("__")):
+            continue
+        if isinstance(value, types.ModuleType) and value.__name__ == f"exactforge.{name}":
+            continue  # a submodule
+        if not name.startswith("_") or value is typing or getattr(value, "__module__", None) == "typing":
+            extra.append(name)
+    assert not extra, f"the package root leaks {extra}"
+    # the old import paths are gone: no finder of exactforge's is left on sys.meta_path
+    assert not [f for f in sys.meta_path if type(f).__module__.startswith("exactforge")]
+    code = "import exactforge, importlib.util; print(importlib.util.find_spec('exactforge.record'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "None"
+
+
 @pytest.mark.parametrize("mode", R.MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_torch_cpu_tensors_round_trip_kind_and_dtype(mode, dtype, rng):
@@ -107,6 +132,7 @@ def test_bad_input_names_the_argument_and_the_fix(call, exc, words, rng):
         assert w in str(info.value)
 
 
+@pytest.mark.slow
 def test_exact_refuses_more_terms_than_its_accumulators_hold():
     a = np.zeros((1, R.EXACT_MATMUL_MAX_K + 1), np.float32)
     b = np.zeros((R.EXACT_MATMUL_MAX_K + 1, 1), np.float32)

@@ -4,14 +4,10 @@ analysis for Proof-of-Learning.
 The native core reduces per-example contributions so that the bits of the result do not depend
 on batch order, thread count or device (``exactforge.reduce``)."""
 
-from __future__ import annotations
-
-from typing import Any, Dict
-
-from . import _compat, mathfn, reduce
+# No `from __future__ import annotations` and no typing names here: whatever this module binds
+# is part of the package's namespace (dir(exactforge)), so it binds only its API.
+from . import mathfn, reduce
 from ._backend.native import _core, _cuda, _cuda_import_error
-
-_compat.install()
 
 __version__: str = getattr(_core, "__version__", "0.0.0")
 
@@ -49,11 +45,11 @@ def cuda_is_available() -> bool:
     return int(_cuda.device_info()["device_count"]) > 0
 
 
-def compile_options() -> Dict[str, Any]:
+def compile_options() -> dict:
     """What this installation was built with: CUDA or not, OpenMP or not, the compiler and the
     flags that matter for floating point (contraction, fast-math), as a JSON-ready dict."""
     info = dict(_core.build_info())
-    opts: Dict[str, Any] = {
+    opts: dict = {
         "version": __version__,
         "compiler": info.get("compiler", ""),
         "cxx_flags": info.get("cxx_flags", ""),

@@ -64,6 +64,7 @@ def _worker(rank, world, out):
     np.savez(os.path.join(out, f"rank{rank}.npz"), **results)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_a_split_reduction_has_one_processs_bits(world, tmp_path):
     spawn_group(world, tmp_path, _worker, str(tmp_path))

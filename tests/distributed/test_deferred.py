@@ -77,6 +77,7 @@ def _worker(rank, world, out, ddp, defer):
     np.savez(os.path.join(out, f"rank{rank}.npz"), **grads)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "world, ddp, defer",
     [(2, False, True), (2, True, True), (2, "buckets", True), (2, False, False), (3, True, True), (2, True, "overlap")],
@@ -126,11 +127,13 @@ def _nccl_worker(rank, world, out):
                 f.write(str(e))
 
 
+@pytest.mark.slow
 def test_an_nccl_group_is_refused_with_the_fix(tmp_path):
     spawn_group(1, tmp_path, _nccl_worker, str(tmp_path))
     assert "new_group(backend='gloo')" in (tmp_path / "nccl.txt").read_text()
 
 
+@pytest.mark.slow
 def test_autograd_grad_is_refused_where_gradients_wait(tmp_path):
     spawn_group(1, tmp_path, _grad_worker, str(tmp_path))
     assert "defer_gradients=False" in (tmp_path / "rank0.txt").read_text()

@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -75,6 +76,7 @@ def _alone(out):
             rec.step(idx)
 
 
+@pytest.mark.slow
 def test_a_trace_recorded_by_several_processes_verifies_on_one(tmp_path):
     """Recorded by 2 and by 3 processes: each declares its world size, holds the global batches,
     verifies at epsilon = 0 on one process, and holds the checkpoints one process records."""

@@ -73,6 +73,7 @@ def _worker(rank, world, out, ddp=False):
     np.savez(os.path.join(out, f"rank{rank}.npz"), **res)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world, ddp", [(1, False), (2, False), (3, False), (2, True), (3, True), (3, "overlap")])
 def test_a_shared_batch_gives_one_processs_gradients(world, ddp, tmp_path):
     """Directly, and through DistributedDataParallel with exact_allreduce_hook."""

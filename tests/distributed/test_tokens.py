@@ -61,6 +61,7 @@ def _worker(rank, world, out, ddp):
     np.savez(os.path.join(out, f"rank{rank}.npz"), **_grads(net, model, ids[part], y[part], shared))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world, ddp", [(1, False), (2, False), (3, True)])
 def test_an_embedding_gradient_over_processes_is_one_processs(world, ddp, tmp_path):
     spawn_group(world, tmp_path, _worker, str(tmp_path), ddp)

@@ -28,6 +28,7 @@ def test_the_pages_have_examples():
     assert sum(bool(shell_examples(page)) for page in PAGES) >= 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_python_blocks_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -82,6 +83,7 @@ def test_commands_parse():
         parser.parse_args(words[1:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_shell_examples_run(page, tmp_path, monkeypatch):
     """Every example of a page runs as written, in order, in one folder (later ones use

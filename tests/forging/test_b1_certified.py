@@ -204,6 +204,7 @@ def test_a_unit_dead_at_both_inputs_is_no_twin_while_another_lives(bias, d, n, s
         assert certified(spec, params, x, y, t)
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(st.sampled_from(["logreg", "fcn"]), st.booleans(), st.integers(2, 4), st.integers(2, 3), st.integers(0, 10_000))
 def test_saturated_softmax_pairs_are_never_twins(kind, bias, d, n, seed):

@@ -4,6 +4,7 @@ checked against a brute-force solver (a scan of the scaling c and of every label
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +47,7 @@ def matches(found, twins):
     return all(any(lab == t["label"] and abs(c - t["c"]) < 1e-5 * max(1, abs(c)) for t in twins) for c, lab in found)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(
     st.sampled_from(["logreg", "fcn"]),
@@ -81,6 +83,7 @@ def test_two_classes_without_bias_always_have_the_mirror_twin_and_often_a_second
     assert any(t["c"] == -1.0 and t["label"] == 1 for t in twins)
 
 
+@pytest.mark.slow
 def test_more_classes_have_a_twin_exactly_when_the_other_logits_tie():
     spec = M.ModelSpec("logreg", 4, 3, bias=False, dtype="float64")
     W = np.random.default_rng(1).standard_normal((4, 3))

@@ -148,6 +148,7 @@ def reference(mb, b, n, dv, seed):
     return model, bias, d, v, N, equal_pairs(grads, ctx, b)
 
 
+@pytest.mark.slow
 @EXAMPLES
 @SMALL_CELLS
 def test_search_agrees_with_an_independent_high_precision_count(mb, b, n, dv, seed):
@@ -176,6 +177,7 @@ def test_exact_certificates_hold_at_300_bits():
             assert abs(diff) < ctx.mpf(2) ** -280
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(st.sampled_from(MODELS), st.integers(2, 3), st.integers(2, 3), st.integers(2, 3), st.integers(0, 1000))
 def test_b1_analysis_agrees_with_the_b1_search(mb, d, n, v, seed):
@@ -216,6 +218,7 @@ def test_paper_grey_levels():
     assert r.found == 0  # 0 + 255 = 255 but 127 + 127 = 254
 
 
+@pytest.mark.slow
 @EXAMPLES
 @SMALL_CELLS
 def test_all_counts_agree_with_an_independent_high_precision_count(mb, b, n, dv, seed):

@@ -16,6 +16,7 @@ from exactforge.forging.search import Domain, format_table, model_for, per_examp
 SMALL = [(2, 1), (2, 2), (2, 3), (2, 4), (3, 1), (3, 2), (3, 3), (4, 2), (4, 3), (5, 2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["logreg", "fcn10"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("v,b", SMALL)

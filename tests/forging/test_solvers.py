@@ -107,6 +107,7 @@ def test_error_matrix_needs_logistic_regression():
         E.forge_error_matrix(spec, M.init_params(spec), DIGITS.X[:5], DIGITS.y[:5])
 
 
+@pytest.mark.slow
 def test_onehot_variant_reports_its_residual():
     spec = M.ModelSpec("logreg", 64, 10)
     params = M.init_params(spec, 0)

@@ -34,6 +34,7 @@ def _final(path):
     return t.load_checkpoint(t.checkpoint_steps[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["native", "torch"])
 @pytest.mark.parametrize("attack", SPOOFS)
 def test_every_spoof_is_a_trace_that_ends_at_the_victims_model(victims, tmp_path, attack, engine):
@@ -54,6 +55,7 @@ def test_every_spoof_is_a_trace_that_ends_at_the_victims_model(victims, tmp_path
         assert [r.error == 0.0 for r in rep.steps] == [True, True, False]  # honest steps, then the claim
 
 
+@pytest.mark.slow
 def test_with_enough_steps_the_reference_thresholds_accept_a_spoof_and_the_checks_do_not(victims, tmp_path):
     """Fang et al.: many short steps put every segment within the reference's thresholds, and the
     rate is chosen to keep them there. The schedule check rejects what its distances accept,
@@ -88,6 +90,54 @@ def test_bad_arguments_are_refused(victims, tmp_path):
         spoof(victims["native"], "reorder", str(tmp_path / "b"), checkpoint_every=0)
 
 
+@pytest.mark.parametrize(
+    "argv, named, fix",
+    [
+        (["--steps", "1000000000"], "--steps", "1..100000000"),
+        (["--steps", "1e9"], "--steps", "integer"),
+        (["--checkpoint-every", "1000000000"], "--checkpoint-every", "1..100000000"),
+        (["--steps", "3", "--checkpoint-every", "5"], "--checkpoint-every", "at most --steps (3)"),
+    ],
+)
+def test_the_cli_refuses_counts_no_trace_can_hold_before_reading_anything(argv, named, fix, tmp_path, capsys):
+    """The counts are refused from the arguments alone: the victim named here does not exist, so
+    a check made after reading it (or after sizing the spoof's plan) would fail differently."""
+    out = tmp_path / "s"
+    args = ["spoof", str(tmp_path / "no-victim"), "--attack", "infinitesimal", "--out", str(out), *argv, "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert named in err and fix in err, err
+    assert not out.exists()
+
+
+def test_the_interval_is_refused_beyond_the_victims_steps(victims, tmp_path, capsys):
+    out = tmp_path / "s"
+    args = ["spoof", victims["native"], "--attack", "reorder", "--out", str(out), "--checkpoint-every", "11"]
+    assert main(args + ["--quiet"]) == 2  # the victim has 10 steps and no --steps was given
+    err = capsys.readouterr().err
+    assert "checkpoint_every" in err and "at most the spoof's 10 steps" in err, err
+    assert not out.exists()
+    with pytest.raises(ValueError, match=r"checkpoint_every: expected at most the spoof's 3 steps, got 5"):
+        spoof(victims["native"], "reorder", str(out), steps=3, checkpoint_every=5)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(steps=10**9), r"steps: expected an integer in 1\.\.100000000"),
+        (dict(steps=0), r"steps: expected an integer in 1\.\."),
+        (dict(checkpoint_every=10**9), r"checkpoint_every: expected an integer in 1\.\.100000000"),
+        (dict(checkpoint_every=True), r"checkpoint_every: expected an integer"),
+        (dict(checkpoint_every=2.5), r"checkpoint_every: expected an integer"),
+    ],
+)
+def test_spoof_refuses_counts_before_it_opens_the_victim(kwargs, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        spoof(str(tmp_path / "no-victim"), "infinitesimal", str(tmp_path / "s"), **kwargs)
+
+
+@pytest.mark.slow
 def test_the_spoofing_game_is_won_only_where_the_verifier_lets_it():
     """A verifier with a generous tolerance and no checks accepts the infinitesimal spoof; the
     vacuous check, or epsilon 0, rejects it."""

@@ -20,6 +20,7 @@ def _problem(d, b, m, act, seed):
     return X, W, _sigma(act, W @ X.T) @ c
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
 def test_random_unit_inputs_are_recovered(act):
     X, W, g = _problem(10, 3, 200_000, act, seed=1)
@@ -29,6 +30,7 @@ def test_random_unit_inputs_are_recovered(act):
     assert cos.min() >= 0.9, cos
 
 
+@pytest.mark.slow
 def test_scale_is_recovered_where_it_is_identifiable():
     X, W, g = _problem(10, 3, 200_000, "tanh", seed=2)
     X = X * np.array([[0.6], [1.0], [1.5]])
@@ -46,6 +48,7 @@ def test_scale_is_recovered_where_it_is_identifiable():
     assert np.all(np.sum(est * Xr[order], axis=1) > 0.9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_error_shrinks_like_sqrt_d_over_m(act):
     """The slides' O(sqrt(d/m)): 16x more hidden units, about 4x less error (a slope of -1/2
@@ -63,6 +66,7 @@ def test_error_shrinks_like_sqrt_d_over_m(act):
     assert -0.85 <= slope <= -0.3, (errs, slope)
 
 
+@pytest.mark.slow
 def test_refinement_by_gradient_matching_does_not_lose_the_estimate():
     X, W, g = _problem(10, 3, 50_000, "tanh", seed=4)
     plain = tensor_reconstruct_details(W, g, 3, activation="tanh")
@@ -71,6 +75,7 @@ def test_refinement_by_gradient_matching_does_not_lose_the_estimate():
     assert match(refined.X, X)[1].min() >= match(plain.X, X)[1].min() - 0.01
 
 
+@pytest.mark.slow
 def test_details_say_when_the_conditions_fail():
     assert conditions(200, 10, 3) == []
     assert any("m = 5" in n for n in conditions(5, 10, 3))
@@ -265,6 +270,7 @@ def test_model_spec_init_is_strict_and_old_manifests_are_unchanged():
     assert abs(np.mean(w**4) / np.mean(w**2) ** 2 - 3) < 0.05 and abs(w.std() - 1 / 8) < 1e-3
 
 
+@pytest.mark.slow
 def test_on_a_wide_gaussian_trace_the_tensor_method_applies(tmp_path):
     import json
 

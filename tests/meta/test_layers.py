@@ -11,7 +11,7 @@ PKG = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "pyth
 #: bottom to top; the modules of one entry may not import each other unless they share a subpackage
 LAYERS = [
     ("exactforge._core", "exactforge._cuda"),  # the compiled modules
-    ("exactforge._backend", "exactforge._compat"),
+    ("exactforge._backend",),
     ("exactforge.reduce",),
     ("exactforge.data_torchvision",),  # the file readers data.py calls
     ("exactforge.mathfn", "exactforge.data"),
@@ -82,8 +82,6 @@ def _imports(path: str, module: str, is_pkg: bool):
 def test_every_import_goes_down_or_stays_in_its_subpackage():
     wrong = []
     for path, module, is_pkg in _modules():
-        if module == "exactforge._compat":
-            continue  # names the old paths of every layer, imports none of them itself
         own_layer, own = _unit(module)
         for line, target in _imports(path, module, is_pkg):
             layer, unit = _unit(target)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 import exactforge
@@ -22,6 +23,7 @@ def test_resnet20_has_the_references_shape():
     assert keys[-2:] == ["linear.weight", "linear.bias"]
 
 
+@pytest.mark.slow
 def test_reproducible_resnet20_matches_autograd_and_ignores_order_and_threads():
     torch.manual_seed(0)
     net = build_model("resnet20", (3, 16, 16), 10, seed=1)
@@ -53,6 +55,7 @@ def test_reproducible_resnet20_matches_autograd_and_ignores_order_and_threads():
         torch.set_num_threads(before[1])
 
 
+@pytest.mark.slow
 def test_a_recorded_resnet20_loop_with_keyed_crops_verifies_under_any_order(tmp_path):
     out = str(tmp_path / "t")
     train = ["train", "--model", "resnet20", "--dataset", "digits", "--augment", "crop-flip", "--steps", "3"]

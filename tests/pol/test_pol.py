@@ -186,6 +186,7 @@ def test_arguments_that_are_not_the_proofs_are_refused(proof, tmp_path):
         import_proof(proof, str(tmp_path / "t"), model="lenet", data=DATA, args=TrainingArgs(batch_size=8))
 
 
+@pytest.mark.slow
 def test_the_cli_imports_and_verifies(proof, tmp_path):
     out = str(tmp_path / "t")
     base = [sys.executable, "-m", "exactforge.cli"]
@@ -268,6 +269,7 @@ def test_a_resnet20_proof_on_cifar_format_data_imports_and_verifies(tmp_path):
     assert v.reference["accepted"] and v.reference["initialization"]["passed"]
 
 
+@pytest.mark.slow
 def test_an_imported_proof_verifies_on_ray_at_the_serial_bits(proof, tmp_path):
     pytest.importorskip("ray")
     from exactforge.verify.ray import RayExecutor
@@ -280,6 +282,7 @@ def test_an_imported_proof_verifies_on_ray_at_the_serial_bits(proof, tmp_path):
     assert ray.reference == serial.reference
 
 
+@pytest.mark.slow
 def test_a_proof_trained_with_unlogged_crops_is_reported_with_the_tolerance_it_needs(tmp_path):
     from exactforge.verify.reference import augmentation_tolerance
 

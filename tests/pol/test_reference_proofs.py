@@ -74,6 +74,7 @@ def test_a_weight_moved_by_1e_3_is_rejected_where_the_reference_accepts(data_fol
     assert v.reference["accepted"] == _verdict(EXPECTED["verdicts"]["tampered"]["all"])  # as its verify.py said
 
 
+@pytest.mark.slow
 def test_the_walkthrough_from_the_command_line(data_folder, tmp_path):
     trace = tmp_path / "trace"
     cmd = [sys.executable, "-m", "exactforge.cli"]
@@ -90,6 +91,7 @@ def test_the_walkthrough_from_the_command_line(data_folder, tmp_path):
     assert rep["accepted"] and rep["max_error"] == 0.0 and rep["augmentation"].startswith("recovered")
 
 
+@pytest.mark.slow
 def test_an_unrecoverable_proof_falls_back_to_fresh_draws_consistently(data_folder, tmp_path):
     """A proof whose theta_0 pins no stream (torch's default uniform initialisation) replays
     under fresh draws; the epsilon that --pol-augmentation advises is one verify accepts."""

@@ -57,6 +57,7 @@ def quick(tmp_path_factory):
     return out, buf.getvalue()
 
 
+@pytest.mark.slow
 def test_quick_reevaluation_report_has_every_section(quick):
     out, printed = quick
     assert "benign reproduction" in printed and "attack: greedy" in printed
@@ -94,6 +95,7 @@ def test_quick_reevaluation_report_has_every_section(quick):
         assert os.path.getsize(p) > 1000 and open(p, "rb").read(4) == b"\x89PNG", fig
 
 
+@pytest.mark.slow
 def test_cnn_reevaluation_has_a_reproducible_trace_and_study(tmp_path):
     """LeNet: the native path is exactforge.nn's, accepted at epsilon 0 under a permuted batch
     and one thread, and its study conditions are exactly 0."""
@@ -110,6 +112,7 @@ def test_cnn_reevaluation_has_a_reproducible_trace_and_study(tmp_path):
     assert "native path epsilon: None" not in md and "- native path: verified at epsilon 0: accepted" in md
 
 
+@pytest.mark.slow
 def test_reevaluation_on_own_standardised_data_states_its_domain(tmp_path):
     """Tabular data with no declared range: no "pixels off the grid None", nothing called out
     of [0, 1]."""

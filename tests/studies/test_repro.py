@@ -16,6 +16,7 @@ from exactforge.models.zoo import ZOO, build_model
 from exactforge.studies.repro import CONDITIONS, applied, run_study
 
 
+@pytest.mark.slow
 def test_study_conditions_and_outputs(tmp_path):
     out = str(tmp_path / "study")
     r = run_study(

@@ -63,6 +63,7 @@ def test_reproducible_cnn_trace_is_accepted_at_epsilon_0_under_any_batch_order_a
     assert r.valid and r.max_error > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "loss_fn",
     [
@@ -98,6 +99,7 @@ def test_custom_loss_needs_the_verifiers_function(tmp_path):
     assert verify_trace(str(tmp_path / "t"), model=small_cnn(), loss_fn=my_loss).accepted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make_opt",
     [
@@ -267,6 +269,7 @@ def test_hostile_loss_and_shape_fields_are_refused(tmp_path, edit, why):
     assert not r.valid and why in r.reason, r.reason
 
 
+@pytest.mark.slow
 def test_train_lenet_native_on_mnist_5k_verifies_at_epsilon_0_permuted(tmp_path):
     """The CLI's native CNN engine: LeNet-5 as in the papers (61,706 parameters on 28x28)."""
     import json
@@ -303,6 +306,7 @@ def test_train_lenet_native_on_mnist_5k_verifies_at_epsilon_0_permuted(tmp_path)
     )
 
 
+@pytest.mark.slow
 def test_train_transformer_native_verifies_at_epsilon_0_permuted(tmp_path):
     """Embedding, causal self-attention, LayerNorm: the Transformer on the reproducible path;
     torch's own layers replayed in the same order on the same machine."""

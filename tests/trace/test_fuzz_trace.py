@@ -41,6 +41,7 @@ def outcome(d: str, **kw) -> str:
     return "invalid" if not rep.valid else ("accepted" if rep.accepted else "rejected")
 
 
+@pytest.mark.slow
 @settings(max_examples=int(os.environ.get("EXACTFORGE_FUZZ_EXAMPLES", "150")))
 @given(kind=st.sampled_from(KINDS), seed=st.integers(0, 2**32 - 1))
 def test_mutated_traces_never_crash_hang_or_pass(honest, kind, seed):

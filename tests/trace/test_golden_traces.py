@@ -58,6 +58,7 @@ def test_golden_trace_verifies_at_epsilon_0(name, tmp_path):
     assert rep.learning_rates["follows"], rep.learning_rates
 
 
+@pytest.mark.slow
 def test_this_machines_traces_verify_on_an_emulated_other_machine(tmp_path):
     """Recorded here natively (the golden loops, recorded afresh), verified in a process that
     runs torch's scalar ATen build and exactforge's generic kernels."""

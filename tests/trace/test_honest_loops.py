@@ -256,6 +256,7 @@ LOOPS = st.builds(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=40)
 @given(loop=LOOPS)
 def test_an_honest_loop_is_accepted_at_epsilon_0_or_refused_while_recording(loop, tmp_path_factory):
@@ -347,6 +348,7 @@ NAMED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NAMED))
 def test_a_common_loop_gets_its_verdict(name, tmp_path):
     loop, verdict = NAMED[name]
@@ -516,6 +518,7 @@ def test_an_undeclared_gradient_edit_is_refused_in_a_plain_sentence(tmp_path):
             opt.step()
 
 
+@pytest.mark.slow
 def test_a_compiled_module_is_refused_with_the_fix_and_the_fix_verifies_at_epsilon_0(tmp_path):
     """torch.compile's wrapper names every tensor '_orig_mod.*': refused before anything is
     written, naming model._orig_mod; recording that while the loop calls the compiled module

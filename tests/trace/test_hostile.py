@@ -805,6 +805,7 @@ def _retained(directory):
     return held
 
 
+@pytest.mark.slow
 def test_an_open_trace_holds_memory_per_checkpoint_not_per_step(tmp_path):
     """Records are streamed: ten times the steps between the same number of checkpoints keeps
     the same memory (a chain entry per step would add over 100 KB here)."""

@@ -292,6 +292,7 @@ def test_verify_reports_the_resolution_of_epsilon_zero(native_trace):
     assert np.float32(x - np.float32(0.05) * g_change) == x
 
 
+@pytest.mark.slow
 def test_train_names_the_engine_that_ran_and_a_resnet20_trace_verifies_at_epsilon_0(tmp_path, capsys):
     """--engine native on ResNet-20 runs torch with exactforge.nn's reproducible layers (the
     native engine trains logreg and fcn): the summary and the JSON say so, and the trace

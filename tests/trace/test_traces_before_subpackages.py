@@ -68,6 +68,7 @@ def test_old_trace_verifies(name, tmp_path):
 MKL_BOUND = ("cnn_adam_dropout",)
 
 
+@pytest.mark.slow
 def test_old_reproducible_traces_verify_under_mkls_compatible_branch(tmp_path):
     """In a process started with MKL_CBWR=COMPATIBLE (the branch MKL gives every AMD CPU, the
     same bits on any x86 CPU), every reproducible old trace verifies at epsilon 0: on an Intel

@@ -63,6 +63,7 @@ def _same(a, b):
     assert key == [(s.step, s.end_step, s.error, s.passed, s.resolution, s.resolution_min) for s in b.steps]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoints", ["shared", "ship"])
 @pytest.mark.parametrize("extra", [{}, {"permute_batches": 5}, {"policy": "random", "fraction": 0.4, "seed": 2}])
 def test_ray_verification_equals_the_serial_one(exact_trace, checkpoints, extra):
@@ -74,6 +75,7 @@ def test_ray_verification_equals_the_serial_one(exact_trace, checkpoints, extra)
     assert rep.executor["tasks"] == min(6, len(serial.steps)) and rep.executor["attempts"] == rep.executor["tasks"]
 
 
+@pytest.mark.slow
 def test_a_rejected_torch_trace_gets_the_same_errors(tmp_path):
     # plain torch (no reproducible layers): permuting the batch moves the result; one thread on
     # both sides makes the float arithmetic the same, so even the nonzero errors agree bitwise
@@ -86,6 +88,7 @@ def test_a_rejected_torch_trace_gets_the_same_errors(tmp_path):
     _same(serial, verify_trace(d, permute_batches=1, threads=1, executor=RayExecutor()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoints", ["shared", "ship"])
 def test_a_modified_checkpoint_stops_both_at_the_same_segment(exact_trace, tmp_path, checkpoints):
     d = str(tmp_path / "t")
@@ -110,6 +113,7 @@ def test_segments_go_out_while_the_chain_is_read(exact_trace):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["late record", "missing record", "data"])
 def test_a_trace_that_fails_late_drops_what_was_streamed(exact_trace, tmp_path, damage):
     # the stream has sent the early segments when the driver finds the problem: the report is
@@ -186,6 +190,7 @@ def _user_trace(path: str, marker: str) -> None:
     os.remove(marker)
 
 
+@pytest.mark.slow
 def test_a_lost_worker_is_retried_and_reported(tmp_path):
     d, marker = str(tmp_path / "user"), str(tmp_path / "died")
     _user_trace(d, marker)
@@ -199,6 +204,7 @@ def test_a_lost_worker_is_retried_and_reported(tmp_path):
     assert len(rep.executor["retried"]) == 1 and rep.executor["retried"][0]["attempts"] == 2
 
 
+@pytest.mark.slow
 def test_a_task_lost_after_its_retries_makes_the_report_invalid(tmp_path):
     d, marker = str(tmp_path / "user"), str(tmp_path / "died")
     _user_trace(d, marker)
@@ -208,6 +214,7 @@ def test_a_task_lost_after_its_retries_makes_the_report_invalid(tmp_path):
     assert rep.executor["failed"] and rep.executor["failed"][0]["segments"][0] == 0
 
 
+@pytest.mark.slow
 def test_cli_verify_on_ray(exact_trace, tmp_path):
     out = str(tmp_path / "v.json")
     assert main(["verify", exact_trace, "--ray", "local", "--permute-batches", "2", "--quiet", "--json", out]) == 0
@@ -256,6 +263,7 @@ def test_chunks_of_a_long_trace_are_cheap():
     assert len(chunks) == 64 and {len(c) for c in chunks} <= {15625}
 
 
+@pytest.mark.slow
 def test_ray_study_equals_the_serial_study():
     kw = dict(
         model="fcn",

@@ -9,12 +9,10 @@ from typing import Any, Optional
 # How exactforge's OpenMP threads wait, set for the moment libgomp is loaded (with _core) and
 # then restored, so torch's own OpenMP runtime, loaded apart, keeps whatever the user chose; a
 # user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins. Threads that spin without bound steal the other
-# core on a busy machine (a verify took 1.8x as long with 2 threads as with 1 while another
-# process kept one core busy); threads that sleep at once (OMP_WAIT_POLICY=PASSIVE, the choice
-# before) pay a futex wake-up of 10-50 us at every barrier, which made a 64 x 1000 x 10 product 8x
-# slower on 2 threads than on 1. A bounded spin (GOMP_SPINCOUNT, about 20-60 us) keeps the wake-ups
-# out of short barriers and still yields the core when the other thread is not coming
-# (docs/benchmarks/threads.md).
+# core on a busy machine; threads that sleep at once (OMP_WAIT_POLICY=PASSIVE) pay a futex
+# wake-up at every barrier, which costs small products more than their arithmetic. A bounded spin
+# (GOMP_SPINCOUNT) keeps the wake-ups out of short barriers and still yields the core when the
+# other thread is not coming (the measurements: docs/benchmarks/threads.md).
 _SPINCOUNT = "1000"
 _set_policy = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
 if _set_policy:
@@ -27,10 +25,10 @@ finally:
 
 _cuda: Optional[Any]
 _cuda_import_error: Optional[str] = None
-if importlib.util.find_spec("exactforge._cuda") is None:  # built only when nvcc worked at install time
+if importlib.util.find_spec("exactforge._cuda") is None:  # built only with EXACTFORGE_CUDA=ON at install time
     _cuda = None
     _cuda_import_error = (
-        "built without CUDA (no exactforge._cuda module: the install found no working nvcc, or EXACTFORGE_CUDA=OFF)"
+        "built without CUDA (no exactforge._cuda module: it is built only with EXACTFORGE_CUDA=ON at install time)"
     )
 else:  # pragma: no cover - depends on the build
     try:
@@ -48,7 +46,7 @@ def require_cuda(argument: str) -> Any:
         raise RuntimeError(
             f"{argument}: a CUDA array was given but exactforge was built without CUDA "
             "(exactforge.compile_options()['cuda'] is False). Move it to the CPU "
-            "(tensor.cpu() / cupy.asnumpy(array)) or reinstall with nvcc on PATH; set "
-            "EXACTFORGE_CUDA=ON at install time to make a missing nvcc a build error."
+            "(tensor.cpu() / cupy.asnumpy(array)) or reinstall with the CUDA module: "
+            "EXACTFORGE_CUDA=ON pip install . (needs nvcc and the CUDA toolkit)."
         )
     return _cuda

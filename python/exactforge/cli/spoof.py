@@ -10,6 +10,7 @@ from ._common import _SEED, _count, _data_args, _given_data, _real, _sub, _thres
 
 def register(sub: Any) -> None:
     from ..forging.spoof import NOISE_WEIGHT
+    from ..trace.limits import DEFAULT_LIMITS
 
     s = _sub(
         sub,
@@ -27,8 +28,16 @@ def register(sub: Any) -> None:
         "to approach the model",
     )
     s.add_argument("--out", required=True, help="folder of the spoofed trace (a new one)")
-    s.add_argument("--steps", type=_count(1), help="steps of the spoof (none given: the trace's own)")
-    s.add_argument("--checkpoint-every", type=_count(1), default=1, help="checkpoint interval k of the spoof")
+    top = DEFAULT_LIMITS.max_steps  # a trace holds no more steps; refused before anything is sized by them
+    s.add_argument(
+        "--steps", type=_count(1, top), help=f"steps of the spoof, at most {top} (none given: the trace's own)"
+    )
+    s.add_argument(
+        "--checkpoint-every",
+        type=_count(1, top),
+        default=1,
+        help="checkpoint interval k of the spoof, at most its number of steps",
+    )
     s.add_argument("--noise-steps", type=_count(1), default=30, help="adversarial: Adam iterations per step")
     s.add_argument(
         "--noise-weight",
@@ -72,6 +81,11 @@ def _savings(res: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..forging.spoof import spoof
 
+    if args.steps is not None and args.checkpoint_every > args.steps:
+        raise ValueError(
+            f"--checkpoint-every: expected at most --steps ({args.steps}), got {args.checkpoint_every}; "
+            "choose a smaller interval or more steps"
+        )
     given = _given_data(args)
     res = spoof(
         args.trace,

@@ -14,7 +14,7 @@ What travels, per reduction: the scales as exponents (two bytes a row or column:
 maximum's power of two decides the slicing), this part's length and whether it has a
 non-finite term, gathered in one all-gather for every reduction of a batch; then each output's
 levels as the one integer they stand for, in int32 fields with room for the sum
-(``_core.pack_levels``: three fields where two int64 levels took four), added in one all-reduce.
+(``_core.pack_levels``: three fields where two int64 levels would take four), added in one all-reduce.
 Non-finite terms are left out of the levels; where a row or column has one, each process reports
 what its non-finite products were (NaN, +Inf, -Inf), the reports are combined, and the output is
 what one process's special case gives.

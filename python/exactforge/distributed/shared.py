@@ -84,7 +84,8 @@ class SharedBatch:
     ``exact_allreduce_hook``, for each DistributedDataParallel bucket) they are done together,
     in two collectives for all of them, and added into ``param.grad``. A collective the
     backward pass stops at costs the wait for the slowest process as well as its own time, and
-    two per layer were most of a 2-process LeNet step (``docs/benchmarks/distributed.md``).
+    two per layer would hold up the backward pass at every layer (``docs/benchmarks/distributed.md``
+    measures both).
     ``torch.autograd.grad`` (which does not write ``param.grad``) needs
     ``defer_gradients=False``: every reduction at once, as the layer asks for it. Where the
     default group is NCCL's, pass a Gloo group of the same processes: the reductions are
@@ -93,7 +94,8 @@ class SharedBatch:
     ``overlap=True`` launches each layer's collectives while the backward pass goes on instead
     (the scales when the next layer's gradients are asked for, the levels one layer later),
     waiting for them at the end: for machines whose cores can run Gloo's threads beside the
-    computation. On 2 cores shared by 2 processes it was slower (the benchmark reports both).
+    computation; where the processes already fill every core, the threads compete with it
+    (``docs/benchmarks/distributed.md`` reports both).
 
     ``name`` is ``"exact"``: what a trace records, since the bits are the exact mode's.
     ``traffic`` accumulates the bytes this process sent and its time in the collectives (calls,

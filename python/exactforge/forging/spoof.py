@@ -43,6 +43,7 @@ import numpy as np
 from ..data import Dataset
 from ..models import layout
 from ..models import native as M
+from ..trace.limits import DEFAULT_LIMITS
 
 __all__ = [
     "NOISE_WEIGHT",
@@ -213,8 +214,10 @@ def spoof(
 
     if attack not in SPOOFS:
         raise ValueError(f"attack: expected one of {SPOOFS}, got {attack!r}")
-    if isinstance(checkpoint_every, bool) or int(checkpoint_every) < 1:
-        raise ValueError(f"checkpoint_every: expected a positive interval, got {checkpoint_every!r}")
+    top = DEFAULT_LIMITS.max_steps  # a trace's most steps: refused before the spoof's plan is sized by them
+    for name, v in (("steps", steps), ("checkpoint_every", checkpoint_every)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= top):
+            raise ValueError(f"{name}: expected an integer in 1..{top} (trace.limits.Limits.max_steps), got {v!r}")
     if not 0 < lr_scale < 1:
         raise ValueError(f"lr_scale: expected a factor in (0, 1), got {lr_scale!r}")
     if isinstance(noise_weight, bool) or not (isinstance(noise_weight, (int, float)) and 0 <= noise_weight < math.inf):
@@ -226,8 +229,8 @@ def spoof(
     victim, spec, data = open_exactforge_trace(trace, dataset, data_path)
     man = dict(victim.manifest)
     n = int(steps or victim.declared_steps or victim.num_steps)
-    if n < 1:
-        raise ValueError(f"steps: expected a positive number of steps, got {n}")
+    if checkpoint_every > n:  # its only checkpoint would be the last step: no manifest declares that interval
+        raise ValueError(f"checkpoint_every: expected at most the spoof's {n} steps, got {checkpoint_every}")
     k = int(checkpoint_every)
     thetaT = params_at(victim, spec, victim.checkpoint_steps[-1])
     theta0 = M.init_params(spec, seed)

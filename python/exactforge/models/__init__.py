@@ -11,6 +11,7 @@
 
 from .layout import flatten, unflatten  # noqa: F401
 from .native import (  # noqa: F401
+    REDUCTION_PLANS,
     ModelSpec,
     Params,
     PerExample,
@@ -25,15 +26,5 @@ from .native import (  # noqa: F401
 )
 from .native import __all__ as _native_all
 
-__all__ = [*_native_all, "flatten", "unflatten"]
-
-
-def __getattr__(name: str) -> object:
-    # Every other name of the module this package's API was before it became a package
-    # (``exactforge.models.X``) still reads: it is looked up in ``native``.
-    from . import native
-
-    try:
-        return getattr(native, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+# REDUCTION_PLANS is named in the trace reader's refusal of a manifest's reduction_plan
+__all__ = [*_native_all, "REDUCTION_PLANS", "flatten", "unflatten"]

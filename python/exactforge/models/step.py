@@ -168,7 +168,7 @@ class TorchStep:
         self.accumulate = accumulate  # micro-batches per step: numpy.array_split of the batch, loss / accumulate
         self.normalize = normalize  # per channel, after augmentation (exactforge.nn.augment.normalize)
         # "portable-1": the optimizer steps through exactforge.nn.update (the same bits on every
-        # CPU); "torch": through torch's own kernels, as traces recorded before it
+        # CPU); "torch": through torch's own kernels, for traces that name no portable arithmetic
         self.arithmetic = arithmetic
 
     def __call__(

@@ -170,9 +170,6 @@ class FlatInput(nn.Module):
         return self.inner(x.flatten(1))
 
 
-_Flat = FlatInput  # the name before it was public (pickled models)
-
-
 def build_model(
     name: str, input_shape: Tuple[int, ...], num_classes: int, *, vocab: Optional[int] = None, seed: int = 0
 ) -> nn.Module:

@@ -43,7 +43,7 @@ from .functional import (
     tanh,
 )
 from .layers.dropout import dropout_keys, keyed_dropout, keyed_layers
-from .layers.elementwise import ShortcutA
+from .layers.shortcut import ShortcutA
 from .update import ARITHMETIC, portable_step, reproducible_optimizer
 
 __all__ = [

@@ -37,8 +37,9 @@ from ..nn import mt19937 as mt
 __all__ = ["StreamRecovery", "recover_stream", "reference_augmentation", "normal_draws", "kaiming_std", "AUGMENTATIONS"]
 
 # (units of 2^-24 around each inverted uniform, consecutive outputs used): the first fits the
-# vectorised float path of AVX2 and AVX-512 builds (measured error at most ~2.1 units); the
-# second the scalar build's (up to 1.6e-6 in a unit normal), with fewer certain bits per draw
+# vectorised float path of AVX2 and AVX-512 builds, whose inverted uniforms stay within half its
+# width; the second the scalar build's, whose normals stray further, so each draw has fewer certain
+# bits and more outputs are used
 ATTEMPTS = ((4, 2400), (24, 2700))
 _U24 = float(1 << 24)
 
