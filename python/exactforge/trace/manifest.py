@@ -313,6 +313,15 @@ class TraceSpec:
     environment: Optional[Dict[str, Any]] = None
     imported: Optional[Dict[str, Any]] = None
 
+    @property
+    def step_arithmetic(self) -> Optional[str]:
+        """How a torch trace's steps round: ``"portable-1"`` (exactforge's update, the same bits
+        on every CPU) or ``"torch"`` (torch's kernels: a plain torch model, or a reproducible one
+        recorded so or before the field existed); None for the native engine."""
+        if self.engine != "torch":
+            return None
+        return "torch" if self.reduction is None else (self.arithmetic or "torch")
+
     @classmethod
     def parse(cls, man: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> "TraceSpec":
         """The typed view of ``man``; raises TraceError naming the first field that does not fit."""
@@ -427,7 +436,9 @@ def _torch_fields(man: Mapping[str, Any], engine: str, batch_size: Optional[int]
         from ..nn.update import ARITHMETICS
 
         if engine != "torch" or man["arithmetic"] not in ARITHMETICS or man.get("reduction") is None:
-            raise _fail("arithmetic", f"one of {list(ARITHMETICS)} (torch traces of a reproducible model)", man["arithmetic"])
+            raise _fail(
+                "arithmetic", f"one of {list(ARITHMETICS)} (torch traces of a reproducible model)", man["arithmetic"]
+            )
     acc = man.get("accumulate")
     if acc is not None and (type(acc) is not int or not 2 <= acc <= 1024):
         raise _fail("accumulate", "the number of micro-batches per step, 2..1024", acc)
