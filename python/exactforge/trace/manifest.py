@@ -42,12 +42,14 @@ def _number(v: Any, field: str, lo: float, hi: float) -> float:
     return float(v)
 
 
-def _integer(man: Mapping[str, Any], key: str, lo: int, hi: int, optional: bool = False) -> Optional[int]:
+def _integer(
+    man: Mapping[str, Any], key: str, lo: int, hi: int, optional: bool = False, where: str = ""
+) -> Optional[int]:
     v = man.get(key)
     if v is None and optional:
         return None
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise _fail(key, f"an integer in {lo}..{hi}{' or null' if optional else ''}", v)
+        raise _fail(where + key, f"an integer in {lo}..{hi}{' or null' if optional else ''}", v)
     return v
 
 
@@ -227,8 +229,10 @@ class DataSpec:
             raise _fail("data.name", "a string", obj.get("name"))
         if not is_sha256(obj.get("fingerprint")):
             raise _fail("data.fingerprint", "a SHA-256 hex digest", obj.get("fingerprint"))
-        sizes = {k: _integer(obj, k, 1, 2**48, optional=k != "num_examples") for k in ("num_examples", "dim")}
-        classes = _integer(obj, "num_classes", 1, 2**31, optional=True)
+        sizes = {
+            k: _integer(obj, k, 1, 2**48, optional=k != "num_examples", where="data.") for k in ("num_examples", "dim")
+        }
+        classes = _integer(obj, "num_classes", 1, 2**31, optional=True, where="data.")
         path = obj.get("path")
         return cls(
             obj["name"],
