@@ -104,7 +104,7 @@ class OptimizerSpec:
         for k in sorted(keys - set(obj)):
             raise _fail(f"optimizer.{k}", f"a value ({kind} takes {sorted(keys - {'name'})})", "<missing>")
         for k in sorted(set(obj) - keys - set(OPTIONS[kind]) - {"groups"}):
-            raise _fail(f"optimizer.{k}", f"no such field for {kind} (it takes {sorted(keys - {'name'})})", k)
+            raise _fail(f"optimizer.{k}", f"no such field: {kind} takes exactly {sorted(keys - {'name'})}", k)
         values = _group_values(kind, obj, "optimizer")
         for k in OPTIONS[kind]:
             if k in obj and obj[k] is not True:

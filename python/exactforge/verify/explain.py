@@ -140,15 +140,15 @@ def check_declarations(spec: TraceSpec, data: Any, step: Any) -> None:
     for key, have in (("dim", data.dim), ("num_classes", data.num_classes)):
         declared = getattr(spec.data, key)
         if declared is not None and declared != have:
-            raise TraceError(f"manifest.data.{key}: {declared}, the verifier's {data.name} has {have}")
+            raise TraceError(f"manifest: data.{key} is {str(declared)[:20]}, the verifier's {data.name} has {have}")
     if spec.optimizer.lr != spec.lr:
-        raise TraceError(f"manifest.lr: {spec.lr!r}, but the optimizer's lr is {spec.optimizer.lr!r}")
+        raise TraceError(f"manifest: 'lr' is {spec.lr!r} but the optimizer's lr is {str(spec.optimizer.lr)[:30]}")
     net, module = getattr(step, "spec", None), getattr(step, "model", None)
     dtype = net.dtype if net is not None else None
     if module is not None:
         dtype = str(next(module.parameters()).dtype).replace("torch.", "")
     if spec.dtype is not None and dtype is not None and spec.dtype != dtype:
-        raise TraceError(f"manifest.dtype: {spec.dtype[:20]}, the model computes in {dtype}")
+        raise TraceError(f"manifest: 'dtype' is {spec.dtype[:20]}, the model computes in {dtype}")
 
 
 def _check_seeded(theta0: Dict[str, np.ndarray], ref: Optional[Dict[str, np.ndarray]], seed: Any) -> None:
