@@ -16,7 +16,7 @@ from .augmentation import augmentation_note
 from .checks import data_checks, failed_checks, interval_check, schedule_check, vacuous_check
 from .initial import initial_law_test
 from .initial import summary as init_summary
-from .machines import compare_machines, machine_bound, machine_note, trace_arithmetic
+from .machines import compare_machines, machine_bound, machine_note
 from .reference import infer_epochs, reference_verdict
 from .results import VerificationReport
 
@@ -31,14 +31,15 @@ __all__ = [
 ]
 
 
-def explain(report: VerificationReport, man: Any) -> None:
+def explain(report: VerificationReport, trace: Trace) -> None:
     """The machines' comparison in the report, and a rejection's reason: the first segment
     over epsilon, its distance against epsilon, and for a trace bound to its machine's
     arithmetic, where the recording machine differs from this one (machine_note)."""
+    man, spec = trace.manifest, trace.spec
     bound = machine_bound(man)
-    report.arithmetic = trace_arithmetic(man)
-    report.augmentation = augmentation_note(man)
-    comparison = compare_machines(man.get("environment"))
+    report.arithmetic = spec.step_arithmetic
+    report.augmentation = augmentation_note(spec)
+    comparison = compare_machines(spec.environment)
     report.machines = {"bound": bound, **comparison}
     failed = [r for r in report.steps if not r.passed]
     if report.accepted or not failed or report.reason is not None:

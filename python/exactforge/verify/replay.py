@@ -41,7 +41,7 @@ def engine_for(trace: Trace, data: Dataset, threads: Optional[int], model: Any =
     """(load, step, initial) of the trace's engine (:func:`exactforge.trace.engine.engine_for`),
     an unrecovered imported proof's inputs drawn afresh as the reference's verify.py draws them.
     Raises TraceError when the trace does not fit the verifier's data and model."""
-    fresh = fresh_augmentation(trace.manifest)
+    fresh = fresh_augmentation(trace.spec)
     return _engine.engine_for(trace, data, threads, model, loss_fn, augment=fresh)
 
 

@@ -249,7 +249,7 @@ def _recompute(run: _Run, opts: VerifyOptions, report: VerificationReport) -> bo
 def _conclude(run: _Run, opts: VerifyOptions, report: VerificationReport) -> None:
     """The verdict from the recomputed segments, then the reference's and the other checks."""
     report.accepted = all(r.passed for r in report.steps)
-    explain(report, run.trace.manifest)
+    explain(report, run.trace)
     if opts.initial_test and run.failed_init is not None:
         report.accepted, report.reason = False, run.failed_init
     if report.steps:
