@@ -62,6 +62,15 @@ def register(sub: Any) -> None:
         "--permute-batches", type=int, metavar="SEED", help="recompute with each batch's examples shuffled (same set)"
     )
     v.add_argument("--threads", type=int, help="thread count of the recomputation (1..256)")
+    _source_args(v)
+    _pol_args(v)
+    _check_args(v)
+    _ray_args(v, "the segments", checkpoints=True)
+    v.set_defaults(func=run)
+
+
+def _source_args(v: Any) -> None:
+    """The verifier's data, model code and bounds."""
     _data_args(
         v,
         None,
@@ -100,6 +109,10 @@ def register(sub: Any) -> None:
         "instance of a torch trace's model (its class, untrained): the verifier replays the trace through it; "
         "not needed for exactforge's own and zoo models, which the verifier builds itself",
     )
+
+
+def _pol_args(v: Any) -> None:
+    """The Proof-of-Learning reference's verdict beside exactforge's."""
     v.add_argument(
         "--pol-reference",
         choices=("auto", "all", "topq", "off"),
@@ -133,6 +146,10 @@ def register(sub: Any) -> None:
         "tolerance an honest replay needs",
     )
     v.add_argument("--pol-draws", type=_count(1, 64), default=4, help="draws per segment of --pol-augmentation")
+
+
+def _check_args(v: Any) -> None:
+    """The checks beside the recomputation, and the verifier's own data they read."""
     v.add_argument(
         "--require",
         metavar="CHECKS",
@@ -151,18 +168,13 @@ def register(sub: Any) -> None:
     v.add_argument(
         "--max-interval", type=_count(1), metavar="K", help="the largest checkpoint interval the verifier accepts"
     )
-    _ray_args(v, "the segments", checkpoints=True)
-    v.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..verify.verifier import verify_trace
+def _options(args: argparse.Namespace, given: Any = None) -> Any:
+    """The command line's VerifyOptions (``given``: the data the command resolved itself)."""
+    from ..verify.options import VerifyOptions
 
-    given = _imported_data(args)
-    model = _model(args.model_factory) if args.model_factory else None
-    executor = _executor(args)
-    rep = verify_trace(
-        args.trace,
+    return VerifyOptions(
         epsilon=args.epsilon,
         distance_kind=args.distance,
         policy=args.policy,
@@ -175,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         data_path=None if given else args.data_path,
         progress=not args.quiet,
         allow_partial=args.allow_partial,
-        executor=executor,
+        executor=_executor(args),
         initial_test=args.initial_test,
         limits=Limits(max_checkpoint_bytes=args.max_model_mb << 20),
         lr_lambda=import_function(args.lr_lambda, "--lr-lambda") if args.lr_lambda else None,
@@ -186,28 +198,57 @@ def run(args: argparse.Namespace) -> int:
         require=args.require,
         known_data=_known(args),
         max_interval=args.max_interval,
-        model=model,
+        model=_model(args.model_factory) if args.model_factory else None,
     )
-    result = rep.to_dict()
-    tolerance = None
-    if args.pol_augmentation and rep.valid:
-        from ..verify.reference import augmentation_tolerance
 
-        tolerance = augmentation_tolerance(
-            args.trace,
-            dataset=given,
-            data_path=None if given else args.data_path,
-            draws=args.pol_draws,
-            thresholds=args.pol_thresholds,
-        )
-        if rep.augmentation and rep.augmentation.startswith("fresh draws") and rep.steps:
-            # this verification replayed under fresh draws too: the epsilon advised must accept
-            # its own replay, so that verify --epsilon at the advice accepts the honest proof
-            tolerance.epsilon_needed = max(tolerance.epsilon_needed, max(s.error for s in rep.steps))
+
+def run(args: argparse.Namespace) -> int:
+    from ..verify.verifier import verify_trace
+
+    given = _imported_data(args)
+    rep = verify_trace(args.trace, _options(args, given))
+    result = rep.to_dict()
+    tolerance = _tolerance(args, rep, given) if args.pol_augmentation and rep.valid else None
+    if tolerance is not None:
         result["augmentation_tolerance"] = tolerance.to_dict()
     write_json(args, result)
     if not rep.valid:
         return fail("verify", "invalid", rep.reason)
+    say(args, _verdict_line(rep))
+    _notes(args, rep)
+    if tolerance is not None:
+        say(
+            args,
+            f"unlogged {tolerance.transform}: {tolerance.draws} fresh draws on segments {tolerance.segments[:5]} land "
+            f"at l2 {tolerance.l2['min']:.3g} to {tolerance.l2['max']:.3g} from the logged checkpoints: an honest "
+            f"replay needs epsilon >= {tolerance.epsilon_needed:.3g}; the reference's thresholds "
+            f"{'accept' if tolerance.reference_accepts else 'reject'} them",
+        )
+    if rep.declared:
+        say(args, f"declared by the prover, not verified: {', '.join(rep.declared)}")
+    return 0 if rep.accepted else 1
+
+
+def _tolerance(args: argparse.Namespace, rep: Any, given: Any) -> Any:
+    """--pol-augmentation: the tolerance an honest replay under fresh draws needs."""
+    from ..verify.reference import augmentation_tolerance
+
+    tolerance = augmentation_tolerance(
+        args.trace,
+        dataset=given,
+        data_path=None if given else args.data_path,
+        draws=args.pol_draws,
+        thresholds=args.pol_thresholds,
+    )
+    if rep.augmentation and rep.augmentation.startswith("fresh draws") and rep.steps:
+        # this verification replayed under fresh draws too: the epsilon advised must accept
+        # its own replay, so that verify --epsilon at the advice accepts the honest proof
+        tolerance.epsilon_needed = max(tolerance.epsilon_needed, max(s.error for s in rep.steps))
+    return tolerance
+
+
+def _verdict_line(rep: Any) -> str:
+    """The verdict, what was recomputed where, and the largest error against epsilon."""
     verdict = "ACCEPTED" if rep.accepted else "REJECTED"
     failed = sum(not s.passed for s in rep.steps)
     scope = (
@@ -235,11 +276,14 @@ def run(args: argparse.Namespace) -> int:
         else f"{len(rep.steps)} segment(s) recomputed"
     )
     arith = f", {rep.arithmetic} arithmetic" if rep.arithmetic else ""
-    say(
-        args,
+    return (
         f"{verdict}: {scope}{some}{where} ({rep.engine}{arith}, {_theta0(rep)}), "
-        f"max {rep.distance} error {err}, epsilon {rep.epsilon:g}, {failed} over epsilon{res}",
+        f"max {rep.distance} error {err}, epsilon {rep.epsilon:g}, {failed} over epsilon{res}"
     )
+
+
+def _notes(args: argparse.Namespace, rep: Any) -> None:
+    """Why a trace was rejected, and what the report says beside the verdict."""
     if not rep.accepted and rep.reason:  # why, and across machines what to do
         say(args, f"reason: {rep.reason}")
     elif rep.machines and rep.machines.get("bound") and rep.epsilon == 0:
@@ -270,17 +314,6 @@ def run(args: argparse.Namespace) -> int:
             say(args, f"the reference's top-Q: {note}")
     for line in _check_lines(rep):
         say(args, line)
-    if tolerance is not None:
-        say(
-            args,
-            f"unlogged {tolerance.transform}: {tolerance.draws} fresh draws on segments {tolerance.segments[:5]} land "
-            f"at l2 {tolerance.l2['min']:.3g} to {tolerance.l2['max']:.3g} from the logged checkpoints: an honest "
-            f"replay needs epsilon >= {tolerance.epsilon_needed:.3g}; the reference's thresholds "
-            f"{'accept' if tolerance.reference_accepts else 'reject'} them",
-        )
-    if rep.declared:
-        say(args, f"declared by the prover, not verified: {', '.join(rep.declared)}")
-    return 0 if rep.accepted else 1
 
 
 _FACTORY_FIX = (
@@ -353,9 +386,9 @@ def _imported_data(args: argparse.Namespace) -> Any:
         man = validate_manifest(got[0]) if got else None
     except (TraceError, ValueError, OSError):
         man = None  # the verifier reports what is wrong with the trace
-    if man is None or not isinstance(man.get("imported"), dict):
+    if man is None or not isinstance(man.spec.imported, dict):
         return _given_data(args)
-    name, stored = man["data"]["name"], man["imported"].get("data_path")
+    name, stored = man.spec.data.name, man.spec.imported.get("data_path")
     flag = "--data-path" if args.data_path or args.dataset is None else "--dataset"
     if args.dataset is not None:
         data = _given_data(args)
@@ -377,12 +410,12 @@ def _imported_data(args: argparse.Namespace) -> Any:
             data = load_dataset(name, path)
         except (OSError, ValueError) as exc:
             raise ValueError(f"--data-path: cannot read {name} from {path} ({exc})") from None
-    if data.fingerprint() != man["data"]["fingerprint"]:
+    if data.fingerprint() != man.spec.data.fingerprint:
         where = f" in {args.data_path or stored}" if flag == "--data-path" else ""
         raise ValueError(
             f"{flag}: the {data.name} data{where} is not the data the proof was imported with (fingerprint "
             f"{data.fingerprint()[:16]}..., the trace's "
-            f"{man['data']['fingerprint'][:16]}...; imported from {stored or 'a path it does not name'}); give the "
+            f"{man.spec.data.fingerprint[:16]}...; imported from {stored or 'a path it does not name'}); give the "
             "same training data"
         )
     return data

@@ -113,10 +113,13 @@ def _stepper(spec: M.ModelSpec, man: Dict[str, Any]) -> Callable[..., M.Params]:
     """(params, X, y, lr, keys) -> params after one SGD step, computed as the trace's engine computes
     it (``keys``: the examples' dataset indices, which order a fixed-order reduction)."""
     if man["engine"] == "native":
-        from ..models.step import NativeStep
+        from ..trace.engine import native_step
+        from ..trace.manifest import TraceSpec
+
+        typed = TraceSpec.parse(man)  # the step the verifier's engine factory builds for this manifest
 
         def native(params, X, y, lr, keys):
-            eng = NativeStep(spec, X, y, lr, mode=man.get("reduction") or "fixed", plan=man.get("reduction_plan", 1))
+            eng = native_step(typed, X, y, lr=lr)
             return eng.arrays(params, X.astype(spec.dtype), y, np.asarray(keys, np.int64))
 
         return native

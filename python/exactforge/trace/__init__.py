@@ -5,7 +5,10 @@ untrusted party.
 * ``limits``: every bound a hostile trace meets, in one place (``Limits``).
 * ``safeio``: how bytes are read (regular files inside the trace only, bounded sizes, strict JSON,
   safetensors headers checked before decoding). No pickle anywhere.
+* ``manifest`` (``TraceSpec``): the manifest's training fields parsed once, when the trace is
+  opened, into frozen dataclasses (``Trace.spec``); a field that does not fit is named.
 * ``reader`` (``Trace``) and ``writer`` (``TraceWriter``, atomic and crash-safe).
+* ``engine``: the one factory from a typed manifest to its step engine (recorder, verifier, spoofs).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from .format import (
     sha256_bytes,
 )
 from .limits import DEFAULT_LIMITS, MAX_THREADS, Limits
+from .manifest import TraceSpec
 from .reader import Record, Trace
 from .safeio import TraceError
 from .writer import TraceWriter, atomic_write, encode_checkpoint, environment
@@ -31,6 +35,7 @@ __all__ = [
     "INITIAL_KINDS",
     "TraceError",
     "Trace",
+    "TraceSpec",
     "TraceWriter",
     "Record",
     "Limits",

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .limits import DEFAULT_LIMITS, Limits
+from .manifest import TraceSpec
 from .safeio import SAFETENSORS_DTYPES, TraceError, digest, tensor_nbytes
 
 __all__ = [
@@ -141,23 +141,13 @@ def declared_fields(man: Mapping[str, Any]) -> List[str]:
     return top + [f"data.{k}" for k in sorted(data) if DATA_FIELDS.get(k) == "declared"] + label
 
 
-def _int(man: Mapping[str, Any], key: str, lo: int, hi: int, optional: bool = False) -> Optional[int]:
-    v = man.get(key)
-    if v is None and optional:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise TraceError(
-            f"manifest: {key!r} must be an integer in {lo}..{hi}{' or null' if optional else ''}, got {v!r}"
-        )
-    return v
-
-
 class Manifest(dict):
     """A manifest whose every field the readers use has been type- and range-checked.
     ``tensors`` maps each checkpoint tensor's name to (safetensors dtype, shape), in order."""
 
     tensors: "Dict[str, Tuple[str, Tuple[int, ...]]]"
     checkpoint_bytes: int
+    spec: TraceSpec  # the typed view of the training fields (exactforge.trace.manifest)
 
     @property
     def steps(self) -> Optional[int]:
@@ -168,10 +158,11 @@ def validate_manifest(man: Dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> M
     """Checks a parsed manifest against the schema; raises TraceError naming the field (the
     first wrong field, in the order below)."""
     _check_schema(man)
-    _check_training(man, limits)
-    _check_origin(man)
+    spec = TraceSpec.parse(man, limits)
+    _check_origin(man, spec)
     _check_imported(man)
     out = Manifest(man)
+    out.spec = spec
     out.tensors, out.checkpoint_bytes = _tensor_table(man["tensors"], limits)
     return out
 
@@ -228,125 +219,15 @@ def _check_fields(man: Dict[str, Any], version: int) -> None:
             raise TraceError(f"manifest: {key!r} must be a JSON {'string' if kind is str else 'object'}")
 
 
-def _check_training(man: Dict[str, Any], limits: Limits) -> None:
-    """What a step needs: engine, model and optimizer, lr, sizes, the reduction, the loss,
-    dropout's key and the modules recorded in eval mode."""
-    if man["engine"] not in ("native", "torch"):
-        raise TraceError(f"manifest: 'engine' must be 'native' or 'torch', got {str(man['engine'])[:40]!r}")
-    if not isinstance(man["model"], dict) or not isinstance(man["optimizer"], dict):
-        raise TraceError("manifest: 'model' and 'optimizer' must be JSON objects")
-    lr = man["lr"]
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise TraceError(f"manifest: 'lr' must be a positive finite number, got {lr!r}")
-    _int(man, "checkpoint_every", 1, limits.max_steps)
-    _int(man, "steps", 1, limits.max_steps, optional=True)
-    _int(man, "batch_size", 1, limits.max_batch, optional=True)
-    _int(man, "seed", -(2**63), 2**64 - 1, optional=True)
-    # torch: None (torch's own layers) or the mode of exactforge.nn's reproducible layers
-    allowed = ("fixed", "exact") if man["engine"] == "native" else (None, "exact", "fixed")
-    if "reduction" not in man or man["reduction"] not in allowed:
-        raise TraceError(
-            f"manifest: 'reduction' must be one of {allowed} for the {man['engine']} engine, "
-            f"got {str(man.get('reduction', '<missing>'))[:40]!r}"
-        )
-    if "loss" in man:
-        from ..nn.losses import check_spec
-
-        try:
-            check_spec(man["loss"])
-        except ValueError as e:
-            raise TraceError(f"manifest: {e}") from None
-    if "reduction_plan" in man and (isinstance(man["reduction_plan"], bool) or man["reduction_plan"] not in (1, 2)):
-        raise TraceError(
-            f"manifest: 'reduction_plan' must be 1 or 2 (exactforge.models.REDUCTION_PLANS), got "
-            f"{str(man['reduction_plan'])[:20]!r}"
-        )
-    if man.get("dropout") is not None:
-        d = man["dropout"]
-        if (
-            not isinstance(d, dict)
-            or set(d) != {"seed"}
-            or isinstance(d["seed"], bool)
-            or not isinstance(d["seed"], int)
-            or not 0 <= d["seed"] < 2**63
-        ):
-            raise TraceError("manifest: 'dropout' must be {'seed': an integer in 0..2^63-1} or null")
-    if man.get("sampling") not in (None, "without-replacement", "with-replacement"):
-        raise TraceError("manifest: 'sampling' must be 'without-replacement' or 'with-replacement'")
-    clip = man.get("clip_grad")
-    if clip is not None and (
-        man["engine"] != "torch"
-        or not isinstance(clip, dict)
-        or len(clip) != 1
-        or next(iter(clip)) not in ("norm", "value")
-        or isinstance(next(iter(clip.values())), bool)
-        or not isinstance(next(iter(clip.values())), (int, float))
-        or not 0 < next(iter(clip.values())) < 1e30
-    ):
-        raise TraceError("manifest: 'clip_grad' must be {'norm': a positive number} or {'value': ...} (torch traces)")
-    norm = man.get("normalize")
-    if norm is not None and (
-        man["engine"] != "torch"
-        or not isinstance(norm, dict)
-        or set(norm) != {"mean", "std"}
-        or not all(isinstance(norm[k], list) and 1 <= len(norm[k]) <= 64 for k in norm)
-        or len(norm["mean"]) != len(norm["std"])
-        or not all(type(v) is float and abs(v) < 1e6 for v in norm["mean"])
-        or not all(type(v) is float and 1e-12 < v < 1e6 for v in norm["std"])
-    ):
-        raise TraceError("manifest: 'normalize' must be {'mean': [...], 'std': [positive ...]}, one per channel")
-    if "arithmetic" in man:
-        from ..nn.update import ARITHMETICS
-
-        if man["engine"] != "torch" or man["arithmetic"] not in ARITHMETICS or man.get("reduction") is None:
-            raise TraceError(
-                f"manifest: 'arithmetic' must be one of {list(ARITHMETICS)} (torch traces of a reproducible model)"
-            )
-    acc = man.get("accumulate")
-    if acc is not None and (man["engine"] != "torch" or type(acc) is not int or not 2 <= acc <= 1024):
-        raise TraceError("manifest: 'accumulate' must be the number of micro-batches per step, 2..1024 (torch traces)")
-    if acc is not None and isinstance(man.get("batch_size"), int) and acc > man["batch_size"]:
-        raise TraceError("manifest: 'accumulate' is larger than the batch size")
-    sc = man.get("scheduler")
-    if sc is not None and (
-        man["engine"] != "torch"
-        or not isinstance(sc, dict)
-        or not isinstance(sc.get("class"), str)
-        or not isinstance(sc.get("state"), dict)
-        or not set(sc) <= {"class", "state", "groups", "children"}
-    ):
-        raise TraceError("manifest: 'scheduler' must be {'class': str, 'state': {...}, ...} (torch traces)")
-    if man.get("augment") is not None:
-        from ..nn.augment import augment_from_dict
-
-        try:
-            if man["engine"] != "torch":
-                raise ValueError("augment: only torch traces augment their inputs")
-            augment_from_dict(man["augment"])
-        except ValueError as e:
-            raise TraceError(f"manifest: {e}") from None
-    ev = man.get("eval_modules")
-    if ev is not None and (
-        not isinstance(ev, list)
-        or len(ev) > limits.max_tensors
-        or not all(isinstance(n, str) and len(n) <= 256 for n in ev)
-    ):
-        raise TraceError(f"manifest: 'eval_modules' must list at most {limits.max_tensors} module names")
-
-
-def _check_origin(man: Dict[str, Any]) -> None:
-    """Where the run starts and on what: theta_0's kind and file, and the data's fingerprint."""
+def _check_origin(man: Dict[str, Any], spec: TraceSpec) -> None:
+    """Where the run starts and on what: theta_0's kind and file, and a batch the data can fill."""
     if man["initial"] not in INITIAL_KINDS:
         raise TraceError(f"manifest: 'initial' must be one of {INITIAL_KINDS}, got {str(man['initial'])[:40]!r}")
     if man["initial"] == "seeded" and man.get("seed") is None:
         raise TraceError("manifest: 'initial' is 'seeded' but no 'seed' is given")
-    data = man["data"]
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not is_sha256(data.get("fingerprint")):
-        raise TraceError("manifest: 'data' must hold a 'name' and a SHA-256 'fingerprint'")
-    _int(data, "num_examples", 1, 2**48)
-    if man.get("batch_size") is not None and man["batch_size"] > data["num_examples"]:
+    if spec.batch_size is not None and spec.batch_size > spec.data.num_examples:
         raise TraceError(
-            f"manifest: batch_size {man['batch_size']} is larger than the data set ({data['num_examples']} examples)"
+            f"manifest.batch_size: {spec.batch_size} is larger than the data set ({spec.data.num_examples} examples)"
         )
     ini = man["initial_checkpoint"]
     if (

@@ -26,6 +26,7 @@ from .format import (
     validate_manifest,
 )
 from .limits import DEFAULT_LIMITS, Limits
+from .manifest import TraceSpec
 from .safeio import TraceError, decode_safetensors, is_entry, list_names, read_file, read_json
 
 __all__ = ["Record", "Trace"]
@@ -53,7 +54,7 @@ class Record:
 MAX_GROUPS = 64
 
 
-def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) -> Record:
+def _parse_record(obj: Dict[str, Any], i: int, spec: TraceSpec, limits: Limits) -> Record:
     keys = set(obj)
     if not (_RECORD_KEYS <= keys <= _RECORD_KEYS | {"final", "lr"}):
         raise TraceError(
@@ -62,7 +63,7 @@ def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) ->
     lr = obj.get("lr")
     if "lr" in obj:
         rates = lr if isinstance(lr, list) and 2 <= len(lr) <= MAX_GROUPS else [lr]
-        if man["engine"] != "torch" or not all(type(r) is float and math.isfinite(r) and 0 < r <= 1e6 for r in rates):
+        if spec.engine != "torch" or not all(type(r) is float and math.isfinite(r) and 0 < r <= 1e6 for r in rates):
             raise TraceError(
                 f"record {i}: 'lr' must be a positive learning rate, or one per parameter group (torch traces only)"
             )
@@ -75,8 +76,8 @@ def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) ->
     if final is not True and final is not False:
         raise TraceError(f"record {i}: 'final' must be true or false")
     batch = obj["batch"]
-    n_ex = man["data"]["num_examples"]
-    b = man.get("batch_size")
+    n_ex = spec.data.num_examples
+    b = spec.batch_size
     if not isinstance(batch, list):
         raise TraceError(f"record {i}: 'batch' must be a list of dataset indices")
     if b is not None and len(batch) != b:
@@ -88,7 +89,7 @@ def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) ->
     arr = np.array(batch, dtype=object)
     if arr.min() < 0 or arr.max() >= n_ex:
         raise TraceError(f"record {i}: batch index outside the data set (0..{n_ex - 1})")
-    if man.get("sampling") == "without-replacement" and len(set(batch)) != len(batch):
+    if spec.sampling == "without-replacement" and len(set(batch)) != len(batch):
         raise TraceError(f"record {i}: an example repeats in a batch the manifest declares sampled without replacement")
     arr = arr.astype(np.int64)
     arr.setflags(write=False)
@@ -105,7 +106,7 @@ def _parse_record(obj: Dict[str, Any], i: int, man: Manifest, limits: Limits) ->
             f"record {i}: malformed checkpoint entry (expected step {i + 1}, "
             f"file {checkpoint_name(i + 1)} and a SHA-256)"
         )
-    k = man["checkpoint_every"]
+    k = spec.checkpoint_every
     due = (i + 1) % k == 0 or final
     if due != (ck is not None):
         raise TraceError(
@@ -192,8 +193,8 @@ class Trace:
         t = cls(directory, man, sha256_bytes(raw), limits=limits)
         if on_manifest is not None:
             on_manifest(t)
-        b = man.get("batch_size")
-        t.record_limit = limits.record_bytes(b if b is not None else min(limits.max_batch, man["data"]["num_examples"]))
+        b = man.spec.batch_size
+        t.record_limit = limits.record_bytes(b if b is not None else min(limits.max_batch, man.spec.data.num_examples))
         declared = man.steps
         prev = t.manifest_hash
         while True:
@@ -243,7 +244,7 @@ class Trace:
             return None
         obj, raw = got
         _canonical(obj, raw, f"record {i}")
-        rec = _parse_record(obj, i, self.manifest, self.limits)
+        rec = _parse_record(obj, i, self.manifest.spec, self.limits)
         if rec.hash != record_hash(obj):
             raise TraceError(f"record {i}: its hash does not match its content (modified)")
         if rec.prev != prev:
@@ -291,6 +292,11 @@ class Trace:
     def num_steps(self) -> int:
         """Steps covered by checkpoints: records past the last checkpoint are an unfinished tail."""
         return self.checkpoint_steps[-1]
+
+    @property
+    def spec(self) -> TraceSpec:
+        """The manifest's typed view, parsed when the trace was opened."""
+        return self.manifest.spec
 
     @property
     def declared_steps(self) -> Optional[int]:

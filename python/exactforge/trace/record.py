@@ -4,16 +4,17 @@ optimizer inside the user's own training loop (``TraceRecorder``)."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .._backend.threads import threads as torch_threads
 from ..data import Dataset, as_dataset, fingerprint
 from ..models import native as M
-from ..models.step import NativeStep
 from ..report.progress import progress_bar
 from . import Trace, TraceWriter, environment
+from .engine import native_step
+from .manifest import TraceSpec
 
 __all__ = ["batch_schedule", "record_native", "record_torch_fcn", "TraceRecorder"]
 
@@ -132,14 +133,14 @@ def record_native(
         "environment": environment("cpu"),
     }
     writer, restored = _resume_or_create(out, manifest, params, resume)
-    plan = cast(int, manifest["reduction_plan"])
     if restored is not None:
         params = M.check_params(spec, restored, "checkpoint")
     sched = batch_schedule(len(data), batch_size, seed)
     for _ in range(writer.next_step):  # the schedule is a pure function of the seed
         next(sched)
     bar = progress_bar(steps - writer.next_step, progress, "train (native)")
-    step = NativeStep(spec, X, data.y, lr, mode=mode, threads=threads, plan=plan)
+    # the step the verifier recomputes, built from the manifest as written (a resumed trace's plan)
+    step = native_step(TraceSpec.parse(manifest), X, data.y, threads=threads)
     while writer.next_step < steps:
         t = writer.next_step
         idx = next(sched)

@@ -12,23 +12,25 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
 
+from ..trace.manifest import TraceSpec
+
 __all__ = ["fresh_augmentation", "augmentation_note", "unrecovered"]
 
 # far from the small seeds training loops use, so a fresh draw does not replay the original by chance
 FRESH_SEED = 0x5EEDA06_9E3779B9
 
 
-def unrecovered(man: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+def unrecovered(spec: TraceSpec) -> Optional[Dict[str, Any]]:
     """An imported proof's declared augmentation whose draws were not recovered, else None."""
-    aug = (man.get("imported") or {}).get("augmentation")
-    return aug if isinstance(aug, dict) and not aug.get("recovered") and man.get("augment") is None else None
+    aug = (spec.imported or {}).get("augmentation")
+    return aug if isinstance(aug, dict) and not aug.get("recovered") and spec.augment is None else None
 
 
-def fresh_augmentation(man: Dict[str, Any], seed: int = FRESH_SEED) -> Optional[Callable[..., Any]]:
+def fresh_augmentation(spec: TraceSpec, seed: int = FRESH_SEED) -> Optional[Callable[..., Any]]:
     """The replay's augmentation for an unrecovered proof: the reference CIFAR loop's flip then
     crop, drawn afresh for each step from a generator seeded by (seed, step), so a verification
     repeats; None where the trace has no such declaration."""
-    aug = unrecovered(man)
+    aug = unrecovered(spec)
     if aug is None:
         return None
     import torch
@@ -45,14 +47,14 @@ def fresh_augmentation(man: Dict[str, Any], seed: int = FRESH_SEED) -> Optional[
     return draw
 
 
-def augmentation_note(man: Dict[str, Any]) -> Optional[str]:
+def augmentation_note(spec: TraceSpec) -> Optional[str]:
     """The report's ``augmentation``: how this replay augmented its inputs."""
-    aug = man.get("augment")
+    aug = spec.augment
     if isinstance(aug, dict) and aug.get("kind") == "torch-stream":
         return "recovered: the proof's own draws, from the torch stream recovered from theta_0"
     if aug is not None:
         return "keyed: exactforge's augmentation keyed to (seed, step, example)"
-    if unrecovered(man) is not None:
+    if unrecovered(spec) is not None:
         return (
             "fresh draws: the proof's augmentation was not recovered, so no replay reproduces it; exactforge verify "
             "--pol-augmentation crop-flip measures the epsilon an honest replay needs"

@@ -15,14 +15,15 @@ from typing import Any, Callable, List, Tuple
 
 import numpy as np
 
+from .distances import verification_distance
+from .replay import pairs, permuted, replay_segment
+
 __all__ = ["calibrate_epsilon", "SAFETY"]
 
 SAFETY = 10.0
 
 
 def _reordered(idx: np.ndarray, t: int, *, seed: int, parts: int) -> np.ndarray:
-    from .verifier import permuted
-
     return permuted(idx, seed, t, parts)
 
 
@@ -32,26 +33,22 @@ def calibrate_epsilon(
     """(epsilon, how it was set) from the first ``segments`` segments of ``trace``."""
     import torch
 
-    from .distances import verification_distance
-    from .verifier import _pairs
-    from .verifier import replay_segment as replay
-
-    parts = trace.manifest.get("accumulate") or 1
+    parts = trace.spec.accumulate
     segs: List[Tuple[int, int]] = list(trace.segments())[: max(1, segments)]
     worst = 0.0
     for s, e in segs:
         start = load(s)
-        base = replay(trace, step, start, s, e)
+        base = replay_segment(trace, step, start, s, e)
         for r in range(draws):
-            other = replay(trace, step, start, s, e, functools.partial(_reordered, seed=1_000 + r, parts=parts))
-            worst = max(worst, float(verification_distance(_pairs(other, base), "l2")))
+            other = replay_segment(trace, step, start, s, e, functools.partial(_reordered, seed=1_000 + r, parts=parts))
+            worst = max(worst, float(verification_distance(pairs(other, base), "l2")))
         before = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            one = replay(trace, step, start, s, e)
+            one = replay_segment(trace, step, start, s, e)
         finally:
             torch.set_num_threads(before)
-        worst = max(worst, float(verification_distance(_pairs(one, base), "l2")))
+        worst = max(worst, float(verification_distance(pairs(one, base), "l2")))
     how = (
         f"auto: {safety:g} x the largest l2 difference between recomputations of the first {len(segs)} segment(s) "
         f"with each batch in {draws} other orders and on one thread ({worst:.3g}); this machine's benign "

@@ -123,7 +123,8 @@ def _verify_task(
     """Recomputes a group of segments on a worker (``trace``: their slice of the checked
     trace): (results in order, the error that stopped it or None), the serial verifier's
     outcome for these segments."""
-    from .verifier import engine_for, recompute_segments
+    from .replay import engine_for
+    from .segments import recompute_segments
 
     results: List[Any] = []
     try:
@@ -456,7 +457,7 @@ class RayExecutor:
         """Recomputes ``segs`` of a checked trace on the cluster and fills ``report`` as the
         serial verifier would (called by ``verify_trace(..., executor=...)``). ``stream``: the
         groups already submitted while the trace was read, a prefix of ``segs``."""
-        from .verifier import add_result
+        from .results import add_result
 
         t0 = stream.t0 if stream is not None else time.perf_counter()  # a stream started with the chain
         job = self._job(job)

@@ -367,11 +367,11 @@ def augmentation_tolerance(
 
     from ..nn.augment import torch_crop_flip
     from .distances import verification_distance
-    from .verifier import _pairs, engine_for, open_with_data, replay_segment
+    from .replay import engine_for, open_with_data, pairs, replay_segment
 
     thr = parse_thresholds(thresholds)[0]
     trace, data = open_with_data(directory, dataset, data_path)
-    if trace.manifest["engine"] != "torch":
+    if trace.spec.engine != "torch":
         raise ValueError("augmentation: a torch trace is needed (the proof's model replayed with torch)")
     load, step, _ = engine_for(trace, data, None, model)
     names = [n for n, _ in step.model.named_parameters()]
@@ -386,7 +386,7 @@ def augmentation_tolerance(
             # far from the small seeds training loops use, so a draw does not replay the original by chance
             gen.manual_seed(((seed + 1) * 0x9E3779B97F4A7C15 + s * 1009 + d) % 2**63)
             state = replay_segment(trace, step, start, s, e)
-            l2s.append(float(verification_distance(_pairs(state, logged), "l2")))
+            l2s.append(float(verification_distance(pairs(state, logged), "l2")))
             dist = reference_distances(logged, state, names)
             ref = {m: max(ref[m], dist[m]) for m in METRICS}
     accepts = all(ref[m] <= thr[m] for m in METRICS)
