@@ -823,7 +823,7 @@ def test_fused_batch_norm_has_the_tensor_expressions_bits(N, C, spatial, affine_
     in x, dy or the weight (NaN payloads included: those keep the unfused expressions)."""
     from unittest import mock
 
-    import exactforge.nn.functional as xf
+    import exactforge.nn.functional.norm as xf
 
     rng = np.random.default_rng(seed)
     shape = (N, C) + spatial

@@ -7,9 +7,9 @@ import math
 import os
 
 import pytest
+from consistency import check_report
 
 from exactforge.cli import main
-from exactforge.studies.consistency import check_report
 
 
 def _finite_numbers(obj, path="report"):

@@ -92,8 +92,9 @@ def test_the_reference_verdicts_from_one_report_are_the_verifiers_own(tmp_path):
 
 
 def test_the_report_says_where_each_spoof_breaks(study, tmp_path):
+    from consistency import check_report
+
     from exactforge.report.figures import plot_spoofing
-    from exactforge.studies.consistency import check_report
     from exactforge.studies.report_md import _spoofing_markdown, _where_accepted
 
     assert _where_accepted("spacing", [(0.01, True), (0.1, True), (1.0, False)]) == (

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -171,42 +171,13 @@ def play_game(
         raise ValueError("rounds: expected at least one round")
     t0 = time.perf_counter()
     v = verifier or Verifier(model, engine, data=data, batch_size=batch_size, steps=steps, lr=lr, seed=seed)
-    if isinstance(epsilon, str):
-        if epsilon != "auto":
-            raise ValueError("epsilon: expected 'auto', 0 or a non-negative number")
-        eps, source = v.calibrate(), f"calibrated (10 x the largest benign error, {v.engine} path)"
-    else:
-        eps, source = float(epsilon), "given"
-        if eps < 0:
-            raise ValueError("epsilon: expected a non-negative number")
+    eps, source = _epsilon(epsilon, v)
     rng = np.random.default_rng([seed, 1234])
     budget = dict(budget or {})
     out: List[Round] = []
     bar = progress_bar(rounds, progress, f"game {attack}", "round")
     for k in range(rounds):
-        if scenario == "membership":
-            t = int(rng.integers(len(v.batches)))
-            target = int(rng.choice(v.batches[t]))
-            steps_to_forge = [t]
-        else:
-            seen = np.unique(np.concatenate(v.batches))
-            target = int(rng.choice(seen))
-            steps_to_forge = [t for t, bt in enumerate(v.batches) if target in set(bt.tolist())]
-        won, reasons, worst, dist_all, dom_all = True, [], 0.0, True, True
-        for t in steps_to_forge:
-            batch = v.batches[t]
-            r = max(1, int(round((fraction or 0) * len(batch))))
-            others = [i for i in batch if i != target]
-            remove = [target] + [int(i) for i in rng.choice(others, r - 1, replace=False)] if r > 1 else [target]
-            res = run_attack(attack, v.context(t), remove, seed=seed + k, **budget)
-            why = _judge(res, target, eps, domain_check, v.data)
-            worst = max(worst, res.approx_error)
-            dist_all &= res.distinct
-            dom_all &= res.in_domain
-            if why:
-                won = False
-                reasons += [f"step {t}: {w}" for w in why]
-        out.append(Round(k, steps_to_forge, target, won, reasons, worst, dist_all, dom_all))
+        out.append(_play_round(k, v, rng, attack, scenario, fraction, eps, domain_check, seed, budget))
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -229,6 +200,57 @@ def play_game(
         res_median,
         str(np.asarray(v.states[-1]).dtype),
     )
+
+
+def _epsilon(epsilon: Union[str, float], v: Verifier) -> Tuple[float, str]:
+    """The verifier's epsilon and where it came from: calibrated ("auto") or given."""
+    if isinstance(epsilon, str):
+        if epsilon != "auto":
+            raise ValueError("epsilon: expected 'auto', 0 or a non-negative number")
+        return v.calibrate(), f"calibrated (10 x the largest benign error, {v.engine} path)"
+    eps = float(epsilon)
+    if eps < 0:
+        raise ValueError("epsilon: expected a non-negative number")
+    return eps, "given"
+
+
+def _play_round(
+    k: int,
+    v: Verifier,
+    rng: np.random.Generator,
+    attack: str,
+    scenario: str,
+    fraction: Optional[float],
+    eps: float,
+    domain_check: bool,
+    seed: int,
+    budget: Dict[str, Any],
+) -> Round:
+    """Round k: a target drawn (a member of one step's batch, or an example to unlearn from
+    every step that used it), each of its steps forged without it and judged."""
+    if scenario == "membership":
+        t = int(rng.integers(len(v.batches)))
+        target = int(rng.choice(v.batches[t]))
+        steps_to_forge = [t]
+    else:
+        seen = np.unique(np.concatenate(v.batches))
+        target = int(rng.choice(seen))
+        steps_to_forge = [t for t, bt in enumerate(v.batches) if target in set(bt.tolist())]
+    won, reasons, worst, dist_all, dom_all = True, [], 0.0, True, True
+    for t in steps_to_forge:
+        batch = v.batches[t]
+        r = max(1, int(round((fraction or 0) * len(batch))))
+        others = [i for i in batch if i != target]
+        remove = [target] + [int(i) for i in rng.choice(others, r - 1, replace=False)] if r > 1 else [target]
+        res = run_attack(attack, v.context(t), remove, seed=seed + k, **budget)
+        why = _judge(res, target, eps, domain_check, v.data)
+        worst = max(worst, res.approx_error)
+        dist_all &= res.distinct
+        dom_all &= res.in_domain
+        if why:
+            won = False
+            reasons += [f"step {t}: {w}" for w in why]
+    return Round(k, steps_to_forge, target, won, reasons, worst, dist_all, dom_all)
 
 
 # -- stealth studies ---------------------------------------------------------------------------

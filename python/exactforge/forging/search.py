@@ -29,7 +29,9 @@ import numpy as np
 
 from .._backend.native import _core
 from ..models import native as M
-from ..report.progress import progress_bar
+from .certify import exact_gradients, key_bits_for, projection_keys
+from .search_count import count_every_batch, tally_sampled
+from .search_native import every_pair, fixed_point, linear_keys, native_search, tolerance_search
 
 __all__ = [
     "Domain",
@@ -168,23 +170,6 @@ class SearchResult:
         return d
 
 
-def _fixed_point(G: np.ndarray, b: int) -> Tuple[np.ndarray, int]:
-    """One global power-of-two scale so that b summed entries stay below 2^60."""
-    mx = float(np.max(np.abs(G))) if G.size else 0.0
-    if mx == 0.0:
-        return np.zeros(G.shape, np.int64), 0
-    s = int(math.floor(60 - math.log2(b) - math.log2(mx))) - 1
-    return np.rint(np.ldexp(G, s)).astype(np.int64), s
-
-
-def _keys(Gi: np.ndarray, seed: int) -> np.ndarray:
-    r = np.random.default_rng([seed, 0x5EA7C4]).integers(0, 2**63, Gi.shape[1], dtype=np.uint64) * np.uint64(
-        2
-    ) + np.uint64(1)
-    with np.errstate(over="ignore"):
-        return (Gi.astype(np.uint64) * r[None, :]).sum(axis=1, dtype=np.uint64)
-
-
 def _check_cell(model: str, b: Any) -> None:
     if model not in MODELS:
         raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
@@ -193,7 +178,7 @@ def _check_cell(model: str, b: Any) -> None:
 
 
 # A brute-force search visits C(N, b) batches per call; above this it is refused unless the
-# caller raises max_batches (about 1e11 visits is a few minutes on 2 cores).
+# caller raises max_batches, so an unattended call cannot run for hours by mistake.
 MAX_BRUTE_BATCHES = 10**11
 
 
@@ -244,13 +229,7 @@ def run_search(
     (``memory_needed``), and ``brute`` refuses more than ``max_batches`` batches per true batch."""
     from ..reduce import check_threads
 
-    if method not in ("mitm", "brute"):
-        raise ValueError(f"method: expected 'mitm' or 'brute', got {method!r}")
-    _check_cell(model if gradients is None else MODELS[0], b)
-    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
-        raise ValueError(f"tolerance: expected a finite number >= 0, got {tolerance!r}")
-    if not (isinstance(max_memory_mib, (int, float)) and math.isfinite(max_memory_mib) and max_memory_mib > 0):
-        raise ValueError(f"max_memory_mib: expected a finite positive number of MiB, got {max_memory_mib!r}")
+    _check_search_args(model if gradients is None else MODELS[0], b, method, tolerance, max_memory_mib)
     if planted is None and (
         isinstance(true_batches, bool) or not isinstance(true_batches, (int, np.integer)) or true_batches < 1
     ):
@@ -266,24 +245,9 @@ def run_search(
     t_grad = time.perf_counter() - t_grad
     truths = _true_batches(dom, b, v, seed, true_batches, planted)
     t0 = time.perf_counter()
-    if tolerance > 0:
-        found_sets, visited, mib, t_native = _tolerance_search(G, truths, b, tolerance, seed, progress)
-        mode = "tolerance"
-    elif eg is not None:
-        from .certify import projection_keys
-
-        keys, ktol, shift = projection_keys(eg.G, b, seed)
-        found_sets, visited, mib, t_native = _native_search(
-            eg.G, keys.view(np.uint64), truths, b, method, threads, max_memory_mib, progress, ktol, b, shift
-        )
-        mode = "certified"
-    else:
-        assert G is not None  # without exact gradients, the float64 ones
-        Gi, _ = _fixed_point(G, b)
-        found_sets, visited, mib, t_native = _native_search(
-            Gi, _keys(Gi, seed), truths, b, method, threads, max_memory_mib, progress
-        )
-        mode = "custom-exact"
+    found_sets, visited, mib, t_native, mode = _dispatch(
+        eg, G, truths, b, method, tolerance, seed, threads, max_memory_mib, progress
+    )
     secs = time.perf_counter() - t0
     res = SearchResult(
         model if gradients is None else "custom",
@@ -307,8 +271,48 @@ def run_search(
         mode=mode,
         levels=levels,
     )
-    _tally(res, found_sets, truths, eg, G)
+    tally_sampled(res, found_sets, truths, eg, G)
     return res
+
+
+def _check_search_args(model: str, b: Any, method: str, tolerance: Any, max_memory_mib: Any) -> None:
+    """Refuses a method, cell, tolerance or memory bound a search cannot take, naming it."""
+    if method not in ("mitm", "brute"):
+        raise ValueError(f"method: expected 'mitm' or 'brute', got {method!r}")
+    _check_cell(model, b)
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance: expected a finite number >= 0, got {tolerance!r}")
+    if not (isinstance(max_memory_mib, (int, float)) and math.isfinite(max_memory_mib) and max_memory_mib > 0):
+        raise ValueError(f"max_memory_mib: expected a finite positive number of MiB, got {max_memory_mib!r}")
+
+
+def _dispatch(
+    eg: Any,
+    G: Optional[np.ndarray],
+    truths: List[List[int]],
+    b: int,
+    method: str,
+    tolerance: float,
+    seed: int,
+    threads: Optional[int],
+    max_memory_mib: float,
+    progress: bool,
+) -> Tuple[Any, int, float, Optional[float], str]:
+    """The search a call asks for: (candidates, visited, table MiB, native seconds, mode). Within
+    a tolerance, over the float64 gradients; otherwise exactly, over the 200-bit gradients'
+    projection keys (certified) or a custom gradient matrix in fixed point."""
+    if tolerance > 0:
+        return (*tolerance_search(G, truths, b, tolerance, seed, progress), "tolerance")
+    if eg is not None:
+        keys, ktol, shift = projection_keys(eg.G, b, seed)
+        found = native_search(
+            eg.G, keys.view(np.uint64), truths, b, method, threads, max_memory_mib, progress, ktol, b, shift
+        )
+        return (*found, "certified")
+    assert G is not None  # without exact gradients, the float64 ones
+    Gi, _ = fixed_point(G, b)
+    found = native_search(Gi, linear_keys(Gi, seed), truths, b, method, threads, max_memory_mib, progress)
+    return (*found, "custom-exact")
 
 
 def _check_bounds(
@@ -363,49 +367,10 @@ def _true_batches(
     return [sorted(rng.choice(dom.size, b, replace=False).tolist()) for _ in range(true_batches)]
 
 
-def _tally(res: SearchResult, found_sets: Any, truths: List[List[int]], eg: Any, G: Optional[np.ndarray]) -> None:
-    """Certifies each candidate against its true batch and counts it into ``res``: a forgery by
-    its certificate, a trivial one (zero-influence examples swapped), or a false candidate."""
-    from .certify import certify
-
-    with_forgery, nontrivial = set(), set()
-    for t, cand in found_sets:
-        truth = truths[t]
-        if list(cand) == truth:
-            continue
-        if eg is not None:
-            level = certify(eg, truth, cand)
-        else:  # no structure to certify with: equal multisets of per-example gradients, or not
-            assert G is not None
-            same = sorted(map(tuple, G[truth].tolist())) == sorted(map(tuple, G[list(cand)].tolist()))
-            level = "trivial" if same else "numerical"
-        if level == "differs":
-            res.false_candidates += 1
-            continue
-        with_forgery.add(t)
-        if level != "trivial":
-            nontrivial.add(t)
-        res.certificates[level] = res.certificates.get(level, 0) + 1
-        if sum(p["level"] == level for p in res.pairs) < 10:  # up to 10 examples of each certificate
-            res.pairs.append({"true": [int(i) for i in truth], "forgery": [int(i) for i in cand], "level": level})
-        if level == "trivial":
-            res.structural += 1
-            if len(res.structural_examples) < 10:
-                res.structural_examples.append([int(i) for i in cand])
-        else:
-            res.found += 1
-            if len(res.forgeries) < 10:
-                res.forgeries.append([int(i) for i in cand])
-    res.batches_with_forgery = len(with_forgery)
-    res.batches_with_nontrivial_forgery = len(nontrivial)
-
-
 @functools.lru_cache(maxsize=4)
 def _exact_gradients_cached(model: str, d: int, n: int, v: int, bias: bool, seed: int, levels: str = "grid"):
     """The 200-bit gradients of a cell's domain, shared by the cells of a row of the table (the
     same model, bias, v, levels and seed; every b <= 6 fits the fixed-point width)."""
-    from .certify import exact_gradients, key_bits_for
-
     dom = Domain(d, n, v, levels)
     spec, params = model_for(model, dom, bias, seed)
     imgs = dom.images()
@@ -414,114 +379,6 @@ def _exact_gradients_cached(model: str, d: int, n: int, v: int, bias: bool, seed
     return exact_gradients(
         spec, params, imgs, image_of, labels, dom.denominator, key_bits=key_bits_for(spec.num_params, 6)
     )
-
-
-def _native_search(Gi, keys, truths, b, method, threads, max_memory_mib, progress, key_tol=0, coord_tol=0, shift=0):
-    """The native brute-force or meet-in-the-middle search over integer gradients ``Gi`` with
-    64-bit keys (exact mode), or integer projection keys within ``key_tol`` (tolerance mode)."""
-    targets = np.stack([Gi[t].sum(axis=0) for t in truths])
-    with np.errstate(over="ignore"):
-        tkeys = np.array([keys[t].sum(dtype=np.uint64) for t in truths], dtype=np.uint64)
-    N = len(Gi)
-    h1 = b if method == "brute" else b - b // 2
-    total = int(_core.choose(N, h1))
-    # progress granularity: one block per ~5M probes (a block is a Python call and a parallel region)
-    nblocks = int(max(1, min(N, 200, total // 5_000_000)))
-    if nblocks > 1:  # blocks of first indices with about equal work: C(N - a - 1, h1 - 1) start at a
-        work = np.array([_core.choose(N - a - 1, h1 - 1) for a in range(N)], dtype=np.float64)
-        cum = np.cumsum(work)
-        bounds = np.unique(
-            np.searchsorted(cum, np.linspace(0, cum[-1], nblocks + 1)[1:], side="left").clip(0, N - 1) + 1
-        )
-    else:
-        bounds = np.array([N])
-    bar = progress_bar(total, progress, f"{method} b={b}", "probe", unit_scale=True)
-    found, visited = [], 0
-    t_native = time.perf_counter()
-    handle = _core.SearchHandle(
-        Gi,
-        keys,
-        targets,
-        tkeys,
-        b,
-        method,
-        int(max_memory_mib * 2**20),
-        key_tol=int(key_tol),
-        coord_tol=int(coord_tol),
-        shift=int(shift),
-    )
-    a0 = 0
-    for a1 in bounds:
-        a1 = int(min(a1, N))
-        if a1 <= a0:
-            continue
-        out, vis = handle.run(a0, a1, int(threads or 0))
-        found.extend(out)
-        visited += vis
-        if bar is not None:
-            bar.update(vis)
-        a0 = a1
-    if a0 < N:
-        out, vis = handle.run(a0, N, int(threads or 0))
-        found.extend(out)
-        visited += vis
-    t_native = time.perf_counter() - t_native
-    if bar is not None:
-        bar.close()
-    return found, visited, handle.table_bytes / 2**20, t_native
-
-
-def _tolerance_search(G, truths, b, tau, seed, progress):
-    """||sum(G[B']) - sum(G[B])|| <= tau: a random unit direction r gives |r . delta| <= tau for
-    every candidate, so table keys are sorted (1-D buckets of width tau) and each probe looks at
-    the keys within tau of its need; candidates are confirmed on the full vectors."""
-    N = len(G)
-    r = np.random.default_rng([seed, 7]).standard_normal(G.shape[1])
-    r /= np.linalg.norm(r)
-    key = G @ r
-    h2 = b // 2
-    h1 = b - h2
-    subs2 = np.array(list(itertools.combinations(range(N), h2)), dtype=np.int64).reshape(-1, h2)
-    k2 = key[subs2].sum(axis=1) if h2 else np.zeros(1)
-    if h2 == 0:
-        subs2 = np.zeros((1, 0), np.int64)
-    order = np.argsort(k2, kind="stable")
-    k2s, subs2 = k2[order], subs2[order]
-    targets = [G[t].sum(axis=0) for t in truths]
-    tk = [float(T @ r) for T in targets]
-    found, visited = [], 0
-    bar = progress_bar(int(_core.choose(N, h1)), progress, f"tolerance b={b}", "probe", unit_scale=True)
-    for chunk in _chunks(itertools.combinations(range(N), h1), 100_000):
-        P = np.array(chunk, dtype=np.int64)
-        kp = key[P].sum(axis=1)
-        visited += len(P)
-        for t, (T, tkey) in enumerate(zip(targets, tk)):
-            lo = np.searchsorted(k2s, tkey - kp - tau, side="left")
-            hi = np.searchsorted(k2s, tkey - kp + tau, side="right")
-            for i in np.flatnonzero(hi > lo):
-                for j in range(lo[i], hi[i]):
-                    s2 = subs2[j]
-                    if h2 and s2[0] <= P[i, -1]:
-                        continue
-                    cand = np.concatenate([P[i], s2])
-                    if np.linalg.norm(G[cand].sum(axis=0) - T) <= tau:
-                        found.append((t, tuple(int(c) for c in cand)))
-        if bar is not None:
-            bar.update(len(P))
-    if bar is not None:
-        bar.close()
-    return found, visited, (k2s.nbytes + subs2.nbytes) / 2**20, None
-
-
-def _chunks(it, size):
-    buf = []
-    for x in it:
-        buf.append(x)
-        if len(buf) == size:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
 
 
 def run_table(
@@ -633,8 +490,8 @@ def format_table(results: Sequence[SearchResult]) -> str:
 # Every batch of a cell as a true batch (exactforge._core.all_pairs, src/collide.cpp): all pairs
 # of batches whose keys lie within the tolerance are found in windows of the key axis, and each
 # is decided exactly in C++ (same image classes: label-part sums compared as integers) or handed
-# back for the 200-bit check (different image classes). 6.8e9 batches (v = 3, b = 5) take
-# minutes; the bound is on the count, the memory is bounded by max_memory_mib.
+# back for the 200-bit check (different image classes). The bound is on the count (it keeps
+# the enumeration to minutes); the memory is bounded by max_memory_mib.
 MAX_ALL_BATCHES = 10**10
 
 
@@ -677,7 +534,7 @@ def run_search_all(
     eg = _exact_gradients_cached(model, d, n, v, bias, seed, levels)
     t_grad = time.perf_counter() - t_grad
     t0 = time.perf_counter()
-    found, rows, zeros = _all_pairs(eg, b, seed, max_memory_mib, threads)
+    found, rows, zeros = every_pair(eg, b, seed, max_memory_mib, threads)
     res = SearchResult(
         model,
         bias,
@@ -698,106 +555,9 @@ def run_search_all(
         levels=levels,
     )
     res.false_candidates = int(found["false_candidates"])
-    _count_all(res, found, eg, rows, zeros, b)
+    count_every_batch(res, found, eg, rows, zeros, b)
     res.seconds = res.search_seconds = time.perf_counter() - t0
     return res
-
-
-def _all_pairs(eg: Any, b: int, seed: int, max_memory_mib: float, threads: Optional[int]) -> Tuple[dict, Any, Any]:
-    """Every pair of batches with equal keys, from the native enumeration (src/search/collide.cpp):
-    (what it found, the examples that move the gradient in key order, the zero-influence ones)."""
-    from .certify import label_residues, projection_keys
-
-    zeros = np.flatnonzero(eg.zero)
-    rows = np.flatnonzero(~eg.zero)
-    keys, tol, _ = projection_keys(eg.G[rows], b, seed)
-    order = np.argsort(keys, kind="stable")
-    rows = rows[order]
-    if _core.pack_bits(len(rows), b) < 0:
-        raise ValueError(f"--all: {len(rows)} examples are too many to enumerate every batch")
-    keys2, tol2, _ = projection_keys(eg.G[rows], b, seed + 1)
-    lab, moduli = label_residues(eg, rows.tolist(), b)
-    found = _core.all_pairs(
-        keys[order],
-        eg.G[rows],
-        eg.image[rows].astype(np.int32),
-        lab,
-        moduli,
-        b,
-        len(zeros),
-        tol,
-        b,
-        int(max_memory_mib * 2**20),
-        1_000_000,
-        int(threads or 0),
-        keys2=keys2,
-        key2_tol=tol2,
-    )
-    return found, rows, zeros
-
-
-def _count_all(res: SearchResult, found: dict, eg: Any, rows: Any, zeros: Any, b: int) -> None:
-    """Counts ``found`` into ``res``: batches with a forgery, trivial ones, certified pairs per
-    level, and up to 10 examples of each."""
-    from .certify import certify
-
-    z = len(zeros)
-    bits = found["bits"]
-    mask = (1 << bits) - 1
-
-    def batch(cid: int) -> List[int]:  # a representative batch of class (R, k): R and the first k zeros
-        k = cid & 7
-        return sorted([int(rows[(cid >> (3 + bits * i)) & mask]) for i in range(b - k)] + zeros[:k].tolist())
-
-    weight = [math.comb(z, k) for k in range(b + 1)]
-    # trivial: every class (R, k) with 0 < k < z holds C(z, k) >= 2 batches, pairwise trivial
-    trivial_pool = sum(math.comb(len(rows), b - k) * weight[k] for k in range(1, min(b, z - 1) + 1))
-    trivial_pairs = sum(math.comb(len(rows), b - k) * math.comb(weight[k], 2) for k in range(0, min(b, z) + 1))
-    members = found["exact_members"]
-    numerical_members: set = set()
-    num_pairs = 0
-    for a_, b_ in found["numerical"]:
-        level = certify(eg, batch(a_), batch(b_))
-        if level == "differs":
-            res.false_candidates += 1
-            continue
-        if level != "numerical":
-            raise RuntimeError(f"all_pairs: a pair of different image classes certified {level!r}")
-        num_pairs += weight[a_ & 7] * weight[b_ & 7]
-        numerical_members.update((int(a_), int(b_)))
-        if sum(p["level"] == "numerical" for p in res.pairs) < 10:
-            res.pairs.append({"true": batch(a_), "forgery": batch(b_), "level": "numerical"})
-    extra = np.array(sorted(numerical_members), np.uint64)
-    if len(extra):
-        extra = extra[~np.isin(extra, members)]
-    # classes (R, k) with a non-trivial partner, counted per k; each stands for C(z, k) batches
-    per_k = np.bincount(
-        np.concatenate([members & np.uint64(7), extra & np.uint64(7)]).astype(np.int64), minlength=b + 1
-    )
-    nontrivial_batches = sum(int(c) * weight[k] for k, c in enumerate(per_k))
-    nontrivial_mid = sum(int(c) * weight[k] for k, c in enumerate(per_k) if 0 < k < z)
-    res.batches_with_forgery = trivial_pool + nontrivial_batches - nontrivial_mid
-    res.structural = trivial_pool - nontrivial_mid
-    res.batches_with_nontrivial_forgery = nontrivial_batches
-    res.found = nontrivial_batches
-    if found["exact_pairs_saturated"]:
-        raise RuntimeError("all_pairs: the exact pair count overflowed 64 bits")
-    for level, cnt in (("trivial", trivial_pairs), ("exact", int(found["exact_pairs"])), ("numerical", num_pairs)):
-        if cnt:
-            res.certificates[level] = cnt
-    for a_, b_ in found["exact_examples"]:
-        res.pairs.append({"true": batch(a_), "forgery": batch(b_), "level": "exact"})
-    for k in range(1, min(b, z - 1) + 1):  # trivial examples: R with the first k zeros, then with the next ones
-        if sum(p["level"] == "trivial" for p in res.pairs) >= 10 or len(rows) < b - k:
-            break
-        R = sorted(int(r) for r in rows[: b - k])
-        res.pairs.append(
-            {
-                "true": sorted(R + zeros[:k].tolist()),
-                "forgery": sorted(R + zeros[1 : k + 1].tolist()),
-                "level": "trivial",
-            }
-        )
 
 
 def cell_cost(v: int, b: int, d: int, n: int, true_batches: int, all_cells: bool) -> float:

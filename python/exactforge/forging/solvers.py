@@ -29,6 +29,7 @@ import numpy as np
 
 from ..models import layout
 from ..models import native as M
+from .native_gradient import gradient
 from .twins import B1Analysis, b1_analysis, b1_twins, b1_underflow_pairs
 
 __all__ = [
@@ -200,15 +201,6 @@ def forge_nullspace_batched(W1s: np.ndarray, D1s: np.ndarray, Xs: np.ndarray, Xt
         E = E - (E @ Qd) @ Qd.T
         out[i] = np.asarray(Xs[i], np.float64) + E.T
     return out
-
-
-def gradient(spec: M.ModelSpec, params: M.Params, X: np.ndarray, Y: np.ndarray, dtype: str = "float64") -> np.ndarray:
-    """The flattened batch gradient in ``dtype`` (native fixed reductions in the given order)."""
-    s = M.ModelSpec(spec.kind, spec.input_dim, spec.num_classes, spec.hidden, spec.bias, dtype)
-    p = {k: np.asarray(v, dtype) for k, v in params.items()}
-    Yc = np.asarray(Y) if np.asarray(Y).ndim == 1 else np.asarray(Y, dtype)
-    _, g = M.loss_and_grad(s, M.check_params(s, p), np.asarray(X, dtype), Yc, np.arange(len(X)))
-    return layout.flatten(s, g)
 
 
 def forge_error_matrix(

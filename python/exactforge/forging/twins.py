@@ -14,7 +14,7 @@ So a twin is reported only with a certificate, computed in rational arithmetic:
   over the algebraic numbers. So the gradients are equal exactly when, for each distinct
   exponent, its coefficients sum to 0: an identity of rationals, decided without rounding.
 * ``root``: x' = c* x for a model without a bias, with c* the root != 1 of a scalar equation
-  (:func:`_second_root`). c* is transcendental, so no float c is a twin; the certificate is a
+  (:func:`twins_exact.second_root`). c* is transcendental, so no float c is a twin; the certificate is a
   rational bracket of c* whose endpoints give g opposite signs under rigorous bounds on exp
   (Taylor sums with their remainder, rounded outward), and the concavity of g proves there
   is no other root.
@@ -41,269 +41,28 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..models import native as M
+from .native_gradient import gradient
+from .twins_exact import ExactExample, ExactModel, d1_is_zero, equal_in_reals, second_root
 
 __all__ = ["B1Analysis", "b1_analysis", "b1_twins", "b1_underflow_pairs"]
 
-_BITS = 128  # working precision of the exp bounds (bits); raised where a sign needs more
-_MAX_DELTA = 2**16  # logit gaps beyond this put the root below exp(-65536): not searched
 _C_GRID = np.geomspace(1e-6, 1e6, 2001)  # the scalings b1_underflow_pairs scans, each sign
-
-
-# -- exact arithmetic -----------------------------------------------------------------------
-
-
-def _round(q: Fraction, bits: int, up: bool) -> Fraction:
-    """q > 0 to ``bits`` significant bits, rounded up or down: keeps the bounds' sizes bounded."""
-    e = q.numerator.bit_length() - q.denominator.bit_length()
-    shift = bits - e
-    num, den = (q.numerator << shift, q.denominator) if shift >= 0 else (q.numerator, q.denominator << -shift)
-    n, r = divmod(num, den)
-    if up and r:
-        n += 1
-    return Fraction(n, 1 << shift) if shift >= 0 else Fraction(n << -shift)
-
-
-def _exp_bounds(q: Fraction, bits: int = _BITS) -> Tuple[Fraction, Fraction]:
-    """Rationals lo <= exp(q) <= hi, relative width about 2^-bits. q is halved m times to at
-    most 1/2, where the Taylor sum's remainder after a term is at most that term; the result is
-    squared back m times. Integers at a fixed scale, each step rounded outward (floor for lo,
-    ceiling for hi): Fraction's gcds would cost a hundred times more."""
-    if q == 0:
-        return Fraction(1), Fraction(1)
-    if q < 0:
-        lo, hi = _exp_bounds(-q, bits)
-        return _round(1 / hi, bits + 8, False), _round(1 / lo, bits + 8, True)
-    m = max(0, q.numerator.bit_length() - q.denominator.bit_length() + 2)
-    work = bits + m + 16
-    num = q.numerator << (work - m)
-    out = []
-    for up in (False, True):
-        R = -(-num // q.denominator) if up else num // q.denominator  # r 2^work, r = q / 2^m <= 1/2
-        term = total = 1 << work
-        i = 0
-        while term > 0 if not up else term > 1:
-            i += 1
-            t = term * R
-            term = -(-t // (i << work)) if up else t // (i << work)
-            total += term
-        if up:
-            total += term + 1  # the tail beyond: at most the last term (r <= 1/2)
-        v, e = total, -work
-        for _ in range(m):
-            v, e = v * v, 2 * e
-            extra = v.bit_length() - (work + 2)
-            if extra > 0:
-                v = -(-v >> extra) if up else v >> extra
-                e += extra
-        out.append(Fraction(v << e) if e >= 0 else Fraction(v, 1 << -e))
-    return out[0], out[1]
-
-
-def _dyadic(vals: Any) -> Tuple[List[int], int]:
-    """Floats as integers over one power of two: (ints, s) with value = int / 2^s, exactly."""
-    fr = [float(v).as_integer_ratio() for v in np.asarray(vals, np.float64).ravel()]
-    s = max((d.bit_length() - 1 for _, d in fr), default=0)
-    return [num << (s - (d.bit_length() - 1)) for num, d in fr], s
-
-
-class _ExactModel:
-    """The model's weights as exact rationals (float32 and float64 values are dyadic), held as
-    integers over a power of two per layer: Python integers, no gcds."""
-
-    def __init__(self, spec: M.ModelSpec, params: M.Params) -> None:
-        self.spec = spec
-        self.W: List[List[List[int]]] = []
-        self.b: List[List[int]] = []
-        self.s: List[int] = []
-        for i in range(1, spec.num_layers + 1):
-            W = np.asarray(params[f"W{i}"], np.float64)
-            b = np.asarray(params[f"b{i}"], np.float64) if spec.bias else np.zeros(W.shape[1])
-            ints, sc = _dyadic(np.concatenate([W.ravel(), b]))
-            d1 = W.shape[1]
-            self.W.append([ints[r * d1 : (r + 1) * d1] for r in range(W.shape[0])])
-            self.b.append(ints[W.size :])
-            self.s.append(sc)
-        self._r = [int(v) for v in np.random.default_rng(0).integers(1, 2**62, spec.num_params)]
-
-    def example(self, x: np.ndarray) -> "_Exact":
-        L, n = self.spec.num_layers, self.spec.num_classes
-        a, sa = _dyadic(x)
-        acts, masks = [(a, sa)], []
-        z: List[int] = []
-        for i in range(L):
-            W, b, sz = self.W[i], self.b[i], sa + self.s[i]
-            z = [sum((a[j] * W[j][k] for j in range(len(a)) if a[j]), b[k] << sa) for k in range(len(b))]
-            if i < L - 1:
-                masks.append([v > 0 for v in z])
-                a, sa = [v if v > 0 else 0 for v in z], sz
-                acts.append((a, sa))
-        logits = [Fraction(v, 1 << sz) for v in z]
-        sd = [0] * L  # d_i's scale: the same for every unit output error
-        for i in range(L - 2, -1, -1):
-            sd[i] = sd[i + 1] + self.s[i + 1]
-        sM = max(max(acts[i][1] + sd[i], sd[i]) for i in range(L))
-        Ms, D1 = [], []
-        for j in range(n):
-            d = [int(k == j) for k in range(n)]
-            per_layer = [d]
-            for i in range(L - 1, 0, -1):  # d_i = (W_{i+1} d_{i+1}) * m_i, relu'(0) = 0 as in the models
-                W = self.W[i]
-                d = [
-                    sum((W[r][k] * d[k] for k in range(len(d)) if d[k]), 0) if masks[i - 1][r] else 0
-                    for r in range(len(W))
-                ]
-                per_layer.insert(0, d)
-            g: List[int] = []
-            for i in range(L):
-                ai, si = acts[i]
-                up = sM - si - sd[i]
-                g.extend((u * v) << up for u in ai for v in per_layer[i])
-                if self.spec.bias:
-                    g.extend(v << (sM - sd[i]) for v in per_layer[i])
-            Ms.append(g)
-            D1.append(per_layer[0])
-        proj = [sum(r * v for r, v in zip(self._r, g) if v) for g in Ms]
-        return _Exact(logits, Ms, sM, proj, D1, masks)
-
-
-@dataclass
-class _Exact:
-    """One input's exact quantities: logits; M[j], the gradient when the output error is e_j,
-    as integers over 2^sM; proj[j], M[j] on a fixed random integer vector (a cheap refusal:
-    unequal projections prove unequal vectors); D1[j], the first layer's error for e_j (its
-    scale does not matter: only its zeros are used); each hidden layer's ReLU mask."""
-
-    z: List[Fraction]
-    M: List[List[int]]
-    sM: int
-    proj: List[int]
-    D1: List[List[int]]
-    masks: List[List[bool]]
-
-
-def _groups(z: Sequence[Fraction], vecs: Sequence[Sequence[int]]) -> Dict[Fraction, Tuple[int, List[int]]]:
-    """Classes with the same logit, as (count, summed vector): their exponentials are one term."""
-    out: Dict[Fraction, Tuple[int, List[int]]] = {}
-    for zj, v in zip(z, vecs):
-        c, s = out.get(zj, (0, [0] * len(v)))
-        out[zj] = (c + 1, [p + q for p, q in zip(s, v)])
-    return out
-
-
-def _lw_zero(a: _Exact, y: int, b: _Exact, y2: int, va: Sequence[Sequence[int]], vb: Sequence[Sequence[int]]) -> bool:
-    """sum_{j,k} exp(z_j + z'_k) (va_j - vb_k + vb_y2 - va_y) = 0, each vector over the same
-    power of two: every distinct exponent's coefficients sum to 0 (Lindemann-Weierstrass)."""
-    off = [v2 - v1 for v1, v2 in zip(va[y], vb[y2])]
-    coeff: Dict[Fraction, List[int]] = {}
-    for u, (cu, su) in _groups(a.z, va).items():
-        for w, (cw, sw) in _groups(b.z, vb).items():
-            term = [cw * s1 - cu * s2 + cu * cw * o for s1, s2, o in zip(su, sw, off)]
-            acc = coeff.get(u + w)
-            coeff[u + w] = term if acc is None else [p + q for p, q in zip(acc, term)]
-    return all(not any(v) for v in coeff.values())
-
-
-def _equal_in_reals(a: _Exact, y: int, b: _Exact, y2: int) -> bool:
-    """Whether (x_a, y) and (x_b, y2) have the same gradient in real arithmetic (module doc):
-    first on the projections (a refusal there is a proof too), then on the whole vectors."""
-    S = max(a.sM, b.sM)
-    fa, fb = 1 << (S - a.sM), 1 << (S - b.sM)
-    if not _lw_zero(a, y, b, y2, [[v * fa] for v in a.proj], [[v * fb] for v in b.proj]):
-        return False
-    return _lw_zero(a, y, b, y2, [[v * fa for v in m] for m in a.M], [[v * fb for v in m] for m in b.M])
-
-
-def _d1_is_zero(ex: _Exact, y: int) -> bool:
-    """d1 = sum_j p_j D1_j - D1_y = 0 in real arithmetic: by Lindemann-Weierstrass, when the
-    D1_j - D1_y of each group of equal logits sum to 0."""
-    shifted = [[p - q for p, q in zip(d, ex.D1[y])] for d in ex.D1]
-    return all(not any(s) for _, s in _groups(ex.z, shifted).values())
-
-
-# -- the scaling twins ----------------------------------------------------------------------
-
-
-def _second_root(delta: Fraction, k: int) -> Optional[Tuple[Fraction, Fraction]]:
-    """A rational bracket of the root s != 1, s > 0, of g(s) = (e^delta + k) s - k - e^(s delta),
-    or None when there is none.
-
-    With the other k classes' logits tied at z_y - delta, s softmax(s z)_j = softmax(z)_j is
-    s / (e^(s delta) + k) = 1 / (e^delta + k), i.e. g(s) = 0. g is concave with g(1) = 0, so it
-    has at most one other root. For delta <= 0 there is none (g'(1) > 0 and g grows without
-    bound, or g is linear). For delta > 0 it lies below 1 when g'(1) = (1 - delta) e^delta + k
-    is negative and above 1 when positive; g'(1) is never 0, since e^delta is irrational."""
-    if delta <= 0 or delta > _MAX_DELTA:
-        return None
-    from mpmath import mp
-
-    bits = _BITS
-    E = _exp_bounds(delta, bits)
-    while True:
-        d_lo, d_hi = (1 - delta) * E[1] + k, (1 - delta) * E[0] + k
-        if d_lo > 0 or d_hi < 0:
-            break
-        if bits > 8 * _BITS:
-            return None
-        bits *= 2
-        E = _exp_bounds(delta, bits)
-    below = d_hi < 0
-
-    def sign(s: Fraction) -> int:
-        F = _exp_bounds(s * delta, bits)
-        lo = (E[0] + k) * s - k - F[1]
-        hi = (E[1] + k) * s - k - F[0]
-        return 1 if lo > 0 else -1 if hi < 0 else 0
-
-    with mp.workprec(bits + 64):  # g's maximum, where g > 0: a guess, checked by sign()
-        dm = mp.mpf(delta.numerator) / delta.denominator
-        top = mp.log((mp.exp(dm) + k) / dm) / dm
-        man, ex = mp.frexp(top)
-        peak = Fraction(int(mp.ldexp(man, bits + 16))) * Fraction(2) ** (int(ex) - bits - 16)
-    if sign(peak) != 1:
-        return None
-    # below 1 the root can be as small as about exp(-delta): step the exponent by powers of 2;
-    # above 1, s delta stays near log(s), so plain doubling reaches it without a huge exp
-    steps = [peak / 2 ** (2**i) for i in range(18)] if below else (peak * 2**i for i in range(1, 256))
-    outer = next((s for s in steps if sign(s) == -1), None)
-    if outer is None:
-        return None
-    a, b = (outer, peak) if below else (peak, outer)
-    sa = sign(a)
-    while True:
-        ea = a.numerator.bit_length() - a.denominator.bit_length()
-        eb = b.numerator.bit_length() - b.denominator.bit_length()
-        if eb - ea >= 3:
-            mid = Fraction(2) ** ((ea + eb) // 2)
-        elif (b - a) > a / 2**64:
-            mid = (a + b) / 2
-        else:
-            break
-        sm = sign(mid)
-        if sm == 0:  # the root is within the bounds' width of mid: the bracket is as tight as they allow
-            break
-        if sm == sa:
-            a = mid
-        else:
-            b = mid
-    return a, b
 
 
 # -- the twins ------------------------------------------------------------------------------
 
 
 def _gradient_difference(spec: M.ModelSpec, params: M.Params, g: np.ndarray, xp: np.ndarray, lab: int) -> float:
-    from .solvers import gradient
-
     with np.errstate(all="ignore"):
         return float(np.max(np.abs(gradient(spec, params, xp[None, :], np.array([lab])) - g)))
 
 
-def _dead_candidates(spec: M.ModelSpec, params: M.Params, ex: _Exact, x: np.ndarray) -> List[np.ndarray]:
+def _dead_candidates(spec: M.ModelSpec, params: M.Params, ex: ExactExample, x: np.ndarray) -> List[np.ndarray]:
     """Inputs near x that may share its first-layer activations (exact checks follow): x moved
     along a coordinate that feeds no live first-layer unit, as far as half the room the dead
     units leave; then, when a layer above the first is all dead, x moved a little along each of
@@ -367,9 +126,7 @@ def b1_twins(spec: M.ModelSpec, params: M.Params, x: np.ndarray, y: int) -> List
         raise ValueError(f"x: expected {spec.input_dim} finite values, got shape {x.shape}")
     if not 0 <= y < spec.num_classes:
         raise ValueError(f"y: expected a class in 0..{spec.num_classes - 1}, got {y}")
-    from .solvers import gradient
-
-    em = _ExactModel(spec, params)
+    em = ExactModel(spec, params)
     ex = em.example(x)
     g = gradient(spec, params, x[None, :], np.array([y]))
     out: List[Dict[str, Any]] = []
@@ -389,12 +146,12 @@ def b1_twins(spec: M.ModelSpec, params: M.Params, x: np.ndarray, y: int) -> List
         )
 
     for lab in range(spec.num_classes):
-        if lab != y and _equal_in_reals(ex, y, ex, lab):
+        if lab != y and equal_in_reals(ex, y, ex, lab):
             add(x.copy(), lab, 1.0, "rational", "(x, any label): the gradient at x does not depend on the label")
     if not spec.bias and np.any(x):
         others = [j for j in range(spec.num_classes) if j != y]
         if all(ex.z[j] == ex.z[others[0]] for j in others):
-            br = _second_root(ex.z[y] - ex.z[others[0]], len(others))
+            br = second_root(ex.z[y] - ex.z[others[0]], len(others))
             roots = [] if br is None else [br]
             fam = "x' = c x with the label kept: no bias, and the other classes' logits tie"
             for lo, hi in roots:
@@ -403,13 +160,13 @@ def b1_twins(spec: M.ModelSpec, params: M.Params, x: np.ndarray, y: int) -> List
                     add(c * x, y, c, "root", fam, (lo, hi))
             if spec.kind == "logreg" and spec.num_classes == 2:
                 mirror = "x' = -s x with the other label: logistic regression, two classes, no bias"
-                if _equal_in_reals(ex, y, em.example(-x), 1 - y):
+                if equal_in_reals(ex, y, em.example(-x), 1 - y):
                     add(-x, 1 - y, -1.0, "rational", mirror)
                 for lo, hi in roots:
                     c = -float((lo + hi) / 2)
                     with np.errstate(all="ignore"):
                         add(c * x, 1 - y, c, "root", mirror, (-hi, -lo))
-    if spec.kind == "fcn" and _d1_is_zero(ex, y):
+    if spec.kind == "fcn" and d1_is_zero(ex, y):
         top_dead = next((i + 1 for i, m in enumerate(ex.masks) if not any(m)), None)
         fam = (
             "x' with the same first-layer activations, the same label: x's first-layer error is 0, so "
@@ -419,10 +176,57 @@ def b1_twins(spec: M.ModelSpec, params: M.Params, x: np.ndarray, y: int) -> List
         for xp in _dead_candidates(spec, params, ex, x):
             if not np.all(np.isfinite(xp)) or np.array_equal(xp, x):
                 continue
-            if _equal_in_reals(ex, y, em.example(xp), y):
+            if equal_in_reals(ex, y, em.example(xp), y):
                 add(xp, y, float("nan"), "rational", fam)
                 break
     return out
+
+
+def _float_factors(
+    s64: M.ModelSpec, p64: M.Params, X: np.ndarray, labels: np.ndarray
+) -> Tuple[List[Tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """Each layer's (activations, errors), whose products are the float64 gradient of one
+    example (a single product each: nothing else is rounded), and the saturated rows."""
+    with np.errstate(all="ignore"):
+        pe = M.per_example(s64, p64, X, labels)
+        z = M.forward(s64, p64, X).Z[-1]
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+    return list(zip(pe.activations, pe.errors)), np.any((p == 0.0) | (p == 1.0), axis=1)
+
+
+def _equal_rows(
+    F: List[Tuple[np.ndarray, np.ndarray]], F0: List[Tuple[np.ndarray, np.ndarray]], bias: bool
+) -> np.ndarray:
+    """Rows whose float64 gradient equals the original's (``F0``) bit for bit: the cheap parts
+    (bias gradients, the last layers) first, the outer products only of the rows still equal."""
+    rows = np.arange(len(F[0][0]))
+    with np.errstate(all="ignore"):
+        if bias:
+            for (_, d), (_, d0) in zip(F, F0):
+                rows = rows[np.all(d[rows] == d0, axis=1)]
+        for (a, d), (a0, d0) in list(zip(F, F0))[::-1]:
+            if rows.size:
+                prod = a[rows][:, :, None] * d[rows][:, None, :]
+                rows = rows[np.all(prod == (a0[:, :, None] * d0[:, None, :]), axis=(1, 2))]
+    out = np.zeros(len(F[0][0]), bool)
+    out[rows] = True
+    return out
+
+
+def _coincidence_runs(idx: np.ndarray, twin_at: Callable[[int], bool]) -> List[np.ndarray]:
+    """The runs of neighbouring grid points in ``idx`` that are no twins: each run probed at its
+    ends and middle; a run of twins is dropped, a mixed one decided point by point."""
+    runs = []
+    for run in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1):
+        probes = {twin_at(int(i)) for i in (run[0], run[len(run) // 2], run[-1])}
+        if probes == {False}:
+            runs.append(run)
+        elif probes != {True}:  # mixed: decide every point
+            rest = np.array([i for i in run if not twin_at(int(i))], dtype=np.int64)
+            if rest.size:
+                runs += np.split(rest, np.flatnonzero(np.diff(rest) > 1) + 1)
+    return runs
 
 
 def b1_underflow_pairs(
@@ -441,40 +245,13 @@ def b1_underflow_pairs(
     s64 = M.ModelSpec(spec.kind, spec.input_dim, spec.num_classes, spec.hidden, spec.bias, "float64")
     p64 = {k: np.asarray(v, np.float64) for k, v in params.items()}
     grid = np.concatenate([-_C_GRID[::-1], _C_GRID])
-
-    def factors(X: np.ndarray, labels: np.ndarray) -> Tuple[List[Tuple[np.ndarray, np.ndarray]], np.ndarray]:
-        """Each layer's (activations, errors), whose products are the float64 gradient of one
-        example (a single product each: nothing else is rounded), and the saturated rows."""
-        with np.errstate(all="ignore"):
-            pe = M.per_example(s64, p64, X, labels)
-            z = M.forward(s64, p64, X).Z[-1]
-            e = np.exp(z - z.max(axis=1, keepdims=True))
-            p = e / e.sum(axis=1, keepdims=True)
-        return list(zip(pe.activations, pe.errors)), np.any((p == 0.0) | (p == 1.0), axis=1)
-
-    def equal_rows(F: List[Tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        """Rows whose float64 gradient equals x's bit for bit: the cheap parts (bias gradients,
-        the last layers) first, the outer products only of the rows still equal."""
-        rows = np.arange(len(F[0][0]))
-        with np.errstate(all="ignore"):
-            if s64.bias:
-                for (_, d), (_, d0) in zip(F, F0):
-                    rows = rows[np.all(d[rows] == d0, axis=1)]
-            for (a, d), (a0, d0) in list(zip(F, F0))[::-1]:
-                if rows.size:
-                    prod = a[rows][:, :, None] * d[rows][:, None, :]
-                    rows = rows[np.all(prod == (a0[:, :, None] * d0[:, None, :]), axis=(1, 2))]
-        out = np.zeros(len(F[0][0]), bool)
-        out[rows] = True
-        return out
-
-    em = _ExactModel(spec, params)
+    em = ExactModel(spec, params)
     ex = em.example(x)
-    F0, sat0 = factors(x[None, :], np.array([y]))
+    F0, sat0 = _float_factors(s64, p64, x[None, :], np.array([y]))
     out: List[Dict[str, Any]] = []
     for lab in range(spec.num_classes):
-        F, sat = factors(grid[:, None] * x[None, :], np.full(len(grid), lab))
-        eq = equal_rows(F)
+        F, sat = _float_factors(s64, p64, grid[:, None] * x[None, :], np.full(len(grid), lab))
+        eq = _equal_rows(F, F0, s64.bias)
         eq &= ~np.all(grid[:, None] * x[None, :] == x[None, :], axis=1)  # x itself, under some label
         for t in twins:
             if t["label"] == lab and np.isfinite(t["c"]):
@@ -484,21 +261,12 @@ def b1_underflow_pairs(
             continue
         verdict: Dict[int, bool] = {}
 
-        def twin_at(i: int) -> bool:
+        def twin_at(i: int, lab: int = lab, verdict: Dict[int, bool] = verdict) -> bool:
             if i not in verdict:
-                verdict[i] = _equal_in_reals(ex, y, em.example(grid[i] * x), lab)
+                verdict[i] = equal_in_reals(ex, y, em.example(grid[i] * x), lab)
             return verdict[i]
 
-        runs = []
-        for run in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1):
-            probes = {twin_at(int(i)) for i in (run[0], run[len(run) // 2], run[-1])}
-            if probes == {False}:
-                runs.append(run)
-            elif probes != {True}:  # mixed: decide every point
-                rest = np.array([i for i in run if not twin_at(int(i))], dtype=np.int64)
-                if rest.size:
-                    runs += np.split(rest, np.flatnonzero(np.diff(rest) > 1) + 1)
-        for run in runs:
+        for run in _coincidence_runs(idx, twin_at):
             out.append(
                 {
                     "label": lab,
@@ -595,8 +363,8 @@ def b1_analysis(
     y = int(y)
     twins = b1_twins(spec, params, x, y)
     underflow = b1_underflow_pairs(spec, params, x, y, twins)
-    ex = _ExactModel(spec, params).example(x)
-    d1_zero = spec.kind == "fcn" and _d1_is_zero(ex, y)
+    ex = ExactModel(spec, params).example(x)
+    d1_zero = spec.kind == "fcn" and d1_is_zero(ex, y)
     if twins:
         kinds = sorted({t["family"] for t in twins})
         shown = ", ".join(

@@ -129,21 +129,13 @@ def invert_step(
     it with the claimed batch and the data set. Returns (report, reconstructions as (b, d))."""
     import time
 
-    import torch
-
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     t0 = time.perf_counter()
     data = ctx.data
     batch = [int(i) for i in ctx.batch]
     b = len(batch)
-    g_flat = (ctx.theta.astype(np.float64) - ctx.theta_next.astype(np.float64)) / ctx.lr
-    params = list(ctx.model.parameters())
-    grads, pos = [], 0
-    for p in params:
-        n = p.numel()
-        grads.append(torch.from_numpy(g_flat[pos : pos + n].reshape(p.shape)).to(p.dtype))
-        pos += n
+    params, grads = _step_gradients(ctx)
     rep = InversionReport(method, int(step), batch, True)
     if method == "dlg":
         shape = tuple(data.shape or (data.dim,))
@@ -153,37 +145,75 @@ def invert_step(
         rep.labels = res.labels
         rep.notes.append(f"gradient distance after {steps} L-BFGS iterations: {res.gradient_distance:.3g}")
     else:
-        linears = [m for m in ctx.model.modules() if isinstance(m, torch.nn.Linear)]
-        if len(linears) != 2:
-            raise ValueError(
-                f"method: the tensor method needs a network with one hidden layer (2 linear layers); "
-                f"this one has {len(linears)} (use --method dlg)"
-            )
-        W1 = linears[0].weight.detach().numpy().astype(np.float64)
-        b1 = None if linears[0].bias is None else linears[0].bias.detach().numpy().astype(np.float64)
-        rep.reasons = tensor_applicability(W1, b1, b)
-        rep.applicable = not rep.reasons
-        if rep.reasons and not force:
+        found = _tensor_inversion(ctx, rep, params, grads, b, activation, force, seed)
+        if found is None:  # not applicable, and not forced
             rep.identifiability = identifiability(ctx.model, data.X[batch], data.y[batch])
             rep.seconds = time.perf_counter() - t0
             return rep, np.zeros((0, data.dim))
-        wi = next(i for i, p in enumerate(params) if p is linears[1].weight)
-        G2 = grads[wi].numpy().astype(np.float64)  # (classes, m): sum_i c_ik sigma(w_j . x_i + b_j)
-        beta = np.linalg.svd(G2, full_matrices=False)[0][:, 0]  # the class combination with the most energy
-        g = G2.T @ beta
-        Wt = W1 if b1 is None else np.concatenate([W1, b1[:, None]], axis=1)
-        s = float(Wt.std()) or 1.0
-        det = tensor_reconstruct_details(Wt / s, g, min(b, Wt.shape[1]), activation=activation, seed=seed)
-        R = det.X
-        # the estimates are of s * (x, 1): the constant coordinate fixes sign and scale where there is one
-        if b1 is not None:
-            last = R[:, -1:]
-            ok = np.abs(last) > 1e-8
-            R = np.where(ok, R[:, :-1] / np.where(ok, last, 1.0), R[:, :-1] / s)
-        else:
-            R = R / s
-        rep.notes += det.notes + [f"span gap {det.span_gap:.3g}, fit residual {det.residual:.3g}"]
-    rep.identifiability = identifiability(ctx.model, data.X[batch], data.y[batch])
+        R = found
+    _compare(rep, R, ctx.model, data, batch, example)
+    rep.seconds = time.perf_counter() - t0
+    return rep, R
+
+
+def _step_gradients(ctx: Any) -> "tuple[list, list]":
+    """The model's parameters and the step's gradient, (theta_t - theta_{t+1}) / lr, cut into
+    tensors shaped as they are."""
+    import torch
+
+    g_flat = (ctx.theta.astype(np.float64) - ctx.theta_next.astype(np.float64)) / ctx.lr
+    params = list(ctx.model.parameters())
+    grads, pos = [], 0
+    for p in params:
+        n = p.numel()
+        grads.append(torch.from_numpy(g_flat[pos : pos + n].reshape(p.shape)).to(p.dtype))
+        pos += n
+    return params, grads
+
+
+def _tensor_inversion(
+    ctx: Any, rep: InversionReport, params: list, grads: list, b: int, activation: str, force: bool, seed: int
+) -> Optional[np.ndarray]:
+    """The tensor method on a one-hidden-layer network: the reconstructions, or None where its
+    conditions fail (``rep.reasons``) and ``force`` is not given."""
+    import torch
+
+    linears = [m for m in ctx.model.modules() if isinstance(m, torch.nn.Linear)]
+    if len(linears) != 2:
+        raise ValueError(
+            f"method: the tensor method needs a network with one hidden layer (2 linear layers); "
+            f"this one has {len(linears)} (use --method dlg)"
+        )
+    W1 = linears[0].weight.detach().numpy().astype(np.float64)
+    b1 = None if linears[0].bias is None else linears[0].bias.detach().numpy().astype(np.float64)
+    rep.reasons = tensor_applicability(W1, b1, b)
+    rep.applicable = not rep.reasons
+    if rep.reasons and not force:
+        return None
+    wi = next(i for i, p in enumerate(params) if p is linears[1].weight)
+    G2 = grads[wi].numpy().astype(np.float64)  # (classes, m): sum_i c_ik sigma(w_j . x_i + b_j)
+    beta = np.linalg.svd(G2, full_matrices=False)[0][:, 0]  # the class combination with the most energy
+    g = G2.T @ beta
+    Wt = W1 if b1 is None else np.concatenate([W1, b1[:, None]], axis=1)
+    s = float(Wt.std()) or 1.0
+    det = tensor_reconstruct_details(Wt / s, g, min(b, Wt.shape[1]), activation=activation, seed=seed)
+    R = det.X
+    # the estimates are of s * (x, 1): the constant coordinate fixes sign and scale where there is one
+    if b1 is not None:
+        last = R[:, -1:]
+        ok = np.abs(last) > 1e-8
+        R = np.where(ok, R[:, :-1] / np.where(ok, last, 1.0), R[:, :-1] / s)
+    else:
+        R = R / s
+    rep.notes += det.notes + [f"span gap {det.span_gap:.3g}, fit residual {det.residual:.3g}"]
+    return R
+
+
+def _compare(rep: InversionReport, R: np.ndarray, model: Any, data: Any, batch: list, example: Optional[int]) -> None:
+    """The reconstructions against the claimed batch (matched) and the whole data set (nearest),
+    and against one ``example`` where given."""
+    b = len(batch)
+    rep.identifiability = identifiability(model, data.X[batch], data.y[batch])
     claimed = data.X[batch].reshape(b, -1)
     rep.matched, cos = match(R, claimed) if len(R) else ([], np.zeros(0))
     rep.matched = [batch[i] for i in rep.matched]
@@ -198,5 +228,3 @@ def invert_step(
         rep.example = int(example)
         rep.example_cos = float(C[:, example].max())
         rep.example_consistent = bool(example in rep.nearest)
-    rep.seconds = time.perf_counter() - t0
-    return rep, R

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from .functional import _splitmix, _word
+from .functional.dropout import _splitmix, _word
 
 __all__ = ["KeyedAugment", "StreamAugment", "augment_from_dict", "torch_crop_flip", "normalize"]
 

@@ -169,7 +169,6 @@ def import_proof(
     import torch
 
     from ..models.optim import spec_of
-    from ..trace.record import TraceRecorder
 
     existed = _check_out(out)
     proof, save_freq, odd = _read(proof_dir, data, args, limits)
@@ -186,20 +185,7 @@ def import_proof(
     )
     theta0 = _state(net, first, spec_of(opt, net), 0, "model_step_0")  # checked against the model before torch loads it
     net.load_state_dict(first["net"])  # theta_0 as the proof gives it
-    rec = TraceRecorder(
-        out,
-        net,
-        opt,
-        data,
-        checkpoint_every=save_freq,
-        batch_size=proof.batch_size,
-        steps=proof.steps,
-        loss_fn=torch.nn.CrossEntropyLoss(),
-        scheduler=sched,
-        zoo=model if isinstance(model, str) else None,
-        data_name=data.name,
-    )
-    manifest = dict(rec.manifest)
+    manifest = _recorder_manifest(out, model, net, opt, sched, data, proof, save_freq)
     if norm is not None:
         manifest["normalize"] = norm
     manifest["imported"] = _imported(proof, data, data_path, manifest["data"]["fingerprint"])
@@ -232,6 +218,31 @@ def import_proof(
         augmentation=aug_note,
         recovery=recovery,
     )
+
+
+def _recorder_manifest(
+    out: str, model: Any, net: Any, opt: Any, sched: Any, data: Dataset, proof: Any, save_freq: int
+) -> Dict[str, Any]:
+    """The manifest a TraceRecorder writes for the proof's training: the same fields as a trace
+    recorded in a torch loop, so the verifier replays both alike."""
+    import torch
+
+    from ..trace.record import TraceRecorder
+
+    rec = TraceRecorder(
+        out,
+        net,
+        opt,
+        data,
+        checkpoint_every=save_freq,
+        batch_size=proof.batch_size,
+        steps=proof.steps,
+        loss_fn=torch.nn.CrossEntropyLoss(),
+        scheduler=sched,
+        zoo=model if isinstance(model, str) else None,
+        data_name=data.name,
+    )
+    return dict(rec.manifest)
 
 
 def _read(proof_dir: str, data: Dataset, args: TrainingArgs, limits: Limits) -> Tuple[Any, int, List[str]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -143,8 +143,6 @@ def plot_spoofing(study: dict, path: str, title: str = "") -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import NullFormatter, NullLocator
 
     rows = study["rows"]
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
@@ -167,37 +165,7 @@ def plot_spoofing(study: dict, path: str, title: str = "") -> str:
     ]
     fig, axes = plt.subplots(1, 3, figsize=(17, 0.3 * len(lines) + 2.8), sharey=True)
     for ax, (sweep, head, xlabel) in zip(axes, panels):
-        mine = [r for r in rows if r["sweep"] == sweep]
-        for y, (a, v) in enumerate(lines):
-            pts = sorted(
-                (r[sweep], r["accepted"], r["accepted_with_checks"], "interval" in r["failed_checks"])
-                for r in mine
-                if (r["attack"], r["verifier"]) == (a, v)
-            )
-            if not pts:
-                continue
-            color = _SPOOF_COLORS[attacks.index(a) % len(_SPOOF_COLORS)]
-            marker = _VERIFIER_MARKERS[order.index(v) % len(_VERIFIER_MARKERS)]
-            ax.plot([p[0] for p in pts], [y] * len(pts), color=color, lw=0.6, alpha=0.5)
-            for x, acc, on, gap in pts:
-                ax.plot(x, y, marker=marker, ms=7, ls="none", color=color, mfc=color if acc else "white", mew=1.3)
-                if on:
-                    ax.plot(x, y, marker="o", ms=13, ls="none", mfc="none", mec="k", mew=1.2)
-                if gap:
-                    ax.plot(x, y, marker="x", ms=4, ls="none", color="k", mew=0.9)
-        ax.set_xscale("log")
-        # one labelled tick per sweep point: a log axis' own ticks say nothing about the points
-        if sweep == "spacing":
-            by_count: dict = {}
-            for r in mine:
-                by_count.setdefault(r["checkpoints"], []).append(r["spacing"])
-            ticks = [(float(np.median(g)), f"{np.median(g):.2g}\n({c})") for c, g in sorted(by_count.items())]
-        else:
-            ticks = [(float(x), f"{x}") for x in sorted({r[sweep] for r in mine})]
-        if ticks:
-            ax.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks])
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        _spoof_panel(ax, [r for r in rows if r["sweep"] == sweep], sweep, lines, attacks, order)
         ax.set_title(head, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.grid(alpha=0.3, which="major")
@@ -205,6 +173,57 @@ def plot_spoofing(study: dict, path: str, title: str = "") -> str:
         ax.margins(x=0.15)
     axes[0].set_yticks(range(len(lines)), [f"{a}: {v}" for a, v in lines], fontsize=7)
     axes[0].set_ylim(len(lines) - 0.5, -0.5)
+    handles = _spoof_legend(order)
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=4, bbox_to_anchor=(0.5, 0.0))
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=0.225, right=0.98, wspace=0.12, bottom=0.1 + 0.6 / fig.get_figheight(), top=0.92)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _spoof_panel(ax: Any, mine: list, sweep: str, lines: list, attacks: list, order: list) -> None:
+    """One sweep's panel: a row per (attack, verifier), each point's verdicts as markers, and one
+    labelled tick per sweep point."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    for y, (a, v) in enumerate(lines):
+        pts = sorted(
+            (r[sweep], r["accepted"], r["accepted_with_checks"], "interval" in r["failed_checks"])
+            for r in mine
+            if (r["attack"], r["verifier"]) == (a, v)
+        )
+        if not pts:
+            continue
+        color = _SPOOF_COLORS[attacks.index(a) % len(_SPOOF_COLORS)]
+        marker = _VERIFIER_MARKERS[order.index(v) % len(_VERIFIER_MARKERS)]
+        ax.plot([p[0] for p in pts], [y] * len(pts), color=color, lw=0.6, alpha=0.5)
+        for x, acc, on, gap in pts:
+            ax.plot(x, y, marker=marker, ms=7, ls="none", color=color, mfc=color if acc else "white", mew=1.3)
+            if on:
+                ax.plot(x, y, marker="o", ms=13, ls="none", mfc="none", mec="k", mew=1.2)
+            if gap:
+                ax.plot(x, y, marker="x", ms=4, ls="none", color="k", mew=0.9)
+    ax.set_xscale("log")
+    # one labelled tick per sweep point: a log axis' own ticks say nothing about the points
+    if sweep == "spacing":
+        by_count: dict = {}
+        for r in mine:
+            by_count.setdefault(r["checkpoints"], []).append(r["spacing"])
+        ticks = [(float(np.median(g)), f"{np.median(g):.2g}\n({c})") for c, g in sorted(by_count.items())]
+    else:
+        ticks = [(float(x), f"{x}") for x in sorted({r[sweep] for r in mine})]
+    if ticks:
+        ax.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _spoof_legend(order: list) -> list:
+    """The legend's entries: one marker per verifier, then what fill, hollow, ring and cross say."""
+    from matplotlib.lines import Line2D
+
     handles = [
         Line2D([], [], marker=_VERIFIER_MARKERS[i % len(_VERIFIER_MARKERS)], color="0.3", ls="none", label=v)
         for i, v in enumerate(order)
@@ -215,10 +234,4 @@ def plot_spoofing(study: dict, path: str, title: str = "") -> str:
         Line2D([], [], marker="o", ms=11, mfc="none", mec="k", ls="none", label="ringed: accepted with every check on"),
         Line2D([], [], marker="x", ms=5, color="k", ls="none", label="cross: the interval check fails"),
     ]
-    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=4, bbox_to_anchor=(0.5, 0.0))
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.225, right=0.98, wspace=0.12, bottom=0.1 + 0.6 / fig.get_figheight(), top=0.92)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return handles

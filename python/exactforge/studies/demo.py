@@ -7,7 +7,6 @@ for exactforge's two reproducible reductions, where it must be exactly 0."""
 
 from __future__ import annotations
 
-import json
 import platform
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List
@@ -20,6 +19,7 @@ from ..data import load_digits
 from ..models import layout
 from ..models import native as M
 from ..models.native import Params
+from ..report import jsonio
 
 __all__ = ["DemoRow", "DemoResult", "run_demo", "format_table"]
 
@@ -43,7 +43,7 @@ class DemoResult:
     environment: Dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return jsonio.dumps(asdict(self), indent=2)
 
 
 SPEC = M.ModelSpec("fcn", 64, 10, (100,))

@@ -26,8 +26,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..report import jsonio
+from ..report.files import atomic_write
 from ..report.progress import progress_bar
-from .report_md import benign_torch, markdown, summary_table
+from .reevaluate_figures import figures
+from .report_md import markdown, summary_table
+from .theory import resolution_study, table4_counts
 
 __all__ = ["Config", "reevaluate", "summary_table", "table4_counts", "resolution_study"]
 
@@ -134,15 +138,12 @@ def reevaluate(out: str, config: Optional[Config] = None, *, progress: bool = Tr
         bar.update(1)
         bar.close()
     report["seconds"] = time.perf_counter() - t_start
-    _figures(report, out)
+    figures(report, out)
     report["figures"] = sorted(f for f in os.listdir(out) if f.endswith(".png")) + [
         os.path.join("repro", f) for f in sorted(os.listdir(os.path.join(out, "repro"))) if f.endswith(".png")
     ]
     report["captions"] = {f: _caption(f, cfg, data) for f in report["figures"]}
-    from ..report import jsonio as _json
-    from ..report.files import atomic_write
-
-    atomic_write(os.path.join(out, "report.json"), (_json.dumps(report) + "\n").encode())
+    jsonio.write(os.path.join(out, "report.json"), report)
     atomic_write(os.path.join(out, "report.md"), markdown(report).encode())
     return report
 
@@ -528,227 +529,3 @@ def _verified(d: str, data: Any) -> Dict[str, Any]:
         "permuted_1thread_accepted_eps0": perm.accepted,
         "permuted_1thread_max_error": perm.max_error,
     }
-
-
-def table4_counts(max_batches: int, *, seed: int = 0, vs: tuple = (2, 3)) -> Dict[str, Any]:
-    """The paper's Table 4 (d = 4, n = 3) re-answered with complete certified counts: every batch
-    of each cell of at most ``max_batches`` batches is a true batch (``search --all``), for both
-    models with and without bias on the q/(v-1) grid, the levels ``vs`` and b = 1..5."""
-    from .._backend.native import _core
-    from ..forging.search import Domain, run_search_all
-
-    cells, t0 = [], time.perf_counter()
-    for model in ("logreg", "fcn10"):
-        for bias in (True, False):
-            for v in vs:
-                for b in range(1, 6):
-                    if _core.choose(Domain(4, 3, v).size, b) > max_batches:
-                        continue
-                    r = run_search_all(model, 4, 3, v, b, bias=bias, seed=seed)
-                    cells.append(
-                        {
-                            "model": model,
-                            "bias": bias,
-                            "v": v,
-                            "b": b,
-                            "batches": r.batches,
-                            "with_forgery": r.batches_with_forgery,
-                            "nontrivial": r.batches_with_nontrivial_forgery,
-                            "certificates": r.certificates,
-                        }
-                    )
-    return {
-        "cells": cells,
-        "max_batches": max_batches,
-        "seconds": time.perf_counter() - t0,
-        "larger_cells": "docs/benchmarks/table4.md (python benchmarks/bench_table4.py --all)",
-    }
-
-
-def resolution_study(ver: Any, steps: int, out: str, seed: int = 0) -> Dict[str, Any]:
-    """What epsilon = 0 can see on float32 checkpoints: the exact solvers forge ``steps`` steps of
-    the native logistic-regression verifier, and each forgery's gradient difference from the true
-    batch, computed in float64 per coordinate, is set beside the resolution ulp(theta_{t+1})/(2 lr)
-    of that coordinate. A difference below it can vanish when theta_{t+1} is rounded."""
-    from dataclasses import replace
-
-    from ..forging.attacks import run_attack
-    from ..models.native import loss_and_grad
-    from ..report.figures import plot_resolution
-
-    rows, pairs = [], []
-    for m in ("nullspace", "error-matrix"):
-        for t in range(steps):
-            ctx = ver.context(t)
-            r = run_attack(m, ctx, list(ctx.batch), seed=seed + t)
-            if r.X is None or not r.distinct:
-                continue
-            st = ctx.stepper()
-            spec = replace(st.native_spec(), dtype="float64")
-            params = {k: np.asarray(v, np.float64) for k, v in st.to_native(ctx.theta).items()}
-            b = len(ctx.batch)
-            X = ctx.data.X[ctx.batch].reshape(b, -1).astype(np.float64)
-            keys = np.arange(b)
-            _, g = loss_and_grad(spec, params, X, ctx.data.y[ctx.batch], keys)
-            _, gf = loss_and_grad(spec, params, np.asarray(r.X, np.float64).reshape(b, -1), np.asarray(r.Y), keys)
-            diff = np.concatenate([np.abs(gf[k] - g[k]).ravel() for k in g])
-            nxt = st.to_native(ctx.theta_next)
-            res = np.concatenate(
-                [
-                    (np.spacing(np.abs(np.asarray(nxt[k], np.float32))).astype(np.float64) / (2 * ctx.lr)).ravel()
-                    for k in g
-                ]
-            )
-            below = float(np.mean(diff < res))
-            rows.append(
-                {
-                    "solver": m,
-                    "step": t,
-                    "max_gradient_difference": float(diff.max()),
-                    "median_resolution": float(np.median(res)),
-                    "fraction_below_resolution": below,
-                    "accepted_at_epsilon_0": bool(r.approx_error == 0.0),
-                    "in_domain": r.in_domain,
-                }
-            )
-            pairs.append((m, diff, res))
-    fig = plot_resolution(pairs, os.path.join(out, "resolution.png")) if pairs else None
-    return {
-        "forgeries": rows,
-        "figure": fig and os.path.basename(fig),
-        "what": "float64 gradient difference of each exact forgery vs ulp(theta_{t+1})/(2 lr), per coordinate",
-    }
-
-
-def _figures(r: Dict[str, Any], out: str) -> None:
-    """headline.png and game.png (exact_forgery.png and resolution.png are drawn where their
-    data is made)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    r["figure_markers"] = {"headline.png": _headline_figure(r, out)}
-    _game_figure(r["game"], out)
-
-
-def _headline_figure(r: Dict[str, Any], out: str) -> List[str]:
-    """Draws headline.png; returns the verifiers whose epsilon it marks."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    rp = r["reproduction"]
-    # headline: every error on one log axis, horizontal bars so every label reads; exact zeros
-    # are a marker at the axis' left end labelled "exactly 0" (a log axis has no 0)
-    rows = [("largest benign torch error", benign_torch(r), "benign", True)]
-    nat = [v["max_error"] for k, v in rp["conditions"].items() if k.startswith(("native", "reproducible"))]
-    if nat:
-        rows.append(("benign reproduction, exactforge (reproducible path)", max(nat), "benign", True))
-    rows += [(f"attack: {m}", a["median_error"], "attack", a["in_domain"]) for m, a in r["attacks"].items()]
-    rows += [
-        (f"exact: {m}", e["median_error"], "exact", e["in_domain"]) for m, e in r["exact"].items() if e["distinct"]
-    ]
-    pos = [v for _, v, _, _ in rows if v > 0]
-    left = 10 ** np.floor(np.log10(min(pos + [e["epsilon"] for e in r.get("verifiers", []) if e["epsilon"] > 0]))) / 10
-    colors = {"benign": "tab:green", "attack": "tab:red", "exact": "tab:purple"}
-    fig, ax = plt.subplots(figsize=(11, 0.42 * len(rows) + 3.4))
-    for i, (name, v, kind, dom) in enumerate(rows):
-        if v == 0:
-            ax.plot([left], [i], marker="o", color=colors[kind], clip_on=False, zorder=3)
-            ax.annotate("exactly 0", (left, i), xytext=(8, -3), textcoords="offset points", fontsize=8)
-            continue
-        ax.barh(
-            i,
-            v,
-            left=left,
-            color=colors[kind] if dom else "white",
-            edgecolor=colors[kind],
-            hatch=None if dom else "///",
-            lw=1.2,
-        )
-        ax.annotate(
-            f"{v:.1e}" + ("" if dom else "  OUT of domain"),
-            (v, i),
-            xytext=(4, -3),
-            textcoords="offset points",
-            fontsize=7,
-        )
-    ls = iter(["--", ":", "-.", (0, (5, 5)), (0, (1, 3)), (0, (3, 1, 1, 1))])
-    zeros = [ver["name"] for ver in r.get("verifiers", []) if ver["epsilon"] == 0]
-    for ver in r.get("verifiers", []):
-        if ver["epsilon"] > 0:
-            ax.axvline(
-                ver["epsilon"], color="k", ls=next(ls), lw=0.9, label=f"epsilon of {ver['name']}: {ver['epsilon']:.1e}"
-            )
-    if zeros:  # a log axis has no 0: the epsilon-0 verifiers are a marker at its left end
-        ax.plot(
-            [left],
-            [-0.9],
-            marker=">",
-            color="k",
-            ms=9,
-            clip_on=False,
-            ls="none",
-            label="epsilon 0 (" + ", ".join(zeros) + "): only an error of exactly 0 passes",
-        )
-        ax.annotate(
-            "epsilon = 0: " + ", ".join(zeros), (left, -0.9), xytext=(10, -3), textcoords="offset points", fontsize=8
-        )
-    ax.set_xscale("log")
-    ax.set_xlim(left, max(pos) * 200)
-    ax.set_yticks(range(len(rows)), [name for name, _, _, _ in rows], fontsize=8)
-    ax.set_ylim(len(rows) - 0.5, -1.3)  # room above the first bar for the epsilon-0 marker
-    ax.set_xlabel("l2 distance between the recomputed and the logged checkpoint (log scale)")
-    handles = [
-        Patch(color="tab:green", label="benign reproduction error"),
-        Patch(color="tab:red", label="known attack, forgery in the data domain"),
-        Patch(facecolor="white", edgecolor="tab:red", hatch="///", label="known attack, OUT of the domain"),
-        Patch(facecolor="white", edgecolor="tab:purple", hatch="///", label="exact solver, OUT of the domain"),
-    ]
-    ax.legend(
-        handles=handles + ax.get_legend_handles_labels()[0],
-        fontsize=7,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.09),
-        ncol=2,
-    )
-    ax.set_title(
-        f"{r['config']['model']} on {r['dataset']['name']}, b = {r['config']['batch']}: benign reproduction error "
-        "vs forging attacks\n"
-        f"(attacks: median over {max((a['attempts'] for a in r['attacks'].values()), default=0)} sampled steps)",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "headline.png"), dpi=110)
-    plt.close(fig)
-    return [v["name"] for v in r.get("verifiers", []) if v["epsilon"] > 0] + zeros
-
-
-def _game_figure(games: List[Dict[str, Any]], out: str) -> None:
-    """Rounds won, attack by verifier, as a table of counts (most cells are 0 of N)."""
-    import matplotlib.pyplot as plt
-
-    attacks = list(dict.fromkeys(g["attack"] for g in games))
-    cols = list(dict.fromkeys((g["verifier"], g["domain_check"]) for g in games))
-    grid = np.full((len(attacks), len(cols)), np.nan)
-    text = [["not played"] * len(cols) for _ in attacks]
-    for g in games:
-        i, j = attacks.index(g["attack"]), cols.index((g["verifier"], g["domain_check"]))
-        grid[i, j] = g["win_rate"]
-        text[i][j] = f"{g['won']}/{g['rounds']}"
-    fig, ax = plt.subplots(figsize=(1.25 * len(cols) + 2.5, 0.5 * len(attacks) + 1.9))
-    cmap = plt.get_cmap("Reds").with_extremes(bad="0.92")
-    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
-    for i in range(len(attacks)):
-        for j in range(len(cols)):
-            ax.text(
-                j, i, text[i][j], ha="center", va="center", fontsize=8, color="white" if grid[i, j] > 0.6 else "black"
-            )
-    ax.set_xticks(
-        range(len(cols)), [f"{v}\n{'domain check' if dc else 'NO domain check'}" for v, dc in cols], fontsize=7
-    )
-    ax.set_yticks(range(len(attacks)), attacks, fontsize=8)
-    cb = fig.colorbar(im, ax=ax, fraction=0.03)
-    cb.set_label("adversary win rate", fontsize=8)
-    ax.set_title("the data forging game: rounds won by the adversary, per verifier", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "game.png"), dpi=110)
-    plt.close(fig)

@@ -1,6 +1,6 @@
 """The re-evaluation's report.md, written from report.json alone: every sentence that states a
-number or a verdict computes it from the report's own tables (exactforge.studies.consistency
-checks that it does)."""
+number or a verdict computes it from the report's own tables (the test suite's consistency
+check, tests/consistency.py, reads it back against them)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,83 @@
+"""What every reproducible layer's functions share: the fixed-order product inside an example,
+the batch reductions in a layer's mode (a string, or a mode object whose examples are split
+among processes), the portable inverse square root and the row sums of one example."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ... import reduce as R
+from ..._backend.native import _core
+
+_NATIVE = (torch.float32, torch.float64)
+
+
+def _fixed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return R.matmul(a.contiguous(), b.contiguous(), mode="fixed")
+
+
+def _batch(a, b: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None, finish=None) -> torch.Tensor:
+    """A reduction over examples: "exact" or "fixed", or a mode object whose examples are
+    split among processes (exactforge.distributed.SharedBatch: its own exact product). ``a`` may
+    be a function that makes it (a convolution's im2col), for a reduction that waits.
+    ``grad_of`` names the parameter the product is the gradient of, and ``finish`` maps the
+    product to its shape: a shared mode may then reduce it when the backward pass ends."""
+    if not isinstance(mode, str):
+        return mode.matmul(a, b, grad_of=grad_of, finish=finish)
+    if not isinstance(a, torch.Tensor):
+        a = a()
+    out = R.matmul(a.contiguous(), b.contiguous(), mode=mode)
+    return finish(out) if finish is not None else out
+
+
+def _bsum(x: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None) -> torch.Tensor:
+    if not isinstance(mode, str):
+        return mode.sum(x.contiguous(), grad_of=grad_of)
+    return R.sum(x.contiguous(), axis=0, mode=mode)
+
+
+def _total(x: torch.Tensor, mode: Any) -> tuple:
+    """A loss's sum over the batch of its per-example values (k x 1) and the batch's size: over
+    every process's examples for a shared mode (one collective for both)."""
+    if not isinstance(mode, str):
+        return mode.total(x.contiguous())
+    return _bsum(x, mode), len(x)
+
+
+def _shared_param(t: Optional[torch.Tensor], mode: Any) -> Optional[torch.Tensor]:
+    """The tensor a shared mode's reduction names as the one its gradient is of (kept only there:
+    the string modes never defer)."""
+    return None if isinstance(mode, str) else t
+
+
+def _count(k: int, mode: Any) -> int:
+    """How many terms a batch reduction of k local terms has: k, or their sum over processes."""
+    return k if isinstance(mode, str) else mode.rows(k)
+
+
+def _rsqrt(v: torch.Tensor, arithmetic: str) -> torch.Tensor:
+    """1 / sqrt(v) for a normalisation: the correctly rounded root then IEEE division (the
+    portable arithmetic, the same on every CPU), or torch's root, which is MKL's and follows the
+    CPU vendor, for traces recorded with torch's arithmetic (``arithmetic="torch"``)."""
+    if arithmetic == "torch" or v.dtype not in _NATIVE:
+        return 1.0 / torch.sqrt(v)
+    return 1.0 / torch.from_numpy(_core.sqrt_rn(v.detach().contiguous().numpy())).reshape(v.shape)
+
+
+def _npdtype(t: torch.Tensor):
+    return torch.empty(0, dtype=t.dtype).numpy().dtype
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy().astype(np.float64)
+
+
+def _rowsum(x2: torch.Tensor) -> torch.Tensor:
+    """(R, D) -> (R,): each row summed in index order."""
+    if x2.dtype in _NATIVE and x2.device.type == "cpu" and x2.shape[1] > 0:
+        # the fixed-mode sum's chains, along the rows as they lie (no transposed copy)
+        return torch.from_numpy(_core.rowsum_fixed(x2.detach().contiguous().numpy()))
+    return R.sum(x2.t().contiguous(), axis=0, mode="fixed")

@@ -1,0 +1,237 @@
+"""BatchNorm (eval and training mode) and LayerNorm: statistics over the batch as order-free
+sums in the layer's mode, per-example statistics in a fixed order, 1 / sqrt correctly rounded."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ..._backend.native import _core
+from ._common import _NATIVE, _bsum, _count, _rowsum, _rsqrt, _shared_param
+
+
+def _affine(xhat: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], shape) -> torch.Tensor:
+    """BatchNorm's gamma * xhat + beta per channel: two separately rounded operations."""
+    y = xhat
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
+class _BatchNormEval(torch.autograd.Function):
+    """y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta with the running
+    statistics fixed (eval mode); gamma's and beta's gradients sum over examples and positions."""
+
+    @staticmethod
+    def forward(ctx, x, mean, var, weight, bias, eps, mode, arithmetic):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        inv = torch.rsqrt(var + eps) if arithmetic == "torch" else _rsqrt(var + eps, arithmetic)
+        xhat = (x - mean.reshape(shape)) * inv.reshape(shape)
+        y = _affine(xhat, weight, bias, shape)
+        ctx.save_for_backward(xhat, inv, weight)
+        ctx.mode, ctx.shape = mode, shape
+        ctx.bias = _shared_param(bias, mode)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        xhat, inv, weight = ctx.saved_tensors
+        shape = ctx.shape
+        g = dy if weight is None else dy * weight.reshape(shape)
+        dx = g * inv.reshape(shape) if ctx.needs_input_grad[0] else None
+        dw = _channel_sum(dy * xhat, ctx.mode, weight) if weight is not None and ctx.needs_input_grad[3] else None
+        db = _channel_sum(dy, ctx.mode, ctx.bias) if ctx.needs_input_grad[4] else None
+        return dx, None, None, dw, db, None, None, None
+
+
+def batch_norm_eval(
+    x, running_mean, running_var, weight, bias, eps: float, mode: str = "exact", arithmetic: str = "portable-1"
+):
+    return _BatchNormEval.apply(x, running_mean, running_var, weight, bias, eps, mode, arithmetic)
+
+
+def _channel_sum(t: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(N, C, *) -> (C,): each channel's sum over examples and positions, in the batch mode
+    (fixed: example by example, position by position). The native pass reads the activations
+    where they lie; other dtypes go through a transposed copy and the same sum."""
+    N, C = t.shape[0], t.shape[1]
+    x = t.detach().reshape(N, C, -1)
+    if x.dtype in _NATIVE and isinstance(mode, str):
+        return torch.from_numpy(_core.sum_channels(x.contiguous().numpy(), mode))
+    return _bsum(x.transpose(1, 2).reshape(-1, C), mode, grad_of)
+
+
+class _BatchNormTrain(torch.autograd.Function):
+    """Training-mode normalisation by the batch's own statistics: per channel the mean and the
+    biased variance are sums over examples and positions in the batch mode (exact: one
+    rounding of the exact sum, so any batch order and thread count give the same bits), each
+    divided by the count; the backward's two sums over the batch likewise. Elementwise steps
+    are single IEEE operations (1 / sqrt, not an approximate rsqrt), the same on every CPU.
+
+    For float32/float64 the passes over the activations are fused (src/core/norm.cpp and the
+    channel sums of src/core/reduce.cpp): the variance's terms (x - mean)^2 and the backward's
+    dy * xhat are summed chunk by chunk instead of materialised, and the normalisation and the
+    input gradient are one pass each, every operation the one the tensor expressions below
+    perform, in their order: the same bits."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, mode, arithmetic):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        M = _count(x.numel() // x.shape[1], mode)
+        mean = _channel_sum(x, mode) / M
+        # fused only where no NaN can enter an operation with another NaN (x and the affine
+        # parameters finite): there x86 keeps the first operand's NaN, and the order of operands
+        # inside torch's broadcasting kernels is not one this code can promise to repeat
+        fused = isinstance(mode, str) and _fused_norm(x, weight, bias) and bool(torch.isfinite(mean).all())
+        if fused:
+            x3 = _ncl(x)
+            var = torch.from_numpy(_core.sum_centered_squares(x3, mean.numpy(), mode)) / M
+            rstd = _rsqrt(var + eps, arithmetic)
+            xh, yn = _core.batch_norm_normalize(x3, mean.numpy(), rstd.numpy(), _vec(weight), _vec(bias))
+            xhat, y = torch.from_numpy(xh).reshape(x.shape), torch.from_numpy(yn).reshape(x.shape)
+        else:
+            xc = x - mean.reshape(shape)
+            var = _channel_sum(xc * xc, mode) / M
+            rstd = _rsqrt(var + eps, arithmetic)
+            xhat = xc * rstd.reshape(shape)
+            y = _affine(xhat, weight, bias, shape)
+        ctx.save_for_backward(xhat, rstd, weight)
+        ctx.conf = (shape, M, mode, fused)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar):
+        xhat, rstd, weight = ctx.saved_tensors
+        shape, M, mode, fused = ctx.conf
+        fused = fused and dy.dtype == xhat.dtype
+        # the two sums over the batch that every gradient here needs (as torch's kernel): the
+        # input gradient's means of gamma * dy and gamma * dy * xhat are gamma times them
+        sum_dy = _channel_sum(dy, mode)
+        if fused:
+            dy3, xh3 = _ncl(dy), _ncl(xhat)
+            sum_dyx = torch.from_numpy(_core.sum_channel_products(dy3, xh3, mode))
+        else:
+            sum_dyx = _channel_sum(dy * xhat, mode)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            g, mg, mgx = dy, sum_dy / M, sum_dyx / M
+            if weight is not None:
+                mg, mgx = mg * weight, mgx * weight
+            if fused and bool(torch.isfinite(sum_dy).all() and torch.isfinite(sum_dyx).all()):
+                # finite sums: dy and dy * xhat are finite, so (as in the forward) no NaN meets a NaN
+                dxn = _core.batch_norm_input_grad(dy3, xh3, _vec(weight), mg.numpy(), mgx.numpy(), rstd.numpy())
+                dx = torch.from_numpy(dxn).reshape(dy.shape)
+            else:
+                if weight is not None:
+                    g = dy * weight.reshape(shape)
+                dx = (g - mg.reshape(shape) - xhat * mgx.reshape(shape)) * rstd.reshape(shape)
+        dw = sum_dyx if weight is not None and ctx.needs_input_grad[1] else None
+        db = sum_dy if ctx.needs_input_grad[2] else None
+        return dx, dw, db, None, None, None
+
+
+def _ncl(t: torch.Tensor) -> np.ndarray:
+    """(N, C, *) as a C-contiguous (N, C, L) array: the layout the fused passes read."""
+    return t.detach().contiguous().reshape(t.shape[0], t.shape[1], -1).numpy()
+
+
+def _vec(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    return None if t is None else t.detach().contiguous().numpy()
+
+
+def _fused_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> bool:
+    """Whether the fused passes apply: a native dtype shared by x and the affine parameters (the
+    tensor expressions would promote mixed dtypes; those keep them), the parameters finite."""
+    return x.dtype in _NATIVE and all(
+        p is None or (p.dtype == x.dtype and bool(torch.isfinite(p).all())) for p in (weight, bias)
+    )
+
+
+def batch_norm_train(
+    x: torch.Tensor,
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    momentum: float,
+    eps: float,
+    mode: str = "exact",
+    arithmetic: str = "portable-1",
+) -> torch.Tensor:
+    """BatchNorm normalising by the batch's statistics (order-free in ``mode="exact"``), and
+    the running statistics updated in place as torch does: ``(1 - momentum) * running +
+    momentum * batch``, the variance unbiased (times n / (n - 1)); each channel's update is
+    one float64 expression rounded once, so it does not depend on where the channel sits."""
+    if x.dim() < 2 or x.numel() == 0:
+        raise ValueError(f"x: expected (batch, channels, ...) with at least one element, got {tuple(x.shape)}")
+    M = _count(x.numel() // x.shape[1], mode)
+    if M < 2:
+        raise ValueError(f"x: training-mode BatchNorm needs more than one value per channel, got {tuple(x.shape)}")
+    y, mean, var = _BatchNormTrain.apply(x, weight, bias, float(eps), mode, arithmetic)
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            m = float(momentum)
+            unbiased = var.double() * (M / (M - 1))
+            running_mean.copy_((running_mean.double() * (1 - m) + mean.double() * m).to(running_mean.dtype))
+            running_var.copy_((running_var.double() * (1 - m) + unbiased * m).to(running_var.dtype))
+    return y
+
+
+class _LayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, D, eps, mode, arithmetic):
+        x2 = x.reshape(-1, D)
+        mean = (_rowsum(x2) / D).reshape(-1, 1)
+        xc = x2 - mean
+        var = (_rowsum(xc * xc) / D).reshape(-1, 1)
+        rstd = _rsqrt(var + eps, arithmetic)
+        xhat = xc * rstd
+        y = xhat
+        if weight is not None:
+            y = y * weight.reshape(1, D)
+        if bias is not None:
+            y = y + bias.reshape(1, D)
+        ctx.save_for_backward(xhat, rstd, weight)
+        ctx.conf = (x.shape, D, mode, bias is not None)
+        ctx.bias = _shared_param(bias, mode)
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        xhat, rstd, weight = ctx.saved_tensors
+        shape, D, mode, has_bias = ctx.conf
+        dy2 = dy.reshape(-1, D)
+        g = dy2 if weight is None else dy2 * weight.reshape(1, D)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            mg = (_rowsum(g) / D).reshape(-1, 1)
+            mgx = (_rowsum(g * xhat) / D).reshape(-1, 1)
+            dx = (rstd * (g - mg - xhat * mgx)).reshape(shape)
+        if weight is not None and ctx.needs_input_grad[1]:
+            dw = _bsum(dy2 * xhat, mode, grad_of=weight)
+        if has_bias and ctx.needs_input_grad[2]:
+            db = _bsum(dy2, mode, grad_of=ctx.bias)
+        return dx, dw, db, None, None, None, None
+
+
+def layer_norm(
+    x: torch.Tensor,
+    normalized_shape,
+    weight=None,
+    bias=None,
+    eps: float = 1e-5,
+    mode: str = "exact",
+    arithmetic: str = "portable-1",
+) -> torch.Tensor:
+    """LayerNorm over the trailing ``normalized_shape`` axes: statistics per example and
+    position in a fixed order; gamma's and beta's gradients summed over the batch in ``mode``."""
+    D = int(np.prod(normalized_shape))
+    w = weight.reshape(-1) if weight is not None else None
+    b = bias.reshape(-1) if bias is not None else None
+    out = _LayerNorm.apply(x, w, b, D, float(eps), mode, arithmetic)
+    return out
