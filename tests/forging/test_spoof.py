@@ -141,7 +141,7 @@ def test_spoof_refuses_counts_before_it_opens_the_victim(kwargs, match, tmp_path
 def test_the_spoofing_game_is_won_only_where_the_verifier_lets_it():
     """A verifier with a generous tolerance and no checks accepts the infinitesimal spoof; the
     vacuous check, or epsilon 0, rejects it."""
-    from exactforge.forging.spoof import play_spoofing
+    from exactforge.forging.spoof_game import play_spoofing
 
     kw = dict(model="fcn", engine="native", data=DIGITS, batch_size=50, steps=5, spoof_steps=400, seed=3)
     loose = play_spoofing("infinitesimal", 1, 1.0, require=(), **kw)

@@ -18,7 +18,7 @@ _set_policy = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os
 if _set_policy:
     os.environ["GOMP_SPINCOUNT"] = _SPINCOUNT
 try:
-    from .. import _core  # noqa: F401  (re-exported for the public modules)
+    import exactforge._core as _core  # noqa: F401  (re-exported for the public modules)
 finally:
     if _set_policy:
         del os.environ["GOMP_SPINCOUNT"]
@@ -32,7 +32,7 @@ if importlib.util.find_spec("exactforge._cuda") is None:  # built only with EXAC
     )
 else:  # pragma: no cover - depends on the build
     try:
-        from .. import _cuda  # type: ignore[attr-defined,no-redef]
+        import exactforge._cuda as _cuda  # type: ignore[no-redef]
     except ImportError as exc:  # built, but its CUDA runtime or driver does not load
         _cuda = None
         _cuda_import_error = str(exc)

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _spoofing(args: argparse.Namespace) -> int:
     from ..data import load_dataset
-    from ..forging.spoof import play_spoofing
+    from ..forging.spoof_game import play_spoofing
     from ..verify.checks import parse_checks
 
     require = list(parse_checks(args.require)) + (["domain", "known-data"] if args.domain_check else [])

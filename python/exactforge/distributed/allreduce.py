@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import reduce as R
+import exactforge.reduce as R
+
 from .._backend.native import _core
 
 __all__ = ["exact_matmul", "exact_sum", "ReductionBytes", "Reduction", "Agreement", "LevelSum", "reduce_all"]

@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.hooks import RemovableHandle
 
-from .. import reduce as R
+import exactforge.reduce as R
+
 from .allreduce import (
     Agreement,
     LevelSum,

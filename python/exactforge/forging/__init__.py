@@ -6,4 +6,4 @@
 - ``search`` and ``certify``: the exhaustive in-domain search of Table 4 (its inner loops in
   ``search_native``, its counting in ``search_count``) and its exact certification;
 - ``attacks``: the published approximate attacks; ``game``: the forging game between a prover
-  and a verifier."""
+  and a verifier; ``spoof``: whole spoofed traces, and ``spoof_game`` the spoofing game."""

@@ -27,12 +27,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .limits import DEFAULT_LIMITS, Limits
 from .manifest import TraceSpec
-from .safeio import SAFETENSORS_DTYPES, TraceError, digest, tensor_nbytes
+from .safeio import SAFETENSORS_DTYPES, TraceError, digest, is_sha256, tensor_nbytes
 
 __all__ = [
     "SCHEMA",
@@ -54,7 +53,6 @@ SCHEMA = "exactforge.trace"
 SCHEMA_VERSION = 3
 READ_VERSIONS = (2, 3)  # 2: before unknown manifest fields were refused
 INITIAL_KINDS = ("seeded", "given")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -75,10 +73,6 @@ def checkpoint_name(step: int) -> str:
 
 def record_name(step: int) -> str:
     return f"records/{step:08d}.json"
-
-
-def is_sha256(v: Any) -> bool:
-    return isinstance(v, str) and bool(_HEX64.match(v))
 
 
 # "checked": recomputed and compared, or checked against the verifier's model and data;

@@ -21,7 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..models.optim import GROUP_KEYS, MAX_GROUPS, OPTIONS
 from .limits import DEFAULT_LIMITS, Limits
-from .safeio import TraceError
+from .safeio import TraceError, is_sha256
 
 __all__ = ["TraceSpec", "OptimizerSpec", "GroupSpec", "SchedulerSpec", "DataSpec", "ModelEntry"]
 
@@ -221,8 +221,6 @@ class DataSpec:
 
     @classmethod
     def parse(cls, obj: Any) -> "DataSpec":
-        from .format import is_sha256
-
         if not isinstance(obj, dict):
             raise _fail("data", "a JSON object with 'name' and 'fingerprint'", type(obj).__name__)
         if not isinstance(obj.get("name"), str):

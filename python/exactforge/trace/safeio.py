@@ -31,6 +31,7 @@ import numpy as np
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
+    "is_sha256",
     "TraceError",
     "read_file",
     "read_json",
@@ -414,3 +415,11 @@ def decode_safetensors(
     if pos != len(body):
         raise TraceError(f"{what}: {len(body) - pos} bytes after the last tensor")
     return out
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_sha256(v: Any) -> bool:
+    """A SHA-256 digest as the trace writes it: 64 lowercase hex digits."""
+    return isinstance(v, str) and bool(_HEX64.match(v))
