@@ -34,7 +34,15 @@ from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["MAX_FILE_BYTES", "open_regular", "read_regular", "load_cifar", "load_mnist_idx", "read_cifar_pickle"]
+__all__ = [
+    "MAX_FILE_BYTES",
+    "file_kind",
+    "open_regular",
+    "read_regular",
+    "load_cifar",
+    "load_mnist_idx",
+    "read_cifar_pickle",
+]
 
 # The largest real file is CIFAR-100's train (50,000 x 3072 pixels, about 155 MB).
 MAX_FILE_BYTES = 256 << 20
@@ -48,8 +56,11 @@ _CIFAR = {
 }
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words, from its ``st_mode``: the one
+    wording of every refusal of a FIFO, device, socket, directory or link as a data or trace file."""
     for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
         (stat.S_ISFIFO, "a FIFO"),
         (stat.S_ISSOCK, "a socket"),
         (stat.S_ISCHR, "a character device"),
@@ -75,7 +86,7 @@ def open_regular(path: str, argument: str = "data_path", max_bytes: Optional[int
         raise ValueError(f"{argument}: cannot open {path} ({exc.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(
-            f"{argument}: {path} is {_kind(st.st_mode)}; data files must be regular files: give the path of the file itself"
+            f"{argument}: {path} is {file_kind(st.st_mode)}; data files must be regular files: give the path of the file itself"
         )
     if max_bytes is not None and st.st_size > max_bytes:
         raise ValueError(f"{argument}: {path} has {st.st_size} bytes, more than the {max_bytes} a data file may have")

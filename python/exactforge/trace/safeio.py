@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data_torchvision import file_kind
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
@@ -57,20 +58,6 @@ _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISDIR, "a directory"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def _open_parent(root: str, rel: str, what: str, missing_ok: bool = False) -> Optional[Tuple[int, str]]:
     """A descriptor of rel's parent directory (root itself, or one level below it, opened
     without following a link) and rel's last component; None for an absent parent when
@@ -85,7 +72,7 @@ def _open_parent(root: str, rel: str, what: str, missing_ok: bool = False) -> Op
     try:
         st = os.stat(parts[0], dir_fd=rfd, follow_symlinks=False)
         if not stat.S_ISDIR(st.st_mode):
-            raise TraceError(f"{what}: {parts[0]}/ is {_kind(st.st_mode)}, not a directory inside the trace")
+            raise TraceError(f"{what}: {parts[0]}/ is {file_kind(st.st_mode)}, not a directory inside the trace")
         dfd = os.open(parts[0], os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=rfd)
     except FileNotFoundError:
         if missing_ok:
@@ -128,7 +115,7 @@ def open_checked(
                 return None
             raise error(f"{what}: {rel} is missing") from None
         if not stat.S_ISREG(st.st_mode):
-            said = irregular or f"{_kind(st.st_mode)}; a trace holds regular files only"
+            said = irregular or f"{file_kind(st.st_mode)}; a trace holds regular files only"
             raise error(f"{what}: {rel} is {said}")
         if st.st_size > max_bytes:
             raise error(f"{what}: {rel} has {st.st_size} bytes, more than the {max_bytes} it may hold")
@@ -213,7 +200,7 @@ def list_names(root: str, sub: str, limits: Limits = DEFAULT_LIMITS) -> Iterator
         except FileNotFoundError:
             return
         if not stat.S_ISDIR(st.st_mode):
-            raise TraceError(f"{sub}: {sub}/ is {_kind(st.st_mode)}, not a directory inside the trace")
+            raise TraceError(f"{sub}: {sub}/ is {file_kind(st.st_mode)}, not a directory inside the trace")
         dfd = os.open(sub, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=rfd)
     except OSError as exc:
         raise TraceError(f"{sub}: cannot open {sub}/ ({exc.strerror})") from None
