@@ -212,7 +212,7 @@ def _errors(
 #:    are exact; the per-example products along features (forward A W, backward D W^T, the
 #:    class sums of the softmax) run in the fixed order: one fused multiply-add chain in
 #:    feature index order per output. Rows are examples, so no sum there mixes examples, and
-#:    batch order and thread count change nothing either way; plan 2 is 2-3x faster.
+#:    batch order and thread count change nothing either way; plan 2 is the faster (docs/benchmarks/step.md).
 REDUCTION_PLANS = (1, 2)
 REDUCTION_PLAN = 2
 

@@ -36,8 +36,8 @@ GROUP_KEYS = {
     "adamw": ("betas", "eps", "weight_decay"),
     "rmsprop": ("alpha", "eps", "weight_decay", "momentum", "centered"),
 }
-# options recorded only where they differ from torch's default (so a plain loop's manifest stays
-# as it always was), each a boolean the verifier passes back to torch
+# options recorded only where they differ from torch's default (so a plain loop's manifest names
+# none of them), each a boolean the verifier passes back to torch
 OPTIONS = {
     "sgd": ("maximize", "foreach"),
     "adam": ("maximize", "foreach", "amsgrad"),
