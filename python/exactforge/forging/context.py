@@ -23,7 +23,7 @@ def open_exactforge_trace(
 ) -> Tuple[Trace, ModelSpec, Dataset]:
     """An exactforge model's trace (logreg or fcn, either engine) with its checked training
     data: ``dataset`` (the verifier's), else the data the trace names (``data_path`` for files)."""
-    from ..verify.verifier import open_with_data
+    from ..verify.replay import open_with_data
 
     trace, data = open_with_data(path, dataset, None if dataset is not None else data_path)
     if "kind" not in trace.manifest["model"]:

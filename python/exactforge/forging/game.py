@@ -183,7 +183,7 @@ def play_game(
     if bar is not None:
         bar.close()
     wins = sum(r.won for r in out)
-    from ..verify.verifier import resolution
+    from ..verify.results import resolution
 
     res_median = float(np.median([resolution({"theta": np.asarray(st)}, v.lr)[0] for st in v.states[1:]]))
     return GameResult(

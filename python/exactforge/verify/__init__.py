@@ -16,12 +16,13 @@ import, and ``verifier`` imports them all; ``ray`` imports ``replay``, ``segment
 ``results``.
 The verifier's names are re-exported here: ``from exactforge.verify import verify_trace``."""
 
+from ..reduce import check_threads
 from .options import VerifyOptions
 from .replay import POLICIES, engine_for, open_with_data, select_segments
 from .results import StepResult, VerificationReport, resolution
 from .segments import SegmentJob, recompute_segments
 from .verifier import _check_table as _check_table  # the first layout's name, which callers import
-from .verifier import check_threads, verify_trace
+from .verifier import verify_trace
 
 __all__ = [
     "POLICIES",

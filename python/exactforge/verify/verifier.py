@@ -17,7 +17,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..reduce import check_threads
 from ..report.progress import progress_bar
 from ..trace import Trace, TraceError
 from ..trace.engine import check_table
@@ -33,24 +32,11 @@ from .explain import (
     run_checks,
 )
 from .options import Checked, VerifyOptions
-from .replay import POLICIES, engine_for, open_with_data, select_segments, update_norms
-from .results import StepResult, VerificationReport, add_result, resolution
+from .replay import engine_for, open_with_data, select_segments, update_norms
+from .results import StepResult, VerificationReport, add_result
 from .segments import SegmentJob, recompute_segments, settled_job
 
-__all__ = [
-    "POLICIES",
-    "StepResult",
-    "VerificationReport",
-    "VerifyOptions",
-    "verify_trace",
-    "select_segments",
-    "open_with_data",
-    "check_threads",
-    "resolution",
-    "SegmentJob",
-    "engine_for",
-    "recompute_segments",
-]
+__all__ = ["verify_trace"]
 
 # the names these functions had in this module, which callers of its first layout import
 _check_table = check_table
