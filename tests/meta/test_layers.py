@@ -15,6 +15,7 @@ LAYERS = [
     ("exactforge.reduce",),
     ("exactforge.data_torchvision",),  # the file readers data.py calls
     ("exactforge.mathfn", "exactforge.data"),
+    ("exactforge.ops",),  # the kernels as torch operators
     ("exactforge",),  # the package root: compile_options, thread counts
     ("exactforge.report",),
     ("exactforge.distributed",),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import types
 from typing import Any, Callable, Dict, List, Optional, Type
 
+import torch
 from torch import nn
 
 from .update import ARITHMETIC, ARITHMETICS
@@ -141,6 +142,10 @@ def owned(out: Any) -> Any:
     ``out += identity`` in torchvision's ResNets): a tensor a custom autograd Function returned
     as a view of one it made inside is refused by autograd when modified in place, so such a
     view is copied (same values; the copy's gradient passes through unchanged)."""
+    if torch.compiler.is_compiling():
+        # whether it is a view is not traceable: always the copy (the compiler fuses it away
+        # where nothing modifies the output in place)
+        return out.clone()
     return out.clone() if getattr(out, "_base", None) is not None else out
 
 

@@ -9,14 +9,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ... import reduce as R
-from ..._backend.native import _core
+from ... import ops
 
 _NATIVE = (torch.float32, torch.float64)
 
 
 def _fixed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return R.matmul(a.contiguous(), b.contiguous(), mode="fixed")
+    return ops.mm(a, b, "fixed")
 
 
 def _batch(a, b: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None, finish=None) -> torch.Tensor:
@@ -29,14 +28,14 @@ def _batch(a, b: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None
         return mode.matmul(a, b, grad_of=grad_of, finish=finish)
     if not isinstance(a, torch.Tensor):
         a = a()
-    out = R.matmul(a.contiguous(), b.contiguous(), mode=mode)
+    out = ops.mm(a, b, mode)
     return finish(out) if finish is not None else out
 
 
 def _bsum(x: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None) -> torch.Tensor:
     if not isinstance(mode, str):
         return mode.sum(x.contiguous(), grad_of=grad_of)
-    return R.sum(x.contiguous(), axis=0, mode=mode)
+    return ops.sum0(x, mode)
 
 
 def _total(x: torch.Tensor, mode: Any) -> tuple:
@@ -59,12 +58,7 @@ def _count(k: int, mode: Any) -> int:
 
 
 def _rsqrt(v: torch.Tensor, arithmetic: str) -> torch.Tensor:
-    """1 / sqrt(v) for a normalisation: the correctly rounded root then IEEE division (the
-    portable arithmetic, the same on every CPU), or torch's root, which is MKL's and follows the
-    CPU vendor, for traces recorded with torch's arithmetic (``arithmetic="torch"``)."""
-    if arithmetic == "torch" or v.dtype not in _NATIVE:
-        return 1.0 / torch.sqrt(v)
-    return 1.0 / torch.from_numpy(_core.sqrt_rn(v.detach().contiguous().numpy())).reshape(v.shape)
+    return ops.rsqrt(v, arithmetic)
 
 
 def _npdtype(t: torch.Tensor):
@@ -77,7 +71,4 @@ def _np(x: torch.Tensor) -> np.ndarray:
 
 def _rowsum(x2: torch.Tensor) -> torch.Tensor:
     """(R, D) -> (R,): each row summed in index order."""
-    if x2.dtype in _NATIVE and x2.device.type == "cpu" and x2.shape[1] > 0:
-        # the fixed-mode sum's chains, along the rows as they lie (no transposed copy)
-        return torch.from_numpy(_core.rowsum_fixed(x2.detach().contiguous().numpy()))
-    return R.sum(x2.t().contiguous(), axis=0, mode="fixed")
+    return ops.rowsum(x2)

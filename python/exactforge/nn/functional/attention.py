@@ -13,21 +13,13 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ... import mathfn
-from ..._backend.native import _core
-from ._common import _NATIVE, _rowsum
+from ... import ops
+from ._common import _rowsum
 from .linear import linear
 
 
 def _bmm_loop(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, M, K) @ (N, K, P), each output the sum over k = 0..K-1 in that order, no FMA."""
-    if a.dtype in _NATIVE and a.dtype == b.dtype and a.device.type == "cpu" and b.device.type == "cpu":
-        # the same loop in C++ (exactforge/batched.hpp): the same separately rounded operations
-        return torch.from_numpy(_core.bmm_unfused(a.detach().contiguous().numpy(), b.detach().contiguous().numpy()))
-    acc = a[:, :, 0:1] * b[:, 0:1, :]
-    for k in range(1, a.shape[2]):
-        acc = acc + a[:, :, k : k + 1] * b[:, k : k + 1, :]
-    return acc
+    return ops.bmm(a, b)
 
 
 class _BMM(torch.autograd.Function):
@@ -58,7 +50,7 @@ class _Softmax(torch.autograd.Function):
         shp = s.shape
         s2 = s.reshape(-1, shp[-1])
         m = s2.max(dim=1, keepdim=True).values  # exact
-        e = mathfn.exp(s2 - m)
+        e = ops.exp(s2 - m)
         p = (e / _rowsum(e).reshape(-1, 1)).reshape(shp)
         ctx.save_for_backward(p)
         return p

@@ -7,8 +7,8 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ... import ops
 from ..._backend.native import _core
 from ._common import _NATIVE, _batch, _bsum, _fixed, _shared_param
 
@@ -39,118 +39,40 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     return _Linear.apply(x, weight, bias, mode)
 
 
-def _im2col(x: torch.Tensor, geo) -> torch.Tensor:
-    if x.dtype in _NATIVE:
-        return torch.from_numpy(_core.im2col(x.contiguous().numpy(), *geo))
-    cols = F.unfold(x, geo[0], dilation=geo[3], padding=geo[2], stride=geo[1])  # other dtypes: torch's
-    return cols.transpose(0, 1).reshape(cols.shape[1], -1)
-
-
-def _col2im(cols: torch.Tensor, shape, geo) -> torch.Tensor:
-    if cols.dtype in _NATIVE:
-        return torch.from_numpy(_core.col2im(cols.contiguous().numpy(), shape, *geo))
-    B, L = shape[0], cols.shape[1] // shape[0]
-    c3 = cols.reshape(-1, B, L).transpose(0, 1)
-    return F.fold(c3, tuple(shape[2:]), geo[0], dilation=geo[3], padding=geo[2], stride=geo[1])
-
-
 class _Conv2d(torch.autograd.Function):
-    """im2col (native, src/conv.cpp) laid out as one (C*kh*kw) x (batch*positions) matrix, so
-    every product is one call and no element-wise transpose is needed; col2im adds in torch's
-    order (F.fold's bits). Forward and input gradient are fixed-order sums over the
-    channel-kernel axis and over output channels; the weight gradient sums over examples and
-    positions together in the batch mode. (Exact products are symmetric under transposition,
-    a @ b = (b.T @ a.T).T to the bit, and fixed ones keep each output's term order, so these
-    layouts give the same bits as an example-major im2col.)"""
+    """A convolution (groups = 1) from the operators of ``exactforge.ops.conv``: forward and
+    input gradient fixed-order sums over the channel-kernel axis and over output channels; the
+    weight gradient sums over examples and positions together in the batch mode."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, mode):
-        B, _, H, W = x.shape
-        O, _, kh, kw = weight.shape
-        geo = ([kh, kw], list(stride), list(padding), list(dilation))
-        Ho = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-        Wo = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-        L = Ho * Wo
         # x, not its im2col: the weight gradient builds that in the backward, so the forward
         # does not hold it (9 copies of the input for a 3 x 3 kernel) between the two
         ctx.save_for_backward(x.detach(), weight)
-        ctx.conf = (B, H, W, L, stride, padding, dilation, mode, bias is not None)
+        ctx.conf = (stride, padding, dilation, mode, bias is not None)
         ctx.bias = _shared_param(bias, mode)
-        if x.dtype in _NATIVE and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1):
-            # the direct convolution (src/core/conv.cpp): each output's chain over C*kh*kw in
-            # the im2col product's order, padded positions included, so its bits, read from x.
-            # A finite bias of x's dtype is added as each output is stored (the same one
-            # addition); others keep the separate one, whose NaN and promotion rules are torch's.
-            fuse = bias is not None and bias.dtype == x.dtype and bool(torch.isfinite(bias).all())
-            y = torch.from_numpy(
-                _core.conv2d_fixed(
-                    x.detach().contiguous().numpy(),
-                    weight.detach().contiguous().numpy(),
-                    list(padding),
-                    bias=bias.detach().contiguous().numpy() if fuse else None,
-                )
-            )
-            if bias is not None and not fuse:
-                y += bias.detach().reshape(1, O, 1, 1)
-            return y
-        cols2 = _im2col(x.detach(), geo)  # CKK x (B*L)
-        if cols2.dtype in _NATIVE:
-            # (B*L) x O, reading cols2 as its transpose: the long axis as rows keeps the tile
-            # full when O is a handful of channels (each output's chain over CKK is the same)
-            w2 = weight.detach().reshape(O, -1)
-            y = torch.empty((B, O, L), dtype=cols2.dtype)
-            yt = torch.from_numpy(_core.matmul(cols2.numpy(), w2.t().contiguous().numpy(), "fixed", a_transposed=True))
-            view = yt.reshape(B, L, O).transpose(1, 2)
-            # the bias is added in the pass that lays the output out as B x O x L: one pass
-            if bias is not None:
-                torch.add(view, bias.detach().reshape(1, O, 1), out=y)
-            else:
-                y.copy_(view)
-            return y.reshape(B, O, Ho, Wo)
-        y = _fixed(weight.reshape(O, -1), cols2)  # O x (B*L)
-        if bias is not None:
-            y = y + bias.reshape(O, 1)
-        return y.reshape(O, B, Ho, Wo).transpose(0, 1).contiguous()
+        return ops.conv2d(x, weight, bias, stride, padding, dilation)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        B, H, W, L, stride, padding, dilation, mode, has_bias = ctx.conf
-        O, _, kh, kw = weight.shape
+        stride, padding, dilation, mode, has_bias = ctx.conf
+        B, O = dy.shape[0], dy.shape[1]
         # (B*L) x O, made once: the weight and bias gradients read it as it is (each transposed
         # copy of a B*L x O matrix with a handful of channels cost more than its product)
-        dyt = dy.reshape(B, O, L).transpose(1, 2).reshape(B * L, O)
+        dyt = dy.reshape(B, O, -1).transpose(1, 2).reshape(-1, O)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            shape = [B, weight.shape[1], H, W]
-            direct = tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and dy.dtype in _NATIVE
-            if direct and bool(torch.isfinite(weight).all()):
-                # directly (src/core/conv.cpp): each column's chain over the output channels, then
-                # each pixel's terms in col2im's order, so the bits of the two steps below.
-                # (An infinite weight would meet positions col2im skips: those keep the steps.)
-                dx = torch.from_numpy(
-                    _core.conv2d_input_grad_fixed(
-                        dy.detach().contiguous().numpy(), weight.detach().contiguous().numpy(), shape, list(padding)
-                    )
-                )
-            else:
-                dcols = _fixed(weight.reshape(O, -1).t(), dyt.t())  # CKK x (B*L)
-                dx = _col2im(dcols, shape, ([kh, kw], list(stride), list(padding), list(dilation)))
+            dx = ops.conv2d_input_grad(dy, weight, x.shape, stride, padding, dilation)
         if ctx.needs_input_grad[1]:
-            geo = ([kh, kw], list(stride), list(padding), list(dilation))
-            if isinstance(mode, str) and mode == "exact" and x.dtype in _NATIVE:
-                # im2col(x) @ dyt with im2col gathered a panel at a time as the product slices it
-                # (src/core/conv.cpp): the bits of the product below, without the kh x kw copies
-                # of x that im2col is
-                dw = torch.from_numpy(
-                    _core.conv2d_weight_grad_exact(x.contiguous().numpy(), dyt.contiguous().numpy(), *geo)
-                )
-                dw = dw.t().reshape(weight.shape)
+            if isinstance(mode, str):
+                dw = ops.conv2d_weight_grad(x, dyt, weight.shape, stride, padding, dilation, mode)
             else:
-                # im2col(x) (CKK x (B*L)): the big operand as a, whose slicing is vectorised along
-                # the reduced axis; made when the product is (a shared one may wait)
+                # a shared batch: its product of im2col(x), made when the product is (a shared
+                # one may wait), reduced over every process's examples
+                geo = (list(weight.shape[2:]), list(stride), list(padding), list(dilation))
                 dw = _batch(
-                    lambda: _im2col(x, geo), dyt, mode, grad_of=weight, finish=lambda t: t.t().reshape(weight.shape)
+                    lambda: ops.im2col(x, geo), dyt, mode, grad_of=weight, finish=lambda t: t.t().reshape(weight.shape)
                 )
         if has_bias and ctx.needs_input_grad[2]:
             db = _bsum(dyt, mode, grad_of=ctx.bias)

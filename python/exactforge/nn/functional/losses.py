@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ... import mathfn
+from ... import ops
 from ... import reduce as R
 from ._common import _total
 
@@ -18,13 +18,11 @@ from ._common import _total
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, q, mode):
-        z = logits.detach().cpu().numpy()
-        qn = q.detach().cpu().numpy()
-        losses, p = mathfn.softmax_xent(z, qn, mode="fixed")  # per example; classes in a fixed order
-        total, count = _total(torch.from_numpy(np.ascontiguousarray(losses.reshape(-1, 1))), mode)
-        n = np.asarray(z.dtype.type(count))  # the whole batch's size
-        ctx.save_for_backward(torch.from_numpy(mathfn.output_errors(p, qn, mode="fixed") / n))
-        return torch.from_numpy(np.asarray(total.numpy()[0] / n))
+        losses, d = ops.softmax_xent(logits, q)  # per example; classes in a fixed order
+        total, count = _total(losses, mode)
+        n = torch.tensor(count, dtype=logits.dtype)  # the whole batch's size
+        ctx.save_for_backward(d / n)
+        return total[0] / n
 
     @staticmethod
     def backward(ctx, g):
@@ -59,8 +57,8 @@ class _MSE(torch.autograd.Function):
     def forward(ctx, x, t, mode):
         d = (x - t).reshape(len(x), -1)
         per = d * d
-        rows = R.sum(per.t().contiguous(), axis=0, mode="fixed").reshape(-1, 1)
-        total, examples = _total(torch.as_tensor(rows), mode)
+        rows = ops.rowsum(per).reshape(-1, 1)  # each example's squares in index order
+        total, examples = _total(rows, mode)
         n = examples * d.shape[1]  # the whole batch's terms
         ctx.save_for_backward(d)
         ctx.n, ctx.shape = n, x.shape

@@ -5,21 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
-from ..._backend.native import _core
-from ._common import _NATIVE, _bsum, _count, _rowsum, _rsqrt, _shared_param
-
-
-def _affine(xhat: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], shape) -> torch.Tensor:
-    """BatchNorm's gamma * xhat + beta per channel: two separately rounded operations."""
-    y = xhat
-    if weight is not None:
-        y = y * weight.reshape(shape)
-    if bias is not None:
-        y = y + bias.reshape(shape)
-    return y
+from ... import ops
+from ...ops.norm import affine
+from ._common import _bsum, _count, _rowsum, _rsqrt, _shared_param
 
 
 class _BatchNormEval(torch.autograd.Function):
@@ -31,7 +21,7 @@ class _BatchNormEval(torch.autograd.Function):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         inv = torch.rsqrt(var + eps) if arithmetic == "torch" else _rsqrt(var + eps, arithmetic)
         xhat = (x - mean.reshape(shape)) * inv.reshape(shape)
-        y = _affine(xhat, weight, bias, shape)
+        y = affine(xhat, weight, bias, shape)
         ctx.save_for_backward(xhat, inv, weight)
         ctx.mode, ctx.shape = mode, shape
         ctx.bias = _shared_param(bias, mode)
@@ -55,14 +45,7 @@ def batch_norm_eval(
 
 
 def _channel_sum(t: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(N, C, *) -> (C,): each channel's sum over examples and positions, in the batch mode
-    (fixed: example by example, position by position). The native pass reads the activations
-    where they lie; other dtypes go through a transposed copy and the same sum."""
-    N, C = t.shape[0], t.shape[1]
-    x = t.detach().reshape(N, C, -1)
-    if x.dtype in _NATIVE and isinstance(mode, str):
-        return torch.from_numpy(_core.sum_channels(x.contiguous().numpy(), mode))
-    return _bsum(x.transpose(1, 2).reshape(-1, C), mode, grad_of)
+    return ops.channel_sum(t, mode, grad_of)
 
 
 class _BatchNormTrain(torch.autograd.Function):
@@ -71,85 +54,27 @@ class _BatchNormTrain(torch.autograd.Function):
     rounding of the exact sum, so any batch order and thread count give the same bits), each
     divided by the count; the backward's two sums over the batch likewise. Elementwise steps
     are single IEEE operations (1 / sqrt, not an approximate rsqrt), the same on every CPU.
-
-    For float32/float64 the passes over the activations are fused (src/core/norm.cpp and the
-    channel sums of src/core/reduce.cpp): the variance's terms (x - mean)^2 and the backward's
-    dy * xhat are summed chunk by chunk instead of materialised, and the normalisation and the
-    input gradient are one pass each, every operation the one the tensor expressions below
-    perform, in their order: the same bits."""
+    The passes are ``exactforge.ops.batch_norm_train`` and its backward."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, mode, arithmetic):
-        shape = (1, -1) + (1,) * (x.dim() - 2)
         M = _count(x.numel() // x.shape[1], mode)
-        mean = _channel_sum(x, mode) / M
-        # fused only where no NaN can enter an operation with another NaN (x and the affine
-        # parameters finite): there x86 keeps the first operand's NaN, and the order of operands
-        # inside torch's broadcasting kernels is not one this code can promise to repeat
-        fused = isinstance(mode, str) and _fused_norm(x, weight, bias) and bool(torch.isfinite(mean).all())
-        if fused:
-            x3 = _ncl(x)
-            var = torch.from_numpy(_core.sum_centered_squares(x3, mean.numpy(), mode)) / M
-            rstd = _rsqrt(var + eps, arithmetic)
-            xh, yn = _core.batch_norm_normalize(x3, mean.numpy(), rstd.numpy(), _vec(weight), _vec(bias))
-            xhat, y = torch.from_numpy(xh).reshape(x.shape), torch.from_numpy(yn).reshape(x.shape)
-        else:
-            xc = x - mean.reshape(shape)
-            var = _channel_sum(xc * xc, mode) / M
-            rstd = _rsqrt(var + eps, arithmetic)
-            xhat = xc * rstd.reshape(shape)
-            y = _affine(xhat, weight, bias, shape)
-        ctx.save_for_backward(xhat, rstd, weight)
-        ctx.conf = (shape, M, mode, fused)
+        y, mean, var, xhat, rstd, fused = ops.batch_norm_train(x, weight, bias, eps, M, mode, arithmetic)
+        ctx.save_for_backward(xhat, rstd, weight, fused)
+        ctx.conf = (M, mode)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar):
-        xhat, rstd, weight = ctx.saved_tensors
-        shape, M, mode, fused = ctx.conf
-        fused = fused and dy.dtype == xhat.dtype
-        # the two sums over the batch that every gradient here needs (as torch's kernel): the
-        # input gradient's means of gamma * dy and gamma * dy * xhat are gamma times them
-        sum_dy = _channel_sum(dy, mode)
-        if fused:
-            dy3, xh3 = _ncl(dy), _ncl(xhat)
-            sum_dyx = torch.from_numpy(_core.sum_channel_products(dy3, xh3, mode))
-        else:
-            sum_dyx = _channel_sum(dy * xhat, mode)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            g, mg, mgx = dy, sum_dy / M, sum_dyx / M
-            if weight is not None:
-                mg, mgx = mg * weight, mgx * weight
-            if fused and bool(torch.isfinite(sum_dy).all() and torch.isfinite(sum_dyx).all()):
-                # finite sums: dy and dy * xhat are finite, so (as in the forward) no NaN meets a NaN
-                dxn = _core.batch_norm_input_grad(dy3, xh3, _vec(weight), mg.numpy(), mgx.numpy(), rstd.numpy())
-                dx = torch.from_numpy(dxn).reshape(dy.shape)
-            else:
-                if weight is not None:
-                    g = dy * weight.reshape(shape)
-                dx = (g - mg.reshape(shape) - xhat * mgx.reshape(shape)) * rstd.reshape(shape)
+        xhat, rstd, weight, fused = ctx.saved_tensors
+        M, mode = ctx.conf
+        dx, sum_dyx, sum_dy = ops.batch_norm_train_backward(
+            dy, xhat, rstd, weight, fused, M, mode, ctx.needs_input_grad[0]
+        )
         dw = sum_dyx if weight is not None and ctx.needs_input_grad[1] else None
         db = sum_dy if ctx.needs_input_grad[2] else None
-        return dx, dw, db, None, None, None
-
-
-def _ncl(t: torch.Tensor) -> np.ndarray:
-    """(N, C, *) as a C-contiguous (N, C, L) array: the layout the fused passes read."""
-    return t.detach().contiguous().reshape(t.shape[0], t.shape[1], -1).numpy()
-
-
-def _vec(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
-    return None if t is None else t.detach().contiguous().numpy()
-
-
-def _fused_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> bool:
-    """Whether the fused passes apply: a native dtype shared by x and the affine parameters (the
-    tensor expressions would promote mixed dtypes; those keep them), the parameters finite."""
-    return x.dtype in _NATIVE and all(
-        p is None or (p.dtype == x.dtype and bool(torch.isfinite(p).all())) for p in (weight, bias)
-    )
+        return (dx if ctx.needs_input_grad[0] else None), dw, db, None, None, None
 
 
 def batch_norm_train(
@@ -230,7 +155,9 @@ def layer_norm(
 ) -> torch.Tensor:
     """LayerNorm over the trailing ``normalized_shape`` axes: statistics per example and
     position in a fixed order; gamma's and beta's gradients summed over the batch in ``mode``."""
-    D = int(np.prod(normalized_shape))
+    D = 1
+    for s in normalized_shape:  # plain ints: nothing for a compiler to trace
+        D *= int(s)
     w = weight.reshape(-1) if weight is not None else None
     b = bias.reshape(-1) if bias is not None else None
     out = _LayerNorm.apply(x, w, b, D, float(eps), mode, arithmetic)
