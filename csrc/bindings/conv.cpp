@@ -1,5 +1,6 @@
 // Bindings of the convolution (exactforge/conv.hpp): im2col and col2im, the direct fixed-order
 // convolution, its input gradient and the exact weight gradient.
+#include <type_traits>
 #include "common.hpp"
 
 #include <stdexcept>
@@ -99,8 +100,8 @@ py::array conv2d_input_grad_fixed_py(py::array dy, py::array w, std::vector<int6
 }
 
 // The exact-mode weight gradient im2col(x) @ dyt without materialising im2col: its bits.
-py::array conv2d_weight_grad_exact_py(py::array x, py::array dyt, std::vector<int64_t> k, std::vector<int64_t> s,
-                                      std::vector<int64_t> p, std::vector<int64_t> d, int threads) {
+py::array conv2d_weight_grad_py(py::array x, py::array dyt, std::vector<int64_t> k, std::vector<int64_t> s,
+                                std::vector<int64_t> p, std::vector<int64_t> d, int threads, bool exact) {
   const DT dt = dtype_of(x, "x");
   if (dtype_of(dyt, "dyt") != dt) throw py::type_error("x and dyt: dtypes differ");
   if (x.ndim() != 4 || !(x.flags() & py::array::c_style))
@@ -111,17 +112,22 @@ py::array conv2d_weight_grad_exact_py(py::array x, py::array dyt, std::vector<in
   if (dyt.shape(0) != N)
     throw py::value_error("dyt: expected (batch * out height * out width, out channels) rows, one per output position");
   if (O == 0) throw py::value_error("dyt: no output channels");
-  if (N > kExactMatmulMaxK) throw py::value_error("the weight gradient's reduced axis has more than 2^20 terms");
+  if (exact && N > kExactMatmulMaxK)
+    throw py::value_error("the weight gradient's reduced axis has more than 2^20 terms");
   const int64_t CKK = g.C * g.kh * g.kw;
   py::array out = dt == DT::F32 ? py::array(py::array_t<float>({CKK, O})) : py::array(py::array_t<double>({CKK, O}));
   {
     py::gil_scoped_release nogil;
-    if (dt == DT::F32)
-      conv2d_weight_grad_exact(static_cast<const float*>(x.data()), static_cast<const float*>(dyt.data()),
-                               static_cast<float*>(out.mutable_data()), g, O, threads);
-    else
-      conv2d_weight_grad_exact(static_cast<const double*>(x.data()), static_cast<const double*>(dyt.data()),
-                               static_cast<double*>(out.mutable_data()), g, O, threads);
+    const auto run = [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      const T* xs = static_cast<const T*>(x.data());
+      const T* ds = static_cast<const T*>(dyt.data());
+      T* o = static_cast<T*>(out.mutable_data());
+      if (exact) conv2d_weight_grad_exact(xs, ds, o, g, O, threads);
+      else conv2d_weight_grad_fixed(xs, ds, o, g, O, threads);
+    };
+    if (dt == DT::F32) run(static_cast<float*>(nullptr));
+    else run(static_cast<double*>(nullptr));
   }
   return out;
 }
@@ -152,8 +158,19 @@ void exactforge::bindings::bind_conv(py::module_& m) {
         py::arg("bias") = py::none());
   m.def("conv2d_input_grad_fixed", &conv2d_input_grad_fixed_py, py::arg("dy"), py::arg("w"), py::arg("shape"),
         py::arg("padding"), py::arg("threads") = 0);
-  m.def("conv2d_weight_grad_exact", &conv2d_weight_grad_exact_py, py::arg("x"), py::arg("dyt"), py::arg("kernel"),
-        py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("threads") = 0);
+  m.def(
+      "conv2d_weight_grad_exact",
+      [](py::array x, py::array dyt, std::vector<int64_t> k, std::vector<int64_t> s, std::vector<int64_t> p,
+         std::vector<int64_t> d, int threads) { return conv2d_weight_grad_py(x, dyt, k, s, p, d, threads, true); },
+      py::arg("x"), py::arg("dyt"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+      py::arg("threads") = 0);
+  // the fixed order's: the bits of matmul(im2col(x), dyt, "fixed") without materialising im2col
+  m.def(
+      "conv2d_weight_grad_fixed",
+      [](py::array x, py::array dyt, std::vector<int64_t> k, std::vector<int64_t> s, std::vector<int64_t> p,
+         std::vector<int64_t> d, int threads) { return conv2d_weight_grad_py(x, dyt, k, s, p, d, threads, false); },
+      py::arg("x"), py::arg("dyt"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+      py::arg("threads") = 0);
   m.def("col2im", &conv_col2im, py::arg("cols"), py::arg("shape"), py::arg("kernel"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("threads") = 0);
 }

@@ -217,6 +217,45 @@ template <class T> bool all_finite(const T* v, int64_t n) {
 }
 }  // namespace
 
+// A panel of im2col rows over terms t0 .. t0+kc-1 (t = b L + oh Wo + ow): runs of one output
+// row at a time, each a copy of part of an input row between zeros, im2col's values. The runs
+// are found once per panel and shared by its rows (on LeNet's second layer, 8-term runs, the
+// division per run and row cost more than the copies).
+template <class T>
+std::function<void(int64_t, int, int64_t, int64_t, T*)> im2col_gather(const T* x, const ConvGeometry& g) {
+  const int64_t Wo = g.Wo(), L = g.Ho() * Wo;
+  return [x, g, Wo, L](int64_t row0, int nrows, int64_t t0, int64_t kc, T* dst) {
+    // per row of the panel: its channel's plane offset, input-row shift and input-column shift
+    constexpr int kMaxRows = 64;
+    int64_t plane[kMaxRows], dh[kMaxRows], off[kMaxRows];
+    for (int base = 0; base < nrows; base += kMaxRows) {
+      const int nr = std::min(kMaxRows, nrows - base);
+      for (int ii = 0; ii < nr; ++ii) {
+        const int64_t r = row0 + base + ii, kj = r % g.kw, ki = (r / g.kw) % g.kh, c = r / (g.kh * g.kw);
+        plane[ii] = c * g.H * g.W;
+        dh[ii] = ki * g.dh - g.ph;
+        off[ii] = kj * g.dw - g.pw;
+      }
+      int64_t t = t0;
+      while (t < t0 + kc) {
+        const int64_t b = t / L, rem = t - b * L, oh = rem / Wo, ow0 = rem - oh * Wo;
+        const int64_t seg = std::min(t0 + kc - t, Wo - ow0), at = t - t0;
+        const T* xb = x + b * g.C * g.H * g.W;
+        for (int ii = 0; ii < nr; ++ii) {
+          T* o = dst + (base + ii) * kc + at;
+          const int64_t h = oh * g.sh + dh[ii];
+          if (h < 0 || h >= g.H) {
+            for (int64_t q = 0; q < seg; ++q) o[q] = T(0);
+            continue;
+          }
+          gather_run(xb + plane[ii] + h * g.W, o, seg, ow0, off[ii], g.sw, g.W);
+        }
+        t += seg;
+      }
+    }
+  };
+}
+
 template <class T>
 void conv2d_weight_grad_exact(const T* x, const T* dyt, T* out, const ConvGeometry& g, int64_t O, int threads) {
   if (O < 1) throw std::invalid_argument("conv: at least one output channel");
@@ -303,43 +342,25 @@ void conv2d_weight_grad_exact(const T* x, const T* dyt, T* out, const ConvGeomet
     std::memcpy(&v, &mbits[static_cast<size_t>(r)], sizeof(T));
     rows.row_max[static_cast<size_t>(r)] = static_cast<double>(v);
   }
-  // A panel of im2col rows over terms t0 .. t0+kc-1 (t = b L + oh Wo + ow): runs of one output
-  // row at a time, each a copy of part of an input row between zeros, im2col's values. The runs
-  // are found once per panel and shared by its rows (on LeNet's second layer, 8-term runs, the
-  // division per run and row cost more than the copies).
-  rows.gather = [x, &g, Wo, L](int64_t row0, int nrows, int64_t t0, int64_t kc, T* dst) {
-    // per row of the panel: its channel's plane offset, input-row shift and input-column shift
-    constexpr int kMaxRows = 64;
-    int64_t plane[kMaxRows], dh[kMaxRows], off[kMaxRows];
-    for (int base = 0; base < nrows; base += kMaxRows) {
-      const int nr = std::min(kMaxRows, nrows - base);
-      for (int ii = 0; ii < nr; ++ii) {
-        const int64_t r = row0 + base + ii, kj = r % g.kw, ki = (r / g.kw) % g.kh, c = r / (g.kh * g.kw);
-        plane[ii] = c * g.H * g.W;
-        dh[ii] = ki * g.dh - g.ph;
-        off[ii] = kj * g.dw - g.pw;
-      }
-      int64_t t = t0;
-      while (t < t0 + kc) {
-        const int64_t b = t / L, rem = t - b * L, oh = rem / Wo, ow0 = rem - oh * Wo;
-        const int64_t seg = std::min(t0 + kc - t, Wo - ow0), at = t - t0;
-        const T* xb = x + b * g.C * g.H * g.W;
-        for (int ii = 0; ii < nr; ++ii) {
-          T* o = dst + (base + ii) * kc + at;
-          const int64_t h = oh * g.sh + dh[ii];
-          if (h < 0 || h >= g.H) {
-            for (int64_t q = 0; q < seg; ++q) o[q] = T(0);
-            continue;
-          }
-          gather_run(xb + plane[ii] + h * g.W, o, seg, ow0, off[ii], g.sw, g.W);
-        }
-        t += seg;
-      }
-    }
-  };
+  rows.gather = im2col_gather(x, g);
   matmul_exact_implicit<T>(rows, dyt, out, CKK, N, O, nt);
 }
 
+template <class T>
+void conv2d_weight_grad_fixed(const T* x, const T* dyt, T* out, const ConvGeometry& g, int64_t O, int threads) {
+  if (O < 1) throw std::invalid_argument("conv: at least one output channel");
+  const int64_t N = g.B * g.Ho() * g.Wo(), CKK = g.C * g.kh * g.kw;
+  // im2col(x) @ dyt in the fixed order, im2col's rows gathered a panel at a time as the product
+  // packs them: the bits of the product over the materialised im2col (the same values in the
+  // same chains), without its kh x kw copies of x
+  ImplicitRows<T> rows;
+  rows.gather = im2col_gather(x, g);
+  matmul_fixed_implicit<T>(rows, dyt, out, CKK, N, O, nthreads(threads));
+}
+
+template void conv2d_weight_grad_fixed<float>(const float*, const float*, float*, const ConvGeometry&, int64_t, int);
+template void conv2d_weight_grad_fixed<double>(const double*, const double*, double*, const ConvGeometry&, int64_t,
+                                               int);
 template void conv2d_weight_grad_exact<float>(const float*, const float*, float*, const ConvGeometry&, int64_t, int);
 template void conv2d_weight_grad_exact<double>(const double*, const double*, double*, const ConvGeometry&, int64_t,
                                                int);

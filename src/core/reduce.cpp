@@ -97,10 +97,11 @@ template <> struct SumFn<double> {
 // Float16/bfloat16 are widened to float32 in Python before they reach here.
 template <class T>
 void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
-                       const int64_t* order, int threads, bool a_transposed) {
+                       const int64_t* order, int threads, bool a_transposed,
+                       const ImplicitRows<T>* ia = nullptr) {
   using P = TileShape<T>;
   const auto tile = FixedFn<T>::get();
-  // The float32 tile's width is the dispatched level's (16 x 4 on AVX2, 16 x 12 on AVX-512);
+  // The float32 tile's width is the dispatched level's (16 x 6 on AVX2, 16 x 12 on AVX-512);
   // only the schedule depends on it, every output's chain is the same.
   const int NR = std::is_same<T, float>::value ? kernels().fixed_f32_nr : P::NR;
   const int64_t mb = (m + P::MR - 1) / P::MR, nb = (n + NR - 1) / NR;
@@ -113,17 +114,65 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   // streamed from memory for every 16 rows of a (0.19 ns per multiply-add instead of 0.07 on a
   // convolution's batch x positions axis), and one k-long panel of a did not fit L2 for k = 8192.
   // Short column blocks also keep the MR rows a row block writes in whole, L1-resident lines.
-  constexpr int64_t kFixedK = 512, kFixedBlockCols = 128;
+  constexpr int64_t kFixedK = 512, kFixedBlockCols = 144;
   const int64_t KC = std::max<int64_t>(1, std::min(k, kFixedK));
-  const int64_t jbb = std::min<int64_t>(std::max<int64_t>(1, kFixedBlockCols / NR), nb);
+  // column blocks of equal width: a last block of one narrow tile would repack every panel of a
+  const int64_t jmax = std::min<int64_t>(std::max<int64_t>(1, kFixedBlockCols / NR), nb);
+  const int64_t nblocks = (nb + jmax - 1) / jmax;
+  const int64_t jbb = (nb + nblocks - 1) / nblocks;
   avector<T> bp(static_cast<size_t>(jbb * NR * KC));
   const int nt = detail::resolve_threads(threads);
   const bool par = m * n * k >= kParallelWork && nt > 1;
   (void)par;
   avector<T> ap_all(static_cast<size_t>(nt) * P::MR * KC);
+  // an implicit a: each panel's rows gathered row-major, then packed like an array's
+  avector<T> rows_all(ia ? static_cast<size_t>(nt) * P::MR * KC : 0);
 #pragma omp parallel num_threads(nt) if (par)
   {
     T* ap = ap_all.data() + static_cast<size_t>(thread_index()) * P::MR * KC;
+    T* rows = ia ? rows_all.data() + static_cast<size_t>(thread_index()) * P::MR * KC : nullptr;
+    // the MR x kc panel of a for row tile ib, t-major (a copy: no arithmetic)
+    auto pack_a = [&](int64_t ib, int mrem, int64_t k0, int64_t kc) {
+      if (ia) {
+        ia->gather(ib * P::MR, mrem, k0, kc, rows);
+        if constexpr (std::is_same<T, float>::value) {
+          kernels().pack_a_f32(rows, kc, mrem, kc, ap);
+        } else {
+          for (int ii = 0; ii < P::MR; ++ii)
+            for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = ii < mrem ? rows[ii * kc + t] : T(0);
+        }
+        return;
+      }
+      // the common case through the ISA's in-register transpose; a copy either way
+      const bool fast_pack = std::is_same<T, float>::value && !order && !a_transposed;
+      if (fast_pack) {
+        kernels().pack_a_f32(reinterpret_cast<const float*>(a) + ib * P::MR * k + k0, k, mrem, kc,
+                             reinterpret_cast<float*>(ap));
+      } else if (a_transposed && !order) {
+        // a's rows are the reduced axis: each t's MR values lie side by side, one short copy
+        const int64_t i0 = ib * P::MR;
+        for (int64_t t = 0; t < kc; ++t) {
+          const T* src = a + (k0 + t) * m + i0;
+          T* dst = ap + t * P::MR;
+          for (int ii = 0; ii < mrem; ++ii) dst[ii] = src[ii];
+          for (int ii = mrem; ii < P::MR; ++ii) dst[ii] = T(0);
+        }
+      } else {
+        for (int ii = 0; ii < P::MR; ++ii) {
+          const int64_t i = ib * P::MR + ii;
+          if (ii < mrem && a_transposed) {
+            if (order) for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = a[order[k0 + t] * m + i];
+            else for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = a[(k0 + t) * m + i];
+          } else if (ii < mrem) {
+            const T* row = a + i * k;
+            if (order) for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = row[order[k0 + t]];
+            else for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = row[k0 + t];
+          } else {
+            for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = T(0);
+          }
+        }
+      }
+    };
     for (int64_t j0 = 0; j0 < nb; j0 += jbb) {
       const int64_t jn = std::min(jbb, nb - j0);
       for (int64_t k0 = 0; k0 < k; k0 += KC) {
@@ -133,42 +182,30 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
         for (int64_t jq = 0; jq < jn; ++jq) {
           const int64_t jb = j0 + jq;
           T* dst = bp.data() + jq * NR * kc;
+          const int64_t jc = std::min<int64_t>(NR, n - jb * NR);  // columns this tile has
           for (int64_t t = 0; t < kc; ++t) {
-            const T* row = b + (order ? order[k0 + t] : k0 + t) * n;
-            for (int jj = 0; jj < NR; ++jj) {
-              int64_t j = jb * NR + jj;
-              dst[t * NR + jj] = j < n ? row[j] : T(0);
+            const T* row = b + (order ? order[k0 + t] : k0 + t) * n + jb * NR;
+            if (jc == NR) {
+              std::memcpy(dst + t * NR, row, sizeof(T) * NR);
+            } else {
+              for (int jj = 0; jj < NR; ++jj) dst[t * NR + jj] = jj < jc ? row[jj] : T(0);
             }
           }
         }
+        // the threads split the (row tile, column tile) pairs, so a product with few row tiles
+        // still keeps every thread busy; a thread packs the panel of a for each row tile it
+        // reaches (one output's chain is one tile call either way: the thread count never
+        // changes the bits)
+        int64_t packed = -1;
 #pragma omp for schedule(static)
-        for (int64_t ib = 0; ib < mb; ++ib) {
+        for (int64_t q = 0; q < mb * jn; ++q) {
+          const int64_t ib = q / jn, jq = q % jn;
           const int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
-          // the common case through the ISA's in-register transpose; a copy either way
-          const bool fast_pack = std::is_same<T, float>::value && !order && !a_transposed;
-          if (fast_pack) {
-            kernels().pack_a_f32(reinterpret_cast<const float*>(a) + ib * P::MR * k + k0, k, mrem, kc,
-                                 reinterpret_cast<float*>(ap));
-          } else {
-            for (int ii = 0; ii < P::MR; ++ii) {
-              const int64_t i = ib * P::MR + ii;
-              if (ii < mrem && a_transposed) {
-                if (order) for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = a[order[k0 + t] * m + i];
-                else for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = a[(k0 + t) * m + i];
-              } else if (ii < mrem) {
-                const T* row = a + i * k;
-                if (order) for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = row[order[k0 + t]];
-                else for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = row[k0 + t];
-              } else {
-                for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = T(0);
-              }
-            }
-          }
-          for (int64_t jq = 0; jq < jn; ++jq) {
-            const int64_t jb = j0 + jq;
-            const int nrem = static_cast<int>(std::min<int64_t>(NR, n - jb * NR));
-            tile(ap, bp.data() + jq * NR * kc, kc, out + ib * P::MR * n + jb * NR, n, mrem, nrem, resume);
-          }
+          const int64_t jb = j0 + jq;
+          const int nrem = static_cast<int>(std::min<int64_t>(NR, n - jb * NR));
+          if (ib != packed) pack_a(ib, mrem, k0, kc);
+          packed = ib;
+          tile(ap, bp.data() + jq * NR * kc, kc, out + ib * P::MR * n + jb * NR, n, mrem, nrem, resume);
         }
       }
     }
@@ -926,6 +963,16 @@ template <class T>
 void sum_exact(const T* x, T* out, int64_t k, int64_t n, int threads) {
   sum_exact_impl<T>(x, out, k, n, threads);
 }
+template <class T>
+void matmul_fixed_implicit(const ImplicitRows<T>& a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
+                           int threads) {
+  if (!a.gather) throw std::invalid_argument("fixed matmul: an implicit a needs its gather");
+  matmul_fixed_impl<T>(nullptr, b, out, m, k, n, nullptr, threads, false, &a);
+}
+template void matmul_fixed_implicit<float>(const ImplicitRows<float>&, const float*, float*, int64_t, int64_t,
+                                           int64_t, int);
+template void matmul_fixed_implicit<double>(const ImplicitRows<double>&, const double*, double*, int64_t, int64_t,
+                                            int64_t, int);
 template <>
 void matmul_exact_implicit<float>(const ImplicitRows<float>& a, const float* b, float* out, int64_t m, int64_t k,
                                   int64_t n, int threads) {

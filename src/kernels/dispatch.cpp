@@ -80,7 +80,7 @@ bool exact_kernel_of_name(const char* name, ExactKernel* k) {
 
 namespace {
 // The levels built from kernels.inc (generic, avx2) share one layout: 4 x 4 exact tiles,
-// 16 x 4 fixed tiles, one column tile per slicing call, the driver's rounding and maxima.
+// 16 x 6 fixed tiles, one column tile per slicing call, the driver's rounding and maxima.
 // Every field is assigned by its name: several kernels share a signature, so a table filled by
 // position would still compile after a reordered field, with two kernels silently swapped.
 #define EXACTFORGE_KERNEL_TABLE(NS)                      \

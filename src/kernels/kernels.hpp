@@ -13,8 +13,11 @@ constexpr int kConvCB = 6;
 
 /// Fixed-mode tile: MR = MV * lanes rows by NR columns.
 template <class T> struct TileShape;
-template <> struct TileShape<float> { static constexpr int MV = 2, MR = 16, NR = 4; };
-template <> struct TileShape<double> { static constexpr int MV = 2, MR = 8, NR = 4; };
+// Register budget (16 ymm on AVX2): MV x NR accumulators + MV vectors of a + one broadcast of
+// b. 12 accumulators keep both FMA pipes busy through the FMA latency (8 left them short), and
+// 2 loads + 6 broadcasts per 12 FMAs stay under the load ports' rate.
+template <> struct TileShape<float> { static constexpr int MV = 2, MR = 16, NR = 6; };
+template <> struct TileShape<double> { static constexpr int MV = 2, MR = 8, NR = 6; };
 /// Exact-mode tile for S slices: MR = MV * 4 rows by NR columns, S levels of accumulators.
 template <int S> struct ExactShape;
 // Register budget (16 ymm on AVX2): S(S+1)/2 pair accumulators x MV x NR + S x MV slices of a + 1.

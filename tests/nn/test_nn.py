@@ -772,13 +772,15 @@ def test_an_infinite_weight_keeps_the_input_gradient_of_the_product_and_col2im()
     st.tuples(st.integers(1, 2), st.integers(1, 2)),
     st.sampled_from([np.float32, np.float64]),
     st.sampled_from(["plain", "wide range", "non-finite x", "non-finite dy"]),
+    st.sampled_from(["exact", "fixed"]),
     st.integers(0, 10_000),
 )
-def test_the_implicit_weight_gradient_has_the_im2col_products_bits(B, C, H, W, O, k, s, p, d, dtype, kind, seed):
-    """The exact weight gradient gathers im2col a panel at a time and reads its row maxima from x:
-    the bits of the exact product over the materialised im2col, on every geometry (strides,
-    dilations, padding), on inputs spanning 2^-29 .. 2^29 (so rows get different scales), and
-    where x or dy holds infinities or NaN (then im2col is materialised, as the product needs)."""
+def test_the_implicit_weight_gradient_has_the_im2col_products_bits(B, C, H, W, O, k, s, p, d, dtype, kind, mode, seed):
+    """The weight gradient gathers im2col a panel at a time (and, exact, reads its row maxima from
+    x): the bits of the product in the same mode over the materialised im2col, on every geometry
+    (strides, dilations, padding), on inputs spanning 2^-29 .. 2^29 (so rows get different
+    scales), and where x or dy holds infinities or NaN (then the exact one materialises im2col,
+    as the product needs)."""
     from hypothesis import assume
 
     from exactforge._backend.native import _core
@@ -797,10 +799,11 @@ def test_the_implicit_weight_gradient_has_the_im2col_products_bits(B, C, H, W, O
         cols = _core.im2col(x, *geo)
     if kind == "non-finite dy":
         _special_values(dyt, rng)
-    ref = _core.matmul(cols, dyt, "exact")
+    ref = _core.matmul(cols, dyt, mode)
     u = np.uint32 if dtype == np.float32 else np.uint64
+    grad = _core.conv2d_weight_grad_exact if mode == "exact" else _core.conv2d_weight_grad_fixed
     for threads in (1, 2):
-        assert np.array_equal(_core.conv2d_weight_grad_exact(x, dyt, *geo, threads).view(u), ref.view(u))
+        assert np.array_equal(grad(x, dyt, *geo, threads).view(u), ref.view(u))
 
 
 @EXAMPLES

@@ -130,10 +130,11 @@ def _weight_grad_impl(x, dyt, w_shape: Sequence[int], stride, padding, dilation,
     x, dyt = x.detach(), dyt.detach()
     O, C, kh, kw = (int(s) for s in w_shape)
     geo = _geo(kh, kw, stride, padding, dilation)
-    if mode == "exact" and x.dtype in _NATIVE:
-        # im2col(x) @ dyt with im2col gathered a panel at a time as the product slices it
-        # (src/core/conv.cpp): the bits of the product below, without the kh x kw copies of x
-        dw = torch.from_numpy(_core.conv2d_weight_grad_exact(x.contiguous().numpy(), dyt.contiguous().numpy(), *geo))
+    if mode in ("exact", "fixed") and x.dtype in _NATIVE and dyt.dtype == x.dtype:
+        # im2col(x) @ dyt with im2col gathered a panel at a time as the product packs or slices
+        # it (src/core/conv.cpp): the bits of the product below, without the kh x kw copies of x
+        grad = _core.conv2d_weight_grad_exact if mode == "exact" else _core.conv2d_weight_grad_fixed
+        dw = torch.from_numpy(grad(x.contiguous().numpy(), dyt.contiguous().numpy(), *geo))
     else:
         # im2col(x) (CKK x (B*L)): the big operand as a, whose slicing is vectorised along the
         # reduced axis

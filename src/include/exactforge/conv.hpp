@@ -46,6 +46,10 @@ void conv2d_input_grad_fixed(const T* dy, const T* w, T* dx, const ConvGeometry&
 /// x as the product slices it, and its row maxima are read from x.
 template <class T>
 void conv2d_weight_grad_exact(const T* x, const T* dyt, T* out, const ConvGeometry& g, int64_t O, int threads);
+/// The same product in the fixed order (each output's chain over t = b L + oh Wo + ow ascending):
+/// the bits of matmul_fixed(im2col(x), dyt), im2col gathered a panel at a time.
+template <class T>
+void conv2d_weight_grad_fixed(const T* x, const T* dyt, T* out, const ConvGeometry& g, int64_t O, int threads);
 template <class T>
 void col2im(const T* cols, T* x, const ConvGeometry& g, int threads);
 
