@@ -145,3 +145,13 @@ def test_a_compiled_reproducible_model_is_one_graph_with_the_eager_bits(model, m
     assert len(eager) == len(compiled)
     for e, c in zip(eager, compiled):
         assert np.array_equal(_bits(e), _bits(c))
+
+
+@pytest.mark.parametrize("mode", ["fixed", "exact"])
+@pytest.mark.parametrize("shape", [(7,), (9, 5), (6, 3, 4)])
+def test_sum0_has_the_array_apis_bits(mode, shape):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3)) * 1e3
+    ref = R.sum(x.numpy(), axis=0, mode=mode)
+    for got in (ops.sum0(x, mode), OPS.sum0(x, mode)):
+        assert got.shape == x.shape[1:]
+        assert np.array_equal(_bits(got), np.asarray(ref).view(np.uint32))
