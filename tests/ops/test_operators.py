@@ -155,3 +155,29 @@ def test_sum0_has_the_array_apis_bits(mode, shape):
     for got in (ops.sum0(x, mode), OPS.sum0(x, mode)):
         assert got.shape == x.shape[1:]
         assert np.array_equal(_bits(got), np.asarray(ref).view(np.uint32))
+
+
+@pytest.mark.slow
+def test_keyed_dropout_and_embedding_compile_around_their_numpy_code_with_the_eager_bits():
+    """Not traced (their masks and token sums are NumPy code), so they break the graph; the
+    compiled model still runs and gives the eager gradients."""
+    import exactforge.nn as xnn
+
+    def make():
+        torch.manual_seed(0)
+        return reproducible(nn.Sequential(nn.Embedding(10, 8), nn.Dropout(0.5), nn.Flatten(), nn.Linear(24, 3)))
+
+    ids = torch.randint(0, 10, (4, 3), generator=torch.Generator().manual_seed(4))
+    target = torch.tensor([0, 1, 2, 0])
+
+    def grads(model, run):
+        xnn.dropout_keys(model, seed=1, step=5, examples=torch.arange(4))
+        cross_entropy(run(ids), target).backward()
+        return [p.grad for p in model.parameters()]
+
+    eager = make()
+    compiled_model = make()
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_model)
+    for e, c in zip(grads(eager, eager), grads(compiled_model, compiled)):
+        assert np.array_equal(_bits(e), _bits(c))

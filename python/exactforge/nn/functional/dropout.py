@@ -48,8 +48,14 @@ def dropout(x: torch.Tensor, p: float, *, seed: int, step: int, layer: int, exam
         raise ValueError(f"examples: expected one integer key per example ({x.shape[0]}), got shape {ex.shape}")
     if p >= 1:
         return x * 0
-    n = int(np.prod(x.shape[1:]))
-    keep = keep_mask(seed, step, layer, ex, n, float(p))
-    scale = np.float64(1.0) / (1.0 - float(p))
-    m = torch.from_numpy((keep * scale).astype(_npdtype(x))).reshape(x.shape)
-    return x * m
+    return x * _scaled_mask(seed, step, layer, ex, tuple(x.shape), float(p), x.dtype)
+
+
+# NumPy's uint64 hashing is not something torch.compile can trace (its NumPy emulation has no
+# uint64 arange): the mask is made outside the graph, a break there instead of a failure
+@torch.compiler.disable
+def _scaled_mask(seed: int, step: int, layer: int, ex: np.ndarray, shape: tuple, p: float, dtype) -> torch.Tensor:
+    n = int(np.prod(shape[1:]))
+    keep = keep_mask(seed, step, layer, ex, n, p)
+    scale = np.float64(1.0) / (1.0 - p)
+    return torch.from_numpy((keep * scale).astype(_npdtype(torch.empty(0, dtype=dtype)))).reshape(shape)
