@@ -94,13 +94,15 @@ def _cnn():
     return nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1),
         nn.BatchNorm2d(4),
-        nn.ReLU(),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
         nn.Conv2d(4, 6, 3, stride=2),
         nn.Tanh(),
         nn.AdaptiveAvgPool2d(2),
         nn.Flatten(),
-        nn.Linear(24, 5),
+        nn.Linear(24, 12),
+        nn.ReLU(inplace=True),
+        nn.Linear(12, 5),
     )
 
 

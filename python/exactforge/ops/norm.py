@@ -95,7 +95,8 @@ def _bn_train_impl(x, weight, bias, eps: float, count: int, mode: Any, arithmeti
         var = torch.from_numpy(_core.sum_centered_squares(x3, mean.numpy(), mode)) / count
         rstd = rsqrt(var + eps, arithmetic)
         xh, yn = _core.batch_norm_normalize(x3, mean.numpy(), rstd.numpy(), _vec(weight), _vec(bias))
-        xhat, y = torch.from_numpy(xh).reshape(x.shape), torch.from_numpy(yn).reshape(x.shape)
+        # shaped as NumPy arrays: tensors that are no view of another (the layer returns y)
+        xhat, y = torch.from_numpy(xh.reshape(x.shape)), torch.from_numpy(yn.reshape(x.shape))
     else:
         xc = x - mean.reshape(shape)
         var = _channel_sum_impl(xc * xc, mode) / count
@@ -139,7 +140,7 @@ def _bn_backward_impl(dy, xhat, rstd, weight, fused_t: torch.Tensor, count: int,
         if fused and bool(torch.isfinite(sum_dy).all() and torch.isfinite(sum_dyx).all()):
             # finite sums: dy and dy * xhat are finite, so (as in the forward) no NaN meets a NaN
             dxn = _core.batch_norm_input_grad(dy3, xh3, _vec(weight), mg.numpy(), mgx.numpy(), rstd.numpy())
-            dx = torch.from_numpy(dxn).reshape(dy.shape)
+            dx = torch.from_numpy(dxn.reshape(dy.shape))
         else:
             if weight is not None:
                 g = dy * weight.reshape(shape)

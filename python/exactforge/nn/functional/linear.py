@@ -23,7 +23,7 @@ class _Linear(torch.autograd.Function):
         ctx.save_for_backward(x2, weight)
         ctx.mode, ctx.shape, ctx.has_bias = mode, x.shape, bias is not None
         ctx.bias = _shared_param(bias, mode)
-        return y.reshape(*x.shape[:-1], weight.shape[0])
+        return y  # 2-D: the caller reshapes, so the output is no view made inside (in-place safe)
 
     @staticmethod
     def backward(ctx, dy):
@@ -36,7 +36,7 @@ class _Linear(torch.autograd.Function):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, mode: str = "exact"):
-    return _Linear.apply(x, weight, bias, mode)
+    return _Linear.apply(x, weight, bias, mode).reshape(*x.shape[:-1], weight.shape[0])
 
 
 class _Conv2d(torch.autograd.Function):

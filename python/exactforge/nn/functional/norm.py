@@ -124,7 +124,7 @@ class _LayerNorm(torch.autograd.Function):
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.conf = (x.shape, D, mode, bias is not None)
         ctx.bias = _shared_param(bias, mode)
-        return y.reshape(x.shape)
+        return y  # (-1, D): the caller reshapes, so the output is no view made inside
 
     @staticmethod
     def backward(ctx, dy):
@@ -160,5 +160,4 @@ def layer_norm(
         D *= int(s)
     w = weight.reshape(-1) if weight is not None else None
     b = bias.reshape(-1) if bias is not None else None
-    out = _LayerNorm.apply(x, w, b, D, float(eps), mode, arithmetic)
-    return out
+    return _LayerNorm.apply(x, w, b, D, float(eps), mode, arithmetic).reshape(x.shape)
