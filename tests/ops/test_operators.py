@@ -43,6 +43,19 @@ def _cases():
     yield "activation tanh", OPS.activation.default, (r(4, 3), "tanh")
     q = torch.nn.functional.one_hot(torch.tensor([0, 2, 1, 2]), 3).float()
     yield "softmax_xent", OPS.softmax_xent.default, (r(4, 3), q)
+    yield "avg_pool2d", OPS.avg_pool2d.default, (x, [3, 3], [2, 2], [1, 1], False, True, None)
+    yield (
+        "avg_pool2d_backward",
+        OPS.avg_pool2d_backward.default,
+        (r(3, 2, 4, 3), x, [3, 3], [2, 2], [1, 1], False, True, None),
+    )
+    y, idx = torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [2, 2], [1, 1], [1, 1], False)
+    yield "max_pool2d", OPS.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], False)
+    yield (
+        "max_pool2d_backward",
+        OPS.max_pool2d_backward.default,
+        (r(*y.shape), x, [3, 3], [2, 2], [1, 1], [1, 1], False, idx),
+    )
     yield "channel_sum", OPS.channel_sum.default, (x, "fixed")
     yield "batch_norm_train", OPS.batch_norm_train.default, (x, r(2), r(2), 1e-5, 3 * 7 * 6, "exact", "portable-1")
     xhat, rstd = r(3, 2, 7, 6), r(2).abs()
@@ -106,6 +119,24 @@ def _cnn():
     )
 
 
+class _Pooling(nn.Module):
+    """Overlapping max pooling, a basic block with the parameter-free shortcut, and an average
+    over a window large enough that a compiler's own loop would sum it in another order."""
+
+    def __init__(self):
+        super().__init__()
+        from exactforge.models.zoo import BasicBlock
+
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.block = BasicBlock(8, 16, 2)
+        self.avg = nn.AvgPool2d(4)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(self.avg(self.block(self.pool(self.stem(x)))).flatten(1))
+
+
 class _Attention(nn.Module):
     def __init__(self):
         super().__init__()
@@ -113,10 +144,15 @@ class _Attention(nn.Module):
         self.head = nn.Linear(8, 5)
 
     def forward(self, x):
-        return self.head(self.attn(x, x, x, need_weights=False)[0].mean(dim=1))
+        return self.head(self.attn(x, x, x, need_weights=False)[0][:, -1])  # no torch reduction of our own
 
 
-MODELS = {"mlp": (_mlp, (10, 12)), "cnn": (_cnn, (6, 1, 12, 12)), "attention": (_Attention, (4, 3, 8))}
+MODELS = {
+    "mlp": (_mlp, (10, 12)),
+    "cnn": (_cnn, (6, 1, 12, 12)),
+    "attention": (_Attention, (4, 3, 8)),
+    "pooling": (_Pooling, (4, 3, 16, 16)),
+}
 
 
 @pytest.mark.slow

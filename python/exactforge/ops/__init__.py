@@ -10,6 +10,7 @@ from .conv import conv2d, conv2d_input_grad, conv2d_weight_grad, im2col
 from .losses import softmax_xent
 from .norm import batch_norm_train, batch_norm_train_backward, channel_sum, rsqrt
 from .pointwise import activation, exp, sqrt_rn
+from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 from .products import bmm, mm, rowsum, sum0
 
 __all__ = [
@@ -29,4 +30,8 @@ __all__ = [
     "activation",
     "sqrt_rn",
     "exp",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
 ]

@@ -12,7 +12,7 @@ from torch import nn
 from .._registry import register_layer
 from ..functional import gelu, sigmoid, silu, tanh
 
-PER_EXAMPLE = (nn.ReLU, nn.Flatten, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.Unflatten)
+PER_EXAMPLE = (nn.ReLU, nn.Flatten, nn.Identity, nn.Unflatten)  # pooling: layers/pool.py
 
 
 @register_layer(*PER_EXAMPLE)

@@ -16,6 +16,7 @@ from typing import Any, List, Sequence, Tuple
 import torch
 from torch import nn
 
+from ... import ops
 from .._registry import register_layer
 
 __all__ = ["adaptive_avg_pool2d", "bin_edges"]
@@ -93,5 +94,75 @@ def adaptive_avg_pool2d(x: torch.Tensor, output_size: Any) -> torch.Tensor:
 def make_adaptive_avg_pool2d(module: nn.AdaptiveAvgPool2d, mode: str):
     def forward(self, x):
         return adaptive_avg_pool2d(x, self.output_size)
+
+    return forward
+
+
+def _pair(v: Any) -> List[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(e) for e in v]
+
+
+class _AvgPool2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, conf: tuple) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.conf = conf
+        return ops.avg_pool2d(x, *conf)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return ops.avg_pool2d_backward(dy, x, *ctx.conf), None
+
+
+class _MaxPool2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, conf: tuple) -> torch.Tensor:  # type: ignore[override]
+        y, indices = ops.max_pool2d(x, *conf)
+        ctx.save_for_backward(x, indices)
+        ctx.conf = conf
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:  # type: ignore[override]
+        x, indices = ctx.saved_tensors
+        kernel, stride, padding, dilation, ceil_mode = ctx.conf
+        return ops.max_pool2d_backward(dy, x, kernel, stride, padding, dilation, ceil_mode, indices), None
+
+
+@register_layer(nn.AvgPool2d)
+def make_avg_pool2d(module: nn.AvgPool2d, mode: str):
+    """torch's kernel as it is when eager (each window summed in one loop order); inside a
+    compiled graph, the same kernel through an operator (the compiler's own loop sums a large
+    window in another order)."""
+
+    def forward(self, x):
+        if not torch.compiler.is_compiling() or x.dim() != 4:
+            return nn.AvgPool2d.forward(self, x)
+        stride = self.kernel_size if self.stride is None else self.stride
+        conf = (
+            _pair(self.kernel_size),
+            _pair(stride),
+            _pair(self.padding),
+            bool(self.ceil_mode),
+            bool(self.count_include_pad),
+            self.divisor_override,
+        )
+        return _AvgPool2d.apply(x, conf)
+
+    return forward
+
+
+@register_layer(nn.MaxPool2d)
+def make_max_pool2d(module: nn.MaxPool2d, mode: str):
+    """torch's kernel as it is when eager; inside a compiled graph, the same kernel and its
+    backward through operators (the compiler's own may pick another of tied maxima)."""
+
+    def forward(self, x):
+        if not torch.compiler.is_compiling() or x.dim() != 4 or self.return_indices:
+            return nn.MaxPool2d.forward(self, x)
+        stride = self.kernel_size if self.stride is None else self.stride
+        conf = (_pair(self.kernel_size), _pair(stride), _pair(self.padding), _pair(self.dilation), bool(self.ceil_mode))
+        return _MaxPool2d.apply(x, conf)
 
     return forward
