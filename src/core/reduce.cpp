@@ -114,7 +114,8 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   // streamed from memory for every 16 rows of a (0.19 ns per multiply-add instead of 0.07 on a
   // convolution's batch x positions axis), and one k-long panel of a did not fit L2 for k = 8192.
   // Short column blocks also keep the MR rows a row block writes in whole, L1-resident lines.
-  constexpr int64_t kFixedK = 512, kFixedBlockCols = 144;
+  // 1024 terms: every block boundary costs each tile a scalar reload and store of its outputs
+  constexpr int64_t kFixedK = 1024, kFixedBlockCols = 144;
   const int64_t KC = std::max<int64_t>(1, std::min(k, kFixedK));
   // column blocks of equal width: a last block of one narrow tile would repack every panel of a
   const int64_t jmax = std::min<int64_t>(std::max<int64_t>(1, kFixedBlockCols / NR), nb);
