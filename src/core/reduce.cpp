@@ -100,6 +100,7 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
                        const int64_t* order, int threads, bool a_transposed,
                        const ImplicitRows<T>* ia = nullptr) {
   using P = TileShape<T>;
+  if (m == 0 || n == 0) return;  // no output: nothing to block (and no column block to divide by)
   const auto tile = FixedFn<T>::get();
   // The float32 tile's width is the dispatched level's (16 x 6 on AVX2, 16 x 12 on AVX-512);
   // only the schedule depends on it, every output's chain is the same.
