@@ -68,13 +68,26 @@ def grads(model, loss, x, y) -> list:
     return [p.grad.clone() for p in model.parameters()]
 
 
-def interleaved(fns: list, repeats: int) -> list:
+def loop_time(fn: Callable[[], object], target: float = 0.02) -> float:
+    """Seconds per call: one call, or a loop of short calls lasting about ``target`` (one
+    perf_counter reading is too coarse for a call of microseconds)."""
+    t0 = time.perf_counter()
+    fn()
+    el = time.perf_counter() - t0
+    n = max(1, int(target / max(el, 1e-7)))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
+
+
+def interleaved(fns: list, repeats: int, timer: Callable = timed) -> list:
     """Every call's time for each function, the calls alternating: on a shared machine a slow
-    spell then hits both sides of a ratio, not one."""
+    spell then hits both sides of a ratio, not one. ``timer=loop_time`` for short calls."""
     out: list = [[] for _ in fns]
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            out[i].append(timed(fn))
+            out[i].append(timer(fn))
     return out
 
 

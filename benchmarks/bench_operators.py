@@ -30,10 +30,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
+
+from _common import interleaved, loop_time
 
 SHAPES = [(64, 100, 10), (784, 100, 100), (784, 1000, 100), (784, 4096, 10), (100, 3136, 128), (3136, 288, 32)]
 LARGE = [(1024, 8192, 1024)]
@@ -51,24 +52,8 @@ def _operands(m: int, k: int, n: int):
     return torch.from_numpy(a), torch.from_numpy(b)
 
 
-def _loop_time(fn, target: float = 0.02) -> float:
-    """Seconds per call: one call, or a loop of short calls lasting about ``target``."""
-    t0 = time.perf_counter()
-    fn()
-    el = time.perf_counter() - t0
-    n = max(1, int(target / max(el, 1e-7)))
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) / n
-
-
 def _alternating(fns: list, repeats: int) -> list:
-    out: list = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            out[i].append(_loop_time(fn))
-    return out
+    return interleaved(fns, repeats, timer=loop_time)
 
 
 def _summary(base: list, other: list) -> dict:
@@ -137,7 +122,7 @@ def _f64_rate(threads: int) -> float:
     torch.set_num_threads(threads)
     a = torch.rand(2048, 2048, dtype=torch.float64)
     a @ a
-    best = min(_loop_time(lambda: a @ a) for _ in range(3))
+    best = min(loop_time(lambda: a @ a) for _ in range(3))
     return 2048**3 / best
 
 
