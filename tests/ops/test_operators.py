@@ -91,6 +91,18 @@ def test_a_bad_mode_names_the_argument():
         OPS.mm(torch.ones(2, 2), torch.ones(2, 2), "fast")
 
 
+@pytest.mark.parametrize(
+    "a,b",
+    [(torch.tensor(1.0), torch.ones(2, 2)), (torch.ones(3), torch.ones(3, 2)), (torch.ones(2, 3), torch.ones(4, 2))],
+)
+def test_bad_shapes_are_errors_that_name_the_arguments(a, b):
+    for call in (lambda: ops.mm(a, b, "fixed"), lambda: OPS.mm(a, b, "exact")):
+        with pytest.raises(ValueError, match="a, b"):
+            call()
+    with pytest.raises(ValueError, match="x"):
+        ops.sum0(torch.tensor(1.0), "exact")
+
+
 def _mlp():
     return nn.Sequential(
         nn.Linear(12, 16),

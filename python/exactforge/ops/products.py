@@ -19,7 +19,7 @@ def _host(a: torch.Tensor):
 
 
 def _mm_impl(a: torch.Tensor, b: torch.Tensor, mode: str, a_transposed: bool = False) -> torch.Tensor:
-    k = a.shape[0] if a_transposed else a.shape[-1]
+    k = (a.shape[0] if a_transposed else a.shape[1]) if a.dim() == 2 else -1
     if (
         a.dtype in _NATIVE
         and b.dtype == a.dtype
@@ -41,7 +41,7 @@ def _mm_fake(a, b, mode, a_transposed=False):
 
 
 def _sum0_impl(x: torch.Tensor, mode: str) -> torch.Tensor:
-    k = x.shape[0] if x.dim() else 0
+    k = x.shape[0] if x.dim() else 0  # a 0-d x goes to reduce.sum, whose error names it
     if (
         x.dtype in _NATIVE
         and x.device.type == "cpu"
