@@ -17,9 +17,16 @@ LIBRARY = torch.library.Library("exactforge", "DEF")
 
 def define(schema: str, impl: Callable, fake: Callable) -> Callable:
     """Registers ``exactforge::<schema>`` with ``impl`` for every backend and ``fake`` for
-    tracing; returns the operator (``torch.ops.exactforge.<name>.default``)."""
+    tracing; returns the one way to call it: under ``torch.compile`` the operator (which the
+    compiler keeps whole), in eager code ``impl`` itself (the same kernel, without the
+    dispatcher's round trip)."""
     name = schema.split("(", 1)[0]
     LIBRARY.define(schema)
     LIBRARY.impl(name, impl, "CompositeExplicitAutograd")
     torch.library.register_fake(f"exactforge::{name}", fake, lib=LIBRARY)
-    return getattr(torch.ops.exactforge, name).default
+    op = getattr(torch.ops.exactforge, name).default
+
+    def call(*args):
+        return op(*args) if torch.compiler.is_compiling() else impl(*args)
+
+    return call

@@ -166,20 +166,14 @@ _WGRAD = define(
 
 def conv2d(x, weight, bias, stride: List[int], padding: List[int], dilation: List[int]) -> torch.Tensor:
     """The convolution's forward, each output a fixed-order chain over C*kh*kw (groups = 1)."""
-    if torch.compiler.is_compiling():
-        return _CONV(x, weight, bias, list(stride), list(padding), list(dilation))
-    return _conv2d_impl(x, weight, bias, stride, padding, dilation)
+    return _CONV(x, weight, bias, stride, padding, dilation)
 
 
 def conv2d_input_grad(dy, weight, x_shape, stride, padding, dilation) -> torch.Tensor:
     """The input gradient: a fixed-order chain over output channels, then col2im's order."""
-    if torch.compiler.is_compiling():
-        return _DGRAD(dy, weight, list(x_shape), list(stride), list(padding), list(dilation))
-    return _input_grad_impl(dy, weight, x_shape, stride, padding, dilation)
+    return _DGRAD(dy, weight, x_shape, stride, padding, dilation)
 
 
 def conv2d_weight_grad(x, dyt, w_shape, stride, padding, dilation, mode: str) -> torch.Tensor:
     """The weight gradient, summed over examples and positions together in ``mode``."""
-    if torch.compiler.is_compiling():
-        return _WGRAD(x, dyt, list(w_shape), list(stride), list(padding), list(dilation), mode)
-    return _weight_grad_impl(x, dyt, w_shape, stride, padding, dilation, mode)
+    return _WGRAD(x, dyt, w_shape, stride, padding, dilation, mode)

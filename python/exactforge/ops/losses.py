@@ -29,6 +29,4 @@ _XENT = define("softmax_xent(Tensor logits, Tensor q) -> (Tensor, Tensor)", _xen
 
 def softmax_xent(logits: torch.Tensor, q: torch.Tensor):
     """(per-example losses as a k x 1 column, dloss/dlogits per example) for label vectors q."""
-    if torch.compiler.is_compiling():
-        return _XENT(logits, q)
-    return _xent_impl(logits, q)
+    return _XENT(logits, q)

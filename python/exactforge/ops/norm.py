@@ -172,20 +172,20 @@ def channel_sum(t: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = No
     """(N, C, *) -> (C,): each channel's sum over examples and positions, in the batch mode
     (fixed: example by example, position by position). The native pass reads the activations
     where they lie; other dtypes and shared modes go through a transposed copy and the same sum."""
-    if torch.compiler.is_compiling() and isinstance(mode, str):
-        return _CSUM(t, mode)
-    return _channel_sum_impl(t, mode, grad_of)
+    if not isinstance(mode, str):
+        return _channel_sum_impl(t, mode, grad_of)
+    return _CSUM(t, mode)
 
 
 def batch_norm_train(x, weight, bias, eps: float, count: int, mode: Any, arithmetic: str):
     """(y, mean, var, xhat, rstd, fused) of training-mode BatchNorm (see the module's doc)."""
-    if torch.compiler.is_compiling() and isinstance(mode, str):
-        return _BN(x, weight, bias, float(eps), int(count), mode, arithmetic)
-    return _bn_train_impl(x, weight, bias, eps, count, mode, arithmetic)
+    if not isinstance(mode, str):
+        return _bn_train_impl(x, weight, bias, eps, count, mode, arithmetic)
+    return _BN(x, weight, bias, eps, count, mode, arithmetic)
 
 
 def batch_norm_train_backward(dy, xhat, rstd, weight, fused, count: int, mode: Any, need_dx: bool):
     """(dx, the sum of dy * xhat, the sum of dy) per channel; dx is empty unless ``need_dx``."""
-    if torch.compiler.is_compiling() and isinstance(mode, str):
-        return _BN_BACKWARD(dy, xhat, rstd, weight, fused, int(count), mode, bool(need_dx))
-    return _bn_backward_impl(dy, xhat, rstd, weight, fused, count, mode, need_dx)
+    if not isinstance(mode, str):
+        return _bn_backward_impl(dy, xhat, rstd, weight, fused, count, mode, need_dx)
+    return _BN_BACKWARD(dy, xhat, rstd, weight, fused, count, mode, need_dx)

@@ -50,21 +50,15 @@ _ACT = define("activation(Tensor x, str kind) -> (Tensor, Tensor)", _activation_
 
 def sqrt_rn(v: torch.Tensor) -> torch.Tensor:
     """The correctly rounded square root (float32/float64 on the CPU: the same on every CPU)."""
-    if torch.compiler.is_compiling():
-        return _SQRT(v)
-    return _sqrt_impl(v)
+    return _SQRT(v)
 
 
 def exp(x: torch.Tensor) -> torch.Tensor:
     """e**x with exactforge's exp: the same bits on every CPU and GPU."""
-    if torch.compiler.is_compiling():
-        return _EXP(x)
-    return _exp_impl(x)
+    return _EXP(x)
 
 
 def activation(x: torch.Tensor, kind: str):
     """(value, derivative) of a registered activation; the derivative is empty for the kinds
     that differentiate from their value (sigmoid, tanh)."""
-    if torch.compiler.is_compiling():
-        return _ACT(x, kind)
-    return _activation_impl(x, kind)
+    return _ACT(x, kind)

@@ -89,25 +89,17 @@ _MAX_BACKWARD = define(
 
 def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override) -> torch.Tensor:
     """torch's eager average pooling (the operator under torch.compile)."""
-    if torch.compiler.is_compiling():
-        return _AVG(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
-    return _avg_impl(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    return _AVG(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
 
 def avg_pool2d_backward(dy, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    if torch.compiler.is_compiling():
-        return _AVG_BACKWARD(dy, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
-    return _avg_backward_impl(dy, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    return _AVG_BACKWARD(dy, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
 
 def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode):
     """torch's eager max pooling with its indices (the operator under torch.compile)."""
-    if torch.compiler.is_compiling():
-        return _MAX(x, kernel, stride, padding, dilation, ceil_mode)
-    return _max_impl(x, kernel, stride, padding, dilation, ceil_mode)
+    return _MAX(x, kernel, stride, padding, dilation, ceil_mode)
 
 
 def max_pool2d_backward(dy, x, kernel, stride, padding, dilation, ceil_mode, indices):
-    if torch.compiler.is_compiling():
-        return _MAX_BACKWARD(dy, x, kernel, stride, padding, dilation, ceil_mode, indices)
-    return _max_backward_impl(dy, x, kernel, stride, padding, dilation, ceil_mode, indices)
+    return _MAX_BACKWARD(dy, x, kernel, stride, padding, dilation, ceil_mode, indices)

@@ -95,27 +95,19 @@ def mm(a: torch.Tensor, b: torch.Tensor, mode: str = "fixed", a_transposed: bool
     axis reduced in ``mode``: the bits of ``exactforge.reduce.matmul``. Eager calls run the
     kernel directly; under ``torch.compile`` this is the operator ``exactforge::mm``, which the
     compiler keeps whole. Not differentiable by itself: the reproducible layers differentiate."""
-    if torch.compiler.is_compiling():
-        return _MM(a, b, mode, a_transposed)
-    return _mm_impl(a, b, mode, a_transposed)
+    return _MM(a, b, mode, a_transposed)
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Batched product, each output's terms in index order, each product and sum rounded."""
-    if torch.compiler.is_compiling():
-        return _BMM(a, b)
-    return _bmm_impl(a, b)
+    return _BMM(a, b)
 
 
 def sum0(x: torch.Tensor, mode: str) -> torch.Tensor:
     """The sum over the first axis in ``mode`` (``exactforge.reduce.sum(x, 0, mode=mode)``)."""
-    if torch.compiler.is_compiling():
-        return _SUM0(x, mode)
-    return _sum0_impl(x, mode)
+    return _SUM0(x, mode)
 
 
 def rowsum(x: torch.Tensor) -> torch.Tensor:
     """(R, D) -> (R,): each row summed in index order (the fixed mode's chain)."""
-    if torch.compiler.is_compiling():
-        return _ROWSUM(x)
-    return _rowsum_impl(x)
+    return _ROWSUM(x)

@@ -1,6 +1,6 @@
 """What every reproducible layer's functions share: the fixed-order product inside an example,
 the batch reductions in a layer's mode (a string, or a mode object whose examples are split
-among processes), the portable inverse square root and the row sums of one example."""
+among processes); the rest lives in exactforge.ops."""
 
 from __future__ import annotations
 
@@ -57,18 +57,9 @@ def _count(k: int, mode: Any) -> int:
     return k if isinstance(mode, str) else mode.rows(k)
 
 
-def _rsqrt(v: torch.Tensor, arithmetic: str) -> torch.Tensor:
-    return ops.rsqrt(v, arithmetic)
-
-
 def _npdtype(t: torch.Tensor):
     return torch.empty(0, dtype=t.dtype).numpy().dtype
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy().astype(np.float64)
-
-
-def _rowsum(x2: torch.Tensor) -> torch.Tensor:
-    """(R, D) -> (R,): each row summed in index order."""
-    return ops.rowsum(x2)

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from ... import ops
-from ._common import _rowsum
 from .linear import linear
 
 
@@ -51,7 +50,7 @@ class _Softmax(torch.autograd.Function):
         s2 = s.reshape(-1, shp[-1])
         m = s2.max(dim=1, keepdim=True).values  # exact
         e = ops.exp(s2 - m)
-        p = (e / _rowsum(e).reshape(-1, 1)).reshape(shp)
+        p = (e / ops.rowsum(e).reshape(-1, 1)).reshape(shp)
         ctx.save_for_backward(p)
         return p
 
@@ -60,7 +59,7 @@ class _Softmax(torch.autograd.Function):
         (p,) = ctx.saved_tensors
         L = p.shape[-1]
         p2, dp2 = p.reshape(-1, L), dp.reshape(-1, L)
-        dot = _rowsum(dp2 * p2).reshape(-1, 1)
+        dot = ops.rowsum(dp2 * p2).reshape(-1, 1)
         return (p2 * (dp2 - dot)).reshape(p.shape)
 
 

@@ -3,13 +3,13 @@ sums in the layer's mode, per-example statistics in a fixed order, 1 / sqrt corr
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from ... import ops
 from ...ops.norm import affine
-from ._common import _bsum, _count, _rowsum, _rsqrt, _shared_param
+from ._common import _bsum, _count, _shared_param
 
 
 class _BatchNormEval(torch.autograd.Function):
@@ -19,7 +19,7 @@ class _BatchNormEval(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mean, var, weight, bias, eps, mode, arithmetic):
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        inv = torch.rsqrt(var + eps) if arithmetic == "torch" else _rsqrt(var + eps, arithmetic)
+        inv = torch.rsqrt(var + eps) if arithmetic == "torch" else ops.rsqrt(var + eps, arithmetic)
         xhat = (x - mean.reshape(shape)) * inv.reshape(shape)
         y = affine(xhat, weight, bias, shape)
         ctx.save_for_backward(xhat, inv, weight)
@@ -33,8 +33,8 @@ class _BatchNormEval(torch.autograd.Function):
         shape = ctx.shape
         g = dy if weight is None else dy * weight.reshape(shape)
         dx = g * inv.reshape(shape) if ctx.needs_input_grad[0] else None
-        dw = _channel_sum(dy * xhat, ctx.mode, weight) if weight is not None and ctx.needs_input_grad[3] else None
-        db = _channel_sum(dy, ctx.mode, ctx.bias) if ctx.needs_input_grad[4] else None
+        dw = ops.channel_sum(dy * xhat, ctx.mode, weight) if weight is not None and ctx.needs_input_grad[3] else None
+        db = ops.channel_sum(dy, ctx.mode, ctx.bias) if ctx.needs_input_grad[4] else None
         return dx, None, None, dw, db, None, None, None
 
 
@@ -42,10 +42,6 @@ def batch_norm_eval(
     x, running_mean, running_var, weight, bias, eps: float, mode: str = "exact", arithmetic: str = "portable-1"
 ):
     return _BatchNormEval.apply(x, running_mean, running_var, weight, bias, eps, mode, arithmetic)
-
-
-def _channel_sum(t: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None) -> torch.Tensor:
-    return ops.channel_sum(t, mode, grad_of)
 
 
 class _BatchNormTrain(torch.autograd.Function):
@@ -111,10 +107,10 @@ class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, D, eps, mode, arithmetic):
         x2 = x.reshape(-1, D)
-        mean = (_rowsum(x2) / D).reshape(-1, 1)
+        mean = (ops.rowsum(x2) / D).reshape(-1, 1)
         xc = x2 - mean
-        var = (_rowsum(xc * xc) / D).reshape(-1, 1)
-        rstd = _rsqrt(var + eps, arithmetic)
+        var = (ops.rowsum(xc * xc) / D).reshape(-1, 1)
+        rstd = ops.rsqrt(var + eps, arithmetic)
         xhat = xc * rstd
         y = xhat
         if weight is not None:
@@ -134,8 +130,8 @@ class _LayerNorm(torch.autograd.Function):
         g = dy2 if weight is None else dy2 * weight.reshape(1, D)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            mg = (_rowsum(g) / D).reshape(-1, 1)
-            mgx = (_rowsum(g * xhat) / D).reshape(-1, 1)
+            mg = (ops.rowsum(g) / D).reshape(-1, 1)
+            mgx = (ops.rowsum(g * xhat) / D).reshape(-1, 1)
             dx = (rstd * (g - mg - xhat * mgx)).reshape(shape)
         if weight is not None and ctx.needs_input_grad[1]:
             dw = _bsum(dy2 * xhat, mode, grad_of=weight)
