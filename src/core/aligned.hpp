@@ -28,4 +28,22 @@ struct Aligned64 {
 template <class T>
 using avector = std::vector<T, Aligned64<T>>;
 
+/// Aligned64 whose vectors leave their elements uninitialised when sized without a value: for
+/// buffers every element of which is written before it is read (a padded copy of an operand,
+/// which would otherwise be written twice).
+template <class T>
+struct Aligned64Uninit : Aligned64<T> {
+  template <class U>
+  struct rebind { using other = Aligned64Uninit<U>; };
+  Aligned64Uninit() = default;
+  template <class U>
+  Aligned64Uninit(const Aligned64Uninit<U>&) {}
+  template <class U>
+  void construct(U* p) noexcept { ::new (static_cast<void*>(p)) U; }
+  template <class U, class... A>
+  void construct(U* p, A&&... a) { ::new (static_cast<void*>(p)) U(static_cast<A&&>(a)...); }
+};
+template <class T>
+using uvector = std::vector<T, Aligned64Uninit<T>>;
+
 }  // namespace exactforge

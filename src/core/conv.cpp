@@ -9,6 +9,7 @@
 #include "exactforge/reduce.hpp"
 #include "kernels/kernels.hpp"
 #include "core/aligned.hpp"
+#include "core/threads.hpp"
 #include <vector>
 
 namespace exactforge {
@@ -33,6 +34,33 @@ int nthreads(int threads) {
   return std::max(1, std::min(nt, kMaxThreads));
 }
 }  // namespace
+
+// planes of H x W values copied into planes of (top + H + bottom) x (left + W + right), zeros
+// around, and `slack` zeros past the last plane: each element written once (no zero fill
+// first), the planes split between threads. On ResNet-20's first stage the single-threaded
+// fill and copy took a fifth of the convolution's time.
+template <class T>
+uvector<T> zero_padded(const T* x, int64_t planes, int64_t H, int64_t W, int64_t top, int64_t bottom, int64_t left,
+                       int64_t right, int64_t slack, int nt) {
+  const int64_t Wp = left + W + right, plane = (top + H + bottom) * Wp;
+  uvector<T> out(static_cast<size_t>(planes * plane + slack));
+  T* o = out.data();
+  (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && planes > 1 && planes * plane >= (1 << 16))
+  for (int64_t p = 0; p < planes; ++p) {
+    T* q = o + p * plane;
+    std::fill(q, q + top * Wp, T(0));
+    q += top * Wp;
+    for (int64_t r = 0; r < H; ++r, q += Wp) {
+      std::fill(q, q + left, T(0));
+      std::copy(x + (p * H + r) * W, x + (p * H + r + 1) * W, q + left);
+      std::fill(q + left + W, q + Wp, T(0));
+    }
+    std::fill(q, q + bottom * Wp, T(0));
+  }
+  std::fill(o + planes * plane, o + planes * plane + slack, T(0));
+  return out;
+}
 
 template <class T>
 void im2col(const T* x, T* cols, const ConvGeometry& g, int threads) {
@@ -98,29 +126,35 @@ void conv2d_fixed(const T* x, const T* w, T* out, const ConvGeometry& g, int64_t
   ConvF32 f32 = kt.conv_f32;
   ConvF64 f64 = kt.conv_f64;
   const int64_t Ho = g.Ho(), Wo = g.Wo(), Hp = g.H + 2 * g.ph, CKK = g.C * g.kh * g.kw;
-  constexpr int64_t kSlack = 16;  // a vector's lanes read past a row's end (never stored)
-  const int64_t Wp = g.W + 2 * g.pw + kSlack;
-  // The input zero-padded once, and the weights in blocks of kConvOB channels (zeros past O).
-  avector<T> xp(static_cast<size_t>(g.B * g.C * Hp * Wp), T(0));
-  for (int64_t bc = 0; bc < g.B * g.C; ++bc)
-    for (int64_t r = 0; r < g.H; ++r)
-      std::copy(x + (bc * g.H + r) * g.W, x + (bc * g.H + r + 1) * g.W, xp.data() + (bc * Hp + r + g.ph) * Wp + g.pw);
-  const int64_t nob = (O + kConvOB - 1) / kConvOB;
-  avector<T> wp(static_cast<size_t>(nob * kConvOB * CKK), T(0));
-  std::copy(w, w + O * CKK, wp.data());
+  const int64_t Wp = g.W + 2 * g.pw;
   const int nt = nthreads(threads);
-  (void)nt;
+  // The input zero-padded once, and the weights in blocks of OB channels (zeros past O). A
+  // vector's lanes past a row's end read the next row (those outputs are never stored); the
+  // slack past the end covers the last row's lanes and the row below a last odd output row,
+  // which a two-row pass reads and does not store.
+  constexpr int OB = kConvOB;
+  constexpr int64_t kSlack = 16;
+  const uvector<T> xp = zero_padded(x, g.B * g.C, g.H, g.W, g.ph, g.ph, g.pw, g.pw, 2 * Wp + kSlack, nt);
+  const int64_t nob = (O + OB - 1) / OB;
+  avector<T> wp(static_cast<size_t>(nob * OB * CKK), T(0));
+  std::copy(w, w + O * CKK, wp.data());
+  // each term t = (c, i, j)'s offset in one example's padded input
+  std::vector<int64_t> toff(static_cast<size_t>(CKK));
+  for (int64_t t = 0; t < CKK; ++t) {
+    const int64_t c = t / (g.kh * g.kw), i = (t / g.kw) % g.kh, j = t % g.kw;
+    toff[static_cast<size_t>(t)] = (c * Hp + i) * Wp + j;
+  }
   const int64_t units = g.B * nob;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && units > 1 && g.B * O * Ho * Wo * CKK >= (1 << 18))
   for (int64_t u = 0; u < units; ++u) {
-    const int64_t b = u / nob, o0 = (u % nob) * kConvOB;
-    const int ob = static_cast<int>(std::min<int64_t>(kConvOB, O - o0));
+    const int64_t b = u / nob, o0 = (u % nob) * OB;
+    const int ob = static_cast<int>(std::min<int64_t>(OB, O - o0));
     T* dst = out + (b * O + o0) * Ho * Wo;
     const T* src = xp.data() + b * g.C * Hp * Wp;
     if constexpr (std::is_same<T, float>::value)
-      f32(src, g.C, Hp, Wp, wp.data() + o0 * CKK, CKK, g.kh, g.kw, Ho, Wo, dst, ob, bias ? bias + o0 : nullptr);
+      f32(src, toff.data(), g.C, Hp, Wp, wp.data() + o0 * CKK, CKK, g.kh, g.kw, Ho, Wo, dst, ob, bias ? bias + o0 : nullptr);
     else
-      f64(src, g.C, Hp, Wp, wp.data() + o0 * CKK, CKK, g.kh, g.kw, Ho, Wo, dst, ob, bias ? bias + o0 : nullptr);
+      f64(src, toff.data(), g.C, Hp, Wp, wp.data() + o0 * CKK, CKK, g.kh, g.kw, Ho, Wo, dst, ob, bias ? bias + o0 : nullptr);
   }
 }
 
@@ -134,32 +168,36 @@ void conv2d_input_grad_fixed(const T* dy, const T* w, T* dx, const ConvGeometry&
     if (!(std::fabs(static_cast<double>(w[e])) <= 1.7976931348623157e308))
       throw std::invalid_argument("conv: the direct input gradient needs finite weights");
   const KernelTable& kt = kernels();
-  const int CB = std::is_same<T, float>::value ? kt.conv_dgrad_cb_f32 : kConvCB;
+  constexpr int CB = kConvCB;
   const int64_t Ho = g.Ho(), Wo = g.Wo();
-  constexpr int64_t kSlack = 16;  // a vector's lanes read past a row's end (never stored)
-  const int64_t PL = g.kw - 1, Wdp = PL + std::max(Wo, g.W + g.pw) + kSlack + 1;
-  // dy with zero columns around each row, so that every lane reads memory, and the weights as
-  // channel blocks of CB x kh x kw x O (the chain runs over o: contiguous), zeros past C.
-  avector<T> dyp(static_cast<size_t>(g.B * O * Ho * Wdp), T(0));
-  for (int64_t r = 0; r < g.B * O * Ho; ++r) std::copy(dy + r * Wo, dy + (r + 1) * Wo, dyp.data() + r * Wdp + PL);
+  constexpr int64_t kSlack = 16;
+  const int64_t PL = g.kw - 1, Wdp = PL + std::max(Wo, g.W + g.pw) + 1;
+  // zero rows above and below, so that every row a two-row pass reads (y + ph - i for y up to H,
+  // the partner of a last odd row) lies in the buffer
+  const int64_t top = std::max<int64_t>(0, g.kh - 1 - g.ph), bottom = std::max<int64_t>(0, g.H + g.ph + 1 - Ho);
+  const int64_t Ht = top + Ho + bottom;
+  const int nt = nthreads(threads);
+  // dy with zero columns around each row, so that every lane that is stored reads zeros off
+  // the output (lanes past the input's width read the next row, and the slack past the end:
+  // never stored), and the weights as channel blocks of CB x kh x kw x O (the chain runs over
+  // o: contiguous), zeros past C.
+  const uvector<T> dyp = zero_padded(dy, g.B * O, Ho, Wo, top, bottom, PL, Wdp - PL - Wo, Wdp + kSlack, nt);
   const int64_t ncb = (g.C + CB - 1) / CB;
   avector<T> wt(static_cast<size_t>(ncb * CB * KK * O), T(0));
   for (int64_t o = 0; o < O; ++o)
     for (int64_t c = 0; c < g.C; ++c)
       for (int64_t t = 0; t < KK; ++t) wt[(c * KK + t) * O + o] = w[(o * g.C + c) * KK + t];
-  const int nt = nthreads(threads);
-  (void)nt;
   const int64_t units = g.B * ncb;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && units > 1 && g.B * O * Ho * Wo * CKK >= (1 << 18))
   for (int64_t u = 0; u < units; ++u) {
     const int64_t b = u / ncb, c0 = (u % ncb) * CB;
     const int cb = static_cast<int>(std::min<int64_t>(CB, g.C - c0));
     T* dst = dx + (b * g.C + c0) * g.H * g.W;
-    const T* src = dyp.data() + b * O * Ho * Wdp;
+    const T* src = dyp.data() + b * O * Ht * Wdp;
     if constexpr (std::is_same<T, float>::value)
-      kt.conv_dgrad_f32(src, O, Ho, Wdp, wt.data() + c0 * KK * O, g.kh, g.kw, g.ph, g.pw, g.H, g.W, dst, cb);
+      kt.conv_dgrad_f32(src, O, top, Ht, Wdp, wt.data() + c0 * KK * O, g.kh, g.kw, g.ph, g.pw, g.H, g.W, dst, cb);
     else
-      kt.conv_dgrad_f64(src, O, Ho, Wdp, wt.data() + c0 * KK * O, g.kh, g.kw, g.ph, g.pw, g.H, g.W, dst, cb);
+      kt.conv_dgrad_f64(src, O, top, Ht, Wdp, wt.data() + c0 * KK * O, g.kh, g.kw, g.ph, g.pw, g.H, g.W, dst, cb);
   }
 }
 
@@ -349,13 +387,68 @@ void conv2d_weight_grad_exact(const T* x, const T* dyt, T* out, const ConvGeomet
 template <class T>
 void conv2d_weight_grad_fixed(const T* x, const T* dyt, T* out, const ConvGeometry& g, int64_t O, int threads) {
   if (O < 1) throw std::invalid_argument("conv: at least one output channel");
-  const int64_t N = g.B * g.Ho() * g.Wo(), CKK = g.C * g.kh * g.kw;
-  // im2col(x) @ dyt in the fixed order, im2col's rows gathered a panel at a time as the product
-  // packs them: the bits of the product over the materialised im2col (the same values in the
-  // same chains), without its kh x kw copies of x
-  ImplicitRows<T> rows;
-  rows.gather = im2col_gather(x, g);
-  matmul_fixed_implicit<T>(rows, dyt, out, CKK, N, O, nthreads(threads));
+  const int64_t Ho = g.Ho(), Wo = g.Wo(), L = Ho * Wo, N = g.B * L, KK = g.kh * g.kw, CKK = g.C * KK;
+  // im2col(x) @ dyt in the fixed order, each im2col value read from the zero-padded input where
+  // the tile needs it (conv_wgrad_tile_t): the bits of the product over the materialised im2col
+  // (the same values in the same chains), without its kh x kw copies of x. Gathering and packing
+  // im2col's panels for the product's tile cost as much as its arithmetic on ResNet-20.
+  const KernelTable& kt = kernels();
+  constexpr int R = kConvWgradR;
+  constexpr int OG = kConvWgradO<T>;
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, plane = Hp * Wp;
+  const int nt = nthreads(threads);
+  const uvector<T> xp = zero_padded(x, g.B * g.C, g.H, g.W, g.ph, g.ph, g.pw, g.pw, 0, nt);
+  // dy's rows padded to whole vectors of channels, so that no lane reads past the buffer
+  const int64_t nog = (O + OG - 1) / OG, Op = nog * OG;
+  const T* dy = dyt;
+  avector<T> dpad;
+  if (Op != O) {
+    dpad.assign(static_cast<size_t>(N * Op), T(0));
+    for (int64_t t = 0; t < N; ++t) std::copy(dyt + t * O, dyt + (t + 1) * O, dpad.data() + t * Op);
+    dy = dpad.data();
+  }
+  // each im2col row's offset in xp; rows past CKK repeat the last one (read, never stored)
+  const int64_t nrg = (CKK + R - 1) / R;
+  std::vector<int64_t> roff(static_cast<size_t>(nrg * R));
+  for (int64_t r = 0; r < nrg * R; ++r) {
+    const int64_t rr = std::min(r, CKK - 1), c = rr / KK, ki = (rr / g.kw) % g.kh, kj = rr % g.kw;
+    roff[static_cast<size_t>(r)] = c * plane + ki * g.dh * Wp + kj * g.dw;
+  }
+  // blocks of the terms, each tile resuming its chains from the partials it stored, so that
+  // a block of dy and x stays in cache for every tile
+  constexpr int64_t KT = 1024;
+  const int64_t tiles = nrg * nog;
+  std::vector<int64_t> toff_all(static_cast<size_t>(nt * KT));
+  (void)nt;
+#pragma omp parallel num_threads(nt) if (nt > 1 && tiles > 1 && CKK * N * O >= (1 << 18))
+  {
+    int64_t* toff = toff_all.data() + detail::thread_index() * KT;
+    for (int64_t t0 = 0; t0 < N; t0 += KT) {
+      const int64_t kc = std::min(KT, N - t0);
+      int64_t b = t0 / L, rem = t0 - b * L, oh = rem / Wo, ow = rem - oh * Wo;
+      for (int64_t t = 0; t < kc; ++t) {
+        toff[t] = b * g.C * plane + oh * g.sh * Wp + ow * g.sw;
+        if (++ow == Wo) {
+          ow = 0;
+          if (++oh == Ho) oh = 0, ++b;
+        }
+      }
+      // a static schedule over the same tiles gives each thread the same tiles in every block
+      // (OpenMP's guarantee), so a tile's blocks run in order on one thread without a barrier
+#pragma omp for schedule(static) nowait
+      for (int64_t q = 0; q < tiles; ++q) {
+        const int64_t rg = q / nog, og = q % nog;
+        const int rrem = static_cast<int>(std::min<int64_t>(R, CKK - rg * R));
+        const int orem = static_cast<int>(std::min<int64_t>(OG, O - og * OG));
+        T* dst = out + rg * R * O + og * OG;
+        const T* d = dy + t0 * Op + og * OG;
+        if constexpr (std::is_same<T, float>::value)
+          kt.conv_wgrad_f32(xp.data(), roff.data() + rg * R, toff, kc, d, Op, dst, O, rrem, orem, t0 > 0);
+        else
+          kt.conv_wgrad_f64(xp.data(), roff.data() + rg * R, toff, kc, d, Op, dst, O, rrem, orem, t0 > 0);
+      }
+    }
+  }
 }
 
 template void conv2d_weight_grad_fixed<float>(const float*, const float*, float*, const ConvGeometry&, int64_t, int);

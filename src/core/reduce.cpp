@@ -33,16 +33,7 @@ namespace exactforge {
 
 namespace {
 
-// Per-thread scratch is allocated before a parallel region and indexed by thread: an
-// allocation failure inside a region could not be caught (an exception may not leave an OpenMP
-// region; std::terminate would end the interpreter), outside it becomes MemoryError.
-inline int thread_index() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
+using detail::thread_index;
 
 // Scratch panels of the exact matmul, kept per calling thread from one call to the next. A fresh
 // allocation of a few MB per call is fresh pages from the kernel: on 3072 x 512 x 128 the page

@@ -111,7 +111,8 @@ namespace {
     t.conv_f64 = NS::conv_fixed_f64;                     \
     t.conv_dgrad_f32 = NS::conv_dgrad_f32;               \
     t.conv_dgrad_f64 = NS::conv_dgrad_f64;               \
-    t.conv_dgrad_cb_f32 = kConvCB;                       \
+    t.conv_wgrad_f32 = NS::conv_wgrad_f32;               \
+    t.conv_wgrad_f64 = NS::conv_wgrad_f64;               \
     return t;                                            \
   }
 EXACTFORGE_KERNEL_TABLE(generic)
@@ -150,7 +151,6 @@ const KernelTable& kernels() {
         t.row_max_f32 = avx512::row_max_f32;
         t.conv_f32 = avx512::conv_fixed_f32;
         t.conv_dgrad_f32 = avx512::conv_dgrad_f32;
-        t.conv_dgrad_cb_f32 = avx512::kConvDgradCB;
         return t;
       }
 #endif

@@ -5,11 +5,16 @@
 namespace exactforge {
 
 template <class T> constexpr int kLanes = 32 / sizeof(T);  // 32-byte vectors (AVX2 width)
-/// Output channels one pass of the direct convolution carries (conv_rows_t): OB accumulators.
-constexpr int kConvOB = 8;
-/// Input channels one pass of the direct input gradient carries (conv_dgrad_rows_t): two vectors
-/// each (the sum and the chain), so 6 fit AVX2's 16 registers with the operands; 8 on AVX-512.
+/// Output channels one pass of the direct convolution carries (conv_rows2_t): 6 on two rows, 12
+/// accumulators.
+constexpr int kConvOB = 6;
+/// Input channels one pass of the direct input gradient carries (conv_dgrad_rows2_t): 6 on two
+/// rows, 12 accumulators.
 constexpr int kConvCB = 6;
+/// The weight gradient's tile (conv_wgrad_tile_t): 6 rows of im2col by two vectors of output
+/// channels, 12 accumulators, as the fixed product's tile.
+constexpr int kConvWgradR = 6;
+template <class T> constexpr int kConvWgradO = 2 * kLanes<T>;
 
 /// Fixed-mode tile: MR = MV * lanes rows by NR columns.
 template <class T> struct TileShape;
@@ -53,18 +58,27 @@ using SumMaxF64 = void (*)(const double*, int64_t, int64_t, int64_t, int64_t, do
 using SumSlicesF64 = void (*)(const double*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
                               double*, double*);
 /// Rows of a stride-1 convolution for up to kConvOB output channels from a zero-padded input
-/// (kernels.inc, conv_rows_t): xp, C, Hp, Wp, w (kConvOB x CKK), CKK, kh, kw, Ho, Wo, out, channels,
+/// (kernels.inc, conv_rows_t): xp, toff (each term's offset in xp), C, Hp, Wp, w (OB x CKK), CKK,
+/// kh, kw, Ho, Wo, out, channels,
 /// bias (nullptr, or one value per channel added to each rounded output).
-using ConvF32 = void (*)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t,
-                         int64_t, float*, int, const float*);
-using ConvF64 = void (*)(const double*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, int64_t, int64_t,
-                         int64_t, double*, int, const double*);
+using ConvF32 = void (*)(const float*, const int64_t*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t,
+                         int64_t, int64_t, int64_t, float*, int, const float*);
+using ConvF64 = void (*)(const double*, const int64_t*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t,
+                         int64_t, int64_t, int64_t, double*, int, const double*);
 /// Rows of a stride-1 convolution's input gradient for up to kConvCB input channels (kernels.inc,
-/// conv_dgrad_rows_t): dyp, O, Ho, Wdp, wt (CB x kh x kw x O), kh, kw, ph, pw, H, W, dx, channels.
-using ConvDgradF32 = void (*)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
-                              int64_t, int64_t, int64_t, float*, int);
-using ConvDgradF64 = void (*)(const double*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, int64_t,
-                              int64_t, int64_t, int64_t, double*, int);
+/// conv_dgrad_rows2_t): dyp, O, top, Ht, Wdp, wt (CB x kh x kw x O), kh, kw, ph, pw, H, W, dx,
+/// channels.
+using ConvDgradF32 = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, int64_t,
+                              int64_t, int64_t, int64_t, int64_t, float*, int);
+using ConvDgradF64 = void (*)(const double*, int64_t, int64_t, int64_t, int64_t, const double*, int64_t, int64_t,
+                              int64_t, int64_t, int64_t, int64_t, double*, int);
+/// A tile of a convolution's weight gradient (kernels.inc, conv_wgrad_tile_t): kConvWgradR rows of
+/// im2col by kConvWgradO output channels over one block of terms: xp, roff, toff, kc, dy, ldd,
+/// out, ldo, rows, channels, resume.
+using ConvWgradF32 = void (*)(const float*, const int64_t*, const int64_t*, int64_t, const float*, int64_t, float*,
+                              int64_t, int, int, int);
+using ConvWgradF64 = void (*)(const double*, const int64_t*, const int64_t*, int64_t, const double*, int64_t,
+                              double*, int64_t, int, int, int);
 using RecombineF32 = void (*)(const int64_t* lv, int64_t n, int ea, const int* fb, int w, const char* skip,
                               float* out, char* todo);
 
@@ -94,9 +108,10 @@ struct KernelTable {
   RowMaxF32 row_max_f32;  // nullptr: the driver's 8-lane loop
   ConvF32 conv_f32;  // the direct convolution (stride 1, dilation 1)
   ConvF64 conv_f64;
-  ConvDgradF32 conv_dgrad_f32;  // its input gradient, and the channels per pass
+  ConvDgradF32 conv_dgrad_f32;  // its input gradient (kConvCB channels per pass)
   ConvDgradF64 conv_dgrad_f64;
-  int conv_dgrad_cb_f32;  // the float64 kernels carry kConvCB on every level
+  ConvWgradF32 conv_wgrad_f32;  // its weight gradient (the AVX2 tile on AVX-512 too)
+  ConvWgradF64 conv_wgrad_f64;
 };
 
 /// The best table this CPU supports (AVX-512, AVX2+FMA or the baseline). Same bits either way.
@@ -118,14 +133,18 @@ const KernelTable& kernels();
   void split_cols_f64_s4(const double*, int64_t, int, int64_t, const double*, const double*,   \
                          double, double*, int);                                               \
   void pack_a_f32(const float*, int64_t, int, int64_t, float*);                               \
-  void conv_fixed_f32(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, \
-                      int64_t, float*, int, const float*);                                    \
-  void conv_fixed_f64(const double*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, int64_t,        \
-                      int64_t, int64_t, double*, int, const double*);                         \
-  void conv_dgrad_f32(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, \
-                      int64_t, int64_t, float*, int);                                         \
-  void conv_dgrad_f64(const double*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, int64_t,       \
-                      int64_t, int64_t, int64_t, double*, int);                               \
+  void conv_fixed_f32(const float*, const int64_t*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t,   \
+                      int64_t, int64_t, int64_t, float*, int, const float*);                  \
+  void conv_fixed_f64(const double*, const int64_t*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, \
+                      int64_t, int64_t, int64_t, double*, int, const double*);                \
+  void conv_dgrad_f32(const float*, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, int64_t,         \
+                      int64_t, int64_t, int64_t, int64_t, float*, int);                       \
+  void conv_dgrad_f64(const double*, int64_t, int64_t, int64_t, int64_t, const double*, int64_t, int64_t,       \
+                      int64_t, int64_t, int64_t, int64_t, double*, int);                      \
+  void conv_wgrad_f32(const float*, const int64_t*, const int64_t*, int64_t, const float*, int64_t, float*,      \
+                      int64_t, int, int, int);                                                \
+  void conv_wgrad_f64(const double*, const int64_t*, const int64_t*, int64_t, const double*, int64_t, double*,   \
+                      int64_t, int, int, int);                                                \
   void sum_max_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, double*, char*);    \
   void sum_slices_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, const double*,   \
                            const double*, double, double*, double*);                          \
@@ -155,11 +174,10 @@ void sum_max_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, double*,
 void sum_slices_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
                          double*, double*);
 double row_max_f32(const float*, int64_t, char*);
-void conv_fixed_f32(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                    float*, int, const float*);
-constexpr int kConvDgradCB = 8;  // 32 registers: 8 sums, 8 chains and the operands
-void conv_dgrad_f32(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t,
-                    int64_t, int64_t, float*, int);
+void conv_fixed_f32(const float*, const int64_t*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
+                    int64_t, int64_t, float*, int, const float*);
+void conv_dgrad_f32(const float*, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
+                    int64_t, int64_t, int64_t, float*, int);
 }  // namespace avx512
 
 }  // namespace exactforge

@@ -188,15 +188,16 @@ double row_max_f32(const float* x, int64_t k, char* nonfinite) {
 
 // One chain of fused multiply-adds per output, as on every level: lane ii of accumulator j is
 // output (ii, j), and the 16 lanes are the 16 rows of pack_a_f32's panel.
-// The direct convolution on 16-lane vectors (conv_rows_t): 16 outputs of a row per chain set.
-void conv_fixed_f32(const float* xp, int64_t C, int64_t Hp, int64_t Wp, const float* w, int64_t CKK, int64_t kh,
-                    int64_t kw, int64_t Ho, int64_t Wo, float* out, int ob, const float* bias) {
-  conv_rows_t<float, 16, kConvOB>(xp, C, Hp, Wp, w, CKK, kh, kw, Ho, Wo, out, ob, bias);
+// The direct convolution on 16-lane vectors: two rows of 16 outputs for 6 channels per pass.
+void conv_fixed_f32(const float* xp, const int64_t* toff, int64_t C, int64_t Hp, int64_t Wp, const float* w,
+                    int64_t CKK, int64_t kh, int64_t kw, int64_t Ho, int64_t Wo, float* out, int ob, const float* bias) {
+  (void)C, (void)Hp, (void)kh, (void)kw;
+  conv_rows2_t<float, 16>(xp, toff, Wp, w, CKK, Ho, Wo, out, ob, bias);
 }
 
-void conv_dgrad_f32(const float* dyp, int64_t O, int64_t Ho, int64_t Wdp, const float* wt, int64_t kh, int64_t kw,
-                    int64_t ph, int64_t pw, int64_t H, int64_t Wi, float* dx, int cb) {
-  conv_dgrad_rows_t<float, 16, kConvDgradCB>(dyp, O, Ho, Wdp, wt, kh, kw, ph, pw, H, Wi, dx, cb);
+void conv_dgrad_f32(const float* dyp, int64_t O, int64_t top, int64_t Ht, int64_t Wdp, const float* wt, int64_t kh,
+                    int64_t kw, int64_t ph, int64_t pw, int64_t H, int64_t Wi, float* dx, int cb) {
+  conv_dgrad_rows2_t<float, 16>(dyp, O, top, Ht, Wdp, wt, kh, kw, ph, pw, H, Wi, dx, cb);
 }
 
 void fixed_tile_f32(const float* ap, const float* bp, int64_t k, float* c, int64_t ldc, int mrem, int nrem,

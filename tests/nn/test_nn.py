@@ -806,6 +806,37 @@ def test_the_implicit_weight_gradient_has_the_im2col_products_bits(B, C, H, W, O
         assert np.array_equal(grad(x, dyt, *geo, threads).view(u), ref.view(u))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "geo",
+    [
+        (3, 5, 33, 31, 37, (3, 3), (1, 1), (1, 1), (1, 1)),
+        (8, 7, 9, 40, 70, (2, 3), (1, 2), (0, 2), (2, 1)),
+        (1, 1, 64, 64, 6, (5, 5), (1, 1), (0, 0), (1, 1)),
+    ],
+)
+def test_the_weight_gradient_resumes_its_chains_across_blocks(dtype, geo):
+    """Batch x positions axes longer than one block of terms (each tile stores its outputs'
+    partials and resumes them in the next block), output channels over several vector groups
+    and im2col rows past a multiple of the tile's: the bits of the product over the materialised
+    im2col, with infinities and NaN in x and dy, on any thread count."""
+    from exactforge._backend.native import _core
+
+    B, C, H, W, O, k, s, p, d = geo
+    rng = np.random.default_rng(B + C + O)
+    x = rng.standard_normal((B, C, H, W)).astype(dtype)
+    _special_values(x, rng)
+    geo_args = (list(k), list(s), list(p), list(d))
+    cols = _core.im2col(x, *geo_args)
+    assert cols.shape[1] > 1024
+    dyt = rng.standard_normal((cols.shape[1], O)).astype(dtype)
+    _special_values(dyt, rng)
+    ref = _core.matmul(cols, dyt, "fixed")
+    u = np.uint32 if dtype == np.float32 else np.uint64
+    for threads in (1, 2):
+        assert np.array_equal(_core.conv2d_weight_grad_fixed(x, dyt, *geo_args, threads).view(u), ref.view(u))
+
+
 @EXAMPLES
 @given(
     st.integers(2, 6),
