@@ -148,6 +148,28 @@ py::array elementwise(py::array x, F f, const char* name) {
   return std::move(out);
 }
 
+// det_exp over the array on the dispatched ISA's vectors (exp_n): the elementwise loop's bits
+py::array exp_array(py::array x) {
+  DT dx = dtype_of(x, "x");
+  if (!(x.flags() & py::array::c_style)) throw py::value_error("x: expected a C-contiguous array");
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  const py::ssize_t n = x.size();
+  if (dx == DT::F32) {
+    py::array_t<float> out(shape);
+    const float* in = static_cast<const float*>(x.data());
+    float* o = out.mutable_data();
+    py::gil_scoped_release nogil;
+    exp_n(in, o, n);
+    return std::move(out);
+  }
+  py::array_t<double> out(shape);
+  const double* in = static_cast<const double*>(x.data());
+  double* o = out.mutable_data();
+  py::gil_scoped_release nogil;
+  exp_n(in, o, n);
+  return std::move(out);
+}
+
 py::dict exact_plan_py(int64_t k, bool is_double) {
   ExactPlan p = exact_plan(k, is_double);
   py::dict d;
@@ -164,7 +186,7 @@ void exactforge::bindings::bind_reduce(py::module_& m) {
   m.def("sum_rows", &sum_rows, py::arg("x"), py::arg("mode"), py::arg("order") = py::none(),
         py::arg("threads") = 0);
   m.def("sum_channels", &sum_channels_py, py::arg("x"), py::arg("mode"), py::arg("threads") = 0);
-  m.def("exp", [](py::array x) { return elementwise(x, [](double v) { return det_exp(v); }, "x"); }, py::arg("x"));
+  m.def("exp", &exp_array, py::arg("x"));
   m.def("log", [](py::array x) { return elementwise(x, [](double v) { return det_log(v); }, "x"); }, py::arg("x"));
   m.def("matmul_exact_kernel", &matmul_exact_kernel, py::arg("a"), py::arg("b"), py::arg("kernel"),
         py::arg("threads") = 0);

@@ -6,6 +6,7 @@
 
 #include "exactforge/fixedpoint.hpp"
 #include "exactforge/reduce.hpp"
+#include "kernels/kernels.hpp"
 
 namespace exactforge {
 
@@ -13,24 +14,18 @@ template <class T>
 void bmm_unfused(const T* a, const T* b, T* out, int64_t N, int64_t M, int64_t K, int64_t P, int threads) {
   if (N < 0 || M < 0 || K < 1 || P < 0) throw std::invalid_argument("bmm: sizes must be positive (K >= 1)");
   const int nt = std::max(1, std::min(threads > 0 ? threads : get_num_threads(), kMaxThreads));
-  (void)nt;
   const int64_t rows = N * M;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && rows * K * P >= (int64_t(1) << 18))
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t n = r / M;
-    const T* ar = a + r * K;
-    const T* bn = b + n * K * P;
-    T* o = out + r * P;
-    const T a0 = ar[0];
-    for (int64_t j = 0; j < P; ++j) o[j] = a0 * bn[j];
-    for (int64_t k = 1; k < K; ++k) {
-      const T ak = ar[k];
-      const T* bk = bn + k * P;
-      for (int64_t j = 0; j < P; ++j) {
-        const T p = ak * bk[j];  // rounded, then added and rounded again
-        o[j] = o[j] + p;
-      }
-    }
+  // the rows in contiguous blocks, one kernel call each (the dispatched ISA's vectors run along
+  // an output row; a row's sums never depend on the block)
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (rows + kBlock - 1) / kBlock;
+  const KernelTable& kt = kernels();
+  (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && blocks > 1 && rows * K * P >= (int64_t(1) << 18))
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t r0 = blk * kBlock, r1 = std::min(rows, r0 + kBlock);
+    if constexpr (std::is_same<T, float>::value) kt.bmm_rows_f32(a, b, out, r0, r1, M, K, P);
+    else kt.bmm_rows_f64(a, b, out, r0, r1, M, K, P);
   }
 }
 

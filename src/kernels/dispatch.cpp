@@ -112,6 +112,10 @@ namespace {
     t.conv_dgrad_f32 = NS::conv_dgrad_f32;               \
     t.conv_dgrad_f64 = NS::conv_dgrad_f64;               \
     t.conv_wgrad_f32 = NS::conv_wgrad_f32;               \
+    t.exp_f32 = NS::exp_f32;                             \
+    t.bmm_rows_f32 = NS::bmm_rows_f32;                   \
+    t.bmm_rows_f64 = NS::bmm_rows_f64;                   \
+    t.exp_f64 = NS::exp_f64;                             \
     t.conv_wgrad_f64 = NS::conv_wgrad_f64;               \
     return t;                                            \
   }

@@ -110,6 +110,11 @@ struct KernelTable {
   ConvF64 conv_f64;
   ConvDgradF32 conv_dgrad_f32;  // its input gradient (kConvCB channels per pass)
   ConvDgradF64 conv_dgrad_f64;
+  // rows of the unfused batched product (kernels.inc, bmm_rows_t): a, b, out, r0, r1, M, K, P
+  void (*bmm_rows_f32)(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t);
+  void (*bmm_rows_f64)(const double*, const double*, double*, int64_t, int64_t, int64_t, int64_t, int64_t);
+  void (*exp_f32)(const float*, float*, int64_t);  // det_exp over an array (kernels.inc, exp_n_t)
+  void (*exp_f64)(const double*, double*, int64_t);
   ConvWgradF32 conv_wgrad_f32;  // its weight gradient (the AVX2 tile on AVX-512 too)
   ConvWgradF64 conv_wgrad_f64;
 };
@@ -141,6 +146,10 @@ const KernelTable& kernels();
                       int64_t, int64_t, int64_t, int64_t, float*, int);                       \
   void conv_dgrad_f64(const double*, int64_t, int64_t, int64_t, int64_t, const double*, int64_t, int64_t,       \
                       int64_t, int64_t, int64_t, int64_t, double*, int);                      \
+  void exp_f32(const float*, float*, int64_t);                                                \
+  void bmm_rows_f32(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t);          \
+  void bmm_rows_f64(const double*, const double*, double*, int64_t, int64_t, int64_t, int64_t, int64_t);       \
+  void exp_f64(const double*, double*, int64_t);                                              \
   void conv_wgrad_f32(const float*, const int64_t*, const int64_t*, int64_t, const float*, int64_t, float*,      \
                       int64_t, int, int, int);                                                \
   void conv_wgrad_f64(const double*, const int64_t*, const int64_t*, int64_t, const double*, int64_t, double*,   \

@@ -114,6 +114,26 @@ def test_native_exp_log_special_values_and_accuracy():
     assert np.max(np.abs(_core.exp(r) / np.exp(r) - 1)) < 5e-16
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_over_an_array_has_the_elementwise_bits(dtype):
+    """exp over an array runs on vectors and threads; each element has the bits of exp of that
+    element alone (arrays shorter than a vector take the scalar loop): values across the range,
+    near the overflow and underflow thresholds, and random bit patterns (NaN, infinities,
+    subnormals)."""
+    from exactforge._backend.native import _core
+
+    rng = np.random.default_rng(5)
+    u = np.uint32 if dtype == np.float32 else np.uint64
+    bits = rng.integers(0, np.iinfo(u).max, 3000, dtype=np.uint64, endpoint=True).astype(u).view(dtype)
+    edges = [709.782712893384, 709.79, -745.2, -745.1, -103.9, 88.72, -0.0]
+    x = np.concatenate([np.concatenate([rng.uniform(-760, 720, 3000), edges]).astype(dtype), bits])
+    whole = _core.exp(x)
+    alone = np.concatenate([_core.exp(x[i : i + 1].copy()) for i in range(len(x))])
+    assert np.array_equal(whole.view(u), alone.view(u))
+    big = np.repeat(x, 20)  # long enough for the threads
+    assert np.array_equal(_core.exp(big).view(u), np.repeat(alone, 20).view(u))
+
+
 def test_batches_drawn_with_replacement_are_still_order_free():
     spec = SPECS[2]
     params = M.init_params(spec, 0)

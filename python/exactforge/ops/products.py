@@ -19,6 +19,8 @@ def _host(a: torch.Tensor):
 
 
 def _mm_impl(a: torch.Tensor, b: torch.Tensor, mode: str, a_transposed: bool = False) -> torch.Tensor:
+    if a_transposed and mode == "exact" and a.dim() == 2:
+        a, a_transposed = a.t(), False  # the exact kernel reads a row-major a: _host copies it
     k = (a.shape[0] if a_transposed else a.shape[1]) if a.dim() == 2 else -1
     if (
         a.dtype in _NATIVE
@@ -28,7 +30,7 @@ def _mm_impl(a: torch.Tensor, b: torch.Tensor, mode: str, a_transposed: bool = F
         and a.dim() == 2
         and b.dim() == 2
         and 0 < k == b.shape[0]
-        and (mode == "fixed" or (mode == "exact" and k <= R.EXACT_MATMUL_MAX_K and not a_transposed))
+        and (mode == "fixed" or (mode == "exact" and k <= R.EXACT_MATMUL_MAX_K))
     ):
         # the hot path: no conversion, the kernel reads the tensors' own memory
         return torch.from_numpy(_core.matmul(_host(a), _host(b), mode, None, 0, a_transposed))

@@ -83,4 +83,12 @@ EXACTFORGE_HD double det_log(double x) {
   return de * kLn2Hi + (de * kLn2Lo + lnm);
 }
 
+#if !defined(__CUDACC__)
+/// out[i] = det_exp(x[i]) over an array (float32 widened, the result rounded once, NaN
+/// canonical): the scalar loop's bits, on the dispatched ISA's vectors and `threads` threads
+/// (0: the default). In place (out == x) is allowed.
+void exp_n(const float* x, float* out, int64_t n, int threads = 0);
+void exp_n(const double* x, double* out, int64_t n, int threads = 0);
+#endif
+
 }  // namespace exactforge

@@ -18,17 +18,21 @@ def _fixed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ops.mm(a, b, "fixed")
 
 
-def _batch(a, b: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None, finish=None) -> torch.Tensor:
+def _batch(
+    a, b: torch.Tensor, mode: Any, grad_of: Optional[torch.Tensor] = None, finish=None, a_transposed: bool = False
+) -> torch.Tensor:
     """A reduction over examples: "exact" or "fixed", or a mode object whose examples are
     split among processes (exactforge.distributed.SharedBatch: its own exact product). ``a`` may
     be a function that makes it (a convolution's im2col), for a reduction that waits.
     ``grad_of`` names the parameter the product is the gradient of, and ``finish`` maps the
-    product to its shape: a shared mode may then reduce it when the backward pass ends."""
+    product to its shape: a shared mode may then reduce it when the backward pass ends.
+    ``a_transposed``: the product is ``a.T @ b``, read from ``a`` as it lies (a Linear's dy,
+    whose transposed copy cost more than its fixed product on the Transformer's layers)."""
     if not isinstance(mode, str):
-        return mode.matmul(a, b, grad_of=grad_of, finish=finish)
+        return mode.matmul(a.t() if a_transposed else a, b, grad_of=grad_of, finish=finish)
     if not isinstance(a, torch.Tensor):
         a = a()
-    out = ops.mm(a, b, mode)
+    out = ops.mm(a, b, mode, a_transposed)
     return finish(out) if finish is not None else out
 
 

@@ -30,7 +30,7 @@ class _Linear(torch.autograd.Function):
         x2, weight = ctx.saved_tensors
         dy2 = dy.reshape(-1, weight.shape[0])
         dx = _fixed(dy2, weight).reshape(ctx.shape) if ctx.needs_input_grad[0] else None
-        dw = _batch(dy2.t(), x2, ctx.mode, grad_of=weight) if ctx.needs_input_grad[1] else None
+        dw = _batch(dy2, x2, ctx.mode, grad_of=weight, a_transposed=True) if ctx.needs_input_grad[1] else None
         db = _bsum(dy2, ctx.mode, grad_of=ctx.bias) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db, None
 
