@@ -33,6 +33,7 @@ namespace exactforge {
 
 namespace {
 
+using detail::thread_count;
 using detail::thread_index;
 
 // Scratch panels of the exact matmul, kept per calling thread from one call to the next. A fresh
@@ -70,8 +71,30 @@ template <> struct SplitFn<double> {
 };
 
 template <class T> struct FixedFn;
-template <> struct FixedFn<float> { static FixedTileF32 get() { return kernels().fixed_f32; } };
-template <> struct FixedFn<double> { static FixedTileF64 get() { return kernels().fixed_f64; } };
+template <> struct FixedFn<float> {
+  static FixedTileF32 get() { return kernels().fixed_f32; }
+  static FixedTileF32 lc() { return kernels().fixed_f32_lc; }
+};
+template <> struct FixedFn<double> {
+  static FixedTileF64 get() { return kernels().fixed_f64; }
+  static FixedTileF64 lc() { return kernels().fixed_f64_lc; }
+};
+
+// Whether the fixed tiles should see the product transposed (lanes along the output's rows,
+// each tile then stored as whole vectors), from a cost per tile in steps of the tile (12 FMAs)
+// over the padded tiles: the steps of a block of the reduced axis; storing a tile (96 scalar
+// stores, about 24 steps, against 12 vector ones, about 4); and packing, shared by the tiles
+// that read a panel: a's 16-row panel read across in registers (about a third of a step per
+// term) in the usual orientation, and transposed a's 6-row panel gathered term by term (a step
+// per term) unless a is stored transposed already. Transposed only where clearly cheaper: only
+// the schedule, never a bit, depends on it.
+bool prefer_transposed(int64_t m, int64_t n, int64_t k, int MR, int NR, int64_t KC, bool a_transposed) {
+  const auto tiles = [](int64_t x, int64_t t) { return static_cast<double>((x + t - 1) / t); };
+  const double kb = static_cast<double>(std::min(k, KC));
+  const double usual = tiles(m, MR) * tiles(n, NR) * (kb + 24.0 + kb / (3.0 * tiles(n, NR)));
+  const double swapped = tiles(n, MR) * tiles(m, NR) * (kb + 4.0 + (a_transposed ? 0.0 : kb / tiles(n, MR)));
+  return swapped < 0.9 * usual;
+}
 
 // The exact sum's column passes (kernels.inc): the maxima of the finite magnitudes and the
 // two slices' sums, in the dispatched ISA's build.
@@ -92,11 +115,9 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
                        const ImplicitRows<T>* ia = nullptr) {
   using P = TileShape<T>;
   if (m == 0 || n == 0) return;  // no output: nothing to block (and no column block to divide by)
-  const auto tile = FixedFn<T>::get();
   // The float32 tile's width is the dispatched level's (16 x 6 on AVX2, 16 x 12 on AVX-512);
   // only the schedule depends on it, every output's chain is the same.
   const int NR = std::is_same<T, float>::value ? kernels().fixed_f32_nr : P::NR;
-  const int64_t mb = (m + P::MR - 1) / P::MR, nb = (n + NR - 1) / NR;
   // Blocked like a BLAS: the reduced axis in blocks of kFixedK terms, b packed in column blocks
   // of at most kFixedBlockCols columns (kFixedK terms each: a block fits L2 and is reused by every
   // row block of a), a packed MR x kFixedK panel of a per thread. An output's chain of fused
@@ -109,14 +130,29 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   // 1024 terms: every block boundary costs each tile a scalar reload and store of its outputs
   constexpr int64_t kFixedK = 1024, kFixedBlockCols = 144;
   const int64_t KC = std::max<int64_t>(1, std::min(k, kFixedK));
+  // The tiles may see the product transposed, C^T = B^T A^T: their lanes then run along C's
+  // rows (b's columns) and their broadcasts along C's columns (a's rows), and each tile is
+  // stored as whole vectors. Every output is still one chain over the reduced axis in the same
+  // order, its products with the operands swapped, which an IEEE product cannot see (bar a NaN's
+  // payload, which canonicalize rewrites): the same bits either way.
+  const auto tile_lc = FixedFn<T>::lc();
+  const bool swapped = !ia && tile_lc && NR == P::NR && prefer_transposed(m, n, k, P::MR, NR, KC, a_transposed);
+  const auto tile = swapped ? tile_lc : FixedFn<T>::get();
+  const int64_t LM = swapped ? n : m, LN = swapped ? m : n;  // the tiles' rows (lanes) and columns
+  const int64_t mb = (LM + P::MR - 1) / P::MR, nb = (LN + NR - 1) / NR;
   // column blocks of equal width: a last block of one narrow tile would repack every panel of a
   const int64_t jmax = std::min<int64_t>(std::max<int64_t>(1, kFixedBlockCols / NR), nb);
   const int64_t nblocks = (nb + jmax - 1) / jmax;
   const int64_t jbb = (nb + nblocks - 1) / nblocks;
-  avector<T> bp(static_cast<size_t>(jbb * NR * KC));
   const int nt = detail::resolve_threads(threads);
   const bool par = m * n * k >= kParallelWork && nt > 1;
   (void)par;
+  // With column blocks enough for every thread, each thread packs and runs its own blocks; with
+  // few (a narrow product), the threads share each block's panels and split its (row tile,
+  // column tile) pairs (each thread taking whole blocks there would pack every panel of a
+  // twice).
+  const bool own_cols = nblocks >= 2 * nt;
+  avector<T> bp(static_cast<size_t>((own_cols ? nt : 1) * jbb * NR * KC));
   avector<T> ap_all(static_cast<size_t>(nt) * P::MR * KC);
   // an implicit a: each panel's rows gathered row-major, then packed like an array's
   avector<T> rows_all(ia ? static_cast<size_t>(nt) * P::MR * KC : 0);
@@ -126,6 +162,19 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
     T* rows = ia ? rows_all.data() + static_cast<size_t>(thread_index()) * P::MR * KC : nullptr;
     // the MR x kc panel of a for row tile ib, t-major (a copy: no arithmetic)
     auto pack_a = [&](int64_t ib, int mrem, int64_t k0, int64_t kc) {
+      if (swapped) {  // lanes along b's columns: row t of b holds a step's MR values side by side
+        for (int64_t t = 0; t < kc; ++t) {
+          const T* src = b + (order ? order[k0 + t] : k0 + t) * n + ib * P::MR;
+          T* dst = ap + t * P::MR;
+          if (mrem == P::MR) {
+            std::memcpy(dst, src, sizeof(T) * P::MR);
+          } else {
+            for (int ii = 0; ii < mrem; ++ii) dst[ii] = src[ii];
+            for (int ii = mrem; ii < P::MR; ++ii) dst[ii] = T(0);
+          }
+        }
+        return;
+      }
       if (ia) {
         ia->gather(ib * P::MR, mrem, k0, kc, rows);
         if constexpr (std::is_same<T, float>::value) {
@@ -166,39 +215,77 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
         }
       }
     };
-    for (int64_t j0 = 0; j0 < nb; j0 += jbb) {
+    // the NR x kc panel of the tiles' columns for column tile jb, t-major (a copy)
+    auto pack_b = [&](int64_t jb, int64_t k0, int64_t kc, T* dst) {
+      const int64_t jc = std::min<int64_t>(NR, LN - jb * NR);  // columns this tile has
+      if (swapped && !a_transposed) {  // the broadcasts along a's rows: NR rows of a, read across
+        for (int jj = 0; jj < NR; ++jj) {
+          const T* row = a + (jb * NR + std::min<int64_t>(jj, jc - 1)) * k;
+          if (jj >= jc) {
+            for (int64_t t = 0; t < kc; ++t) dst[t * NR + jj] = T(0);
+          } else if (order) {
+            for (int64_t t = 0; t < kc; ++t) dst[t * NR + jj] = row[order[k0 + t]];
+          } else {
+            for (int64_t t = 0; t < kc; ++t) dst[t * NR + jj] = row[k0 + t];
+          }
+        }
+        return;
+      }
+      // row t of b, or (transposed, a stored k x m) row t of a: NR values side by side
+      const T* src = swapped ? a : b;
+      const int64_t ld = swapped ? m : n;
+      for (int64_t t = 0; t < kc; ++t) {
+        const T* row = src + (order ? order[k0 + t] : k0 + t) * ld + jb * NR;
+        if (jc == NR) {
+          std::memcpy(dst + t * NR, row, sizeof(T) * NR);
+        } else {
+          for (int jj = 0; jj < NR; ++jj) dst[t * NR + jj] = jj < jc ? row[jj] : T(0);
+        }
+      }
+    };
+    // one tile: rows (lanes) of tile ib, columns of tile jb, from the packed panels
+    auto run_tile = [&](int64_t ib, int64_t jb, const T* bpanel, int64_t kc, int resume) {
+      const int mrem = static_cast<int>(std::min<int64_t>(P::MR, LM - ib * P::MR));
+      const int nrem = static_cast<int>(std::min<int64_t>(NR, LN - jb * NR));
+      // transposed, tile output (ii, jj) is C[jb NR + jj][ib MR + ii], at c[jj n + ii]
+      T* c = swapped ? out + jb * NR * n + ib * P::MR : out + ib * P::MR * n + jb * NR;
+      tile(ap, bpanel, kc, c, n, mrem, nrem, resume);
+    };
+    if (own_cols) {
+      // each thread its own run of column tiles and its own panels: no barrier between blocks
+      // (on a 2-vCPU machine each one cost more than a block's work once there were dozens)
+      const int64_t tid = thread_index(), nth = thread_count();
+      const int64_t lo = nb * tid / nth, hi = nb * (tid + 1) / nth;
+      T* bpt = bp.data() + tid * jbb * NR * KC;
+      for (int64_t j0 = lo; j0 < hi; j0 += jbb) {
+        const int64_t jn = std::min(jbb, hi - j0);
+        for (int64_t k0 = 0; k0 < k; k0 += KC) {
+          const int64_t kc = std::min(KC, k - k0);
+          for (int64_t jq = 0; jq < jn; ++jq) pack_b(j0 + jq, k0, kc, bpt + jq * NR * kc);
+          for (int64_t ib = 0; ib < mb; ++ib) {
+            pack_a(ib, static_cast<int>(std::min<int64_t>(P::MR, LM - ib * P::MR)), k0, kc);
+            for (int64_t jq = 0; jq < jn; ++jq) run_tile(ib, j0 + jq, bpt + jq * NR * kc, kc, k0 > 0);
+          }
+        }
+      }
+    }
+    for (int64_t j0 = 0; !own_cols && j0 < nb; j0 += jbb) {
       const int64_t jn = std::min(jbb, nb - j0);
       for (int64_t k0 = 0; k0 < k; k0 += KC) {
         const int64_t kc = std::min(KC, k - k0);
-        const int resume = k0 > 0;
 #pragma omp for schedule(static)
-        for (int64_t jq = 0; jq < jn; ++jq) {
-          const int64_t jb = j0 + jq;
-          T* dst = bp.data() + jq * NR * kc;
-          const int64_t jc = std::min<int64_t>(NR, n - jb * NR);  // columns this tile has
-          for (int64_t t = 0; t < kc; ++t) {
-            const T* row = b + (order ? order[k0 + t] : k0 + t) * n + jb * NR;
-            if (jc == NR) {
-              std::memcpy(dst + t * NR, row, sizeof(T) * NR);
-            } else {
-              for (int jj = 0; jj < NR; ++jj) dst[t * NR + jj] = jj < jc ? row[jj] : T(0);
-            }
-          }
-        }
-        // the threads split the (row tile, column tile) pairs, so a product with few row tiles
-        // still keeps every thread busy; a thread packs the panel of a for each row tile it
-        // reaches (one output's chain is one tile call either way: the thread count never
+        for (int64_t jq = 0; jq < jn; ++jq) pack_b(j0 + jq, k0, kc, bp.data() + jq * NR * kc);
+        // the threads split the (row tile, column tile) pairs, so a product with few column
+        // tiles still keeps every thread busy; a thread packs the panel of a for each row tile
+        // it reaches (one output's chain is one tile call either way: the thread count never
         // changes the bits)
         int64_t packed = -1;
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < mb * jn; ++q) {
           const int64_t ib = q / jn, jq = q % jn;
-          const int mrem = static_cast<int>(std::min<int64_t>(P::MR, m - ib * P::MR));
-          const int64_t jb = j0 + jq;
-          const int nrem = static_cast<int>(std::min<int64_t>(NR, n - jb * NR));
-          if (ib != packed) pack_a(ib, mrem, k0, kc);
+          if (ib != packed) pack_a(ib, static_cast<int>(std::min<int64_t>(P::MR, LM - ib * P::MR)), k0, kc);
           packed = ib;
-          tile(ap, bp.data() + jq * NR * kc, kc, out + ib * P::MR * n + jb * NR, n, mrem, nrem, resume);
+          run_tile(ib, j0 + jq, bp.data() + jq * NR * kc, kc, k0 > 0);
         }
       }
     }

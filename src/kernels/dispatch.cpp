@@ -89,6 +89,8 @@ namespace {
     t.isa = isa;                                         \
     t.fixed_f32 = NS::fixed_tile_f32;                    \
     t.fixed_f64 = NS::fixed_tile_f64;                    \
+    t.fixed_f32_lc = NS::fixed_tile_f32_lc;              \
+    t.fixed_f64_lc = NS::fixed_tile_f64_lc;              \
     t.exact_s2 = NS::exact_tile_s2;                      \
     t.exact_s4 = NS::exact_tile_s4;                      \
     t.split_f32 = NS::split_panel_f32_s2;                \
@@ -149,6 +151,7 @@ const KernelTable& kernels() {
         t.recombine_f32 = avx512::recombine_f32;
         t.exact_s2_round = avx512::exact_tile_s2_round;
         t.fixed_f32 = avx512::fixed_tile_f32;
+        t.fixed_f32_lc = nullptr;  // its 16 x 12 tile has no transposed store: the driver keeps the orientation
         t.fixed_f32_nr = avx512::kFixedF32NR;
         t.sum_max_f32 = avx512::sum_max_cols_f32;
         t.sum_slices_f32 = avx512::sum_slices_cols_f32;

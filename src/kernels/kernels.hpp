@@ -86,6 +86,10 @@ struct KernelTable {
   const char* isa;
   FixedTileF32 fixed_f32;
   FixedTileF64 fixed_f64;
+  // the fixed tiles storing output (ii, j) at c[j * ldc + ii], for products computed transposed;
+  // nullptr where the level has none (AVX-512's float32 tile): the driver keeps the orientation
+  FixedTileF32 fixed_f32_lc;
+  FixedTileF64 fixed_f64_lc;
   ExactTile exact_s2;
   ExactTile exact_s4;
   SplitF32 split_f32;  // slices of float32 rows, s = 2
@@ -127,6 +131,8 @@ const KernelTable& kernels();
   namespace NS {                                                                              \
   void fixed_tile_f32(const float*, const float*, int64_t, float*, int64_t, int, int, int);   \
   void fixed_tile_f64(const double*, const double*, int64_t, double*, int64_t, int, int, int); \
+  void fixed_tile_f32_lc(const float*, const float*, int64_t, float*, int64_t, int, int, int); \
+  void fixed_tile_f64_lc(const double*, const double*, int64_t, double*, int64_t, int, int, int); \
   void exact_tile_s2(const double*, const double*, int64_t, int64_t*, int64_t, int, int);     \
   void exact_tile_s4(const double*, const double*, int64_t, int64_t*, int64_t, int, int);     \
   void split_panel_f32_s2(const float*, int64_t, int, int64_t, const double*, const double*,   \

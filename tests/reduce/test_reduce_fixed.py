@@ -94,3 +94,32 @@ def test_fixed_panel_transpose_keeps_the_chains(m, k, n):
     direct = _core.matmul(a, b, "fixed", None, 0, False)
     via_t = _core.matmul(np.ascontiguousarray(a.T), b, "fixed", None, 0, True)
     assert np.array_equal(direct.view(np.uint32), via_t.view(np.uint32))
+
+
+@pytest.mark.parametrize("m,k,n", [(200, 16, 48), (97, 8, 33), (64, 40, 64), (1600, 32, 96)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fixed_products_computed_transposed_keep_the_chains(m, k, n, dtype):
+    """Products with a short reduced axis run their tiles transposed (lanes along the output's
+    rows, each tile stored as whole vectors). Every output is still its chain over the reduced
+    axis, so the bits are those of the product taken one column at a time (which keeps the usual
+    orientation): with an order of the terms, with a stored transposed, with infinities and NaN,
+    on 1 and 2 threads; and on finite values, the FMA chain's."""
+    from exactforge._backend.native import _core
+
+    rng = np.random.default_rng(m + k + n)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    if m < 100:
+        assert bits(_core.matmul(a, b, "fixed", None, 0, False)) == bits(fma_chain_reference(a, b))
+    a.flat[rng.integers(a.size, size=3)] = [np.inf, -np.inf, np.nan]
+    b.flat[rng.integers(b.size, size=2)] = [np.nan, -0.0]
+    order = rng.permutation(k).astype(np.int64)
+    at = np.ascontiguousarray(a.T)
+    u = np.uint32 if dtype == np.float32 else np.uint64
+    for o in (None, order):
+        ref = np.concatenate(
+            [_core.matmul(a, np.ascontiguousarray(b[:, j : j + 1]), "fixed", o, 1, False) for j in range(n)], axis=1
+        )
+        for threads in (1, 2):
+            assert np.array_equal(_core.matmul(a, b, "fixed", o, threads, False).view(u), ref.view(u))
+            assert np.array_equal(_core.matmul(at, b, "fixed", o, threads, True).view(u), ref.view(u))
