@@ -142,16 +142,18 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   const int64_t mb = (LM + P::MR - 1) / P::MR, nb = (LN + NR - 1) / NR;
   // column blocks of equal width: a last block of one narrow tile would repack every panel of a
   const int64_t jmax = std::min<int64_t>(std::max<int64_t>(1, kFixedBlockCols / NR), nb);
-  const int64_t nblocks = (nb + jmax - 1) / jmax;
-  const int64_t jbb = (nb + nblocks - 1) / nblocks;
+  int64_t nblocks = (nb + jmax - 1) / jmax;
   const int nt = detail::resolve_threads(threads);
   const bool par = m * n * k >= kParallelWork && nt > 1;
   (void)par;
-  // With column blocks enough for every thread, each thread packs and runs its own blocks; with
-  // few (a narrow product), the threads share each block's panels and split its (row tile,
-  // column tile) pairs (each thread taking whole blocks there would pack every panel of a
-  // twice).
-  const bool own_cols = nblocks >= 2 * nt;
+  // With column blocks enough for every thread, each thread packs and runs its own blocks (a
+  // multiple of the thread count of them, so that they come out even); with few (a narrow
+  // product), the threads share each block's panels and split its (row tile, column tile)
+  // pairs (each thread taking whole blocks there would pack every panel of a twice).
+  const bool own_cols = par && nblocks >= 2 * nt;
+  if (own_cols) nblocks = (nblocks + nt - 1) / nt * nt;
+  const int64_t jbb = (nb + nblocks - 1) / nblocks;
+  if (own_cols) nblocks = (nb + jbb - 1) / jbb;
   avector<T> bp(static_cast<size_t>((own_cols ? nt : 1) * jbb * NR * KC));
   avector<T> ap_all(static_cast<size_t>(nt) * P::MR * KC);
   // an implicit a: each panel's rows gathered row-major, then packed like an array's
@@ -252,13 +254,13 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
       tile(ap, bpanel, kc, c, n, mrem, nrem, resume);
     };
     if (own_cols) {
-      // each thread its own run of column tiles and its own panels: no barrier between blocks
-      // (on a 2-vCPU machine each one cost more than a block's work once there were dozens)
-      const int64_t tid = thread_index(), nth = thread_count();
-      const int64_t lo = nb * tid / nth, hi = nb * (tid + 1) / nth;
-      T* bpt = bp.data() + tid * jbb * NR * KC;
-      for (int64_t j0 = lo; j0 < hi; j0 += jbb) {
-        const int64_t jn = std::min(jbb, hi - j0);
+      // each thread whole column blocks with its own panels, handed out as threads come free:
+      // no barrier between blocks (on a 2-vCPU machine each one cost more than a block's work
+      // once there were dozens), and a thread slowed by a neighbour takes fewer blocks
+      T* bpt = bp.data() + thread_index() * jbb * NR * KC;
+#pragma omp for schedule(dynamic, 1) nowait
+      for (int64_t blk = 0; blk < nblocks; ++blk) {
+        const int64_t j0 = blk * jbb, jn = std::min(jbb, nb - j0);
         for (int64_t k0 = 0; k0 < k; k0 += KC) {
           const int64_t kc = std::min(KC, k - k0);
           for (int64_t jq = 0; jq < jn; ++jq) pack_b(j0 + jq, k0, kc, bpt + jq * NR * kc);
