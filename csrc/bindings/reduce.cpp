@@ -125,9 +125,10 @@ py::array sum_channels_py(py::array x, const std::string& mode, int threads) {
   return out;
 }
 
-// Elementwise exp/log of float32/float64 arrays (any shape): float64 evaluation, one rounding.
+// out = f(x) for a float32/float64 array of any shape, C-contiguous: f(in, out, n) over the
+// whole array (the GIL released), in the array's dtype.
 template <class F>
-py::array elementwise(py::array x, F f, const char* name) {
+py::array map_array(py::array x, const char* name, F f) {
   DT dx = dtype_of(x, name);
   if (!(x.flags() & py::array::c_style)) throw py::value_error(std::string(name) + ": expected a C-contiguous array");
   std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
@@ -137,38 +138,27 @@ py::array elementwise(py::array x, F f, const char* name) {
     const float* in = static_cast<const float*>(x.data());
     float* o = out.mutable_data();
     py::gil_scoped_release nogil;
-    for (py::ssize_t i = 0; i < n; ++i) o[i] = static_cast<float>(canonicalize(f(static_cast<double>(in[i]))));
+    f(in, o, n);
     return std::move(out);
   }
   py::array_t<double> out(shape);
   const double* in = static_cast<const double*>(x.data());
   double* o = out.mutable_data();
   py::gil_scoped_release nogil;
-  for (py::ssize_t i = 0; i < n; ++i) o[i] = canonicalize(f(in[i]));
+  f(in, o, n);
   return std::move(out);
 }
 
-// det_exp over the array on the dispatched ISA's vectors (exp_n): the elementwise loop's bits
-py::array exp_array(py::array x) {
-  DT dx = dtype_of(x, "x");
-  if (!(x.flags() & py::array::c_style)) throw py::value_error("x: expected a C-contiguous array");
-  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
-  const py::ssize_t n = x.size();
-  if (dx == DT::F32) {
-    py::array_t<float> out(shape);
-    const float* in = static_cast<const float*>(x.data());
-    float* o = out.mutable_data();
-    py::gil_scoped_release nogil;
-    exp_n(in, o, n);
-    return std::move(out);
+// log element by element: float64 evaluation, one rounding, NaN canonical
+struct LogArray {
+  template <class T> void operator()(const T* in, T* o, py::ssize_t n) const {
+    for (py::ssize_t i = 0; i < n; ++i) o[i] = static_cast<T>(canonicalize(det_log(static_cast<double>(in[i]))));
   }
-  py::array_t<double> out(shape);
-  const double* in = static_cast<const double*>(x.data());
-  double* o = out.mutable_data();
-  py::gil_scoped_release nogil;
-  exp_n(in, o, n);
-  return std::move(out);
-}
+};
+// exp on the dispatched ISA's vectors and the threads (exp_n): the bits of the same loop
+struct ExpArray {
+  template <class T> void operator()(const T* in, T* o, py::ssize_t n) const { exp_n(in, o, n); }
+};
 
 py::dict exact_plan_py(int64_t k, bool is_double) {
   ExactPlan p = exact_plan(k, is_double);
@@ -186,8 +176,8 @@ void exactforge::bindings::bind_reduce(py::module_& m) {
   m.def("sum_rows", &sum_rows, py::arg("x"), py::arg("mode"), py::arg("order") = py::none(),
         py::arg("threads") = 0);
   m.def("sum_channels", &sum_channels_py, py::arg("x"), py::arg("mode"), py::arg("threads") = 0);
-  m.def("exp", &exp_array, py::arg("x"));
-  m.def("log", [](py::array x) { return elementwise(x, [](double v) { return det_log(v); }, "x"); }, py::arg("x"));
+  m.def("exp", [](py::array x) { return map_array(x, "x", ExpArray{}); }, py::arg("x"));
+  m.def("log", [](py::array x) { return map_array(x, "x", LogArray{}); }, py::arg("x"));
   m.def("matmul_exact_kernel", &matmul_exact_kernel, py::arg("a"), py::arg("b"), py::arg("kernel"),
         py::arg("threads") = 0);
   m.def("exact_plan", &exact_plan_py, py::arg("k"), py::arg("is_double"));
