@@ -111,8 +111,7 @@ template <> struct SumFn<double> {
 // Float16/bfloat16 are widened to float32 in Python before they reach here.
 template <class T>
 void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
-                       const int64_t* order, int threads, bool a_transposed,
-                       const ImplicitRows<T>* ia = nullptr) {
+                       const int64_t* order, int threads, bool a_transposed) {
   using P = TileShape<T>;
   if (m == 0 || n == 0) return;  // no output: nothing to block (and no column block to divide by)
   // The float32 tile's width is the dispatched level's (16 x 6 on AVX2, 16 x 12 on AVX-512);
@@ -136,7 +135,7 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   // order, its products with the operands swapped, which an IEEE product cannot see (bar a NaN's
   // payload, which canonicalize rewrites): the same bits either way.
   const auto tile_lc = FixedFn<T>::lc();
-  const bool swapped = !ia && tile_lc && NR == P::NR && prefer_transposed(m, n, k, P::MR, NR, KC, a_transposed);
+  const bool swapped = tile_lc && NR == P::NR && prefer_transposed(m, n, k, P::MR, NR, KC, a_transposed);
   const auto tile = swapped ? tile_lc : FixedFn<T>::get();
   const int64_t LM = swapped ? n : m, LN = swapped ? m : n;  // the tiles' rows (lanes) and columns
   const int64_t mb = (LM + P::MR - 1) / P::MR, nb = (LN + NR - 1) / NR;
@@ -156,12 +155,9 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
   if (own_cols) nblocks = (nb + jbb - 1) / jbb;
   avector<T> bp(static_cast<size_t>((own_cols ? nt : 1) * jbb * NR * KC));
   avector<T> ap_all(static_cast<size_t>(nt) * P::MR * KC);
-  // an implicit a: each panel's rows gathered row-major, then packed like an array's
-  avector<T> rows_all(ia ? static_cast<size_t>(nt) * P::MR * KC : 0);
 #pragma omp parallel num_threads(nt) if (par)
   {
     T* ap = ap_all.data() + static_cast<size_t>(thread_index()) * P::MR * KC;
-    T* rows = ia ? rows_all.data() + static_cast<size_t>(thread_index()) * P::MR * KC : nullptr;
     // the MR x kc panel of a for row tile ib, t-major (a copy: no arithmetic)
     auto pack_a = [&](int64_t ib, int mrem, int64_t k0, int64_t kc) {
       if (swapped) {  // lanes along b's columns: row t of b holds a step's MR values side by side
@@ -174,16 +170,6 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
             for (int ii = 0; ii < mrem; ++ii) dst[ii] = src[ii];
             for (int ii = mrem; ii < P::MR; ++ii) dst[ii] = T(0);
           }
-        }
-        return;
-      }
-      if (ia) {
-        ia->gather(ib * P::MR, mrem, k0, kc, rows);
-        if constexpr (std::is_same<T, float>::value) {
-          kernels().pack_a_f32(rows, kc, mrem, kc, ap);
-        } else {
-          for (int ii = 0; ii < P::MR; ++ii)
-            for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = ii < mrem ? rows[ii * kc + t] : T(0);
         }
         return;
       }
@@ -1045,16 +1031,6 @@ template <class T>
 void sum_exact(const T* x, T* out, int64_t k, int64_t n, int threads) {
   sum_exact_impl<T>(x, out, k, n, threads);
 }
-template <class T>
-void matmul_fixed_implicit(const ImplicitRows<T>& a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
-                           int threads) {
-  if (!a.gather) throw std::invalid_argument("fixed matmul: an implicit a needs its gather");
-  matmul_fixed_impl<T>(nullptr, b, out, m, k, n, nullptr, threads, false, &a);
-}
-template void matmul_fixed_implicit<float>(const ImplicitRows<float>&, const float*, float*, int64_t, int64_t,
-                                           int64_t, int);
-template void matmul_fixed_implicit<double>(const ImplicitRows<double>&, const double*, double*, int64_t, int64_t,
-                                            int64_t, int);
 template <>
 void matmul_exact_implicit<float>(const ImplicitRows<float>& a, const float* b, float* out, int64_t m, int64_t k,
                                   int64_t n, int threads) {

@@ -58,10 +58,6 @@ struct ImplicitRows {
 /// the scales come from the same row maxima and every panel is sliced from the same values.
 template <class T>
 void matmul_exact_implicit(const ImplicitRows<T>& a, const T* b, T* out, int64_t m, int64_t k, int64_t n, int threads);
-/// matmul_fixed over the matrix `a` describes (only its gather is read): each output's chain of
-/// fused multiply-adds over t ascending, the bits of matmul_fixed over `a` materialised.
-template <class T>
-void matmul_fixed_implicit(const ImplicitRows<T>& a, const T* b, T* out, int64_t m, int64_t k, int64_t n, int threads);
 /// A reduction whose terms are spread over processes (data-parallel training). Integer level
 /// sums do not depend on how the terms are split, provided every part slices with the same
 /// scales: so each process finds the maxima of its part (exact_maxima), the processes take the
