@@ -58,7 +58,7 @@ using SumMaxF64 = void (*)(const double*, int64_t, int64_t, int64_t, int64_t, do
 using SumSlicesF64 = void (*)(const double*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
                               double*, double*);
 /// Rows of a stride-1 convolution for up to kConvOB output channels from a zero-padded input
-/// (kernels.inc, conv_rows_t): xp, toff (each term's offset in xp), C, Hp, Wp, w (OB x CKK), CKK,
+/// (kernels.inc, conv_rows2_t): xp, toff (each term's offset in xp), C, Hp, Wp, w (OB x CKK), CKK,
 /// kh, kw, Ho, Wo, out, channels,
 /// bias (nullptr, or one value per channel added to each rounded output).
 using ConvF32 = void (*)(const float*, const int64_t*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t,
