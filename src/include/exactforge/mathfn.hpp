@@ -14,20 +14,17 @@ namespace mathfn_detail {
 constexpr double kLn2Hi = 6.93147180369123816490e-01;  // ln 2 split so that n * kLn2Hi is exact
 constexpr double kLn2Lo = 1.90821492927058770002e-10;
 constexpr double kInvLn2 = 1.44269504088896338700e00;
-}  // namespace mathfn_detail
+constexpr double kExpOverflow = 709.782712893384;  // e^x is +inf above, 0 below kExpUnderflow
+constexpr double kExpUnderflow = -745.2;
 
-/// @brief e^x: x = n ln2 + r with |r| <= ln2/2, Taylor series of degree 13 for e^r (error
-/// below 1e-17), then scaling by 2^n. Overflows to +inf above 709.79, underflows to 0.
-EXACTFORGE_HD double det_exp(double x) {
-  using namespace mathfn_detail;
-  if (x != x) return x;
-  if (x > 709.782712893384) return INFINITY;
-  if (x < -745.2) return 0.0;
-  double n = round_int(x * kInvLn2);
-  double r = (x - n * kLn2Hi) - n * kLn2Lo;
-  // Horner with the coefficients 1/j!, j = 13..0
-  double p = 1.6059043836821613e-10;
-  p = p * r + 2.08767569878680990e-09;
+/// det_exp's reduction and series, for a double or a GCC vector of doubles (every lane the same
+/// IEEE operations, so the same bits): n = round_int(x * (1/ln2)), r = x - n ln2 in two exact
+/// parts, and e^r by Horner with the coefficients 1/j!, j = 13..0 (error below 1e-17).
+template <class V>
+EXACTFORGE_HD V exp_series(V x, V& n) {
+  n = (x * kInvLn2 + 6755399441055744.0) - 6755399441055744.0;  // round_int's two additions
+  const V r = (x - n * kLn2Hi) - n * kLn2Lo;
+  V p = r * 1.6059043836821613e-10 + 2.08767569878680990e-09;  // 1/13! r (= r 1/13!) + 1/12!
   p = p * r + 2.50521083854417188e-08;
   p = p * r + 2.75573192239858907e-07;
   p = p * r + 2.75573192239858883e-06;
@@ -40,6 +37,18 @@ EXACTFORGE_HD double det_exp(double x) {
   p = p * r + 0.5;
   p = p * r + 1.0;
   p = p * r + 1.0;
+  return p;
+}
+}  // namespace mathfn_detail
+
+/// @brief e^x: x = n ln2 + r with |r| <= ln2/2, Taylor series of degree 13 for e^r (error
+/// below 1e-17), then scaling by 2^n. Overflows to +inf above 709.79, underflows to 0.
+EXACTFORGE_HD double det_exp(double x) {
+  if (x != x) return x;
+  if (x > mathfn_detail::kExpOverflow) return INFINITY;
+  if (x < mathfn_detail::kExpUnderflow) return 0.0;
+  double n;
+  const double p = mathfn_detail::exp_series(x, n);
   return scale_pow2(p, static_cast<int>(n));
 }
 
