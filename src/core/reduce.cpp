@@ -33,7 +33,6 @@ namespace exactforge {
 
 namespace {
 
-using detail::thread_count;
 using detail::thread_index;
 
 // Scratch panels of the exact matmul, kept per calling thread from one call to the next. A fresh
@@ -108,6 +107,41 @@ template <> struct SumFn<double> {
   static SumSlicesF64 slices() { return kernels().sum_slices_f64; }
 };
 
+// The fixed tiles' panels, t-major (dst[t * width + u], u < width, zeros from `cols` on): copies,
+// no arithmetic. Side by side: step t's values are columns col0.. of row ord(k0 + t) of src (ld
+// per row). Across rows: lane u's values are row row0 + u of src (ld per row) at columns
+// ord(k0 + t). ord is `order` where given, else the identity.
+template <class T>
+void pack_side_by_side(const T* src, int64_t ld, int64_t col0, int cols, int width, const int64_t* order,
+                       int64_t k0, int64_t kc, T* dst) {
+  for (int64_t t = 0; t < kc; ++t) {
+    const T* row = src + (order ? order[k0 + t] : k0 + t) * ld + col0;
+    T* d = dst + t * width;
+    if (cols == width) {
+      std::memcpy(d, row, sizeof(T) * static_cast<size_t>(width));
+    } else {
+      for (int u = 0; u < cols; ++u) d[u] = row[u];
+      for (int u = cols; u < width; ++u) d[u] = T(0);
+    }
+  }
+}
+template <class T>
+void pack_across_rows(const T* src, int64_t ld, int64_t row0, int rows, int width, const int64_t* order, int64_t k0,
+                      int64_t kc, T* dst) {
+  for (int u = 0; u < width; ++u) {
+    if (u >= rows) {
+      for (int64_t t = 0; t < kc; ++t) dst[t * width + u] = T(0);
+      continue;
+    }
+    const T* row = src + (row0 + u) * ld;
+    if (order) {
+      for (int64_t t = 0; t < kc; ++t) dst[t * width + u] = row[order[k0 + t]];
+    } else {
+      for (int64_t t = 0; t < kc; ++t) dst[t * width + u] = row[k0 + t];
+    }
+  }
+}
+
 // Float16/bfloat16 are widened to float32 in Python before they reach here.
 template <class T>
 void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int64_t n,
@@ -158,86 +192,37 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
 #pragma omp parallel num_threads(nt) if (par)
   {
     T* ap = ap_all.data() + static_cast<size_t>(thread_index()) * P::MR * KC;
-    // the MR x kc panel of a for row tile ib, t-major (a copy: no arithmetic)
-    auto pack_a = [&](int64_t ib, int mrem, int64_t k0, int64_t kc) {
-      if (swapped) {  // lanes along b's columns: row t of b holds a step's MR values side by side
-        for (int64_t t = 0; t < kc; ++t) {
-          const T* src = b + (order ? order[k0 + t] : k0 + t) * n + ib * P::MR;
-          T* dst = ap + t * P::MR;
-          if (mrem == P::MR) {
-            std::memcpy(dst, src, sizeof(T) * P::MR);
-          } else {
-            for (int ii = 0; ii < mrem; ++ii) dst[ii] = src[ii];
-            for (int ii = mrem; ii < P::MR; ++ii) dst[ii] = T(0);
-          }
-        }
-        return;
-      }
-      // the common case through the ISA's in-register transpose; a copy either way
-      const bool fast_pack = std::is_same<T, float>::value && !order && !a_transposed;
-      if (fast_pack) {
+    // the rows (lanes) tile ib has
+    auto rows_of = [&](int64_t ib) { return static_cast<int>(std::min<int64_t>(P::MR, LM - ib * P::MR)); };
+    // the MR x kc panel of the tiles' rows (lanes) for row tile ib: a's rows, or transposed, b's
+    // columns
+    auto pack_a = [&](int64_t ib, int64_t k0, int64_t kc) {
+      const int mrem = rows_of(ib);
+      if (swapped) {
+        pack_side_by_side(b, n, ib * P::MR, mrem, P::MR, order, k0, kc, ap);
+      } else if (std::is_same<T, float>::value && !order && !a_transposed) {
+        // the common case through the ISA's in-register transpose; a copy either way
         kernels().pack_a_f32(reinterpret_cast<const float*>(a) + ib * P::MR * k + k0, k, mrem, kc,
                              reinterpret_cast<float*>(ap));
-      } else if (a_transposed && !order) {
-        // a's rows are the reduced axis: each t's MR values lie side by side, one short copy
-        const int64_t i0 = ib * P::MR;
-        for (int64_t t = 0; t < kc; ++t) {
-          const T* src = a + (k0 + t) * m + i0;
-          T* dst = ap + t * P::MR;
-          for (int ii = 0; ii < mrem; ++ii) dst[ii] = src[ii];
-          for (int ii = mrem; ii < P::MR; ++ii) dst[ii] = T(0);
-        }
+      } else if (a_transposed) {  // a's rows are the reduced axis: a step's MR values side by side
+        pack_side_by_side(a, m, ib * P::MR, mrem, P::MR, order, k0, kc, ap);
       } else {
-        for (int ii = 0; ii < P::MR; ++ii) {
-          const int64_t i = ib * P::MR + ii;
-          if (ii < mrem && a_transposed) {
-            if (order) for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = a[order[k0 + t] * m + i];
-            else for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = a[(k0 + t) * m + i];
-          } else if (ii < mrem) {
-            const T* row = a + i * k;
-            if (order) for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = row[order[k0 + t]];
-            else for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = row[k0 + t];
-          } else {
-            for (int64_t t = 0; t < kc; ++t) ap[t * P::MR + ii] = T(0);
-          }
-        }
+        pack_across_rows(a, k, ib * P::MR, mrem, P::MR, order, k0, kc, ap);
       }
     };
-    // the NR x kc panel of the tiles' columns for column tile jb, t-major (a copy)
+    // the NR x kc panel of the tiles' columns for column tile jb: b's columns, or transposed,
+    // a's rows
     auto pack_b = [&](int64_t jb, int64_t k0, int64_t kc, T* dst) {
-      const int64_t jc = std::min<int64_t>(NR, LN - jb * NR);  // columns this tile has
-      if (swapped && !a_transposed) {  // the broadcasts along a's rows: NR rows of a, read across
-        for (int jj = 0; jj < NR; ++jj) {
-          const T* row = a + (jb * NR + std::min<int64_t>(jj, jc - 1)) * k;
-          if (jj >= jc) {
-            for (int64_t t = 0; t < kc; ++t) dst[t * NR + jj] = T(0);
-          } else if (order) {
-            for (int64_t t = 0; t < kc; ++t) dst[t * NR + jj] = row[order[k0 + t]];
-          } else {
-            for (int64_t t = 0; t < kc; ++t) dst[t * NR + jj] = row[k0 + t];
-          }
-        }
-        return;
-      }
-      // row t of b, or (transposed, a stored k x m) row t of a: NR values side by side
-      const T* src = swapped ? a : b;
-      const int64_t ld = swapped ? m : n;
-      for (int64_t t = 0; t < kc; ++t) {
-        const T* row = src + (order ? order[k0 + t] : k0 + t) * ld + jb * NR;
-        if (jc == NR) {
-          std::memcpy(dst + t * NR, row, sizeof(T) * NR);
-        } else {
-          for (int jj = 0; jj < NR; ++jj) dst[t * NR + jj] = jj < jc ? row[jj] : T(0);
-        }
-      }
+      const int jc = static_cast<int>(std::min<int64_t>(NR, LN - jb * NR));  // columns this tile has
+      if (swapped && !a_transposed) pack_across_rows(a, k, jb * NR, jc, NR, order, k0, kc, dst);
+      else pack_side_by_side(swapped ? a : b, swapped ? m : n, jb * NR, jc, NR, order, k0, kc, dst);
     };
     // one tile: rows (lanes) of tile ib, columns of tile jb, from the packed panels
     auto run_tile = [&](int64_t ib, int64_t jb, const T* bpanel, int64_t kc, int resume) {
-      const int mrem = static_cast<int>(std::min<int64_t>(P::MR, LM - ib * P::MR));
       const int nrem = static_cast<int>(std::min<int64_t>(NR, LN - jb * NR));
       // transposed, tile output (ii, jj) is C[jb NR + jj][ib MR + ii], at c[jj n + ii]
       T* c = swapped ? out + jb * NR * n + ib * P::MR : out + ib * P::MR * n + jb * NR;
-      tile(ap, bpanel, kc, c, n, mrem, nrem, resume);
+      tile(ap, bpanel, kc, c, n, rows_of(ib), nrem, resume);
     };
     if (own_cols) {
       // each thread whole column blocks with its own panels, handed out as threads come free:
@@ -251,7 +236,7 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
           const int64_t kc = std::min(KC, k - k0);
           for (int64_t jq = 0; jq < jn; ++jq) pack_b(j0 + jq, k0, kc, bpt + jq * NR * kc);
           for (int64_t ib = 0; ib < mb; ++ib) {
-            pack_a(ib, static_cast<int>(std::min<int64_t>(P::MR, LM - ib * P::MR)), k0, kc);
+            pack_a(ib, k0, kc);
             for (int64_t jq = 0; jq < jn; ++jq) run_tile(ib, j0 + jq, bpt + jq * NR * kc, kc, k0 > 0);
           }
         }
@@ -271,7 +256,7 @@ void matmul_fixed_impl(const T* a, const T* b, T* out, int64_t m, int64_t k, int
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < mb * jn; ++q) {
           const int64_t ib = q / jn, jq = q % jn;
-          if (ib != packed) pack_a(ib, static_cast<int>(std::min<int64_t>(P::MR, LM - ib * P::MR)), k0, kc);
+          if (ib != packed) pack_a(ib, k0, kc);
           packed = ib;
           run_tile(ib, j0 + jq, bp.data() + jq * NR * kc, kc, k0 > 0);
         }

@@ -22,14 +22,6 @@ inline int thread_index() {
   return 0;
 #endif
 }
-// The threads of the enclosing parallel region (1 outside one, or where it did not fork).
-inline int thread_count() {
-#ifdef _OPENMP
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
 
 }  // namespace detail
 }  // namespace exactforge
