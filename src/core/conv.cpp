@@ -152,9 +152,9 @@ void conv2d_fixed(const T* x, const T* w, T* out, const ConvGeometry& g, int64_t
     T* dst = out + (b * O + o0) * Ho * Wo;
     const T* src = xp.data() + b * g.C * Hp * Wp;
     if constexpr (std::is_same<T, float>::value)
-      f32(src, toff.data(), g.C, Hp, Wp, wp.data() + o0 * CKK, CKK, g.kh, g.kw, Ho, Wo, dst, ob, bias ? bias + o0 : nullptr);
+      f32(src, toff.data(), Wp, wp.data() + o0 * CKK, CKK, Ho, Wo, dst, ob, bias ? bias + o0 : nullptr);
     else
-      f64(src, toff.data(), g.C, Hp, Wp, wp.data() + o0 * CKK, CKK, g.kh, g.kw, Ho, Wo, dst, ob, bias ? bias + o0 : nullptr);
+      f64(src, toff.data(), Wp, wp.data() + o0 * CKK, CKK, Ho, Wo, dst, ob, bias ? bias + o0 : nullptr);
   }
 }
 
@@ -400,13 +400,9 @@ void conv2d_weight_grad_fixed(const T* x, const T* dyt, T* out, const ConvGeomet
   const uvector<T> xp = zero_padded(x, g.B * g.C, g.H, g.W, g.ph, g.ph, g.pw, g.pw, 0, nt);
   // dy's rows padded to whole vectors of channels, so that no lane reads past the buffer
   const int64_t nog = (O + OG - 1) / OG, Op = nog * OG;
-  const T* dy = dyt;
-  avector<T> dpad;
-  if (Op != O) {
-    dpad.assign(static_cast<size_t>(N * Op), T(0));
-    for (int64_t t = 0; t < N; ++t) std::copy(dyt + t * O, dyt + (t + 1) * O, dpad.data() + t * Op);
-    dy = dpad.data();
-  }
+  uvector<T> dpad;
+  if (Op != O) dpad = zero_padded(dyt, 1, N, O, 0, 0, 0, Op - O, 0, nt);
+  const T* dy = Op != O ? dpad.data() : dyt;
   // each im2col row's offset in xp; rows past CKK repeat the last one (read, never stored)
   const int64_t nrg = (CKK + R - 1) / R;
   std::vector<int64_t> roff(static_cast<size_t>(nrg * R));

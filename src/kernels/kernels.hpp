@@ -58,13 +58,12 @@ using SumMaxF64 = void (*)(const double*, int64_t, int64_t, int64_t, int64_t, do
 using SumSlicesF64 = void (*)(const double*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
                               double*, double*);
 /// Rows of a stride-1 convolution for up to kConvOB output channels from a zero-padded input
-/// (kernels.inc, conv_rows2_t): xp, toff (each term's offset in xp), C, Hp, Wp, w (OB x CKK), CKK,
-/// kh, kw, Ho, Wo, out, channels,
-/// bias (nullptr, or one value per channel added to each rounded output).
-using ConvF32 = void (*)(const float*, const int64_t*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t,
-                         int64_t, int64_t, int64_t, float*, int, const float*);
-using ConvF64 = void (*)(const double*, const int64_t*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t,
-                         int64_t, int64_t, int64_t, double*, int, const double*);
+/// (kernels.inc, conv_rows2_t): xp, toff (each term's offset in xp), Wp, w (OB x CKK), CKK, Ho,
+/// Wo, out, channels, bias (nullptr, or one value per channel added to each rounded output).
+using ConvF32 = void (*)(const float*, const int64_t*, int64_t, const float*, int64_t, int64_t, int64_t, float*, int,
+                         const float*);
+using ConvF64 = void (*)(const double*, const int64_t*, int64_t, const double*, int64_t, int64_t, int64_t, double*,
+                         int, const double*);
 /// Rows of a stride-1 convolution's input gradient for up to kConvCB input channels (kernels.inc,
 /// conv_dgrad_rows2_t): dyp, O, top, Ht, Wdp, wt (CB x kh x kw x O), kh, kw, ph, pw, H, W, dx,
 /// channels.
@@ -144,10 +143,10 @@ const KernelTable& kernels();
   void split_cols_f64_s4(const double*, int64_t, int, int64_t, const double*, const double*,   \
                          double, double*, int);                                               \
   void pack_a_f32(const float*, int64_t, int, int64_t, float*);                               \
-  void conv_fixed_f32(const float*, const int64_t*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t,   \
-                      int64_t, int64_t, int64_t, float*, int, const float*);                  \
-  void conv_fixed_f64(const double*, const int64_t*, int64_t, int64_t, int64_t, const double*, int64_t, int64_t, \
-                      int64_t, int64_t, int64_t, double*, int, const double*);                \
+  void conv_fixed_f32(const float*, const int64_t*, int64_t, const float*, int64_t, int64_t, int64_t, float*,  \
+                      int, const float*);                                                     \
+  void conv_fixed_f64(const double*, const int64_t*, int64_t, const double*, int64_t, int64_t, int64_t,        \
+                      double*, int, const double*);                                           \
   void conv_dgrad_f32(const float*, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, int64_t,         \
                       int64_t, int64_t, int64_t, int64_t, float*, int);                       \
   void conv_dgrad_f64(const double*, int64_t, int64_t, int64_t, int64_t, const double*, int64_t, int64_t,       \
@@ -189,8 +188,8 @@ void sum_max_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, double*,
 void sum_slices_cols_f32(const float*, int64_t, int64_t, int64_t, int64_t, const double*, const double*, double,
                          double*, double*);
 double row_max_f32(const float*, int64_t, char*);
-void conv_fixed_f32(const float*, const int64_t*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
-                    int64_t, int64_t, float*, int, const float*);
+void conv_fixed_f32(const float*, const int64_t*, int64_t, const float*, int64_t, int64_t, int64_t, float*, int,
+                    const float*);
 void conv_dgrad_f32(const float*, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
                     int64_t, int64_t, int64_t, float*, int);
 }  // namespace avx512

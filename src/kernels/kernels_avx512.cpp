@@ -189,9 +189,8 @@ double row_max_f32(const float* x, int64_t k, char* nonfinite) {
 // One chain of fused multiply-adds per output, as on every level: lane ii of accumulator j is
 // output (ii, j), and the 16 lanes are the 16 rows of pack_a_f32's panel.
 // The direct convolution on 16-lane vectors: two rows of 16 outputs for 6 channels per pass.
-void conv_fixed_f32(const float* xp, const int64_t* toff, int64_t C, int64_t Hp, int64_t Wp, const float* w,
-                    int64_t CKK, int64_t kh, int64_t kw, int64_t Ho, int64_t Wo, float* out, int ob, const float* bias) {
-  (void)C, (void)Hp, (void)kh, (void)kw;
+void conv_fixed_f32(const float* xp, const int64_t* toff, int64_t Wp, const float* w, int64_t CKK, int64_t Ho,
+                    int64_t Wo, float* out, int ob, const float* bias) {
   conv_rows2_t<float, 16>(xp, toff, Wp, w, CKK, Ho, Wo, out, ob, bias);
 }
 
